@@ -1,0 +1,885 @@
+"""Fused numerical kernels of the lnref autodiff engine.
+
+Twin design
+-----------
+Every kernel is written twice, side by side in this file:
+
+``<name>_reference``
+    Plain vectorized NumPy. This is the readable statement of the math and the
+    reference the loop kernel is tested against.
+
+``_<name>_loop``
+    The same computation as explicit loops, compiled by Numba with
+    ``@njit(cache=True)``. Never ``fastmath`` and never ``parallel=True``: the
+    summation order is fixed by the source, so results are deterministic and
+    bit-reproducible from call to call. With Numba's JIT disabled these run as
+    ordinary (slow) Python, which keeps them directly testable.
+
+The two twins agree to about 1e-12 relative in float64 (they differ only in
+the order of floating-point additions), see ``tests/test_kernels.py``.
+
+Dispatch seam
+-------------
+The public ``<name>`` is a small dispatcher. Which twin it calls is decided in
+one place, :data:`USE_NUMBA`, computed once at import by
+:func:`numba_requested`:
+
+* Numba loop kernels by default;
+* the NumPy twins when Numba's JIT is disabled (``NUMBA_DISABLE_JIT=1``, where
+  the loop kernels would be pure-Python loops, far too slow for real use), when
+  ``LNREF_KERNELS=numpy`` is set, or when Numba is not installed.
+
+Conventions
+-----------
+* Inputs are C-contiguous float64 or float32 arrays, all of one dtype; the
+  dispatchers make them contiguous and raise ``TypeError`` on anything else
+  (no silent upcast or downcast). Outputs have the input dtype.
+* For float32 data the loop kernels accumulate in float64 scalars and round
+  once when storing; the NumPy twins compute in float32 throughout. The two
+  therefore agree only to float32 precision on float32 inputs.
+* LayerNorm, RMSNorm and softmax kernels are 2-D ``(n, d)``: rows are
+  independent and the caller reshapes leading dimensions away. Attention is
+  4-D ``(B, H, T, Dh)``. GELU takes any shape.
+* Cotangents are named ``d<name>``: ``dy`` is the gradient of the loss with
+  respect to ``y``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+try:
+    from numba import config as _numba_config
+    from numba import njit
+except ImportError:  # the NumPy twins are complete on their own
+    _numba_config = None
+
+    def njit(*args, **kwargs):
+        """Stand-in for ``numba.njit`` when Numba is absent: no compilation."""
+        if args and callable(args[0]):
+            return args[0]
+        return lambda fn: fn
+
+
+__all__ = [
+    "USE_NUMBA",
+    "numba_requested",
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "rms_norm_forward",
+    "rms_norm_backward",
+    "softmax_forward",
+    "softmax_backward",
+    "attention_forward",
+    "attention_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "layer_norm_forward_reference",
+    "layer_norm_backward_reference",
+    "rms_norm_forward_reference",
+    "rms_norm_backward_reference",
+    "softmax_forward_reference",
+    "softmax_backward_reference",
+    "attention_forward_reference",
+    "attention_backward_reference",
+    "gelu_forward_reference",
+    "gelu_backward_reference",
+]
+
+
+# ---------------------------------------------------------------------------
+# Dispatch seam: the only place that chooses between the twins.
+# ---------------------------------------------------------------------------
+
+
+def numba_requested(lnref_kernels: str | None, jit_disabled: bool, numba_available: bool = True) -> bool:
+    """Whether the public kernels should call the Numba loop kernels.
+
+    ``lnref_kernels`` is the value of the ``LNREF_KERNELS`` environment
+    variable (``None``, ``""``, ``"numba"`` or ``"numpy"``), ``jit_disabled``
+    is ``numba.config.DISABLE_JIT``.
+    """
+    choice = (lnref_kernels or "numba").strip().lower()
+    if choice not in ("numba", "numpy"):
+        raise ValueError(f"LNREF_KERNELS must be 'numba' or 'numpy', got {lnref_kernels!r}")
+    return choice == "numba" and numba_available and not jit_disabled
+
+
+USE_NUMBA: bool = numba_requested(
+    os.environ.get("LNREF_KERNELS"),
+    jit_disabled=bool(_numba_config.DISABLE_JIT) if _numba_config is not None else True,
+    numba_available=_numba_config is not None,
+)
+
+
+def _pick(loop_kernel, reference):
+    """The implementation the public dispatchers call, per :data:`USE_NUMBA`."""
+    return loop_kernel if USE_NUMBA else reference
+
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _float_arrays(*arrays):
+    """Make arrays C-contiguous and check they share one float32/float64 dtype.
+
+    Mixed dtypes raise instead of being cast, so a float32 graph never turns
+    into float64 (or back) behind the caller's back.
+    """
+    out = [np.asarray(a) for a in arrays]
+    dtype = out[0].dtype
+    if dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"kernels take float32 or float64 arrays, got {dtype}")
+    for a in out[1:]:
+        if a.dtype != dtype:
+            raise TypeError(f"all kernel inputs must share one dtype, got {dtype} and {a.dtype}")
+    return [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in out]
+
+
+def _expect_ndim(name, array, ndim):
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {array.shape}")
+
+
+def _check_rows(x, *params):
+    """x is (n, d) and every per-feature parameter is (d,)."""
+    _expect_ndim("x", x, 2)
+    for p in params:
+        if p.shape != (x.shape[1],):
+            raise ValueError(f"parameter of shape {p.shape} does not match x of shape {x.shape}")
+
+
+# ---------------------------------------------------------------------------
+# LayerNorm
+# ---------------------------------------------------------------------------
+
+
+def layer_norm_forward_reference(x, gamma, beta, eps):
+    """LayerNorm over the last axis of ``x`` (n, d); NumPy twin.
+
+    Forward::
+
+        mean  = (1/d) sum_j x_j
+        var   = (1/d) sum_j (x_j - mean)^2          (population variance)
+        rstd  = 1 / sqrt(var + eps)
+        x_hat = (x - mean) * rstd
+        y     = x_hat * gamma + beta
+
+    The variance is the mean of squared deviations (two passes), never
+    ``E[x^2] - E[x]^2``, which cancels catastrophically for rows with a large
+    offset. The mean is taken of ``x - x[:, 0]`` and shifted back, so a
+    constant row has a mean equal to its value exactly (and deviations of
+    exactly 0), and large offsets are removed before summing.
+
+    Returns ``(y, mean, rstd)``; ``mean`` and ``rstd`` have shape (n,) and are
+    what :func:`layer_norm_backward` needs.
+    """
+    shift = x[:, :1]
+    mean = shift[:, 0] + (x - shift).mean(axis=-1)
+    deviation = x - mean[:, None]
+    var = (deviation * deviation).mean(axis=-1)
+    rstd = 1.0 / np.sqrt(var + eps)
+    y = deviation * rstd[:, None] * gamma + beta
+    return y, mean, rstd
+
+
+@njit(cache=True)
+def _layer_norm_forward_loop(x, gamma, beta, eps):
+    """Loop twin of :func:`layer_norm_forward_reference`."""
+    n, d = x.shape
+    y = np.empty_like(x)
+    mean = np.empty(n, dtype=x.dtype)
+    rstd = np.empty(n, dtype=x.dtype)
+    for i in range(n):
+        row = x[i]
+        shift = row[0]
+        # Four partial sums break the add-latency chain; their order is fixed,
+        # so the result is still bit-reproducible (no fastmath needed).
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        j = 0
+        while j + 4 <= d:
+            s0 += row[j] - shift
+            s1 += row[j + 1] - shift
+            s2 += row[j + 2] - shift
+            s3 += row[j + 3] - shift
+            j += 4
+        while j < d:
+            s0 += row[j] - shift
+            j += 1
+        m = shift + ((s0 + s1) + (s2 + s3)) / d
+
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        j = 0
+        while j + 4 <= d:
+            e0 = row[j] - m
+            e1 = row[j + 1] - m
+            e2 = row[j + 2] - m
+            e3 = row[j + 3] - m
+            s0 += e0 * e0
+            s1 += e1 * e1
+            s2 += e2 * e2
+            s3 += e3 * e3
+            j += 4
+        while j < d:
+            e0 = row[j] - m
+            s0 += e0 * e0
+            j += 1
+        r = 1.0 / math.sqrt(((s0 + s1) + (s2 + s3)) / d + eps)
+
+        out = y[i]
+        for j in range(d):
+            out[j] = (row[j] - m) * r * gamma[j] + beta[j]
+        mean[i] = m
+        rstd[i] = r
+    return y, mean, rstd
+
+
+def layer_norm_backward_reference(dy, x, gamma, mean, rstd):
+    """Gradient of LayerNorm; NumPy twin.
+
+    With ``x_hat = (x - mean) * rstd`` and ``g = dy * gamma`` (per row, means
+    over the last axis)::
+
+        dx     = rstd * (g - mean(g) - x_hat * mean(g * x_hat))
+        dgamma = sum over rows of dy * x_hat
+        dbeta  = sum over rows of dy
+
+    ``dx`` is ``g`` projected off the two directions LayerNorm removes (the
+    constant vector and ``x_hat``) and scaled by ``rstd``.
+    """
+    x_hat = (x - mean[:, None]) * rstd[:, None]
+    g = dy * gamma
+    mean_g = g.mean(axis=-1, keepdims=True)
+    mean_g_xhat = (g * x_hat).mean(axis=-1, keepdims=True)
+    dx = rstd[:, None] * (g - mean_g - x_hat * mean_g_xhat)
+    dgamma = (dy * x_hat).sum(axis=0)
+    dbeta = dy.sum(axis=0)
+    return dx, dgamma, dbeta
+
+
+@njit(cache=True)
+def _layer_norm_backward_loop(dy, x, gamma, mean, rstd):
+    """Loop twin of :func:`layer_norm_backward_reference`."""
+    n, d = x.shape
+    dx = np.empty_like(x)
+    # float64 column accumulators: a float32 sum over many rows would drift.
+    dgamma = np.zeros(d)
+    dbeta = np.zeros(d)
+    inv_d = 1.0 / d
+    for i in range(n):
+        m = mean[i]
+        r = rstd[i]
+        x_row = x[i]
+        dy_row = dy[i]
+        # Pass 1: the two row reductions, in two partial sums each so the
+        # four add chains overlap.
+        sg0 = 0.0
+        sg1 = 0.0
+        sgx0 = 0.0
+        sgx1 = 0.0
+        j = 0
+        while j + 2 <= d:
+            g0 = dy_row[j] * gamma[j]
+            g1 = dy_row[j + 1] * gamma[j + 1]
+            sg0 += g0
+            sg1 += g1
+            sgx0 += g0 * ((x_row[j] - m) * r)
+            sgx1 += g1 * ((x_row[j + 1] - m) * r)
+            j += 2
+        if j < d:
+            g0 = dy_row[j] * gamma[j]
+            sg0 += g0
+            sgx0 += g0 * ((x_row[j] - m) * r)
+        mean_g = (sg0 + sg1) * inv_d
+        mean_g_xhat = (sgx0 + sgx1) * inv_d
+        # Pass 2: element-wise, no reductions, so LLVM can vectorize it.
+        dx_row = dx[i]
+        for j in range(d):
+            dyj = dy_row[j]
+            x_hat = (x_row[j] - m) * r
+            dx_row[j] = r * (dyj * gamma[j] - mean_g - x_hat * mean_g_xhat)
+            dgamma[j] += dyj * x_hat
+            dbeta[j] += dyj
+    return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+
+
+def layer_norm_forward(x, gamma, beta, eps):
+    """LayerNorm forward of ``x`` (n, d); returns ``(y, mean, rstd)``.
+
+    See :func:`layer_norm_forward_reference` for the math.
+    """
+    x, gamma, beta = _float_arrays(x, gamma, beta)
+    _check_rows(x, gamma, beta)
+    return _pick(_layer_norm_forward_loop, layer_norm_forward_reference)(x, gamma, beta, float(eps))
+
+
+def layer_norm_backward(dy, x, gamma, mean, rstd):
+    """LayerNorm backward; returns ``(dx, dgamma, dbeta)``.
+
+    ``dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))`` with
+    ``g = dy * gamma``, ``x_hat = (x - mean) * rstd``; ``dgamma = sum_rows dy *
+    x_hat``; ``dbeta = sum_rows dy``. See :func:`layer_norm_backward_reference`.
+    """
+    dy, x, gamma, mean, rstd = _float_arrays(dy, x, gamma, mean, rstd)
+    _check_rows(x, gamma)
+    return _pick(_layer_norm_backward_loop, layer_norm_backward_reference)(dy, x, gamma, mean, rstd)
+
+
+# ---------------------------------------------------------------------------
+# RMSNorm
+# ---------------------------------------------------------------------------
+
+
+def rms_norm_forward_reference(x, gamma, eps):
+    """RMSNorm over the last axis of ``x`` (n, d); NumPy twin.
+
+    Forward::
+
+        rrms = 1 / sqrt(mean(x^2) + eps)
+        y    = x * rrms * gamma
+
+    Returns ``(y, rrms)`` with ``rrms`` of shape (n,).
+    """
+    rrms = 1.0 / np.sqrt((x * x).mean(axis=-1) + eps)
+    y = x * rrms[:, None] * gamma
+    return y, rrms
+
+
+@njit(cache=True)
+def _rms_norm_forward_loop(x, gamma, eps):
+    """Loop twin of :func:`rms_norm_forward_reference`."""
+    n, d = x.shape
+    y = np.empty_like(x)
+    rrms = np.empty(n, dtype=x.dtype)
+    for i in range(n):
+        row = x[i]
+        s0 = 0.0
+        s1 = 0.0
+        j = 0
+        while j + 2 <= d:
+            s0 += row[j] * row[j]
+            s1 += row[j + 1] * row[j + 1]
+            j += 2
+        if j < d:
+            s0 += row[j] * row[j]
+        r = 1.0 / math.sqrt((s0 + s1) / d + eps)
+        out = y[i]
+        for j in range(d):
+            out[j] = row[j] * r * gamma[j]
+        rrms[i] = r
+    return y, rrms
+
+
+def rms_norm_backward_reference(dy, x, gamma, rrms):
+    """Gradient of RMSNorm; NumPy twin.
+
+    With ``x_hat = x * rrms`` and ``g = dy * gamma``::
+
+        dx     = rrms * (g - x_hat * mean(g * x_hat))
+        dgamma = sum over rows of dy * x_hat
+
+    (Like LayerNorm without the mean-centring term: RMSNorm only removes the
+    ``x_hat`` direction.)
+    """
+    x_hat = x * rrms[:, None]
+    g = dy * gamma
+    mean_g_xhat = (g * x_hat).mean(axis=-1, keepdims=True)
+    dx = rrms[:, None] * (g - x_hat * mean_g_xhat)
+    dgamma = (dy * x_hat).sum(axis=0)
+    return dx, dgamma
+
+
+@njit(cache=True)
+def _rms_norm_backward_loop(dy, x, gamma, rrms):
+    """Loop twin of :func:`rms_norm_backward_reference`."""
+    n, d = x.shape
+    dx = np.empty_like(x)
+    dgamma = np.zeros(d)
+    inv_d = 1.0 / d
+    for i in range(n):
+        r = rrms[i]
+        x_row = x[i]
+        dy_row = dy[i]
+        s0 = 0.0
+        s1 = 0.0
+        j = 0
+        while j + 2 <= d:
+            s0 += (dy_row[j] * gamma[j]) * (x_row[j] * r)
+            s1 += (dy_row[j + 1] * gamma[j + 1]) * (x_row[j + 1] * r)
+            j += 2
+        if j < d:
+            s0 += (dy_row[j] * gamma[j]) * (x_row[j] * r)
+        mean_g_xhat = (s0 + s1) * inv_d
+        dx_row = dx[i]
+        for j in range(d):
+            x_hat = x_row[j] * r
+            dx_row[j] = r * (dy_row[j] * gamma[j] - x_hat * mean_g_xhat)
+            dgamma[j] += dy_row[j] * x_hat
+    return dx, dgamma.astype(x.dtype)
+
+
+def rms_norm_forward(x, gamma, eps):
+    """RMSNorm forward of ``x`` (n, d); returns ``(y, rrms)``.
+
+    ``y = x * rrms * gamma`` with ``rrms = 1 / sqrt(mean(x^2) + eps)``.
+    """
+    x, gamma = _float_arrays(x, gamma)
+    _check_rows(x, gamma)
+    return _pick(_rms_norm_forward_loop, rms_norm_forward_reference)(x, gamma, float(eps))
+
+
+def rms_norm_backward(dy, x, gamma, rrms):
+    """RMSNorm backward; returns ``(dx, dgamma)``.
+
+    ``dx = rrms * (g - x_hat * mean(g * x_hat))``, ``dgamma = sum_rows dy *
+    x_hat`` with ``x_hat = x * rrms``, ``g = dy * gamma``.
+    """
+    dy, x, gamma, rrms = _float_arrays(dy, x, gamma, rrms)
+    _check_rows(x, gamma)
+    return _pick(_rms_norm_backward_loop, rms_norm_backward_reference)(dy, x, gamma, rrms)
+
+
+# ---------------------------------------------------------------------------
+# Softmax
+# ---------------------------------------------------------------------------
+
+
+def softmax_forward_reference(x):
+    """Softmax over the last axis of ``x`` (n, d); NumPy twin.
+
+    ``p_j = exp(x_j - max(x)) / sum_k exp(x_k - max(x))``. Subtracting the row
+    maximum changes nothing mathematically but keeps every exponent <= 0, so
+    logits like 1e4 do not overflow.
+    """
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@njit(cache=True)
+def _softmax_forward_loop(x):
+    """Loop twin of :func:`softmax_forward_reference`."""
+    n, d = x.shape
+    p = np.empty_like(x)
+    for i in range(n):
+        row = x[i]
+        out = p[i]
+        row_max = row[0]
+        for j in range(1, d):
+            if row[j] > row_max:
+                row_max = row[j]
+        total = 0.0
+        for j in range(d):
+            e = math.exp(row[j] - row_max)
+            out[j] = e
+            total += e
+        for j in range(d):
+            out[j] = out[j] / total
+    return p
+
+
+def softmax_backward_reference(dp, p):
+    """Gradient of softmax; NumPy twin.
+
+    The Jacobian of ``p = softmax(x)`` is ``diag(p) - p p^T``, so for a
+    cotangent ``dp`` (per row)::
+
+        dx = p * (dp - sum(dp * p))
+    """
+    return p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+
+
+@njit(cache=True)
+def _softmax_backward_loop(dp, p):
+    """Loop twin of :func:`softmax_backward_reference`."""
+    n, d = p.shape
+    dx = np.empty_like(p)
+    for i in range(n):
+        p_row = p[i]
+        dp_row = dp[i]
+        s0 = 0.0
+        s1 = 0.0
+        j = 0
+        while j + 2 <= d:
+            s0 += dp_row[j] * p_row[j]
+            s1 += dp_row[j + 1] * p_row[j + 1]
+            j += 2
+        if j < d:
+            s0 += dp_row[j] * p_row[j]
+        row_dot = s0 + s1
+        out = dx[i]
+        for j in range(d):
+            out[j] = p_row[j] * (dp_row[j] - row_dot)
+    return dx
+
+
+def softmax_forward(x):
+    """Numerically stable softmax over the last axis of ``x`` (n, d)."""
+    (x,) = _float_arrays(x)
+    _expect_ndim("x", x, 2)
+    return _pick(_softmax_forward_loop, softmax_forward_reference)(x)
+
+
+def softmax_backward(dp, p):
+    """Softmax backward: ``dx = p * (dp - sum(dp * p, axis=-1))``.
+
+    The Jacobian is ``diag(p) - p p^T``.
+    """
+    dp, p = _float_arrays(dp, p)
+    _expect_ndim("p", p, 2)
+    return _pick(_softmax_backward_loop, softmax_backward_reference)(dp, p)
+
+
+# ---------------------------------------------------------------------------
+# Scaled dot-product attention
+# ---------------------------------------------------------------------------
+
+
+def attention_forward_reference(q, k, v, causal):
+    """Scaled dot-product attention; NumPy twin.
+
+    ``q`` is (B, H, T, Dh), ``k`` and ``v`` are (B, H, S, Dh)::
+
+        scores = q @ k^T / sqrt(Dh)                 (B, H, T, S)
+        scores[..., t, s] = -inf  where s > t       (only if causal)
+        probs  = softmax(scores, axis=-1)           (stable: row max subtracted)
+        out    = probs @ v                          (B, H, T, Dh)
+
+    With ``causal`` the diagonal ``s == t`` is always allowed, so no row is
+    empty, and masked positions get ``exp(-inf) = 0``: their probability is
+    exactly 0. Returns ``(out, probs)``; ``probs`` is kept for the backward.
+    """
+    dh = q.shape[-1]
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)) / math.sqrt(dh)
+    if causal:
+        t_len, s_len = scores.shape[-2:]
+        masked = np.triu(np.ones((t_len, s_len), dtype=bool), k=1)  # s > t
+        scores = np.where(masked, -np.inf, scores)
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs = e / e.sum(axis=-1, keepdims=True)
+    out = np.matmul(probs, v)
+    return out, probs
+
+
+@njit(cache=True)
+def _attention_forward_loop(q, k, v, causal):
+    """Loop twin of :func:`attention_forward_reference`.
+
+    One (b, h) head at a time. ``k`` is transposed once per head so that every
+    inner loop is an element-wise ``a[:] += c * b[:]`` over contiguous memory
+    (which LLVM vectorizes without fastmath) instead of a dot-product
+    reduction (which it may not reorder). Masked columns are not computed at
+    all; their probability is stored as exactly 0.
+    """
+    n_batch, n_head, t_len, dh = q.shape
+    s_len = k.shape[2]
+    sqrt_dh = math.sqrt(dh)
+    out = np.empty_like(q)
+    probs = np.zeros((n_batch, n_head, t_len, s_len), dtype=q.dtype)
+    k_t = np.empty((dh, s_len))
+    scores = np.empty(s_len)
+    out_row = np.empty(dh)
+    for b in range(n_batch):
+        for h in range(n_head):
+            qh = q[b, h]
+            kh = k[b, h]
+            vh = v[b, h]
+            for s in range(s_len):
+                for c in range(dh):
+                    k_t[c, s] = kh[s, c]
+            for t in range(t_len):
+                s_end = min(t + 1, s_len) if causal else s_len
+                for s in range(s_end):
+                    scores[s] = 0.0
+                for c in range(dh):
+                    q_tc = qh[t, c]
+                    k_row = k_t[c]
+                    for s in range(s_end):
+                        scores[s] += q_tc * k_row[s]
+                row_max = -np.inf
+                for s in range(s_end):
+                    scores[s] = scores[s] / sqrt_dh
+                    if scores[s] > row_max:
+                        row_max = scores[s]
+                total = 0.0
+                for s in range(s_end):
+                    e = math.exp(scores[s] - row_max)
+                    scores[s] = e
+                    total += e
+                p_row = probs[b, h, t]
+                for c in range(dh):
+                    out_row[c] = 0.0
+                for s in range(s_end):
+                    p = scores[s] / total
+                    p_row[s] = p
+                    # Use the stored (rounded) probability, as probs @ v does.
+                    p = p_row[s]
+                    v_row = vh[s]
+                    for c in range(dh):
+                        out_row[c] += p * v_row[c]
+                o = out[b, h, t]
+                for c in range(dh):
+                    o[c] = out_row[c]
+    return out, probs
+
+
+def attention_backward_reference(dout, q, k, v, probs):
+    """Gradient of scaled dot-product attention; NumPy twin.
+
+    ::
+
+        dv      = probs^T @ dout
+        dprobs  = dout @ v^T
+        dscores = probs * (dprobs - rowsum(dprobs * probs))   (softmax backward)
+        dq      = dscores @ k   / sqrt(Dh)
+        dk      = dscores^T @ q / sqrt(Dh)
+
+    Causally masked positions have ``probs`` exactly 0, so ``dscores`` is 0
+    there and they contribute nothing to ``dq`` and ``dk``: no mask is needed.
+    """
+    dh = q.shape[-1]
+    sqrt_dh = math.sqrt(dh)
+    dv = np.matmul(np.swapaxes(probs, -1, -2), dout)
+    dprobs = np.matmul(dout, np.swapaxes(v, -1, -2))
+    dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
+    dq = np.matmul(dscores, k) / sqrt_dh
+    dk = np.matmul(np.swapaxes(dscores, -1, -2), q) / sqrt_dh
+    return dq, dk, dv
+
+
+@njit(cache=True)
+def _attention_backward_loop(dout, q, k, v, probs):
+    """Loop twin of :func:`attention_backward_reference`.
+
+    Walks the query rows ``t`` of one head once: each row produces ``dq[t]``
+    and adds its contributions to float64 accumulators for ``dk`` and ``dv``.
+    ``v`` is transposed per head so ``dprobs`` is built with contiguous
+    element-wise updates. All columns are visited; masked ones have
+    ``probs == 0`` and add exact zeros.
+    """
+    n_batch, n_head, t_len, dh = q.shape
+    s_len = k.shape[2]
+    sqrt_dh = math.sqrt(dh)
+    dq = np.empty_like(q)
+    dk = np.empty_like(k)
+    dv = np.empty_like(v)
+    v_t = np.empty((dh, s_len))
+    dk_acc = np.empty((s_len, dh))
+    dv_acc = np.empty((s_len, dh))
+    dscores = np.empty(s_len)
+    dq_row = np.empty(dh)
+    for b in range(n_batch):
+        for h in range(n_head):
+            qh = q[b, h]
+            kh = k[b, h]
+            vh = v[b, h]
+            dout_h = dout[b, h]
+            for s in range(s_len):
+                for c in range(dh):
+                    v_t[c, s] = vh[s, c]
+                    dk_acc[s, c] = 0.0
+                    dv_acc[s, c] = 0.0
+            for t in range(t_len):
+                p_row = probs[b, h, t]
+                dout_row = dout_h[t]
+                q_row = qh[t]
+                # dprobs[s] = dout[t] . v[s]
+                for s in range(s_len):
+                    dscores[s] = 0.0
+                for c in range(dh):
+                    g = dout_row[c]
+                    v_row = v_t[c]
+                    for s in range(s_len):
+                        dscores[s] += g * v_row[s]
+                row_dot = 0.0
+                for s in range(s_len):
+                    row_dot += dscores[s] * p_row[s]
+                for c in range(dh):
+                    dq_row[c] = 0.0
+                for s in range(s_len):
+                    p = p_row[s]
+                    ds = p * (dscores[s] - row_dot)
+                    k_row = kh[s]
+                    dk_row = dk_acc[s]
+                    dv_row = dv_acc[s]
+                    for c in range(dh):
+                        dq_row[c] += ds * k_row[c]
+                        dk_row[c] += ds * q_row[c]
+                        dv_row[c] += p * dout_row[c]
+                dq_t = dq[b, h, t]
+                for c in range(dh):
+                    dq_t[c] = dq_row[c] / sqrt_dh
+            dk_h = dk[b, h]
+            dv_h = dv[b, h]
+            for s in range(s_len):
+                for c in range(dh):
+                    dk_h[s, c] = dk_acc[s, c] / sqrt_dh
+                    dv_h[s, c] = dv_acc[s, c]
+    return dq, dk, dv
+
+
+def _check_attention_shapes(q, k, v, causal=False):
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        _expect_ndim(name, a, 4)
+    if k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
+        raise ValueError(f"incompatible attention shapes q={q.shape} k={k.shape} v={v.shape}")
+    if causal and q.shape[2] != k.shape[2]:
+        raise ValueError(f"causal attention needs T == S, got T={q.shape[2]} S={k.shape[2]}")
+
+
+def attention_forward(q, k, v, causal):
+    """Scaled dot-product attention; returns ``(out, probs)``.
+
+    ``q`` (B, H, T, Dh), ``k``/``v`` (B, H, S, Dh);
+    ``out = softmax(q k^T / sqrt(Dh) [masked s > t if causal]) @ v``.
+    See :func:`attention_forward_reference`.
+    """
+    q, k, v = _float_arrays(q, k, v)
+    causal = bool(causal)
+    _check_attention_shapes(q, k, v, causal)
+    return _pick(_attention_forward_loop, attention_forward_reference)(q, k, v, causal)
+
+
+def attention_backward(dout, q, k, v, probs):
+    """Attention backward; returns ``(dq, dk, dv)``.
+
+    ``dv = probs^T dout``; ``dprobs = dout v^T``; ``dscores = probs * (dprobs -
+    rowsum(dprobs * probs))``; ``dq = dscores k / sqrt(Dh)``; ``dk = dscores^T
+    q / sqrt(Dh)``. Masked positions have ``probs == 0`` exactly and need no
+    special case. See :func:`attention_backward_reference`.
+    """
+    dout, q, k, v, probs = _float_arrays(dout, q, k, v, probs)
+    _check_attention_shapes(q, k, v)
+    return _pick(_attention_backward_loop, attention_backward_reference)(dout, q, k, v, probs)
+
+
+# ---------------------------------------------------------------------------
+# GELU
+# ---------------------------------------------------------------------------
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_CUBIC = 0.044715
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_GELU_VARIANTS = ("tanh", "none")
+
+# NumPy has no erf ufunc; math.erf element by element is exact and is the same
+# libm function the Numba kernel calls.
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _check_approximate(approximate):
+    if approximate not in _GELU_VARIANTS:
+        raise ValueError(f"approximate must be 'tanh' or 'none', got {approximate!r}")
+
+
+def gelu_forward_reference(x, approximate):
+    """GELU of ``x`` (any shape); NumPy twin.
+
+    ``approximate="none"`` (exact)::
+
+        y = x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))
+
+    ``approximate="tanh"``::
+
+        u = sqrt(2/pi) (x + 0.044715 x^3)
+        y = 0.5 x (1 + tanh(u))
+    """
+    _check_approximate(approximate)
+    if approximate == "tanh":
+        u = _SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x)
+        return 0.5 * x * (1.0 + np.tanh(u))
+    cdf = 0.5 * (1.0 + _erf(x * _INV_SQRT_2).astype(x.dtype, copy=False))
+    return x * cdf
+
+
+def gelu_backward_reference(dy, x, approximate):
+    """Gradient of GELU; NumPy twin. ``dx = dy * gelu'(x)`` with
+
+    ``approximate="none"``::
+
+        gelu'(x) = Phi(x) + x phi(x),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+
+    ``approximate="tanh"`` (``u`` as in the forward, ``th = tanh(u)``)::
+
+        gelu'(x) = 0.5 (1 + th) + 0.5 x (1 - th^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    """
+    _check_approximate(approximate)
+    if approximate == "tanh":
+        x2 = x * x
+        th = np.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x2 * x))
+        du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_CUBIC * x2)
+        return dy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du_dx)
+    cdf = 0.5 * (1.0 + _erf(x * _INV_SQRT_2).astype(x.dtype, copy=False))
+    pdf = _INV_SQRT_2PI * np.exp(-0.5 * x * x)
+    return dy * (cdf + x * pdf)
+
+
+@njit(cache=True)
+def _gelu_forward_loop(x, approximate):
+    """Loop twin of :func:`gelu_forward_reference` (any shape)."""
+    flat = x.ravel()
+    y = np.empty_like(flat)
+    if approximate == "tanh":
+        for i in range(flat.size):
+            xi = float(flat[i])
+            u = _SQRT_2_OVER_PI * (xi + _GELU_CUBIC * xi * xi * xi)
+            y[i] = 0.5 * xi * (1.0 + math.tanh(u))
+    elif approximate == "none":
+        for i in range(flat.size):
+            xi = float(flat[i])
+            y[i] = xi * (0.5 * (1.0 + math.erf(xi * _INV_SQRT_2)))
+    else:
+        raise ValueError("approximate must be 'tanh' or 'none'")
+    return y.reshape(x.shape)
+
+
+@njit(cache=True)
+def _gelu_backward_loop(dy, x, approximate):
+    """Loop twin of :func:`gelu_backward_reference` (any shape)."""
+    flat = x.ravel()
+    dy_flat = dy.ravel()
+    dx = np.empty_like(flat)
+    if approximate == "tanh":
+        for i in range(flat.size):
+            xi = float(flat[i])
+            x2 = xi * xi
+            th = math.tanh(_SQRT_2_OVER_PI * (xi + _GELU_CUBIC * x2 * xi))
+            du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_CUBIC * x2)
+            dx[i] = dy_flat[i] * (0.5 * (1.0 + th) + 0.5 * xi * (1.0 - th * th) * du_dx)
+    elif approximate == "none":
+        for i in range(flat.size):
+            xi = float(flat[i])
+            cdf = 0.5 * (1.0 + math.erf(xi * _INV_SQRT_2))
+            pdf = _INV_SQRT_2PI * math.exp(-0.5 * xi * xi)
+            dx[i] = dy_flat[i] * (cdf + xi * pdf)
+    else:
+        raise ValueError("approximate must be 'tanh' or 'none'")
+    return dx.reshape(x.shape)
+
+
+def gelu_forward(x, approximate):
+    """GELU of ``x`` (any shape), ``approximate`` in {"tanh", "none"}.
+
+    See :func:`gelu_forward_reference` for both formulas.
+    """
+    _check_approximate(approximate)
+    (x,) = _float_arrays(x)
+    return _pick(_gelu_forward_loop, gelu_forward_reference)(x, approximate)
+
+
+def gelu_backward(dy, x, approximate):
+    """GELU backward ``dx = dy * gelu'(x)``; see :func:`gelu_backward_reference`."""
+    _check_approximate(approximate)
+    dy, x = _float_arrays(dy, x)
+    if dy.shape != x.shape:
+        raise ValueError(f"dy shape {dy.shape} does not match x shape {x.shape}")
+    return _pick(_gelu_backward_loop, gelu_backward_reference)(dy, x, approximate)

@@ -1,0 +1,572 @@
+"""Every primitive of the engine: its forward and its vector-Jacobian product, side by side.
+
+A primitive is a pair of plain-array functions registered in ``PRIMITIVES``:
+
+    forward(*inputs, **params) -> (output, residuals)
+    vjp(doutput, residuals)    -> one cotangent per input (None where there is none)
+
+Positional arguments are the differentiable inputs (Tensors, arrays or Python numbers);
+keyword arguments are static parameters (axis, eps, causal, ...). ``defprimitive`` turns
+the pair into the function users call: it unwraps Tensors, runs the forward and, if a tape
+is recording and an input needs a gradient, records ``(vjp, residuals, inputs, output)``.
+
+Broadcasting binary ops sum their cotangents back to each input's shape (``unbroadcast``).
+The fused ops (layer_norm, rms_norm, softmax, attention, cross_entropy, gelu) call the
+hand-written kernels of ``kernels.py``; their docstrings give the backward formulas.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from lnref.autograd import kernels
+from lnref.autograd.tensor import FLOAT_DTYPES, Tensor, active_tape
+
+
+class Primitive(NamedTuple):
+    name: str
+    forward: Callable
+    vjp: Callable
+
+
+PRIMITIVES: dict[str, Primitive] = {}
+
+
+def defprimitive(name: str, forward: Callable, vjp: Callable) -> Callable:
+    """Register ``forward``/``vjp`` under ``name`` and return the callable primitive."""
+    PRIMITIVES[name] = Primitive(name, forward, vjp)
+
+    def apply(*args, **params):
+        values = [arg.value if isinstance(arg, Tensor) else arg for arg in args]
+        out, residuals = forward(*values, **params)
+        tape = active_tape()
+        if tape is None or not any(isinstance(a, Tensor) and a.requires_grad for a in args):
+            return Tensor(out)
+        result = Tensor(out, requires_grad=True)
+        inputs = tuple(arg if isinstance(arg, Tensor) else None for arg in args)
+        tape.record(vjp, residuals, inputs, result)
+        return result
+
+    apply.__name__ = name
+    apply.__doc__ = forward.__doc__
+    return apply
+
+
+# ----- input checks -------------------------------------------------------------------
+
+def _shapes(*arrays):
+    return " and ".join(str(np.shape(a)) for a in arrays)
+
+
+def _check_float(op: str, *arrays):
+    """All array inputs share one float dtype (float64 or float32); numbers are free."""
+    dtypes = {np.asarray(a).dtype for a in arrays if isinstance(a, np.ndarray)}
+    for dtype in dtypes:
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{op}: dtype {dtype} is not float64 or float32 (shapes {_shapes(*arrays)})")
+    if len(dtypes) > 1:
+        names = " and ".join(sorted(str(d) for d in dtypes))
+        raise ValueError(f"{op}: mixed dtypes {names} (shapes {_shapes(*arrays)}); cast one first")
+
+
+def _check_finite(op: str, *arrays):
+    for a in arrays:
+        if not np.isfinite(a).all():
+            raise ValueError(f"{op}: input of shape {np.shape(a)} contains NaN or inf")
+
+
+def _broadcast_shape(op: str, a, b):
+    try:
+        return np.broadcast_shapes(np.shape(a), np.shape(b))
+    except ValueError:
+        raise ValueError(f"{op}: shapes {_shapes(a, b)} do not broadcast") from None
+
+
+def unbroadcast(grad, shape):
+    """Sum ``grad`` over the axes that broadcasting added or stretched to reach it."""
+    if grad.shape == tuple(shape):
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra:
+        grad = grad.sum(axis=tuple(range(extra)))
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if stretched:
+        grad = grad.sum(axis=stretched, keepdims=True)
+    return grad
+
+
+# ----- elementwise --------------------------------------------------------------------
+
+def _add_fwd(a, b):
+    _check_float("add", a, b)
+    _broadcast_shape("add", a, b)
+    return a + b, (np.shape(a), np.shape(b))
+
+
+def _add_vjp(dout, shapes):
+    return unbroadcast(dout, shapes[0]), unbroadcast(dout, shapes[1])
+
+
+add = defprimitive("add", _add_fwd, _add_vjp)
+
+
+def _sub_fwd(a, b):
+    _check_float("sub", a, b)
+    _broadcast_shape("sub", a, b)
+    return a - b, (np.shape(a), np.shape(b))
+
+
+def _sub_vjp(dout, shapes):
+    return unbroadcast(dout, shapes[0]), unbroadcast(-dout, shapes[1])
+
+
+sub = defprimitive("sub", _sub_fwd, _sub_vjp)
+
+
+def _mul_fwd(a, b):
+    _check_float("mul", a, b)
+    _broadcast_shape("mul", a, b)
+    return a * b, (a, b)
+
+
+def _mul_vjp(dout, inputs):
+    a, b = inputs
+    return unbroadcast(dout * b, np.shape(a)), unbroadcast(dout * a, np.shape(b))
+
+
+mul = defprimitive("mul", _mul_fwd, _mul_vjp)
+
+
+def _div_fwd(a, b):
+    _check_float("div", a, b)
+    _broadcast_shape("div", a, b)
+    return a / b, (a, b)
+
+
+def _div_vjp(dout, inputs):
+    a, b = inputs
+    return unbroadcast(dout / b, np.shape(a)), unbroadcast(-dout * a / (b * b), np.shape(b))
+
+
+div = defprimitive("div", _div_fwd, _div_vjp)
+
+
+def _neg_fwd(x):
+    return -x, None
+
+
+def _neg_vjp(dout, _):
+    return (-dout,)
+
+
+neg = defprimitive("neg", _neg_fwd, _neg_vjp)
+
+
+def _scale_fwd(x, *, factor):
+    """x * factor for a constant ``factor`` (not differentiated)."""
+    if not np.isfinite(factor):
+        raise ValueError(f"scale: factor {factor} is not finite (input shape {np.shape(x)})")
+    return x * factor, factor
+
+
+def _scale_vjp(dout, factor):
+    return (dout * factor,)
+
+
+scale = defprimitive("scale", _scale_fwd, _scale_vjp)
+
+
+def _exp_fwd(x):
+    out = np.exp(x)
+    return out, out
+
+
+def _exp_vjp(dout, out):
+    return (dout * out,)
+
+
+exp = defprimitive("exp", _exp_fwd, _exp_vjp)
+
+
+def _log_fwd(x):
+    if np.any(x <= 0):
+        raise ValueError(f"log: input of shape {np.shape(x)} has entries <= 0")
+    return np.log(x), x
+
+
+def _log_vjp(dout, x):
+    return (dout / x,)
+
+
+log = defprimitive("log", _log_fwd, _log_vjp)
+
+
+def _sqrt_fwd(x):
+    if np.any(x < 0):
+        raise ValueError(f"sqrt: input of shape {np.shape(x)} has negative entries")
+    out = np.sqrt(x)
+    return out, out
+
+
+def _sqrt_vjp(dout, out):
+    return (dout / (2.0 * out),)
+
+
+sqrt = defprimitive("sqrt", _sqrt_fwd, _sqrt_vjp)
+
+
+def _relu_fwd(x):
+    mask = x > 0
+    return np.maximum(x, 0), mask
+
+
+def _relu_vjp(dout, mask):
+    return (dout * mask,)
+
+
+relu = defprimitive("relu", _relu_fwd, _relu_vjp)
+
+
+def _gelu_fwd(x, *, approximate="tanh"):
+    """GELU, tanh approximation (default) or exact erf form (``approximate="none"``).
+
+    tanh:  y = x/2 (1 + tanh(u)),  u = sqrt(2/pi)(x + 0.044715 x^3)
+    erf:   y = x Phi(x),           dy/dx = Phi(x) + x phi(x)
+    """
+    if approximate not in ("tanh", "none"):
+        raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+    _check_float("gelu", x)
+    return kernels.gelu_forward(x, approximate), (x, approximate)
+
+
+def _gelu_vjp(dout, residuals):
+    x, approximate = residuals
+    return (kernels.gelu_backward(dout, x, approximate),)
+
+
+gelu = defprimitive("gelu", _gelu_fwd, _gelu_vjp)
+
+
+# ----- reductions ---------------------------------------------------------------------
+
+def _reduced_axes(ndim, axis):
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if np.isscalar(axis) else tuple(axis)
+    return tuple(a % ndim for a in axes)
+
+
+def _sum_fwd(x, *, axis=None, keepdims=False):
+    return np.sum(x, axis=axis, keepdims=keepdims), (np.shape(x), _reduced_axes(np.ndim(x), axis), keepdims)
+
+
+def _sum_vjp(dout, residuals):
+    shape, axes, keepdims = residuals
+    if not keepdims:
+        dout = np.expand_dims(dout, axes)
+    return (np.broadcast_to(dout, shape).copy(),)
+
+
+sum = defprimitive("sum", _sum_fwd, _sum_vjp)  # noqa: A001  (mirrors np.sum)
+
+
+def _mean_fwd(x, *, axis=None, keepdims=False):
+    axes = _reduced_axes(np.ndim(x), axis)
+    count = int(np.prod([np.shape(x)[a] for a in axes]))
+    return np.mean(x, axis=axis, keepdims=keepdims), (np.shape(x), axes, keepdims, count)
+
+
+def _mean_vjp(dout, residuals):
+    shape, axes, keepdims, count = residuals
+    (dx,) = _sum_vjp(dout, (shape, axes, keepdims))
+    return (dx / count,)
+
+
+mean = defprimitive("mean", _mean_fwd, _mean_vjp)
+
+
+# ----- shape --------------------------------------------------------------------------
+
+def _reshape_fwd(x, *, shape):
+    try:
+        return np.reshape(x, shape), np.shape(x)
+    except ValueError:
+        raise ValueError(f"reshape: cannot reshape {np.shape(x)} into {tuple(shape)}") from None
+
+
+def _reshape_vjp(dout, shape):
+    return (dout.reshape(shape),)
+
+
+reshape = defprimitive("reshape", _reshape_fwd, _reshape_vjp)
+
+
+def _transpose_fwd(x, *, axes):
+    if sorted(a % np.ndim(x) for a in axes) != list(range(np.ndim(x))):
+        raise ValueError(f"transpose: axes {tuple(axes)} do not permute shape {np.shape(x)}")
+    return np.transpose(x, axes), axes
+
+
+def _transpose_vjp(dout, axes):
+    return (np.transpose(dout, np.argsort(axes)),)
+
+
+transpose = defprimitive("transpose", _transpose_fwd, _transpose_vjp)
+
+
+def swapaxes(x, axis1, axis2):
+    """Exchange two axes (a transpose)."""
+    axes = list(range(np.ndim(x.value if isinstance(x, Tensor) else x)))
+    axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
+    return transpose(x, axes=tuple(axes))
+
+
+def _concatenate_fwd(*xs, axis=-1):
+    _check_float("concatenate", *xs)
+    try:
+        out = np.concatenate(xs, axis=axis)
+    except ValueError:
+        raise ValueError(f"concatenate: shapes {_shapes(*xs)} do not join along axis {axis}") from None
+    return out, (axis, np.cumsum([np.shape(x)[axis] for x in xs])[:-1])
+
+
+def _concatenate_vjp(dout, residuals):
+    axis, boundaries = residuals
+    return tuple(np.split(dout, boundaries, axis=axis))
+
+
+concatenate = defprimitive("concatenate", _concatenate_fwd, _concatenate_vjp)
+
+
+def _index_fwd(x, *, index):
+    """x[index]; integer-array indices (an embedding lookup) may repeat."""
+    try:
+        out = x[index]
+    except IndexError as err:
+        raise ValueError(f"index: {err} (input shape {np.shape(x)})") from None
+    return out, (np.shape(x), x.dtype, index)
+
+
+def _index_vjp(dout, residuals):
+    shape, dtype, index = residuals
+    dx = np.zeros(shape, dtype=dtype)
+    np.add.at(dx, index, dout)  # repeated indices must add, not overwrite
+    return (dx,)
+
+
+index = defprimitive("index", _index_fwd, _index_vjp)
+
+
+def split(x, sections: int, axis: int = -1):
+    """Split into ``sections`` equal parts along ``axis`` (one index op per part)."""
+    value = x.value if isinstance(x, Tensor) else np.asarray(x)
+    size = value.shape[axis]
+    if sections < 1 or size % sections:
+        raise ValueError(f"split: axis {axis} of shape {value.shape} does not split into {sections}")
+    step = size // sections
+    axis = axis % value.ndim
+    lead = (slice(None),) * axis
+    return [index(x, index=lead + (slice(i * step, (i + 1) * step),)) for i in range(sections)]
+
+
+def embedding(table, ids):
+    """Rows of ``table`` (vocab, d) picked by integer ``ids``; gradient rows add up."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"embedding: ids must be integers, got {ids.dtype} of shape {ids.shape}")
+    vocab = (table.value if isinstance(table, Tensor) else table).shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        raise ValueError(f"embedding: ids outside [0, {vocab}) for a table of {vocab} rows")
+    return index(table, index=ids)
+
+
+# ----- matmul -------------------------------------------------------------------------
+
+def _matmul_fwd(a, b):
+    """Batched a @ b (leading axes broadcast). VJP: da = dout b^T, db = a^T dout."""
+    _check_float("matmul", a, b)
+    if np.ndim(a) < 2 or np.ndim(b) < 2 or np.shape(a)[-1] != np.shape(b)[-2]:
+        raise ValueError(f"matmul: shapes {_shapes(a, b)} do not multiply")
+    return a @ b, (a, b)
+
+
+def _matmul_vjp(dout, inputs):
+    a, b = inputs
+    da = dout @ np.swapaxes(b, -1, -2)
+    db = np.swapaxes(a, -1, -2) @ dout
+    return unbroadcast(da, a.shape), unbroadcast(db, b.shape)
+
+
+matmul = defprimitive("matmul", _matmul_fwd, _matmul_vjp)
+
+
+def _linear_fwd(x, weight, bias):
+    """y = x @ W + b with W of shape (d_in, d_out). VJP: dx = dy W^T, dW = x^T dy, db = sum dy."""
+    _check_float("linear", x, weight, bias)
+    if np.ndim(weight) != 2 or np.shape(x)[-1] != weight.shape[0] or np.shape(bias) != weight.shape[1:]:
+        raise ValueError(f"linear: x, W, b of shapes {_shapes(x, weight, bias)} do not fit y = x @ W + b")
+    return x @ weight + bias, (x, weight)
+
+
+def _linear_vjp(dout, inputs):
+    x, weight = inputs
+    dout2d = dout.reshape(-1, dout.shape[-1])
+    dweight = x.reshape(-1, x.shape[-1]).T @ dout2d
+    return dout @ weight.T, dweight, dout2d.sum(axis=0)
+
+
+linear = defprimitive("linear", _linear_fwd, _linear_vjp)
+
+
+# ----- normalization ------------------------------------------------------------------
+
+def _check_norm(op, x, eps, *params):
+    _check_float(op, x, *params)
+    d = np.shape(x)[-1] if np.ndim(x) else 0
+    if any(np.shape(p) != (d,) for p in params):
+        raise ValueError(f"{op}: parameters of shapes {_shapes(*params)} do not match the last axis of x {np.shape(x)}")
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"{op}: eps must be finite and > 0, got {eps} (x of shape {np.shape(x)})")
+    _check_finite(op, x)
+
+
+def _layer_norm_fwd(x, gamma, beta, *, eps=1e-5):
+    """LayerNorm over the last axis: y = gamma * (x - mu) / sigma + beta, sigma = sqrt(var + eps).
+
+    Backward, with x_hat = (x - mu) / sigma and g = dy * gamma (means over the last axis):
+        dx     = (1/sigma) (g - mean(g) - x_hat * mean(g * x_hat))
+        dgamma = sum over rows of dy * x_hat,     dbeta = sum over rows of dy
+    The two subtracted means are the projections out of the constant direction (the mean
+    was removed) and out of x_hat itself (the scale was removed).
+    """
+    _check_norm("layer_norm", x, eps, gamma, beta)
+    rows = x.reshape(-1, x.shape[-1])
+    y, mu, rstd = kernels.layer_norm_forward(rows, gamma, beta, eps)
+    return y.reshape(x.shape), (rows, gamma, mu, rstd)
+
+
+def _layer_norm_vjp(dout, residuals):
+    rows, gamma, mu, rstd = residuals
+    dx, dgamma, dbeta = kernels.layer_norm_backward(dout.reshape(rows.shape), rows, gamma, mu, rstd)
+    return dx.reshape(dout.shape), dgamma, dbeta
+
+
+layer_norm = defprimitive("layer_norm", _layer_norm_fwd, _layer_norm_vjp)
+
+
+def _rms_norm_fwd(x, gamma, *, eps=1e-5):
+    """RMSNorm: y = gamma * x / r, r = sqrt(mean(x^2) + eps).
+
+    Backward, with x_hat = x / r and g = dy * gamma:
+        dx = (1/r) (g - x_hat * mean(g * x_hat)),   dgamma = sum over rows of dy * x_hat
+    (LayerNorm's backward without the mean-removal term.)
+    """
+    _check_norm("rms_norm", x, eps, gamma)
+    rows = x.reshape(-1, x.shape[-1])
+    y, rrms = kernels.rms_norm_forward(rows, gamma, eps)
+    return y.reshape(x.shape), (rows, gamma, rrms)
+
+
+def _rms_norm_vjp(dout, residuals):
+    rows, gamma, rrms = residuals
+    dx, dgamma = kernels.rms_norm_backward(dout.reshape(rows.shape), rows, gamma, rrms)
+    return dx.reshape(dout.shape), dgamma
+
+
+rms_norm = defprimitive("rms_norm", _rms_norm_fwd, _rms_norm_vjp)
+
+
+# ----- softmax and attention ----------------------------------------------------------
+
+def _softmax_fwd(x, *, axis=-1):
+    """p = exp(x - max x) / sum exp(x - max x) along ``axis`` (the max keeps exp finite).
+
+    Backward: the Jacobian is diag(p) - p p^T, so dx = p * (dp - sum(dp * p)).
+    """
+    _check_float("softmax", x)
+    _check_finite("softmax", x)
+    moved = np.moveaxis(x, axis, -1)
+    p = kernels.softmax_forward(np.ascontiguousarray(moved).reshape(-1, moved.shape[-1]))
+    return np.moveaxis(p.reshape(moved.shape), -1, axis), (p, moved.shape, axis)
+
+
+def _softmax_vjp(dout, residuals):
+    p, moved_shape, axis = residuals
+    dmoved = np.ascontiguousarray(np.moveaxis(dout, axis, -1)).reshape(p.shape)
+    dx = kernels.softmax_backward(dmoved, p)
+    return (np.moveaxis(dx.reshape(moved_shape), -1, axis),)
+
+
+softmax = defprimitive("softmax", _softmax_fwd, _softmax_vjp)
+
+
+def _attention_fwd(q, k, v, *, causal=False):
+    """Scaled dot-product attention over heads, one op.
+
+    q: (B, H, T, Dh), k and v: (B, H, S, Dh).
+        P = softmax(Q K^T / sqrt(Dh) + M),   out = P V,
+    M = -inf above the diagonal when causal (T == S), else 0.
+    Backward, with dP = dout V^T:
+        dV = P^T dout
+        dS = P * (dP - rowsum(dP * P))        (the softmax VJP; masked P are exactly 0)
+        dQ = dS K / sqrt(Dh),   dK = dS^T Q / sqrt(Dh)
+    """
+    _check_float("attention", q, k, v)
+    if not (np.ndim(q) == np.ndim(k) == np.ndim(v) == 4):
+        raise ValueError(f"attention: q, k, v must be 4-D (B, H, T, Dh), got {_shapes(q, k, v)}")
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"attention: q, k, v of shapes {_shapes(q, k, v)} do not fit (B,H,T,Dh), (B,H,S,Dh)")
+    if causal and q.shape[2] != k.shape[2]:
+        raise ValueError(f"attention: a causal mask needs T == S, got q {q.shape} and k {k.shape}")
+    _check_finite("attention", q, k, v)
+    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    out, probs = kernels.attention_forward(q, k, v, causal)
+    return out, (q, k, v, probs)
+
+
+def _attention_vjp(dout, residuals):
+    q, k, v, probs = residuals
+    return kernels.attention_backward(np.ascontiguousarray(dout), q, k, v, probs)
+
+
+attention = defprimitive("attention", _attention_fwd, _attention_vjp)
+
+
+# ----- losses -------------------------------------------------------------------------
+
+def _cross_entropy_fwd(logits, targets):
+    """Mean over rows of -log softmax(logits)[target], with a stable log-sum-exp.
+
+    Backward: dlogits = (softmax(logits) - onehot(target)) * dloss / rows.
+    """
+    _check_float("cross_entropy", logits)
+    _check_finite("cross_entropy", logits)
+    targets = np.asarray(targets)
+    classes = np.shape(logits)[-1]
+    if targets.dtype.kind not in "iu" or targets.shape != np.shape(logits)[:-1]:
+        raise ValueError(
+            f"cross_entropy: targets must be integers of shape {np.shape(logits)[:-1]}, "
+            f"got {targets.dtype} of shape {targets.shape}"
+        )
+    if targets.size and (targets.min() < 0 or targets.max() >= classes):
+        raise ValueError(f"cross_entropy: targets outside [0, {classes})")
+    rows = logits.reshape(-1, classes)
+    flat = targets.reshape(-1)
+    shifted = rows - rows.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1))
+    log_probs_target = shifted[np.arange(len(flat)), flat] - log_norm
+    loss = -log_probs_target.mean()
+    return np.asarray(loss, dtype=logits.dtype), (shifted, log_norm, flat, np.shape(logits))
+
+
+def _cross_entropy_vjp(dout, residuals):
+    shifted, log_norm, flat, shape = residuals
+    dlogits = np.exp(shifted - log_norm[:, None])
+    dlogits[np.arange(len(flat)), flat] -= 1.0
+    dlogits *= dout / len(flat)
+    return dlogits.reshape(shape), None
+
+
+cross_entropy = defprimitive("cross_entropy", _cross_entropy_fwd, _cross_entropy_vjp)

@@ -1,0 +1,167 @@
+"""The tape: a Tensor that wraps an array, and a list of records replayed in reverse.
+
+A primitive (see ``ops.py``) computes its forward on plain arrays and, when a tape is
+recording and one of its inputs needs a gradient, appends one record to the tape:
+
+    (vjp, residuals, inputs, output)   with   vjp(doutput, residuals) -> one cotangent per input
+
+``residuals`` is whatever the forward kept for its backward. ``Tape.backward`` walks the
+records newest first, hands each output's accumulated cotangent to its ``vjp`` and adds
+the results into the inputs' ``grad`` (a cotangent of None means "no gradient"). Gradients are
+accumulated, never assigned: a residual stream feeds the same tensor to two places.
+The tape knows nothing about any particular op.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+
+
+class Tensor:
+    """An array with a slot for its gradient.
+
+    ``requires_grad`` marks the leaves we differentiate with respect to; a primitive's
+    output requires a gradient when any of its inputs does.
+    """
+
+    __slots__ = ("value", "grad", "requires_grad", "retain_grad")
+    __array_priority__ = 100  # so that ndarray <op> Tensor defers to Tensor's operators
+
+    def __init__(self, value, requires_grad: bool = False, dtype=None):
+        value = np.asarray(value, dtype=dtype)
+        if value.dtype.kind == "f" and value.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"Tensor: unsupported dtype {value.dtype} (use float64 or float32)")
+        self.value = value
+        self.grad = None
+        self.requires_grad = requires_grad
+        self.retain_grad = False  # keep an intermediate's gradient (probes read hidden states')
+
+    @property
+    def shape(self):
+        return self.value.shape
+
+    @property
+    def dtype(self):
+        return self.value.dtype
+
+    @property
+    def ndim(self):
+        return self.value.ndim
+
+    def __repr__(self):
+        flag = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor(shape={self.shape}, dtype={self.dtype}{flag})"
+
+    # Operators delegate to the primitives; imported late because ops imports this module.
+    def __add__(self, other):
+        return _ops.add(self, other)
+
+    def __radd__(self, other):
+        return _ops.add(other, self)
+
+    def __sub__(self, other):
+        return _ops.sub(self, other)
+
+    def __rsub__(self, other):
+        return _ops.sub(other, self)
+
+    def __mul__(self, other):
+        return _ops.mul(self, other)
+
+    def __rmul__(self, other):
+        return _ops.mul(other, self)
+
+    def __truediv__(self, other):
+        return _ops.div(self, other)
+
+    def __rtruediv__(self, other):
+        return _ops.div(other, self)
+
+    def __neg__(self):
+        return _ops.neg(self)
+
+    def __matmul__(self, other):
+        return _ops.matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return _ops.matmul(other, self)
+
+    def __getitem__(self, index):
+        return _ops.index(self, index=index)
+
+
+class Tape:
+    """Records primitives while active (``with Tape() as tape:``) and replays them backwards."""
+
+    def __init__(self):
+        self.records = []
+
+    def __enter__(self):
+        _ACTIVE_TAPES.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _ACTIVE_TAPES.pop()
+        return False
+
+    def record(self, vjp, residuals, inputs, output):
+        self.records.append((vjp, residuals, inputs, output))
+
+    def backward(self, output: Tensor, doutput=None):
+        """Accumulate d(<output, doutput>)/d(leaf) into every leaf's ``grad``.
+
+        ``doutput`` defaults to 1 for a scalar output. Intermediate gradients are freed as
+        soon as their record has been processed, so memory stays at one layer's worth.
+        """
+        if doutput is None:
+            if output.value.size != 1:
+                raise ValueError(f"backward: output of shape {output.shape} needs a cotangent")
+            doutput = np.ones_like(output.value)
+        doutput = np.asarray(doutput, dtype=output.dtype)
+        if doutput.shape != output.shape:
+            raise ValueError(
+                f"backward: cotangent shape {doutput.shape} != output shape {output.shape}"
+            )
+        output.grad = doutput
+        for vjp, residuals, inputs, out in reversed(self.records):
+            dout = out.grad
+            if dout is None:
+                continue  # this output does not reach the loss
+            if not out.retain_grad:
+                out.grad = None
+            for tensor, dinput in zip(inputs, vjp(dout, residuals)):
+                if tensor is None or dinput is None or not tensor.requires_grad:
+                    continue
+                tensor.grad = dinput if tensor.grad is None else tensor.grad + dinput
+
+
+_ACTIVE_TAPES: list[Tape] = []
+
+
+def active_tape():
+    """The innermost recording tape, or None."""
+    return _ACTIVE_TAPES[-1] if _ACTIVE_TAPES else None
+
+
+def value_and_grad(fn):
+    """Turn ``fn(*tensors) -> scalar Tensor`` into ``f(*arrays) -> (value, grads)``.
+
+    ``grads`` is a tuple with one array per argument, the gradient of the scalar output.
+    """
+
+    def wrapped(*arrays):
+        leaves = [Tensor(a, requires_grad=True) for a in arrays]
+        with Tape() as tape:
+            out = fn(*leaves)
+        tape.backward(out)
+        grads = tuple(
+            leaf.grad if leaf.grad is not None else np.zeros_like(leaf.value) for leaf in leaves
+        )
+        return out.value.item(), grads
+
+    return wrapped
+
+
+from lnref.autograd import ops as _ops  # noqa: E402  (ops imports Tensor from here)

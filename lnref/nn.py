@@ -1,0 +1,97 @@
+"""The sublayers every scheme places: multi-head attention, the FFN and the norms.
+
+Each function takes Tensors (or arrays) and a dict of this sublayer's parameters, and is
+built only from primitives, so the tape differentiates it. Weights follow ``y = x @ W + b``
+with W of shape (d_in, d_out); a PyTorch ``nn.Linear`` stores W^T.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lnref.autograd import ops
+
+ATTENTION_PARAMS = ("wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo")
+FFN_PARAMS = ("w1", "b1", "w2", "b2")
+
+
+def split_heads(x, n_heads):
+    """(B, T, d) -> (B, H, T, d/H)."""
+    batch, seq, d_model = x.shape
+    x = ops.reshape(x, shape=(batch, seq, n_heads, d_model // n_heads))
+    return ops.transpose(x, axes=(0, 2, 1, 3))
+
+
+def merge_heads(x):
+    """(B, H, T, Dh) -> (B, T, H*Dh)."""
+    batch, heads, seq, head_dim = x.shape
+    x = ops.transpose(x, axes=(0, 2, 1, 3))
+    return ops.reshape(x, shape=(batch, seq, heads * head_dim))
+
+
+def attention(x, p, n_heads, causal=False, memory=None):
+    """softmax(Q K^T / sqrt(d_h) + M) V over heads, then the output projection.
+
+    Q comes from ``x``; K and V from ``memory`` when given (cross-attention), else from ``x``.
+    """
+    source = x if memory is None else memory
+    q = split_heads(ops.linear(x, p["wq"], p["bq"]), n_heads)
+    k = split_heads(ops.linear(source, p["wk"], p["bk"]), n_heads)
+    v = split_heads(ops.linear(source, p["wv"], p["bv"]), n_heads)
+    heads = ops.attention(q, k, v, causal=causal)
+    return ops.linear(merge_heads(heads), p["wo"], p["bo"])
+
+
+def ffn(x, p, activation="relu", relu_mask=None):
+    """W2 act(W1 x + b1) + b2.
+
+    ``relu_mask`` replaces ReLU by multiplication with a fixed 0/1 pattern: the gradient
+    checker evaluates finite differences on the smooth piece that contains the point,
+    where the function and its gradient are those of the real network.
+    """
+    hidden = ops.linear(x, p["w1"], p["b1"])
+    if relu_mask is not None:
+        hidden = ops.mul(hidden, relu_mask)
+    elif activation == "relu":
+        hidden = ops.relu(hidden)
+    else:
+        hidden = ops.gelu(hidden, approximate="tanh")
+    return ops.linear(hidden, p["w2"], p["b2"])
+
+
+def norm(x, p, kind, eps):
+    """LayerNorm (gamma, beta) or RMSNorm (gamma) over the last axis."""
+    if kind == "rmsnorm":
+        return ops.rms_norm(x, p["gamma"], eps=eps)
+    return ops.layer_norm(x, p["gamma"], p["beta"], eps=eps)
+
+
+# ----- initialization -------------------------------------------------------------------
+
+def xavier_normal(rng, d_in, d_out, dtype):
+    """N(0, 2 / (d_in + d_out)): the Xavier-Gaussian init the gradient theorems assume."""
+    return (rng.standard_normal((d_in, d_out)) * np.sqrt(2.0 / (d_in + d_out))).astype(dtype)
+
+
+def init_attention(rng, d_model, dtype):
+    params = {}
+    for proj in "qkvo":
+        params[f"w{proj}"] = xavier_normal(rng, d_model, d_model, dtype)
+        params[f"b{proj}"] = np.zeros(d_model, dtype)
+    return params
+
+
+def init_ffn(rng, d_model, d_ff, dtype):
+    return {
+        "w1": xavier_normal(rng, d_model, d_ff, dtype),
+        "b1": np.zeros(d_ff, dtype),
+        "w2": xavier_normal(rng, d_ff, d_model, dtype),
+        "b2": np.zeros(d_model, dtype),
+    }
+
+
+def init_norm(kind, d_model, dtype):
+    params = {"gamma": np.ones(d_model, dtype)}
+    if kind == "layernorm":
+        params["beta"] = np.zeros(d_model, dtype)
+    return params

@@ -1,0 +1,34 @@
+"""One module per LayerNorm placement; each is the paper's equations in code.
+
+A scheme module defines:
+    SUMMARY      the one-line equation (``lnref schemes`` prints it) and PAPER, its source
+    NORMS        per-branch norm names, "{}" standing for the branch (attn, cross, ffn)
+    LAYER_NORMS  further per-layer norms; STACK_NORMS: stack-level norms (final_ln, embed_ln)
+    layer(x, sub)           one layer; ``sub`` gives its branches, norms and parameters
+    embed(x, stack), readout(x, stack)   optional stack-level stages
+    layer_params(index, branches, config)   optional extra per-layer parameters
+    initialize(model, rng)  optional change to the initialization
+"""
+
+from importlib import import_module
+
+SCHEMES = (
+    "post",
+    "pre",
+    "residual",
+    "b2t",
+    "admin",
+    "deepnorm",
+    "sandwich",
+    "peri",
+    "mixln",
+    "dlcl",
+    "rezero",
+)
+
+
+def get_scheme(name):
+    """The module of scheme ``name`` (ValueError listing the valid names if unknown)."""
+    if name not in SCHEMES:
+        raise ValueError(f"unknown scheme {name!r}; valid schemes: {', '.join(SCHEMES)}")
+    return import_module(f"lnref.schemes.{name}")
