@@ -20,7 +20,6 @@ _LAZY = {
     "Model": "lnref.model",
     "Config": "lnref.model",
     "ConfigError": "lnref.model",
-    "gradcheck": "lnref.gradcheck",
     "load_golden": "lnref.golden",
     "from_golden": "lnref.golden",
 }

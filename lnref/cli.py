@@ -97,7 +97,29 @@ def warn_float32(dtype):
                    "float64 (the default), tolerances are loosened accordingly", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """A click group whose usage errors are one line on stderr (exit 2), never a banner."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as err:
+            if not standalone_mode:
+                raise
+            no_args = type(err).__name__ == "NoArgsIsHelpError"  # bare `lnref`: show the help
+            click.echo(err.format_message() if no_args else f"error: {err.format_message()}", err=True)
+            sys.exit(EXIT_USAGE if isinstance(err, click.UsageError) else err.exit_code)
+        except click.Abort:
+            if not standalone_mode:
+                raise
+            click.echo("error: aborted", err=True)
+            sys.exit(EXIT_FAILED)
+        if standalone_mode:
+            sys.exit(result if isinstance(result, int) else EXIT_OK)
+        return result
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lnref")
 def main():
     """lnref: LayerNorm placements in Transformers, with checked gradients.
@@ -134,7 +156,7 @@ def gradcheck(mode, point, entries_per_tensor, rtol, atol, as_json, **options):
     if rtol is not None and rtol < 0 or atol < 0:
         fail("--rtol and --atol must be >= 0")
     with input_errors():
-        from lnref import gradcheck as checker
+        from lnref import gradcheck as checker  # the module
 
         model = model_from_options(**options)
         report = checker.gradcheck(model, mode=mode, point=point, batch=options["batch"], seq=options["seq"],
@@ -149,3 +171,9 @@ def _stderr_progress(message):
 
 
 # ----- further commands (each in its own module; keep this block one line per command) -----
+
+from lnref.cli_golden import compare, export  # noqa: E402
+main.add_command(export)
+main.add_command(compare)
+from lnref.cli_profile import profile  # noqa: E402
+main.add_command(profile)

@@ -166,7 +166,9 @@ class Layer:
 # ----- the model -----------------------------------------------------------------------
 
 def _as_state(value):
-    return value if isinstance(value, tuple) else (value,)
+    """A tuple of Tensors (a stream passed through unchanged may still be a plain array)."""
+    streams = value if isinstance(value, tuple) else (value,)
+    return tuple(s if isinstance(s, Tensor) else Tensor(s) for s in streams)
 
 
 def _from_state(state):
@@ -299,7 +301,8 @@ class Model:
 
     def readout(self, run, state):
         readout = getattr(self.scheme, "readout", None)
-        return _from_state(state) if readout is None else readout(_from_state(state), Stack(run))
+        y = _from_state(state) if readout is None else readout(_from_state(state), Stack(run))
+        return y if isinstance(y, Tensor) else Tensor(y)
 
     def forward(self, run, x=None, state=None, start=0, keep_states=False):
         """Run layers ``start..`` from ``state`` (or from ``x`` when start is 0).

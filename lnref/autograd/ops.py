@@ -39,14 +39,15 @@ def defprimitive(name: str, forward: Callable, vjp: Callable) -> Callable:
     PRIMITIVES[name] = Primitive(name, forward, vjp)
 
     def apply(*args, **params):
+        primitive = PRIMITIVES[name]  # looked up per call: the registry is the one source of truth
         values = [arg.value if isinstance(arg, Tensor) else arg for arg in args]
-        out, residuals = forward(*values, **params)
+        out, residuals = primitive.forward(*values, **params)
         tape = active_tape()
         if tape is None or not any(isinstance(a, Tensor) and a.requires_grad for a in args):
             return Tensor(out)
         result = Tensor(out, requires_grad=True)
         inputs = tuple(arg if isinstance(arg, Tensor) else None for arg in args)
-        tape.record(vjp, residuals, inputs, result)
+        tape.record(primitive.vjp, residuals, inputs, result)
         return result
 
     apply.__name__ = name

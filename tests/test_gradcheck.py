@@ -1,0 +1,225 @@
+"""The gradient checker: it passes correct models in every mode and catches broken ones."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import lnref
+from lnref import gradcheck as checker
+from lnref.autograd import PRIMITIVES, kernels
+from lnref.cli import main
+
+SMALL = dict(d_model=8, n_heads=2, d_ff=16)
+SHAPE = dict(batch=2, seq=4)
+
+
+def check(scheme, layers=3, mode="directional", point="generic", **options):
+    model = lnref.build(scheme, n_layers=layers, **{**SMALL, **options})
+    return checker.gradcheck(model, mode=mode, point=point, **SHAPE)
+
+
+def failed(report):
+    return {r.tensor for r in report.results if r.status == "failed"}
+
+
+def unresolved_other_than_key_biases(report):
+    return [r.tensor for r in report.results if r.status == "unresolved" and not r.tensor.endswith(".bk")]
+
+
+# ----- correct models pass -----
+
+@pytest.mark.parametrize("scheme", lnref.SCHEMES)
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("mode", ["directional", "blockwise"])
+def test_every_scheme_and_norm_passes(scheme, norm, mode):
+    report = check(scheme, norm=norm, mode=mode)
+    assert report.ok, report.to_text()
+    assert report.counts["passed"] > 0
+
+
+@pytest.mark.parametrize("options", [dict(cross_attention=True), dict(causal=True), dict(activation="gelu"),
+                                     dict(dtype="float32")])
+def test_decoder_causal_gelu_and_float32_models_pass(options):
+    report = check("residual", **options)
+    assert report.ok, report.to_text()
+
+
+@pytest.mark.parametrize("scheme", ["post", "residual", "admin", "dlcl", "rezero"])
+def test_full_mode_passes_at_two_layers(scheme):
+    model = lnref.build(scheme, n_layers=2, d_model=4, n_heads=2, d_ff=8)
+    report = checker.gradcheck(model, mode="full", batch=1, seq=3)
+    assert report.ok, report.to_text()
+
+
+def test_entries_mode_checks_the_requested_number_of_elements():
+    model = lnref.build("pre", n_layers=2, **SMALL)
+    report = checker.gradcheck(model, mode="entries", entries=3, **SHAPE)
+    wq = next(r for r in report.results if r.tensor == "layers.0.attn.wq")
+    assert sum(wq.counts.values()) == 3 and report.ok
+
+
+def test_every_tensor_and_the_input_are_checked():
+    model = lnref.build("peri", n_layers=2, cross_attention=True, **SMALL)
+    report = checker.gradcheck(model, **SHAPE)
+    assert {r.tensor for r in report.results} == set(model.params) | {"input", "memory"}
+
+
+def test_blockwise_checks_every_parameter_and_every_layer_input():
+    model = lnref.build("residual", n_layers=3, **SMALL)
+    names = {r.tensor for r in checker.gradcheck(model, mode="blockwise", **SHAPE).results}
+    assert set(model.params) <= names
+    assert {"layers.0.input.0", "layers.0.input.1", "layers.2.input.1", "readout.input.0"} <= names
+
+
+def test_deep_post_ln_lower_layers_are_resolved_in_blockwise_mode():
+    report = check("post", layers=24, mode="blockwise")
+    assert report.ok and unresolved_other_than_key_biases(report) == []
+
+
+def test_key_biases_are_unresolved_never_passed():
+    # Softmax ignores a shift shared by all keys of a query: dL/dbk is exactly zero.
+    report = check("pre")
+    statuses = {r.tensor: r.status for r in report.results}
+    assert statuses["layers.0.attn.bk"] == "unresolved"
+    assert "exactly zero" in report.to_text()
+
+
+# ----- broken models fail, and the checker names the tensor -----
+
+def _layer_norm_backward_without_projection(dy, x, gamma, mean, rstd):
+    g = dy * gamma
+    dx = rstd[:, None] * (g - g.mean(axis=1, keepdims=True))
+    return dx, (dy * (x - mean[:, None]) * rstd[:, None]).sum(axis=0), dy.sum(axis=0)
+
+
+@pytest.mark.parametrize("scheme", ["post", "pre", "residual", "b2t"])
+def test_a_dropped_layer_norm_term_fails(monkeypatch, scheme):
+    monkeypatch.setattr(kernels, "layer_norm_backward", _layer_norm_backward_without_projection)
+    report = check(scheme)
+    assert not report.ok and "input" in failed(report)
+
+
+def test_a_layer_norm_backward_that_ignores_gamma_passes_at_init_but_fails_at_a_generic_point(monkeypatch):
+    original = kernels.layer_norm_backward
+    monkeypatch.setattr(kernels, "layer_norm_backward",
+                        lambda dy, x, gamma, mean, rstd: original(dy, x, np.ones_like(gamma), mean, rstd))
+    assert check("post", point="init").ok
+    assert not check("post", point="generic").ok
+
+
+def test_a_forward_backward_mismatch_fails(monkeypatch):
+    # The forward uses exact GELU, the backward still differentiates the tanh approximation.
+    forward = PRIMITIVES["gelu"].forward
+    monkeypatch.setitem(PRIMITIVES, "gelu", PRIMITIVES["gelu"]._replace(
+        forward=lambda x, approximate="tanh": (forward(x, approximate="none")[0], (x, approximate))))
+    report = check("sandwich", activation="gelu")
+    assert any(name.startswith("layers.0.ffn") for name in failed(report))
+
+
+def test_a_relu_backward_without_its_mask_fails(monkeypatch):
+    # The frozen ReLU patterns used for finite differences must not hide a broken ReLU VJP.
+    monkeypatch.setitem(PRIMITIVES, "relu", PRIMITIVES["relu"]._replace(vjp=lambda dout, mask: (dout,)))
+    assert "layers.0.ffn.w1" in failed(check("pre"))
+
+
+def _scale_one_weight_gradient(monkeypatch, target, factor=1 + 1e-6):
+    vjp = PRIMITIVES["linear"].vjp
+
+    def scaled(dout, inputs):
+        dx, dweight, dbias = vjp(dout, inputs)
+        if inputs[1].shape == target.shape and np.array_equal(inputs[1], target):
+            dweight = dweight * factor
+        return dx, dweight, dbias
+
+    monkeypatch.setitem(PRIMITIVES, "linear", PRIMITIVES["linear"]._replace(vjp=scaled))
+
+
+@pytest.mark.parametrize("mode,layers", [("full", 2), ("blockwise", 48)])
+def test_one_gradient_scaled_by_one_plus_1e_6_is_caught(monkeypatch, mode, layers):
+    dims = dict(d_model=4, n_heads=2, d_ff=8) if mode == "full" else SMALL
+    model = lnref.build("residual", n_layers=layers, **dims)
+    name = f"layers.{layers - 2}.ffn.w2"
+    _scale_one_weight_gradient(monkeypatch, checker.jitter_params(model.params, model.config.seed)[name])
+    report = checker.gradcheck(model, mode=mode, batch=1 if mode == "full" else 2, seq=3)
+    assert failed(report) == {name}, report.to_text()
+
+
+def test_the_failing_tensor_is_named_in_the_text_report(monkeypatch):
+    model = lnref.build("post", n_layers=2, **SMALL)
+    name = "layers.1.ffn.w1"
+    _scale_one_weight_gradient(monkeypatch, checker.jitter_params(model.params, 0)[name], factor=1.01)
+    text = checker.gradcheck(model, **SHAPE).to_text()
+    assert f"{name} [direction] failed" in text and ", 1 failed" in text.splitlines()[-1]
+
+
+# ----- the noise floor -----
+
+def test_central_difference_estimates_rounding_noise_and_is_exact_on_a_quartic():
+    derivative, sigma = checker.central_difference(lambda t: 3 * t**4 - t**3 + 2 * t, 0.1, 0.0)
+    assert derivative == pytest.approx(2.0, rel=1e-12)
+    rng = np.random.default_rng(0)
+    noisy = [checker.central_difference(lambda t: t + 1e-9 * rng.standard_normal(), 1e-3, 0.0)[1]
+             for _ in range(400)]
+    assert 0.5e-9 < np.sqrt(np.mean(np.square(noisy))) < 2e-9  # about the true sigma
+
+
+def test_values_under_the_noise_floor_are_unresolved_and_errors_above_it_fail():
+    assert checker.compare("w", "layer 0", "direction", 1e-14, 2e-14, 1e-12, 1e-3, 1e-7, 0).status == "unresolved"
+    assert checker.compare("w", "layer 0", "direction", 1.0, 1.0 + 1e-5, 1e-16, 1e-3, 1e-7, 0).status == "failed"
+    assert checker.compare("w", "layer 0", "direction", 1.0, 1.0 + 1e-9, 1e-16, 1e-3, 1e-7, 0).status == "passed"
+
+
+# ----- the command line -----
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_cli_passes_with_exit_0_and_a_summary_line():
+    result = invoke("gradcheck", "--scheme", "b2t", "--layers", "3", "--d-model", "8", "--d-ff", "16")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("4") and " passed, 0 failed" in result.output
+
+
+def test_cli_json_is_one_document_with_the_counts():
+    result = invoke("gradcheck", "--scheme", "dlcl", "--layers", "2", "--json")
+    document = json.loads(result.stdout)
+    assert document["ok"] and document["counts"]["failed"] == 0
+    assert len(document["tensors"]) == len(lnref.build("dlcl", n_layers=2).params) + 1
+
+
+def test_cli_exits_1_and_names_the_tensor_when_a_check_fails(monkeypatch):
+    monkeypatch.setattr(kernels, "layer_norm_backward", _layer_norm_backward_without_projection)
+    result = invoke("gradcheck", "--scheme", "post", "--layers", "2")
+    assert result.exit_code == 1
+    assert "failed" in result.output.splitlines()[-1] and "layers.0." in result.output
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--scheme", "nope"], ["--scheme", "post"]),
+    (["--scheme", "pre", "--d-model", "10", "--heads", "4"], ["not divisible"]),
+    (["--scheme", "pre", "--layers", "0"], ["--layers"]),
+    (["--scheme", "pre", "--eps", "inf"], ["finite"]),
+    (["--scheme", "pre", "--rtol", "nan"], ["finite"]),
+    (["--scheme", "pre", "--atol", "-1"], [">= 0"]),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(args, words):
+    result = invoke("gradcheck", *args)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:")
+    assert all(word in lines[0] for word in words)
+    assert "Traceback" not in result.output
+
+
+def test_cli_warns_that_float32_is_less_precise():
+    result = invoke("gradcheck", "--scheme", "pre", "--layers", "1", "--dtype", "float32")
+    assert result.exit_code == 0 and "float32" in result.stderr
+
+
+def test_main_job_residual_48_layers_passes():
+    result = invoke("gradcheck", "--scheme", "residual", "--layers", "48")
+    assert result.exit_code == 0, result.output
+    assert ", 0 failed" in result.output.splitlines()[-1]

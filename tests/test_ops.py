@@ -1,0 +1,309 @@
+"""Every primitive's VJP against central finite differences (float64), its input checks,
+and negative controls that break a backward on purpose and show the check fails."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lnref.autograd import PRIMITIVES, Tape, Tensor, kernels, ops, value_and_grad
+from lnref.gradcheck import check_vjp
+
+settings.register_profile("lnref", deadline=None, max_examples=15)
+settings.load_profile("lnref")
+
+
+def rand(rng, *shape, low=None):
+    x = rng.standard_normal(shape)
+    if low is not None:  # keep away from a kink or a singularity
+        x = np.sign(x) * (np.abs(x) + low)
+    return x
+
+
+def assert_all_pass(checks):
+    statuses = [c.status for c in checks]
+    assert statuses and all(s == "passed" for s in statuses), checks
+
+
+def assert_some_fail(checks):
+    assert any(c.status == "failed" for c in checks), checks
+
+
+shapes = st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple)
+
+
+# ----- elementwise with broadcasting -----
+
+@given(shape=shapes, seed=st.integers(0, 10_000), data=st.data())
+def test_binary_ops_vjp_with_broadcasting(shape, seed, data):
+    # b broadcasts against a: some axes of size 1, possibly fewer axes.
+    b_shape = tuple(data.draw(st.sampled_from([n, 1])) for n in shape)[data.draw(st.integers(0, len(shape) - 1)):]
+    rng = np.random.default_rng(seed)
+    a, b = rand(rng, *shape), rand(rng, *b_shape, low=0.5)
+    for op in (ops.add, ops.sub, ops.mul, ops.div):
+        assert_all_pass(check_vjp(op, a, b, seed=seed))
+
+
+def test_neg_and_scale_vjp():
+    rng = np.random.default_rng(0)
+    x = rand(rng, 3, 4)
+    assert_all_pass(check_vjp(ops.neg, x))
+    assert_all_pass(check_vjp(lambda t: ops.scale(t, factor=-2.5), x))
+
+
+@pytest.mark.parametrize("op,low", [(ops.exp, None), (ops.log, 0.1), (ops.sqrt, 0.1)])
+def test_unary_math_vjp(op, low):
+    rng = np.random.default_rng(1)
+    x = rand(rng, 5, 3) if low is None else np.abs(rand(rng, 5, 3)) + low
+    assert_all_pass(check_vjp(op, x))
+
+
+def test_relu_vjp_away_from_the_kink():
+    x = rand(np.random.default_rng(2), 6, 5, low=0.1)
+    assert_all_pass(check_vjp(ops.relu, x))
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_gelu_vjp(approximate):
+    x = rand(np.random.default_rng(3), 4, 7) * 2
+    assert_all_pass(check_vjp(lambda t: ops.gelu(t, approximate=approximate), x))
+
+
+# ----- reductions and shapes -----
+
+@pytest.mark.parametrize("axis,keepdims", [(None, False), (0, False), (-1, True), ((0, 2), False)])
+def test_sum_and_mean_vjp(axis, keepdims):
+    x = rand(np.random.default_rng(4), 2, 3, 4)
+    assert_all_pass(check_vjp(lambda t: ops.sum(t, axis=axis, keepdims=keepdims), x))
+    assert_all_pass(check_vjp(lambda t: ops.mean(t, axis=axis, keepdims=keepdims), x))
+
+
+def test_reshape_transpose_swapaxes_vjp():
+    x = rand(np.random.default_rng(5), 2, 3, 4)
+    assert_all_pass(check_vjp(lambda t: ops.reshape(t, shape=(6, 4)), x))
+    assert_all_pass(check_vjp(lambda t: ops.transpose(t, axes=(2, 0, 1)), x))
+    assert_all_pass(check_vjp(lambda t: ops.swapaxes(t, 0, 2), x))
+
+
+def test_concatenate_and_split_vjp():
+    rng = np.random.default_rng(6)
+    a, b = rand(rng, 2, 3), rand(rng, 2, 5)
+    assert_all_pass(check_vjp(lambda s, t: ops.concatenate(s, t, axis=1), a, b))
+    x = rand(rng, 2, 6)
+    assert_all_pass(check_vjp(lambda t: ops.mul(*ops.split(t, 2, axis=1)), x))
+
+
+def test_index_and_embedding_lookup_vjp_with_repeated_rows():
+    rng = np.random.default_rng(7)
+    table = rand(rng, 5, 3)
+    ids = np.array([[0, 2, 2], [4, 0, 0]])
+    assert_all_pass(check_vjp(lambda t: ops.embedding(t, ids), table))
+    assert_all_pass(check_vjp(lambda t: t[1:, ::2], rand(rng, 4, 4)))
+
+
+@given(batch=st.lists(st.integers(1, 3), max_size=2).map(tuple), n=st.integers(1, 4), k=st.integers(1, 4),
+       m=st.integers(1, 4), seed=st.integers(0, 10_000), broadcast_b=st.booleans())
+def test_batched_matmul_vjp(batch, n, k, m, seed, broadcast_b):
+    rng = np.random.default_rng(seed)
+    a = rand(rng, *batch, n, k)
+    b = rand(rng, k, m) if broadcast_b else rand(rng, *batch, k, m)
+    assert_all_pass(check_vjp(ops.matmul, a, b, seed=seed))
+
+
+def test_linear_vjp():
+    rng = np.random.default_rng(8)
+    assert_all_pass(check_vjp(ops.linear, rand(rng, 2, 3, 4), rand(rng, 4, 5), rand(rng, 5)))
+
+
+# ----- fused ops with hand-written backward passes -----
+
+@given(rows=st.integers(1, 6), d=st.integers(2, 9), seed=st.integers(0, 10_000))
+def test_layer_norm_vjp(rows, d, seed):
+    rng = np.random.default_rng(seed)
+    x, gamma, beta = rand(rng, rows, d) * 3 + 1, rand(rng, d), rand(rng, d)
+    assert_all_pass(check_vjp(lambda *t: ops.layer_norm(*t, eps=1e-5), x, gamma, beta, seed=seed))
+
+
+@given(rows=st.integers(1, 6), d=st.integers(1, 9), seed=st.integers(0, 10_000))
+def test_rms_norm_vjp(rows, d, seed):
+    rng = np.random.default_rng(seed)
+    x, gamma = rand(rng, 2, rows, d), rand(rng, d)
+    assert_all_pass(check_vjp(lambda *t: ops.rms_norm(*t, eps=1e-5), x, gamma, seed=seed))
+
+
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_softmax_vjp(axis):
+    x = rand(np.random.default_rng(9), 3, 4, 5)
+    assert_all_pass(check_vjp(lambda t: ops.softmax(t, axis=axis), x))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1, 3, 2), (2, 2, 5, 4)])
+def test_attention_vjp(shape, causal):
+    rng = np.random.default_rng(10)
+    q, k, v = (rand(rng, *shape) for _ in range(3))
+    assert_all_pass(check_vjp(lambda *t: ops.attention(*t, causal=causal), q, k, v))
+
+
+def test_cross_attention_with_a_longer_memory_vjp():
+    rng = np.random.default_rng(11)
+    q, k, v = rand(rng, 2, 2, 3, 4), rand(rng, 2, 2, 6, 4), rand(rng, 2, 2, 6, 4)
+    assert_all_pass(check_vjp(ops.attention, q, k, v))
+
+
+def test_cross_entropy_vjp():
+    rng = np.random.default_rng(12)
+    logits, targets = rand(rng, 2, 3, 7), rng.integers(0, 7, size=(2, 3))
+    assert_all_pass(check_vjp(lambda t: ops.cross_entropy(t, targets), logits))
+
+
+# ----- negative controls: a broken backward is caught -----
+
+def _broken_layer_norm_backward(dy, x, gamma, mean, rstd):
+    x_hat = (x - mean[:, None]) * rstd[:, None]
+    g = dy * gamma
+    dx = rstd[:, None] * (g - g.mean(axis=1, keepdims=True))  # drops - x_hat * mean(g * x_hat)
+    return dx, (dy * x_hat).sum(axis=0), dy.sum(axis=0)
+
+
+def _broken_softmax_backward(dp, p):
+    return p * dp  # drops the row-sum term of diag(p) - p p^T
+
+
+def _broken_attention_backward(dout, q, k, v, probs):
+    scale = 1.0 / np.sqrt(q.shape[-1])
+    dv = np.swapaxes(probs, -1, -2) @ dout
+    dscores = probs * (dout @ np.swapaxes(v, -1, -2))  # drops the softmax row-sum term
+    return dscores @ k * scale, np.swapaxes(dscores, -1, -2) @ q * scale, dv
+
+
+def test_layer_norm_check_fails_without_the_projection_term(monkeypatch):
+    rng = np.random.default_rng(13)
+    x, gamma, beta = rand(rng, 4, 6), rand(rng, 6), rand(rng, 6)
+    monkeypatch.setattr(kernels, "layer_norm_backward", _broken_layer_norm_backward)
+    assert_some_fail(check_vjp(lambda *t: ops.layer_norm(*t, eps=1e-5), x, gamma, beta))
+
+
+def test_layer_norm_check_fails_when_the_backward_ignores_gamma(monkeypatch):
+    rng = np.random.default_rng(14)
+    x, gamma, beta = rand(rng, 4, 6), rand(rng, 6), rand(rng, 6)
+    original = kernels.layer_norm_backward
+    monkeypatch.setattr(kernels, "layer_norm_backward",
+                        lambda dy, x, gamma, mean, rstd: original(dy, x, np.ones_like(gamma), mean, rstd))
+    assert_some_fail(check_vjp(lambda *t: ops.layer_norm(*t, eps=1e-5), x, gamma, beta))
+
+
+def test_softmax_check_fails_without_the_row_sum_term(monkeypatch):
+    monkeypatch.setattr(kernels, "softmax_backward", _broken_softmax_backward)
+    assert_some_fail(check_vjp(ops.softmax, rand(np.random.default_rng(15), 3, 5)))
+
+
+def test_attention_check_fails_without_the_row_sum_term(monkeypatch):
+    rng = np.random.default_rng(16)
+    q, k, v = (rand(rng, 1, 2, 4, 3) for _ in range(3))
+    monkeypatch.setattr(kernels, "attention_backward", _broken_attention_backward)
+    assert_some_fail(check_vjp(ops.attention, q, k, v))
+
+
+def test_a_registered_vjp_replaced_in_the_registry_is_what_the_tape_uses(monkeypatch):
+    forward, vjp = PRIMITIVES["mul"].forward, PRIMITIVES["mul"].vjp
+    monkeypatch.setitem(PRIMITIVES, "mul", PRIMITIVES["mul"]._replace(vjp=lambda d, r: tuple(2 * g for g in vjp(d, r))))
+    assert_some_fail(check_vjp(ops.mul, np.ones(3) * 2, np.ones(3) * 3))
+    assert forward is PRIMITIVES["mul"].forward
+
+
+# ----- the tape -----
+
+def test_gradients_accumulate_over_fan_out():
+    # y = x * x + x uses x three times: dy/dx = 2x + 1.
+    loss, (dx,) = value_and_grad(lambda x: ops.sum(x * x + x))(np.array([1.5, -2.0]))
+    np.testing.assert_array_equal(dx, [4.0, -3.0])
+    assert loss == 1.5**2 + 4.0 + 1.5 - 2.0
+
+
+def test_tape_records_nothing_without_an_input_that_needs_a_gradient():
+    with Tape() as tape:
+        ops.add(Tensor(np.ones(2)), np.ones(2))
+    assert tape.records == []
+
+
+def test_backward_of_an_unused_input_gives_zeros():
+    _, (dx, dz) = value_and_grad(lambda x, z: ops.sum(x))(np.ones(2), np.ones(3))
+    np.testing.assert_array_equal(dz, np.zeros(3))
+
+
+def test_float32_stays_float32():
+    x = np.ones((2, 4), np.float32)
+    y = ops.layer_norm(x, np.ones(4, np.float32), np.zeros(4, np.float32), eps=1e-5)
+    assert y.dtype == np.float32
+
+
+def test_same_inputs_give_the_same_bits():
+    rng = np.random.default_rng(17)
+    q, k, v = (rand(rng, 2, 2, 5, 4) for _ in range(3))
+
+    def grads():
+        return value_and_grad(lambda *t: ops.sum(ops.attention(*t, causal=True) * 1.7))(q, k, v)[1]
+
+    for a, b in zip(grads(), grads()):
+        assert a.tobytes() == b.tobytes()
+
+
+# ----- numerics at the edges -----
+
+def test_layer_norm_on_constant_rows_is_beta_with_finite_gradients():
+    x, gamma, beta = np.full((3, 5), 7.0), np.linspace(1, 2, 5), np.linspace(-1, 1, 5)
+    loss, grads = value_and_grad(lambda *t: ops.sum(ops.layer_norm(*t, eps=1e-5) * 2.0))(x, gamma, beta)
+    np.testing.assert_array_equal(ops.layer_norm(x, gamma, beta, eps=1e-5).value, np.broadcast_to(beta, (3, 5)))
+    assert all(np.isfinite(g).all() for g in grads)
+
+
+def test_layer_norm_of_huge_inputs_is_finite_and_shift_invariant():
+    rng = np.random.default_rng(18)
+    x = rand(rng, 4, 8)
+    ones, zeros = np.ones(8), np.zeros(8)
+    shifted = ops.layer_norm(x + 1e8, ones, zeros, eps=1e-5).value
+    np.testing.assert_allclose(shifted, ops.layer_norm(x, ones, zeros, eps=1e-5).value, atol=1e-7)
+    assert np.isfinite(ops.layer_norm(x * 1e150, ones, zeros, eps=1e-5).value).all()
+
+
+def test_softmax_of_logits_of_1e4_is_finite_and_exact():
+    p = ops.softmax(np.array([[1e4, 0.0, -1e4], [1e4, 1e4, 1e4]])).value
+    np.testing.assert_array_equal(p[0], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(p[1], [1 / 3] * 3, rtol=1e-15)
+
+
+def test_causal_attention_ignores_the_future():
+    rng = np.random.default_rng(19)
+    q, k, v = (rand(rng, 1, 1, 4, 2) for _ in range(3))
+    out = ops.attention(q, k, v, causal=True).value
+    v_changed = v.copy()
+    v_changed[..., 3, :] += 100.0  # only the last position may see it
+    out_changed = ops.attention(q, k, v_changed, causal=True).value
+    np.testing.assert_array_equal(out[..., :3, :], out_changed[..., :3, :])
+    np.testing.assert_allclose(out[..., 0, :], v[..., 0, :], rtol=1e-15)  # the first query sees only itself
+
+
+# ----- bad calls: clear ValueErrors naming the op and the shapes -----
+
+@pytest.mark.parametrize("call,words", [
+    (lambda: ops.add(np.ones((2, 3)), np.ones((4,))), ["add", "(2, 3)", "(4,)"]),
+    (lambda: ops.matmul(np.ones((2, 3)), np.ones((4, 2))), ["matmul", "(2, 3)", "(4, 2)"]),
+    (lambda: ops.mul(np.ones(3), np.ones(3, np.float32)), ["mul", "float32", "float64"]),
+    (lambda: ops.layer_norm(np.ones((2, 3)), np.ones(4), np.zeros(4), eps=1e-5), ["layer_norm", "(4,)", "(2, 3)"]),
+    (lambda: ops.layer_norm(np.full((2, 3), np.nan), np.ones(3), np.zeros(3), eps=1e-5), ["layer_norm", "NaN"]),
+    (lambda: ops.layer_norm(np.ones((2, 3)), np.ones(3), np.zeros(3), eps=0.0), ["layer_norm", "eps"]),
+    (lambda: ops.attention(np.ones((1, 1, 2, 4)), np.ones((1, 1, 3, 4)), np.ones((1, 1, 3, 4)), causal=True),
+     ["attention", "causal"]),
+    (lambda: ops.attention(np.ones((1, 2, 4)), np.ones((1, 2, 4)), np.ones((1, 2, 4))), ["attention", "4-D"]),
+    (lambda: ops.softmax(np.array([[1.0, np.inf]])), ["softmax", "NaN or inf"]),
+    (lambda: ops.cross_entropy(np.ones((2, 3)), np.array([0, 3])), ["cross_entropy", "targets"]),
+    (lambda: ops.reshape(np.ones(6), shape=(4, 2)), ["reshape", "(6,)"]),
+    (lambda: ops.embedding(np.ones((3, 2)), np.array([5])), ["embedding", "[0, 3)"]),
+    (lambda: ops.log(np.array([1.0, -1.0])), ["log", "<= 0"]),
+])
+def test_bad_calls_raise_a_value_error_naming_the_op(call, words):
+    with pytest.raises(ValueError) as err:
+        call()
+    for word in words:
+        assert word in str(err.value)
