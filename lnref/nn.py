@@ -15,31 +15,17 @@ ATTENTION_PARAMS = ("wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo")
 FFN_PARAMS = ("w1", "b1", "w2", "b2")
 
 
-def split_heads(x, n_heads):
-    """(B, T, d) -> (B, H, T, d/H)."""
-    batch, seq, d_model = x.shape
-    x = ops.reshape(x, shape=(batch, seq, n_heads, d_model // n_heads))
-    return ops.transpose(x, axes=(0, 2, 1, 3))
-
-
-def merge_heads(x):
-    """(B, H, T, Dh) -> (B, T, H*Dh)."""
-    batch, heads, seq, head_dim = x.shape
-    x = ops.transpose(x, axes=(0, 2, 1, 3))
-    return ops.reshape(x, shape=(batch, seq, heads * head_dim))
-
-
 def attention(x, p, n_heads, causal=False, memory=None):
     """softmax(Q K^T / sqrt(d_h) + M) V over heads, then the output projection.
 
     Q comes from ``x``; K and V from ``memory`` when given (cross-attention), else from ``x``.
     """
     source = x if memory is None else memory
-    q = split_heads(ops.linear(x, p["wq"], p["bq"]), n_heads)
-    k = split_heads(ops.linear(source, p["wk"], p["bk"]), n_heads)
-    v = split_heads(ops.linear(source, p["wv"], p["bv"]), n_heads)
-    heads = ops.attention(q, k, v, causal=causal)
-    return ops.linear(merge_heads(heads), p["wo"], p["bo"])
+    q = ops.linear(x, p["wq"], p["bq"])
+    k = ops.linear(source, p["wk"], p["bk"])
+    v = ops.linear(source, p["wv"], p["bv"])
+    heads = ops.multi_head_attention(q, k, v, n_heads=n_heads, causal=causal)
+    return ops.linear(heads, p["wo"], p["bo"])
 
 
 def ffn(x, p, activation="relu", relu_mask=None):

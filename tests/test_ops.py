@@ -145,6 +145,17 @@ def test_attention_vjp(shape, causal):
     assert_all_pass(check_vjp(lambda *t: ops.attention(*t, causal=causal), q, k, v))
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_multi_head_attention_vjp_and_its_agreement_with_attention_over_split_heads(causal):
+    rng = np.random.default_rng(20)
+    q, k, v = (rand(rng, 2, 5, 6) for _ in range(3))
+    assert_all_pass(check_vjp(lambda *t: ops.multi_head_attention(*t, n_heads=3, causal=causal), q, k, v))
+    split = [a.reshape(2, 5, 3, 2).transpose(0, 2, 1, 3) for a in (q, k, v)]
+    heads = ops.attention(*split, causal=causal).value
+    np.testing.assert_array_equal(ops.multi_head_attention(q, k, v, n_heads=3, causal=causal).value,
+                                  heads.transpose(0, 2, 1, 3).reshape(2, 5, 6))
+
+
 def test_cross_attention_with_a_longer_memory_vjp():
     rng = np.random.default_rng(11)
     q, k, v = rand(rng, 2, 2, 3, 4), rand(rng, 2, 2, 6, 4), rand(rng, 2, 2, 6, 4)

@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from lnref.autograd import kernels
-from lnref.autograd.tensor import FLOAT_DTYPES, Tensor, active_tape
+from lnref.autograd.tensor import _ACTIVE_TAPES, FLOAT_DTYPES, Tensor
 
 
 class Primitive(NamedTuple):
@@ -42,10 +42,10 @@ def defprimitive(name: str, forward: Callable, vjp: Callable) -> Callable:
         primitive = PRIMITIVES[name]  # looked up per call: the registry is the one source of truth
         values = [arg.value if isinstance(arg, Tensor) else arg for arg in args]
         out, residuals = primitive.forward(*values, **params)
-        tape = active_tape()
+        tape = _ACTIVE_TAPES[-1] if _ACTIVE_TAPES else None
         if tape is None or not any(isinstance(a, Tensor) and a.requires_grad for a in args):
-            return Tensor(out)
-        result = Tensor(out, requires_grad=True)
+            return Tensor.wrap(out)
+        result = Tensor.wrap(out, requires_grad=True)
         inputs = tuple(arg if isinstance(arg, Tensor) else None for arg in args)
         tape.record(primitive.vjp, residuals, inputs, result)
         return result
@@ -63,13 +63,16 @@ def _shapes(*arrays):
 
 def _check_float(op: str, *arrays):
     """All array inputs share one float dtype (float64 or float32); numbers are free."""
-    dtypes = {np.asarray(a).dtype for a in arrays if isinstance(a, np.ndarray)}
-    for dtype in dtypes:
-        if dtype not in FLOAT_DTYPES:
-            raise ValueError(f"{op}: dtype {dtype} is not float64 or float32 (shapes {_shapes(*arrays)})")
-    if len(dtypes) > 1:
-        names = " and ".join(sorted(str(d) for d in dtypes))
-        raise ValueError(f"{op}: mixed dtypes {names} (shapes {_shapes(*arrays)}); cast one first")
+    dtype = None
+    for a in arrays:
+        if not isinstance(a, np.ndarray):
+            continue
+        if dtype is None:
+            dtype = a.dtype
+            if dtype not in FLOAT_DTYPES:
+                raise ValueError(f"{op}: dtype {dtype} is not float64 or float32 (shapes {_shapes(*arrays)})")
+        elif a.dtype != dtype:
+            raise ValueError(f"{op}: mixed dtypes {dtype} and {a.dtype} (shapes {_shapes(*arrays)}); cast one first")
 
 
 def _check_finite(op: str, *arrays):
@@ -79,8 +82,11 @@ def _check_finite(op: str, *arrays):
 
 
 def _broadcast_shape(op: str, a, b):
+    shape_a, shape_b = np.shape(a), np.shape(b)
+    if shape_a == shape_b:
+        return shape_a
     try:
-        return np.broadcast_shapes(np.shape(a), np.shape(b))
+        return np.broadcast_shapes(shape_a, shape_b)
     except ValueError:
         raise ValueError(f"{op}: shapes {_shapes(a, b)} do not broadcast") from None
 
@@ -406,16 +412,19 @@ matmul = defprimitive("matmul", _matmul_fwd, _matmul_vjp)
 def _linear_fwd(x, weight, bias):
     """y = x @ W + b with W of shape (d_in, d_out). VJP: dx = dy W^T, dW = x^T dy, db = sum dy."""
     _check_float("linear", x, weight, bias)
-    if np.ndim(weight) != 2 or np.shape(x)[-1] != weight.shape[0] or np.shape(bias) != weight.shape[1:]:
+    if weight.ndim != 2 or x.shape[-1] != weight.shape[0] or bias.shape != weight.shape[1:]:
         raise ValueError(f"linear: x, W, b of shapes {_shapes(x, weight, bias)} do not fit y = x @ W + b")
-    return x @ weight + bias, (x, weight)
+    rows = x.reshape(-1, x.shape[-1])  # one 2-D product: faster than a batched matmul
+    out = rows @ weight
+    out += bias
+    return out.reshape(*x.shape[:-1], weight.shape[1]), (rows, weight)
 
 
 def _linear_vjp(dout, inputs):
-    x, weight = inputs
-    dout2d = dout.reshape(-1, dout.shape[-1])
-    dweight = x.reshape(-1, x.shape[-1]).T @ dout2d
-    return dout @ weight.T, dweight, dout2d.sum(axis=0)
+    rows, weight = inputs
+    dout_rows = dout.reshape(-1, dout.shape[-1])
+    dx = (dout_rows @ weight.T).reshape(*dout.shape[:-1], weight.shape[0])
+    return dx, rows.T @ dout_rows, dout_rows.sum(axis=0)
 
 
 linear = defprimitive("linear", _linear_fwd, _linear_vjp)
@@ -533,6 +542,39 @@ def _attention_vjp(dout, residuals):
 
 
 attention = defprimitive("attention", _attention_fwd, _attention_vjp)
+
+
+def _heads(x, n_heads):
+    """(B, T, d) -> contiguous (B, H, T, d/H): head h owns features [h d/H, (h+1) d/H)."""
+    batch, seq, d_model = x.shape
+    return np.ascontiguousarray(x.reshape(batch, seq, n_heads, d_model // n_heads).transpose(0, 2, 1, 3))
+
+
+def _merge_heads(x):
+    batch, heads, seq, head_dim = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(batch, seq, heads * head_dim)
+
+
+def _multi_head_attention_fwd(q, k, v, *, n_heads, causal=False):
+    """``attention`` for projections laid out as (B, T, d) and (B, S, d), split into
+    ``n_heads`` heads of d/H contiguous features and merged back, in one op: the same
+    kernels and the same backward, without six reshape/transpose records per call."""
+    if not (np.ndim(q) == np.ndim(k) == np.ndim(v) == 3) or np.shape(k) != np.shape(v) \
+            or np.shape(q)[0] != np.shape(k)[0] or np.shape(q)[2] != np.shape(k)[2]:
+        raise ValueError(f"multi_head_attention: q, k, v of shapes {_shapes(q, k, v)} do not fit (B,T,d), (B,S,d)")
+    if n_heads < 1 or q.shape[2] % n_heads:
+        raise ValueError(f"multi_head_attention: d_model {q.shape[2]} does not split into {n_heads} heads")
+    out, residuals = _attention_fwd(_heads(q, n_heads), _heads(k, n_heads), _heads(v, n_heads), causal=causal)
+    return _merge_heads(out), residuals
+
+
+def _multi_head_attention_vjp(dout, residuals):
+    n_heads = residuals[0].shape[1]
+    dq, dk, dv = _attention_vjp(_heads(dout, n_heads), residuals)
+    return _merge_heads(dq), _merge_heads(dk), _merge_heads(dv)
+
+
+multi_head_attention = defprimitive("multi_head_attention", _multi_head_attention_fwd, _multi_head_attention_vjp)
 
 
 # ----- losses -------------------------------------------------------------------------

@@ -38,6 +38,13 @@ class Tensor:
         self.requires_grad = requires_grad
         self.retain_grad = False  # keep an intermediate's gradient (probes read hidden states')
 
+    @classmethod
+    def wrap(cls, value, requires_grad=False):
+        """A Tensor around an array that is already a valid float array (no checks, no copy)."""
+        tensor = cls.__new__(cls)
+        tensor.value, tensor.grad, tensor.requires_grad, tensor.retain_grad = value, None, requires_grad, False
+        return tensor
+
     @property
     def shape(self):
         return self.value.shape
