@@ -54,7 +54,9 @@ import numpy as np
 try:
     from numba import config as _numba_config
     from numba import njit
-except ImportError:  # the NumPy twins are complete on their own
+except ModuleNotFoundError as error:  # the NumPy twins are complete on their own
+    if error.name != "numba":
+        raise  # Numba is there but broken: say so rather than run 100x slower
     _numba_config = None
 
     def njit(*args, **kwargs):
@@ -782,7 +784,7 @@ def _check_approximate(approximate):
 
 
 def gelu_forward_reference(x, approximate):
-    """GELU of ``x`` (any shape); NumPy twin.
+    """GELU of ``x`` (any shape, 0-d included: an array is returned); NumPy twin.
 
     ``approximate="none"`` (exact)::
 
@@ -796,9 +798,9 @@ def gelu_forward_reference(x, approximate):
     _check_approximate(approximate)
     if approximate == "tanh":
         u = _SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x)
-        return 0.5 * x * (1.0 + np.tanh(u))
+        return np.asarray(0.5 * x * (1.0 + np.tanh(u)))
     cdf = 0.5 * (1.0 + _erf(x * _INV_SQRT_2).astype(x.dtype, copy=False))
-    return x * cdf
+    return np.asarray(x * cdf)
 
 
 def gelu_backward_reference(dy, x, approximate):
@@ -817,10 +819,10 @@ def gelu_backward_reference(dy, x, approximate):
         x2 = x * x
         th = np.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x2 * x))
         du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_CUBIC * x2)
-        return dy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du_dx)
+        return np.asarray(dy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du_dx))
     cdf = 0.5 * (1.0 + _erf(x * _INV_SQRT_2).astype(x.dtype, copy=False))
     pdf = _INV_SQRT_2PI * np.exp(-0.5 * x * x)
-    return dy * (cdf + x * pdf)
+    return np.asarray(dy * (cdf + x * pdf))
 
 
 @njit(cache=True)
@@ -873,7 +875,8 @@ def gelu_forward(x, approximate):
     """
     _check_approximate(approximate)
     (x,) = _float_arrays(x)
-    return _pick(_gelu_forward_loop, gelu_forward_reference)(x, approximate)
+    # Flat in, shape back out: the loop kernel compiles once per dtype, not per ndim.
+    return _pick(_gelu_forward_loop, gelu_forward_reference)(x.reshape(-1), approximate).reshape(x.shape)
 
 
 def gelu_backward(dy, x, approximate):
@@ -882,4 +885,5 @@ def gelu_backward(dy, x, approximate):
     dy, x = _float_arrays(dy, x)
     if dy.shape != x.shape:
         raise ValueError(f"dy shape {dy.shape} does not match x shape {x.shape}")
-    return _pick(_gelu_backward_loop, gelu_backward_reference)(dy, x, approximate)
+    kernel = _pick(_gelu_backward_loop, gelu_backward_reference)
+    return kernel(dy.reshape(-1), x.reshape(-1), approximate).reshape(x.shape)

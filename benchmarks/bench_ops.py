@@ -1,0 +1,215 @@
+"""Numba loop kernels vs their NumPy twins, measured in one run.
+
+    python3 benchmarks/bench_ops.py [--reps N] [--min-time SECONDS]
+
+For LayerNorm, softmax and attention, times forward + backward of each twin
+(the loop kernels ``_<name>_loop`` and ``<name>_reference`` are called
+directly, so the comparison holds whatever ``LNREF_KERNELS`` says). Every
+kernel is called once first so Numba's compile time is excluded. Each figure
+is the median over ``--reps`` repetitions; one repetition runs the callable
+enough times to last ``--min-time`` seconds, and reports the time per call.
+Repetitions of the two twins alternate, so both see the same machine load.
+
+Prints a table with the speedup (NumPy time / Numba time), then one JSON line
+per figure, then whether the target (LayerNorm forward+backward at (2048, 64)
+at least 3x faster with Numba) was met.
+
+Allocator: on the VMs this project runs on, memory that glibc hands back to the
+kernel is returned to the host, so touching a freshly mapped page costs
+microseconds. With glibc's default (adaptive) trim and mmap thresholds,
+whether the 1 MB+ output arrays of a call are fresh pages depends on the
+heap's history: the same kernel measured 0.3 ms or 2 ms depending on what ran
+before it, which swamps the kernels themselves. By default this script
+therefore pins both thresholds with ``mallopt`` (for this process only, both
+twins alike) so each figure measures the kernel; ``--default-malloc`` keeps
+glibc's defaults to see the page-fault-bound numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lnref.autograd import kernels as K  # noqa: E402
+
+ROW_SHAPES = [(64, 16), (2048, 64), (8192, 256)]
+ATTENTION_SHAPES = [(2, 2, 8, 8), (8, 8, 64, 32)]  # (B, H, T, Dh), S = T
+EPS = 1e-5
+TARGET = ("layer_norm fwd+bwd", (2048, 64), 3.0)
+
+
+def layer_norm_case(shape, rng):
+    n, d = shape
+    x = rng.standard_normal((n, d))
+    gamma = rng.standard_normal(d)
+    beta = rng.standard_normal(d)
+    dy = rng.standard_normal((n, d))
+
+    def make(forward, backward):
+        def run():
+            _, mean, rstd = forward(x, gamma, beta, EPS)
+            return backward(dy, x, gamma, mean, rstd)
+
+        return run
+
+    return (
+        make(K._layer_norm_forward_loop, K._layer_norm_backward_loop),
+        make(K.layer_norm_forward_reference, K.layer_norm_backward_reference),
+    )
+
+
+def softmax_case(shape, rng):
+    x = 3.0 * rng.standard_normal(shape)
+    dp = rng.standard_normal(shape)
+
+    def make(forward, backward):
+        def run():
+            return backward(dp, forward(x))
+
+        return run
+
+    return (
+        make(K._softmax_forward_loop, K._softmax_backward_loop),
+        make(K.softmax_forward_reference, K.softmax_backward_reference),
+    )
+
+
+def attention_case(shape, rng, causal):
+    q, k, v, dout = (rng.standard_normal(shape) for _ in range(4))
+
+    def make(forward, backward):
+        def run():
+            _, probs = forward(q, k, v, causal)
+            return backward(dout, q, k, v, probs)
+
+        return run
+
+    return (
+        make(K._attention_forward_loop, K._attention_backward_loop),
+        make(K.attention_forward_reference, K.attention_backward_reference),
+    )
+
+
+def pin_glibc_malloc():
+    """Stop glibc from trimming the heap and from mmap-ing large blocks.
+
+    Returns whether it worked (False off glibc).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    # 32 MiB is glibc's ceiling for the mmap threshold on 64-bit systems.
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
+def _calls_per_rep(fn, min_time):
+    fn()  # warm-up: compiles the Numba kernel, faults in the first buffers
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-7)
+    return max(1, math.ceil(min_time / once))
+
+
+def median_seconds_per_call(fns, reps, min_time):
+    """Median time per call of each callable in ``fns``, over ``reps`` repetitions.
+
+    Repetitions of the callables alternate, so a change in machine load hits
+    all of them alike rather than one twin's whole measurement.
+    """
+    numbers = [_calls_per_rep(fn, min_time) for fn in fns]
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, number, bucket in zip(fns, numbers, times):
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            bucket.append((time.perf_counter() - start) / number)
+    return [statistics.median(bucket) for bucket in times], numbers
+
+
+def cases():
+    rng = np.random.default_rng(0)
+    for shape in ROW_SHAPES:
+        yield "layer_norm fwd+bwd", shape, layer_norm_case(shape, rng)
+    for shape in ROW_SHAPES:
+        yield "softmax fwd+bwd", shape, softmax_case(shape, rng)
+    for shape in ATTENTION_SHAPES:
+        for causal in (False, True):
+            name = "attention fwd+bwd" + (" causal" if causal else "")
+            yield name, shape, attention_case(shape, rng, causal)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=9, help="repetitions per figure (median taken)")
+    parser.add_argument("--min-time", type=float, default=0.05, help="seconds per repetition, at least")
+    parser.add_argument("--default-malloc", action="store_true", help="keep glibc's adaptive malloc thresholds")
+    args = parser.parse_args(argv)
+    malloc = "glibc default" if args.default_malloc else ("pinned" if pin_glibc_malloc() else "default (pin failed)")
+
+    from numba import config as numba_config
+
+    if numba_config.DISABLE_JIT:
+        print("NUMBA_DISABLE_JIT is set: the loop kernels would run as Python; nothing to compare.")
+        return 1
+
+    print(
+        f"# numpy {np.__version__}, numba {__import__('numba').__version__}, python {platform.python_version()}, "
+        f"{os.cpu_count()} cpus; float64; median of {args.reps} reps, >= {args.min_time}s each; malloc {malloc}"
+    )
+    header = f"{'kernel':<26} {'shape':<16} {'numpy ms':>10} {'numba ms':>10} {'speedup':>8}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for name, shape, (numba_fn, numpy_fn) in cases():
+        (numba_s, numpy_s), (numba_n, numpy_n) = median_seconds_per_call(
+            [numba_fn, numpy_fn], args.reps, args.min_time
+        )
+        speedup = numpy_s / numba_s
+        rows.append((name, shape, numpy_s, numba_s, speedup, numpy_n, numba_n))
+        print(f"{name:<26} {str(shape):<16} {numpy_s * 1e3:>10.4f} {numba_s * 1e3:>10.4f} {speedup:>7.2f}x", flush=True)
+
+    print()
+    for name, shape, numpy_s, numba_s, speedup, numpy_n, numba_n in rows:
+        for impl, seconds, number in (("numpy", numpy_s, numpy_n), ("numba", numba_s, numba_n)):
+            print(
+                json.dumps(
+                    {
+                        "benchmark": name,
+                        "shape": list(shape),
+                        "dtype": "float64",
+                        "impl": impl,
+                        "median_s": seconds,
+                        "reps": args.reps,
+                        "calls_per_rep": number,
+                        "malloc": malloc,
+                        "speedup_numpy_over_numba": speedup,
+                    }
+                )
+            )
+
+    target_name, target_shape, target_ratio = TARGET
+    measured = next(r[4] for r in rows if r[0] == target_name and r[1] == target_shape)
+    verdict = "met" if measured >= target_ratio else "NOT met"
+    print(f"\ntarget: {target_name} at {target_shape} >= {target_ratio:.0f}x faster with Numba: {measured:.2f}x, {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
