@@ -1,0 +1,118 @@
+"""``lnref profile``: per-layer gradient and hidden-state probes, by scheme, depth and seed.
+
+Only click and the shared helpers of ``lnref.cli`` are imported here; the NumPy side
+(``lnref.profile``, ``lnref.probes``) is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from lnref.cli import COUNT, fail, input_errors, model_from_options, model_options
+
+
+def model_options_except(*replaced):
+    """The shared model options of ``lnref.cli.model_options`` without ``replaced`` ones.
+
+    Reusing the very option objects keeps names, defaults and help identical to the other
+    commands; ``profile`` declares its own list-valued --scheme and --layers.
+    """
+    def collect():
+        """Only carries the options."""
+
+    model_options(collect)
+    kept = [param for param in collect.__click_params__ if param.name not in replaced]
+
+    def decorator(function):
+        # click.option appends and click.command reverses, so appending the collected list
+        # (already in that appended order) keeps the shared options in their usual order.
+        function.__click_params__ = getattr(function, "__click_params__", []) + kept
+        return function
+
+    return decorator
+
+
+@click.command()
+@click.option("--scheme", "scheme_list", required=True, metavar="LIST",
+              help="Comma-separated schemes, e.g. post,pre,residual,b2t ('all' for every scheme).")
+@click.option("--layers", "layer_list", default="6", show_default=True, metavar="N[,N...]",
+              help="Number of layers; a comma list such as 6,12,18 also charts the last layer by depth.")
+@model_options_except("scheme", "layers")
+@click.option("--seeds", type=COUNT, default=5, show_default=True,
+              help="Models seeded --seed .. --seed+N-1; the output gives mean and spread over them.")
+@click.option("--stream", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Which stream of multi-stream states is measured (ResiDual: 0 = x_a, 1 = x_d).")
+@click.option("--metric", default="grad.ffn.w2", show_default=True,
+              help="What the charts plot: grad.ffn.w2, grad.ffn, grad.attn, grad.cross, grad.norm_gain, "
+                   "grad.layer, hidden_grad_norm, hidden_norm, hidden_sq_norm_per_token, relative_change, "
+                   "cosine, ... (all listed in lnref.profile.METRICS).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout instead of table and chart.")
+@click.option("--png", "png_path", default=None, metavar="FILE",
+              help="Also draw the chart to a PNG (needs lnref[plot]).")
+@click.option("--svg", "svg_path", default=None, metavar="FILE",
+              help="Also draw the chart to an SVG (needs lnref[plot]).")
+def profile(scheme_list, layer_list, seeds, stream, metric, as_json, png_path, svg_path, **options):
+    """Per-layer gradient and hidden-state norms of schemes at initialization.
+
+    Per layer and scheme: weight-gradient norms (attention, FFN, norm gains), hidden-state
+    norm and gradient norm, relative change and cosine between consecutive layers; mean
+    and spread over seeds.
+
+    Prints a table and a log-scale text chart of --metric (by layer, one marker per
+    scheme), or JSON with --json. Progress goes to stderr.
+    """
+    from lnref import profile as sweeps
+
+    with input_errors():
+        schemes = sweeps.parse_schemes(scheme_list)
+        depths = sweeps.parse_depths(layer_list)
+    if metric not in sweeps.METRICS:
+        fail(f"unknown metric {metric!r}; valid metrics: {', '.join(sweeps.METRICS)}")
+
+    figures = [(path, fmt) for path, fmt in ((png_path, "png"), (svg_path, "svg")) if path is not None]
+    if figures:
+        try:
+            sweeps.require_matplotlib()
+        except ImportError as err:
+            fail(str(err))
+        if len(figures) == 2 and os.path.abspath(png_path) == os.path.abspath(svg_path):
+            fail("--png and --svg name the same file")
+        with input_errors():
+            for path, fmt in figures:
+                sweeps.check_output_path(path, f"--{fmt}")
+
+    # Build every scheme once before the sweep, so that a bad configuration fails in one
+    # line before any work; the sweep then uses exactly the validated configuration.
+    with input_errors():
+        build_options = None
+        schemes_with_metric = []
+        for scheme in schemes:
+            model = model_from_options(scheme=scheme, layers=depths[0], **options)
+            x, _, _ = model.sample_inputs(batch=1, seq=1)
+            streams = len(model.embed(model.run(), x))
+            if stream >= streams:
+                raise ValueError(f"--stream {stream}: scheme {scheme} has {streams} stream(s) "
+                                 f"(valid: 0..{streams - 1})")
+            if metric in sweeps.model_metrics(model):
+                schemes_with_metric.append(scheme)
+            build_options = model.config.to_dict()
+    if not schemes_with_metric:
+        hint = " (cross-attention metrics need --cross-attention)" if metric.startswith("grad.cross") else ""
+        fail(f"metric {metric} exists in none of {', '.join(schemes)}{hint}")
+
+    first_seed = options["seed"]
+    with input_errors():
+        sweep = sweeps.run_sweep(schemes, depths, build_options, range(first_seed, first_seed + seeds),
+                                 batch=options["batch"], seq=options["seq"], stream=stream,
+                                 progress=lambda message: click.echo(message, err=True))
+        for path, fmt in figures:
+            sweeps.save_figure(sweep, metric, path, fmt)
+            click.echo(f"wrote {path}", err=True)
+    if as_json:
+        click.echo(sweeps.sweep_to_json(sweep))
+    else:
+        click.echo(sweeps.format_table(sweep, metric))
+        click.echo()
+        click.echo(sweeps.text_charts(sweep, metric))
