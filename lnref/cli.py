@@ -7,6 +7,7 @@ Numba) happen inside the commands, so ``lnref --help`` stays instant.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import sys
 
@@ -98,7 +99,21 @@ def warn_float32(dtype):
 
 
 class OneLineErrors(click.Group):
-    """A click group whose usage errors are one line on stderr (exit 2), never a banner."""
+    """A click group whose usage errors are one line on stderr (exit 2), never a banner,
+    and whose ``lazy_commands`` ({name: "module:attribute"}) are imported on first use."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = {}
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy_commands))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy_commands and name not in self.commands:
+            module, _, attribute = self.lazy_commands[name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
@@ -170,10 +185,14 @@ def _stderr_progress(message):
     click.echo(message, err=True)
 
 
-# ----- further commands (each in its own module; keep this block one line per command) -----
+# ----- commands in their own modules, imported only when used or listed -----
+# (Importing them here would make each of them import this module half-built.)
 
-from lnref.cli_golden import compare, export  # noqa: E402
-main.add_command(export)
-main.add_command(compare)
-from lnref.cli_profile import profile  # noqa: E402
-main.add_command(profile)
+main.lazy_commands.update({
+    "export": "lnref.cli_golden:export",
+    "compare": "lnref.cli_golden:compare",
+    "profile": "lnref.cli_profile:profile",
+    "prove": "lnref.cli_prove:prove",
+    "train": "lnref.cli_train:train",
+    "stability": "lnref.cli_train:stability",
+})
