@@ -1,0 +1,188 @@
+"""lnref's golden files checked against an independent PyTorch implementation.
+
+``torch_port`` is written from the papers' equations with torch's own autograd and reads the
+golden file with NumPy alone. For every scheme at 1, 6 and 48 layers, y, the loss, every
+gradient and every hidden state must agree to 1e-10 relative in float64, measured as
+``lnref compare`` measures (docs/golden-format.md): max|a - e| <= 1e-10 * scale, scale the
+largest |e| among the tensor and its siblings (names equal up to the last '.').
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip(
+    "torch", reason="PyTorch is not installed (pip install torch==2.13.0 runs the interop tests)")
+
+import torch_port  # noqa: E402  (imports torch)
+from click.testing import CliRunner  # noqa: E402
+
+import lnref  # noqa: E402
+from lnref.cli import main  # noqa: E402
+from lnref.golden import compare_files, export_golden  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+RTOL = 1e-10
+LISTED = ("post", "pre", "residual", "b2t", "deepnorm", "admin")
+FURTHER = ("sandwich", "peri", "mixln", "dlcl", "rezero")
+DEPTHS = (1, 6, 48)
+SMALL = dict(d_model=16, n_heads=2, d_ff=64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tensors this small gain nothing from threads, and on a busy machine torch's
+    thread pool costs 30x; restore the setting for whatever runs next."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def export(tmp_path, scheme, layers, **options):
+    path = tmp_path / f"{scheme}-{layers}.npz"
+    export_golden(lnref.build(scheme, layers, **SMALL, **options), path, batch=2, seq=8)
+    return path
+
+
+def stored(path):
+    return torch_port.read_golden(path)[1]
+
+
+def group(name):
+    head, slash, tail = name.rpartition("/")
+    return head + slash + tail.rpartition(".")[0] if "." in tail else name
+
+
+def disagreements(expected, actual, rtol=RTOL):
+    """{name: max|a - e| / scale} for every tensor of ``actual`` beyond ``rtol``."""
+    scales = {}
+    for name, value in expected.items():
+        if name != "config":
+            scales[group(name)] = max(scales.get(group(name), 0.0), float(np.max(np.abs(value))))
+    failing = {}
+    for name, value in actual.items():
+        error = float(np.max(np.abs(value - expected[name])))
+        scale = scales[group(name)]
+        if not error <= rtol * scale:
+            failing[name] = error / scale if scale else float("inf")
+    return failing
+
+
+def assert_agrees(path):
+    expected, actual = stored(path), torch_port.evaluate(path)
+    predicted = {"y", "loss", "grads/input", *(n for n in expected if n.startswith(("grads/", "hidden/")))}
+    assert set(actual) == predicted
+    failing = disagreements(expected, actual)
+    assert not failing, f"torch disagrees beyond {RTOL:g}: {dict(list(failing.items())[:5])}"
+
+
+# ----- agreement -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layers", DEPTHS)
+@pytest.mark.parametrize("scheme", LISTED)
+def test_port_agrees_with_lnref_on_listed_schemes(tmp_path, scheme, layers):
+    assert_agrees(export(tmp_path, scheme, layers))
+
+
+@pytest.mark.parametrize("layers", DEPTHS)
+@pytest.mark.parametrize("scheme", FURTHER)
+def test_port_agrees_with_lnref_on_further_schemes(tmp_path, scheme, layers):
+    assert_agrees(export(tmp_path, scheme, layers))
+
+
+@pytest.mark.parametrize("scheme", LISTED + FURTHER)
+def test_port_agrees_on_a_causal_decoder_with_cross_attention(tmp_path, scheme):
+    assert_agrees(export(tmp_path, scheme, 6, cross_attention=True, causal=True))
+
+
+@pytest.mark.parametrize("scheme", LISTED + FURTHER)
+def test_port_agrees_with_rmsnorm_and_gelu(tmp_path, scheme):
+    assert_agrees(export(tmp_path, scheme, 6, norm="rmsnorm", activation="gelu"))
+
+
+def test_key_bias_gradient_is_round_off_in_both_implementations(tmp_path):
+    """Why errors are scaled by the group: d loss / d b_k is 0 in exact arithmetic (softmax
+    ignores a shift shared by all keys), so both sides hold only round-off, far below the
+    1e-10 * scale of the group yet O(1) apart relative to the tensor itself."""
+    path = export(tmp_path, "post", 6)
+    expected, actual = stored(path), torch_port.evaluate(path)
+    for layer in range(6):
+        name = f"grads/layers.{layer}.attn.bk"
+        scale = max(float(np.max(np.abs(expected[n]))) for n in expected if group(n) == group(name))
+        assert np.max(np.abs(expected[name])) < 1e-14 * scale
+        assert np.max(np.abs(actual[name])) < 1e-14 * scale
+
+
+@pytest.mark.parametrize("scheme", LISTED)
+def test_float32_port_passes_lnref_compare_default_tolerance_at_48_layers(tmp_path, scheme):
+    golden = export(tmp_path, scheme, 48, dtype="float32")
+    actual = tmp_path / "torch.npz"
+    np.savez(actual, **torch_port.evaluate(golden))
+    report = compare_files(golden, actual)
+    assert report.rtol == 1e-3 and report.passed > 500
+    assert report.ok, [(r.name, r.max_rel_error) for r in report.results if r.status not in ("ok", "missing")]
+
+
+# ----- negative controls: the agreement check can fail ----------------------------------
+
+def test_float32_default_tolerance_flags_a_gradient_off_by_1e_2(tmp_path):
+    golden = export(tmp_path, "post", 6, dtype="float32")
+    arrays = torch_port.evaluate(golden)
+    arrays["grads/layers.3.ffn.w2"] = arrays["grads/layers.3.ffn.w2"] * (1 + 1e-2)
+    np.savez(tmp_path / "torch.npz", **arrays)
+    report = compare_files(golden, tmp_path / "torch.npz")
+    assert [r.name for r in report.results if r.status == "FAIL"] == ["grads/layers.3.ffn.w2"]
+
+
+def test_agreement_check_flags_a_gradient_perturbed_by_1e_9(tmp_path):
+    path = export(tmp_path, "pre", 6)
+    expected, actual = stored(path), torch_port.evaluate(path)
+    actual["grads/layers.2.ffn.w1"] = actual["grads/layers.2.ffn.w1"] * (1 + 1e-9)
+    assert list(disagreements(expected, actual)) == ["grads/layers.2.ffn.w1"]
+
+
+def test_agreement_check_flags_a_different_epsilon(tmp_path):
+    path = export(tmp_path, "post", 6)
+    failing = disagreements(stored(path), torch_port.evaluate(path, eps=1e-6))
+    assert "y" in failing and "grads/input" in failing
+
+
+@pytest.mark.parametrize("scheme, impostor", [("post", "b2t"), ("pre", "mixln"), ("peri", "sandwich")])
+def test_agreement_check_flags_a_neighbouring_scheme(tmp_path, scheme, impostor):
+    """Schemes sharing parameter names still give different outputs."""
+    path = export(tmp_path, scheme, 6)
+    failing = disagreements(stored(path), torch_port.evaluate(path, scheme=impostor))
+    assert "y" in failing
+
+
+# ----- the port's arrays through `lnref compare` -----------------------------------------
+
+def write_port_output(path, arrays, transpose=False):
+    if transpose:  # as torch.nn.Linear stores them: (d_out, d_in)
+        arrays = {n: (v.T if v.ndim == 2 and n.rpartition(".")[2] in ("wq", "wk", "wv", "wo", "w1", "w2") else v)
+                  for n, v in arrays.items()}
+    np.savez(path, **arrays)
+
+
+def test_lnref_compare_passes_the_port_output(tmp_path):
+    golden = export(tmp_path, "residual", 6)
+    write_port_output(tmp_path / "torch.npz", torch_port.evaluate(golden))
+    result = CliRunner().invoke(main, ["compare", str(golden), str(tmp_path / "torch.npz"), "--json"])
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0, result.output
+    assert report["failed"] == 0 and report["passed"] == len(report["tensors"]) > 100
+
+
+def test_lnref_compare_reads_transposed_port_weights_with_transpose_weights(tmp_path):
+    golden = export(tmp_path, "admin", 6)
+    actual = tmp_path / "torch.npz"
+    write_port_output(actual, torch_port.evaluate(golden), transpose=True)
+    without = CliRunner().invoke(main, ["compare", str(golden), str(actual)])
+    with_flag = CliRunner().invoke(main, ["compare", str(golden), str(actual), "--transpose-weights"])
+    assert without.exit_code == 1
+    assert with_flag.exit_code == 0, with_flag.output
