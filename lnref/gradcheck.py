@@ -231,7 +231,8 @@ def _probes(rng, shape, mode, entries):
     for i in flat:
         unit = np.zeros(size)
         unit[i] = 1.0
-        probes.append((str(np.unravel_index(i, shape)) if len(shape) else "()", unit.reshape(shape)))
+        index = tuple(int(j) for j in np.unravel_index(i, shape))
+        probes.append((str(index), unit.reshape(shape)))
     return probes
 
 
