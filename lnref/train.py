@@ -1,0 +1,503 @@
+"""Training a scheme's stack as a small language model, a divergence detector and the stability grid.
+
+One run (``train``):
+
+    lm = LanguageModel(build(scheme, layers, causal=True), ...)     seeded by ``seed``
+    for t = 1 .. steps:
+        tokens, targets = task.batch(data_rng, batch)              data stream seeded by ``seed``
+        loss_t, g = lm.value_and_grad(tokens, targets)
+        stop as *diverged* if loss_t or |g| is not finite, or loss_t > k * loss_1
+        g = clip(g) when --clip is given
+        optimizer.step(params, g, schedule(t))
+    every ``eval_every`` steps and at the end: loss and accuracy on a fixed held-out batch
+
+The divergence factor k is 3 by default. At initialization the loss sits near log(V), the
+loss of a uniform guess, and a working run only goes down from there. A loss three times
+above its first value means the optimizer has pushed the model far from anything it had
+learned. A diverged run is a result, not an error: it returns normally with
+``diverged: true``, the step and the reason. The trainer never retries or skips a step.
+
+Outcomes (``Summary.outcome``), decided from numbers fixed before any run:
+    diverged      the detector fired
+    no progress   the final held-out loss is above 0.9 x the task's context-free baseline (the
+                  best loss a model can reach without reading the context)
+    trained       otherwise
+
+Determinism: the model's initialization, the training batches and the held-out batch come
+from separate seeded NumPy generators. The held-out batch depends on the task only, so every
+run of a grid is scored on the same sequences. The engine's kernels have a fixed summation
+order. The same configuration therefore gives the same bits on the same machine.
+
+The stability grid (``stability_grid``) runs every (scheme, depth, warm-up, seed) with all
+else equal and tabulates the outcomes. See ``docs/stability.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lnref.lm import LanguageModel
+from lnref.model import ConfigError, build
+from lnref.optim import OPTIMIZERS, SCHEDULES, Schedule, clip_by_global_norm, global_norm
+from lnref.tasks import TASKS, get_task
+
+DIVERGENCE_FACTOR = 3.0
+NO_PROGRESS_FRACTION = 0.9
+EVAL_SEED = 20240501  # the held-out batch depends on the task only, never on the run's seed
+TAIL = 20  # final_train_loss averages the last TAIL training losses
+
+GRID_SCHEMES = ("post", "pre", "b2t", "residual", "admin", "deepnorm")
+GRID_DEPTHS = (6, 18)
+GRID_SEEDS = 3
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run. Two equal configs give bit-identical runs."""
+
+    scheme: str
+    layers: int
+    task: str
+    lr: float
+    warmup: int
+    steps: int
+    seed: int = 0
+    d_model: int = 32
+    heads: int = 2
+    d_ff: int | None = None  # 4 d_model when None
+    norm: str = "layernorm"
+    activation: str = "relu"
+    eps: float = 1e-5
+    dtype: str = "float64"
+    post_fraction: float = 0.25
+    batch: int = 16
+    seq: int | None = None  # the task's default when None
+    schedule: str = "constant"
+    optimizer: str = "adam"
+    beta1: float = 0.9
+    beta2: float = 0.98
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    clip: float | None = None
+    eval_every: int = 50
+    eval_batch: int = 64
+    divergence_factor: float = DIVERGENCE_FACTOR
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown task {self.task!r}; valid tasks: {', '.join(TASKS)}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr!r}")
+        for name in ("steps", "batch", "eval_every", "eval_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer)) or self.warmup < 0:
+            raise ConfigError(f"warm-up must be an integer >= 0, got {self.warmup!r}")
+        if self.warmup > self.steps:
+            raise ConfigError(f"warm-up ({self.warmup} steps) is longer than the run ({self.steps} steps)")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
+            raise ConfigError(f"clip norm must be a finite number > 0, got {self.clip!r}")
+        if not (math.isfinite(self.divergence_factor) and self.divergence_factor > 1):
+            raise ConfigError(f"divergence factor must be > 1, got {self.divergence_factor!r}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"Adam betas must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if not (math.isfinite(self.adam_eps) and self.adam_eps > 0):
+            raise ConfigError(f"Adam eps must be finite and > 0, got {self.adam_eps!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight decay must be finite and >= 0, got {self.weight_decay!r}")
+        if self.seq is not None and (isinstance(self.seq, bool) or self.seq < 1):
+            raise ConfigError(f"seq must be an integer >= 1, got {self.seq!r}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """A run's record: its config, the task, the per-step curve, the held-out evaluations and a summary."""
+
+    config: TrainConfig
+    task: dict
+    n_params: int
+    loss: list = field(default_factory=list)        # training loss of step t = 1..steps_run
+    lr: list = field(default_factory=list)          # learning rate used at step t
+    grad_norm: list = field(default_factory=list)   # global gradient norm before clipping
+    evals: list = field(default_factory=list)       # {"step", "loss", "accuracy"}, step 0 = init
+    diverged: bool = False
+    diverged_at: int | None = None
+    divergence_reason: str | None = None
+    train_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    @property
+    def steps_run(self):
+        return len(self.loss)
+
+    def summary(self):
+        finite_evals = [e for e in self.evals if e["loss"] is not None]
+        final = self.evals[-1] if self.evals and not self.diverged else None
+        baseline = self.task["baseline_loss"]
+        if self.diverged:
+            outcome = "diverged"
+        elif final["loss"] > NO_PROGRESS_FRACTION * baseline:
+            outcome = "no progress"
+        else:
+            outcome = "trained"
+        tail = [x for x in self.loss[-TAIL:] if math.isfinite(x)]
+        return {
+            "outcome": outcome,
+            "diverged": self.diverged,
+            "diverged_at": self.diverged_at,
+            "divergence_reason": self.divergence_reason,
+            "initial_loss": _finite_or_none(self.loss[0]) if self.loss else None,
+            "final_loss": None if final is None else final["loss"],
+            "best_loss": min((e["loss"] for e in finite_evals), default=None),
+            "final_accuracy": None if final is None else final["accuracy"],
+            "best_accuracy": max((e["accuracy"] for e in finite_evals), default=None),
+            "final_train_loss": float(np.mean(tail)) if tail else None,
+            "baseline_loss": baseline,
+            "steps_run": self.steps_run,
+            "steps_per_second": self.steps_run / self.train_seconds if self.train_seconds > 0 else None,
+            "seconds": self.total_seconds,
+        }
+
+    def to_dict(self):
+        return {
+            "config": self.config.to_dict(),
+            "task": self.task,
+            "n_params": self.n_params,
+            "summary": self.summary(),
+            "curve": {"loss": [_finite_or_none(x) for x in self.loss], "lr": self.lr,
+                      "grad_norm": [_finite_or_none(x) for x in self.grad_norm]},
+            "evals": self.evals,
+        }
+
+
+def _finite_or_none(x):
+    """JSON has no NaN or inf: a non-finite value is written as null."""
+    return float(x) if math.isfinite(x) else None
+
+
+def make_lm(config, task):
+    """The language model a config describes (the stack seeded by ``config.seed``)."""
+    d_ff = 4 * config.d_model if config.d_ff is None else config.d_ff
+    model = build(config.scheme, config.layers, config.d_model, config.heads, d_ff, seed=config.seed,
+                  causal=True, norm=config.norm, activation=config.activation, eps=config.eps,
+                  dtype=config.dtype, post_fraction=config.post_fraction)
+    return LanguageModel(model, task.vocab_size, task.seq_len)
+
+
+def train(config: TrainConfig, progress=None, log_every=50):
+    """Run ``config`` to the end or to divergence; return a ``TrainResult``.
+
+    ``progress(message)`` receives a line every ``log_every`` steps and after each evaluation.
+    """
+    started = time.perf_counter()
+    task = get_task(config.task, config.seq)
+    lm = make_lm(config, task)
+    schedule = Schedule(config.lr, config.warmup, config.steps, config.schedule)
+    optimizer = OPTIMIZERS[config.optimizer](lm.params, betas=(config.beta1, config.beta2),
+                                             eps=config.adam_eps, weight_decay=config.weight_decay)
+    data_rng = np.random.default_rng([config.seed, 10])
+    eval_tokens, eval_targets = task.eval_batch(np.random.default_rng(EVAL_SEED), config.eval_batch)
+    result = TrainResult(config, task.describe(), lm.n_params())
+
+    def evaluate(step):
+        loss, acc = lm.evaluate(eval_tokens, eval_targets)
+        result.evals.append({"step": step, "loss": loss, "accuracy": acc})
+        if progress:
+            progress(f"eval step {step}: held-out loss {loss:.4f}, accuracy {acc:.3f}")
+
+    evaluate(0)
+    train_time = 0.0
+    for step in range(1, config.steps + 1):
+        tick = time.perf_counter()
+        tokens, targets = task.batch(data_rng, config.batch)
+        try:
+            loss, grads = lm.value_and_grad(tokens, targets)
+        except ValueError as err:
+            # The primitives refuse NaN or inf inputs: an activation overflowed on the way.
+            if "NaN or inf" not in str(err):
+                raise
+            loss, grads = math.nan, None
+        norm = global_norm(grads) if grads is not None else math.nan
+        result.loss.append(loss)
+        result.lr.append(schedule(step))
+        result.grad_norm.append(norm)
+        reason = _divergence(loss, norm, result.loss[0], config.divergence_factor)
+        if reason:
+            train_time += time.perf_counter() - tick
+            result.diverged, result.diverged_at, result.divergence_reason = True, step, reason
+            if progress:
+                progress(f"step {step}: diverged ({reason})")
+            break
+        if config.clip is not None:
+            grads, _ = clip_by_global_norm(grads, config.clip)
+        optimizer.step(lm.params, grads, schedule(step))
+        train_time += time.perf_counter() - tick
+        if progress and (step % log_every == 0 or step == config.steps):
+            progress(f"step {step}/{config.steps}: loss {loss:.4f}  lr {schedule(step):.2e}  "
+                     f"|g| {norm:.3g}  ({step / train_time:.1f} steps/s)")
+        if step % config.eval_every == 0 or step == config.steps:
+            evaluate(step)
+    result.train_seconds = train_time
+    result.total_seconds = time.perf_counter() - started
+    return result
+
+
+def _divergence(loss, grad_norm, initial_loss, factor):
+    """Why this step counts as divergence, or None."""
+    if not math.isfinite(loss):
+        return "non-finite loss (or an activation overflowed to inf)"
+    if not math.isfinite(grad_norm):
+        return "non-finite gradient"
+    if loss > factor * initial_loss:
+        return f"loss {loss:.4g} > {factor:g} x initial loss {initial_loss:.4g}"
+    return None
+
+
+# ----- the stability grid ---------------------------------------------------------------
+
+def grid_configs(schemes=GRID_SCHEMES, depths=GRID_DEPTHS, warmups=(0, 100), seeds=range(GRID_SEEDS), **common):
+    """One TrainConfig per (scheme, depth, warm-up, seed), everything else from ``common``."""
+    return [TrainConfig(scheme=s, layers=d, warmup=w, seed=seed, **common)
+            for d in depths for w in warmups for s in schemes for seed in seeds]
+
+
+def _train_to_dict(config):
+    return train(config).to_dict()
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """Worker processes inherit this environment: one BLAS thread each, so that two
+    workers on two cores do not oversubscribe them."""
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: "1" for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_grid(configs, workers=1, progress=None):
+    """Train every config; results (as dicts) in the order of ``configs``.
+
+    With ``workers`` > 1 the runs are spread over that many processes. Each run is
+    deterministic on its own, so the results do not depend on the number of workers.
+    """
+    results = [None] * len(configs)
+    started = time.perf_counter()
+
+    def report(index, done):
+        if progress:
+            summary = results[index]["summary"]
+            config = configs[index]
+            status = (f"diverged at step {summary['diverged_at']}" if summary["diverged"]
+                      else f"held-out loss {summary['final_loss']:.3f}, accuracy {summary['final_accuracy']:.3f}")
+            progress(f"[{done}/{len(configs)}, {time.perf_counter() - started:.0f} s] {config.scheme} "
+                     f"L={config.layers} warmup={config.warmup} seed={config.seed}: {status}")
+
+    if workers <= 1:
+        for index, config in enumerate(configs):
+            results[index] = _train_to_dict(config)
+            report(index, index + 1)
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with _single_threaded_blas(), ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_to_dict, config): index for index, config in enumerate(configs)}
+        for done, future in enumerate(as_completed(futures), start=1):
+            index = futures[future]
+            results[index] = future.result()
+            report(index, done)
+    return results
+
+
+def summarize_grid(results):
+    """One row per (depth, warm-up, scheme) cell, aggregated over seeds, in first-seen order.
+
+    Final and best losses are means over the runs that did not diverge, with their
+    min-max range, since a diverged run has no final loss.
+    """
+    cells = {}
+    for result in results:
+        config = result["config"]
+        key = (config["layers"], config["warmup"], config["scheme"])
+        cells.setdefault(key, []).append(result)
+    rows = []
+    for (layers, warmup, scheme), runs in cells.items():
+        summaries = [r["summary"] for r in runs]
+        finished = [s for s in summaries if not s["diverged"]]
+        finals = [s["final_loss"] for s in finished]
+        accuracies = [s["final_accuracy"] for s in finished]
+        rows.append({
+            "layers": layers, "warmup": warmup, "scheme": scheme, "runs": len(runs),
+            "diverged": sum(s["diverged"] for s in summaries),
+            "diverged_at": [s["diverged_at"] for s in summaries if s["diverged"]],
+            "no_progress": sum(s["outcome"] == "no progress" for s in summaries),
+            "trained": sum(s["outcome"] == "trained" for s in summaries),
+            "final_loss_mean": float(np.mean(finals)) if finals else None,
+            "final_loss_min": min(finals, default=None),
+            "final_loss_max": max(finals, default=None),
+            "final_accuracy_mean": float(np.mean(accuracies)) if accuracies else None,
+            "best_loss_mean": float(np.mean([s["best_loss"] for s in summaries])),
+            "baseline_loss": summaries[0]["baseline_loss"],
+            "seeds": [r["config"]["seed"] for r in runs],
+        })
+    return rows
+
+
+def format_grid(rows):
+    """The grid as a Markdown table (the same text ``lnref stability`` prints)."""
+    lines = ["| depth | warm-up | scheme | diverged | no progress | trained | final loss, mean (min-max) "
+             "| final accuracy | best loss |",
+             "|---:|---:|:---|---:|---:|---:|:---|---:|---:|"]
+    for row in rows:
+        if row["final_loss_mean"] is None:
+            final, accuracy = "-", "-"
+        else:
+            final = f"{row['final_loss_mean']:.3f} ({row['final_loss_min']:.3f}-{row['final_loss_max']:.3f})"
+            accuracy = f"{row['final_accuracy_mean']:.3f}"
+        diverged = f"{row['diverged']}/{row['runs']}"
+        if row["diverged_at"]:
+            diverged += f" (step {', '.join(str(s) for s in row['diverged_at'])})"
+        lines.append(f"| {row['layers']} | {row['warmup']} | {row['scheme']} | {diverged} | "
+                     f"{row['no_progress']}/{row['runs']} | {row['trained']}/{row['runs']} | {final} | "
+                     f"{accuracy} | {row['best_loss_mean']:.3f} |")
+    return "\n".join(lines)
+
+
+# ----- figures (matplotlib: the ``lnref[plot]`` extra) -------------------------------------
+
+def smooth(values, window=11):
+    """Centred moving average over ``window`` steps, narrower near the ends, so the
+    smoothed curve does not lag the raw one. A NaN stays NaN."""
+    values = np.asarray(values, dtype=float)
+    half = window // 2
+    out = np.empty_like(values)
+    for i in range(len(values)):
+        out[i] = values[max(0, i - half): i + half + 1].mean()
+    return out
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_atomically(figure, path):
+    """Write the PNG next to its destination, then rename it into place."""
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(suffix=".png", dir=directory)
+    os.close(handle)
+    try:
+        figure.savefig(temporary, format="png", dpi=110)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's mode
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def plot_run(result, path):
+    """One run: training loss (raw and smoothed) and held-out loss against the step."""
+    plt = _pyplot()
+    config, summary = result["config"], result["summary"]
+    loss = np.array([np.nan if x is None else x for x in result["curve"]["loss"]])
+    steps = np.arange(1, len(loss) + 1)
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    axis.plot(steps, loss, color="0.75", linewidth=0.8, label="training loss")
+    axis.plot(steps, smooth(loss), color="C0", linewidth=1.6, label="training loss, 11-step mean")
+    evals = result["evals"]
+    axis.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", color="C3", markersize=4,
+              label="held-out loss")
+    axis.axhline(summary["baseline_loss"], color="0.4", linestyle="--", linewidth=1,
+                 label="context-free baseline")
+    if summary["diverged"]:
+        axis.axvline(summary["diverged_at"], color="C3", linestyle=":", label=f"diverged (step {summary['diverged_at']})")
+    axis.set_xlabel("step")
+    axis.set_ylabel("cross-entropy (nats)")
+    axis.set_title(f"{config['scheme']}, {config['layers']} layers, task {config['task']}, "
+                   f"lr {config['lr']:g}, warm-up {config['warmup']}")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    _save_atomically(figure, path)
+    plt.close(figure)
+
+
+def plot_grid(results, path):
+    """Panels depth x warm-up. In each, every scheme's smoothed training-loss curves, one
+    line per seed. A cross marks where a run diverged."""
+    plt = _pyplot()
+    depths = sorted({r["config"]["layers"] for r in results})
+    warmups = sorted({r["config"]["warmup"] for r in results})
+    schemes = list(dict.fromkeys(r["config"]["scheme"] for r in results))
+    colors = {s: f"C{i}" for i, s in enumerate(schemes)}
+    figure, axes = plt.subplots(len(depths), len(warmups), figsize=(5.2 * len(warmups), 3.6 * len(depths)),
+                                sharex=True, sharey=True, squeeze=False)
+    baseline = results[0]["summary"]["baseline_loss"]
+    curves = [smooth([np.nan if x is None else x for x in r["curve"]["loss"]]) for r in results]
+    # Room for every smoothed curve, but a diverging one may not flatten the others.
+    top = min(1.05 * max(np.nanmax(curve) for curve in curves), 3 * baseline)
+    for row, depth in enumerate(depths):
+        for col, warmup in enumerate(warmups):
+            axis = axes[row][col]
+            for result in results:
+                config, summary = result["config"], result["summary"]
+                if config["layers"] != depth or config["warmup"] != warmup:
+                    continue
+                curve = smooth([np.nan if x is None else x for x in result["curve"]["loss"]])
+                steps = np.arange(1, len(curve) + 1)
+                label = config["scheme"] if config["seed"] == min(
+                    r["config"]["seed"] for r in results if r["config"]["scheme"] == config["scheme"]) else None
+                axis.plot(steps, curve, color=colors[config["scheme"]], linewidth=1.1, alpha=0.85, label=label)
+                if summary["diverged"]:
+                    axis.plot([summary["diverged_at"]], [min(curve[-1], 0.97 * top)], "x",
+                              color=colors[config["scheme"]], markersize=9, markeredgewidth=2)
+            axis.axhline(baseline, color="0.4", linestyle="--", linewidth=1)
+            axis.set_title(f"{depth} layers, warm-up: {f'{warmup} steps' if warmup else 'none'}", fontsize=10)
+            axis.set_ylim(0, top)
+            axis.grid(alpha=0.3)
+            if row == len(depths) - 1:
+                axis.set_xlabel("step")
+            if col == 0:
+                axis.set_ylabel("training loss, 11-step mean")
+    axes[0][-1].legend(fontsize=8, loc="upper right")
+    config = results[0]["config"]
+    seeds = len({r["config"]["seed"] for r in results})
+    figure.suptitle(f"task {config['task']}, lr {config['lr']:g}, d_model {config['d_model']}, "
+                    f"{seeds} seed{'s' if seeds > 1 else ''} (one line each); "
+                    "dashed: context-free baseline; x: diverged", fontsize=10)
+    figure.tight_layout()
+    _save_atomically(figure, path)
+    plt.close(figure)
