@@ -164,19 +164,30 @@ def schemes():
               help="Entries mode: elements sampled per tensor.")
 @click.option("--rtol", type=FiniteFloat(), default=None, help="Relative tolerance (default by dtype).")
 @click.option("--atol", type=FiniteFloat(), default=0.0, show_default=True, help="Absolute tolerance.")
+@click.option("--with-head", is_flag=True,
+              help="Wrap the stack as a causal language model (token and position embeddings, output "
+                   "projection, cross-entropy) and check those gradients too.")
+@click.option("--vocab", type=COUNT, default=16, show_default=True, help="Vocabulary size with --with-head.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def gradcheck(mode, point, entries_per_tensor, rtol, atol, as_json, **options):
+def gradcheck(mode, point, entries_per_tensor, rtol, atol, with_head, vocab, as_json, **options):
     """Check every gradient of a model against finite differences."""
     warn_float32(options["dtype"])
     if rtol is not None and rtol < 0 or atol < 0:
         fail("--rtol and --atol must be >= 0")
+    progress = None if as_json else _stderr_progress
     with input_errors():
         from lnref import gradcheck as checker  # the module
 
-        model = model_from_options(**options)
-        report = checker.gradcheck(model, mode=mode, point=point, batch=options["batch"], seq=options["seq"],
-                                   entries=entries_per_tensor, rtol=rtol, atol=atol,
-                                   progress=None if as_json else _stderr_progress)
+        if with_head:
+            from lnref.lm import LanguageModel
+
+            lm = LanguageModel(model_from_options(**{**options, "causal": True}), vocab, options["seq"])
+            report = checker.gradcheck_lm(lm, mode=mode, point=point, batch=options["batch"], seq=options["seq"],
+                                          entries=entries_per_tensor, rtol=rtol, atol=atol, progress=progress)
+        else:
+            model = model_from_options(**options)
+            report = checker.gradcheck(model, mode=mode, point=point, batch=options["batch"], seq=options["seq"],
+                                       entries=entries_per_tensor, rtol=rtol, atol=atol, progress=progress)
     click.echo(report.to_json() if as_json else report.to_text())
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 

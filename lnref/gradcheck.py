@@ -464,6 +464,57 @@ def _check_blockwise(evaluator, h, rtol, atol, seed, generic):
     return results
 
 
+def gradcheck_lm(lm, mode="directional", point="generic", batch=2, seq=8, entries=4, step=None, rtol=None,
+                 atol=0.0, seed=None, progress=None):
+    """Check every gradient of a language model (``lnref.lm``): embeddings, stack and head.
+
+    The loss is the model's mean cross-entropy on seeded random tokens and targets; each
+    tensor is moved along its probes and the whole model re-run (the wrapped stacks are
+    small), with the ReLU patterns of the point frozen as for ``gradcheck``.
+    """
+    if mode not in ("directional", "entries", "full"):
+        raise ValueError(f"mode {mode!r} is not available with the language-model head; "
+                         "valid: directional, entries, full")
+    if seq > lm.max_len:
+        raise ValueError(f"seq {seq} exceeds the language model's max_len {lm.max_len}")
+    dtype = lm.config.dtype
+    default_step, default_rtol = DEFAULTS[dtype]
+    h = default_step if step is None else step
+    rtol = default_rtol if rtol is None else rtol
+    seed = lm.config.seed if seed is None else seed
+    started = time.perf_counter()
+    rng = np.random.default_rng([seed, 5])
+    tokens = rng.integers(0, lm.vocab_size, size=(batch, seq))
+    targets = rng.integers(0, lm.vocab_size, size=(batch, seq))
+    params = lm.params if point == "init" else jitter_params(lm.params, seed)
+    if progress:
+        progress(f"gradcheck: {lm.config.scheme} language model, {lm.config.n_layers} layers, "
+                 f"{len(params)} tensors, {mode} mode")
+    relu_masks = {}
+    loss, grads = lm.value_and_grad(tokens, targets, params, relu_masks=relu_masks)
+    floor = np.finfo(dtype).eps * max(abs(loss), 1.0)
+    results = []
+    for index, (name, value) in enumerate(params.items()):
+        where = _where_in_lm(name)
+        checks = []
+        for label, direction in _probes(np.random.default_rng([seed, 3, index]), value.shape, mode, entries):
+            direction = direction.astype(value.dtype)
+            values = [lm.loss(tokens, targets, {**params, name: value + t * h * direction},
+                              relu_masks=relu_masks, freeze=True) for t in STENCIL]
+            numeric, sigma = difference_from_values(values, h)
+            analytic = float(np.sum(grads[name] * direction))
+            checks.append(compare(name, where, label, analytic, numeric, max(sigma, floor), h, rtol, atol))
+        results.append(summarize(name, where, checks))
+    config = {**lm.config.to_dict(), "head": "language model", "vocab_size": lm.vocab_size}
+    return Report(config, mode, point, h, rtol, atol, results, time.perf_counter() - started)
+
+
+def _where_in_lm(name):
+    if name.startswith("layers."):
+        return f"layer {name.split('.')[1]}"
+    return "head" if name.startswith("head.") else "embed" if name.startswith("embed.") else "stack"
+
+
 def check_vjp(fn, *arrays, seed=0, step=None, rtol=None, atol=0.0):
     """Check the VJP of ``fn(*Tensors) -> Tensor`` for every argument, one seeded direction each.
 

@@ -223,3 +223,26 @@ def test_main_job_residual_48_layers_passes():
     result = invoke("gradcheck", "--scheme", "residual", "--layers", "48")
     assert result.exit_code == 0, result.output
     assert ", 0 failed" in result.output.splitlines()[-1]
+
+
+# ----- with the language-model head -----
+
+def test_with_head_checks_embeddings_stack_and_head():
+    result = invoke("gradcheck", "--scheme", "admin", "--layers", "2", "--with-head", "--json")
+    document = json.loads(result.stdout)
+    names = {t["tensor"] for t in document["tensors"]}
+    assert result.exit_code == 0 and document["counts"]["failed"] == 0
+    assert {"embed.tokens", "embed.positions", "head.w", "head.b", "layers.1.omega_ffn"} <= names
+
+
+def test_with_head_catches_a_broken_cross_entropy_backward(monkeypatch):
+    vjp = PRIMITIVES["cross_entropy"].vjp
+    monkeypatch.setitem(PRIMITIVES, "cross_entropy", PRIMITIVES["cross_entropy"]._replace(
+        vjp=lambda dout, residuals: (vjp(dout, residuals)[0] * 1.001, None)))
+    result = invoke("gradcheck", "--scheme", "pre", "--layers", "1", "--with-head")
+    assert result.exit_code == 1 and "head.w" in result.output
+
+
+def test_with_head_refuses_blockwise_mode():
+    result = invoke("gradcheck", "--scheme", "pre", "--with-head", "--mode", "blockwise")
+    assert result.exit_code == 2 and "blockwise" in result.stderr
