@@ -4,11 +4,17 @@
 
 For LayerNorm, softmax and attention, times forward + backward of each twin
 (the loop kernels ``_<name>_loop`` and ``<name>_reference`` are called
-directly, so the comparison holds whatever ``LNREF_KERNELS`` says). Every
-kernel is called once first so Numba's compile time is excluded. Each figure
-is the median over ``--reps`` repetitions; one repetition runs the callable
-enough times to last ``--min-time`` seconds, and reports the time per call.
-Repetitions of the two twins alternate, so both see the same machine load.
+directly, so the comparison holds whatever ``LNREF_KERNELS`` says). Attention
+is timed on the token-major layout the model uses, (B, T, H, Dh), for both
+compiled paths, the loop kernels and the blocked path (BLAS products and
+in-place softmax kernels), against the NumPy twin on the same arrays; the
+shapes straddle ``kernels.LOOP_WORK_LIMIT``, the size up to which the
+dispatcher picks the loop kernels, so these rows are the evidence for it.
+Every kernel is called once first so Numba's compile time is excluded. Each
+figure is the median over ``--reps`` repetitions; one repetition runs the
+callable enough times to last ``--min-time`` seconds, and reports the time per
+call. Repetitions of the implementations compared alternate, so they see the
+same machine load.
 
 Prints a table with the speedup (NumPy time / Numba time), then one JSON line
 per figure, then whether the target (LayerNorm forward+backward at (2048, 64)
@@ -46,7 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lnref.autograd import kernels as K  # noqa: E402
 
 ROW_SHAPES = [(64, 16), (2048, 64), (8192, 256)]
-ATTENTION_SHAPES = [(2, 2, 8, 8), (8, 8, 64, 32)]  # (B, H, T, Dh), S = T
+# (B, H, T, Dh), S = T: the small model, its gradient checker's batched passes, the
+# medium and large models of benchmarks/bench_model.py, and one near the crossover.
+ATTENTION_SHAPES = [(2, 2, 8, 8), (20, 2, 8, 8), (2, 4, 16, 16), (4, 4, 32, 16), (8, 8, 64, 32)]
 EPS = 1e-5
 TARGET = ("layer_norm fwd+bwd", (2048, 64), 3.0)
 
@@ -87,8 +95,14 @@ def softmax_case(shape, rng):
     )
 
 
-def attention_case(shape, rng, causal):
-    q, k, v, dout = (rng.standard_normal(shape) for _ in range(4))
+def attention_case(shape, rng, causal, path):
+    """(compiled path, NumPy twin) on token-major arrays (B, T, H, Dh)."""
+    batch, heads, seq, head_dim = shape
+    q, k, v, dout = (rng.standard_normal((batch, seq, heads, head_dim)) for _ in range(4))
+    compiled = {
+        "loop": (K._attention_forward_loop, K._attention_backward_loop),
+        "blocked": (K._attention_forward_blocked, K._attention_backward_blocked),
+    }[path]
 
     def make(forward, backward):
         def run():
@@ -98,8 +112,8 @@ def attention_case(shape, rng, causal):
         return run
 
     return (
-        make(K._attention_forward_loop, K._attention_backward_loop),
-        make(K.attention_forward_reference, K.attention_backward_reference),
+        make(*compiled),
+        make(K._attention_forward_token_major_reference, K._attention_backward_token_major_reference),
     )
 
 
@@ -151,8 +165,9 @@ def cases():
         yield "softmax fwd+bwd", shape, softmax_case(shape, rng)
     for shape in ATTENTION_SHAPES:
         for causal in (False, True):
-            name = "attention fwd+bwd" + (" causal" if causal else "")
-            yield name, shape, attention_case(shape, rng, causal)
+            for path in ("loop", "blocked"):
+                name = f"attention {path}" + (" causal" if causal else "")
+                yield name, shape, attention_case(shape, rng, causal, path)
 
 
 def main(argv=None):

@@ -16,33 +16,24 @@ FFN_PARAMS = ("w1", "b1", "w2", "b2")
 
 
 def attention(x, p, n_heads, causal=False, memory=None):
-    """softmax(Q K^T / sqrt(d_h) + M) V over heads, then the output projection.
+    """softmax(Q K^T / sqrt(d_h) + M) V over heads, then the output projection:
 
-    Q comes from ``x``; K and V from ``memory`` when given (cross-attention), else from ``x``.
+        Q = x Wq + bq,  K = s Wk + bk,  V = s Wv + bv,  A = concat_h(heads) Wo + bo
+
+    with s = ``memory`` (cross-attention) or ``x``; one tape record (``ops.attention_sublayer``).
     """
-    source = x if memory is None else memory
-    q = ops.linear(x, p["wq"], p["bq"])
-    k = ops.linear(source, p["wk"], p["bk"])
-    v = ops.linear(source, p["wv"], p["bv"])
-    heads = ops.multi_head_attention(q, k, v, n_heads=n_heads, causal=causal)
-    return ops.linear(heads, p["wo"], p["bo"])
+    weights = [p[name] for name in ATTENTION_PARAMS]
+    return ops.attention_sublayer(x, memory, *weights, n_heads=n_heads, causal=causal)
 
 
 def ffn(x, p, activation="relu", relu_mask=None):
-    """W2 act(W1 x + b1) + b2.
+    """W2 act(W1 x + b1) + b2, one tape record (``ops.feed_forward``).
 
     ``relu_mask`` replaces ReLU by multiplication with a fixed 0/1 pattern: the gradient
     checker evaluates finite differences on the smooth piece that contains the point,
     where the function and its gradient are those of the real network.
     """
-    hidden = ops.linear(x, p["w1"], p["b1"])
-    if relu_mask is not None:
-        hidden = ops.mul(hidden, relu_mask)
-    elif activation == "relu":
-        hidden = ops.relu(hidden)
-    else:
-        hidden = ops.gelu(hidden, approximate="tanh")
-    return ops.linear(hidden, p["w2"], p["b2"])
+    return ops.feed_forward(x, p["w1"], p["b1"], p["w2"], p["b2"], activation=activation, relu_mask=relu_mask)
 
 
 def norm(x, p, kind, eps):

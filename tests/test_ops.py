@@ -162,6 +162,111 @@ def test_cross_attention_with_a_longer_memory_vjp():
     assert_all_pass(check_vjp(ops.attention, q, k, v))
 
 
+def attention_weights(rng, d):
+    """wq, bq, wk, bk, wv, bv, wo, bo of an attention sublayer, scaled like the model's."""
+    return [rand(rng, d, d) / np.sqrt(d) if i % 2 == 0 else rand(rng, d) for i in range(8)]
+
+
+def assert_all_pass_but_the_key_bias(checks, key_bias):
+    """Every check passed except the key bias's: adding q . bk to all scores of a query
+    leaves its softmax unchanged, so that gradient is exactly zero and cannot be resolved
+    from finite differences (the checker says "unresolved", never "passed")."""
+    assert checks[key_bias].status == "unresolved" and abs(checks[key_bias].analytic) < 1e-12, checks[key_bias]
+    assert_all_pass(checks[:key_bias] + checks[key_bias + 1:])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_self_attention_sublayer_vjp(causal):
+    rng = np.random.default_rng(22)
+    x, weights = rand(rng, 2, 5, 6), attention_weights(rng, 6)
+    checks = check_vjp(lambda x, *w: ops.attention_sublayer(x, None, *w, n_heads=3, causal=causal), x, *weights)
+    assert_all_pass_but_the_key_bias(checks, key_bias=4)  # x, wq, bq, wk, bk, ...
+
+
+def test_cross_attention_sublayer_vjp_with_a_longer_memory():
+    rng = np.random.default_rng(23)
+    x, memory, weights = rand(rng, 2, 3, 4), rand(rng, 2, 7, 4), attention_weights(rng, 4)
+    checks = check_vjp(lambda x, m, *w: ops.attention_sublayer(x, m, *w, n_heads=2), x, memory, *weights)
+    assert_all_pass_but_the_key_bias(checks, key_bias=5)  # x, memory, wq, bq, wk, bk, ...
+
+
+def ffn_weights(rng, d, d_ff):
+    return [rand(rng, d, d_ff) / np.sqrt(d), rand(rng, d_ff), rand(rng, d_ff, d) / np.sqrt(d_ff), rand(rng, d)]
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_feed_forward_vjp(activation):
+    rng = np.random.default_rng(24)
+    x, weights = rand(rng, 2, 3, 4), ffn_weights(rng, 4, 8)
+    hidden = x @ weights[0] + weights[1]
+    assert np.abs(hidden).min() > 1e-2  # no ReLU kink within the finite-difference steps
+    assert_all_pass(check_vjp(lambda *t: ops.feed_forward(*t, activation=activation), x, *weights))
+
+
+def test_feed_forward_with_a_fixed_relu_pattern_vjp():
+    rng = np.random.default_rng(25)
+    x, weights = rand(rng, 2, 3, 4), ffn_weights(rng, 4, 8)
+    mask = (rng.random((2, 3, 8)) > 0.5).astype(float)
+    assert_all_pass(check_vjp(lambda *t: ops.feed_forward(*t, relu_mask=mask), x, *weights))
+
+
+def test_feed_forward_with_the_relu_pattern_of_the_point_is_relu_there():
+    rng = np.random.default_rng(26)
+    x, weights = rand(rng, 2, 3, 4), ffn_weights(rng, 4, 8)
+    mask = (x @ weights[0] + weights[1] > 0).astype(float)
+    np.testing.assert_array_equal(ops.feed_forward(x, *weights, relu_mask=mask).value,
+                                  ops.feed_forward(x, *weights, activation="relu").value)
+
+
+def unfused_attention(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal):
+    source = x if memory is None else memory
+    q, k, v = ops.linear(x, wq, bq), ops.linear(source, wk, bk), ops.linear(source, wv, bv)
+    return ops.linear(ops.multi_head_attention(q, k, v, n_heads=n_heads, causal=causal), wo, bo)
+
+
+def unfused_feed_forward(x, w1, b1, w2, b2):
+    return ops.linear(ops.relu(ops.linear(x, w1, b1)), w2, b2)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_attention_sublayer_equals_its_unfused_composition_in_value_and_gradients(cross):
+    rng = np.random.default_rng(27)
+    x, weights = rand(rng, 2, 4, 6), attention_weights(rng, 6)
+    memory = rand(rng, 2, 5, 6) if cross else None
+    arrays = [x, *weights] + ([memory] if cross else [])
+
+    def fused(x, *rest):
+        memory = rest[8] if cross else None
+        return ops.sum(ops.attention_sublayer(x, memory, *rest[:8], n_heads=2, causal=not cross) * 1.3)
+
+    def unfused(x, *rest):
+        return ops.sum(unfused_attention(x, rest[8] if cross else None, *rest[:8], 2, not cross) * 1.3)
+
+    (value, grads), (ref_value, ref_grads) = value_and_grad(fused)(*arrays), value_and_grad(unfused)(*arrays)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-13)
+    for grad, ref in zip(grads, ref_grads):
+        np.testing.assert_allclose(grad, ref, rtol=1e-12, atol=1e-14)
+
+
+def test_feed_forward_equals_its_unfused_composition_in_value_and_gradients():
+    rng = np.random.default_rng(28)
+    arrays = [rand(rng, 2, 3, 4), *ffn_weights(rng, 4, 8)]
+    (value, grads) = value_and_grad(lambda *t: ops.sum(ops.feed_forward(*t) * 0.7))(*arrays)
+    (ref_value, ref_grads) = value_and_grad(lambda *t: ops.sum(unfused_feed_forward(*t) * 0.7))(*arrays)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-13)
+    for grad, ref in zip(grads, ref_grads):
+        np.testing.assert_allclose(grad, ref, rtol=1e-12, atol=1e-14)
+
+
+def test_a_sublayer_is_one_tape_record():
+    rng = np.random.default_rng(29)
+    x = Tensor(rand(rng, 2, 3, 4), requires_grad=True)
+    with Tape() as tape:
+        ops.attention_sublayer(x, None, *attention_weights(rng, 4), n_heads=2)
+        ops.feed_forward(x, *ffn_weights(rng, 4, 8))
+    assert len(tape.records) == 2
+
+
 def test_cross_entropy_vjp():
     rng = np.random.default_rng(12)
     logits, targets = rand(rng, 2, 3, 7), rng.integers(0, 7, size=(2, 3))
@@ -216,6 +321,67 @@ def test_attention_check_fails_without_the_row_sum_term(monkeypatch):
     assert_some_fail(check_vjp(ops.attention, q, k, v))
 
 
+def test_multi_head_attention_check_fails_without_the_row_sum_term(monkeypatch):
+    def broken(dout, q, k, v, probs):
+        n_heads = probs.shape[1]
+        split = [a.reshape(*a.shape[:2], n_heads, -1).transpose(0, 2, 1, 3) for a in (dout, q, k, v)]
+        return tuple(g.transpose(0, 2, 1, 3).reshape(a.shape)
+                     for g, a in zip(_broken_attention_backward(*split, probs), (q, k, v)))
+
+    rng = np.random.default_rng(30)
+    q, k, v = (rand(rng, 1, 4, 6) for _ in range(3))
+    mha = lambda *t: ops.multi_head_attention(*t, n_heads=2)  # noqa: E731
+    assert_all_pass(check_vjp(mha, q, k, v))
+    monkeypatch.setattr(kernels, "multi_head_attention_backward", broken)
+    assert_some_fail(check_vjp(mha, q, k, v))
+
+
+def test_attention_sublayer_check_fails_when_its_attention_backward_is_broken(monkeypatch):
+    # A wrong dV from the attention kernel must show in the value projection's gradients
+    # and in dx, and nowhere else.
+    rng = np.random.default_rng(31)
+    x, weights = rand(rng, 2, 4, 6), attention_weights(rng, 6)
+    backward = kernels.multi_head_attention_backward
+
+    def doubled_dv(*args):
+        dq, dk, dv = backward(*args)
+        return dq, dk, 2.0 * dv
+
+    monkeypatch.setattr(kernels, "multi_head_attention_backward", doubled_dv)
+    checks = check_vjp(lambda x, *w: ops.attention_sublayer(x, None, *w, n_heads=2), x, *weights)
+    statuses = [c.status for c in checks]  # x, wq, bq, wk, bk, wv, bv, wo, bo
+    assert statuses[0] == statuses[5] == statuses[6] == "failed"
+    assert statuses[1] == statuses[2] == statuses[3] == statuses[7] == statuses[8] == "passed"
+
+
+def test_attention_sublayer_check_fails_when_dx_misses_the_key_and_value_paths(monkeypatch):
+    rng = np.random.default_rng(32)
+    x, weights = rand(rng, 2, 4, 6), attention_weights(rng, 6)
+    vjp = PRIMITIVES["attention_sublayer"].vjp
+
+    def only_the_query_path(dout, residuals):
+        grads = vjp(dout, residuals)
+        _, _, w_in, wo, heads_rows, q, k, v, probs = residuals
+        dheads = (dout.reshape(heads_rows.shape) @ wo.T).reshape(q.shape)
+        dq = kernels.multi_head_attention_backward(dheads, q, k, v, probs)[0]
+        return ((dq @ w_in[0].T), *grads[1:])
+
+    sublayer = lambda x, *w: ops.attention_sublayer(x, None, *w, n_heads=2)  # noqa: E731
+    assert_all_pass_but_the_key_bias(check_vjp(sublayer, x, *weights), key_bias=4)
+    monkeypatch.setitem(PRIMITIVES, "attention_sublayer", PRIMITIVES["attention_sublayer"]._replace(
+        vjp=only_the_query_path))
+    checks = check_vjp(sublayer, x, *weights)
+    assert checks[0].status == "failed"  # dx, and only dx
+    assert_all_pass_but_the_key_bias(checks[1:], key_bias=3)
+
+
+def test_feed_forward_check_fails_when_the_relu_vjp_ignores_its_pattern(monkeypatch):
+    rng = np.random.default_rng(33)
+    x, weights = rand(rng, 2, 3, 4), ffn_weights(rng, 4, 8)
+    monkeypatch.setitem(PRIMITIVES, "relu", PRIMITIVES["relu"]._replace(vjp=lambda dout, out: (dout,)))
+    assert_some_fail(check_vjp(lambda *t: ops.feed_forward(*t), x, *weights))
+
+
 def test_a_registered_vjp_replaced_in_the_registry_is_what_the_tape_uses(monkeypatch):
     forward, vjp = PRIMITIVES["mul"].forward, PRIMITIVES["mul"].vjp
     monkeypatch.setitem(PRIMITIVES, "mul", PRIMITIVES["mul"]._replace(vjp=lambda d, r: tuple(2 * g for g in vjp(d, r))))
@@ -247,6 +413,16 @@ def test_float32_stays_float32():
     x = np.ones((2, 4), np.float32)
     y = ops.layer_norm(x, np.ones(4, np.float32), np.zeros(4, np.float32), eps=1e-5)
     assert y.dtype == np.float32
+
+
+def test_float32_sublayers_stay_float32():
+    rng = np.random.default_rng(34)
+    x = rand(rng, 2, 3, 4).astype(np.float32)
+    attn = [w.astype(np.float32) for w in attention_weights(rng, 4)]
+    ffn = [w.astype(np.float32) for w in ffn_weights(rng, 4, 8)]
+    _, grads = value_and_grad(lambda x, *w: ops.sum(ops.feed_forward(
+        ops.attention_sublayer(x, None, *w[:8], n_heads=2), *w[8:])))(x, *attn, *ffn)
+    assert {g.dtype for g in grads} == {np.dtype(np.float32)}
 
 
 def test_same_inputs_give_the_same_bits():
@@ -312,6 +488,19 @@ def test_causal_attention_ignores_the_future():
     (lambda: ops.reshape(np.ones(6), shape=(4, 2)), ["reshape", "(6,)"]),
     (lambda: ops.embedding(np.ones((3, 2)), np.array([5])), ["embedding", "[0, 3)"]),
     (lambda: ops.log(np.array([1.0, -1.0])), ["log", "<= 0"]),
+    (lambda: ops.rms_norm(np.array([[1.0, np.inf]]), np.ones(2), eps=1e-5), ["rms_norm", "NaN or inf"]),
+    (lambda: ops.linear(np.ones((2, 3)), np.ones((4, 5)), np.ones(5)), ["linear", "(2, 3)", "(4, 5)"]),
+    (lambda: ops.multi_head_attention(*np.ones((3, 1, 2, 6)), n_heads=4), ["multi_head_attention", "4 heads"]),
+    (lambda: ops.attention_sublayer(np.ones((1, 2, 4)), None, *([np.ones((4, 4)), np.ones(4)] * 3),
+                                    np.ones((4, 5)), np.ones(4), n_heads=2), ["attention_sublayer", "(4, 5)"]),
+    (lambda: ops.attention_sublayer(np.ones((1, 2, 4)), np.ones((2, 3, 4)), *([np.ones((4, 4)), np.ones(4)] * 4),
+                                    n_heads=2), ["attention_sublayer", "memory", "(2, 3, 4)"]),
+    (lambda: ops.attention_sublayer(np.ones((1, 2, 4)), None, *([np.ones((4, 4), np.float32), np.ones(4)] * 4),
+                                    n_heads=2), ["attention_sublayer", "float32"]),
+    (lambda: ops.feed_forward(np.ones((1, 2, 4)), np.ones((4, 8)), np.ones(8), np.ones((8, 4)), np.ones(4),
+                              activation="tanh"), ["feed_forward", "tanh"]),
+    (lambda: ops.feed_forward(np.ones((1, 2, 4)), np.ones((4, 8)), np.ones(8), np.ones((8, 4)), np.ones(4),
+                              relu_mask=np.ones((1, 2, 4))), ["feed_forward", "relu_mask", "(1, 2, 8)"]),
 ])
 def test_bad_calls_raise_a_value_error_naming_the_op(call, words):
     with pytest.raises(ValueError) as err:

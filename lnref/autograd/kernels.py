@@ -13,7 +13,12 @@ Every kernel is written twice, side by side in this file:
     ``@njit(cache=True)``. Never ``fastmath`` and never ``parallel=True``: the
     summation order is fixed by the source, so results are deterministic and
     bit-reproducible from call to call. With Numba's JIT disabled these run as
-    ordinary (slow) Python, which keeps them directly testable.
+    ordinary (slow) Python, which keeps them directly testable. The kernels
+    the model calls most (LayerNorm, attention) are split in two: a compiled
+    ``_<name>_kernel`` that writes into arrays it is given, and the
+    ``_<name>_loop`` wrapper that allocates them, because handing a new array
+    from compiled code back to Python costs about a microsecond per array,
+    as much as a small kernel's arithmetic.
 
 The two twins agree to about 1e-12 relative in float64 (they differ only in
 the order of floating-point additions), see ``tests/test_kernels.py``.
@@ -24,10 +29,15 @@ The public ``<name>`` is a small dispatcher. Which twin it calls is decided in
 one place, :data:`USE_NUMBA`, computed once at import by
 :func:`numba_requested`:
 
-* Numba loop kernels by default;
+* Numba loop kernels by default (for attention, the loop kernels or the
+  blocked path, by size: see :func:`_attention_impls`);
 * the NumPy twins when Numba's JIT is disabled (``NUMBA_DISABLE_JIT=1``, where
   the loop kernels would be pure-Python loops, far too slow for real use), when
   ``LNREF_KERNELS=numpy`` is set, or when Numba is not installed.
+
+A first run compiles the kernels it uses (a few seconds), then Numba's on-disk
+cache serves them; :func:`compile_cache_is_cold` tells beforehand, without
+compiling, whether that first run is coming.
 
 Conventions
 -----------
@@ -38,8 +48,11 @@ Conventions
   once when storing; the NumPy twins compute in float32 throughout. The two
   therefore agree only to float32 precision on float32 inputs.
 * LayerNorm, RMSNorm and softmax kernels are 2-D ``(n, d)``: rows are
-  independent and the caller reshapes leading dimensions away. Attention is
-  4-D ``(B, H, T, Dh)``. GELU takes any shape.
+  independent and the caller reshapes leading dimensions away. The norms raise
+  ``ValueError`` on a row holding NaN or inf (:data:`NONFINITE_ROWS`).
+  Attention takes 4-D ``(B, H, T, Dh)`` arrays (``attention_*``) or the
+  model's 3-D ``(B, T, d)`` projections split into heads in place
+  (``multi_head_attention_*``). GELU and the ReLU backward take any shape.
 * Cotangents are named ``d<name>``: ``dy`` is the gradient of the loss with
   respect to ``y``.
 """
@@ -89,6 +102,11 @@ __all__ = [
     "attention_backward_reference",
     "gelu_forward_reference",
     "gelu_backward_reference",
+    "multi_head_attention_forward",
+    "multi_head_attention_backward",
+    "relu_backward",
+    "relu_backward_reference",
+    "compile_cache_is_cold",
 ]
 
 
@@ -129,8 +147,20 @@ def _float_arrays(*arrays):
     """Make arrays C-contiguous and check they share one float32/float64 dtype.
 
     Mixed dtypes raise instead of being cast, so a float32 graph never turns
-    into float64 (or back) behind the caller's back.
+    into float64 (or back) behind the caller's back. This is the one place the
+    kernels' inputs are checked: ``ops`` adds the op's name to its errors and
+    does not repeat the checks.
     """
+    dtype = getattr(arrays[0], "dtype", None)
+    if dtype is _FLOAT_DTYPES[0] or dtype is _FLOAT_DTYPES[1] or dtype in _FLOAT_DTYPES:
+        # The common case, decided without building new arrays. (Equal dtypes need not
+        # be one object: arrays made by Numba carry their own.)
+        for a in arrays:
+            if type(a) is not np.ndarray or a.dtype is not dtype and a.dtype != dtype \
+                    or not a.flags.c_contiguous:
+                break
+        else:
+            return arrays
     out = [np.asarray(a) for a in arrays]
     dtype = out[0].dtype
     if dtype not in _FLOAT_DTYPES:
@@ -139,6 +169,12 @@ def _float_arrays(*arrays):
         if a.dtype != dtype:
             raise TypeError(f"all kernel inputs must share one dtype, got {dtype} and {a.dtype}")
     return [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in out]
+
+
+# A NaN or inf anywhere in a row makes that row's mean (LayerNorm) or mean square
+# (RMSNorm) NaN or inf: the norm kernels test these n numbers, which costs nothing next
+# to a separate pass over x, and raise this. (A finite row whose sum overflows raises too.)
+NONFINITE_ROWS = "x holds NaN or inf (a row's mean or mean square is not finite)"
 
 
 def _expect_ndim(name, array, ndim):
@@ -181,6 +217,8 @@ def layer_norm_forward_reference(x, gamma, beta, eps):
     """
     shift = x[:, :1]
     mean = shift[:, 0] + (x - shift).mean(axis=-1)
+    if not np.isfinite(mean).all():
+        raise ValueError(NONFINITE_ROWS)
     deviation = x - mean[:, None]
     var = (deviation * deviation).mean(axis=-1)
     rstd = 1.0 / np.sqrt(var + eps)
@@ -188,13 +226,18 @@ def layer_norm_forward_reference(x, gamma, beta, eps):
     return y, mean, rstd
 
 
-@njit(cache=True)
 def _layer_norm_forward_loop(x, gamma, beta, eps):
-    """Loop twin of :func:`layer_norm_forward_reference`."""
+    """Loop twin of :func:`layer_norm_forward_reference` (allocates, then runs the kernel)."""
+    n = x.shape[0]
+    y, mean, rstd = np.empty_like(x), np.empty(n, dtype=x.dtype), np.empty(n, dtype=x.dtype)
+    _layer_norm_forward_kernel(x, gamma, beta, eps, y, mean, rstd)
+    return y, mean, rstd
+
+
+@njit(cache=True)
+def _layer_norm_forward_kernel(x, gamma, beta, eps, y, mean, rstd):
+    """The loop of :func:`_layer_norm_forward_loop`, writing into ``y``, ``mean``, ``rstd``."""
     n, d = x.shape
-    y = np.empty_like(x)
-    mean = np.empty(n, dtype=x.dtype)
-    rstd = np.empty(n, dtype=x.dtype)
     for i in range(n):
         row = x[i]
         shift = row[0]
@@ -215,6 +258,8 @@ def _layer_norm_forward_loop(x, gamma, beta, eps):
             s0 += row[j] - shift
             j += 1
         m = shift + ((s0 + s1) + (s2 + s3)) / d
+        if not math.isfinite(m):
+            raise ValueError(NONFINITE_ROWS)
 
         s0 = 0.0
         s1 = 0.0
@@ -242,7 +287,6 @@ def _layer_norm_forward_loop(x, gamma, beta, eps):
             out[j] = (row[j] - m) * r * gamma[j] + beta[j]
         mean[i] = m
         rstd[i] = r
-    return y, mean, rstd
 
 
 def layer_norm_backward_reference(dy, x, gamma, mean, rstd):
@@ -268,14 +312,22 @@ def layer_norm_backward_reference(dy, x, gamma, mean, rstd):
     return dx, dgamma, dbeta
 
 
-@njit(cache=True)
 def _layer_norm_backward_loop(dy, x, gamma, mean, rstd):
-    """Loop twin of :func:`layer_norm_backward_reference`."""
-    n, d = x.shape
-    dx = np.empty_like(x)
+    """Loop twin of :func:`layer_norm_backward_reference` (allocates, then runs the kernel)."""
+    d = x.shape[1]
     # float64 column accumulators: a float32 sum over many rows would drift.
-    dgamma = np.zeros(d)
-    dbeta = np.zeros(d)
+    dx, dgamma, dbeta = np.empty_like(x), np.zeros(d), np.zeros(d)
+    _layer_norm_backward_kernel(dy, x, gamma, mean, rstd, dx, dgamma, dbeta)
+    if x.dtype != dgamma.dtype:
+        return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+    return dx, dgamma, dbeta
+
+
+@njit(cache=True)
+def _layer_norm_backward_kernel(dy, x, gamma, mean, rstd, dx, dgamma, dbeta):
+    """The loop of :func:`_layer_norm_backward_loop`, writing ``dx`` and adding into the
+    (zeroed, float64) ``dgamma`` and ``dbeta``."""
+    n, d = x.shape
     inv_d = 1.0 / d
     for i in range(n):
         m = mean[i]
@@ -311,7 +363,6 @@ def _layer_norm_backward_loop(dy, x, gamma, mean, rstd):
             dx_row[j] = r * (dyj * gamma[j] - mean_g - x_hat * mean_g_xhat)
             dgamma[j] += dyj * x_hat
             dbeta[j] += dyj
-    return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
 def layer_norm_forward(x, gamma, beta, eps):
@@ -351,7 +402,10 @@ def rms_norm_forward_reference(x, gamma, eps):
 
     Returns ``(y, rrms)`` with ``rrms`` of shape (n,).
     """
-    rrms = 1.0 / np.sqrt((x * x).mean(axis=-1) + eps)
+    mean_square = (x * x).mean(axis=-1)
+    if not np.isfinite(mean_square).all():
+        raise ValueError(NONFINITE_ROWS)
+    rrms = 1.0 / np.sqrt(mean_square + eps)
     y = x * rrms[:, None] * gamma
     return y, rrms
 
@@ -373,7 +427,10 @@ def _rms_norm_forward_loop(x, gamma, eps):
             j += 2
         if j < d:
             s0 += row[j] * row[j]
-        r = 1.0 / math.sqrt((s0 + s1) / d + eps)
+        mean_square = (s0 + s1) / d
+        if not math.isfinite(mean_square):
+            raise ValueError(NONFINITE_ROWS)
+        r = 1.0 / math.sqrt(mean_square + eps)
         out = y[i]
         for j in range(d):
             out[j] = row[j] * r * gamma[j]
@@ -543,6 +600,22 @@ def softmax_backward(dp, p):
 # ---------------------------------------------------------------------------
 # Scaled dot-product attention
 # ---------------------------------------------------------------------------
+#
+# Two layouts meet here. The readable NumPy twins take the head-major layout
+# (B, H, T, Dh) of the textbook formulas. The model's projections come out
+# token-major, (B, T, d) = (B, T, H, Dh) after a free reshape, so the compiled
+# paths work on that layout directly and never copy heads in or out:
+#
+# * ``_attention_*_loop``: explicit loops, one (b, h) head at a time; the
+#   fastest for small heads, where a matrix product's call costs more than
+#   its arithmetic;
+# * ``_attention_*_blocked``: for big heads, the four products as batched
+#   BLAS matrix products over strided views (NumPy), and the softmax and its
+#   backward in place by two small loop kernels.
+#
+# Both compute the same formulas as the twins; which one runs is chosen from
+# the head's size by :func:`_attention_impls` (a deterministic rule, so the
+# same shapes always take the same path and give the same bits).
 
 
 def attention_forward_reference(q, k, v, causal):
@@ -571,68 +644,6 @@ def attention_forward_reference(q, k, v, causal):
     return out, probs
 
 
-@njit(cache=True)
-def _attention_forward_loop(q, k, v, causal):
-    """Loop twin of :func:`attention_forward_reference`.
-
-    One (b, h) head at a time. ``k`` is transposed once per head so that every
-    inner loop is an element-wise ``a[:] += c * b[:]`` over contiguous memory
-    (which LLVM vectorizes without fastmath) instead of a dot-product
-    reduction (which it may not reorder). Masked columns are not computed at
-    all; their probability is stored as exactly 0.
-    """
-    n_batch, n_head, t_len, dh = q.shape
-    s_len = k.shape[2]
-    sqrt_dh = math.sqrt(dh)
-    out = np.empty_like(q)
-    probs = np.zeros((n_batch, n_head, t_len, s_len), dtype=q.dtype)
-    k_t = np.empty((dh, s_len))
-    scores = np.empty(s_len)
-    out_row = np.empty(dh)
-    for b in range(n_batch):
-        for h in range(n_head):
-            qh = q[b, h]
-            kh = k[b, h]
-            vh = v[b, h]
-            for s in range(s_len):
-                for c in range(dh):
-                    k_t[c, s] = kh[s, c]
-            for t in range(t_len):
-                s_end = min(t + 1, s_len) if causal else s_len
-                for s in range(s_end):
-                    scores[s] = 0.0
-                for c in range(dh):
-                    q_tc = qh[t, c]
-                    k_row = k_t[c]
-                    for s in range(s_end):
-                        scores[s] += q_tc * k_row[s]
-                row_max = -np.inf
-                for s in range(s_end):
-                    scores[s] = scores[s] / sqrt_dh
-                    if scores[s] > row_max:
-                        row_max = scores[s]
-                total = 0.0
-                for s in range(s_end):
-                    e = math.exp(scores[s] - row_max)
-                    scores[s] = e
-                    total += e
-                p_row = probs[b, h, t]
-                for c in range(dh):
-                    out_row[c] = 0.0
-                for s in range(s_end):
-                    p = scores[s] / total
-                    p_row[s] = p
-                    # Use the stored (rounded) probability, as probs @ v does.
-                    p = p_row[s]
-                    v_row = vh[s]
-                    for c in range(dh):
-                        out_row[c] += p * v_row[c]
-                o = out[b, h, t]
-                for c in range(dh):
-                    o[c] = out_row[c]
-    return out, probs
-
-
 def attention_backward_reference(dout, q, k, v, probs):
     """Gradient of scaled dot-product attention; NumPy twin.
 
@@ -657,22 +668,115 @@ def attention_backward_reference(dout, q, k, v, probs):
     return dq, dk, dv
 
 
-@njit(cache=True)
-def _attention_backward_loop(dout, q, k, v, probs):
-    """Loop twin of :func:`attention_backward_reference`.
+def _heads_first(a):
+    """(B, T, H, Dh) -> a (B, H, T, Dh) view (no copy)."""
+    return a.transpose(0, 2, 1, 3)
 
-    Walks the query rows ``t`` of one head once: each row produces ``dq[t]``
-    and adds its contributions to float64 accumulators for ``dk`` and ``dv``.
-    ``v`` is transposed per head so ``dprobs`` is built with contiguous
-    element-wise updates. All columns are visited; masked ones have
-    ``probs == 0`` and add exact zeros.
+
+def _attention_forward_token_major_reference(q, k, v, causal):
+    """:func:`attention_forward_reference` on token-major (B, T, H, Dh) inputs."""
+    out, probs = attention_forward_reference(_heads_first(q), _heads_first(k), _heads_first(v), causal)
+    return np.ascontiguousarray(_heads_first(out)), probs
+
+
+def _attention_backward_token_major_reference(dout, q, k, v, probs):
+    """:func:`attention_backward_reference` on token-major (B, T, H, Dh) inputs."""
+    grads = attention_backward_reference(_heads_first(dout), _heads_first(q), _heads_first(k),
+                                         _heads_first(v), probs)
+    return tuple(np.ascontiguousarray(_heads_first(g)) for g in grads)
+
+
+def _attention_forward_loop(q, k, v, causal):
+    """Loop twin of :func:`attention_forward_reference`, token-major (allocates, then runs
+    :func:`_attention_forward_kernel`)."""
+    out = np.empty_like(q)
+    probs = np.zeros((q.shape[0], q.shape[2], q.shape[1], k.shape[1]), dtype=q.dtype)
+    _attention_forward_kernel(q, k, v, causal, out, probs)
+    return out, probs
+
+
+@njit(cache=True)
+def _attention_forward_kernel(q, k, v, causal, out, probs):
+    """The loop of :func:`_attention_forward_loop`, writing ``out`` and the nonzero entries
+    of the zeroed ``probs``.
+
+    ``q`` is (B, T, H, Dh), ``k`` and ``v`` are (B, S, H, Dh); returns ``out``
+    (B, T, H, Dh) and ``probs`` (B, H, T, S). One (b, h) head at a time. ``k``
+    is transposed once per head so that every inner loop is an element-wise
+    ``a[:] += c * b[:]`` over contiguous memory (which LLVM vectorizes without
+    fastmath) instead of a dot-product reduction (which it may not reorder).
+    Masked columns are not computed at all; their probability is stored as
+    exactly 0.
     """
-    n_batch, n_head, t_len, dh = q.shape
-    s_len = k.shape[2]
+    n_batch, t_len, n_head, dh = q.shape
+    s_len = k.shape[1]
     sqrt_dh = math.sqrt(dh)
-    dq = np.empty_like(q)
-    dk = np.empty_like(k)
-    dv = np.empty_like(v)
+    k_t = np.empty((dh, s_len))
+    scores = np.empty(s_len)
+    out_row = np.empty(dh)
+    for b in range(n_batch):
+        for h in range(n_head):
+            for s in range(s_len):
+                k_row = k[b, s, h]
+                for c in range(dh):
+                    k_t[c, s] = k_row[c]
+            for t in range(t_len):
+                q_row = q[b, t, h]
+                s_end = min(t + 1, s_len) if causal else s_len
+                for s in range(s_end):
+                    scores[s] = 0.0
+                for c in range(dh):
+                    q_tc = q_row[c]
+                    k_col = k_t[c]
+                    for s in range(s_end):
+                        scores[s] += q_tc * k_col[s]
+                row_max = -np.inf
+                for s in range(s_end):
+                    scores[s] = scores[s] / sqrt_dh
+                    if scores[s] > row_max:
+                        row_max = scores[s]
+                total = 0.0
+                for s in range(s_end):
+                    e = math.exp(scores[s] - row_max)
+                    scores[s] = e
+                    total += e
+                p_row = probs[b, h, t]
+                for c in range(dh):
+                    out_row[c] = 0.0
+                for s in range(s_end):
+                    p_row[s] = scores[s] / total
+                    # Use the stored (rounded) probability, as probs @ v does.
+                    p = p_row[s]
+                    v_row = v[b, s, h]
+                    for c in range(dh):
+                        out_row[c] += p * v_row[c]
+                o = out[b, t, h]
+                for c in range(dh):
+                    o[c] = out_row[c]
+
+
+def _attention_backward_loop(dout, q, k, v, probs):
+    """Loop twin of :func:`attention_backward_reference`, token-major (allocates, then runs
+    :func:`_attention_backward_kernel`)."""
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    _attention_backward_kernel(dout, q, k, v, probs, dq, dk, dv)
+    return dq, dk, dv
+
+
+@njit(cache=True)
+def _attention_backward_kernel(dout, q, k, v, probs, dq, dk, dv):
+    """The loop of :func:`_attention_backward_loop`, writing ``dq``, ``dk``, ``dv``.
+
+    Layouts as in :func:`_attention_forward_loop`. Walks the query rows ``t``
+    of one head once: each row produces ``dq[t]`` and adds its contributions
+    to float64 accumulators for ``dk`` and ``dv``. ``v`` is transposed per head
+    so ``dprobs`` is built with contiguous element-wise updates. Columns past
+    the last nonzero probability of a row (the causal mask) are skipped: they
+    would add exact zeros.
+    """
+    n_batch, t_len, n_head, dh = q.shape
+    s_len = k.shape[1]
+    sqrt_dh = math.sqrt(dh)
     v_t = np.empty((dh, s_len))
     dk_acc = np.empty((s_len, dh))
     dv_acc = np.empty((s_len, dh))
@@ -680,52 +784,144 @@ def _attention_backward_loop(dout, q, k, v, probs):
     dq_row = np.empty(dh)
     for b in range(n_batch):
         for h in range(n_head):
-            qh = q[b, h]
-            kh = k[b, h]
-            vh = v[b, h]
-            dout_h = dout[b, h]
             for s in range(s_len):
+                v_row = v[b, s, h]
                 for c in range(dh):
-                    v_t[c, s] = vh[s, c]
+                    v_t[c, s] = v_row[c]
                     dk_acc[s, c] = 0.0
                     dv_acc[s, c] = 0.0
             for t in range(t_len):
                 p_row = probs[b, h, t]
-                dout_row = dout_h[t]
-                q_row = qh[t]
+                dout_row = dout[b, t, h]
+                q_row = q[b, t, h]
+                s_end = s_len
+                while s_end > 1 and p_row[s_end - 1] == 0.0:
+                    s_end -= 1
                 # dprobs[s] = dout[t] . v[s]
-                for s in range(s_len):
+                for s in range(s_end):
                     dscores[s] = 0.0
                 for c in range(dh):
                     g = dout_row[c]
-                    v_row = v_t[c]
-                    for s in range(s_len):
-                        dscores[s] += g * v_row[s]
+                    v_col = v_t[c]
+                    for s in range(s_end):
+                        dscores[s] += g * v_col[s]
                 row_dot = 0.0
-                for s in range(s_len):
+                for s in range(s_end):
                     row_dot += dscores[s] * p_row[s]
                 for c in range(dh):
                     dq_row[c] = 0.0
-                for s in range(s_len):
+                for s in range(s_end):
                     p = p_row[s]
                     ds = p * (dscores[s] - row_dot)
-                    k_row = kh[s]
+                    k_row = k[b, s, h]
                     dk_row = dk_acc[s]
                     dv_row = dv_acc[s]
                     for c in range(dh):
                         dq_row[c] += ds * k_row[c]
                         dk_row[c] += ds * q_row[c]
                         dv_row[c] += p * dout_row[c]
-                dq_t = dq[b, h, t]
+                dq_t = dq[b, t, h]
                 for c in range(dh):
                     dq_t[c] = dq_row[c] / sqrt_dh
-            dk_h = dk[b, h]
-            dv_h = dv[b, h]
             for s in range(s_len):
+                dk_s = dk[b, s, h]
+                dv_s = dv[b, s, h]
                 for c in range(dh):
-                    dk_h[s, c] = dk_acc[s, c] / sqrt_dh
-                    dv_h[s, c] = dv_acc[s, c]
+                    dk_s[c] = dk_acc[s, c] / sqrt_dh
+                    dv_s[c] = dv_acc[s, c]
+
+
+@njit(cache=True)
+def _attention_probs_loop(scores, causal, sqrt_dh):
+    """In place: raw scores q k^T (B, H, T, S) -> probabilities, as in the loop kernel.
+
+    Per row ``t``: divide by sqrt(Dh), subtract the row maximum, exponentiate,
+    normalize; with ``causal`` the columns ``s > t`` are set to exactly 0.
+    """
+    n_batch, n_head, t_len, s_len = scores.shape
+    for b in range(n_batch):
+        for h in range(n_head):
+            for t in range(t_len):
+                row = scores[b, h, t]
+                s_end = min(t + 1, s_len) if causal else s_len
+                row_max = -np.inf
+                for s in range(s_end):
+                    scaled = row[s] / sqrt_dh
+                    row[s] = scaled
+                    if row[s] > row_max:
+                        row_max = row[s]
+                total = 0.0
+                for s in range(s_end):
+                    e = math.exp(row[s] - row_max)
+                    row[s] = e
+                    total += e
+                for s in range(s_end):
+                    row[s] = row[s] / total
+                for s in range(s_end, s_len):
+                    row[s] = 0.0
+
+
+@njit(cache=True)
+def _attention_dscores_loop(dprobs, probs, sqrt_dh):
+    """In place: dprobs (B, H, T, S) -> dscores / sqrt(Dh), the softmax backward per row."""
+    n_batch, n_head, t_len, s_len = probs.shape
+    for b in range(n_batch):
+        for h in range(n_head):
+            for t in range(t_len):
+                d_row = dprobs[b, h, t]
+                p_row = probs[b, h, t]
+                row_dot = 0.0
+                for s in range(s_len):
+                    row_dot += d_row[s] * p_row[s]
+                for s in range(s_len):
+                    d_row[s] = p_row[s] * (d_row[s] - row_dot) / sqrt_dh
+
+
+def _attention_forward_blocked(q, k, v, causal):
+    """Token-major attention with BLAS products, for big heads.
+
+    ``scores = q k^T`` and ``out = probs v`` are batched matrix products over
+    (B, H, T, Dh) views of the token-major arrays (strided, never copied);
+    :func:`_attention_probs_loop` turns the scores into probabilities in place.
+    """
+    scores = np.matmul(_heads_first(q), k.transpose(0, 2, 3, 1))  # (B, H, T, S)
+    _attention_probs_loop(scores, causal, math.sqrt(q.shape[3]))
+    out = np.empty_like(q)
+    np.matmul(scores, _heads_first(v), out=_heads_first(out))
+    return out, scores
+
+
+def _attention_backward_blocked(dout, q, k, v, probs):
+    """Backward of :func:`_attention_forward_blocked`: four batched products and
+    the softmax backward in place (:func:`_attention_dscores_loop`, which also
+    divides by sqrt(Dh) so that dq and dk need no extra pass)."""
+    dout_heads = _heads_first(dout)
+    dv = np.empty_like(v)
+    np.matmul(probs.transpose(0, 1, 3, 2), dout_heads, out=_heads_first(dv))
+    dscores = np.matmul(dout_heads, v.transpose(0, 2, 3, 1))  # dprobs, then dscores / sqrt(Dh)
+    _attention_dscores_loop(dscores, probs, math.sqrt(q.shape[3]))
+    dq = np.empty_like(q)
+    np.matmul(dscores, _heads_first(k), out=_heads_first(dq))
+    dk = np.empty_like(k)
+    np.matmul(dscores.transpose(0, 1, 3, 2), _heads_first(q), out=_heads_first(dk))
     return dq, dk, dv
+
+
+# Work B * H * T * S * Dh (multiply-adds of one product) up to which the loop
+# kernels beat the blocked path: the blocked path's dozen NumPy calls cost more than
+# a few thousand multiply-adds, while the loops lose to BLAS once heads are not tiny
+# (measured by benchmarks/bench_ops.py; e.g. (B, H, T, Dh) = (2, 2, 8, 8) is faster
+# looped, (20, 2, 8, 8) and (2, 4, 16, 16) blocked).
+LOOP_WORK_LIMIT = 8192
+
+
+def _attention_impls(batch, heads, t_len, s_len, head_dim):
+    """(forward, backward) on the token-major layout for attention of this size."""
+    if not USE_NUMBA:
+        return _attention_forward_token_major_reference, _attention_backward_token_major_reference
+    if batch * heads * t_len * s_len * head_dim <= LOOP_WORK_LIMIT:
+        return _attention_forward_loop, _attention_backward_loop
+    return _attention_forward_blocked, _attention_backward_blocked
 
 
 def _check_attention_shapes(q, k, v, causal=False):
@@ -737,17 +933,25 @@ def _check_attention_shapes(q, k, v, causal=False):
         raise ValueError(f"causal attention needs T == S, got T={q.shape[2]} S={k.shape[2]}")
 
 
+def _token_major(a):
+    """(B, H, T, Dh) -> a contiguous (B, T, H, Dh) copy."""
+    return np.ascontiguousarray(a.transpose(0, 2, 1, 3))
+
+
 def attention_forward(q, k, v, causal):
     """Scaled dot-product attention; returns ``(out, probs)``.
 
     ``q`` (B, H, T, Dh), ``k``/``v`` (B, H, S, Dh);
     ``out = softmax(q k^T / sqrt(Dh) [masked s > t if causal]) @ v``.
-    See :func:`attention_forward_reference`.
+    See :func:`attention_forward_reference`. (The model calls
+    :func:`multi_head_attention_forward`, which takes the token-major layout.)
     """
     q, k, v = _float_arrays(q, k, v)
     causal = bool(causal)
     _check_attention_shapes(q, k, v, causal)
-    return _pick(_attention_forward_loop, attention_forward_reference)(q, k, v, causal)
+    forward, _ = _attention_impls(q.shape[0], q.shape[1], q.shape[2], k.shape[2], q.shape[3])
+    out, probs = forward(_token_major(q), _token_major(k), _token_major(v), causal)
+    return _token_major(out), probs  # (B, T, H, Dh) -> (B, H, T, Dh): the same swap
 
 
 def attention_backward(dout, q, k, v, probs):
@@ -760,7 +964,60 @@ def attention_backward(dout, q, k, v, probs):
     """
     dout, q, k, v, probs = _float_arrays(dout, q, k, v, probs)
     _check_attention_shapes(q, k, v)
-    return _pick(_attention_backward_loop, attention_backward_reference)(dout, q, k, v, probs)
+    _, backward = _attention_impls(q.shape[0], q.shape[1], q.shape[2], k.shape[2], q.shape[3])
+    grads = backward(_token_major(dout), _token_major(q), _token_major(k), _token_major(v), probs)
+    return tuple(_token_major(g) for g in grads)
+
+
+def _check_multi_head_shapes(q, k, v, n_heads, causal=False):
+    if (q.ndim == 3 and k.ndim == 3 and k.shape == v.shape and k.shape[0] == q.shape[0]
+            and k.shape[2] == q.shape[2] and type(n_heads) is int and n_heads >= 1
+            and q.shape[2] % n_heads == 0 and not (causal and q.shape[1] != k.shape[1])):
+        return  # the common case, in one expression
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        _expect_ndim(name, a, 3)
+    if k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2]:
+        raise ValueError(f"q={q.shape} k={k.shape} v={v.shape} do not fit (B, T, d), (B, S, d)")
+    if isinstance(n_heads, bool) or not isinstance(n_heads, (int, np.integer)) or n_heads < 1 \
+            or q.shape[2] % n_heads:
+        raise ValueError(f"d_model {q.shape[2]} does not split into {n_heads} heads")
+    if causal and q.shape[1] != k.shape[1]:
+        raise ValueError(f"causal attention needs T == S, got T={q.shape[1]} S={k.shape[1]}")
+
+
+def _split_heads(a, n_heads):
+    """(B, T, d) -> a (B, T, H, d/H) view: head h owns features [h d/H, (h+1) d/H)."""
+    return a.reshape(a.shape[0], a.shape[1], n_heads, a.shape[2] // n_heads)
+
+
+def multi_head_attention_forward(q, k, v, n_heads, causal):
+    """Attention of ``n_heads`` heads on the token-major layout; returns ``(out, probs)``.
+
+    ``q`` (B, T, d), ``k``/``v`` (B, S, d); head h reads features
+    [h d/H, (h+1) d/H) and writes the same features of ``out`` (B, T, d);
+    ``probs`` is (B, H, T, S). The same formulas as :func:`attention_forward`
+    with the heads split and merged by free reshapes instead of copies.
+    """
+    q, k, v = _float_arrays(q, k, v)
+    causal = bool(causal)
+    _check_multi_head_shapes(q, k, v, n_heads, causal)
+    forward, _ = _attention_impls(q.shape[0], n_heads, q.shape[1], k.shape[1], q.shape[2] // n_heads)
+    out, probs = forward(_split_heads(q, n_heads), _split_heads(k, n_heads), _split_heads(v, n_heads), causal)
+    return out.reshape(q.shape), probs
+
+
+def multi_head_attention_backward(dout, q, k, v, probs):
+    """Backward of :func:`multi_head_attention_forward`; returns ``(dq, dk, dv)``,
+    each in its input's (B, T, d) layout. The number of heads is ``probs.shape[1]``."""
+    dout, q, k, v, probs = _float_arrays(dout, q, k, v, probs)
+    _expect_ndim("probs", probs, 4)
+    n_heads = int(probs.shape[1])
+    _check_multi_head_shapes(q, k, v, n_heads)
+    if dout.shape != q.shape or probs.shape != (q.shape[0], n_heads, q.shape[1], k.shape[1]):
+        raise ValueError(f"dout {dout.shape} and probs {probs.shape} do not fit q={q.shape} k={k.shape}")
+    _, backward = _attention_impls(q.shape[0], n_heads, q.shape[1], k.shape[1], q.shape[2] // n_heads)
+    grads = backward(*(_split_heads(a, n_heads) for a in (dout, q, k, v)), probs)
+    return tuple(g.reshape(a.shape) for g, a in zip(grads, (q, k, v)))
 
 
 # ---------------------------------------------------------------------------
@@ -887,3 +1144,78 @@ def gelu_backward(dy, x, approximate):
         raise ValueError(f"dy shape {dy.shape} does not match x shape {x.shape}")
     kernel = _pick(_gelu_backward_loop, gelu_backward_reference)
     return kernel(dy.reshape(-1), x.reshape(-1), approximate).reshape(x.shape)
+
+
+# ---------------------------------------------------------------------------
+# ReLU backward
+# ---------------------------------------------------------------------------
+
+
+def relu_backward_reference(dy, y):
+    """Gradient of ReLU read off its output ``y = max(x, 0)``; NumPy twin.
+
+    ``dx = dy`` where ``y > 0`` (exactly where ``x > 0``), else 0.
+    """
+    return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
+
+
+@njit(cache=True)
+def _relu_backward_kernel(dy, y, dx):
+    """The loop of :func:`_relu_backward_loop` over flat arrays, writing ``dx``."""
+    for i in range(y.size):
+        dx[i] = dy[i] if y[i] > 0 else 0.0
+
+
+def _relu_backward_loop(dy, y):
+    """Loop twin of :func:`relu_backward_reference`: one pass, no temporary mask."""
+    dx = np.empty_like(y)
+    # Flat views: one compilation per dtype, whatever the shape.
+    _relu_backward_kernel(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+    return dx
+
+
+def relu_backward(dy, y):
+    """ReLU backward from the output: ``dx = dy * (y > 0)``, any shape."""
+    dy, y = _float_arrays(dy, y)
+    if dy.shape != y.shape:
+        raise ValueError(f"dy shape {dy.shape} does not match y shape {y.shape}")
+    return _pick(_relu_backward_loop, relu_backward_reference)(dy, y)
+
+
+# ---------------------------------------------------------------------------
+# Compilation cache
+# ---------------------------------------------------------------------------
+
+# The kernels a default model (LayerNorm, d_model 16) runs on its first gradient
+# and gradient check: the ones whose compilation a first command waits for.
+_FIRST_RUN_KERNELS = (
+    _layer_norm_forward_kernel,
+    _layer_norm_backward_kernel,
+    _attention_forward_kernel,
+    _attention_backward_kernel,
+    _attention_probs_loop,  # the gradient checker's batched forward passes take the blocked path
+    _relu_backward_kernel,
+)
+
+
+def compile_cache_is_cold() -> bool:
+    """Whether the first model run in this process will compile kernels.
+
+    True when Numba is in use and one of the kernels a default model runs first
+    is neither compiled in this process nor in Numba's on-disk cache (missing,
+    or stale after an edit of this file or a Numba upgrade). Reads the cache's
+    index files only: compiles nothing, never raises, and answers False when
+    it cannot tell. The caller can then say that a few seconds of compilation
+    are coming.
+    """
+    if not USE_NUMBA:
+        return False
+    try:
+        for kernel in _FIRST_RUN_KERNELS:
+            if kernel.signatures:
+                continue  # compiled (or loaded) in this process already
+            if not kernel._cache._cache_file._load_index():
+                return True
+        return False
+    except Exception:  # a Numba without these internals, an unreadable index: unsure
+        return False

@@ -13,10 +13,28 @@ is recording and an input needs a gradient, records ``(vjp, residuals, inputs, o
 Broadcasting binary ops sum their cotangents back to each input's shape (``unbroadcast``).
 The fused ops (layer_norm, rms_norm, softmax, attention, cross_entropy, gelu) call the
 hand-written kernels of ``kernels.py``; their docstrings give the backward formulas.
+
+Two sublayer primitives run a whole sublayer as one tape record, which saves the tape's
+work between its pieces (Tensors, records, gradient accumulation, repeated checks):
+``attention_sublayer`` (projections, attention, output projection) has its own VJP,
+written out in its docstring and built on the attention kernels; ``feed_forward`` is the
+composition linear, activation, linear of the registered primitives, looked up in
+``PRIMITIVES`` on every call like the rest, so that a ``linear``, ``relu`` or ``gelu``
+replaced in the registry is what every FFN runs (the gradient checker's negative controls
+break them there).
+
+Checks. Every forward rejects bad inputs with a ValueError naming the op and the shapes.
+Each input is checked in one place: what goes to a kernel by the kernel's dispatcher (the
+op adds its name to the message), the rest by the op, the common case (plain float arrays
+of one dtype) first and in a few comparisons. NaN and inf: the norms reject them from
+inside their kernels at no cost; softmax, the 4-D attention and cross_entropy test their
+inputs; the products (linear, the sublayers) let them through to the next norm, which
+rejects them (a model has a norm at least every layer, except ReZero).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -40,14 +58,20 @@ def defprimitive(name: str, forward: Callable, vjp: Callable) -> Callable:
 
     def apply(*args, **params):
         primitive = PRIMITIVES[name]  # looked up per call: the registry is the one source of truth
-        values = [arg.value if isinstance(arg, Tensor) else arg for arg in args]
+        needs_grad = False
+        values = []
+        for arg in args:
+            if isinstance(arg, Tensor):
+                values.append(arg.value)
+                needs_grad = needs_grad or arg.requires_grad
+            else:
+                values.append(arg)
         out, residuals = primitive.forward(*values, **params)
-        tape = _ACTIVE_TAPES[-1] if _ACTIVE_TAPES else None
-        if tape is None or not any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        if not (needs_grad and _ACTIVE_TAPES):
             return Tensor.wrap(out)
         result = Tensor.wrap(out, requires_grad=True)
         inputs = tuple(arg if isinstance(arg, Tensor) else None for arg in args)
-        tape.record(primitive.vjp, residuals, inputs, result)
+        _ACTIVE_TAPES[-1].record(primitive.vjp, residuals, inputs, result)
         return result
 
     apply.__name__ = name
@@ -71,14 +95,48 @@ def _check_float(op: str, *arrays):
             dtype = a.dtype
             if dtype not in FLOAT_DTYPES:
                 raise ValueError(f"{op}: dtype {dtype} is not float64 or float32 (shapes {_shapes(*arrays)})")
-        elif a.dtype != dtype:
+        elif a.dtype is not dtype and a.dtype != dtype:
             raise ValueError(f"{op}: mixed dtypes {dtype} and {a.dtype} (shapes {_shapes(*arrays)}); cast one first")
 
 
-def _check_finite(op: str, *arrays):
+_FLOAT64, _FLOAT32 = np.dtype(np.float64), np.dtype(np.float32)
+
+
+def _plain_float_arrays(*arrays) -> bool:
+    """True when every argument is an ndarray (not a subclass) of one float64/float32 dtype.
+
+    The fast path of the checks, mostly identity tests. When it says False the op runs its
+    full checks, which raise the clear errors (or accept a valid input that merely is
+    unusual, such as a memmap).
+    """
+    first = arrays[0]
+    if type(first) is not np.ndarray:
+        return False
+    dtype = first.dtype
+    if dtype is not _FLOAT64 and dtype is not _FLOAT32 and dtype not in FLOAT_DTYPES:
+        return False
     for a in arrays:
-        if not np.isfinite(a).all():
+        # Equal dtypes need not be one object (arrays made by Numba carry their own).
+        if type(a) is not np.ndarray or a.dtype is not dtype and a.dtype != dtype:
+            return False
+    return True
+
+
+def _check_finite(op: str, *arrays):
+    """Raise if an array holds a NaN or an inf.
+
+    A sum is finite only if every term is (NaN and inf propagate, inf - inf is NaN), so
+    one reduction clears the common case; the exact test runs only when the sum is not
+    finite, which a finite array can also give by overflowing.
+    """
+    for a in arrays:
+        if not math.isfinite(np.sum(a)) and not np.isfinite(a).all():
             raise ValueError(f"{op}: input of shape {np.shape(a)} contains NaN or inf")
+
+
+def _kernel_error(op: str, error: Exception, *arrays):
+    """A kernel dispatcher's TypeError/ValueError as this op's ValueError."""
+    return ValueError(f"{op}: {error} (inputs of shapes {_shapes(*arrays)})")
 
 
 def _broadcast_shape(op: str, a, b):
@@ -91,9 +149,20 @@ def _broadcast_shape(op: str, a, b):
         raise ValueError(f"{op}: shapes {_shapes(a, b)} do not broadcast") from None
 
 
+def _binary_shapes(op: str, a, b):
+    """(shape of a, shape of b) once both are checked: one float dtype, broadcastable shapes.
+
+    The common case, two plain arrays of one shape and dtype, is decided first."""
+    if type(a) is np.ndarray and type(b) is np.ndarray and a.shape == b.shape and _plain_float_arrays(a, b):
+        return a.shape, a.shape
+    _check_float(op, a, b)
+    _broadcast_shape(op, a, b)
+    return np.shape(a), np.shape(b)
+
+
 def unbroadcast(grad, shape):
     """Sum ``grad`` over the axes that broadcasting added or stretched to reach it."""
-    if grad.shape == tuple(shape):
+    if grad.shape == shape or grad.shape == tuple(shape):
         return grad
     extra = grad.ndim - len(shape)
     if extra:
@@ -107,9 +176,8 @@ def unbroadcast(grad, shape):
 # ----- elementwise --------------------------------------------------------------------
 
 def _add_fwd(a, b):
-    _check_float("add", a, b)
-    _broadcast_shape("add", a, b)
-    return a + b, (np.shape(a), np.shape(b))
+    shapes = _binary_shapes("add", a, b)
+    return a + b, shapes
 
 
 def _add_vjp(dout, shapes):
@@ -120,9 +188,8 @@ add = defprimitive("add", _add_fwd, _add_vjp)
 
 
 def _sub_fwd(a, b):
-    _check_float("sub", a, b)
-    _broadcast_shape("sub", a, b)
-    return a - b, (np.shape(a), np.shape(b))
+    shapes = _binary_shapes("sub", a, b)
+    return a - b, shapes
 
 
 def _sub_vjp(dout, shapes):
@@ -133,8 +200,7 @@ sub = defprimitive("sub", _sub_fwd, _sub_vjp)
 
 
 def _mul_fwd(a, b):
-    _check_float("mul", a, b)
-    _broadcast_shape("mul", a, b)
+    _binary_shapes("mul", a, b)
     return a * b, (a, b)
 
 
@@ -147,8 +213,7 @@ mul = defprimitive("mul", _mul_fwd, _mul_vjp)
 
 
 def _div_fwd(a, b):
-    _check_float("div", a, b)
-    _broadcast_shape("div", a, b)
+    _binary_shapes("div", a, b)
     return a / b, (a, b)
 
 
@@ -225,12 +290,15 @@ sqrt = defprimitive("sqrt", _sqrt_fwd, _sqrt_vjp)
 
 
 def _relu_fwd(x):
-    mask = x > 0
-    return np.maximum(x, 0), mask
+    """max(x, 0). VJP: dout where x > 0, else 0; the output is the residual (out > 0 exactly
+    where x > 0), so the forward makes one pass and no mask, and so does the backward
+    (``kernels.relu_backward``)."""
+    out = np.maximum(x, 0)
+    return out, out
 
 
-def _relu_vjp(dout, mask):
-    return (dout * mask,)
+def _relu_vjp(dout, out):
+    return (kernels.relu_backward(dout, out),)
 
 
 relu = defprimitive("relu", _relu_fwd, _relu_vjp)
@@ -409,11 +477,18 @@ def _matmul_vjp(dout, inputs):
 matmul = defprimitive("matmul", _matmul_fwd, _matmul_vjp)
 
 
+def _linear_fits(x, weight, bias) -> bool:
+    return (_plain_float_arrays(x, weight, bias) and weight.ndim == 2 and x.ndim >= 1
+            and x.shape[-1] == weight.shape[0] and bias.shape == weight.shape[1:])
+
+
 def _linear_fwd(x, weight, bias):
     """y = x @ W + b with W of shape (d_in, d_out). VJP: dx = dy W^T, dW = x^T dy, db = sum dy."""
-    _check_float("linear", x, weight, bias)
-    if weight.ndim != 2 or x.shape[-1] != weight.shape[0] or bias.shape != weight.shape[1:]:
-        raise ValueError(f"linear: x, W, b of shapes {_shapes(x, weight, bias)} do not fit y = x @ W + b")
+    if not _linear_fits(x, weight, bias):
+        _check_float("linear", x, weight, bias)
+        if np.ndim(weight) != 2 or np.ndim(x) < 1 or np.shape(x)[-1] != np.shape(weight)[0] \
+                or np.shape(bias) != np.shape(weight)[1:]:
+            raise ValueError(f"linear: x, W, b of shapes {_shapes(x, weight, bias)} do not fit y = x @ W + b")
     rows = x.reshape(-1, x.shape[-1])  # one 2-D product: faster than a batched matmul
     out = rows @ weight
     out += bias
@@ -432,14 +507,16 @@ linear = defprimitive("linear", _linear_fwd, _linear_vjp)
 
 # ----- normalization ------------------------------------------------------------------
 
-def _check_norm(op, x, eps, *params):
-    _check_float(op, x, *params)
-    d = np.shape(x)[-1] if np.ndim(x) else 0
-    if any(np.shape(p) != (d,) for p in params):
-        raise ValueError(f"{op}: parameters of shapes {_shapes(*params)} do not match the last axis of x {np.shape(x)}")
-    if not (np.isfinite(eps) and eps > 0):
+def _check_eps(op, eps, x):
+    if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"{op}: eps must be finite and > 0, got {eps} (x of shape {np.shape(x)})")
-    _check_finite(op, x)
+
+
+def _rows(op, x):
+    """x (..., d) as a (rows, d) view (a copy only if x is not contiguous)."""
+    if type(x) is not np.ndarray and np.ndim(x) < 1 or type(x) is np.ndarray and x.ndim < 1:
+        raise ValueError(f"{op}: x must have at least one axis, got shape {np.shape(x)}")
+    return x.reshape(-1, x.shape[-1])
 
 
 def _layer_norm_fwd(x, gamma, beta, *, eps=1e-5):
@@ -451,9 +528,12 @@ def _layer_norm_fwd(x, gamma, beta, *, eps=1e-5):
     The two subtracted means are the projections out of the constant direction (the mean
     was removed) and out of x_hat itself (the scale was removed).
     """
-    _check_norm("layer_norm", x, eps, gamma, beta)
-    rows = x.reshape(-1, x.shape[-1])
-    y, mu, rstd = kernels.layer_norm_forward(rows, gamma, beta, eps)
+    _check_eps("layer_norm", eps, x)
+    rows = _rows("layer_norm", x)
+    try:
+        y, mu, rstd = kernels.layer_norm_forward(rows, gamma, beta, eps)
+    except (TypeError, ValueError) as error:
+        raise _kernel_error("layer_norm", error, x, gamma, beta) from None
     return y.reshape(x.shape), (rows, gamma, mu, rstd)
 
 
@@ -473,9 +553,12 @@ def _rms_norm_fwd(x, gamma, *, eps=1e-5):
         dx = (1/r) (g - x_hat * mean(g * x_hat)),   dgamma = sum over rows of dy * x_hat
     (LayerNorm's backward without the mean-removal term.)
     """
-    _check_norm("rms_norm", x, eps, gamma)
-    rows = x.reshape(-1, x.shape[-1])
-    y, rrms = kernels.rms_norm_forward(rows, gamma, eps)
+    _check_eps("rms_norm", eps, x)
+    rows = _rows("rms_norm", x)
+    try:
+        y, rrms = kernels.rms_norm_forward(rows, gamma, eps)
+    except (TypeError, ValueError) as error:
+        raise _kernel_error("rms_norm", error, x, gamma) from None
     return y.reshape(x.shape), (rows, gamma, rrms)
 
 
@@ -523,58 +606,192 @@ def _attention_fwd(q, k, v, *, causal=False):
         dS = P * (dP - rowsum(dP * P))        (the softmax VJP; masked P are exactly 0)
         dQ = dS K / sqrt(Dh),   dK = dS^T Q / sqrt(Dh)
     """
-    _check_float("attention", q, k, v)
     if not (np.ndim(q) == np.ndim(k) == np.ndim(v) == 4):
         raise ValueError(f"attention: q, k, v must be 4-D (B, H, T, Dh), got {_shapes(q, k, v)}")
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
-        raise ValueError(f"attention: q, k, v of shapes {_shapes(q, k, v)} do not fit (B,H,T,Dh), (B,H,S,Dh)")
     if causal and q.shape[2] != k.shape[2]:
         raise ValueError(f"attention: a causal mask needs T == S, got q {q.shape} and k {k.shape}")
     _check_finite("attention", q, k, v)
-    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
-    out, probs = kernels.attention_forward(q, k, v, causal)
+    try:
+        out, probs = kernels.attention_forward(q, k, v, causal)
+    except (TypeError, ValueError) as error:
+        raise _kernel_error("attention", error, q, k, v) from None
     return out, (q, k, v, probs)
 
 
 def _attention_vjp(dout, residuals):
     q, k, v, probs = residuals
-    return kernels.attention_backward(np.ascontiguousarray(dout), q, k, v, probs)
+    return kernels.attention_backward(dout, q, k, v, probs)
 
 
 attention = defprimitive("attention", _attention_fwd, _attention_vjp)
 
 
-def _heads(x, n_heads):
-    """(B, T, d) -> contiguous (B, H, T, d/H): head h owns features [h d/H, (h+1) d/H)."""
-    batch, seq, d_model = x.shape
-    return np.ascontiguousarray(x.reshape(batch, seq, n_heads, d_model // n_heads).transpose(0, 2, 1, 3))
-
-
-def _merge_heads(x):
-    batch, heads, seq, head_dim = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(batch, seq, heads * head_dim)
-
-
 def _multi_head_attention_fwd(q, k, v, *, n_heads, causal=False):
     """``attention`` for projections laid out as (B, T, d) and (B, S, d), split into
     ``n_heads`` heads of d/H contiguous features and merged back, in one op: the same
-    kernels and the same backward, without six reshape/transpose records per call."""
-    if not (np.ndim(q) == np.ndim(k) == np.ndim(v) == 3) or np.shape(k) != np.shape(v) \
-            or np.shape(q)[0] != np.shape(k)[0] or np.shape(q)[2] != np.shape(k)[2]:
-        raise ValueError(f"multi_head_attention: q, k, v of shapes {_shapes(q, k, v)} do not fit (B,T,d), (B,S,d)")
-    if n_heads < 1 or q.shape[2] % n_heads:
-        raise ValueError(f"multi_head_attention: d_model {q.shape[2]} does not split into {n_heads} heads")
-    out, residuals = _attention_fwd(_heads(q, n_heads), _heads(k, n_heads), _heads(v, n_heads), causal=causal)
-    return _merge_heads(out), residuals
+    formulas and the same backward, with the heads addressed in place (no copies).
+
+    Like ``linear`` (and unlike the 4-D ``attention``), no finiteness check: a NaN in q, k
+    or v propagates to the output, and the next norm of the model rejects it."""
+    try:
+        out, probs = kernels.multi_head_attention_forward(q, k, v, n_heads, causal)
+    except (TypeError, ValueError) as error:
+        raise _kernel_error("multi_head_attention", error, q, k, v) from None
+    return out, (q, k, v, probs)
 
 
 def _multi_head_attention_vjp(dout, residuals):
-    n_heads = residuals[0].shape[1]
-    dq, dk, dv = _attention_vjp(_heads(dout, n_heads), residuals)
-    return _merge_heads(dq), _merge_heads(dk), _merge_heads(dv)
+    q, k, v, probs = residuals
+    return kernels.multi_head_attention_backward(dout, q, k, v, probs)
 
 
 multi_head_attention = defprimitive("multi_head_attention", _multi_head_attention_fwd, _multi_head_attention_vjp)
+
+
+# ----- fused sublayers -----------------------------------------------------------------
+
+def _sublayer_params_fit(x, memory, weights, biases) -> bool:
+    """The fast check of an attention sublayer's inputs (see ``_check_attention_sublayer``)."""
+    if not _plain_float_arrays(x, *weights, *biases) or x.ndim != 3:
+        return False
+    d_model = x.shape[2]
+    for w in weights:
+        if w.shape != (d_model, d_model):
+            return False
+    for b in biases:
+        if b.shape != (d_model,):
+            return False
+    return memory is None or (_plain_float_arrays(x, memory) and memory.ndim == 3
+                              and memory.shape[0] == x.shape[0] and memory.shape[2] == d_model)
+
+
+def _check_attention_sublayer(x, memory, weights, biases):
+    op = "attention_sublayer"
+    _check_float(op, x, memory, *weights, *biases)
+    if np.ndim(x) != 3:
+        raise ValueError(f"{op}: x of shape {np.shape(x)} is not (batch, seq, d_model)")
+    d_model = np.shape(x)[2]
+    if any(np.shape(w) != (d_model, d_model) for w in weights) or any(np.shape(b) != (d_model,) for b in biases):
+        raise ValueError(f"{op}: weights of shapes {_shapes(*weights)} and biases of shapes "
+                         f"{_shapes(*biases)} do not fit d_model {d_model}")
+    if memory is not None and (np.ndim(memory) != 3 or np.shape(memory)[0] != np.shape(x)[0]
+                               or np.shape(memory)[2] != d_model):
+        raise ValueError(f"{op}: memory of shape {np.shape(memory)} does not fit x of shape {np.shape(x)}")
+
+
+def _attention_sublayer_fwd(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, *, n_heads, causal=False):
+    """A whole attention sublayer as one op:
+
+        A(x) = MHA(x Wq + bq, s Wk + bk, s Wv + bv) Wo + bo,   s = x, or ``memory`` if given
+
+    with MHA the multi-head attention of ``multi_head_attention`` (``n_heads`` heads, causally
+    masked if asked). x is (B, T, d), the memory (B, S, d), every W (d, d), every b (d,).
+    The projections that read the same input are one batched product (q, k, v of
+    self-attention; k, v of cross-attention). VJP, with H the merged heads:
+        dWo = H^T dA,   dbo = sum over rows of dA,   dH = dA Wo^T
+        dQ, dK, dV = the attention backward at dH       (kernels.multi_head_attention_backward)
+        dWq = x^T dQ, dWk = s^T dK, dWv = s^T dV, db = row sums of dQ, dK, dV
+        dx  = dQ Wq^T + dK Wk^T + dV Wv^T               (self-attention)
+        dx  = dQ Wq^T,  dmemory = dK Wk^T + dV Wv^T     (cross-attention)
+    """
+    weights, biases = (wq, wk, wv, wo), (bq, bk, bv, bo)
+    if not _sublayer_params_fit(x, memory, weights, biases):
+        _check_attention_sublayer(x, memory, weights, biases)
+    batch, seq, d_model = x.shape
+    x_rows = x.reshape(-1, d_model)
+    if memory is None:
+        w_in = np.concatenate((wq, wk, wv)).reshape(3, d_model, d_model)
+        qkv = np.matmul(x_rows, w_in)  # (3, B T, d): q, k, v each contiguous
+        qkv += np.concatenate((bq, bk, bv)).reshape(3, 1, d_model)
+        q, k, v = qkv.reshape(3, batch, seq, d_model)
+        memory_rows = None
+    else:
+        memory_rows = memory.reshape(-1, d_model)
+        w_in = np.concatenate((wq, wk, wv)).reshape(3, d_model, d_model)
+        q = x_rows @ wq
+        q += bq
+        q = q.reshape(batch, seq, d_model)
+        kv = np.matmul(memory_rows, w_in[1:])
+        kv += np.concatenate((bk, bv)).reshape(2, 1, d_model)
+        k, v = kv.reshape(2, *memory.shape)
+    try:
+        heads, probs = kernels.multi_head_attention_forward(q, k, v, n_heads, causal)
+    except (TypeError, ValueError) as error:
+        raise _kernel_error("attention_sublayer", error, q, k, v) from None
+    heads_rows = heads.reshape(-1, d_model)
+    out = heads_rows @ wo
+    out += bo
+    return out.reshape(x.shape), (x_rows, memory_rows, w_in, wo, heads_rows, q, k, v, probs)
+
+
+def _attention_sublayer_vjp(dout, residuals):
+    x_rows, memory_rows, w_in, wo, heads_rows, q, k, v, probs = residuals
+    dout_rows = dout.reshape(heads_rows.shape)
+    dwo, dbo = heads_rows.T @ dout_rows, dout_rows.sum(axis=0)
+    dheads = (dout_rows @ wo.T).reshape(q.shape)
+    dq, dk, dv = kernels.multi_head_attention_backward(dheads, q, k, v, probs)
+    d_model = q.shape[2]
+    if memory_rows is None:  # self-attention: q, k and v all read x
+        dqkv = np.concatenate((dq, dk, dv)).reshape(3, -1, d_model)
+        dw_in, db_in = np.matmul(x_rows.T, dqkv), dqkv.sum(axis=1)
+        dx = np.matmul(dqkv, w_in.transpose(0, 2, 1)).sum(axis=0)
+        dmemory = None
+    else:
+        dq_rows = dq.reshape(-1, d_model)
+        dkv = np.concatenate((dk, dv)).reshape(2, -1, d_model)
+        dw_in = (x_rows.T @ dq_rows, *np.matmul(memory_rows.T, dkv))
+        db_in = (dq_rows.sum(axis=0), *dkv.sum(axis=1))
+        dx = dq_rows @ w_in[0].T
+        dmemory = np.matmul(dkv, w_in[1:].transpose(0, 2, 1)).sum(axis=0).reshape(k.shape)
+    return (dx.reshape(q.shape), dmemory, dw_in[0], db_in[0], dw_in[1], db_in[1], dw_in[2], db_in[2],
+            dwo, dbo)
+
+
+attention_sublayer = defprimitive("attention_sublayer", _attention_sublayer_fwd, _attention_sublayer_vjp)
+
+
+FFN_ACTIVATIONS = ("relu", "gelu")
+
+
+def _feed_forward_fwd(x, w1, b1, w2, b2, *, activation="relu", relu_mask=None):
+    """A whole feed-forward sublayer as one op: F(x) = act(x W1 + b1) W2 + b2.
+
+    act is ReLU or the tanh-approximated GELU; with ``relu_mask`` (a fixed 0/1 array of
+    the hidden layer's shape) it is multiplication by that pattern instead of ReLU: the
+    gradient checker evaluates finite differences on the smooth piece of the network
+    that contains the point. Built from the registered ``linear``, ``relu``/``gelu``/``mul``;
+    VJP, theirs in reverse:
+        dh2, dW2, db2 = linear VJP at dF,   dh1 = act VJP at dh2,   dx, dW1, db1 = linear VJP at dh1
+    """
+    if relu_mask is None and activation not in FFN_ACTIVATIONS:
+        raise ValueError(f"feed_forward: activation must be one of {', '.join(FFN_ACTIVATIONS)}, got {activation!r}")
+    linear = PRIMITIVES["linear"]
+    hidden, first = linear.forward(x, w1, b1)
+    if relu_mask is not None:
+        act = PRIMITIVES["mul"]
+        if np.shape(relu_mask) != hidden.shape:
+            raise ValueError(f"feed_forward: relu_mask of shape {np.shape(relu_mask)} is not the hidden "
+                             f"layer's shape {hidden.shape}")
+        acted, act_residuals = act.forward(hidden, relu_mask)
+    elif activation == "relu":
+        act = PRIMITIVES["relu"]
+        acted, act_residuals = act.forward(hidden)
+    else:
+        act = PRIMITIVES["gelu"]
+        acted, act_residuals = act.forward(hidden, approximate="tanh")
+    out, second = linear.forward(acted, w2, b2)
+    return out, (linear, act, first, act_residuals, second)
+
+
+def _feed_forward_vjp(dout, residuals):
+    linear, act, first, act_residuals, second = residuals
+    dacted, dw2, db2 = linear.vjp(dout, second)
+    dhidden = act.vjp(dacted, act_residuals)[0]
+    dx, dw1, db1 = linear.vjp(dhidden, first)
+    return dx, dw1, db1, dw2, db2
+
+
+feed_forward = defprimitive("feed_forward", _feed_forward_fwd, _feed_forward_vjp)
 
 
 # ----- losses -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+_FLOAT64, _FLOAT32 = FLOAT_DTYPES
 
 
 class Tensor:
@@ -30,8 +31,10 @@ class Tensor:
     __array_priority__ = 100  # so that ndarray <op> Tensor defers to Tensor's operators
 
     def __init__(self, value, requires_grad: bool = False, dtype=None):
-        value = np.asarray(value, dtype=dtype)
-        if value.dtype.kind == "f" and value.dtype not in FLOAT_DTYPES:
+        if type(value) is not np.ndarray or dtype is not None:
+            value = np.asarray(value, dtype=dtype)
+        kind = value.dtype
+        if kind is not _FLOAT64 and kind is not _FLOAT32 and kind.kind == "f" and kind not in FLOAT_DTYPES:
             raise ValueError(f"Tensor: unsupported dtype {value.dtype} (use float64 or float32)")
         self.value = value
         self.grad = None

@@ -1,0 +1,329 @@
+"""lnref forward+backward against PyTorch on small, deep models, measured side by side.
+
+    python3 benchmarks/bench_model.py [--threads 1,2] [--reps 7] [--min-time 0.3]
+                                      [--configs small,medium,large] [--schemes pre,post]
+
+The three configurations of the performance targets (float64, Pre-LN and Post-LN):
+
+    small   48 layers, d_model 16,  2 heads, d_ff 64,   seq 8,  batch 2   target lnref/torch <= 0.25
+    medium  48 layers, d_model 64,  4 heads, d_ff 256,  seq 32, batch 4   target <= 0.8
+    large   12 layers, d_model 256, 8 heads, d_ff 1024, seq 64, batch 8   target <= 1.1, and lnref
+                                                                          >= 70% of the matmul ceiling
+
+What is timed. lnref: ``model.value_and_grad(x, dy)``, the loss sum(y * dy) and the gradient of
+every parameter and of the input. PyTorch: the same model written with torch ops (``F.linear``
+with weights stored (d_out, d_in) as ``nn.Linear`` does, ``F.layer_norm``,
+``F.scaled_dot_product_attention``, ``F.relu``), the weights copied from lnref's, and
+``torch.autograd.grad`` of the same loss with respect to every parameter and the input. Before
+timing, the two are checked to agree (output, loss, every gradient) to 1e-10 relative.
+
+How. Each thread count runs in its own process (``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``
+and ``torch.set_num_threads`` all set to it). In that process the two sides alternate, one
+repetition each, so a change of machine load hits both alike; a repetition runs the callable
+enough times to last ``--min-time`` seconds; each figure is the median over ``--reps``
+repetitions. The ceiling is the float64 GFLOP/s of a 2048 x 2048 matrix product (NumPy's BLAS
+and torch's, the better of the two), its repetitions alternating with the model's, so that it
+sees the same load.
+
+FLOPs. Exactly the matrix products, forward and backward, 2 FLOPs per multiply-add: per
+linear map of N = batch * seq rows, N d_in d_out multiply-adds forward and twice that backward
+(dx and dW); per attention, 2 B H T S Dh forward (Q K^T and P V) and 4 B H T S Dh backward.
+Norms, softmax, biases and activations (a few percent) are not counted, so the GFLOP/s figures
+are slight underestimates for both sides.
+
+Prints a table, one JSON line per figure, and the targets met or not. Without PyTorch it says
+so and still reports lnref's own times and GFLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CONFIGS = {
+    "small": dict(n_layers=48, d_model=16, n_heads=2, d_ff=64, seq=8, batch=2),
+    "medium": dict(n_layers=48, d_model=64, n_heads=4, d_ff=256, seq=32, batch=4),
+    "large": dict(n_layers=12, d_model=256, n_heads=8, d_ff=1024, seq=64, batch=8),
+}
+TARGET_RATIO = {"small": 0.25, "medium": 0.8, "large": 1.1}  # lnref time / torch time, at most
+TARGET_CEILING_SHARE = ("large", 0.70)  # lnref GFLOP/s / matmul ceiling, at least
+AGREEMENT_RTOL = 1e-10
+CEILING_SIZE = 2048
+
+
+# ----- exact FLOP count ---------------------------------------------------------------------
+
+def matmul_flops(config):
+    """FLOPs of the matrix products of one forward+backward (see the module docstring)."""
+    n_layers, d, d_ff = config["n_layers"], config["d_model"], config["d_ff"]
+    rows = config["batch"] * config["seq"]
+    linear_macs = rows * (4 * d * d + 2 * d * d_ff)  # q, k, v, o; W1, W2
+    attention_macs = 2 * config["batch"] * config["seq"] * config["seq"] * d  # sum over heads of T S Dh
+    forward = linear_macs + attention_macs
+    backward = 2 * linear_macs + 2 * attention_macs
+    return 2 * n_layers * (forward + backward)
+
+
+# ----- the PyTorch side -------------------------------------------------------------------
+
+class TorchTwin:
+    """The lnref model in torch ops, Pre-LN or Post-LN, with lnref's weights."""
+
+    def __init__(self, model, torch):
+        import torch.nn.functional as F
+
+        self.torch, self.F = torch, F
+        self.config = model.config
+        self.names = list(model.params)
+        # nn.Linear's layout: W^T, (d_out, d_in), contiguous.
+        self.transposed = {n for n in self.names if model.params[n].ndim == 2}
+        self.leaves = {n: torch.tensor(model.params[n].T.copy() if n in self.transposed else model.params[n],
+                                       requires_grad=True) for n in self.names}
+
+    def attention(self, x, prefix):
+        p, F, H = self.leaves, self.F, self.config.n_heads
+        batch, seq, d = x.shape
+
+        def heads(name):  # (B, T, d) -> (B, H, T, d/H)
+            projected = F.linear(x, p[prefix + "w" + name], p[prefix + "b" + name])
+            return projected.view(batch, seq, H, d // H).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(heads("q"), heads("k"), heads("v"))
+        return F.linear(out.transpose(1, 2).reshape(batch, seq, d), p[prefix + "wo"], p[prefix + "bo"])
+
+    def ffn(self, x, prefix):
+        p, F = self.leaves, self.F
+        return F.linear(F.relu(F.linear(x, p[prefix + "w1"], p[prefix + "b1"])), p[prefix + "w2"], p[prefix + "b2"])
+
+    def norm(self, x, prefix):
+        p = self.leaves
+        return self.F.layer_norm(x, (x.shape[-1],), p[prefix + ".gamma"], p[prefix + ".beta"], self.config.eps)
+
+    def forward(self, x):
+        for layer in range(self.config.n_layers):
+            at = f"layers.{layer}."
+            if self.config.scheme == "pre":
+                x = x + self.attention(self.norm(x, at + "ln_attn"), at + "attn.")
+                x = x + self.ffn(self.norm(x, at + "ln_ffn"), at + "ffn.")
+            else:  # post
+                x = self.norm(x + self.attention(x, at + "attn."), at + "ln_attn")
+                x = self.norm(x + self.ffn(x, at + "ffn."), at + "ln_ffn")
+        return self.norm(x, "final_ln") if self.config.scheme == "pre" else x
+
+    def value_and_grad(self, x, dy):
+        """(loss, output, gradients in the order of ``self.names`` then the input)."""
+        leaves = [self.leaves[n] for n in self.names]
+        y = self.forward(x)
+        loss = (y * dy).sum()
+        return loss, y, self.torch.autograd.grad(loss, [*leaves, x])
+
+
+def check_agreement(model, twin, x, dy, torch):
+    """Largest relative difference between lnref and torch over y, the loss and every gradient.
+
+    A gradient's difference is relative to its largest entry, floored at 1e-4 of the largest
+    entry of any gradient: some gradients are exactly zero (the key biases': softmax is
+    invariant to a shift of a query's scores) or cancel down to ~1e-13 of the largest (the
+    queries and keys of deep Post-LN at init, where attention is nearly uniform), and both
+    sides hold rounding noise there. A modelling difference shows up at O(1).
+    """
+    import numpy as np
+
+    loss, grads = model.value_and_grad(x, dy)
+    y = model(x)
+    t_loss, t_y, t_grads = twin.value_and_grad(torch.tensor(x, requires_grad=True), torch.tensor(dy))
+    worst = max(abs(float(t_loss.detach()) - loss) / max(abs(loss), 1e-300),
+                float(np.abs(t_y.detach().numpy() - y).max() / np.abs(y).max()))
+    floor = 1e-4 * max(float(np.abs(g).max()) for g in grads.values())
+    for name, t_grad in zip([*twin.names, "input"], t_grads):
+        theirs = t_grad.numpy().T if name in twin.transposed else t_grad.numpy()
+        ours = grads[name]
+        scale = max(float(np.abs(ours).max()), floor, 1e-300)
+        worst = max(worst, float(np.abs(theirs - ours).max()) / scale)
+    return worst
+
+
+# ----- timing -----------------------------------------------------------------------------
+
+def calls_per_rep(fn, min_time):
+    fn()  # warm-up: compiles, allocates, faults in pages
+    started = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - started, 1e-6)
+    return max(1, round(min_time / once))
+
+
+def alternate(fns, reps, min_time):
+    """Median seconds per call of each callable, repetitions alternating between them."""
+    numbers = [calls_per_rep(fn, min_time) for fn in fns]
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, number, bucket in zip(fns, numbers, times):
+            started = time.perf_counter()
+            for _ in range(number):
+                fn()
+            bucket.append((time.perf_counter() - started) / number)
+    return [statistics.median(b) for b in times], numbers
+
+
+def matmul_callables(torch):
+    """{"numpy": fn, "torch": fn}: one CEILING_SIZE^2 float64 product each."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, CEILING_SIZE, CEILING_SIZE))
+    fns = {"numpy": lambda: a @ b}
+    if torch is not None:
+        ta, tb = torch.tensor(a), torch.tensor(b)
+        fns["torch"] = lambda: ta @ tb
+    return fns
+
+
+def child(args):
+    """Measure everything at one thread count; print one JSON document."""
+    import lnref
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+    figures = {"threads": args.threads, "torch": None if torch is None else torch.__version__,
+               "reps": args.reps, "min_time": args.min_time, "load_before": os.getloadavg()[0], "runs": []}
+    matmuls = matmul_callables(torch)
+    for config_name in args.configs:
+        config = CONFIGS[config_name]
+        dims = {k: v for k, v in config.items() if k not in ("seq", "batch")}
+        for scheme in args.schemes:
+            model = lnref.build(scheme, **dims)
+            x, dy, _ = model.sample_inputs(batch=config["batch"], seq=config["seq"])
+            fns = {"lnref": lambda: model.value_and_grad(x, dy)}
+            run = {"config": config_name, "scheme": scheme, "flops": matmul_flops(config)}
+            if torch is not None:
+                twin = TorchTwin(model, torch)
+                run["agreement"] = check_agreement(model, twin, x, dy, torch)
+                if not run["agreement"] <= AGREEMENT_RTOL:
+                    raise SystemExit(f"{config_name} {scheme}: lnref and torch differ by {run['agreement']:.3g}")
+                tx, tdy = torch.tensor(x, requires_grad=True), torch.tensor(dy)
+                fns["torch"] = lambda: twin.value_and_grad(tx, tdy)
+            # The ceiling's products alternate with the model runs: they see the same load.
+            fns.update({f"matmul {name}": fn for name, fn in matmuls.items()})
+            seconds, numbers = alternate(list(fns.values()), args.reps, args.min_time)
+            timed = dict(zip(fns, seconds))
+            run["lnref_s"], run["lnref_calls_per_rep"] = timed["lnref"], numbers[0]
+            if torch is not None:
+                run["torch_s"], run["torch_calls_per_rep"] = timed["torch"], numbers[1]
+            run["ceiling"] = {name: 2 * CEILING_SIZE**3 / timed[f"matmul {name}"] / 1e9 for name in matmuls}
+            figures["runs"].append(run)
+            print(f"  threads {args.threads}: {config_name} {scheme} done", file=sys.stderr, flush=True)
+    print(json.dumps(figures))
+
+
+# ----- the report -------------------------------------------------------------------------
+
+def measure(threads, args):
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads)}
+    command = [sys.executable, __file__, "--child", "--threads", str(threads), "--reps", str(args.reps),
+               "--min-time", str(args.min_time), "--configs", ",".join(args.configs),
+               "--schemes", ",".join(args.schemes)]
+    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the measurement at {threads} thread(s) failed (exit {done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report(results, load_before, load_after):
+    print(f"# python {platform.python_version()}, {os.cpu_count()} cpus, float64; "
+          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    lines = []
+    header = (f"{'config':7s} {'scheme':6s} {'thr':>3s} {'lnref ms':>9s} {'torch ms':>9s} {'ratio':>6s} "
+              f"{'target':>7s} {'lnref GF/s':>10s} {'torch GF/s':>10s} {'ceiling':>8s} {'share':>6s}")
+    print(header)
+    print("-" * len(header))
+    verdicts = []
+    for result in results:
+        for run in result["runs"]:
+            ceiling = max(run["ceiling"].values())
+            lnref_gflops = run["flops"] / run["lnref_s"] / 1e9
+            torch_s = run.get("torch_s")
+            ratio = run["lnref_s"] / torch_s if torch_s else None
+            torch_gflops = run["flops"] / torch_s / 1e9 if torch_s else None
+            share = lnref_gflops / ceiling
+            target = TARGET_RATIO[run["config"]]
+            print(f"{run['config']:7s} {run['scheme']:6s} {result['threads']:3d} {run['lnref_s'] * 1e3:9.2f} "
+                  + (f"{torch_s * 1e3:9.2f} {ratio:6.3f}" if torch_s else f"{'-':>9s} {'-':>6s}")
+                  + f" {'<=' + str(target):>7s} {lnref_gflops:10.2f} "
+                  + (f"{torch_gflops:10.2f}" if torch_gflops else f"{'-':>10s}")
+                  + f" {ceiling:8.1f} {share:6.1%}")
+            lines.append({"benchmark": "model forward+backward", "config": run["config"],
+                          "dims": CONFIGS[run["config"]], "scheme": run["scheme"], "threads": result["threads"],
+                          "lnref_median_s": run["lnref_s"], "torch_median_s": torch_s, "ratio_lnref_over_torch": ratio,
+                          "target_ratio_at_most": target, "flops": run["flops"], "lnref_gflops": lnref_gflops,
+                          "torch_gflops": torch_gflops, "ceiling_gflops": run["ceiling"],
+                          "lnref_share_of_ceiling": share, "agreement_max_rel_diff": run.get("agreement"),
+                          "torch_version": result["torch"], "reps": result["reps"],
+                          "load_average_before": result["load_before"]})
+            if ratio is not None:
+                verdicts.append((f"{run['config']} {run['scheme']} {result['threads']} thread(s): "
+                                 f"lnref/torch {ratio:.3f} <= {target}", ratio <= target))
+            name, minimum = TARGET_CEILING_SHARE
+            if run["config"] == name:
+                verdicts.append((f"{name} {run['scheme']} {result['threads']} thread(s): "
+                                 f"{share:.1%} of the float64 matmul ceiling ({ceiling:.1f} GFLOP/s) >= {minimum:.0%}",
+                                 share >= minimum))
+    print()
+    for line in lines:
+        print(json.dumps(line))
+    print()
+    for result in results:
+        if result["load_before"] + result["threads"] > (os.cpu_count() or 1):
+            print(f"note: at {result['threads']} thread(s) the load average was {result['load_before']:.2f} on "
+                  f"{os.cpu_count()} cpus: those figures competed with other work and are inconclusive")
+    if results and results[0]["torch"] is None:
+        print("note: PyTorch is not installed: no comparison, lnref's own figures only")
+    for text, met in verdicts:
+        print(f"target: {text}: {'met' if met else 'NOT met'}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (parent) or one (child)")
+    parser.add_argument("--reps", type=int, default=7, help="repetitions per figure (median taken)")
+    parser.add_argument("--min-time", type=float, default=0.3, help="seconds per repetition, at least")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: small, medium, large")
+    parser.add_argument("--schemes", default="pre,post", help="comma-separated: pre, post")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.configs = [c for c in args.configs.split(",") if c]
+    args.schemes = [s for s in args.schemes.split(",") if s]
+    unknown = [c for c in args.configs if c not in CONFIGS] + [s for s in args.schemes if s not in ("pre", "post")]
+    if unknown:
+        parser.error(f"unknown config or scheme: {', '.join(unknown)}")
+    if args.child:
+        args.threads = int(args.threads)
+        child(args)
+        return 0
+    load_before = os.getloadavg()
+    results = []
+    for threads in (int(t) for t in args.threads.split(",")):
+        print(f"measuring at {threads} thread(s)...", file=sys.stderr, flush=True)
+        results.append(measure(threads, args))
+    report(results, load_before, os.getloadavg())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Start-up costs: ``lnref --help``, and a first ``lnref gradcheck`` with an empty and a warm Numba cache.
+
+    python3 benchmarks/bench_startup.py [--reps 5] [--cold-reps 2] [--scheme residual] [--layers 48]
+
+Every figure is a fresh process, timed from outside (wall clock), median over repetitions:
+
+* ``python3 -c pass``: the interpreter alone, for scale;
+* ``python3 -m lnref --help``, and which heavy modules (NumPy, Numba, the kernels) that path
+  imported (it should import none);
+* ``python3 -m lnref gradcheck --scheme S --layers L --json`` with ``NUMBA_CACHE_DIR`` set to a
+  new empty directory (cold: every kernel the check runs is compiled), then again with that
+  directory filled (warm), with the process's peak resident memory, and whether its stderr
+  said that kernels were being compiled. After the cold runs, the number of kernels and of
+  compiled signatures found in the cache, and what ``kernels.compile_cache_is_cold()`` answers
+  for an empty and for the filled cache.
+
+Targets: ``--help`` under 0.3 s; the first gradcheck with a cold cache under 15 s, saying so
+on stderr; peak memory of the 48-layer gradcheck under 300 MB. Prints a table, one JSON line
+per figure and the targets met or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HELP_SECONDS, COLD_SECONDS, PEAK_MB = 0.3, 15.0, 300.0
+HEAVY_MODULES = ("numpy", "numba", "lnref.autograd.kernels", "lnref.model")
+
+# Runs the CLI in this process and reports what a wrapper cannot see from outside.
+CLI_PROBE = """
+import atexit, json, resource, runpy, sys
+def report():
+    print("PROBE " + json.dumps({"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                                "heavy": [m for m in HEAVY if m in sys.modules]}), file=sys.stderr)
+HEAVY = %r
+atexit.register(report)
+sys.argv = ["lnref", *sys.argv[1:]]
+runpy.run_module("lnref", run_name="__main__")
+""" % (HEAVY_MODULES,)
+
+COLD_PROBE = "from lnref.autograd import kernels; print(kernels.compile_cache_is_cold())"
+
+
+def run(args, env=None, probe=False):
+    """(seconds, completed process, probe dict or None) of one fresh process."""
+    command = [sys.executable, "-c", CLI_PROBE, *args] if probe else [sys.executable, *args]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    report = None
+    for line in done.stderr.splitlines():
+        if line.startswith("PROBE "):
+            report = json.loads(line[len("PROBE "):])
+    return seconds, done, report
+
+
+def cache_contents(cache_dir):
+    """(kernels with a cache index, compiled signatures) in a Numba cache directory."""
+    kernels, signatures = 0, 0
+    for index in Path(cache_dir).rglob("*.nbi"):
+        kernels += 1
+        with open(index, "rb") as handle:
+            pickle.load(handle)  # Numba's version
+            _, overloads = pickle.loads(handle.read())
+        signatures += len(overloads)
+    return kernels, signatures
+
+
+def said_compiling(stderr):
+    return any("compil" in line.lower() for line in stderr.splitlines() if not line.startswith("PROBE "))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=5, help="repetitions of the cheap figures (median taken)")
+    parser.add_argument("--cold-reps", type=int, default=2, help="cold-cache gradchecks, each with a new cache")
+    parser.add_argument("--scheme", default="residual")
+    parser.add_argument("--layers", type=int, default=48)
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()
+    figures = []
+
+    def figure(what, seconds_list, **extra):
+        figures.append({"benchmark": "startup", "what": what, "median_s": statistics.median(seconds_list),
+                        "runs_s": [round(s, 4) for s in seconds_list], **extra})
+        print(f"  {what}: {statistics.median(seconds_list):.3f} s", file=sys.stderr, flush=True)
+
+    figure("python3 -c pass", [run(["-c", "pass"])[0] for _ in range(args.reps)])
+
+    help_runs = [run(["--help"], probe=True) for _ in range(args.reps)]
+    for _, done, _ in help_runs:
+        if done.returncode != 0:
+            raise SystemExit(f"lnref --help failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+    figure("lnref --help", [s for s, _, _ in help_runs], heavy_imports=help_runs[0][2]["heavy"])
+
+    check = ["gradcheck", "--scheme", args.scheme, "--layers", str(args.layers), "--json"]
+    cold, warm, notes, peaks = [], [], [], []
+    kernels = signatures = None
+    with tempfile.TemporaryDirectory() as scratch:
+        empty_answer = run(["-c", COLD_PROBE], env={"NUMBA_CACHE_DIR": str(Path(scratch) / "empty")})[1]
+        for rep in range(args.cold_reps):
+            cache = {"NUMBA_CACHE_DIR": str(Path(scratch) / f"cache{rep}")}
+            seconds, done, report = run(check, env=cache, probe=True)
+            if done.returncode not in (0, 1):
+                raise SystemExit(f"gradcheck failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+            cold.append(seconds)
+            notes.append(said_compiling(done.stderr))
+            peaks.append(report["peak_kb"] / 1024)
+        kernels, signatures = cache_contents(Path(scratch) / "cache0")
+        warm_cache = {"NUMBA_CACHE_DIR": str(Path(scratch) / "cache0")}
+        filled_answer = run(["-c", COLD_PROBE], env=warm_cache)[1]
+        for _ in range(args.reps):
+            seconds, done, report = run(check, env=warm_cache, probe=True)
+            warm.append(seconds)
+            peaks.append(report["peak_kb"] / 1024)
+            summary = json.loads(done.stdout)["summary"]
+    label = f"gradcheck {args.scheme} {args.layers} layers"
+    figure(f"{label}, cold Numba cache", cold, stderr_said_compiling=notes)
+    figure(f"{label}, warm Numba cache", warm, result=summary)
+    compile_estimate = statistics.median(cold) - statistics.median(warm)
+    cold_answers = {"empty cache": empty_answer.stdout.strip(), "filled cache": filled_answer.stdout.strip()}
+
+    print(f"# {os.cpu_count()} cpus; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
+    print(f"{'what':55s} {'median s':>9s}  runs")
+    for f in figures:
+        print(f"{f['what']:55s} {f['median_s']:9.3f}  {', '.join(f'{s:.2f}' for s in f['runs_s'])}")
+    print(f"{'compilation (cold minus warm median)':55s} {compile_estimate:9.3f}")
+    print(f"kernels compiled by the first gradcheck: {kernels} ({signatures} signatures)")
+    print(f"heavy modules imported by --help: {figures[1]['heavy_imports'] or 'none'}")
+    print(f"compile_cache_is_cold(): {cold_answers}")
+    print(f"peak resident memory of the gradcheck: {max(peaks):.0f} MB")
+    print()
+    extra = {"compile_estimate_s": compile_estimate, "kernels_compiled": kernels, "signatures_compiled": signatures,
+             "compile_cache_is_cold": cold_answers, "peak_rss_mb": max(peaks)}
+    for f in figures:
+        print(json.dumps(f))
+    print(json.dumps({"benchmark": "startup", "what": "summary", **extra}))
+    print()
+    verdicts = [
+        (f"lnref --help {figures[1]['median_s']:.3f} s < {HELP_SECONDS} s", figures[1]["median_s"] < HELP_SECONDS),
+        ("lnref --help imports none of " + ", ".join(HEAVY_MODULES), not figures[1]["heavy_imports"]),
+        (f"first gradcheck, cold cache, {statistics.median(cold):.1f} s < {COLD_SECONDS} s",
+         statistics.median(cold) < COLD_SECONDS),
+        ("the cold gradcheck said on stderr that kernels were being compiled", all(notes)),
+        (f"peak memory {max(peaks):.0f} MB < {PEAK_MB} MB", max(peaks) < PEAK_MB),
+        ("compile_cache_is_cold() is True for an empty cache and False for the filled one",
+         cold_answers == {"empty cache": "True", "filled cache": "False"}),
+    ]
+    for text, met in verdicts:
+        print(f"target: {text}: {'met' if met else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
