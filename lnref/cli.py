@@ -92,6 +92,14 @@ def model_from_options(scheme, layers, d_model, heads, d_ff, norm, activation, c
                  post_fraction=post_fraction)
 
 
+def note_cold_compile():
+    """One line on stderr when the kernels' compile cache is empty (the first run compiles)."""
+    from lnref.autograd.kernels import compile_cache_is_cold
+
+    if compile_cache_is_cold():
+        click.echo("note: compiling kernels (first run only; cached afterwards)", err=True)
+
+
 def warn_float32(dtype):
     if dtype == "float32":
         click.echo("note: float32 requested; finite differences are far less precise than in "
@@ -176,6 +184,7 @@ def gradcheck(mode, point, entries_per_tensor, rtol, atol, with_head, vocab, as_
         fail("--rtol and --atol must be >= 0")
     progress = None if as_json else _stderr_progress
     with input_errors():
+        note_cold_compile()
         from lnref import gradcheck as checker  # the module
 
         if with_head:

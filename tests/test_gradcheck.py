@@ -247,3 +247,16 @@ def test_with_head_catches_a_broken_cross_entropy_backward(monkeypatch):
 def test_with_head_refuses_blockwise_mode():
     result = invoke("gradcheck", "--scheme", "pre", "--with-head", "--mode", "blockwise")
     assert result.exit_code == 2 and "blockwise" in result.stderr
+
+
+def test_a_first_run_with_an_empty_compile_cache_says_kernels_are_compiled(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    args = [sys.executable, "-m", "lnref", "gradcheck", "--scheme", "pre", "--layers", "1"]
+    first = subprocess.run(args, env=env, capture_output=True, text=True)
+    second = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert first.returncode == second.returncode == 0
+    assert "compiling kernels" in first.stderr and "compiling kernels" not in second.stderr
