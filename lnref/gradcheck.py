@@ -268,10 +268,9 @@ class _Evaluator:
         self.model, self.params, self.x, self.dy, self.memory = model, params, x, dy, memory
         self.n_layers = model.config.n_layers
         self.relu_masks = {}
-        self.grads, self.loss0, tensor_states = model.gradients(
+        self.grads, _, tensor_states = model.gradients(
             x, dy, memory, params=params, relu_masks=self.relu_masks, keep_states=True)
         self.states = [tuple(t.value for t in state) for state in tensor_states]
-        self.state_grads = [tuple(_grad(t) for t in state) for state in tensor_states]
         self.scale = self._loss_scale()
         self.embed_params, self.readout_params = self._stage_params()
         self._tiled_masks = {}

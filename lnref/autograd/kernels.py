@@ -524,24 +524,31 @@ def softmax_forward_reference(x):
 
 
 @njit(cache=True)
+def _softmax_prefix_inplace(row, n):
+    """row[:n] <- softmax(row[:n]), stable: the row maximum is subtracted before exp, so
+    logits like 1e4 do not overflow. The one row loop shared by softmax and attention."""
+    row_max = -np.inf
+    for j in range(n):
+        if row[j] > row_max:
+            row_max = row[j]
+    total = 0.0
+    for j in range(n):
+        e = math.exp(row[j] - row_max)
+        row[j] = e
+        total += e
+    for j in range(n):
+        row[j] = row[j] / total
+
+
+@njit(cache=True)
 def _softmax_forward_loop(x):
     """Loop twin of :func:`softmax_forward_reference`."""
     n, d = x.shape
     p = np.empty_like(x)
     for i in range(n):
-        row = x[i]
         out = p[i]
-        row_max = row[0]
-        for j in range(1, d):
-            if row[j] > row_max:
-                row_max = row[j]
-        total = 0.0
-        for j in range(d):
-            e = math.exp(row[j] - row_max)
-            out[j] = e
-            total += e
-        for j in range(d):
-            out[j] = out[j] / total
+        out[:] = x[i]
+        _softmax_prefix_inplace(out, d)
     return p
 
 
@@ -730,21 +737,14 @@ def _attention_forward_kernel(q, k, v, causal, out, probs):
                     k_col = k_t[c]
                     for s in range(s_end):
                         scores[s] += q_tc * k_col[s]
-                row_max = -np.inf
                 for s in range(s_end):
                     scores[s] = scores[s] / sqrt_dh
-                    if scores[s] > row_max:
-                        row_max = scores[s]
-                total = 0.0
-                for s in range(s_end):
-                    e = math.exp(scores[s] - row_max)
-                    scores[s] = e
-                    total += e
+                _softmax_prefix_inplace(scores, s_end)
                 p_row = probs[b, h, t]
                 for c in range(dh):
                     out_row[c] = 0.0
                 for s in range(s_end):
-                    p_row[s] = scores[s] / total
+                    p_row[s] = scores[s]
                     # Use the stored (rounded) probability, as probs @ v does.
                     p = p_row[s]
                     v_row = v[b, s, h]
@@ -844,19 +844,9 @@ def _attention_probs_loop(scores, causal, sqrt_dh):
             for t in range(t_len):
                 row = scores[b, h, t]
                 s_end = min(t + 1, s_len) if causal else s_len
-                row_max = -np.inf
                 for s in range(s_end):
-                    scaled = row[s] / sqrt_dh
-                    row[s] = scaled
-                    if row[s] > row_max:
-                        row_max = row[s]
-                total = 0.0
-                for s in range(s_end):
-                    e = math.exp(row[s] - row_max)
-                    row[s] = e
-                    total += e
-                for s in range(s_end):
-                    row[s] = row[s] / total
+                    row[s] = row[s] / sqrt_dh
+                _softmax_prefix_inplace(row, s_end)
                 for s in range(s_end, s_len):
                     row[s] = 0.0
 

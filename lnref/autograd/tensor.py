@@ -150,11 +150,6 @@ class Tape:
 _ACTIVE_TAPES: list[Tape] = []
 
 
-def active_tape():
-    """The innermost recording tape, or None."""
-    return _ACTIVE_TAPES[-1] if _ACTIVE_TAPES else None
-
-
 def value_and_grad(fn):
     """Turn ``fn(*tensors) -> scalar Tensor`` into ``f(*arrays) -> (value, grads)``.
 
