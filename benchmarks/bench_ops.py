@@ -2,7 +2,8 @@
 
     python3 benchmarks/bench_ops.py [--reps N] [--min-time SECONDS]
 
-For LayerNorm, softmax and attention, times forward + backward of each twin
+For LayerNorm, softmax, attention, the attention sublayer (projections, attention and
+output projection) and the linear map, times forward + backward of each twin
 (the loop kernels ``_<name>_loop`` and ``<name>_reference`` are called
 directly, so the comparison holds whatever ``LNREF_KERNELS`` says). Attention
 is timed on the token-major layout the model uses, (B, T, H, Dh), for both
@@ -55,6 +56,14 @@ ROW_SHAPES = [(64, 16), (2048, 64), (8192, 256)]
 # (B, H, T, Dh), S = T: the small model, its gradient checker's batched passes, the
 # medium and large models of benchmarks/bench_model.py, and one near the crossover.
 ATTENTION_SHAPES = [(2, 2, 8, 8), (20, 2, 8, 8), (2, 4, 16, 16), (4, 4, 32, 16), (8, 8, 64, 32)]
+# (B, T, d_model, H), self-attention: the small model, its gradient checker's batches, two
+# sizes between, the medium model. They straddle kernels.SUBLAYER_LOOP_WORK_LIMIT and
+# SUBLAYER_ATTENTION_LOOP_WORK_LIMIT, up to which the whole sublayer runs as one compiled
+# call each way ("numba") instead of NumPy/BLAS products around the attention kernels.
+SUBLAYER_SHAPES = [(2, 8, 16, 2), (20, 8, 16, 2), (2, 16, 32, 4), (8, 16, 32, 4), (4, 32, 64, 4)]
+# (n, d_in, d_out): the small model's two FFN maps, and larger ones, straddling
+# kernels.LINEAR_LOOP_WORK_LIMIT.
+LINEAR_SHAPES = [(16, 16, 64), (16, 64, 16), (32, 16, 64), (64, 16, 64), (160, 16, 64), (128, 64, 256)]
 EPS = 1e-5
 TARGET = ("layer_norm fwd+bwd", (2048, 64), 3.0)
 
@@ -117,6 +126,45 @@ def attention_case(shape, rng, causal, path):
     )
 
 
+def attention_sublayer_case(shape, rng):
+    """(one compiled call each way, NumPy/BLAS composition) for a self-attention sublayer
+    of x (B, T, d) with H heads."""
+    batch, seq, d_model, heads = shape
+    x, dout = (rng.standard_normal((batch, seq, d_model)) for _ in range(2))
+    weights = [rng.standard_normal((d_model, d_model)) / math.sqrt(d_model) if i % 2 == 0
+               else rng.standard_normal(d_model) for i in range(8)]
+
+    def make(forward, backward):
+        def run():
+            outputs = forward(x, None, *weights, heads, False)
+            return backward(dout, x, None, *weights[::2], *outputs[1:])
+
+        return run
+
+    return (
+        make(K._attention_sublayer_forward_loop, K._attention_sublayer_backward_loop),
+        make(K.attention_sublayer_forward_reference, K.attention_sublayer_backward_reference),
+    )
+
+
+def linear_case(shape, rng):
+    """(loop kernels, NumPy/BLAS products) for y = x W + b, x of shape (n, d_in)."""
+    n, d_in, d_out = shape
+    x, w, b, dy = (rng.standard_normal(s) for s in ((n, d_in), (d_in, d_out), (d_out,), (n, d_out)))
+
+    def make(forward, backward):
+        def run():
+            forward(x, w, b)
+            return backward(dy, x, w)
+
+        return run
+
+    return (
+        make(K._linear_forward_loop, K._linear_backward_loop),
+        make(K.linear_forward_reference, K.linear_backward_reference),
+    )
+
+
 def pin_glibc_malloc():
     """Stop glibc from trimming the heap and from mmap-ing large blocks.
 
@@ -168,6 +216,10 @@ def cases():
             for path in ("loop", "blocked"):
                 name = f"attention {path}" + (" causal" if causal else "")
                 yield name, shape, attention_case(shape, rng, causal, path)
+    for shape in SUBLAYER_SHAPES:
+        yield "attention sublayer", shape, attention_sublayer_case(shape, rng)
+    for shape in LINEAR_SHAPES:
+        yield "linear fwd+bwd", shape, linear_case(shape, rng)
 
 
 def main(argv=None):

@@ -30,6 +30,7 @@ import numpy as np
 
 from lnref import nn
 from lnref.autograd import Tape, Tensor, ops
+from lnref.autograd.tensor import cyclic_gc_paused
 from lnref.schemes import SCHEMES, get_scheme
 
 NORMS = ("layernorm", "rmsnorm")
@@ -93,16 +94,25 @@ class Run:
     stores the pattern it sees.
     """
 
-    def __init__(self, model, params, memory=None, relu_masks=None, freeze=False):
+    def __init__(self, model, params, memory=None, relu_masks=None, freeze=False, groups=None):
         self.model = model
         self.config = model.config
         self.params = params
         self.memory = memory
         self.relu_masks = relu_masks
         self.freeze = freeze
+        # prefix -> {short name: value}; ``groups``, when given, holds them all already.
+        self._groups = {} if groups is None else groups
 
     def group(self, prefix):
-        return {short: self.params[full] for short, full in self.model.groups[prefix]}
+        """{short name: value} of the parameters named ``prefix.<short name>``.
+
+        Built on first use and kept for the run (a layer may ask again, and the gradient
+        checker re-runs layers on one run); ``params`` is not to be changed during a run."""
+        group = self._groups.get(prefix)
+        if group is None:
+            group = self._groups[prefix] = {short: self.params[full] for short, full in self.model.groups[prefix]}
+        return group
 
 
 class Stack:
@@ -132,10 +142,17 @@ class Layer:
         self.config = run.config
         self.n_layers = run.config.n_layers
         self.prefix = f"layers.{index}."
-        self.branches = [("attn", self.self_attention)]
+
+    @property
+    def branches(self):
+        # Built per access: a list of bound methods kept on the view would be a reference
+        # cycle (view -> list -> method -> view), which only the cyclic GC could free, and
+        # through the run it would keep every parameter's leaf alive until then.
+        branches = [("attn", self.self_attention)]
         if self.config.cross_attention:
-            self.branches.append(("cross", self.cross_attention))
-        self.branches.append(("ffn", self.ffn))
+            branches.append(("cross", self.cross_attention))
+        branches.append(("ffn", self.ffn))
+        return branches
 
     def param(self, name):
         return self.run.params[self.prefix + name]
@@ -167,6 +184,8 @@ class Layer:
 
 def _as_state(value):
     """A tuple of Tensors (a stream passed through unchanged may still be a plain array)."""
+    if isinstance(value, Tensor):
+        return (value,)
     streams = value if isinstance(value, tuple) else (value,)
     return tuple(s if isinstance(s, Tensor) else Tensor(s) for s in streams)
 
@@ -185,6 +204,7 @@ class Model:
         rng = np.random.default_rng(config.seed)
         self.params = self._init_params(rng)
         self.groups = self._index_groups()
+        self._names = [full for members in self.groups.values() for _, full in members]  # group order
         initialize = getattr(self.scheme, "initialize", None)
         if initialize is not None:
             initialize(self, rng)
@@ -216,6 +236,13 @@ class Model:
             if stack_name != "embed_ln":
                 params.update(_prefixed(stack_name, nn.init_norm(cfg.norm, cfg.d_model, dtype)))
         return params
+
+    @property
+    def per_row_params(self):
+        """Names of the parameters the model also accepts one per batch row (a leading axis
+        as long as the batch): the FFN's, which reach only ``ops.linear``. The gradient
+        checker runs many moved copies of one of them in one batched run."""
+        return {full for prefix, members in self.groups.items() if prefix.endswith(".ffn") for _, full in members}
 
     def _index_groups(self):
         groups = {}
@@ -340,25 +367,51 @@ class Model:
     def gradients(self, x, dy, memory=None, params=None, relu_masks=None, keep_states=False):
         """Tape-recorded forward and backward; returns (grads, loss, states or None)."""
         params = self.params if params is None else params
-        leaves = {name: Tensor(value, requires_grad=True) for name, value in params.items()}
-        x_leaf = Tensor(x, requires_grad=True)
-        memory_leaf = None if memory is None else Tensor(memory, requires_grad=True)
-        with Tape() as tape:
-            run = Run(self, leaves, memory_leaf, relu_masks)
-            y, states = self.forward(run, x_leaf, keep_states=keep_states)
-            if y.shape != dy.shape:
-                raise ConfigError(f"dy must have the output's shape {y.shape}, got {dy.shape}")
-            loss = ops.sum(ops.mul(y, dy))
-        if keep_states:
-            for state in states:
-                for tensor in state:
-                    tensor.retain_grad = True
-        tape.backward(loss)
-        grads = {name: _grad_or_zeros(leaf) for name, leaf in leaves.items()}
-        grads["input"] = _grad_or_zeros(x_leaf)
-        if memory_leaf is not None:
-            grads["memory"] = _grad_or_zeros(memory_leaf)
+        # One pause of the cyclic GC over the pass, ended once the tape is freed (see
+        # autograd.tensor.cyclic_gc_paused): the collector then has nothing left to walk.
+        with cyclic_gc_paused():
+            leaves, groups = self._leaves(params)
+            x_leaf = Tensor(x, requires_grad=True)
+            memory_leaf = None if memory is None else Tensor(memory, requires_grad=True)
+            with Tape() as tape:
+                run = Run(self, leaves, memory_leaf, relu_masks, groups=groups)
+                y, states = self.forward(run, x_leaf, keep_states=keep_states)
+                if y.shape != dy.shape:
+                    raise ConfigError(f"dy must have the output's shape {y.shape}, got {dy.shape}")
+                loss = ops.sum(ops.mul(y, dy))
+            if keep_states:
+                for state in states:
+                    for tensor in state:
+                        tensor.retain_grad = True
+            tape.backward(loss)
+            del tape, run, y  # the records and the residuals they hold, freed within the pause
+            grads = {name: _grad_or_zeros(leaf) for name, leaf in leaves.items()}
+            grads["input"] = _grad_or_zeros(x_leaf)
+            if memory_leaf is not None:
+                grads["memory"] = _grad_or_zeros(memory_leaf)
+            del leaves, groups
         return grads, float(loss.value), states
+
+    def _leaves(self, params):
+        """({name: leaf Tensor}, {prefix: {short name: leaf Tensor}}) for ``params``, both in
+        one pass over the groups (the leaves in the order of ``params``)."""
+        dtype = self.dtype
+        if list(params) != self._names:  # other names, or another order: the groups come later
+            return {name: _leaf(value, dtype) for name, value in params.items()}, None
+        leaves, groups = {}, {}
+        for prefix, members in self.groups.items():
+            group = groups[prefix] = {}
+            for short, full in members:
+                leaves[full] = group[short] = _leaf(params[full], dtype)
+        return leaves, groups
+
+
+def _leaf(value, dtype):
+    """A Tensor that requires a gradient; an array of the model's dtype (the common case,
+    checked in two identity tests) is wrapped without ``Tensor``'s checks."""
+    if type(value) is np.ndarray and value.dtype is dtype:
+        return Tensor.wrap(value, True)
+    return Tensor(value, requires_grad=True)
 
 
 def _value(tensor):

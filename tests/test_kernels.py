@@ -277,6 +277,145 @@ def test_multi_head_attention_is_attention_over_split_heads(monkeypatch, limit, 
     assert_twins_agree(grads, tuple(merge_heads(g) for g in ref_grads))
 
 
+def sublayer_inputs(rng, batch, t_len, s_len, d, cross, dtype=np.float64):
+    """x, memory (None for self-attention), [wq, bq, wk, bk, wv, bv, wo, bo], dout."""
+    x = rng.standard_normal((batch, t_len, d)).astype(dtype)
+    memory = rng.standard_normal((batch, s_len, d)).astype(dtype) if cross else None
+    weights = [(rng.standard_normal((d, d)) / math.sqrt(d) if i % 2 == 0 else rng.standard_normal(d)).astype(dtype)
+               for i in range(8)]
+    return x, memory, weights, rng.standard_normal((batch, t_len, d)).astype(dtype)
+
+
+def sublayer_twins(x, memory, weights, dout, n_heads, causal):
+    """(forward, backward) outputs of the loop twin and of the NumPy/BLAS reference."""
+    results = []
+    for forward, backward in ((K._attention_sublayer_forward_loop, K._attention_sublayer_backward_loop),
+                              (K.attention_sublayer_forward_reference, K.attention_sublayer_backward_reference)):
+        outputs = forward(x, memory, *weights, n_heads, causal)
+        results.append((outputs, backward(dout, x, memory, *weights[::2], *outputs[1:])))
+    return results
+
+
+def assert_gradients_agree(loop_grads, ref_grads, rtol):
+    """Like assert_twins_agree, relative to the largest entry of any gradient: the key
+    bias's gradient is zero up to rounding (softmax ignores a shift of a query's scores)."""
+    scale = max(float(np.abs(g).max()) for g in ref_grads if g is not None)
+    for a, b in zip(loop_grads, ref_grads):
+        assert (a is None) == (b is None)
+        if b is not None:
+            assert a.shape == b.shape and a.dtype == b.dtype
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * scale)
+
+
+# (B, T, S, d, heads, cross, causal): the small model's sublayer, its gradient checker's
+# batches, cross-attention to a longer and a shorter memory, odd sizes, one token, and a
+# size past the loop rule (which the twins must still agree on).
+SUBLAYER_CASES = [
+    (2, 8, 8, 16, 2, False, False),
+    (2, 8, 8, 16, 2, False, True),
+    (20, 8, 8, 16, 2, False, True),
+    (2, 5, 7, 6, 3, True, False),
+    (3, 6, 2, 4, 1, True, False),
+    (1, 7, 7, 10, 5, False, True),
+    (1, 1, 1, 4, 2, False, True),
+    (2, 32, 32, 64, 4, False, False),
+]
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, TWIN_RTOL), (np.float32, 1e-4)], ids=["float64", "float32"])
+@pytest.mark.parametrize("batch, t_len, s_len, d, n_heads, cross, causal", SUBLAYER_CASES)
+def test_attention_sublayer_loop_matches_numpy_twin(batch, t_len, s_len, d, n_heads, cross, causal, dtype, rtol):
+    x, memory, weights, dout = sublayer_inputs(rng_for("sublayer", batch, t_len, s_len, d, cross),
+                                               batch, t_len, s_len, d, cross, dtype)
+    (loop_out, loop_grads), (ref_out, ref_grads) = sublayer_twins(x, memory, weights, dout, n_heads, causal)
+    assert_twins_agree(loop_out, ref_out, rtol)
+    assert_gradients_agree(loop_grads, ref_grads, rtol)
+    assert {a.dtype for a in (*loop_out, *loop_grads) if a is not None} == {np.dtype(dtype)}
+
+
+def test_attention_sublayer_loop_twin_check_detects_a_backward_without_the_key_and_value_paths():
+    # Negative control of the twin comparison: the compiled backward run as if the keys and
+    # values read another input leaves them out of dx.
+    x, _, weights, dout = sublayer_inputs(rng_for("sublayer-broken"), 2, 4, 4, 6, cross=False)
+    (loop_out, loop_grads), (_, ref_grads) = sublayer_twins(x, None, weights, dout, 2, False)
+    assert_gradients_agree(loop_grads, ref_grads, TWIN_RTOL)
+    dx, dsource, dw, db = np.empty_like(x), np.empty_like(x), np.empty((4, 6, 6)), np.empty((4, 6))
+    K._attention_sublayer_backward_kernel(dout, x, x, *weights[::2], *loop_out[1:], True, dx, dsource, dw, db)
+    with pytest.raises(AssertionError):
+        assert_gradients_agree([dx, None, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3]], ref_grads,
+                               TWIN_RTOL)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_attention_sublayer_loop_backward_matches_finite_differences(cross):
+    rng = np.random.default_rng(57)
+    x, memory, weights, dout = sublayer_inputs(rng, 2, 3, 5, 4, cross)
+    causal = not cross  # (a causal mask needs T == S)
+
+    def loss(x_, wq, *memory_):
+        out = K._attention_sublayer_forward_loop(x_, memory_[0] if cross else None, wq, *weights[1:], 2, causal)[0]
+        return float(np.sum(dout * out))
+
+    outputs = K._attention_sublayer_forward_loop(x, memory, *weights, 2, causal)
+    grads = K._attention_sublayer_backward_loop(dout, x, memory, *weights[::2], *outputs[1:])
+    inputs, analytic = [x, weights[0]], [grads[0], grads[2]]
+    if cross:
+        inputs.append(memory)
+        analytic.append(grads[1])
+    assert fd_check(loss, inputs, analytic, np.random.default_rng(4)) == [True] * len(inputs)
+
+
+@pytest.mark.skipif(not K.USE_NUMBA, reason="the size rule chooses between compiled paths only")
+def test_small_attention_sublayers_take_the_loop_kernels_and_bigger_ones_the_numpy_composition():
+    loop = (K._attention_sublayer_forward_loop, K._attention_sublayer_backward_loop)
+    reference = (K.attention_sublayer_forward_reference, K.attention_sublayer_backward_reference)
+    assert K._attention_sublayer_impls(2, 8, 8, 16, 2) == loop  # the small model
+    assert K._attention_sublayer_impls(20, 8, 8, 16, 2) == loop  # its gradient checker's batches
+    assert K._attention_sublayer_impls(4, 32, 32, 64, 4) == reference  # the medium model
+    assert K._attention_sublayer_impls(8, 64, 64, 256, 8) == reference  # the large model
+
+
+def test_without_numba_attention_sublayers_take_the_numpy_composition(monkeypatch):
+    monkeypatch.setattr(K, "USE_NUMBA", False)
+    assert K._attention_sublayer_impls(2, 8, 8, 16, 2) == (K.attention_sublayer_forward_reference,
+                                                            K.attention_sublayer_backward_reference)
+
+
+def test_attention_sublayer_rejects_heads_that_do_not_split_d_model():
+    x, _, weights, _ = sublayer_inputs(rng_for("sublayer-heads"), 1, 3, 3, 6, cross=False)
+    with pytest.raises(ValueError, match="heads"):
+        K.attention_sublayer_forward(x, None, *weights, 4, False)
+
+
+def test_attention_sublayer_backward_rejects_residuals_of_another_shape():
+    x, _, weights, dout = sublayer_inputs(rng_for("sublayer-shapes"), 1, 3, 3, 4, cross=False)
+    outputs = K.attention_sublayer_forward(x, None, *weights, 2, False)
+    with pytest.raises(ValueError, match="do not fit"):
+        K.attention_sublayer_backward(dout, x, None, *weights[::2], *outputs[1:4], outputs[4][:, :, :2], outputs[5])
+
+
+LINEAR_SHAPES = [(16, 16, 64), (16, 64, 16), (7, 5, 3), (1, 1, 1), (13, 6, 9), (48, 32, 64)]
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, TWIN_RTOL), (np.float32, 1e-4)], ids=["float64", "float32"])
+@pytest.mark.parametrize("n, d_in, d_out", LINEAR_SHAPES)
+def test_linear_loop_matches_numpy_twin(n, d_in, d_out, dtype, rtol):
+    rng = rng_for("linear", n, d_in, d_out)
+    x, w, b = (rng.standard_normal(shape).astype(dtype) for shape in ((n, d_in), (d_in, d_out), (d_out,)))
+    dy = rng.standard_normal((n, d_out)).astype(dtype)
+    assert_twins_agree(K._linear_forward_loop(x, w, b), K.linear_forward_reference(x, w, b), rtol)
+    assert_twins_agree(K._linear_backward_loop(dy, x, w), K.linear_backward_reference(dy, x, w), rtol)
+
+
+def test_linear_twin_check_detects_a_backward_that_drops_the_weight_gradient_of_one_row():
+    # Negative control: dW summed over all rows but the last differs from the twin's.
+    rng = rng_for("linear-broken")
+    x, w, dy = rng.standard_normal((5, 4)), rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
+    dx, dw, db = K._linear_backward_loop(dy[:-1], x[:-1], w)
+    with pytest.raises(AssertionError):
+        assert_twins_agree((dw, db), K.linear_backward_reference(dy, x, w)[1:])
+
+
 @pytest.mark.skipif(not K.USE_NUMBA, reason="the size rule chooses between compiled paths only")
 def test_small_attention_takes_the_loop_kernels_and_bigger_attention_the_blocked_path():
     assert K._attention_impls(2, 2, 8, 8, 8) == (K._attention_forward_loop, K._attention_backward_loop)
@@ -341,6 +480,8 @@ def _all_kernel_calls(dtype):
     _, probs = K.attention_forward(q, k, v, True)
     mq, mk, mv, mdout = (a.transpose(0, 2, 1, 3).reshape(1, 4, 6) for a in (q, k, v, dout))
     _, mprobs = K.multi_head_attention_forward(mq, mk, mv, 2, True)
+    sx, memory, weights, sdout = sublayer_inputs(rng, 1, 4, 3, 6, cross=True, dtype=dtype)
+    sublayer = K.attention_sublayer_forward(sx, memory, *weights, 2, False)
     return [
         ("layer_norm_forward", lambda: K.layer_norm_forward(x, gamma, beta, EPS)),
         ("layer_norm_backward", lambda: K.layer_norm_backward(dy, x, gamma, mean, rstd)),
@@ -356,6 +497,13 @@ def _all_kernel_calls(dtype):
         ("gelu_forward_none", lambda: K.gelu_forward(x, "none")),
         ("gelu_backward_tanh", lambda: K.gelu_backward(dy, x, "tanh")),
         ("gelu_backward_none", lambda: K.gelu_backward(dy, x, "none")),
+        ("attention_sublayer_forward", lambda: K.attention_sublayer_forward(sx, memory, *weights, 2, False)),
+        # All gradients but the key bias's (index 5), which is zero up to rounding.
+        ("attention_sublayer_backward", lambda: tuple(
+            g for i, g in enumerate(K.attention_sublayer_backward(sdout, sx, memory, *weights[::2], *sublayer[1:]))
+            if i != 5)),
+        ("linear_forward", lambda: K.linear_forward(x, gamma[:, None] * beta, beta)),
+        ("linear_backward", lambda: K.linear_backward(dy, x, gamma[:, None] * beta)),
     ]
 
 
@@ -374,6 +522,10 @@ KERNEL_NAMES = [
     "gelu_forward_none",
     "gelu_backward_tanh",
     "gelu_backward_none",
+    "attention_sublayer_forward",
+    "attention_sublayer_backward",
+    "linear_forward",
+    "linear_backward",
 ]
 
 
@@ -812,4 +964,9 @@ def test_the_cache_is_warm_once_the_first_run_kernels_have_run():
     K._attention_backward_loop(dout, q, k, v, probs)
     K._attention_forward_blocked(q, k, v, False)
     K._relu_backward_loop(dy, np.maximum(x, 0))
+    sx, _, weights, sdout = sublayer_inputs(np.random.default_rng(56), 1, 2, 2, 4, cross=False)
+    outputs = K._attention_sublayer_forward_loop(sx, None, *weights, 2, False)
+    K._attention_sublayer_backward_loop(sdout, sx, None, *weights[::2], *outputs[1:])
+    K._linear_forward_loop(x, gamma[:, None] * np.ones(3), np.ones(3))
+    K._linear_backward_loop(dy[:, :3], x, gamma[:, None] * np.ones(3))
     assert K.compile_cache_is_cold() is False

@@ -175,15 +175,33 @@ def assert_all_pass_but_the_key_bias(checks, key_bias):
     assert_all_pass(checks[:key_bias] + checks[key_bias + 1:])
 
 
+# The attention sublayer runs one of two implementations, chosen by size (see
+# kernels._attention_sublayer_impls): the compiled loops for small sublayers, NumPy/BLAS
+# products around the attention kernels otherwise. Tests of the op run both.
+SUBLAYER_PATHS = {
+    "loop": (kernels._attention_sublayer_forward_loop, kernels._attention_sublayer_backward_loop),
+    "reference": (kernels.attention_sublayer_forward_reference, kernels.attention_sublayer_backward_reference),
+}
+sublayer_paths = pytest.mark.parametrize("path", sorted(SUBLAYER_PATHS))
+
+
+def use_sublayer_path(monkeypatch, path):
+    monkeypatch.setattr(kernels, "_attention_sublayer_impls", lambda *shape: SUBLAYER_PATHS[path])
+
+
+@sublayer_paths
 @pytest.mark.parametrize("causal", [False, True])
-def test_self_attention_sublayer_vjp(causal):
+def test_self_attention_sublayer_vjp(monkeypatch, path, causal):
+    use_sublayer_path(monkeypatch, path)
     rng = np.random.default_rng(22)
     x, weights = rand(rng, 2, 5, 6), attention_weights(rng, 6)
     checks = check_vjp(lambda x, *w: ops.attention_sublayer(x, None, *w, n_heads=3, causal=causal), x, *weights)
     assert_all_pass_but_the_key_bias(checks, key_bias=4)  # x, wq, bq, wk, bk, ...
 
 
-def test_cross_attention_sublayer_vjp_with_a_longer_memory():
+@sublayer_paths
+def test_cross_attention_sublayer_vjp_with_a_longer_memory(monkeypatch, path):
+    use_sublayer_path(monkeypatch, path)
     rng = np.random.default_rng(23)
     x, memory, weights = rand(rng, 2, 3, 4), rand(rng, 2, 7, 4), attention_weights(rng, 4)
     checks = check_vjp(lambda x, m, *w: ops.attention_sublayer(x, m, *w, n_heads=2), x, memory, *weights)
@@ -228,8 +246,10 @@ def unfused_feed_forward(x, w1, b1, w2, b2):
     return ops.linear(ops.relu(ops.linear(x, w1, b1)), w2, b2)
 
 
+@sublayer_paths
 @pytest.mark.parametrize("cross", [False, True])
-def test_attention_sublayer_equals_its_unfused_composition_in_value_and_gradients(cross):
+def test_attention_sublayer_equals_its_unfused_composition_in_value_and_gradients(monkeypatch, path, cross):
+    use_sublayer_path(monkeypatch, path)
     rng = np.random.default_rng(27)
     x, weights = rand(rng, 2, 4, 6), attention_weights(rng, 6)
     memory = rand(rng, 2, 5, 6) if cross else None
@@ -338,7 +358,8 @@ def test_multi_head_attention_check_fails_without_the_row_sum_term(monkeypatch):
 
 def test_attention_sublayer_check_fails_when_its_attention_backward_is_broken(monkeypatch):
     # A wrong dV from the attention kernel must show in the value projection's gradients
-    # and in dx, and nowhere else.
+    # and in dx, and nowhere else. (The NumPy/BLAS path, which calls the kernel from Python.)
+    use_sublayer_path(monkeypatch, "reference")
     rng = np.random.default_rng(31)
     x, weights = rand(rng, 2, 4, 6), attention_weights(rng, 6)
     backward = kernels.multi_head_attention_backward
@@ -361,15 +382,35 @@ def test_attention_sublayer_check_fails_when_dx_misses_the_key_and_value_paths(m
 
     def only_the_query_path(dout, residuals):
         grads = vjp(dout, residuals)
-        _, _, w_in, wo, heads_rows, q, k, v, probs = residuals
-        dheads = (dout.reshape(heads_rows.shape) @ wo.T).reshape(q.shape)
-        dq = kernels.multi_head_attention_backward(dheads, q, k, v, probs)[0]
-        return ((dq @ w_in[0].T), *grads[1:])
+        x, memory, wq, wk, wv, wo, q, k, v, probs, heads = residuals
+        dq = kernels.multi_head_attention_backward(dout @ wo.T, q, k, v, probs)[0]
+        return (dq @ wq.T, *grads[1:])
 
     sublayer = lambda x, *w: ops.attention_sublayer(x, None, *w, n_heads=2)  # noqa: E731
     assert_all_pass_but_the_key_bias(check_vjp(sublayer, x, *weights), key_bias=4)
     monkeypatch.setitem(PRIMITIVES, "attention_sublayer", PRIMITIVES["attention_sublayer"]._replace(
         vjp=only_the_query_path))
+    checks = check_vjp(sublayer, x, *weights)
+    assert checks[0].status == "failed"  # dx, and only dx
+    assert_all_pass_but_the_key_bias(checks[1:], key_bias=3)
+
+
+def test_attention_sublayer_check_fails_when_the_loop_kernel_drops_the_key_and_value_paths_from_dx(monkeypatch):
+    # The compiled backward run as if the keys and values read another input (its
+    # cross-attention branch): it writes dQ Wq^T into dx and the key and value paths elsewhere.
+    use_sublayer_path(monkeypatch, "loop")
+    rng = np.random.default_rng(35)
+    x, weights = rand(rng, 2, 4, 6), attention_weights(rng, 6)
+    sublayer = lambda x, *w: ops.attention_sublayer(x, None, *w, n_heads=2)  # noqa: E731
+    assert_all_pass_but_the_key_bias(check_vjp(sublayer, x, *weights), key_bias=4)
+
+    def backward_without_the_key_and_value_paths(dout, x, memory, wq, wk, wv, wo, q, k, v, probs, heads):
+        dx, dsource, dw, db = np.empty_like(x), np.empty_like(x), np.empty((4, *wq.shape)), np.empty((4, len(wq)))
+        kernels._attention_sublayer_backward_kernel(dout, x, x, wq, wk, wv, wo, q, k, v, probs, heads, True,
+                                                    dx, dsource, dw, db)
+        return dx, None, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3]
+
+    monkeypatch.setitem(SUBLAYER_PATHS, "loop", (SUBLAYER_PATHS["loop"][0], backward_without_the_key_and_value_paths))
     checks = check_vjp(sublayer, x, *weights)
     assert checks[0].status == "failed"  # dx, and only dx
     assert_all_pass_but_the_key_bias(checks[1:], key_bias=3)
@@ -390,6 +431,33 @@ def test_a_registered_vjp_replaced_in_the_registry_is_what_the_tape_uses(monkeyp
 
 
 # ----- the tape -----
+
+def test_a_tape_pauses_the_cyclic_gc_while_it_records_and_replays_and_restores_it_after():
+    import gc
+
+    seen = []
+    forward, vjp = PRIMITIVES["neg"].forward, PRIMITIVES["neg"].vjp
+
+    def spying_vjp(dout, residuals):
+        seen.append(("replay", gc.isenabled()))
+        return vjp(dout, residuals)
+
+    was_enabled = gc.isenabled()
+    gc.enable()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setitem(PRIMITIVES, "neg", PRIMITIVES["neg"]._replace(vjp=spying_vjp))
+            x = Tensor(np.ones(3), requires_grad=True)
+            with Tape() as tape:
+                seen.append(("record", gc.isenabled()))
+                out = ops.sum(ops.neg(x))
+            seen.append(("after recording", gc.isenabled()))
+            tape.backward(out)
+            seen.append(("after replaying", gc.isenabled()))
+    finally:
+        gc.enable() if was_enabled else gc.disable()
+    assert seen == [("record", False), ("after recording", True), ("replay", False), ("after replaying", True)]
+
 
 def test_gradients_accumulate_over_fan_out():
     # y = x * x + x uses x three times: dy/dx = 2x + 1.
@@ -415,7 +483,9 @@ def test_float32_stays_float32():
     assert y.dtype == np.float32
 
 
-def test_float32_sublayers_stay_float32():
+@sublayer_paths
+def test_float32_sublayers_stay_float32(monkeypatch, path):
+    use_sublayer_path(monkeypatch, path)
     rng = np.random.default_rng(34)
     x = rand(rng, 2, 3, 4).astype(np.float32)
     attn = [w.astype(np.float32) for w in attention_weights(rng, 4)]
@@ -507,3 +577,35 @@ def test_bad_calls_raise_a_value_error_naming_the_op(call, words):
         call()
     for word in words:
         assert word in str(err.value)
+
+
+# ----- linear with one weight per batch row -----
+
+@pytest.mark.parametrize("per_row", ["weight", "bias", "both"])
+def test_linear_with_per_row_parameters_passes_the_vjp_check(per_row):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 4, 5))
+    weight = rng.standard_normal((3, 5, 6) if per_row in ("weight", "both") else (5, 6))
+    bias = rng.standard_normal((3, 6) if per_row in ("bias", "both") else (6,))
+    assert_all_pass(check_vjp(ops.linear, x, weight, bias))
+
+
+def test_linear_with_per_row_parameters_runs_each_row_with_its_own():
+    rng = np.random.default_rng(12)
+    x, weight, bias = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 5, 6)), rng.standard_normal((3, 6))
+    y = ops.linear(x, weight, bias).value
+    for row in range(3):
+        np.testing.assert_allclose(y[row], ops.linear(x[row], weight[row], bias[row]).value, rtol=1e-13)
+
+
+def test_linear_with_equal_per_row_weights_matches_the_shared_weight():
+    rng = np.random.default_rng(13)
+    x, weight, bias = rng.standard_normal((3, 4, 5)), rng.standard_normal((5, 6)), rng.standard_normal(6)
+    stacked = ops.linear(x, np.repeat(weight[None], 3, axis=0), bias).value
+    np.testing.assert_allclose(stacked, ops.linear(x, weight, bias).value, rtol=1e-13)
+
+
+def test_linear_with_per_row_weights_for_another_batch_size_is_a_value_error():
+    rng = np.random.default_rng(14)
+    with pytest.raises(ValueError, match="linear"):
+        ops.linear(rng.standard_normal((3, 4, 5)), rng.standard_normal((2, 5, 6)), rng.standard_normal(6))

@@ -30,7 +30,10 @@ one place, :data:`USE_NUMBA`, computed once at import by
 :func:`numba_requested`:
 
 * Numba loop kernels by default (for attention, the loop kernels or the
-  blocked path, by size: see :func:`_attention_impls`);
+  blocked path, by size: see :func:`_attention_impls`; for the linear map and
+  the attention sublayer, the loop kernels up to a size and NumPy/BLAS
+  products beyond, see :data:`LINEAR_LOOP_WORK_LIMIT` and
+  :func:`_attention_sublayer_impls`);
 * the NumPy twins when Numba's JIT is disabled (``NUMBA_DISABLE_JIT=1``, where
   the loop kernels would be pure-Python loops, far too slow for real use), when
   ``LNREF_KERNELS=numpy`` is set, or when Numba is not installed.
@@ -52,7 +55,9 @@ Conventions
   ``ValueError`` on a row holding NaN or inf (:data:`NONFINITE_ROWS`).
   Attention takes 4-D ``(B, H, T, Dh)`` arrays (``attention_*``) or the
   model's 3-D ``(B, T, d)`` projections split into heads in place
-  (``multi_head_attention_*``). GELU and the ReLU backward take any shape.
+  (``multi_head_attention_*``). The linear map takes rows ``(n, d_in)``, the
+  attention sublayer (projections, attention and output projection in one
+  call) ``(B, T, d)``. GELU and the ReLU backward take any shape.
 * Cotangents are named ``d<name>``: ``dy`` is the gradient of the loss with
   respect to ``y``.
 """
@@ -104,6 +109,14 @@ __all__ = [
     "gelu_backward_reference",
     "multi_head_attention_forward",
     "multi_head_attention_backward",
+    "linear_forward",
+    "linear_backward",
+    "linear_forward_reference",
+    "linear_backward_reference",
+    "attention_sublayer_forward",
+    "attention_sublayer_backward",
+    "attention_sublayer_forward_reference",
+    "attention_sublayer_backward_reference",
     "relu_backward",
     "relu_backward_reference",
     "compile_cache_is_cold",
@@ -228,8 +241,8 @@ def layer_norm_forward_reference(x, gamma, beta, eps):
 
 def _layer_norm_forward_loop(x, gamma, beta, eps):
     """Loop twin of :func:`layer_norm_forward_reference` (allocates, then runs the kernel)."""
-    n = x.shape[0]
-    y, mean, rstd = np.empty_like(x), np.empty(n, dtype=x.dtype), np.empty(n, dtype=x.dtype)
+    n, dtype = x.shape[0], x.dtype
+    y, mean, rstd = np.empty(x.shape, dtype), np.empty(n, dtype), np.empty(n, dtype)
     _layer_norm_forward_kernel(x, gamma, beta, eps, y, mean, rstd)
     return y, mean, rstd
 
@@ -316,7 +329,7 @@ def _layer_norm_backward_loop(dy, x, gamma, mean, rstd):
     """Loop twin of :func:`layer_norm_backward_reference` (allocates, then runs the kernel)."""
     d = x.shape[1]
     # float64 column accumulators: a float32 sum over many rows would drift.
-    dx, dgamma, dbeta = np.empty_like(x), np.zeros(d), np.zeros(d)
+    dx, dgamma, dbeta = np.empty(x.shape, x.dtype), np.zeros(d), np.zeros(d)
     _layer_norm_backward_kernel(dy, x, gamma, mean, rstd, dx, dgamma, dbeta)
     if x.dtype != dgamma.dtype:
         return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
@@ -371,8 +384,11 @@ def layer_norm_forward(x, gamma, beta, eps):
     See :func:`layer_norm_forward_reference` for the math.
     """
     x, gamma, beta = _float_arrays(x, gamma, beta)
-    _check_rows(x, gamma, beta)
-    return _pick(_layer_norm_forward_loop, layer_norm_forward_reference)(x, gamma, beta, float(eps))
+    if not (x.ndim == 2 and gamma.shape == beta.shape == x.shape[1:]):
+        _check_rows(x, gamma, beta)
+    if USE_NUMBA:  # (_pick written out: this runs for every norm of every pass)
+        return _layer_norm_forward_loop(x, gamma, beta, float(eps))
+    return layer_norm_forward_reference(x, gamma, beta, float(eps))
 
 
 def layer_norm_backward(dy, x, gamma, mean, rstd):
@@ -383,8 +399,11 @@ def layer_norm_backward(dy, x, gamma, mean, rstd):
     x_hat``; ``dbeta = sum_rows dy``. See :func:`layer_norm_backward_reference`.
     """
     dy, x, gamma, mean, rstd = _float_arrays(dy, x, gamma, mean, rstd)
-    _check_rows(x, gamma)
-    return _pick(_layer_norm_backward_loop, layer_norm_backward_reference)(dy, x, gamma, mean, rstd)
+    if not (x.ndim == 2 and gamma.shape == x.shape[1:]):
+        _check_rows(x, gamma)
+    if USE_NUMBA:  # (_pick written out, as in the forward)
+        return _layer_norm_backward_loop(dy, x, gamma, mean, rstd)
+    return layer_norm_backward_reference(dy, x, gamma, mean, rstd)
 
 
 # ---------------------------------------------------------------------------
@@ -1011,6 +1030,370 @@ def multi_head_attention_backward(dout, q, k, v, probs):
 
 
 # ---------------------------------------------------------------------------
+# Linear map y = x W + b
+# ---------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _matmul_kernel(a, b, bias, out):
+    """out = a @ b + bias for ``a`` (m, k) and ``b`` (k, n).
+
+    Each output element is summed in a float64 accumulator that starts at the bias and adds
+    the k products in order, then stored once. Output rows are taken
+    four at a time, so that each row of ``b`` is read once for four of them, and the innermost
+    loop runs along a row of ``b``: contiguous and free of reductions, which LLVM vectorizes
+    without fastmath. (A loop per output row runs the same sums, slower: at the model's sizes
+    the inner loops are short and their set-up costs as much as their arithmetic.)
+    """
+    m, kk = a.shape
+    n = b.shape[1]
+    acc = np.empty((4, n))
+    for r0 in range(0, m, 4):
+        rows = min(4, m - r0)
+        for i in range(rows):
+            for j in range(n):
+                acc[i, j] = bias[j]
+        if rows == 4:
+            c0, c1, c2, c3 = acc[0], acc[1], acc[2], acc[3]
+            for p in range(kk):
+                a0, a1, a2, a3 = a[r0, p], a[r0 + 1, p], a[r0 + 2, p], a[r0 + 3, p]
+                b_row = b[p]
+                for j in range(n):
+                    b_pj = b_row[j]
+                    c0[j] += a0 * b_pj
+                    c1[j] += a1 * b_pj
+                    c2[j] += a2 * b_pj
+                    c3[j] += a3 * b_pj
+        else:
+            for i in range(rows):
+                c = acc[i]
+                for p in range(kk):
+                    a_ip = a[r0 + i, p]
+                    b_row = b[p]
+                    for j in range(n):
+                        c[j] += a_ip * b_row[j]
+        for i in range(rows):
+            for j in range(n):
+                out[r0 + i, j] = acc[i, j]
+
+
+@njit(cache=True)
+def _linear_grads_kernel(dy, x, w, dx, dw, db):
+    """The three gradients of y = x @ w + b: ``dx = dy w^T``, ``dw = x^T dy``, ``db`` =
+    column sums of ``dy``.
+
+    (No flags and C-contiguous operands only: every call compiles to one specialization,
+    which keeps a first run's compile time down.)"""
+    n, d_out = dy.shape
+    _matmul_kernel(np.ascontiguousarray(x.T), dy, np.zeros(d_out), dw)
+    sums = np.zeros(d_out)
+    for r in range(n):
+        dy_row = dy[r]
+        for j in range(d_out):
+            sums[j] += dy_row[j]
+    for j in range(d_out):
+        db[j] = sums[j]
+    # w^T copied once, so that the product reads it along rows.
+    _matmul_kernel(dy, np.ascontiguousarray(w.T), np.zeros(w.shape[0]), dx)
+
+
+def linear_forward_reference(x, w, b):
+    """``y = x @ w + b`` for rows ``x`` (n, d_in), ``w`` (d_in, d_out), ``b`` (d_out,); NumPy twin."""
+    y = x @ w
+    y += b
+    return y
+
+
+def linear_backward_reference(dy, x, w):
+    """Gradient of the linear map; NumPy twin: ``dx = dy w^T``, ``dw = x^T dy``, ``db`` = row sums of ``dy``."""
+    return dy @ w.T, x.T @ dy, dy.sum(axis=0)
+
+
+def _linear_forward_loop(x, w, b):
+    """Loop twin of :func:`linear_forward_reference` (:func:`_matmul_kernel`)."""
+    y = np.empty((x.shape[0], w.shape[1]), x.dtype)
+    _matmul_kernel(x, w, b, y)
+    return y
+
+
+def _linear_backward_loop(dy, x, w):
+    """Loop twin of :func:`linear_backward_reference` (:func:`_linear_grads_kernel`)."""
+    dtype = x.dtype
+    dx, dw, db = np.empty(x.shape, dtype), np.empty(w.shape, dtype), np.empty(w.shape[1], dtype)
+    _linear_grads_kernel(dy, x, w, dx, dw, db)
+    return dx, dw, db
+
+
+# n * d_in * d_out (the multiply-adds of the product) up to which the loop kernels beat
+# NumPy's BLAS products, forward and backward together (benchmarks/bench_ops.py: 0.75-0.8x
+# the time at the small model's FFN, (16, 16, 64), par at 4x that, 1.05-1.15x at 10x).
+LINEAR_LOOP_WORK_LIMIT = 32 * 16 * 64
+
+
+def linear_forward(x, w, b):
+    """``y = x @ w + b`` for rows ``x`` (n, d_in); see :func:`linear_forward_reference`.
+    Shapes are the caller's to check (``ops.linear`` does); dtypes are checked here."""
+    x, w, b = _float_arrays(x, w, b)
+    if USE_NUMBA and x.shape[0] * w.size <= LINEAR_LOOP_WORK_LIMIT:
+        return _linear_forward_loop(x, w, b)
+    return linear_forward_reference(x, w, b)
+
+
+def linear_backward(dy, x, w):
+    """``(dx, dw, db)`` of the linear map; see :func:`linear_backward_reference`."""
+    dy, x, w = _float_arrays(dy, x, w)
+    if USE_NUMBA and x.shape[0] * w.size <= LINEAR_LOOP_WORK_LIMIT:
+        return _linear_backward_loop(dy, x, w)
+    return linear_backward_reference(dy, x, w)
+
+
+# ---------------------------------------------------------------------------
+# Attention sublayer: projections, attention, output projection
+# ---------------------------------------------------------------------------
+#
+# The model's attention sublayer (``ops.attention_sublayer``; its docstring
+# states the forward and the VJP) is a dozen small matrix products around the
+# attention kernels. At the model's small sizes each NumPy call costs more than
+# its arithmetic, so up to a size one compiled call runs the whole forward and
+# one the whole backward; they reuse the attention loop kernels above for the
+# softmax attention itself. Bigger sublayers take the NumPy/BLAS composition
+# :func:`attention_sublayer_forward_reference`, the readable statement of the
+# computation that the loops are tested against.
+#
+# Arguments: ``x`` (B, T, d), ``memory`` (B, S, d) or None for
+# self-attention (the keys and values then read ``x``), every W (d, d), every
+# b (d,). The residuals the backward needs are the projections ``q``, ``k``,
+# ``v``, the probabilities ``probs`` (B, H, T, S) and the merged heads ``heads``
+# (B, T, d), the input of the output projection.
+
+
+def _project(a, w, b):
+    """a @ w + b over the last axis of ``a``, as one 2-D product."""
+    rows = a.reshape(-1, a.shape[-1]) @ w
+    rows += b
+    return rows.reshape(*a.shape[:-1], w.shape[1])
+
+
+def attention_sublayer_forward_reference(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal):
+    """The attention sublayer's forward as NumPy/BLAS products around
+    :func:`multi_head_attention_forward`; returns ``(out, q, k, v, probs, heads)``::
+
+        q = x Wq + bq,   k = s Wk + bk,   v = s Wv + bv      (s = memory, or x)
+        heads, probs = multi-head attention of q, k, v
+        out = heads Wo + bo
+    """
+    source = x if memory is None else memory
+    q, k, v = _project(x, wq, bq), _project(source, wk, bk), _project(source, wv, bv)
+    heads, probs = multi_head_attention_forward(q, k, v, n_heads, causal)
+    return _project(heads, wo, bo), q, k, v, probs, heads
+
+
+def attention_sublayer_backward_reference(dout, x, memory, wq, wk, wv, wo, q, k, v, probs, heads):
+    """The attention sublayer's VJP as NumPy/BLAS products around
+    :func:`multi_head_attention_backward`; returns ``(dx, dmemory, dwq, dbq, dwk, dbk, dwv,
+    dbv, dwo, dbo)`` with ``dmemory`` None for self-attention::
+
+        dWo = heads^T dout,  dbo = row sums of dout,  dheads = dout Wo^T
+        dq, dk, dv = the attention backward at dheads
+        dWq = x^T dq,  dWk = s^T dk,  dWv = s^T dv,  db = row sums of dq, dk, dv
+        dx = dq Wq^T (+ dk Wk^T + dv Wv^T for self-attention),  dmemory = dk Wk^T + dv Wv^T
+    """
+    d = x.shape[-1]
+    source = x if memory is None else memory
+    dout_rows, heads_rows = dout.reshape(-1, d), heads.reshape(-1, d)
+    dheads = (dout_rows @ wo.T).reshape(q.shape)
+    dq, dk, dv = (g.reshape(-1, d) for g in multi_head_attention_backward(dheads, q, k, v, probs))
+    x_rows, source_rows = x.reshape(-1, d), source.reshape(-1, d)
+    dsource = dk @ wk.T
+    dsource += dv @ wv.T
+    dx = dq @ wq.T
+    if memory is None:
+        dx += dsource
+        dmemory = None
+    else:
+        dmemory = dsource.reshape(memory.shape)
+    return (dx.reshape(x.shape), dmemory,
+            x_rows.T @ dq, dq.sum(axis=0), source_rows.T @ dk, dk.sum(axis=0),
+            source_rows.T @ dv, dv.sum(axis=0), heads_rows.T @ dout_rows, dout_rows.sum(axis=0))
+
+
+@njit(cache=True)
+def _attention_sublayer_forward_kernel(x, source, wq, bq, wk, bk, wv, bv, wo, bo, causal,
+                                       q, k, v, probs, heads, out):
+    """The whole forward of :func:`_attention_sublayer_forward_loop`, writing ``q``, ``k``,
+    ``v``, the nonzero entries of the zeroed ``probs``, ``heads`` and ``out``.
+
+    ``source`` is ``x`` itself for self-attention. The attention between the projections
+    is :func:`_attention_forward_kernel` on (B, T, H, Dh) views of the projections.
+    """
+    n_batch, t_len, d = x.shape
+    s_len = source.shape[1]
+    n_head = probs.shape[1]
+    n_x, n_s = n_batch * t_len, n_batch * s_len
+    x_rows = x.reshape((n_x, d))
+    source_rows = source.reshape((n_s, d))
+    _matmul_kernel(x_rows, wq, bq, q.reshape((n_x, d)))
+    _matmul_kernel(source_rows, wk, bk, k.reshape((n_s, d)))
+    _matmul_kernel(source_rows, wv, bv, v.reshape((n_s, d)))
+    per_head = (n_head, d // n_head)
+    _attention_forward_kernel(q.reshape((n_batch, t_len) + per_head), k.reshape((n_batch, s_len) + per_head),
+                              v.reshape((n_batch, s_len) + per_head), causal,
+                              heads.reshape((n_batch, t_len) + per_head), probs)
+    _matmul_kernel(heads.reshape((n_x, d)), wo, bo, out.reshape((n_x, d)))
+
+
+@njit(cache=True)
+def _attention_sublayer_backward_kernel(dout, x, source, wq, wk, wv, wo, q, k, v, probs, heads, cross,
+                                        dx, dsource, dw, db):
+    """The whole backward of :func:`_attention_sublayer_backward_loop`, writing every
+    gradient: ``dw`` (4, d, d) and ``db`` (4, d) hold those of the q, k, v and output
+    projections in this order; ``dsource`` is written only for cross-attention
+    (``cross``). For self-attention ``source`` is ``x`` and the key and value paths add
+    into ``dx``.
+
+    Each projection's gradients are :func:`_linear_grads_kernel`; the attention backward
+    between them is :func:`_attention_backward_kernel`.
+    """
+    n_batch, t_len, d = x.shape
+    s_len = source.shape[1]
+    n_head = probs.shape[1]
+    n_x, n_s = n_batch * t_len, n_batch * s_len
+    per_head = (n_head, d // n_head)
+    dheads = np.empty_like(q)
+    _linear_grads_kernel(dout.reshape((n_x, d)), heads.reshape((n_x, d)), wo, dheads.reshape((n_x, d)),
+                         dw[3], db[3])
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    _attention_backward_kernel(dheads.reshape((n_batch, t_len) + per_head), q.reshape((n_batch, t_len) + per_head),
+                               k.reshape((n_batch, s_len) + per_head), v.reshape((n_batch, s_len) + per_head),
+                               probs, dq.reshape((n_batch, t_len) + per_head),
+                               dk.reshape((n_batch, s_len) + per_head), dv.reshape((n_batch, s_len) + per_head))
+    x_rows, source_rows = x.reshape((n_x, d)), source.reshape((n_s, d))
+    dx_rows = dx.reshape((n_x, d))
+    dsource_by_k, dsource_by_v = np.empty((n_s, d)), np.empty((n_s, d))
+    _linear_grads_kernel(dq.reshape((n_x, d)), x_rows, wq, dx_rows, dw[0], db[0])
+    _linear_grads_kernel(dk.reshape((n_s, d)), source_rows, wk, dsource_by_k, dw[1], db[1])
+    _linear_grads_kernel(dv.reshape((n_s, d)), source_rows, wv, dsource_by_v, dw[2], db[2])
+    # (dq Wq^T + dk Wk^T) + dv Wv^T for self-attention, as the reference sums them.
+    dsource_rows = dsource.reshape((n_s, d)) if cross else dx_rows
+    for r in range(n_s):
+        for j in range(d):
+            if cross:
+                dsource_rows[r, j] = dsource_by_k[r, j] + dsource_by_v[r, j]
+            else:
+                dsource_rows[r, j] = (dsource_rows[r, j] + dsource_by_k[r, j]) + dsource_by_v[r, j]
+
+
+def _attention_sublayer_forward_loop(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal):
+    """Loop twin of :func:`attention_sublayer_forward_reference` (allocates, then runs
+    :func:`_attention_sublayer_forward_kernel`)."""
+    source = x if memory is None else memory
+    batch, t_len, _ = x.shape
+    dtype = x.dtype
+    q, heads, out = np.empty(x.shape, dtype), np.empty(x.shape, dtype), np.empty(x.shape, dtype)
+    k, v = np.empty(source.shape, dtype), np.empty(source.shape, dtype)
+    probs = np.zeros((batch, n_heads, t_len, source.shape[1]), dtype)
+    _attention_sublayer_forward_kernel(x, source, wq, bq, wk, bk, wv, bv, wo, bo, causal, q, k, v, probs, heads, out)
+    return out, q, k, v, probs, heads
+
+
+def _attention_sublayer_backward_loop(dout, x, memory, wq, wk, wv, wo, q, k, v, probs, heads):
+    """Loop twin of :func:`attention_sublayer_backward_reference` (allocates, then runs
+    :func:`_attention_sublayer_backward_kernel`)."""
+    cross = memory is not None
+    source = memory if cross else x
+    dtype, d = x.dtype, x.shape[2]
+    dx = np.empty(x.shape, dtype)
+    dsource = np.empty(source.shape, dtype) if cross else dx  # never written for self-attention
+    # The four weight gradients (q, k, v, o) in one array, the four bias gradients in another:
+    # two allocations instead of eight, and fewer arguments for the compiled call.
+    dw, db = np.empty((4, d, d), dtype), np.empty((4, d), dtype)
+    _attention_sublayer_backward_kernel(dout, x, source, wq, wk, wv, wo, q, k, v, probs, heads, cross,
+                                        dx, dsource, dw, db)
+    return dx, dsource if cross else None, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3]
+
+
+# Sizes up to which one compiled call for the whole sublayer beats the NumPy/BLAS
+# composition, forward and backward together (benchmarks/bench_ops.py): rows * d_model^2,
+# the multiply-adds of one projection, and B T S d_model, those of one attention product.
+# Measured: the small model's sublayer, (B, T, d) = (2, 8, 16), takes 0.3-0.4x the time
+# of the composition; the gradient checker's batches of it, (20, 8, 16), about 0.8x;
+# (8, 16, 32) about 1.2x and the medium model's, (4, 32, 64), 1.1-1.5x (both take the
+# composition).
+SUBLAYER_LOOP_WORK_LIMIT = 64 * 32 * 32
+SUBLAYER_ATTENTION_LOOP_WORK_LIMIT = 32 * 32 * 32
+
+
+def _attention_sublayer_impls(batch, t_len, s_len, d_model, n_heads):
+    """(forward, backward) of the attention sublayer for this size."""
+    if (USE_NUMBA and batch * max(t_len, s_len) * d_model * d_model <= SUBLAYER_LOOP_WORK_LIMIT
+            and batch * t_len * s_len * d_model <= SUBLAYER_ATTENTION_LOOP_WORK_LIMIT):
+        return _attention_sublayer_forward_loop, _attention_sublayer_backward_loop
+    return attention_sublayer_forward_reference, attention_sublayer_backward_reference
+
+
+def _check_attention_sublayer_shapes(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal):
+    """x is (B, T, d), memory None or (B, S, d), every W (d, d), every b (d,), and ``n_heads``
+    splits d (see :func:`_check_multi_head_shapes`)."""
+    if x.ndim == 3:
+        d = x.shape[2]
+        if (wq.shape == wk.shape == wv.shape == wo.shape == (d, d) and bq.shape == bk.shape == bv.shape
+                == bo.shape == (d,) and memory is None and type(n_heads) is int and n_heads >= 1
+                and d % n_heads == 0):
+            return  # the common case, self-attention, in one expression
+    else:
+        raise ValueError(f"x of shape {x.shape} is not (batch, seq, d_model)")
+    weights, biases = (wq, wk, wv, wo), (bq, bk, bv, bo)
+    if any(w.shape != (d, d) for w in weights) or any(b.shape != (d,) for b in biases):
+        raise ValueError(f"weights of shapes {', '.join(str(w.shape) for w in weights)} and biases of shapes "
+                         f"{', '.join(str(b.shape) for b in biases)} do not fit d_model {d}")
+    if memory is not None and (memory.ndim != 3 or memory.shape[0] != x.shape[0] or memory.shape[2] != d):
+        raise ValueError(f"memory of shape {memory.shape} does not fit x of shape {x.shape}")
+    source = x if memory is None else memory
+    _check_multi_head_shapes(x, source, source, n_heads, causal)
+
+
+def attention_sublayer_forward(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal):
+    """The attention sublayer's forward; returns ``(out, q, k, v, probs, heads)``.
+
+    ``memory`` is None for self-attention. See :func:`attention_sublayer_forward_reference`
+    and ``ops.attention_sublayer``.
+    """
+    if memory is None:
+        x, wq, bq, wk, bk, wv, bv, wo, bo = _float_arrays(x, wq, bq, wk, bk, wv, bv, wo, bo)
+        s_len = x.shape[1] if x.ndim == 3 else 0
+    else:
+        x, wq, bq, wk, bk, wv, bv, wo, bo, memory = _float_arrays(x, wq, bq, wk, bk, wv, bv, wo, bo, memory)
+        s_len = memory.shape[1] if memory.ndim == 3 else 0
+    causal = bool(causal)
+    _check_attention_sublayer_shapes(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal)
+    forward, _ = _attention_sublayer_impls(x.shape[0], x.shape[1], s_len, x.shape[2], n_heads)
+    return forward(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal)
+
+
+def attention_sublayer_backward(dout, x, memory, wq, wk, wv, wo, q, k, v, probs, heads):
+    """The attention sublayer's VJP; returns ``(dx, dmemory, dwq, dbq, dwk, dbk, dwv, dbv,
+    dwo, dbo)``, ``dmemory`` None for self-attention. The arguments after ``dout`` are the
+    forward's inputs and outputs. See :func:`attention_sublayer_backward_reference`."""
+    if memory is None:
+        dout, x, wq, wk, wv, wo, q, k, v, probs, heads = _float_arrays(dout, x, wq, wk, wv, wo, q, k, v, probs,
+                                                                        heads)
+    else:
+        dout, x, wq, wk, wv, wo, q, k, v, probs, heads, memory = _float_arrays(
+            dout, x, wq, wk, wv, wo, q, k, v, probs, heads, memory)
+    n_heads = probs.shape[1] if probs.ndim == 4 else 0
+    if not (dout.shape == x.shape == q.shape == heads.shape and x.ndim == 3 and n_heads
+            and k.shape == v.shape == (x.shape if memory is None else memory.shape)
+            and probs.shape == (x.shape[0], n_heads, x.shape[1], k.shape[1])
+            and wq.shape == wk.shape == wv.shape == wo.shape == (x.shape[2], x.shape[2])
+            and x.shape[2] % n_heads == 0):
+        raise ValueError(f"dout {dout.shape}, x {x.shape}, q {q.shape}, k {k.shape}, v {v.shape}, probs "
+                         f"{probs.shape}, heads {heads.shape} and weights {wq.shape} do not fit one "
+                         f"attention sublayer")
+    _, backward = _attention_sublayer_impls(x.shape[0], x.shape[1], k.shape[1], x.shape[2], n_heads)
+    return backward(dout, x, memory, wq, wk, wv, wo, q, k, v, probs, heads)
+
+
+# ---------------------------------------------------------------------------
 # GELU
 # ---------------------------------------------------------------------------
 
@@ -1178,12 +1561,15 @@ def relu_backward(dy, y):
 
 # The kernels a default model (LayerNorm, d_model 16) runs on its first gradient
 # and gradient check: the ones whose compilation a first command waits for.
+# (The attention loop kernels are compiled with the sublayer kernels that call them; the
+# gradient checker's batched passes take the same loops.)
 _FIRST_RUN_KERNELS = (
     _layer_norm_forward_kernel,
     _layer_norm_backward_kernel,
-    _attention_forward_kernel,
-    _attention_backward_kernel,
-    _attention_probs_loop,  # the gradient checker's batched forward passes take the blocked path
+    _attention_sublayer_forward_kernel,
+    _attention_sublayer_backward_kernel,
+    _matmul_kernel,  # the FFN's linear maps
+    _linear_grads_kernel,
     _relu_backward_kernel,
 )
 

@@ -17,7 +17,8 @@ hand-written kernels of ``kernels.py``; their docstrings give the backward formu
 Two sublayer primitives run a whole sublayer as one tape record, which saves the tape's
 work between its pieces (Tensors, records, gradient accumulation, repeated checks):
 ``attention_sublayer`` (projections, attention, output projection) has its own VJP,
-written out in its docstring and built on the attention kernels; ``feed_forward`` is the
+written out in its docstring and run by ``kernels.attention_sublayer_forward``/``_backward``
+(one compiled call each way for small sublayers); ``feed_forward`` is the
 composition linear, activation, linear of the registered primitives, looked up in
 ``PRIMITIVES`` on every call like the rest, so that a ``linear``, ``relu`` or ``gelu``
 replaced in the registry is what every FFN runs (the gradient checker's negative controls
@@ -50,6 +51,7 @@ class Primitive(NamedTuple):
 
 
 PRIMITIVES: dict[str, Primitive] = {}
+_new_tensor = Tensor.__new__
 
 
 def defprimitive(name: str, forward: Callable, vjp: Callable) -> Callable:
@@ -58,20 +60,31 @@ def defprimitive(name: str, forward: Callable, vjp: Callable) -> Callable:
 
     def apply(*args, **params):
         primitive = PRIMITIVES[name]  # looked up per call: the registry is the one source of truth
-        needs_grad = False
+        # One pass over the arguments: the arrays for the forward, and the inputs a gradient
+        # flows to (None for constants and for Tensors that need none). This function runs
+        # for every op of every pass, so it is written out plainly (no comprehensions, which
+        # are function calls of their own).
         values = []
+        inputs = []
+        needs_grad = False
         for arg in args:
             if isinstance(arg, Tensor):
                 values.append(arg.value)
-                needs_grad = needs_grad or arg.requires_grad
+                if arg.requires_grad:
+                    inputs.append(arg)
+                    needs_grad = True
+                    continue
             else:
                 values.append(arg)
+            inputs.append(None)
         out, residuals = primitive.forward(*values, **params)
-        if not (needs_grad and _ACTIVE_TAPES):
-            return Tensor.wrap(out)
-        result = Tensor.wrap(out, requires_grad=True)
-        inputs = tuple(arg if isinstance(arg, Tensor) else None for arg in args)
-        _ACTIVE_TAPES[-1].record(primitive.vjp, residuals, inputs, result)
+        result = _new_tensor(Tensor)  # Tensor.wrap, inlined
+        result.value, result.grad, result.retain_grad = out, None, False
+        if needs_grad and _ACTIVE_TAPES:
+            result.requires_grad = True
+            _ACTIVE_TAPES[-1].record(primitive.vjp, residuals, tuple(inputs), result)
+        else:
+            result.requires_grad = False
         return result
 
     apply.__name__ = name
@@ -478,28 +491,70 @@ matmul = defprimitive("matmul", _matmul_fwd, _matmul_vjp)
 
 
 def _linear_fits(x, weight, bias) -> bool:
-    return (_plain_float_arrays(x, weight, bias) and weight.ndim == 2 and x.ndim >= 1
+    """The common case, decided in a few comparisons: three plain arrays whose shapes fit
+    y = x @ W + b. (Their dtypes are checked by the kernel.)"""
+    return (type(x) is np.ndarray and type(weight) is np.ndarray and type(bias) is np.ndarray
+            and weight.ndim == 2 and x.ndim >= 1
             and x.shape[-1] == weight.shape[0] and bias.shape == weight.shape[1:])
 
 
+def _per_row_linear_fits(x, weight, bias) -> bool:
+    """W of shape (N, d_in, d_out) and/or b of shape (N, d_out), N the length of x's first axis."""
+    if np.ndim(weight) not in (2, 3) or np.ndim(bias) not in (1, 2) or np.ndim(x) < 2 \
+            or np.ndim(weight) == 2 and np.ndim(bias) == 1:
+        return False
+    batch, (d_in, d_out) = np.shape(x)[0], np.shape(weight)[-2:]
+    return (np.shape(x)[-1] == d_in and np.shape(bias)[-1] == d_out
+            and all(np.ndim(a) == shared or np.shape(a)[0] == batch for a, shared in ((weight, 2), (bias, 1))))
+
+
 def _linear_fwd(x, weight, bias):
-    """y = x @ W + b with W of shape (d_in, d_out). VJP: dx = dy W^T, dW = x^T dy, db = sum dy."""
+    """y = x @ W + b with W of shape (d_in, d_out). VJP: dx = dy W^T, dW = x^T dy, db = sum dy.
+
+    Per batch row: a W of shape (N, d_in, d_out), or a b of shape (N, d_out), holds one per
+    row of x's first axis (of length N), and row n computes x[n] @ W[n] + b[n]; the VJP is
+    the same per row (dW[n] = x[n]^T dy[n], db[n] = sum dy[n]). The gradient checker runs
+    many moved copies of a weight at once this way.
+    """
     if not _linear_fits(x, weight, bias):
         _check_float("linear", x, weight, bias)
+        if _per_row_linear_fits(x, weight, bias):
+            return _per_row_linear_fwd(x, weight, bias)
         if np.ndim(weight) != 2 or np.ndim(x) < 1 or np.shape(x)[-1] != np.shape(weight)[0] \
                 or np.shape(bias) != np.shape(weight)[1:]:
             raise ValueError(f"linear: x, W, b of shapes {_shapes(x, weight, bias)} do not fit y = x @ W + b")
     rows = x.reshape(-1, x.shape[-1])  # one 2-D product: faster than a batched matmul
-    out = rows @ weight
-    out += bias
+    try:
+        out = kernels.linear_forward(rows, weight, bias)
+    except (TypeError, ValueError) as error:
+        raise _kernel_error("linear", error, x, weight, bias) from None
     return out.reshape(*x.shape[:-1], weight.shape[1]), (rows, weight)
 
 
+def _per_row_linear_fwd(x, weight, bias):
+    rows = x.reshape(x.shape[0], -1, x.shape[-1])  # (N, tokens, d_in)
+    out = np.matmul(rows, weight)
+    out += bias[:, None, :] if bias.ndim == 2 else bias
+    return out.reshape(*x.shape[:-1], weight.shape[-1]), (rows, weight, bias.ndim == 2)
+
+
 def _linear_vjp(dout, inputs):
+    if len(inputs) == 3:
+        return _per_row_linear_vjp(dout, inputs)
     rows, weight = inputs
-    dout_rows = dout.reshape(-1, dout.shape[-1])
-    dx = (dout_rows @ weight.T).reshape(*dout.shape[:-1], weight.shape[0])
-    return dx, rows.T @ dout_rows, dout_rows.sum(axis=0)
+    dx, dweight, dbias = kernels.linear_backward(dout.reshape(-1, dout.shape[-1]), rows, weight)
+    return dx.reshape(*dout.shape[:-1], weight.shape[0]), dweight, dbias
+
+
+def _per_row_linear_vjp(dout, inputs):
+    rows, weight, per_row_bias = inputs
+    dout_rows = dout.reshape(rows.shape[0], -1, dout.shape[-1])
+    dx = np.matmul(dout_rows, np.swapaxes(weight, -1, -2)).reshape(*dout.shape[:-1], weight.shape[-2])
+    dweight = np.matmul(np.swapaxes(rows, -1, -2), dout_rows)
+    dbias = dout_rows.sum(axis=1)
+    if weight.ndim == 2:
+        dweight = dweight.sum(axis=0)
+    return dx, dweight, dbias if per_row_bias else dbias.sum(axis=0)
 
 
 linear = defprimitive("linear", _linear_fwd, _linear_vjp)
@@ -528,8 +583,9 @@ def _layer_norm_fwd(x, gamma, beta, *, eps=1e-5):
     The two subtracted means are the projections out of the constant direction (the mean
     was removed) and out of x_hat itself (the scale was removed).
     """
-    _check_eps("layer_norm", eps, x)
-    rows = _rows("layer_norm", x)
+    if not 0 < eps < math.inf:  # (False for NaN too)
+        _check_eps("layer_norm", eps, x)
+    rows = x.reshape(-1, x.shape[-1]) if type(x) is np.ndarray and x.ndim else _rows("layer_norm", x)
     try:
         y, mu, rstd = kernels.layer_norm_forward(rows, gamma, beta, eps)
     except (TypeError, ValueError) as error:
@@ -650,35 +706,6 @@ multi_head_attention = defprimitive("multi_head_attention", _multi_head_attentio
 
 # ----- fused sublayers -----------------------------------------------------------------
 
-def _sublayer_params_fit(x, memory, weights, biases) -> bool:
-    """The fast check of an attention sublayer's inputs (see ``_check_attention_sublayer``)."""
-    if not _plain_float_arrays(x, *weights, *biases) or x.ndim != 3:
-        return False
-    d_model = x.shape[2]
-    for w in weights:
-        if w.shape != (d_model, d_model):
-            return False
-    for b in biases:
-        if b.shape != (d_model,):
-            return False
-    return memory is None or (_plain_float_arrays(x, memory) and memory.ndim == 3
-                              and memory.shape[0] == x.shape[0] and memory.shape[2] == d_model)
-
-
-def _check_attention_sublayer(x, memory, weights, biases):
-    op = "attention_sublayer"
-    _check_float(op, x, memory, *weights, *biases)
-    if np.ndim(x) != 3:
-        raise ValueError(f"{op}: x of shape {np.shape(x)} is not (batch, seq, d_model)")
-    d_model = np.shape(x)[2]
-    if any(np.shape(w) != (d_model, d_model) for w in weights) or any(np.shape(b) != (d_model,) for b in biases):
-        raise ValueError(f"{op}: weights of shapes {_shapes(*weights)} and biases of shapes "
-                         f"{_shapes(*biases)} do not fit d_model {d_model}")
-    if memory is not None and (np.ndim(memory) != 3 or np.shape(memory)[0] != np.shape(x)[0]
-                               or np.shape(memory)[2] != d_model):
-        raise ValueError(f"{op}: memory of shape {np.shape(memory)} does not fit x of shape {np.shape(x)}")
-
-
 def _attention_sublayer_fwd(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, *, n_heads, causal=False):
     """A whole attention sublayer as one op:
 
@@ -686,65 +713,26 @@ def _attention_sublayer_fwd(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, *, n_head
 
     with MHA the multi-head attention of ``multi_head_attention`` (``n_heads`` heads, causally
     masked if asked). x is (B, T, d), the memory (B, S, d), every W (d, d), every b (d,).
-    The projections that read the same input are one batched product (q, k, v of
-    self-attention; k, v of cross-attention). VJP, with H the merged heads:
+    VJP, with H the merged heads:
         dWo = H^T dA,   dbo = sum over rows of dA,   dH = dA Wo^T
         dQ, dK, dV = the attention backward at dH       (kernels.multi_head_attention_backward)
         dWq = x^T dQ, dWk = s^T dK, dWv = s^T dV, db = row sums of dQ, dK, dV
         dx  = dQ Wq^T + dK Wk^T + dV Wv^T               (self-attention)
         dx  = dQ Wq^T,  dmemory = dK Wk^T + dV Wv^T     (cross-attention)
+    Both directions run in ``kernels.attention_sublayer_forward``/``_backward``: one compiled
+    call each for small sublayers, NumPy/BLAS products around the attention kernels otherwise.
     """
-    weights, biases = (wq, wk, wv, wo), (bq, bk, bv, bo)
-    if not _sublayer_params_fit(x, memory, weights, biases):
-        _check_attention_sublayer(x, memory, weights, biases)
-    batch, seq, d_model = x.shape
-    x_rows = x.reshape(-1, d_model)
-    if memory is None:
-        w_in = np.concatenate((wq, wk, wv)).reshape(3, d_model, d_model)
-        qkv = np.matmul(x_rows, w_in)  # (3, B T, d): q, k, v each contiguous
-        qkv += np.concatenate((bq, bk, bv)).reshape(3, 1, d_model)
-        q, k, v = qkv.reshape(3, batch, seq, d_model)
-        memory_rows = None
-    else:
-        memory_rows = memory.reshape(-1, d_model)
-        w_in = np.concatenate((wq, wk, wv)).reshape(3, d_model, d_model)
-        q = x_rows @ wq
-        q += bq
-        q = q.reshape(batch, seq, d_model)
-        kv = np.matmul(memory_rows, w_in[1:])
-        kv += np.concatenate((bk, bv)).reshape(2, 1, d_model)
-        k, v = kv.reshape(2, *memory.shape)
     try:
-        heads, probs = kernels.multi_head_attention_forward(q, k, v, n_heads, causal)
+        out, q, k, v, probs, heads = kernels.attention_sublayer_forward(
+            x, memory, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal)
     except (TypeError, ValueError) as error:
-        raise _kernel_error("attention_sublayer", error, q, k, v) from None
-    heads_rows = heads.reshape(-1, d_model)
-    out = heads_rows @ wo
-    out += bo
-    return out.reshape(x.shape), (x_rows, memory_rows, w_in, wo, heads_rows, q, k, v, probs)
+        raise ValueError(f"attention_sublayer: {error}") from None
+    return out, (x, memory, wq, wk, wv, wo, q, k, v, probs, heads)
 
 
 def _attention_sublayer_vjp(dout, residuals):
-    x_rows, memory_rows, w_in, wo, heads_rows, q, k, v, probs = residuals
-    dout_rows = dout.reshape(heads_rows.shape)
-    dwo, dbo = heads_rows.T @ dout_rows, dout_rows.sum(axis=0)
-    dheads = (dout_rows @ wo.T).reshape(q.shape)
-    dq, dk, dv = kernels.multi_head_attention_backward(dheads, q, k, v, probs)
-    d_model = q.shape[2]
-    if memory_rows is None:  # self-attention: q, k and v all read x
-        dqkv = np.concatenate((dq, dk, dv)).reshape(3, -1, d_model)
-        dw_in, db_in = np.matmul(x_rows.T, dqkv), dqkv.sum(axis=1)
-        dx = np.matmul(dqkv, w_in.transpose(0, 2, 1)).sum(axis=0)
-        dmemory = None
-    else:
-        dq_rows = dq.reshape(-1, d_model)
-        dkv = np.concatenate((dk, dv)).reshape(2, -1, d_model)
-        dw_in = (x_rows.T @ dq_rows, *np.matmul(memory_rows.T, dkv))
-        db_in = (dq_rows.sum(axis=0), *dkv.sum(axis=1))
-        dx = dq_rows @ w_in[0].T
-        dmemory = np.matmul(dkv, w_in[1:].transpose(0, 2, 1)).sum(axis=0).reshape(k.shape)
-    return (dx.reshape(q.shape), dmemory, dw_in[0], db_in[0], dw_in[1], db_in[1], dw_in[2], db_in[2],
-            dwo, dbo)
+    # (dx, dmemory, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo): the op's inputs in order.
+    return kernels.attention_sublayer_backward(dout, *residuals)
 
 
 attention_sublayer = defprimitive("attention_sublayer", _attention_sublayer_fwd, _attention_sublayer_vjp)

@@ -14,6 +14,9 @@ The tape knows nothing about any particular op.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
@@ -102,18 +105,48 @@ class Tensor:
         return _ops.index(self, index=index)
 
 
+@contextlib.contextmanager
+def cyclic_gc_paused():
+    """Pause CPython's cyclic garbage collector for the block (nests; restored after).
+
+    A recorded pass creates thousands of small containers (records, Tensors, tuples of
+    residuals), none in a reference cycle: reference counting frees them all. But their
+    allocation alone would start several collections per pass, each walking the live ones,
+    and every few passes a full one that walks every live object of the process (Numba
+    keeps about 10^5). The collector counts allocations minus deallocations, so a pass that
+    frees its tape before the pause ends leaves it nothing to do. Cycles made meanwhile are
+    collected by the next collection after the pause.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class Tape:
-    """Records primitives while active (``with Tape() as tape:``) and replays them backwards."""
+    """Records primitives while active (``with Tape() as tape:``) and replays them backwards.
+
+    Recording and replaying run with the cyclic garbage collector paused (see
+    :func:`cyclic_gc_paused`); a caller that frees the tape inside its own pause, as
+    ``Model.gradients`` does, saves the collection that would follow.
+    """
 
     def __init__(self):
         self.records = []
+        self._gc_pause = None
 
     def __enter__(self):
         _ACTIVE_TAPES.append(self)
+        self._gc_pause = cyclic_gc_paused()
+        self._gc_pause.__enter__()
         return self
 
     def __exit__(self, *exc):
         _ACTIVE_TAPES.pop()
+        self._gc_pause.__exit__(None, None, None)
         return False
 
     def record(self, vjp, residuals, inputs, output):
@@ -135,16 +168,17 @@ class Tape:
                 f"backward: cotangent shape {doutput.shape} != output shape {output.shape}"
             )
         output.grad = doutput
-        for vjp, residuals, inputs, out in reversed(self.records):
-            dout = out.grad
-            if dout is None:
-                continue  # this output does not reach the loss
-            if not out.retain_grad:
-                out.grad = None
-            for tensor, dinput in zip(inputs, vjp(dout, residuals)):
-                if tensor is None or dinput is None or not tensor.requires_grad:
-                    continue
-                tensor.grad = dinput if tensor.grad is None else tensor.grad + dinput
+        with cyclic_gc_paused():
+            for vjp, residuals, inputs, out in reversed(self.records):
+                dout = out.grad
+                if dout is None:
+                    continue  # this output does not reach the loss
+                if not out.retain_grad:
+                    out.grad = None
+                for tensor, dinput in zip(inputs, vjp(dout, residuals)):
+                    if tensor is None or dinput is None or not tensor.requires_grad:
+                        continue
+                    tensor.grad = dinput if tensor.grad is None else tensor.grad + dinput
 
 
 _ACTIVE_TAPES: list[Tape] = []
