@@ -4,9 +4,14 @@
 
 Every figure is measured in this run. lnref: the default directional check of every tensor
 (and blockwise mode), in a fresh process with an empty Numba cache (cold) and again with the
-cache filled (warm), plus the in-process time of a warm check. PyTorch, when installed: the
-same model (an independent port, tests/interop/torch_port.py) at the same parameters, checked
-by ``torch.autograd.gradcheck(fast_mode=True)`` over every parameter tensor and the input.
+cache filled (warm), plus the in-process time of a warm check; and the every-element check
+(``--mode full``, all CPUs). PyTorch, when installed: the same model (an independent port,
+tests/interop/torch_port.py) at the same parameters, checked by
+``torch.autograd.gradcheck(fast_mode=True)`` over every parameter tensor and the input, and by
+the full (every-element) ``torch.autograd.gradcheck``. The full one would take the better part
+of an hour at 48 layers, so it is extrapolated: its cost is a per-element part (two forward
+passes per element) plus a fixed part (one backward pass per output element), and both are
+fitted from two timed runs over samples of 16 and 272 elements of the last layer's parameters.
 Prints a table and one JSON line per figure.
 """
 
@@ -38,12 +43,19 @@ def lnref_process(args, cache_dir):
     return seconds, json.loads(done.stdout)
 
 
-def lnref_in_process(scheme, layers, mode, repeats):
+def gradcheck_workers():
+    from lnref.gradcheck import default_workers
+
+    return default_workers()
+
+
+def lnref_in_process(scheme, layers, mode, repeats, warm_up=True):
     import lnref
     from lnref import gradcheck
 
     model = lnref.build(scheme, n_layers=layers)
-    gradcheck.gradcheck(model, mode=mode)  # compile and warm up
+    if warm_up:
+        gradcheck.gradcheck(model, mode=mode)  # compile and warm up
     times = []
     for _ in range(repeats):
         report = gradcheck.gradcheck(model, mode=mode)
@@ -51,8 +63,11 @@ def lnref_in_process(scheme, layers, mode, repeats):
     return statistics.median(times), report
 
 
-def torch_fast_gradcheck(scheme, layers, repeats):
-    """Median seconds of torch.autograd.gradcheck(fast_mode=True) on the same model, or None."""
+def torch_twin(scheme, layers):
+    """(torch, forward(params, x) -> y, torch params at the check point, x), or None without torch.
+
+    The same model as lnref's, ported independently (tests/interop/torch_port.py), at the
+    jittered parameters lnref checks."""
     try:
         import torch
     except ImportError:
@@ -63,25 +78,56 @@ def torch_fast_gradcheck(scheme, layers, repeats):
     from torch_port import Transformer
 
     model = lnref.build(scheme, n_layers=layers)
-    x, dy, _ = model.sample_inputs()
-    params = jitter_params(model.params, model.config.seed)
-    names = list(params)
+    x, _, _ = model.sample_inputs()
+    params = {n: torch.tensor(v) for n, v in jitter_params(model.params, model.config.seed).items()}
     config = model.config.to_dict()
-    leaves = [torch.tensor(params[n], requires_grad=True) for n in names]
-    x_leaf = torch.tensor(x, requires_grad=True)
 
-    def forward(*tensors):
-        y, _ = Transformer(config, dict(zip(names, tensors[:-1]))).forward(tensors[-1])
+    def forward(named_params, x_tensor):
+        y, _ = Transformer(config, named_params).forward(x_tensor)
         return y
 
+    return torch, forward, params, torch.tensor(x)
+
+
+def torch_fast_gradcheck(scheme, layers, repeats):
+    """Median seconds of torch.autograd.gradcheck(fast_mode=True) on the same model, or None."""
+    twin = torch_twin(scheme, layers)
+    if twin is None:
+        return None
+    torch, forward, params, x = twin
+    names = list(params)
+    leaves = [params[n].clone().requires_grad_(True) for n in names]
+    x_leaf = x.clone().requires_grad_(True)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        ok = torch.autograd.gradcheck(forward, (*leaves, x_leaf), fast_mode=True, raise_exception=False)
+        ok = torch.autograd.gradcheck(lambda *tensors: forward(dict(zip(names, tensors[:-1])), tensors[-1]),
+                                      (*leaves, x_leaf), fast_mode=True, raise_exception=False)
         times.append(time.perf_counter() - started)
         if not ok:
             print("warning: torch gradcheck reported a mismatch", file=sys.stderr)
     return statistics.median(times)
+
+
+def torch_full_gradcheck_extrapolated(scheme, layers, total_elements):
+    """(seconds extrapolated to ``total_elements``, per-element seconds) of the full torch
+    gradcheck, fitted from two samples (see the module docstring), or None without torch."""
+    twin = torch_twin(scheme, layers)
+    if twin is None:
+        return None
+    torch, forward, params, x = twin
+    last = f"layers.{layers - 1}.attn."
+    timings = []
+    for names in ([last + "bq"], [last + "bq", last + "wq"]):
+        leaves = [params[n].clone().requires_grad_(True) for n in names]
+        started = time.perf_counter()
+        torch.autograd.gradcheck(lambda *tensors, names=names: forward({**params, **dict(zip(names, tensors))}, x),
+                                 tuple(leaves), raise_exception=False)
+        timings.append((sum(leaf.numel() for leaf in leaves), time.perf_counter() - started))
+    (n1, t1), (n2, t2) = timings
+    per_element = (t2 - t1) / (n2 - n1)
+    fixed = t1 - per_element * n1
+    return fixed + per_element * total_elements, per_element
 
 
 def main():
@@ -90,6 +136,7 @@ def main():
     parser.add_argument("--layers", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument("--no-full", action="store_true", help="skip the every-element checks")
     options = parser.parse_args()
     args = ["--scheme", options.scheme, "--layers", str(options.layers)]
 
@@ -109,6 +156,24 @@ def main():
         print("note: PyTorch not installed (or --no-torch): no torch.autograd.gradcheck comparison")
     else:
         figures.append(("torch.autograd.gradcheck(fast_mode=True)", torch_seconds, ""))
+    if not options.no_full:
+        # The kernels are compiled and warm from the checks above.
+        full, full_report = lnref_in_process(options.scheme, options.layers, "full", 1, warm_up=False)
+        checks = full_report.check_counts
+        figures.append((f"lnref full check, every element ({gradcheck_workers()} workers)", full,
+                        f"{sum(checks.values())} elements: {checks['passed']} passed, {checks['failed']} failed, "
+                        f"{checks['unresolved']} unresolved"))
+        import lnref
+
+        parameters = sum(value.size for value in lnref.build(options.scheme, n_layers=options.layers).params.values())
+        extrapolated = None if options.no_torch else torch_full_gradcheck_extrapolated(
+            options.scheme, options.layers, parameters)
+        if extrapolated is not None:
+            seconds, per_element = extrapolated
+            figures.append((f"torch full gradcheck, extrapolated to {parameters} elements", seconds,
+                            f"{per_element * 1e3:.1f} ms per element"))
+            print(f"lnref full / torch full (extrapolated): {full / seconds:.4f} "
+                  f"({seconds / full:.0f}x faster)")
 
     print(f"\n{options.scheme}, {options.layers} layers, d_model 16, 2 heads, d_ff 64, seq 8, batch 2, float64")
     print(f"{'what':52s} {'seconds':>9s}  {'vs torch':>8s}  result")

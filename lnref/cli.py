@@ -165,11 +165,15 @@ def schemes():
 @main.command()
 @model_options
 @click.option("--mode", type=click.Choice(["directional", "blockwise", "entries", "full"]),
-              default="directional", show_default=True)
+              default="directional", show_default=True,
+              help="directional: one random direction per tensor; blockwise: each layer on its own; "
+                   "entries: sampled elements per tensor; full: every element, layer by layer.")
 @click.option("--at", "point", type=click.Choice(["generic", "init"]), default="generic", show_default=True,
               help="Check at jittered parameters (generic) or at the exact initialization.")
 @click.option("--entries", "entries_per_tensor", type=COUNT, default=4, show_default=True,
               help="Entries mode: elements sampled per tensor.")
+@click.option("--workers", type=COUNT, default=None,
+              help="Full mode: worker processes sharing the blocks [default: the CPUs available].")
 @click.option("--rtol", type=FiniteFloat(), default=None, help="Relative tolerance (default by dtype).")
 @click.option("--atol", type=FiniteFloat(), default=0.0, show_default=True, help="Absolute tolerance.")
 @click.option("--with-head", is_flag=True,
@@ -177,7 +181,7 @@ def schemes():
                    "projection, cross-entropy) and check those gradients too.")
 @click.option("--vocab", type=COUNT, default=16, show_default=True, help="Vocabulary size with --with-head.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def gradcheck(mode, point, entries_per_tensor, rtol, atol, with_head, vocab, as_json, **options):
+def gradcheck(mode, point, entries_per_tensor, workers, rtol, atol, with_head, vocab, as_json, **options):
     """Check every gradient of a model against finite differences."""
     warn_float32(options["dtype"])
     if rtol is not None and rtol < 0 or atol < 0:
@@ -196,7 +200,8 @@ def gradcheck(mode, point, entries_per_tensor, rtol, atol, with_head, vocab, as_
         else:
             model = model_from_options(**options)
             report = checker.gradcheck(model, mode=mode, point=point, batch=options["batch"], seq=options["seq"],
-                                       entries=entries_per_tensor, rtol=rtol, atol=atol, progress=progress)
+                                       entries=entries_per_tensor, rtol=rtol, atol=atol, progress=progress,
+                                       workers=workers)
     click.echo(report.to_json() if as_json else report.to_text())
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 

@@ -23,18 +23,28 @@ evaluates f(t) with that pattern frozen: the piece of the network that contains 
 where function and gradient are those of the real network.
 
 Structure. The model's per-layer states are kept, so a perturbation of layer l's
-parameters re-runs only layers l..L. Modes:
+parameters re-runs only layers l..L, and the moves of one tensor share a batched run (the
+moved states stacked along the batch axis). Modes:
     directional  one seeded direction per tensor (every parameter, the input, the memory)
-    entries      k sampled elements per tensor;   full: every element
-    blockwise    each layer on its own: the VJP of one layer (its parameters and its input
-                 state) against a random cotangent on its output, so lower layers of deep
-                 Post-LN are checked as sharply as the top.
+    entries      k sampled elements per tensor
+    blockwise    each block (embedding stage, layer, readout) on its own: the VJP of the
+                 block (its parameters and its input states) against a random cotangent on
+                 its output, one seeded direction per tensor, so lower layers of deep
+                 Post-LN are checked as sharply as the top
+    full         every element of every tensor, block by block as in blockwise mode. The
+                 moves of one element (and of many elements) run together: states and the
+                 memory stacked along the batch axis, FFN weights as one moved copy per batch
+                 row (``linear`` accepts per-row weights); the other parameters are moved in
+                 place, one run per move. Blocks are shared out among forked worker processes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import multiprocessing
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -99,6 +109,11 @@ class Report:
         return {status: sum(r.status == status for r in self.results) for status in STATUSES}
 
     @property
+    def check_counts(self):
+        """Counts over single checks (one per element in full and entries modes)."""
+        return {status: sum(r.counts.get(status, 0) for r in self.results) for status in STATUSES}
+
+    @property
     def ok(self):
         return self.counts["failed"] == 0
 
@@ -144,10 +159,18 @@ class Report:
             lines.append(f"  {len(key_biases)} unresolved key biases (*{KEY_BIAS}): their gradient is exactly "
                          "zero, since adding q.bk to every score of a query leaves the softmax unchanged")
         if len(unresolved) > len(key_biases):
-            hint = "" if self.mode == "blockwise" else "; --mode blockwise checks each layer on its own"
+            hint = "" if self.mode in ("blockwise", "full") else "; --mode blockwise checks each layer on its own"
             lines.append(f"  {len(unresolved) - len(key_biases)} other unresolved: analytic and numeric both "
                          f"under the finite-difference noise floor{hint}")
-        lines += ["", f"{self.seconds:.1f} s", self.summary()]
+        lines += ["", f"{self.seconds:.1f} s"]
+        if self.mode in ("entries", "full"):
+            checks = self.check_counts
+            lines.append(f"elements: {sum(checks.values())} checked, {checks['passed']} passed, "
+                         f"{checks['failed']} failed, {checks['unresolved']} unresolved")
+            if checks["unresolved"]:
+                lines.append("  (an unresolved element has analytic and numeric values both under the noise "
+                             "floor, as exactly-zero gradients do: key biases, ReLU units off for every token)")
+        lines.append(self.summary())
         return "\n".join(lines)
 
     def to_json(self):
@@ -160,6 +183,7 @@ class Report:
             "atol": self.atol,
             "seconds": self.seconds,
             "counts": self.counts,
+            "check_counts": self.check_counts,
             "ok": self.ok,
             "summary": self.summary(),
             "tensors": [
@@ -189,20 +213,30 @@ def difference_from_values(values, h):
     return derivative, abs(fourth) / math.sqrt(70.0)
 
 
-def compare(tensor, where, probe, analytic, numeric, sigma, h, rtol, atol):
-    """Judge one analytic/numeric pair against the noise floor (see the module docstring)."""
-    noise = sigma * math.sqrt(130.0) / (12.0 * h)
+def judge(analytic, numeric, sigma, h, rtol, atol):
+    """(noise, tolerance, status) for analytic/numeric pairs; arrays or numbers.
+
+    The one rule of the module docstring: failed beyond atol + rtol |numeric| + 10 noise (or
+    not finite), unresolved when both values lie under 10 noise, else passed. ``status`` holds
+    indices into STATUSES.
+    """
+    analytic, numeric = np.asarray(analytic, dtype=float), np.asarray(numeric, dtype=float)
+    noise = np.asarray(sigma, dtype=float) * math.sqrt(130.0) / (12.0 * h)
     floor = NOISE_FACTOR * noise
-    tolerance = atol + rtol * abs(numeric) + floor
-    if not (math.isfinite(analytic) and math.isfinite(numeric)):
-        status = "failed"
-    elif abs(analytic - numeric) > tolerance:
-        status = "failed"
-    elif max(abs(analytic), abs(numeric)) <= floor:
-        status = "unresolved"
-    else:
-        status = "passed"
-    return Check(tensor, where, probe, float(analytic), float(numeric), noise, tolerance, status)
+    tolerance = atol + rtol * np.abs(numeric) + floor
+    with np.errstate(invalid="ignore"):
+        failed = ~(np.isfinite(analytic) & np.isfinite(numeric)) | ~(np.abs(analytic - numeric) <= tolerance)
+        unresolved = ~failed & (np.maximum(np.abs(analytic), np.abs(numeric)) <= floor)
+    status = np.where(failed, STATUSES.index("failed"),
+                      np.where(unresolved, STATUSES.index("unresolved"), STATUSES.index("passed")))
+    return noise, tolerance, status
+
+
+def compare(tensor, where, probe, analytic, numeric, sigma, h, rtol, atol):
+    """Judge one analytic/numeric pair against the noise floor (see ``judge``)."""
+    noise, tolerance, status = judge(analytic, numeric, sigma, h, rtol, atol)
+    return Check(tensor, where, probe, float(analytic), float(numeric), float(noise), float(tolerance),
+                 STATUSES[int(status)])
 
 
 def summarize(tensor, where, checks):
@@ -215,6 +249,25 @@ def summarize(tensor, where, checks):
         status = "unresolved"
     worst = max(checks, key=lambda c: (c.status == "failed", c.ratio))
     return TensorResult(tensor, where, status, worst, {s: statuses.count(s) for s in STATUSES})
+
+
+def summarize_elements(tensor, where, analytic, numeric, sigma, h, rtol, atol):
+    """``summarize`` for one check per element of a tensor, judged at once: the counts and
+    the worst element (only that one becomes a ``Check``)."""
+    shape = np.shape(analytic)
+    analytic = np.asarray(analytic, dtype=float).reshape(-1)
+    noise, tolerance, status = judge(analytic, numeric, sigma, h, rtol, atol)
+    counts = {s: int(np.count_nonzero(status == i)) for i, s in enumerate(STATUSES)}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(tolerance > 0, np.abs(analytic - numeric) / tolerance, np.inf)
+    ratio = np.where(np.isnan(ratio), np.inf, ratio)
+    failed = status == STATUSES.index("failed")
+    worst = int(np.argmax(np.where(failed, ratio, -np.inf) if failed.any() else ratio))
+    index = tuple(int(j) for j in np.unravel_index(worst, shape))
+    check = Check(tensor, where, str(index), float(analytic[worst]), float(numeric[worst]), float(noise[worst]),
+                  float(tolerance[worst]), STATUSES[int(status[worst])])
+    overall = "failed" if counts["failed"] else "passed" if counts["passed"] else "unresolved"
+    return TensorResult(tensor, where, overall, check, counts)
 
 
 def _probes(rng, shape, mode, entries):
@@ -273,7 +326,8 @@ class _Evaluator:
         self.states = [tuple(t.value for t in state) for state in tensor_states]
         self.scale = self._loss_scale()
         self.embed_params, self.readout_params = self._stage_params()
-        self._tiled_masks = {}
+        self.per_row_params = model.per_row_params
+        self._tiles = {}  # (what, count) -> tiled array, reused by every run of that size
 
     def _loss_scale(self):
         y = self.model.readout(self.frozen_run(self.params), self.states[-1]).value
@@ -309,13 +363,13 @@ class _Evaluator:
         finite difference several times over.
         """
         count, model, start = len(moves), self.model, self.start_of(name)
-        params, memory = self.params, self._tiled(self.memory, count)
+        params, memory = self.params, self.tiled("memory", count)
         run = self._batched_run(count, memory)
         if name == "input":
             y, _ = model.forward(run, np.concatenate([self.x + move for move in moves]))
         elif name == "memory":
             memory = np.concatenate([self.memory + move for move in moves])
-            y, _ = model.forward(self._batched_run(count, memory), self._tiled(self.x, count))
+            y, _ = model.forward(self._batched_run(count, memory), self.tiled("x", count))
         else:
             moved_runs = [self.frozen_run({**params, name: params[name] + move}) for move in moves]
             if start < 0:
@@ -326,16 +380,26 @@ class _Evaluator:
             else:
                 states = [model.layer(moved, start, self.states[start]) for moved in moved_runs]
                 y, _ = model.forward(run, state=_stack(states), start=start + 1)
-        products = y.value * self._tiled(self.dy, count)
+        products = y.value * self.tiled("dy", count)
         return products.reshape(count, -1).sum(axis=1)
 
-    def _tiled(self, array, count):
-        return None if array is None else np.concatenate([array] * count)
+    def tiled(self, what, count):
+        """``count`` copies of the point's x, dy, memory or ReLU masks along the batch axis,
+        made once per size: the many batched runs of a check share them."""
+        key = (what, count)
+        if key not in self._tiles:
+            if what == "masks":
+                self._tiles[key] = {layer: _tiled(mask, count) for layer, mask in self.relu_masks.items()}
+            else:
+                self._tiles[key] = _tiled(getattr(self, what), count)
+        return self._tiles[key]
 
     def _batched_run(self, count, memory):
-        if count not in self._tiled_masks:
-            self._tiled_masks[count] = {layer: self._tiled(mask, count) for layer, mask in self.relu_masks.items()}
-        return self.model.run(params=self.params, memory=memory, relu_masks=self._tiled_masks[count], freeze=True)
+        return self.model.run(params=self.params, memory=memory, relu_masks=self.tiled("masks", count), freeze=True)
+
+
+def _tiled(array, count):
+    return None if array is None else np.concatenate([array] * count)
 
 
 def _stack(states):
@@ -380,29 +444,163 @@ def _check_global(evaluator, names, mode, entries, h, rtol, atol, seed):
     return results
 
 
-def _blocks(evaluator):
-    """(label, where, parameter names, stage, input state) for every block of the stack.
+class _Block:
+    """One block of the stack (the embedding stage, a layer or the readout) checked on its own.
 
-    ``stage(run, inputs)`` maps the block's input arrays/Tensors to its output tuple.
+    The block's value is <u, stage(inputs)> for a seeded random cotangent u on its outputs.
+    At a generic point its input states are jittered as well: deep stacks can drive the
+    tokens of a state together (attention averages them), where some terms of a layer's VJP
+    vanish. Its ReLU patterns are recorded at its own input and frozen for every finite
+    difference. ``targets`` lists what is moved: (name, kind, key, analytic gradient) with
+    kind "param" (key: the parameter's name), "input" (key: the stream's index) or "memory".
     """
+
+    def __init__(self, evaluator, number, label, where, names, stage, inputs, layer_index, seed, generic):
+        model, params, memory = evaluator.model, evaluator.params, evaluator.memory
+        self.evaluator, self.label, self.where, self.stage = evaluator, label, where, stage
+        self.rng = np.random.default_rng([seed, 4, number])
+        if generic:
+            inputs = tuple(jitter_params({"state": a}, seed + number + 1)["state"] for a in inputs)
+        self.inputs, self.layer_index = inputs, layer_index
+        self.uses_memory = memory is not None and layer_index is not None
+        self.relu_masks, self._tiles = {}, {}
+        stage(model.run(params=params, memory=memory, relu_masks=self.relu_masks), inputs)  # records them
+        base_outputs = stage(self.frozen_run(params), inputs)
+        self.cotangent = [self.rng.standard_normal(out.shape).astype(model.dtype) for out in base_outputs]
+        self.scale = float(sum(np.abs(out.value * u).sum() for out, u in zip(base_outputs, self.cotangent)))
+        self.f0 = self.value(base_outputs)
+
+        # Analytic: the tape over this block alone, with its inputs (and the memory) as leaves.
+        leaves = {n: Tensor(params[n], requires_grad=True) for n in names}
+        input_leaves = tuple(Tensor(a, requires_grad=True) for a in inputs)
+        memory_leaf = Tensor(memory, requires_grad=True) if self.uses_memory else None
+        with Tape() as tape:  # the real ReLU here: its VJP is part of what is checked
+            run = model.run(params={**params, **leaves}, memory=memory_leaf if self.uses_memory else memory)
+            total = _block_value(stage(run, input_leaves), self.cotangent)
+        tape.backward(total)
+        self.targets = [(n, "param", n, _grad(leaves[n])) for n in names]
+        for j, leaf in enumerate(input_leaves):
+            name = f"{label}.input" + (f".{j}" if len(inputs) > 1 else "")
+            self.targets.append((name, "input", j, _grad(leaf)))
+        if self.uses_memory:
+            self.targets.append((f"{label}.memory", "memory", None, _grad(memory_leaf)))
+
+    def frozen_run(self, params, memory=None, relu_masks=None):
+        memory = self.evaluator.memory if memory is None else memory
+        relu_masks = self.relu_masks if relu_masks is None else relu_masks
+        return self.evaluator.model.run(params=params, memory=memory, relu_masks=relu_masks, freeze=True)
+
+    def value(self, outputs):
+        """<u, outputs> as a float: the block's scalar, the same sum for every evaluation."""
+        return float(sum(np.vdot(out.value, u) for out, u in zip(outputs, self.cotangent)))
+
+    def values_along(self, kind, key, direction, h):
+        """The block's value at the STENCIL points along ``direction`` (one target)."""
+        params, memory, inputs = self.evaluator.params, self.evaluator.memory, self.inputs
+        values = []
+        for t in STENCIL:
+            if t == 0.0:
+                values.append(self.f0)
+                continue
+            move = t * h * direction
+            if kind == "param":
+                run = self.frozen_run({**params, key: params[key] + move})
+                moved_inputs = inputs
+            else:
+                run = self.frozen_run(params, memory + move if kind == "memory" else None)
+                moved_inputs = tuple(a + move if i == key else a for i, a in enumerate(inputs))
+            values.append(self.value(self.stage(run, moved_inputs)))
+        return values
+
+    def element_values(self, kind, key, h):
+        """(size, 5): the block's value at the STENCIL points along every element of a target.
+
+        Moved states and memories, and moved parameters that the model accepts one per batch
+        row (``Model.per_row_params``), are stacked along the batch axis: one run for many
+        moves. Other parameters get one run per move, the moved tensor edited in place.
+        """
+        if kind == "param" and key not in self.evaluator.per_row_params:
+            return self._looped_element_values(key, h)
+        return self._stacked_element_values(kind, key, h)
+
+    def _looped_element_values(self, name, h):
+        params = self.evaluator.params
+        base = params[name].reshape(-1)
+        moved = base.copy()
+        moved_params = {**params, name: moved.reshape(params[name].shape)}
+        values = np.full((base.size, len(STENCIL)), self.f0)
+        for i in range(base.size):
+            for column, t in enumerate(STENCIL):
+                if t != 0.0:
+                    moved[i] = base[i] + t * h
+                    values[i, column] = self.value(self.stage(self.frozen_run(moved_params), self.inputs))
+            moved[i] = base[i]
+        return values
+
+    def _stacked_element_values(self, kind, key, h):
+        if kind == "param":
+            base = self.evaluator.params[key]
+        else:
+            base = self.evaluator.memory if kind == "memory" else self.inputs[key]
+        moves = [(i, t) for i in range(base.size) for t in STENCIL]
+        values = np.empty((base.size, len(STENCIL)))
+        for first in range(0, len(moves), STACKED_MOVES):
+            chunk = moves[first:first + STACKED_MOVES]
+            stacked = np.repeat(base[None], len(chunk), axis=0)
+            for row, (i, t) in enumerate(chunk):
+                stacked[row].flat[i] += t * h
+            outputs = self.stage(*self._stacked_run_and_inputs(kind, key, stacked))
+            batch = outputs[0].shape[0] // len(chunk)
+            for row, (i, t) in enumerate(chunk):
+                rows = slice(row * batch, (row + 1) * batch)
+                values[i, STENCIL.index(t)] = self.value([Tensor.wrap(out.value[rows]) for out in outputs])
+        return values
+
+    def _stacked_run_and_inputs(self, kind, key, stacked):
+        """A frozen run and inputs for ``len(stacked)`` moves of one target, move after move
+        along the batch axis; everything else tiled to match."""
+        count, batch = len(stacked), self.inputs[0].shape[0]
+        if count not in self._tiles:  # made once per size, shared by the runs of every target
+            self._tiles[count] = ({layer: _tiled(mask, count) for layer, mask in self.relu_masks.items()},
+                                  _tiled(self.evaluator.memory, count), tuple(_tiled(a, count) for a in self.inputs))
+        masks, memory, inputs = self._tiles[count]
+        params = self.evaluator.params
+        if kind == "param":  # one copy of the moved tensor per batch row
+            params = {**params, key: np.repeat(stacked, batch, axis=0)}
+        elif kind == "memory":
+            memory = stacked.reshape(count * batch, *stacked.shape[2:])
+        else:
+            inputs = tuple(stacked.reshape(count * batch, *stacked.shape[2:]) if i == key else a
+                           for i, a in enumerate(inputs))
+        return self.frozen_run(params, memory, masks), inputs
+
+
+STACKED_MOVES = 200  # moves (element, stencil point) per batched run in full mode
+BATCHED_AGREEMENT = 64  # |batched f(0) - f(0)| allowed, in units of eps * sum|outputs * u|
+
+
+def _block_specs(evaluator):
+    """(label, where, parameter names, stage, input states, layer index) for every block of
+    the stack, in order: the embedding stage (if it has parameters), each layer, the readout.
+    ``stage(run, inputs)`` maps the block's input arrays/Tensors to its output tuple."""
     model, n_layers = evaluator.model, evaluator.n_layers
-    blocks = []
+    specs = []
     if evaluator.embed_params:
-        blocks.append(("embed", "stack", sorted(evaluator.embed_params),
-                       lambda run, inputs: model.embed(run, inputs[0]), (evaluator.x,)))
+        specs.append(("embed", "stack", sorted(evaluator.embed_params),
+                      lambda run, inputs: model.embed(run, inputs[0]), (evaluator.x,), None))
     for index in range(n_layers):
         names = [n for n in evaluator.params if n.startswith(f"layers.{index}.")]
-        blocks.append((f"layers.{index}", f"layer {index}", names,
-                       lambda run, inputs, index=index: model.layer(run, index, inputs),
-                       evaluator.states[index]))
+        specs.append((f"layers.{index}", f"layer {index}", names,
+                      lambda run, inputs, index=index: model.layer(run, index, inputs),
+                      evaluator.states[index], index))
     readout_only = sorted(evaluator.readout_params - evaluator.embed_params)
-    blocks.append(("readout", "stack", readout_only,
-                   lambda run, inputs: (model.readout(run, inputs),), evaluator.states[-1]))
-    return blocks
+    specs.append(("readout", "stack", readout_only,
+                  lambda run, inputs: (model.readout(run, inputs),), evaluator.states[-1], None))
+    return specs
 
 
 def _block_value(outputs, cotangent):
-    """<outputs, cotangent> summed over the block's output arrays (a Tensor)."""
+    """<outputs, cotangent> summed over the block's output arrays (a Tensor, on the tape)."""
     total = None
     for out, u in zip(outputs, cotangent):
         term = ops.sum(ops.mul(out, u))
@@ -411,55 +609,110 @@ def _block_value(outputs, cotangent):
 
 
 def _check_blockwise(evaluator, h, rtol, atol, seed, generic):
-    model, params, memory = evaluator.model, evaluator.params, evaluator.memory
-    eps = np.finfo(model.dtype).eps
+    """One seeded direction per target of every block."""
+    dtype = evaluator.model.dtype
+    eps = np.finfo(dtype).eps
     results = []
-    for number, (label, where, names, stage, inputs) in enumerate(_blocks(evaluator)):
-        rng = np.random.default_rng([seed, 4, number])
-        if generic:
-            # Deep stacks can drive the tokens of a state together (attention averages
-            # them), where some terms of a layer's VJP vanish: jitter the state as well.
-            inputs = tuple(jitter_params({"state": a}, seed + number + 1)["state"] for a in inputs)
-        uses_memory = memory is not None and label.startswith("layers.")
-        # Record this block's ReLU patterns at its own (jittered) input, then freeze them.
-        stage(model.run(params=params, memory=memory, relu_masks=evaluator.relu_masks), inputs)
-        base_outputs = stage(evaluator.frozen_run(params), inputs)
-        cotangent = [rng.standard_normal(out.shape).astype(model.dtype) for out in base_outputs]
-        scale = float(sum(np.abs(out.value * u).sum() for out, u in zip(base_outputs, cotangent)))
+    for number, spec in enumerate(_block_specs(evaluator)):
+        block = _Block(evaluator, number, *spec, seed=seed, generic=generic)
+        for name, kind, key, analytic_grad in block.targets:
+            direction = block.rng.standard_normal(analytic_grad.shape)
+            direction = (direction / np.linalg.norm(direction)).astype(dtype)
+            numeric, sigma = difference_from_values(block.values_along(kind, key, direction, h), h)
+            analytic = float(np.sum(analytic_grad * direction))
+            check = compare(name, block.where, "direction", analytic, numeric, max(sigma, eps * block.scale),
+                            h, rtol, atol)
+            results.append(summarize(name, block.where, [check]))
+    return results
 
-        def value(new_params=params, new_inputs=inputs, new_memory=None, stage=stage, cotangent=cotangent):
-            outputs = stage(evaluator.frozen_run(new_params, new_memory), new_inputs)
-            return float(_block_value(outputs, cotangent).value)
 
-        # Analytic: the tape over this block alone, with its inputs (and the memory) as leaves.
-        leaves = {n: Tensor(params[n], requires_grad=True) for n in names}
-        input_leaves = tuple(Tensor(a, requires_grad=True) for a in inputs)
-        memory_leaf = Tensor(memory, requires_grad=True) if uses_memory else None
-        with Tape() as tape:  # the real ReLU here: its VJP is part of what is checked
-            run = model.run(params={**params, **leaves}, memory=memory_leaf if uses_memory else memory)
-            outputs = stage(run, input_leaves)
-            total = _block_value(outputs, cotangent)
-        tape.backward(total)
+def _check_block_elements(evaluator, specs, number, h, rtol, atol, seed, generic):
+    """Every element of every target of one block: a list of TensorResults."""
+    eps = np.finfo(evaluator.model.dtype).eps
+    block = _Block(evaluator, number, *specs[number], seed=seed, generic=generic)
+    results = []
+    for name, kind, key, analytic_grad in block.targets:
+        values = block.element_values(kind, key, h)
+        # A batched run computes the unmoved point too: it must agree with the model's own
+        # forward, or the differences would be those of another function.
+        unmoved = values[:, STENCIL.index(0.0)]
+        worst = int(np.argmax(np.abs(unmoved - block.f0)))
+        limit = BATCHED_AGREEMENT * eps * block.scale
+        if not abs(unmoved[worst] - block.f0) <= limit:
+            check = Check(name, block.where, "unmoved point, batched run", block.f0, float(unmoved[worst]), 0.0,
+                          limit, "failed")
+            results.append(TensorResult(name, block.where, "failed", check, {**dict.fromkeys(STATUSES, 0), "failed": 1}))
+            continue
+        numeric, sigma = difference_from_values(values.T, h)
+        results.append(summarize_elements(name, block.where, analytic_grad, numeric,
+                                          np.maximum(sigma, eps * block.scale), h, rtol, atol))
+    return results
 
-        # What to move, as (name, leaf holding the analytic gradient, f(t) given a direction).
-        targets = [(n, leaves[n], lambda t, d, n=n: value(new_params={**params, n: params[n] + t * d}))
-                   for n in names]
-        for j, leaf in enumerate(input_leaves):
-            name = f"{label}.input" + (f".{j}" if len(inputs) > 1 else "")
-            targets.append((name, leaf, lambda t, d, j=j: value(
-                new_inputs=tuple(a + t * d if i == j else a for i, a in enumerate(inputs)))))
-        if uses_memory:
-            targets.append((f"{label}.memory", memory_leaf, lambda t, d: value(new_memory=memory + t * d)))
 
-        f0 = value()
-        for name, leaf, moved in targets:
-            direction = rng.standard_normal(leaf.shape)
-            direction = (direction / np.linalg.norm(direction)).astype(model.dtype)
-            numeric, sigma = central_difference(lambda t: moved(t, direction), h, f0)
-            sigma = max(sigma, eps * scale)
-            analytic = float(np.sum(_grad(leaf) * direction))
-            check = compare(name, where, "direction", analytic, numeric, sigma, h, rtol, atol)
-            results.append(summarize(name, where, [check]))
+_FORKED_JOB = None  # what forked workers of full mode read: set just before the fork
+
+
+def _forked_block_elements(number):
+    return _check_block_elements(*_FORKED_JOB[:2], number, *_FORKED_JOB[2:])
+
+
+OPENBLAS_THREAD_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                           "openblas_set_num_threads64_", "openblas_set_num_threads")
+
+
+def _one_blas_thread():
+    """Limit a forked worker's OpenBLAS to one thread.
+
+    The workers are the parallelism; BLAS threads on top of them oversubscribe the cores
+    (measured on 2 cores: the 48-layer full check took 73 s instead of 31 s). OpenBLAS reads
+    its thread count from the environment only when it loads, so this calls its own setter,
+    found among the libraries the process has mapped (Linux; elsewhere nothing changes).
+    One thread gives the same bits as several.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:
+        return
+    for path in sorted(p for p in paths if p.startswith("/")):
+        library = ctypes.CDLL(path)
+        setter = next((getattr(library, name) for name in OPENBLAS_THREAD_SETTERS if hasattr(library, name)), None)
+        if setter is not None:
+            setter(1)
+
+
+def default_workers():
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _check_every_element(evaluator, h, rtol, atol, seed, generic, workers, progress=None):
+    """Every element of every target of every block. Blocks are independent (each has its own
+    seeded cotangent and jitter), so ``workers`` forked processes share them out and the
+    report is the same, bit for bit, for any number of workers."""
+    global _FORKED_JOB
+    specs = _block_specs(evaluator)
+    numbers = range(len(specs))
+    job = (evaluator, specs, h, rtol, atol, seed, generic)
+    pool = None
+    if workers > 1 and len(specs) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        _FORKED_JOB = job
+        try:
+            pool = multiprocessing.get_context("fork").Pool(min(workers, len(specs)), initializer=_one_blas_thread)
+        finally:
+            _FORKED_JOB = None
+        per_block = pool.imap(_forked_block_elements, numbers)
+    else:
+        per_block = (_check_block_elements(*job[:2], number, *job[2:]) for number in numbers)
+    results = []
+    try:
+        for done, block_results in enumerate(per_block, start=1):
+            results.extend(block_results)
+            if progress and done % 8 == 0:
+                progress(f"  {done} of {len(specs)} blocks checked")
+    finally:
+        if pool is not None:
+            pool.terminate()
     return results
 
 
@@ -554,7 +807,7 @@ def check_vjp(fn, *arrays, seed=0, step=None, rtol=None, atol=0.0):
 
 
 def gradcheck(model, mode="directional", point="generic", batch=2, seq=8, memory_len=None, entries=4,
-              step=None, rtol=None, atol=0.0, seed=None, progress=None):
+              step=None, rtol=None, atol=0.0, seed=None, progress=None, workers=None):
     """Check every gradient of ``model`` (all parameters, the input, the memory).
 
     Returns a ``Report``; ``report.ok`` is False when any check failed.
@@ -579,6 +832,9 @@ def gradcheck(model, mode="directional", point="generic", batch=2, seq=8, memory
     evaluator = _Evaluator(model, params, x, dy, memory)
     if mode == "blockwise":
         results = _check_blockwise(evaluator, h, rtol, atol, seed, generic=point == "generic")
+    elif mode == "full":
+        workers = default_workers() if workers is None else workers
+        results = _check_every_element(evaluator, h, rtol, atol, seed, point == "generic", workers, progress)
     else:
         names = list(params) + ["input"] + (["memory"] if memory is not None else [])
         results = _check_global(evaluator, names, mode, entries, h, rtol, atol, seed)

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 import lnref
 from lnref import gradcheck as checker
-from lnref.autograd import PRIMITIVES, kernels
+from lnref.autograd import PRIMITIVES, kernels, ops
 from lnref.cli import main
 
 SMALL = dict(d_model=8, n_heads=2, d_ff=16)
@@ -152,6 +152,108 @@ def test_the_failing_tensor_is_named_in_the_text_report(monkeypatch):
     _scale_one_weight_gradient(monkeypatch, checker.jitter_params(model.params, 0)[name], factor=1.01)
     text = checker.gradcheck(model, **SHAPE).to_text()
     assert f"{name} [direction] failed" in text and ", 1 failed" in text.splitlines()[-1]
+
+
+# ----- full mode: every element, block by block -----
+
+def full(scheme="residual", layers=2, workers=1, **options):
+    model = lnref.build(scheme, n_layers=layers, **{**SMALL, **options})
+    return model, checker.gradcheck(model, mode="full", workers=workers, **SHAPE)
+
+
+def test_full_mode_checks_every_element_of_every_parameter_and_layer_input():
+    model, report = full()
+    counts = {r.tensor: sum(r.counts.values()) for r in report.results}
+    assert all(counts[name] == value.size for name, value in model.params.items())
+    states = model.hidden_states(*model.sample_inputs(**SHAPE)[::2])
+    assert counts["layers.1.input.1"] == states[1][1].size
+    assert sum(report.check_counts.values()) == sum(counts.values())
+    assert report.ok, report.to_text()
+
+
+@pytest.mark.parametrize("options", [dict(cross_attention=True, causal=True), dict(activation="gelu"),
+                                     dict(norm="rmsnorm")])
+def test_full_mode_passes_decoder_gelu_and_rmsnorm_models(options):
+    _, report = full("peri", **options)
+    assert report.ok, report.to_text()
+
+
+def test_full_mode_reports_the_same_bits_with_one_or_two_workers():
+    reports = [full("b2t", layers=3, workers=workers)[1] for workers in (1, 2)]
+    for report in reports:
+        report.seconds = 0.0
+    assert reports[0].to_json() == reports[1].to_json()
+
+
+def _break_one_element(monkeypatch, primitive, output, index, when, factor=1 + 1e-5):
+    """Scale one element of one gradient output of ``primitive``'s VJP, in the calls ``when``
+    accepts (by their residuals)."""
+    vjp = PRIMITIVES[primitive].vjp
+
+    def broken(dout, residuals):
+        grads = list(vjp(dout, residuals))
+        if when(residuals):
+            grads[output] = grads[output].copy()
+            grads[output][index] *= factor
+        return tuple(grads)
+
+    monkeypatch.setitem(PRIMITIVES, primitive, PRIMITIVES[primitive]._replace(vjp=broken))
+
+
+@pytest.mark.parametrize("primitive,output,tensor,when", [
+    # FFN weights: moved copies stacked one per batch row. W1 is the (d_model, d_ff) one.
+    ("linear", 1, "ffn.w1", lambda residuals: residuals[1].shape == (SMALL["d_model"], SMALL["d_ff"])),
+    # The other parameters: moved in place, one run per move.
+    ("attention_sublayer", 4, "attn.wk", lambda residuals: True),
+])
+def test_full_mode_names_the_one_wrong_element(monkeypatch, primitive, output, tensor, when):
+    _break_one_element(monkeypatch, primitive, output, (3, 5), when)
+    _, report = full("pre", layers=1)
+    wrong = [r for r in report.results if r.status == "failed"]
+    assert [r.tensor for r in wrong] == [f"layers.0.{tensor}"], report.to_text()
+    assert wrong[0].counts["failed"] == 1 and wrong[0].worst.probe == "(3, 5)"
+
+
+def test_full_mode_fails_when_its_batched_runs_disagree_with_the_model(monkeypatch):
+    # The per-row path of linear (the batched moves of FFN weights) made to differ from the real one.
+    per_row = ops._per_row_linear_fwd
+    monkeypatch.setattr(ops, "_per_row_linear_fwd", lambda x, w, b: (per_row(x, w, b)[0] * (1 + 1e-9),
+                                                                     per_row(x, w, b)[1]))
+    _, report = full("pre", layers=1)
+    assert failed(report) == {"layers.0.ffn.w1", "layers.0.ffn.b1", "layers.0.ffn.w2", "layers.0.ffn.b2"}
+    assert all(r.worst.probe == "unmoved point, batched run" for r in report.results if r.status == "failed")
+
+
+def test_full_mode_workers_run_openblas_on_one_thread():
+    import subprocess
+    import sys
+
+    probe = (
+        "import ctypes, numpy\n"
+        "from lnref.gradcheck import _one_blas_thread\n"
+        "paths = {l.split()[-1] for l in open('/proc/self/maps') if 'openblas' in l.lower()}\n"
+        "libs = [ctypes.CDLL(p) for p in sorted(paths) if p.startswith('/')]\n"
+        "getters = [getattr(lib, n) for lib in libs for n in ('scipy_openblas_get_num_threads64_',\n"
+        "           'scipy_openblas_get_num_threads', 'openblas_get_num_threads64_', 'openblas_get_num_threads')\n"
+        "           if hasattr(lib, n)]\n"
+        "if not getters: print('no openblas'); raise SystemExit\n"
+        "before = getters[0](); _one_blas_thread(); print(before, getters[0]())\n"
+    )
+    env = {**__import__("os").environ, "OPENBLAS_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    if done.stdout.strip() == "no openblas":
+        pytest.skip("NumPy here is not linked to OpenBLAS")
+    assert done.stdout.split() == ["2", "1"]
+
+
+def test_cli_full_mode_prints_the_element_counts():
+    result = invoke("gradcheck", "--scheme", "pre", "--layers", "1", "--d-model", "8", "--d-ff", "16",
+                    "--mode", "full")
+    model = lnref.build("pre", n_layers=1, d_model=8, d_ff=16)
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("elements:"))
+    assert int(line.split()[1]) >= sum(v.size for v in model.params.values())
 
 
 # ----- the noise floor -----
