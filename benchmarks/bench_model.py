@@ -18,16 +18,19 @@ with weights stored (d_out, d_in) as ``nn.Linear`` does, ``F.layer_norm``,
 timing, the two are checked to agree (output, loss, every gradient) to 1e-10 relative.
 
 How. Each thread count and configuration runs in its own process (``OPENBLAS_NUM_THREADS``,
-``OMP_NUM_THREADS`` and ``torch.set_num_threads`` all set to the thread count): glibc's malloc
-adapts its thresholds to the allocations it has seen, so in a process that ran the small model
-first, the medium model's arrays can come from freshly mapped pages every call (measured: 1,400
-minor page faults per call alone, 6,600 after the small model; 106 ms against 134 ms). In that
-process the two sides alternate, one
+``OMP_NUM_THREADS`` and ``torch.set_num_threads`` all set to the thread count), which starts
+by fixing glibc's malloc thresholds as the ``lnref`` command does (``lnref/allocator.py``), for
+both sides: with the default, adaptive thresholds a pass's arrays can come from freshly mapped
+pages every call, and what a process ran before changes how many (measured, lnref alone: 72,000
+page faults per call on the large model, 742 ms against 554 ms with the thresholds fixed;
+1,800 on the medium model). In that process the two sides alternate, one
 repetition each, so a change of machine load hits both alike; a repetition runs the callable
 enough times to last ``--min-time`` seconds; each figure is the median over ``--reps``
 repetitions. The ceiling is the float64 GFLOP/s of a 2048 x 2048 matrix product (NumPy's BLAS
 and torch's, the better of the two), its repetitions alternating with the model's, so that it
-sees the same load.
+sees the same load. The CPU time that other processes (and the hypervisor, as steal) took
+during a measurement is read from /proc/stat; above a quarter of a CPU the figures are
+flagged as inconclusive.
 
 FLOPs. Exactly the matrix products, forward and backward, 2 FLOPs per multiply-add: per
 linear map of N = batch * seq rows, N d_in d_out multiply-adds forward and twice that backward
@@ -45,6 +48,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -62,6 +66,7 @@ CONFIGS = {
 TARGET_RATIO = {"small": 0.25, "medium": 0.8, "large": 1.1}  # lnref time / torch time, at most
 TARGET_CEILING_SHARE = ("large", 0.70)  # lnref GFLOP/s / matmul ceiling, at least
 AGREEMENT_RTOL = 1e-10
+OTHER_CPUS_LIMIT = 0.25  # CPUs' worth of other work during a measurement above which it is flagged
 CEILING_SIZE = 2048
 
 
@@ -193,9 +198,30 @@ def matmul_callables(torch):
     return fns
 
 
+def busy_cpu_seconds():
+    """CPU seconds the whole machine has spent busy (user, nice, system, irq, softirq) or
+    taken by the hypervisor (steal), from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process, BLAS's too
+    return usage.ru_utime + usage.ru_stime
+
+
 def child(args):
     """Measure everything at one thread count; print one JSON document."""
     import lnref
+    from lnref.allocator import keep_freed_memory
+
+    # As the lnref command does, for both sides (see lnref/allocator.py and the docstring).
+    allocator = "glibc thresholds fixed" if keep_freed_memory() else "default"
 
     try:
         import torch
@@ -205,7 +231,8 @@ def child(args):
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
     figures = {"threads": args.threads, "torch": None if torch is None else torch.__version__,
-               "reps": args.reps, "min_time": args.min_time, "load_before": os.getloadavg()[0], "runs": []}
+               "reps": args.reps, "min_time": args.min_time, "allocator": allocator, "runs": []}
+    started, busy_before, own_before = time.perf_counter(), busy_cpu_seconds(), own_cpu_seconds()
     matmuls = matmul_callables(torch)
     for config_name in args.configs:
         config = CONFIGS[config_name]
@@ -232,6 +259,10 @@ def child(args):
             run["ceiling"] = {name: 2 * CEILING_SIZE**3 / timed[f"matmul {name}"] / 1e9 for name in matmuls}
             figures["runs"].append(run)
             print(f"  threads {args.threads}: {config_name} {scheme} done", file=sys.stderr, flush=True)
+    if busy_before is not None:
+        # What the rest of the machine took meanwhile, in CPUs: the contention these figures saw.
+        others = busy_cpu_seconds() - busy_before - (own_cpu_seconds() - own_before)
+        figures["other_cpus"] = max(others, 0.0) / (time.perf_counter() - started)
     print(json.dumps(figures))
 
 
@@ -279,7 +310,7 @@ def report(results, load_before, load_after):
                           "torch_gflops": torch_gflops, "ceiling_gflops": run["ceiling"],
                           "lnref_share_of_ceiling": share, "agreement_max_rel_diff": run.get("agreement"),
                           "torch_version": result["torch"], "reps": result["reps"],
-                          "load_average_before": result["load_before"]})
+                          "other_cpus": result.get("other_cpus"), "allocator": result["allocator"]})
             if ratio is not None:
                 verdicts.append((f"{run['config']} {run['scheme']} {result['threads']} thread(s): "
                                  f"lnref/torch {ratio:.3f} <= {target}", ratio <= target))
@@ -293,11 +324,11 @@ def report(results, load_before, load_after):
         print(json.dumps(line))
     print()
     for result in results:
-        if result["load_before"] + result["threads"] > (os.cpu_count() or 1):
+        others = result.get("other_cpus")
+        if others is not None and others > OTHER_CPUS_LIMIT:
             configs = ", ".join(sorted({run["config"] for run in result["runs"]}))
-            print(f"note: {configs} at {result['threads']} thread(s): the load average was "
-                  f"{result['load_before']:.2f} on {os.cpu_count()} cpus: those figures competed with other "
-                  f"work and are inconclusive")
+            print(f"note: {configs} at {result['threads']} thread(s): other work used {others:.2f} of "
+                  f"{os.cpu_count()} cpus meanwhile: those figures competed with it and are inconclusive")
     if results and results[0]["torch"] is None:
         print("note: PyTorch is not installed: no comparison, lnref's own figures only")
     for text, met in verdicts:

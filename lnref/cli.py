@@ -14,6 +14,7 @@ import sys
 import click
 
 from lnref import SCHEMES, __version__
+from lnref.allocator import keep_freed_memory
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -149,6 +150,8 @@ def main():
 
     Exit codes: 0 ok, 1 a check failed, 2 usage or input error.
     """
+    # The command owns its process: memory a pass frees is kept for the next (lnref.allocator).
+    keep_freed_memory()
 
 
 @main.command()
