@@ -3,7 +3,8 @@
     python benchmarks/bench_gradcheck.py [--scheme residual] [--layers 48] [--repeats 3]
 
 Every figure is measured in this run. lnref: the default directional check of every tensor
-(and blockwise mode), in a fresh process with an empty Numba cache (cold) and again with the
+(shared out among forked workers, one per CPU, as the command does for a model this big; and
+blockwise mode, in one process), in a fresh process with an empty Numba cache (cold) and again with the
 cache filled (warm), plus the in-process time of a warm check; and the every-element check
 (``--mode full``, all CPUs). PyTorch, when installed: the same model (an independent port,
 tests/interop/torch_port.py) at the same parameters, checked by
@@ -152,7 +153,8 @@ def main():
     figures.append(("lnref gradcheck, fresh process, cold Numba cache", cold, cold_report["summary"]))
     figures.append(("lnref gradcheck, fresh process, warm Numba cache", warm, ""))
     directional, report = lnref_in_process(options.scheme, options.layers, "directional", options.repeats)
-    figures.append(("lnref directional check (in process, warm)", directional, report.summary()))
+    figures.append((f"lnref directional check (in process, warm, {gradcheck_workers()} workers)", directional,
+                    report.summary()))
     blockwise, block_report = lnref_in_process(options.scheme, options.layers, "blockwise", options.repeats)
     figures.append(("lnref blockwise check (in process, warm)", blockwise, block_report.summary()))
     torch_seconds = None if options.no_torch else torch_fast_gradcheck(options.scheme, options.layers,

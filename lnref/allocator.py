@@ -12,7 +12,8 @@ d_model-256 model, 72,000 faults and about a quarter of a forward+backward's tim
 and is handed out again: resident memory stays at the peak of a pass instead of rising and
 falling with it. It changes the whole process's allocator, so the library never calls it on
 its own; the ``lnref`` command, which owns its process, does at start-up, and so do the
-benchmarks, for lnref and PyTorch alike.
+benchmarks, for lnref and PyTorch alike. :func:`return_freed_memory` hands what is kept back
+at once; the gradient checker calls it before it forks its workers.
 """
 
 from __future__ import annotations
@@ -38,3 +39,20 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD,
                                                                                  TRIM_THRESHOLD_BYTES))
+
+
+def return_freed_memory() -> bool:
+    """Hand the free memory the heap keeps back to the kernel now (glibc's ``malloc_trim``);
+    False where the C library is not glibc.
+
+    For a process about to fork workers: a worker that allocates from memory its parent kept
+    free writes into it and so copies it, page by page (measured, after a garbage collection:
+    a first 48-layer gradcheck with two workers took 274 MB in all without this, 266 MB with).
+    """
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes, malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    malloc_trim(0)
+    return True

@@ -176,7 +176,8 @@ def schemes():
 @click.option("--entries", "entries_per_tensor", type=COUNT, default=4, show_default=True,
               help="Entries mode: elements sampled per tensor.")
 @click.option("--workers", type=COUNT, default=None,
-              help="Full mode: worker processes sharing the blocks [default: the CPUs available].")
+              help="Forked worker processes sharing the checks out (not blockwise mode) [default: the CPUs "
+                   "available; 1 for directional and entries checks of small models].")
 @click.option("--rtol", type=FiniteFloat(), default=None, help="Relative tolerance (default by dtype).")
 @click.option("--atol", type=FiniteFloat(), default=0.0, show_default=True, help="Absolute tolerance.")
 @click.option("--with-head", is_flag=True,

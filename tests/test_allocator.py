@@ -52,6 +52,30 @@ def test_without_it_glibc_returns_the_freed_pages_and_every_pass_faults_them_in_
     assert faults > 4 * 5_000
 
 
+RETURNED = """
+import sys
+import numpy as np
+sys.path.insert(0, {root!r})
+from lnref.allocator import keep_freed_memory, return_freed_memory
+def resident_mb():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096 / 2**20
+keep_freed_memory()
+arrays = [np.ones(1 << 17) for _ in range(40)]
+del arrays
+kept = resident_mb()
+return_freed_memory()
+print(kept - resident_mb())
+"""
+
+
+@glibc_only
+def test_return_freed_memory_hands_the_kept_pages_back_at_once():
+    done = subprocess.run([sys.executable, "-c", RETURNED.format(root=str(ROOT))],
+                          capture_output=True, text=True, check=True)
+    assert float(done.stdout) > 30  # of the 40 MiB freed and kept
+
+
 def test_every_lnref_command_keeps_freed_memory_first(monkeypatch):
     from click.testing import CliRunner
 

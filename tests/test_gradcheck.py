@@ -185,6 +185,29 @@ def test_full_mode_reports_the_same_bits_with_one_or_two_workers():
     assert reports[0].to_json() == reports[1].to_json()
 
 
+@pytest.mark.parametrize("mode", ["directional", "entries"])
+def test_directional_and_entries_checks_report_the_same_bits_with_one_or_two_workers(mode):
+    model = lnref.build("post", n_layers=3, **SMALL)
+    reports = [checker.gradcheck(model, mode=mode, workers=workers, **SHAPE) for workers in (1, 2)]
+    for report in reports:
+        report.seconds = 0.0
+    assert reports[0].to_json() == reports[1].to_json()
+
+
+def test_a_broken_backward_is_caught_when_workers_share_the_checks(monkeypatch):
+    monkeypatch.setitem(PRIMITIVES, "relu", PRIMITIVES["relu"]._replace(vjp=lambda dout, mask: (dout,)))
+    model = lnref.build("pre", n_layers=3, **SMALL)
+    assert "layers.0.ffn.w1" in failed(checker.gradcheck(model, workers=2, **SHAPE))
+
+
+def test_small_models_are_checked_in_one_process_by_default(monkeypatch):
+    def no_fork(*args):
+        raise AssertionError("a worker pool was started")
+
+    monkeypatch.setattr(checker.multiprocessing, "get_context", no_fork)
+    assert check("pre", layers=6).ok
+
+
 def _break_one_element(monkeypatch, primitive, output, index, when, factor=1 + 1e-5):
     """Scale one element of one gradient output of ``primitive``'s VJP, in the calls ``when``
     accepts (by their residuals)."""
