@@ -93,12 +93,14 @@ def model_from_options(scheme, layers, d_model, heads, d_ff, norm, activation, c
                  post_fraction=post_fraction)
 
 
-def note_cold_compile():
-    """One line on stderr when the kernels' compile cache is empty (the first run compiles)."""
-    from lnref.autograd.kernels import compile_cache_is_cold
+def compile_if_cold(options):
+    """On a first run (the kernels' compile cache is empty): one line on stderr, then the
+    kernels the model needs compiled, on two cores where there are two."""
+    from lnref.autograd.kernels import compile_cache_is_cold, compile_first_run_kernels
 
     if compile_cache_is_cold():
         click.echo("note: compiling kernels (first run only; cached afterwards)", err=True)
+        compile_first_run_kernels(options["dtype"], options["norm"], options["activation"])
 
 
 def warn_float32(dtype):
@@ -192,7 +194,7 @@ def gradcheck(mode, point, entries_per_tensor, workers, rtol, atol, with_head, v
         fail("--rtol and --atol must be >= 0")
     progress = None if as_json else _stderr_progress
     with input_errors():
-        note_cold_compile()
+        compile_if_cold(options)
         from lnref import gradcheck as checker  # the module
 
         if with_head:

@@ -970,3 +970,33 @@ def test_the_cache_is_warm_once_the_first_run_kernels_have_run():
     K._linear_forward_loop(x, gamma[:, None] * np.ones(3), np.ones(3))
     K._linear_backward_loop(dy[:, :3], x, gamma[:, None] * np.ones(3))
     assert K.compile_cache_is_cold() is False
+
+
+# A fresh process with an empty cache: compile_first_run_kernels, then a first pass of a small
+# model of that configuration, counting the compilations the pass starts.
+FIRST_RUN = """
+import sys
+sys.path.insert(0, {root!r})
+import lnref
+from numba.core import event
+from lnref.autograd import kernels
+kernels.compile_first_run_kernels("float64", {norm!r}, {activation!r})
+model = lnref.build("pre", n_layers=2, norm={norm!r}, activation={activation!r})
+x, dy, _ = model.sample_inputs(batch=2, seq=8)
+with event.install_recorder("numba:compile") as recorder:
+    model.value_and_grad(x, dy)
+print(kernels.compile_cache_is_cold(), sum(1 for e in recorder.buffer if e[1].is_start))
+"""
+
+
+@pytest.mark.skipif(not K.USE_NUMBA, reason="compiles Numba kernels")
+@pytest.mark.parametrize("norm, activation", [("layernorm", "relu"), ("rmsnorm", "gelu")])
+def test_after_compile_first_run_kernels_a_first_pass_compiles_nothing(tmp_path, norm, activation):
+    root = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", FIRST_RUN.format(root=root, norm=norm, activation=activation)],
+                          env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}, capture_output=True, text=True,
+                          check=True)
+    cold, compilations = done.stdout.split()
+    assert compilations == "0", done.stderr[-2000:]
+    if norm == "layernorm" and activation == "relu":  # what compile_cache_is_cold looks at
+        assert cold == "False"

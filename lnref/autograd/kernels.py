@@ -1595,3 +1595,73 @@ def compile_cache_is_cold() -> bool:
         return False
     except Exception:  # a Numba without these internals, an unreadable index: unsure
         return False
+
+
+def compile_first_run_kernels(dtype="float64", norm="layernorm", activation="relu"):
+    """Compile (or load from the cache) the loop kernels a small model's pass runs, the
+    backward ones in a forked process while this one compiles the forward ones.
+
+    Numba compiles in the calling thread, one kernel after the other: about ten seconds for
+    a first pass on this module's kernels. Two processes halve the wait on two cores; the
+    forked one leaves its kernels in the on-disk cache, where this process finds them on
+    first use. Each kernel runs once on small arrays of ``dtype`` and of the shapes of a
+    default model, ``norm`` and ``activation`` saying which norm and FFN kernels it needs;
+    kernels that are not run here (other configurations, large sizes) compile on first use
+    as usual. Without Numba, or without ``os.fork``, the kernels compile here, in order.
+    """
+    if not USE_NUMBA:
+        return
+    dtype = np.dtype(dtype)
+    backward = None
+    if hasattr(os, "fork") and len(os.sched_getaffinity(0)) > 1:
+        backward = os.fork()
+        if backward == 0:
+            try:
+                _run_backward_kernels(dtype)
+            finally:
+                os._exit(0)  # never the parent's exit handlers
+    _run_forward_kernels(dtype, norm, activation)
+    if backward is None:
+        _run_backward_kernels(dtype)
+    else:
+        os.waitpid(backward, 0)
+
+
+def _small_arrays(dtype):
+    """Seeded arrays of a default model's shapes: batch 2, seq 8, d_model 16, 2 heads, d_ff 64."""
+    rng = np.random.default_rng(0)
+    return lambda *shape: rng.standard_normal(shape).astype(dtype)
+
+
+def _run_forward_kernels(dtype, norm, activation):
+    """The forward kernels, and the backward ones of the norm and the activation (which compile
+    fast: this side has the lighter share)."""
+    array = _small_arrays(dtype)
+    rows, d, d_ff = 16, 16, 64
+    x, gamma, beta = array(rows, d), array(d), array(d)
+    if norm == "rmsnorm":
+        _, rrms = rms_norm_forward(x, gamma, 1e-5)
+        rms_norm_backward(array(rows, d), x, gamma, rrms)
+    else:
+        _, mean, rstd = layer_norm_forward(x, gamma, beta, 1e-5)
+        layer_norm_backward(array(rows, d), x, gamma, mean, rstd)
+    hidden = linear_forward(x, array(d, d_ff), array(d_ff))
+    if activation == "gelu":
+        gelu_forward(hidden, "tanh")
+        gelu_backward(array(rows, d_ff), hidden, "tanh")
+    else:
+        relu_backward(array(rows, d_ff), np.maximum(hidden, 0))
+    weights = [array(d, d) if i % 2 == 0 else array(d) for i in range(8)]
+    attention_sublayer_forward(array(2, 8, d), None, *weights, 2, False)
+
+
+def _run_backward_kernels(dtype):
+    """The linear map's and the attention sublayer's backward kernels (the slow ones to compile)."""
+    array = _small_arrays(dtype)
+    rows, d, d_ff = 16, 16, 64
+    linear_backward(array(rows, d_ff), array(rows, d), array(d, d_ff))
+    # Any values of the residuals' shapes do: only their types decide what compiles.
+    x, q, k, v, heads = (array(2, 8, d) for _ in range(5))
+    probs = np.abs(array(2, 2, 8, 8))
+    attention_sublayer_backward(array(2, 8, d), x, None, array(d, d), array(d, d), array(d, d), array(d, d),
+                                q, k, v, probs, heads)
