@@ -46,14 +46,13 @@ import gc
 import json
 import math
 import multiprocessing
-import os
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from lnref.allocator import return_freed_memory
-from lnref.autograd import Tape, Tensor, ops
+from lnref.autograd import Tape, Tensor, kernels, ops
 
 STATUSES = ("passed", "failed", "unresolved")
 NOISE_FACTOR = 10.0  # a difference this many noise standard deviations away is not noise
@@ -730,7 +729,7 @@ def _one_blas_thread():
 
 def default_workers():
     """The CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return kernels.available_cpus()
 
 
 def _check_every_element(evaluator, h, rtol, atol, seed, generic, workers, progress=None):

@@ -385,8 +385,7 @@ class Model:
                         tensor.retain_grad = True
             tape.backward(loss)
             del tape, run, y  # the records and the residuals they hold, freed within the pause
-            grads = {name: leaf.grad if leaf.grad is not None else np.zeros_like(leaf.value)
-                     for name, leaf in leaves.items()}
+            grads = {name: _grad_or_zeros(leaf) for name, leaf in leaves.items()}
             grads["input"] = _grad_or_zeros(x_leaf)
             if memory_leaf is not None:
                 grads["memory"] = _grad_or_zeros(memory_leaf)
@@ -400,19 +399,10 @@ class Model:
         if list(params) != self._names:  # other names, or another order: the groups come later
             return {name: _leaf(value, dtype) for name, value in params.items()}, None
         leaves, groups = {}, {}
-        new_tensor = Tensor.__new__
         for prefix, members in self.groups.items():
             group = groups[prefix] = {}
             for short, full in members:
-                value = params[full]
-                if type(value) is np.ndarray and value.dtype is dtype:
-                    # _leaf's common case written out: this loop makes every parameter's leaf
-                    # on every pass.
-                    leaf = new_tensor(Tensor)
-                    leaf.value, leaf.grad, leaf.requires_grad, leaf.retain_grad = value, None, True, False
-                else:
-                    leaf = _leaf(value, dtype)
-                leaves[full] = group[short] = leaf
+                leaves[full] = group[short] = _leaf(params[full], dtype)
         return leaves, groups
 
 

@@ -1597,6 +1597,11 @@ def compile_cache_is_cold() -> bool:
         return False
 
 
+def available_cpus():
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def compile_first_run_kernels(dtype="float64", norm="layernorm", activation="relu"):
     """Compile (or load from the cache) the loop kernels a small model's pass runs, the
     backward ones in a forked process while this one compiles the forward ones.
@@ -1613,7 +1618,7 @@ def compile_first_run_kernels(dtype="float64", norm="layernorm", activation="rel
         return
     dtype = np.dtype(dtype)
     backward = None
-    if hasattr(os, "fork") and len(os.sched_getaffinity(0)) > 1:
+    if hasattr(os, "fork") and available_cpus() > 1:
         backward = os.fork()
         if backward == 0:
             try:
