@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -65,12 +66,22 @@ def run(args, env=None, probe=False):
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
                                    stdout=stdout, stderr=stderr, text=True)
-        tree_pss = 0
-        while probe and process.poll() is None:
-            tree_pss = max(tree_pss, sum(pss_kb(pid) for pid in process_tree(process.pid)))
-            time.sleep(0.02)
+        # The sampler runs beside the wait, so that the wall time is not rounded to its period.
+        sampled, done_waiting = [0], threading.Event()
+
+        def sample():
+            while not done_waiting.wait(0.02):
+                sampled[0] = max(sampled[0], sum(pss_kb(pid) for pid in process_tree(process.pid)))
+
+        sampler = threading.Thread(target=sample) if probe else None
+        if sampler:
+            sampler.start()
         process.wait()
         seconds = time.perf_counter() - started
+        done_waiting.set()
+        if sampler:
+            sampler.join()
+        tree_pss = sampled[0]
         stdout.seek(0)
         stderr.seek(0)
         done = subprocess.CompletedProcess(command, process.returncode, stdout.read(), stderr.read())
@@ -177,7 +188,7 @@ def main(argv=None):
           f"set and the sampled total PSS of it and its workers)")
     print()
     extra = {"compile_estimate_s": compile_estimate, "kernels_compiled": kernels, "signatures_compiled": signatures,
-             "compile_cache_is_cold": cold_answers, "peak_rss_mb": max(peaks)}
+             "compile_cache_is_cold": cold_answers, "peak_memory_mb": max(peaks)}
     for f in figures:
         print(json.dumps(f))
     print(json.dumps({"benchmark": "startup", "what": "summary", **extra}))

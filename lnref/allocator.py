@@ -32,13 +32,9 @@ TRIM_THRESHOLD_BYTES = 1 << 30
 def keep_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds (see the module docstring); True if they were set,
     False where the C library is not glibc."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD,
-                                                                                 TRIM_THRESHOLD_BYTES))
+    mallopt = _c_function("mallopt", (ctypes.c_int, ctypes.c_int))
+    return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) \
+        and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
 
 
 def return_freed_memory() -> bool:
@@ -49,10 +45,18 @@ def return_freed_memory() -> bool:
     free writes into it and so copies it, page by page (measured, after a garbage collection:
     a first 48-layer gradcheck with two workers took 274 MB in all without this, 266 MB with).
     """
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    malloc_trim = _c_function("malloc_trim", (ctypes.c_size_t,))
+    if malloc_trim is None:
         return False
-    malloc_trim.argtypes, malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
     malloc_trim(0)
     return True
+
+
+def _c_function(name, argtypes):
+    """``name`` from the C library the interpreter runs on, returning an int; None if absent."""
+    try:
+        function = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = argtypes, ctypes.c_int
+    return function

@@ -1625,15 +1625,21 @@ def compile_first_run_kernels(dtype="float64", norm="layernorm", activation="rel
                 _run_backward_kernels(dtype)
             finally:
                 os._exit(0)  # never the parent's exit handlers
-    _run_forward_kernels(dtype, norm, activation)
+    try:
+        _run_forward_kernels(dtype, norm, activation)
+    finally:
+        if backward is not None:
+            os.waitpid(backward, 0)
     if backward is None:
         _run_backward_kernels(dtype)
-    else:
-        os.waitpid(backward, 0)
+
+
+# A default model's shapes: batch 2, seq 8 (16 rows), d_model 16, 2 heads, d_ff 64.
+_SMALL_BATCH, _SMALL_SEQ, _SMALL_D, _SMALL_HEADS, _SMALL_D_FF = 2, 8, 16, 2, 64
 
 
 def _small_arrays(dtype):
-    """Seeded arrays of a default model's shapes: batch 2, seq 8, d_model 16, 2 heads, d_ff 64."""
+    """A maker of seeded arrays of ``dtype``: ``array(*shape)``."""
     rng = np.random.default_rng(0)
     return lambda *shape: rng.standard_normal(shape).astype(dtype)
 
@@ -1642,7 +1648,7 @@ def _run_forward_kernels(dtype, norm, activation):
     """The forward kernels, and the backward ones of the norm and the activation (which compile
     fast: this side has the lighter share)."""
     array = _small_arrays(dtype)
-    rows, d, d_ff = 16, 16, 64
+    rows, d, d_ff = _SMALL_BATCH * _SMALL_SEQ, _SMALL_D, _SMALL_D_FF
     x, gamma, beta = array(rows, d), array(d), array(d)
     if norm == "rmsnorm":
         _, rrms = rms_norm_forward(x, gamma, 1e-5)
@@ -1657,16 +1663,16 @@ def _run_forward_kernels(dtype, norm, activation):
     else:
         relu_backward(array(rows, d_ff), np.maximum(hidden, 0))
     weights = [array(d, d) if i % 2 == 0 else array(d) for i in range(8)]
-    attention_sublayer_forward(array(2, 8, d), None, *weights, 2, False)
+    attention_sublayer_forward(array(_SMALL_BATCH, _SMALL_SEQ, d), None, *weights, _SMALL_HEADS, False)
 
 
 def _run_backward_kernels(dtype):
     """The linear map's and the attention sublayer's backward kernels (the slow ones to compile)."""
     array = _small_arrays(dtype)
-    rows, d, d_ff = 16, 16, 64
-    linear_backward(array(rows, d_ff), array(rows, d), array(d, d_ff))
+    batch, seq, d = _SMALL_BATCH, _SMALL_SEQ, _SMALL_D
+    linear_backward(array(batch * seq, _SMALL_D_FF), array(batch * seq, d), array(d, _SMALL_D_FF))
     # Any values of the residuals' shapes do: only their types decide what compiles.
-    x, q, k, v, heads = (array(2, 8, d) for _ in range(5))
-    probs = np.abs(array(2, 2, 8, 8))
-    attention_sublayer_backward(array(2, 8, d), x, None, array(d, d), array(d, d), array(d, d), array(d, d),
+    x, q, k, v, heads = (array(batch, seq, d) for _ in range(5))
+    probs = np.abs(array(batch, _SMALL_HEADS, seq, seq))
+    attention_sublayer_backward(array(batch, seq, d), x, None, array(d, d), array(d, d), array(d, d), array(d, d),
                                 q, k, v, probs, heads)
