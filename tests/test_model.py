@@ -292,3 +292,55 @@ def test_other_parameters_given_one_per_batch_row_are_a_value_error():
     stacked = np.stack([model.params["layers.0.attn.wq"]] * 3)
     with pytest.raises(ValueError, match="attention_sublayer"):
         model.forward(model.run(params={**model.params, "layers.0.attn.wq": stacked}), x)
+
+
+# ----- repeated passes (the parameter leaves of one pass are reused by the next) -----
+
+def _fresh_gradients(model, x, dy):
+    twin = lnref.build(model.config.scheme, n_layers=model.config.n_layers, d_model=8, n_heads=2, d_ff=16)
+    twin.load(model.params)
+    return twin.value_and_grad(x, dy)[1]
+
+
+def test_repeated_passes_give_the_same_gradients_not_accumulated_ones():
+    model = lnref.build("pre", n_layers=2, d_model=8, n_heads=2, d_ff=16)
+    x, dy, _ = model.sample_inputs(batch=2, seq=3)
+    first, second = model.value_and_grad(x, dy)[1], model.value_and_grad(x, dy)[1]
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+        assert first[name] is not second[name]
+
+
+def test_a_parameter_array_replaced_between_passes_is_the_one_differentiated():
+    model = lnref.build("post", n_layers=2, d_model=8, n_heads=2, d_ff=16)
+    x, dy, _ = model.sample_inputs(batch=2, seq=3)
+    model.value_and_grad(x, dy)
+    model.params["layers.0.ffn.w1"] = model.params["layers.0.ffn.w1"] * 1.5
+    grads = model.value_and_grad(x, dy)[1]
+    expected = _fresh_gradients(model, x, dy)
+    for name in expected:
+        np.testing.assert_array_equal(grads[name], expected[name])
+
+
+def test_a_pass_that_fails_midway_leaves_no_partial_gradients_behind(monkeypatch):
+    from lnref.autograd import PRIMITIVES
+
+    model = lnref.build("pre", n_layers=2, d_model=8, n_heads=2, d_ff=16)
+    x, dy, _ = model.sample_inputs(batch=2, seq=3)
+    model.value_and_grad(x, dy)
+    vjp, calls = PRIMITIVES["layer_norm"].vjp, []
+
+    def fails_on_the_third_call(dout, residuals):  # after the last layers' gradients are in
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("backward interrupted")
+        return vjp(dout, residuals)
+
+    with monkeypatch.context() as patch:
+        patch.setitem(PRIMITIVES, "layer_norm", PRIMITIVES["layer_norm"]._replace(vjp=fails_on_the_third_call))
+        with pytest.raises(RuntimeError, match="interrupted"):
+            model.value_and_grad(x, dy)
+    grads = model.value_and_grad(x, dy)[1]
+    expected = _fresh_gradients(model, x, dy)
+    for name in expected:
+        np.testing.assert_array_equal(grads[name], expected[name])
