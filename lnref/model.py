@@ -275,6 +275,7 @@ class Model:
                 raise ConfigError(f"load: {name} contains NaN or inf")
             loaded[name] = value.copy()
         self.params = loaded
+        self._reused_leaves = None  # nor keep the replaced arrays alive
 
     # -- running --
 
