@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import lnref
-from lnref.model import ConfigError
+from lnref.model import ConfigError, Model
 
 SMALL = dict(d_model=8, n_heads=2, d_ff=16)
 
@@ -297,7 +297,8 @@ def test_other_parameters_given_one_per_batch_row_are_a_value_error():
 # ----- repeated passes (the parameter leaves of one pass are reused by the next) -----
 
 def _fresh_gradients(model, x, dy):
-    twin = lnref.build(model.config.scheme, n_layers=model.config.n_layers, d_model=8, n_heads=2, d_ff=16)
+    """The gradients of a new model of the same configuration holding ``model``'s parameters."""
+    twin = Model(model.config)
     twin.load(model.params)
     return twin.value_and_grad(x, dy)[1]
 
