@@ -1,6 +1,6 @@
 """lnref forward+backward against PyTorch on small, deep models, measured side by side.
 
-    python3 benchmarks/bench_model.py [--threads 1,2] [--reps 7] [--min-time 0.3]
+    python3 benchmarks/bench_model.py [--threads 1,2] [--reps 7] [--min-time 0.3] [--processes 3]
                                       [--configs small,medium,large] [--schemes pre,post]
 
 The three configurations of the performance targets (float64, Pre-LN and Post-LN):
@@ -17,7 +17,12 @@ with weights stored (d_out, d_in) as ``nn.Linear`` does, ``F.layer_norm``,
 ``torch.autograd.grad`` of the same loss with respect to every parameter and the input. Before
 timing, the two are checked to agree (output, loss, every gradient) to 1e-10 relative.
 
-How. Each thread count and configuration runs in its own process (``OPENBLAS_NUM_THREADS``,
+How. Each thread count and configuration runs in ``--processes`` fresh processes, one
+after the other, and every figure is the median over them (the ratio: the median of the
+processes' own ratios). One process is one draw of the memory layout, which moves an
+interpreter-bound pass by 10-15% from process to process (measured: 7.8 to 9.5 ms for the
+small model's Pre-LN pass, same code, consecutive processes); the median of a few draws
+does not hang on one. Each process (``OPENBLAS_NUM_THREADS``,
 ``OMP_NUM_THREADS`` and ``torch.set_num_threads`` all set to the thread count), which starts
 by fixing glibc's malloc thresholds as the ``lnref`` command does (``lnref/allocator.py``), for
 both sides: with the default, adaptive thresholds a pass's arrays can come from freshly mapped
@@ -269,15 +274,33 @@ def child(args):
 # ----- the report -------------------------------------------------------------------------
 
 def measure(threads, config, args):
-    """The figures of one configuration at one thread count, measured in a fresh process."""
+    """The figures of one configuration at one thread count: the medians over ``args.processes``
+    fresh processes (the ratio, the median of theirs), each process's own figures under "draws"."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, __file__, "--child", "--threads", str(threads), "--reps", str(args.reps),
                "--min-time", str(args.min_time), "--configs", config, "--schemes", ",".join(args.schemes)]
-    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"the measurement of {config} at {threads} thread(s) failed (exit {done.returncode})")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    draws = []
+    for _ in range(args.processes):
+        done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"the measurement of {config} at {threads} thread(s) failed (exit {done.returncode})")
+        draws.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    result = dict(draws[0], runs=[], processes=len(draws))
+    if all("other_cpus" in draw for draw in draws):
+        result["other_cpus"] = max(draw["other_cpus"] for draw in draws)  # the worst contention any saw
+    for index, first in enumerate(draws[0]["runs"]):
+        runs = [draw["runs"][index] for draw in draws]
+        run = dict(first, draws=runs)
+        for key in ("lnref_s", "torch_s"):
+            if key in first:
+                run[key] = statistics.median(r[key] for r in runs)
+        if "torch_s" in first:
+            run["ratio"] = statistics.median(r["lnref_s"] / r["torch_s"] for r in runs)
+        run["ceiling"] = {name: statistics.median(r["ceiling"][name] for r in runs) for name in first["ceiling"]}
+        run["agreement"] = max(r.get("agreement", 0.0) for r in runs) if "agreement" in first else None
+        result["runs"].append(run)
+    return result
 
 
 def report(results, load_before, load_after):
@@ -294,7 +317,7 @@ def report(results, load_before, load_after):
             ceiling = max(run["ceiling"].values())
             lnref_gflops = run["flops"] / run["lnref_s"] / 1e9
             torch_s = run.get("torch_s")
-            ratio = run["lnref_s"] / torch_s if torch_s else None
+            ratio = run.get("ratio")
             torch_gflops = run["flops"] / torch_s / 1e9 if torch_s else None
             share = lnref_gflops / ceiling
             target = TARGET_RATIO[run["config"]]
@@ -310,6 +333,8 @@ def report(results, load_before, load_after):
                           "torch_gflops": torch_gflops, "ceiling_gflops": run["ceiling"],
                           "lnref_share_of_ceiling": share, "agreement_max_rel_diff": run.get("agreement"),
                           "torch_version": result["torch"], "reps": result["reps"],
+                          "processes": result["processes"],
+                          "ratio_per_process": [r["lnref_s"] / r["torch_s"] for r in run["draws"]] if torch_s else None,
                           "other_cpus": result.get("other_cpus"), "allocator": result["allocator"]})
             if ratio is not None:
                 verdicts.append((f"{run['config']} {run['scheme']} {result['threads']} thread(s): "
@@ -340,6 +365,7 @@ def main(argv=None):
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (parent) or one (child)")
     parser.add_argument("--reps", type=int, default=7, help="repetitions per figure (median taken)")
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds per repetition, at least")
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes per figure (median taken)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: small, medium, large")
     parser.add_argument("--schemes", default="pre,post", help="comma-separated: pre, post")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -349,6 +375,8 @@ def main(argv=None):
     unknown = [c for c in args.configs if c not in CONFIGS] + [s for s in args.schemes if s not in ("pre", "post")]
     if unknown:
         parser.error(f"unknown config or scheme: {', '.join(unknown)}")
+    if args.processes < 1 or args.reps < 1:
+        parser.error("--processes and --reps must be at least 1")
     if args.child:
         args.threads = int(args.threads)
         child(args)

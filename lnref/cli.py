@@ -100,7 +100,7 @@ def compile_if_cold(options):
 
     if compile_cache_is_cold():
         click.echo("note: compiling kernels (first run only; cached afterwards)", err=True)
-        compile_first_run_kernels(options["dtype"], options["norm"], options["activation"])
+        compile_first_run_kernels(options["dtype"], options["norm"])
 
 
 def warn_float32(dtype):

@@ -111,29 +111,36 @@ def test_a_layer_norm_backward_that_ignores_gamma_passes_at_init_but_fails_at_a_
 
 def test_a_forward_backward_mismatch_fails(monkeypatch):
     # The forward uses exact GELU, the backward still differentiates the tanh approximation.
-    forward = PRIMITIVES["gelu"].forward
-    monkeypatch.setitem(PRIMITIVES, "gelu", PRIMITIVES["gelu"]._replace(
-        forward=lambda x, approximate="tanh": (forward(x, approximate="none")[0], (x, approximate))))
+    impls = kernels._feed_forward_impls
+
+    def forward_with_exact_gelu(x, w1, b1, w2, b2, activation, mask):
+        hidden = kernels.linear_forward(x, w1, b1)
+        acted = kernels.gelu_forward(hidden, "none")
+        return kernels.linear_forward(acted, w2, b2), hidden, acted
+
+    monkeypatch.setattr(kernels, "_feed_forward_impls", lambda rows, w1: (forward_with_exact_gelu, impls(rows, w1)[1]))
     report = check("sandwich", activation="gelu")
     assert any(name.startswith("layers.0.ffn") for name in failed(report))
 
 
-def test_a_relu_backward_without_its_mask_fails(monkeypatch):
+@pytest.mark.usefixtures("ffn_backward_without_the_relu_pattern")
+def test_a_relu_backward_without_its_pattern_fails():
     # The frozen ReLU patterns used for finite differences must not hide a broken ReLU VJP.
-    monkeypatch.setitem(PRIMITIVES, "relu", PRIMITIVES["relu"]._replace(vjp=lambda dout, mask: (dout,)))
     assert "layers.0.ffn.w1" in failed(check("pre"))
 
 
 def _scale_one_weight_gradient(monkeypatch, target, factor=1 + 1e-6):
-    vjp = PRIMITIVES["linear"].vjp
+    """Scale the gradient of the FFN weight equal to ``target`` (W1 or W2) in the FFN's VJP."""
+    vjp = PRIMITIVES["feed_forward"].vjp
 
-    def scaled(dout, inputs):
-        dx, dweight, dbias = vjp(dout, inputs)
-        if inputs[1].shape == target.shape and np.array_equal(inputs[1], target):
-            dweight = dweight * factor
-        return dx, dweight, dbias
+    def scaled(dout, residuals):
+        grads = list(vjp(dout, residuals))
+        for output, weight in ((1, residuals[2]), (3, residuals[3])):  # dW1 from W1, dW2 from W2
+            if np.shape(weight) == target.shape and np.array_equal(weight, target):
+                grads[output] = grads[output] * factor
+        return tuple(grads)
 
-    monkeypatch.setitem(PRIMITIVES, "linear", PRIMITIVES["linear"]._replace(vjp=scaled))
+    monkeypatch.setitem(PRIMITIVES, "feed_forward", PRIMITIVES["feed_forward"]._replace(vjp=scaled))
 
 
 @pytest.mark.parametrize("mode,layers", [("full", 2), ("blockwise", 48)])
@@ -194,8 +201,8 @@ def test_directional_and_entries_checks_report_the_same_bits_with_one_or_two_wor
     assert reports[0].to_json() == reports[1].to_json()
 
 
-def test_a_broken_backward_is_caught_when_workers_share_the_checks(monkeypatch):
-    monkeypatch.setitem(PRIMITIVES, "relu", PRIMITIVES["relu"]._replace(vjp=lambda dout, mask: (dout,)))
+@pytest.mark.usefixtures("ffn_backward_without_the_relu_pattern")
+def test_a_broken_backward_is_caught_when_workers_share_the_checks():
     model = lnref.build("pre", n_layers=3, **SMALL)
     assert "layers.0.ffn.w1" in failed(checker.gradcheck(model, workers=2, **SHAPE))
 
@@ -225,7 +232,7 @@ def _break_one_element(monkeypatch, primitive, output, index, when, factor=1 + 1
 
 @pytest.mark.parametrize("primitive,output,tensor,when", [
     # FFN weights: moved copies stacked one per batch row. W1 is the (d_model, d_ff) one.
-    ("linear", 1, "ffn.w1", lambda residuals: residuals[1].shape == (SMALL["d_model"], SMALL["d_ff"])),
+    ("feed_forward", 1, "ffn.w1", lambda residuals: True),
     # The other parameters: moved in place, one run per move.
     ("attention_sublayer", 4, "attn.wk", lambda residuals: True),
 ])

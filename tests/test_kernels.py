@@ -416,6 +416,53 @@ def test_linear_twin_check_detects_a_backward_that_drops_the_weight_gradient_of_
         assert_twins_agree((dw, db), K.linear_backward_reference(dy, x, w)[1:])
 
 
+def ffn_inputs(rng, n, d, d_ff, activation, dtype=np.float64):
+    """(x, (w1, b1, w2, b2), dout, mask): the mask only for the "mask" activation."""
+    shapes = ((n, d), (d, d_ff), (d_ff,), (d_ff, d), (d,), (n, d))
+    x, w1, b1, w2, b2, dout = (rng.standard_normal(shape).astype(dtype) for shape in shapes)
+    mask = (rng.random((n, d_ff)) > 0.5).astype(dtype) if activation == "mask" else None
+    return x, (w1, b1, w2, b2), dout, mask
+
+
+def assert_same_bits(loop_out, ref_out, rtol=None):
+    """Equal to the bit (``rtol`` unused: the signature of :func:`assert_twins_agree`)."""
+    for a, b in zip(loop_out, ref_out):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, TWIN_RTOL), (np.float32, 1e-4)], ids=["float64", "float32"])
+@pytest.mark.parametrize("activation", K.FFN_ACTIVATIONS)
+@pytest.mark.parametrize("n, d, d_ff", [(16, 16, 64), (7, 5, 3), (1, 1, 1)])
+def test_feed_forward_loops_match_the_composition(n, d, d_ff, activation, dtype, rtol):
+    # Compiled, the composition runs the loops' own linear kernels: the same bits. Without
+    # Numba it takes NumPy's products, which round differently.
+    def compare(loop_out, ref_out):
+        (assert_same_bits if K.USE_NUMBA else assert_twins_agree)(loop_out, ref_out, rtol)
+    x, weights, dout, mask = ffn_inputs(rng_for("ffn", n, d, d_ff, activation), n, d, d_ff, activation, dtype)
+    out, hidden, acted = K._feed_forward_forward_loop(x, *weights, activation, mask)
+    ref_out, ref_hidden, ref_acted = K.feed_forward_forward_reference(x, *weights, activation, mask)
+    compare((out, acted), (ref_out, ref_acted))  # hidden: kept for GELU only (see kernels)
+    grads = K._feed_forward_backward_loop(dout, x, weights[0], weights[2], hidden, acted, activation, mask)
+    compare(grads, K.feed_forward_backward_reference(dout, x, weights[0], weights[2], ref_hidden, ref_acted,
+                                                     activation, mask))
+
+
+@pytest.mark.parametrize("path", ["loop", "reference"])
+def test_feed_forward_keeps_a_nan_for_the_next_norm_to_reject(path):
+    forward = K._feed_forward_forward_loop if path == "loop" else K.feed_forward_forward_reference
+    x, weights, _, _ = ffn_inputs(rng_for("ffn-nan"), 4, 3, 5, "relu")
+    x[1, 2] = np.nan
+    out = forward(x, *weights, "relu", None)[0]
+    assert np.isnan(out[1]).all() and np.isfinite(np.delete(out, 1, axis=0)).all()
+
+
+def test_feed_forward_rejects_a_mask_without_the_mask_activation():
+    x, weights, _, mask = ffn_inputs(rng_for("ffn-mask"), 4, 3, 5, "mask")
+    with pytest.raises(ValueError, match="mask"):
+        K.feed_forward_forward(x, *weights, "relu", mask)
+
+
 @pytest.mark.skipif(not K.USE_NUMBA, reason="the size rule chooses between compiled paths only")
 def test_small_attention_takes_the_loop_kernels_and_bigger_attention_the_blocked_path():
     assert K._attention_impls(2, 2, 8, 8, 8) == (K._attention_forward_loop, K._attention_backward_loop)
@@ -482,6 +529,8 @@ def _all_kernel_calls(dtype):
     _, mprobs = K.multi_head_attention_forward(mq, mk, mv, 2, True)
     sx, memory, weights, sdout = sublayer_inputs(rng, 1, 4, 3, 6, cross=True, dtype=dtype)
     sublayer = K.attention_sublayer_forward(sx, memory, *weights, 2, False)
+    fx, ffn_weights, fdout, _ = ffn_inputs(rng, 5, 6, 8, "gelu", dtype)
+    ffn = K.feed_forward_forward(fx, *ffn_weights, "gelu")
     return [
         ("layer_norm_forward", lambda: K.layer_norm_forward(x, gamma, beta, EPS)),
         ("layer_norm_backward", lambda: K.layer_norm_backward(dy, x, gamma, mean, rstd)),
@@ -504,6 +553,9 @@ def _all_kernel_calls(dtype):
             if i != 5)),
         ("linear_forward", lambda: K.linear_forward(x, gamma[:, None] * beta, beta)),
         ("linear_backward", lambda: K.linear_backward(dy, x, gamma[:, None] * beta)),
+        ("feed_forward_forward", lambda: K.feed_forward_forward(fx, *ffn_weights, "gelu")),
+        ("feed_forward_backward", lambda: K.feed_forward_backward(fdout, fx, ffn_weights[0], ffn_weights[2],
+                                                                  *ffn[1:], "gelu")),
     ]
 
 
@@ -526,6 +578,8 @@ KERNEL_NAMES = [
     "attention_sublayer_backward",
     "linear_forward",
     "linear_backward",
+    "feed_forward_forward",
+    "feed_forward_backward",
 ]
 
 
@@ -980,7 +1034,7 @@ sys.path.insert(0, {root!r})
 import lnref
 from numba.core import event
 from lnref.autograd import kernels
-kernels.compile_first_run_kernels("float64", {norm!r}, {activation!r})
+kernels.compile_first_run_kernels("float64", {norm!r})
 model = lnref.build("pre", n_layers=2, norm={norm!r}, activation={activation!r})
 x, dy, _ = model.sample_inputs(batch=2, seq=8)
 with event.install_recorder("numba:compile") as recorder:

@@ -212,8 +212,21 @@ def ffn_weights(rng, d, d_ff):
     return [rand(rng, d, d_ff) / np.sqrt(d), rand(rng, d_ff), rand(rng, d_ff, d) / np.sqrt(d_ff), rand(rng, d)]
 
 
+FFN_PATHS = {
+    "loop": (kernels._feed_forward_forward_loop, kernels._feed_forward_backward_loop),
+    "reference": (kernels.feed_forward_forward_reference, kernels.feed_forward_backward_reference),
+}
+ffn_paths = pytest.mark.parametrize("ffn_path", sorted(FFN_PATHS))
+
+
+def use_ffn_path(monkeypatch, path):
+    monkeypatch.setattr(kernels, "_feed_forward_impls", lambda rows, w1: FFN_PATHS[path])
+
+
+@ffn_paths
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
-def test_feed_forward_vjp(activation):
+def test_feed_forward_vjp(monkeypatch, ffn_path, activation):
+    use_ffn_path(monkeypatch, ffn_path)
     rng = np.random.default_rng(24)
     x, weights = rand(rng, 2, 3, 4), ffn_weights(rng, 4, 8)
     hidden = x @ weights[0] + weights[1]
@@ -221,7 +234,9 @@ def test_feed_forward_vjp(activation):
     assert_all_pass(check_vjp(lambda *t: ops.feed_forward(*t, activation=activation), x, *weights))
 
 
-def test_feed_forward_with_a_fixed_relu_pattern_vjp():
+@ffn_paths
+def test_feed_forward_with_a_fixed_relu_pattern_vjp(monkeypatch, ffn_path):
+    use_ffn_path(monkeypatch, ffn_path)
     rng = np.random.default_rng(25)
     x, weights = rand(rng, 2, 3, 4), ffn_weights(rng, 4, 8)
     mask = (rng.random((2, 3, 8)) > 0.5).astype(float)
@@ -236,14 +251,25 @@ def test_feed_forward_with_the_relu_pattern_of_the_point_is_relu_there():
                                   ops.feed_forward(x, *weights, activation="relu").value)
 
 
+def test_feed_forward_with_weights_moved_per_batch_row_runs_each_row_with_its_own():
+    rng = np.random.default_rng(35)
+    x, (w1, b1, w2, b2) = rand(rng, 2, 3, 4), ffn_weights(rng, 4, 8)
+    moved = np.stack([w1, 2 * w1])
+    out = ops.feed_forward(x, moved, b1, w2, b2).value
+    for row, weight in enumerate((w1, 2 * w1)):
+        expected = ops.feed_forward(x[row:row + 1], weight, b1, w2, b2).value[0]
+        np.testing.assert_allclose(out[row], expected, rtol=1e-13)  # batched BLAS products: other roundings
+
+
 def unfused_attention(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal):
     source = x if memory is None else memory
     q, k, v = ops.linear(x, wq, bq), ops.linear(source, wk, bk), ops.linear(source, wv, bv)
     return ops.linear(ops.multi_head_attention(q, k, v, n_heads=n_heads, causal=causal), wo, bo)
 
 
-def unfused_feed_forward(x, w1, b1, w2, b2):
-    return ops.linear(ops.relu(ops.linear(x, w1, b1)), w2, b2)
+def unfused_feed_forward(x, w1, b1, w2, b2, activation):
+    act = ops.relu if activation == "relu" else ops.gelu
+    return ops.linear(act(ops.linear(x, w1, b1)), w2, b2)
 
 
 @sublayer_paths
@@ -268,11 +294,14 @@ def test_attention_sublayer_equals_its_unfused_composition_in_value_and_gradient
         np.testing.assert_allclose(grad, ref, rtol=1e-12, atol=1e-14)
 
 
-def test_feed_forward_equals_its_unfused_composition_in_value_and_gradients():
+@ffn_paths
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_feed_forward_equals_its_unfused_composition_in_value_and_gradients(monkeypatch, ffn_path, activation):
+    use_ffn_path(monkeypatch, ffn_path)
     rng = np.random.default_rng(28)
     arrays = [rand(rng, 2, 3, 4), *ffn_weights(rng, 4, 8)]
-    (value, grads) = value_and_grad(lambda *t: ops.sum(ops.feed_forward(*t) * 0.7))(*arrays)
-    (ref_value, ref_grads) = value_and_grad(lambda *t: ops.sum(unfused_feed_forward(*t) * 0.7))(*arrays)
+    (value, grads) = value_and_grad(lambda *t: ops.sum(ops.feed_forward(*t, activation=activation) * 0.7))(*arrays)
+    (ref_value, ref_grads) = value_and_grad(lambda *t: ops.sum(unfused_feed_forward(*t, activation) * 0.7))(*arrays)
     np.testing.assert_allclose(value, ref_value, rtol=1e-13)
     for grad, ref in zip(grads, ref_grads):
         np.testing.assert_allclose(grad, ref, rtol=1e-12, atol=1e-14)
@@ -416,10 +445,10 @@ def test_attention_sublayer_check_fails_when_the_loop_kernel_drops_the_key_and_v
     assert_all_pass_but_the_key_bias(checks[1:], key_bias=3)
 
 
-def test_feed_forward_check_fails_when_the_relu_vjp_ignores_its_pattern(monkeypatch):
+@pytest.mark.usefixtures("ffn_backward_without_the_relu_pattern")
+def test_feed_forward_check_fails_when_the_backward_ignores_the_relu_pattern():
     rng = np.random.default_rng(33)
     x, weights = rand(rng, 2, 3, 4), ffn_weights(rng, 4, 8)
-    monkeypatch.setitem(PRIMITIVES, "relu", PRIMITIVES["relu"]._replace(vjp=lambda dout, out: (dout,)))
     assert_some_fail(check_vjp(lambda *t: ops.feed_forward(*t), x, *weights))
 
 

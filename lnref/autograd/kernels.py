@@ -119,6 +119,10 @@ __all__ = [
     "attention_sublayer_backward_reference",
     "relu_backward",
     "relu_backward_reference",
+    "feed_forward_forward",
+    "feed_forward_backward",
+    "feed_forward_forward_reference",
+    "feed_forward_backward_reference",
     "compile_cache_is_cold",
 ]
 
@@ -1232,14 +1236,20 @@ def _attention_sublayer_forward_kernel(x, source, wq, bq, wk, bk, wv, bv, wo, bo
     n_x, n_s = n_batch * t_len, n_batch * s_len
     x_rows = x.reshape((n_x, d))
     source_rows = source.reshape((n_s, d))
-    _matmul_kernel(x_rows, wq, bq, q.reshape((n_x, d)))
-    _matmul_kernel(source_rows, wk, bk, k.reshape((n_s, d)))
-    _matmul_kernel(source_rows, wv, bv, v.reshape((n_s, d)))
     per_head = (n_head, d // n_head)
-    _attention_forward_kernel(q.reshape((n_batch, t_len) + per_head), k.reshape((n_batch, s_len) + per_head),
-                              v.reshape((n_batch, s_len) + per_head), causal,
-                              heads.reshape((n_batch, t_len) + per_head), probs)
-    _matmul_kernel(heads.reshape((n_x, d)), wo, bo, out.reshape((n_x, d)))
+    for step in range(4):  # one call site of the projection (see the FFN kernels' comment)
+        if step == 0:
+            rows, weight, bias, dest = x_rows, wq, bq, q.reshape((n_x, d))
+        elif step == 1:
+            rows, weight, bias, dest = source_rows, wk, bk, k.reshape((n_s, d))
+        elif step == 2:
+            rows, weight, bias, dest = source_rows, wv, bv, v.reshape((n_s, d))
+        else:
+            _attention_forward_kernel(q.reshape((n_batch, t_len) + per_head), k.reshape((n_batch, s_len) + per_head),
+                                      v.reshape((n_batch, s_len) + per_head), causal,
+                                      heads.reshape((n_batch, t_len) + per_head), probs)
+            rows, weight, bias, dest = heads.reshape((n_x, d)), wo, bo, out.reshape((n_x, d))
+        _matmul_kernel(rows, weight, bias, dest)
 
 
 @njit(cache=True)
@@ -1456,15 +1466,29 @@ def gelu_backward_reference(dy, x, approximate):
 
 
 @njit(cache=True)
+def _gelu_tanh(x):
+    """The tanh GELU of one float64 (the loops' scalar: the FFN kernel's too)."""
+    u = _SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x)
+    return 0.5 * x * (1.0 + math.tanh(u))
+
+
+@njit(cache=True)
+def _gelu_tanh_slope(x):
+    """Its derivative at one float64."""
+    x2 = x * x
+    th = math.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x2 * x))
+    du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_CUBIC * x2)
+    return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du_dx
+
+
+@njit(cache=True)
 def _gelu_forward_loop(x, approximate):
     """Loop twin of :func:`gelu_forward_reference` (any shape)."""
     flat = x.ravel()
     y = np.empty_like(flat)
     if approximate == "tanh":
         for i in range(flat.size):
-            xi = float(flat[i])
-            u = _SQRT_2_OVER_PI * (xi + _GELU_CUBIC * xi * xi * xi)
-            y[i] = 0.5 * xi * (1.0 + math.tanh(u))
+            y[i] = _gelu_tanh(float(flat[i]))
     elif approximate == "none":
         for i in range(flat.size):
             xi = float(flat[i])
@@ -1482,11 +1506,7 @@ def _gelu_backward_loop(dy, x, approximate):
     dx = np.empty_like(flat)
     if approximate == "tanh":
         for i in range(flat.size):
-            xi = float(flat[i])
-            x2 = xi * xi
-            th = math.tanh(_SQRT_2_OVER_PI * (xi + _GELU_CUBIC * x2 * xi))
-            du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_CUBIC * x2)
-            dx[i] = dy_flat[i] * (0.5 * (1.0 + th) + 0.5 * xi * (1.0 - th * th) * du_dx)
+            dx[i] = dy_flat[i] * _gelu_tanh_slope(float(flat[i]))
     elif approximate == "none":
         for i in range(flat.size):
             xi = float(flat[i])
@@ -1556,6 +1576,181 @@ def relu_backward(dy, y):
 
 
 # ---------------------------------------------------------------------------
+# Feed-forward sublayer: linear, activation, linear
+# ---------------------------------------------------------------------------
+#
+# The model's FFN (``ops.feed_forward``; its docstring states the forward and the
+# VJP): F(x) = act(x W1 + b1) W2 + b2 on rows ``x`` (n, d), W1 (d, d_ff), W2
+# (d_ff, d), with act ReLU, the tanh GELU, or multiplication by a fixed 0/1
+# ``mask`` (n, d_ff) (the gradient checker's frozen ReLU pattern). Up to the
+# linear loop kernels' size, one compiled call runs the whole forward and one the
+# whole backward, with the same loops in the same order as the composition
+# (:func:`feed_forward_forward_reference`), so the two agree to the bit; bigger
+# FFNs take the composition. The residuals are ``hidden`` = x W1 + b1 and
+# ``acted`` = act(hidden). Only GELU's backward reads ``hidden``: for ReLU and the
+# mask the loops write ``acted`` over it and return that one array for both.
+#
+# The two products of each direction go through one call site, in a loop of two steps:
+# LLVM inlines a callee once per call site, and a second copy of the product loops added
+# about a second to a first run's compilation, for no speed.
+
+FFN_ACTIVATIONS = ("relu", "gelu", "mask")
+_FFN_RELU, _FFN_GELU, _FFN_MASK = 0, 1, 2  # their codes in the compiled kernels
+
+
+def _activate(hidden, activation, mask):
+    """act(hidden) as the composition computes it (a new array)."""
+    if activation == "relu":
+        return np.maximum(hidden, 0)  # NaN stays NaN, for the next norm to reject
+    if activation == "gelu":
+        return gelu_forward(hidden, "tanh")
+    return hidden * mask
+
+
+def _activation_backward(dacted, hidden, acted, activation, mask):
+    if activation == "relu":
+        return relu_backward(dacted, acted)
+    if activation == "gelu":
+        return gelu_backward(dacted, hidden, "tanh")
+    return dacted * mask
+
+
+def feed_forward_forward_reference(x, w1, b1, w2, b2, activation, mask):
+    """The FFN's forward as this module's linear maps around the activation; returns
+    ``(out, hidden, acted)``::
+
+        hidden = x W1 + b1,   acted = act(hidden),   out = acted W2 + b2
+    """
+    hidden = linear_forward(x, w1, b1)
+    acted = _activate(hidden, activation, mask)
+    return linear_forward(acted, w2, b2), hidden, acted
+
+
+def feed_forward_backward_reference(dout, x, w1, w2, hidden, acted, activation, mask):
+    """The FFN's VJP as the linear maps' around the activation's; returns ``(dx, dw1, db1,
+    dw2, db2)``::
+
+        dacted, dW2, db2 = linear VJP at dout     (dacted = dout W2^T, dW2 = acted^T dout)
+        dhidden = act'(hidden) * dacted           (ReLU: where acted > 0; mask: * mask)
+        dx, dW1, db1 = linear VJP at dhidden
+    """
+    dacted, dw2, db2 = linear_backward(dout, acted, w2)
+    dhidden = _activation_backward(dacted, hidden, acted, activation, mask)
+    dx, dw1, db1 = linear_backward(dhidden, x, w1)
+    return dx, dw1, db1, dw2, db2
+
+
+@njit(cache=True)
+def _feed_forward_forward_kernel(x, w1, b1, w2, b2, activation, mask, hidden, acted, out):
+    """The whole forward of :func:`_feed_forward_forward_loop`: writes ``hidden``, ``acted``
+    (which may be ``hidden`` itself) and ``out``."""
+    for step in range(2):  # one call site of the product (see the section's comment)
+        if step == 0:
+            rows, weight, bias, dest = x, w1, b1, hidden
+        else:
+            h, a, m = hidden.ravel(), acted.ravel(), mask.ravel()
+            for i in range(h.size):
+                if activation == _FFN_RELU:
+                    a[i] = 0.0 if h[i] < 0 else h[i]  # np.maximum(h, 0): NaN and -0.0 kept
+                elif activation == _FFN_MASK:
+                    a[i] = h[i] * m[i]
+                else:
+                    a[i] = _gelu_tanh(float(h[i]))
+            rows, weight, bias, dest = acted, w2, b2, out
+        _matmul_kernel(rows, weight, bias, dest)
+
+
+@njit(cache=True)
+def _feed_forward_backward_kernel(dout, x, w1, w2, hidden, acted, activation, mask,
+                                  dacted, dx, dw1, db1, dw2, db2):
+    """The whole backward of :func:`_feed_forward_backward_loop`, writing every gradient
+    (``dacted`` is scratch: dacted, then dhidden in place)."""
+    for step in range(2):  # one call site of the product's gradients (as in the forward)
+        if step == 0:
+            drows, rows, weight, drows_in, dweight, dbias = dout, acted, w2, dacted, dw2, db2
+        else:
+            d, h, a, m = dacted.ravel(), hidden.ravel(), acted.ravel(), mask.ravel()
+            for i in range(d.size):
+                if activation == _FFN_RELU:
+                    d[i] = d[i] if a[i] > 0 else 0.0
+                elif activation == _FFN_MASK:
+                    d[i] = d[i] * m[i]
+                else:
+                    d[i] = d[i] * _gelu_tanh_slope(float(h[i]))
+            drows, rows, weight, drows_in, dweight, dbias = dacted, x, w1, dx, dw1, db1
+        _linear_grads_kernel(drows, rows, weight, drows_in, dweight, dbias)
+
+
+def _feed_forward_forward_loop(x, w1, b1, w2, b2, activation, mask):
+    """Loop twin of :func:`feed_forward_forward_reference` (allocates, then runs the kernel)."""
+    dtype, rows = x.dtype, x.shape[0]
+    hidden = np.empty((rows, w1.shape[1]), dtype)
+    acted = np.empty_like(hidden) if activation == "gelu" else hidden  # ReLU, mask: in place
+    out = np.empty((rows, w2.shape[1]), dtype)
+    _feed_forward_forward_kernel(x, w1, b1, w2, b2, _ffn_code(activation), _mask_or_empty(mask, dtype),
+                                 hidden, acted, out)
+    return out, hidden, acted
+
+
+def _feed_forward_backward_loop(dout, x, w1, w2, hidden, acted, activation, mask):
+    """Loop twin of :func:`feed_forward_backward_reference` (allocates, then runs the kernel)."""
+    dtype = x.dtype
+    dacted, dx = np.empty(acted.shape, dtype), np.empty(x.shape, dtype)
+    dw1, db1 = np.empty(w1.shape, dtype), np.empty(w1.shape[1], dtype)
+    dw2, db2 = np.empty(w2.shape, dtype), np.empty(w2.shape[1], dtype)
+    _feed_forward_backward_kernel(dout, x, w1, w2, hidden, acted, _ffn_code(activation),
+                                  _mask_or_empty(mask, dtype), dacted, dx, dw1, db1, dw2, db2)
+    return dx, dw1, db1, dw2, db2
+
+
+def _ffn_code(activation):
+    return _FFN_RELU if activation == "relu" else _FFN_GELU if activation == "gelu" else _FFN_MASK
+
+
+def _mask_or_empty(mask, dtype):
+    """The mask, or an empty 2-D array in its place: one compiled specialization per dtype."""
+    return np.empty((0, 0), dtype) if mask is None else mask
+
+
+def _feed_forward_impls(rows, w1):
+    """(forward, backward) of the FFN for this size: the loops up to the linear loop limit."""
+    if USE_NUMBA and rows * w1.size <= LINEAR_LOOP_WORK_LIMIT:
+        return _feed_forward_forward_loop, _feed_forward_backward_loop
+    return feed_forward_forward_reference, feed_forward_backward_reference
+
+
+def _check_activation(activation, mask):
+    if activation not in FFN_ACTIVATIONS or (mask is None) != (activation != "mask"):
+        raise ValueError(f"activation must be one of {', '.join(FFN_ACTIVATIONS)}, with a mask exactly for "
+                         f"'mask'; got {activation!r} and {'a' if mask is not None else 'no'} mask")
+
+
+def feed_forward_forward(x, w1, b1, w2, b2, activation, mask=None):
+    """The FFN's forward on rows ``x`` (n, d); returns ``(out, hidden, acted)``. Shapes are
+    the caller's to check (``ops.feed_forward`` does); dtypes are checked here. See
+    :func:`feed_forward_forward_reference`."""
+    _check_activation(activation, mask)
+    if mask is None:
+        x, w1, b1, w2, b2 = _float_arrays(x, w1, b1, w2, b2)
+    else:
+        x, w1, b1, w2, b2, mask = _float_arrays(x, w1, b1, w2, b2, mask)
+    forward, _ = _feed_forward_impls(x.shape[0], w1)
+    return forward(x, w1, b1, w2, b2, activation, mask)
+
+
+def feed_forward_backward(dout, x, w1, w2, hidden, acted, activation, mask=None):
+    """The FFN's VJP; returns ``(dx, dw1, db1, dw2, db2)``. The arguments after ``dout`` are
+    the forward's inputs and residuals. See :func:`feed_forward_backward_reference`."""
+    _check_activation(activation, mask)
+    if mask is None:
+        dout, x, w1, w2, hidden, acted = _float_arrays(dout, x, w1, w2, hidden, acted)
+    else:
+        dout, x, w1, w2, hidden, acted, mask = _float_arrays(dout, x, w1, w2, hidden, acted, mask)
+    _, backward = _feed_forward_impls(x.shape[0], w1)
+    return backward(dout, x, w1, w2, hidden, acted, activation, mask)
+
+
+# ---------------------------------------------------------------------------
 # Compilation cache
 # ---------------------------------------------------------------------------
 
@@ -1568,9 +1763,8 @@ _FIRST_RUN_KERNELS = (
     _layer_norm_backward_kernel,
     _attention_sublayer_forward_kernel,
     _attention_sublayer_backward_kernel,
-    _matmul_kernel,  # the FFN's linear maps
-    _linear_grads_kernel,
-    _relu_backward_kernel,
+    _feed_forward_forward_kernel,
+    _feed_forward_backward_kernel,
 )
 
 
@@ -1602,7 +1796,7 @@ def available_cpus():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def compile_first_run_kernels(dtype="float64", norm="layernorm", activation="relu"):
+def compile_first_run_kernels(dtype="float64", norm="layernorm"):
     """Compile (or load from the cache) the loop kernels a small model's pass runs, the
     backward ones in a forked process while this one compiles the forward ones.
 
@@ -1610,9 +1804,9 @@ def compile_first_run_kernels(dtype="float64", norm="layernorm", activation="rel
     a first pass on this module's kernels. Two processes halve the wait on two cores; the
     forked one leaves its kernels in the on-disk cache, where this process finds them on
     first use. Each kernel runs once on small arrays of ``dtype`` and of the shapes of a
-    default model, ``norm`` and ``activation`` saying which norm and FFN kernels it needs;
-    kernels that are not run here (other configurations, large sizes) compile on first use
-    as usual. Without Numba, or without ``os.fork``, the kernels compile here, in order.
+    default model, ``norm`` saying which norm kernels it needs (one FFN kernel each way
+    serves both activations); kernels that are not run here (other configurations, large
+    sizes) compile on first use as usual. Without Numba, or without ``os.fork``, the kernels compile here, in order.
     """
     if not USE_NUMBA:
         return
@@ -1626,7 +1820,7 @@ def compile_first_run_kernels(dtype="float64", norm="layernorm", activation="rel
             finally:
                 os._exit(0)  # never the parent's exit handlers
     try:
-        _run_forward_kernels(dtype, norm, activation)
+        _run_forward_kernels(dtype, norm)
     finally:
         if backward is not None:
             os.waitpid(backward, 0)
@@ -1644,11 +1838,17 @@ def _small_arrays(dtype):
     return lambda *shape: rng.standard_normal(shape).astype(dtype)
 
 
-def _run_forward_kernels(dtype, norm, activation):
-    """The forward kernels, and the backward ones of the norm and the activation (which compile
-    fast: this side has the lighter share)."""
+def _run_forward_kernels(dtype, norm):
+    """The forward kernels, and the norm's backward one (which compiles fast: this side has
+    the lighter share)."""
     array = _small_arrays(dtype)
     rows, d, d_ff = _SMALL_BATCH * _SMALL_SEQ, _SMALL_D, _SMALL_D_FF
+    # First, the attention backward's inner kernel, of the types the sublayer's backward
+    # kernel calls it with: the other process finds it in the on-disk cache by the time it
+    # gets there (after the FFN's backward), which evens out the two sides' work.
+    heads = array(_SMALL_BATCH, _SMALL_SEQ, d)
+    multi_head_attention_backward(heads, heads, heads, heads, np.abs(array(_SMALL_BATCH, _SMALL_HEADS, _SMALL_SEQ,
+                                                                           _SMALL_SEQ)))
     x, gamma, beta = array(rows, d), array(d), array(d)
     if norm == "rmsnorm":
         _, rrms = rms_norm_forward(x, gamma, 1e-5)
@@ -1656,22 +1856,19 @@ def _run_forward_kernels(dtype, norm, activation):
     else:
         _, mean, rstd = layer_norm_forward(x, gamma, beta, 1e-5)
         layer_norm_backward(array(rows, d), x, gamma, mean, rstd)
-    hidden = linear_forward(x, array(d, d_ff), array(d_ff))
-    if activation == "gelu":
-        gelu_forward(hidden, "tanh")
-        gelu_backward(array(rows, d_ff), hidden, "tanh")
-    else:
-        relu_backward(array(rows, d_ff), np.maximum(hidden, 0))
+    feed_forward_forward(x, array(d, d_ff), array(d_ff), array(d_ff, d), array(d), "relu")
     weights = [array(d, d) if i % 2 == 0 else array(d) for i in range(8)]
     attention_sublayer_forward(array(_SMALL_BATCH, _SMALL_SEQ, d), None, *weights, _SMALL_HEADS, False)
 
 
 def _run_backward_kernels(dtype):
-    """The linear map's and the attention sublayer's backward kernels (the slow ones to compile)."""
+    """The FFN's and the attention sublayer's backward kernels (the slow ones to compile)."""
     array = _small_arrays(dtype)
     batch, seq, d = _SMALL_BATCH, _SMALL_SEQ, _SMALL_D
-    linear_backward(array(batch * seq, _SMALL_D_FF), array(batch * seq, d), array(d, _SMALL_D_FF))
     # Any values of the residuals' shapes do: only their types decide what compiles.
+    rows, hidden = array(batch * seq, d), array(batch * seq, _SMALL_D_FF)
+    feed_forward_backward(array(batch * seq, d), rows, array(d, _SMALL_D_FF), array(_SMALL_D_FF, d), hidden, hidden,
+                          "relu")
     x, q, k, v, heads = (array(batch, seq, d) for _ in range(5))
     probs = np.abs(array(batch, _SMALL_HEADS, seq, seq))
     attention_sublayer_backward(array(batch, seq, d), x, None, array(d, d), array(d, d), array(d, d), array(d, d),

@@ -747,12 +747,47 @@ def _feed_forward_fwd(x, w1, b1, w2, b2, *, activation="relu", relu_mask=None):
     act is ReLU or the tanh-approximated GELU; with ``relu_mask`` (a fixed 0/1 array of
     the hidden layer's shape) it is multiplication by that pattern instead of ReLU: the
     gradient checker evaluates finite differences on the smooth piece of the network
-    that contains the point. Built from the registered ``linear``, ``relu``/``gelu``/``mul``;
-    VJP, theirs in reverse:
-        dh2, dW2, db2 = linear VJP at dF,   dh1 = act VJP at dh2,   dx, dW1, db1 = linear VJP at dh1
+    that contains the point. VJP, with h = x W1 + b1 and a = act(h):
+        dW2 = a^T dF,   db2 = sum over rows of dF,   da = dF W2^T
+        dh  = act'(h) * da        (ReLU: da where a > 0; the pattern: da * relu_mask)
+        dW1 = x^T dh,   db1 = sum over rows of dh,   dx = dh W1^T
+    Both directions run in ``kernels.feed_forward_forward``/``_backward``: one compiled call
+    each for small FFNs, the linear maps around the activation otherwise.
+
+    Weights moved one per batch row (W of shape (N, d_in, d_out) or b of shape (N, d_out),
+    see ``linear``) take the composition of the registered ``linear`` and ``mul``/``relu``/
+    ``gelu`` instead: the gradient checker's batched finite differences.
     """
     if relu_mask is None and activation not in FFN_ACTIVATIONS:
         raise ValueError(f"feed_forward: activation must be one of {', '.join(FFN_ACTIVATIONS)}, got {activation!r}")
+    if not (_linear_fits(x, w1, b1) and type(w2) is np.ndarray and type(b2) is np.ndarray
+            and w2.shape[:1] == w1.shape[1:] and b2.shape == w2.shape[1:]):
+        return _per_row_feed_forward_fwd(x, w1, b1, w2, b2, activation, relu_mask)
+    rows = x.reshape(-1, x.shape[-1])
+    mask = None
+    if relu_mask is not None:
+        if np.shape(relu_mask) != (*x.shape[:-1], w1.shape[1]):
+            raise ValueError(f"feed_forward: relu_mask of shape {np.shape(relu_mask)} is not the hidden "
+                             f"layer's shape {(*x.shape[:-1], w1.shape[1])}")
+        mask = np.asarray(relu_mask).reshape(rows.shape[0], w1.shape[1])
+    act = "mask" if mask is not None else activation
+    try:
+        out, hidden, acted = kernels.feed_forward_forward(rows, w1, b1, w2, b2, act, mask)
+    except (TypeError, ValueError) as error:
+        raise _kernel_error("feed_forward", error, x, w1, b1, w2, b2) from None
+    return out.reshape(*x.shape[:-1], w2.shape[1]), (x.shape, rows, w1, w2, hidden, acted, act, mask)
+
+
+def _feed_forward_vjp(dout, residuals):
+    if len(residuals) == 5:
+        return _per_row_feed_forward_vjp(dout, residuals)
+    x_shape, rows, w1, w2, hidden, acted, act, mask = residuals
+    dx, dw1, db1, dw2, db2 = kernels.feed_forward_backward(dout.reshape(-1, dout.shape[-1]), rows, w1, w2,
+                                                           hidden, acted, act, mask)
+    return dx.reshape(x_shape), dw1, db1, dw2, db2
+
+
+def _per_row_feed_forward_fwd(x, w1, b1, w2, b2, activation, relu_mask):
     linear = PRIMITIVES["linear"]
     hidden, first = linear.forward(x, w1, b1)
     if relu_mask is not None:
@@ -771,7 +806,7 @@ def _feed_forward_fwd(x, w1, b1, w2, b2, *, activation="relu", relu_mask=None):
     return out, (linear, act, first, act_residuals, second)
 
 
-def _feed_forward_vjp(dout, residuals):
+def _per_row_feed_forward_vjp(dout, residuals):
     linear, act, first, act_residuals, second = residuals
     dacted, dw2, db2 = linear.vjp(dout, second)
     dhidden = act.vjp(dacted, act_residuals)[0]
