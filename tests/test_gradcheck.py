@@ -88,7 +88,7 @@ def test_key_biases_are_unresolved_never_passed():
 
 # ----- broken models fail, and the checker names the tensor -----
 
-def _layer_norm_backward_without_projection(dy, x, gamma, mean, rstd):
+def _layer_norm_backward_without_projection(dy, x, gamma, mean, rstd, residuals_checked=False):
     g = dy * gamma
     dx = rstd[:, None] * (g - g.mean(axis=1, keepdims=True))
     return dx, (dy * (x - mean[:, None]) * rstd[:, None]).sum(axis=0), dy.sum(axis=0)
@@ -104,7 +104,8 @@ def test_a_dropped_layer_norm_term_fails(monkeypatch, scheme):
 def test_a_layer_norm_backward_that_ignores_gamma_passes_at_init_but_fails_at_a_generic_point(monkeypatch):
     original = kernels.layer_norm_backward
     monkeypatch.setattr(kernels, "layer_norm_backward",
-                        lambda dy, x, gamma, mean, rstd: original(dy, x, np.ones_like(gamma), mean, rstd))
+                        lambda dy, x, gamma, mean, rstd, **flags: original(dy, x, np.ones_like(gamma), mean, rstd,
+                                                                          **flags))
     assert check("post", point="init").ok
     assert not check("post", point="generic").ok
 

@@ -925,6 +925,87 @@ def test_relu_backward_rejects_mismatched_shapes():
         K.relu_backward(np.ones(3), np.ones(4))
 
 
+# ----- shapes that do not fit, and the backwards' checked residuals ---------------------
+
+def _r(*shape):
+    return rng_for("shapes").standard_normal(shape)
+
+
+# One public kernel call per case, each with one array of the wrong size: the loops index
+# by the other arrays' sizes, so without the check they would read past its end.
+MISFITTING_CALLS = {
+    "layer_norm_backward dy": lambda: K.layer_norm_backward(_r(2, 8), _r(4, 8), _r(8), _r(4), _r(4)),
+    "layer_norm_backward mean": lambda: K.layer_norm_backward(_r(4, 8), _r(4, 8), _r(8), _r(2), _r(4)),
+    "rms_norm_backward dy": lambda: K.rms_norm_backward(_r(2, 8), _r(4, 8), _r(8), _r(4)),
+    "softmax_backward dp": lambda: K.softmax_backward(_r(2, 5), _r(4, 5)),
+    "linear_forward w": lambda: K.linear_forward(_r(4, 8), _r(6, 3), _r(3)),
+    "linear_forward b": lambda: K.linear_forward(_r(4, 8), _r(8, 3), _r(5)),
+    "linear_backward dy": lambda: K.linear_backward(_r(2, 3), _r(4, 8), _r(8, 3)),
+    "feed_forward_forward w1": lambda: K.feed_forward_forward(_r(4, 8), _r(6, 16), _r(16), _r(16, 8), _r(8), "relu"),
+    "feed_forward_forward mask": lambda: K.feed_forward_forward(_r(4, 8), _r(8, 16), _r(16), _r(16, 8), _r(8),
+                                                                "mask", _r(2, 16)),
+    "feed_forward_backward dout": lambda: K.feed_forward_backward(_r(2, 8), _r(4, 8), _r(8, 16), _r(16, 8),
+                                                                  _r(4, 16), _r(4, 16), "relu"),
+}
+
+
+@pytest.mark.parametrize("case", MISFITTING_CALLS)
+def test_public_kernels_reject_an_array_that_does_not_fit_the_others(case):
+    with pytest.raises(ValueError, match="do not fit"):
+        MISFITTING_CALLS[case]()
+
+
+CHECKED_RESIDUAL_BACKWARDS = ["layer_norm", "rms_norm", "feed_forward", "attention_sublayer"]
+
+
+def _backward_case(name):
+    """(backward, dout, residuals) of one of the backwards the ops' VJPs call with
+    ``residuals_checked``, the residuals made by its forward."""
+    rng = rng_for("residuals-checked")
+    x, gamma, beta = rng.standard_normal((6, 8)), rng.standard_normal(8), rng.standard_normal(8)
+    _, mean, rstd = K.layer_norm_forward(x, gamma, beta, EPS)
+    _, rrms = K.rms_norm_forward(x, gamma, EPS)
+    w1, b1, w2, b2 = rng.standard_normal((8, 16)), rng.standard_normal(16), rng.standard_normal((16, 8)), \
+        rng.standard_normal(8)
+    _, hidden, acted = K.feed_forward_forward(x, w1, b1, w2, b2, "relu")
+    tokens, _, weights, dout = sublayer_inputs(rng, 2, 3, 3, 8, cross=False)
+    _, q, k, v, probs, heads = K.attention_sublayer_forward(tokens, None, *weights, 2, False)
+    return {"layer_norm": (K.layer_norm_backward, rng.standard_normal((6, 8)), (x, gamma, mean, rstd)),
+            "rms_norm": (K.rms_norm_backward, rng.standard_normal((6, 8)), (x, gamma, rrms)),
+            "feed_forward": (K.feed_forward_backward, rng.standard_normal((6, 8)),
+                             (x, w1, w2, hidden, acted, "relu", None)),
+            "attention_sublayer": (K.attention_sublayer_backward, dout,
+                                   (tokens, None, *weights[::2], q, k, v, probs, heads))}[name]
+
+
+@pytest.mark.parametrize("name", CHECKED_RESIDUAL_BACKWARDS)
+def test_a_backward_with_checked_residuals_gives_the_bits_of_the_fully_checked_one(name):
+    backward, dout, residuals = _backward_case(name)
+    for ours, theirs in zip(backward(dout, *residuals, residuals_checked=True), backward(dout, *residuals)):
+        assert (ours is None and theirs is None) or np.array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("name", CHECKED_RESIDUAL_BACKWARDS)
+def test_a_backward_with_checked_residuals_still_checks_the_cotangent(name):
+    backward, dout, residuals = _backward_case(name)
+    with pytest.raises(ValueError, match="cotangent of shape"):
+        backward(dout[:-1], *residuals, residuals_checked=True)
+    with pytest.raises(TypeError, match="share one dtype"):
+        backward(dout.astype(np.float32), *residuals, residuals_checked=True)
+    strided = np.asfortranarray(dout)  # same values, not C-contiguous: copied, not refused
+    for ours, theirs in zip(backward(strided, *residuals, residuals_checked=True), backward(dout, *residuals)):
+        assert (ours is None and theirs is None) or np.array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("name", CHECKED_RESIDUAL_BACKWARDS)
+def test_a_backward_with_checked_residuals_takes_a_strided_input_through_the_full_checks(name):
+    # The forward copied such an input; the array itself is what the residuals hold.
+    backward, dout, residuals = _backward_case(name)
+    strided = (np.asfortranarray(residuals[0]), *residuals[1:])
+    for ours, theirs in zip(backward(dout, *strided, residuals_checked=True), backward(dout, *residuals)):
+        assert (ours is None and theirs is None) or np.array_equal(ours, theirs)
+
+
 # ----- non-finite rows ------------------------------------------------------------------
 
 

@@ -324,7 +324,7 @@ def test_cross_entropy_vjp():
 
 # ----- negative controls: a broken backward is caught -----
 
-def _broken_layer_norm_backward(dy, x, gamma, mean, rstd):
+def _broken_layer_norm_backward(dy, x, gamma, mean, rstd, residuals_checked=False):
     x_hat = (x - mean[:, None]) * rstd[:, None]
     g = dy * gamma
     dx = rstd[:, None] * (g - g.mean(axis=1, keepdims=True))  # drops - x_hat * mean(g * x_hat)
@@ -354,7 +354,8 @@ def test_layer_norm_check_fails_when_the_backward_ignores_gamma(monkeypatch):
     x, gamma, beta = rand(rng, 4, 6), rand(rng, 6), rand(rng, 6)
     original = kernels.layer_norm_backward
     monkeypatch.setattr(kernels, "layer_norm_backward",
-                        lambda dy, x, gamma, mean, rstd: original(dy, x, np.ones_like(gamma), mean, rstd))
+                        lambda dy, x, gamma, mean, rstd, **flags: original(dy, x, np.ones_like(gamma), mean, rstd,
+                                                                          **flags))
     assert_some_fail(check_vjp(lambda *t: ops.layer_norm(*t, eps=1e-5), x, gamma, beta))
 
 

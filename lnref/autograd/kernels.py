@@ -194,6 +194,40 @@ def _float_arrays(*arrays):
 NONFINITE_ROWS = "x holds NaN or inf (a row's mean or mean square is not finite)"
 
 
+def _cotangent(dy, dtype, shape):
+    """``dy`` as the cotangent of a forward output of ``dtype`` and ``shape``: a C-contiguous
+    array of that dtype and shape, or an error.
+
+    What a backward checks when its other arguments are the forward's own, passed back
+    unchanged (``residuals_checked=True``, as the ops' VJPs call them): the forward checked
+    its inputs' dtypes and shapes and made its outputs, so the cotangent is the one new
+    array. The forward's inputs are still looked at (:func:`_plain_arrays`): the forward
+    took a copy of any that was not a C-contiguous array, not the array itself.
+    """
+    if type(dy) is not np.ndarray or dy.dtype is not dtype and dy.dtype != dtype:
+        dy = np.asarray(dy)
+        if dy.dtype != dtype:
+            raise TypeError(f"all kernel inputs must share one dtype, got {dtype} and {dy.dtype} for the cotangent")
+    if dy.shape != shape:
+        raise ValueError(f"cotangent of shape {dy.shape} does not match the forward's output shape {shape}")
+    return dy if dy.flags.c_contiguous else np.ascontiguousarray(dy)
+
+
+def _plain_arrays(*arrays):
+    """Every argument is a C-contiguous ndarray (not a subclass)."""
+    for a in arrays:
+        if type(a) is not np.ndarray or not a.flags.c_contiguous:
+            return False
+    return True
+
+
+def _check_fit(fits, *named_arrays):
+    """Raise unless ``fits``: the arrays' shapes, named, in the message."""
+    if not fits:
+        shapes = ", ".join(f"{name} {np.shape(array)}" for name, array in zip(named_arrays[::2], named_arrays[1::2]))
+        raise ValueError(f"shapes do not fit: {shapes}")
+
+
 def _expect_ndim(name, array, ndim):
     if array.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {array.shape}")
@@ -395,16 +429,23 @@ def layer_norm_forward(x, gamma, beta, eps):
     return layer_norm_forward_reference(x, gamma, beta, float(eps))
 
 
-def layer_norm_backward(dy, x, gamma, mean, rstd):
+def layer_norm_backward(dy, x, gamma, mean, rstd, *, residuals_checked=False):
     """LayerNorm backward; returns ``(dx, dgamma, dbeta)``.
 
     ``dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))`` with
     ``g = dy * gamma``, ``x_hat = (x - mean) * rstd``; ``dgamma = sum_rows dy *
     x_hat``; ``dbeta = sum_rows dy``. See :func:`layer_norm_backward_reference`.
+    With ``residuals_checked`` the arguments after ``dy`` are the forward's own (see
+    :func:`_cotangent`) and only ``dy`` is checked.
     """
-    dy, x, gamma, mean, rstd = _float_arrays(dy, x, gamma, mean, rstd)
-    if not (x.ndim == 2 and gamma.shape == x.shape[1:]):
-        _check_rows(x, gamma)
+    if residuals_checked and _plain_arrays(x, gamma):
+        dy = _cotangent(dy, x.dtype, x.shape)
+    else:
+        dy, x, gamma, mean, rstd = _float_arrays(dy, x, gamma, mean, rstd)
+        if not (x.ndim == 2 and gamma.shape == x.shape[1:]):
+            _check_rows(x, gamma)
+        _check_fit(dy.shape == x.shape and mean.shape == rstd.shape == x.shape[:1],
+                   "dy", dy, "x", x, "mean", mean, "rstd", rstd)
     if USE_NUMBA:  # (_pick written out, as in the forward)
         return _layer_norm_backward_loop(dy, x, gamma, mean, rstd)
     return layer_norm_backward_reference(dy, x, gamma, mean, rstd)
@@ -519,14 +560,19 @@ def rms_norm_forward(x, gamma, eps):
     return _pick(_rms_norm_forward_loop, rms_norm_forward_reference)(x, gamma, float(eps))
 
 
-def rms_norm_backward(dy, x, gamma, rrms):
+def rms_norm_backward(dy, x, gamma, rrms, *, residuals_checked=False):
     """RMSNorm backward; returns ``(dx, dgamma)``.
 
     ``dx = rrms * (g - x_hat * mean(g * x_hat))``, ``dgamma = sum_rows dy *
-    x_hat`` with ``x_hat = x * rrms``, ``g = dy * gamma``.
+    x_hat`` with ``x_hat = x * rrms``, ``g = dy * gamma``. ``residuals_checked``: as in
+    :func:`layer_norm_backward`.
     """
-    dy, x, gamma, rrms = _float_arrays(dy, x, gamma, rrms)
-    _check_rows(x, gamma)
+    if residuals_checked and _plain_arrays(x, gamma):
+        dy = _cotangent(dy, x.dtype, x.shape)
+    else:
+        dy, x, gamma, rrms = _float_arrays(dy, x, gamma, rrms)
+        _check_rows(x, gamma)
+        _check_fit(dy.shape == x.shape and rrms.shape == x.shape[:1], "dy", dy, "x", x, "rrms", rrms)
     return _pick(_rms_norm_backward_loop, rms_norm_backward_reference)(dy, x, gamma, rrms)
 
 
@@ -624,6 +670,7 @@ def softmax_backward(dp, p):
     """
     dp, p = _float_arrays(dp, p)
     _expect_ndim("p", p, 2)
+    _check_fit(dp.shape == p.shape, "dp", dp, "p", p)
     return _pick(_softmax_backward_loop, softmax_backward_reference)(dp, p)
 
 
@@ -1135,9 +1182,10 @@ LINEAR_LOOP_WORK_LIMIT = 32 * 16 * 64
 
 
 def linear_forward(x, w, b):
-    """``y = x @ w + b`` for rows ``x`` (n, d_in); see :func:`linear_forward_reference`.
-    Shapes are the caller's to check (``ops.linear`` does); dtypes are checked here."""
+    """``y = x @ w + b`` for rows ``x`` (n, d_in); see :func:`linear_forward_reference`."""
     x, w, b = _float_arrays(x, w, b)
+    _check_fit(x.ndim == 2 and w.ndim == 2 and x.shape[1] == w.shape[0] and b.shape == w.shape[1:],
+               "x", x, "w", w, "b", b)
     if USE_NUMBA and x.shape[0] * w.size <= LINEAR_LOOP_WORK_LIMIT:
         return _linear_forward_loop(x, w, b)
     return linear_forward_reference(x, w, b)
@@ -1146,6 +1194,8 @@ def linear_forward(x, w, b):
 def linear_backward(dy, x, w):
     """``(dx, dw, db)`` of the linear map; see :func:`linear_backward_reference`."""
     dy, x, w = _float_arrays(dy, x, w)
+    _check_fit(x.ndim == 2 and w.ndim == 2 and x.shape[1] == w.shape[0] and dy.shape == (x.shape[0], w.shape[1]),
+               "dy", dy, "x", x, "w", w)
     if USE_NUMBA and x.shape[0] * w.size <= LINEAR_LOOP_WORK_LIMIT:
         return _linear_backward_loop(dy, x, w)
     return linear_backward_reference(dy, x, w)
@@ -1380,10 +1430,16 @@ def attention_sublayer_forward(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, n_head
     return forward(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal)
 
 
-def attention_sublayer_backward(dout, x, memory, wq, wk, wv, wo, q, k, v, probs, heads):
+def attention_sublayer_backward(dout, x, memory, wq, wk, wv, wo, q, k, v, probs, heads, *,
+                                residuals_checked=False):
     """The attention sublayer's VJP; returns ``(dx, dmemory, dwq, dbq, dwk, dbk, dwv, dbv,
     dwo, dbo)``, ``dmemory`` None for self-attention. The arguments after ``dout`` are the
-    forward's inputs and outputs. See :func:`attention_sublayer_backward_reference`."""
+    forward's inputs and outputs (``residuals_checked``: unchanged, see :func:`_cotangent`).
+    See :func:`attention_sublayer_backward_reference`."""
+    if residuals_checked and _plain_arrays(x, wq, wk, wv, wo) and (memory is None or _plain_arrays(memory)):
+        dout = _cotangent(dout, x.dtype, x.shape)
+        _, backward = _attention_sublayer_impls(x.shape[0], x.shape[1], k.shape[1], x.shape[2], probs.shape[1])
+        return backward(dout, x, memory, wq, wk, wv, wo, q, k, v, probs, heads)
     if memory is None:
         dout, x, wq, wk, wv, wo, q, k, v, probs, heads = _float_arrays(dout, x, wq, wk, wv, wo, q, k, v, probs,
                                                                         heads)
@@ -1726,26 +1782,38 @@ def _check_activation(activation, mask):
 
 
 def feed_forward_forward(x, w1, b1, w2, b2, activation, mask=None):
-    """The FFN's forward on rows ``x`` (n, d); returns ``(out, hidden, acted)``. Shapes are
-    the caller's to check (``ops.feed_forward`` does); dtypes are checked here. See
+    """The FFN's forward on rows ``x`` (n, d); returns ``(out, hidden, acted)``. See
     :func:`feed_forward_forward_reference`."""
     _check_activation(activation, mask)
     if mask is None:
         x, w1, b1, w2, b2 = _float_arrays(x, w1, b1, w2, b2)
     else:
         x, w1, b1, w2, b2, mask = _float_arrays(x, w1, b1, w2, b2, mask)
+    _check_fit(x.ndim == 2 and w1.ndim == 2 and w2.ndim == 2 and x.shape[1] == w1.shape[0]
+               and b1.shape == w1.shape[1:] and w2.shape[0] == w1.shape[1] and b2.shape == w2.shape[1:]
+               and (mask is None or mask.shape == (x.shape[0], w1.shape[1])),
+               "x", x, "w1", w1, "b1", b1, "w2", w2, "b2", b2, "mask", mask)
     forward, _ = _feed_forward_impls(x.shape[0], w1)
     return forward(x, w1, b1, w2, b2, activation, mask)
 
 
-def feed_forward_backward(dout, x, w1, w2, hidden, acted, activation, mask=None):
+def feed_forward_backward(dout, x, w1, w2, hidden, acted, activation, mask=None, *, residuals_checked=False):
     """The FFN's VJP; returns ``(dx, dw1, db1, dw2, db2)``. The arguments after ``dout`` are
-    the forward's inputs and residuals. See :func:`feed_forward_backward_reference`."""
-    _check_activation(activation, mask)
-    if mask is None:
-        dout, x, w1, w2, hidden, acted = _float_arrays(dout, x, w1, w2, hidden, acted)
+    the forward's inputs and residuals (``residuals_checked``: unchanged, see
+    :func:`_cotangent`). See :func:`feed_forward_backward_reference`."""
+    if residuals_checked and _plain_arrays(x, w1, w2) and (mask is None or _plain_arrays(mask)):
+        dout = _cotangent(dout, x.dtype, (x.shape[0], w2.shape[1]))
     else:
-        dout, x, w1, w2, hidden, acted, mask = _float_arrays(dout, x, w1, w2, hidden, acted, mask)
+        _check_activation(activation, mask)
+        if mask is None:
+            dout, x, w1, w2, hidden, acted = _float_arrays(dout, x, w1, w2, hidden, acted)
+        else:
+            dout, x, w1, w2, hidden, acted, mask = _float_arrays(dout, x, w1, w2, hidden, acted, mask)
+        hidden_shape = (x.shape[0], w1.shape[1]) if x.ndim == 2 and w1.ndim == 2 else None
+        _check_fit(hidden_shape is not None and w2.ndim == 2 and x.shape[1] == w1.shape[0]
+                   and w2.shape[0] == w1.shape[1] and dout.shape == (x.shape[0], w2.shape[1])
+                   and hidden.shape == acted.shape == hidden_shape and (mask is None or mask.shape == hidden_shape),
+                   "dout", dout, "x", x, "w1", w1, "w2", w2, "hidden", hidden, "acted", acted, "mask", mask)
     _, backward = _feed_forward_impls(x.shape[0], w1)
     return backward(dout, x, w1, w2, hidden, acted, activation, mask)
 

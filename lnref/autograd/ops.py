@@ -27,7 +27,9 @@ break them there).
 Checks. Every forward rejects bad inputs with a ValueError naming the op and the shapes.
 Each input is checked in one place: what goes to a kernel by the kernel's dispatcher (the
 op adds its name to the message), the rest by the op, the common case (plain float arrays
-of one dtype) first and in a few comparisons. NaN and inf: the norms reject them from
+of one dtype) first and in a few comparisons. A VJP hands the kernel its forward's own
+residuals back (``residuals_checked=True``): there only the cotangent is new, and only it is
+checked. NaN and inf: the norms reject them from
 inside their kernels at no cost; softmax, the 4-D attention and cross_entropy test their
 inputs; the products (linear, the sublayers) let them through to the next norm, which
 rejects them (a model has a norm at least every layer, except ReZero).
@@ -595,7 +597,8 @@ def _layer_norm_fwd(x, gamma, beta, *, eps=1e-5):
 
 def _layer_norm_vjp(dout, residuals):
     rows, gamma, mu, rstd = residuals
-    dx, dgamma, dbeta = kernels.layer_norm_backward(dout.reshape(rows.shape), rows, gamma, mu, rstd)
+    dx, dgamma, dbeta = kernels.layer_norm_backward(dout.reshape(rows.shape), rows, gamma, mu, rstd,
+                                                    residuals_checked=True)
     return dx.reshape(dout.shape), dgamma, dbeta
 
 
@@ -620,7 +623,7 @@ def _rms_norm_fwd(x, gamma, *, eps=1e-5):
 
 def _rms_norm_vjp(dout, residuals):
     rows, gamma, rrms = residuals
-    dx, dgamma = kernels.rms_norm_backward(dout.reshape(rows.shape), rows, gamma, rrms)
+    dx, dgamma = kernels.rms_norm_backward(dout.reshape(rows.shape), rows, gamma, rrms, residuals_checked=True)
     return dx.reshape(dout.shape), dgamma
 
 
@@ -732,7 +735,7 @@ def _attention_sublayer_fwd(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, *, n_head
 
 def _attention_sublayer_vjp(dout, residuals):
     # (dx, dmemory, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo): the op's inputs in order.
-    return kernels.attention_sublayer_backward(dout, *residuals)
+    return kernels.attention_sublayer_backward(dout, *residuals, residuals_checked=True)
 
 
 attention_sublayer = defprimitive("attention_sublayer", _attention_sublayer_fwd, _attention_sublayer_vjp)
@@ -783,7 +786,7 @@ def _feed_forward_vjp(dout, residuals):
         return _per_row_feed_forward_vjp(dout, residuals)
     x_shape, rows, w1, w2, hidden, acted, act, mask = residuals
     dx, dw1, db1, dw2, db2 = kernels.feed_forward_backward(dout.reshape(-1, dout.shape[-1]), rows, w1, w2,
-                                                           hidden, acted, act, mask)
+                                                           hidden, acted, act, mask, residuals_checked=True)
     return dx.reshape(x_shape), dw1, db1, dw2, db2
 
 
