@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lnref import nn
-from lnref.autograd import Tape, Tensor, ops
+from lnref.autograd import Tape, Tensor, kernels, ops
 from lnref.autograd.tensor import cyclic_gc_paused
 from lnref.schemes import SCHEMES, get_scheme
 
@@ -175,9 +175,12 @@ class Layer:
             return nn.ffn(x, params, self.config.activation)
         if self.run.freeze:
             return nn.ffn(x, params, relu_mask=masks[self.index])
-        # Same arithmetic as the linear primitive, so the stored pattern is the one ReLU saw.
-        hidden = _value(x) @ _value(params["w1"]) + _value(params["b1"])
-        masks[self.index] = (hidden > 0).astype(hidden.dtype)
+        # The FFN's own first product (the same loops, or the same BLAS call, at every size):
+        # a pre-activation within rounding of 0 gets the pattern the FFN's ReLU applies.
+        value = _value(x)
+        hidden = kernels.linear_forward(value.reshape(-1, value.shape[-1]), _value(params["w1"]),
+                                        _value(params["b1"]))
+        masks[self.index] = (hidden > 0).astype(hidden.dtype).reshape(*value.shape[:-1], hidden.shape[1])
         return nn.ffn(x, params, self.config.activation)
 
 

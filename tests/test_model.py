@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import lnref
+from lnref.autograd import kernels
 from lnref.model import ConfigError, Model
 
 SMALL = dict(d_model=8, n_heads=2, d_ff=16)
@@ -345,3 +346,24 @@ def test_a_pass_that_fails_midway_leaves_no_partial_gradients_behind(monkeypatch
     expected = _fresh_gradients(model, x, dy)
     for name in expected:
         np.testing.assert_array_equal(grads[name], expected[name])
+
+
+def test_the_recorded_relu_pattern_is_the_one_the_ffn_applied(monkeypatch):
+    # The gradient checker freezes the ReLU pattern of the analytic pass for its finite
+    # differences. Layer 0's pre-activations of the first token are set to exactly zero in
+    # NumPy's arithmetic; the FFN's own product rounds them either way, and the recorded
+    # pattern must be that one, or the frozen function is not the differentiated one.
+    model = lnref.build("pre", n_layers=1)
+    x, dy, _ = model.sample_inputs(batch=2, seq=8)
+    ffn_inputs = []
+    ffn = lnref.nn.ffn
+    monkeypatch.setattr(lnref.nn, "ffn", lambda x, *args, **kw: ffn_inputs.append(np.array(x.value)) or ffn(x, *args, **kw))
+    model(x)
+    w1, w2, b2 = (model.params[f"layers.0.ffn.{name}"] for name in ("w1", "w2", "b2"))
+    model.params["layers.0.ffn.b1"] = b1 = -(ffn_inputs[0] @ w1)[0, 0]
+    masks = {}
+    model.gradients(x, dy, relu_masks=masks)
+    rows = ffn_inputs[0].reshape(-1, w1.shape[0])
+    acted = kernels.feed_forward_forward(rows, w1, b1, w2, b2, "relu")[1]
+    assert (acted[0] > 0).any()  # the case at hand: NumPy's zeros are not all the FFN's
+    assert np.array_equal(masks[0].reshape(acted.shape), (acted > 0).astype(acted.dtype))

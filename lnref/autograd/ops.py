@@ -16,13 +16,13 @@ hand-written kernels of ``kernels.py``; their docstrings give the backward formu
 
 Two sublayer primitives run a whole sublayer as one tape record, which saves the tape's
 work between its pieces (Tensors, records, gradient accumulation, repeated checks):
-``attention_sublayer`` (projections, attention, output projection) has its own VJP,
-written out in its docstring and run by ``kernels.attention_sublayer_forward``/``_backward``
-(one compiled call each way for small sublayers); ``feed_forward`` is the
-composition linear, activation, linear of the registered primitives, looked up in
-``PRIMITIVES`` on every call like the rest, so that a ``linear``, ``relu`` or ``gelu``
-replaced in the registry is what every FFN runs (the gradient checker's negative controls
-break them there).
+``attention_sublayer`` (projections, attention, output projection) and ``feed_forward``
+(linear, activation, linear) each have their own VJP, written out in their docstrings and
+run by ``kernels.attention_sublayer_forward``/``_backward`` and
+``kernels.feed_forward_forward``/``_backward`` (one compiled call each way for small
+sublayers). Weights moved one per batch row (the gradient checker's batched finite
+differences) take the FFN as the composition of the registered ``linear`` and
+``relu``/``gelu``/``mul`` instead, looked up in ``PRIMITIVES`` like every op.
 
 Checks. Every forward rejects bad inputs with a ValueError naming the op and the shapes.
 Each input is checked in one place: what goes to a kernel by the kernel's dispatcher (the
