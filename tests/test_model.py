@@ -348,6 +348,7 @@ def test_a_pass_that_fails_midway_leaves_no_partial_gradients_behind(monkeypatch
         np.testing.assert_array_equal(grads[name], expected[name])
 
 
+@pytest.mark.skipif(not kernels.USE_NUMBA, reason="the NumPy kernels' product is NumPy's own: nothing rounds apart")
 def test_the_recorded_relu_pattern_is_the_one_the_ffn_applied(monkeypatch):
     # The gradient checker freezes the ReLU pattern of the analytic pass for its finite
     # differences. Layer 0's pre-activations of the first token are set to exactly zero in
@@ -357,7 +358,8 @@ def test_the_recorded_relu_pattern_is_the_one_the_ffn_applied(monkeypatch):
     x, dy, _ = model.sample_inputs(batch=2, seq=8)
     ffn_inputs = []
     ffn = lnref.nn.ffn
-    monkeypatch.setattr(lnref.nn, "ffn", lambda x, *args, **kw: ffn_inputs.append(np.array(x.value)) or ffn(x, *args, **kw))
+    monkeypatch.setattr(lnref.nn, "ffn",
+                        lambda x, *args, **kw: ffn_inputs.append(np.array(x.value)) or ffn(x, *args, **kw))
     model(x)
     w1, w2, b2 = (model.params[f"layers.0.ffn.{name}"] for name in ("w1", "w2", "b2"))
     model.params["layers.0.ffn.b1"] = b1 = -(ffn_inputs[0] @ w1)[0, 0]
