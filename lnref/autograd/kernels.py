@@ -1438,23 +1438,23 @@ def attention_sublayer_backward(dout, x, memory, wq, wk, wv, wo, q, k, v, probs,
     See :func:`attention_sublayer_backward_reference`."""
     if residuals_checked and _plain_arrays(x, wq, wk, wv, wo) and (memory is None or _plain_arrays(memory)):
         dout = _cotangent(dout, x.dtype, x.shape)
-        _, backward = _attention_sublayer_impls(x.shape[0], x.shape[1], k.shape[1], x.shape[2], probs.shape[1])
-        return backward(dout, x, memory, wq, wk, wv, wo, q, k, v, probs, heads)
-    if memory is None:
-        dout, x, wq, wk, wv, wo, q, k, v, probs, heads = _float_arrays(dout, x, wq, wk, wv, wo, q, k, v, probs,
-                                                                        heads)
+        n_heads = probs.shape[1]
     else:
-        dout, x, wq, wk, wv, wo, q, k, v, probs, heads, memory = _float_arrays(
-            dout, x, wq, wk, wv, wo, q, k, v, probs, heads, memory)
-    n_heads = probs.shape[1] if probs.ndim == 4 else 0
-    if not (dout.shape == x.shape == q.shape == heads.shape and x.ndim == 3 and n_heads
-            and k.shape == v.shape == (x.shape if memory is None else memory.shape)
-            and probs.shape == (x.shape[0], n_heads, x.shape[1], k.shape[1])
-            and wq.shape == wk.shape == wv.shape == wo.shape == (x.shape[2], x.shape[2])
-            and x.shape[2] % n_heads == 0):
-        raise ValueError(f"dout {dout.shape}, x {x.shape}, q {q.shape}, k {k.shape}, v {v.shape}, probs "
-                         f"{probs.shape}, heads {heads.shape} and weights {wq.shape} do not fit one "
-                         f"attention sublayer")
+        if memory is None:
+            dout, x, wq, wk, wv, wo, q, k, v, probs, heads = _float_arrays(dout, x, wq, wk, wv, wo, q, k, v,
+                                                                            probs, heads)
+        else:
+            dout, x, wq, wk, wv, wo, q, k, v, probs, heads, memory = _float_arrays(
+                dout, x, wq, wk, wv, wo, q, k, v, probs, heads, memory)
+        n_heads = probs.shape[1] if probs.ndim == 4 else 0
+        if not (dout.shape == x.shape == q.shape == heads.shape and x.ndim == 3 and n_heads
+                and k.shape == v.shape == (x.shape if memory is None else memory.shape)
+                and probs.shape == (x.shape[0], n_heads, x.shape[1], k.shape[1])
+                and wq.shape == wk.shape == wv.shape == wo.shape == (x.shape[2], x.shape[2])
+                and x.shape[2] % n_heads == 0):
+            raise ValueError(f"dout {dout.shape}, x {x.shape}, q {q.shape}, k {k.shape}, v {v.shape}, probs "
+                             f"{probs.shape}, heads {heads.shape} and weights {wq.shape} do not fit one "
+                             f"attention sublayer")
     _, backward = _attention_sublayer_impls(x.shape[0], x.shape[1], k.shape[1], x.shape[2], n_heads)
     return backward(dout, x, memory, wq, wk, wv, wo, q, k, v, probs, heads)
 
@@ -1647,8 +1647,8 @@ def relu_backward(dy, y):
 # mask the loops write ``acted`` over it and return that one array for both.
 #
 # The two products of each direction go through one call site, in a loop of two steps:
-# LLVM inlines a callee once per call site, and a second copy of the product loops added
-# about a second to a first run's compilation, for no speed.
+# LLVM inlines a callee once per call site, and the second copy of the product loops cost
+# about 0.3 s (forward) and 0.8 s (backward) of a first run's compilation, for no speed.
 
 FFN_ACTIVATIONS = ("relu", "gelu", "mask")
 _FFN_RELU, _FFN_GELU, _FFN_MASK = 0, 1, 2  # their codes in the compiled kernels

@@ -27,7 +27,8 @@ differences) take the FFN as the composition of the registered ``linear`` and
 Checks. Every forward rejects bad inputs with a ValueError naming the op and the shapes.
 Each input is checked in one place: what goes to a kernel by the kernel's dispatcher (the
 op adds its name to the message), the rest by the op, the common case (plain float arrays
-of one dtype) first and in a few comparisons. A VJP hands the kernel its forward's own
+of one dtype) first and in a few comparisons. (The products' shapes are looked at by the op
+too: it routes weights moved per batch row on them.) A VJP hands the kernel its forward's own
 residuals back (``residuals_checked=True``): there only the cotangent is new, and only it is
 checked. NaN and inf: the norms reject them from
 inside their kernels at no cost; softmax, the 4-D attention and cross_entropy test their
