@@ -997,12 +997,13 @@ def test_a_backward_with_checked_residuals_still_checks_the_cotangent(name):
         assert (ours is None and theirs is None) or np.array_equal(ours, theirs)
 
 
+@pytest.mark.parametrize("kind", ["Fortran-ordered array", "nested list"])
 @pytest.mark.parametrize("name", CHECKED_RESIDUAL_BACKWARDS)
-def test_a_backward_with_checked_residuals_takes_a_strided_input_through_the_full_checks(name):
-    # The forward copied such an input; the array itself is what the residuals hold.
+def test_a_backward_with_checked_residuals_takes_an_input_it_did_not_get_as_is_through_the_full_checks(name, kind):
+    # The forward took a C-contiguous copy of such an input; the residuals hold the input itself.
     backward, dout, residuals = _backward_case(name)
-    strided = (np.asfortranarray(residuals[0]), *residuals[1:])
-    for ours, theirs in zip(backward(dout, *strided, residuals_checked=True), backward(dout, *residuals)):
+    x = np.asfortranarray(residuals[0]) if kind == "Fortran-ordered array" else residuals[0].tolist()
+    for ours, theirs in zip(backward(dout, x, *residuals[1:], residuals_checked=True), backward(dout, *residuals)):
         assert (ours is None and theirs is None) or np.array_equal(ours, theirs)
 
 
