@@ -94,11 +94,12 @@ def model_from_options(scheme, layers, d_model, heads, d_ff, norm, activation, c
 
 
 def compile_if_cold(options):
-    """On a first run (the kernels' compile cache is empty): one line on stderr, then the
-    kernels the model needs compiled, on two cores where there are two."""
+    """On a first run (the kernels this model runs first are neither compiled nor cached for
+    its dtype and norm): one line on stderr, then those kernels compiled, on two cores where
+    there are two."""
     from lnref.autograd.kernels import compile_cache_is_cold, compile_first_run_kernels
 
-    if compile_cache_is_cold():
+    if compile_cache_is_cold(options["dtype"], options["norm"]):
         click.echo("note: compiling kernels (first run only; cached afterwards)", err=True)
         compile_first_run_kernels(options["dtype"], options["norm"])
 

@@ -1041,49 +1041,69 @@ def test_blocked_attention_keeps_float32():
 # ----- the compilation cache -----------------------------------------------------------
 
 
-def fake_kernel(cached=(), compiled=False, unreadable=False):
-    """A stand-in for a Numba dispatcher with ``cache=True``: its signatures compiled in
-    this process, and the index of its on-disk cache."""
+def fake_kernel(cached=(), compiled=(), unreadable=False):
+    """A stand-in for a Numba dispatcher with ``cache=True``: the dtypes of its signatures
+    compiled in this process and of those in the index of its on-disk cache (keys shaped
+    as Numba's: signature, target, source stamp)."""
+
+    def signature(dtype):
+        return (f"Array({dtype}, 2, 'C', False, aligned=True)", "float64")
 
     def load_index():
         if unreadable:
             raise OSError("index unreadable")
-        return {signature: f"{i}.nbc" for i, signature in enumerate(cached)}
+        return {(signature(dtype), ("x86_64",), ("stamp",)): f"{i}.nbc" for i, dtype in enumerate(cached)}
 
     cache = SimpleNamespace(_cache_file=SimpleNamespace(_load_index=load_index))
-    return SimpleNamespace(signatures=["(float64,)"] if compiled else [], _cache=cache)
+    return SimpleNamespace(signatures=[signature(dtype) for dtype in compiled], _cache=cache)
 
 
 @pytest.mark.parametrize("kernels, cold", [
-    ((fake_kernel(cached=["f8"]), fake_kernel(cached=["f8"])), False),
-    ((fake_kernel(cached=["f8"]), fake_kernel()), True),
-    ((fake_kernel(compiled=True), fake_kernel(cached=["f8"])), False),
-    ((fake_kernel(compiled=True), fake_kernel()), True),
+    ((fake_kernel(cached=["float64"]), fake_kernel(cached=["float64"])), False),
+    ((fake_kernel(cached=["float64"]), fake_kernel()), True),
+    ((fake_kernel(compiled=["float64"]), fake_kernel(cached=["float64"])), False),
+    ((fake_kernel(compiled=["float64"]), fake_kernel()), True),
 ], ids=["all-cached", "one-missing", "compiled-and-cached", "compiled-and-missing"])
 def test_compile_cache_is_cold_when_a_first_run_kernel_is_neither_compiled_nor_cached(monkeypatch, kernels, cold):
     monkeypatch.setattr(K, "USE_NUMBA", True)
-    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", kernels)
+    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", {"layernorm": kernels})
     assert K.compile_cache_is_cold() is cold
+
+
+def test_compile_cache_is_cold_for_a_dtype_the_cache_has_no_signature_of(monkeypatch):
+    monkeypatch.setattr(K, "USE_NUMBA", True)
+    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", {"layernorm": (fake_kernel(cached=["float64"]),
+                                                                fake_kernel(compiled=["float64"]))})
+    assert K.compile_cache_is_cold("float64") is False
+    assert K.compile_cache_is_cold("float32") is True
+
+
+def test_compile_cache_is_cold_looks_at_the_kernels_of_the_model_s_norm(monkeypatch):
+    monkeypatch.setattr(K, "USE_NUMBA", True)
+    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", {"layernorm": (fake_kernel(cached=["float64"]),),
+                                                  "rmsnorm": (fake_kernel(),)})
+    assert K.compile_cache_is_cold(norm="layernorm") is False
+    assert K.compile_cache_is_cold(norm="rmsnorm") is True
 
 
 def test_compile_cache_is_cold_answers_false_when_it_cannot_tell(monkeypatch):
     monkeypatch.setattr(K, "USE_NUMBA", True)
-    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", (fake_kernel(unreadable=True), fake_kernel()))
+    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", {"layernorm": (fake_kernel(unreadable=True), fake_kernel())})
     assert K.compile_cache_is_cold() is False
-    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", (object(),))  # no cache attributes at all
+    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", {"layernorm": (object(),)})  # no cache attributes at all
     assert K.compile_cache_is_cold() is False
 
 
 def test_without_numba_nothing_is_compiled_so_the_cache_is_never_cold(monkeypatch):
     monkeypatch.setattr(K, "USE_NUMBA", False)
-    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", (fake_kernel(),))
+    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", {"layernorm": (fake_kernel(),)})
     assert K.compile_cache_is_cold() is False
 
 
 @pytest.mark.skipif(not K.USE_NUMBA, reason="needs Numba's JIT")
 def test_an_empty_numba_cache_directory_reads_as_cold_without_compiling(tmp_path):
     probe = ("from lnref.autograd import kernels as K; "
-             "print(K.compile_cache_is_cold(), sum(len(k.signatures) for k in K._FIRST_RUN_KERNELS))")
+             "print(K.compile_cache_is_cold(), sum(len(k.signatures) for k in K._FIRST_RUN_KERNELS['layernorm']))")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -1116,23 +1136,23 @@ sys.path.insert(0, {root!r})
 import lnref
 from numba.core import event
 from lnref.autograd import kernels
-kernels.compile_first_run_kernels("float64", {norm!r})
-model = lnref.build("pre", n_layers=2, norm={norm!r}, activation={activation!r})
+kernels.compile_first_run_kernels({dtype!r}, {norm!r})
+model = lnref.build("pre", n_layers=2, norm={norm!r}, activation={activation!r}, dtype={dtype!r})
 x, dy, _ = model.sample_inputs(batch=2, seq=8)
 with event.install_recorder("numba:compile") as recorder:
     model.value_and_grad(x, dy)
-print(kernels.compile_cache_is_cold(), sum(1 for e in recorder.buffer if e[1].is_start))
+print(kernels.compile_cache_is_cold({dtype!r}, {norm!r}), sum(1 for e in recorder.buffer if e[1].is_start))
 """
 
 
 @pytest.mark.skipif(not K.USE_NUMBA, reason="compiles Numba kernels")
-@pytest.mark.parametrize("norm, activation", [("layernorm", "relu"), ("rmsnorm", "gelu")])
-def test_after_compile_first_run_kernels_a_first_pass_compiles_nothing(tmp_path, norm, activation):
+@pytest.mark.parametrize("norm, activation, dtype", [("layernorm", "relu", "float64"), ("rmsnorm", "gelu", "float64"),
+                                                    ("layernorm", "relu", "float32")])
+def test_after_compile_first_run_kernels_a_first_pass_compiles_nothing(tmp_path, norm, activation, dtype):
     root = str(Path(__file__).resolve().parents[1])
-    done = subprocess.run([sys.executable, "-c", FIRST_RUN.format(root=root, norm=norm, activation=activation)],
+    done = subprocess.run([sys.executable, "-c", FIRST_RUN.format(root=root, norm=norm, activation=activation, dtype=dtype)],
                           env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}, capture_output=True, text=True,
                           check=True)
     cold, compilations = done.stdout.split()
     assert compilations == "0", done.stderr[-2000:]
-    if norm == "layernorm" and activation == "relu":  # what compile_cache_is_cold looks at
-        assert cold == "False"
+    assert cold == "False"

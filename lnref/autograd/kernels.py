@@ -1822,37 +1822,40 @@ def feed_forward_backward(dout, x, w1, w2, hidden, acted, activation, mask=None,
 # Compilation cache
 # ---------------------------------------------------------------------------
 
-# The kernels a default model (LayerNorm, d_model 16) runs on its first gradient
-# and gradient check: the ones whose compilation a first command waits for.
-# (The attention loop kernels are compiled with the sublayer kernels that call them; the
-# gradient checker's batched passes take the same loops.)
-_FIRST_RUN_KERNELS = (
-    _layer_norm_forward_kernel,
-    _layer_norm_backward_kernel,
+# The kernels a small model runs on its first gradient and gradient check, by norm: the
+# ones whose compilation a first command waits for. (The attention loop kernels are
+# compiled with the sublayer kernels that call them; the gradient checker's batched passes
+# take the same loops. One FFN kernel each way serves both activations.)
+_SUBLAYER_KERNELS = (
     _attention_sublayer_forward_kernel,
     _attention_sublayer_backward_kernel,
     _feed_forward_forward_kernel,
     _feed_forward_backward_kernel,
 )
+_FIRST_RUN_KERNELS = {
+    "layernorm": (_layer_norm_forward_kernel, _layer_norm_backward_kernel, *_SUBLAYER_KERNELS),
+    "rmsnorm": (_rms_norm_forward_loop, _rms_norm_backward_loop, *_SUBLAYER_KERNELS),
+}
 
 
-def compile_cache_is_cold() -> bool:
-    """Whether the first model run in this process will compile kernels.
+def compile_cache_is_cold(dtype="float64", norm="layernorm") -> bool:
+    """Whether the first run of a model of ``dtype`` and ``norm`` in this process will
+    compile kernels.
 
-    True when Numba is in use and one of the kernels a default model runs first
-    is neither compiled in this process nor in Numba's on-disk cache (missing,
-    or stale after an edit of this file or a Numba upgrade). Reads the cache's
-    index files only: compiles nothing, never raises, and answers False when
-    it cannot tell. The caller can then say that a few seconds of compilation
-    are coming.
+    True when Numba is in use and one of the kernels such a model runs first has no
+    signature for ``dtype`` either compiled in this process or in Numba's on-disk cache
+    (missing, or stale after an edit of this file or a Numba upgrade). Reads the cache's
+    index files only: compiles nothing, never raises, and answers False when it cannot
+    tell. The caller can then say that a few seconds of compilation are coming.
     """
     if not USE_NUMBA:
         return False
     try:
-        for kernel in _FIRST_RUN_KERNELS:
-            if kernel.signatures:
-                continue  # compiled (or loaded) in this process already
-            if not kernel._cache._cache_file._load_index():
+        dtype_name = str(np.dtype(dtype))
+        for kernel in _FIRST_RUN_KERNELS[norm]:
+            # A signature's first argument is the kernel's input array, of the model's dtype.
+            signatures = [*kernel.signatures, *(key[0] for key in kernel._cache._cache_file._load_index())]
+            if not any(dtype_name in str(signature[0]) for signature in signatures):
                 return True
         return False
     except Exception:  # a Numba without these internals, an unreadable index: unsure
