@@ -1910,8 +1910,8 @@ def _small_arrays(dtype):
 
 
 def _run_forward_kernels(dtype, norm):
-    """The forward kernels, and the norm's backward one (which compiles fast: this side has
-    the lighter share)."""
+    """The forward kernels, the norm's backward one and the attention backward's inner kernel
+    (the other side's kernels take longer to compile: these even the two out)."""
     array = _small_arrays(dtype)
     rows, d, d_ff = _SMALL_BATCH * _SMALL_SEQ, _SMALL_D, _SMALL_D_FF
     # First, the attention backward's inner kernel, of the types the sublayer's backward
