@@ -11,7 +11,9 @@ The three configurations of the performance targets (float64, Pre-LN and Post-LN
                                                                           >= 70% of the matmul ceiling
 
 What is timed. lnref: ``model.value_and_grad(x, dy)``, the loss sum(y * dy) and the gradient of
-every parameter and of the input. PyTorch: the same model written with torch ops (``F.linear``
+every parameter and of the input. Its first call, in the warm-up, is a taped pass that also
+traces its primitives; every timed call replays that trace (``lnref/autograd/replay.py``), as
+any repeated call with inputs of the same shapes does. PyTorch: the same model written with torch ops (``F.linear``
 with weights stored (d_out, d_in) as ``nn.Linear`` does, ``F.layer_norm``,
 ``F.scaled_dot_product_attention``, ``F.relu``), the weights copied from lnref's, and
 ``torch.autograd.grad`` of the same loss with respect to every parameter and the input. Before

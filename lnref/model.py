@@ -22,7 +22,9 @@ Parameter names (stable, documented in the README):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import math
 import operator
 from dataclasses import dataclass
@@ -31,10 +33,12 @@ import numpy as np
 
 from lnref import nn
 from lnref.autograd import Tape, Tensor, kernels, ops
+from lnref.autograd.replay import Program, Trace
 from lnref.autograd.tensor import cyclic_gc_paused
 from lnref.schemes import SCHEMES, get_scheme
 
 NORMS = ("layernorm", "rmsnorm")
+MAX_PROGRAMS = 8  # traced passes a model keeps for replay, one per shape of its inputs
 ACTIVATIONS = ("relu", "gelu")
 DTYPES = ("float64", "float32")
 
@@ -210,6 +214,7 @@ class Model:
         self.groups = self._index_groups()
         self._names = [full for members in self.groups.values() for _, full in members]  # group order
         self._reused_leaves = None  # (params, leaves, groups) of the last pass: see _leaves
+        self._programs = {}  # input shapes -> replay.Program (None: not replayable), see gradients
         initialize = getattr(self.scheme, "initialize", None)
         if initialize is not None:
             initialize(self, rng)
@@ -371,20 +376,42 @@ class Model:
         return loss, grads
 
     def gradients(self, x, dy, memory=None, params=None, relu_masks=None, keep_states=False):
-        """Tape-recorded forward and backward; returns (grads, loss, states or None)."""
+        """Forward and backward; returns (grads, loss, states or None).
+
+        A pass is recorded on a tape. The primitives of the first pass with inputs of given
+        shapes are also traced, and a later pass with inputs of the same shapes replays them
+        (``autograd.replay``: the same bits, without the Python of the layers), unless it
+        takes ReLU patterns, keeps its states or names its parameters otherwise.
+        """
         params = self.params if params is None else params
+        replay_key = None
+        if relu_masks is None and not keep_states and list(params) == self._names:
+            replay_key = (np.shape(x), np.shape(dy), None if memory is None else np.shape(memory))
+            if replay_key in self._programs:
+                program = self._programs[replay_key]
+                if program is not None:
+                    return self._replay(program, x, dy, memory, params)
+                replay_key = None  # traced already, and not replayable
         # One pause of the cyclic GC over the pass, ended once the tape is freed (see
         # autograd.tensor.cyclic_gc_paused): the collector then has nothing left to walk.
         with cyclic_gc_paused():
             leaves, groups = self._leaves(params)
             x_leaf = Tensor(x, requires_grad=True)
             memory_leaf = None if memory is None else Tensor(memory, requires_grad=True)
-            with Tape() as tape:
+            with Tape() as tape, Trace() if replay_key is not None else contextlib.nullcontext() as trace:
                 run = Run(self, leaves, memory_leaf, relu_masks, groups=groups)
                 y, states = self.forward(run, x_leaf, keep_states=keep_states)
                 if y.shape != dy.shape:
                     raise ConfigError(f"dy must have the output's shape {y.shape}, got {dy.shape}")
                 loss = ops.sum(ops.mul(y, dy))
+            if replay_key is not None:
+                inputs = [leaves[name] for name in self._names] + [x_leaf]
+                inputs += [memory_leaf, dy] if memory_leaf is not None else [dy]
+                if len(self._programs) == MAX_PROGRAMS:
+                    del self._programs[next(iter(self._programs))]  # the oldest
+                self._programs[replay_key] = Program.from_trace(trace, inputs, [True] * (len(inputs) - 1) + [False],
+                                                                loss)
+                del trace, inputs
             if keep_states:
                 for state in states:
                     for tensor in state:
@@ -402,6 +429,29 @@ class Model:
                 grads["memory"] = _grad_or_zeros(memory_leaf)
             del leaves, groups
         return grads, float(loss.value), states
+
+    def _replay(self, program, x, dy, memory, params):
+        """``gradients`` by the program of an earlier pass; the inputs as the taped pass takes
+        them (each parameter as its leaf's array, x and memory as a Tensor's)."""
+        dtype = self.dtype
+        values = list(params.values())
+        # (Set comparisons over C-level maps: a Python loop over 10^3 parameters would cost
+        # about 1% of the small model's pass.)
+        if set(map(type, values)) != {np.ndarray} or set(map(_DTYPE, values)) != {dtype}:
+            values = [_leaf(value, dtype).value for value in values]
+        values.append(Tensor(x).value)
+        if memory is not None:
+            values.append(Tensor(memory).value)
+        values.append(dy)
+        loss, input_grads = program.run(values)
+        names = self._names + (["input", "memory"] if memory is not None else ["input"])
+        reached = input_grads[:len(names)]  # (not dy's)
+        grads = dict(zip(names, reached))
+        if any(map(operator.is_, reached, itertools.repeat(None))):  # no gradient reached one
+            for name, value in zip(names, values):
+                if grads[name] is None:
+                    grads[name] = np.zeros_like(value)
+        return grads, float(loss), None
 
     def _leaves(self, params):
         """({name: leaf Tensor}, {prefix: {short name: leaf Tensor}}) for ``params``, both in
@@ -426,6 +476,7 @@ class Model:
 
 
 _VALUE = operator.attrgetter("value")
+_DTYPE = operator.attrgetter("dtype")
 
 
 def _leaf(value, dtype):

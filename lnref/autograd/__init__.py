@@ -2,7 +2,8 @@
 
 ``Tensor`` and ``Tape`` live in ``tensor.py``; every primitive (forward beside its
 vector-Jacobian product) in ``ops.py``; the Numba kernels and their NumPy twins in
-``kernels.py``.
+``kernels.py``; ``replay.py`` traces the primitives of one pass and replays them on new
+arrays (what ``Model.gradients`` does for a repeated pass).
 """
 
 from lnref.autograd import ops

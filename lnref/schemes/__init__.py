@@ -8,6 +8,10 @@ A scheme module defines:
     embed(x, stack), readout(x, stack)   optional stack-level stages
     layer_params(index, branches, config)   optional extra per-layer parameters
     initialize(model, rng)  optional change to the initialization
+
+``layer``, ``embed`` and ``readout`` compute on Tensors through primitives only (operators,
+``sub``'s norms and branches, ``lnref.autograd.ops``): a repeated gradient pass replays the
+primitives they called (``lnref/autograd/replay.py``) without running them again.
 """
 
 from importlib import import_module
