@@ -33,7 +33,7 @@ import numpy as np
 
 from lnref import nn
 from lnref.autograd import Tape, Tensor, kernels, ops
-from lnref.autograd.replay import Program, Trace
+from lnref.autograd.replay import Program, Recording
 from lnref.autograd.tensor import cyclic_gc_paused
 from lnref.schemes import SCHEMES, get_scheme
 
@@ -398,7 +398,7 @@ class Model:
             leaves, groups = self._leaves(params)
             x_leaf = Tensor(x, requires_grad=True)
             memory_leaf = None if memory is None else Tensor(memory, requires_grad=True)
-            with Tape() as tape, Trace() if replay_key is not None else contextlib.nullcontext() as trace:
+            with Tape() as tape, Recording() if replay_key is not None else contextlib.nullcontext() as recording:
                 run = Run(self, leaves, memory_leaf, relu_masks, groups=groups)
                 y, states = self.forward(run, x_leaf, keep_states=keep_states)
                 if y.shape != dy.shape:
@@ -409,9 +409,9 @@ class Model:
                 inputs += [memory_leaf, dy] if memory_leaf is not None else [dy]
                 if len(self._programs) == MAX_PROGRAMS:
                     del self._programs[next(iter(self._programs))]  # the oldest
-                self._programs[replay_key] = Program.from_trace(trace, inputs, [True] * (len(inputs) - 1) + [False],
-                                                                loss)
-                del trace, inputs
+                differentiable = [True] * (len(inputs) - 1) + [False]  # not dy
+                self._programs[replay_key] = Program.from_recording(recording, inputs, differentiable, loss)
+                del recording, inputs
             if keep_states:
                 for state in states:
                     for tensor in state:

@@ -5,7 +5,7 @@ import pytest
 
 import lnref
 from lnref.autograd import Tape, Tensor, ops
-from lnref.autograd.replay import Program, Trace
+from lnref.autograd.replay import Program, Recording
 from lnref.model import Model
 from lnref.schemes import SCHEMES
 
@@ -99,9 +99,9 @@ def test_a_replayed_pass_raises_the_error_of_a_taped_pass():
 def _traced(fn, *arrays):
     """(program of fn over Tensors of ``arrays`` or None, the taped output and gradients)."""
     leaves = [Tensor(a, requires_grad=True) for a in arrays]
-    with Tape() as tape, Trace() as trace:
+    with Tape() as tape, Recording() as recording:
         out = fn(*leaves)
-    program = Program.from_trace(trace, leaves, [True] * len(leaves), out)
+    program = Program.from_recording(recording, leaves, [True] * len(leaves), out)
     tape.backward(out)
     return program, out.value, [leaf.grad for leaf in leaves]
 
@@ -123,13 +123,13 @@ def test_a_program_gives_no_gradient_to_an_input_the_output_does_not_reach():
     assert program.run([np.ones(3), np.ones(3)])[1][1] is None
 
 
-def test_an_array_computed_beside_the_primitives_makes_a_trace_unreplayable():
+def test_an_array_computed_beside_the_primitives_makes_a_recording_unreplayable():
     # The side value would be frozen at the traced pass's: the tape must be kept.
     program, _, _ = _traced(lambda x: ops.sum(x * np.exp(x.value)), np.ones(3))
     assert program is None
 
 
-def test_a_model_whose_trace_is_unreplayable_keeps_the_tape(monkeypatch):
+def test_a_model_whose_recording_is_unreplayable_keeps_the_tape(monkeypatch):
     import lnref.schemes.pre as pre
 
     pre_layer = pre.layer
@@ -150,9 +150,9 @@ def test_a_model_whose_trace_is_unreplayable_keeps_the_tape(monkeypatch):
 def test_a_program_gives_no_gradient_to_an_input_flagged_constant():
     rng = np.random.default_rng(0)
     x, dy = Tensor(rng.standard_normal(4), requires_grad=True), rng.standard_normal(4)
-    with Trace() as trace:
+    with Recording() as recording:
         out = ops.sum(ops.mul(x, dy))
-    program = Program.from_trace(trace, [x, dy], [True, False], out)
+    program = Program.from_recording(recording, [x, dy], [True, False], out)
     _, (dx, ddy) = program.run([x.value, dy])
     np.testing.assert_array_equal(dx, dy)
     assert ddy is None

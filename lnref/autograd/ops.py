@@ -9,7 +9,7 @@ Positional arguments are the differentiable inputs (Tensors, arrays or Python nu
 keyword arguments are static parameters (axis, eps, causal, ...). ``defprimitive`` turns
 the pair into the function users call: it unwraps Tensors, runs the forward and, if a tape
 is recording and an input needs a gradient, records ``(vjp, residuals, inputs, output)``;
-while a ``replay.Trace`` is active it also notes the call for a later replay.
+while a ``replay.Recording`` is active it also notes the call for a later replay.
 
 Broadcasting binary ops sum their cotangents back to each input's shape (``unbroadcast``).
 The fused ops (layer_norm, rms_norm, softmax, attention, cross_entropy, gelu) call the
@@ -45,7 +45,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from lnref.autograd import kernels
-from lnref.autograd.replay import _ACTIVE_TRACES
+from lnref.autograd.replay import _ACTIVE_RECORDINGS
 from lnref.autograd.tensor import _ACTIVE_TAPES, FLOAT_DTYPES, Tensor
 
 
@@ -90,8 +90,8 @@ def defprimitive(name: str, forward: Callable, vjp: Callable) -> Callable:
             _ACTIVE_TAPES[-1].record(primitive.vjp, residuals, tuple(inputs), result)
         else:
             result.requires_grad = False
-        if _ACTIVE_TRACES:
-            _ACTIVE_TRACES[-1].calls.append((primitive, args, params, result))
+        if _ACTIVE_RECORDINGS:
+            _ACTIVE_RECORDINGS[-1].calls.append((primitive, args, params, result))
         return result
 
     apply.__name__ = name

@@ -3,7 +3,7 @@
 A model's pass runs Python at every step: the scheme's layer function, the layer view, the
 sublayer helpers, then each primitive's wrapper and tape record. When the sequence of
 primitives depends only on the configuration and the inputs' shapes, as it does for every
-scheme of lnref, that Python computes the same list of calls on every pass. ``Trace``
+scheme of lnref, that Python computes the same list of calls on every pass. A ``Recording``
 writes the list down while a taped pass runs (``ops.defprimitive`` appends each call);
 ``Program`` then runs the same forwards and VJPs on new arrays, in the same order and with
 the same gradient accumulation as ``Tape.backward``, so it gives the same bits as a taped
@@ -13,8 +13,8 @@ The contract is that of a JAX ``jit``: the traced code computes on Tensors only 
 primitives, and whatever else it passes them is a constant of the configuration (a number,
 a string, None). A Tensor or array argument that is neither a traced input nor the output of
 a traced call (a value computed on the side from ``.value``), or an array among a call's
-static parameters, makes the trace unreplayable: :meth:`Program.from_trace` returns None and
-the caller keeps the tape.
+static parameters, makes the recording unreplayable: :meth:`Program.from_recording` returns
+None and the caller keeps the tape.
 """
 
 from __future__ import annotations
@@ -23,28 +23,28 @@ import numpy as np
 
 from lnref.autograd.tensor import Tensor, cyclic_gc_paused
 
-_ACTIVE_TRACES: list[Trace] = []
+_ACTIVE_RECORDINGS: list[Recording] = []
 
 
-class Trace:
+class Recording:
     """Collects ``(primitive, args, params, result)`` for every primitive called while
-    active (``with Trace() as trace:``), Tensors and arrays as they were passed."""
+    active (``with Recording() as recording:``), Tensors and arrays as they were passed."""
 
     def __init__(self):
         self.calls = []
 
     def __enter__(self):
-        _ACTIVE_TRACES.append(self)
+        _ACTIVE_RECORDINGS.append(self)
         return self
 
     def __exit__(self, *exc):
-        _ACTIVE_TRACES.remove(self)
+        _ACTIVE_RECORDINGS.remove(self)
         return False
 
 
 class Program:
     """The traced calls as steps over numbered slots: the inputs first, one slot per call's
-    output, then the constants. Build with :meth:`from_trace`, run with :meth:`run`."""
+    output, then the constants. Build with :meth:`from_recording`, run with :meth:`run`."""
 
     def __init__(self, steps, n_inputs, constants, differentiated, output_slot):
         self.steps = steps  # (primitive's name, argument slots, params), in call order
@@ -54,17 +54,17 @@ class Program:
         self.output_slot = output_slot
 
     @classmethod
-    def from_trace(cls, trace, inputs, differentiable, output):
-        """The program of ``trace`` that maps ``inputs`` (the traced Tensors and arrays, in the
-        order :meth:`run` takes them) to ``output`` (a traced Tensor); None if the trace is
-        not replayable (see the module docstring).
+    def from_recording(cls, recording, inputs, differentiable, output):
+        """The program of ``recording`` that maps ``inputs`` (the traced Tensors and arrays, in the
+        order :meth:`run` takes them) to ``output`` (a traced Tensor); None if the recording
+        is not replayable (see the module docstring).
 
         ``differentiable`` flags the inputs gradients flow to (a Tensor that requires one,
         in the tape's terms); a call's output is differentiated when one of its arguments is.
         """
         from lnref.autograd.ops import PRIMITIVES  # (ops imports this module)
 
-        calls = trace.calls
+        calls = recording.calls
         slot_of = {id(value): slot for slot, value in enumerate(inputs)}
         differentiated = [bool(flag) for flag in differentiable] + [False] * len(calls)
         constants = []
