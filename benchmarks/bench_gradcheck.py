@@ -149,9 +149,9 @@ def main():
     figures = []
     with tempfile.TemporaryDirectory() as cache_dir:
         cold, cold_report = lnref_process(args, cache_dir)
-        warm, _ = lnref_process(args, cache_dir)
+        warm, warm_report = lnref_process(args, cache_dir)
     figures.append(("lnref gradcheck, fresh process, cold Numba cache", cold, cold_report["summary"]))
-    figures.append(("lnref gradcheck, fresh process, warm Numba cache", warm, ""))
+    figures.append(("lnref gradcheck, fresh process, warm Numba cache", warm, warm_report["summary"]))
     directional, report = lnref_in_process(options.scheme, options.layers, "directional", options.repeats)
     figures.append((f"lnref directional check (in process, warm, {gradcheck_workers()} workers)", directional,
                     report.summary()))
