@@ -13,8 +13,8 @@ The three configurations of the performance targets (float64, Pre-LN and Post-LN
 What is timed. lnref: ``model.value_and_grad(x, dy)``, the loss sum(y * dy) and the gradient of
 every parameter and of the input. Its first call, in the warm-up, is a taped pass that also
 traces its primitives; every timed call replays that trace (``lnref/autograd/replay.py``), as
-any repeated call with inputs of the same shapes does. PyTorch: the same model written with torch ops (``F.linear``
-with weights stored (d_out, d_in) as ``nn.Linear`` does, ``F.layer_norm``,
+any repeated call with inputs of the same shapes does. PyTorch: the same model written with
+torch ops (``F.linear`` with weights stored (d_out, d_in) as ``nn.Linear`` does, ``F.layer_norm``,
 ``F.scaled_dot_product_attention``, ``F.relu``), the weights copied from lnref's, and
 ``torch.autograd.grad`` of the same loss with respect to every parameter and the input. Before
 timing, the two are checked to agree (output, loss, every gradient) to 1e-10 relative.

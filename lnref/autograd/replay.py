@@ -46,7 +46,8 @@ class Program:
     """The traced calls as steps over numbered slots: the inputs first, one slot per call's
     output, then the constants. Build with :meth:`from_recording`, run with :meth:`run`."""
 
-    def __init__(self, steps, n_inputs, constants, differentiated, output_slot):
+    def __init__(self, registry, steps, n_inputs, constants, differentiated, output_slot):
+        self.registry = registry  # name -> Primitive, looked up at every run (ops.PRIMITIVES)
         self.steps = steps  # (primitive's name, argument slots, params), in call order
         self.n_inputs = n_inputs
         self.constants = constants
@@ -94,9 +95,7 @@ class Program:
         if output_slot is None:
             return None
         differentiated += [False] * len(constants)
-        program = cls([tuple(step) for step in steps], len(inputs), constants, differentiated, output_slot)
-        program.registry = PRIMITIVES
-        return program
+        return cls(PRIMITIVES, [tuple(step) for step in steps], len(inputs), constants, differentiated, output_slot)
 
     def run(self, inputs):
         """Forward on ``inputs`` (arrays, in the traced order), then backward from the output
