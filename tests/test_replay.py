@@ -172,3 +172,48 @@ def test_a_replayed_pass_gives_zeros_to_a_parameter_the_loss_does_not_reach(monk
     assert None not in model._programs.values()
     _assert_same_bits(replayed, taped)
     assert not replayed[1]["layers.1.ffn.w1"].any()
+
+
+def test_a_model_keeps_the_programs_of_its_last_eight_input_shapes():
+    model = lnref.build("pre", n_layers=1)
+    for batch in range(1, 10):
+        model.value_and_grad(*model.sample_inputs(batch=batch)[:2])
+    assert [key[0][0] for key in model._programs] == list(range(2, 10))
+
+
+def test_parameters_named_in_another_order_run_on_the_tape(monkeypatch):
+    model = lnref.build("pre", n_layers=2)
+    x, dy, _ = model.sample_inputs()
+    model.value_and_grad(x, dy)
+    reordered = dict(reversed(list(model.params.items())))
+    ran = []
+    forward = Model.forward
+    monkeypatch.setattr(Model, "forward", lambda *args, **kwargs: ran.append(1) or forward(*args, **kwargs))
+    grads, loss, _ = model.gradients(x, dy, params=reordered)
+    assert ran
+    expected_loss, expected = model.value_and_grad(x, dy)
+    assert loss == expected_loss
+    for name in expected:
+        np.testing.assert_array_equal(grads[name], expected[name])
+
+
+def test_a_replayed_pass_converts_a_parameter_given_as_a_list_as_the_tape_does():
+    model = lnref.build("pre", n_layers=2)
+    x, dy, _ = model.sample_inputs()
+    model.value_and_grad(x, dy)
+    params = dict(model.params, **{"layers.1.ffn.b2": model.params["layers.1.ffn.b2"].tolist()})
+    replayed, replayed_loss, _ = model.gradients(x, dy, params=params)
+    taped, taped_loss, _ = lnref.build("pre", n_layers=2).gradients(x, dy, params=params)
+    _assert_same_bits((replayed_loss, replayed), (taped_loss, taped))
+
+
+def test_a_replayed_pass_refuses_a_float16_parameter_as_the_tape_does():
+    model = lnref.build("pre", n_layers=2)
+    x, dy, _ = model.sample_inputs()
+    model.value_and_grad(x, dy)
+    params = dict(model.params, **{"layers.0.ln_attn.gamma": np.ones(16, np.float16)})
+    with pytest.raises(ValueError) as replayed:
+        model.gradients(x, dy, params=params)
+    with pytest.raises(ValueError) as taped:
+        lnref.build("pre", n_layers=2).gradients(x, dy, params=params)
+    assert str(replayed.value) == str(taped.value)

@@ -157,6 +157,8 @@ class Tape:
 
         ``doutput`` defaults to 1 for a scalar output. Intermediate gradients are freed as
         soon as their record has been processed, so memory stays at one layer's worth.
+        (``replay.Program.run`` walks its steps in the same order and accumulates in the same
+        order, which is what makes a replayed pass give this pass's bits: keep the two alike.)
         """
         if doutput is None:
             if output.value.size != 1:
