@@ -14,7 +14,10 @@ primitives, and whatever else it passes them is a constant of the configuration 
 a string, None). A Tensor or array argument that is neither a traced input nor the output of
 a traced call (a value computed on the side from ``.value``), or an array among a call's
 static parameters, makes the recording unreplayable: :meth:`Program.from_recording` returns
-None and the caller keeps the tape.
+None and the caller keeps the tape. A number computed from ``.value`` cannot be told from a
+constant and would be replayed frozen; to the tape it is a constant too (no gradient flows
+through it), so code that does this already has a wrong gradient, which ``lnref gradcheck``
+reports.
 """
 
 from __future__ import annotations
