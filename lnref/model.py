@@ -38,9 +38,9 @@ from lnref.autograd.tensor import cyclic_gc_paused
 from lnref.schemes import SCHEMES, get_scheme
 
 NORMS = ("layernorm", "rmsnorm")
-MAX_PROGRAMS = 8  # traced passes a model keeps for replay, one per shape of its inputs
 ACTIVATIONS = ("relu", "gelu")
 DTYPES = ("float64", "float32")
+MAX_PROGRAMS = 8  # recorded passes a model keeps for replay, one per shape of its inputs
 
 
 class ConfigError(ValueError):

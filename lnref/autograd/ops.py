@@ -31,10 +31,10 @@ op adds its name to the message), the rest by the op, the common case (plain flo
 of one dtype) first and in a few comparisons. (The products' shapes are looked at by the op
 too: it routes weights moved per batch row on them.) A VJP hands the kernel its forward's own
 residuals back (``residuals_checked=True``): there only the cotangent is new, and only it is
-checked. NaN and inf: the norms reject them from
-inside their kernels at no cost; softmax, the 4-D attention and cross_entropy test their
-inputs; the products (linear, the sublayers) let them through to the next norm, which
-rejects them (a model has a norm at least every layer, except ReZero).
+checked. NaN and inf: the norms reject them from inside their kernels at no cost; softmax,
+the 4-D attention and cross_entropy test their inputs; the products (linear, the sublayers)
+let them through to the next norm, which rejects them (a model has a norm at least every
+layer, except ReZero).
 """
 
 from __future__ import annotations
