@@ -30,7 +30,12 @@ by fixing glibc's malloc thresholds as the ``lnref`` command does (``lnref/alloc
 both sides: with the default, adaptive thresholds a pass's arrays can come from freshly mapped
 pages every call, and what a process ran before changes how many (measured, lnref alone: 72,000
 page faults per call on the large model, 742 ms against 554 ms with the thresholds fixed;
-1,800 on the medium model). In that process the two sides alternate, one
+1,800 on the medium model). It also sets ``OPENBLAS_THREAD_TIMEOUT`` as the command does
+(``lnref/blas.py``), before NumPy loads: OpenBLAS's idle workers then sleep after tens of
+microseconds instead of spinning for a tenth of a second, which leaves the second core to the
+large model's attention core, split over the BLAS threads' count of threads
+(``kernels._over_batch_parts``; PyTorch's own BLAS does not read the variable). In that
+process the two sides alternate, one
 repetition each, so a change of machine load hits both alike; a repetition runs the callable
 enough times to last ``--min-time`` seconds; each figure is the median over ``--reps``
 repetitions. The ceiling is the float64 GFLOP/s of a 2048 x 2048 matrix product (NumPy's BLAS
@@ -225,10 +230,13 @@ def own_cpu_seconds():
 def child(args):
     """Measure everything at one thread count; print one JSON document."""
     import lnref
+    from lnref import blas
     from lnref.allocator import keep_freed_memory
 
-    # As the lnref command does, for both sides (see lnref/allocator.py and the docstring).
+    # As the lnref command does, for both sides (see lnref/allocator.py, lnref/blas.py and the
+    # docstring). NumPy is not loaded yet: OpenBLAS will read the setting.
     allocator = "glibc thresholds fixed" if keep_freed_memory() else "default"
+    blas_idle_workers = "sleep" if blas.let_idle_workers_sleep() else "spin"
 
     try:
         import torch
@@ -238,7 +246,8 @@ def child(args):
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
     figures = {"threads": args.threads, "torch": None if torch is None else torch.__version__,
-               "reps": args.reps, "min_time": args.min_time, "allocator": allocator, "runs": []}
+               "reps": args.reps, "min_time": args.min_time, "allocator": allocator,
+               "blas_idle_workers": blas_idle_workers, "runs": []}
     started, busy_before, own_before = time.perf_counter(), busy_cpu_seconds(), own_cpu_seconds()
     matmuls = matmul_callables(torch)
     for config_name in args.configs:
@@ -337,7 +346,8 @@ def report(results, load_before, load_after):
                           "torch_version": result["torch"], "reps": result["reps"],
                           "processes": result["processes"],
                           "ratio_per_process": [r["lnref_s"] / r["torch_s"] for r in run["draws"]] if torch_s else None,
-                          "other_cpus": result.get("other_cpus"), "allocator": result["allocator"]})
+                          "other_cpus": result.get("other_cpus"), "allocator": result["allocator"],
+                          "blas_idle_workers": result["blas_idle_workers"]})
             if ratio is not None:
                 verdicts.append((f"{run['config']} {run['scheme']} {result['threads']} thread(s): "
                                  f"lnref/torch {ratio:.3f} <= {target}", ratio <= target))

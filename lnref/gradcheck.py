@@ -41,7 +41,6 @@ moved states stacked along the batch axis). Modes:
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import math
@@ -51,6 +50,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from lnref import blas
 from lnref.allocator import return_freed_memory
 from lnref.autograd import Tape, Tensor, kernels, ops
 
@@ -702,29 +702,15 @@ def _in_order(work, items, workers):
         pool.terminate()
 
 
-OPENBLAS_THREAD_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                           "openblas_set_num_threads64_", "openblas_set_num_threads")
-
-
 def _one_blas_thread():
     """Limit a forked worker's OpenBLAS to one thread.
 
     The workers are the parallelism; BLAS threads on top of them oversubscribe the cores
     (measured on 2 cores: the 48-layer full check took 73 s instead of 31 s). OpenBLAS reads
-    its thread count from the environment only when it loads, so this calls its own setter,
-    found among the libraries the process has mapped (Linux; elsewhere nothing changes).
-    One thread gives the same bits as several.
+    its thread count from the environment only when it loads, so this calls its own setter
+    (``lnref.blas``). One thread gives the same bits as several.
     """
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
-    except OSError:
-        return
-    for path in sorted(p for p in paths if p.startswith("/")):
-        library = ctypes.CDLL(path)
-        setter = next((getattr(library, name) for name in OPENBLAS_THREAD_SETTERS if hasattr(library, name)), None)
-        if setter is not None:
-            setter(1)
+    blas.set_threads(1)
 
 
 def default_workers():

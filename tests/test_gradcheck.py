@@ -259,22 +259,15 @@ def test_full_mode_workers_run_openblas_on_one_thread():
     import subprocess
     import sys
 
-    probe = (
-        "import ctypes, numpy\n"
-        "from lnref.gradcheck import _one_blas_thread\n"
-        "paths = {l.split()[-1] for l in open('/proc/self/maps') if 'openblas' in l.lower()}\n"
-        "libs = [ctypes.CDLL(p) for p in sorted(paths) if p.startswith('/')]\n"
-        "getters = [getattr(lib, n) for lib in libs for n in ('scipy_openblas_get_num_threads64_',\n"
-        "           'scipy_openblas_get_num_threads', 'openblas_get_num_threads64_', 'openblas_get_num_threads')\n"
-        "           if hasattr(lib, n)]\n"
-        "if not getters: print('no openblas'); raise SystemExit\n"
-        "before = getters[0](); _one_blas_thread(); print(before, getters[0]())\n"
-    )
+    from lnref import blas
+
+    if blas._openblas_function(blas._GETTERS) is None:  # (NumPy, and any OpenBLAS, is loaded here)
+        pytest.skip("NumPy here is not linked to OpenBLAS")
+    probe = ("from lnref import blas\nfrom lnref.gradcheck import _one_blas_thread\n"
+             "before = blas.threads(); _one_blas_thread(); print(before, blas.threads())\n")
     env = {**__import__("os").environ, "OPENBLAS_NUM_THREADS": "2"}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    if done.stdout.strip() == "no openblas":
-        pytest.skip("NumPy here is not linked to OpenBLAS")
     assert done.stdout.split() == ["2", "1"]
 
 

@@ -1038,6 +1038,92 @@ def test_blocked_attention_keeps_float32():
     assert {a.dtype for a in (out, probs, *grads)} == {np.dtype(np.float32)}
 
 
+# ----- the blocked attention path on threads ---------------------------------------------
+
+
+def blocked_attention_in_parts(monkeypatch, n_parts, shape=(5, 3, 16, 8), causal=True):
+    """Forward and backward of the blocked path with the batch split in ``n_parts`` parts."""
+    monkeypatch.setattr(K, "_batch_parts", lambda batch, work: min(n_parts, batch))
+    q, k, v, dout = attention_inputs(np.random.default_rng(54), shape, shape[2])
+    out, probs = BLOCKED_ATTENTION[0](q, k, v, causal)
+    return (out, probs, *BLOCKED_ATTENTION[1](dout, q, k, v, probs))
+
+
+@pytest.mark.parametrize("n_parts", [2, 3, 5])
+def test_blocked_attention_gives_the_same_bits_in_any_number_of_parts(monkeypatch, n_parts):
+    whole = blocked_attention_in_parts(monkeypatch, 1)
+    split = blocked_attention_in_parts(monkeypatch, n_parts)
+    assert all(np.array_equal(a, b) for a, b in zip(whole, split))
+
+
+def test_blocked_attention_runs_all_but_one_part_on_helper_threads(monkeypatch):
+    import threading
+
+    threads_of_parts = []
+    probs_loop = K._attention_probs_loop
+
+    def recording_probs_loop(scores, causal, sqrt_dh):
+        threads_of_parts.append((scores.shape[0], threading.current_thread().name))
+        return probs_loop(scores, causal, sqrt_dh)
+
+    monkeypatch.setattr(K, "_attention_probs_loop", recording_probs_loop)
+    blocked_attention_in_parts(monkeypatch, 3)
+    assert sorted(size for size, _ in threads_of_parts) == [1, 2, 2]  # batch 5 in three parts
+    helpers = [name for _, name in threads_of_parts if name.startswith("lnref-attention")]
+    assert len(helpers) == 2 and threading.current_thread().name in {name for _, name in threads_of_parts}
+
+
+def test_an_error_in_a_helper_part_reaches_the_caller(monkeypatch):
+    import threading
+
+    def failing_on_helpers(scores, causal, sqrt_dh):
+        if threading.current_thread() is not threading.main_thread():
+            raise FloatingPointError("in a helper part")
+
+    monkeypatch.setattr(K, "_attention_probs_loop", failing_on_helpers)
+    with pytest.raises(FloatingPointError, match="in a helper part"):
+        blocked_attention_in_parts(monkeypatch, 2)
+
+
+@pytest.mark.parametrize("sleep, threads, batch, work, parts", [
+    (True, 2, 8, K.THREADED_WORK_MIN, 2),
+    (True, 4, 3, K.THREADED_WORK_MIN, 3),  # no more parts than batch rows
+    (False, 2, 8, K.THREADED_WORK_MIN, 1),  # idle OpenBLAS workers would spin on the cores
+    (True, 1, 8, K.THREADED_WORK_MIN, 1),  # one BLAS thread: the user asked for one core
+    (True, 2, 8, K.THREADED_WORK_MIN - 1, 1),  # too little work for a hand-off
+    (True, 2, 1, K.THREADED_WORK_MIN, 1),
+])
+def test_the_batch_is_split_over_the_blas_threads_only_when_that_pays(monkeypatch, sleep, threads, batch,
+                                                                      work, parts):
+    monkeypatch.setattr(K._blas, "idle_workers_sleep", lambda: sleep)
+    monkeypatch.setattr(K._blas, "threads", lambda: threads)
+    assert K._batch_parts(batch, work) == parts
+
+
+def test_the_large_models_attention_takes_threads_and_the_medium_models_does_not():
+    # (B, H, T, S, Dh) of the benchmark's large and medium models (benchmarks/bench_model.py)
+    assert 8 * 8 * 64 * 64 * 32 >= K.THREADED_WORK_MIN > 4 * 4 * 32 * 32 * 16
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_splits_the_batch_on_threads_of_its_own(monkeypatch):
+    # The parent's helper threads do not exist in a forked child (the gradient checker forks).
+    blocked_attention_in_parts(monkeypatch, 2)  # the parent's pool, made
+    pid = os.fork()
+    if pid == 0:  # the child: any error or hang is its exit status
+        import signal
+
+        signal.alarm(60)
+        try:
+            whole = blocked_attention_in_parts(monkeypatch, 1)
+            split = blocked_attention_in_parts(monkeypatch, 2)
+            os._exit(0 if all(np.array_equal(a, b) for a, b in zip(whole, split)) else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 # ----- the compilation cache -----------------------------------------------------------
 
 

@@ -1,0 +1,93 @@
+"""NumPy's OpenBLAS as lnref sees it: how many threads its products run on, and whether its
+idle workers leave the cores free.
+
+OpenBLAS reads its settings from the environment once, when NumPy loads it. Two matter here.
+
+* **Threads.** ``OPENBLAS_NUM_THREADS`` (else ``OMP_NUM_THREADS``, else every CPU).
+  :func:`threads` and :func:`set_threads` read and change the count through OpenBLAS's own
+  functions, found among the libraries the process has mapped (Linux). Elsewhere, or under
+  another BLAS, :func:`threads` is 1 and :func:`set_threads` does nothing.
+* **Idle workers.** After its share of a threaded product, an OpenBLAS worker spins, waiting
+  for the next one, for 2^28 CPU cycles (about a tenth of a second) before it sleeps;
+  ``OPENBLAS_THREAD_TIMEOUT=n`` makes that 2^n cycles (n from 4 to 30). A spinning worker
+  holds its core. A thread of lnref's own that needs that core, a part of a big model's
+  attention core (``kernels._over_batch_parts``), then gains next to nothing.
+  :func:`idle_workers_sleep` tells whether the setting is short enough for those threads
+  to pay; :func:`let_idle_workers_sleep` sets it to :data:`IDLE_TIMEOUT`, if NumPy has not
+  loaded OpenBLAS yet. That changes the whole process's BLAS, so the library never calls it
+  on its own. The ``lnref`` command, which owns its process, calls it at start-up; so does
+  ``benchmarks/bench_model.py``, for lnref and PyTorch alike.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+
+TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
+# 2^16 cycles, tens of microseconds. Short enough that the workers sleep early in an
+# attention core (milliseconds at the sizes that take threads); long enough that the
+# products of a medium model, which follow each other more closely, find them awake. Measured
+# on 2 cores, 2 BLAS threads: the shortest setting (2^4 cycles, sleep at once) made the
+# 48-layer d_model-64 pass about 20% slower (medians of 4 processes, 120 against 98 ms);
+# 2^16 left it as fast as the default (70-74 ms either way, 5 processes each), and gave the 12-layer d_model-256 model's threaded attention 0.93-0.97x the
+# time of one thread, against 0.96-1.06x with the default.
+IDLE_TIMEOUT = 16
+
+_GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+            "openblas_get_num_threads64_", "openblas_get_num_threads")
+_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+            "openblas_set_num_threads64_", "openblas_set_num_threads")
+
+
+@functools.cache
+def _openblas_function(names):
+    """The first of ``names`` that a mapped OpenBLAS library exports, or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:
+        return None
+    for path in sorted(p for p in paths if p.startswith("/")):
+        library = ctypes.CDLL(path)
+        for name in names:
+            if hasattr(library, name):
+                return getattr(library, name)
+    return None
+
+
+def threads() -> int:
+    """How many threads OpenBLAS runs a big product on (1 where OpenBLAS is not found)."""
+    import numpy  # noqa: F401  (OpenBLAS is mapped once NumPy is loaded)
+
+    getter = _openblas_function(_GETTERS)
+    return max(1, int(getter())) if getter is not None else 1
+
+
+def set_threads(count: int) -> None:
+    """Make OpenBLAS run its products on ``count`` threads (nothing where it is not found).
+    The thread count does not change OpenBLAS's results: the same bits on any."""
+    import numpy  # noqa: F401
+
+    setter = _openblas_function(_SETTERS)
+    if setter is not None:
+        setter(int(count))
+
+
+def idle_workers_sleep(environ=os.environ) -> bool:
+    """Whether OpenBLAS's idle workers were told to sleep soon (``OPENBLAS_THREAD_TIMEOUT`` at
+    most :data:`IDLE_TIMEOUT`). Read from the environment, as OpenBLAS read it when it
+    loaded: a value set after NumPy loaded is taken at its word, wrongly, at a cost in speed only."""
+    value = environ.get(TIMEOUT_VARIABLE, "").strip()
+    return value.isdigit() and int(value) <= IDLE_TIMEOUT
+
+
+def let_idle_workers_sleep() -> bool:
+    """Set ``OPENBLAS_THREAD_TIMEOUT`` to :data:`IDLE_TIMEOUT` unless it is set already, if NumPy has
+    not loaded OpenBLAS yet (later it would be too late, and it is left alone). Returns
+    :func:`idle_workers_sleep`: whether the setting OpenBLAS sees lets its workers sleep."""
+    if "numpy" not in sys.modules:
+        os.environ.setdefault(TIMEOUT_VARIABLE, str(IDLE_TIMEOUT))
+    return idle_workers_sleep()

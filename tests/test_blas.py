@@ -1,0 +1,69 @@
+"""lnref.blas: OpenBLAS's thread count, read and set, and whether its idle workers sleep."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lnref import blas
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(code, **env):
+    """``code`` in a fresh interpreter (OpenBLAS reads its environment once, when it loads)."""
+    environment = {k: v for k, v in os.environ.items() if k != blas.TIMEOUT_VARIABLE}
+    environment.update(env)
+    done = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{code}"],
+                          env=environment, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+@pytest.mark.parametrize("value, sleep", [(None, False), ("16", True), ("4", True), (" 8 ", True),
+                                          ("17", False), ("28", False), ("", False), ("soon", False),
+                                          ("-1", False)])
+def test_idle_workers_sleep_when_the_timeout_is_set_at_most_to_lnrefs(value, sleep):
+    environ = {} if value is None else {blas.TIMEOUT_VARIABLE: value}
+    assert blas.idle_workers_sleep(environ) is sleep
+
+
+def test_let_idle_workers_sleep_sets_the_timeout_before_numpy_loads():
+    out = run_python("import os; from lnref import blas\n"
+                     "print(blas.let_idle_workers_sleep(), os.environ.get(blas.TIMEOUT_VARIABLE))")
+    assert out == ["True", str(blas.IDLE_TIMEOUT)]
+
+
+def test_let_idle_workers_sleep_leaves_a_timeout_the_user_set():
+    out = run_python("import os; from lnref import blas\n"
+                     "print(blas.let_idle_workers_sleep(), os.environ.get(blas.TIMEOUT_VARIABLE))",
+                     OPENBLAS_THREAD_TIMEOUT="25")
+    assert out == ["False", "25"]
+
+
+def test_let_idle_workers_sleep_does_nothing_once_numpy_is_loaded():
+    # OpenBLAS has read its environment by then: setting it would only mislead idle_workers_sleep.
+    out = run_python("import os, numpy; from lnref import blas\n"
+                     "print(blas.let_idle_workers_sleep(), os.environ.get(blas.TIMEOUT_VARIABLE))")
+    assert out == ["False", "None"]
+
+
+def test_threads_reads_and_set_threads_changes_openblas_thread_count():
+    import numpy  # noqa: F401  (maps OpenBLAS, if NumPy is linked to it)
+
+    if blas._openblas_function(blas._GETTERS) is None:
+        pytest.skip("NumPy here is not linked to OpenBLAS")
+    out = run_python("from lnref import blas\n"
+                     "before = blas.threads(); blas.set_threads(1); print(before, blas.threads())",
+                     OPENBLAS_NUM_THREADS="2")
+    assert out == ["2", "1"]
+
+
+def test_the_lnref_command_lets_idle_workers_sleep_before_numpy_loads():
+    out = run_python("import os, sys\n"
+                     "from lnref.cli import main\n"
+                     "main(['schemes'], standalone_mode=False)\n"
+                     "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
+    assert out[-1] == str(blas.IDLE_TIMEOUT)
