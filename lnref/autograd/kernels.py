@@ -1018,9 +1018,11 @@ def _over_batch_parts(part, batch, work):
         part(0, batch)
         return
     bounds = [batch * i // n_parts for i in range(n_parts + 1)]
-    if _helper_threads[0] < n_parts - 1:
+    if _helper_threads[0] < n_parts - 1:  # none yet, or OpenBLAS was given more threads since
         from concurrent.futures import ThreadPoolExecutor
 
+        if _helper_threads[1] is not None:
+            _helper_threads[1].shutdown(wait=False)
         _helper_threads = (n_parts - 1, ThreadPoolExecutor(n_parts - 1, thread_name_prefix="lnref-attention"))
     pool = _helper_threads[1]
     helpers = [pool.submit(part, lo, hi) for lo, hi in zip(bounds[:-2], bounds[1:-1])]
