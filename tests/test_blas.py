@@ -30,24 +30,23 @@ def test_idle_workers_sleep_when_the_timeout_is_set_at_most_to_lnrefs(value, sle
     assert blas.idle_workers_sleep(environ) is sleep
 
 
+def let_idle_workers_sleep_in_a_fresh_process(numpy_first=False, **env):
+    """[what let_idle_workers_sleep returned, the variable afterwards] in a fresh interpreter."""
+    return run_python(f"import os{', numpy' if numpy_first else ''}; from lnref import blas\n"
+                      "print(blas.let_idle_workers_sleep(), os.environ.get(blas.TIMEOUT_VARIABLE))", **env)
+
+
 def test_let_idle_workers_sleep_sets_the_timeout_before_numpy_loads():
-    out = run_python("import os; from lnref import blas\n"
-                     "print(blas.let_idle_workers_sleep(), os.environ.get(blas.TIMEOUT_VARIABLE))")
-    assert out == ["True", str(blas.IDLE_TIMEOUT)]
+    assert let_idle_workers_sleep_in_a_fresh_process() == ["True", str(blas.IDLE_TIMEOUT)]
 
 
 def test_let_idle_workers_sleep_leaves_a_timeout_the_user_set():
-    out = run_python("import os; from lnref import blas\n"
-                     "print(blas.let_idle_workers_sleep(), os.environ.get(blas.TIMEOUT_VARIABLE))",
-                     OPENBLAS_THREAD_TIMEOUT="25")
-    assert out == ["False", "25"]
+    assert let_idle_workers_sleep_in_a_fresh_process(OPENBLAS_THREAD_TIMEOUT="25") == ["False", "25"]
 
 
 def test_let_idle_workers_sleep_does_nothing_once_numpy_is_loaded():
     # OpenBLAS has read its environment by then: setting it would only mislead idle_workers_sleep.
-    out = run_python("import os, numpy; from lnref import blas\n"
-                     "print(blas.let_idle_workers_sleep(), os.environ.get(blas.TIMEOUT_VARIABLE))")
-    assert out == ["False", "None"]
+    assert let_idle_workers_sleep_in_a_fresh_process(numpy_first=True) == ["False", "None"]
 
 
 def test_threads_reads_and_set_threads_changes_openblas_thread_count():
