@@ -85,9 +85,10 @@ def idle_workers_sleep(environ=os.environ) -> bool:
 
 
 def let_idle_workers_sleep() -> bool:
-    """Set ``OPENBLAS_THREAD_TIMEOUT`` to :data:`IDLE_TIMEOUT` unless it is set already, if NumPy has
-    not loaded OpenBLAS yet (later it would be too late, and it is left alone). Returns
-    :func:`idle_workers_sleep`: whether the setting OpenBLAS sees lets its workers sleep."""
-    if "numpy" not in sys.modules:
-        os.environ.setdefault(TIMEOUT_VARIABLE, str(IDLE_TIMEOUT))
+    """Set ``OPENBLAS_THREAD_TIMEOUT`` to :data:`IDLE_TIMEOUT` unless the user set it (empty
+    counts as unset, as OpenBLAS takes it), if NumPy has not loaded OpenBLAS yet (later it
+    would be too late, and it is left alone). Returns :func:`idle_workers_sleep`: whether the
+    setting OpenBLAS sees lets its workers sleep."""
+    if "numpy" not in sys.modules and not os.environ.get(TIMEOUT_VARIABLE, "").strip():
+        os.environ[TIMEOUT_VARIABLE] = str(IDLE_TIMEOUT)
     return idle_workers_sleep()

@@ -40,6 +40,10 @@ def test_let_idle_workers_sleep_sets_the_timeout_before_numpy_loads():
     assert let_idle_workers_sleep_in_a_fresh_process() == ["True", str(blas.IDLE_TIMEOUT)]
 
 
+def test_let_idle_workers_sleep_takes_an_empty_timeout_for_an_unset_one():
+    assert let_idle_workers_sleep_in_a_fresh_process(OPENBLAS_THREAD_TIMEOUT="") == ["True", str(blas.IDLE_TIMEOUT)]
+
+
 def test_let_idle_workers_sleep_leaves_a_timeout_the_user_set():
     assert let_idle_workers_sleep_in_a_fresh_process(OPENBLAS_THREAD_TIMEOUT="25") == ["False", "25"]
 
