@@ -995,7 +995,7 @@ def _attention_backward_blocked(dout, q, k, v, probs):
 # (lnref.blas.idle_workers_sleep; the lnref command sees to it); otherwise the path stays
 # on one thread. Measured on 2 cores, 2 BLAS threads, passes alternating with and without
 # threads in one process: the 12-layer d_model-256 model's forward+backward took 0.93-0.97x
-# the time; the 48-layer d_model-64 model's (B H T S Dh = 262,144 per product) 1.00-1.16x,
+# the time; the 48-layer d_model-64 model's (B H T S Dh = 262,144 per product) 0.98-1.16x,
 # hence the floor.
 THREADED_WORK_MIN = 1 << 20  # B H T S Dh, the multiply-adds of one batched product
 _helper_threads = (0, None)  # (threads, ThreadPoolExecutor), made on first use
