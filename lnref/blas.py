@@ -32,8 +32,9 @@ TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
 # products of a medium model, which follow each other more closely, find them awake. Measured
 # on 2 cores, 2 BLAS threads: the shortest setting (2^4 cycles, sleep at once) made the
 # 48-layer d_model-64 pass about 20% slower (medians of 4 processes, 120 against 98 ms);
-# 2^16 left it as fast as the default (70-74 ms either way, 5 processes each), and gave the 12-layer d_model-256 model's threaded attention 0.93-0.97x the
-# time of one thread, against 0.96-1.06x with the default.
+# 2^16 left it as fast as the default (70-74 ms either way, 5 processes each), and gave the
+# 12-layer d_model-256 model's threaded attention 0.93-0.97x the time of one thread, against
+# 0.96-1.06x with the default.
 IDLE_TIMEOUT = 16
 
 _GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
@@ -43,36 +44,32 @@ _SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads
 
 
 @functools.cache
-def _openblas_function(names):
-    """The first of ``names`` that a mapped OpenBLAS library exports, or None."""
+def _openblas_functions(names):
+    """Per OpenBLAS library the process has mapped, the first of ``names`` it exports."""
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
     except OSError:
-        return None
-    for path in sorted(p for p in paths if p.startswith("/")):
-        library = ctypes.CDLL(path)
-        for name in names:
-            if hasattr(library, name):
-                return getattr(library, name)
-    return None
+        return ()
+    libraries = [ctypes.CDLL(path) for path in sorted(p for p in paths if p.startswith("/"))]
+    return tuple(next(getattr(library, name) for name in names if hasattr(library, name))
+                 for library in libraries if any(hasattr(library, name) for name in names))
 
 
 def threads() -> int:
     """How many threads OpenBLAS runs a big product on (1 where OpenBLAS is not found)."""
     import numpy  # noqa: F401  (OpenBLAS is mapped once NumPy is loaded)
 
-    getter = _openblas_function(_GETTERS)
-    return max(1, int(getter())) if getter is not None else 1
+    getters = _openblas_functions(_GETTERS)
+    return max(1, int(getters[0]())) if getters else 1
 
 
 def set_threads(count: int) -> None:
-    """Make OpenBLAS run its products on ``count`` threads (nothing where it is not found).
-    The thread count does not change OpenBLAS's results: the same bits on any."""
+    """Make every mapped OpenBLAS run its products on ``count`` threads (nothing where none is
+    found). The thread count does not change OpenBLAS's results: the same bits on any."""
     import numpy  # noqa: F401
 
-    setter = _openblas_function(_SETTERS)
-    if setter is not None:
+    for setter in _openblas_functions(_SETTERS):
         setter(int(count))
 
 

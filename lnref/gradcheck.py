@@ -710,7 +710,7 @@ def _one_blas_thread():
     its thread count from the environment only when it loads, so this calls its own setter
     (``lnref.blas``). One thread gives the same bits as several.
     """
-    blas.set_threads(1)
+    blas.set_threads(1)  # (every OpenBLAS the process has mapped)
 
 
 def default_workers():

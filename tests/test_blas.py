@@ -56,7 +56,7 @@ def test_let_idle_workers_sleep_does_nothing_once_numpy_is_loaded():
 def test_threads_reads_and_set_threads_changes_openblas_thread_count():
     import numpy  # noqa: F401  (maps OpenBLAS, if NumPy is linked to it)
 
-    if blas._openblas_function(blas._GETTERS) is None:
+    if not blas._openblas_functions(blas._GETTERS):
         pytest.skip("NumPy here is not linked to OpenBLAS")
     out = run_python("from lnref import blas\n"
                      "before = blas.threads(); blas.set_threads(1); print(before, blas.threads())",

@@ -261,7 +261,7 @@ def test_full_mode_workers_run_openblas_on_one_thread():
 
     from lnref import blas
 
-    if blas._openblas_function(blas._GETTERS) is None:  # (NumPy, and any OpenBLAS, is loaded here)
+    if not blas._openblas_functions(blas._GETTERS):  # (NumPy, and any OpenBLAS, is loaded here)
         pytest.skip("NumPy here is not linked to OpenBLAS")
     probe = ("from lnref import blas\nfrom lnref.gradcheck import _one_blas_thread\n"
              "before = blas.threads(); _one_blas_thread(); print(before, blas.threads())\n")

@@ -1073,6 +1073,16 @@ def test_blocked_attention_runs_all_but_one_part_on_helper_threads(monkeypatch):
     assert len(helpers) == 2 and threading.current_thread().name in {name for _, name in threads_of_parts}
 
 
+def test_a_pool_outgrown_by_more_parts_is_replaced_and_shut_down(monkeypatch):
+    monkeypatch.setattr(K, "_helper_threads", (0, None))  # as in a fresh process
+    blocked_attention_in_parts(monkeypatch, 2)
+    smaller = K._helper_threads[1]
+    blocked_attention_in_parts(monkeypatch, 3)
+    assert K._helper_threads[0] == 2 and K._helper_threads[1] is not smaller
+    with pytest.raises(RuntimeError, match="shutdown"):
+        smaller.submit(int)
+
+
 def test_an_error_in_a_helper_part_reaches_the_caller(monkeypatch):
     import threading
 
