@@ -140,8 +140,8 @@ def main():
     parser.add_argument("--no-full", action="store_true", help="skip the every-element checks")
     options = parser.parse_args()
     # The in-process checks (lnref's and torch's) run with the allocator settings of the lnref
-    # command, which the fresh-process runs get from the command itself (lnref/allocator.py).
-    from lnref.allocator import keep_freed_memory
+    # command, which the fresh-process runs get from the command itself (lnref/process/allocator.py).
+    from lnref.process.allocator import keep_freed_memory
 
     keep_freed_memory()
     args = ["--scheme", options.scheme, "--layers", str(options.layers)]

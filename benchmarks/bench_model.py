@@ -26,12 +26,12 @@ interpreter-bound pass by 10-15% from process to process (measured: 7.8 to 9.5 m
 small model's Pre-LN pass, same code, consecutive processes); the median of a few draws
 does not hang on one. Each process (``OPENBLAS_NUM_THREADS``,
 ``OMP_NUM_THREADS`` and ``torch.set_num_threads`` all set to the thread count), which starts
-by fixing glibc's malloc thresholds as the ``lnref`` command does (``lnref/allocator.py``), for
+by fixing glibc's malloc thresholds as the ``lnref`` command does (``lnref/process/allocator.py``), for
 both sides: with the default, adaptive thresholds a pass's arrays can come from freshly mapped
 pages every call, and what a process ran before changes how many (measured, lnref alone: 72,000
 page faults per call on the large model, 742 ms against 554 ms with the thresholds fixed;
 1,800 on the medium model). It also sets ``OPENBLAS_THREAD_TIMEOUT`` as the command does
-(``lnref/blas.py``), before NumPy loads: OpenBLAS's idle workers then sleep after tens of
+(``lnref/process/blas.py``), before NumPy loads: OpenBLAS's idle workers then sleep after tens of
 microseconds instead of spinning for a tenth of a second, which leaves the second core to the
 large model's attention core, split over the BLAS threads' count of threads
 (``kernels._over_batch_parts``). PyTorch's own BLAS (MKL) does not read the variable, but
@@ -232,10 +232,10 @@ def own_cpu_seconds():
 def child(args):
     """Measure everything at one thread count; print one JSON document."""
     import lnref
-    from lnref import blas
-    from lnref.allocator import keep_freed_memory
+    from lnref.process import blas
+    from lnref.process.allocator import keep_freed_memory
 
-    # As the lnref command does, for both sides (see lnref/allocator.py, lnref/blas.py and the
+    # As the lnref command does, for both sides (see lnref/process/allocator.py, lnref/process/blas.py and the
     # docstring). NumPy is not loaded yet: OpenBLAS will read the setting.
     allocator = "glibc thresholds fixed" if keep_freed_memory() else "default"
     blas_idle_workers = "sleep" if blas.let_idle_workers_sleep() else "spin"

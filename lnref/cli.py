@@ -13,8 +13,9 @@ import sys
 
 import click
 
-from lnref import SCHEMES, __version__, blas
-from lnref.allocator import keep_freed_memory
+from lnref import SCHEMES, __version__
+from lnref.process import blas
+from lnref.process.allocator import keep_freed_memory
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -153,8 +154,8 @@ def main():
 
     Exit codes: 0 ok, 1 a check failed, 2 usage or input error.
     """
-    # The command owns its process: memory a pass frees is kept for the next (lnref.allocator),
-    # and OpenBLAS's idle workers sleep rather than hold the cores (lnref.blas; NumPy is not
+    # The command owns its process: memory a pass frees is kept for the next (lnref.process.allocator),
+    # and OpenBLAS's idle workers sleep rather than hold the cores (lnref.process.blas; NumPy is not
     # loaded yet: the commands import it).
     keep_freed_memory()
     blas.let_idle_workers_sleep()

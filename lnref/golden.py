@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lnref import __version__
+from lnref.schemes import get_scheme, stream_names
 
 FORMAT_NAME = "lnref-golden"
 FORMAT_VERSION = 1
@@ -79,17 +80,9 @@ class GoldenError(ValueError):
 # ----- names -----------------------------------------------------------------------------
 
 def hidden_streams(scheme: str, layer: int) -> tuple[str, ...]:
-    """Names of the arrays making up the state that enters ``layer``.
-
-    ResiDual carries its two streams (x_a, x_d) (Xie et al. 2023, Sec. 3); DLCL carries the
-    combined input x_l and the normalized outputs n_0..n_l of every earlier layer
-    (Wang et al. 2019, Sec. 3); every other scheme carries one stream x.
-    """
-    if scheme == "residual":
-        return ("x_a", "x_d")
-    if scheme == "dlcl":
-        return ("x", *(f"n_{k}" for k in range(layer + 1)))
-    return ("x",)
+    """Names of the arrays making up the state that enters ``layer``, as the scheme declares
+    them (its ``STREAMS`` or ``streams(layer)``; one stream "x" by default)."""
+    return stream_names(get_scheme(scheme), layer)
 
 
 def hidden_name(layer: int, stream: str) -> str:

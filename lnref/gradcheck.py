@@ -50,8 +50,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from lnref import blas
-from lnref.allocator import return_freed_memory
+from lnref.process import blas
+from lnref.process.allocator import return_freed_memory
 from lnref.autograd import Tape, Tensor, kernels, ops
 
 STATUSES = ("passed", "failed", "unresolved")
@@ -708,7 +708,7 @@ def _one_blas_thread():
     The workers are the parallelism; BLAS threads on top of them oversubscribe the cores
     (measured on 2 cores: the 48-layer full check took 73 s instead of 31 s). OpenBLAS reads
     its thread count from the environment only when it loads, so this calls its own setter
-    (``lnref.blas``). One thread gives the same bits as several.
+    (``lnref.process.blas``). One thread gives the same bits as several.
     """
     blas.set_threads(1)  # (every OpenBLAS the process has mapped)
 

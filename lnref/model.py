@@ -35,7 +35,7 @@ from lnref import nn
 from lnref.autograd import Tape, Tensor, kernels, ops
 from lnref.autograd.replay import Program, Recording
 from lnref.autograd.tensor import cyclic_gc_paused
-from lnref.schemes import SCHEMES, get_scheme
+from lnref.schemes import SCHEMES, get_scheme, stream_names
 
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("relu", "gelu")
@@ -326,6 +326,10 @@ class Model:
 
     def run(self, params=None, memory=None, relu_masks=None, freeze=False):
         return Run(self, self.params if params is None else params, memory, relu_masks, freeze)
+
+    def stream_names(self, index):
+        """Names of the arrays of the state entering layer ``index`` (the scheme declares them)."""
+        return stream_names(self.scheme, index)
 
     def layer_view(self, run, index):
         return Layer(run, index)

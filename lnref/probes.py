@@ -28,16 +28,10 @@ sqrt of the sum of their squared norms):
     "norm_gain"   every norm gain (gamma) of the layer
     "layer"       every parameter of the layer: weights, biases, norms, scheme extras
 
-Streams. A state is a tuple of arrays; ``stream`` picks the entry that is measured:
-
-    post, pre, b2t, admin, deepnorm, sandwich, peri, mixln, rezero
-                  one stream; stream 0 is the residual stream x_l. (Peri-LN: x_0 is the
-                  normalized embedding LN(x).)
-    residual      stream 0 is x_a, the Post-LN stream that every sublayer reads;
-                  stream 1 is x_d, the dual stream of raw sublayer outputs.
-    dlcl          stream 0 is x_l, the learned combination of earlier layers that layer l
-                  reads (x_0: the input); stream k >= 1 is n_{k-1}, the normalized output of
-                  layer k-2 (n_0: the input itself).
+Streams. A state is a tuple of arrays, named by the scheme (``model.stream_names(l)``: its
+``STREAMS`` or ``streams(l)``, one stream "x" by default); ``stream`` picks the entry that
+is measured. Stream 0 is the stream the next layer reads: the residual stream x_l for
+single-stream schemes, ResiDual's Post-LN stream x_a, DLCL's combined input x_l.
 
 When several streams start as the same array (ResiDual's x_a = x_d = x, DLCL's x_0 = n_0 =
 x), ``hidden_grad_norm[0]`` is the gradient with respect to that array, summed over every

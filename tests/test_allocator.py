@@ -1,4 +1,4 @@
-"""lnref.allocator: memory a pass frees stays in the process for the next pass."""
+"""lnref.process.allocator: memory a pass frees stays in the process for the next pass."""
 
 import os
 import platform
@@ -18,7 +18,7 @@ ROUNDS = """
 import resource, sys
 import numpy as np
 sys.path.insert(0, {root!r})
-from lnref.allocator import keep_freed_memory
+from lnref.process.allocator import keep_freed_memory
 kept = keep_freed_memory() if {keep} else None
 def one_round():
     arrays = [np.ones(1 << 17) for _ in range(40)]
@@ -59,7 +59,7 @@ RETURNED = """
 import sys
 import numpy as np
 sys.path.insert(0, {root!r})
-from lnref.allocator import keep_freed_memory, return_freed_memory
+from lnref.process.allocator import keep_freed_memory, return_freed_memory
 def resident_mb():
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * 4096 / 2**20

@@ -1,4 +1,4 @@
-"""lnref.blas: OpenBLAS's thread count, read and set, and whether its idle workers sleep."""
+"""lnref.process.blas: OpenBLAS's thread count, read and set, and whether its idle workers sleep."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lnref import blas
+from lnref.process import blas
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def test_idle_workers_sleep_when_the_timeout_is_set_at_most_to_lnrefs(value, sle
 
 def let_idle_workers_sleep_in_a_fresh_process(numpy_first=False, **env):
     """[what let_idle_workers_sleep returned, the variable afterwards] in a fresh interpreter."""
-    return run_python(f"import os{', numpy' if numpy_first else ''}; from lnref import blas\n"
+    return run_python(f"import os{', numpy' if numpy_first else ''}; from lnref.process import blas\n"
                       "print(blas.let_idle_workers_sleep(), os.environ.get(blas.TIMEOUT_VARIABLE))", **env)
 
 
@@ -58,7 +58,7 @@ def test_threads_reads_and_set_threads_changes_openblas_thread_count():
 
     if not blas._openblas_functions(blas._GETTERS):
         pytest.skip("NumPy here is not linked to OpenBLAS")
-    out = run_python("from lnref import blas\n"
+    out = run_python("from lnref.process import blas\n"
                      "before = blas.threads(); blas.set_threads(1); print(before, blas.threads())",
                      OPENBLAS_NUM_THREADS="2")
     assert out == ["2", "1"]

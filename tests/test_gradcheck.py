@@ -259,11 +259,11 @@ def test_full_mode_workers_run_openblas_on_one_thread():
     import subprocess
     import sys
 
-    from lnref import blas
+    from lnref.process import blas
 
     if not blas._openblas_functions(blas._GETTERS):  # (NumPy, and any OpenBLAS, is loaded here)
         pytest.skip("NumPy here is not linked to OpenBLAS")
-    probe = ("from lnref import blas\nfrom lnref.gradcheck import _one_blas_thread\n"
+    probe = ("from lnref.process import blas\nfrom lnref.gradcheck import _one_blas_thread\n"
              "before = blas.threads(); _one_blas_thread(); print(before, blas.threads())\n")
     env = {**__import__("os").environ, "OPENBLAS_NUM_THREADS": "2"}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)

@@ -71,7 +71,7 @@ import os
 
 import numpy as np
 
-from lnref import blas as _blas
+from lnref.process import blas as _blas
 
 try:
     from numba import config as _numba_config
@@ -988,11 +988,11 @@ def _attention_backward_blocked(dout, q, k, v, probs):
 
 # Threads for the blocked path. Its batched products are many small ones (one per batch
 # row and head), too small for OpenBLAS to thread, and its two loops are serial: alone it
-# runs on one core. With several BLAS threads (lnref.blas.threads) it takes one thread per
+# runs on one core. With several BLAS threads (lnref.process.blas.threads) it takes one thread per
 # part of the batch. The parts write disjoint slices and each (b, h) product is the same
 # BLAS call as unsplit: the bits do not depend on the number of parts (tested). Threads pay
 # only when OpenBLAS's idle workers sleep instead of spinning on the cores the parts need
-# (lnref.blas.idle_workers_sleep; the lnref command sees to it); otherwise the path stays
+# (lnref.process.blas.idle_workers_sleep; the lnref command sees to it); otherwise the path stays
 # on one thread. Measured on 2 cores, 2 BLAS threads, passes alternating with and without
 # threads in one process: the 12-layer d_model-256 model's forward+backward took 0.93-0.97x
 # the time; the 48-layer d_model-64 model's (B H T S Dh = 262,144 per product) 0.98-1.16x,

@@ -4,13 +4,15 @@ A scheme module defines:
     SUMMARY      the one-line equation (``lnref schemes`` prints it) and PAPER, its source
     NORMS        per-branch norm names, "{}" standing for the branch (attn, cross, ffn)
     LAYER_NORMS  further per-layer norms; STACK_NORMS: stack-level norms (final_ln, embed_ln)
-    layer(x, sub)           one layer; ``sub`` gives its branches, norms and parameters
+    STREAMS      names of the arrays a multi-stream state carries (or ``streams(index)``);
+                 one stream "x" when absent
+    layer(x, layer)         one layer; the view ``layer`` gives its branches, norms and parameters
     embed(x, stack), readout(x, stack)   optional stack-level stages
     layer_params(index, branches, config)   optional extra per-layer parameters
     initialize(model, rng)  optional change to the initialization
 
 ``layer``, ``embed`` and ``readout`` compute on Tensors through primitives only (operators,
-``sub``'s norms and branches, ``lnref.autograd.ops``): a repeated gradient pass replays the
+the view's norms and branches, ``lnref.autograd.ops``): a repeated gradient pass replays the
 primitives they called (``lnref/autograd/replay.py``) without running them again.
 """
 
@@ -29,6 +31,15 @@ SCHEMES = (
     "dlcl",
     "rezero",
 )
+
+
+def stream_names(scheme, index):
+    """Names of the arrays of the state entering layer ``index`` of ``scheme`` (a module):
+    its ``streams(index)``, else its ``STREAMS``, else the one residual stream ("x",)."""
+    streams = getattr(scheme, "streams", None)
+    if streams is not None:
+        return tuple(streams(index))
+    return tuple(getattr(scheme, "STREAMS", ("x",)))
 
 
 def get_scheme(name):

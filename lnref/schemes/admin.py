@@ -36,16 +36,16 @@ def initialize(model, rng):
     run = model.run(memory=memory)
     ratio = 1.0
     for index in range(config.n_layers):
-        sub = model.layer_view(run, index)
-        for name, branch in sub.branches:
-            omega = sub.param(f"omega_{name}")
+        layer = model.layer_view(run, index)
+        for name, branch in layer.branches:
+            omega = layer.param(f"omega_{name}")
             omega[:] = ratio
             out = branch(x).value
             ratio = float(np.sqrt(np.var(x * omega) + np.var(out)))
-            x = sub.norm(f"ln_{name}", x * omega + out).value
+            x = layer.norm(f"ln_{name}", x * omega + out).value
 
 
-def layer(x, sub):
-    for name, branch in sub.branches:
-        x = sub.norm(f"ln_{name}", x * sub.param(f"omega_{name}") + branch(x))
+def layer(x, layer):
+    for name, branch in layer.branches:
+        x = layer.norm(f"ln_{name}", x * layer.param(f"omega_{name}") + branch(x))
     return x

@@ -16,9 +16,9 @@ PAPER = "Takase et al. 2023, B2T Connection, Findings of ACL 2023, Sec. 3"
 NORMS = ("ln_{}",)
 
 
-def layer(x, sub):
+def layer(x, layer):
     layer_input = x
-    *inner, (last_name, last_branch) = sub.branches
+    *inner, (last_name, last_branch) = layer.branches
     for name, branch in inner:
-        x = sub.norm(f"ln_{name}", x + branch(x))
-    return sub.norm(f"ln_{last_name}", x + last_branch(x) + layer_input)
+        x = layer.norm(f"ln_{name}", x + branch(x))
+    return layer.norm(f"ln_{last_name}", x + last_branch(x) + layer_input)

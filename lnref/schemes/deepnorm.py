@@ -32,8 +32,8 @@ def initialize(model, rng):
             value *= beta
 
 
-def layer(x, sub):
-    alpha, _ = constants(sub.config)
-    for name, branch in sub.branches:
-        x = sub.norm(f"ln_{name}", alpha * x + branch(x))
+def layer(x, layer):
+    alpha, _ = constants(layer.config)
+    for name, branch in layer.branches:
+        x = layer.norm(f"ln_{name}", alpha * x + branch(x))
     return x

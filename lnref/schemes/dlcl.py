@@ -21,6 +21,11 @@ LAYER_NORMS = ("ln_out",)
 STACK_NORMS = ("final_ln",)
 
 
+def streams(index):
+    """The state entering layer ``index``: the combined input and every normalized output so far."""
+    return ("x", *(f"n_{k}" for k in range(index + 1)))
+
+
 def layer_params(index, branches, config):
     return {"dlcl_weights": np.full(index + 2, 1.0 / (index + 2))}
 
@@ -29,12 +34,12 @@ def embed(x, stack):
     return (x, x)
 
 
-def layer(state, sub):
+def layer(state, layer):
     x, *history = state
-    for name, branch in sub.branches:
-        x = x + branch(sub.norm(f"ln_{name}", x))
-    history.append(sub.norm("ln_out", x))
-    weights = sub.param("dlcl_weights")
+    for name, branch in layer.branches:
+        x = x + branch(layer.norm(f"ln_{name}", x))
+    history.append(layer.norm("ln_out", x))
+    weights = layer.param("dlcl_weights")
     combined = history[0] * weights[0]
     for k in range(1, len(history)):
         combined = combined + history[k] * weights[k]

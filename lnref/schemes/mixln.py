@@ -21,13 +21,13 @@ def post_layers(config):
     return math.floor(config.post_fraction * config.n_layers)
 
 
-def layer(x, sub):
-    post = sub.index < post_layers(sub.config)
-    for name, branch in sub.branches:
+def layer(x, layer):
+    post = layer.index < post_layers(layer.config)
+    for name, branch in layer.branches:
         if post:
-            x = sub.norm(f"ln_{name}", x + branch(x))
+            x = layer.norm(f"ln_{name}", x + branch(x))
         else:
-            x = x + branch(sub.norm(f"ln_{name}", x))
+            x = x + branch(layer.norm(f"ln_{name}", x))
     return x
 
 

@@ -22,9 +22,9 @@ def embed(x, stack):
     return stack.norm("embed_ln", x)
 
 
-def layer(x, sub):
-    for name, branch in sub.branches:
-        x = x + sub.norm(f"ln_{name}_out", branch(sub.norm(f"ln_{name}", x)))
+def layer(x, layer):
+    for name, branch in layer.branches:
+        x = x + layer.norm(f"ln_{name}_out", branch(layer.norm(f"ln_{name}", x)))
     return x
 
 

@@ -12,7 +12,7 @@ PAPER = "Vaswani et al. 2017, Attention Is All You Need, Sec. 3.1"
 NORMS = ("ln_{}",)
 
 
-def layer(x, sub):
-    for name, branch in sub.branches:
-        x = sub.norm(f"ln_{name}", x + branch(x))
+def layer(x, layer):
+    for name, branch in layer.branches:
+        x = layer.norm(f"ln_{name}", x + branch(x))
     return x

@@ -13,9 +13,9 @@ NORMS = ("ln_{}",)
 STACK_NORMS = ("final_ln",)
 
 
-def layer(x, sub):
-    for name, branch in sub.branches:
-        x = x + branch(sub.norm(f"ln_{name}", x))
+def layer(x, layer):
+    for name, branch in layer.branches:
+        x = x + branch(layer.norm(f"ln_{name}", x))
     return x
 
 

@@ -17,18 +17,19 @@ SUMMARY = "a = S(x_a); x_d += a; x_a = LN(x_a + a); y = x_a + LN(x_d)"
 PAPER = "Xie et al. 2023, ResiDual: Transformer with Dual Residual Connections, Sec. 3"
 NORMS = ("ln_{}",)
 STACK_NORMS = ("final_ln",)
+STREAMS = ("x_a", "x_d")
 
 
 def embed(x, stack):
     return (x, x)
 
 
-def layer(streams, sub):
+def layer(streams, layer):
     x_a, x_d = streams
-    for name, branch in sub.branches:
+    for name, branch in layer.branches:
         a = branch(x_a)
         x_d = x_d + a
-        x_a = sub.norm(f"ln_{name}", x_a + a)
+        x_a = layer.norm(f"ln_{name}", x_a + a)
     return (x_a, x_d)
 
 

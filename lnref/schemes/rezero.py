@@ -16,8 +16,8 @@ def layer_params(index, branches, config):
     return {"alpha": np.zeros(())}
 
 
-def layer(x, sub):
-    alpha = sub.param("alpha")
-    for _, branch in sub.branches:
+def layer(x, layer):
+    alpha = layer.param("alpha")
+    for _, branch in layer.branches:
         x = x + alpha * branch(x)
     return x
