@@ -104,13 +104,13 @@ class LanguageModel:
 
     # -- the forward, on Tensors or arrays --
 
-    def _hidden(self, params, tokens, **run_options):
+    def _hidden(self, params, tokens, run_options=None):
         """h_L (B, T, d): the stack's output for embedded tokens plus positions."""
         seq = tokens.shape[1]
         embedded = ops.add(ops.embedding(params[EMBED_TOKENS], tokens),
                            ops.index(params[EMBED_POSITIONS], index=slice(0, seq)))
-        # run_options (relu_masks, freeze) let the gradient checker freeze ReLU patterns.
-        y, _ = self.model.forward(self.model.run(params=params, **run_options), embedded)
+        # run_options (freeze, linear) let the gradient checker hold ReLU patterns.
+        y, _ = self.model.forward(self.model.run(params, **(run_options or {})), embedded)
         return y
 
     def _logits(self, params, hidden, rows=None):
@@ -121,10 +121,10 @@ class LanguageModel:
             flat = ops.index(flat, index=rows)
         return ops.linear(flat, params[HEAD_W], params[HEAD_B])
 
-    def _loss(self, params, tokens, targets, **run_options):
+    def _loss(self, params, tokens, targets, run_options=None):
         flat_targets = targets.reshape(-1)
         rows = np.flatnonzero(flat_targets != IGNORE)
-        logits = self._logits(params, self._hidden(params, tokens, **run_options), rows)
+        logits = self._logits(params, self._hidden(params, tokens, run_options), rows)
         return ops.cross_entropy(logits, flat_targets[rows]), logits, flat_targets[rows]
 
     # -- public API --
@@ -136,10 +136,10 @@ class LanguageModel:
         logits = self._logits(params, self._hidden(params, tokens)).value
         return logits.reshape(*tokens.shape, self.vocab_size)
 
-    def loss(self, tokens, targets, params=None, **run_options):
+    def loss(self, tokens, targets, params=None, run_options=None):
         """Mean cross-entropy over the scored positions, as a float (no tape)."""
         tokens, targets = self.check_batch(tokens, targets)
-        loss, _, _ = self._loss(self.params if params is None else params, tokens, targets, **run_options)
+        loss, _, _ = self._loss(self.params if params is None else params, tokens, targets, run_options)
         return float(loss.value)
 
     def evaluate(self, tokens, targets, params=None):
@@ -148,16 +148,15 @@ class LanguageModel:
         loss, logits, scored_targets = self._loss(self.params if params is None else params, tokens, targets)
         return float(loss.value), float((logits.value.argmax(axis=-1) == scored_targets).mean())
 
-    def value_and_grad(self, tokens, targets, params=None, **run_options):
+    def value_and_grad(self, tokens, targets, params=None):
         """(loss, grads): the loss and its gradient for every name in ``params``."""
         tokens, targets = self.check_batch(tokens, targets)
         params = self.params if params is None else params
         leaves = {name: Tensor(value, requires_grad=True) for name, value in params.items()}
         with Tape() as tape:
-            loss, _, _ = self._loss(leaves, tokens, targets, **run_options)
+            loss, _, _ = self._loss(leaves, tokens, targets)
         tape.backward(loss)
-        grads = {name: leaf.grad if leaf.grad is not None else np.zeros_like(leaf.value)
-                 for name, leaf in leaves.items()}
+        grads = {name: leaf.grad_or_zeros() for name, leaf in leaves.items()}
         return float(loss.value), grads
 
 

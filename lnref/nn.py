@@ -1,56 +1,121 @@
-"""The sublayers every scheme places: multi-head attention, the FFN and the norms.
+"""The sublayers every scheme places, written as the Transformer papers write them.
 
-Each function takes Tensors (or arrays) and a dict of this sublayer's parameters, and is
-built only from primitives, so the tape differentiates it. Weights follow ``y = x @ W + b``
-with W of shape (d_in, d_out); a PyTorch ``nn.Linear`` stores W^T.
+Each function takes Tensors (or arrays) and a dict of this sublayer's parameters, and is built
+only from primitives, so the tape differentiates it. Weights follow ``y = x @ W + b`` with W of
+shape (d_in, d_out); a PyTorch ``nn.Linear`` stores W^T. Shapes: B batch, T query tokens, S key
+tokens, d model width, H heads of Dh = d/H features, d_ff the FFN's hidden width.
+
+These compositions are the definition. The fused primitives of ``lnref/autograd/fused.py``
+compute the plain ones (no optional piece) as one record each, and the model takes them
+where it can (``lnref/views.py``); tests hold the two together.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import numpy as np
 
-from lnref.autograd import ops
+from lnref.autograd import Tensor, ops
+from lnref.norms import NORM_KINDS
 
 ATTENTION_PARAMS = ("wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo")
 FFN_PARAMS = ("w1", "b1", "w2", "b2")
+ACTIVATIONS: dict[str, Callable[[Any], Tensor]] = {
+    "relu": ops.relu,
+    "gelu": lambda h: ops.gelu(h, approximate="tanh"),
+}
+
+Params = Mapping[str, Any]
+Piece = Callable[[Tensor], Tensor] | None
 
 
-def attention(x, p, n_heads, causal=False, memory=None):
-    """softmax(Q K^T / sqrt(d_h) + M) V over heads, then the output projection:
+def attention(
+    x: Any,
+    p: Params,
+    n_heads: int,
+    *,
+    causal: bool = False,
+    memory: Any = None,
+    q_norm: Piece = None,
+    k_norm: Piece = None,
+    v_norm: Piece = None,
+    head_scale: Any = None,
+    heads_norm: Piece = None,
+    linear: Callable[..., Tensor] = ops.linear,
+) -> Tensor:
+    """Multi-head attention: the queries read ``x``, the keys and values read ``memory``
+    (cross-attention) or ``x`` itself.
 
-        Q = x Wq + bq,  K = s Wk + bk,  V = s Wv + bv,  A = concat_h(heads) Wo + bo
+        Q = N_q(x Wq + bq),  K = N_k(s Wk + bk),  V = N_v(s Wv + bv)
+        heads = MHA(Q, K, V)                         (softmax(Q_h K_h^T / sqrt(Dh) + M) V_h per head)
+        A = N_heads(heads * head_scale) Wo + bo
 
-    with s = ``memory`` (cross-attention) or ``x``; one tape record (``ops.attention_sublayer``).
+    Every N and the per-head scale are optional (absent: the identity); a norm of Dh
+    features is applied to each head on its own (the caller passes it wrapped by
+    :func:`per_head`).
     """
-    weights = [p[name] for name in ATTENTION_PARAMS]
-    return ops.attention_sublayer(x, memory, *weights, n_heads=n_heads, causal=causal)
+    source = x if memory is None else memory
+    q = linear(x, p["wq"], p["bq"])  # (B, T, d)
+    k = linear(source, p["wk"], p["bk"])  # (B, S, d)
+    v = linear(source, p["wv"], p["bv"])  # (B, S, d)
+    if q_norm is not None:
+        q = q_norm(q)
+    if k_norm is not None:
+        k = k_norm(k)
+    if v_norm is not None:
+        v = v_norm(v)
+    heads = ops.multi_head_attention(q, k, v, n_heads=n_heads, causal=causal)  # (B, T, d)
+    if head_scale is not None:
+        heads = per_head(heads, n_heads, lambda h: h * ops.reshape(head_scale, shape=(n_heads, 1)))
+    if heads_norm is not None:
+        heads = heads_norm(heads)
+    return linear(heads, p["wo"], p["bo"])  # (B, T, d)
 
 
-def ffn(x, p, activation="relu", relu_mask=None):
-    """W2 act(W1 x + b1) + b2, one tape record (``ops.feed_forward``).
+def ffn(
+    x: Any,
+    p: Params,
+    activation: str = "relu",
+    *,
+    activate: Callable[[Tensor], Tensor] | None = None,
+    hidden_norm: Piece = None,
+    linear: Callable[..., Tensor] = ops.linear,
+) -> Tensor:
+    """The feed-forward sublayer: F(x) = N_h(act(x W1 + b1)) W2 + b2 (N_h optional).
 
-    ``relu_mask`` replaces ReLU by multiplication with a fixed 0/1 pattern: the gradient
-    checker evaluates finite differences on the smooth piece that contains the point,
-    where the function and its gradient are those of the real network.
+    ``activate`` replaces the named activation (the gradient checker freezes ReLU's on/off
+    pattern this way).
     """
-    return ops.feed_forward(x, p["w1"], p["b1"], p["w2"], p["b2"], activation=activation, relu_mask=relu_mask)
+    hidden = linear(x, p["w1"], p["b1"])  # (B, T, d_ff)
+    acted = (activate or ACTIVATIONS[activation])(hidden)  # (B, T, d_ff)
+    if hidden_norm is not None:
+        acted = hidden_norm(acted)
+    return linear(acted, p["w2"], p["b2"])  # (B, T, d)
 
 
-def norm(x, p, kind, eps):
-    """LayerNorm (gamma, beta) or RMSNorm (gamma) over the last axis."""
-    if kind == "rmsnorm":
-        return ops.rms_norm(x, p["gamma"], eps=eps)
-    return ops.layer_norm(x, p["gamma"], p["beta"], eps=eps)
+def norm(x: Any, p: Params, kind: str, eps: float) -> Tensor:
+    """The norm of kind ``kind`` (``lnref.norms``) over the last axis."""
+    return NORM_KINDS[kind].apply(x, p, eps)
+
+
+def per_head(x: Any, n_heads: int, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """``fn`` applied to each head's Dh features of x (..., d) on their own."""
+    shape = np.shape(x.value if isinstance(x, Tensor) else x)
+    split = ops.reshape(x, shape=(*shape[:-1], n_heads, shape[-1] // n_heads))  # (..., H, Dh)
+    return ops.reshape(fn(split), shape=shape)  # (..., d)
 
 
 # ----- initialization -------------------------------------------------------------------
 
-def xavier_normal(rng, d_in, d_out, dtype):
+
+def xavier_normal(rng: np.random.Generator, d_in: int, d_out: int, dtype: np.dtype) -> np.ndarray:
     """N(0, 2 / (d_in + d_out)): the Xavier-Gaussian init the gradient theorems assume."""
     return (rng.standard_normal((d_in, d_out)) * np.sqrt(2.0 / (d_in + d_out))).astype(dtype)
 
 
-def init_attention(rng, d_model, dtype):
+def init_attention(rng: np.random.Generator, d_model: int, dtype: np.dtype) -> dict[str, np.ndarray]:
     params = {}
     for proj in "qkvo":
         params[f"w{proj}"] = xavier_normal(rng, d_model, d_model, dtype)
@@ -58,7 +123,7 @@ def init_attention(rng, d_model, dtype):
     return params
 
 
-def init_ffn(rng, d_model, d_ff, dtype):
+def init_ffn(rng: np.random.Generator, d_model: int, d_ff: int, dtype: np.dtype) -> dict[str, np.ndarray]:
     return {
         "w1": xavier_normal(rng, d_model, d_ff, dtype),
         "b1": np.zeros(d_ff, dtype),
@@ -67,8 +132,5 @@ def init_ffn(rng, d_model, d_ff, dtype):
     }
 
 
-def init_norm(kind, d_model, dtype):
-    params = {"gamma": np.ones(d_model, dtype)}
-    if kind == "layernorm":
-        params["beta"] = np.zeros(d_model, dtype)
-    return params
+def init_norm(kind: str, width: int, dtype: np.dtype) -> dict[str, np.ndarray]:
+    return NORM_KINDS[kind].init(width, dtype)

@@ -63,9 +63,10 @@ def coherent_memory(memory):
     return np.broadcast_to(first, memory.shape).copy()
 
 
-def loss_from(model, params, state, start, dy, memory=None, relu_masks=None):
-    """sum(y * dy) of the model run from ``state`` entering layer ``start`` (no tape)."""
-    run = model.run(params=params, memory=memory, relu_masks=relu_masks, freeze=relu_masks is not None)
+def loss_from(model, params, state, start, dy, memory=None, frozen=None):
+    """sum(y * dy) of the model run from ``state`` entering layer ``start`` (no tape), with the
+    values ``frozen`` holds (a :class:`lnref.views.Freezer`) held."""
+    run = model.run(params, memory, freeze=None if frozen is None else frozen.hold())
     y, _ = model.forward(run, state=state, start=start)
     return float(np.sum(y.value * dy))
 

@@ -16,7 +16,7 @@ from lnref.autograd import Tape, Tensor, ops
 from lnref.claims import common
 from lnref.claims.core import Check, Claim, Result
 from lnref.claims.stats import mean_se, slope_over_seeds
-from lnref.claims.trace import run_layer
+from lnref.claims.trace import recording_run
 
 
 def run_growth(quick=False, progress=None, scheme=None, law=2.0):
@@ -66,8 +66,8 @@ def block_w2_gradient(model, x, cotangent, input_scale):
     leaf = Tensor(x, requires_grad=True)
     events = []
     with Tape() as tape:
-        run = model.run(params=params)
-        (out,) = run_layer(model, run, 0, model.embed(run, leaf), events)
+        run = recording_run(model, events, params)
+        (out,) = model.layer(run, 0, model.embed(run, leaf))
         loss = ops.sum(ops.mul(out, cotangent))
     for event in events:
         event.output.retain_grad = True

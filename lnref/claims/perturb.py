@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lnref.claims.trace import record_relu_masks, trace
+from lnref.claims.trace import central_difference, record_frozen_point, trace
 
 WEIGHTS = ("wq", "wk", "wv", "wo", "w1", "w2")
 
@@ -41,16 +41,16 @@ def update_direction(model, seed, names=None):
 def output_tangent(model, x, direction, memory=None, step=1e-3):
     """dF/d eta at eta = 0 for params + eta * direction, by a fourth-order central difference
     on the smooth piece of the network (ReLU patterns frozen)."""
-    masks = record_relu_masks(model, x, memory)
+    frozen = record_frozen_point(model, x, memory)
 
     def output(t):
         params = dict(model.params)
         for name, e in direction.items():
             params[name] = model.params[name] + t * e
-        y, _ = model.forward(model.run(params=params, memory=memory, relu_masks=masks, freeze=True), x)
+        y, _ = model.forward(model.run(params, memory, freeze=frozen.hold()), x)
         return y.value
 
-    return (8.0 * (output(step) - output(-step)) - (output(2 * step) - output(-2 * step))) / (12.0 * step)
+    return central_difference(output, step)
 
 
 def output_change(model, x, direction, memory=None):
@@ -130,24 +130,25 @@ def branch_tangents(model, x, direction, memory=None, step=1e-3):
     """For every branch call i: t_i = d branch_i(x_in; theta + eta E)/d eta at its own fixed
     input x_in (fourth-order central difference of the branch alone, ReLU patterns frozen),
     with the traced forward it was taken on."""
-    masks = record_relu_masks(model, x, memory)
-    traced = trace(model, x, memory=memory, relu_masks=masks, freeze=True)
+    frozen = record_frozen_point(model, x, memory)
+    traced = trace(model, x, memory=memory, frozen=frozen)
 
     def runs(t):
         params = dict(model.params)
         for name, e in direction.items():
             params[name] = model.params[name] + t * e
-        return model.run(params=params, memory=memory, relu_masks=masks, freeze=True)
+        return model.run(params, memory, freeze=frozen.hold())
 
-    shifted = {t: runs(t) for t in (step, -step, 2 * step, -2 * step)}
+    shifted = {}
     tangents = []
     for event in traced.select("branch"):
         def branch_at(t, event=event):
+            if t not in shifted:
+                shifted[t] = runs(t)
             function = dict(model.layer_view(shifted[t], event.layer).branches)[event.name]
             return function(event.input.value).value
 
-        tangents.append((8.0 * (branch_at(step) - branch_at(-step))
-                         - (branch_at(2 * step) - branch_at(-2 * step))) / (12.0 * step))
+        tangents.append(central_difference(branch_at, step))
     return tangents, traced
 
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lnref.autograd import Tape, Tensor
+from lnref import finite_diff
+from lnref.autograd import Tape, Tensor, ops
+from lnref.views import Layer, record_frozen
 
 # ----- recording every sublayer --------------------------------------------------------------
 
@@ -61,19 +63,10 @@ class _RecordingLayer:
         return out
 
 
-def run_layer(model, run, index, state, events):
-    """One layer of the scheme on ``state`` (a tuple), its branch and norm calls appended to
-    ``events``; returns the next state (a tuple)."""
-    view = _RecordingLayer(model.layer_view(run, index), events)
-    return _as_state(model.scheme.layer(_from_state(state), view))
-
-
-def _as_state(value):
-    return value if isinstance(value, tuple) else (value,)
-
-
-def _from_state(state):
-    return state[0] if len(state) == 1 else state
+def recording_run(model, events, params=None, memory=None, frozen=None):
+    """A run of ``model`` whose layers append their branch and norm calls to ``events``."""
+    return model.run(params, memory, freeze=None if frozen is None else frozen.hold(),
+                     view=lambda run, index: _RecordingLayer(Layer(run, index), events))
 
 
 @dataclass
@@ -93,37 +86,28 @@ class Trace:
                 and (layer is None or e.layer == layer)]
 
 
-def trace(model, x, dy=None, memory=None, params=None, relu_masks=None, freeze=False, state=None, start=0,
-          keep_tape=False):
+def trace(model, x, dy=None, memory=None, params=None, frozen=None, state=None, start=0, keep_tape=False):
     """Run ``model`` (from ``x``, or from ``state`` entering layer ``start``) recording every
     branch and norm call; with ``dy``, also backpropagate loss = sum(y * dy) and keep the
     gradient of every recorded tensor and every state. With ``keep_tape`` (and no ``dy``)
     the forward is recorded and the tape returned, for backward passes of one's choosing.
 
-    ``params``, ``relu_masks`` and ``freeze`` are those of ``model.run``: with recorded masks
-    and ``freeze=True`` the ReLUs keep their on/off pattern, so finite differences stay on
-    the smooth piece of the network that contains the point.
+    ``frozen`` (a :class:`lnref.views.Freezer`, see :func:`record_frozen`) holds the ReLU
+    patterns of its point, so finite differences stay on the smooth piece of the network.
     """
-    run = model.run(params=params, memory=memory, relu_masks=relu_masks, freeze=freeze)
     events = []
+    run = recording_run(model, events, params, memory, frozen)
     differentiate = dy is not None or keep_tape  # otherwise nothing is recorded on the tape
     with Tape() as tape:
         if state is None:
             x_leaf = Tensor(np.asarray(x), requires_grad=differentiate)
-            current = model.embed(run, x_leaf)
+            y, states = model.forward(run, x_leaf, keep_states=True)
         else:
-            current = tuple(Tensor(np.asarray(getattr(s, "value", s)), requires_grad=differentiate)
-                            for s in state)
+            current = tuple(Tensor(np.asarray(getattr(s, "value", s)), requires_grad=differentiate) for s in state)
             x_leaf = current[0]
-        states = [current]
-        for index in range(start, model.config.n_layers):
-            current = run_layer(model, run, index, current, events)
-            states.append(current)
-        y = model.readout(run, current)
+            y, states = model.forward(run, state=current, start=start, keep_states=True)
         loss = None
         if dy is not None:
-            from lnref.autograd import ops
-
             loss_tensor = ops.sum(ops.mul(y, np.asarray(dy)))
     if dy is not None:
         for tensor in _tensors(states, events):
@@ -174,11 +158,9 @@ def grad_of(tensor):
     return tensor.grad if tensor.grad is not None else np.zeros_like(tensor.value)
 
 
-def record_relu_masks(model, x, memory=None, params=None):
-    """The on/off pattern of every ReLU at this point (layer -> array), for ``freeze``."""
-    masks = {}
-    y, _ = model.forward(model.run(params=params, memory=memory, relu_masks=masks), x)
-    return masks
+def record_frozen_point(model, x, memory=None, params=None):
+    """The ReLU on/off patterns of every layer at this point, held for later runs (``frozen=``)."""
+    return record_frozen(model, lambda run: model.forward(run, x), params, memory)
 
 
 # ----- the Xiong et al. 2020 theory setting ----------------------------------------------------
@@ -244,11 +226,9 @@ def layer_norm_vjp(z, g, eps):
 # ----- finite differences ------------------------------------------------------------------------
 
 def central_difference(function, step):
-    """Fourth-order central difference of a scalar function of t at t = 0:
-
-        [8 (f(h) - f(-h)) - (f(2h) - f(-2h))] / (12 h),   error O(h^4 f^(5)) + rounding/h.
-    """
-    return (8.0 * (function(step) - function(-step)) - (function(2 * step) - function(-2 * step))) / (12.0 * step)
+    """The fourth-order central difference of a scalar or array function of t at t = 0
+    (``lnref.finite_diff``, without its noise estimate)."""
+    return finite_diff.central_difference(function, step)[0]
 
 
 def relative_error(approx, exact):

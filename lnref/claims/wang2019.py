@@ -22,7 +22,7 @@ import numpy as np
 from lnref.claims import common
 from lnref.claims.core import Check, Claim, Result
 from lnref.claims.stats import mean_se, slope_over_seeds
-from lnref.claims.trace import (branch_vjp, central_difference, grad_of, layer_norm_vjp, record_relu_masks,
+from lnref.claims.trace import (branch_vjp, central_difference, grad_of, layer_norm_vjp, record_frozen_point,
                                 sublayers, trace)
 
 
@@ -61,10 +61,10 @@ def pre_sum_form(model, x, dy, memory=None):
 
 def input_gradient_fd(model, x, dy, direction, memory=None, step=1e-4):
     """<dE/dx_0, v> by a central difference, the ReLU patterns of the point frozen."""
-    masks = record_relu_masks(model, x, memory)
+    frozen = record_frozen_point(model, x, memory)
 
     def loss(t):
-        run = model.run(memory=memory, relu_masks=masks, freeze=True)
+        run = model.run(memory=memory, freeze=frozen.hold())
         y, _ = model.forward(run, x + t * direction)
         return float(np.sum(y.value * dy))
 

@@ -1,22 +1,32 @@
 """One module per LayerNorm placement; each is the paper's equations in code.
 
-A scheme module defines:
+The scheme protocol. A scheme module defines:
     SUMMARY      the one-line equation (``lnref schemes`` prints it) and PAPER, its source
+    layer(x, layer)   one layer; the view ``layer`` (``lnref/views.py``) gives its branches
+                 (``layer.branches``: (name, function) for attn, cross in decoder stacks, ffn),
+                 its norms (``layer.norm(name, x)``), its parameters (``layer.param(name)``) and
+                 the sublayers with optional pieces (``layer.self_attention(x, q_norm=...)``)
+and may define:
     NORMS        per-branch norm names, "{}" standing for the branch (attn, cross, ffn)
-    LAYER_NORMS  further per-layer norms; STACK_NORMS: stack-level norms (final_ln, embed_ln)
+    LAYER_NORMS  further per-layer norms over d_model features
+    HEAD_NORMS   per-layer norms over each head's d_model / n_heads features (q, k, v norms)
+    STACK_NORMS  stack-level norms (final_ln, embed_ln: the latter comes first)
     STREAMS      names of the arrays a multi-stream state carries (or ``streams(index)``);
                  one stream "x" when absent
-    layer(x, layer)         one layer; the view ``layer`` gives its branches, norms and parameters
-    embed(x, stack), readout(x, stack)   optional stack-level stages
-    layer_params(index, branches, config)   optional extra per-layer parameters
-    initialize(model, rng)  optional change to the initialization
+    embed(x, stack), readout(x, stack)   the stack-level stages (default: the identity)
+    layer_params(index, branches, config)   extra per-layer parameters, name -> initial array
+    initialize(model, rng)  a change to the initialization, after every parameter exists
 
 ``layer``, ``embed`` and ``readout`` compute on Tensors through primitives only (operators,
-the view's norms and branches, ``lnref.autograd.ops``): a repeated gradient pass replays the
-primitives they called (``lnref/autograd/replay.py``) without running them again.
+the view's norms and branches, ``lnref.autograd.ops``), and everything else they compute is a
+constant of the configuration: a repeated gradient pass replays the primitives they called
+(``lnref/autograd/replay.py``) without running them again.
 """
 
+from __future__ import annotations
+
 from importlib import import_module
+from types import ModuleType
 
 SCHEMES = (
     "post",
@@ -32,18 +42,38 @@ SCHEMES = (
     "rezero",
 )
 
+_REGISTERED: dict[str, ModuleType] = {}
 
-def stream_names(scheme, index):
+
+def register_scheme(name: str, module: ModuleType) -> None:
+    """Make ``module`` (following the protocol above) the scheme ``name`` for this process."""
+    if name in SCHEMES:
+        raise ValueError(f"scheme {name!r} is built in")
+    _REGISTERED[name] = module
+
+
+def scheme_names() -> tuple[str, ...]:
+    """The built-in schemes, then those registered in this process."""
+    return SCHEMES + tuple(_REGISTERED)
+
+
+def is_scheme(name: str) -> bool:
+    return name in SCHEMES or name in _REGISTERED
+
+
+def get_scheme(name: str) -> ModuleType:
+    """The module of scheme ``name`` (ValueError listing the valid names if unknown)."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name not in SCHEMES:
+        raise ValueError(f"unknown scheme {name!r}; valid schemes: {', '.join(scheme_names())}")
+    return import_module(f"lnref.schemes.{name}")
+
+
+def stream_names(scheme: ModuleType, index: int) -> tuple[str, ...]:
     """Names of the arrays of the state entering layer ``index`` of ``scheme`` (a module):
     its ``streams(index)``, else its ``STREAMS``, else the one residual stream ("x",)."""
     streams = getattr(scheme, "streams", None)
     if streams is not None:
         return tuple(streams(index))
     return tuple(getattr(scheme, "STREAMS", ("x",)))
-
-
-def get_scheme(name):
-    """The module of scheme ``name`` (ValueError listing the valid names if unknown)."""
-    if name not in SCHEMES:
-        raise ValueError(f"unknown scheme {name!r}; valid schemes: {', '.join(SCHEMES)}")
-    return import_module(f"lnref.schemes.{name}")

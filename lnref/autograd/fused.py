@@ -1,0 +1,96 @@
+"""The fast path: a whole attention or feed-forward sublayer as one primitive.
+
+Each is the same function as a composition of ``ops`` primitives (``nn.attention`` and
+``nn.ffn`` spell the compositions out), run as one tape record with one hand-written VJP,
+which saves the tape's work between the pieces. The model takes them only where its sublayer
+is the plain composition (``lnref/views.py`` chooses); tests hold each to its composition.
+Both directions run in ``kernels``: one compiled call each way for small sublayers,
+NumPy/BLAS products around the attention kernels otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lnref.autograd import kernels
+from lnref.autograd.checks import kernel_error
+from lnref.autograd.primitive import defprimitive
+
+FFN_ACTIVATIONS = ("relu", "gelu")
+
+
+def _attention_sublayer_fwd(
+    x: np.ndarray,
+    memory: np.ndarray | None,
+    wq: np.ndarray,
+    bq: np.ndarray,
+    wk: np.ndarray,
+    bk: np.ndarray,
+    wv: np.ndarray,
+    bv: np.ndarray,
+    wo: np.ndarray,
+    bo: np.ndarray,
+    *,
+    n_heads: int,
+    causal: bool = False,
+) -> tuple[np.ndarray, Any]:
+    """A(x) = MHA(x Wq + bq, s Wk + bk, s Wv + bv) Wo + bo,   s = x, or ``memory`` if given,
+
+    with MHA the attention core ``ops.multi_head_attention``. x is (B, T, d), the memory
+    (B, S, d), every W (d, d), every b (d,). VJP, with H the merged heads:
+        dWo = H^T dA,   dbo = sum over rows of dA,   dH = dA Wo^T
+        dQ, dK, dV = the attention core's backward at dH
+        dWq = x^T dQ, dWk = s^T dK, dWv = s^T dV, db = row sums of dQ, dK, dV
+        dx  = dQ Wq^T + dK Wk^T + dV Wv^T               (self-attention)
+        dx  = dQ Wq^T,  dmemory = dK Wk^T + dV Wv^T     (cross-attention)
+    """
+    try:
+        out, q, k, v, probs, heads = kernels.attention_sublayer_forward(
+            x, memory, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal
+        )
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"attention_sublayer: {error}") from None
+    return out, (x, memory, wq, wk, wv, wo, q, k, v, probs, heads)
+
+
+def _attention_sublayer_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    # (dx, dmemory, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo): the op's inputs in order.
+    return tuple(kernels.attention_sublayer_backward(dout, *residuals, residuals_checked=True))
+
+
+attention_sublayer = defprimitive("attention_sublayer", _attention_sublayer_fwd, _attention_sublayer_vjp)
+
+
+def _feed_forward_fwd(
+    x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, *, activation: str = "relu"
+) -> tuple[np.ndarray, Any]:
+    """F(x) = act(x W1 + b1) W2 + b2, act ReLU or the tanh-approximated GELU.
+
+    VJP, with h = x W1 + b1 and a = act(h):
+        dW2 = a^T dF,   db2 = sum over rows of dF,   da = dF W2^T
+        dh  = act'(h) * da        (ReLU: da where a > 0)
+        dW1 = x^T dh,   db1 = sum over rows of dh,   dx = dh W1^T
+    """
+    if activation not in FFN_ACTIVATIONS:
+        raise ValueError(f"feed_forward: activation must be one of {', '.join(FFN_ACTIVATIONS)}, got {activation!r}")
+    if np.ndim(x) < 1 or np.ndim(w1) != 2 or np.ndim(w2) != 2:
+        raise ValueError(f"feed_forward: x, W1, W2 of shapes {np.shape(x)}, {np.shape(w1)}, {np.shape(w2)} do not fit")
+    rows = np.reshape(x, (-1, np.shape(x)[-1]))
+    try:
+        out, hidden, acted = kernels.feed_forward_forward(rows, w1, b1, w2, b2, activation, None)
+    except (TypeError, ValueError) as error:
+        raise kernel_error("feed_forward", error, x, w1, b1, w2, b2) from None
+    return out.reshape(*np.shape(x)[:-1], w2.shape[1]), (np.shape(x), rows, w1, w2, hidden, acted, activation)
+
+
+def _feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    x_shape, rows, w1, w2, hidden, acted, activation = residuals
+    dx, dw1, db1, dw2, db2 = kernels.feed_forward_backward(
+        dout.reshape(-1, dout.shape[-1]), rows, w1, w2, hidden, acted, activation, None, residuals_checked=True
+    )
+    return dx.reshape(x_shape), dw1, db1, dw2, db2
+
+
+feed_forward = defprimitive("feed_forward", _feed_forward_fwd, _feed_forward_vjp)

@@ -1,0 +1,162 @@
+"""Check a model's hand-written gradients against finite differences.
+
+The loss is L = sum(y * dy) for a seeded cotangent dy. For a tensor theta and a unit direction
+v, the analytic directional derivative <dL/dtheta, v> is compared with the fourth-order
+central difference of f(t) = L(theta + t v), under the noise-aware rule of
+``lnref.finite_diff``: a check fails beyond atol + rtol |numeric| + 10 noise, and is
+*unresolved* (never passed) when both values lie under 10 noise, the rounding noise of f
+being estimated from the same five values (never below eps_machine * sum|y * dy|).
+
+Smoothness. ReLU has kinks; a move can push a unit across zero and spoil any difference
+quotient. The checker records every ReLU's on/off pattern at the point and evaluates f(t)
+with that pattern held: the piece of the network that contains the point, where function and
+gradient are those of the real network (``point.py``).
+
+Modes:
+    directional  one seeded direction per tensor (every parameter, the input, the memory)
+    entries      k sampled elements per tensor
+    blockwise    each block (embedding stage, layer, readout) on its own: the VJP of the block
+                 (its parameters and its input states) against a random cotangent on its
+                 output, one seeded direction per tensor (``blocks.py``)
+    full         every element of every tensor, block by block as in blockwise mode
+Tensors (and blocks) are independent, each with its own seeded probes, so forked workers share
+them out and the report is the same, bit for bit, for any number of workers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from lnref.finite_diff import DEFAULTS, STATUSES, STENCIL, difference_from_values, step_and_rtol
+from lnref.gradcheck._pool import available_cpus, map_in_order
+from lnref.gradcheck.blocks import block_specs, check_block_elements, check_blockwise
+from lnref.gradcheck.lm import gradcheck_lm
+from lnref.gradcheck.point import Point, jitter_params
+from lnref.gradcheck.report import Check, Report, TensorResult, compare, summarize
+from lnref.gradcheck.vjp import check_vjp
+
+__all__ = [
+    "DEFAULTS",
+    "STATUSES",
+    "Check",
+    "Report",
+    "TensorResult",
+    "check_vjp",
+    "default_workers",
+    "gradcheck",
+    "gradcheck_lm",
+    "jitter_params",
+]
+
+MODES = ("directional", "blockwise", "entries", "full")
+CHUNK = 8  # elements whose finite differences share one batched run in entries/full mode
+# Directional and entries modes: tensors x layers from which the checks run in forked workers
+# unless told otherwise (every tensor's checks re-run the layers above it).
+PARALLEL_LAYER_RUNS = 4_000
+
+Progress = Callable[[str], None] | None
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on."""
+    return available_cpus()
+
+
+def probes(rng: np.random.Generator, shape: tuple[int, ...], mode: str, entries: int) -> list[tuple[str, np.ndarray]]:
+    """The moves to try for one tensor: (label, unit direction) pairs."""
+    size = int(np.prod(shape))
+    if mode in ("directional", "blockwise"):
+        direction = rng.standard_normal(shape)
+        return [("direction", direction / np.linalg.norm(direction))]
+    flat = rng.choice(size, size=min(entries, size), replace=False) if mode == "entries" else range(size)
+    found = []
+    for i in flat:
+        unit = np.zeros(size)
+        unit[i] = 1.0
+        found.append((str(tuple(int(j) for j in np.unravel_index(i, shape))), unit.reshape(shape)))
+    return found
+
+
+def _check_tensor(point: Point, index: int, name: str, mode: str, entries: int, h: float, rtol: float,
+                  atol: float, seed: int) -> TensorResult:
+    eps = np.finfo(point.model.dtype).eps
+    analytic_grad = point.grads[name]
+    where = point.where(name)
+    moves_of = probes(np.random.default_rng([seed, 3, index]), analytic_grad.shape, mode, entries)
+    checks = []
+    for first in range(0, len(moves_of), CHUNK):
+        chunk = [(label, d.astype(analytic_grad.dtype)) for label, d in moves_of[first : first + CHUNK]]
+        moves = [t * h * direction for _, direction in chunk for t in STENCIL]
+        values = point.losses(name, moves).reshape(len(chunk), len(STENCIL))
+        for (label, direction), row in zip(chunk, values):
+            numeric, sigma = difference_from_values(row, h)
+            analytic = float(np.sum(analytic_grad * direction))
+            checks.append(compare(name, where, label, analytic, numeric, max(sigma, eps * point.scale), h, rtol, atol))
+    return summarize(name, where, checks)
+
+
+def _check_tolerances(h: float, rtol: float, atol: float) -> None:
+    for label, value in (("step", h), ("rtol", rtol), ("atol", atol)):
+        if not (math.isfinite(value) and value >= 0) or (label == "step" and value == 0):
+            bound = "> 0" if label == "step" else ">= 0"
+            raise ValueError(f"gradcheck: {label} must be finite and {bound}, got {value}")
+
+
+def gradcheck(model: Any, mode: str = "directional", point: str = "generic", batch: int = 2, seq: int = 8,
+              memory_len: int | None = None, entries: int = 4, step: float | None = None,
+              rtol: float | None = None, atol: float = 0.0, seed: int | None = None, progress: Progress = None,
+              workers: int | None = None) -> Report:
+    """Check every gradient of ``model`` (all parameters, the input, the memory).
+
+    ``workers``: forked processes that share the checks out in directional, entries and full
+    mode (the report is the same for any number); by default the CPUs available, except for
+    directional and entries checks of small models (under ``PARALLEL_LAYER_RUNS`` tensors times
+    layers), which run in this process. Returns a ``Report``; ``report.ok`` is False when any
+    check failed.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    if point not in ("generic", "init"):
+        raise ValueError(f"unknown point {point!r}; valid: generic, init")
+    h, rtol = step_and_rtol(model.config.dtype, step, rtol)
+    _check_tolerances(h, rtol, atol)
+    seed = model.config.seed if seed is None else seed
+    started = time.perf_counter()
+    x, dy, memory = model.sample_inputs(batch=batch, seq=seq, memory_len=memory_len, seed=seed)
+    params = model.params if point == "init" else jitter_params(model.params, seed)
+    if progress:
+        progress(f"gradcheck: {model.config.scheme}, {model.config.n_layers} layers, {len(params)} tensors, "
+                 f"{mode} mode")
+    at = Point(model, params, x, dy, memory)
+    generic = point == "generic"
+    if mode == "blockwise":
+        results = check_blockwise(at, h, rtol, atol, seed, generic)
+    elif mode == "full":
+        specs = block_specs(at)
+
+        def check_block(number: int) -> list[TensorResult]:
+            return check_block_elements(at, specs, number, h, rtol, atol, seed, generic)
+
+        results = []
+        blocks = map_in_order(check_block, range(len(specs)), default_workers() if workers is None else workers)
+        for done, block_results in enumerate(blocks, start=1):
+            results.extend(block_results)
+            if progress and done % 8 == 0:
+                progress(f"  {done} of {len(specs)} blocks checked")
+    else:
+        names = list(params) + ["input"] + (["memory"] if memory is not None else [])
+        if workers is None:
+            # Forking and feeding workers pays only when the checks re-run many layers.
+            many = len(names) * model.config.n_layers >= PARALLEL_LAYER_RUNS
+            workers = default_workers() if many else 1
+
+        def check_tensor(index: int) -> TensorResult:
+            return _check_tensor(at, index, names[index], mode, entries, h, rtol, atol, seed)
+
+        results = list(map_in_order(check_tensor, range(len(names)), workers))
+    return Report(model.config.to_dict(), mode, point, h, rtol, atol, results, time.perf_counter() - started)

@@ -1,0 +1,177 @@
+"""The check point: the model's gradients there, and its loss re-run under moved tensors.
+
+The analytic gradients come from the model's own tape pass (``Model.gradients``, the path
+users get). The finite differences evaluate the function that pass differentiates: at the
+point's ReLU on/off patterns (recorded once by a :class:`lnref.views.Freezer` and held by every
+later run), so a move cannot push a unit across its kink. Runs re-start from the states the
+analytic pass kept: a move of layer l's parameters re-runs only layers l..L, and the moves of
+one tensor share a batched run (moved states stacked along the batch axis; weights of the
+linear maps as one moved copy per batch row, :func:`linear_per_row`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lnref.autograd import Tensor, defprimitive, ops
+from lnref.autograd.checks import check_float, shapes
+from lnref.views import Run, record_frozen
+
+JITTER = 0.1  # generic point: each tensor moves by JITTER * rms(tensor) * N(0, 1)
+
+
+def jitter_params(params: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """The generic point: every tensor moved by JITTER * rms * N(0, 1) (rms 1 for zeros)."""
+    rng = np.random.default_rng([seed, 2])
+    jittered = {}
+    for name, value in params.items():
+        rms = float(np.sqrt(np.mean(np.square(value)))) if value.size else 0.0
+        scale = JITTER * (rms if rms > 0 else 1.0)
+        jittered[name] = (value + scale * rng.standard_normal(value.shape)).astype(value.dtype)
+    return jittered
+
+
+# ----- weights moved one per batch row ------------------------------------------------------
+
+
+def _per_row_linear_fwd(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, Any]:
+    """Row n of x's first axis (of length N) computes x[n] @ W[n] + b[n], W of shape
+    (N, d_in, d_out) or (d_in, d_out), b of shape (N, d_out) or (d_out,).
+
+    VJP per row: dx[n] = dy[n] W[n]^T, dW[n] = x[n]^T dy[n], db[n] = sum dy[n] (summed over
+    rows for a W or b shared by every row)."""
+    check_float("linear_per_row", x, weight, bias)
+    batch = np.shape(x)[0]
+    if not (
+        np.ndim(x) >= 2
+        and np.ndim(weight) in (2, 3)
+        and np.ndim(bias) in (1, 2)
+        and np.shape(x)[-1] == np.shape(weight)[-2]
+        and np.shape(bias)[-1] == np.shape(weight)[-1]
+        and (np.ndim(weight) == 2 or np.shape(weight)[0] == batch)
+        and (np.ndim(bias) == 1 or np.shape(bias)[0] == batch)
+    ):
+        raise ValueError(f"linear_per_row: x, W, b of shapes {shapes(x, weight, bias)} do not fit")
+    rows = x.reshape(batch, -1, x.shape[-1])  # (N, tokens, d_in)
+    out = np.matmul(rows, weight)
+    out += bias[:, None, :] if bias.ndim == 2 else bias
+    return out.reshape(*x.shape[:-1], weight.shape[-1]), (rows, weight, bias.ndim == 2)
+
+
+def _per_row_linear_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    rows, weight, per_row_bias = residuals
+    dout_rows = dout.reshape(rows.shape[0], -1, dout.shape[-1])
+    dx = np.matmul(dout_rows, np.swapaxes(weight, -1, -2)).reshape(*dout.shape[:-1], weight.shape[-2])
+    dweight = np.matmul(np.swapaxes(rows, -1, -2), dout_rows)
+    dbias = dout_rows.sum(axis=1)
+    if weight.ndim == 2:
+        dweight = dweight.sum(axis=0)
+    return dx, dweight, dbias if per_row_bias else dbias.sum(axis=0)
+
+
+per_row_linear = defprimitive("linear_per_row", _per_row_linear_fwd, _per_row_linear_vjp)
+
+
+def linear_per_row(x: Any, weight: Any, bias: Any) -> Tensor:
+    """The linear map of the checker's runs: ``ops.linear``, or :data:`per_row_linear` when
+    the weight or the bias holds one copy per batch row."""
+    if np.ndim(getattr(weight, "value", weight)) == 2 and np.ndim(getattr(bias, "value", bias)) == 1:
+        return ops.linear(x, weight, bias)
+    return per_row_linear(x, weight, bias)
+
+
+# ----- the point -----------------------------------------------------------------------------
+
+
+class _ReadRecorder(dict):
+    """A parameter dict that remembers which names were read."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.seen: set[str] = set()
+
+    def __getitem__(self, name: str) -> Any:
+        self.seen.add(name)
+        return super().__getitem__(name)
+
+
+class Point:
+    """The loss of the model at its check point, re-running only what a change affects."""
+
+    def __init__(self, model: Any, params: dict[str, np.ndarray], x: np.ndarray, dy: np.ndarray, memory: Any) -> None:
+        self.model, self.params, self.x, self.dy, self.memory = model, params, x, dy, memory
+        self.n_layers = model.config.n_layers
+        self.grads, _, tensor_states = model.gradients(x, dy, memory, params=params, keep_states=True)
+        self.states = [tuple(t.value for t in state) for state in tensor_states]
+        self.freezer = record_frozen(model, lambda run: model.forward(run, x), params, memory)
+        self.scale = float(np.abs(model.readout(self.frozen_run(params), self.states[-1]).value * dy).sum())
+        self.embed_params, self.readout_params = self._stage_params()
+        self.linear_params = model.linear_params
+
+    def frozen_run(self, params: dict[str, Any], memory: Any = None, count: int = 1) -> Run:
+        """A run with the point's frozen values (held ``count`` times along the batch axis)."""
+        memory = self.memory if memory is None else memory
+        return self.model.run(params, memory, freeze=self.freezer.hold(count))
+
+    def _stage_params(self) -> tuple[set[str], set[str]]:
+        recorder = _ReadRecorder(self.params)
+        self.model.embed(self.frozen_run(recorder), self.x)
+        embed = set(recorder.seen)
+        recorder.seen.clear()
+        self.model.readout(self.frozen_run(recorder), self.states[-1])
+        return embed, set(recorder.seen)
+
+    def start_of(self, name: str) -> int:
+        """The first layer a change of ``name`` affects (n_layers: only the readout)."""
+        if name.startswith("layers."):
+            return int(name.split(".")[1])
+        if name in self.readout_params and name not in self.embed_params:
+            return self.n_layers
+        return -1  # the input, the memory, embedding-stage parameters: everything
+
+    def where(self, name: str) -> str:
+        if name in ("input", "memory"):
+            return "input"
+        start = self.start_of(name)
+        return f"layer {start}" if 0 <= start < self.n_layers else "stack"
+
+    def losses(self, name: str, moves: list[np.ndarray]) -> np.ndarray:
+        """The loss with ``name`` (a parameter, "input" or "memory") moved by each of ``moves``.
+
+        Only layer ``start_of(name)`` needs its own run per move; from there on the moved
+        states are stacked along the batch axis and the rest of the stack runs once for all of
+        them (every op treats batch rows independently).
+        """
+        count, model, start, params = len(moves), self.model, self.start_of(name), self.params
+        tiled_memory = _tiled(self.memory, count)
+        run = self.frozen_run(params, tiled_memory, count)
+        if name == "input":
+            y, _ = model.forward(run, np.concatenate([self.x + move for move in moves]))
+        elif name == "memory":
+            memory = np.concatenate([self.memory + move for move in moves])
+            y, _ = model.forward(self.frozen_run(params, memory, count), _tiled(self.x, count))
+        else:
+            moved_runs = [self.frozen_run({**params, name: params[name] + move}) for move in moves]
+            if start < 0:
+                states = [model.embed(moved, self.x) for moved in moved_runs]
+                y, _ = model.forward(run, state=stack_states(states), start=0)
+            elif start == self.n_layers:
+                y = Tensor.wrap(np.concatenate([model.readout(moved, self.states[-1]).value for moved in moved_runs]))
+            else:
+                states = [model.layer(moved, start, self.states[start]) for moved in moved_runs]
+                y, _ = model.forward(run, state=stack_states(states), start=start + 1)
+        products = y.value * _tiled(self.dy, count)
+        return products.reshape(count, -1).sum(axis=1)
+
+
+def _tiled(array: Any, count: int) -> Any:
+    return array if array is None or count == 1 else np.concatenate([array] * count)
+
+
+def stack_states(states: list[tuple[Any, ...]]) -> tuple[Tensor, ...]:
+    """Concatenate per-move states (tuples of Tensors) stream by stream along the batch axis."""
+    return tuple(
+        Tensor.wrap(np.concatenate([state[j].value for state in states])) for j in range(len(states[0]))
+    )

@@ -1,0 +1,182 @@
+"""What a gradient check reports: one Check per comparison, one TensorResult per tensor, the Report."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lnref.finite_diff import STATUSES, judge
+
+KEY_BIAS = ".bk"  # attention key biases: gradient exactly zero (softmax shift invariance)
+
+
+@dataclass
+class Check:
+    """One comparison of an analytic and a numeric derivative."""
+
+    tensor: str
+    where: str  # "layer 3", "stack", "input"
+    probe: str  # "direction" or the element index
+    analytic: float
+    numeric: float
+    noise: float
+    tolerance: float
+    status: str
+
+    @property
+    def error(self) -> float:
+        return abs(self.analytic - self.numeric)
+
+    @property
+    def ratio(self) -> float:
+        return self.error / self.tolerance if self.tolerance > 0 else math.inf
+
+
+@dataclass
+class TensorResult:
+    tensor: str
+    where: str
+    status: str
+    worst: Check
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def compare(tensor: str, where: str, probe: str, analytic: float, numeric: float, sigma: float, h: float,
+            rtol: float, atol: float) -> Check:
+    """Judge one analytic/numeric pair against the noise floor (``lnref.finite_diff.judge``)."""
+    noise, tolerance, status = judge(analytic, numeric, sigma, h, rtol, atol)
+    return Check(tensor, where, probe, float(analytic), float(numeric), float(noise), float(tolerance),
+                 STATUSES[int(status)])
+
+
+def summarize(tensor: str, where: str, checks: list[Check]) -> TensorResult:
+    statuses = [c.status for c in checks]
+    status = "failed" if "failed" in statuses else "passed" if "passed" in statuses else "unresolved"
+    worst = max(checks, key=lambda c: (c.status == "failed", c.ratio))
+    return TensorResult(tensor, where, status, worst, {s: statuses.count(s) for s in STATUSES})
+
+
+def summarize_elements(tensor: str, where: str, analytic: np.ndarray, numeric: np.ndarray, sigma: np.ndarray,
+                       h: float, rtol: float, atol: float) -> TensorResult:
+    """``summarize`` for one check per element of a tensor, judged at once: the counts and the
+    worst element (only that one becomes a ``Check``)."""
+    shape = np.shape(analytic)
+    analytic = np.asarray(analytic, dtype=float).reshape(-1)
+    noise, tolerance, status = judge(analytic, numeric, sigma, h, rtol, atol)
+    counts = {s: int(np.count_nonzero(status == i)) for i, s in enumerate(STATUSES)}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(tolerance > 0, np.abs(analytic - numeric) / tolerance, np.inf)
+    ratio = np.where(np.isnan(ratio), np.inf, ratio)
+    failed = status == STATUSES.index("failed")
+    worst = int(np.argmax(np.where(failed, ratio, -np.inf) if failed.any() else ratio))
+    index = tuple(int(j) for j in np.unravel_index(worst, shape))
+    check = Check(tensor, where, str(index), float(analytic[worst]), float(numeric[worst]), float(noise[worst]),
+                  float(tolerance[worst]), STATUSES[int(status[worst])])
+    overall = "failed" if counts["failed"] else "passed" if counts["passed"] else "unresolved"
+    return TensorResult(tensor, where, overall, check, counts)
+
+
+@dataclass
+class Report:
+    config: dict[str, Any]
+    mode: str
+    point: str
+    step: float
+    rtol: float
+    atol: float
+    results: list[TensorResult]
+    seconds: float = 0.0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {status: sum(r.status == status for r in self.results) for status in STATUSES}
+
+    @property
+    def check_counts(self) -> dict[str, int]:
+        """Counts over single checks (one per element in full and entries modes)."""
+        return {status: sum(r.counts.get(status, 0) for r in self.results) for status in STATUSES}
+
+    @property
+    def ok(self) -> bool:
+        return self.counts["failed"] == 0
+
+    def summary(self) -> str:
+        counts = self.counts
+        line = f"{counts['passed']} passed, {counts['failed']} failed"
+        return line + (f", {counts['unresolved']} unresolved" if counts["unresolved"] else "")
+
+    def by_place(self) -> dict[str, list[TensorResult]]:
+        places: dict[str, list[TensorResult]] = {}
+        for result in self.results:
+            places.setdefault(result.where, []).append(result)
+        return places
+
+    def to_text(self, worst: int = 5) -> str:
+        cfg = self.config
+        lines = [
+            f"gradcheck {cfg['scheme']}: {cfg['n_layers']} layers, d_model {cfg['d_model']}, "
+            f"{cfg['n_heads']} heads, d_ff {cfg['d_ff']}, {cfg['norm']}, {cfg['activation']}, "
+            f"{cfg['dtype']}; mode {self.mode}, at {self.point}, step {self.step:g}, "
+            f"rtol {self.rtol:g}, atol {self.atol:g}",
+            "",
+            f"{'where':10s} {'tensors':>7s} {'worst err/tol':>14s}  status",
+        ]
+        for where, results in self.by_place().items():
+            worst_ratio = max(r.worst.ratio for r in results)
+            statuses = [r.status for r in results]
+            status = next((s for s in ("failed", "unresolved") if s in statuses), "passed")
+            if status != "passed":
+                status += f" ({statuses.count(status)})"
+            lines.append(f"{where:10s} {len(results):7d} {worst_ratio:14.3g}  {status}")
+        offenders = sorted(self.results, key=lambda r: -r.worst.ratio)[:worst]
+        lines += ["", "worst offenders (error / tolerance):"]
+        for r in offenders:
+            c = r.worst
+            lines.append(
+                f"  {r.tensor} [{c.probe}] {r.status}: analytic {c.analytic:.12g} numeric {c.numeric:.12g} "
+                f"error {c.error:.3g} tolerance {c.tolerance:.3g} noise {c.noise:.3g}"
+            )
+        unresolved = [r.tensor for r in self.results if r.status == "unresolved"]
+        key_biases = [name for name in unresolved if name.endswith(KEY_BIAS)]
+        if key_biases:
+            lines.append(f"  {len(key_biases)} unresolved key biases (*{KEY_BIAS}): their gradient is exactly "
+                         "zero, since adding q.bk to every score of a query leaves the softmax unchanged")
+        if len(unresolved) > len(key_biases):
+            hint = "" if self.mode in ("blockwise", "full") else "; --mode blockwise checks each layer on its own"
+            lines.append(f"  {len(unresolved) - len(key_biases)} other unresolved: analytic and numeric both "
+                         f"under the finite-difference noise floor{hint}")
+        lines += ["", f"{self.seconds:.1f} s"]
+        if self.mode in ("entries", "full"):
+            checks = self.check_counts
+            lines.append(f"elements: {sum(checks.values())} checked, {checks['passed']} passed, "
+                         f"{checks['failed']} failed, {checks['unresolved']} unresolved")
+            if checks["unresolved"]:
+                lines.append("  (an unresolved element has analytic and numeric values both under the noise "
+                             "floor, as exactly-zero gradients do: key biases, ReLU units off for every token)")
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        document = {
+            "config": self.config,
+            "mode": self.mode,
+            "point": self.point,
+            "step": self.step,
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "seconds": self.seconds,
+            "counts": self.counts,
+            "check_counts": self.check_counts,
+            "ok": self.ok,
+            "summary": self.summary(),
+            "tensors": [
+                {"tensor": r.tensor, "where": r.where, "status": r.status, "counts": r.counts,
+                 "worst": {**asdict(r.worst), "error": r.worst.error, "ratio": r.worst.ratio}}
+                for r in self.results
+            ],
+        }
+        return json.dumps(document, indent=1, default=float)

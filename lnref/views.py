@@ -1,0 +1,198 @@
+"""What a scheme sees: one run of the model, and views of its stack and of each layer.
+
+A scheme's ``layer(x, layer)`` computes through the :class:`Layer` view: its branches
+(``layer.branches``, the sublayers in order), its norms (``layer.norm(name, x)``) and its
+parameters (``layer.param(name)``). ``embed`` and ``readout`` see the :class:`Stack`.
+
+The view is also the one place that chooses the fast path: a sublayer with no optional
+piece, in a run that allows it, is computed by its fused primitive (``autograd/fused.py``);
+everything else by the readable composition of ``nn``. A run can change how it computes
+without changing the function: ``freeze`` holds values fixed at a point (the gradient
+checker's frozen ReLU patterns and stop-gradient values), ``linear`` replaces the linear map
+(the checker's weights moved one per batch row), ``view`` wraps the layer views (the claims'
+recording of every branch and norm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lnref import nn
+from lnref.autograd import Tensor, fused, ops
+
+if TYPE_CHECKING:
+    from lnref.model import Model
+
+# freeze(key, compute) -> the value held for ``key`` (``compute()`` the first time)
+Freeze = Callable[[Hashable, Callable[[], np.ndarray]], np.ndarray]
+
+
+class Run:
+    """One evaluation of the model: the parameter values in use, the memory, and how to compute."""
+
+    def __init__(
+        self,
+        model: Model,
+        params: dict[str, Any],
+        memory: Any = None,
+        *,
+        freeze: Freeze | None = None,
+        linear: Callable[..., Tensor] = ops.linear,
+        view: Callable[[Run, int], Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.config = model.config
+        self.params = params
+        self.memory = memory
+        self.freeze = freeze
+        self.linear = linear
+        self.view = view
+        self.fused = model.fast and linear is ops.linear
+        self._groups: dict[str, dict[str, Any]] = {}
+
+    def group(self, prefix: str) -> dict[str, Any]:
+        """{short name: value} of the parameters named ``prefix.<short name>``."""
+        group = self._groups.get(prefix)
+        if group is None:
+            group = self._groups[prefix] = {short: self.params[full] for short, full in self.model.groups[prefix]}
+        return group
+
+    def layer_view(self, index: int) -> Any:
+        return Layer(self, index) if self.view is None else self.view(self, index)
+
+
+class _View:
+    """What the stack and layer views share: norms, parameters, frozen values."""
+
+    def __init__(self, run: Run, prefix: str, block: Hashable) -> None:
+        self.run = run
+        self.config = run.config
+        self.prefix = prefix
+        self._block = block
+        self._frozen = 0
+
+    def param(self, name: str) -> Any:
+        return self.run.params[self.prefix + name]
+
+    def norm(self, name: str, x: Any) -> Tensor:
+        """The norm ``name`` of the configured kind; one of ``HEAD_NORMS`` acts on each head."""
+        params, kind, eps = self.run.group(self.prefix + name), self.config.norm, self.config.eps
+        if self.prefix + name in self.run.model.head_norms:
+            return nn.per_head(x, self.config.n_heads, lambda heads: nn.norm(heads, params, kind, eps))
+        return nn.norm(x, params, kind, eps)
+
+    def frozen(self, compute: Callable[[], np.ndarray]) -> np.ndarray | None:
+        """The value the run holds fixed for this call site (None when the run freezes nothing).
+
+        Call sites are numbered in the order a block meets them, the same on every run."""
+        if self.run.freeze is None:
+            return None
+        key = (self._block, self._frozen)
+        self._frozen += 1
+        return self.run.freeze(key, compute)
+
+
+class Stack(_View):
+    """What a scheme's ``embed`` and ``readout`` see: stack-level norms and parameters."""
+
+    def __init__(self, run: Run, stage: str) -> None:
+        super().__init__(run, "", stage)
+
+
+class Layer(_View):
+    """What a scheme's ``layer`` sees of layer ``index``."""
+
+    def __init__(self, run: Run, index: int) -> None:
+        super().__init__(run, f"layers.{index}.", index)
+        self.index = index
+        self.n_layers = run.config.n_layers
+
+    @property
+    def branches(self) -> list[tuple[str, Callable[[Any], Tensor]]]:
+        """(name, function) for the sublayers in order: self-attention ``attn``, cross-attention
+        ``cross`` (decoder stacks only) and ``ffn``."""
+        branches: list[tuple[str, Callable[[Any], Tensor]]] = [("attn", self.self_attention)]
+        if self.config.cross_attention:
+            branches.append(("cross", self.cross_attention))
+        branches.append(("ffn", self.ffn))
+        return branches
+
+    def self_attention(self, x: Any, **pieces: Any) -> Tensor:
+        """Self-attention; ``pieces`` name the optional norms and scale of ``nn.attention``
+        (``q_norm="q_norm"``: the layer's norm of that name; ``head_scale``: a parameter)."""
+        return self._attention("attn", x, None, self.config.causal, pieces)
+
+    def cross_attention(self, x: Any, **pieces: Any) -> Tensor:
+        return self._attention("cross", x, self.run.memory, False, pieces)
+
+    def _attention(self, group: str, x: Any, memory: Any, causal: bool, pieces: dict[str, Any]) -> Tensor:
+        p, n_heads = self.run.group(self.prefix + group), self.config.n_heads
+        if self.run.fused and not pieces:
+            weights = [p[name] for name in nn.ATTENTION_PARAMS]
+            return fused.attention_sublayer(x, memory, *weights, n_heads=n_heads, causal=causal)
+        resolved = {key: self._piece(key, name) for key, name in pieces.items()}
+        return nn.attention(x, p, n_heads, causal=causal, memory=memory, linear=self.run.linear, **resolved)
+
+    def ffn(self, x: Any, **pieces: Any) -> Tensor:
+        """The feed-forward sublayer; ``hidden_norm="name"`` puts that norm (of d_ff features)
+        after the activation."""
+        p, activation = self.run.group(self.prefix + "ffn"), self.config.activation
+        frozen_relu = activation == "relu" and self.run.freeze is not None
+        if self.run.fused and not pieces and not frozen_relu:
+            return fused.feed_forward(x, p["w1"], p["b1"], p["w2"], p["b2"], activation=activation)
+        resolved = {key: self._piece(key, name) for key, name in pieces.items()}
+        activate = self._frozen_relu if frozen_relu else None
+        return nn.ffn(x, p, activation, activate=activate, linear=self.run.linear, **resolved)
+
+    def _frozen_relu(self, hidden: Tensor) -> Tensor:
+        """ReLU with its on/off pattern held at the run's point: the smooth piece of the
+        network that contains the point."""
+        pattern = self.frozen(lambda: (hidden.value > 0).astype(hidden.dtype))
+        return ops.mul(hidden, pattern)
+
+    def _piece(self, key: str, name: Any) -> Any:
+        if key == "head_scale":
+            return self.param(name)
+        return lambda x: self.norm(name, x)
+
+
+class Freezer:
+    """Values a run holds fixed at a point (ReLU patterns, stop-gradient values), by call site.
+
+    One run records them (``freeze=freezer.record``); later runs hold them
+    (``freeze=freezer.hold(count)``), tiled ``count`` times along the batch axis for runs that
+    stack several moved copies of the point. A function evaluated this way is the smooth piece
+    of the network that contains the point, where finite differences mean something.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[Hashable, np.ndarray] = {}
+        self._tiled: dict[int, dict[Hashable, np.ndarray]] = {}
+
+    def record(self, key: Hashable, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        value = self.values[key] = compute()
+        self._tiled.clear()
+        return value
+
+    def hold(self, count: int = 1) -> Freeze:
+        def held(key: Hashable, compute: Callable[[], np.ndarray]) -> np.ndarray:
+            if count == 1:
+                return self.values[key]
+            tiled = self._tiled.setdefault(count, {})
+            if key not in tiled:
+                tiled[key] = np.concatenate([self.values[key]] * count)
+            return tiled[key]
+
+        return held
+
+
+def record_frozen(model: Model, stage: Callable[[Run], Any], params: dict[str, Any] | None = None,
+                  memory: Any = None) -> Freezer:
+    """A Freezer holding the values that ``stage(run)`` (a forward pass, or part of one) meets
+    at ``params`` (default: the model's)."""
+    freezer = Freezer()
+    stage(model.run(params, memory, freeze=freezer.record))
+    return freezer
