@@ -3,11 +3,13 @@ it bit for bit, and damaged or foreign input is one line and exit code 2."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import sys
 import tempfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lnref
+import lnref.golden
 from lnref.cli import main
 from lnref.golden import GoldenError, compare_files, export_golden, hidden_streams
 
@@ -113,6 +116,16 @@ def test_export_stores_what_the_model_api_computes(tmp_path):
         assert len(streams) == len(state)
         for stream, value in zip(streams, state):
             assert np.array_equal(stored[f"hidden/{layer}/{stream}"], value)
+
+
+def test_the_golden_package_takes_stream_names_from_the_schemes():
+    """No scheme is special-cased here: a scheme declares its streams, golden files read them."""
+    package = Path(lnref.golden.__file__).parent
+    literals = set()
+    for module in package.glob("*.py"):
+        tree = ast.parse(module.read_text())
+        literals |= {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
+    assert not literals & set(lnref.SCHEMES)
 
 
 def test_export_is_the_same_for_the_same_seed_and_differs_for_another(tmp_path):
