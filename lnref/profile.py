@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import textwrap
 
 import numpy as np
 
 from lnref import SCHEMES, probes
+from lnref.files import check_output_path as check_output_path  # kept importable from here: see below
+from lnref.files import require_pyplot, write_figure
 
 DEFAULT_METRIC = "grad.ffn.w2"
 
@@ -71,7 +71,6 @@ _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 _PLOT_MARKERS = "os^Dv<>pPXh"
 _MARKERS = "ox+#@%&=~^v"  # one per scheme; "*" marks points where several coincide
 _OVERLAP = "*"
-PLOT_EXTRA_HINT = "matplotlib is not installed; --png and --svg need the plot extra: pip install 'lnref[plot]'"
 
 
 # ----- parsing ----------------------------------------------------------------------------
@@ -396,36 +395,8 @@ def _put(chars, start, text):
 
 # ----- figures (matplotlib, optional) ----------------------------------------------------------
 
-def require_matplotlib():
-    """Import matplotlib with the Agg backend; ImportError naming the extra if it is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError(PLOT_EXTRA_HINT) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def check_output_path(path, option="--png"):
-    """Fail early (ValueError, one line) when ``path`` cannot be written.
-
-    Creating and removing a temporary file in its directory is the test: permission bits
-    alone do not tell (a read-only file system, or running as root).
-    """
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    if os.path.isdir(path):
-        raise ValueError(f"{option} {path}: is a directory")
-    if not os.path.isdir(directory):
-        problem = "is not a directory" if os.path.exists(directory) else "does not exist"
-        raise ValueError(f"{option} {path}: {directory} {problem}")
-    try:
-        handle, probe_path = tempfile.mkstemp(dir=directory, prefix=".lnref-check-")
-        os.close(handle)
-        os.remove(probe_path)
-    except OSError as err:
-        raise ValueError(f"{option} {path}: cannot write in {directory} ({err.strerror})") from None
+# The CLI imports check_output_path and require_matplotlib from this module; both live in lnref.files.
+require_matplotlib = require_pyplot
 
 
 def save_figure(sweep, metric, path, fmt="png"):
@@ -436,25 +407,13 @@ def save_figure(sweep, metric, path, fmt="png"):
     the value at the last layer by depth. Log-scale y; one line per scheme; the
     configuration in the title.
     """
-    plt = require_matplotlib()
+    plt = require_pyplot()
     from matplotlib import ticker
 
     figure = draw_figure(plt, ticker, sweep, metric)
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=".lnref-", suffix=f".{fmt}")
-    os.close(handle)
-    try:
-        # No date in the SVG, so the same sweep gives the same bytes.
-        metadata = {"Date": None} if fmt == "svg" else {}
-        figure.savefig(temp_path, format=fmt, dpi=120, metadata=metadata)
-        os.chmod(temp_path, 0o666 & ~_umask())  # mkstemp makes it private; give it a new file's mode
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
-    finally:
-        plt.close(figure)
+    # No date in the SVG, so the same sweep gives the same bytes.
+    metadata = {"Date": None} if fmt == "svg" else {}
+    write_figure(figure, path, fmt, dpi=120, metadata=metadata)
 
 
 def seed_range(summary, metric):
@@ -525,12 +484,6 @@ def draw_figure(plt, ticker, sweep, metric):
     config = textwrap.fill(describe(sweep), width=int(width * 12))
     figure.suptitle(f"{label} at initialization\n{config}", fontsize=10)
     return figure
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _plot_series(axis, xs, means, band, style):

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lnref.files import require_pyplot, write_figure
 from lnref.lm import LanguageModel
 from lnref.model import ConfigError, build
 from lnref.optim import OPTIMIZERS, SCHEDULES, Schedule, clip_by_global_norm, global_norm
@@ -400,37 +401,9 @@ def smooth(values, window=11):
     return out
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_atomically(figure, path):
-    """Write the PNG next to its destination, then rename it into place."""
-    import tempfile
-
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(suffix=".png", dir=directory)
-    os.close(handle)
-    try:
-        figure.savefig(temporary, format="png", dpi=110)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's mode
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def plot_run(result, path):
     """One run: training loss (raw and smoothed) and held-out loss against the step."""
-    plt = _pyplot()
+    plt = require_pyplot()
     config, summary = result["config"], result["summary"]
     loss = np.array([np.nan if x is None else x for x in result["curve"]["loss"]])
     steps = np.arange(1, len(loss) + 1)
@@ -451,14 +424,13 @@ def plot_run(result, path):
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    _save_atomically(figure, path)
-    plt.close(figure)
+    write_figure(figure, path, "png", dpi=110)
 
 
 def plot_grid(results, path):
     """Panels depth x warm-up. In each, every scheme's smoothed training-loss curves, one
     line per seed. A cross marks where a run diverged."""
-    plt = _pyplot()
+    plt = require_pyplot()
     depths = sorted({r["config"]["layers"] for r in results})
     warmups = sorted({r["config"]["warmup"] for r in results})
     schemes = list(dict.fromkeys(r["config"]["scheme"] for r in results))
@@ -499,5 +471,4 @@ def plot_grid(results, path):
                     f"{seeds} seed{'s' if seeds > 1 else ''} (one line each); "
                     "dashed: context-free baseline; x: diverged", fontsize=10)
     figure.tight_layout()
-    _save_atomically(figure, path)
-    plt.close(figure)
+    write_figure(figure, path, "png", dpi=110)

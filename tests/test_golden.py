@@ -3,11 +3,13 @@ it bit for bit, and damaged or foreign input is one line and exit code 2."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import sys
 import tempfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lnref
+import lnref.golden
 from lnref.cli import main
 from lnref.golden import GoldenError, compare_files, export_golden, hidden_streams
 
@@ -78,6 +81,7 @@ def arrays(golden):
 
 # ----- export ----------------------------------------------------------------------------
 
+
 def test_export_writes_every_entry_of_the_format(tmp_path):
     model = export(tmp_path / "g.npz", "residual", layers=2)
     names = set(read(tmp_path / "g.npz"))
@@ -114,6 +118,16 @@ def test_export_stores_what_the_model_api_computes(tmp_path):
             assert np.array_equal(stored[f"hidden/{layer}/{stream}"], value)
 
 
+def test_the_golden_package_takes_stream_names_from_the_schemes():
+    """No scheme is special-cased here: a scheme declares its streams, golden files read them."""
+    package = Path(lnref.golden.__file__).parent
+    literals = set()
+    for module in package.glob("*.py"):
+        tree = ast.parse(module.read_text())
+        literals |= {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
+    assert not literals & set(lnref.SCHEMES)
+
+
 def test_export_is_the_same_for_the_same_seed_and_differs_for_another(tmp_path):
     for name, seed in (("a.npz", 3), ("b.npz", 3), ("c.npz", 4)):
         export(tmp_path / name, "admin", seed=seed)
@@ -124,8 +138,20 @@ def test_export_is_the_same_for_the_same_seed_and_differs_for_another(tmp_path):
 
 def test_export_cli_with_cross_attention_stores_memory_and_its_gradient(tmp_path):
     path = tmp_path / "dec.npz"
-    result = run("export", "--scheme", "residual", "--layers", "2", "--cross-attention",
-                 "--memory-len", "5", "--seq", "3", "-o", path)
+    result = run(
+        "export",
+        "--scheme",
+        "residual",
+        "--layers",
+        "2",
+        "--cross-attention",
+        "--memory-len",
+        "5",
+        "--seq",
+        "3",
+        "-o",
+        path,
+    )
     assert result.exit_code == 0, result.output
     stored = read(path)
     assert stored["memory"].shape == stored["grads/memory"].shape == (2, 5, 16)
@@ -146,9 +172,14 @@ def test_failed_export_leaves_an_existing_file_untouched(tmp_path):
     assert path.read_bytes() == b"old" and files_in(tmp_path) == ["g.npz"]
 
 
-@pytest.mark.parametrize("target, words", [("missing-dir/g.npz", ("does not exist",)),
-                                           (".", ("directory",)),
-                                           ("g.txt", ("unknown extension", ".npz", ".safetensors"))])
+@pytest.mark.parametrize(
+    "target, words",
+    [
+        ("missing-dir/g.npz", ("does not exist",)),
+        (".", ("directory",)),
+        ("g.txt", ("unknown extension", ".npz", ".safetensors")),
+    ],
+)
 def test_export_to_an_unusable_path_is_one_line_and_writes_nothing(tmp_path, target, words):
     result = run("export", "--scheme", "post", "--layers", "1", "-o", tmp_path / target)
     assert_input_error(result, *words)
@@ -156,8 +187,9 @@ def test_export_to_an_unusable_path_is_one_line_and_writes_nothing(tmp_path, tar
 
 
 def test_export_memory_len_without_cross_attention_is_an_input_error(tmp_path):
-    assert_input_error(run("export", "--scheme", "post", "--memory-len", "3", "-o", tmp_path / "g.npz"),
-                       "--cross-attention")
+    assert_input_error(
+        run("export", "--scheme", "post", "--memory-len", "3", "-o", tmp_path / "g.npz"), "--cross-attention"
+    )
     assert files_in(tmp_path) == []
 
 
@@ -202,6 +234,7 @@ def test_from_golden_reads_safetensors(tmp_path):
 
 
 # ----- compare ---------------------------------------------------------------------------
+
 
 def test_compare_of_a_file_with_itself_passes_every_tensor(golden, arrays):
     result = run("compare", golden, golden)
@@ -309,9 +342,10 @@ def test_map_renames_actual_names_to_expected_names(tmp_path, golden, arrays):
     assert result.stdout.strip().endswith("2 passed, 0 failed")
 
 
-@pytest.mark.parametrize("text, words", [("{not json", ("not valid JSON",)),
-                                         ('["y"]', ("JSON object",)),
-                                         ('{"a": "y", "b": "y"}', ("two arrays", "'y'"))])
+@pytest.mark.parametrize(
+    "text, words",
+    [("{not json", ("not valid JSON",)), ('["y"]', ("JSON object",)), ('{"a": "y", "b": "y"}', ("two arrays", "'y'"))],
+)
 def test_bad_name_map_is_an_input_error(tmp_path, golden, arrays, text, words):
     actual = write(tmp_path / "a.npz", {"a": arrays["y"], "b": arrays["y"]})
     mapping = tmp_path / "map.json"
@@ -357,12 +391,13 @@ def test_expected_without_config_is_compared_as_plain_arrays(tmp_path, arrays):
 
 # ----- load_golden and from_golden ------------------------------------------------------
 
+
 def test_load_golden_exposes_config_sizes_and_arrays(golden, arrays):
     loaded = lnref.load_golden(golden)
     assert loaded.config == lnref.build("post", 2, **SMALL).config
     assert (loaded.batch, loaded.seq, loaded.memory_len) == (2, 4, None)
     assert np.array_equal(loaded.y, arrays["y"]) and loaded.loss == float(arrays["loss"])
-    assert set(loaded.grads) == {n[len("grads/"):] for n in arrays if n.startswith("grads/")}
+    assert set(loaded.grads) == {n[len("grads/") :] for n in arrays if n.startswith("grads/")}
     assert len(loaded.hidden) == 3 and np.array_equal(loaded.hidden[2]["x"], arrays["hidden/2/x"])
 
 
@@ -395,8 +430,9 @@ def test_from_golden_loads_stored_parameters_instead_of_reprofiling(tmp_path):
     export_golden(model, tmp_path / "g.npz", batch=2, seq=4)
     rebuilt = lnref.from_golden(tmp_path / "g.npz")
     assert np.array_equal(rebuilt.params["layers.2.omega_ffn"], model.params["layers.2.omega_ffn"])
-    assert not np.array_equal(rebuilt.params["layers.2.omega_ffn"],
-                              lnref.build("admin", 3, **SMALL).params["layers.2.omega_ffn"])
+    assert not np.array_equal(
+        rebuilt.params["layers.2.omega_ffn"], lnref.build("admin", 3, **SMALL).params["layers.2.omega_ffn"]
+    )
 
 
 def test_from_golden_rejects_an_output_one_ulp_off(tmp_path, arrays):
@@ -409,6 +445,7 @@ def test_from_golden_rejects_an_output_one_ulp_off(tmp_path, arrays):
 
 # ----- bad input: one line, exit 2 -------------------------------------------------------
 
+
 def damaged_config(arrays, **changes):
     config = config_of(arrays)
     for dotted, value in changes.items():
@@ -417,16 +454,19 @@ def damaged_config(arrays, **changes):
     return config
 
 
-@pytest.mark.parametrize("changes, words", [
-    (dict(model__scheme="postln"), ("unknown scheme 'postln'",)),
-    (dict(model__n_heads=3), ("not divisible by n_heads",)),
-    (dict(model__n_layers=10**9), (f"says {10**9} layers",)),
-    (dict(model__d_ff=10**9), ("params/layers.0.ffn.w1",)),
-    (dict(model__causal="yes"), ("causal must be true or false",)),
-    (dict(model__eps=-1.0), ("eps",)),
-    (dict(inputs__batch=0), ("inputs.batch",)),
-    (dict(inputs__seq=5), ("x has shape",)),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        (dict(model__scheme="postln"), ("unknown scheme 'postln'",)),
+        (dict(model__n_heads=3), ("not divisible by n_heads",)),
+        (dict(model__n_layers=10**9), (f"says {10**9} layers",)),
+        (dict(model__d_ff=10**9), ("params/layers.0.ffn.w1",)),
+        (dict(model__causal="yes"), ("causal must be true or false",)),
+        (dict(model__eps=-1.0), ("eps",)),
+        (dict(inputs__batch=0), ("inputs.batch",)),
+        (dict(inputs__seq=5), ("x has shape",)),
+    ],
+)
 def test_config_describing_another_or_impossible_model_is_an_input_error(tmp_path, golden, arrays, changes, words):
     path = write(tmp_path / "bad.npz", arrays, damaged_config(arrays, **changes))
     assert_input_error(run("compare", path, golden), *words)
@@ -441,8 +481,7 @@ def test_newer_format_version_is_an_input_error(tmp_path, golden, arrays):
 
 def test_nan_in_a_golden_array_is_an_input_error(tmp_path, golden, arrays):
     arrays["grads/layers.0.attn.wq"][1, 2] = np.nan
-    assert_input_error(run("compare", write(tmp_path / "bad.npz", arrays), golden),
-                       "grads/layers.0.attn.wq", "NaN")
+    assert_input_error(run("compare", write(tmp_path / "bad.npz", arrays), golden), "grads/layers.0.attn.wq", "NaN")
 
 
 def test_object_array_is_refused_without_unpickling(tmp_path, golden, arrays):
@@ -453,8 +492,10 @@ def test_object_array_is_refused_without_unpickling(tmp_path, golden, arrays):
     assert_input_error(run("compare", golden, path), "object array", "pickle")
 
 
-@pytest.mark.parametrize("drop, add, words", [("grads/input", None, ("missing grads/input",)),
-                                              (None, "grads/extra", ("unexpected grads/extra",))])
+@pytest.mark.parametrize(
+    "drop, add, words",
+    [("grads/input", None, ("missing grads/input",)), (None, "grads/extra", ("unexpected grads/extra",))],
+)
 def test_golden_file_with_missing_or_unexpected_entries_is_an_input_error(tmp_path, golden, arrays, drop, add, words):
     if drop:
         del arrays[drop]
@@ -496,6 +537,7 @@ def test_unsupported_file_type_is_an_input_error(tmp_path, golden):
 
 # ----- damaged files (hypothesis) --------------------------------------------------------
 
+
 @pytest.fixture(scope="module", params=[".npz", ".safetensors"])
 def tiny_golden(request, tmp_path_factory):
     """(extension, bytes) of a small valid golden file."""
@@ -508,8 +550,10 @@ def tiny_golden(request, tmp_path_factory):
 
 damage = st.one_of(
     st.tuples(st.just("truncate"), st.floats(0, 1, exclude_max=True)),
-    st.tuples(st.just("flip"), st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)),
-                                          min_size=1, max_size=4)),
+    st.tuples(
+        st.just("flip"),
+        st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=4),
+    ),
 )
 
 
@@ -549,7 +593,7 @@ def test_damage_to_array_data_is_caught_by_the_zip_checksum(tmp_path, golden):
     with zipfile.ZipFile(golden) as archive:
         offset = archive.getinfo("y.npy").header_offset
     data = bytearray(golden.read_bytes())
-    name_length, extra_length = np.frombuffer(bytes(data[offset + 26: offset + 30]), dtype="<u2")
+    name_length, extra_length = np.frombuffer(bytes(data[offset + 26 : offset + 30]), dtype="<u2")
     data_start = offset + 30 + int(name_length) + int(extra_length)
     data[data_start + 200] ^= 0x01  # past the .npy header, inside the float values
     path = tmp_path / "flipped.npz"

@@ -216,9 +216,8 @@ def test_failed_figure_write_leaves_no_file(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib", reason="needs matplotlib to reach the write")
 
     class BreaksMidWrite:
-        def savefig(self, path, **_):
-            with open(path, "wb") as handle:
-                handle.write(b"\x89PNG half")
+        def savefig(self, stream, **_):
+            stream.write(b"\x89PNG half")
             raise OSError("disk full")
 
     monkeypatch.setattr(sweeps, "draw_figure", lambda *args: BreaksMidWrite())

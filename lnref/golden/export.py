@@ -1,0 +1,88 @@
+"""Writing a golden file: every array a model computes at seeded inputs, and its config."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lnref import __version__
+from lnref.files import PathLike
+from lnref.golden.containers import check_output_path, write_file
+from lnref.golden.format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LOSS_DEFINITION,
+    WEIGHT_LAYOUT,
+    GoldenError,
+    hidden_name,
+    hidden_streams,
+)
+
+if TYPE_CHECKING:
+    from lnref.model import Model
+
+
+def golden_arrays(
+    model: Model, x: np.ndarray, dy: np.ndarray, memory: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Every array of a golden file, computed by ``model`` at (x, dy, memory), in file order."""
+    loss, grads = model.value_and_grad(x, dy, memory)
+    y = model(x, memory)
+    states = model.hidden_states(x, memory)
+    dtype = model.dtype
+    arrays = {"x": np.asarray(x), "dy": np.asarray(dy)}
+    if memory is not None:
+        arrays["memory"] = np.asarray(memory)
+    arrays["y"] = y
+    arrays["loss"] = np.asarray(loss, dtype=dtype)  # exact: the loss was computed in this dtype
+    arrays.update({f"params/{name}": value for name, value in model.params.items()})
+    arrays.update({f"grads/{name}": grads[name] for name in model.params})
+    arrays["grads/input"] = grads["input"]
+    if memory is not None:
+        arrays["grads/memory"] = grads["memory"]
+    for layer, state in enumerate(states):
+        names = hidden_streams(model.config.scheme, layer)
+        if len(names) != len(state):
+            raise GoldenError(
+                f"layer {layer} of {model.config.scheme} carries {len(state)} streams; "
+                f"the golden format names {len(names)}"
+            )
+        arrays.update({hidden_name(layer, name): value for name, value in zip(names, state)})
+    return {name: np.asarray(value, order="C") for name, value in arrays.items()}
+
+
+def golden_config(model: Model, batch: int, seq: int, memory_len: int | None) -> dict[str, Any]:
+    """The JSON document stored beside the arrays."""
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "lnref_version": __version__,
+        "model": model.config.to_dict(),
+        "inputs": {"batch": batch, "seq": seq, "memory_len": memory_len, "seed": model.config.seed},
+        "loss": LOSS_DEFINITION,
+        "layout": WEIGHT_LAYOUT,
+    }
+
+
+def export_golden(
+    model: Model, path: PathLike, batch: int = 2, seq: int = 8, memory_len: int | None = None
+) -> dict[str, np.ndarray]:
+    """Write ``model``'s golden file to ``path`` (.npz or .safetensors, by extension).
+
+    The inputs x, dy (and memory) are ``model.sample_inputs(batch, seq, memory_len)``, seeded
+    by the model's seed. The file is written to a temporary file in the same directory and
+    moved into place, so ``path`` holds either the old content or the complete new file.
+    Returns the arrays written.
+    """
+    path = os.fspath(path)
+    check_output_path(path)  # fail before computing
+    if not model.config.cross_attention and memory_len is not None:
+        raise GoldenError("memory_len is only meaningful with cross-attention")
+    x, dy, memory = model.sample_inputs(batch, seq, memory_len)
+    arrays = golden_arrays(model, x, dy, memory)
+    memory_len = None if memory is None else memory.shape[1]
+    write_file(path, arrays, json.dumps(golden_config(model, batch, seq, memory_len), indent=1))
+    return arrays

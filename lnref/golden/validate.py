@@ -1,0 +1,166 @@
+"""The checks that a golden file read from disk is what its config says, before anything trusts it.
+
+A file may be damaged or hostile: every value is checked for its type before use, and the
+sizes the config claims are checked against the arrays before a model of that size is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lnref import __version__
+from lnref.golden.containers import ConfigEntry
+from lnref.golden.format import (
+    CONFIG_ENTRY,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    GoldenError,
+    first_names,
+    hidden_name,
+    hidden_streams,
+    one_line,
+)
+
+if TYPE_CHECKING:
+    from lnref.model import Config, Model
+
+
+def parse_config(path: str, entry: ConfigEntry) -> dict[str, Any]:
+    """The config document: JSON naming this format, in a version this lnref reads."""
+    if entry is None:
+        raise GoldenError(f"{path}: not an lnref golden file (no {CONFIG_ENTRY!r} entry)")
+    if isinstance(entry, np.ndarray):
+        if entry.dtype != np.uint8 or entry.ndim != 1:
+            raise GoldenError(
+                f"{path}: the {CONFIG_ENTRY!r} entry must be a 1-D uint8 array "
+                f"of UTF-8 JSON text, got {entry.dtype} of shape {entry.shape}"
+            )
+        try:
+            entry = entry.tobytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise GoldenError(f"{path}: the {CONFIG_ENTRY!r} entry is not UTF-8 text") from None
+    try:
+        document = json.loads(entry)
+    except ValueError as err:
+        raise GoldenError(f"{path}: the config is not valid JSON ({one_line(err)})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
+        raise GoldenError(f"{path}: not an lnref golden file (config format is not {FORMAT_NAME!r})")
+    version = document.get("format_version")
+    if version != FORMAT_VERSION:
+        raise GoldenError(
+            f"{path}: golden format version {version!r}; this lnref ({__version__}) reads version {FORMAT_VERSION}"
+        )
+    return document
+
+
+def model_config(path: str, fields: object) -> Config:
+    """The model's Config from the document's ``model`` object: exactly Config's fields, each
+    of the right JSON type, and values Config accepts."""
+    from lnref.model import Config
+
+    names = [f.name for f in dataclasses.fields(Config)]
+    if not isinstance(fields, dict):
+        raise GoldenError(f"{path}: config has no 'model' object")
+    missing = [name for name in names if name not in fields]
+    unknown = [name for name in fields if name not in names]
+    if missing or unknown:
+        parts = (missing and f"lacks {', '.join(missing)}", unknown and f"has unknown {', '.join(unknown)}")
+        raise GoldenError(f"{path}: config 'model' " + "; ".join(part for part in parts if part))
+    for flag in ("causal", "cross_attention"):
+        if not isinstance(fields[flag], bool):
+            raise GoldenError(f"{path}: config {flag} must be true or false, got {fields[flag]!r}")
+    for number in ("eps", "post_fraction"):
+        if isinstance(fields[number], bool) or not isinstance(fields[number], (int, float)):
+            raise GoldenError(f"{path}: config {number} must be a number, got {fields[number]!r}")
+    for text in ("scheme", "norm", "activation", "dtype"):
+        if not isinstance(fields[text], str):
+            raise GoldenError(f"{path}: config {text} must be a string, got {fields[text]!r}")
+    try:
+        return Config(**fields)
+    except ValueError as err:  # ConfigError
+        raise GoldenError(f"{path}: config: {one_line(err)}") from None
+
+
+def input_sizes(path: str, inputs: object, config: Config) -> tuple[int, int, int | None]:
+    """(batch, seq, memory_len) from the document's ``inputs`` object."""
+    if not isinstance(inputs, dict):
+        raise GoldenError(f"{path}: config has no 'inputs' object")
+    sizes = []
+    for name in ("batch", "seq"):
+        value = inputs.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise GoldenError(f"{path}: config inputs.{name} must be an integer >= 1, got {value!r}")
+        sizes.append(value)
+    memory_len = inputs.get("memory_len")
+    if config.cross_attention:
+        if isinstance(memory_len, bool) or not isinstance(memory_len, int) or memory_len < 1:
+            raise GoldenError(
+                f"{path}: config inputs.memory_len must be an integer >= 1 with cross-attention, got {memory_len!r}"
+            )
+    elif memory_len is not None:
+        raise GoldenError(f"{path}: config inputs.memory_len is {memory_len!r} but the model has no cross-attention")
+    return sizes[0], sizes[1], memory_len
+
+
+def check_values(path: str, arrays: dict[str, np.ndarray], dtype: str) -> None:
+    """Every array of the config's dtype and finite."""
+    for name, value in arrays.items():
+        if value.dtype != np.dtype(dtype):
+            raise GoldenError(f"{path}: {name} has dtype {value.dtype}, the config says {dtype}")
+        if not np.isfinite(value).all():
+            raise GoldenError(f"{path}: {name} contains NaN or inf")
+
+
+def check_size_bounds(path: str, arrays: dict[str, np.ndarray], config: Config) -> None:
+    """Sizes the config claims must be backed by the arrays before a model is built from it
+    (a damaged config could otherwise ask for a billion layers)."""
+    x = arrays.get("x")
+    if x is None or x.ndim != 3 or x.shape[2] != config.d_model:
+        raise GoldenError(f"{path}: x must be (batch, seq, {config.d_model}), got {None if x is None else x.shape}")
+    layers = {name.split("/")[1] for name in arrays if name.startswith("hidden/")}
+    if len(layers) != config.n_layers + 1:
+        raise GoldenError(
+            f"{path}: config says {config.n_layers} layers, the file holds hidden states "
+            f"for {len(layers)} (expected n_layers + 1)"
+        )
+    w1 = arrays.get("params/layers.0.ffn.w1")
+    if w1 is None or w1.shape != (config.d_model, config.d_ff):
+        raise GoldenError(
+            f"{path}: params/layers.0.ffn.w1 must be ({config.d_model}, {config.d_ff}), "
+            f"got {None if w1 is None else w1.shape}"
+        )
+
+
+def expected_shapes(model: Model, batch: int, seq: int, memory_len: int | None) -> dict[str, tuple[int, ...]]:
+    """Every name the format prescribes for ``model``, with its shape, in file order."""
+    cfg = model.config
+    activations = (batch, seq, cfg.d_model)
+    shapes = {"x": activations, "dy": activations}
+    if cfg.cross_attention:
+        shapes["memory"] = (batch, memory_len, cfg.d_model)
+    shapes.update({"y": activations, "loss": ()})
+    shapes.update({f"params/{name}": value.shape for name, value in model.params.items()})
+    shapes.update({f"grads/{name}": value.shape for name, value in model.params.items()})
+    shapes["grads/input"] = activations
+    if cfg.cross_attention:
+        shapes["grads/memory"] = shapes["memory"]
+    for layer in range(cfg.n_layers + 1):
+        shapes.update({hidden_name(layer, stream): activations for stream in hidden_streams(cfg.scheme, layer)})
+    return shapes
+
+
+def check_entries(path: str, arrays: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]]) -> None:
+    """Exactly the expected names, each with its expected shape."""
+    missing = [name for name in expected if name not in arrays]
+    unexpected = [name for name in arrays if name not in expected]
+    if missing:
+        raise GoldenError(f"{path}: missing {first_names(missing)}")
+    if unexpected:
+        raise GoldenError(f"{path}: unexpected {first_names(unexpected)}")
+    for name, shape in expected.items():
+        if arrays[name].shape != tuple(shape):
+            raise GoldenError(f"{path}: {name} has shape {arrays[name].shape}, expected {tuple(shape)}")
