@@ -10,7 +10,8 @@ import sys
 
 import click
 
-from lnref.cli import COUNT, EXIT_FAILED, EXIT_OK, FiniteFloat, fail, input_errors, model_from_options, model_options
+from lnref.cli.options import (COUNT, EXIT_FAILED, EXIT_OK, FiniteFloat, fail, input_errors, model_from_options,
+                                 model_options)
 
 
 @click.command()

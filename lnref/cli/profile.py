@@ -1,6 +1,6 @@
 """``lnref profile``: per-layer gradient and hidden-state probes, by scheme, depth and seed.
 
-Only click and the shared helpers of ``lnref.cli`` are imported here; the NumPy side
+Only click and the shared options (``lnref.cli.options``) are imported here; the NumPy side
 (``lnref.profile``, ``lnref.probes``) is imported when the command runs.
 """
 
@@ -10,11 +10,11 @@ import os
 
 import click
 
-from lnref.cli import COUNT, fail, input_errors, model_from_options, model_options
+from lnref.cli.options import COUNT, fail, input_errors, model_from_options, model_options
 
 
 def model_options_except(*replaced):
-    """The shared model options of ``lnref.cli.model_options`` without ``replaced`` ones.
+    """The shared model options of ``lnref.cli.options.model_options`` without ``replaced`` ones.
 
     Reusing the very option objects keeps names, defaults and help identical to the other
     commands; ``profile`` declares its own list-valued --scheme and --layers.

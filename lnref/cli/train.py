@@ -14,7 +14,7 @@ import sys
 import click
 
 from lnref import SCHEMES
-from lnref.cli import EXIT_OK, COUNT, fail, input_errors, model_options
+from lnref.cli.options import COUNT, EXIT_OK, fail, input_errors, model_options
 
 TASK_NAMES = ("reverse", "recall", "chars")  # lnref.tasks.TASKS, named here to keep --help light
 DEFAULT_LR = 1e-3
@@ -115,7 +115,8 @@ def train(task, lr, warmup, steps, schedule, optimizer, weight_decay, clip, eval
     _check_png(png)
     _single_threaded_blas()
     with input_errors():
-        from lnref.train import TrainConfig, plot_run, train as run_training
+        from lnref.train import TrainConfig, plot_run
+        from lnref.train import train as run_training
 
         config = TrainConfig(
             scheme=options["scheme"], layers=options["layers"], task=task, lr=lr, warmup=warmup, steps=steps,
@@ -142,13 +143,16 @@ def _summary_text(result):
     def number(value, digits=4):
         return "-" if value is None else f"{value:.{digits}f}"
 
+    diverged = "no"
+    if summary["diverged"]:
+        diverged = f"yes, at step {summary['diverged_at']} ({summary['divergence_reason']})"
     lines = [
         f"scheme {config['scheme']}, {config['layers']} layers, d_model {config['d_model']}, "
         f"{result['n_params']} parameters; task {config['task']} ({result['task']['description']})",
         f"lr {config['lr']:g}, warm-up {config['warmup']}, {config['schedule']}, {config['optimizer']}, "
         f"batch {config['batch']}, seed {config['seed']}",
         f"outcome:        {summary['outcome']}",
-        f"diverged:       {'yes, at step ' + str(summary['diverged_at']) + ' (' + summary['divergence_reason'] + ')' if summary['diverged'] else 'no'}",
+        f"diverged:       {diverged}",
         f"initial loss:   {number(summary['initial_loss'])}   (context-free baseline {summary['baseline_loss']:.4f})",
         f"final loss:     {number(summary['final_loss'])}   (held-out; training, last steps: "
         f"{number(summary['final_train_loss'])})",

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from lnref.cli import EXIT_FAILED, EXIT_OK, fail, input_errors
+from lnref.cli.options import EXIT_FAILED, EXIT_OK, fail, input_errors
 
 
 @click.command()
