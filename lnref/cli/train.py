@@ -85,19 +85,6 @@ def _progress(message):
     click.echo(message, err=True)
 
 
-BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def _single_threaded_blas():
-    """One BLAS thread, unless the user chose a number. The matrices of these models are
-    tiny (d_model 32), so a second thread brings nothing. On a loaded machine it costs a lot:
-    a BLAS thread that waits for a descheduled partner made one step 5 to 10 times slower
-    when measured. BLAS reads these variables when NumPy is first imported, and the commands
-    import it only after this call."""
-    for name in BLAS_THREAD_VARIABLES:
-        os.environ.setdefault(name, "1")
-
-
 @click.command()
 @_train_model_options
 @click.option("--warmup", type=int, default=DEFAULT_WARMUP, show_default=True,
@@ -113,7 +100,9 @@ def train(task, lr, warmup, steps, schedule, optimizer, weight_decay, clip, eval
     if options["cross_attention"]:
         fail("train: --cross-attention is not supported (the language model is decoder-only)")
     _check_png(png)
-    _single_threaded_blas()
+    from lnref.process.workers import one_blas_thread_unless_chosen
+
+    one_blas_thread_unless_chosen()
     with input_errors():
         from lnref.train import TrainConfig, plot_run
         from lnref.train import train as run_training
@@ -204,7 +193,9 @@ def stability(schemes, depths, warmup, seeds, d_model, heads, batch, seq, worker
     if warmup == 0:
         fail("--warmup is the 'some warm-up' arm and must be > 0 (the other arm has none)")
     _check_png(png)
-    _single_threaded_blas()
+    from lnref.process.workers import one_blas_thread_unless_chosen
+
+    one_blas_thread_unless_chosen()
     with input_errors():
         from lnref.tasks import get_task
         from lnref.train import format_grid, grid_configs, plot_grid, run_grid, summarize_grid
