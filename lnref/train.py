@@ -34,7 +34,6 @@ else equal and tabulates the outcomes. See ``docs/stability.md``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -47,6 +46,7 @@ from lnref.files import require_pyplot, write_figure
 from lnref.lm import LanguageModel
 from lnref.model import ConfigError, build
 from lnref.optim import OPTIMIZERS, SCHEDULES, Schedule, clip_by_global_norm, global_norm
+from lnref.process.workers import map_in_order
 from lnref.tasks import TASKS, get_task
 
 DIVERGENCE_FACTOR = 3.0
@@ -281,56 +281,28 @@ def _train_to_dict(config):
     return train(config).to_dict()
 
 
-@contextlib.contextmanager
-def _single_threaded_blas():
-    """Worker processes inherit this environment: one BLAS thread each, so that two
-    workers on two cores do not oversubscribe them."""
-    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update({name: "1" for name in names})
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def run_grid(configs, workers=1, progress=None):
     """Train every config; results (as dicts) in the order of ``configs``.
 
-    With ``workers`` > 1 the runs are spread over that many processes. Each run is
-    deterministic on its own, so the results do not depend on the number of workers.
+    With ``workers`` > 1 the runs are shared out among that many forked processes
+    (``lnref.process.workers``). Each run is deterministic on its own, so the results do not
+    depend on the number of workers.
     """
-    results = [None] * len(configs)
     started = time.perf_counter()
-
-    def report(index, done):
+    results = []
+    for done, (config, result) in enumerate(zip(configs, map_in_order(_train_to_dict, configs, workers)), start=1):
+        results.append(result)
         if progress:
-            summary = results[index]["summary"]
-            config = configs[index]
-            status = (f"diverged at step {summary['diverged_at']}" if summary["diverged"]
-                      else f"held-out loss {summary['final_loss']:.3f}, accuracy {summary['final_accuracy']:.3f}")
-            progress(f"[{done}/{len(configs)}, {time.perf_counter() - started:.0f} s] {config.scheme} "
-                     f"L={config.layers} warmup={config.warmup} seed={config.seed}: {status}")
-
-    if workers <= 1:
-        for index, config in enumerate(configs):
-            results[index] = _train_to_dict(config)
-            report(index, index + 1)
-        return results
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    with _single_threaded_blas(), ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_to_dict, config): index for index, config in enumerate(configs)}
-        for done, future in enumerate(as_completed(futures), start=1):
-            index = futures[future]
-            results[index] = future.result()
-            report(index, done)
+            summary = result["summary"]
+            status = (
+                f"diverged at step {summary['diverged_at']}"
+                if summary["diverged"]
+                else f"held-out loss {summary['final_loss']:.3f}, accuracy {summary['final_accuracy']:.3f}"
+            )
+            progress(
+                f"[{done}/{len(configs)}, {time.perf_counter() - started:.0f} s] {config.scheme} "
+                f"L={config.layers} warmup={config.warmup} seed={config.seed}: {status}"
+            )
     return results
 
 

@@ -285,7 +285,7 @@ def load_gallery_script():
 
 
 def test_gallery_commands_are_valid_profile_commands():
-    from lnref.cli_profile import profile
+    from lnref.cli.profile import profile
 
     gallery = load_gallery_script()
     for figure in gallery.FIGURES:

@@ -14,17 +14,19 @@ import sys
 import click
 
 from lnref import SCHEMES
-from lnref.cli import EXIT_OK, COUNT, fail, input_errors, model_options
+from lnref.cli.options import COUNT, EXIT_OK, fail, input_errors, model_options
 
 TASK_NAMES = ("reverse", "recall", "chars")  # lnref.tasks.TASKS, named here to keep --help light
 DEFAULT_LR = 1e-3
 DEFAULT_STEPS = 400
 DEFAULT_WARMUP = 100
 TRAIN_DEFAULTS = {"d_model": 32, "d_ff": None, "batch": 16, "seq": None}
-TRAIN_HELP = {"seq": "Sequence length (default: the task's, 16 or 32).",
-              "d_ff": "FFN width (default: 4 x d-model).",
-              "causal": "Ignored: language-model training always uses a causal mask.",
-              "cross_attention": "Not supported for training (decoder-only language model)."}
+TRAIN_HELP = {
+    "seq": "Sequence length (default: the task's, 16 or 32).",
+    "d_ff": "FFN width (default: 4 x d-model).",
+    "causal": "Ignored: language-model training always uses a causal mask.",
+    "cross_attention": "Not supported for training (decoder-only language model).",
+}
 
 
 def _train_model_options(function):
@@ -43,23 +45,43 @@ def _training_options(function):
     """Options shared by ``train`` and ``stability``. Numbers are checked by TrainConfig,
     so a bad value gets one line and exit code 2."""
     options = [
-        click.option("--task", default="reverse", show_default=True,
-                     help=f"One of {', '.join(TASK_NAMES)}."),
+        click.option("--task", default="reverse", show_default=True, help=f"One of {', '.join(TASK_NAMES)}."),
         click.option("--lr", type=float, default=DEFAULT_LR, show_default=True, help="Peak learning rate."),
         click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True, help="Optimizer steps."),
-        click.option("--schedule", type=click.Choice(["constant", "inverse_sqrt", "cosine"]), default="constant",
-                     show_default=True, help="After the linear warm-up."),
+        click.option(
+            "--schedule",
+            type=click.Choice(["constant", "inverse_sqrt", "cosine"]),
+            default="constant",
+            show_default=True,
+            help="After the linear warm-up.",
+        ),
         click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default="adam", show_default=True),
-        click.option("--weight-decay", type=float, default=0.0, show_default=True,
-                     help="L2 (adam) or decoupled (adamw); matrices only."),
+        click.option(
+            "--weight-decay",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="L2 (adam) or decoupled (adamw); matrices only.",
+        ),
         click.option("--clip", type=float, default=None, help="Clip the global gradient norm to this value."),
-        click.option("--eval-every", type=int, default=50, show_default=True,
-                     help="Steps between held-out evaluations."),
-        click.option("--divergence-factor", type=float, default=3.0, show_default=True,
-                     help="Diverged when the loss exceeds this multiple of the first step's loss."),
+        click.option(
+            "--eval-every", type=int, default=50, show_default=True, help="Steps between held-out evaluations."
+        ),
+        click.option(
+            "--divergence-factor",
+            type=float,
+            default=3.0,
+            show_default=True,
+            help="Diverged when the loss exceeds this multiple of the first step's loss.",
+        ),
         click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout."),
-        click.option("--png", "png", type=click.Path(dir_okay=False), default=None,
-                     help="Write the loss curves to this PNG (needs lnref[plot])."),
+        click.option(
+            "--png",
+            "png",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Write the loss curves to this PNG (needs lnref[plot]).",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -85,26 +107,25 @@ def _progress(message):
     click.echo(message, err=True)
 
 
-BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def _single_threaded_blas():
-    """One BLAS thread, unless the user chose a number. The matrices of these models are
-    tiny (d_model 32), so a second thread brings nothing. On a loaded machine it costs a lot:
-    a BLAS thread that waits for a descheduled partner made one step 5 to 10 times slower
-    when measured. BLAS reads these variables when NumPy is first imported, and the commands
-    import it only after this call."""
-    for name in BLAS_THREAD_VARIABLES:
-        os.environ.setdefault(name, "1")
-
-
 @click.command()
 @_train_model_options
-@click.option("--warmup", type=int, default=DEFAULT_WARMUP, show_default=True,
-              help="Linear warm-up steps (0: none).")
+@click.option("--warmup", type=int, default=DEFAULT_WARMUP, show_default=True, help="Linear warm-up steps (0: none).")
 @_training_options
-def train(task, lr, warmup, steps, schedule, optimizer, weight_decay, clip, eval_every, divergence_factor,
-          as_json, png, **options):
+def train(
+    task,
+    lr,
+    warmup,
+    steps,
+    schedule,
+    optimizer,
+    weight_decay,
+    clip,
+    eval_every,
+    divergence_factor,
+    as_json,
+    png,
+    **options,
+):
     """Train one scheme's stack as a language model on a shipped task.
 
     Progress goes to stderr; a summary (or, with --json, the whole record with the loss
@@ -113,17 +134,38 @@ def train(task, lr, warmup, steps, schedule, optimizer, weight_decay, clip, eval
     if options["cross_attention"]:
         fail("train: --cross-attention is not supported (the language model is decoder-only)")
     _check_png(png)
-    _single_threaded_blas()
+    from lnref.process.workers import one_blas_thread_unless_chosen
+
+    one_blas_thread_unless_chosen()
     with input_errors():
-        from lnref.train import TrainConfig, plot_run, train as run_training
+        from lnref.train import TrainConfig, plot_run
+        from lnref.train import train as run_training
 
         config = TrainConfig(
-            scheme=options["scheme"], layers=options["layers"], task=task, lr=lr, warmup=warmup, steps=steps,
-            seed=options["seed"], d_model=options["d_model"], heads=options["heads"], d_ff=options["d_ff"],
-            norm=options["norm"], activation=options["activation"], eps=options["eps"], dtype=options["dtype"],
-            post_fraction=options["post_fraction"], batch=options["batch"], seq=options["seq"],
-            schedule=schedule, optimizer=optimizer, weight_decay=weight_decay, clip=clip,
-            eval_every=eval_every, divergence_factor=divergence_factor)
+            scheme=options["scheme"],
+            layers=options["layers"],
+            task=task,
+            lr=lr,
+            warmup=warmup,
+            steps=steps,
+            seed=options["seed"],
+            d_model=options["d_model"],
+            heads=options["heads"],
+            d_ff=options["d_ff"],
+            norm=options["norm"],
+            activation=options["activation"],
+            eps=options["eps"],
+            dtype=options["dtype"],
+            post_fraction=options["post_fraction"],
+            batch=options["batch"],
+            seq=options["seq"],
+            schedule=schedule,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            clip=clip,
+            eval_every=eval_every,
+            divergence_factor=divergence_factor,
+        )
         from lnref.tasks import get_task
 
         get_task(task, options["seq"])  # a bad --seq for the task fails here, before any training
@@ -142,13 +184,16 @@ def _summary_text(result):
     def number(value, digits=4):
         return "-" if value is None else f"{value:.{digits}f}"
 
+    diverged = "no"
+    if summary["diverged"]:
+        diverged = f"yes, at step {summary['diverged_at']} ({summary['divergence_reason']})"
     lines = [
         f"scheme {config['scheme']}, {config['layers']} layers, d_model {config['d_model']}, "
         f"{result['n_params']} parameters; task {config['task']} ({result['task']['description']})",
         f"lr {config['lr']:g}, warm-up {config['warmup']}, {config['schedule']}, {config['optimizer']}, "
         f"batch {config['batch']}, seed {config['seed']}",
         f"outcome:        {summary['outcome']}",
-        f"diverged:       {'yes, at step ' + str(summary['diverged_at']) + ' (' + summary['divergence_reason'] + ')' if summary['diverged'] else 'no'}",
+        f"diverged:       {diverged}",
         f"initial loss:   {number(summary['initial_loss'])}   (context-free baseline {summary['baseline_loss']:.4f})",
         f"final loss:     {number(summary['final_loss'])}   (held-out; training, last steps: "
         f"{number(summary['final_train_loss'])})",
@@ -171,11 +216,17 @@ def _int_list(text, name):
 
 
 @click.command()
-@click.option("--schemes", default="post,pre,b2t,residual,admin,deepnorm", show_default=True,
-              help="Comma-separated schemes.")
+@click.option(
+    "--schemes", default="post,pre,b2t,residual,admin,deepnorm", show_default=True, help="Comma-separated schemes."
+)
 @click.option("--depths", default="6,18", show_default=True, help="Comma-separated numbers of layers.")
-@click.option("--warmup", type=int, default=DEFAULT_WARMUP, show_default=True,
-              help="The 'some warm-up' arm; the other arm has none.")
+@click.option(
+    "--warmup",
+    type=int,
+    default=DEFAULT_WARMUP,
+    show_default=True,
+    help="The 'some warm-up' arm; the other arm has none.",
+)
 @click.option("--seeds", type=COUNT, default=3, show_default=True, help="Seeds 0..N-1 per cell.")
 @click.option("--d-model", type=COUNT, default=32, show_default=True)
 @click.option("--heads", type=COUNT, default=2, show_default=True)
@@ -183,8 +234,28 @@ def _int_list(text, name):
 @click.option("--seq", type=COUNT, default=None, help="Sequence length (default: the task's).")
 @click.option("--workers", type=COUNT, default=2, show_default=True, help="Processes running runs in parallel.")
 @_training_options
-def stability(schemes, depths, warmup, seeds, d_model, heads, batch, seq, workers, task, lr, steps, schedule,
-              optimizer, weight_decay, clip, eval_every, divergence_factor, as_json, png):
+def stability(
+    schemes,
+    depths,
+    warmup,
+    seeds,
+    d_model,
+    heads,
+    batch,
+    seq,
+    workers,
+    task,
+    lr,
+    steps,
+    schedule,
+    optimizer,
+    weight_decay,
+    clip,
+    eval_every,
+    divergence_factor,
+    as_json,
+    png,
+):
     """The stability grid: scheme x warm-up (none / --warmup) x depth x seeds.
 
     Prints a Markdown table of outcomes (or, with --json, every run with its curve) and
@@ -200,15 +271,32 @@ def stability(schemes, depths, warmup, seeds, d_model, heads, batch, seq, worker
     if warmup == 0:
         fail("--warmup is the 'some warm-up' arm and must be > 0 (the other arm has none)")
     _check_png(png)
-    _single_threaded_blas()
+    from lnref.process.workers import one_blas_thread_unless_chosen
+
+    one_blas_thread_unless_chosen()
     with input_errors():
         from lnref.tasks import get_task
         from lnref.train import format_grid, grid_configs, plot_grid, run_grid, summarize_grid
 
-        configs = grid_configs(scheme_list, depth_list, (0, warmup), range(seeds), task=task, lr=lr, steps=steps,
-                               d_model=d_model, heads=heads, batch=batch, seq=seq, schedule=schedule,
-                               optimizer=optimizer, weight_decay=weight_decay, clip=clip, eval_every=eval_every,
-                               divergence_factor=divergence_factor)
+        configs = grid_configs(
+            scheme_list,
+            depth_list,
+            (0, warmup),
+            range(seeds),
+            task=task,
+            lr=lr,
+            steps=steps,
+            d_model=d_model,
+            heads=heads,
+            batch=batch,
+            seq=seq,
+            schedule=schedule,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            clip=clip,
+            eval_every=eval_every,
+            divergence_factor=divergence_factor,
+        )
         get_task(task, seq)
     _progress(f"stability grid: {len(configs)} runs on {workers} worker(s)")
     results = run_grid(configs, workers=workers, progress=_progress)

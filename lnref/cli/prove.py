@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from lnref.cli import EXIT_FAILED, EXIT_OK, fail, input_errors
+from lnref.cli.options import EXIT_FAILED, EXIT_OK, fail, input_errors
 
 
 @click.command()
@@ -45,17 +45,26 @@ def prove(claim_ids, run_all, quick, as_json, markdown, list_only, verbose):
             click.echo(_text(result, verbose))
     contradicted = [r.claim.id for r in results if r.contradicts_proof]
     if as_json:
-        click.echo(json.dumps({"quick": quick, "results": [r.to_dict() for r in results],
-                               "contradicts_proof": contradicted}, indent=2))
+        click.echo(
+            json.dumps(
+                {"quick": quick, "results": [r.to_dict() for r in results], "contradicts_proof": contradicted}, indent=2
+            )
+        )
     elif markdown:
         command = "lnref prove " + ("--all" if run_all else " ".join(dict.fromkeys(claim_ids)))
         click.echo(_markdown(results, command + (" --quick" if quick else "") + " --markdown"))
     else:
-        summary = ", ".join(f"{v} {sum(r.verdict == v for r in results)}"
-                            for v in ("confirmed", "corrected", "refuted", "inconclusive"))
-        click.echo(f"{len(results)} claims: {summary}; "
-                   + (f"CONTRADICTS proofs/: {', '.join(contradicted)}" if contradicted
-                      else "every measurement agrees with the derivations in proofs/"))
+        summary = ", ".join(
+            f"{v} {sum(r.verdict == v for r in results)}" for v in ("confirmed", "corrected", "refuted", "inconclusive")
+        )
+        click.echo(
+            f"{len(results)} claims: {summary}; "
+            + (
+                f"CONTRADICTS proofs/: {', '.join(contradicted)}"
+                if contradicted
+                else "every measurement agrees with the derivations in proofs/"
+            )
+        )
     sys.exit(EXIT_FAILED if contradicted else EXIT_OK)
 
 
@@ -65,11 +74,13 @@ def _stderr(message):
 
 def _text(result, verbose):
     claim = result.claim
-    lines = [f"{claim.id}  ({claim.paper}; proofs/{claim.proof})",
-             f"  claim:       {claim.title}",
-             f"  prediction:  {result.prediction}",
-             f"  measurement: {result.measurement}",
-             f"  verdict:     {result.verdict.upper()}" + _verdict_note(result)]
+    lines = [
+        f"{claim.id}  ({claim.paper}; proofs/{claim.proof})",
+        f"  claim:       {claim.title}",
+        f"  prediction:  {result.prediction}",
+        f"  measurement: {result.measurement}",
+        f"  verdict:     {result.verdict.upper()}" + _verdict_note(result),
+    ]
     for check in result.checks:
         if not verbose and check.outcome == "holds" and check.expected and not check.contradicts_proof:
             continue
@@ -78,8 +89,10 @@ def _text(result, verbose):
             note = "  <- contradicts proofs/"
         elif not check.expected and check.outcome == "fails":
             note = "  (fails, as the derivation predicts)"
-        lines.append(f"    [{check.outcome:10s}] ({check.source}) {check.statement}: "
-                     f"{check.measured_text()}, predicted {check.interval_text()}{note}")
+        lines.append(
+            f"    [{check.outcome:10s}] ({check.source}) {check.statement}: "
+            f"{check.measured_text()}, predicted {check.interval_text()}{note}"
+        )
     lines.append(f"  ({result.seconds:.1f} s)")
     return "\n".join(lines)
 
@@ -88,8 +101,10 @@ def _verdict_note(result):
     if result.contradicts_proof:
         return "   ** contradicts the derivation in proofs/ **"
     if result.verdict in ("refuted", "corrected"):
-        return (f" (the paper's statement; the derivation in proofs/{result.claim.proof} predicts this "
-                "and the measurement agrees with it)")
+        return (
+            f" (the paper's statement; the derivation in proofs/{result.claim.proof} predicts this "
+            "and the measurement agrees with it)"
+        )
     return ""
 
 
@@ -97,8 +112,10 @@ def _markdown(results, command):
     rows = ["| claim | statement | verdict | measured |", "| --- | --- | --- | --- |"]
     for result in results:
         verdict = result.verdict + (" (contradicts proof!)" if result.contradicts_proof else "")
-        rows.append(f"| [`{result.claim.id}`]({result.claim.proof}) | {_cell(result.claim.title)} | {verdict} | "
-                    f"{_cell(result.measurement)} |")
+        rows.append(
+            f"| [`{result.claim.id}`]({result.claim.proof}) | {_cell(result.claim.title)} | {verdict} | "
+            f"{_cell(result.measurement)} |"
+        )
     rows.append("")
     rows.append(f"Produced by `{command}`.")
     return "\n".join(rows)

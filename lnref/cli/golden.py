@@ -10,15 +10,28 @@ import sys
 
 import click
 
-from lnref.cli import COUNT, EXIT_FAILED, EXIT_OK, FiniteFloat, fail, input_errors, model_from_options, model_options
+from lnref.cli.options import (
+    COUNT,
+    EXIT_FAILED,
+    EXIT_OK,
+    FiniteFloat,
+    fail,
+    input_errors,
+    model_from_options,
+    model_options,
+)
 
 
 @click.command()
 @model_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
-              help="File to write: .npz (NumPy) or .safetensors (needs lnref[safetensors]).")
-@click.option("--memory-len", type=COUNT, default=None,
-              help="Memory length with --cross-attention (default: --seq).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="File to write: .npz (NumPy) or .safetensors (needs lnref[safetensors]).",
+)
+@click.option("--memory-len", type=COUNT, default=None, help="Memory length with --cross-attention (default: --seq).")
 def export(output, memory_len, **options):
     """Write a golden file: config, x, dy, parameters, y, loss, every gradient, hidden states.
 
@@ -32,29 +45,42 @@ def export(output, memory_len, **options):
 
         check_output_path(output)  # before building: Admin profiles at build time
         model = model_from_options(**options)
-        arrays = export_golden(model, output, batch=options["batch"], seq=options["seq"],
-                               memory_len=memory_len)
+        arrays = export_golden(model, output, batch=options["batch"], seq=options["seq"], memory_len=memory_len)
     grads = sum(name.startswith("grads/") for name in arrays)
     params = sum(name.startswith("params/") for name in arrays)
     layers = f"{options['layers']} layer{'s' if options['layers'] != 1 else ''}"
-    click.echo(f"wrote {output}: {options['scheme']}, {layers}, {options['dtype']}; {len(arrays)} arrays "
-               f"({params} parameters, {grads} gradients, loss {float(arrays['loss']):.17g})")
+    click.echo(
+        f"wrote {output}: {options['scheme']}, {layers}, {options['dtype']}; {len(arrays)} arrays "
+        f"({params} parameters, {grads} gradients, loss {float(arrays['loss']):.17g})"
+    )
 
 
 @click.command()
 @click.argument("expected", type=click.Path())
 @click.argument("actual", type=click.Path())
-@click.option("--rtol", type=FiniteFloat(), default=None,
-              help="Relative tolerance (default: 1e-10 for float64 files, 1e-3 for float32).")
+@click.option(
+    "--rtol",
+    type=FiniteFloat(),
+    default=None,
+    help="Relative tolerance (default: 1e-10 for float64 files, 1e-3 for float32).",
+)
 @click.option("--atol", type=FiniteFloat(), default=0.0, show_default=True, help="Absolute tolerance.")
-@click.option("--map", "name_map", type=click.Path(), default=None,
-              help="JSON object {\"actual name\": \"expected name\"} renaming ACTUAL's arrays.")
-@click.option("--transpose-weights", is_flag=True,
-              help="Transpose ACTUAL's 2-D weight matrices (frameworks storing (d_out, d_in)).")
-@click.option("--require-all", is_flag=True,
-              help="Count names of EXPECTED that ACTUAL lacks as failures (default: list them).")
-@click.option("--per-tensor", is_flag=True,
-              help="Scale each tensor's errors by its own max|e| instead of its group's.")
+@click.option(
+    "--map",
+    "name_map",
+    type=click.Path(),
+    default=None,
+    help='JSON object {"actual name": "expected name"} renaming ACTUAL\'s arrays.',
+)
+@click.option(
+    "--transpose-weights",
+    is_flag=True,
+    help="Transpose ACTUAL's 2-D weight matrices (frameworks storing (d_out, d_in)).",
+)
+@click.option(
+    "--require-all", is_flag=True, help="Count names of EXPECTED that ACTUAL lacks as failures (default: list them)."
+)
+@click.option("--per-tensor", is_flag=True, help="Scale each tensor's errors by its own max|e| instead of its group's.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def compare(expected, actual, rtol, atol, name_map, transpose_weights, require_all, per_tensor, as_json):
     """Compare every tensor of EXPECTED (a golden file) with the same name in ACTUAL.
@@ -70,8 +96,15 @@ def compare(expected, actual, rtol, atol, name_map, transpose_weights, require_a
         from lnref.golden import compare_files, read_name_map
 
         mapping = read_name_map(name_map) if name_map is not None else None
-        report = compare_files(expected, actual, rtol=rtol, atol=atol, name_map=mapping,
-                               transpose_weights=transpose_weights, require_all=require_all,
-                               per_tensor=per_tensor)
+        report = compare_files(
+            expected,
+            actual,
+            rtol=rtol,
+            atol=atol,
+            name_map=mapping,
+            transpose_weights=transpose_weights,
+            require_all=require_all,
+            per_tensor=per_tensor,
+        )
     click.echo(report.to_json() if as_json else report.to_text())
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)

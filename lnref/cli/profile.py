@@ -1,6 +1,6 @@
 """``lnref profile``: per-layer gradient and hidden-state probes, by scheme, depth and seed.
 
-Only click and the shared helpers of ``lnref.cli`` are imported here; the NumPy side
+Only click and the shared options (``lnref.cli.options``) are imported here; the NumPy side
 (``lnref.profile``, ``lnref.probes``) is imported when the command runs.
 """
 
@@ -10,15 +10,16 @@ import os
 
 import click
 
-from lnref.cli import COUNT, fail, input_errors, model_from_options, model_options
+from lnref.cli.options import COUNT, fail, input_errors, model_from_options, model_options
 
 
 def model_options_except(*replaced):
-    """The shared model options of ``lnref.cli.model_options`` without ``replaced`` ones.
+    """The shared model options of ``lnref.cli.options.model_options`` without ``replaced`` ones.
 
     Reusing the very option objects keeps names, defaults and help identical to the other
     commands; ``profile`` declares its own list-valued --scheme and --layers.
     """
+
     def collect():
         """Only carries the options."""
 
@@ -35,24 +36,51 @@ def model_options_except(*replaced):
 
 
 @click.command()
-@click.option("--scheme", "scheme_list", required=True, metavar="LIST",
-              help="Comma-separated schemes, e.g. post,pre,residual,b2t ('all' for every scheme).")
-@click.option("--layers", "layer_list", default="6", show_default=True, metavar="N[,N...]",
-              help="Number of layers; a comma list such as 6,12,18 also charts the last layer by depth.")
+@click.option(
+    "--scheme",
+    "scheme_list",
+    required=True,
+    metavar="LIST",
+    help="Comma-separated schemes, e.g. post,pre,residual,b2t ('all' for every scheme).",
+)
+@click.option(
+    "--layers",
+    "layer_list",
+    default="6",
+    show_default=True,
+    metavar="N[,N...]",
+    help="Number of layers; a comma list such as 6,12,18 also charts the last layer by depth.",
+)
 @model_options_except("scheme", "layers")
-@click.option("--seeds", type=COUNT, default=5, show_default=True,
-              help="Models seeded --seed .. --seed+N-1; the output gives mean and spread over them.")
-@click.option("--stream", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Which stream of multi-stream states is measured (ResiDual: 0 = x_a, 1 = x_d).")
-@click.option("--metric", default="grad.ffn.w2", show_default=True,
-              help="What the charts plot: grad.ffn.w2, grad.ffn, grad.attn, grad.cross, grad.norm_gain, "
-                   "grad.layer, hidden_grad_norm, hidden_norm, hidden_sq_norm_per_token, relative_change, "
-                   "cosine, ... (all listed in lnref.profile.METRICS).")
+@click.option(
+    "--seeds",
+    type=COUNT,
+    default=5,
+    show_default=True,
+    help="Models seeded --seed .. --seed+N-1; the output gives mean and spread over them.",
+)
+@click.option(
+    "--stream",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Which stream of multi-stream states is measured (ResiDual: 0 = x_a, 1 = x_d).",
+)
+@click.option(
+    "--metric",
+    default="grad.ffn.w2",
+    show_default=True,
+    help="What the charts plot: grad.ffn.w2, grad.ffn, grad.attn, grad.cross, grad.norm_gain, "
+    "grad.layer, hidden_grad_norm, hidden_norm, hidden_sq_norm_per_token, relative_change, "
+    "cosine, ... (all listed in lnref.profile.METRICS).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout instead of table and chart.")
-@click.option("--png", "png_path", default=None, metavar="FILE",
-              help="Also draw the chart to a PNG (needs lnref[plot]).")
-@click.option("--svg", "svg_path", default=None, metavar="FILE",
-              help="Also draw the chart to an SVG (needs lnref[plot]).")
+@click.option(
+    "--png", "png_path", default=None, metavar="FILE", help="Also draw the chart to a PNG (needs lnref[plot])."
+)
+@click.option(
+    "--svg", "svg_path", default=None, metavar="FILE", help="Also draw the chart to an SVG (needs lnref[plot])."
+)
 def profile(scheme_list, layer_list, seeds, stream, metric, as_json, png_path, svg_path, **options):
     """Per-layer gradient and hidden-state norms of schemes at initialization.
 
@@ -93,8 +121,9 @@ def profile(scheme_list, layer_list, seeds, stream, metric, as_json, png_path, s
             x, _, _ = model.sample_inputs(batch=1, seq=1)
             streams = len(model.embed(model.run(), x))
             if stream >= streams:
-                raise ValueError(f"--stream {stream}: scheme {scheme} has {streams} stream(s) "
-                                 f"(valid: 0..{streams - 1})")
+                raise ValueError(
+                    f"--stream {stream}: scheme {scheme} has {streams} stream(s) (valid: 0..{streams - 1})"
+                )
             if metric in sweeps.model_metrics(model):
                 schemes_with_metric.append(scheme)
             build_options = model.config.to_dict()
@@ -104,9 +133,16 @@ def profile(scheme_list, layer_list, seeds, stream, metric, as_json, png_path, s
 
     first_seed = options["seed"]
     with input_errors():
-        sweep = sweeps.run_sweep(schemes, depths, build_options, range(first_seed, first_seed + seeds),
-                                 batch=options["batch"], seq=options["seq"], stream=stream,
-                                 progress=lambda message: click.echo(message, err=True))
+        sweep = sweeps.run_sweep(
+            schemes,
+            depths,
+            build_options,
+            range(first_seed, first_seed + seeds),
+            batch=options["batch"],
+            seq=options["seq"],
+            stream=stream,
+            progress=lambda message: click.echo(message, err=True),
+        )
         for path, fmt in figures:
             sweeps.save_figure(sweep, metric, path, fmt)
             click.echo(f"wrote {path}", err=True)

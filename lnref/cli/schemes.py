@@ -1,0 +1,18 @@
+"""``lnref schemes``: the LN placements lnref implements, with their equations and papers."""
+
+from __future__ import annotations
+
+import click
+
+from lnref import SCHEMES
+
+
+@click.command()
+def schemes():
+    """List the schemes with their one-line equations and papers."""
+    from lnref.schemes import get_scheme
+
+    for name in SCHEMES:
+        module = get_scheme(name)
+        click.echo(f"{name:9s} {module.SUMMARY}")
+        click.echo(f"{'':9s} {module.PAPER}")
