@@ -10,6 +10,10 @@ import lnref
 from lnref import gradcheck as checker
 from lnref.autograd import PRIMITIVES, kernels, ops
 from lnref.cli import main
+from lnref.process import workers
+from lnref.finite_diff import central_difference
+from lnref.gradcheck.point import linear_per_row
+from lnref.gradcheck.report import compare
 
 SMALL = dict(d_model=8, n_heads=2, d_ff=16)
 SHAPE = dict(batch=2, seq=4)
@@ -212,7 +216,7 @@ def test_small_models_are_checked_in_one_process_by_default(monkeypatch):
     def no_fork(*args):
         raise AssertionError("a worker pool was started")
 
-    monkeypatch.setattr(checker.multiprocessing, "get_context", no_fork)
+    monkeypatch.setattr(workers.multiprocessing, "get_context", no_fork)
     assert check("pre", layers=6).ok
 
 
@@ -246,29 +250,66 @@ def test_full_mode_names_the_one_wrong_element(monkeypatch, primitive, output, t
 
 
 def test_full_mode_fails_when_its_batched_runs_disagree_with_the_model(monkeypatch):
-    # The per-row path of linear (the batched moves of FFN weights) made to differ from the real one.
-    per_row = ops._per_row_linear_fwd
-    monkeypatch.setattr(ops, "_per_row_linear_fwd", lambda x, w, b: (per_row(x, w, b)[0] * (1 + 1e-9),
-                                                                     per_row(x, w, b)[1]))
-    _, report = full("pre", layers=1)
-    assert failed(report) == {"layers.0.ffn.w1", "layers.0.ffn.b1", "layers.0.ffn.w2", "layers.0.ffn.b2"}
+    # The checker's linear map of weights moved per batch row made to differ from the model's.
+    per_row = PRIMITIVES["linear_per_row"]
+
+    def off_by_1e_9(x, w, b):
+        out, residuals = per_row.forward(x, w, b)
+        return out * (1 + 1e-9), residuals
+
+    monkeypatch.setitem(PRIMITIVES, "linear_per_row", per_row._replace(forward=off_by_1e_9))
+    model, report = full("pre", layers=1)
+    assert failed(report) == model.linear_params
     assert all(r.worst.probe == "unmoved point, batched run" for r in report.results if r.status == "failed")
 
 
-def test_full_mode_workers_run_openblas_on_one_thread():
-    import subprocess
-    import sys
+# ----- the checker's own linear map: weights moved one per batch row -----
 
-    from lnref.process import blas
+def test_a_linear_map_given_one_weight_per_batch_row_runs_each_row_with_its_own():
+    model = lnref.build("pre", n_layers=2, d_model=8, n_heads=2, d_ff=16)
+    x, _, _ = model.sample_inputs(batch=3, seq=4)
+    rng = np.random.default_rng(5)
+    assert model.linear_params == {f"layers.{i}.{group}.{n}" for i in range(2)
+                                   for group, names in (("attn", lnref.nn.ATTENTION_PARAMS),
+                                                        ("ffn", lnref.nn.FFN_PARAMS)) for n in names}
+    for name in sorted(model.linear_params):
+        copies = [model.params[name] + 0.1 * rng.standard_normal(model.params[name].shape) for _ in range(3)]
+        run = model.run({**model.params, name: np.stack(copies)}, linear=linear_per_row)
+        y, _ = model.forward(run, x)
+        for row, copy in enumerate(copies):
+            expected, _ = model.forward(model.run({**model.params, name: copy}), x[row:row + 1])
+            np.testing.assert_allclose(y.value[row], expected.value[0], rtol=1e-12, atol=1e-14)
 
-    if not blas._openblas_functions(blas._GETTERS):  # (NumPy, and any OpenBLAS, is loaded here)
-        pytest.skip("NumPy here is not linked to OpenBLAS")
-    probe = ("from lnref.process import blas\nfrom lnref.gradcheck import _one_blas_thread\n"
-             "before = blas.threads(); _one_blas_thread(); print(before, blas.threads())\n")
-    env = {**__import__("os").environ, "OPENBLAS_NUM_THREADS": "2"}
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["2", "1"]
+
+def test_a_norm_gain_given_one_per_batch_row_is_a_value_error():
+    model = lnref.build("pre", n_layers=1, d_model=8, n_heads=2, d_ff=16)
+    x, _, _ = model.sample_inputs(batch=3, seq=4)
+    stacked = np.stack([model.params["layers.0.ln_attn.gamma"]] * 3)
+    with pytest.raises(ValueError, match="layer_norm"):
+        model.forward(model.run({**model.params, "layers.0.ln_attn.gamma": stacked}, linear=linear_per_row), x)
+
+
+@pytest.mark.skipif(not kernels.USE_NUMBA, reason="the NumPy kernels' product is NumPy's own: nothing rounds apart")
+def test_the_recorded_relu_pattern_is_the_one_the_ffn_applied(monkeypatch):
+    # The checker holds the ReLU pattern of the point for its finite differences. Layer 0's
+    # pre-activations of the first token are set to exactly zero in NumPy's arithmetic; the
+    # FFN's own product rounds them either way, and the recorded pattern must be that one, or
+    # the frozen function is not the differentiated one.
+    model = lnref.build("pre", n_layers=1)
+    x, dy, _ = model.sample_inputs(batch=2, seq=8)
+    ffn_inputs = []
+    ffn = lnref.views.Layer.ffn
+    monkeypatch.setattr(lnref.views.Layer, "ffn",
+                        lambda self, x, **kw: ffn_inputs.append(np.array(x.value)) or ffn(self, x, **kw))
+    model(x)
+    w1, w2, b2 = (model.params[f"layers.0.ffn.{name}"] for name in ("w1", "w2", "b2"))
+    model.params["layers.0.ffn.b1"] = b1 = -(ffn_inputs[0] @ w1)[0, 0]
+    frozen = lnref.views.record_frozen(model, lambda run: model.forward(run, x))
+    (pattern,) = frozen.values.values()
+    rows = ffn_inputs[0].reshape(-1, w1.shape[0])
+    acted = kernels.feed_forward_forward(rows, w1, b1, w2, b2, "relu")[1]
+    assert (acted[0] > 0).any()  # the case at hand: NumPy's zeros are not all the FFN's
+    assert np.array_equal(pattern.reshape(acted.shape), (acted > 0).astype(acted.dtype))
 
 
 def test_cli_full_mode_prints_the_element_counts():
@@ -283,18 +324,18 @@ def test_cli_full_mode_prints_the_element_counts():
 # ----- the noise floor -----
 
 def test_central_difference_estimates_rounding_noise_and_is_exact_on_a_quartic():
-    derivative, sigma = checker.central_difference(lambda t: 3 * t**4 - t**3 + 2 * t, 0.1, 0.0)
+    derivative, sigma = central_difference(lambda t: 3 * t**4 - t**3 + 2 * t, 0.1, 0.0)
     assert derivative == pytest.approx(2.0, rel=1e-12)
     rng = np.random.default_rng(0)
-    noisy = [checker.central_difference(lambda t: t + 1e-9 * rng.standard_normal(), 1e-3, 0.0)[1]
+    noisy = [central_difference(lambda t: t + 1e-9 * rng.standard_normal(), 1e-3, 0.0)[1]
              for _ in range(400)]
     assert 0.5e-9 < np.sqrt(np.mean(np.square(noisy))) < 2e-9  # about the true sigma
 
 
 def test_values_under_the_noise_floor_are_unresolved_and_errors_above_it_fail():
-    assert checker.compare("w", "layer 0", "direction", 1e-14, 2e-14, 1e-12, 1e-3, 1e-7, 0).status == "unresolved"
-    assert checker.compare("w", "layer 0", "direction", 1.0, 1.0 + 1e-5, 1e-16, 1e-3, 1e-7, 0).status == "failed"
-    assert checker.compare("w", "layer 0", "direction", 1.0, 1.0 + 1e-9, 1e-16, 1e-3, 1e-7, 0).status == "passed"
+    assert compare("w", "layer 0", "direction", 1e-14, 2e-14, 1e-12, 1e-3, 1e-7, 0).status == "unresolved"
+    assert compare("w", "layer 0", "direction", 1.0, 1.0 + 1e-5, 1e-16, 1e-3, 1e-7, 0).status == "failed"
+    assert compare("w", "layer 0", "direction", 1.0, 1.0 + 1e-9, 1e-16, 1e-3, 1e-7, 0).status == "passed"
 
 
 # ----- the command line -----
@@ -387,3 +428,25 @@ def test_a_first_run_with_an_empty_compile_cache_says_kernels_are_compiled(tmp_p
     second = subprocess.run(args, env=env, capture_output=True, text=True)
     assert first.returncode == second.returncode == 0
     assert "compiling kernels" in first.stderr and "compiling kernels" not in second.stderr
+
+
+@pytest.mark.parametrize("per_row", ["weight", "bias", "both"])
+def test_the_per_row_linear_map_passes_the_vjp_check(per_row):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 4, 5))
+    weight = rng.standard_normal((3, 5, 6) if per_row in ("weight", "both") else (5, 6))
+    bias = rng.standard_normal((3, 6) if per_row in ("bias", "both") else (6,))
+    assert all(c.status == "passed" for c in checker.check_vjp(linear_per_row, x, weight, bias))
+
+
+def test_the_per_row_linear_map_with_equal_rows_matches_the_shared_weight():
+    rng = np.random.default_rng(13)
+    x, weight, bias = rng.standard_normal((3, 4, 5)), rng.standard_normal((5, 6)), rng.standard_normal(6)
+    stacked = linear_per_row(x, np.repeat(weight[None], 3, axis=0), bias).value
+    np.testing.assert_allclose(stacked, ops.linear(x, weight, bias).value, rtol=1e-13)
+
+
+def test_the_per_row_linear_map_for_another_batch_size_is_a_value_error():
+    rng = np.random.default_rng(14)
+    with pytest.raises(ValueError, match="linear_per_row"):
+        linear_per_row(rng.standard_normal((3, 4, 5)), rng.standard_normal((2, 5, 6)), rng.standard_normal(6))

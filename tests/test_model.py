@@ -252,7 +252,7 @@ def test_a_replayed_gradient_pass_leaves_no_reference_cycles(scheme):
 
 def test_the_cycle_check_finds_a_layer_view_that_refers_to_itself(monkeypatch):
     # Negative control: a view keeping its branches as bound methods is a cycle per layer.
-    from lnref.model import Layer
+    from lnref.views import Layer
 
     def init_with_stored_branches(self, run, index):
         self.run, self.index, self.config, self.n_layers = run, index, run.config, run.config.n_layers
@@ -290,27 +290,6 @@ def test_gradients_for_params_in_another_order_are_the_same():
     assert loss_shuffled == loss and list(grads_shuffled)[:-1] == list(shuffled)
     for name, grad in grads.items():
         np.testing.assert_array_equal(grads_shuffled[name], grad)
-
-
-def test_ffn_parameters_given_one_per_batch_row_run_each_row_with_its_own():
-    model = lnref.build("pre", n_layers=2, d_model=8, n_heads=2, d_ff=16)
-    x, _, _ = model.sample_inputs(batch=3, seq=4)
-    rng = np.random.default_rng(5)
-    assert model.per_row_params == {f"layers.{i}.ffn.{n}" for i in range(2) for n in ("w1", "b1", "w2", "b2")}
-    for name in sorted(model.per_row_params):
-        copies = [model.params[name] + 0.1 * rng.standard_normal(model.params[name].shape) for _ in range(3)]
-        y, _ = model.forward(model.run(params={**model.params, name: np.stack(copies)}), x)
-        for row, copy in enumerate(copies):
-            expected, _ = model.forward(model.run(params={**model.params, name: copy}), x[row:row + 1])
-            np.testing.assert_allclose(y.value[row], expected.value[0], rtol=1e-12, atol=1e-14)
-
-
-def test_other_parameters_given_one_per_batch_row_are_a_value_error():
-    model = lnref.build("pre", n_layers=1, d_model=8, n_heads=2, d_ff=16)
-    x, _, _ = model.sample_inputs(batch=3, seq=4)
-    stacked = np.stack([model.params["layers.0.attn.wq"]] * 3)
-    with pytest.raises(ValueError, match="attention_sublayer"):
-        model.forward(model.run(params={**model.params, "layers.0.attn.wq": stacked}), x)
 
 
 # ----- repeated passes (the parameter leaves of one pass are reused by the next) -----
@@ -364,26 +343,3 @@ def test_a_pass_that_fails_midway_leaves_no_partial_gradients_behind(monkeypatch
     expected = _fresh_gradients(model, x, dy)
     for name in expected:
         np.testing.assert_array_equal(grads[name], expected[name])
-
-
-@pytest.mark.skipif(not kernels.USE_NUMBA, reason="the NumPy kernels' product is NumPy's own: nothing rounds apart")
-def test_the_recorded_relu_pattern_is_the_one_the_ffn_applied(monkeypatch):
-    # The gradient checker freezes the ReLU pattern of the analytic pass for its finite
-    # differences. Layer 0's pre-activations of the first token are set to exactly zero in
-    # NumPy's arithmetic; the FFN's own product rounds them either way, and the recorded
-    # pattern must be that one, or the frozen function is not the differentiated one.
-    model = lnref.build("pre", n_layers=1)
-    x, dy, _ = model.sample_inputs(batch=2, seq=8)
-    ffn_inputs = []
-    ffn = lnref.nn.ffn
-    monkeypatch.setattr(lnref.nn, "ffn",
-                        lambda x, *args, **kw: ffn_inputs.append(np.array(x.value)) or ffn(x, *args, **kw))
-    model(x)
-    w1, w2, b2 = (model.params[f"layers.0.ffn.{name}"] for name in ("w1", "w2", "b2"))
-    model.params["layers.0.ffn.b1"] = b1 = -(ffn_inputs[0] @ w1)[0, 0]
-    masks = {}
-    model.gradients(x, dy, relu_masks=masks)
-    rows = ffn_inputs[0].reshape(-1, w1.shape[0])
-    acted = kernels.feed_forward_forward(rows, w1, b1, w2, b2, "relu")[1]
-    assert (acted[0] > 0).any()  # the case at hand: NumPy's zeros are not all the FFN's
-    assert np.array_equal(masks[0].reshape(acted.shape), (acted > 0).astype(acted.dtype))

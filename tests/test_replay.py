@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 import lnref
-from lnref.autograd import Tape, Tensor, ops
-from lnref.autograd.replay import Program, Recording
+from lnref.autograd import Tensor, ops
+from lnref.autograd import value_and_grad
+from lnref.autograd.replay import Replayer
 from lnref.model import Model
 from lnref.schemes import SCHEMES
 
@@ -39,7 +40,7 @@ def test_a_replayed_pass_gives_the_bits_of_a_taped_pass_on_new_values(scheme, co
     options = dict(n_layers=3, **CONFIGS[config])
     replaying = lnref.build(scheme, **options)
     replaying.value_and_grad(*replaying.sample_inputs(seed=1))  # traced
-    assert None not in replaying._programs.values()
+    assert None not in replaying.replayer.programs.values()
     params = _moved_params(replaying, seed=2)
     x, dy, memory = replaying.sample_inputs(seed=3)
     replaying.load(params)
@@ -68,108 +69,116 @@ def test_inputs_of_new_shapes_are_traced_again():
     longer = model.value_and_grad(x, dy)
     taping = lnref.build("residual", n_layers=2)
     _assert_same_bits(longer, taping.value_and_grad(x, dy))
-    assert len(model._programs) == 2
+    assert len(model.replayer.programs) == 2
 
 
-@pytest.mark.parametrize("options", [{"relu_masks": {}}, {"keep_states": True}])
-def test_a_pass_that_records_relu_patterns_or_keeps_states_runs_the_layers(options, monkeypatch):
+def test_the_reference_path_runs_the_layers_on_every_pass(monkeypatch):
     model = lnref.build("pre", n_layers=2)
     x, dy, _ = model.sample_inputs()
     model.value_and_grad(x, dy)
     ran = []
     forward = Model.forward
     monkeypatch.setattr(Model, "forward", lambda *args, **kwargs: ran.append(1) or forward(*args, **kwargs))
-    model.gradients(x, dy, **options)
-    assert ran
+    model.gradients(x, dy)
+    model.gradients(x, dy, keep_states=True)
+    assert len(ran) == 2
+
+
+def test_a_model_with_its_fast_paths_off_runs_the_layers_on_every_pass(monkeypatch):
+    model = lnref.build("pre", n_layers=2)
+    model.fast = False
+    x, dy, _ = model.sample_inputs()
+    expected = model.value_and_grad(x, dy)
+    ran = []
+    forward = Model.forward
+    monkeypatch.setattr(Model, "forward", lambda *args, **kwargs: ran.append(1) or forward(*args, **kwargs))
+    assert model.value_and_grad(x, dy)[0] == expected[0]
+    assert ran and not model.replayer.programs
 
 
 def test_a_replayed_pass_raises_the_error_of_a_taped_pass():
     model = lnref.build("pre", n_layers=2)
     x, dy, _ = model.sample_inputs()
     model.value_and_grad(x, dy)
-    params = dict(model.params, **{"layers.0.attn.wq": np.full((16, 16), np.inf)})
+    model.params["layers.0.attn.wq"] = np.full((16, 16), np.inf)
     with pytest.raises(ValueError) as replayed:
-        model.gradients(x, dy, params=params)
+        model.value_and_grad(x, dy)
     with pytest.raises(ValueError) as taped:
-        lnref.build("pre", n_layers=2).gradients(x, dy, params=params)
+        lnref.build("pre", n_layers=2).gradients(x, dy, params=model.params)
     assert str(replayed.value) == str(taped.value)
     assert "NaN or inf" in str(replayed.value)
 
 
-def _traced(fn, *arrays):
-    """(program of fn over Tensors of ``arrays`` or None, the taped output and gradients)."""
-    leaves = [Tensor(a, requires_grad=True) for a in arrays]
-    with Tape() as tape, Recording() as recording:
-        out = fn(*leaves)
-    program = Program.from_recording(recording, leaves, [True] * len(leaves), out)
-    tape.backward(out)
-    return program, out.value, [leaf.grad for leaf in leaves]
+def _first_and_replayed(fn, arrays, differentiate=None):
+    """(the first pass, traced, and a second one, replayed) of a Replayer over ``fn``."""
+    replayer = Replayer()
+    differentiate = [True] * len(arrays) if differentiate is None else differentiate
+    first = replayer.value_and_grad("key", fn, arrays, differentiate)
+    return replayer, first, replayer.value_and_grad("key", fn, arrays, differentiate)
 
 
-def test_a_program_accumulates_a_tensor_used_twice_as_the_tape_does():
+def test_a_replay_accumulates_a_tensor_used_twice_as_the_tape_does():
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal(5), rng.standard_normal(5)
-    program, out, grads = _traced(lambda x, y: ops.sum(x * x + x * y), a, b)
-    replayed_out, replayed_grads = program.run([a, b])
-    assert replayed_out == out
-    for replayed, taped in zip(replayed_grads, grads):
+    fn = lambda x, y: ops.sum(x * x + x * y)  # noqa: E731
+    replayer, _, (out, grads) = _first_and_replayed(fn, [a, b])
+    assert replayer.programs["key"] is not None
+    taped_out, taped_grads = value_and_grad(fn)(a, b)
+    assert out.value == taped_out
+    for replayed, taped in zip(grads, taped_grads):
         np.testing.assert_array_equal(replayed, taped)
 
 
-def test_a_program_gives_no_gradient_to_an_input_the_output_does_not_reach():
+def test_a_replay_gives_zeros_to_an_input_the_output_does_not_reach():
     rng = np.random.default_rng(0)
-    program, _, grads = _traced(lambda x, y: ops.sum(x * 2.0), rng.standard_normal(3), rng.standard_normal(3))
-    assert grads[1] is None
-    assert program.run([np.ones(3), np.ones(3)])[1][1] is None
+    _, _, (_, grads) = _first_and_replayed(lambda x, y: ops.sum(x * 2.0), [rng.standard_normal(3), np.ones(3)])
+    np.testing.assert_array_equal(grads[1], np.zeros(3))
 
 
-def test_an_array_computed_beside_the_primitives_makes_a_recording_unreplayable():
-    # The side value would be frozen at the traced pass's: the tape must be kept.
-    program, _, _ = _traced(lambda x: ops.sum(x * np.exp(x.value)), np.ones(3))
-    assert program is None
+def test_a_replay_gives_no_gradient_to_an_input_it_is_told_not_to_differentiate():
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal(4), rng.standard_normal(4)
+    _, _, (_, (dx, ddy)) = _first_and_replayed(lambda x, dy: ops.sum(ops.mul(x, dy)), [x, dy], [True, False])
+    np.testing.assert_array_equal(dx, dy)
+    assert ddy is None
 
 
-def test_a_model_whose_recording_is_unreplayable_keeps_the_tape(monkeypatch):
+def test_an_array_computed_beside_the_primitives_makes_a_pass_unreplayable():
+    # The side value would be frozen at the traced pass's: the Python must run every time.
+    replayer, _, _ = _first_and_replayed(lambda x: ops.sum(x * np.exp(x.value)), [np.ones(3)])
+    assert replayer.programs["key"] is None
+
+
+def test_a_model_whose_pass_is_unreplayable_keeps_running_its_layers(monkeypatch):
     import lnref.schemes.pre as pre
 
     pre_layer = pre.layer
 
-    def layer_with_a_side_value(x, sub):
-        return pre_layer(x, sub) * Tensor(np.tanh(x.value))  # a value the primitives do not see
+    def layer_with_a_side_value(x, layer):
+        return pre_layer(x, layer) * Tensor(np.tanh(x.value))  # a value the primitives do not see
 
     model = lnref.build("pre", n_layers=2)
     monkeypatch.setattr(pre, "layer", layer_with_a_side_value)
     x, dy, _ = model.sample_inputs(seed=1)
     model.value_and_grad(x, dy)
-    assert list(model._programs.values()) == [None]
+    assert list(model.replayer.programs.values()) == [None]
     x2, dy2, _ = model.sample_inputs(seed=2)
     twin = lnref.build("pre", n_layers=2)
     _assert_same_bits(model.value_and_grad(x2, dy2), twin.value_and_grad(x2, dy2))
 
 
-def test_a_program_gives_no_gradient_to_an_input_flagged_constant():
-    rng = np.random.default_rng(0)
-    x, dy = Tensor(rng.standard_normal(4), requires_grad=True), rng.standard_normal(4)
-    with Recording() as recording:
-        out = ops.sum(ops.mul(x, dy))
-    program = Program.from_recording(recording, [x, dy], [True, False], out)
-    _, (dx, ddy) = program.run([x.value, dy])
-    np.testing.assert_array_equal(dx, dy)
-    assert ddy is None
-
-
 def test_a_replayed_pass_gives_zeros_to_a_parameter_the_loss_does_not_reach(monkeypatch):
     import lnref.schemes.pre as pre
 
-    def attention_only(x, sub):
-        return x + sub.self_attention(sub.norm("ln_attn", x))
+    def attention_only(x, layer):
+        return x + layer.self_attention(layer.norm("ln_attn", x))
 
     monkeypatch.setattr(pre, "layer", attention_only)
     model = lnref.build("pre", n_layers=2)
     x, dy, _ = model.sample_inputs()
     taped = model.value_and_grad(x, dy)
     replayed = model.value_and_grad(x, dy)
-    assert None not in model._programs.values()
+    assert None not in model.replayer.programs.values()
     _assert_same_bits(replayed, taped)
     assert not replayed[1]["layers.1.ffn.w1"].any()
 
@@ -178,32 +187,16 @@ def test_a_model_keeps_the_programs_of_its_last_eight_input_shapes():
     model = lnref.build("pre", n_layers=1)
     for batch in range(1, 10):
         model.value_and_grad(*model.sample_inputs(batch=batch)[:2])
-    assert [key[0][0] for key in model._programs] == list(range(2, 10))
-
-
-def test_parameters_named_in_another_order_run_on_the_tape(monkeypatch):
-    model = lnref.build("pre", n_layers=2)
-    x, dy, _ = model.sample_inputs()
-    model.value_and_grad(x, dy)
-    reordered = dict(reversed(list(model.params.items())))
-    ran = []
-    forward = Model.forward
-    monkeypatch.setattr(Model, "forward", lambda *args, **kwargs: ran.append(1) or forward(*args, **kwargs))
-    grads, loss, _ = model.gradients(x, dy, params=reordered)
-    assert ran
-    expected_loss, expected = model.value_and_grad(x, dy)
-    assert loss == expected_loss
-    for name in expected:
-        np.testing.assert_array_equal(grads[name], expected[name])
+    assert [key[0][0] for key in model.replayer.programs] == list(range(2, 10))
 
 
 def test_a_replayed_pass_converts_a_parameter_given_as_a_list_as_the_tape_does():
     model = lnref.build("pre", n_layers=2)
     x, dy, _ = model.sample_inputs()
     model.value_and_grad(x, dy)
-    params = dict(model.params, **{"layers.1.ffn.b2": model.params["layers.1.ffn.b2"].tolist()})
-    replayed, replayed_loss, _ = model.gradients(x, dy, params=params)
-    taped, taped_loss, _ = lnref.build("pre", n_layers=2).gradients(x, dy, params=params)
+    model.params["layers.1.ffn.b2"] = model.params["layers.1.ffn.b2"].tolist()
+    replayed_loss, replayed = model.value_and_grad(x, dy)
+    taped, taped_loss, _ = lnref.build("pre", n_layers=2).gradients(x, dy, params=model.params)
     _assert_same_bits((replayed_loss, replayed), (taped_loss, taped))
 
 
@@ -211,9 +204,9 @@ def test_a_replayed_pass_refuses_a_float16_parameter_as_the_tape_does():
     model = lnref.build("pre", n_layers=2)
     x, dy, _ = model.sample_inputs()
     model.value_and_grad(x, dy)
-    params = dict(model.params, **{"layers.0.ln_attn.gamma": np.ones(16, np.float16)})
+    model.params["layers.0.ln_attn.gamma"] = np.ones(16, np.float16)
     with pytest.raises(ValueError) as replayed:
-        model.gradients(x, dy, params=params)
+        model.value_and_grad(x, dy)
     with pytest.raises(ValueError) as taped:
-        lnref.build("pre", n_layers=2).gradients(x, dy, params=params)
+        lnref.build("pre", n_layers=2).gradients(x, dy, params=model.params)
     assert str(replayed.value) == str(taped.value)

@@ -44,7 +44,8 @@ Cotangents = tuple[Any, ...]
 
 
 def _add_fwd(a: Any, b: Any) -> tuple[Any, Residuals]:
-    return a + b, binary_shapes("add", a, b)
+    shapes = binary_shapes("add", a, b)
+    return a + b, shapes
 
 
 def _add_vjp(dout: np.ndarray, shapes: Residuals) -> Cotangents:
@@ -55,7 +56,8 @@ add = defprimitive("add", _add_fwd, _add_vjp)
 
 
 def _sub_fwd(a: Any, b: Any) -> tuple[Any, Residuals]:
-    return a - b, binary_shapes("sub", a, b)
+    shapes = binary_shapes("sub", a, b)
+    return a - b, shapes
 
 
 def _sub_vjp(dout: np.ndarray, shapes: Residuals) -> Cotangents:

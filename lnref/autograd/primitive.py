@@ -7,7 +7,8 @@ Positional arguments are the differentiable inputs (Tensors, arrays or Python nu
 arguments are static parameters (axis, eps, causal, ...). :func:`defprimitive` registers the
 pair in :data:`PRIMITIVES` and returns the function users call. Every call goes through
 :func:`call`: it looks the primitive up in the registry (so a test can swap a broken VJP in),
-unwraps Tensors, runs the forward, and, while a tape is active, appends the call to it.
+unwraps Tensors, runs the forward, and, while a tape is active and an input needs a
+gradient, appends the call to the tape.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ PRIMITIVES: dict[str, Primitive] = {}
 
 
 def call(name: str, args: tuple[Any, ...], params: dict[str, Any]) -> Tensor:
-    """Run primitive ``name`` on ``args``; record the call on the active tape, if any."""
+    """Run primitive ``name`` on ``args``; record the call on the active tape, if any, when a
+    gradient flows through it."""
     primitive = PRIMITIVES[name]
     values = []
     needs_grad = False
@@ -41,7 +43,7 @@ def call(name: str, args: tuple[Any, ...], params: dict[str, Any]) -> Tensor:
             values.append(arg)
     out, residuals = primitive.forward(*values, **params)
     result = Tensor.wrap(out, needs_grad)
-    if _ACTIVE_TAPES:
+    if needs_grad and _ACTIVE_TAPES:
         _ACTIVE_TAPES[-1].records.append((primitive, args, params, residuals, result))
     return result
 

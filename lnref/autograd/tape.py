@@ -1,6 +1,7 @@
 """The tape: a list of the primitive calls of a pass, walked backwards once.
 
-While a tape is active (``with Tape() as tape:``), every primitive call appends one record
+While a tape is active (``with Tape() as tape:``), every primitive call through which a
+gradient flows (one of its inputs requires one) appends one record
 
     Record(primitive, args, params, residuals, output)
 

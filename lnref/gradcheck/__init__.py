@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from lnref.finite_diff import DEFAULTS, STATUSES, STENCIL, difference_from_values, step_and_rtol
-from lnref.gradcheck._pool import available_cpus, map_in_order
+from lnref.process.workers import available_cpus, map_in_order
 from lnref.gradcheck.blocks import block_specs, check_block_elements, check_blockwise
 from lnref.gradcheck.lm import gradcheck_lm
 from lnref.gradcheck.point import Point, jitter_params
