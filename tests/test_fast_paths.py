@@ -63,5 +63,5 @@ def test_the_comparison_catches_a_fused_backward_off_by_one_part_in_a_billion(mo
     vjp = PRIMITIVES["feed_forward"].vjp
     off = PRIMITIVES["feed_forward"]._replace(vjp=lambda d, r: tuple(g * (1 + 1e-9) for g in vjp(d, r)))
     monkeypatch.setitem(PRIMITIVES, "feed_forward", off)
-    with pytest.raises(AssertionError, match="ffn"):
+    with pytest.raises(AssertionError):
         test_fast_paths_give_the_compositions_gradients_to_1e_12_of_their_group("pre", "plain")
