@@ -35,11 +35,10 @@ from lnref.autograd import Tape, Tensor, ops
 from lnref.autograd.replay import Replayer
 from lnref.norms import NORM_KINDS
 from lnref.schemes import get_scheme, is_scheme, scheme_names, stream_names
-from lnref.views import Freeze, Layer, Run, Stack
+from lnref.views import Freeze, Layer, Run, Stack, State
 
 ACTIVATIONS = tuple(nn.ACTIVATIONS)
 DTYPES = ("float64", "float32")
-State = tuple[Tensor, ...]
 
 
 class ConfigError(ValueError):

@@ -16,18 +16,38 @@ recording of every branch and norm).
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from lnref import nn
 from lnref.autograd import Tensor, fused, ops
 
-if TYPE_CHECKING:
-    from lnref.model import Model
-
 # freeze(key, compute) -> the value held for ``key`` (``compute()`` the first time)
 Freeze = Callable[[Hashable, Callable[[], np.ndarray]], np.ndarray]
+State = tuple[Tensor, ...]
+
+
+class StagedModel(Protocol):
+    """A model run stage by stage (``lnref.model.Model``): what the views, the gradient checker,
+    the probes and the claims use of it. ``layer`` runs one layer on a state (a tuple of
+    Tensors, one per stream) and ``forward`` runs the stack from a layer on."""
+
+    config: Any
+    params: dict[str, Any]
+    groups: dict[str, list[tuple[str, str]]]
+    head_norms: set[str]
+    fast: bool
+    dtype: np.dtype
+
+    def run(self, params: dict[str, Any] | None = None, memory: Any = None, freeze: Freeze | None = None,
+            **options: Any) -> Run: ...
+    def embed(self, run: Run, x: Any) -> State: ...
+    def layer(self, run: Run, index: int, state: State) -> State: ...
+    def readout(self, run: Run, state: State) -> Tensor: ...
+    def forward(self, run: Run, x: Any = None, state: State | None = None, start: int = 0,
+                keep_states: bool = False) -> tuple[Tensor, list[State] | None]: ...
+    def stream_names(self, index: int) -> tuple[str, ...]: ...
 
 
 class Run:
@@ -35,7 +55,7 @@ class Run:
 
     def __init__(
         self,
-        model: Model,
+        model: StagedModel,
         params: dict[str, Any],
         memory: Any = None,
         *,
@@ -189,7 +209,7 @@ class Freezer:
         return held
 
 
-def record_frozen(model: Model, stage: Callable[[Run], Any], params: dict[str, Any] | None = None,
+def record_frozen(model: StagedModel, stage: Callable[[Run], Any], params: dict[str, Any] | None = None,
                   memory: Any = None) -> Freezer:
     """A Freezer holding the values that ``stage(run)`` (a forward pass, or part of one) meets
     at ``params`` (default: the model's)."""

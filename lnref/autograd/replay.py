@@ -51,7 +51,8 @@ class Program:
         constants: list[Any] = []
         steps: list[list[Any]] = []
         for index, (primitive, args, params, _, result) in enumerate(records):
-            if PRIMITIVES.get(primitive.name) is not primitive:
+            name: str = primitive.name
+            if PRIMITIVES.get(name) is not primitive:
                 return None  # no longer the registered primitive: a replay would not find it
             if any(isinstance(value, (Tensor, np.ndarray)) for value in params.values()):
                 return None
@@ -65,7 +66,7 @@ class Program:
                     constants.append(arg)
                 arg_slots.append(slot)
             slot_of[id(result)] = len(inputs) + index
-            steps.append([primitive.name, arg_slots, params])
+            steps.append([name, arg_slots, params])
         output_slot = slot_of.get(id(output))
         if output_slot is None:
             return None

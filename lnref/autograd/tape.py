@@ -18,18 +18,16 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from lnref.autograd.tensor import Tensor
 
-if TYPE_CHECKING:
-    from lnref.autograd.primitive import Primitive
 
-
-# (primitive, args, params, residuals, output): a plain tuple, made for every call of a pass.
-Record = tuple["Primitive", tuple[Any, ...], dict[str, Any], Any, Tensor]
+# (primitive, args, params, residuals, output): a plain tuple, made for every call of a pass;
+# the tape needs only the primitive's ``vjp``.
+Record = tuple[Any, tuple[Any, ...], dict[str, Any], Any, Tensor]
 
 
 @contextlib.contextmanager
