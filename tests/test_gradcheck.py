@@ -450,3 +450,28 @@ def test_the_per_row_linear_map_for_another_batch_size_is_a_value_error():
     rng = np.random.default_rng(14)
     with pytest.raises(ValueError, match="linear_per_row"):
         linear_per_row(rng.standard_normal((3, 4, 5)), rng.standard_normal((2, 5, 6)), rng.standard_normal(6))
+
+
+# ----- the text report fits a screen -----
+
+def test_the_main_job_prints_at_most_30_lines_with_the_summary_first_and_last():
+    result = invoke("gradcheck", "--scheme", "residual", "--layers", "48")
+    lines = result.stdout.strip().splitlines()
+    assert result.exit_code == 0, result.output
+    assert len(lines) <= 30
+    assert lines[0] == lines[-1] and " passed, 0 failed" in lines[0]
+
+
+def test_consecutive_layers_of_one_status_share_a_row_and_verbose_prints_every_layer():
+    model = lnref.build("pre", n_layers=6, **SMALL)
+    report = checker.gradcheck(model, **SHAPE)
+    assert "layers 0-5" in report.to_text() and "layer 3 " not in report.to_text()
+    verbose = report.to_text(verbose=True)
+    assert all(f"layer {i} " in verbose for i in range(6))
+
+
+def test_a_failing_layer_breaks_the_run_of_passing_layers(monkeypatch):
+    model = lnref.build("post", n_layers=4, **SMALL)
+    _scale_one_weight_gradient(monkeypatch, checker.jitter_params(model.params, 0)["layers.2.ffn.w1"], factor=1.01)
+    text = checker.gradcheck(model, **SHAPE).to_text()
+    assert "layer 2 " in text and "failed (1)" in text

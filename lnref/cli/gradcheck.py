@@ -66,7 +66,8 @@ from lnref.cli.options import (
 )
 @click.option("--vocab", type=COUNT, default=16, show_default=True, help="Vocabulary size with --with-head.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def gradcheck(mode, point, entries_per_tensor, workers, rtol, atol, with_head, vocab, as_json, **options):
+@click.option("--verbose", is_flag=True, help="A row for every layer (by default runs of alike layers share one).")
+def gradcheck(mode, point, entries_per_tensor, workers, rtol, atol, with_head, vocab, as_json, verbose, **options):
     """Check every gradient of a model against finite differences."""
     warn_float32(options["dtype"])
     if rtol is not None and rtol < 0 or atol < 0:
@@ -105,7 +106,7 @@ def gradcheck(mode, point, entries_per_tensor, workers, rtol, atol, with_head, v
                 progress=progress,
                 workers=workers,
             )
-    click.echo(report.to_json() if as_json else report.to_text())
+    click.echo(report.to_json() if as_json else report.to_text(verbose=verbose))
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 

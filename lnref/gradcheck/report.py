@@ -115,23 +115,24 @@ class Report:
             places.setdefault(result.where, []).append(result)
         return places
 
-    def to_text(self, worst: int = 5) -> str:
+    def to_text(self, worst: int = 5, verbose: bool = False) -> str:
+        """The report for a screen: the summary line first and last, one row per place (runs
+        of consecutive layers with the same status as one row unless ``verbose``), the worst
+        offenders and what the unresolved tensors are."""
         cfg = self.config
         lines = [
+            self.summary(),
             f"gradcheck {cfg['scheme']}: {cfg['n_layers']} layers, d_model {cfg['d_model']}, "
             f"{cfg['n_heads']} heads, d_ff {cfg['d_ff']}, {cfg['norm']}, {cfg['activation']}, "
             f"{cfg['dtype']}; mode {self.mode}, at {self.point}, step {self.step:g}, "
             f"rtol {self.rtol:g}, atol {self.atol:g}",
             "",
-            f"{'where':10s} {'tensors':>7s} {'worst err/tol':>14s}  status",
+            f"{'where':14s} {'tensors':>7s} {'worst err/tol':>14s}  status",
         ]
-        for where, results in self.by_place().items():
-            worst_ratio = max(r.worst.ratio for r in results)
-            statuses = [r.status for r in results]
-            status = next((s for s in ("failed", "unresolved") if s in statuses), "passed")
-            if status != "passed":
-                status += f" ({statuses.count(status)})"
-            lines.append(f"{where:10s} {len(results):7d} {worst_ratio:14.3g}  {status}")
+        rows = [_place_row(where, results) for where, results in self.by_place().items()]
+        for where, tensors, ratio, status, count in rows if verbose else _collapsed(rows):
+            shown = status if status == "passed" else f"{status} ({count})"
+            lines.append(f"{where:14s} {tensors:>7s} {ratio:14.3g}  {shown}")
         offenders = sorted(self.results, key=lambda r: -r.worst.ratio)[:worst]
         lines += ["", "worst offenders (error / tolerance):"]
         for r in offenders:
@@ -180,3 +181,40 @@ class Report:
             ],
         }
         return json.dumps(document, indent=1, default=float)
+
+
+Row = tuple[str, str, float, str, int]  # where, tensors, worst error/tolerance, status, count of that status
+
+
+def _place_row(where: str, results: list[TensorResult]) -> Row:
+    statuses = [r.status for r in results]
+    status = next((s for s in ("failed", "unresolved") if s in statuses), "passed")
+    return where, str(len(results)), max(r.worst.ratio for r in results), status, statuses.count(status)
+
+
+def _collapsed(rows: list[Row]) -> list[Row]:
+    """Runs of consecutive layers with the same status and number of tensors as one row
+    ("layers 5-47", tensors "16 each", the worst ratio of the run, the status counts summed)."""
+    out: list[Row] = []
+    run: list[Row] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            first, last = run[0][0].split()[1], run[-1][0].split()[1]
+            out.append((f"layers {first}-{last}", f"{run[0][1]} each", max(r[2] for r in run), run[0][3],
+                        sum(r[4] for r in run)))
+        run.clear()
+
+    for row in rows:
+        if row[0].startswith("layer ") and run and (row[1], row[3]) == (run[-1][1], run[-1][3]):
+            run.append(row)
+            continue
+        flush()
+        if row[0].startswith("layer "):
+            run.append(row)
+        else:
+            out.append(row)
+    flush()
+    return out
