@@ -272,8 +272,9 @@ def test_multi_head_attention_is_attention_over_split_heads(monkeypatch, limit, 
     ref_out, ref_probs = K.attention_forward_reference(split_heads(q, 3), split_heads(k, 3), split_heads(v, 3), causal)
     assert_twins_agree((out, probs), (merge_heads(ref_out), ref_probs))
     grads = K.multi_head_attention_backward(dout, q, k, v, probs)
-    ref_grads = K.attention_backward_reference(split_heads(dout, 3), split_heads(q, 3), split_heads(k, 3),
-                                               split_heads(v, 3), ref_probs)
+    ref_grads = K.attention_backward_reference(
+        split_heads(dout, 3), split_heads(q, 3), split_heads(k, 3), split_heads(v, 3), ref_probs
+    )
     assert_twins_agree(grads, tuple(merge_heads(g) for g in ref_grads))
 
 
@@ -281,16 +282,20 @@ def sublayer_inputs(rng, batch, t_len, s_len, d, cross, dtype=np.float64):
     """x, memory (None for self-attention), [wq, bq, wk, bk, wv, bv, wo, bo], dout."""
     x = rng.standard_normal((batch, t_len, d)).astype(dtype)
     memory = rng.standard_normal((batch, s_len, d)).astype(dtype) if cross else None
-    weights = [(rng.standard_normal((d, d)) / math.sqrt(d) if i % 2 == 0 else rng.standard_normal(d)).astype(dtype)
-               for i in range(8)]
+    weights = [
+        (rng.standard_normal((d, d)) / math.sqrt(d) if i % 2 == 0 else rng.standard_normal(d)).astype(dtype)
+        for i in range(8)
+    ]
     return x, memory, weights, rng.standard_normal((batch, t_len, d)).astype(dtype)
 
 
 def sublayer_twins(x, memory, weights, dout, n_heads, causal):
     """(forward, backward) outputs of the loop twin and of the NumPy/BLAS reference."""
     results = []
-    for forward, backward in ((K._attention_sublayer_forward_loop, K._attention_sublayer_backward_loop),
-                              (K.attention_sublayer_forward_reference, K.attention_sublayer_backward_reference)):
+    for forward, backward in (
+        (K._attention_sublayer_forward_loop, K._attention_sublayer_backward_loop),
+        (K.attention_sublayer_forward_reference, K.attention_sublayer_backward_reference),
+    ):
         outputs = forward(x, memory, *weights, n_heads, causal)
         results.append((outputs, backward(dout, x, memory, *weights[::2], *outputs[1:])))
     return results
@@ -325,8 +330,9 @@ SUBLAYER_CASES = [
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, TWIN_RTOL), (np.float32, 1e-4)], ids=["float64", "float32"])
 @pytest.mark.parametrize("batch, t_len, s_len, d, n_heads, cross, causal", SUBLAYER_CASES)
 def test_attention_sublayer_loop_matches_numpy_twin(batch, t_len, s_len, d, n_heads, cross, causal, dtype, rtol):
-    x, memory, weights, dout = sublayer_inputs(rng_for("sublayer", batch, t_len, s_len, d, cross),
-                                               batch, t_len, s_len, d, cross, dtype)
+    x, memory, weights, dout = sublayer_inputs(
+        rng_for("sublayer", batch, t_len, s_len, d, cross), batch, t_len, s_len, d, cross, dtype
+    )
     (loop_out, loop_grads), (ref_out, ref_grads) = sublayer_twins(x, memory, weights, dout, n_heads, causal)
     assert_twins_agree(loop_out, ref_out, rtol)
     assert_gradients_agree(loop_grads, ref_grads, rtol)
@@ -342,8 +348,7 @@ def test_attention_sublayer_loop_twin_check_detects_a_backward_without_the_key_a
     dx, dsource, dw, db = np.empty_like(x), np.empty_like(x), np.empty((4, 6, 6)), np.empty((4, 6))
     K._attention_sublayer_backward_kernel(dout, x, x, *weights[::2], *loop_out[1:], True, dx, dsource, dw, db)
     with pytest.raises(AssertionError):
-        assert_gradients_agree([dx, None, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3]], ref_grads,
-                               TWIN_RTOL)
+        assert_gradients_agree([dx, None, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3]], ref_grads, TWIN_RTOL)
 
 
 @pytest.mark.parametrize("cross", [False, True])
@@ -377,8 +382,10 @@ def test_small_attention_sublayers_take_the_loop_kernels_and_bigger_ones_the_num
 
 def test_without_numba_attention_sublayers_take_the_numpy_composition(monkeypatch):
     monkeypatch.setattr(K, "USE_NUMBA", False)
-    assert K._attention_sublayer_impls(2, 8, 8, 16, 2) == (K.attention_sublayer_forward_reference,
-                                                            K.attention_sublayer_backward_reference)
+    assert K._attention_sublayer_impls(2, 8, 8, 16, 2) == (
+        K.attention_sublayer_forward_reference,
+        K.attention_sublayer_backward_reference,
+    )
 
 
 def test_attention_sublayer_rejects_heads_that_do_not_split_d_model():
@@ -439,13 +446,16 @@ def test_feed_forward_loops_match_the_composition(n, d, d_ff, activation, dtype,
     # Numba it takes NumPy's products, which round differently.
     def compare(loop_out, ref_out):
         (assert_same_bits if K.USE_NUMBA else assert_twins_agree)(loop_out, ref_out, rtol)
+
     x, weights, dout, mask = ffn_inputs(rng_for("ffn", n, d, d_ff, activation), n, d, d_ff, activation, dtype)
     out, hidden, acted = K._feed_forward_forward_loop(x, *weights, activation, mask)
     ref_out, ref_hidden, ref_acted = K.feed_forward_forward_reference(x, *weights, activation, mask)
     compare((out, acted), (ref_out, ref_acted))  # hidden: kept for GELU only (see kernels)
     grads = K._feed_forward_backward_loop(dout, x, weights[0], weights[2], hidden, acted, activation, mask)
-    compare(grads, K.feed_forward_backward_reference(dout, x, weights[0], weights[2], ref_hidden, ref_acted,
-                                                     activation, mask))
+    compare(
+        grads,
+        K.feed_forward_backward_reference(dout, x, weights[0], weights[2], ref_hidden, ref_acted, activation, mask),
+    )
 
 
 @pytest.mark.parametrize("path", ["loop", "reference"])
@@ -548,14 +558,21 @@ def _all_kernel_calls(dtype):
         ("gelu_backward_none", lambda: K.gelu_backward(dy, x, "none")),
         ("attention_sublayer_forward", lambda: K.attention_sublayer_forward(sx, memory, *weights, 2, False)),
         # All gradients but the key bias's (index 5), which is zero up to rounding.
-        ("attention_sublayer_backward", lambda: tuple(
-            g for i, g in enumerate(K.attention_sublayer_backward(sdout, sx, memory, *weights[::2], *sublayer[1:]))
-            if i != 5)),
+        (
+            "attention_sublayer_backward",
+            lambda: tuple(
+                g
+                for i, g in enumerate(K.attention_sublayer_backward(sdout, sx, memory, *weights[::2], *sublayer[1:]))
+                if i != 5
+            ),
+        ),
         ("linear_forward", lambda: K.linear_forward(x, gamma[:, None] * beta, beta)),
         ("linear_backward", lambda: K.linear_backward(dy, x, gamma[:, None] * beta)),
         ("feed_forward_forward", lambda: K.feed_forward_forward(fx, *ffn_weights, "gelu")),
-        ("feed_forward_backward", lambda: K.feed_forward_backward(fdout, fx, ffn_weights[0], ffn_weights[2],
-                                                                  *ffn[1:], "gelu")),
+        (
+            "feed_forward_backward",
+            lambda: K.feed_forward_backward(fdout, fx, ffn_weights[0], ffn_weights[2], *ffn[1:], "gelu"),
+        ),
     ]
 
 
@@ -927,6 +944,7 @@ def test_relu_backward_rejects_mismatched_shapes():
 
 # ----- shapes that do not fit, and the backwards' checked residuals ---------------------
 
+
 def _r(*shape):
     return rng_for("shapes").standard_normal(shape)
 
@@ -942,10 +960,12 @@ MISFITTING_CALLS = {
     "linear_forward b": lambda: K.linear_forward(_r(4, 8), _r(8, 3), _r(5)),
     "linear_backward dy": lambda: K.linear_backward(_r(2, 3), _r(4, 8), _r(8, 3)),
     "feed_forward_forward w1": lambda: K.feed_forward_forward(_r(4, 8), _r(6, 16), _r(16), _r(16, 8), _r(8), "relu"),
-    "feed_forward_forward mask": lambda: K.feed_forward_forward(_r(4, 8), _r(8, 16), _r(16), _r(16, 8), _r(8),
-                                                                "mask", _r(2, 16)),
-    "feed_forward_backward dout": lambda: K.feed_forward_backward(_r(2, 8), _r(4, 8), _r(8, 16), _r(16, 8),
-                                                                  _r(4, 16), _r(4, 16), "relu"),
+    "feed_forward_forward mask": lambda: K.feed_forward_forward(
+        _r(4, 8), _r(8, 16), _r(16), _r(16, 8), _r(8), "mask", _r(2, 16)
+    ),
+    "feed_forward_backward dout": lambda: K.feed_forward_backward(
+        _r(2, 8), _r(4, 8), _r(8, 16), _r(16, 8), _r(4, 16), _r(4, 16), "relu"
+    ),
 }
 
 
@@ -965,17 +985,29 @@ def _backward_case(name):
     x, gamma, beta = rng.standard_normal((6, 8)), rng.standard_normal(8), rng.standard_normal(8)
     _, mean, rstd = K.layer_norm_forward(x, gamma, beta, EPS)
     _, rrms = K.rms_norm_forward(x, gamma, EPS)
-    w1, b1, w2, b2 = rng.standard_normal((8, 16)), rng.standard_normal(16), rng.standard_normal((16, 8)), \
-        rng.standard_normal(8)
+    w1, b1, w2, b2 = (
+        rng.standard_normal((8, 16)),
+        rng.standard_normal(16),
+        rng.standard_normal((16, 8)),
+        rng.standard_normal(8),
+    )
     _, hidden, acted = K.feed_forward_forward(x, w1, b1, w2, b2, "relu")
     tokens, _, weights, dout = sublayer_inputs(rng, 2, 3, 3, 8, cross=False)
     _, q, k, v, probs, heads = K.attention_sublayer_forward(tokens, None, *weights, 2, False)
-    return {"layer_norm": (K.layer_norm_backward, rng.standard_normal((6, 8)), (x, gamma, mean, rstd)),
-            "rms_norm": (K.rms_norm_backward, rng.standard_normal((6, 8)), (x, gamma, rrms)),
-            "feed_forward": (K.feed_forward_backward, rng.standard_normal((6, 8)),
-                             (x, w1, w2, hidden, acted, "relu", None)),
-            "attention_sublayer": (K.attention_sublayer_backward, dout,
-                                   (tokens, None, *weights[::2], q, k, v, probs, heads))}[name]
+    return {
+        "layer_norm": (K.layer_norm_backward, rng.standard_normal((6, 8)), (x, gamma, mean, rstd)),
+        "rms_norm": (K.rms_norm_backward, rng.standard_normal((6, 8)), (x, gamma, rrms)),
+        "feed_forward": (
+            K.feed_forward_backward,
+            rng.standard_normal((6, 8)),
+            (x, w1, w2, hidden, acted, "relu", None),
+        ),
+        "attention_sublayer": (
+            K.attention_sublayer_backward,
+            dout,
+            (tokens, None, *weights[::2], q, k, v, probs, heads),
+        ),
+    }[name]
 
 
 @pytest.mark.parametrize("name", CHECKED_RESIDUAL_BACKWARDS)
@@ -1095,16 +1127,18 @@ def test_an_error_in_a_helper_part_reaches_the_caller(monkeypatch):
         blocked_attention_in_parts(monkeypatch, 2)
 
 
-@pytest.mark.parametrize("sleep, threads, batch, work, parts", [
-    (True, 2, 8, K.THREADED_WORK_MIN, 2),
-    (True, 4, 3, K.THREADED_WORK_MIN, 3),  # no more parts than batch rows
-    (False, 2, 8, K.THREADED_WORK_MIN, 1),  # idle OpenBLAS workers would spin on the cores
-    (True, 1, 8, K.THREADED_WORK_MIN, 1),  # one BLAS thread: the user asked for one core
-    (True, 2, 8, K.THREADED_WORK_MIN - 1, 1),  # too little work for a hand-off
-    (True, 2, 1, K.THREADED_WORK_MIN, 1),
-])
-def test_the_batch_is_split_over_the_blas_threads_only_when_that_pays(monkeypatch, sleep, threads, batch,
-                                                                      work, parts):
+@pytest.mark.parametrize(
+    "sleep, threads, batch, work, parts",
+    [
+        (True, 2, 8, K.THREADED_WORK_MIN, 2),
+        (True, 4, 3, K.THREADED_WORK_MIN, 3),  # no more parts than batch rows
+        (False, 2, 8, K.THREADED_WORK_MIN, 1),  # idle OpenBLAS workers would spin on the cores
+        (True, 1, 8, K.THREADED_WORK_MIN, 1),  # one BLAS thread: the user asked for one core
+        (True, 2, 8, K.THREADED_WORK_MIN - 1, 1),  # too little work for a hand-off
+        (True, 2, 1, K.THREADED_WORK_MIN, 1),
+    ],
+)
+def test_the_batch_is_split_over_the_blas_threads_only_when_that_pays(monkeypatch, sleep, threads, batch, work, parts):
     monkeypatch.setattr(K._blas, "idle_workers_sleep", lambda: sleep)
     monkeypatch.setattr(K._blas, "threads", lambda: threads)
     assert K._batch_parts(batch, work) == parts
@@ -1154,12 +1188,16 @@ def fake_kernel(cached=(), compiled=(), unreadable=False):
     return SimpleNamespace(signatures=[signature(dtype) for dtype in compiled], _cache=cache)
 
 
-@pytest.mark.parametrize("kernels, cold", [
-    ((fake_kernel(cached=["float64"]), fake_kernel(cached=["float64"])), False),
-    ((fake_kernel(cached=["float64"]), fake_kernel()), True),
-    ((fake_kernel(compiled=["float64"]), fake_kernel(cached=["float64"])), False),
-    ((fake_kernel(compiled=["float64"]), fake_kernel()), True),
-], ids=["all-cached", "one-missing", "compiled-and-cached", "compiled-and-missing"])
+@pytest.mark.parametrize(
+    "kernels, cold",
+    [
+        ((fake_kernel(cached=["float64"]), fake_kernel(cached=["float64"])), False),
+        ((fake_kernel(cached=["float64"]), fake_kernel()), True),
+        ((fake_kernel(compiled=["float64"]), fake_kernel(cached=["float64"])), False),
+        ((fake_kernel(compiled=["float64"]), fake_kernel()), True),
+    ],
+    ids=["all-cached", "one-missing", "compiled-and-cached", "compiled-and-missing"],
+)
 def test_compile_cache_is_cold_when_a_first_run_kernel_is_neither_compiled_nor_cached(monkeypatch, kernels, cold):
     monkeypatch.setattr(K, "USE_NUMBA", True)
     monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", {"layernorm": kernels})
@@ -1168,16 +1206,18 @@ def test_compile_cache_is_cold_when_a_first_run_kernel_is_neither_compiled_nor_c
 
 def test_compile_cache_is_cold_for_a_dtype_the_cache_has_no_signature_of(monkeypatch):
     monkeypatch.setattr(K, "USE_NUMBA", True)
-    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", {"layernorm": (fake_kernel(cached=["float64"]),
-                                                                fake_kernel(compiled=["float64"]))})
+    monkeypatch.setattr(
+        K, "_FIRST_RUN_KERNELS", {"layernorm": (fake_kernel(cached=["float64"]), fake_kernel(compiled=["float64"]))}
+    )
     assert K.compile_cache_is_cold("float64") is False
     assert K.compile_cache_is_cold("float32") is True
 
 
 def test_compile_cache_is_cold_looks_at_the_kernels_of_the_model_s_norm(monkeypatch):
     monkeypatch.setattr(K, "USE_NUMBA", True)
-    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", {"layernorm": (fake_kernel(cached=["float64"]),),
-                                                  "rmsnorm": (fake_kernel(),)})
+    monkeypatch.setattr(
+        K, "_FIRST_RUN_KERNELS", {"layernorm": (fake_kernel(cached=["float64"]),), "rmsnorm": (fake_kernel(),)}
+    )
     assert K.compile_cache_is_cold(norm="layernorm") is False
     assert K.compile_cache_is_cold(norm="rmsnorm") is True
 
@@ -1198,8 +1238,10 @@ def test_without_numba_nothing_is_compiled_so_the_cache_is_never_cold(monkeypatc
 
 @pytest.mark.skipif(not K.USE_NUMBA, reason="needs Numba's JIT")
 def test_an_empty_numba_cache_directory_reads_as_cold_without_compiling(tmp_path):
-    probe = ("from lnref.autograd import kernels as K; "
-             "print(K.compile_cache_is_cold(), sum(len(k.signatures) for k in K._FIRST_RUN_KERNELS['layernorm']))")
+    probe = (
+        "from lnref.autograd import kernels as K; "
+        "print(K.compile_cache_is_cold(), sum(len(k.signatures) for k in K._FIRST_RUN_KERNELS['layernorm']))"
+    )
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -1242,13 +1284,19 @@ print(kernels.compile_cache_is_cold({dtype!r}, {norm!r}), sum(1 for e in recorde
 
 
 @pytest.mark.skipif(not K.USE_NUMBA, reason="compiles Numba kernels")
-@pytest.mark.parametrize("norm, activation, dtype", [("layernorm", "relu", "float64"), ("rmsnorm", "gelu", "float64"),
-                                                    ("layernorm", "relu", "float32")])
+@pytest.mark.parametrize(
+    "norm, activation, dtype",
+    [("layernorm", "relu", "float64"), ("rmsnorm", "gelu", "float64"), ("layernorm", "relu", "float32")],
+)
 def test_after_compile_first_run_kernels_a_first_pass_compiles_nothing(tmp_path, norm, activation, dtype):
     root = str(Path(__file__).resolve().parents[1])
-    done = subprocess.run([sys.executable, "-c", FIRST_RUN.format(root=root, norm=norm, activation=activation, dtype=dtype)],
-                          env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}, capture_output=True, text=True,
-                          check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_RUN.format(root=root, norm=norm, activation=activation, dtype=dtype)],
+        env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     cold, compilations = done.stdout.split()
     assert compilations == "0", done.stderr[-2000:]
     assert cold == "False"
