@@ -1417,3 +1417,44 @@ def test_after_compile_first_run_kernels_a_first_pass_compiles_nothing(tmp_path,
     assert compilations == "0", done.stderr[-2000:]
     assert cold == "False"
     assert other_norm_cold == "True"  # its norm kernels were neither run nor cached
+
+
+# A fresh process on a copy of the package: how many compilations a call of the attention
+# loop twin starts (the attention kernel calls the row softmax of softmax.py).
+ATTENTION_COMPILATIONS = """
+import sys
+sys.path.insert(0, {root!r})
+import numpy as np
+from numba.core import event
+from lnref.autograd.kernels import seam
+q = np.ones((1, 2, 1, 2))
+with event.install_recorder("numba:compile") as recorder:
+    seam.twin("attention_forward").loop(q, q, q, False)
+print(sum(1 for e in recorder.buffer if e[1].is_start))
+"""
+
+
+@pytest.mark.skipif(not K.USE_NUMBA, reason="compiles Numba kernels")
+def test_an_edit_of_any_file_of_the_package_recompiles_the_kernels_of_the_others(tmp_path):
+    import shutil
+
+    copy = tmp_path / "src"
+    shutil.copytree(ROOT / "lnref", copy / "lnref", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def compilations():
+        done = subprocess.run(
+            [sys.executable, "-c", ATTENTION_COMPILATIONS.format(root=str(copy))],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        return int(done.stdout)
+
+    assert compilations() > 0  # an empty cache
+    assert compilations() == 0  # served by the cache
+    with open(copy / "lnref" / "autograd" / "kernels" / "softmax.py", "a") as source:
+        source.write("\n# an edit of the row softmax's file\n")
+    assert compilations() > 0

@@ -50,14 +50,19 @@ Compilation
 -----------
 :func:`njit` is the one way kernels are compiled: ``cache=True``, never ``fastmath``, never
 ``parallel``, so the summation order is the source's and the results are bit-reproducible.
+Numba's on-disk cache notices an edit of a kernel's own file only, not of a helper it calls in
+another file; every kernel's cache entry is therefore stamped with all of this package's
+source files, and an edit of any of them recompiles every kernel.
 """
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
@@ -125,7 +130,35 @@ def njit(*, cache: bool, nogil: bool = False) -> Callable[[F], F]:
     the function itself (it then runs as Python)."""
     if _numba is None:
         return lambda fn: fn
-    return _numba.njit(cache=cache, nogil=nogil)
+    compile_ = _numba.njit(cache=cache, nogil=nogil)
+
+    def decorate(fn: F) -> F:
+        dispatcher = compile_(fn)
+        _stamp_with_package_sources(dispatcher)
+        return dispatcher
+
+    return decorate
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+@functools.cache
+def _package_stamp() -> tuple[tuple[str, float, int], ...]:
+    """Name, modification time and size of every source file of this package."""
+    return tuple((path.name, path.stat().st_mtime, path.stat().st_size) for path in sorted(_PACKAGE.glob("*.py")))
+
+
+def _stamp_with_package_sources(dispatcher: Any) -> None:
+    """Make the cache entry of ``dispatcher`` stale whenever any file of the package changes.
+
+    Numba keeps, in each cache index, the stamp (time and size) of the kernel's own file and
+    drops the index when that stamp differs; the stamp replaced here covers every file. With
+    the JIT disabled, or a Numba without these attributes, Numba's own stamp stays.
+    """
+    cache_file: Any = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    if hasattr(cache_file, "_source_stamp"):
+        cache_file._source_stamp = _package_stamp()
 
 
 # ----- twins ----------------------------------------------------------------------------
