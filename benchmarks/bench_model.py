@@ -34,7 +34,7 @@ page faults per call on the large model, 742 ms against 554 ms with the threshol
 (``lnref/process/blas.py``), before NumPy loads: OpenBLAS's idle workers then sleep after tens of
 microseconds instead of spinning for a tenth of a second, which leaves the second core to the
 large model's attention core, split over the BLAS threads' count of threads
-(``kernels._over_batch_parts``). PyTorch's own BLAS (MKL) does not read the variable, but
+(``kernels.attention_blocked.over_batch_parts``). PyTorch's own BLAS (MKL) does not read the variable, but
 it gains too: NumPy's workers no longer spin into PyTorch's turn (measured, medium model at
 2 threads, 4 runs of 2 processes: PyTorch 130-156 ms with the setting, 160-184 ms with
 OpenBLAS's default; lnref 87-118 ms either way). In that process the two sides alternate, one

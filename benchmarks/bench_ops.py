@@ -1,35 +1,34 @@
-"""Numba loop kernels vs their NumPy twins, measured in one run.
+"""Numba loop twins vs their NumPy twins, measured in one run: where each loop stops paying.
 
     python3 benchmarks/bench_ops.py [--reps N] [--min-time SECONDS]
 
 For LayerNorm, softmax, attention, the attention sublayer (projections, attention and
-output projection) and the linear map, times forward + backward of each twin
-(the loop kernels ``_<name>_loop`` and ``<name>_reference`` are called
-directly, so the comparison holds whatever ``LNREF_KERNELS`` says). Attention
-is timed on the token-major layout the model uses, (B, T, H, Dh), for both
-compiled paths, the loop kernels and the blocked path (BLAS products and
-in-place softmax kernels), against the NumPy twin on the same arrays; the
-shapes straddle ``kernels.LOOP_WORK_LIMIT``, the size up to which the
-dispatcher picks the loop kernels, so these rows are the evidence for it.
-Every kernel is called once first so Numba's compile time is excluded. Each
-figure is the median over ``--reps`` repetitions; one repetition runs the
-callable enough times to last ``--min-time`` seconds, and reports the time per
-call. Repetitions of the implementations compared alternate, so they see the
-same machine load.
+output projection) and the linear map, times forward + backward of each twin (taken
+from the seam, ``seam.twin(name).loop`` and ``.reference``, and called directly, so the
+comparison holds whatever ``LNREF_KERNELS`` says). Attention is timed on the token-major
+layout the model uses, (B, T, H, Dh), for both compiled paths, the loop twins and the
+blocked path (BLAS products and in-place softmax kernels), against the NumPy twin on the
+same arrays. The shapes of attention, the sublayer and the linear map straddle the limits
+their twins declare (``loop_pays_up_to``, up to which the seam picks the loop): the
+"picked" column says which path the seam takes at each shape, so these rows are the
+evidence for the limits (``docs/performance.md``).
 
-Prints a table with the speedup (NumPy time / Numba time), then one JSON line
-per figure, then whether the target (LayerNorm forward+backward at (2048, 64)
-at least 3x faster with Numba) was met.
+Every kernel is called once first so Numba's compile time is excluded. Each figure is the
+median over ``--reps`` repetitions; one repetition runs the callable enough times to last
+``--min-time`` seconds, and reports the time per call. Repetitions of the implementations
+compared alternate, so they see the same machine load.
 
-Allocator: on the VMs this project runs on, memory that glibc hands back to the
-kernel is returned to the host, so touching a freshly mapped page costs
-microseconds. With glibc's default (adaptive) trim and mmap thresholds,
-whether the 1 MB+ output arrays of a call are fresh pages depends on the
-heap's history: the same kernel measured 0.3 ms or 2 ms depending on what ran
-before it, which swamps the kernels themselves. By default this script
-therefore pins both thresholds with ``mallopt`` (for this process only, both
-twins alike) so each figure measures the kernel; ``--default-malloc`` keeps
-glibc's defaults to see the page-fault-bound numbers.
+Prints a table with the speedup (NumPy time / Numba time), then one JSON line per figure,
+then whether the target (LayerNorm forward+backward at (2048, 64) at least 3x faster with
+Numba) was met. A quick look: ``--reps 1 --min-time 0.001``.
+
+Allocator: on a VM whose host takes back the memory glibc returns to the kernel, touching a
+freshly mapped page costs microseconds. With glibc's default (adaptive) trim and mmap
+thresholds, whether the 1 MB+ output arrays of a call are fresh pages depends on the heap's
+history, and that can swamp the kernels themselves (``docs/performance.md``). By default
+this script therefore pins both thresholds with ``mallopt`` (for this process only, both
+twins alike) so each figure measures the kernel; ``--default-malloc`` keeps glibc's
+defaults to see the page-fault-bound numbers.
 """
 
 from __future__ import annotations
@@ -50,22 +49,36 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lnref.autograd import kernels as K  # noqa: E402
+from lnref.autograd.kernels import seam  # noqa: E402
+from lnref.autograd.kernels.attention import attention_work  # noqa: E402
+from lnref.autograd.kernels.attention_sublayer import attention_sublayer_work  # noqa: E402
 
 ROW_SHAPES = [(64, 16), (2048, 64), (8192, 256)]
 # (B, H, T, Dh), S = T: the small model, its gradient checker's batched passes, the
 # medium and large models of benchmarks/bench_model.py, and one near the crossover.
 ATTENTION_SHAPES = [(2, 2, 8, 8), (20, 2, 8, 8), (2, 4, 16, 16), (4, 4, 32, 16), (8, 8, 64, 32)]
 # (B, T, d_model, H), self-attention: the small model, its gradient checker's batches, two
-# sizes between, the medium model. They straddle kernels.SUBLAYER_LOOP_WORK_LIMIT and
-# SUBLAYER_ATTENTION_LOOP_WORK_LIMIT, up to which the whole sublayer runs as one compiled
-# call each way ("numba") instead of NumPy/BLAS products around the attention kernels.
+# sizes between, the medium model. They straddle the sublayer twins' two limits, up to which
+# the whole sublayer runs as one compiled call each way ("numba") instead of NumPy/BLAS
+# products around the attention kernels.
 SUBLAYER_SHAPES = [(2, 8, 16, 2), (20, 8, 16, 2), (2, 16, 32, 4), (8, 16, 32, 4), (4, 32, 64, 4)]
-# (n, d_in, d_out): the small model's two FFN maps, and larger ones, straddling
-# kernels.LINEAR_LOOP_WORK_LIMIT.
+# (n, d_in, d_out): the small model's two FFN maps, and larger ones, straddling the linear
+# twins' limit (the FFN's too).
 LINEAR_SHAPES = [(16, 16, 64), (16, 64, 16), (32, 16, 64), (64, 16, 64), (160, 16, 64), (128, 64, 256)]
 EPS = 1e-5
 TARGET = ("layer_norm fwd+bwd", (2048, 64), 3.0)
+
+
+def twins(kernel, path):
+    """The forward and backward implementations of ``kernel`` on ``path`` (as the seam names them)."""
+    return tuple(seam.twin(f"{kernel}_{direction}").paths[path] for direction in ("forward", "backward"))
+
+
+def picked(kernel, *work):
+    """The path the seam takes for a call of ``kernel``'s forward of this much work."""
+    twin = seam.twin(f"{kernel}_forward")
+    chosen = twin.pick(*work)
+    return next(name for name, implementation in twin.paths.items() if implementation is chosen)
 
 
 def layer_norm_case(shape, rng):
@@ -82,10 +95,7 @@ def layer_norm_case(shape, rng):
 
         return run
 
-    return (
-        make(K._layer_norm_forward_loop, K._layer_norm_backward_loop),
-        make(K.layer_norm_forward_reference, K.layer_norm_backward_reference),
-    )
+    return make(*twins("layer_norm", "loop")), make(*twins("layer_norm", "reference"))
 
 
 def softmax_case(shape, rng):
@@ -98,20 +108,13 @@ def softmax_case(shape, rng):
 
         return run
 
-    return (
-        make(K._softmax_forward_loop, K._softmax_backward_loop),
-        make(K.softmax_forward_reference, K.softmax_backward_reference),
-    )
+    return make(*twins("softmax", "loop")), make(*twins("softmax", "reference"))
 
 
 def attention_case(shape, rng, causal, path):
     """(compiled path, NumPy twin) on token-major arrays (B, T, H, Dh)."""
     batch, heads, seq, head_dim = shape
     q, k, v, dout = (rng.standard_normal((batch, seq, heads, head_dim)) for _ in range(4))
-    compiled = {
-        "loop": (K._attention_forward_loop, K._attention_backward_loop),
-        "blocked": (K._attention_forward_blocked, K._attention_backward_blocked),
-    }[path]
 
     def make(forward, backward):
         def run():
@@ -120,10 +123,7 @@ def attention_case(shape, rng, causal, path):
 
         return run
 
-    return (
-        make(*compiled),
-        make(K._attention_forward_token_major_reference, K._attention_backward_token_major_reference),
-    )
+    return make(*twins("attention", path)), make(*twins("attention", "reference"))
 
 
 def attention_sublayer_case(shape, rng):
@@ -131,8 +131,10 @@ def attention_sublayer_case(shape, rng):
     of x (B, T, d) with H heads."""
     batch, seq, d_model, heads = shape
     x, dout = (rng.standard_normal((batch, seq, d_model)) for _ in range(2))
-    weights = [rng.standard_normal((d_model, d_model)) / math.sqrt(d_model) if i % 2 == 0
-               else rng.standard_normal(d_model) for i in range(8)]
+    weights = [
+        rng.standard_normal((d_model, d_model)) / math.sqrt(d_model) if i % 2 == 0 else rng.standard_normal(d_model)
+        for i in range(8)
+    ]
 
     def make(forward, backward):
         def run():
@@ -141,10 +143,7 @@ def attention_sublayer_case(shape, rng):
 
         return run
 
-    return (
-        make(K._attention_sublayer_forward_loop, K._attention_sublayer_backward_loop),
-        make(K.attention_sublayer_forward_reference, K.attention_sublayer_backward_reference),
-    )
+    return make(*twins("attention_sublayer", "loop")), make(*twins("attention_sublayer", "reference"))
 
 
 def linear_case(shape, rng):
@@ -159,10 +158,7 @@ def linear_case(shape, rng):
 
         return run
 
-    return (
-        make(K._linear_forward_loop, K._linear_backward_loop),
-        make(K.linear_forward_reference, K.linear_backward_reference),
-    )
+    return make(*twins("linear", "loop")), make(*twins("linear", "reference"))
 
 
 def pin_glibc_malloc():
@@ -206,20 +202,26 @@ def median_seconds_per_call(fns, reps, min_time):
 
 
 def cases():
+    """(name, shape, (numba callable, numpy callable), the path the seam picks at that shape)."""
     rng = np.random.default_rng(0)
     for shape in ROW_SHAPES:
-        yield "layer_norm fwd+bwd", shape, layer_norm_case(shape, rng)
+        yield "layer_norm fwd+bwd", shape, layer_norm_case(shape, rng), picked("layer_norm")
     for shape in ROW_SHAPES:
-        yield "softmax fwd+bwd", shape, softmax_case(shape, rng)
+        yield "softmax fwd+bwd", shape, softmax_case(shape, rng), picked("softmax")
     for shape in ATTENTION_SHAPES:
+        batch, heads, seq, head_dim = shape
+        path_picked = picked("attention", attention_work(batch, heads, seq, seq, head_dim))
         for causal in (False, True):
             for path in ("loop", "blocked"):
                 name = f"attention {path}" + (" causal" if causal else "")
-                yield name, shape, attention_case(shape, rng, causal, path)
+                yield name, shape, attention_case(shape, rng, causal, path), path_picked
     for shape in SUBLAYER_SHAPES:
-        yield "attention sublayer", shape, attention_sublayer_case(shape, rng)
+        batch, seq, d_model, _ = shape
+        path_picked = picked("attention_sublayer", *attention_sublayer_work(batch, seq, seq, d_model))
+        yield "attention sublayer", shape, attention_sublayer_case(shape, rng), path_picked
     for shape in LINEAR_SHAPES:
-        yield "linear fwd+bwd", shape, linear_case(shape, rng)
+        n, d_in, d_out = shape
+        yield "linear fwd+bwd", shape, linear_case(shape, rng), picked("linear", n * d_in * d_out)
 
 
 def main(argv=None):
@@ -240,20 +242,22 @@ def main(argv=None):
         f"# numpy {np.__version__}, numba {__import__('numba').__version__}, python {platform.python_version()}, "
         f"{os.cpu_count()} cpus; float64; median of {args.reps} reps, >= {args.min_time}s each; malloc {malloc}"
     )
-    header = f"{'kernel':<26} {'shape':<16} {'numpy ms':>10} {'numba ms':>10} {'speedup':>8}"
+    header = f"{'kernel':<26} {'shape':<16} {'numpy ms':>10} {'numba ms':>10} {'speedup':>8}  {'picked':<9}"
     print(header)
     print("-" * len(header))
     rows = []
-    for name, shape, (numba_fn, numpy_fn) in cases():
-        (numba_s, numpy_s), (numba_n, numpy_n) = median_seconds_per_call(
-            [numba_fn, numpy_fn], args.reps, args.min_time
-        )
+    for name, shape, (numba_fn, numpy_fn), path_picked in cases():
+        (numba_s, numpy_s), (numba_n, numpy_n) = median_seconds_per_call([numba_fn, numpy_fn], args.reps, args.min_time)
         speedup = numpy_s / numba_s
-        rows.append((name, shape, numpy_s, numba_s, speedup, numpy_n, numba_n))
-        print(f"{name:<26} {str(shape):<16} {numpy_s * 1e3:>10.4f} {numba_s * 1e3:>10.4f} {speedup:>7.2f}x", flush=True)
+        rows.append((name, shape, numpy_s, numba_s, speedup, numpy_n, numba_n, path_picked))
+        print(
+            f"{name:<26} {str(shape):<16} {numpy_s * 1e3:>10.4f} {numba_s * 1e3:>10.4f} {speedup:>7.2f}x  "
+            f"{path_picked:<9}",
+            flush=True,
+        )
 
     print()
-    for name, shape, numpy_s, numba_s, speedup, numpy_n, numba_n in rows:
+    for name, shape, numpy_s, numba_s, speedup, numpy_n, numba_n, path_picked in rows:
         for impl, seconds, number in (("numpy", numpy_s, numpy_n), ("numba", numba_s, numba_n)):
             print(
                 json.dumps(
@@ -267,6 +271,7 @@ def main(argv=None):
                         "calls_per_rep": number,
                         "malloc": malloc,
                         "speedup_numpy_over_numba": speedup,
+                        "picked": path_picked,
                     }
                 )
             )
@@ -274,7 +279,8 @@ def main(argv=None):
     target_name, target_shape, target_ratio = TARGET
     measured = next(r[4] for r in rows if r[0] == target_name and r[1] == target_shape)
     verdict = "met" if measured >= target_ratio else "NOT met"
-    print(f"\ntarget: {target_name} at {target_shape} >= {target_ratio:.0f}x faster with Numba: {measured:.2f}x, {verdict}")
+    print(f"\ntarget: {target_name} at {target_shape} >= {target_ratio:.0f}x faster with Numba: ", end="")
+    print(f"{measured:.2f}x, {verdict}")
     return 0
 
 

@@ -13,7 +13,7 @@ Every figure is a fresh process, timed from outside (wall clock), median over re
   set and the largest total proportional set size of it and its forked workers, sampled
   every 20 ms), and whether its stderr
   said that kernels were being compiled. After the cold runs, the number of kernels and of
-  compiled signatures found in the cache, and what ``kernels.compile_cache_is_cold()`` answers
+  compiled signatures found in the cache, and what ``kernels.warmup.compile_cache_is_cold()`` answers
   for an empty and for the filled cache.
 
 Targets: ``--help`` under 0.3 s; the first gradcheck with a cold cache under 15 s, saying so
@@ -51,7 +51,7 @@ sys.argv = ["lnref", *sys.argv[1:]]
 runpy.run_module("lnref", run_name="__main__")
 """ % (HEAVY_MODULES,)
 
-COLD_PROBE = "from lnref.autograd import kernels; print(kernels.compile_cache_is_cold())"
+COLD_PROBE = "from lnref.autograd.kernels import warmup; print(warmup.compile_cache_is_cold())"
 
 
 def run(args, env=None, probe=False):

@@ -1,11 +1,13 @@
 """Tests of the fused kernels in ``lnref.autograd.kernels``.
 
-Each Numba loop kernel is checked against its NumPy twin, both are checked
+Each Numba loop twin is checked against its NumPy twin, both are checked
 against central finite differences of their own forward (with a deliberately
 broken backward as a negative control), and the numerically hard inputs
 (constant rows, 1e8 offsets, +-1e4 logits, causal masks) get their own tests.
+The twins are reached through the seam (``seam.twin(name).loop``), as every
+override of a kernel is (``seam.forced``, ``seam.replaced``).
 
-Runs with and without the JIT (``NUMBA_DISABLE_JIT=1``): loop kernels are only
+Runs with and without the JIT (``NUMBA_DISABLE_JIT=1``): loop twins are only
 called on small shapes, so pure-Python execution stays fast.
 """
 
@@ -15,6 +17,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,6 +28,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lnref.autograd import kernels as K
+from lnref.autograd.kernels import attention_blocked, seam, warmup
+from lnref.autograd.kernels.attention import attention_work
+from lnref.autograd.kernels.attention_sublayer import attention_sublayer_work
+from lnref.process import blas
 
 EPS = 1e-5
 TWIN_RTOL = 1e-12
@@ -89,37 +96,47 @@ def fd_check(loss, inputs, grads, rng, h=1e-6, rtol=1e-6):
     return matches
 
 
+def loop(name):
+    """The loop twin of the kernel ``name``."""
+    return seam.twin(name).loop
+
+
+def token_major(a):
+    """(B, H, T, Dh) <-> (B, T, H, Dh), contiguous (swapping axes 1 and 2 converts both ways)."""
+    return np.ascontiguousarray(a.transpose(0, 2, 1, 3))
+
+
 def on_head_major(forward, backward):
     """A token-major (B, T, H, Dh) attention forward/backward pair, called on head-major
-    (B, H, T, Dh) arrays like the NumPy twins (swapping axes 1 and 2 converts both ways)."""
+    (B, H, T, Dh) arrays like the NumPy twins."""
 
     def fwd(q, k, v, causal):
-        out, probs = forward(*(K._token_major(a) for a in (q, k, v)), causal)
-        return K._token_major(out), probs
+        out, probs = forward(*(token_major(a) for a in (q, k, v)), causal)
+        return token_major(out), probs
 
     def bwd(dout, q, k, v, probs):
-        grads = backward(*(K._token_major(a) for a in (dout, q, k, v)), probs)
-        return tuple(K._token_major(g) for g in grads)
+        grads = backward(*(token_major(a) for a in (dout, q, k, v)), probs)
+        return tuple(token_major(g) for g in grads)
 
     return fwd, bwd
 
 
-LOOP_ATTENTION = on_head_major(K._attention_forward_loop, K._attention_backward_loop)
-BLOCKED_ATTENTION = on_head_major(K._attention_forward_blocked, K._attention_backward_blocked)
+LOOP_ATTENTION = on_head_major(loop("attention_forward"), loop("attention_backward"))
+BLOCKED_ATTENTION = on_head_major(seam.twin("attention_forward").blocked, seam.twin("attention_backward").blocked)
 
 # The two twins of every kernel, for tests that must hold for both.
 IMPLS = {
     "loop": {
-        "ln_fwd": K._layer_norm_forward_loop,
-        "ln_bwd": K._layer_norm_backward_loop,
-        "rms_fwd": K._rms_norm_forward_loop,
-        "rms_bwd": K._rms_norm_backward_loop,
-        "sm_fwd": K._softmax_forward_loop,
-        "sm_bwd": K._softmax_backward_loop,
+        "ln_fwd": loop("layer_norm_forward"),
+        "ln_bwd": loop("layer_norm_backward"),
+        "rms_fwd": loop("rms_norm_forward"),
+        "rms_bwd": loop("rms_norm_backward"),
+        "sm_fwd": loop("softmax_forward"),
+        "sm_bwd": loop("softmax_backward"),
         "att_fwd": LOOP_ATTENTION[0],
         "att_bwd": LOOP_ATTENTION[1],
-        "gelu_fwd": K._gelu_forward_loop,
-        "gelu_bwd": K._gelu_backward_loop,
+        "gelu_fwd": loop("gelu_forward"),
+        "gelu_bwd": loop("gelu_backward"),
     },
     "reference": {
         "ln_fwd": K.layer_norm_forward_reference,
@@ -160,7 +177,7 @@ ATTENTION_CASES = [  # (B, H, T, Dh), S, causal
 def test_layer_norm_forward_loop_matches_numpy_twin(shape):
     x, gamma, beta, _ = ln_inputs(rng_for("ln_fwd", shape), *shape)
     assert_twins_agree(
-        K._layer_norm_forward_loop(x, gamma, beta, EPS),
+        loop("layer_norm_forward")(x, gamma, beta, EPS),
         K.layer_norm_forward_reference(x, gamma, beta, EPS),
     )
 
@@ -170,7 +187,7 @@ def test_layer_norm_backward_loop_matches_numpy_twin(shape):
     x, gamma, beta, dy = ln_inputs(rng_for("ln_bwd", shape), *shape)
     _, mean, rstd = K.layer_norm_forward_reference(x, gamma, beta, EPS)
     assert_twins_agree(
-        K._layer_norm_backward_loop(dy, x, gamma, mean, rstd),
+        loop("layer_norm_backward")(dy, x, gamma, mean, rstd),
         K.layer_norm_backward_reference(dy, x, gamma, mean, rstd),
     )
 
@@ -187,11 +204,11 @@ def test_layer_norm_loop_matches_numpy_twin_on_random_shapes_and_scales(n, d, se
     rng = np.random.default_rng(seed)
     x, gamma, beta, dy = ln_inputs(rng, n, d)
     x = offset + scale * x
-    fwd_loop = K._layer_norm_forward_loop(x, gamma, beta, EPS)
+    fwd_loop = loop("layer_norm_forward")(x, gamma, beta, EPS)
     assert_twins_agree(fwd_loop, K.layer_norm_forward_reference(x, gamma, beta, EPS), rtol=1e-11)
     _, mean, rstd = fwd_loop
     assert_twins_agree(
-        K._layer_norm_backward_loop(dy, x, gamma, mean, rstd),
+        loop("layer_norm_backward")(dy, x, gamma, mean, rstd),
         K.layer_norm_backward_reference(dy, x, gamma, mean, rstd),
         rtol=1e-11,
     )
@@ -200,7 +217,7 @@ def test_layer_norm_loop_matches_numpy_twin_on_random_shapes_and_scales(n, d, se
 @pytest.mark.parametrize("shape", ROW_SHAPES)
 def test_rms_norm_forward_loop_matches_numpy_twin(shape):
     x, gamma, _, _ = ln_inputs(rng_for("rms_fwd", shape), *shape)
-    assert_twins_agree(K._rms_norm_forward_loop(x, gamma, EPS), K.rms_norm_forward_reference(x, gamma, EPS))
+    assert_twins_agree(loop("rms_norm_forward")(x, gamma, EPS), K.rms_norm_forward_reference(x, gamma, EPS))
 
 
 @pytest.mark.parametrize("shape", ROW_SHAPES)
@@ -208,7 +225,7 @@ def test_rms_norm_backward_loop_matches_numpy_twin(shape):
     x, gamma, _, dy = ln_inputs(rng_for("rms_bwd", shape), *shape)
     _, rrms = K.rms_norm_forward_reference(x, gamma, EPS)
     assert_twins_agree(
-        K._rms_norm_backward_loop(dy, x, gamma, rrms),
+        loop("rms_norm_backward")(dy, x, gamma, rrms),
         K.rms_norm_backward_reference(dy, x, gamma, rrms),
     )
 
@@ -216,7 +233,7 @@ def test_rms_norm_backward_loop_matches_numpy_twin(shape):
 @pytest.mark.parametrize("shape", ROW_SHAPES)
 def test_softmax_forward_loop_matches_numpy_twin(shape):
     x = 3.0 * rng_for("sm_fwd", shape).standard_normal(shape)
-    assert_twins_agree(K._softmax_forward_loop(x), K.softmax_forward_reference(x))
+    assert_twins_agree(loop("softmax_forward")(x), K.softmax_forward_reference(x))
 
 
 @pytest.mark.parametrize("shape", ROW_SHAPES)
@@ -224,7 +241,7 @@ def test_softmax_backward_loop_matches_numpy_twin(shape):
     rng = rng_for("sm_bwd", shape)
     p = K.softmax_forward_reference(rng.standard_normal(shape))
     dp = rng.standard_normal(shape)
-    assert_twins_agree(K._softmax_backward_loop(dp, p), K.softmax_backward_reference(dp, p))
+    assert_twins_agree(loop("softmax_backward")(dp, p), K.softmax_backward_reference(dp, p))
 
 
 @pytest.mark.parametrize("path", ["loop", "blocked"])
@@ -259,11 +276,14 @@ def merge_heads(a):
     return a.transpose(0, 2, 1, 3).reshape(batch, seq, heads * head_dim)
 
 
-@pytest.mark.parametrize("limit", [10**9, 0], ids=["loop", "blocked"])
+@pytest.mark.parametrize("path", ["loop", "blocked"])
 @pytest.mark.parametrize("t_len, s_len, causal", [(5, 5, True), (4, 7, False)])
-def test_multi_head_attention_is_attention_over_split_heads(monkeypatch, limit, t_len, s_len, causal):
-    # LOOP_WORK_LIMIT decides between the loop kernels and the blocked path: force each.
-    monkeypatch.setattr(K, "LOOP_WORK_LIMIT", limit)
+def test_multi_head_attention_is_attention_over_split_heads(path, t_len, s_len, causal):
+    with seam.forced(path, "attention_forward", "attention_backward"):
+        check_multi_head_attention_against_the_numpy_twin(t_len, s_len, causal)
+
+
+def check_multi_head_attention_against_the_numpy_twin(t_len, s_len, causal):
     rng = rng_for("mha", t_len, s_len, causal)
     q = rng.standard_normal((2, t_len, 6))
     k, v = rng.standard_normal((2, 2, s_len, 6))
@@ -272,8 +292,9 @@ def test_multi_head_attention_is_attention_over_split_heads(monkeypatch, limit, 
     ref_out, ref_probs = K.attention_forward_reference(split_heads(q, 3), split_heads(k, 3), split_heads(v, 3), causal)
     assert_twins_agree((out, probs), (merge_heads(ref_out), ref_probs))
     grads = K.multi_head_attention_backward(dout, q, k, v, probs)
-    ref_grads = K.attention_backward_reference(split_heads(dout, 3), split_heads(q, 3), split_heads(k, 3),
-                                               split_heads(v, 3), ref_probs)
+    ref_grads = K.attention_backward_reference(
+        split_heads(dout, 3), split_heads(q, 3), split_heads(k, 3), split_heads(v, 3), ref_probs
+    )
     assert_twins_agree(grads, tuple(merge_heads(g) for g in ref_grads))
 
 
@@ -281,16 +302,20 @@ def sublayer_inputs(rng, batch, t_len, s_len, d, cross, dtype=np.float64):
     """x, memory (None for self-attention), [wq, bq, wk, bk, wv, bv, wo, bo], dout."""
     x = rng.standard_normal((batch, t_len, d)).astype(dtype)
     memory = rng.standard_normal((batch, s_len, d)).astype(dtype) if cross else None
-    weights = [(rng.standard_normal((d, d)) / math.sqrt(d) if i % 2 == 0 else rng.standard_normal(d)).astype(dtype)
-               for i in range(8)]
+    weights = [
+        (rng.standard_normal((d, d)) / math.sqrt(d) if i % 2 == 0 else rng.standard_normal(d)).astype(dtype)
+        for i in range(8)
+    ]
     return x, memory, weights, rng.standard_normal((batch, t_len, d)).astype(dtype)
 
 
 def sublayer_twins(x, memory, weights, dout, n_heads, causal):
     """(forward, backward) outputs of the loop twin and of the NumPy/BLAS reference."""
     results = []
-    for forward, backward in ((K._attention_sublayer_forward_loop, K._attention_sublayer_backward_loop),
-                              (K.attention_sublayer_forward_reference, K.attention_sublayer_backward_reference)):
+    for forward, backward in (
+        (loop("attention_sublayer_forward"), loop("attention_sublayer_backward")),
+        (K.attention_sublayer_forward_reference, K.attention_sublayer_backward_reference),
+    ):
         outputs = forward(x, memory, *weights, n_heads, causal)
         results.append((outputs, backward(dout, x, memory, *weights[::2], *outputs[1:])))
     return results
@@ -325,8 +350,9 @@ SUBLAYER_CASES = [
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, TWIN_RTOL), (np.float32, 1e-4)], ids=["float64", "float32"])
 @pytest.mark.parametrize("batch, t_len, s_len, d, n_heads, cross, causal", SUBLAYER_CASES)
 def test_attention_sublayer_loop_matches_numpy_twin(batch, t_len, s_len, d, n_heads, cross, causal, dtype, rtol):
-    x, memory, weights, dout = sublayer_inputs(rng_for("sublayer", batch, t_len, s_len, d, cross),
-                                               batch, t_len, s_len, d, cross, dtype)
+    x, memory, weights, dout = sublayer_inputs(
+        rng_for("sublayer", batch, t_len, s_len, d, cross), batch, t_len, s_len, d, cross, dtype
+    )
     (loop_out, loop_grads), (ref_out, ref_grads) = sublayer_twins(x, memory, weights, dout, n_heads, causal)
     assert_twins_agree(loop_out, ref_out, rtol)
     assert_gradients_agree(loop_grads, ref_grads, rtol)
@@ -335,15 +361,13 @@ def test_attention_sublayer_loop_matches_numpy_twin(batch, t_len, s_len, d, n_he
 
 def test_attention_sublayer_loop_twin_check_detects_a_backward_without_the_key_and_value_paths():
     # Negative control of the twin comparison: the compiled backward run as if the keys and
-    # values read another input leaves them out of dx.
+    # values read another input (x passed as its own memory) leaves them out of dx.
     x, _, weights, dout = sublayer_inputs(rng_for("sublayer-broken"), 2, 4, 4, 6, cross=False)
     (loop_out, loop_grads), (_, ref_grads) = sublayer_twins(x, None, weights, dout, 2, False)
     assert_gradients_agree(loop_grads, ref_grads, TWIN_RTOL)
-    dx, dsource, dw, db = np.empty_like(x), np.empty_like(x), np.empty((4, 6, 6)), np.empty((4, 6))
-    K._attention_sublayer_backward_kernel(dout, x, x, *weights[::2], *loop_out[1:], True, dx, dsource, dw, db)
+    dx, _, *weight_grads = loop("attention_sublayer_backward")(dout, x, x, *weights[::2], *loop_out[1:])
     with pytest.raises(AssertionError):
-        assert_gradients_agree([dx, None, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3]], ref_grads,
-                               TWIN_RTOL)
+        assert_gradients_agree([dx, None, *weight_grads], ref_grads, TWIN_RTOL)
 
 
 @pytest.mark.parametrize("cross", [False, True])
@@ -353,11 +377,11 @@ def test_attention_sublayer_loop_backward_matches_finite_differences(cross):
     causal = not cross  # (a causal mask needs T == S)
 
     def loss(x_, wq, *memory_):
-        out = K._attention_sublayer_forward_loop(x_, memory_[0] if cross else None, wq, *weights[1:], 2, causal)[0]
+        out = loop("attention_sublayer_forward")(x_, memory_[0] if cross else None, wq, *weights[1:], 2, causal)[0]
         return float(np.sum(dout * out))
 
-    outputs = K._attention_sublayer_forward_loop(x, memory, *weights, 2, causal)
-    grads = K._attention_sublayer_backward_loop(dout, x, memory, *weights[::2], *outputs[1:])
+    outputs = loop("attention_sublayer_forward")(x, memory, *weights, 2, causal)
+    grads = loop("attention_sublayer_backward")(dout, x, memory, *weights[::2], *outputs[1:])
     inputs, analytic = [x, weights[0]], [grads[0], grads[2]]
     if cross:
         inputs.append(memory)
@@ -366,19 +390,13 @@ def test_attention_sublayer_loop_backward_matches_finite_differences(cross):
 
 
 @pytest.mark.skipif(not K.USE_NUMBA, reason="the size rule chooses between compiled paths only")
-def test_small_attention_sublayers_take_the_loop_kernels_and_bigger_ones_the_numpy_composition():
-    loop = (K._attention_sublayer_forward_loop, K._attention_sublayer_backward_loop)
-    reference = (K.attention_sublayer_forward_reference, K.attention_sublayer_backward_reference)
-    assert K._attention_sublayer_impls(2, 8, 8, 16, 2) == loop  # the small model
-    assert K._attention_sublayer_impls(20, 8, 8, 16, 2) == loop  # its gradient checker's batches
-    assert K._attention_sublayer_impls(4, 32, 32, 64, 4) == reference  # the medium model
-    assert K._attention_sublayer_impls(8, 64, 64, 256, 8) == reference  # the large model
-
-
-def test_without_numba_attention_sublayers_take_the_numpy_composition(monkeypatch):
-    monkeypatch.setattr(K, "USE_NUMBA", False)
-    assert K._attention_sublayer_impls(2, 8, 8, 16, 2) == (K.attention_sublayer_forward_reference,
-                                                            K.attention_sublayer_backward_reference)
+@pytest.mark.parametrize("name", ["attention_sublayer_forward", "attention_sublayer_backward"])
+def test_small_attention_sublayers_take_the_loop_kernels_and_bigger_ones_the_numpy_composition(name):
+    twin = seam.twin(name)
+    assert twin.pick(*attention_sublayer_work(2, 8, 8, 16)) is twin.loop  # the small model
+    assert twin.pick(*attention_sublayer_work(20, 8, 8, 16)) is twin.loop  # its gradient checker's batches
+    assert twin.pick(*attention_sublayer_work(4, 32, 32, 64)) is twin.reference  # the medium model
+    assert twin.pick(*attention_sublayer_work(8, 64, 64, 256)) is twin.reference  # the large model
 
 
 def test_attention_sublayer_rejects_heads_that_do_not_split_d_model():
@@ -403,15 +421,15 @@ def test_linear_loop_matches_numpy_twin(n, d_in, d_out, dtype, rtol):
     rng = rng_for("linear", n, d_in, d_out)
     x, w, b = (rng.standard_normal(shape).astype(dtype) for shape in ((n, d_in), (d_in, d_out), (d_out,)))
     dy = rng.standard_normal((n, d_out)).astype(dtype)
-    assert_twins_agree(K._linear_forward_loop(x, w, b), K.linear_forward_reference(x, w, b), rtol)
-    assert_twins_agree(K._linear_backward_loop(dy, x, w), K.linear_backward_reference(dy, x, w), rtol)
+    assert_twins_agree(loop("linear_forward")(x, w, b), K.linear_forward_reference(x, w, b), rtol)
+    assert_twins_agree(loop("linear_backward")(dy, x, w), K.linear_backward_reference(dy, x, w), rtol)
 
 
 def test_linear_twin_check_detects_a_backward_that_drops_the_weight_gradient_of_one_row():
     # Negative control: dW summed over all rows but the last differs from the twin's.
     rng = rng_for("linear-broken")
     x, w, dy = rng.standard_normal((5, 4)), rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
-    dx, dw, db = K._linear_backward_loop(dy[:-1], x[:-1], w)
+    dx, dw, db = loop("linear_backward")(dy[:-1], x[:-1], w)
     with pytest.raises(AssertionError):
         assert_twins_agree((dw, db), K.linear_backward_reference(dy, x, w)[1:])
 
@@ -439,18 +457,21 @@ def test_feed_forward_loops_match_the_composition(n, d, d_ff, activation, dtype,
     # Numba it takes NumPy's products, which round differently.
     def compare(loop_out, ref_out):
         (assert_same_bits if K.USE_NUMBA else assert_twins_agree)(loop_out, ref_out, rtol)
+
     x, weights, dout, mask = ffn_inputs(rng_for("ffn", n, d, d_ff, activation), n, d, d_ff, activation, dtype)
-    out, hidden, acted = K._feed_forward_forward_loop(x, *weights, activation, mask)
+    out, hidden, acted = loop("feed_forward_forward")(x, *weights, activation, mask)
     ref_out, ref_hidden, ref_acted = K.feed_forward_forward_reference(x, *weights, activation, mask)
     compare((out, acted), (ref_out, ref_acted))  # hidden: kept for GELU only (see kernels)
-    grads = K._feed_forward_backward_loop(dout, x, weights[0], weights[2], hidden, acted, activation, mask)
-    compare(grads, K.feed_forward_backward_reference(dout, x, weights[0], weights[2], ref_hidden, ref_acted,
-                                                     activation, mask))
+    grads = loop("feed_forward_backward")(dout, x, weights[0], weights[2], hidden, acted, activation, mask)
+    compare(
+        grads,
+        K.feed_forward_backward_reference(dout, x, weights[0], weights[2], ref_hidden, ref_acted, activation, mask),
+    )
 
 
 @pytest.mark.parametrize("path", ["loop", "reference"])
 def test_feed_forward_keeps_a_nan_for_the_next_norm_to_reject(path):
-    forward = K._feed_forward_forward_loop if path == "loop" else K.feed_forward_forward_reference
+    forward = seam.twin("feed_forward_forward").paths[path]
     x, weights, _, _ = ffn_inputs(rng_for("ffn-nan"), 4, 3, 5, "relu")
     x[1, 2] = np.nan
     out = forward(x, *weights, "relu", None)[0]
@@ -464,17 +485,12 @@ def test_feed_forward_rejects_a_mask_without_the_mask_activation():
 
 
 @pytest.mark.skipif(not K.USE_NUMBA, reason="the size rule chooses between compiled paths only")
-def test_small_attention_takes_the_loop_kernels_and_bigger_attention_the_blocked_path():
-    assert K._attention_impls(2, 2, 8, 8, 8) == (K._attention_forward_loop, K._attention_backward_loop)
-    assert K._attention_impls(20, 2, 8, 8, 8) == (K._attention_forward_blocked, K._attention_backward_blocked)
-    assert K._attention_impls(8, 8, 64, 64, 32) == (K._attention_forward_blocked, K._attention_backward_blocked)
-
-
-def test_without_numba_attention_takes_the_numpy_twin(monkeypatch):
-    monkeypatch.setattr(K, "USE_NUMBA", False)
-    forward, backward = K._attention_impls(8, 8, 64, 64, 32)
-    assert forward is K._attention_forward_token_major_reference
-    assert backward is K._attention_backward_token_major_reference
+@pytest.mark.parametrize("name", ["attention_forward", "attention_backward"])
+def test_small_attention_takes_the_loop_kernels_and_bigger_attention_the_blocked_path(name):
+    twin = seam.twin(name)
+    assert twin.pick(attention_work(2, 2, 8, 8, 8)) is twin.loop
+    assert twin.pick(attention_work(20, 2, 8, 8, 8)) is twin.blocked
+    assert twin.pick(attention_work(8, 8, 64, 64, 32)) is twin.blocked
 
 
 # The public GELU hands the loop kernel a flat array (one compilation per dtype).
@@ -485,7 +501,7 @@ GELU_SIZES = [1024, 21, 1]
 @pytest.mark.parametrize("size", GELU_SIZES)
 def test_gelu_forward_loop_matches_numpy_twin(approximate, size):
     x = 3.0 * rng_for("gelu_fwd", size).standard_normal(size)
-    assert_twins_agree(K._gelu_forward_loop(x, approximate), K.gelu_forward_reference(x, approximate))
+    assert_twins_agree(loop("gelu_forward")(x, approximate), K.gelu_forward_reference(x, approximate))
 
 
 @pytest.mark.parametrize("approximate", ["tanh", "none"])
@@ -495,7 +511,7 @@ def test_gelu_backward_loop_matches_numpy_twin(approximate, size):
     x = 3.0 * rng.standard_normal(size)
     dy = rng.standard_normal(size)
     assert_twins_agree(
-        K._gelu_backward_loop(dy, x, approximate),
+        loop("gelu_backward")(dy, x, approximate),
         K.gelu_backward_reference(dy, x, approximate),
     )
 
@@ -548,14 +564,21 @@ def _all_kernel_calls(dtype):
         ("gelu_backward_none", lambda: K.gelu_backward(dy, x, "none")),
         ("attention_sublayer_forward", lambda: K.attention_sublayer_forward(sx, memory, *weights, 2, False)),
         # All gradients but the key bias's (index 5), which is zero up to rounding.
-        ("attention_sublayer_backward", lambda: tuple(
-            g for i, g in enumerate(K.attention_sublayer_backward(sdout, sx, memory, *weights[::2], *sublayer[1:]))
-            if i != 5)),
+        (
+            "attention_sublayer_backward",
+            lambda: tuple(
+                g
+                for i, g in enumerate(K.attention_sublayer_backward(sdout, sx, memory, *weights[::2], *sublayer[1:]))
+                if i != 5
+            ),
+        ),
         ("linear_forward", lambda: K.linear_forward(x, gamma[:, None] * beta, beta)),
         ("linear_backward", lambda: K.linear_backward(dy, x, gamma[:, None] * beta)),
         ("feed_forward_forward", lambda: K.feed_forward_forward(fx, *ffn_weights, "gelu")),
-        ("feed_forward_backward", lambda: K.feed_forward_backward(fdout, fx, ffn_weights[0], ffn_weights[2],
-                                                                  *ffn[1:], "gelu")),
+        (
+            "feed_forward_backward",
+            lambda: K.feed_forward_backward(fdout, fx, ffn_weights[0], ffn_weights[2], *ffn[1:], "gelu"),
+        ),
     ]
 
 
@@ -862,7 +885,8 @@ def test_same_inputs_give_same_bits_on_two_calls(index):
 
 def test_public_kernels_call_the_twin_chosen_by_use_numba():
     x, gamma, beta, _ = ln_inputs(np.random.default_rng(41), 5, 9)
-    chosen = K._layer_norm_forward_loop if K.USE_NUMBA else K.layer_norm_forward_reference
+    twin = seam.twin("layer_norm_forward")
+    chosen = twin.loop if K.USE_NUMBA else twin.reference
     for got, want in zip(K.layer_norm_forward(x, gamma, beta, EPS), chosen(x, gamma, beta, EPS)):
         assert got.tobytes() == want.tobytes()
 
@@ -907,15 +931,15 @@ def test_relu_backward_loop_matches_numpy_twin_exactly(shape):
     rng = rng_for("relu_bwd", shape)
     y = np.maximum(rng.standard_normal(shape), 0)
     dy = rng.standard_normal(shape)
-    loop, reference = K._relu_backward_loop(dy, y), K.relu_backward_reference(dy, y)
-    assert loop.shape == reference.shape == shape
-    np.testing.assert_array_equal(loop, reference)
+    looped, reference = loop("relu_backward")(dy, y), K.relu_backward_reference(dy, y)
+    assert looped.shape == reference.shape == shape
+    np.testing.assert_array_equal(looped, reference)
     np.testing.assert_array_equal(reference, np.where(y > 0, dy, 0.0))
 
 
 @pytest.mark.parametrize("impl", ["loop", "reference"])
 def test_relu_backward_keeps_float32(impl):
-    f = K._relu_backward_loop if impl == "loop" else K.relu_backward_reference
+    f = seam.twin("relu_backward").paths[impl]
     y = np.array([0.0, 2.0, 0.5], np.float32)
     assert f(np.ones(3, np.float32), y).dtype == np.float32
 
@@ -926,6 +950,7 @@ def test_relu_backward_rejects_mismatched_shapes():
 
 
 # ----- shapes that do not fit, and the backwards' checked residuals ---------------------
+
 
 def _r(*shape):
     return rng_for("shapes").standard_normal(shape)
@@ -942,10 +967,12 @@ MISFITTING_CALLS = {
     "linear_forward b": lambda: K.linear_forward(_r(4, 8), _r(8, 3), _r(5)),
     "linear_backward dy": lambda: K.linear_backward(_r(2, 3), _r(4, 8), _r(8, 3)),
     "feed_forward_forward w1": lambda: K.feed_forward_forward(_r(4, 8), _r(6, 16), _r(16), _r(16, 8), _r(8), "relu"),
-    "feed_forward_forward mask": lambda: K.feed_forward_forward(_r(4, 8), _r(8, 16), _r(16), _r(16, 8), _r(8),
-                                                                "mask", _r(2, 16)),
-    "feed_forward_backward dout": lambda: K.feed_forward_backward(_r(2, 8), _r(4, 8), _r(8, 16), _r(16, 8),
-                                                                  _r(4, 16), _r(4, 16), "relu"),
+    "feed_forward_forward mask": lambda: K.feed_forward_forward(
+        _r(4, 8), _r(8, 16), _r(16), _r(16, 8), _r(8), "mask", _r(2, 16)
+    ),
+    "feed_forward_backward dout": lambda: K.feed_forward_backward(
+        _r(2, 8), _r(4, 8), _r(8, 16), _r(16, 8), _r(4, 16), _r(4, 16), "relu"
+    ),
 }
 
 
@@ -965,17 +992,29 @@ def _backward_case(name):
     x, gamma, beta = rng.standard_normal((6, 8)), rng.standard_normal(8), rng.standard_normal(8)
     _, mean, rstd = K.layer_norm_forward(x, gamma, beta, EPS)
     _, rrms = K.rms_norm_forward(x, gamma, EPS)
-    w1, b1, w2, b2 = rng.standard_normal((8, 16)), rng.standard_normal(16), rng.standard_normal((16, 8)), \
-        rng.standard_normal(8)
+    w1, b1, w2, b2 = (
+        rng.standard_normal((8, 16)),
+        rng.standard_normal(16),
+        rng.standard_normal((16, 8)),
+        rng.standard_normal(8),
+    )
     _, hidden, acted = K.feed_forward_forward(x, w1, b1, w2, b2, "relu")
     tokens, _, weights, dout = sublayer_inputs(rng, 2, 3, 3, 8, cross=False)
     _, q, k, v, probs, heads = K.attention_sublayer_forward(tokens, None, *weights, 2, False)
-    return {"layer_norm": (K.layer_norm_backward, rng.standard_normal((6, 8)), (x, gamma, mean, rstd)),
-            "rms_norm": (K.rms_norm_backward, rng.standard_normal((6, 8)), (x, gamma, rrms)),
-            "feed_forward": (K.feed_forward_backward, rng.standard_normal((6, 8)),
-                             (x, w1, w2, hidden, acted, "relu", None)),
-            "attention_sublayer": (K.attention_sublayer_backward, dout,
-                                   (tokens, None, *weights[::2], q, k, v, probs, heads))}[name]
+    return {
+        "layer_norm": (K.layer_norm_backward, rng.standard_normal((6, 8)), (x, gamma, mean, rstd)),
+        "rms_norm": (K.rms_norm_backward, rng.standard_normal((6, 8)), (x, gamma, rrms)),
+        "feed_forward": (
+            K.feed_forward_backward,
+            rng.standard_normal((6, 8)),
+            (x, w1, w2, hidden, acted, "relu", None),
+        ),
+        "attention_sublayer": (
+            K.attention_sublayer_backward,
+            dout,
+            (tokens, None, *weights[::2], q, k, v, probs, heads),
+        ),
+    }[name]
 
 
 @pytest.mark.parametrize("name", CHECKED_RESIDUAL_BACKWARDS)
@@ -1041,97 +1080,209 @@ def test_blocked_attention_keeps_float32():
 # ----- the blocked attention path on threads ---------------------------------------------
 
 
-def blocked_attention_in_parts(monkeypatch, n_parts, shape=(5, 3, 16, 8), causal=True):
+@pytest.fixture
+def helpers():
+    """A pool of helper threads of the test's own, shut down after it."""
+    threads = attention_blocked.HelperThreads()
+    yield threads
+    threads.shutdown()
+
+
+def blocked_attention_in_parts(n_parts, shape=(5, 3, 16, 8), causal=True):
     """Forward and backward of the blocked path with the batch split in ``n_parts`` parts."""
-    monkeypatch.setattr(K, "_batch_parts", lambda batch, work: min(n_parts, batch))
-    q, k, v, dout = attention_inputs(np.random.default_rng(54), shape, shape[2])
-    out, probs = BLOCKED_ATTENTION[0](q, k, v, causal)
-    return (out, probs, *BLOCKED_ATTENTION[1](dout, q, k, v, probs))
+    q, k, v, dout = (token_major(a) for a in attention_inputs(np.random.default_rng(54), shape, shape[2]))
+    forward, backward = (seam.twin(name).blocked for name in ("attention_forward", "attention_backward"))
+    out, probs = forward(q, k, v, causal, n_parts=n_parts)
+    return (out, probs, *backward(dout, q, k, v, probs, n_parts=n_parts))
 
 
 @pytest.mark.parametrize("n_parts", [2, 3, 5])
-def test_blocked_attention_gives_the_same_bits_in_any_number_of_parts(monkeypatch, n_parts):
-    whole = blocked_attention_in_parts(monkeypatch, 1)
-    split = blocked_attention_in_parts(monkeypatch, n_parts)
+def test_blocked_attention_gives_the_same_bits_in_any_number_of_parts(n_parts):
+    whole = blocked_attention_in_parts(1)
+    split = blocked_attention_in_parts(n_parts)
     assert all(np.array_equal(a, b) for a, b in zip(whole, split))
 
 
-def test_blocked_attention_runs_all_but_one_part_on_helper_threads(monkeypatch):
-    import threading
-
-    threads_of_parts = []
-    probs_loop = K._attention_probs_loop
-
-    def recording_probs_loop(scores, causal, sqrt_dh):
-        threads_of_parts.append((scores.shape[0], threading.current_thread().name))
-        return probs_loop(scores, causal, sqrt_dh)
-
-    monkeypatch.setattr(K, "_attention_probs_loop", recording_probs_loop)
-    blocked_attention_in_parts(monkeypatch, 3)
-    assert sorted(size for size, _ in threads_of_parts) == [1, 2, 2]  # batch 5 in three parts
-    helpers = [name for _, name in threads_of_parts if name.startswith("lnref-attention")]
-    assert len(helpers) == 2 and threading.current_thread().name in {name for _, name in threads_of_parts}
+def test_blocked_attention_in_parts_takes_the_helper_threads():
+    attention_blocked.HELPERS.shutdown()  # as in a fresh process
+    blocked_attention_in_parts(3)
+    assert attention_blocked.HELPERS.count == 2
 
 
-def test_a_pool_outgrown_by_more_parts_is_replaced_and_shut_down(monkeypatch):
-    monkeypatch.setattr(K, "_helper_threads", (0, None))  # as in a fresh process
-    blocked_attention_in_parts(monkeypatch, 2)
-    smaller = K._helper_threads[1]
-    blocked_attention_in_parts(monkeypatch, 3)
-    assert K._helper_threads[0] == 2 and K._helper_threads[1] is not smaller
+def test_a_split_batch_runs_all_but_its_last_part_on_helper_threads(helpers):
+    parts = []
+    attention_blocked.over_batch_parts(
+        lambda lo, hi: parts.append((lo, hi, threading.current_thread().name)), 5, 3, helpers
+    )
+    assert sorted((lo, hi) for lo, hi, _ in parts) == [(0, 1), (1, 3), (3, 5)]  # batch 5 in three parts
+    assert [(lo, hi) for lo, hi, name in parts if name == threading.current_thread().name] == [(3, 5)]
+    assert sum(name.startswith("lnref-attention") for _, _, name in parts) == 2
+
+
+def test_a_pool_outgrown_by_more_parts_is_replaced_and_shut_down(helpers):
+    attention_blocked.over_batch_parts(lambda lo, hi: None, 4, 2, helpers)
+    smaller = helpers.pool
+    attention_blocked.over_batch_parts(lambda lo, hi: None, 4, 3, helpers)
+    assert helpers.count == 2 and helpers.pool is not smaller
     with pytest.raises(RuntimeError, match="shutdown"):
         smaller.submit(int)
 
 
-def test_an_error_in_a_helper_part_reaches_the_caller(monkeypatch):
-    import threading
-
-    def failing_on_helpers(scores, causal, sqrt_dh):
+def test_an_error_in_a_helper_part_reaches_the_caller(helpers):
+    def failing_on_helpers(lo, hi):
         if threading.current_thread() is not threading.main_thread():
             raise FloatingPointError("in a helper part")
 
-    monkeypatch.setattr(K, "_attention_probs_loop", failing_on_helpers)
     with pytest.raises(FloatingPointError, match="in a helper part"):
-        blocked_attention_in_parts(monkeypatch, 2)
+        attention_blocked.over_batch_parts(failing_on_helpers, 4, 2, helpers)
 
 
-@pytest.mark.parametrize("sleep, threads, batch, work, parts", [
-    (True, 2, 8, K.THREADED_WORK_MIN, 2),
-    (True, 4, 3, K.THREADED_WORK_MIN, 3),  # no more parts than batch rows
-    (False, 2, 8, K.THREADED_WORK_MIN, 1),  # idle OpenBLAS workers would spin on the cores
-    (True, 1, 8, K.THREADED_WORK_MIN, 1),  # one BLAS thread: the user asked for one core
-    (True, 2, 8, K.THREADED_WORK_MIN - 1, 1),  # too little work for a hand-off
-    (True, 2, 1, K.THREADED_WORK_MIN, 1),
-])
-def test_the_batch_is_split_over_the_blas_threads_only_when_that_pays(monkeypatch, sleep, threads, batch,
-                                                                      work, parts):
-    monkeypatch.setattr(K._blas, "idle_workers_sleep", lambda: sleep)
-    monkeypatch.setattr(K._blas, "threads", lambda: threads)
-    assert K._batch_parts(batch, work) == parts
+@pytest.mark.parametrize(
+    "sleep, threads, batch, work, parts",
+    [
+        (True, 2, 8, attention_blocked.THREADED_WORK_MIN, 2),
+        (True, 4, 3, attention_blocked.THREADED_WORK_MIN, 3),  # no more parts than batch rows
+        (False, 2, 8, attention_blocked.THREADED_WORK_MIN, 1),  # idle OpenBLAS workers would spin on the cores
+        (True, 1, 8, attention_blocked.THREADED_WORK_MIN, 1),  # one BLAS thread: the user asked for one core
+        (True, 2, 8, attention_blocked.THREADED_WORK_MIN - 1, 1),  # too little work for a hand-off
+        (True, 2, 1, attention_blocked.THREADED_WORK_MIN, 1),
+    ],
+)
+def test_the_batch_is_split_over_the_blas_threads_only_when_that_pays(monkeypatch, sleep, threads, batch, work, parts):
+    monkeypatch.setattr(blas, "idle_workers_sleep", lambda: sleep)
+    monkeypatch.setattr(blas, "threads", lambda: threads)
+    assert attention_blocked.batch_parts(batch, work) == parts
 
 
 def test_the_large_models_attention_takes_threads_and_the_medium_models_does_not():
     # (B, H, T, S, Dh) of the benchmark's large and medium models (benchmarks/bench_model.py)
-    assert 8 * 8 * 64 * 64 * 32 >= K.THREADED_WORK_MIN > 4 * 4 * 32 * 32 * 16
+    assert 8 * 8 * 64 * 64 * 32 >= attention_blocked.THREADED_WORK_MIN > 4 * 4 * 32 * 32 * 16
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_splits_the_batch_on_threads_of_its_own(monkeypatch):
+def test_a_forked_child_splits_the_batch_on_threads_of_its_own():
     # The parent's helper threads do not exist in a forked child (the gradient checker forks).
-    blocked_attention_in_parts(monkeypatch, 2)  # the parent's pool, made
+    blocked_attention_in_parts(2)  # the parent's pool, made
     pid = os.fork()
     if pid == 0:  # the child: any error or hang is its exit status
         import signal
 
         signal.alarm(60)
         try:
-            whole = blocked_attention_in_parts(monkeypatch, 1)
-            split = blocked_attention_in_parts(monkeypatch, 2)
+            whole = blocked_attention_in_parts(1)
+            split = blocked_attention_in_parts(2)
             os._exit(0 if all(np.array_equal(a, b) for a, b in zip(whole, split)) else 1)
         except BaseException:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# ----- the seam ---------------------------------------------------------------------------
+
+
+def huge_work(twin):
+    """A work past every limit of ``twin``."""
+    return [10**12] * len(twin.loop_pays_up_to)
+
+
+@pytest.mark.skipif(not K.USE_NUMBA, reason="the rule picks the loops only with Numba")
+@pytest.mark.parametrize("twin", seam.twins(), ids=lambda twin: twin.name)
+def test_with_numba_a_kernel_takes_its_loop_within_its_limits_and_past_them_its_blocked_path_or_reference(twin):
+    assert twin.pick(*[0] * len(twin.loop_pays_up_to)) is twin.loop
+    assert twin.pick(*twin.loop_pays_up_to) is twin.loop
+    past = twin.reference if twin.blocked is None else twin.blocked
+    for i in range(len(twin.loop_pays_up_to)):  # each limit on its own
+        work = list(twin.loop_pays_up_to)
+        work[i] += 1
+        assert twin.pick(*work) is past
+
+
+NUMPY_ONLY = """
+import sys
+sys.path.insert(0, {root!r})
+from lnref.autograd.kernels import seam
+print(seam.USE_NUMBA, all(twin.pick(*[work] * len(twin.loop_pays_up_to)) is twin.reference
+                          for twin in seam.twins() for work in (0, 10**12)))
+"""
+
+
+@pytest.mark.parametrize("env", [{"LNREF_KERNELS": "numpy"}, {"NUMBA_DISABLE_JIT": "1"}], ids=["numpy", "no-jit"])
+def test_without_numba_every_kernel_takes_its_numpy_twin_at_every_size(env):
+    done = subprocess.run(
+        [sys.executable, "-c", NUMPY_ONLY.format(root=str(ROOT))],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
+
+
+def test_forcing_the_reference_runs_every_numpy_twin_then_restores_the_rule():
+    rule = {twin.name: twin.pick(*huge_work(twin)) for twin in seam.twins()}
+    with seam.forced("reference"):
+        assert all(twin.pick() is twin.pick(*huge_work(twin)) is twin.reference for twin in seam.twins())
+        x, w, b = rng_for("forced").standard_normal((3, 2)), np.ones((2, 4)), np.ones(4)
+        assert np.array_equal(K.linear_forward(x, w, b), K.linear_forward_reference(x, w, b))
+    assert {twin.name: twin.pick(*huge_work(twin)) for twin in seam.twins()} == rule
+    assert all(twin.override is None for twin in seam.twins())
+
+
+def test_forcing_the_loop_of_one_kernel_runs_it_past_its_limit_and_leaves_the_others():
+    linear, backward = seam.twin("linear_forward"), seam.twin("linear_backward")
+    before = backward.pick(*huge_work(backward))
+    with seam.forced("loop", "linear_forward"):
+        assert linear.pick(*huge_work(linear)) is linear.loop
+        assert backward.pick(*huge_work(backward)) is before
+
+
+def test_a_path_a_kernel_does_not_have_cannot_be_forced():
+    with pytest.raises(ValueError, match="paths"):
+        with seam.forced("blocked", "linear_forward"):
+            pass
+    with pytest.raises(ValueError, match="path must be one of"):
+        with seam.forced("numba"):
+            pass
+    assert all(twin.override is None for twin in seam.twins())
+
+
+def test_a_replaced_kernel_runs_the_replacement_at_every_size_and_is_restored_after_an_error():
+    def replacement(x, w, b):
+        return "replaced"
+
+    small, big = (rng_for("replaced", n).standard_normal((n, 8)) for n in (1, 10**4))
+    w, b = np.ones((8, 8)), np.ones(8)
+    with pytest.raises(RuntimeError, match="within the block"):
+        with seam.replaced("linear_forward", replacement):
+            assert K.linear_forward(small, w, b) == K.linear_forward(big, w, b) == "replaced"
+            raise RuntimeError("an error within the block")
+    assert seam.twin("linear_forward").override is None
+    assert K.linear_forward(small, w, b).shape == (1, 8)
+
+
+def test_an_override_is_a_path_name_or_a_callable():
+    with pytest.raises(TypeError):
+        seam.twin("linear_forward").override = 3
+    with pytest.raises(TypeError):
+        with seam.replaced("linear_forward", "loop"):
+            pass
+    assert seam.twin("linear_forward").override is None
+
+
+def test_kernels_are_named_once():
+    with pytest.raises(KeyError, match="no kernel named 'linear'"):
+        seam.twin("linear")
+    with pytest.raises(ValueError, match="declared already"):
+        seam.Twin("linear_forward", reference=K.linear_forward_reference, loop=K.linear_forward_reference)
+    assert seam.twin("linear_forward").reference is K.linear_forward_reference
+
+
+def test_every_public_kernel_has_a_twin_of_its_name_multi_head_attention_sharing_attentions():
+    public = {name for name in K.__all__ if name.endswith(("_forward", "_backward"))}
+    faces = {"multi_head_attention_forward", "multi_head_attention_backward"}  # attention's own twins
+    assert {twin.name for twin in seam.twins()} == public - faces
 
 
 # ----- the compilation cache -----------------------------------------------------------
@@ -1154,101 +1305,156 @@ def fake_kernel(cached=(), compiled=(), unreadable=False):
     return SimpleNamespace(signatures=[signature(dtype) for dtype in compiled], _cache=cache)
 
 
-@pytest.mark.parametrize("kernels, cold", [
-    ((fake_kernel(cached=["float64"]), fake_kernel(cached=["float64"])), False),
-    ((fake_kernel(cached=["float64"]), fake_kernel()), True),
-    ((fake_kernel(compiled=["float64"]), fake_kernel(cached=["float64"])), False),
-    ((fake_kernel(compiled=["float64"]), fake_kernel()), True),
-], ids=["all-cached", "one-missing", "compiled-and-cached", "compiled-and-missing"])
-def test_compile_cache_is_cold_when_a_first_run_kernel_is_neither_compiled_nor_cached(monkeypatch, kernels, cold):
-    monkeypatch.setattr(K, "USE_NUMBA", True)
-    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", {"layernorm": kernels})
-    assert K.compile_cache_is_cold() is cold
+@pytest.mark.parametrize(
+    "kernels, cold",
+    [
+        ((fake_kernel(cached=["float64"]), fake_kernel(cached=["float64"])), False),
+        ((fake_kernel(cached=["float64"]), fake_kernel()), True),
+        ((fake_kernel(compiled=["float64"]), fake_kernel(cached=["float64"])), False),
+        ((fake_kernel(compiled=["float64"]), fake_kernel()), True),
+    ],
+    ids=["all-cached", "one-missing", "compiled-and-cached", "compiled-and-missing"],
+)
+def test_the_cache_is_cold_when_a_kernel_is_neither_compiled_nor_cached(kernels, cold):
+    assert warmup.cache_is_cold(kernels, "float64") is cold
 
 
-def test_compile_cache_is_cold_for_a_dtype_the_cache_has_no_signature_of(monkeypatch):
-    monkeypatch.setattr(K, "USE_NUMBA", True)
-    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", {"layernorm": (fake_kernel(cached=["float64"]),
-                                                                fake_kernel(compiled=["float64"]))})
-    assert K.compile_cache_is_cold("float64") is False
-    assert K.compile_cache_is_cold("float32") is True
+def test_the_cache_is_cold_for_a_dtype_it_has_no_signature_of():
+    kernels = (fake_kernel(cached=["float64"]), fake_kernel(compiled=["float64"]))
+    assert warmup.cache_is_cold(kernels, "float64") is False
+    assert warmup.cache_is_cold(kernels, "float32") is True
 
 
-def test_compile_cache_is_cold_looks_at_the_kernels_of_the_model_s_norm(monkeypatch):
-    monkeypatch.setattr(K, "USE_NUMBA", True)
-    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", {"layernorm": (fake_kernel(cached=["float64"]),),
-                                                  "rmsnorm": (fake_kernel(),)})
-    assert K.compile_cache_is_cold(norm="layernorm") is False
-    assert K.compile_cache_is_cold(norm="rmsnorm") is True
+def test_the_cache_reads_warm_when_it_cannot_tell():
+    assert warmup.cache_is_cold((fake_kernel(unreadable=True), fake_kernel()), "float64") is False
+    assert warmup.cache_is_cold((object(),), "float64") is False  # no cache attributes at all
 
 
-def test_compile_cache_is_cold_answers_false_when_it_cannot_tell(monkeypatch):
-    monkeypatch.setattr(K, "USE_NUMBA", True)
-    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", {"layernorm": (fake_kernel(unreadable=True), fake_kernel())})
-    assert K.compile_cache_is_cold() is False
-    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", {"layernorm": (object(),)})  # no cache attributes at all
-    assert K.compile_cache_is_cold() is False
+COLD_PROBE = """
+import sys
+sys.path.insert(0, {root!r})
+from lnref.autograd.kernels import warmup
+kernels = warmup.FIRST_RUN_KERNELS["layernorm"]
+print(warmup.compile_cache_is_cold(), sum(len(getattr(kernel, "signatures", ())) for kernel in kernels))
+"""
 
 
-def test_without_numba_nothing_is_compiled_so_the_cache_is_never_cold(monkeypatch):
-    monkeypatch.setattr(K, "USE_NUMBA", False)
-    monkeypatch.setattr(K, "_FIRST_RUN_KERNELS", {"layernorm": (fake_kernel(),)})
-    assert K.compile_cache_is_cold() is False
+def cold_probe(tmp_path, **env):
+    """What compile_cache_is_cold says in a fresh process with an empty Numba cache, and how
+    many signatures the first-run kernels then have."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), **env}
+    done = subprocess.run(
+        [sys.executable, "-c", COLD_PROBE.format(root=str(ROOT))], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_without_numba_nothing_is_compiled_so_the_cache_is_never_cold(tmp_path):
+    assert cold_probe(tmp_path, LNREF_KERNELS="numpy") == ["False", "0"]
 
 
 @pytest.mark.skipif(not K.USE_NUMBA, reason="needs Numba's JIT")
 def test_an_empty_numba_cache_directory_reads_as_cold_without_compiling(tmp_path):
-    probe = ("from lnref.autograd import kernels as K; "
-             "print(K.compile_cache_is_cold(), sum(len(k.signatures) for k in K._FIRST_RUN_KERNELS['layernorm']))")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "0"]
+    assert cold_probe(tmp_path) == ["True", "0"]
 
 
 @pytest.mark.skipif(not K.USE_NUMBA, reason="needs Numba's JIT")
 def test_the_cache_is_warm_once_the_first_run_kernels_have_run():
     x, gamma, beta, dy = ln_inputs(np.random.default_rng(54), 3, 4)
-    _, mean, rstd = K._layer_norm_forward_loop(x, gamma, beta, EPS)
-    K._layer_norm_backward_loop(dy, x, gamma, mean, rstd)
-    q, k, v, dout = (K._token_major(a) for a in attention_inputs(np.random.default_rng(55), (1, 1, 2, 2), 2))
-    _, probs = K._attention_forward_loop(q, k, v, False)
-    K._attention_backward_loop(dout, q, k, v, probs)
-    K._attention_forward_blocked(q, k, v, False)
-    K._relu_backward_loop(dy, np.maximum(x, 0))
+    _, mean, rstd = loop("layer_norm_forward")(x, gamma, beta, EPS)
+    loop("layer_norm_backward")(dy, x, gamma, mean, rstd)
+    q, k, v, dout = (token_major(a) for a in attention_inputs(np.random.default_rng(55), (1, 1, 2, 2), 2))
+    _, probs = loop("attention_forward")(q, k, v, False)
+    loop("attention_backward")(dout, q, k, v, probs)
+    seam.twin("attention_forward").blocked(q, k, v, False)
+    loop("relu_backward")(dy, np.maximum(x, 0))
     sx, _, weights, sdout = sublayer_inputs(np.random.default_rng(56), 1, 2, 2, 4, cross=False)
-    outputs = K._attention_sublayer_forward_loop(sx, None, *weights, 2, False)
-    K._attention_sublayer_backward_loop(sdout, sx, None, *weights[::2], *outputs[1:])
-    K._linear_forward_loop(x, gamma[:, None] * np.ones(3), np.ones(3))
-    K._linear_backward_loop(dy[:, :3], x, gamma[:, None] * np.ones(3))
-    assert K.compile_cache_is_cold() is False
+    outputs = loop("attention_sublayer_forward")(sx, None, *weights, 2, False)
+    loop("attention_sublayer_backward")(sdout, sx, None, *weights[::2], *outputs[1:])
+    loop("linear_forward")(x, gamma[:, None] * np.ones(3), np.ones(3))
+    loop("linear_backward")(dy[:, :3], x, gamma[:, None] * np.ones(3))
+    fx, ffn_weights, fdout, _ = ffn_inputs(np.random.default_rng(57), 3, 4, 5, "relu")
+    _, hidden, acted = loop("feed_forward_forward")(fx, *ffn_weights, "relu", None)
+    loop("feed_forward_backward")(fdout, fx, ffn_weights[0], ffn_weights[2], hidden, acted, "relu", None)
+    assert warmup.compile_cache_is_cold() is False
 
 
 # A fresh process with an empty cache: compile_first_run_kernels, then a first pass of a small
-# model of that configuration, counting the compilations the pass starts.
+# model of that configuration, counting the compilations the pass starts; then whether the
+# cache is cold for that configuration and for the other norm's.
 FIRST_RUN = """
 import sys
 sys.path.insert(0, {root!r})
 import lnref
 from numba.core import event
-from lnref.autograd import kernels
-kernels.compile_first_run_kernels({dtype!r}, {norm!r})
+from lnref.autograd.kernels import warmup
+warmup.compile_first_run_kernels({dtype!r}, {norm!r})
 model = lnref.build("pre", n_layers=2, norm={norm!r}, activation={activation!r}, dtype={dtype!r})
 x, dy, _ = model.sample_inputs(batch=2, seq=8)
 with event.install_recorder("numba:compile") as recorder:
     model.value_and_grad(x, dy)
-print(kernels.compile_cache_is_cold({dtype!r}, {norm!r}), sum(1 for e in recorder.buffer if e[1].is_start))
+other_norm = "rmsnorm" if {norm!r} == "layernorm" else "layernorm"
+print(warmup.compile_cache_is_cold({dtype!r}, {norm!r}), warmup.compile_cache_is_cold({dtype!r}, other_norm),
+      sum(1 for e in recorder.buffer if e[1].is_start))
 """
 
 
 @pytest.mark.skipif(not K.USE_NUMBA, reason="compiles Numba kernels")
-@pytest.mark.parametrize("norm, activation, dtype", [("layernorm", "relu", "float64"), ("rmsnorm", "gelu", "float64"),
-                                                    ("layernorm", "relu", "float32")])
+@pytest.mark.parametrize(
+    "norm, activation, dtype",
+    [("layernorm", "relu", "float64"), ("rmsnorm", "gelu", "float64"), ("layernorm", "relu", "float32")],
+)
 def test_after_compile_first_run_kernels_a_first_pass_compiles_nothing(tmp_path, norm, activation, dtype):
-    root = str(Path(__file__).resolve().parents[1])
-    done = subprocess.run([sys.executable, "-c", FIRST_RUN.format(root=root, norm=norm, activation=activation, dtype=dtype)],
-                          env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}, capture_output=True, text=True,
-                          check=True)
-    cold, compilations = done.stdout.split()
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_RUN.format(root=str(ROOT), norm=norm, activation=activation, dtype=dtype)],
+        env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    cold, other_norm_cold, compilations = done.stdout.split()
     assert compilations == "0", done.stderr[-2000:]
     assert cold == "False"
+    assert other_norm_cold == "True"  # its norm kernels were neither run nor cached
+
+
+# A fresh process on a copy of the package: how many compilations a call of the attention
+# loop twin starts (the attention kernel calls the row softmax of softmax.py).
+ATTENTION_COMPILATIONS = """
+import sys
+sys.path.insert(0, {root!r})
+import numpy as np
+from numba.core import event
+from lnref.autograd.kernels import seam
+q = np.ones((1, 2, 1, 2))
+with event.install_recorder("numba:compile") as recorder:
+    seam.twin("attention_forward").loop(q, q, q, False)
+print(sum(1 for e in recorder.buffer if e[1].is_start))
+"""
+
+
+@pytest.mark.skipif(not K.USE_NUMBA, reason="compiles Numba kernels")
+def test_an_edit_of_any_file_of_the_package_recompiles_the_kernels_of_the_others(tmp_path):
+    import shutil
+
+    copy = tmp_path / "src"
+    shutil.copytree(ROOT / "lnref", copy / "lnref", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def compilations():
+        done = subprocess.run(
+            [sys.executable, "-c", ATTENTION_COMPILATIONS.format(root=str(copy))],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        return int(done.stdout)
+
+    assert compilations() > 0  # an empty cache
+    assert compilations() == 0  # served by the cache
+    with open(copy / "lnref" / "autograd" / "kernels" / "softmax.py", "a") as source:
+        source.write("\n# an edit of the row softmax's file\n")
+    assert compilations() > 0

@@ -150,17 +150,19 @@ def assert_all_pass_but_the_key_bias(checks, key_bias):
 
 
 # The attention sublayer runs one of two implementations, chosen by size (see
-# kernels._attention_sublayer_impls): the compiled loops for small sublayers, NumPy/BLAS
+# the seam, kernels.seam): the compiled loops for small sublayers, NumPy/BLAS
 # products around the attention kernels otherwise. Tests of the op run both.
 SUBLAYER_PATHS = {
-    "loop": (kernels._attention_sublayer_forward_loop, kernels._attention_sublayer_backward_loop),
+    "loop": (kernels.seam.twin("attention_sublayer_forward").loop,
+             kernels.seam.twin("attention_sublayer_backward").loop),
     "reference": (kernels.attention_sublayer_forward_reference, kernels.attention_sublayer_backward_reference),
 }
 sublayer_paths = pytest.mark.parametrize("path", sorted(SUBLAYER_PATHS))
 
 
 def use_sublayer_path(monkeypatch, path):
-    monkeypatch.setattr(kernels, "_attention_sublayer_impls", lambda *shape: SUBLAYER_PATHS[path])
+    for i, name in enumerate(("attention_sublayer_forward", "attention_sublayer_backward")):
+        monkeypatch.setattr(kernels.seam.twin(name), "override", lambda *args, i=i: SUBLAYER_PATHS[path][i](*args))
 
 
 @sublayer_paths
@@ -187,14 +189,15 @@ def ffn_weights(rng, d, d_ff):
 
 
 FFN_PATHS = {
-    "loop": (kernels._feed_forward_forward_loop, kernels._feed_forward_backward_loop),
+    "loop": (kernels.seam.twin("feed_forward_forward").loop, kernels.seam.twin("feed_forward_backward").loop),
     "reference": (kernels.feed_forward_forward_reference, kernels.feed_forward_backward_reference),
 }
 ffn_paths = pytest.mark.parametrize("ffn_path", sorted(FFN_PATHS))
 
 
 def use_ffn_path(monkeypatch, path):
-    monkeypatch.setattr(kernels, "_feed_forward_impls", lambda rows, w1: FFN_PATHS[path])
+    for name, implementation in zip(("feed_forward_forward", "feed_forward_backward"), FFN_PATHS[path]):
+        monkeypatch.setattr(kernels.seam.twin(name), "override", implementation)
 
 
 @ffn_paths
@@ -366,10 +369,9 @@ def test_attention_sublayer_check_fails_when_the_loop_kernel_drops_the_key_and_v
     assert_all_pass_but_the_key_bias(check_vjp(sublayer, x, *weights), key_bias=4)
 
     def backward_without_the_key_and_value_paths(dout, x, memory, wq, wk, wv, wo, q, k, v, probs, heads):
-        dx, dsource, dw, db = np.empty_like(x), np.empty_like(x), np.empty((4, *wq.shape)), np.empty((4, len(wq)))
-        kernels._attention_sublayer_backward_kernel(dout, x, x, wq, wk, wv, wo, q, k, v, probs, heads, True,
-                                                    dx, dsource, dw, db)
-        return dx, None, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3]
+        dx, _, *weight_grads = kernels.seam.twin("attention_sublayer_backward").loop(  # x as its own memory
+            dout, x, x, wq, wk, wv, wo, q, k, v, probs, heads)
+        return dx, None, *weight_grads
 
     monkeypatch.setitem(SUBLAYER_PATHS, "loop", (SUBLAYER_PATHS["loop"][0], backward_without_the_key_and_value_paths))
     checks = check_vjp(sublayer, x, *weights)

@@ -130,7 +130,7 @@ def compile_if_cold(options: Mapping[str, Any]) -> None:
     """On a first run (the kernels this model runs first are neither compiled nor cached for
     its dtype and norm): one line on stderr, then those kernels compiled, on two cores where
     there are two."""
-    from lnref.autograd.kernels import compile_cache_is_cold, compile_first_run_kernels
+    from lnref.autograd.kernels.warmup import compile_cache_is_cold, compile_first_run_kernels
 
     if compile_cache_is_cold(options["dtype"], options["norm"]):
         click.echo("note: compiling kernels (first run only; cached afterwards)", err=True)

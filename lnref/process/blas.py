@@ -11,7 +11,7 @@ OpenBLAS reads its settings from the environment once, when NumPy loads it. Two 
   for the next one, for 2^28 CPU cycles (about a tenth of a second) before it sleeps;
   ``OPENBLAS_THREAD_TIMEOUT=n`` makes that 2^n cycles (n from 4 to 30). A spinning worker
   holds its core. A thread of lnref's own that needs that core, a part of a big model's
-  attention core (``kernels._over_batch_parts``), then gains next to nothing.
+  attention core (``kernels.attention_blocked.over_batch_parts``), then gains next to nothing.
   :func:`idle_workers_sleep` tells whether the setting is short enough for those threads
   to pay; :func:`let_idle_workers_sleep` sets it to :data:`IDLE_TIMEOUT`, if NumPy has not
   loaded OpenBLAS yet. That changes the whole process's BLAS, so the library never calls it

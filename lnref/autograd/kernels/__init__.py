@@ -1,0 +1,159 @@
+"""Fused numerical kernels of the lnref autodiff engine.
+
+Twin design
+-----------
+Every kernel is written twice, side by side in its family's module:
+
+``<name>_reference``
+    Plain vectorized NumPy. This is the readable statement of the math and the
+    reference the loop twin is tested against.
+
+``_<name>_loop``
+    The same computation as explicit loops, compiled by Numba (``@njit(cache=True)``,
+    in a ``_<name>_kernel`` that writes into the arrays the loop twin allocates). Never
+    ``fastmath`` and never ``parallel=True``: the summation order is fixed by the source,
+    so results are deterministic and bit-reproducible from call to call. With Numba's JIT
+    disabled these run as ordinary (slow) Python, which keeps them directly testable.
+
+The two twins agree to 1e-12 relative in float64 (they differ only in the order of
+floating-point additions): the tolerance of ``tests/test_kernels.py``.
+
+The public ``<name>`` checks its inputs (``checks.py``) and calls the twin that the seam
+picks (``seam.py``: Numba's loops by default, for some kernels only up to a size; the NumPy
+twins when Numba's JIT is disabled, ``LNREF_KERNELS=numpy`` is set, or Numba is missing).
+Tests choose a twin, or put a broken kernel in a twin's place, through the seam as well.
+
+A first run compiles the kernels it uses, then Numba's on-disk cache serves them;
+``warmup.py``, which the ``lnref`` command alone imports, tells beforehand whether that
+first run is coming and shares its compilation between two processes.
+
+The modules
+-----------
+``seam``               which twin runs: :class:`~lnref.autograd.kernels.seam.Twin`, overrides
+``checks``             the input checks every public kernel runs
+``norms``              LayerNorm, RMSNorm
+``softmax``            row softmax (and the stable row loop attention shares)
+``attention``          scaled dot-product attention, 4-D and multi-head on (B, T, d)
+``attention_blocked``  attention's big-head path: BLAS products, the batch on threads
+``linear``             the linear map (and the matrix product the sublayers are built of)
+``attention_sublayer`` projections, attention and output projection in one call each way
+``feed_forward``       linear, activation, linear in one call each way
+``activations``        GELU, the ReLU backward
+``warmup``             a first run's compilation
+
+Conventions
+-----------
+* Inputs are C-contiguous float64 or float32 arrays, all of one dtype; the public kernels
+  make them contiguous and raise ``TypeError`` on anything else (no silent upcast or
+  downcast). Outputs have the input dtype.
+* For float32 data the loop kernels accumulate in float64 scalars and round once when
+  storing; the NumPy twins compute in float32 throughout. The two therefore agree only to
+  float32 precision on float32 inputs.
+* LayerNorm, RMSNorm and softmax kernels are 2-D ``(n, d)``: rows are independent and the
+  caller reshapes leading dimensions away. The norms raise ``ValueError`` on a row holding
+  NaN or inf. Attention takes 4-D ``(B, H, T, Dh)`` arrays (``attention_*``) or the model's
+  3-D ``(B, T, d)`` projections split into heads in place (``multi_head_attention_*``). The
+  linear map takes rows ``(n, d_in)``, the attention sublayer ``(B, T, d)``. GELU and the
+  ReLU backward take any shape.
+* Cotangents are named ``d<name>``: ``dy`` is the gradient of the loss with respect to ``y``.
+"""
+
+from lnref.autograd.kernels import seam
+from lnref.autograd.kernels.activations import (
+    gelu_backward,
+    gelu_backward_reference,
+    gelu_forward,
+    gelu_forward_reference,
+    relu_backward,
+    relu_backward_reference,
+)
+from lnref.autograd.kernels.attention import (
+    attention_backward,
+    attention_backward_reference,
+    attention_forward,
+    attention_forward_reference,
+    multi_head_attention_backward,
+    multi_head_attention_forward,
+)
+from lnref.autograd.kernels.attention_sublayer import (
+    attention_sublayer_backward,
+    attention_sublayer_backward_reference,
+    attention_sublayer_forward,
+    attention_sublayer_forward_reference,
+)
+from lnref.autograd.kernels.feed_forward import (
+    FFN_ACTIVATIONS,
+    feed_forward_backward,
+    feed_forward_backward_reference,
+    feed_forward_forward,
+    feed_forward_forward_reference,
+)
+from lnref.autograd.kernels.linear import (
+    linear_backward,
+    linear_backward_reference,
+    linear_forward,
+    linear_forward_reference,
+)
+from lnref.autograd.kernels.norms import (
+    NONFINITE_ROWS,
+    layer_norm_backward,
+    layer_norm_backward_reference,
+    layer_norm_forward,
+    layer_norm_forward_reference,
+    rms_norm_backward,
+    rms_norm_backward_reference,
+    rms_norm_forward,
+    rms_norm_forward_reference,
+)
+from lnref.autograd.kernels.seam import USE_NUMBA, available_cpus, numba_requested
+from lnref.autograd.kernels.softmax import (
+    softmax_backward,
+    softmax_backward_reference,
+    softmax_forward,
+    softmax_forward_reference,
+)
+
+__all__ = [
+    "FFN_ACTIVATIONS",
+    "NONFINITE_ROWS",
+    "USE_NUMBA",
+    "attention_backward",
+    "attention_backward_reference",
+    "attention_forward",
+    "attention_forward_reference",
+    "attention_sublayer_backward",
+    "attention_sublayer_backward_reference",
+    "attention_sublayer_forward",
+    "attention_sublayer_forward_reference",
+    "available_cpus",
+    "feed_forward_backward",
+    "feed_forward_backward_reference",
+    "feed_forward_forward",
+    "feed_forward_forward_reference",
+    "gelu_backward",
+    "gelu_backward_reference",
+    "gelu_forward",
+    "gelu_forward_reference",
+    "layer_norm_backward",
+    "layer_norm_backward_reference",
+    "layer_norm_forward",
+    "layer_norm_forward_reference",
+    "linear_backward",
+    "linear_backward_reference",
+    "linear_forward",
+    "linear_forward_reference",
+    "multi_head_attention_backward",
+    "multi_head_attention_forward",
+    "numba_requested",
+    "relu_backward",
+    "relu_backward_reference",
+    "rms_norm_backward",
+    "rms_norm_backward_reference",
+    "rms_norm_forward",
+    "rms_norm_forward_reference",
+    "seam",
+    "softmax_backward",
+    "softmax_backward_reference",
+    "softmax_forward",
+    "softmax_forward_reference",
+]
