@@ -5,6 +5,14 @@ import pytest
 from lnref.autograd import kernels
 
 
+@pytest.fixture(autouse=True)
+def own_working_directory(tmp_path_factory, monkeypatch):
+    """Every test runs in an empty directory of its own: the grid commands write their run
+    records to the current directory by default, and a record left by one test (or an earlier
+    pytest run) would be resumed by the next instead of run."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture
 def ffn_backward_without_the_relu_pattern(monkeypatch):
     """The FFN's backward with its ReLU pattern dropped (dhidden = dacted, on every path):

@@ -36,8 +36,11 @@ EXIT_INTERRUPTED = 130
 RUN_OPTIONS = ("backend", "workers", "scheduler", "scheduler_file", "out", "resume", "mixed_versions")
 
 
-def sweep_options(function: Command, workers: bool = True) -> Command:
-    """The options of every grid command (``workers=False`` leaves ``--workers`` to the command)."""
+def sweep_options(function: Command | None = None, *, workers: bool = True) -> Any:
+    """The options of every grid command, as a decorator; ``@sweep_options(workers=False)``
+    leaves ``--workers`` to the command."""
+    if function is None:
+        return lambda decorated: sweep_options(decorated, workers=workers)
     options = [
         click.option(
             "--backend",
