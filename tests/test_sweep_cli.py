@@ -128,6 +128,7 @@ def test_the_dask_backend_without_distributed_names_the_extra(monkeypatch):
     assert result.exit_code == 2 and result.stderr.splitlines()[-1] == (
         'error: the dask backend needs Dask distributed: pip install "lnref[dask]"'
     )
+    assert list(Path().iterdir()) == []  # refused before the records file was created
 
 
 # ----- profile, prove, gradcheck ---------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def execute(command: str, tasks: list[Task], request: SweepRequest) -> list[dict
 
     Exits with code 1 (after one line per problem) when a task failed or could not run."""
     from lnref.sweep import driver
-    from lnref.sweep.backends import open_backend
+    from lnref.sweep.backends import check_backend, open_backend
     from lnref.sweep.progress import Progress
     from lnref.sweep.records import RecordWriter, latest, read_records
 
@@ -145,6 +145,7 @@ def execute(command: str, tasks: list[Task], request: SweepRequest) -> list[dict
         echo(f"{command}: {len(tasks)} runs; records in {out} ({note}{len(todo)} to run)")
         outcome = driver.Outcome()
         if todo:
+            check_backend(request.backend, request.scheduler, request.scheduler_file)
             with (
                 RecordWriter(out) as writer,
                 open_backend(request.backend, request.workers, request.scheduler, request.scheduler_file) as backend,

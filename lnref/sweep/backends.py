@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import importlib.util
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,19 @@ class SerialExecutor(cf.Executor):
         return future
 
 
+def check_backend(name: str, scheduler: str | None = None, scheduler_file: str | None = None) -> None:
+    """BackendError, before anything starts, for what :func:`open_backend` would refuse at once:
+    an unknown backend, scheduler options without Dask, Dask not installed, no scheduler file."""
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
+    if (scheduler or scheduler_file) and name != "dask":
+        raise BackendError("--scheduler and --scheduler-file need --backend dask")
+    if name == "dask" and importlib.util.find_spec("distributed") is None:
+        raise BackendError(DASK_EXTRA_HINT)
+    if scheduler_file is not None and not os.path.isfile(scheduler_file):
+        raise BackendError(f"--scheduler-file: {scheduler_file} does not exist")
+
+
 @contextlib.contextmanager
 def open_backend(
     name: str, workers: int | None = None, scheduler: str | None = None, scheduler_file: str | None = None
@@ -58,10 +72,7 @@ def open_backend(
     local pool and the private Dask cluster. BackendError when it cannot start."""
     from lnref.process.workers import available_cpus, process_pool
 
-    if name not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
-    if (scheduler or scheduler_file) and name != "dask":
-        raise BackendError("--scheduler and --scheduler-file need --backend dask")
+    check_backend(name, scheduler, scheduler_file)
     workers = available_cpus() if workers is None else workers
     if workers < 1:
         raise BackendError(f"workers must be >= 1, got {workers}")
@@ -74,8 +85,6 @@ def open_backend(
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
     else:
-        if importlib.util.find_spec("distributed") is None:
-            raise BackendError(DASK_EXTRA_HINT)
         from lnref.sweep.dask_backend import dask_executor
 
         with dask_executor(workers, scheduler, scheduler_file) as (executor, description):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,8 +61,6 @@ def dask_executor(workers: int, scheduler: str | None, scheduler_file: str | Non
     address = scheduler or dask.config.get("scheduler-address", None)
     with contextlib.ExitStack() as stack:
         if scheduler_file is not None:
-            if not os.path.isfile(scheduler_file):
-                raise BackendError(f"--scheduler-file: {scheduler_file} does not exist")
             client = _connect(stack, f"the scheduler of {scheduler_file}", scheduler_file=scheduler_file)
             where = f"Dask cluster of {scheduler_file}"
         elif address:
