@@ -154,7 +154,7 @@ def test_serial_and_two_local_workers_give_the_same_records():
     serial, local = run_records("serial"), run_records("local", workers=2)
     assert len(serial) == 4 and all(r["status"] == "ok" for r in serial)
     assert by_key(serial) == by_key(local)
-    assert len({r["pid"] for r in local}) == 2  # both workers ran tasks: the comparison is across processes
+    assert os.getpid() not in {r["pid"] for r in local}  # the comparison is across processes
 
 
 def test_the_driver_returns_the_records_as_the_file_holds_them(tmp_path):

@@ -34,6 +34,8 @@ from lnref.sweep.progress import Progress
 from lnref.sweep.records import RecordsError, RecordWriter
 from lnref.sweep.task import Task
 
+REFRESH_SECONDS = 1.0
+
 
 @dataclass
 class Outcome:
@@ -97,7 +99,10 @@ def run(
                 in_flight[future] = task
             if not in_flight:
                 break
-            finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+            # Woken every second at least, so that a terminal's count shows the time passing.
+            finished, _ = cf.wait(in_flight, timeout=REFRESH_SECONDS, return_when=cf.FIRST_COMPLETED)
+            if progress is not None:
+                progress.refresh()
             for future in sorted(finished, key=lambda f: in_flight[f].index):
                 task = in_flight.pop(future)
                 record = _record(task, future, writer)

@@ -51,6 +51,10 @@ class Progress:
             self.emit(f"{self.label}: {task_text}: {outcome}")
         self._draw()
 
+    def refresh(self) -> None:
+        """Redraw the terminal's count (the time spent moves on); nothing on plain lines."""
+        self._draw()
+
     def close(self) -> None:
         if self.bar_stream is not None:
             self._clear()
