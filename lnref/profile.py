@@ -4,6 +4,7 @@ The numbers all come from :mod:`lnref.probes` (the same functions the proofs use
 module only runs the sweep and presents it:
 
     run_sweep(schemes, depths, build_options, seeds, ...)  -> Sweep
+    profile_tasks(...), sweep_from_records(records)   the same as sweep tasks (``lnref.sweep``)
     format_table(sweep)                   compact per-layer table, mean and spread over seeds
     text_charts(sweep, metric)            pure-text charts, log-scale y, one marker per scheme
     sweep_to_json(sweep)                  one JSON document
@@ -25,6 +26,11 @@ import numpy as np
 from lnref import SCHEMES, probes
 from lnref.files import check_output_path as check_output_path  # kept importable from here: see below
 from lnref.files import require_pyplot, write_figure
+from lnref.sweep import driver
+from lnref.sweep.backends import SerialExecutor
+from lnref.sweep.kinds import Kind
+from lnref.sweep.progress import Progress
+from lnref.sweep.task import grid
 
 DEFAULT_METRIC = "grad.ffn.w2"
 
@@ -141,25 +147,84 @@ class Sweep:
         return metric in self.results[(scheme, self.depths[0])].mean
 
 
-def run_sweep(schemes, depths, build_options, seeds, batch=2, seq=8, stream=0, progress=None):
-    """Probe every scheme at every depth over ``seeds`` (``probes.profile_over_seeds``).
-
-    ``progress(message)`` is called once per (scheme, depth) with its timing.
-    """
+def profile_tasks(schemes, depths, build_options, seeds, batch=2, seq=8, stream=0):
+    """One sweep task per (depth, scheme, seed), in that nesting: each probes one model."""
     options = {k: v for k, v in build_options.items() if k not in ("scheme", "n_layers", "seed")}
-    results = {}
-    total = len(schemes) * len(depths)
-    done = 0
-    for depth in depths:
-        for scheme in schemes:
-            summary = probes.profile_over_seeds(dict(options, scheme=scheme, n_layers=depth), seeds,
-                                                batch=batch, seq=seq, stream=stream)
-            results[(scheme, depth)] = summary
-            done += 1
-            if progress is not None:
-                progress(f"profile [{done}/{total}] {scheme}, {depth} layers, "
-                         f"{len(seeds)} seed(s): {summary.seconds:.2f} s")
+    return grid("profile", [
+        {"build": dict(options, scheme=scheme, n_layers=depth, seed=int(seed)), "batch": batch, "seq": seq,
+         "stream": stream}
+        for depth in depths for scheme in schemes for seed in seeds
+    ])
+
+
+def run_profile_task(config):
+    """The probes of one model (``probes.profile_over_seeds`` with its one seed), as plain data."""
+    build_options = config["build"]
+    summary = probes.profile_over_seeds(build_options, [build_options["seed"]], batch=config["batch"],
+                                        seq=config["seq"], stream=config["stream"])
+    (profile,) = summary.profiles
+    fields = {name: getattr(profile, name).tolist() for name in probes.STATE_FIELDS + probes.TRANSITION_FIELDS}
+    return {"loss": float(profile.loss), **fields,
+            "weight_grad_norms": {kind: norms.tolist() for kind, norms in profile.weight_grad_norms.items()}}
+
+
+def _profile_from_result(config, result):
+    arrays = {name: np.array(result[name], dtype=np.float64)
+              for name in probes.STATE_FIELDS + probes.TRANSITION_FIELDS}
+    return probes.LayerProfile(
+        config["build"]["scheme"], config["build"]["n_layers"], config["stream"], result["loss"], **arrays,
+        weight_grad_norms={kind: np.array(v, dtype=np.float64) for kind, v in result["weight_grad_norms"].items()})
+
+
+def _task_label(config):
+    build_options = config["build"]
+    return f"{build_options['scheme']}, {build_options['n_layers']} layers, seed {build_options['seed']}"
+
+
+PROFILE_KIND = Kind("profile", run_profile_task, _task_label, lambda result: f"loss {result['loss']:.4g}")
+
+
+def sweep_from_records(records):
+    """The Sweep that ok ``records`` of profile tasks describe, taken in the order given (the
+    grid's): schemes, depths and seeds in order of first appearance. ValueError when a
+    (scheme, depth, seed) of that grid has no record, or the records disagree on the rest."""
+    if not records:
+        raise ValueError("no profile records")
+
+    def shared(config):  # what every model of one table has in common
+        rest = {k: v for k, v in config["build"].items() if k not in ("scheme", "n_layers", "seed")}
+        return rest, config["batch"], config["seq"], config["stream"]
+
+    configs = [record["config"] for record in records]
+    options, batch, seq, stream = shared(configs[0])
+    if any(shared(config) != (options, batch, seq, stream) for config in configs):
+        raise ValueError("the profile records describe different model settings; one table needs one setting")
+    cells = [(c["build"]["scheme"], c["build"]["n_layers"], c["build"]["seed"]) for c in configs]
+    schemes, depths, seeds = (tuple(dict.fromkeys(cell[i] for cell in cells)) for i in range(3))
+    profiles = {cell: _profile_from_result(c, r["result"]) for cell, c, r in zip(cells, configs, records)}
+    grid_cells = ((scheme, depth, seed) for depth in depths for scheme in schemes for seed in seeds)
+    missing = [cell for cell in grid_cells if cell not in profiles]
+    if missing:
+        scheme, depth, seed = missing[0]
+        raise ValueError(f"{len(missing)} profile(s) missing, among them {scheme}, {depth} layers, seed {seed}")
+    results = {(scheme, depth): probes.summarize([profiles[(scheme, depth, seed)] for seed in seeds], seeds)
+               for depth in depths for scheme in schemes}
     return Sweep(schemes, depths, options, seeds, batch, seq, stream, results)
+
+
+def run_sweep(schemes, depths, build_options, seeds, batch=2, seq=8, stream=0, progress=None):
+    """Probe every scheme at every depth over ``seeds``, in this process.
+
+    ``progress(message)`` is called once per model probed, with its timing.
+    """
+    tasks = profile_tasks(schemes, depths, build_options, seeds, batch, seq, stream)
+    reporter = Progress("profile", progress) if progress is not None else None
+    if reporter:
+        reporter.start(len(tasks), 0)
+    outcome = driver.run(tasks, SerialExecutor(), window=1, progress=reporter)
+    if outcome.failed:
+        raise RuntimeError(f"profile {_task_label(outcome.failed[0]['config'])}: {outcome.failed[0]['error']}")
+    return sweep_from_records(outcome.records)
 
 
 def describe(sweep, schemes=None):

@@ -28,15 +28,18 @@ from separate seeded NumPy generators. The held-out batch depends on the task on
 run of a grid is scored on the same sequences. The engine's kernels have a fixed summation
 order. The same configuration therefore gives the same bits on the same machine.
 
-The stability grid (``stability_grid``) runs every (scheme, depth, warm-up, seed) with all
-else equal and tabulates the outcomes. See ``docs/stability.md``.
+The stability grid runs every (scheme, depth, warm-up, seed) with all else equal and
+tabulates the outcomes (``grid_configs``, ``run_grid``, ``summarize_grid``, ``format_grid``).
+Each run is a task of the sweep machinery (``lnref.sweep``, kind ``stability``): its
+configuration is ``TrainConfig.to_dict()``, so ``lnref stability`` can share the runs out
+over processes or a Dask cluster, record each as it finishes and resume. See
+``docs/stability.md``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -46,7 +49,11 @@ from lnref.files import require_pyplot, write_figure
 from lnref.lm import LanguageModel
 from lnref.model import ConfigError, build
 from lnref.optim import OPTIMIZERS, SCHEDULES, Schedule, clip_by_global_norm, global_norm
-from lnref.process.workers import map_in_order
+from lnref.sweep import driver
+from lnref.sweep.backends import open_backend
+from lnref.sweep.kinds import Kind
+from lnref.sweep.progress import Progress
+from lnref.sweep.task import Task, grid
 from lnref.tasks import TASKS, get_task
 
 DIVERGENCE_FACTOR = 3.0
@@ -277,33 +284,63 @@ def grid_configs(schemes=GRID_SCHEMES, depths=GRID_DEPTHS, warmups=(0, 100), see
             for d in depths for w in warmups for s in schemes for seed in seeds]
 
 
-def _train_to_dict(config):
-    return train(config).to_dict()
+def task_config(config):
+    """A run's configuration as a sweep task holds it: ``config.to_dict()`` with every float
+    setting a float (lr=1 and lr=1.0 are one run, so they must be one key)."""
+    values = config.to_dict()
+    for spec in dataclasses.fields(TrainConfig):
+        value = values[spec.name]
+        if "float" in str(spec.type) and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            values[spec.name] = float(value)
+    return values
+
+
+def grid_tasks(configs):
+    """The sweep tasks of ``configs``, in their order (a configuration given twice runs once)."""
+    return grid("stability", [task_config(config) for config in configs])
+
+
+def run_grid_task(config):
+    """One run of the grid, as the sweep's workers run it: the ``TrainResult`` as a dict."""
+    return train(TrainConfig(**config)).to_dict()
+
+
+def _run_label(config):
+    return f"{config['scheme']} L={config['layers']} warmup={config['warmup']} seed={config['seed']}"
+
+
+def _run_outcome(result):
+    summary = result["summary"]
+    if summary["diverged"]:
+        return f"diverged at step {summary['diverged_at']}"
+    return f"held-out loss {summary['final_loss']:.3f}, accuracy {summary['final_accuracy']:.3f}"
+
+
+STABILITY_KIND = Kind("stability", run_grid_task, _run_label, _run_outcome)
 
 
 def run_grid(configs, workers=1, progress=None):
     """Train every config; results (as dicts) in the order of ``configs``.
 
-    With ``workers`` > 1 the runs are shared out among that many forked processes
-    (``lnref.process.workers``). Each run is deterministic on its own, so the results do not
-    depend on the number of workers.
+    With ``workers`` > 1 the runs are shared out among that many processes (the sweep's
+    ``local`` backend), otherwise they run here. Each run is deterministic on its own, so the
+    results do not depend on the number of workers. ``progress(line)`` receives a line per
+    finished run. A run that raises makes this raise RuntimeError with its error, once
+    every run has finished.
     """
-    started = time.perf_counter()
-    results = []
-    for done, (config, result) in enumerate(zip(configs, map_in_order(_train_to_dict, configs, workers)), start=1):
-        results.append(result)
-        if progress:
-            summary = result["summary"]
-            status = (
-                f"diverged at step {summary['diverged_at']}"
-                if summary["diverged"]
-                else f"held-out loss {summary['final_loss']:.3f}, accuracy {summary['final_accuracy']:.3f}"
-            )
-            progress(
-                f"[{done}/{len(configs)}, {time.perf_counter() - started:.0f} s] {config.scheme} "
-                f"L={config.layers} warmup={config.warmup} seed={config.seed}: {status}"
-            )
-    return results
+    configs = list(configs)
+    tasks = grid_tasks(configs)
+    reporter = Progress("stability", progress) if progress else None
+    if reporter:
+        reporter.start(len(tasks), 0)
+    with open_backend("local" if workers > 1 else "serial", workers) as backend:
+        outcome = driver.run(tasks, backend.executor, window=backend.window, progress=reporter)
+    if outcome.failed:
+        first = outcome.failed[0]
+        raise RuntimeError(f"{len(outcome.failed)} of {len(tasks)} runs failed; {_run_label(first['config'])}: "
+                           f"{first['error']}")
+    by_key = {record["key"]: record["result"] for record in outcome.records}
+    return [by_key[Task("stability", task_config(config)).key] for config in configs]
 
 
 def summarize_grid(results):

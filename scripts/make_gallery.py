@@ -106,6 +106,13 @@ FIGURES = (
 def run_figure(figure):
     """Run the figure's command (as ``python -m lnref``, so no install is needed)."""
     command = [sys.executable, "-m", "lnref", *figure.command[1:]]
+    with tempfile.TemporaryDirectory() as records:
+        # Fresh runs every time: records kept from an earlier regeneration would be resumed.
+        command += ["--out", os.path.join(records, "runs.jsonl")]
+        _run(figure, command)
+
+
+def _run(figure, command):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # The matrices are small: BLAS threads only fight over the cores (same bits either way).
     env.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -1,8 +1,28 @@
 """Fixtures shared by the test modules."""
 
+import os
+
 import pytest
 
 from lnref.autograd import kernels
+
+
+@pytest.fixture(autouse=True, scope="session")
+def session_working_directory(tmp_path_factory):
+    """The grid commands write their run records to the current directory by default, and a
+    record left by one test (or an earlier pytest run) would be resumed by the next instead of
+    run. So nothing runs in the checkout: not even module-scoped fixtures, which start before
+    each test's own directory (below) is entered."""
+    checkout = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("session-cwd"))
+    yield
+    os.chdir(checkout)
+
+
+@pytest.fixture(autouse=True)
+def own_working_directory(tmp_path_factory, monkeypatch):
+    """Every test runs in an empty directory of its own."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture

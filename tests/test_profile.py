@@ -97,7 +97,9 @@ def test_layer_list_profiles_every_depth():
 
 def test_json_stdout_parses_while_progress_goes_to_stderr():
     result = run("--scheme", "post,pre", *TINY_ARGS, "--seeds", "1", "--json")
-    assert "profile [1/2] post" in result.stderr and "profile [2/2] pre" in result.stderr
+    # One line per model probed, in the order they finish (the local backend runs them in parallel).
+    assert "profile [1/2] " in result.stderr and "profile [2/2] " in result.stderr
+    assert "] post, 2 layers, seed 0: loss" in result.stderr and "] pre, 2 layers, seed 0: loss" in result.stderr
     assert json.loads(result.stdout)["schemes"] == ["post", "pre"]
 
 

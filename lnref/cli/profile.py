@@ -11,6 +11,7 @@ import os
 import click
 
 from lnref.cli.options import COUNT, fail, input_errors, model_from_options, model_options
+from lnref.cli.sweep import SweepRequest, echo, execute, load, sweep_options
 
 
 def model_options_except(*replaced):
@@ -39,9 +40,9 @@ def model_options_except(*replaced):
 @click.option(
     "--scheme",
     "scheme_list",
-    required=True,
+    default=None,
     metavar="LIST",
-    help="Comma-separated schemes, e.g. post,pre,residual,b2t ('all' for every scheme).",
+    help="Comma-separated schemes, e.g. post,pre,residual,b2t ('all' for every scheme). Required unless --from.",
 )
 @click.option(
     "--layers",
@@ -81,6 +82,7 @@ def model_options_except(*replaced):
 @click.option(
     "--svg", "svg_path", default=None, metavar="FILE", help="Also draw the chart to an SVG (needs lnref[plot])."
 )
+@sweep_options
 def profile(scheme_list, layer_list, seeds, stream, metric, as_json, png_path, svg_path, **options):
     """Per-layer gradient and hidden-state norms of schemes at initialization.
 
@@ -89,27 +91,27 @@ def profile(scheme_list, layer_list, seeds, stream, metric, as_json, png_path, s
     and spread over seeds.
 
     Prints a table and a log-scale text chart of --metric (by layer, one marker per
-    scheme), or JSON with --json. Progress goes to stderr.
+    scheme), or JSON with --json. Progress goes to stderr. Each model probed is a run of the
+    sweep: recorded as it finishes (--out), resumed, or rendered again with --from.
     """
     from lnref import profile as sweeps
 
+    request = SweepRequest.pop(options)
+    if metric not in sweeps.METRICS:
+        fail(f"unknown metric {metric!r}; valid metrics: {', '.join(sweeps.METRICS)}")
+    figures = _figures(sweeps, png_path, svg_path)
+    if request.from_path is not None:
+        with input_errors():
+            sweep = sweeps.sweep_from_records(load("profile", request.from_path))
+        if not any(sweep.has_metric(scheme, metric) for scheme in sweep.schemes):
+            fail(f"metric {metric} exists in none of {', '.join(sweep.schemes)}")
+        _output(sweeps, sweep, metric, as_json, figures)
+        return
+    if scheme_list is None:
+        fail("Missing option '--scheme' (or --from).")
     with input_errors():
         schemes = sweeps.parse_schemes(scheme_list)
         depths = sweeps.parse_depths(layer_list)
-    if metric not in sweeps.METRICS:
-        fail(f"unknown metric {metric!r}; valid metrics: {', '.join(sweeps.METRICS)}")
-
-    figures = [(path, fmt) for path, fmt in ((png_path, "png"), (svg_path, "svg")) if path is not None]
-    if figures:
-        try:
-            sweeps.require_matplotlib()
-        except ImportError as err:
-            fail(str(err))
-        if len(figures) == 2 and os.path.abspath(png_path) == os.path.abspath(svg_path):
-            fail("--png and --svg name the same file")
-        with input_errors():
-            for path, fmt in figures:
-                sweeps.check_output_path(path, f"--{fmt}")
 
     # Build every scheme once before the sweep, so that a bad configuration fails in one
     # line before any work; the sweep then uses exactly the validated configuration.
@@ -132,20 +134,40 @@ def profile(scheme_list, layer_list, seeds, stream, metric, as_json, png_path, s
         fail(f"metric {metric} exists in none of {', '.join(schemes)}{hint}")
 
     first_seed = options["seed"]
+    tasks = sweeps.profile_tasks(
+        schemes,
+        depths,
+        build_options,
+        range(first_seed, first_seed + seeds),
+        batch=options["batch"],
+        seq=options["seq"],
+        stream=stream,
+    )
+    sweep = sweeps.sweep_from_records(execute("profile", tasks, request))
+    _output(sweeps, sweep, metric, as_json, figures)
+
+
+def _figures(sweeps, png_path, svg_path):
+    """[(path, format)] of the figures asked for, checked before anything runs."""
+    figures = [(path, fmt) for path, fmt in ((png_path, "png"), (svg_path, "svg")) if path is not None]
+    if figures:
+        try:
+            sweeps.require_matplotlib()
+        except ImportError as err:
+            fail(str(err))
+        if len(figures) == 2 and os.path.abspath(png_path) == os.path.abspath(svg_path):
+            fail("--png and --svg name the same file")
+        with input_errors():
+            for path, fmt in figures:
+                sweeps.check_output_path(path, f"--{fmt}")
+    return figures
+
+
+def _output(sweeps, sweep, metric, as_json, figures):
     with input_errors():
-        sweep = sweeps.run_sweep(
-            schemes,
-            depths,
-            build_options,
-            range(first_seed, first_seed + seeds),
-            batch=options["batch"],
-            seq=options["seq"],
-            stream=stream,
-            progress=lambda message: click.echo(message, err=True),
-        )
         for path, fmt in figures:
             sweeps.save_figure(sweep, metric, path, fmt)
-            click.echo(f"wrote {path}", err=True)
+            echo(f"wrote {path}")
     if as_json:
         click.echo(sweeps.sweep_to_json(sweep))
     else:

@@ -10,6 +10,7 @@ import sys
 import click
 
 from lnref.cli.options import EXIT_FAILED, EXIT_OK, fail, input_errors
+from lnref.cli.sweep import SweepRequest, execute, load, sweep_options
 
 
 @click.command()
@@ -20,28 +21,41 @@ from lnref.cli.options import EXIT_FAILED, EXIT_OK, fail, input_errors
 @click.option("--markdown", is_flag=True, help="The rows of proofs/README.md's table on stdout.")
 @click.option("--list", "list_only", is_flag=True, help="List the claims and exit.")
 @click.option("--verbose", "-v", is_flag=True, help="Every check of every claim.")
-def prove(claim_ids, run_all, quick, as_json, markdown, list_only, verbose):
-    """Measure the papers' claims derived in proofs/ (confirmed / refuted / corrected / inconclusive)."""
+@sweep_options
+def prove(claim_ids, run_all, quick, as_json, markdown, list_only, verbose, **sweep):
+    """Measure the papers' claims derived in proofs/ (confirmed / refuted / corrected / inconclusive).
+
+    Each claim is a run of the sweep: the claims are shared out (--backend, --workers),
+    recorded as they finish (--out) and resumed; --from renders records again.
+    """
     from lnref import claims as registry
 
+    request = SweepRequest.pop(sweep)
     if list_only:
         for claim in registry.all_claims():
             click.echo(f"{claim.id:24s} {claim.title}  [{claim.paper}]")
         sys.exit(EXIT_OK)
     if as_json and markdown:
         fail("--json and --markdown are exclusive")
-    if run_all and claim_ids:
-        fail("give claim ids or --all, not both")
-    if not run_all and not claim_ids:
-        fail("name one or more claims (see --list) or use --all")
+    if request.from_path is not None:
+        if run_all or claim_ids or quick:
+            fail("--from renders the claims its records hold: give no claim, --all or --quick with it")
+        records = load("prove", request.from_path)
+        quick = all(record["config"]["quick"] for record in records)
+        run_all = [record["config"]["claim"] for record in records] == [c.id for c in registry.all_claims()]
+        claim_ids = () if run_all else tuple(record["config"]["claim"] for record in records)
+    else:
+        if run_all and claim_ids:
+            fail("give claim ids or --all, not both")
+        if not run_all and not claim_ids:
+            fail("name one or more claims (see --list) or use --all")
+        with input_errors():
+            selected = registry.all_claims() if run_all else [registry.get(c) for c in dict.fromkeys(claim_ids)]
+        records = execute("prove", registry.claim_tasks(selected, quick), request)
     with input_errors():
-        selected = registry.all_claims() if run_all else [registry.get(c) for c in dict.fromkeys(claim_ids)]
-    results = []
-    for claim in selected:
-        click.echo(f"[{claim.id}] running{' (quick)' if quick else ''} ...", err=True)
-        (result,) = registry.run_claims([claim], quick=quick, progress=_stderr)
-        results.append(result)
-        if not (as_json or markdown):
+        results = [registry.result_from_dict(record["result"]) for record in records]
+    if not (as_json or markdown):
+        for result in results:
             click.echo(_text(result, verbose))
     contradicted = [r.claim.id for r in results if r.contradicts_proof]
     if as_json:
@@ -66,10 +80,6 @@ def prove(claim_ids, run_all, quick, as_json, markdown, list_only, verbose):
             )
         )
     sys.exit(EXIT_FAILED if contradicted else EXIT_OK)
-
-
-def _stderr(message):
-    click.echo(f"  {message}", err=True)
 
 
 def _text(result, verbose):

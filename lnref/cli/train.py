@@ -15,6 +15,7 @@ import click
 
 from lnref import SCHEMES
 from lnref.cli.options import COUNT, EXIT_OK, fail, input_errors, model_options
+from lnref.cli.sweep import SweepRequest, echo, execute, load, sweep_options
 
 TASK_NAMES = ("reverse", "recall", "chars")  # lnref.tasks.TASKS, named here to keep --help light
 DEFAULT_LR = 1e-3
@@ -232,8 +233,8 @@ def _int_list(text, name):
 @click.option("--heads", type=COUNT, default=2, show_default=True)
 @click.option("--batch", type=COUNT, default=16, show_default=True)
 @click.option("--seq", type=COUNT, default=None, help="Sequence length (default: the task's).")
-@click.option("--workers", type=COUNT, default=2, show_default=True, help="Processes running runs in parallel.")
 @_training_options
+@sweep_options
 def stability(
     schemes,
     depths,
@@ -243,7 +244,6 @@ def stability(
     heads,
     batch,
     seq,
-    workers,
     task,
     lr,
     steps,
@@ -255,12 +255,19 @@ def stability(
     divergence_factor,
     as_json,
     png,
+    **sweep,
 ):
     """The stability grid: scheme x warm-up (none / --warmup) x depth x seeds.
 
     Prints a Markdown table of outcomes (or, with --json, every run with its curve) and
-    optionally writes the loss curves to --png. See docs/stability.md.
+    optionally writes the loss curves to --png. Each run is recorded as it finishes (--out),
+    and a second invocation resumes; --from renders records without running anything. See
+    docs/stability.md.
     """
+    request = SweepRequest.pop(sweep)
+    if request.from_path is not None:
+        _check_png(png)
+        _stability_output([record["result"] for record in load("stability", request.from_path)], as_json, png)
     scheme_list = [s.strip() for s in schemes.split(",") if s.strip()]
     unknown = [s for s in scheme_list if s not in SCHEMES]
     if unknown or not scheme_list:
@@ -273,10 +280,10 @@ def stability(
     _check_png(png)
     from lnref.process.workers import one_blas_thread_unless_chosen
 
-    one_blas_thread_unless_chosen()
+    one_blas_thread_unless_chosen()  # for runs in this process (--backend serial)
     with input_errors():
         from lnref.tasks import get_task
-        from lnref.train import format_grid, grid_configs, plot_grid, run_grid, summarize_grid
+        from lnref.train import grid_configs, grid_tasks
 
         configs = grid_configs(
             scheme_list,
@@ -298,12 +305,19 @@ def stability(
             divergence_factor=divergence_factor,
         )
         get_task(task, seq)
-    _progress(f"stability grid: {len(configs)} runs on {workers} worker(s)")
-    results = run_grid(configs, workers=workers, progress=_progress)
+        tasks = grid_tasks(configs)
+    results = [record["result"] for record in execute("stability", tasks, request)]
+    _stability_output(results, as_json, png)
+
+
+def _stability_output(results, as_json, png):
+    """The table (or JSON) and the figure of the grid's results, whether just run or read back."""
+    from lnref.train import format_grid, plot_grid, summarize_grid
+
     rows = summarize_grid(results)
     if png:
         plot_grid(results, png)
-        _progress(f"wrote {png}")
+        echo(f"wrote {png}")
     if as_json:
         click.echo(json.dumps({"rows": rows, "runs": results}))
     else:

@@ -1,11 +1,18 @@
 """Work shared out among forked processes, and how many BLAS threads lnref's processes run.
 
-:func:`map_in_order` is lnref's one worker pool: the gradient checker's tensors and blocks
-and the stability grid's runs go through it. Its workers are forked, so each starts with
-what its parent has: the modules imported, the kernels compiled, the model and its states
-in memory. Only the items and the results cross between processes, so the work may be a
-closure. Without ``fork`` (or inside a worker, which may not start processes of its own)
-the work runs in the calling process.
+Two pools, one set-up:
+
+* :func:`map_in_order` shares the pieces of one computation out (the gradient checker's
+  tensors and blocks). Its workers are forked, so each starts with what its parent has: the
+  modules imported, the kernels compiled, the model and its states in memory. Only the items
+  and the results cross between processes, so the work may be a closure.
+* :func:`process_pool` is a standard ``concurrent.futures`` executor of forked processes:
+  the ``local`` backend of the sweeps (``lnref.sweep``), whose tasks are named functions
+  with plain arguments, submitted one at a time.
+
+Every worker of either pool, and every Dask worker a sweep runs on, starts with
+:func:`set_up_worker_process`. A worker never starts processes of its own: inside one (and
+without ``fork``) :func:`map_in_order` runs the work in the calling process.
 
 One policy for BLAS threads:
 
@@ -29,10 +36,11 @@ import gc
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
 from lnref.process import blas
-from lnref.process.allocator import return_freed_memory
+from lnref.process.allocator import keep_freed_memory, return_freed_memory
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -41,6 +49,7 @@ Result = TypeVar("Result")
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 
 _work: Callable[[Any], Any] | None = None  # in a worker: what it applies to each item
+_in_worker = False  # set by set_up_worker_process: this process is a worker of some pool
 
 
 def available_cpus() -> int:
@@ -61,6 +70,39 @@ def one_blas_thread_unless_chosen() -> None:
     count (an empty value chooses nothing, as OpenBLAS takes it)."""
     if not any(os.environ.get(name, "").strip() for name in BLAS_THREAD_VARIABLES):
         one_blas_thread()
+
+
+def set_up_worker_process() -> None:
+    """What every worker process of lnref runs first: OpenBLAS on one thread (the workers are
+    the parallelism), freed memory kept for the next pass (``lnref.process.allocator``), and
+    no processes of its own (:func:`map_in_order` runs its work in place from now on).
+    Imports NumPy."""
+    global _in_worker
+    _in_worker = True
+    keep_freed_memory()
+    one_blas_thread()
+
+
+def in_worker() -> bool:
+    """Whether :func:`set_up_worker_process` ran in this process."""
+    return _in_worker
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """A ``concurrent.futures`` executor of ``workers`` processes, each set up by
+    :func:`set_up_worker_process`; forked where the system can fork.
+
+    The caller shuts it down (``with process_pool(n) as pool: ...``). A submitted function
+    and its arguments are pickled, so the function must be importable by name.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    context = multiprocessing.get_context("fork") if _can_fork() else None
+    # The workers are forked at the first submission: the same reasons as map_in_order's
+    # to leave them little garbage and free heap to copy.
+    gc.collect()
+    return_freed_memory()
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=set_up_worker_process)
 
 
 def map_in_order(work: Callable[[Item], Result], items: Iterable[Item], workers: int) -> Iterator[Result]:
@@ -99,14 +141,19 @@ def map_in_order(work: Callable[[Item], Result], items: Iterable[Item], workers:
 
 
 def _can_fork() -> bool:
-    # A pool's workers are daemons, and a daemon may not start processes.
-    return "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+    # A worker's processes would compete with the other workers for the cores; a daemon (as
+    # map_in_order's workers are) may not start processes at all.
+    return (
+        "fork" in multiprocessing.get_all_start_methods()
+        and not _in_worker
+        and not multiprocessing.current_process().daemon
+    )
 
 
 def _start_worker(work: Callable[[Any], Any]) -> None:
     global _work
     _work = work
-    one_blas_thread()
+    set_up_worker_process()
 
 
 def _apply_work(item: Any) -> Any:

@@ -1,0 +1,114 @@
+"""The gradient-check sweep: ``lnref gradcheck`` over schemes x norms x depths.
+
+Each model is one task: its configuration holds the model (``lnref.build``'s arguments) and
+the check's settings (mode, point, entries, tolerances, the language-model head); the result
+is the checker's report as its JSON document (``Report.to_json``). The table has one row per
+model; a model with a failed tensor fails the sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from lnref.sweep.kinds import Kind
+from lnref.sweep.task import Task, grid, plain
+
+MODEL_KEYS = (
+    "d_model",
+    "n_heads",
+    "d_ff",
+    "activation",
+    "causal",
+    "cross_attention",
+    "eps",
+    "dtype",
+    "seed",
+    "post_fraction",
+)
+CHECK_KEYS = ("mode", "point", "batch", "seq", "entries", "rtol", "atol", "with_head", "vocab")
+
+
+def check_tasks(
+    schemes: list[str], norms: list[str], depths: list[int], model: dict[str, Any], check: dict[str, Any]
+) -> list[Task]:
+    """One task per (scheme, norm, depth), in that nesting. ``model`` holds the other
+    ``lnref.build`` arguments (``MODEL_KEYS``), ``check`` the checker's (``CHECK_KEYS``)."""
+    shared = {key: model[key] for key in MODEL_KEYS}
+    settings = {key: check[key] for key in CHECK_KEYS}
+    return grid(
+        "gradcheck",
+        [
+            {"model": dict(shared, scheme=scheme, n_layers=depth, norm=norm), **settings}
+            for scheme in schemes
+            for norm in norms
+            for depth in depths
+        ],
+    )
+
+
+def run_check_task(config: dict[str, Any]) -> dict[str, Any]:
+    """One model checked as ``lnref gradcheck`` checks it alone: the report's JSON document."""
+    from lnref import gradcheck as checker
+    from lnref.model import build
+
+    model_options = dict(config["model"])
+    settings = {key: config[key] for key in ("mode", "point", "batch", "seq", "entries", "rtol", "atol")}
+    if config["with_head"]:
+        from lnref.lm import LanguageModel
+
+        lm = LanguageModel(build(**{**model_options, "causal": True}), config["vocab"], config["seq"])
+        report = checker.gradcheck_lm(lm, **settings)
+    else:
+        report = checker.gradcheck(build(**model_options), **settings)
+    document: dict[str, Any] = plain(json.loads(report.to_json()))
+    return document
+
+
+def _label(config: dict[str, Any]) -> str:
+    model = config["model"]
+    layers = f"{model['n_layers']} layer" + ("s" if model["n_layers"] != 1 else "")
+    return f"{model['scheme']}, {model['norm']}, {layers}"
+
+
+def _outcome(report: dict[str, Any]) -> str:
+    return str(report["summary"])
+
+
+GRADCHECK_KIND = Kind("gradcheck", run_check_task, _label, _outcome)
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """One row per model checked, then the models that failed with their worst tensor, then
+    a last line ``N models: K passed, F failed``."""
+    lines = [
+        f"gradcheck sweep: mode {records[0]['result']['mode']}, at {records[0]['result']['point']}",
+        "",
+        "| scheme | norm | layers | tensors | passed | failed | unresolved | worst err/tol | seconds |",
+        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    failing = []
+    for record in records:
+        model, report = record["config"]["model"], record["result"]
+        counts = report["counts"]
+        worst = max((_ratio(tensor["worst"]["ratio"]) for tensor in report["tensors"]), default=0.0)
+        lines.append(
+            f"| {model['scheme']} | {model['norm']} | {model['n_layers']} | {len(report['tensors'])} | "
+            f"{counts['passed']} | {counts['failed']} | {counts['unresolved']} | {worst:.3g} | "
+            f"{report['seconds']:.1f} |"
+        )
+        if not report["ok"]:
+            failing.append(record)
+    for record in failing:
+        report = record["result"]
+        names = [tensor["tensor"] for tensor in report["tensors"] if tensor["status"] == "failed"]
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        lines.append(f"FAILED {_label(record['config'])}: {report['summary']} ({shown})")
+    lines += ["", f"{len(records)} models: {len(records) - len(failing)} passed, {len(failing)} failed"]
+    return "\n".join(lines)
+
+
+def _ratio(value: Any) -> float:
+    ratio = float(value)  # "inf" where a tolerance is zero
+    return ratio if not math.isnan(ratio) else math.inf
