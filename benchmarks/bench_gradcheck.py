@@ -36,8 +36,9 @@ def lnref_process(args, cache_dir):
     """Wall time of one `python -m lnref gradcheck ...` in a fresh process."""
     env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "lnref", "gradcheck", *args, "--json"], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "lnref", "gradcheck", *args, "--json"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"lnref gradcheck failed ({done.returncode}): {done.stderr.strip()[-400:]}")
@@ -74,9 +75,10 @@ def torch_twin(scheme, layers):
     except ImportError:
         return None
     sys.path.insert(0, str(ROOT / "tests" / "interop"))
+    from torch_port import Transformer
+
     import lnref
     from lnref.gradcheck import jitter_params
-    from torch_port import Transformer
 
     model = lnref.build(scheme, n_layers=layers)
     x, _, _ = model.sample_inputs()
@@ -102,8 +104,12 @@ def torch_fast_gradcheck(scheme, layers, repeats):
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        ok = torch.autograd.gradcheck(lambda *tensors: forward(dict(zip(names, tensors[:-1])), tensors[-1]),
-                                      (*leaves, x_leaf), fast_mode=True, raise_exception=False)
+        ok = torch.autograd.gradcheck(
+            lambda *tensors: forward(dict(zip(names, tensors[:-1])), tensors[-1]),
+            (*leaves, x_leaf),
+            fast_mode=True,
+            raise_exception=False,
+        )
         times.append(time.perf_counter() - started)
         if not ok:
             print("warning: torch gradcheck reported a mismatch", file=sys.stderr)
@@ -122,8 +128,11 @@ def torch_full_gradcheck_extrapolated(scheme, layers, total_elements):
     for names in ([last + "bq"], [last + "bq", last + "wq"]):
         leaves = [params[n].clone().requires_grad_(True) for n in names]
         started = time.perf_counter()
-        torch.autograd.gradcheck(lambda *tensors, names=names: forward({**params, **dict(zip(names, tensors))}, x),
-                                 tuple(leaves), raise_exception=False)
+        torch.autograd.gradcheck(
+            lambda *tensors, names=names: forward({**params, **dict(zip(names, tensors))}, x),
+            tuple(leaves),
+            raise_exception=False,
+        )
         timings.append((sum(leaf.numel() for leaf in leaves), time.perf_counter() - started))
     (n1, t1), (n2, t2) = timings
     per_element = (t2 - t1) / (n2 - n1)
@@ -153,12 +162,12 @@ def main():
     figures.append(("lnref gradcheck, fresh process, cold Numba cache", cold, cold_report["summary"]))
     figures.append(("lnref gradcheck, fresh process, warm Numba cache", warm, warm_report["summary"]))
     directional, report = lnref_in_process(options.scheme, options.layers, "directional", options.repeats)
-    figures.append((f"lnref directional check (in process, warm, {gradcheck_workers()} workers)", directional,
-                    report.summary()))
+    figures.append(
+        (f"lnref directional check (in process, warm, {gradcheck_workers()} workers)", directional, report.summary())
+    )
     blockwise, block_report = lnref_in_process(options.scheme, options.layers, "blockwise", options.repeats)
     figures.append(("lnref blockwise check (in process, warm)", blockwise, block_report.summary()))
-    torch_seconds = None if options.no_torch else torch_fast_gradcheck(options.scheme, options.layers,
-                                                                       options.repeats)
+    torch_seconds = None if options.no_torch else torch_fast_gradcheck(options.scheme, options.layers, options.repeats)
     if torch_seconds is None:
         print("note: PyTorch not installed (or --no-torch): no torch.autograd.gradcheck comparison")
     else:
@@ -167,20 +176,30 @@ def main():
         # The kernels are compiled and warm from the checks above.
         full, full_report = lnref_in_process(options.scheme, options.layers, "full", 1, warm_up=False)
         checks = full_report.check_counts
-        figures.append((f"lnref full check, every element ({gradcheck_workers()} workers)", full,
-                        f"{sum(checks.values())} elements: {checks['passed']} passed, {checks['failed']} failed, "
-                        f"{checks['unresolved']} unresolved"))
+        figures.append(
+            (
+                f"lnref full check, every element ({gradcheck_workers()} workers)",
+                full,
+                f"{sum(checks.values())} elements: {checks['passed']} passed, {checks['failed']} failed, "
+                f"{checks['unresolved']} unresolved",
+            )
+        )
         import lnref
 
         parameters = sum(value.size for value in lnref.build(options.scheme, n_layers=options.layers).params.values())
-        extrapolated = None if options.no_torch else torch_full_gradcheck_extrapolated(
-            options.scheme, options.layers, parameters)
+        extrapolated = (
+            None if options.no_torch else torch_full_gradcheck_extrapolated(options.scheme, options.layers, parameters)
+        )
         if extrapolated is not None:
             seconds, per_element = extrapolated
-            figures.append((f"torch full gradcheck, extrapolated to {parameters} elements", seconds,
-                            f"{per_element * 1e3:.1f} ms per element"))
-            print(f"lnref full / torch full (extrapolated): {full / seconds:.4f} "
-                  f"({seconds / full:.0f}x faster)")
+            figures.append(
+                (
+                    f"torch full gradcheck, extrapolated to {parameters} elements",
+                    seconds,
+                    f"{per_element * 1e3:.1f} ms per element",
+                )
+            )
+            print(f"lnref full / torch full (extrapolated): {full / seconds:.4f} ({seconds / full:.0f}x faster)")
 
     print(f"\n{options.scheme}, {options.layers} layers, d_model 16, 2 heads, d_ff 64, seq 8, batch 2, float64")
     print(f"{'what':52s} {'seconds':>9s}  {'vs torch':>8s}  result")
@@ -188,9 +207,19 @@ def main():
         ratio = f"{seconds / torch_seconds:8.3f}" if torch_seconds else f"{'-':>8s}"
         print(f"{label:52s} {seconds:9.2f}  {ratio}  {result}")
     for label, seconds, result in figures:
-        print(json.dumps({"benchmark": "gradcheck", "what": label, "seconds": round(seconds, 4),
-                          "ratio_vs_torch_fast": None if not torch_seconds else round(seconds / torch_seconds, 4),
-                          "scheme": options.scheme, "layers": options.layers, "result": result}))
+        print(
+            json.dumps(
+                {
+                    "benchmark": "gradcheck",
+                    "what": label,
+                    "seconds": round(seconds, 4),
+                    "ratio_vs_torch_fast": None if not torch_seconds else round(seconds / torch_seconds, 4),
+                    "scheme": options.scheme,
+                    "layers": options.layers,
+                    "result": result,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

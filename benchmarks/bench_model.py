@@ -86,6 +86,7 @@ CEILING_SIZE = 2048
 
 # ----- exact FLOP count ---------------------------------------------------------------------
 
+
 def matmul_flops(config):
     """FLOPs of the matrix products of one forward+backward (see the module docstring)."""
     n_layers, d, d_ff = config["n_layers"], config["d_model"], config["d_ff"]
@@ -99,6 +100,7 @@ def matmul_flops(config):
 
 # ----- the PyTorch side -------------------------------------------------------------------
 
+
 class TorchTwin:
     """The lnref model in torch ops, Pre-LN or Post-LN, with lnref's weights."""
 
@@ -110,8 +112,10 @@ class TorchTwin:
         self.names = list(model.params)
         # nn.Linear's layout: W^T, (d_out, d_in), contiguous.
         self.transposed = {n for n in self.names if model.params[n].ndim == 2}
-        self.leaves = {n: torch.tensor(model.params[n].T.copy() if n in self.transposed else model.params[n],
-                                       requires_grad=True) for n in self.names}
+        self.leaves = {
+            n: torch.tensor(model.params[n].T.copy() if n in self.transposed else model.params[n], requires_grad=True)
+            for n in self.names
+        }
 
     def attention(self, x, prefix):
         p, F, H = self.leaves, self.F, self.config.n_heads
@@ -165,8 +169,10 @@ def check_agreement(model, twin, x, dy, torch):
     loss, grads = model.value_and_grad(x, dy)
     y = model(x)
     t_loss, t_y, t_grads = twin.value_and_grad(torch.tensor(x, requires_grad=True), torch.tensor(dy))
-    worst = max(abs(float(t_loss.detach()) - loss) / max(abs(loss), 1e-300),
-                float(np.abs(t_y.detach().numpy() - y).max() / np.abs(y).max()))
+    worst = max(
+        abs(float(t_loss.detach()) - loss) / max(abs(loss), 1e-300),
+        float(np.abs(t_y.detach().numpy() - y).max() / np.abs(y).max()),
+    )
     floor = 1e-4 * max(float(np.abs(g).max()) for g in grads.values())
     for name, t_grad in zip([*twin.names, "input"], t_grads):
         theirs = t_grad.numpy().T if name in twin.transposed else t_grad.numpy()
@@ -177,6 +183,7 @@ def check_agreement(model, twin, x, dy, torch):
 
 
 # ----- timing -----------------------------------------------------------------------------
+
 
 def calls_per_rep(fn, min_time):
     fn()  # warm-up: compiles, allocates, faults in pages
@@ -247,9 +254,15 @@ def child(args):
     if torch is not None:
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
-    figures = {"threads": args.threads, "torch": None if torch is None else torch.__version__,
-               "reps": args.reps, "min_time": args.min_time, "allocator": allocator,
-               "blas_idle_workers": blas_idle_workers, "runs": []}
+    figures = {
+        "threads": args.threads,
+        "torch": None if torch is None else torch.__version__,
+        "reps": args.reps,
+        "min_time": args.min_time,
+        "allocator": allocator,
+        "blas_idle_workers": blas_idle_workers,
+        "runs": [],
+    }
     started, busy_before, own_before = time.perf_counter(), busy_cpu_seconds(), own_cpu_seconds()
     matmuls = matmul_callables(torch)
     for config_name in args.configs:
@@ -258,7 +271,7 @@ def child(args):
         for scheme in args.schemes:
             model = lnref.build(scheme, **dims)
             x, dy, _ = model.sample_inputs(batch=config["batch"], seq=config["seq"])
-            fns = {"lnref": lambda: model.value_and_grad(x, dy)}
+            fns = {"lnref": lambda model=model, x=x, dy=dy: model.value_and_grad(x, dy)}
             run = {"config": config_name, "scheme": scheme, "flops": matmul_flops(config)}
             if torch is not None:
                 twin = TorchTwin(model, torch)
@@ -266,7 +279,7 @@ def child(args):
                 if not run["agreement"] <= AGREEMENT_RTOL:
                     raise SystemExit(f"{config_name} {scheme}: lnref and torch differ by {run['agreement']:.3g}")
                 tx, tdy = torch.tensor(x, requires_grad=True), torch.tensor(dy)
-                fns["torch"] = lambda: twin.value_and_grad(tx, tdy)
+                fns["torch"] = lambda twin=twin, tx=tx, tdy=tdy: twin.value_and_grad(tx, tdy)
             # The ceiling's products alternate with the model runs: they see the same load.
             fns.update({f"matmul {name}": fn for name, fn in matmuls.items()})
             seconds, numbers = alternate(list(fns.values()), args.reps, args.min_time)
@@ -286,13 +299,31 @@ def child(args):
 
 # ----- the report -------------------------------------------------------------------------
 
+
 def measure(threads, config, args):
     """The figures of one configuration at one thread count: the medians over ``args.processes``
     fresh processes (the ratio, the median of theirs), each process's own figures under "draws"."""
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads)}
-    command = [sys.executable, __file__, "--child", "--threads", str(threads), "--reps", str(args.reps),
-               "--min-time", str(args.min_time), "--configs", config, "--schemes", ",".join(args.schemes)]
+    env = {
+        **os.environ,
+        "OPENBLAS_NUM_THREADS": str(threads),
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+    }
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--threads",
+        str(threads),
+        "--reps",
+        str(args.reps),
+        "--min-time",
+        str(args.min_time),
+        "--configs",
+        config,
+        "--schemes",
+        ",".join(args.schemes),
+    ]
     draws = []
     for _ in range(args.processes):
         done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
@@ -317,11 +348,15 @@ def measure(threads, config, args):
 
 
 def report(results, load_before, load_after):
-    print(f"# python {platform.python_version()}, {os.cpu_count()} cpus, float64; "
-          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print(
+        f"# python {platform.python_version()}, {os.cpu_count()} cpus, float64; "
+        f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
+    )
     lines = []
-    header = (f"{'config':7s} {'scheme':6s} {'thr':>3s} {'lnref ms':>9s} {'torch ms':>9s} {'ratio':>6s} "
-              f"{'target':>7s} {'lnref GF/s':>10s} {'torch GF/s':>10s} {'ceiling':>8s} {'share':>6s}")
+    header = (
+        f"{'config':7s} {'scheme':6s} {'thr':>3s} {'lnref ms':>9s} {'torch ms':>9s} {'ratio':>6s} "
+        f"{'target':>7s} {'lnref GF/s':>10s} {'torch GF/s':>10s} {'ceiling':>8s} {'share':>6s}"
+    )
     print(header)
     print("-" * len(header))
     verdicts = []
@@ -334,30 +369,56 @@ def report(results, load_before, load_after):
             torch_gflops = run["flops"] / torch_s / 1e9 if torch_s else None
             share = lnref_gflops / ceiling
             target = TARGET_RATIO[run["config"]]
-            print(f"{run['config']:7s} {run['scheme']:6s} {result['threads']:3d} {run['lnref_s'] * 1e3:9.2f} "
-                  + (f"{torch_s * 1e3:9.2f} {ratio:6.3f}" if torch_s else f"{'-':>9s} {'-':>6s}")
-                  + f" {'<=' + str(target):>7s} {lnref_gflops:10.2f} "
-                  + (f"{torch_gflops:10.2f}" if torch_gflops else f"{'-':>10s}")
-                  + f" {ceiling:8.1f} {share:6.1%}")
-            lines.append({"benchmark": "model forward+backward", "config": run["config"],
-                          "dims": CONFIGS[run["config"]], "scheme": run["scheme"], "threads": result["threads"],
-                          "lnref_median_s": run["lnref_s"], "torch_median_s": torch_s, "ratio_lnref_over_torch": ratio,
-                          "target_ratio_at_most": target, "flops": run["flops"], "lnref_gflops": lnref_gflops,
-                          "torch_gflops": torch_gflops, "ceiling_gflops": run["ceiling"],
-                          "lnref_share_of_ceiling": share, "agreement_max_rel_diff": run.get("agreement"),
-                          "torch_version": result["torch"], "reps": result["reps"],
-                          "processes": result["processes"],
-                          "ratio_per_process": [r["lnref_s"] / r["torch_s"] for r in run["draws"]] if torch_s else None,
-                          "other_cpus": result.get("other_cpus"), "allocator": result["allocator"],
-                          "blas_idle_workers": result["blas_idle_workers"]})
+            print(
+                f"{run['config']:7s} {run['scheme']:6s} {result['threads']:3d} {run['lnref_s'] * 1e3:9.2f} "
+                + (f"{torch_s * 1e3:9.2f} {ratio:6.3f}" if torch_s else f"{'-':>9s} {'-':>6s}")
+                + f" {'<=' + str(target):>7s} {lnref_gflops:10.2f} "
+                + (f"{torch_gflops:10.2f}" if torch_gflops else f"{'-':>10s}")
+                + f" {ceiling:8.1f} {share:6.1%}"
+            )
+            lines.append(
+                {
+                    "benchmark": "model forward+backward",
+                    "config": run["config"],
+                    "dims": CONFIGS[run["config"]],
+                    "scheme": run["scheme"],
+                    "threads": result["threads"],
+                    "lnref_median_s": run["lnref_s"],
+                    "torch_median_s": torch_s,
+                    "ratio_lnref_over_torch": ratio,
+                    "target_ratio_at_most": target,
+                    "flops": run["flops"],
+                    "lnref_gflops": lnref_gflops,
+                    "torch_gflops": torch_gflops,
+                    "ceiling_gflops": run["ceiling"],
+                    "lnref_share_of_ceiling": share,
+                    "agreement_max_rel_diff": run.get("agreement"),
+                    "torch_version": result["torch"],
+                    "reps": result["reps"],
+                    "processes": result["processes"],
+                    "ratio_per_process": [r["lnref_s"] / r["torch_s"] for r in run["draws"]] if torch_s else None,
+                    "other_cpus": result.get("other_cpus"),
+                    "allocator": result["allocator"],
+                    "blas_idle_workers": result["blas_idle_workers"],
+                }
+            )
             if ratio is not None:
-                verdicts.append((f"{run['config']} {run['scheme']} {result['threads']} thread(s): "
-                                 f"lnref/torch {ratio:.3f} <= {target}", ratio <= target))
+                verdicts.append(
+                    (
+                        f"{run['config']} {run['scheme']} {result['threads']} thread(s): "
+                        f"lnref/torch {ratio:.3f} <= {target}",
+                        ratio <= target,
+                    )
+                )
             name, minimum = TARGET_CEILING_SHARE
             if run["config"] == name:
-                verdicts.append((f"{name} {run['scheme']} {result['threads']} thread(s): "
-                                 f"{share:.1%} of the float64 matmul ceiling ({ceiling:.1f} GFLOP/s) >= {minimum:.0%}",
-                                 share >= minimum))
+                verdicts.append(
+                    (
+                        f"{name} {run['scheme']} {result['threads']} thread(s): "
+                        f"{share:.1%} of the float64 matmul ceiling ({ceiling:.1f} GFLOP/s) >= {minimum:.0%}",
+                        share >= minimum,
+                    )
+                )
     print()
     for line in lines:
         print(json.dumps(line))
@@ -366,8 +427,10 @@ def report(results, load_before, load_after):
         others = result.get("other_cpus")
         if others is not None and others > OTHER_CPUS_LIMIT:
             configs = ", ".join(sorted({run["config"] for run in result["runs"]}))
-            print(f"note: {configs} at {result['threads']} thread(s): other work used {others:.2f} of "
-                  f"{os.cpu_count()} cpus meanwhile: those figures competed with it and are inconclusive")
+            print(
+                f"note: {configs} at {result['threads']} thread(s): other work used {others:.2f} of "
+                f"{os.cpu_count()} cpus meanwhile: those figures competed with it and are inconclusive"
+            )
     if results and results[0]["torch"] is None:
         print("note: PyTorch is not installed: no comparison, lnref's own figures only")
     for text, met in verdicts:

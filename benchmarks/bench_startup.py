@@ -40,16 +40,18 @@ HELP_SECONDS, COLD_SECONDS, PEAK_MB = 0.3, 15.0, 300.0
 HEAVY_MODULES = ("numpy", "numba", "lnref.autograd.kernels", "lnref.model")
 
 # Runs the CLI in this process and reports what a wrapper cannot see from outside.
-CLI_PROBE = """
+CLI_PROBE = (
+    f"HEAVY = {HEAVY_MODULES!r}\n"
+    + """
 import atexit, json, resource, runpy, sys
 def report():
     print("PROBE " + json.dumps({"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                                 "heavy": [m for m in HEAVY if m in sys.modules]}), file=sys.stderr)
-HEAVY = %r
 atexit.register(report)
 sys.argv = ["lnref", *sys.argv[1:]]
 runpy.run_module("lnref", run_name="__main__")
-""" % (HEAVY_MODULES,)
+"""
+)
 
 COLD_PROBE = "from lnref.autograd.kernels import warmup; print(warmup.compile_cache_is_cold())"
 
@@ -64,8 +66,14 @@ def run(args, env=None, probe=False):
     # The output goes to files: a pipe would fill up while the sampler polls, and block the process.
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-                                   stdout=stdout, stderr=stderr, text=True)
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+        )
         # The sampler runs beside the wait, so that the wall time is not rounded to its period.
         sampled, done_waiting = [0], threading.Event()
 
@@ -88,7 +96,7 @@ def run(args, env=None, probe=False):
     report = None
     for line in done.stderr.splitlines():
         if line.startswith("PROBE "):
-            report = {**json.loads(line[len("PROBE "):]), "tree_pss_kb": tree_pss}
+            report = {**json.loads(line[len("PROBE ") :]), "tree_pss_kb": tree_pss}
     return seconds, done, report
 
 
@@ -137,8 +145,15 @@ def main(argv=None):
     figures = []
 
     def figure(what, seconds_list, **extra):
-        figures.append({"benchmark": "startup", "what": what, "median_s": statistics.median(seconds_list),
-                        "runs_s": [round(s, 4) for s in seconds_list], **extra})
+        figures.append(
+            {
+                "benchmark": "startup",
+                "what": what,
+                "median_s": statistics.median(seconds_list),
+                "runs_s": [round(s, 4) for s in seconds_list],
+                **extra,
+            }
+        )
         print(f"  {what}: {statistics.median(seconds_list):.3f} s", file=sys.stderr, flush=True)
 
     figure("python3 -c pass", [run(["-c", "pass"])[0] for _ in range(args.reps)])
@@ -184,11 +199,18 @@ def main(argv=None):
     print(f"kernels compiled by the first gradcheck: {kernels} ({signatures} signatures)")
     print(f"heavy modules imported by --help: {figures[1]['heavy_imports'] or 'none'}")
     print(f"compile_cache_is_cold(): {cold_answers}")
-    print(f"peak memory of the gradcheck: {max(peaks):.0f} MB (the larger of the process's peak resident "
-          f"set and the sampled total PSS of it and its workers)")
+    print(
+        f"peak memory of the gradcheck: {max(peaks):.0f} MB (the larger of the process's peak resident "
+        f"set and the sampled total PSS of it and its workers)"
+    )
     print()
-    extra = {"compile_estimate_s": compile_estimate, "kernels_compiled": kernels, "signatures_compiled": signatures,
-             "compile_cache_is_cold": cold_answers, "peak_memory_mb": max(peaks)}
+    extra = {
+        "compile_estimate_s": compile_estimate,
+        "kernels_compiled": kernels,
+        "signatures_compiled": signatures,
+        "compile_cache_is_cold": cold_answers,
+        "peak_memory_mb": max(peaks),
+    }
     for f in figures:
         print(json.dumps(f))
     print(json.dumps({"benchmark": "startup", "what": "summary", **extra}))
@@ -196,12 +218,16 @@ def main(argv=None):
     verdicts = [
         (f"lnref --help {figures[1]['median_s']:.3f} s < {HELP_SECONDS} s", figures[1]["median_s"] < HELP_SECONDS),
         ("lnref --help imports none of " + ", ".join(HEAVY_MODULES), not figures[1]["heavy_imports"]),
-        (f"first gradcheck, cold cache, {statistics.median(cold):.1f} s < {COLD_SECONDS} s",
-         statistics.median(cold) < COLD_SECONDS),
+        (
+            f"first gradcheck, cold cache, {statistics.median(cold):.1f} s < {COLD_SECONDS} s",
+            statistics.median(cold) < COLD_SECONDS,
+        ),
         ("the cold gradcheck said on stderr that kernels were being compiled", all(notes)),
         (f"peak memory {max(peaks):.0f} MB < {PEAK_MB} MB", max(peaks) < PEAK_MB),
-        ("compile_cache_is_cold() is True for an empty cache and False for the filled one",
-         cold_answers == {"empty cache": "True", "filled cache": "False"}),
+        (
+            "compile_cache_is_cold() is True for an empty cache and False for the filled one",
+            cold_answers == {"empty cache": "True", "filled cache": "False"},
+        ),
     ]
     for text, met in verdicts:
         print(f"target: {text}: {'met' if met else 'NOT met'}")

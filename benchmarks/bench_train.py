@@ -29,9 +29,11 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from lnref.optim import Adam  # noqa: E402
-from lnref.tasks import IGNORE  # noqa: E402
+from lnref.tasks import (
+    IGNORE,  # noqa: E402
+    get_task,  # noqa: E402
+)
 from lnref.train import TrainConfig, make_lm  # noqa: E402
-from lnref.tasks import get_task  # noqa: E402
 
 BETAS, ADAM_EPS, LR = (0.9, 0.98), 1e-8, 1e-3
 
@@ -108,9 +110,11 @@ def main():
     config = TrainConfig(scheme=args.scheme, layers=args.layers, task="reverse", lr=LR, warmup=0, steps=1)
     tokens, targets = task.batch(np.random.default_rng(0), config.batch)
     lm = make_lm(config, task)
-    print(f"one training step (forward + backward + Adam) of a {args.layers}-layer {args.scheme} language model: "
-          f"d_model {config.d_model}, d_ff {4 * config.d_model}, batch {config.batch} x seq {task.seq_len}, "
-          f"{lm.n_params()} parameters, float64, one thread")
+    print(
+        f"one training step (forward + backward + Adam) of a {args.layers}-layer {args.scheme} language model: "
+        f"d_model {config.d_model}, d_ff {4 * config.d_model}, batch {config.batch} x seq {task.seq_len}, "
+        f"{lm.n_params()} parameters, float64, one thread"
+    )
 
     try:
         import torch
@@ -131,8 +135,10 @@ def main():
         loss_fn(torch_tokens, torch_targets).backward()
         torch_optimizer.step()
         weight_gap = max(float(np.abs(check_lm.params[n] - p.detach().numpy()).max()) for n, p in params.items())
-        print(f"same model: loss {ours:.12f} (lnref) vs {theirs:.12f} (PyTorch); "
-              f"largest weight difference after one Adam step {weight_gap:.1e}")
+        print(
+            f"same model: loss {ours:.12f} (lnref) vs {theirs:.12f} (PyTorch); "
+            f"largest weight difference after one Adam step {weight_gap:.1e}"
+        )
         if abs(ours - theirs) > 1e-9 * abs(ours) or weight_gap > 1e-8:
             print("error: the two models disagree; the timing would compare different computations")
             return 1

@@ -27,7 +27,7 @@ _LAZY = {
 __all__ = ["SCHEMES", "__version__", *_LAZY]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         from importlib import import_module
 

@@ -93,8 +93,9 @@ class LanguageModel:
             return tokens, None
         targets = np.asarray(targets)
         if targets.shape != tokens.shape or targets.dtype.kind not in "iu":
-            raise ConfigError(f"targets must be integers of the tokens' shape {tokens.shape}, "
-                              f"got {targets.dtype} {targets.shape}")
+            raise ConfigError(
+                f"targets must be integers of the tokens' shape {tokens.shape}, got {targets.dtype} {targets.shape}"
+            )
         scored = targets != IGNORE
         if not scored.any():
             raise ConfigError("no scored position: every target is IGNORE")
@@ -107,8 +108,9 @@ class LanguageModel:
     def _hidden(self, params, tokens, run_options=None):
         """h_L (B, T, d): the stack's output for embedded tokens plus positions."""
         seq = tokens.shape[1]
-        embedded = ops.add(ops.embedding(params[EMBED_TOKENS], tokens),
-                           ops.index(params[EMBED_POSITIONS], index=slice(0, seq)))
+        embedded = ops.add(
+            ops.embedding(params[EMBED_TOKENS], tokens), ops.index(params[EMBED_POSITIONS], index=slice(0, seq))
+        )
         # run_options (freeze, linear) let the gradient checker hold ReLU patterns.
         y, _ = self.model.forward(self.model.run(params, **(run_options or {})), embedded)
         return y
@@ -162,6 +164,7 @@ class LanguageModel:
 
 def build_lm(scheme, n_layers, vocab_size, max_len, d_model=32, n_heads=2, d_ff=None, seed=0, **options):
     """A causal stack of ``scheme`` wrapped as a language model (``d_ff`` defaults to 4 d)."""
-    model = build(scheme, n_layers, d_model, n_heads, 4 * d_model if d_ff is None else d_ff,
-                  seed=seed, causal=True, **options)
+    model = build(
+        scheme, n_layers, d_model, n_heads, 4 * d_model if d_ff is None else d_ff, seed=seed, causal=True, **options
+    )
     return LanguageModel(model, vocab_size, max_len)

@@ -54,8 +54,8 @@ class Adam:
     def step(self, params, grads, lr):
         """One update of every array of ``params`` (in place) with ``grads`` at rate ``lr``."""
         self.t += 1
-        correction1 = 1.0 - self.beta1 ** self.t
-        correction2 = 1.0 - self.beta2 ** self.t
+        correction1 = 1.0 - self.beta1**self.t
+        correction2 = 1.0 - self.beta2**self.t
         for name, value in params.items():
             grad = grads[name]
             decay = self.weight_decay if name in self.decayed else 0.0

@@ -58,6 +58,7 @@ _FFN_WEIGHTS = ("w1", "w2")
 
 # ----- hidden states ----------------------------------------------------------------------
 
+
 def stream_arrays(states, stream=0):
     """The arrays of one stream across layers: ``states[l][stream]`` as float64 arrays.
 
@@ -128,6 +129,7 @@ def cosines(states, stream=0):
 
 # ----- weight gradients --------------------------------------------------------------------
 
+
 def layer_weight_kinds(layer_param_names):
     """Map kind -> the short parameter names (within one layer) that make it up.
 
@@ -168,7 +170,7 @@ def weight_grad_norms(grads, n_layers):
     per_layer = []
     for index in range(n_layers):
         prefix = f"layers.{index}."
-        per_layer.append({name[len(prefix):]: grad for name, grad in grads.items() if name.startswith(prefix)})
+        per_layer.append({name[len(prefix) :]: grad for name, grad in grads.items() if name.startswith(prefix)})
     if not per_layer or not per_layer[0]:
         raise ValueError(f"weight_grad_norms: no parameter named layers.0.* among {len(grads)} gradients")
     kinds = layer_weight_kinds(per_layer[0])
@@ -194,6 +196,7 @@ def _joint_norm(arrays):
 
 
 # ----- one model, one batch ----------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class LayerProfile:
@@ -246,6 +249,7 @@ def layer_profile(model, x, dy, memory=None, stream=0):
 
 # ----- over seeds -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SeedSummary:
     """Mean and spread over seeds of every metric of :meth:`LayerProfile.metrics`.
@@ -279,8 +283,9 @@ def summarize(profiles, seeds):
     for name in names:
         mean[name], std[name], sem[name] = _spread(np.stack([m[name] for m in metrics]))
     loss_mean, loss_std, loss_sem = _spread(np.array([p.loss for p in profiles]))
-    return SeedSummary(tuple(seeds), mean, std, sem, (float(loss_mean), float(loss_std), float(loss_sem)),
-                       tuple(profiles))
+    return SeedSummary(
+        tuple(seeds), mean, std, sem, (float(loss_mean), float(loss_std), float(loss_sem)), tuple(profiles)
+    )
 
 
 def profile_over_seeds(build_kwargs, seeds, batch=2, seq=8, memory_len=None, stream=0, progress=None):
@@ -306,8 +311,15 @@ def profile_over_seeds(build_kwargs, seeds, batch=2, seq=8, memory_len=None, str
         if progress is not None:
             progress(f"{kwargs.get('scheme')} {kwargs.get('n_layers')} layers: seed {seed} ({count}/{len(seeds)})")
     summary = summarize(profiles, seeds)
-    return SeedSummary(summary.seeds, summary.mean, summary.std, summary.sem, summary.loss, summary.profiles,
-                       seconds=time.perf_counter() - start)
+    return SeedSummary(
+        summary.seeds,
+        summary.mean,
+        summary.std,
+        summary.sem,
+        summary.loss,
+        summary.profiles,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _spread(samples):
@@ -324,6 +336,7 @@ def _spread(samples):
 
 # ----- helpers -----------------------------------------------------------------------------
 
+
 def _value(entry):
     return entry.value if isinstance(entry, Tensor) else np.asarray(entry)
 
@@ -339,5 +352,6 @@ def _check_stream(states, stream):
         raise ValueError("no hidden states to probe")
     available = min(len(state) for state in states)
     if stream >= available:
-        raise ValueError(f"stream {stream} does not exist: these states have {available} stream(s) "
-                         f"(valid: 0..{available - 1})")
+        raise ValueError(
+            f"stream {stream} does not exist: these states have {available} stream(s) (valid: 0..{available - 1})"
+        )

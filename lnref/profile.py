@@ -72,14 +72,26 @@ _TABLE_COLUMNS = (
     ("cos", "cosine"),
 )
 # Eleven colours and filled markers for the figures: tab10 and black, so no two schemes share.
-_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-           "#bcbd22", "#17becf", "#000000")
+_COLORS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#000000",
+)
 _PLOT_MARKERS = "os^Dv<>pPXh"
 _MARKERS = "ox+#@%&=~^v"  # one per scheme; "*" marks points where several coincide
 _OVERLAP = "*"
 
 
 # ----- parsing ----------------------------------------------------------------------------
+
 
 def parse_schemes(text):
     """A comma list of scheme names ("all" for every scheme) -> tuple, in the given order.
@@ -101,7 +113,7 @@ def parse_schemes(text):
 
 
 def parse_depths(text):
-    """"18" or a comma list "6,12,18" -> tuple of distinct integers >= 1, in the given order."""
+    """ "18" or a comma list "6,12,18" -> tuple of distinct integers >= 1, in the given order."""
     depths = []
     for part in str(text).split(","):
         part = part.strip()
@@ -120,11 +132,12 @@ def metric_of_kinds(kinds):
 def model_metrics(model):
     """The metric names the probes report for ``model``, from its layer-0 parameter names."""
     prefix = "layers.0."
-    names = [name[len(prefix):] for name in model.params if name.startswith(prefix)]
+    names = [name[len(prefix) :] for name in model.params if name.startswith(prefix)]
     return metric_of_kinds(probes.layer_weight_kinds(names))
 
 
 # ----- the sweep -------------------------------------------------------------------------------
+
 
 class Sweep:
     """The probes of every (scheme, depth), summarized over the same seeds and inputs shape.
@@ -150,30 +163,47 @@ class Sweep:
 def profile_tasks(schemes, depths, build_options, seeds, batch=2, seq=8, stream=0):
     """One sweep task per (depth, scheme, seed), in that nesting: each probes one model."""
     options = {k: v for k, v in build_options.items() if k not in ("scheme", "n_layers", "seed")}
-    return grid("profile", [
-        {"build": dict(options, scheme=scheme, n_layers=depth, seed=int(seed)), "batch": batch, "seq": seq,
-         "stream": stream}
-        for depth in depths for scheme in schemes for seed in seeds
-    ])
+    return grid(
+        "profile",
+        [
+            {
+                "build": dict(options, scheme=scheme, n_layers=depth, seed=int(seed)),
+                "batch": batch,
+                "seq": seq,
+                "stream": stream,
+            }
+            for depth in depths
+            for scheme in schemes
+            for seed in seeds
+        ],
+    )
 
 
 def run_profile_task(config):
     """The probes of one model (``probes.profile_over_seeds`` with its one seed), as plain data."""
     build_options = config["build"]
-    summary = probes.profile_over_seeds(build_options, [build_options["seed"]], batch=config["batch"],
-                                        seq=config["seq"], stream=config["stream"])
+    summary = probes.profile_over_seeds(
+        build_options, [build_options["seed"]], batch=config["batch"], seq=config["seq"], stream=config["stream"]
+    )
     (profile,) = summary.profiles
     fields = {name: getattr(profile, name).tolist() for name in probes.STATE_FIELDS + probes.TRANSITION_FIELDS}
-    return {"loss": float(profile.loss), **fields,
-            "weight_grad_norms": {kind: norms.tolist() for kind, norms in profile.weight_grad_norms.items()}}
+    return {
+        "loss": float(profile.loss),
+        **fields,
+        "weight_grad_norms": {kind: norms.tolist() for kind, norms in profile.weight_grad_norms.items()},
+    }
 
 
 def _profile_from_result(config, result):
-    arrays = {name: np.array(result[name], dtype=np.float64)
-              for name in probes.STATE_FIELDS + probes.TRANSITION_FIELDS}
+    arrays = {name: np.array(result[name], dtype=np.float64) for name in probes.STATE_FIELDS + probes.TRANSITION_FIELDS}
     return probes.LayerProfile(
-        config["build"]["scheme"], config["build"]["n_layers"], config["stream"], result["loss"], **arrays,
-        weight_grad_norms={kind: np.array(v, dtype=np.float64) for kind, v in result["weight_grad_norms"].items()})
+        config["build"]["scheme"],
+        config["build"]["n_layers"],
+        config["stream"],
+        result["loss"],
+        **arrays,
+        weight_grad_norms={kind: np.array(v, dtype=np.float64) for kind, v in result["weight_grad_norms"].items()},
+    )
 
 
 def _task_label(config):
@@ -207,8 +237,11 @@ def sweep_from_records(records):
     if missing:
         scheme, depth, seed = missing[0]
         raise ValueError(f"{len(missing)} profile(s) missing, among them {scheme}, {depth} layers, seed {seed}")
-    results = {(scheme, depth): probes.summarize([profiles[(scheme, depth, seed)] for seed in seeds], seeds)
-               for depth in depths for scheme in schemes}
+    results = {
+        (scheme, depth): probes.summarize([profiles[(scheme, depth, seed)] for seed in seeds], seeds)
+        for depth in depths
+        for scheme in schemes
+    }
     return Sweep(schemes, depths, options, seeds, batch, seq, stream, results)
 
 
@@ -261,6 +294,7 @@ def _seeds_text(seeds):
 
 # ----- JSON -----------------------------------------------------------------------------------
 
+
 def sweep_to_dict(sweep):
     """Plain data: configuration and, per (scheme, depth), mean / std / sem of every metric.
 
@@ -271,16 +305,21 @@ def sweep_to_dict(sweep):
         for scheme in sweep.schemes:
             summary = sweep.results[(scheme, depth)]
             metrics = {
-                name: {"mean": _floats(summary.mean[name]), "std": _floats(summary.std[name]),
-                       "sem": _floats(summary.sem[name])}
+                name: {
+                    "mean": _floats(summary.mean[name]),
+                    "std": _floats(summary.std[name]),
+                    "sem": _floats(summary.sem[name]),
+                }
                 for name in summary.mean
             }
-            results.append({
-                "scheme": scheme,
-                "n_layers": depth,
-                "loss": dict(zip(("mean", "std", "sem"), _floats(summary.loss))),
-                "metrics": metrics,
-            })
+            results.append(
+                {
+                    "scheme": scheme,
+                    "n_layers": depth,
+                    "loss": dict(zip(("mean", "std", "sem"), _floats(summary.loss))),
+                    "metrics": metrics,
+                }
+            )
     return {
         "schemes": list(sweep.schemes),
         "depths": list(sweep.depths),
@@ -305,12 +344,15 @@ def _floats(values):
 
 # ----- table ------------------------------------------------------------------------------------
 
+
 def format_table(sweep, metric=DEFAULT_METRIC):
     """Per (depth, scheme) a block with one row per layer: mean over seeds, and the spread
     as the standard deviation relative to the mean (omitted with one seed)."""
-    lines = [f"profile at initialization: {describe(sweep)}",
-             "gradient norms ||dL/dW||_F of loss = sum(y * dy); hidden-state columns are x_l, "
-             "the state entering layer l (row 'out': the last layer's output)"]
+    lines = [
+        f"profile at initialization: {describe(sweep)}",
+        "gradient norms ||dL/dW||_F of loss = sum(y * dy); hidden-state columns are x_l, "
+        "the state entering layer l (row 'out': the last layer's output)",
+    ]
     for depth in sweep.depths:
         for scheme in sweep.schemes:
             summary = sweep.results[(scheme, depth)]
@@ -345,18 +387,29 @@ def _cell(summary, name, row):
 
 # ----- pure-text charts --------------------------------------------------------------------------
 
+
 def series_by_layer(sweep, metric, depth):
     """scheme -> (x positions, mean values) for one depth; x: layer or state index."""
-    return {scheme: (np.arange(len(sweep.results[(scheme, depth)].mean[metric])),
-                     sweep.results[(scheme, depth)].mean[metric])
-            for scheme in sweep.schemes if sweep.has_metric(scheme, metric)}
+    return {
+        scheme: (
+            np.arange(len(sweep.results[(scheme, depth)].mean[metric])),
+            sweep.results[(scheme, depth)].mean[metric],
+        )
+        for scheme in sweep.schemes
+        if sweep.has_metric(scheme, metric)
+    }
 
 
 def series_by_depth(sweep, metric):
     """scheme -> (depths, value at the last layer / last state x_L) over the sweep's depths."""
-    return {scheme: (np.array(sweep.depths, dtype=float),
-                     np.array([sweep.results[(scheme, d)].mean[metric][-1] for d in sweep.depths]))
-            for scheme in sweep.schemes if sweep.has_metric(scheme, metric)}
+    return {
+        scheme: (
+            np.array(sweep.depths, dtype=float),
+            np.array([sweep.results[(scheme, d)].mean[metric][-1] for d in sweep.depths]),
+        )
+        for scheme in sweep.schemes
+        if sweep.has_metric(scheme, metric)
+    }
 
 
 def x_label(metric):
@@ -375,11 +428,27 @@ def text_charts(sweep, metric=DEFAULT_METRIC, width=60, height=14):
     label = METRIC_LABELS.get(metric, metric)
     charts = []
     for depth in sweep.depths:
-        charts.append(text_chart(series_by_layer(sweep, metric, depth), f"{label}: {depth} layers",
-                                 x_label(metric), width, height, missing=_missing(sweep, metric)))
+        charts.append(
+            text_chart(
+                series_by_layer(sweep, metric, depth),
+                f"{label}: {depth} layers",
+                x_label(metric),
+                width,
+                height,
+                missing=_missing(sweep, metric),
+            )
+        )
     if len(sweep.depths) > 1:
-        charts.append(text_chart(series_by_depth(sweep, metric), f"{label} {last_label(metric)}, by depth",
-                                 "number of layers", width, height, missing=_missing(sweep, metric)))
+        charts.append(
+            text_chart(
+                series_by_depth(sweep, metric),
+                f"{label} {last_label(metric)}, by depth",
+                "number of layers",
+                width,
+                height,
+                missing=_missing(sweep, metric),
+            )
+        )
     return "\n\n".join(charts)
 
 
@@ -426,8 +495,11 @@ def text_chart(series, title, xlabel, width=60, height=14, missing=()):
         cell = grid[row][col]
         grid[row][col] = marker if cell in (" ", marker) else _OVERLAP
 
-    tick_rows = {0: y_hi, (height - 1) // 2: y_hi - (y_hi - y_lo) * ((height - 1) // 2) / (height - 1),
-                 height - 1: y_lo}
+    tick_rows = {
+        0: y_hi,
+        (height - 1) // 2: y_hi - (y_hi - y_lo) * ((height - 1) // 2) / (height - 1),
+        height - 1: y_lo,
+    }
     lines = [f"{title} (log scale)"]
     for row in range(height):
         tick = f"{10 ** tick_rows[row]:.3g}" if row in tick_rows else ""
@@ -498,11 +570,14 @@ def draw_figure(plt, ticker, sweep, metric):
     width = max(4.4 * panels, 7.5)
     legend_columns = min(len(sweep.schemes), max(2, int(width // 1.9)))
     legend_rows = math.ceil(len(sweep.schemes) / legend_columns)
-    figure, axes = plt.subplots(1, panels, figsize=(width, 4.6 + 0.25 * legend_rows), layout="constrained",
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        1, panels, figsize=(width, 4.6 + 0.25 * legend_rows), layout="constrained", squeeze=False
+    )
     axes = list(axes[0])
-    style = {scheme: dict(color=_COLORS[i % len(_COLORS)], marker=_PLOT_MARKERS[i % len(_PLOT_MARKERS)])
-             for i, scheme in enumerate(sweep.schemes)}
+    style = {
+        scheme: dict(color=_COLORS[i % len(_COLORS)], marker=_PLOT_MARKERS[i % len(_PLOT_MARKERS)])
+        for i, scheme in enumerate(sweep.schemes)
+    }
     banded = len(sweep.seeds) > 1
     present = [scheme for scheme in sweep.schemes if sweep.has_metric(scheme, metric)]
     for axis, depth in zip(axes, sweep.depths):
@@ -513,7 +588,7 @@ def draw_figure(plt, ticker, sweep, metric):
         axis.set_title(f"{depth} layers", fontsize=10)
         axis.set_xlabel(x_label(metric))
         axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    for axis in axes[1:len(sweep.depths)]:
+    for axis in axes[1 : len(sweep.depths)]:
         axis.sharey(axes[0])
     if many:
         axis = axes[-1]
@@ -544,8 +619,9 @@ def draw_figure(plt, ticker, sweep, metric):
         (handle,) = axes[0].plot([], [], label=text, linewidth=1.5, markersize=4, **style[scheme])
         handles.append(handle)
     title = "scheme (line: mean over seeds; band: smallest to largest seed)" if banded else "scheme"
-    figure.legend(handles=handles, loc="outside lower center", ncols=legend_columns, title=title,
-                  fontsize=9, title_fontsize=9)
+    figure.legend(
+        handles=handles, loc="outside lower center", ncols=legend_columns, title=title, fontsize=9, title_fontsize=9
+    )
     config = textwrap.fill(describe(sweep), width=int(width * 12))
     figure.suptitle(f"{label} at initialization\n{config}", fontsize=10)
     return figure

@@ -58,8 +58,13 @@ class Task:
         return self.batch(rng, batch_size)
 
     def describe(self):
-        return {"task": self.name, "vocab_size": self.vocab_size, "seq": self.seq_len,
-                "baseline_loss": self.baseline_loss, "description": self.description}
+        return {
+            "task": self.name,
+            "vocab_size": self.vocab_size,
+            "seq": self.seq_len,
+            "baseline_loss": self.baseline_loss,
+            "description": self.description,
+        }
 
 
 class ReverseTask(Task):
@@ -78,8 +83,9 @@ class ReverseTask(Task):
         self.separator = symbols
         self.vocab_size = symbols + 1
         self.baseline_loss = math.log(symbols)
-        self.description = (f"reverse {self.length} symbols out of {symbols} after a separator; "
-                            f"{self.length} scored positions")
+        self.description = (
+            f"reverse {self.length} symbols out of {symbols} after a separator; {self.length} scored positions"
+        )
 
     def batch(self, rng, batch_size):
         n = self.length
@@ -87,7 +93,7 @@ class ReverseTask(Task):
         sequence = np.concatenate([source, np.full((batch_size, 1), self.separator), source[:, ::-1]], axis=1)
         tokens = sequence[:, :-1]
         targets = np.full_like(tokens, IGNORE)
-        targets[:, n:] = sequence[:, n + 1:]
+        targets[:, n:] = sequence[:, n + 1 :]
         return tokens.astype(np.int64), targets.astype(np.int64)
 
 
@@ -100,15 +106,17 @@ class RecallTask(Task):
         if seq_len < 4 or seq_len % 2:
             raise ValueError(f"task recall needs an even --seq >= 4, got {seq_len}")
         self.seq_len = seq_len
-        self.pairs = -(-seq_len // 4)          # ceil(seq / 4) pairs ...
+        self.pairs = -(-seq_len // 4)  # ceil(seq / 4) pairs ...
         self.queries = seq_len // 2 - self.pairs  # ... and the rest of the sequence as queries
         if keys < self.pairs:
             raise ValueError(f"task recall with --seq {seq_len} needs at least {self.pairs} keys")
         self.keys, self.values = keys, values
         self.vocab_size = keys + values
         self.baseline_loss = math.log(values)
-        self.description = (f"{self.pairs} key-value pairs ({keys} keys, {values} values), "
-                            f"then {self.queries} queries; the answers are scored")
+        self.description = (
+            f"{self.pairs} key-value pairs ({keys} keys, {values} values), "
+            f"then {self.queries} queries; the answers are scored"
+        )
 
     def batch(self, rng, batch_size):
         p, q = self.pairs, self.queries
@@ -117,10 +125,10 @@ class RecallTask(Task):
         asked = np.stack([rng.permutation(p)[:q] for _ in range(batch_size)])
         rows = np.arange(batch_size)[:, None]
         tokens = np.empty((batch_size, 2 * (p + q)), dtype=np.int64)
-        tokens[:, 0:2 * p:2], tokens[:, 1:2 * p:2] = keys, values
-        tokens[:, 2 * p::2], tokens[:, 2 * p + 1::2] = keys[rows, asked], values[rows, asked]
+        tokens[:, 0 : 2 * p : 2], tokens[:, 1 : 2 * p : 2] = keys, values
+        tokens[:, 2 * p :: 2], tokens[:, 2 * p + 1 :: 2] = keys[rows, asked], values[rows, asked]
         targets = np.full_like(tokens, IGNORE)
-        targets[:, 2 * p::2] = values[rows, asked]  # at a query, predict the answer that follows
+        targets[:, 2 * p :: 2] = values[rows, asked]  # at a query, predict the answer that follows
         return tokens, targets
 
 
@@ -145,8 +153,10 @@ class CharTask(Task):
         counts = np.bincount(self.train_ids, minlength=self.vocab_size)
         frequencies = counts[counts > 0] / counts.sum()
         self.baseline_loss = float(-(frequencies * np.log(frequencies)).sum())
-        self.description = (f"next character of {TEXT_FILE} ({len(ids)} characters, "
-                            f"{self.vocab_size} distinct; last {HELD_OUT:.0%} held out)")
+        self.description = (
+            f"next character of {TEXT_FILE} ({len(ids)} characters, "
+            f"{self.vocab_size} distinct; last {HELD_OUT:.0%} held out)"
+        )
 
     def _windows(self, ids, starts):
         offsets = np.arange(self.seq_len + 1)

@@ -139,10 +139,10 @@ class TrainResult:
     config: TrainConfig
     task: dict
     n_params: int
-    loss: list = field(default_factory=list)        # training loss of step t = 1..steps_run
-    lr: list = field(default_factory=list)          # learning rate used at step t
-    grad_norm: list = field(default_factory=list)   # global gradient norm before clipping
-    evals: list = field(default_factory=list)       # {"step", "loss", "accuracy"}, step 0 = init
+    loss: list = field(default_factory=list)  # training loss of step t = 1..steps_run
+    lr: list = field(default_factory=list)  # learning rate used at step t
+    grad_norm: list = field(default_factory=list)  # global gradient norm before clipping
+    evals: list = field(default_factory=list)  # {"step", "loss", "accuracy"}, step 0 = init
     diverged: bool = False
     diverged_at: int | None = None
     divergence_reason: str | None = None
@@ -187,8 +187,11 @@ class TrainResult:
             "task": self.task,
             "n_params": self.n_params,
             "summary": self.summary(),
-            "curve": {"loss": [_finite_or_none(x) for x in self.loss], "lr": self.lr,
-                      "grad_norm": [_finite_or_none(x) for x in self.grad_norm]},
+            "curve": {
+                "loss": [_finite_or_none(x) for x in self.loss],
+                "lr": self.lr,
+                "grad_norm": [_finite_or_none(x) for x in self.grad_norm],
+            },
             "evals": self.evals,
         }
 
@@ -201,9 +204,20 @@ def _finite_or_none(x):
 def make_lm(config, task):
     """The language model a config describes (the stack seeded by ``config.seed``)."""
     d_ff = 4 * config.d_model if config.d_ff is None else config.d_ff
-    model = build(config.scheme, config.layers, config.d_model, config.heads, d_ff, seed=config.seed,
-                  causal=True, norm=config.norm, activation=config.activation, eps=config.eps,
-                  dtype=config.dtype, post_fraction=config.post_fraction)
+    model = build(
+        config.scheme,
+        config.layers,
+        config.d_model,
+        config.heads,
+        d_ff,
+        seed=config.seed,
+        causal=True,
+        norm=config.norm,
+        activation=config.activation,
+        eps=config.eps,
+        dtype=config.dtype,
+        post_fraction=config.post_fraction,
+    )
     return LanguageModel(model, task.vocab_size, task.seq_len)
 
 
@@ -216,8 +230,9 @@ def train(config: TrainConfig, progress=None, log_every=50):
     task = get_task(config.task, config.seq)
     lm = make_lm(config, task)
     schedule = Schedule(config.lr, config.warmup, config.steps, config.schedule)
-    optimizer = OPTIMIZERS[config.optimizer](lm.params, betas=(config.beta1, config.beta2),
-                                             eps=config.adam_eps, weight_decay=config.weight_decay)
+    optimizer = OPTIMIZERS[config.optimizer](
+        lm.params, betas=(config.beta1, config.beta2), eps=config.adam_eps, weight_decay=config.weight_decay
+    )
     data_rng = np.random.default_rng([config.seed, 10])
     eval_tokens, eval_targets = task.eval_batch(np.random.default_rng(EVAL_SEED), config.eval_batch)
     result = TrainResult(config, task.describe(), lm.n_params())
@@ -256,8 +271,10 @@ def train(config: TrainConfig, progress=None, log_every=50):
         optimizer.step(lm.params, grads, schedule(step))
         train_time += time.perf_counter() - tick
         if progress and (step % log_every == 0 or step == config.steps):
-            progress(f"step {step}/{config.steps}: loss {loss:.4f}  lr {schedule(step):.2e}  "
-                     f"|g| {norm:.3g}  ({step / train_time:.1f} steps/s)")
+            progress(
+                f"step {step}/{config.steps}: loss {loss:.4f}  lr {schedule(step):.2e}  "
+                f"|g| {norm:.3g}  ({step / train_time:.1f} steps/s)"
+            )
         if step % config.eval_every == 0 or step == config.steps:
             evaluate(step)
     result.train_seconds = train_time
@@ -278,10 +295,16 @@ def _divergence(loss, grad_norm, initial_loss, factor):
 
 # ----- the stability grid ---------------------------------------------------------------
 
+
 def grid_configs(schemes=GRID_SCHEMES, depths=GRID_DEPTHS, warmups=(0, 100), seeds=range(GRID_SEEDS), **common):
     """One TrainConfig per (scheme, depth, warm-up, seed), everything else from ``common``."""
-    return [TrainConfig(scheme=s, layers=d, warmup=w, seed=seed, **common)
-            for d in depths for w in warmups for s in schemes for seed in seeds]
+    return [
+        TrainConfig(scheme=s, layers=d, warmup=w, seed=seed, **common)
+        for d in depths
+        for w in warmups
+        for s in schemes
+        for seed in seeds
+    ]
 
 
 def task_config(config):
@@ -337,8 +360,9 @@ def run_grid(configs, workers=1, progress=None):
         outcome = driver.run(tasks, backend.executor, window=backend.window, progress=reporter)
     if outcome.failed:
         first = outcome.failed[0]
-        raise RuntimeError(f"{len(outcome.failed)} of {len(tasks)} runs failed; {_run_label(first['config'])}: "
-                           f"{first['error']}")
+        raise RuntimeError(
+            f"{len(outcome.failed)} of {len(tasks)} runs failed; {_run_label(first['config'])}: {first['error']}"
+        )
     by_key = {record["key"]: record["result"] for record in outcome.records}
     return [by_key[Task("stability", task_config(config)).key] for config in configs]
 
@@ -360,28 +384,35 @@ def summarize_grid(results):
         finished = [s for s in summaries if not s["diverged"]]
         finals = [s["final_loss"] for s in finished]
         accuracies = [s["final_accuracy"] for s in finished]
-        rows.append({
-            "layers": layers, "warmup": warmup, "scheme": scheme, "runs": len(runs),
-            "diverged": sum(s["diverged"] for s in summaries),
-            "diverged_at": [s["diverged_at"] for s in summaries if s["diverged"]],
-            "no_progress": sum(s["outcome"] == "no progress" for s in summaries),
-            "trained": sum(s["outcome"] == "trained" for s in summaries),
-            "final_loss_mean": float(np.mean(finals)) if finals else None,
-            "final_loss_min": min(finals, default=None),
-            "final_loss_max": max(finals, default=None),
-            "final_accuracy_mean": float(np.mean(accuracies)) if accuracies else None,
-            "best_loss_mean": float(np.mean([s["best_loss"] for s in summaries])),
-            "baseline_loss": summaries[0]["baseline_loss"],
-            "seeds": [r["config"]["seed"] for r in runs],
-        })
+        rows.append(
+            {
+                "layers": layers,
+                "warmup": warmup,
+                "scheme": scheme,
+                "runs": len(runs),
+                "diverged": sum(s["diverged"] for s in summaries),
+                "diverged_at": [s["diverged_at"] for s in summaries if s["diverged"]],
+                "no_progress": sum(s["outcome"] == "no progress" for s in summaries),
+                "trained": sum(s["outcome"] == "trained" for s in summaries),
+                "final_loss_mean": float(np.mean(finals)) if finals else None,
+                "final_loss_min": min(finals, default=None),
+                "final_loss_max": max(finals, default=None),
+                "final_accuracy_mean": float(np.mean(accuracies)) if accuracies else None,
+                "best_loss_mean": float(np.mean([s["best_loss"] for s in summaries])),
+                "baseline_loss": summaries[0]["baseline_loss"],
+                "seeds": [r["config"]["seed"] for r in runs],
+            }
+        )
     return rows
 
 
 def format_grid(rows):
     """The grid as a Markdown table (the same text ``lnref stability`` prints)."""
-    lines = ["| depth | warm-up | scheme | diverged | no progress | trained | final loss, mean (min-max) "
-             "| final accuracy | best loss |",
-             "|---:|---:|:---|---:|---:|---:|:---|---:|---:|"]
+    lines = [
+        "| depth | warm-up | scheme | diverged | no progress | trained | final loss, mean (min-max) "
+        "| final accuracy | best loss |",
+        "|---:|---:|:---|---:|---:|---:|:---|---:|---:|",
+    ]
     for row in rows:
         if row["final_loss_mean"] is None:
             final, accuracy = "-", "-"
@@ -391,13 +422,16 @@ def format_grid(rows):
         diverged = f"{row['diverged']}/{row['runs']}"
         if row["diverged_at"]:
             diverged += f" (step {', '.join(str(s) for s in row['diverged_at'])})"
-        lines.append(f"| {row['layers']} | {row['warmup']} | {row['scheme']} | {diverged} | "
-                     f"{row['no_progress']}/{row['runs']} | {row['trained']}/{row['runs']} | {final} | "
-                     f"{accuracy} | {row['best_loss_mean']:.3f} |")
+        lines.append(
+            f"| {row['layers']} | {row['warmup']} | {row['scheme']} | {diverged} | "
+            f"{row['no_progress']}/{row['runs']} | {row['trained']}/{row['runs']} | {final} | "
+            f"{accuracy} | {row['best_loss_mean']:.3f} |"
+        )
     return "\n".join(lines)
 
 
 # ----- figures (matplotlib: the ``lnref[plot]`` extra) -------------------------------------
+
 
 def smooth(values, window=11):
     """Centred moving average over ``window`` steps, narrower near the ends, so the
@@ -406,7 +440,7 @@ def smooth(values, window=11):
     half = window // 2
     out = np.empty_like(values)
     for i in range(len(values)):
-        out[i] = values[max(0, i - half): i + half + 1].mean()
+        out[i] = values[max(0, i - half) : i + half + 1].mean()
     return out
 
 
@@ -420,16 +454,20 @@ def plot_run(result, path):
     axis.plot(steps, loss, color="0.75", linewidth=0.8, label="training loss")
     axis.plot(steps, smooth(loss), color="C0", linewidth=1.6, label="training loss, 11-step mean")
     evals = result["evals"]
-    axis.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", color="C3", markersize=4,
-              label="held-out loss")
-    axis.axhline(summary["baseline_loss"], color="0.4", linestyle="--", linewidth=1,
-                 label="context-free baseline")
+    axis.plot(
+        [e["step"] for e in evals], [e["loss"] for e in evals], "o-", color="C3", markersize=4, label="held-out loss"
+    )
+    axis.axhline(summary["baseline_loss"], color="0.4", linestyle="--", linewidth=1, label="context-free baseline")
     if summary["diverged"]:
-        axis.axvline(summary["diverged_at"], color="C3", linestyle=":", label=f"diverged (step {summary['diverged_at']})")
+        axis.axvline(
+            summary["diverged_at"], color="C3", linestyle=":", label=f"diverged (step {summary['diverged_at']})"
+        )
     axis.set_xlabel("step")
     axis.set_ylabel("cross-entropy (nats)")
-    axis.set_title(f"{config['scheme']}, {config['layers']} layers, task {config['task']}, "
-                   f"lr {config['lr']:g}, warm-up {config['warmup']}")
+    axis.set_title(
+        f"{config['scheme']}, {config['layers']} layers, task {config['task']}, "
+        f"lr {config['lr']:g}, warm-up {config['warmup']}"
+    )
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()
@@ -444,8 +482,14 @@ def plot_grid(results, path):
     warmups = sorted({r["config"]["warmup"] for r in results})
     schemes = list(dict.fromkeys(r["config"]["scheme"] for r in results))
     colors = {s: f"C{i}" for i, s in enumerate(schemes)}
-    figure, axes = plt.subplots(len(depths), len(warmups), figsize=(5.2 * len(warmups), 3.6 * len(depths)),
-                                sharex=True, sharey=True, squeeze=False)
+    figure, axes = plt.subplots(
+        len(depths),
+        len(warmups),
+        figsize=(5.2 * len(warmups), 3.6 * len(depths)),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
     baseline = results[0]["summary"]["baseline_loss"]
     curves = [smooth([np.nan if x is None else x for x in r["curve"]["loss"]]) for r in results]
     # Room for every smoothed curve, but a diverging one may not flatten the others.
@@ -459,12 +503,22 @@ def plot_grid(results, path):
                     continue
                 curve = smooth([np.nan if x is None else x for x in result["curve"]["loss"]])
                 steps = np.arange(1, len(curve) + 1)
-                label = config["scheme"] if config["seed"] == min(
-                    r["config"]["seed"] for r in results if r["config"]["scheme"] == config["scheme"]) else None
+                label = (
+                    config["scheme"]
+                    if config["seed"]
+                    == min(r["config"]["seed"] for r in results if r["config"]["scheme"] == config["scheme"])
+                    else None
+                )
                 axis.plot(steps, curve, color=colors[config["scheme"]], linewidth=1.1, alpha=0.85, label=label)
                 if summary["diverged"]:
-                    axis.plot([summary["diverged_at"]], [min(curve[-1], 0.97 * top)], "x",
-                              color=colors[config["scheme"]], markersize=9, markeredgewidth=2)
+                    axis.plot(
+                        [summary["diverged_at"]],
+                        [min(curve[-1], 0.97 * top)],
+                        "x",
+                        color=colors[config["scheme"]],
+                        markersize=9,
+                        markeredgewidth=2,
+                    )
             axis.axhline(baseline, color="0.4", linestyle="--", linewidth=1)
             axis.set_title(f"{depth} layers, warm-up: {f'{warmup} steps' if warmup else 'none'}", fontsize=10)
             axis.set_ylim(0, top)
@@ -476,8 +530,11 @@ def plot_grid(results, path):
     axes[0][-1].legend(fontsize=8, loc="upper right")
     config = results[0]["config"]
     seeds = len({r["config"]["seed"] for r in results})
-    figure.suptitle(f"task {config['task']}, lr {config['lr']:g}, d_model {config['d_model']}, "
-                    f"{seeds} seed{'s' if seeds > 1 else ''} (one line each); "
-                    "dashed: context-free baseline; x: diverged", fontsize=10)
+    figure.suptitle(
+        f"task {config['task']}, lr {config['lr']:g}, d_model {config['d_model']}, "
+        f"{seeds} seed{'s' if seeds > 1 else ''} (one line each); "
+        "dashed: context-free baseline; x: diverged",
+        fontsize=10,
+    )
     figure.tight_layout()
     write_figure(figure, path, "png", dpi=110)

@@ -40,13 +40,15 @@ class StagedModel(Protocol):
     fast: bool
     dtype: np.dtype
 
-    def run(self, params: dict[str, Any] | None = None, memory: Any = None, freeze: Freeze | None = None,
-            **options: Any) -> Run: ...
+    def run(
+        self, params: dict[str, Any] | None = None, memory: Any = None, freeze: Freeze | None = None, **options: Any
+    ) -> Run: ...
     def embed(self, run: Run, x: Any) -> State: ...
     def layer(self, run: Run, index: int, state: State) -> State: ...
     def readout(self, run: Run, state: State) -> Tensor: ...
-    def forward(self, run: Run, x: Any = None, state: State | None = None, start: int = 0,
-                keep_states: bool = False) -> tuple[Tensor, list[State] | None]: ...
+    def forward(
+        self, run: Run, x: Any = None, state: State | None = None, start: int = 0, keep_states: bool = False
+    ) -> tuple[Tensor, list[State] | None]: ...
     def stream_names(self, index: int) -> tuple[str, ...]: ...
 
 
@@ -209,8 +211,9 @@ class Freezer:
         return held
 
 
-def record_frozen(model: StagedModel, stage: Callable[[Run], Any], params: dict[str, Any] | None = None,
-                  memory: Any = None) -> Freezer:
+def record_frozen(
+    model: StagedModel, stage: Callable[[Run], Any], params: dict[str, Any] | None = None, memory: Any = None
+) -> Freezer:
     """A Freezer holding the values that ``stage(run)`` (a forward pass, or part of one) meets
     at ``params`` (default: the model's)."""
     freezer = Freezer()

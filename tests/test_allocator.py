@@ -34,8 +34,13 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def faults_of_four_rounds(keep):
     # glibc's defaults, whatever this environment tunes.
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
-    done = subprocess.run([sys.executable, "-c", ROUNDS.format(root=str(ROOT), keep=keep)],
-                          env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", ROUNDS.format(root=str(ROOT), keep=keep)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     kept, faults = done.stdout.split()
     return kept, int(faults)
 
@@ -74,8 +79,9 @@ print(kept - resident_mb())
 
 @glibc_only
 def test_return_freed_memory_hands_the_kept_pages_back_at_once():
-    done = subprocess.run([sys.executable, "-c", RETURNED.format(root=str(ROOT))],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", RETURNED.format(root=str(ROOT))], capture_output=True, text=True, check=True
+    )
     assert float(done.stdout) > 30  # of the 40 MiB freed and kept
 
 

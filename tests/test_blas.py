@@ -16,15 +16,30 @@ def run_python(code, **env):
     """``code`` in a fresh interpreter (OpenBLAS reads its environment once, when it loads)."""
     environment = {k: v for k, v in os.environ.items() if k != blas.TIMEOUT_VARIABLE}
     environment.update(env)
-    done = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{code}"],
-                          env=environment, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{code}"],
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.split()
 
 
-@pytest.mark.parametrize("value, sleep", [(None, False), ("16", True), ("4", True), (" 8 ", True),
-                                          ("17", False), ("28", False), ("", False), ("soon", False),
-                                          ("-1", False)])
+@pytest.mark.parametrize(
+    "value, sleep",
+    [
+        (None, False),
+        ("16", True),
+        ("4", True),
+        (" 8 ", True),
+        ("17", False),
+        ("28", False),
+        ("", False),
+        ("soon", False),
+        ("-1", False),
+    ],
+)
 def test_idle_workers_sleep_when_the_timeout_is_set_at_most_to_lnrefs(value, sleep):
     environ = {} if value is None else {blas.TIMEOUT_VARIABLE: value}
     assert blas.idle_workers_sleep(environ) is sleep
@@ -32,8 +47,11 @@ def test_idle_workers_sleep_when_the_timeout_is_set_at_most_to_lnrefs(value, sle
 
 def let_idle_workers_sleep_in_a_fresh_process(numpy_first=False, **env):
     """[what let_idle_workers_sleep returned, the variable afterwards] in a fresh interpreter."""
-    return run_python(f"import os{', numpy' if numpy_first else ''}; from lnref.process import blas\n"
-                      "print(blas.let_idle_workers_sleep(), os.environ.get(blas.TIMEOUT_VARIABLE))", **env)
+    return run_python(
+        f"import os{', numpy' if numpy_first else ''}; from lnref.process import blas\n"
+        "print(blas.let_idle_workers_sleep(), os.environ.get(blas.TIMEOUT_VARIABLE))",
+        **env,
+    )
 
 
 def test_let_idle_workers_sleep_sets_the_timeout_before_numpy_loads():
@@ -58,15 +76,18 @@ def test_threads_reads_and_set_threads_changes_openblas_thread_count():
 
     if not blas._openblas_functions(blas._GETTERS):
         pytest.skip("NumPy here is not linked to OpenBLAS")
-    out = run_python("from lnref.process import blas\n"
-                     "before = blas.threads(); blas.set_threads(1); print(before, blas.threads())",
-                     OPENBLAS_NUM_THREADS="2")
+    out = run_python(
+        "from lnref.process import blas\nbefore = blas.threads(); blas.set_threads(1); print(before, blas.threads())",
+        OPENBLAS_NUM_THREADS="2",
+    )
     assert out == ["2", "1"]
 
 
 def test_the_lnref_command_lets_idle_workers_sleep_before_numpy_loads():
-    out = run_python("import os, sys\n"
-                     "from lnref.cli import main\n"
-                     "main(['schemes'], standalone_mode=False)\n"
-                     "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
+    out = run_python(
+        "import os, sys\n"
+        "from lnref.cli import main\n"
+        "main(['schemes'], standalone_mode=False)\n"
+        "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
+    )
     assert out[-1] == str(blas.IDLE_TIMEOUT)

@@ -22,6 +22,7 @@ def invoke(*args):
 
 # ----- statistics ---------------------------------------------------------------------------
 
+
 def test_fit_line_recovers_slope_and_its_standard_error():
     rng = np.random.default_rng(0)
     x = np.arange(50.0)
@@ -34,7 +35,7 @@ def test_fit_line_recovers_slope_and_its_standard_error():
 
 def test_fit_loglog_gives_the_exponent_of_a_power_law():
     x = np.array([2.0, 4.0, 8.0, 16.0])
-    assert stats.fit_loglog(x, 3.0 * x ** -0.5).slope == pytest.approx(-0.5, abs=1e-12)
+    assert stats.fit_loglog(x, 3.0 * x**-0.5).slope == pytest.approx(-0.5, abs=1e-12)
 
 
 def test_mean_se_is_std_over_sqrt_n():
@@ -43,14 +44,17 @@ def test_mean_se_is_std_over_sqrt_n():
     assert se == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
 
 
-@pytest.mark.parametrize("value, se, outcome", [
-    (1.0, 0.01, "holds"),       # inside, resolved
-    (1.0, 0.2, "unresolved"),   # inside, but 2 se wider than the interval
-    (1.3, 0.01, "fails"),       # outside by more than 2 se
-    (1.11, 0.01, "unresolved"), # outside by less than 2 se
-    (1.0, None, "holds"),       # deterministic
-    (float("nan"), 0.0, "unresolved"),
-])
+@pytest.mark.parametrize(
+    "value, se, outcome",
+    [
+        (1.0, 0.01, "holds"),  # inside, resolved
+        (1.0, 0.2, "unresolved"),  # inside, but 2 se wider than the interval
+        (1.3, 0.01, "fails"),  # outside by more than 2 se
+        (1.11, 0.01, "unresolved"),  # outside by less than 2 se
+        (1.0, None, "holds"),  # deterministic
+        (float("nan"), 0.0, "unresolved"),
+    ],
+)
 def test_judge_applies_the_preregistered_rule(value, se, outcome):
     assert stats.judge(value, se, 0.9, 1.1) == outcome
 
@@ -61,6 +65,7 @@ def test_judge_treats_one_sided_intervals_as_bounds():
 
 
 # ----- verdicts ---------------------------------------------------------------------------
+
 
 def _result(*checks, failure="refuted"):
     claim = core.Claim("test-claim", "t", "p", "x.md", run=lambda **_: None, failure_verdict=failure)
@@ -96,6 +101,7 @@ def test_unresolved_checks_make_the_verdict_inconclusive_without_contradiction()
 
 # ----- the sublayer trace and the closed forms --------------------------------------------------
 
+
 @pytest.mark.parametrize("scheme", ["post", "pre", "residual", "admin", "peri"])
 def test_trace_reproduces_the_model_output(scheme):
     model = lnref.build(scheme, 3, d_model=8, n_heads=2, d_ff=16)
@@ -112,8 +118,14 @@ def test_trace_records_every_branch_and_norm_of_post_ln_in_order():
     x, _, memory = model.sample_inputs(batch=1, seq=3)
     traced = trace.trace(model, x, memory=memory)
     names = [(e.layer, e.kind, e.name) for e in traced.events]
-    assert names[:6] == [(0, "branch", "attn"), (0, "norm", "ln_attn"), (0, "branch", "cross"),
-                         (0, "norm", "ln_cross"), (0, "branch", "ffn"), (0, "norm", "ln_ffn")]
+    assert names[:6] == [
+        (0, "branch", "attn"),
+        (0, "norm", "ln_attn"),
+        (0, "branch", "cross"),
+        (0, "norm", "ln_cross"),
+        (0, "branch", "ffn"),
+        (0, "norm", "ln_ffn"),
+    ]
     assert len(trace.sublayers(traced)) == 6
 
 
@@ -132,14 +144,17 @@ def test_layer_norm_jacobian_negative_control_detects_a_wrong_centring():
     z = np.random.default_rng(2).standard_normal(8) + 2.0
     wrong = trace.layer_norm_jacobian(z, 1e-5) + np.full((8, 8), 1.0 / 8) / np.sqrt(np.var(z) + 1e-5)
     from lnref.claims.ln_jacobian import autodiff_jacobian
+
     assert np.max(np.abs(wrong - autodiff_jacobian("layernorm", z))) > 1e-2
-    np.testing.assert_allclose(trace.layer_norm_jacobian(z, 1e-5), autodiff_jacobian("layernorm", z),
-                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        trace.layer_norm_jacobian(z, 1e-5), autodiff_jacobian("layernorm", z), rtol=1e-10, atol=1e-12
+    )
 
 
 # ----- the experiments can fail: negative controls ------------------------------------------------
 # The whole quick sweep runs once (through the command, as a user runs it); each negative control
 # then re-runs one claim with a law applied where our derivation says it does not hold.
+
 
 @pytest.fixture(scope="module")
 def quick_sweep():
@@ -225,6 +240,7 @@ def test_same_seed_same_bits():
 
 
 # ----- the command -----------------------------------------------------------------------------
+
 
 def test_prove_list_names_every_claim():
     result = invoke("--list")

@@ -10,10 +10,10 @@ import lnref
 from lnref import gradcheck as checker
 from lnref.autograd import PRIMITIVES, kernels, ops
 from lnref.cli import main
-from lnref.process import workers
 from lnref.finite_diff import central_difference
 from lnref.gradcheck.point import linear_per_row
 from lnref.gradcheck.report import compare
+from lnref.process import workers
 
 SMALL = dict(d_model=8, n_heads=2, d_ff=16)
 SHAPE = dict(batch=2, seq=4)
@@ -34,6 +34,7 @@ def unresolved_other_than_key_biases(report):
 
 # ----- correct models pass -----
 
+
 @pytest.mark.parametrize("scheme", lnref.SCHEMES)
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
 @pytest.mark.parametrize("mode", ["directional", "blockwise"])
@@ -43,8 +44,9 @@ def test_every_scheme_and_norm_passes(scheme, norm, mode):
     assert report.counts["passed"] > 0
 
 
-@pytest.mark.parametrize("options", [dict(cross_attention=True), dict(causal=True), dict(activation="gelu"),
-                                     dict(dtype="float32")])
+@pytest.mark.parametrize(
+    "options", [dict(cross_attention=True), dict(causal=True), dict(activation="gelu"), dict(dtype="float32")]
+)
 def test_decoder_causal_gelu_and_float32_models_pass(options):
     report = check("residual", **options)
     assert report.ok, report.to_text()
@@ -92,6 +94,7 @@ def test_key_biases_are_unresolved_never_passed():
 
 # ----- broken models fail, and the checker names the tensor -----
 
+
 def _layer_norm_backward_without_projection(dy, x, gamma, mean, rstd, residuals_checked=False):
     g = dy * gamma
     dx = rstd[:, None] * (g - g.mean(axis=1, keepdims=True))
@@ -107,9 +110,11 @@ def test_a_dropped_layer_norm_term_fails(monkeypatch, scheme):
 
 def test_a_layer_norm_backward_that_ignores_gamma_passes_at_init_but_fails_at_a_generic_point(monkeypatch):
     original = kernels.layer_norm_backward
-    monkeypatch.setattr(kernels, "layer_norm_backward",
-                        lambda dy, x, gamma, mean, rstd, **flags: original(dy, x, np.ones_like(gamma), mean, rstd,
-                                                                          **flags))
+    monkeypatch.setattr(
+        kernels,
+        "layer_norm_backward",
+        lambda dy, x, gamma, mean, rstd, **flags: original(dy, x, np.ones_like(gamma), mean, rstd, **flags),
+    )
     assert check("post", point="init").ok
     assert not check("post", point="generic").ok
 
@@ -166,6 +171,7 @@ def test_the_failing_tensor_is_named_in_the_text_report(monkeypatch):
 
 # ----- full mode: every element, block by block -----
 
+
 def full(scheme="residual", layers=2, workers=1, **options):
     model = lnref.build(scheme, n_layers=layers, **{**SMALL, **options})
     return model, checker.gradcheck(model, mode="full", workers=workers, **SHAPE)
@@ -181,8 +187,9 @@ def test_full_mode_checks_every_element_of_every_parameter_and_layer_input():
     assert report.ok, report.to_text()
 
 
-@pytest.mark.parametrize("options", [dict(cross_attention=True, causal=True), dict(activation="gelu"),
-                                     dict(norm="rmsnorm")])
+@pytest.mark.parametrize(
+    "options", [dict(cross_attention=True, causal=True), dict(activation="gelu"), dict(norm="rmsnorm")]
+)
 def test_full_mode_passes_decoder_gelu_and_rmsnorm_models(options):
     _, report = full("peri", **options)
     assert report.ok, report.to_text()
@@ -233,12 +240,15 @@ def _break_one_element(monkeypatch, primitive, output, index, when, factor=1 + 1
     monkeypatch.setitem(PRIMITIVES, primitive, PRIMITIVES[primitive]._replace(vjp=broken))
 
 
-@pytest.mark.parametrize("primitive,output,tensor,when", [
-    # FFN weights: moved copies stacked one per batch row. W1 is the (d_model, d_ff) one.
-    ("feed_forward", 1, "ffn.w1", lambda residuals: True),
-    # The other parameters: moved in place, one run per move.
-    ("attention_sublayer", 4, "attn.wk", lambda residuals: True),
-])
+@pytest.mark.parametrize(
+    "primitive,output,tensor,when",
+    [
+        # FFN weights: moved copies stacked one per batch row. W1 is the (d_model, d_ff) one.
+        ("feed_forward", 1, "ffn.w1", lambda residuals: True),
+        # The other parameters: moved in place, one run per move.
+        ("attention_sublayer", 4, "attn.wk", lambda residuals: True),
+    ],
+)
 def test_full_mode_names_the_one_wrong_element(monkeypatch, primitive, output, tensor, when):
     _break_one_element(monkeypatch, primitive, output, (3, 5), when)
     _, report = full("pre", layers=1)
@@ -263,19 +273,23 @@ def test_full_mode_fails_when_its_batched_runs_disagree_with_the_model(monkeypat
 
 # ----- the checker's own linear map: weights moved one per batch row -----
 
+
 def test_a_linear_map_given_one_weight_per_batch_row_runs_each_row_with_its_own():
     model = lnref.build("pre", n_layers=2, d_model=8, n_heads=2, d_ff=16)
     x, _, _ = model.sample_inputs(batch=3, seq=4)
     rng = np.random.default_rng(5)
-    assert model.linear_params == {f"layers.{i}.{group}.{n}" for i in range(2)
-                                   for group, names in (("attn", lnref.nn.ATTENTION_PARAMS),
-                                                        ("ffn", lnref.nn.FFN_PARAMS)) for n in names}
+    assert model.linear_params == {
+        f"layers.{i}.{group}.{n}"
+        for i in range(2)
+        for group, names in (("attn", lnref.nn.ATTENTION_PARAMS), ("ffn", lnref.nn.FFN_PARAMS))
+        for n in names
+    }
     for name in sorted(model.linear_params):
         copies = [model.params[name] + 0.1 * rng.standard_normal(model.params[name].shape) for _ in range(3)]
         run = model.run({**model.params, name: np.stack(copies)}, linear=linear_per_row)
         y, _ = model.forward(run, x)
         for row, copy in enumerate(copies):
-            expected, _ = model.forward(model.run({**model.params, name: copy}), x[row:row + 1])
+            expected, _ = model.forward(model.run({**model.params, name: copy}), x[row : row + 1])
             np.testing.assert_allclose(y.value[row], expected.value[0], rtol=1e-12, atol=1e-14)
 
 
@@ -297,8 +311,9 @@ def test_the_recorded_relu_pattern_is_the_one_the_ffn_applied(monkeypatch):
     x, dy, _ = model.sample_inputs(batch=2, seq=8)
     ffn_inputs = []
     ffn = lnref.views.Layer.ffn
-    monkeypatch.setattr(lnref.views.Layer, "ffn",
-                        lambda self, x, **kw: ffn_inputs.append(np.array(x.value)) or ffn(self, x, **kw))
+    monkeypatch.setattr(
+        lnref.views.Layer, "ffn", lambda self, x, **kw: ffn_inputs.append(np.array(x.value)) or ffn(self, x, **kw)
+    )
     model(x)
     w1, w2, b2 = (model.params[f"layers.0.ffn.{name}"] for name in ("w1", "w2", "b2"))
     model.params["layers.0.ffn.b1"] = b1 = -(ffn_inputs[0] @ w1)[0, 0]
@@ -311,8 +326,7 @@ def test_the_recorded_relu_pattern_is_the_one_the_ffn_applied(monkeypatch):
 
 
 def test_cli_full_mode_prints_the_element_counts():
-    result = invoke("gradcheck", "--scheme", "pre", "--layers", "1", "--d-model", "8", "--d-ff", "16",
-                    "--mode", "full")
+    result = invoke("gradcheck", "--scheme", "pre", "--layers", "1", "--d-model", "8", "--d-ff", "16", "--mode", "full")
     model = lnref.build("pre", n_layers=1, d_model=8, d_ff=16)
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if line.startswith("elements:"))
@@ -321,12 +335,12 @@ def test_cli_full_mode_prints_the_element_counts():
 
 # ----- the noise floor -----
 
+
 def test_central_difference_estimates_rounding_noise_and_is_exact_on_a_quartic():
     derivative, sigma = central_difference(lambda t: 3 * t**4 - t**3 + 2 * t, 0.1, 0.0)
     assert derivative == pytest.approx(2.0, rel=1e-12)
     rng = np.random.default_rng(0)
-    noisy = [central_difference(lambda t: t + 1e-9 * rng.standard_normal(), 1e-3, 0.0)[1]
-             for _ in range(400)]
+    noisy = [central_difference(lambda t: t + 1e-9 * rng.standard_normal(), 1e-3, 0.0)[1] for _ in range(400)]
     assert 0.5e-9 < np.sqrt(np.mean(np.square(noisy))) < 2e-9  # about the true sigma
 
 
@@ -337,6 +351,7 @@ def test_values_under_the_noise_floor_are_unresolved_and_errors_above_it_fail():
 
 
 # ----- the command line -----
+
 
 def invoke(*args):
     return CliRunner().invoke(main, list(args))
@@ -362,14 +377,17 @@ def test_cli_exits_1_and_names_the_tensor_when_a_check_fails(monkeypatch):
     assert "failed" in result.output.splitlines()[-1] and "layers.0." in result.output
 
 
-@pytest.mark.parametrize("args,words", [
-    (["--scheme", "nope"], ["--scheme", "post"]),
-    (["--scheme", "pre", "--d-model", "10", "--heads", "4"], ["not divisible"]),
-    (["--scheme", "pre", "--layers", "0"], ["--layers"]),
-    (["--scheme", "pre", "--eps", "inf"], ["finite"]),
-    (["--scheme", "pre", "--rtol", "nan"], ["finite"]),
-    (["--scheme", "pre", "--atol", "-1"], [">= 0"]),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--scheme", "nope"], ["--scheme", "post"]),
+        (["--scheme", "pre", "--d-model", "10", "--heads", "4"], ["not divisible"]),
+        (["--scheme", "pre", "--layers", "0"], ["--layers"]),
+        (["--scheme", "pre", "--eps", "inf"], ["finite"]),
+        (["--scheme", "pre", "--rtol", "nan"], ["finite"]),
+        (["--scheme", "pre", "--atol", "-1"], [">= 0"]),
+    ],
+)
 def test_cli_bad_input_is_one_line_and_exit_2(args, words):
     result = invoke("gradcheck", *args)
     assert result.exit_code == 2
@@ -392,6 +410,7 @@ def test_main_job_residual_48_layers_passes():
 
 # ----- with the language-model head -----
 
+
 def test_with_head_checks_embeddings_stack_and_head():
     result = invoke("gradcheck", "--scheme", "admin", "--layers", "2", "--with-head", "--json")
     document = json.loads(result.stdout)
@@ -402,8 +421,11 @@ def test_with_head_checks_embeddings_stack_and_head():
 
 def test_with_head_catches_a_broken_cross_entropy_backward(monkeypatch):
     vjp = PRIMITIVES["cross_entropy"].vjp
-    monkeypatch.setitem(PRIMITIVES, "cross_entropy", PRIMITIVES["cross_entropy"]._replace(
-        vjp=lambda dout, residuals: (vjp(dout, residuals)[0] * 1.001, None)))
+    monkeypatch.setitem(
+        PRIMITIVES,
+        "cross_entropy",
+        PRIMITIVES["cross_entropy"]._replace(vjp=lambda dout, residuals: (vjp(dout, residuals)[0] * 1.001, None)),
+    )
     result = invoke("gradcheck", "--scheme", "pre", "--layers", "1", "--with-head", "--json")
     failed_names = {t["tensor"] for t in json.loads(result.stdout)["tensors"] if t["status"] == "failed"}
     assert result.exit_code == 1 and {"head.w", "embed.tokens"} <= failed_names
@@ -451,6 +473,7 @@ def test_the_per_row_linear_map_for_another_batch_size_is_a_value_error():
 
 
 # ----- the text report fits a screen -----
+
 
 def test_the_main_job_prints_at_most_30_lines_with_the_summary_first_and_last():
     result = invoke("gradcheck", "--scheme", "residual", "--layers", "48")

@@ -73,12 +73,21 @@ def directional_error(lm, grads, names, tokens, targets, seed=0):
 
 def checked_names(lm):
     """The wrapper's four tensors and a sample of the stack's: both layers, every kind."""
-    stack = [n for n in lm.model.params if n.startswith("layers.0.attn.wq") or n.startswith("layers.1.ffn.w2")
-             or n.endswith(".gamma") or n.endswith("omega_attn") or n.endswith("alpha") or n.endswith("dlcl_weights")]
+    stack = [
+        n
+        for n in lm.model.params
+        if n.startswith("layers.0.attn.wq")
+        or n.startswith("layers.1.ffn.w2")
+        or n.endswith(".gamma")
+        or n.endswith("omega_attn")
+        or n.endswith("alpha")
+        or n.endswith("dlcl_weights")
+    ]
     return [EMBED_TOKENS, EMBED_POSITIONS, HEAD_W, HEAD_B, *stack[:6]]
 
 
 # ----- gradients ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("scheme", lnref.SCHEMES)
 def test_lm_gradient_of_each_checked_tensor_matches_finite_differences(scheme):
@@ -151,6 +160,7 @@ def test_logits_are_causal():
 
 # ----- construction and input checks ---------------------------------------------------
 
+
 def test_params_hold_the_stack_and_the_wrapper_tensors_with_their_shapes():
     lm = build_lm("pre", 2, vocab_size=11, max_len=9, d_model=8, n_heads=2, d_ff=16)
     assert lm.params[EMBED_TOKENS].shape == (11, 8)
@@ -175,13 +185,16 @@ def test_same_seed_gives_the_same_parameters_and_another_seed_does_not():
     assert not np.array_equal(first[EMBED_TOKENS], other[EMBED_TOKENS])
 
 
-@pytest.mark.parametrize("tokens, targets, message", [
-    (np.zeros((2, 7), np.int64), np.zeros((2, 7), np.int64), "max_len"),
-    (np.full((2, 3), 7), np.zeros((2, 3), np.int64), "tokens outside"),
-    (np.zeros((2, 3), np.int64), np.full((2, 3), IGNORE), "no scored position"),
-    (np.zeros((2, 3), np.int64), np.full((2, 3), 9), "targets outside"),
-    (np.zeros((2, 3)), np.zeros((2, 3), np.int64), "integers"),
-])
+@pytest.mark.parametrize(
+    "tokens, targets, message",
+    [
+        (np.zeros((2, 7), np.int64), np.zeros((2, 7), np.int64), "max_len"),
+        (np.full((2, 3), 7), np.zeros((2, 3), np.int64), "tokens outside"),
+        (np.zeros((2, 3), np.int64), np.full((2, 3), IGNORE), "no scored position"),
+        (np.zeros((2, 3), np.int64), np.full((2, 3), 9), "targets outside"),
+        (np.zeros((2, 3)), np.zeros((2, 3), np.int64), "integers"),
+    ],
+)
 def test_bad_batches_raise_config_errors(tokens, targets, message):
     lm = small_lm("pre")
     with pytest.raises(ConfigError, match=message):

@@ -4,15 +4,25 @@ import numpy as np
 import pytest
 
 import lnref
-from lnref.autograd import kernels
 from lnref.model import ConfigError, Model
 
 SMALL = dict(d_model=8, n_heads=2, d_ff=16)
 
 
 def test_schemes_are_the_documented_names():
-    assert lnref.SCHEMES == ("post", "pre", "residual", "b2t", "admin", "deepnorm", "sandwich", "peri",
-                             "mixln", "dlcl", "rezero")
+    assert lnref.SCHEMES == (
+        "post",
+        "pre",
+        "residual",
+        "b2t",
+        "admin",
+        "deepnorm",
+        "sandwich",
+        "peri",
+        "mixln",
+        "dlcl",
+        "rezero",
+    )
 
 
 @pytest.mark.parametrize("scheme", lnref.SCHEMES)
@@ -63,15 +73,18 @@ def test_float32_model_computes_in_float32():
     assert all(g.dtype == np.float32 for g in model.value_and_grad(x, dy)[1].values())
 
 
-@pytest.mark.parametrize("kwargs,words", [
-    (dict(scheme="nope", n_layers=2), ["unknown scheme", "post", "rezero"]),
-    (dict(scheme="pre", n_layers=0), ["n_layers", ">= 1"]),
-    (dict(scheme="pre", n_layers=2, d_model=10, n_heads=4), ["not divisible"]),
-    (dict(scheme="pre", n_layers=2, eps=float("nan")), ["eps"]),
-    (dict(scheme="pre", n_layers=2, norm="batchnorm"), ["norm"]),
-    (dict(scheme="pre", n_layers=2, dtype="float16"), ["dtype"]),
-    (dict(scheme="pre", n_layers=2, dropout=0.1), ["unknown option"]),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(scheme="nope", n_layers=2), ["unknown scheme", "post", "rezero"]),
+        (dict(scheme="pre", n_layers=0), ["n_layers", ">= 1"]),
+        (dict(scheme="pre", n_layers=2, d_model=10, n_heads=4), ["not divisible"]),
+        (dict(scheme="pre", n_layers=2, eps=float("nan")), ["eps"]),
+        (dict(scheme="pre", n_layers=2, norm="batchnorm"), ["norm"]),
+        (dict(scheme="pre", n_layers=2, dtype="float16"), ["dtype"]),
+        (dict(scheme="pre", n_layers=2, dropout=0.1), ["unknown option"]),
+    ],
+)
 def test_impossible_configurations_raise_config_errors(kwargs, words):
     with pytest.raises(ConfigError) as err:
         lnref.build(**kwargs)
@@ -112,6 +125,7 @@ def test_bad_inputs_are_rejected():
 
 # ----- what the schemes promise at initialization -----
 
+
 def _layer_input_and_output(model, x):
     states = model.hidden_states(x)
     return states[0][0], states[1][0]
@@ -138,10 +152,12 @@ def test_b2t_adds_the_layer_input_before_the_last_norm():
     p = model.params
     run = model.run()
     view = model.layer_view(run, 0)
-    h = ops.layer_norm(x + view.self_attention(x).value, p["layers.0.ln_attn.gamma"],
-                       p["layers.0.ln_attn.beta"], eps=1e-5).value
-    expected = ops.layer_norm(h + view.ffn(h).value + x, p["layers.0.ln_ffn.gamma"], p["layers.0.ln_ffn.beta"],
-                              eps=1e-5).value
+    h = ops.layer_norm(
+        x + view.self_attention(x).value, p["layers.0.ln_attn.gamma"], p["layers.0.ln_attn.beta"], eps=1e-5
+    ).value
+    expected = ops.layer_norm(
+        h + view.ffn(h).value + x, p["layers.0.ln_ffn.gamma"], p["layers.0.ln_ffn.beta"], eps=1e-5
+    ).value
     np.testing.assert_allclose(model(x), expected, rtol=1e-13, atol=1e-13)
 
 
@@ -176,8 +192,9 @@ def test_admin_omegas_grow_with_depth_from_one():
     omegas = [model.params[f"layers.{i}.omega_{b}"][0] for i in range(6) for b in ("attn", "ffn")]
     assert omegas[0] == 1.0
     assert all(later > earlier for earlier, later in zip(omegas, omegas[1:]))
-    assert all(np.all(model.params[f"layers.{i}.omega_attn"] == model.params[f"layers.{i}.omega_attn"][0])
-               for i in range(6))
+    assert all(
+        np.all(model.params[f"layers.{i}.omega_attn"] == model.params[f"layers.{i}.omega_attn"][0]) for i in range(6)
+    )
 
 
 def test_mixln_is_post_ln_below_the_fraction_and_pre_ln_above():
@@ -202,6 +219,7 @@ def test_peri_normalizes_the_embedding_where_sandwich_does_not():
 
 
 # ----- the gradient pass and the garbage collector -----
+
 
 def _objects_left_in_cycles(fn):
     """How many objects ``fn()`` leaves that only the cyclic garbage collector can free.
@@ -293,6 +311,7 @@ def test_gradients_for_params_in_another_order_are_the_same():
 
 
 # ----- repeated passes (the parameter leaves of one pass are reused by the next) -----
+
 
 def _fresh_gradients(model, x, dy):
     """The gradients of a new model of the same configuration holding ``model``'s parameters."""

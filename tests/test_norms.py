@@ -14,8 +14,12 @@ def _scaled_rms_init(width, dtype):
     return {"gamma": np.full(width, 0.5, dtype)}
 
 
-SCALED_RMS = norms.NormKind("scaled_rms", "gamma * x / sqrt(mean(x^2) + eps), gamma_0 = 1/2", _scaled_rms_init,
-                            lambda x, p, eps: ops.rms_norm(x, p["gamma"], eps=eps))
+SCALED_RMS = norms.NormKind(
+    "scaled_rms",
+    "gamma * x / sqrt(mean(x^2) + eps), gamma_0 = 1/2",
+    _scaled_rms_init,
+    lambda x, p, eps: ops.rms_norm(x, p["gamma"], eps=eps),
+)
 
 
 @pytest.fixture

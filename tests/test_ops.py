@@ -35,10 +35,11 @@ shapes = st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple)
 
 # ----- elementwise with broadcasting -----
 
+
 @given(shape=shapes, seed=st.integers(0, 10_000), data=st.data())
 def test_binary_ops_vjp_with_broadcasting(shape, seed, data):
     # b broadcasts against a: some axes of size 1, possibly fewer axes.
-    b_shape = tuple(data.draw(st.sampled_from([n, 1])) for n in shape)[data.draw(st.integers(0, len(shape) - 1)):]
+    b_shape = tuple(data.draw(st.sampled_from([n, 1])) for n in shape)[data.draw(st.integers(0, len(shape) - 1)) :]
     rng = np.random.default_rng(seed)
     a, b = rand(rng, *shape), rand(rng, *b_shape, low=0.5)
     for op in (ops.add, ops.sub, ops.mul, ops.div):
@@ -64,6 +65,7 @@ def test_gelu_vjp(approximate):
 
 # ----- reductions and shapes -----
 
+
 @pytest.mark.parametrize("axis,keepdims", [(None, False), (0, False), (-1, True), ((0, 2), False)])
 def test_sum_vjp(axis, keepdims):
     x = rand(np.random.default_rng(4), 2, 3, 4)
@@ -83,8 +85,14 @@ def test_index_and_embedding_lookup_vjp_with_repeated_rows():
     assert_all_pass(check_vjp(lambda t: t[1:, ::2], rand(rng, 4, 4)))
 
 
-@given(batch=st.lists(st.integers(1, 3), max_size=2).map(tuple), n=st.integers(1, 4), k=st.integers(1, 4),
-       m=st.integers(1, 4), seed=st.integers(0, 10_000), broadcast_b=st.booleans())
+@given(
+    batch=st.lists(st.integers(1, 3), max_size=2).map(tuple),
+    n=st.integers(1, 4),
+    k=st.integers(1, 4),
+    m=st.integers(1, 4),
+    seed=st.integers(0, 10_000),
+    broadcast_b=st.booleans(),
+)
 def test_batched_matmul_vjp(batch, n, k, m, seed, broadcast_b):
     rng = np.random.default_rng(seed)
     a = rand(rng, *batch, n, k)
@@ -98,6 +106,7 @@ def test_linear_vjp():
 
 
 # ----- fused ops with hand-written backward passes -----
+
 
 @given(rows=st.integers(1, 6), d=st.integers(2, 9), seed=st.integers(0, 10_000))
 def test_layer_norm_vjp(rows, d, seed):
@@ -126,8 +135,9 @@ def test_multi_head_attention_vjp_and_its_agreement_with_attention_over_split_he
     assert_all_pass(check_vjp(lambda *t: ops.multi_head_attention(*t, n_heads=3, causal=causal), q, k, v))
     split = [a.reshape(2, 5, 3, 2).transpose(0, 2, 1, 3) for a in (q, k, v)]
     heads = kernels.attention_forward(*[np.ascontiguousarray(a) for a in split], causal)[0]
-    np.testing.assert_array_equal(ops.multi_head_attention(q, k, v, n_heads=3, causal=causal).value,
-                                  heads.transpose(0, 2, 1, 3).reshape(2, 5, 6))
+    np.testing.assert_array_equal(
+        ops.multi_head_attention(q, k, v, n_heads=3, causal=causal).value, heads.transpose(0, 2, 1, 3).reshape(2, 5, 6)
+    )
 
 
 def test_cross_attention_with_a_longer_memory_vjp():
@@ -146,15 +156,17 @@ def assert_all_pass_but_the_key_bias(checks, key_bias):
     leaves its softmax unchanged, so that gradient is exactly zero and cannot be resolved
     from finite differences (the checker says "unresolved", never "passed")."""
     assert checks[key_bias].status == "unresolved" and abs(checks[key_bias].analytic) < 1e-12, checks[key_bias]
-    assert_all_pass(checks[:key_bias] + checks[key_bias + 1:])
+    assert_all_pass(checks[:key_bias] + checks[key_bias + 1 :])
 
 
 # The attention sublayer runs one of two implementations, chosen by size (see
 # the seam, kernels.seam): the compiled loops for small sublayers, NumPy/BLAS
 # products around the attention kernels otherwise. Tests of the op run both.
 SUBLAYER_PATHS = {
-    "loop": (kernels.seam.twin("attention_sublayer_forward").loop,
-             kernels.seam.twin("attention_sublayer_backward").loop),
+    "loop": (
+        kernels.seam.twin("attention_sublayer_forward").loop,
+        kernels.seam.twin("attention_sublayer_backward").loop,
+    ),
     "reference": (kernels.attention_sublayer_forward_reference, kernels.attention_sublayer_backward_reference),
 }
 sublayer_paths = pytest.mark.parametrize("path", sorted(SUBLAYER_PATHS))
@@ -265,6 +277,7 @@ def test_cross_entropy_vjp():
 
 # ----- negative controls: a broken backward is caught -----
 
+
 def _broken_layer_norm_backward(dy, x, gamma, mean, rstd, residuals_checked=False):
     x_hat = (x - mean[:, None]) * rstd[:, None]
     g = dy * gamma
@@ -294,9 +307,11 @@ def test_layer_norm_check_fails_when_the_backward_ignores_gamma(monkeypatch):
     rng = np.random.default_rng(14)
     x, gamma, beta = rand(rng, 4, 6), rand(rng, 6), rand(rng, 6)
     original = kernels.layer_norm_backward
-    monkeypatch.setattr(kernels, "layer_norm_backward",
-                        lambda dy, x, gamma, mean, rstd, **flags: original(dy, x, np.ones_like(gamma), mean, rstd,
-                                                                          **flags))
+    monkeypatch.setattr(
+        kernels,
+        "layer_norm_backward",
+        lambda dy, x, gamma, mean, rstd, **flags: original(dy, x, np.ones_like(gamma), mean, rstd, **flags),
+    )
     assert_some_fail(check_vjp(lambda *t: ops.layer_norm(*t, eps=1e-5), x, gamma, beta))
 
 
@@ -309,8 +324,10 @@ def test_multi_head_attention_check_fails_without_the_row_sum_term(monkeypatch):
     def broken(dout, q, k, v, probs):
         n_heads = probs.shape[1]
         split = [a.reshape(*a.shape[:2], n_heads, -1).transpose(0, 2, 1, 3) for a in (dout, q, k, v)]
-        return tuple(g.transpose(0, 2, 1, 3).reshape(a.shape)
-                     for g, a in zip(_broken_attention_backward(*split, probs), (q, k, v)))
+        return tuple(
+            g.transpose(0, 2, 1, 3).reshape(a.shape)
+            for g, a in zip(_broken_attention_backward(*split, probs), (q, k, v))
+        )
 
     rng = np.random.default_rng(30)
     q, k, v = (rand(rng, 1, 4, 6) for _ in range(3))
@@ -352,8 +369,9 @@ def test_attention_sublayer_check_fails_when_dx_misses_the_key_and_value_paths(m
 
     sublayer = lambda x, *w: fused.attention_sublayer(x, None, *w, n_heads=2)  # noqa: E731
     assert_all_pass_but_the_key_bias(check_vjp(sublayer, x, *weights), key_bias=4)
-    monkeypatch.setitem(PRIMITIVES, "attention_sublayer", PRIMITIVES["attention_sublayer"]._replace(
-        vjp=only_the_query_path))
+    monkeypatch.setitem(
+        PRIMITIVES, "attention_sublayer", PRIMITIVES["attention_sublayer"]._replace(vjp=only_the_query_path)
+    )
     checks = check_vjp(sublayer, x, *weights)
     assert checks[0].status == "failed"  # dx, and only dx
     assert_all_pass_but_the_key_bias(checks[1:], key_bias=3)
@@ -370,7 +388,8 @@ def test_attention_sublayer_check_fails_when_the_loop_kernel_drops_the_key_and_v
 
     def backward_without_the_key_and_value_paths(dout, x, memory, wq, wk, wv, wo, q, k, v, probs, heads):
         dx, _, *weight_grads = kernels.seam.twin("attention_sublayer_backward").loop(  # x as its own memory
-            dout, x, x, wq, wk, wv, wo, q, k, v, probs, heads)
+            dout, x, x, wq, wk, wv, wo, q, k, v, probs, heads
+        )
         return dx, None, *weight_grads
 
     monkeypatch.setitem(SUBLAYER_PATHS, "loop", (SUBLAYER_PATHS["loop"][0], backward_without_the_key_and_value_paths))
@@ -395,11 +414,12 @@ def test_a_registered_vjp_replaced_in_the_registry_is_what_the_tape_uses(monkeyp
 
 # ----- the tape -----
 
+
 def test_a_tape_pauses_the_cyclic_gc_while_it_records_and_replays_and_restores_it_after():
     import gc
 
     seen = []
-    forward, vjp = PRIMITIVES["neg"].forward, PRIMITIVES["neg"].vjp
+    vjp = PRIMITIVES["neg"].vjp
 
     def spying_vjp(dout, residuals):
         seen.append(("replay", gc.isenabled()))
@@ -453,8 +473,9 @@ def test_float32_sublayers_stay_float32(monkeypatch, path):
     x = rand(rng, 2, 3, 4).astype(np.float32)
     attn = [w.astype(np.float32) for w in attention_weights(rng, 4)]
     ffn = [w.astype(np.float32) for w in ffn_weights(rng, 4, 8)]
-    _, grads = value_and_grad(lambda x, *w: ops.sum(fused.feed_forward(
-        fused.attention_sublayer(x, None, *w[:8], n_heads=2), *w[8:])))(x, *attn, *ffn)
+    _, grads = value_and_grad(
+        lambda x, *w: ops.sum(fused.feed_forward(fused.attention_sublayer(x, None, *w[:8], n_heads=2), *w[8:]))
+    )(x, *attn, *ffn)
     assert {g.dtype for g in grads} == {np.dtype(np.float32)}
 
 
@@ -471,6 +492,7 @@ def test_same_inputs_give_the_same_bits():
 
 
 # ----- numerics at the edges -----
+
 
 def test_layer_norm_on_constant_rows_is_beta_with_finite_gradients():
     x, gamma, beta = np.full((3, 5), 7.0), np.linspace(1, 2, 5), np.linspace(-1, 1, 5)
@@ -507,33 +529,59 @@ def test_causal_attention_ignores_the_future():
 
 # ----- bad calls: clear ValueErrors naming the op and the shapes -----
 
-@pytest.mark.parametrize("call,words", [
-    (lambda: ops.add(np.ones((2, 3)), np.ones((4,))), ["add", "(2, 3)", "(4,)"]),
-    (lambda: ops.matmul(np.ones((2, 3)), np.ones((4, 2))), ["matmul", "(2, 3)", "(4, 2)"]),
-    (lambda: ops.mul(np.ones(3), np.ones(3, np.float32)), ["mul", "float32", "float64"]),
-    (lambda: ops.layer_norm(np.ones((2, 3)), np.ones(4), np.zeros(4), eps=1e-5), ["layer_norm", "(4,)", "(2, 3)"]),
-    (lambda: ops.layer_norm(np.full((2, 3), np.nan), np.ones(3), np.zeros(3), eps=1e-5), ["layer_norm", "NaN"]),
-    (lambda: ops.layer_norm(np.ones((2, 3)), np.ones(3), np.zeros(3), eps=0.0), ["layer_norm", "eps"]),
-    (lambda: ops.multi_head_attention(np.ones((1, 2, 4)), np.ones((1, 3, 4)), np.ones((1, 3, 4)), n_heads=2,
-                                      causal=True), ["multi_head_attention", "causal"]),
-    (lambda: ops.softmax(np.array([[1.0, np.inf]])), ["softmax", "NaN or inf"]),
-    (lambda: ops.cross_entropy(np.ones((2, 3)), np.array([0, 3])), ["cross_entropy", "targets"]),
-    (lambda: ops.reshape(np.ones(6), shape=(4, 2)), ["reshape", "(6,)"]),
-    (lambda: ops.embedding(np.ones((3, 2)), np.array([5])), ["embedding", "[0, 3)"]),
-    (lambda: ops.rms_norm(np.array([[1.0, np.inf]]), np.ones(2), eps=1e-5), ["rms_norm", "NaN or inf"]),
-    (lambda: ops.linear(np.ones((2, 3)), np.ones((4, 5)), np.ones(5)), ["linear", "(2, 3)", "(4, 5)"]),
-    (lambda: ops.multi_head_attention(*np.ones((3, 1, 2, 6)), n_heads=4), ["multi_head_attention", "4 heads"]),
-    (lambda: fused.attention_sublayer(np.ones((1, 2, 4)), None, *([np.ones((4, 4)), np.ones(4)] * 3),
-                                    np.ones((4, 5)), np.ones(4), n_heads=2), ["attention_sublayer", "(4, 5)"]),
-    (lambda: fused.attention_sublayer(np.ones((1, 2, 4)), np.ones((2, 3, 4)), *([np.ones((4, 4)), np.ones(4)] * 4),
-                                    n_heads=2), ["attention_sublayer", "memory", "(2, 3, 4)"]),
-    (lambda: fused.attention_sublayer(np.ones((1, 2, 4)), None, *([np.ones((4, 4), np.float32), np.ones(4)] * 4),
-                                    n_heads=2), ["attention_sublayer", "float32"]),
-    (lambda: fused.feed_forward(np.ones((1, 2, 4)), np.ones((4, 8)), np.ones(8), np.ones((8, 4)), np.ones(4),
-                              activation="tanh"), ["feed_forward", "tanh"]),
-    (lambda: fused.feed_forward(np.ones((1, 2, 4)), np.ones((4, 8)), np.ones(8), np.ones((9, 4)), np.ones(4)),
-     ["feed_forward", "(9, 4)"]),
-])
+
+@pytest.mark.parametrize(
+    "call,words",
+    [
+        (lambda: ops.add(np.ones((2, 3)), np.ones((4,))), ["add", "(2, 3)", "(4,)"]),
+        (lambda: ops.matmul(np.ones((2, 3)), np.ones((4, 2))), ["matmul", "(2, 3)", "(4, 2)"]),
+        (lambda: ops.mul(np.ones(3), np.ones(3, np.float32)), ["mul", "float32", "float64"]),
+        (lambda: ops.layer_norm(np.ones((2, 3)), np.ones(4), np.zeros(4), eps=1e-5), ["layer_norm", "(4,)", "(2, 3)"]),
+        (lambda: ops.layer_norm(np.full((2, 3), np.nan), np.ones(3), np.zeros(3), eps=1e-5), ["layer_norm", "NaN"]),
+        (lambda: ops.layer_norm(np.ones((2, 3)), np.ones(3), np.zeros(3), eps=0.0), ["layer_norm", "eps"]),
+        (
+            lambda: ops.multi_head_attention(
+                np.ones((1, 2, 4)), np.ones((1, 3, 4)), np.ones((1, 3, 4)), n_heads=2, causal=True
+            ),
+            ["multi_head_attention", "causal"],
+        ),
+        (lambda: ops.softmax(np.array([[1.0, np.inf]])), ["softmax", "NaN or inf"]),
+        (lambda: ops.cross_entropy(np.ones((2, 3)), np.array([0, 3])), ["cross_entropy", "targets"]),
+        (lambda: ops.reshape(np.ones(6), shape=(4, 2)), ["reshape", "(6,)"]),
+        (lambda: ops.embedding(np.ones((3, 2)), np.array([5])), ["embedding", "[0, 3)"]),
+        (lambda: ops.rms_norm(np.array([[1.0, np.inf]]), np.ones(2), eps=1e-5), ["rms_norm", "NaN or inf"]),
+        (lambda: ops.linear(np.ones((2, 3)), np.ones((4, 5)), np.ones(5)), ["linear", "(2, 3)", "(4, 5)"]),
+        (lambda: ops.multi_head_attention(*np.ones((3, 1, 2, 6)), n_heads=4), ["multi_head_attention", "4 heads"]),
+        (
+            lambda: fused.attention_sublayer(
+                np.ones((1, 2, 4)), None, *([np.ones((4, 4)), np.ones(4)] * 3), np.ones((4, 5)), np.ones(4), n_heads=2
+            ),
+            ["attention_sublayer", "(4, 5)"],
+        ),
+        (
+            lambda: fused.attention_sublayer(
+                np.ones((1, 2, 4)), np.ones((2, 3, 4)), *([np.ones((4, 4)), np.ones(4)] * 4), n_heads=2
+            ),
+            ["attention_sublayer", "memory", "(2, 3, 4)"],
+        ),
+        (
+            lambda: fused.attention_sublayer(
+                np.ones((1, 2, 4)), None, *([np.ones((4, 4), np.float32), np.ones(4)] * 4), n_heads=2
+            ),
+            ["attention_sublayer", "float32"],
+        ),
+        (
+            lambda: fused.feed_forward(
+                np.ones((1, 2, 4)), np.ones((4, 8)), np.ones(8), np.ones((8, 4)), np.ones(4), activation="tanh"
+            ),
+            ["feed_forward", "tanh"],
+        ),
+        (
+            lambda: fused.feed_forward(np.ones((1, 2, 4)), np.ones((4, 8)), np.ones(8), np.ones((9, 4)), np.ones(4)),
+            ["feed_forward", "(9, 4)"],
+        ),
+    ],
+)
 def test_bad_calls_raise_a_value_error_naming_the_op(call, words):
     with pytest.raises(ValueError) as err:
         call()

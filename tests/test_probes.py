@@ -21,6 +21,7 @@ def probe(model, batch=2, seq=3, stream=0):
 
 # ----- hidden states ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("scheme", ["post", "pre", "peri", "dlcl"])
 def test_hidden_norm_is_frobenius_norm_of_hidden_states(scheme):
     model = tiny(scheme, n_layers=3)
@@ -65,8 +66,10 @@ def test_relative_change_and_cosine_follow_their_formulas():
     profile, (x, _, _) = probe(model)
     xs = [s[0] for s in model.hidden_states(x)]
     change = [np.linalg.norm(b - a) / np.linalg.norm(a) for a, b in zip(xs, xs[1:])]
-    cos = [np.mean(np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)))
-           for a, b in zip(xs, xs[1:])]
+    cos = [
+        np.mean(np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)))
+        for a, b in zip(xs, xs[1:])
+    ]
     np.testing.assert_allclose(profile.relative_change, change, rtol=1e-13)
     np.testing.assert_allclose(profile.cosine, cos, rtol=1e-13)
     assert profile.relative_change.shape == profile.cosine.shape == (3,)
@@ -95,6 +98,7 @@ def test_hidden_grad_norms_need_tensor_states():
 
 
 # ----- hidden-state gradients --------------------------------------------------------------
+
 
 def loss_from_state(model, index, value, dy):
     """sum(y * dy) of the layers index.. run from a single-stream state ``value``."""
@@ -156,6 +160,7 @@ def test_first_state_gradient_of_two_stream_scheme_is_the_input_gradient():
 
 # ----- weight gradients ----------------------------------------------------------------------
 
+
 def joint(grads, names):
     return np.sqrt(sum(np.sum(grads[n] ** 2) for n in names))
 
@@ -201,7 +206,17 @@ def test_weight_kinds_follow_the_parameters():
     assert "cross" not in encoder.weight_grad_norms and "cross" in decoder.weight_grad_norms
     assert "norm_gain" in encoder.weight_grad_norms and "norm_gain" not in rezero.weight_grad_norms
     assert list(encoder.weight_grad_norms) == [
-        "attn", "attn.wq", "attn.wk", "attn.wv", "attn.wo", "ffn", "ffn.w1", "ffn.w2", "norm_gain", "layer"]
+        "attn",
+        "attn.wq",
+        "attn.wk",
+        "attn.wv",
+        "attn.wo",
+        "ffn",
+        "ffn.w1",
+        "ffn.w2",
+        "norm_gain",
+        "layer",
+    ]
 
 
 def test_weight_grad_norms_without_layers_is_a_value_error():
@@ -217,6 +232,7 @@ def test_metrics_flatten_weight_kinds_with_a_prefix():
 
 
 # ----- over seeds ----------------------------------------------------------------------------
+
 
 def test_profile_over_seeds_summarizes_the_per_seed_profiles():
     kwargs = dict(scheme="b2t", **TINY)

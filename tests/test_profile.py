@@ -33,6 +33,7 @@ def direct_profiles(scheme, seeds, **options):
 
 # ----- agreement with the probes ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("cross_attention", [False, True], ids=["encoder", "cross-attention"])
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
 @pytest.mark.parametrize("scheme", lnref.SCHEMES)
@@ -46,10 +47,12 @@ def test_json_numbers_equal_the_probes(scheme, norm, cross_attention):
     assert set(entry["metrics"]) == set(expected)
     assert ("grad.cross" in entry["metrics"]) == cross_attention
     for name, values in expected.items():
-        np.testing.assert_allclose(entry["metrics"][name]["mean"], values.mean(axis=0), rtol=1e-14, atol=0,
-                                   err_msg=name)
-        np.testing.assert_allclose(entry["metrics"][name]["std"], values.std(axis=0, ddof=1), rtol=1e-12,
-                                   atol=0, err_msg=name)
+        np.testing.assert_allclose(
+            entry["metrics"][name]["mean"], values.mean(axis=0), rtol=1e-14, atol=0, err_msg=name
+        )
+        np.testing.assert_allclose(
+            entry["metrics"][name]["std"], values.std(axis=0, ddof=1), rtol=1e-12, atol=0, err_msg=name
+        )
     assert entry["loss"]["mean"] == pytest.approx(np.mean([p.loss for p in direct]), rel=1e-14)
 
 
@@ -66,8 +69,11 @@ def test_seeds_start_at_the_seed_option():
     document = json.loads(result.stdout)
     assert document["seeds"] == [5, 6]
     direct = direct_profiles("pre", [5, 6])
-    np.testing.assert_allclose(document["results"][0]["metrics"]["hidden_norm"]["mean"],
-                               np.mean([p.hidden_norm for p in direct], axis=0), rtol=1e-14)
+    np.testing.assert_allclose(
+        document["results"][0]["metrics"]["hidden_norm"]["mean"],
+        np.mean([p.hidden_norm for p in direct], axis=0),
+        rtol=1e-14,
+    )
 
 
 def test_one_seed_reports_no_spread():
@@ -81,8 +87,9 @@ def test_stream_option_measures_the_dual_stream_of_residual():
     model = lnref.build("residual", 2, d_model=4, n_heads=1, d_ff=8)
     x, _, _ = model.sample_inputs(batch=1, seq=3)
     expected = [np.linalg.norm(state[1]) for state in model.hidden_states(x)]
-    np.testing.assert_allclose(json.loads(result.stdout)["results"][0]["metrics"]["hidden_norm"]["mean"],
-                               expected, rtol=1e-14)
+    np.testing.assert_allclose(
+        json.loads(result.stdout)["results"][0]["metrics"]["hidden_norm"]["mean"], expected, rtol=1e-14
+    )
 
 
 def test_layer_list_profiles_every_depth():
@@ -94,6 +101,7 @@ def test_layer_list_profiles_every_depth():
 
 
 # ----- stdout and stderr ---------------------------------------------------------------------
+
 
 def test_json_stdout_parses_while_progress_goes_to_stderr():
     result = run("--scheme", "post,pre", *TINY_ARGS, "--seeds", "1", "--json")
@@ -142,6 +150,7 @@ def test_text_chart_marks_coinciding_points():
 
 # ----- parsing --------------------------------------------------------------------------------
 
+
 def test_scheme_list_expands_all_and_drops_repeats():
     assert sweeps.parse_schemes("pre, post,pre") == ("pre", "post")
     assert sweeps.parse_schemes("all") == lnref.SCHEMES
@@ -154,6 +163,7 @@ def test_bad_depth_lists_are_value_errors(text):
 
 
 # ----- bad input: one line, exit 2, nothing written -----------------------------------------
+
 
 def assert_one_line_error(result, *fragments):
     assert result.exit_code == 2
@@ -206,8 +216,11 @@ def test_unwritable_figure_path_fails_before_the_sweep(tmp_path, where):
     pytest.importorskip("matplotlib", reason="the path is checked after matplotlib is found")
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    target = {"missing directory": tmp_path / "nowhere" / "f.png", "a directory": tmp_path,
-              "under a file": blocker / "f.png"}[where]
+    target = {
+        "missing directory": tmp_path / "nowhere" / "f.png",
+        "a directory": tmp_path,
+        "under a file": blocker / "f.png",
+    }[where]
     result = run("--scheme", "post", *TINY_ARGS, "--png", str(target))
     assert_one_line_error(result, "--png")
     assert "profile [" not in result.stderr  # nothing was computed
@@ -237,11 +250,24 @@ def test_same_file_for_png_and_svg_is_refused(tmp_path):
 
 # ----- figures (need matplotlib) ---------------------------------------------------------------
 
+
 def test_png_and_svg_are_written_with_the_configuration(tmp_path):
     pytest.importorskip("matplotlib", reason="figures need the plot extra")
     png, svg = tmp_path / "f.png", tmp_path / "f.svg"
-    result = run("--scheme", "post,pre", *TINY_ARGS[2:], "--layers", "1,2", "--seeds", "2",
-                 "--png", str(png), "--svg", str(svg), "--json")
+    result = run(
+        "--scheme",
+        "post,pre",
+        *TINY_ARGS[2:],
+        "--layers",
+        "1,2",
+        "--seeds",
+        "2",
+        "--png",
+        str(png),
+        "--svg",
+        str(svg),
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     json.loads(result.stdout)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -266,14 +292,21 @@ def test_figure_axes_are_labelled_and_logarithmic():
 
 # ----- the command stays light ------------------------------------------------------------------
 
+
 def test_loading_the_cli_does_not_import_the_profile_machinery():
     code = "import sys, lnref.cli; print('lnref.profile' in sys.modules, 'lnref.probes' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
+    )
     assert out.stdout.split() == ["False", "False"]
 
 
 # ----- the gallery script ------------------------------------------------------------------------
+
 
 def load_gallery_script():
     import importlib.util

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 import lnref
-from lnref.autograd import Tensor, ops
-from lnref.autograd import value_and_grad
+from lnref.autograd import Tensor, ops, value_and_grad
 from lnref.autograd.replay import Replayer
 from lnref.model import Model
 from lnref.schemes import SCHEMES
@@ -20,8 +19,10 @@ CONFIGS = {
 
 def _moved_params(model, seed):
     rng = np.random.default_rng(seed)
-    return {name: (value + 0.1 * rng.standard_normal(value.shape)).astype(value.dtype)
-            for name, value in model.params.items()}
+    return {
+        name: (value + 0.1 * rng.standard_normal(value.shape)).astype(value.dtype)
+        for name, value in model.params.items()
+    }
 
 
 def _assert_same_bits(first, second):

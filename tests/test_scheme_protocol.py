@@ -55,6 +55,7 @@ def test_a_broken_per_head_norm_backward_is_caught(monkeypatch):
 
     monkeypatch.setitem(PRIMITIVES, "layer_norm", PRIMITIVES["layer_norm"]._replace(vjp=without_gamma))
     model = lnref.build("test_qk_norm", n_layers=2, **SMALL)
-    failed = {r.tensor for r in checker.gradcheck(model, mode="blockwise", batch=2, seq=4).results
-              if r.status == "failed"}
+    failed = {
+        r.tensor for r in checker.gradcheck(model, mode="blockwise", batch=2, seq=4).results if r.status == "failed"
+    }
     assert "layers.0.q_norm.gamma" in failed or "layers.0.input" in failed

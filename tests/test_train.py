@@ -19,14 +19,14 @@ from lnref.cli import main
 from lnref.model import ConfigError
 from lnref.optim import Adam, AdamW, Schedule, clip_by_global_norm, global_norm
 from lnref.tasks import IGNORE, CharTask, RecallTask, ReverseTask, get_task, load_text
-from lnref.train import (TrainConfig, _divergence, format_grid, grid_configs, run_grid, summarize_grid,
-                         train)
+from lnref.train import TrainConfig, _divergence, format_grid, grid_configs, run_grid, summarize_grid, train
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 TINY = dict(layers=2, d_model=8, heads=2, batch=4, eval_batch=8, eval_every=5)
 
 
 # ----- Adam / AdamW -----------------------------------------------------------------------
+
 
 def adam_by_hand(theta, grads, lr, beta1, beta2, eps, weight_decay=0.0, decoupled=False, bias_correction=True):
     """Kingma and Ba's Algorithm 1 for one scalar, written as plainly as possible."""
@@ -36,8 +36,8 @@ def adam_by_hand(theta, grads, lr, beta1, beta2, eps, weight_decay=0.0, decouple
             g = g + weight_decay * theta
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g * g
-        m_hat = m / (1 - beta1 ** t) if bias_correction else m
-        v_hat = v / (1 - beta2 ** t) if bias_correction else v
+        m_hat = m / (1 - beta1**t) if bias_correction else m
+        v_hat = v / (1 - beta2**t) if bias_correction else v
         step = m_hat / (math.sqrt(v_hat) + eps)
         if weight_decay and decoupled:
             step += weight_decay * theta
@@ -105,6 +105,7 @@ def test_optimizers_match_pytorch(name, weight_decay):
 
 # ----- schedules and clipping ---------------------------------------------------------------
 
+
 def test_warmup_is_linear_then_constant():
     schedule = Schedule(1e-3, warmup=4, total=10)
     assert [schedule(t) for t in (1, 2, 4, 5, 10)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3, 1e-3], rel=1e-15)
@@ -126,8 +127,9 @@ def test_cosine_reaches_min_lr_at_the_last_step():
     assert schedule(110) == pytest.approx(1e-5)
 
 
-@pytest.mark.parametrize("options", [dict(lr=0.0), dict(lr=-1e-3), dict(lr=float("nan")), dict(warmup=11),
-                                     dict(total=0), dict(kind="step")])
+@pytest.mark.parametrize(
+    "options", [dict(lr=0.0), dict(lr=-1e-3), dict(lr=float("nan")), dict(warmup=11), dict(total=0), dict(kind="step")]
+)
 def test_schedule_rejects_bad_settings(options):
     settings = dict(lr=1e-3, warmup=2, total=10, kind="constant") | options
     with pytest.raises(ValueError):
@@ -150,16 +152,20 @@ def test_clipping_leaves_small_gradients_alone():
 
 # ----- tasks --------------------------------------------------------------------------------
 
+
 def is_reversal(task, tokens, targets):
     n = task.length
-    return bool(np.all(tokens[:, n] == task.separator) and np.all(targets[:, :n] == IGNORE)
-                and np.all(targets[:, n:] == tokens[:, :n][:, ::-1]))
+    return bool(
+        np.all(tokens[:, n] == task.separator)
+        and np.all(targets[:, :n] == IGNORE)
+        and np.all(targets[:, n:] == tokens[:, :n][:, ::-1])
+    )
 
 
 def answers_are_recalled(task, tokens, targets):
     """Every scored target is the value stored with the query key at that position."""
     for row_tokens, row_targets in zip(tokens, targets):
-        memory = dict(zip(row_tokens[0:2 * task.pairs:2], row_tokens[1:2 * task.pairs:2]))
+        memory = dict(zip(row_tokens[0 : 2 * task.pairs : 2], row_tokens[1 : 2 * task.pairs : 2]))
         for position in np.flatnonzero(row_targets != IGNORE):
             if memory.get(row_tokens[position]) != row_targets[position]:
                 return False
@@ -198,7 +204,7 @@ def test_char_windows_predict_the_next_character_and_hold_out_the_tail():
     for row in tokens:
         assert task.decode(row) in text[: len(task.train_ids)]
     eval_tokens, _ = task.eval_batch(np.random.default_rng(0), 8)
-    held_out = text[len(task.train_ids):]
+    held_out = text[len(task.train_ids) :]
     assert all(task.decode(row) in held_out for row in eval_tokens)
 
 
@@ -232,6 +238,7 @@ def test_task_batches_are_deterministic_in_the_generator():
 
 
 # ----- the trainer ------------------------------------------------------------------------------
+
 
 def tiny(**options):
     return TrainConfig(**(dict(scheme="pre", task="reverse", lr=3e-3, warmup=2, steps=10) | TINY | options))
@@ -305,15 +312,18 @@ def test_gradient_clipping_changes_the_run():
     assert plain.loss[-1] != clipped.loss[-1]
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(task="sorting"), "unknown task"),
-    (dict(lr=0.0), "learning rate"),
-    (dict(lr=-1.0), "learning rate"),
-    (dict(steps=0), "steps"),
-    (dict(warmup=11), "longer than the run"),
-    (dict(warmup=-1), "warm-up"),
-    (dict(clip=0.0), "clip"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(task="sorting"), "unknown task"),
+        (dict(lr=0.0), "learning rate"),
+        (dict(lr=-1.0), "learning rate"),
+        (dict(steps=0), "steps"),
+        (dict(warmup=11), "longer than the run"),
+        (dict(warmup=-1), "warm-up"),
+        (dict(clip=0.0), "clip"),
+    ],
+)
 def test_bad_train_configs_raise_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         tiny(**options)
@@ -321,45 +331,90 @@ def test_bad_train_configs_raise_config_errors(options, message):
 
 # ----- the stability grid -------------------------------------------------------------------------
 
+
 def test_reduced_grid_covers_every_cell_and_tabulates_it():
-    configs = grid_configs(("post", "pre"), (1, 2), (0, 3), range(2), task="reverse", lr=3e-3, steps=6,
-                           d_model=8, heads=2, batch=4, eval_batch=8, eval_every=3)
+    configs = grid_configs(
+        ("post", "pre"),
+        (1, 2),
+        (0, 3),
+        range(2),
+        task="reverse",
+        lr=3e-3,
+        steps=6,
+        d_model=8,
+        heads=2,
+        batch=4,
+        eval_batch=8,
+        eval_every=3,
+    )
     results = run_grid(configs)
     rows = summarize_grid(results)
     assert len(results) == 16 and len(rows) == 8
     assert {(r["layers"], r["warmup"], r["scheme"]) for r in rows} == {
-        (d, w, s) for d in (1, 2) for w in (0, 3) for s in ("post", "pre")}
+        (d, w, s) for d in (1, 2) for w in (0, 3) for s in ("post", "pre")
+    }
     assert all(r["runs"] == 2 and r["diverged"] + r["no_progress"] + r["trained"] == 2 for r in rows)
     table = format_grid(rows)
     assert table.count("\n") == 1 + len(rows)
 
 
 def test_grid_results_do_not_depend_on_the_number_of_workers():
-    configs = grid_configs(("post",), (2,), (0, 2), range(1), task="recall", lr=3e-3, steps=4,
-                           d_model=8, heads=2, batch=4, eval_batch=8, eval_every=2)
+    configs = grid_configs(
+        ("post",),
+        (2,),
+        (0, 2),
+        range(1),
+        task="recall",
+        lr=3e-3,
+        steps=4,
+        d_model=8,
+        heads=2,
+        batch=4,
+        eval_batch=8,
+        eval_every=2,
+    )
     serial, parallel = run_grid(configs, workers=1), run_grid(configs, workers=2)
     assert [r["curve"]["loss"] for r in serial] == [r["curve"]["loss"] for r in parallel]
 
 
 # ----- the command line ---------------------------------------------------------------------------
 
+
 def invoke(*args):
     return CliRunner().invoke(main, list(args))
 
 
-TRAIN_TINY = ["train", "--scheme", "pre", "--layers", "2", "--d-model", "8", "--batch", "4", "--steps", "6",
-              "--warmup", "2", "--eval-every", "3"]
+TRAIN_TINY = [
+    "train",
+    "--scheme",
+    "pre",
+    "--layers",
+    "2",
+    "--d-model",
+    "8",
+    "--batch",
+    "4",
+    "--steps",
+    "6",
+    "--warmup",
+    "2",
+    "--eval-every",
+    "3",
+]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--task", "sorting"], "unknown task"),
-    (["--lr", "0"], "learning rate"),
-    (["--lr", "-0.1"], "learning rate"),
-    (["--steps", "0"], "steps"),
-    (["--warmup", "7"], "longer than the run"),
-    (["--seq", "7"], "even"),
-    (["--cross-attention"], "cross-attention"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "sorting"], "unknown task"),
+        (["--lr", "0"], "learning rate"),
+        (["--lr", "-0.1"], "learning rate"),
+        (["--steps", "0"], "steps"),
+        (["--warmup", "7"], "longer than the run"),
+        (["--seq", "7"], "even"),
+        (["--cross-attention"], "cross-attention"),
+    ],
+)
 def test_train_bad_input_gives_one_line_and_exit_2(args, message):
     result = invoke(*TRAIN_TINY, *args)
     assert result.exit_code == 2, result.output
@@ -384,16 +439,16 @@ def test_train_text_summary_names_the_outcome():
 
 
 def test_a_diverged_run_exits_0_and_says_so():
-    result = invoke(*TRAIN_TINY[:-6], "--steps", "40", "--warmup", "0", "--lr", "30", "--json",
-                    "--scheme", "post")
+    result = invoke(*TRAIN_TINY[:-6], "--steps", "40", "--warmup", "0", "--lr", "30", "--json", "--scheme", "post")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["summary"]["diverged"] is True
 
 
 def test_png_without_matplotlib_fails_before_training(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a)
+    )
     monkeypatch.setattr("lnref.train.train", lambda *a, **k: pytest.fail("trained before checking --png"))
     result = invoke(*TRAIN_TINY, "--png", "curve.png")
     assert result.exit_code == 2 and "lnref[plot]" in result.stderr and result.stderr.count("\n") == 1
@@ -412,20 +467,42 @@ def test_train_png_is_written(tmp_path):
 
 
 def test_stability_reduced_grid_prints_a_table():
-    result = invoke("stability", "--schemes", "post,pre", "--depths", "2", "--seeds", "1", "--steps", "4",
-                    "--warmup", "2", "--d-model", "8", "--batch", "4", "--workers", "1", "--eval-every", "2")
+    result = invoke(
+        "stability",
+        "--schemes",
+        "post,pre",
+        "--depths",
+        "2",
+        "--seeds",
+        "1",
+        "--steps",
+        "4",
+        "--warmup",
+        "2",
+        "--d-model",
+        "8",
+        "--batch",
+        "4",
+        "--workers",
+        "1",
+        "--eval-every",
+        "2",
+    )
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2 + 4 and lines[0].startswith("| depth")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--schemes", "post,nope"], "unknown scheme"),
-    (["--depths", "6,x"], "comma-separated"),
-    (["--warmup", "0"], "must be > 0"),
-    (["--lr", "0"], "learning rate"),
-    (["--task", "sorting"], "unknown task"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--schemes", "post,nope"], "unknown scheme"),
+        (["--depths", "6,x"], "comma-separated"),
+        (["--warmup", "0"], "must be > 0"),
+        (["--lr", "0"], "learning rate"),
+        (["--task", "sorting"], "unknown task"),
+    ],
+)
 def test_stability_bad_input_gives_one_line_and_exit_2(args, message):
     result = invoke("stability", "--steps", "4", *args)
     assert result.exit_code == 2, result.output

@@ -72,7 +72,10 @@ class Program:
             return None
         first_constant = len(inputs) + len(records)
         return cls(
-            [(name, tuple(first_constant - 1 - s if s < 0 else s for s in slots), params) for name, slots, params in steps],
+            [
+                (name, tuple(first_constant - 1 - s if s < 0 else s for s in slots), params)
+                for name, slots, params in steps
+            ],
             list(inputs),
             constants,
             output_slot,

@@ -24,7 +24,6 @@ import numpy as np
 
 from lnref.autograd.tensor import Tensor
 
-
 # (primitive, args, params, residuals, output): a plain tuple, made for every call of a pass;
 # the tape needs only the primitive's ``vjp``.
 Record = tuple[Any, tuple[Any, ...], dict[str, Any], Any, Tensor]

@@ -89,12 +89,27 @@ def result_from_dict(document):
     from lnref.claims.core import Check, Result
 
     checks = [
-        Check(c["statement"], c["source"], float(c["lo"]), float(c["hi"]), float(c["value"]),
-              None if c["se"] is None else float(c["se"]), c["expected"], c.get("unit", ""))
+        Check(
+            c["statement"],
+            c["source"],
+            float(c["lo"]),
+            float(c["hi"]),
+            float(c["value"]),
+            None if c["se"] is None else float(c["se"]),
+            c["expected"],
+            c.get("unit", ""),
+        )
         for c in document["checks"]
     ]
-    return Result(get(document["id"]), document["prediction"], document["measurement"], checks,
-                  document["figures"], document["config"], document["seconds"])
+    return Result(
+        get(document["id"]),
+        document["prediction"],
+        document["measurement"],
+        checks,
+        document["figures"],
+        document["config"],
+        document["seconds"],
+    )
 
 
 def _claim_outcome(document):

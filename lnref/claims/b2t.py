@@ -56,31 +56,59 @@ def run(quick=False, progress=None):
     b2t_dec = slopes[("b2t", True)][0]
     post_weight, b2t_weight = slopes[("post", True)][1], slopes[("b2t", True)][1]
     checks = [
-        Check("LN Jacobian after a residual add: ||J_LN(LN(z) + g)||_2 * sqrt(1 + s^2) = 1 (max |gap|, d = 256)",
-              "proof", -0.02, 0.02, max(jac_gap, key=abs)),
-        Check("decoder: Post-LN loses gradient towards the input (slope of log||dL/dx_l|| >= 0.2 per layer)", "paper",
-              0.2, math.inf, *post_dec),
+        Check(
+            "LN Jacobian after a residual add: ||J_LN(LN(z) + g)||_2 * sqrt(1 + s^2) = 1 (max |gap|, d = 256)",
+            "proof",
+            -0.02,
+            0.02,
+            max(jac_gap, key=abs),
+        ),
+        Check(
+            "decoder: Post-LN loses gradient towards the input (slope of log||dL/dx_l|| >= 0.2 per layer)",
+            "paper",
+            0.2,
+            math.inf,
+            *post_dec,
+        ),
         Check("decoder: B2T's slope is at most half of Post-LN's", "paper", -math.inf, 0.5 * post_dec[0], *b2t_dec),
-        Check("decoder: the same for the FFN weight gradients (B2T's slope <= half of Post-LN's)", "paper", -math.inf,
-              0.5 * post_weight[0], *b2t_weight),
-        Check("encoder: Post-LN's per-layer slope is small (|slope| <= 0.1): little to fix", "proof", -0.1, 0.1,
-              *slopes[("post", False)][0]),
+        Check(
+            "decoder: the same for the FFN weight gradients (B2T's slope <= half of Post-LN's)",
+            "paper",
+            -math.inf,
+            0.5 * post_weight[0],
+            *b2t_weight,
+        ),
+        Check(
+            "encoder: Post-LN's per-layer slope is small (|slope| <= 0.1): little to fix",
+            "proof",
+            -0.1,
+            0.1,
+            *slopes[("post", False)][0],
+        ),
     ]
     figures = {f"{s}_{'decoder' if dec else 'encoder'}_slope": v[0][0] for (s, dec), v in slopes.items()}
-    figures.update({f"{s}_{'decoder' if dec else 'encoder'}_ffn_weight_slope": v[1][0]
-                    for (s, dec), v in slopes.items()})
+    figures.update(
+        {f"{s}_{'decoder' if dec else 'encoder'}_ffn_weight_slope": v[1][0] for (s, dec), v in slopes.items()}
+    )
     return Result(
         claim=CLAIM,
         prediction="each Post-LN LN scales the gradient by 1/sigma = 1/sqrt(1 + Var[branch]); in a decoder the cross "
-                   "sublayer's loss is not given back, so Post-LN decays ~ln(2)/2 per layer and B2T's skip "
-                   "past all but one LN per layer keeps most of it",
+        "sublayer's loss is not given back, so Post-LN decays ~ln(2)/2 per layer and B2T's skip "
+        "past all but one LN per layer keeps most of it",
         measurement=", ".join(f"{s} {figures[s + '_decoder_slope']:+.3f}" for s in ("post", "pre", "b2t"))
-        + " per layer (decoder); encoder: " + ", ".join(f"{s} {figures[s + '_encoder_slope']:+.3f}"
-                                                        for s in ("post", "pre", "b2t")),
+        + " per layer (decoder); encoder: "
+        + ", ".join(f"{s} {figures[s + '_encoder_slope']:+.3f}" for s in ("post", "pre", "b2t")),
         checks=checks,
         figures=figures,
-        config={"setting": "lnref", "d_model": d, "n_layers": depth, "seeds": len(seeds), "batch": batch, "seq": seq,
-                "decoder": "causal, cross-attention to a coherent memory"},
+        config={
+            "setting": "lnref",
+            "d_model": d,
+            "n_layers": depth,
+            "seeds": len(seeds),
+            "batch": batch,
+            "seq": seq,
+            "decoder": "causal, cross-attention to a coherent memory",
+        },
     )
 
 

@@ -28,8 +28,8 @@ The claim's verdict is about the paper's statement:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from lnref.claims.stats import judge
 
@@ -77,9 +77,15 @@ class Check:
 
     def to_dict(self):
         return {
-            "statement": self.statement, "source": self.source, "lo": _num(self.lo), "hi": _num(self.hi),
-            "value": _num(self.value), "se": _num(self.se), "expected": self.expected,
-            "outcome": self.outcome, "contradicts_proof": self.contradicts_proof,
+            "statement": self.statement,
+            "source": self.source,
+            "lo": _num(self.lo),
+            "hi": _num(self.hi),
+            "value": _num(self.value),
+            "se": _num(self.se),
+            "expected": self.expected,
+            "outcome": self.outcome,
+            "contradicts_proof": self.contradicts_proof,
         }
 
 
@@ -124,13 +130,18 @@ class Result:
 
     def to_dict(self):
         return {
-            "id": self.claim.id, "title": self.claim.title, "paper": self.claim.paper,
-            "proof": f"proofs/{self.claim.proof}", "prediction": self.prediction,
-            "measurement": self.measurement, "verdict": self.verdict,
+            "id": self.claim.id,
+            "title": self.claim.title,
+            "paper": self.claim.paper,
+            "proof": f"proofs/{self.claim.proof}",
+            "prediction": self.prediction,
+            "measurement": self.measurement,
+            "verdict": self.verdict,
             "contradicts_proof": self.contradicts_proof,
             "checks": [c.to_dict() for c in self.checks],
             "figures": {k: _num(v) for k, v in self.figures.items()},
-            "config": self.config, "seconds": round(self.seconds, 3),
+            "config": self.config,
+            "seconds": round(self.seconds, 3),
         }
 
 

@@ -27,7 +27,7 @@ def constant_identity_error(max_layers=1000):
     for n in range(1, max_layers + 1):
         for cross, sublayers in ((False, 2), (True, 3)):
             alpha, beta = constants(Config("deepnorm", n, cross_attention=cross))
-            worst = max(worst, abs(sublayers * n * 2 * beta ** 2 / alpha ** 2 - 1.0))
+            worst = max(worst, abs(sublayers * n * 2 * beta**2 / alpha**2 - 1.0))
     return worst
 
 
@@ -39,8 +39,15 @@ def run(quick=False, progress=None, scheme=None, law=None):
     batch, seq = 2, 16
     identity = constant_identity_error(200 if quick else 1000)
     schemes = ("deepnorm", "post") if scheme is None else (scheme,)
-    checks = [Check("2N * 2 beta^2 / alpha^2 = 1 (encoder) and 3M * 2 beta^2 / alpha^2 = 1 (decoder), max error",
-                    "paper", 0.0, 1e-12, identity)]
+    checks = [
+        Check(
+            "2N * 2 beta^2 / alpha^2 = 1 (encoder) and 3M * 2 beta^2 / alpha^2 = 1 (decoder), max error",
+            "paper",
+            0.0,
+            1e-12,
+            identity,
+        )
+    ]
     figures = {"constant_identity_error": identity}
     for name in schemes:
         changes, predicted = measure_output_change(name, depths, seeds, d, batch, seq, progress, tag="deepnet")
@@ -49,26 +56,49 @@ def run(quick=False, progress=None, scheme=None, law=None):
         figures[f"{name}_delta_at_N{depths[-1]}"] = float(changes[:, -1].mean())
         if name == "deepnorm" or law is not None:
             target = 0.0 if law is None else law
-            checks.append(Check(f"{name}: output change flat in N (exponent {target:g} +- 0.15)", "paper",
-                                target - 0.15, target + 0.15, *exponent))
+            checks.append(
+                Check(
+                    f"{name}: output change flat in N (exponent {target:g} +- 0.15)",
+                    "paper",
+                    target - 0.15,
+                    target + 0.15,
+                    *exponent,
+                )
+            )
         if name == "deepnorm":
             log_ratio = np.log(changes / predicted)
-            checks.append(Check("deepnorm: update formula sum_i ||J_LN(z_i) t_i||^2 = central differences "
-                                "(mean log ratio over depths)", "proof", -0.2, 0.2, *mean_se(log_ratio.mean(axis=1))))
+            checks.append(
+                Check(
+                    "deepnorm: update formula sum_i ||J_LN(z_i) t_i||^2 = central differences "
+                    "(mean log ratio over depths)",
+                    "proof",
+                    -0.2,
+                    0.2,
+                    *mean_se(log_ratio.mean(axis=1)),
+                )
+            )
             figures["deepnorm_formula_log_ratio"] = float(log_ratio.mean())
         elif law is None:
-            checks.append(Check(f"{name}: output change grows with N (exponent >= 0.5)", "paper", 0.5, math.inf,
-                                *exponent))
+            checks.append(
+                Check(f"{name}: output change grows with N (exponent >= 0.5)", "paper", 0.5, math.inf, *exponent)
+            )
     return Result(
         claim=CLAIM,
         prediction="sum over the 2N sublayers of (v^2 + w^2)/alpha^2 = 2N 2 beta^2/alpha^2 = 1: the first-order "
-                   "output change is O(1) in N for DeepNorm, while Post-LN's grows",
+        "output change is O(1) in N for DeepNorm, while Post-LN's grows",
         measurement=", ".join(f"{n} N^{figures[n + '_exponent']:.2f}" for n in schemes)
         + f"; identity error {identity:.1e}",
         checks=checks,
         figures=figures,
-        config={"setting": "lnref", "d_model": d, "depths": list(depths), "seeds": len(seeds), "batch": batch,
-                "seq": seq, "update": "eta * Xavier-scale Gaussian on every weight matrix (not beta-scaled)"},
+        config={
+            "setting": "lnref",
+            "d_model": d,
+            "depths": list(depths),
+            "seeds": len(seeds),
+            "batch": batch,
+            "seq": seq,
+            "update": "eta * Xavier-scale Gaussian on every weight matrix (not beta-scaled)",
+        },
     )
 
 

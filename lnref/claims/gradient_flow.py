@@ -43,8 +43,16 @@ def sublayer_factors(model, x, dy, memory=None):
         g_z = np.linalg.norm(grad_of(norm.input))
         g_in = np.linalg.norm(grad_of(branch.input))
         variance = float(np.mean(np.var(branch.output.value, axis=-1)))
-        rows.append((layer, branch.name, math.log(g_z / g_out), math.log(g_in / g_z), variance,
-                     _token_cosine(branch.input.value)))
+        rows.append(
+            (
+                layer,
+                branch.name,
+                math.log(g_z / g_out),
+                math.log(g_in / g_z),
+                variance,
+                _token_cosine(branch.input.value),
+            )
+        )
     return rows, traced
 
 
@@ -86,6 +94,7 @@ def _stack_slope(per_seed):
 
 # ===== the encoder: Xiong's appendix against Liu ===================================================
 
+
 def run_encoder(quick=False, progress=None):
     d = 32 if quick else 64
     depth = 12 if quick else 24
@@ -94,8 +103,9 @@ def run_encoder(quick=False, progress=None):
     results = {}
     for setting in common.SETTINGS:
         common.progress_line(progress, f"post-ln-encoder-decay: {setting} setting")
-        results[setting] = _collect(lambda s, st=setting: common.build("post", depth, s, d, setting=st),
-                                    seeds, batch, seq)
+        results[setting] = _collect(
+            lambda s, st=setting: common.build("post", depth, s, d, setting=st), seeds, batch, seq
+        )
     xi = results["xiong"]
     ln_ffn, res_ffn = _kind_means(xi, "ffn", 2), _kind_means(xi, "ffn", 3)
     net_ffn = mean_se([np.mean([r[2] + r[3] for r in rows if r[1] == "ffn"]) for rows, _ in xi])
@@ -106,41 +116,90 @@ def run_encoder(quick=False, progress=None):
     collapsed = [f for f, cos in attn if cos > 0.9]
     spread = [f for f, cos in attn if cos < 0.5]
     checks = [
-        Check("Xiong appendix: each FFN sublayer scales the gradient by sqrt(2/3) (mean log factor)", "paper",
-              -HALF_LN_3_2 - 0.05, -HALF_LN_3_2 + 0.05, *net_ffn, expected=False),
-        Check("Xiong appendix: the gradient decays towards the input by >= sqrt(2/3) per layer "
-              "(slope of log||dL/dx_l|| in l, xiong setting)", "paper", HALF_LN_3_2 - 0.05, math.inf, *slope_xi,
-              expected=False),
-        Check("Liu: no per-layer decay in an encoder (slope of log||dL/dx_l|| in l, xiong setting)", "paper",
-              -0.1, 0.1, *slope_xi),
+        Check(
+            "Xiong appendix: each FFN sublayer scales the gradient by sqrt(2/3) (mean log factor)",
+            "paper",
+            -HALF_LN_3_2 - 0.05,
+            -HALF_LN_3_2 + 0.05,
+            *net_ffn,
+            expected=False,
+        ),
+        Check(
+            "Xiong appendix: the gradient decays towards the input by >= sqrt(2/3) per layer "
+            "(slope of log||dL/dx_l|| in l, xiong setting)",
+            "paper",
+            HALF_LN_3_2 - 0.05,
+            math.inf,
+            *slope_xi,
+            expected=False,
+        ),
+        Check(
+            "Liu: no per-layer decay in an encoder (slope of log||dL/dx_l|| in l, xiong setting)",
+            "paper",
+            -0.1,
+            0.1,
+            *slope_xi,
+        ),
         Check("Liu: no per-layer decay in an encoder (slope, lnref setting)", "paper", -0.1, 0.1, *slope_ours),
-        Check("FFN sublayer's LN factor = -1/2 ln(3/2) (mean log, xiong setting)", "proof",
-              -HALF_LN_3_2 - 0.05, -HALF_LN_3_2 + 0.05, *ln_ffn),
-        Check("FFN sublayer's residual factor I + J_F = +1/2 ln(3/2) (mean log, xiong setting)", "proof",
-              HALF_LN_3_2 - 0.05, HALF_LN_3_2 + 0.05, *res_ffn),
+        Check(
+            "FFN sublayer's LN factor = -1/2 ln(3/2) (mean log, xiong setting)",
+            "proof",
+            -HALF_LN_3_2 - 0.05,
+            -HALF_LN_3_2 + 0.05,
+            *ln_ffn,
+        ),
+        Check(
+            "FFN sublayer's residual factor I + J_F = +1/2 ln(3/2) (mean log, xiong setting)",
+            "proof",
+            HALF_LN_3_2 - 0.05,
+            HALF_LN_3_2 + 0.05,
+            *res_ffn,
+        ),
         Check("FFN sublayer's net factor = 0 (mean log, xiong setting)", "proof", -0.05, 0.05, *net_ffn),
-        Check(f"FFN sublayer's net factor = 0 (mean log, lnref setting, c = {gain:.2f})", "proof", -0.05, 0.05,
-              *net_ffn_lnref),
+        Check(
+            f"FFN sublayer's net factor = 0 (mean log, lnref setting, c = {gain:.2f})",
+            "proof",
+            -0.05,
+            0.05,
+            *net_ffn_lnref,
+        ),
     ]
-    figures = {"ffn_ln_log_factor": ln_ffn[0], "ffn_residual_log_factor": res_ffn[0], "ffn_net_log_factor": net_ffn[0],
-               "stack_slope_xiong": slope_xi[0], "stack_slope_lnref": slope_ours[0],
-               "attn_net_log_factor_collapsed_tokens": float(np.mean(collapsed)) if collapsed else float("nan"),
-               "attn_net_log_factor_spread_tokens": float(np.mean(spread)) if spread else float("nan"),
-               "top_token_cosine": float(np.mean([rows[-1][5] for rows, _ in xi]))}
+    figures = {
+        "ffn_ln_log_factor": ln_ffn[0],
+        "ffn_residual_log_factor": res_ffn[0],
+        "ffn_net_log_factor": net_ffn[0],
+        "stack_slope_xiong": slope_xi[0],
+        "stack_slope_lnref": slope_ours[0],
+        "attn_net_log_factor_collapsed_tokens": float(np.mean(collapsed)) if collapsed else float("nan"),
+        "attn_net_log_factor_spread_tokens": float(np.mean(spread)) if spread else float("nan"),
+        "top_token_cosine": float(np.mean([rows[-1][5] for rows, _ in xi])),
+    }
     return Result(
         claim=ENCODER,
-        prediction=("Xiong appendix: ~sqrt(2/3) lost per layer; ours (with Liu): each FFN's I + J_F gives back "
-                    "exactly what its LN takes, E gain (1 + c)/(1 + c) = 1, so no per-layer decay from the FFN"),
-        measurement=(f"FFN log factors: LN {ln_ffn[0]:+.3f}, residual {res_ffn[0]:+.3f}, net {net_ffn[0]:+.3f}; "
-                     f"stack slope {slope_xi[0]:+.3f} (xiong), {slope_ours[0]:+.3f} (lnref) per layer"),
+        prediction=(
+            "Xiong appendix: ~sqrt(2/3) lost per layer; ours (with Liu): each FFN's I + J_F gives back "
+            "exactly what its LN takes, E gain (1 + c)/(1 + c) = 1, so no per-layer decay from the FFN"
+        ),
+        measurement=(
+            f"FFN log factors: LN {ln_ffn[0]:+.3f}, residual {res_ffn[0]:+.3f}, net {net_ffn[0]:+.3f}; "
+            f"stack slope {slope_xi[0]:+.3f} (xiong), {slope_ours[0]:+.3f} (lnref) per layer"
+        ),
         checks=checks,
         figures=figures,
-        config={"scheme": "post", "d_model": d, "n_layers": depth, "seeds": len(seeds), "batch": batch, "seq": seq,
-                "settings": list(common.SETTINGS)},
+        config={
+            "scheme": "post",
+            "d_model": d,
+            "n_layers": depth,
+            "seeds": len(seeds),
+            "batch": batch,
+            "seq": seq,
+            "settings": list(common.SETTINGS),
+        },
     )
 
 
 # ===== the decoder: attention to a fixed memory ===================================================
+
 
 def run_decoder(quick=False, progress=None):
     d = 32 if quick else 64
@@ -161,12 +220,23 @@ def run_decoder(quick=False, progress=None):
     cross_res = max(abs(r[3]) for rows, _ in coh for r in rows if r[1] == "cross")
     slope = _stack_slope(coh)
     checks = [
-        Check("Liu: a cross-attention sublayer scales the gradient by 1/sqrt(2) (mean log, coherent memory)", "paper",
-              -HALF_LN_2 - 0.05, -HALF_LN_2 + 0.05, *cross_net),
-        Check("Liu: the decoder loses about 1/sqrt(2) per layer (slope of log||dL/dx_l|| in l, coherent memory)",
-              "paper", HALF_LN_2 - 0.1, HALF_LN_2 + 0.1, *slope),
-        Check("cross-attention's residual factor is exactly 1 (max |log|, coherent memory)", "proof", 0.0, 1e-9,
-              cross_res),
+        Check(
+            "Liu: a cross-attention sublayer scales the gradient by 1/sqrt(2) (mean log, coherent memory)",
+            "paper",
+            -HALF_LN_2 - 0.05,
+            -HALF_LN_2 + 0.05,
+            *cross_net,
+        ),
+        Check(
+            "Liu: the decoder loses about 1/sqrt(2) per layer (slope of log||dL/dx_l|| in l, coherent memory)",
+            "paper",
+            HALF_LN_2 - 0.1,
+            HALF_LN_2 + 0.1,
+            *slope,
+        ),
+        Check(
+            "cross-attention's residual factor is exactly 1 (max |log|, coherent memory)", "proof", 0.0, 1e-9, cross_res
+        ),
     ]
     figures = {"cross_log_factor_coherent": cross_net[0], "slope_coherent": slope[0]}
     for name, per_seed in results.items():
@@ -176,21 +246,41 @@ def run_decoder(quick=False, progress=None):
             measured.append(np.mean([r[2] for r in cross]))
             predicted.append(np.mean([-0.5 * math.log(1.0 + r[4]) for r in cross]))
         gap = mean_se(np.array(measured) - np.array(predicted))
-        checks.append(Check(f"cross LN factor = -1/2 ln(1 + Var[cross output]) (mean measured - predicted, {name} "
-                            "memory)", "proof", -0.05, 0.05, *gap))
+        checks.append(
+            Check(
+                f"cross LN factor = -1/2 ln(1 + Var[cross output]) (mean measured - predicted, {name} memory)",
+                "proof",
+                -0.05,
+                0.05,
+                *gap,
+            )
+        )
         figures[f"cross_ln_log_factor_{name}"] = float(np.mean(measured))
     figures["slope_iid"] = _stack_slope(results["iid"])[0]
     return Result(
         claim=DECODER,
-        prediction=("a branch that does not read its input leaves I + J = I: the sublayer scales the gradient by "
-                    "1/sqrt(1 + Var[branch]), 1/sqrt(2) when the attended memory carries unit variance"),
-        measurement=(f"cross sublayer log factor {cross_net[0]:+.3f} (ln(1/sqrt 2) = {-HALF_LN_2:.3f}); stack "
-                     f"{slope[0]:+.3f} per layer (coherent memory), {figures['slope_iid']:+.3f} (iid memory)"),
+        prediction=(
+            "a branch that does not read its input leaves I + J = I: the sublayer scales the gradient by "
+            "1/sqrt(1 + Var[branch]), 1/sqrt(2) when the attended memory carries unit variance"
+        ),
+        measurement=(
+            f"cross sublayer log factor {cross_net[0]:+.3f} (ln(1/sqrt 2) = {-HALF_LN_2:.3f}); stack "
+            f"{slope[0]:+.3f} per layer (coherent memory), {figures['slope_iid']:+.3f} (iid memory)"
+        ),
         checks=checks,
         figures=figures,
-        config={"scheme": "post", "setting": "lnref", "causal": True, "cross_attention": True, "d_model": d,
-                "n_layers": depth, "seeds": len(seeds), "batch": batch, "seq": seq,
-                "memories": "coherent (one vector, squared norm d) and iid N(0, 1)"},
+        config={
+            "scheme": "post",
+            "setting": "lnref",
+            "causal": True,
+            "cross_attention": True,
+            "d_model": d,
+            "n_layers": depth,
+            "seeds": len(seeds),
+            "batch": batch,
+            "seq": seq,
+            "memories": "coherent (one vector, squared norm d) and iid N(0, 1)",
+        },
     )
 
 

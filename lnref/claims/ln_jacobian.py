@@ -108,29 +108,60 @@ def run(quick=False, progress=None, law="centred"):
     excess = np.array(eps_free_excess)
     predicted = np.array(eps_free_pred)
     checks = [
-        Check("||J||_2 = sqrt(d)/||x - mean x|| where eps is negligible (scales >= 1), max relative error"
-              + ("" if law == "centred" else " [law: sqrt(d)/||x||]"),
-              "paper", 0.0, TOL_PAPER, max(err_paper)),
-        Check("||J||_2 = 1/sqrt(||x - mean x||^2/d + eps) (finite differences), max relative error",
-              "proof", 0.0, TOL_FD, max(err_fd)),
+        Check(
+            "||J||_2 = sqrt(d)/||x - mean x|| where eps is negligible (scales >= 1), max relative error"
+            + ("" if law == "centred" else " [law: sqrt(d)/||x||]"),
+            "paper",
+            0.0,
+            TOL_PAPER,
+            max(err_paper),
+        ),
+        Check(
+            "||J||_2 = 1/sqrt(||x - mean x||^2/d + eps) (finite differences), max relative error",
+            "proof",
+            0.0,
+            TOL_FD,
+            max(err_fd),
+        ),
         Check("closed-form J vs finite-difference J, max entry error / ||J||", "proof", 0.0, TOL_FD, max(err_matrix)),
         Check("closed-form J vs autodiff J, max entry error / ||J||", "proof", 0.0, TOL_AD, max(err_ad)),
-        Check("d - 2 singular values equal 1/sigma; J 1 = 0 (max relative error)", "proof", 0.0, TOL_FD,
-              max(max(bulk_err), max(null_err))),
-        Check("at scale 0.01 the eps-free formula overshoots by sqrt(1 + eps d/||x - mean||^2) - 1 "
-              "(max error of that prediction)", "proof", 0.0, TOL_FD, float(np.max(np.abs(excess - predicted)))),
+        Check(
+            "d - 2 singular values equal 1/sigma; J 1 = 0 (max relative error)",
+            "proof",
+            0.0,
+            TOL_FD,
+            max(max(bulk_err), max(null_err)),
+        ),
+        Check(
+            "at scale 0.01 the eps-free formula overshoots by sqrt(1 + eps d/||x - mean||^2) - 1 "
+            "(max error of that prediction)",
+            "proof",
+            0.0,
+            TOL_FD,
+            float(np.max(np.abs(excess - predicted))),
+        ),
         Check("RMSNorm: ||J||_2 = 1/sqrt(||x||^2/d + eps), max relative error", "proof", 0.0, TOL_FD, max(err_rms)),
     ]
     return Result(
         claim=CLAIM,
         prediction="||dLN/dx||_2 = sqrt(d)/||x - mean x|| (eps = 0); 1/sqrt(||x - mean x||^2/d + eps) with eps",
-        measurement=(f"finite differences agree with the eps form to {max(err_fd):.1e}; the eps-free form is "
-                     f"off by up to {excess.max():.1e} at scale 0.01, as predicted"),
+        measurement=(
+            f"finite differences agree with the eps form to {max(err_fd):.1e}; the eps-free form is "
+            f"off by up to {excess.max():.1e} at scale 0.01, as predicted"
+        ),
         checks=checks,
-        figures={"max_rel_err_fd": max(err_fd), "max_rel_err_autodiff": max(err_ad),
-                 "eps_free_excess_at_scale_0.01": float(excess.max())},
-        config={"dims": list(dims), "scales": list(SCALES), "seeds": len(seeds), "eps": EPS,
-                "vector": "scale * (N(0, I) + 3)"},
+        figures={
+            "max_rel_err_fd": max(err_fd),
+            "max_rel_err_autodiff": max(err_ad),
+            "eps_free_excess_at_scale_0.01": float(excess.max()),
+        },
+        config={
+            "dims": list(dims),
+            "scales": list(SCALES),
+            "seeds": len(seeds),
+            "eps": EPS,
+            "vector": "scale * (N(0, I) + 3)",
+        },
     )
 
 

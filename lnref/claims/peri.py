@@ -39,15 +39,29 @@ def run_growth(quick=False, progress=None, scheme=None, law=2.0):
             start.append(profile.hidden_sq_norm_per_token[0] / d)
         slope = slope_over_seeds(np.arange(depth + 1), rows)
         figures[f"{name}_increment_per_layer"] = slope[0]
-        checks.append(Check(f"{name}: E||x_l||^2 grows by {law:g} d per layer (slope of E||x_l||^2/d, 2.5%)", "paper",
-                            law * 0.975, law * 1.025, *slope))
+        checks.append(
+            Check(
+                f"{name}: E||x_l||^2 grows by {law:g} d per layer (slope of E||x_l||^2/d, 2.5%)",
+                "paper",
+                law * 0.975,
+                law * 1.025,
+                *slope,
+            )
+        )
         if name == "peri":
-            checks.append(Check("peri: the embedding LN starts the stream at ||x_0||^2 = d (mean, relative to d)",
-                                "proof", 1 - 1e-4, 1 + 1e-4, *mean_se(start)))
+            checks.append(
+                Check(
+                    "peri: the embedding LN starts the stream at ||x_0||^2 = d (mean, relative to d)",
+                    "proof",
+                    1 - 1e-4,
+                    1 + 1e-4,
+                    *mean_se(start),
+                )
+            )
     return Result(
         claim=GROWTH,
         prediction="every sublayer adds LN_out(...) with ||.||^2 = d v/(v + eps) ~ d and a zero-mean cross term: "
-                   "E||x_l||^2 = ||x_0||^2 + 2 l d",
+        "E||x_l||^2 = ||x_0||^2 + 2 l d",
         measurement=", ".join(f"{n} {figures[n + '_increment_per_layer']:.3f} d per layer" for n in schemes),
         checks=checks,
         figures=figures,
@@ -84,8 +98,14 @@ def block_w2_gradient(model, x, cotangent, input_scale):
     out_norm = [e for e in events if e.kind == "norm" and e.name == "ln_ffn_out"]
     if out_norm:
         g = out_norm[0].output.grad
-        bound = float(np.sum(np.linalg.norm(hidden, axis=-1) * np.linalg.norm(g, axis=-1) * math.sqrt(d)
-                             / np.linalg.norm(centred, axis=-1)))
+        bound = float(
+            np.sum(
+                np.linalg.norm(hidden, axis=-1)
+                * np.linalg.norm(g, axis=-1)
+                * math.sqrt(d)
+                / np.linalg.norm(centred, axis=-1)
+            )
+        )
     else:
         bound = float("nan")
     return float(np.linalg.norm(grad)), bound
@@ -116,22 +136,44 @@ def run_ffn_gradient(quick=False, progress=None, scheme=None, law=None):
         exponent = slope_over_seeds(scales, rows, log_x=True, log_y=True)
         figures[f"{name}_exponent"] = exponent[0]
         target = paper_law[name] if law is None else law
-        checks.append(Check(f"{name}: ||dL/dW2|| ~ s^{target:g} for the FFN input scaled by s (+- 0.02)", "paper",
-                            target - 0.02, target + 0.02, *exponent))
+        checks.append(
+            Check(
+                f"{name}: ||dL/dW2|| ~ s^{target:g} for the FFN input scaled by s (+- 0.02)",
+                "paper",
+                target - 0.02,
+                target + 0.02,
+                *exponent,
+            )
+        )
         if bound_ratio:
-            checks.append(Check(f"{name}: ||dL/dW2|| <= sum_t ||h_t|| ||g_t|| sqrt(d)/||a_t - mean a_t|| (max ratio)",
-                                "proof", 0.0, 1.0, max(bound_ratio)))
+            checks.append(
+                Check(
+                    f"{name}: ||dL/dW2|| <= sum_t ||h_t|| ||g_t|| sqrt(d)/||a_t - mean a_t|| (max ratio)",
+                    "proof",
+                    0.0,
+                    1.0,
+                    max(bound_ratio),
+                )
+            )
             figures[f"{name}_max_bound_ratio"] = max(bound_ratio)
     return Result(
         claim=FFN_GRADIENT,
         prediction="dL/dW2 = sum_t h_t^T dL/da_t: Pre-LN's h scales with the input and dL/da does not (exponent 1); "
-                   "Peri-LN's output norm divides dL/da by ||a|| ~ s (exponent 0, exactly, up to eps)",
+        "Peri-LN's output norm divides dL/da by ||a|| ~ s (exponent 0, exactly, up to eps)",
         measurement=", ".join(f"{n} s^{figures[n + '_exponent']:.3f}" for n in schemes),
         checks=checks,
         figures=figures,
-        config={"setting": "lnref", "d_model": d, "n_layers": 1, "scales": list(scales), "seeds": len(seeds),
-                "batch": batch, "seq": seq, "scaled": "layers.0.ln_ffn.gamma (the FFN's input norm gain)",
-                "loss": "<layer output, dy> (block level)"},
+        config={
+            "setting": "lnref",
+            "d_model": d,
+            "n_layers": 1,
+            "scales": list(scales),
+            "seeds": len(seeds),
+            "batch": batch,
+            "seq": seq,
+            "scaled": "layers.0.ln_ffn.gamma (the FFN's input norm gain)",
+            "loss": "<layer output, dy> (block level)",
+        },
     )
 
 

@@ -56,7 +56,7 @@ def output_tangent(model, x, direction, memory=None, step=1e-3):
 def output_change(model, x, direction, memory=None):
     """Delta: the per-element mean square of dF/d eta (see the module docstring)."""
     tangent = output_tangent(model, x, direction, memory)
-    return float(np.mean(tangent ** 2))
+    return float(np.mean(tangent**2))
 
 
 def linearity_gap(model, x, direction, eta, memory=None):
@@ -71,6 +71,7 @@ def linearity_gap(model, x, direction, eta, memory=None):
 
 
 # ----- residual dependency (Liu et al. 2020, Sec. 4.1) ---------------------------------------
+
 
 def residual_dependency(model, traced):
     """beta_{i,i}^2 for every sublayer i: the share of the stream's variance that comes from
@@ -112,19 +113,20 @@ def residual_dependency(model, traced):
             components.append(a)
             z = np.asarray(norm.input.value, dtype=np.float64)
             centred = z - z.mean(axis=-1, keepdims=True)
-            scale = np.sqrt(np.mean(centred ** 2, axis=-1, keepdims=True) + eps)
+            scale = np.sqrt(np.mean(centred**2, axis=-1, keepdims=True) + eps)
             gamma = model.params[f"layers.{event.layer}.{norm.name}.gamma"]
             components = [(c - c.mean(axis=-1, keepdims=True)) / scale * gamma for c in components]
             stream = norm.output.value
         total = sum(components)
         errors.append(np.linalg.norm(total - stream) / np.linalg.norm(stream))
         stds = np.array([np.std(c) for c in components])
-        beta_sq.append(stds[-1] ** 2 / np.sum(stds ** 2))
+        beta_sq.append(stds[-1] ** 2 / np.sum(stds**2))
         variances.append(float(np.var(a)))
     return np.array(beta_sq), np.array(variances), max(errors)
 
 
 # ----- the first-order formula: each branch's own change, scaled to the output ------------------
+
 
 def branch_tangents(model, x, direction, memory=None, step=1e-3):
     """For every branch call i: t_i = d branch_i(x_in; theta + eta E)/d eta at its own fixed
@@ -142,6 +144,7 @@ def branch_tangents(model, x, direction, memory=None, step=1e-3):
     shifted = {}
     tangents = []
     for event in traced.select("branch"):
+
         def branch_at(t, event=event):
             if t not in shifted:
                 shifted[t] = runs(t)

@@ -49,31 +49,71 @@ def run_collapse(quick=False, progress=None):
     # If each layer's update a_l is orthogonal to the stream, cos(x_l, x_l + a_l) = 1/sqrt(1 + r_l^2).
     orthogonal = mean_se(np.mean(np.abs(pre_cos[:, upper] - 1.0 / np.sqrt(1.0 + pre_r[:, upper] ** 2)), axis=1))
     checks = [
-        Check("Pre-LN: relative change ||x_{l+1} - x_l||/||x_l|| ~ l^(-1/2) (exponent over the upper half)", "paper",
-              -0.6, -0.4, *pre_exp, expected=-0.6 <= norm_exp <= -0.4),
-        Check(f"Pre-LN: the exponent is that of sqrt(Delta_l/S_l) from the hidden norms ({norm_exp:.3f} +- 0.1)",
-              "proof", norm_exp - 0.1, norm_exp + 0.1, *pre_exp),
-        Check("Pre-LN: consecutive layers' cosine -> 1 (1 - cos at the last layer <= 0.05)", "paper", -math.inf, 0.05,
-              *mean_se(1.0 - pre_cos[:, -1])),
-        Check("ResiDual x_a: relative change does not decay (exponent over the upper half)", "paper", -0.1, 0.1,
-              *res_exp),
-        Check("ResiDual x_a: no collapse (1 - cos at the last layer >= 0.1)", "paper", 0.1, math.inf,
-              *mean_se(1.0 - res_cos[:, -1])),
-        Check("Pre-LN: each update is orthogonal to the stream, cos = 1/sqrt(1 + r^2) (mean |difference|)", "proof",
-              0.0, 0.02, *orthogonal),
+        Check(
+            "Pre-LN: relative change ||x_{l+1} - x_l||/||x_l|| ~ l^(-1/2) (exponent over the upper half)",
+            "paper",
+            -0.6,
+            -0.4,
+            *pre_exp,
+            expected=-0.6 <= norm_exp <= -0.4,
+        ),
+        Check(
+            f"Pre-LN: the exponent is that of sqrt(Delta_l/S_l) from the hidden norms ({norm_exp:.3f} +- 0.1)",
+            "proof",
+            norm_exp - 0.1,
+            norm_exp + 0.1,
+            *pre_exp,
+        ),
+        Check(
+            "Pre-LN: consecutive layers' cosine -> 1 (1 - cos at the last layer <= 0.05)",
+            "paper",
+            -math.inf,
+            0.05,
+            *mean_se(1.0 - pre_cos[:, -1]),
+        ),
+        Check(
+            "ResiDual x_a: relative change does not decay (exponent over the upper half)", "paper", -0.1, 0.1, *res_exp
+        ),
+        Check(
+            "ResiDual x_a: no collapse (1 - cos at the last layer >= 0.1)",
+            "paper",
+            0.1,
+            math.inf,
+            *mean_se(1.0 - res_cos[:, -1]),
+        ),
+        Check(
+            "Pre-LN: each update is orthogonal to the stream, cos = 1/sqrt(1 + r^2) (mean |difference|)",
+            "proof",
+            0.0,
+            0.02,
+            *orthogonal,
+        ),
     ]
     return Result(
         claim=COLLAPSE,
         prediction="Pre-LN: r_l = ||a_l||/||x_l|| ~ sqrt(increment/(1 + b l)) ~ l^(-1/2), cos -> 1; ResiDual's x_a is "
-                   "an LN output of fixed norm moved by O(1) each layer",
-        measurement=(f"Pre-LN r ~ l^{pre_exp[0]:.2f}, last cos {pre_cos[:, -1].mean():.3f}; ResiDual x_a r ~ "
-                     f"l^{res_exp[0]:.2f}, last cos {res_cos[:, -1].mean():.3f}"),
+        "an LN output of fixed norm moved by O(1) each layer",
+        measurement=(
+            f"Pre-LN r ~ l^{pre_exp[0]:.2f}, last cos {pre_cos[:, -1].mean():.3f}; ResiDual x_a r ~ "
+            f"l^{res_exp[0]:.2f}, last cos {res_cos[:, -1].mean():.3f}"
+        ),
         checks=checks,
-        figures={"pre_exponent": pre_exp[0], "pre_exponent_from_norms": norm_exp,
-                 "pre_last_cosine": float(pre_cos[:, -1].mean()),
-                 "residual_exponent": res_exp[0], "residual_last_cosine": float(res_cos[:, -1].mean())},
-        config={"setting": "lnref", "d_model": d, "n_layers": depth, "seeds": len(seeds), "batch": batch, "seq": seq,
-                "stream": "0 (ResiDual: x_a)"},
+        figures={
+            "pre_exponent": pre_exp[0],
+            "pre_exponent_from_norms": norm_exp,
+            "pre_last_cosine": float(pre_cos[:, -1].mean()),
+            "residual_exponent": res_exp[0],
+            "residual_last_cosine": float(res_cos[:, -1].mean()),
+        },
+        config={
+            "setting": "lnref",
+            "d_model": d,
+            "n_layers": depth,
+            "seeds": len(seeds),
+            "batch": batch,
+            "seq": seq,
+            "stream": "0 (ResiDual: x_a)",
+        },
     )
 
 
@@ -112,26 +152,59 @@ def run_gradient_bound(quick=False, progress=None):
     res_power = slope_over_seeds(deeper, ratios["residual"][:, -2:], log_x=True, log_y=True)
     carried_power = slope_over_seeds(deeper, carried, log_x=True, log_y=True)
     checks = [
-        Check("Post-LN decoder: lower layers' gradients vanish exponentially (slope of ln(min/max) in L <= -0.2)",
-              "paper", -math.inf, -0.2, *post_rate),
-        Check(f"ResiDual: bounded below by a power of L, not exponentially (log-log exponent of min/max over L = "
-              f"{deeper[0]}..{deeper[1]} >= -0.7)", "paper", -0.7, math.inf, *res_power),
-        Check("ResiDual: the lowest layer's gradient is carried by LN(x_d): ||dL/dW_0|| * sigma_d is depth-independent "
-              "(exponent in L)", "proof", -0.15, 0.15, *carried_power),
+        Check(
+            "Post-LN decoder: lower layers' gradients vanish exponentially (slope of ln(min/max) in L <= -0.2)",
+            "paper",
+            -math.inf,
+            -0.2,
+            *post_rate,
+        ),
+        Check(
+            f"ResiDual: bounded below by a power of L, not exponentially (log-log exponent of min/max over L = "
+            f"{deeper[0]}..{deeper[1]} >= -0.7)",
+            "paper",
+            -0.7,
+            math.inf,
+            *res_power,
+        ),
+        Check(
+            "ResiDual: the lowest layer's gradient is carried by LN(x_d): ||dL/dW_0|| * sigma_d is depth-independent "
+            "(exponent in L)",
+            "proof",
+            -0.15,
+            0.15,
+            *carried_power,
+        ),
     ]
     return Result(
         claim=GRADIENT_BOUND,
         prediction="Post-LN: min/max of per-layer FFN weight gradients ~ exp(-L ln(2)/2) in a decoder; ResiDual: "
-                   "every branch reaches the output through LN(x_d), whose Jacobian is 1/sigma_d ~ L^(-1/2): "
-                   "min/max ~ L^(-1/2)",
-        measurement=(f"post ln(min/max) {post_rate[0]:+.3f} per layer of depth; residual min/max ~ "
-                     f"L^{res_power[0]:.2f}, lowest gradient * sigma_d ~ L^{carried_power[0]:.2f}"),
+        "every branch reaches the output through LN(x_d), whose Jacobian is 1/sigma_d ~ L^(-1/2): "
+        "min/max ~ L^(-1/2)",
+        measurement=(
+            f"post ln(min/max) {post_rate[0]:+.3f} per layer of depth; residual min/max ~ "
+            f"L^{res_power[0]:.2f}, lowest gradient * sigma_d ~ L^{carried_power[0]:.2f}"
+        ),
         checks=checks,
-        figures={"post_rate": post_rate[0], "residual_power": res_power[0], "residual_carried_power": carried_power[0],
-                 "post_min_max_at_deepest": float(ratios["post"][:, -1].mean()),
-                 "residual_min_max_at_deepest": float(ratios["residual"][:, -1].mean())},
-        config={"setting": "lnref", "cross_attention": True, "causal": True, "memory": "coherent", "d_model": d,
-                "depths": list(depths), "seeds": len(seeds), "batch": batch, "seq": seq, "weights": "ffn (W1, W2)"},
+        figures={
+            "post_rate": post_rate[0],
+            "residual_power": res_power[0],
+            "residual_carried_power": carried_power[0],
+            "post_min_max_at_deepest": float(ratios["post"][:, -1].mean()),
+            "residual_min_max_at_deepest": float(ratios["residual"][:, -1].mean()),
+        },
+        config={
+            "setting": "lnref",
+            "cross_attention": True,
+            "causal": True,
+            "memory": "coherent",
+            "d_model": d,
+            "depths": list(depths),
+            "seeds": len(seeds),
+            "batch": batch,
+            "seq": seq,
+            "weights": "ffn (W1, W2)",
+        },
     )
 
 

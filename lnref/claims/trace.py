@@ -65,8 +65,12 @@ class _RecordingLayer:
 
 def recording_run(model, events, params=None, memory=None, frozen=None):
     """A run of ``model`` whose layers append their branch and norm calls to ``events``."""
-    return model.run(params, memory, freeze=None if frozen is None else frozen.hold(),
-                     view=lambda run, index: _RecordingLayer(Layer(run, index), events))
+    return model.run(
+        params,
+        memory,
+        freeze=None if frozen is None else frozen.hold(),
+        view=lambda run, index: _RecordingLayer(Layer(run, index), events),
+    )
 
 
 @dataclass
@@ -81,9 +85,13 @@ class Trace:
     tape: Tape | None = None  # kept (unreplayed) when traced with ``keep_tape``
 
     def select(self, kind=None, name=None, layer=None):
-        return [e for e in self.events
-                if (kind is None or e.kind == kind) and (name is None or e.name == name)
-                and (layer is None or e.layer == layer)]
+        return [
+            e
+            for e in self.events
+            if (kind is None or e.kind == kind)
+            and (name is None or e.name == name)
+            and (layer is None or e.layer == layer)
+        ]
 
 
 def trace(model, x, dy=None, memory=None, params=None, frozen=None, state=None, start=0, keep_tape=False):
@@ -165,6 +173,7 @@ def record_frozen_point(model, x, memory=None, params=None):
 
 # ----- the Xiong et al. 2020 theory setting ----------------------------------------------------
 
+
 def uniform_attention(model):
     """Zero W^Q and W^K (and their biases) of every attention in place: with equal logits
     every token attends uniformly, the setting of Xiong et al. 2020, Sec. 3.3. Returns the
@@ -177,11 +186,12 @@ def uniform_attention(model):
 
 # ----- closed-form norm Jacobians (Xiong et al. 2020, Lemma 3) ------------------------------------
 
+
 def layer_norm_jacobian(z, eps, gamma=None):
     """dLN(z)/dz for one vector z of length d, gamma = 1 unless given, in closed form:
 
-        J = diag(gamma) (1/sigma) (I - 1 1^T/d - x_hat x_hat^T/d),
-        sigma = sqrt(||z - mean z||^2/d + eps),   x_hat = (z - mean z)/sigma.
+    J = diag(gamma) (1/sigma) (I - 1 1^T/d - x_hat x_hat^T/d),
+    sigma = sqrt(||z - mean z||^2/d + eps),   x_hat = (z - mean z)/sigma.
     """
     z = np.asarray(z, dtype=np.float64)
     d = z.shape[-1]
@@ -224,6 +234,7 @@ def layer_norm_vjp(z, g, eps):
 
 
 # ----- finite differences ------------------------------------------------------------------------
+
 
 def central_difference(function, step):
     """The fourth-order central difference of a scalar or array function of t at t = 0

@@ -22,8 +22,15 @@ import numpy as np
 from lnref.claims import common
 from lnref.claims.core import Check, Claim, Result
 from lnref.claims.stats import mean_se, slope_over_seeds
-from lnref.claims.trace import (branch_vjp, central_difference, grad_of, layer_norm_vjp, record_frozen_point,
-                                sublayers, trace)
+from lnref.claims.trace import (
+    branch_vjp,
+    central_difference,
+    grad_of,
+    layer_norm_vjp,
+    record_frozen_point,
+    sublayers,
+    trace,
+)
 
 
 def post_product_form(model, x, dy, memory=None):
@@ -127,35 +134,88 @@ def run(quick=False, progress=None):
     gain = common.setting_ffn_gain("lnref", d)
     sq_mean = mean_se(mean_sq_ratio)
     checks = [
-        Check("Eq. 5 (product form, closed-form LN Jacobians) = central differences of dE/dx_0, max error / ||grad||",
-              "paper", 0.0, 1e-6, max(fd_post)),
-        Check("Eq. 6 (identity + sum of branch VJPs) = central differences of dE/dx_0, max error / ||grad||",
-              "paper", 0.0, 1e-6, max(fd_pre)),
-        Check("Eq. 6: identity path, E||dE/dx_l||^2 >= ||dE/dx_L||^2 (mean over l < L of the squared ratio)",
-              "paper", 1.0, math.inf, *sq_mean),
-        Check("Eq. 6: ||dE/dx_0|| / ||dE/dx_L|| does not depend on depth (exponent in L)", "paper", -0.1, 0.1,
-              *ratio_exp, expected=False),
-        Check(f"ours: the ratio grows between (||x_L||/||x_0||)^(c/(1+c)) and ||x_L||/||x_0|| (exponent in L; "
-              f"stream exponent {stream_exp[0]:.3f})", "proof", gain / (1 + gain) * stream_exp[0] - 0.05,
-              stream_exp[0] + 0.1, *ratio_exp),
-        Check(f"Eq. 5's LN factors alone decay: log per layer <= -1/2 ln(1 + c) = {-half_ln_gain:.3f} (+0.05)",
-              "proof", -math.inf, -half_ln_gain + 0.05, *ln_mean),
-        Check("Eq. 5's residual factors give it back: |log of the whole product| per layer <= 0.1", "proof", -0.1, 0.1,
-              *net_mean),
+        Check(
+            "Eq. 5 (product form, closed-form LN Jacobians) = central differences of dE/dx_0, max error / ||grad||",
+            "paper",
+            0.0,
+            1e-6,
+            max(fd_post),
+        ),
+        Check(
+            "Eq. 6 (identity + sum of branch VJPs) = central differences of dE/dx_0, max error / ||grad||",
+            "paper",
+            0.0,
+            1e-6,
+            max(fd_pre),
+        ),
+        Check(
+            "Eq. 6: identity path, E||dE/dx_l||^2 >= ||dE/dx_L||^2 (mean over l < L of the squared ratio)",
+            "paper",
+            1.0,
+            math.inf,
+            *sq_mean,
+        ),
+        Check(
+            "Eq. 6: ||dE/dx_0|| / ||dE/dx_L|| does not depend on depth (exponent in L)",
+            "paper",
+            -0.1,
+            0.1,
+            *ratio_exp,
+            expected=False,
+        ),
+        Check(
+            f"ours: the ratio grows between (||x_L||/||x_0||)^(c/(1+c)) and ||x_L||/||x_0|| (exponent in L; "
+            f"stream exponent {stream_exp[0]:.3f})",
+            "proof",
+            gain / (1 + gain) * stream_exp[0] - 0.05,
+            stream_exp[0] + 0.1,
+            *ratio_exp,
+        ),
+        Check(
+            f"Eq. 5's LN factors alone decay: log per layer <= -1/2 ln(1 + c) = {-half_ln_gain:.3f} (+0.05)",
+            "proof",
+            -math.inf,
+            -half_ln_gain + 0.05,
+            *ln_mean,
+        ),
+        Check(
+            "Eq. 5's residual factors give it back: |log of the whole product| per layer <= 0.1",
+            "proof",
+            -0.1,
+            0.1,
+            *net_mean,
+        ),
     ]
     return Result(
         claim=CLAIM,
-        prediction=("Eq. 5/6 hold exactly; post-norm's LN product shrinks like (1 + c)^(-L/2) per FFN and its "
-                    "(I + J_F) product restores it; pre-norm's ratio grows like ||x_L||/||x_0||, not depth-free"),
-        measurement=(f"FD agreement {max(fd_post):.0e} (Eq. 5), {max(fd_pre):.0e} (Eq. 6); post per layer: LN "
-                     f"{ln_mean[0]:+.3f}, residual {res_mean[0]:+.3f}, net {net_mean[0]:+.3f}; pre ratio ~ "
-                     f"L^{ratio_exp[0]:.2f}, ||x_L||/||x_0|| ~ L^{stream_exp[0]:.2f}"),
+        prediction=(
+            "Eq. 5/6 hold exactly; post-norm's LN product shrinks like (1 + c)^(-L/2) per FFN and its "
+            "(I + J_F) product restores it; pre-norm's ratio grows like ||x_L||/||x_0||, not depth-free"
+        ),
+        measurement=(
+            f"FD agreement {max(fd_post):.0e} (Eq. 5), {max(fd_pre):.0e} (Eq. 6); post per layer: LN "
+            f"{ln_mean[0]:+.3f}, residual {res_mean[0]:+.3f}, net {net_mean[0]:+.3f}; pre ratio ~ "
+            f"L^{ratio_exp[0]:.2f}, ||x_L||/||x_0|| ~ L^{stream_exp[0]:.2f}"
+        ),
         checks=checks,
-        figures={"fd_error_eq5": max(fd_post), "fd_error_eq6": max(fd_pre), "post_ln_log_per_layer": ln_mean[0],
-                 "post_residual_log_per_layer": res_mean[0], "post_net_log_per_layer": net_mean[0],
-                 "pre_ratio_exponent": ratio_exp[0], "pre_stream_exponent": stream_exp[0]},
-        config={"setting": "lnref", "d_model": d, "depths": list(depths), "seeds": len(seeds), "batch": batch,
-                "seq": seq, "post_depth": depths[-1]},
+        figures={
+            "fd_error_eq5": max(fd_post),
+            "fd_error_eq6": max(fd_pre),
+            "post_ln_log_per_layer": ln_mean[0],
+            "post_residual_log_per_layer": res_mean[0],
+            "post_net_log_per_layer": net_mean[0],
+            "pre_ratio_exponent": ratio_exp[0],
+            "pre_stream_exponent": stream_exp[0],
+        },
+        config={
+            "setting": "lnref",
+            "d_model": d,
+            "depths": list(depths),
+            "seeds": len(seeds),
+            "batch": batch,
+            "seq": seq,
+            "post_depth": depths[-1],
+        },
     )
 
 

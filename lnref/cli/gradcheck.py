@@ -139,7 +139,9 @@ def gradcheck(mode, point, entries_per_tensor, workers, rtol, atol, with_head, v
     if options["scheme"] is None:
         fail("Missing option '--scheme'.")
     if not sweep_form:
-        _check_one_model(mode, point, entries_per_tensor, workers, rtol, atol, with_head, vocab, as_json, verbose, options)
+        _check_one_model(
+            mode, point, entries_per_tensor, workers, rtol, atol, with_head, vocab, as_json, verbose, options
+        )
     warn_float32(options["dtype"])
     if rtol is not None and rtol < 0 or atol < 0:
         fail("--rtol and --atol must be >= 0")

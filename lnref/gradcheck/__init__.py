@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 
 from lnref.finite_diff import DEFAULTS, STATUSES, STENCIL, difference_from_values, step_and_rtol
-from lnref.process.workers import available_cpus, map_in_order
 from lnref.gradcheck.blocks import block_specs, check_block_elements, check_blockwise
 from lnref.gradcheck.lm import gradcheck_lm
 from lnref.gradcheck.point import Point, jitter_params
 from lnref.gradcheck.report import Check, Report, TensorResult, compare, summarize
 from lnref.gradcheck.vjp import check_vjp
+from lnref.process.workers import available_cpus, map_in_order
 
 __all__ = [
     "DEFAULTS",
@@ -82,8 +82,9 @@ def probes(rng: np.random.Generator, shape: tuple[int, ...], mode: str, entries:
     return found
 
 
-def _check_tensor(point: Point, index: int, name: str, mode: str, entries: int, h: float, rtol: float,
-                  atol: float, seed: int) -> TensorResult:
+def _check_tensor(
+    point: Point, index: int, name: str, mode: str, entries: int, h: float, rtol: float, atol: float, seed: int
+) -> TensorResult:
     eps = np.finfo(point.model.dtype).eps
     analytic_grad = point.grads[name]
     where = point.where(name)
@@ -107,10 +108,21 @@ def _check_tolerances(h: float, rtol: float, atol: float) -> None:
             raise ValueError(f"gradcheck: {label} must be finite and {bound}, got {value}")
 
 
-def gradcheck(model: Any, mode: str = "directional", point: str = "generic", batch: int = 2, seq: int = 8,
-              memory_len: int | None = None, entries: int = 4, step: float | None = None,
-              rtol: float | None = None, atol: float = 0.0, seed: int | None = None, progress: Progress = None,
-              workers: int | None = None) -> Report:
+def gradcheck(
+    model: Any,
+    mode: str = "directional",
+    point: str = "generic",
+    batch: int = 2,
+    seq: int = 8,
+    memory_len: int | None = None,
+    entries: int = 4,
+    step: float | None = None,
+    rtol: float | None = None,
+    atol: float = 0.0,
+    seed: int | None = None,
+    progress: Progress = None,
+    workers: int | None = None,
+) -> Report:
     """Check every gradient of ``model`` (all parameters, the input, the memory).
 
     ``workers``: forked processes that share the checks out in directional, entries and full
@@ -130,8 +142,9 @@ def gradcheck(model: Any, mode: str = "directional", point: str = "generic", bat
     x, dy, memory = model.sample_inputs(batch=batch, seq=seq, memory_len=memory_len, seed=seed)
     params = model.params if point == "init" else jitter_params(model.params, seed)
     if progress:
-        progress(f"gradcheck: {model.config.scheme}, {model.config.n_layers} layers, {len(params)} tensors, "
-                 f"{mode} mode")
+        progress(
+            f"gradcheck: {model.config.scheme}, {model.config.n_layers} layers, {len(params)} tensors, {mode} mode"
+        )
     at = Point(model, params, x, dy, memory)
     generic = point == "generic"
     if mode == "blockwise":

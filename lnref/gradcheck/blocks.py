@@ -34,15 +34,32 @@ def block_specs(point: Point) -> list[Spec]:
     model, n_layers = point.model, point.n_layers
     specs: list[Spec] = []
     if point.embed_params:
-        specs.append(("embed", "stack", sorted(point.embed_params),
-                      lambda run, inputs: model.embed(run, inputs[0]), (point.x,), None))
+        specs.append(
+            (
+                "embed",
+                "stack",
+                sorted(point.embed_params),
+                lambda run, inputs: model.embed(run, inputs[0]),
+                (point.x,),
+                None,
+            )
+        )
     for index in range(n_layers):
         names = [n for n in point.params if n.startswith(f"layers.{index}.")]
-        specs.append((f"layers.{index}", f"layer {index}", names,
-                      lambda run, inputs, index=index: model.layer(run, index, inputs), point.states[index], index))
+        specs.append(
+            (
+                f"layers.{index}",
+                f"layer {index}",
+                names,
+                lambda run, inputs, index=index: model.layer(run, index, inputs),
+                point.states[index],
+                index,
+            )
+        )
     readout_only = sorted(point.readout_params - point.embed_params)
-    specs.append(("readout", "stack", readout_only,
-                  lambda run, inputs: (model.readout(run, inputs),), point.states[-1], None))
+    specs.append(
+        ("readout", "stack", readout_only, lambda run, inputs: (model.readout(run, inputs),), point.states[-1], None)
+    )
     return specs
 
 
@@ -51,8 +68,19 @@ class Block:
     under moves. ``targets`` lists what is moved: (name, kind, key, analytic gradient) with kind
     "param" (key: the parameter's name), "input" (key: the stream's index) or "memory"."""
 
-    def __init__(self, point: Point, number: int, label: str, where: str, names: list[str], stage: Stage,
-                 inputs: tuple[Any, ...], layer_index: int | None, seed: int, generic: bool) -> None:
+    def __init__(
+        self,
+        point: Point,
+        number: int,
+        label: str,
+        where: str,
+        names: list[str],
+        stage: Stage,
+        inputs: tuple[Any, ...],
+        layer_index: int | None,
+        seed: int,
+        generic: bool,
+    ) -> None:
         model, params, memory = point.model, point.params, point.memory
         self.point, self.label, self.where, self.stage = point, label, where, stage
         self.rng = np.random.default_rng([seed, 4, number])
@@ -203,14 +231,16 @@ def check_blockwise(point: Point, h: float, rtol: float, atol: float, seed: int,
             direction = (direction / np.linalg.norm(direction)).astype(point.model.dtype)
             numeric, sigma = difference_from_values(block.values_along(kind, key, direction, h), h)
             analytic = float(np.sum(analytic_grad * direction))
-            check = compare(name, block.where, "direction", analytic, numeric, max(sigma, eps * block.scale), h,
-                            rtol, atol)
+            check = compare(
+                name, block.where, "direction", analytic, numeric, max(sigma, eps * block.scale), h, rtol, atol
+            )
             results.append(summarize(name, block.where, [check]))
     return results
 
 
-def check_block_elements(point: Point, specs: list[Spec], number: int, h: float, rtol: float, atol: float,
-                         seed: int, generic: bool) -> list[TensorResult]:
+def check_block_elements(
+    point: Point, specs: list[Spec], number: int, h: float, rtol: float, atol: float, seed: int, generic: bool
+) -> list[TensorResult]:
     """Every element of every target of one block."""
     eps = np.finfo(point.model.dtype).eps
     block = Block(point, number, *specs[number], seed=seed, generic=generic)
@@ -223,12 +253,17 @@ def check_block_elements(point: Point, specs: list[Spec], number: int, h: float,
         worst = int(np.argmax(np.abs(unmoved - block.f0)))
         limit = BATCHED_AGREEMENT * eps * block.scale
         if not abs(unmoved[worst] - block.f0) <= limit:
-            check = Check(name, block.where, "unmoved point, batched run", block.f0, float(unmoved[worst]), 0.0,
-                          limit, "failed")
-            results.append(TensorResult(name, block.where, "failed", check, {**dict.fromkeys(STATUSES, 0),
-                                                                              "failed": 1}))
+            check = Check(
+                name, block.where, "unmoved point, batched run", block.f0, float(unmoved[worst]), 0.0, limit, "failed"
+            )
+            results.append(
+                TensorResult(name, block.where, "failed", check, {**dict.fromkeys(STATUSES, 0), "failed": 1})
+            )
             continue
         numeric, sigma = difference_from_values(values.T, h)
-        results.append(summarize_elements(name, block.where, analytic_grad, numeric,
-                                          np.maximum(sigma, eps * block.scale), h, rtol, atol))
+        results.append(
+            summarize_elements(
+                name, block.where, analytic_grad, numeric, np.maximum(sigma, eps * block.scale), h, rtol, atol
+            )
+        )
     return results

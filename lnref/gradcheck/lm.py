@@ -16,9 +16,19 @@ from lnref.views import Freezer
 LM_MODES = ("directional", "entries", "full")
 
 
-def gradcheck_lm(lm: Any, mode: str = "directional", point: str = "generic", batch: int = 2, seq: int = 8,
-                 entries: int = 4, step: float | None = None, rtol: float | None = None, atol: float = 0.0,
-                 seed: int | None = None, progress: Callable[[str], None] | None = None) -> Report:
+def gradcheck_lm(
+    lm: Any,
+    mode: str = "directional",
+    point: str = "generic",
+    batch: int = 2,
+    seq: int = 8,
+    entries: int = 4,
+    step: float | None = None,
+    rtol: float | None = None,
+    atol: float = 0.0,
+    seed: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
     """Check every gradient of a language model: embeddings, stack and head.
 
     The loss is the model's mean cross-entropy on seeded random tokens and targets; each tensor
@@ -40,8 +50,10 @@ def gradcheck_lm(lm: Any, mode: str = "directional", point: str = "generic", bat
     targets = rng.integers(0, lm.vocab_size, size=(batch, seq))
     params = lm.params if point == "init" else jitter_params(lm.params, seed)
     if progress:
-        progress(f"gradcheck: {lm.config.scheme} language model, {lm.config.n_layers} layers, "
-                 f"{len(params)} tensors, {mode} mode")
+        progress(
+            f"gradcheck: {lm.config.scheme} language model, {lm.config.n_layers} layers, "
+            f"{len(params)} tensors, {mode} mode"
+        )
     loss, grads = lm.value_and_grad(tokens, targets, params)
     freezer = Freezer()
     lm.loss(tokens, targets, params, run_options={"freeze": freezer.record})
@@ -53,8 +65,9 @@ def gradcheck_lm(lm: Any, mode: str = "directional", point: str = "generic", bat
         checks = []
         for label, direction in probes(np.random.default_rng([seed, 3, index]), value.shape, mode, entries):
             direction = direction.astype(value.dtype)
-            values = [lm.loss(tokens, targets, {**params, name: value + t * h * direction}, run_options=held)
-                      for t in STENCIL]
+            values = [
+                lm.loss(tokens, targets, {**params, name: value + t * h * direction}, run_options=held) for t in STENCIL
+            ]
             numeric, sigma = difference_from_values(values, h)
             analytic = float(np.sum(grads[name] * direction))
             checks.append(compare(name, where, label, analytic, numeric, max(sigma, floor), h, rtol, atol))

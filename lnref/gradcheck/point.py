@@ -172,6 +172,4 @@ def _tiled(array: Any, count: int) -> Any:
 
 def stack_states(states: list[tuple[Any, ...]]) -> tuple[Tensor, ...]:
     """Concatenate per-move states (tuples of Tensors) stream by stream along the batch axis."""
-    return tuple(
-        Tensor.wrap(np.concatenate([state[j].value for state in states])) for j in range(len(states[0]))
-    )
+    return tuple(Tensor.wrap(np.concatenate([state[j].value for state in states])) for j in range(len(states[0])))

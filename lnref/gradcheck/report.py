@@ -45,12 +45,22 @@ class TensorResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def compare(tensor: str, where: str, probe: str, analytic: float, numeric: float, sigma: float, h: float,
-            rtol: float, atol: float) -> Check:
+def compare(
+    tensor: str,
+    where: str,
+    probe: str,
+    analytic: float,
+    numeric: float,
+    sigma: float,
+    h: float,
+    rtol: float,
+    atol: float,
+) -> Check:
     """Judge one analytic/numeric pair against the noise floor (``lnref.finite_diff.judge``)."""
     noise, tolerance, status = judge(analytic, numeric, sigma, h, rtol, atol)
-    return Check(tensor, where, probe, float(analytic), float(numeric), float(noise), float(tolerance),
-                 STATUSES[int(status)])
+    return Check(
+        tensor, where, probe, float(analytic), float(numeric), float(noise), float(tolerance), STATUSES[int(status)]
+    )
 
 
 def summarize(tensor: str, where: str, checks: list[Check]) -> TensorResult:
@@ -60,8 +70,16 @@ def summarize(tensor: str, where: str, checks: list[Check]) -> TensorResult:
     return TensorResult(tensor, where, status, worst, {s: statuses.count(s) for s in STATUSES})
 
 
-def summarize_elements(tensor: str, where: str, analytic: np.ndarray, numeric: np.ndarray, sigma: np.ndarray,
-                       h: float, rtol: float, atol: float) -> TensorResult:
+def summarize_elements(
+    tensor: str,
+    where: str,
+    analytic: np.ndarray,
+    numeric: np.ndarray,
+    sigma: np.ndarray,
+    h: float,
+    rtol: float,
+    atol: float,
+) -> TensorResult:
     """``summarize`` for one check per element of a tensor, judged at once: the counts and the
     worst element (only that one becomes a ``Check``)."""
     shape = np.shape(analytic)
@@ -74,8 +92,16 @@ def summarize_elements(tensor: str, where: str, analytic: np.ndarray, numeric: n
     failed = status == STATUSES.index("failed")
     worst = int(np.argmax(np.where(failed, ratio, -np.inf) if failed.any() else ratio))
     index = tuple(int(j) for j in np.unravel_index(worst, shape))
-    check = Check(tensor, where, str(index), float(analytic[worst]), float(numeric[worst]), float(noise[worst]),
-                  float(tolerance[worst]), STATUSES[int(status[worst])])
+    check = Check(
+        tensor,
+        where,
+        str(index),
+        float(analytic[worst]),
+        float(numeric[worst]),
+        float(noise[worst]),
+        float(tolerance[worst]),
+        STATUSES[int(status[worst])],
+    )
     overall = "failed" if counts["failed"] else "passed" if counts["passed"] else "unresolved"
     return TensorResult(tensor, where, overall, check, counts)
 
@@ -144,20 +170,28 @@ class Report:
         unresolved = [r.tensor for r in self.results if r.status == "unresolved"]
         key_biases = [name for name in unresolved if name.endswith(KEY_BIAS)]
         if key_biases:
-            lines.append(f"  {len(key_biases)} unresolved key biases (*{KEY_BIAS}): their gradient is exactly "
-                         "zero, since adding q.bk to every score of a query leaves the softmax unchanged")
+            lines.append(
+                f"  {len(key_biases)} unresolved key biases (*{KEY_BIAS}): their gradient is exactly "
+                "zero, since adding q.bk to every score of a query leaves the softmax unchanged"
+            )
         if len(unresolved) > len(key_biases):
             hint = "" if self.mode in ("blockwise", "full") else "; --mode blockwise checks each layer on its own"
-            lines.append(f"  {len(unresolved) - len(key_biases)} other unresolved: analytic and numeric both "
-                         f"under the finite-difference noise floor{hint}")
+            lines.append(
+                f"  {len(unresolved) - len(key_biases)} other unresolved: analytic and numeric both "
+                f"under the finite-difference noise floor{hint}"
+            )
         lines += ["", f"{self.seconds:.1f} s"]
         if self.mode in ("entries", "full"):
             checks = self.check_counts
-            lines.append(f"elements: {sum(checks.values())} checked, {checks['passed']} passed, "
-                         f"{checks['failed']} failed, {checks['unresolved']} unresolved")
+            lines.append(
+                f"elements: {sum(checks.values())} checked, {checks['passed']} passed, "
+                f"{checks['failed']} failed, {checks['unresolved']} unresolved"
+            )
             if checks["unresolved"]:
-                lines.append("  (an unresolved element has analytic and numeric values both under the noise "
-                             "floor, as exactly-zero gradients do: key biases, ReLU units off for every token)")
+                lines.append(
+                    "  (an unresolved element has analytic and numeric values both under the noise "
+                    "floor, as exactly-zero gradients do: key biases, ReLU units off for every token)"
+                )
         lines.append(self.summary())
         return "\n".join(lines)
 
@@ -175,8 +209,13 @@ class Report:
             "ok": self.ok,
             "summary": self.summary(),
             "tensors": [
-                {"tensor": r.tensor, "where": r.where, "status": r.status, "counts": r.counts,
-                 "worst": {**asdict(r.worst), "error": r.worst.error, "ratio": r.worst.ratio}}
+                {
+                    "tensor": r.tensor,
+                    "where": r.where,
+                    "status": r.status,
+                    "counts": r.counts,
+                    "worst": {**asdict(r.worst), "error": r.worst.error, "ratio": r.worst.ratio},
+                }
                 for r in self.results
             ],
         }
@@ -203,8 +242,15 @@ def _collapsed(rows: list[Row]) -> list[Row]:
             out.append(run[0])
         elif run:
             first, last = run[0][0].split()[1], run[-1][0].split()[1]
-            out.append((f"layers {first}-{last}", f"{run[0][1]} each", max(r[2] for r in run), run[0][3],
-                        sum(r[4] for r in run)))
+            out.append(
+                (
+                    f"layers {first}-{last}",
+                    f"{run[0][1]} each",
+                    max(r[2] for r in run),
+                    run[0][3],
+                    sum(r[4] for r in run),
+                )
+            )
         run.clear()
 
     for row in rows:

@@ -12,8 +12,14 @@ from lnref.finite_diff import central_difference, step_and_rtol
 from lnref.gradcheck.report import Check, compare
 
 
-def check_vjp(fn: Callable[..., Tensor], *arrays: Any, seed: int = 0, step: float | None = None,
-              rtol: float | None = None, atol: float = 0.0) -> list[Check]:
+def check_vjp(
+    fn: Callable[..., Tensor],
+    *arrays: Any,
+    seed: int = 0,
+    step: float | None = None,
+    rtol: float | None = None,
+    atol: float = 0.0,
+) -> list[Check]:
     """Check the VJP of ``fn(*Tensors) -> Tensor`` for every argument, one seeded direction each.
 
     The output is contracted with a seeded random cotangent u, so the scalar compared is
@@ -44,6 +50,7 @@ def check_vjp(fn: Callable[..., Tensor], *arrays: Any, seed: int = 0, step: floa
 
         numeric, sigma = central_difference(f, h, f0)
         analytic = float(np.sum(leaf.grad_or_zeros() * direction))
-        checks.append(compare(f"arg{i}", "function", "direction", analytic, numeric, max(sigma, eps * scale), h,
-                              rtol, atol))
+        checks.append(
+            compare(f"arg{i}", "function", "direction", analytic, numeric, max(sigma, eps * scale), h, rtol, atol)
+        )
     return checks

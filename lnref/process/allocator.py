@@ -33,8 +33,11 @@ def keep_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds (see the module docstring); True if they were set,
     False where the C library is not glibc."""
     mallopt = _c_function("mallopt", (ctypes.c_int, ctypes.c_int))
-    return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) \
+    return (
+        mallopt is not None
+        and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
         and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    )
 
 
 def return_freed_memory() -> bool:

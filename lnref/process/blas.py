@@ -25,6 +25,8 @@ import ctypes
 import functools
 import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
 # 2^16 cycles, tens of microseconds. Short enough that the workers sleep early in an
@@ -37,14 +39,22 @@ TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
 # 0.96-1.06x with the default.
 IDLE_TIMEOUT = 16
 
-_GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
-            "openblas_get_num_threads64_", "openblas_get_num_threads")
-_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-            "openblas_set_num_threads64_", "openblas_set_num_threads")
+_GETTERS = (
+    "scipy_openblas_get_num_threads64_",
+    "scipy_openblas_get_num_threads",
+    "openblas_get_num_threads64_",
+    "openblas_get_num_threads",
+)
+_SETTERS = (
+    "scipy_openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
+    "openblas_set_num_threads64_",
+    "openblas_set_num_threads",
+)
 
 
 @functools.cache
-def _openblas_functions(names):
+def _openblas_functions(names: tuple[str, ...]) -> tuple[Any, ...]:
     """Per OpenBLAS library the process has mapped, the first of ``names`` it exports."""
     try:
         with open("/proc/self/maps") as maps:
@@ -52,8 +62,11 @@ def _openblas_functions(names):
     except OSError:
         return ()
     libraries = [ctypes.CDLL(path) for path in sorted(p for p in paths if p.startswith("/"))]
-    return tuple(next(getattr(library, name) for name in names if hasattr(library, name))
-                 for library in libraries if any(hasattr(library, name) for name in names))
+    return tuple(
+        next(getattr(library, name) for name in names if hasattr(library, name))
+        for library in libraries
+        if any(hasattr(library, name) for name in names)
+    )
 
 
 def threads() -> int:
@@ -73,7 +86,7 @@ def set_threads(count: int) -> None:
         setter(int(count))
 
 
-def idle_workers_sleep(environ=os.environ) -> bool:
+def idle_workers_sleep(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether OpenBLAS's idle workers were told to sleep soon (``OPENBLAS_THREAD_TIMEOUT`` at
     most :data:`IDLE_TIMEOUT`). Read from the environment, as OpenBLAS read it when it
     loaded: a value set after NumPy loaded is taken at its word, wrongly, at a cost in speed only."""

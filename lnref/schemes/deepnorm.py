@@ -14,8 +14,20 @@ With these constants, (sublayers per layer) * N * 2 beta^2 / alpha^2 = 1 (Sec. 4
 SUMMARY = "x <- LN(alpha x + S(x)), alpha = (2N)^1/4, W_v,W_o,W_1,W_2 scaled by (8N)^-1/4"
 PAPER = "Wang et al. 2022, DeepNet: Scaling Transformers to 1,000 Layers, Sec. 3-4"
 NORMS = ("ln_{}",)
-SCALED = ("attn.wv", "attn.bv", "attn.wo", "attn.bo", "cross.wv", "cross.bv", "cross.wo",
-          "cross.bo", "ffn.w1", "ffn.b1", "ffn.w2", "ffn.b2")
+SCALED = (
+    "attn.wv",
+    "attn.bv",
+    "attn.wo",
+    "attn.bo",
+    "cross.wv",
+    "cross.bv",
+    "cross.wo",
+    "cross.bo",
+    "ffn.w1",
+    "ffn.b1",
+    "ffn.w2",
+    "ffn.b2",
+)
 
 
 def constants(config):

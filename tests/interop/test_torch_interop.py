@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip(
-    "torch", reason="PyTorch is not installed (pip install torch==2.13.0 runs the interop tests)")
+    "torch", reason="PyTorch is not installed (pip install torch==2.13.0 runs the interop tests)"
+)
 
 import torch_port  # noqa: E402  (imports torch)
 from click.testing import CliRunner  # noqa: E402
@@ -83,6 +84,7 @@ def assert_agrees(path):
 
 # ----- agreement -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("layers", DEPTHS)
 @pytest.mark.parametrize("scheme", LISTED)
 def test_port_agrees_with_lnref_on_listed_schemes(tmp_path, scheme, layers):
@@ -130,6 +132,7 @@ def test_float32_port_passes_lnref_compare_default_tolerance_at_48_layers(tmp_pa
 
 # ----- negative controls: the agreement check can fail ----------------------------------
 
+
 def test_float32_default_tolerance_flags_a_gradient_off_by_1e_2(tmp_path):
     golden = export(tmp_path, "post", 6, dtype="float32")
     arrays = torch_port.evaluate(golden)
@@ -162,10 +165,13 @@ def test_agreement_check_flags_a_neighbouring_scheme(tmp_path, scheme, impostor)
 
 # ----- the port's arrays through `lnref compare` -----------------------------------------
 
+
 def write_port_output(path, arrays, transpose=False):
     if transpose:  # as torch.nn.Linear stores them: (d_out, d_in)
-        arrays = {n: (v.T if v.ndim == 2 and n.rpartition(".")[2] in ("wq", "wk", "wv", "wo", "w1", "w2") else v)
-                  for n, v in arrays.items()}
+        arrays = {
+            n: (v.T if v.ndim == 2 and n.rpartition(".")[2] in ("wq", "wk", "wv", "wo", "w1", "w2") else v)
+            for n, v in arrays.items()
+        }
     np.savez(path, **arrays)
 
 

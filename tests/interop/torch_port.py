@@ -95,18 +95,22 @@ class Transformer:
 
     def scheme_post(self, x):
         """Vaswani et al. 2017: x <- LN(x + S(x)); no final LN."""
+
         def layer_fn(l, x):
             for b in self.branches:
                 x = self.norm(f"layers.{l}.ln_{b}", x + self.sublayer(l, b, x))
             return x
+
         return self._stack(x, layer_fn)
 
     def scheme_pre(self, x):
         """Xiong et al. 2020: x <- x + S(LN(x)); y = LN_final(x_L)."""
+
         def layer_fn(l, x):
             for b in self.branches:
                 x = x + self.sublayer(l, b, self.norm(f"layers.{l}.ln_{b}", x))
             return x
+
         x, states = self._stack(x, layer_fn)
         return self.norm("final_ln", x), states
 
@@ -124,21 +128,25 @@ class Transformer:
 
     def scheme_b2t(self, x):
         """Takase et al. 2023: the layer input joins before the layer's last LN."""
+
         def layer_fn(l, x):
             bottom = x
             for b in self.branches[:-1]:
                 x = self.norm(f"layers.{l}.ln_{b}", x + self.sublayer(l, b, x))
             last = self.branches[-1]
             return self.norm(f"layers.{l}.ln_{last}", x + self.sublayer(l, last, x) + bottom)
+
         return self._stack(x, layer_fn)
 
     def scheme_admin(self, x):
         """Liu et al. 2020: x <- LN(omega * x + S(x)), omega a per-dimension vector."""
+
         def layer_fn(l, x):
             for b in self.branches:
                 omega = self.p[f"layers.{l}.omega_{b}"]
                 x = self.norm(f"layers.{l}.ln_{b}", omega * x + self.sublayer(l, b, x))
             return x
+
         return self._stack(x, layer_fn)
 
     def scheme_deepnorm(self, x):
@@ -150,6 +158,7 @@ class Transformer:
             for b in self.branches:
                 x = self.norm(f"layers.{l}.ln_{b}", alpha * x + self.sublayer(l, b, x))
             return x
+
         return self._stack(x, layer_fn)
 
     def _sandwich_layer(self, l, x):
@@ -180,6 +189,7 @@ class Transformer:
                 else:
                     x = x + self.sublayer(l, b, self.norm(name, x))
             return x
+
         x, states = self._stack(x, layer_fn)
         return self.norm("final_ln", x), states
 
@@ -199,15 +209,16 @@ class Transformer:
 
     def scheme_rezero(self, x):
         """Bachlechner et al. 2020: x <- x + alpha_l S(x), no normalization."""
+
         def layer_fn(l, x):
             for b in self.branches:
                 x = x + self.p[f"layers.{l}.alpha"] * self.sublayer(l, b, x)
             return x
+
         return self._stack(x, layer_fn)
 
 
-STREAMS = {"residual": lambda layer: ("x_a", "x_d"),
-           "dlcl": lambda layer: ("x", *(f"n_{k}" for k in range(layer + 1)))}
+STREAMS = {"residual": lambda layer: ("x_a", "x_d"), "dlcl": lambda layer: ("x", *(f"n_{k}" for k in range(layer + 1)))}
 
 
 def evaluate(path, **overrides):
@@ -218,7 +229,7 @@ def evaluate(path, **overrides):
     """
     document, arrays = read_golden(path)
     config = {**document["model"], **overrides}
-    names = [name[len("params/"):] for name in arrays if name.startswith("params/")]
+    names = [name[len("params/") :] for name in arrays if name.startswith("params/")]
     params = {name: torch.tensor(arrays["params/" + name], requires_grad=True) for name in names}
     x = torch.tensor(arrays["x"], requires_grad=True)
     memory = torch.tensor(arrays["memory"], requires_grad=True) if "memory" in arrays else None
