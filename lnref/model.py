@@ -34,7 +34,8 @@ from lnref import nn
 from lnref.autograd import Tape, Tensor, ops
 from lnref.autograd.replay import Replayer
 from lnref.norms import NORM_KINDS
-from lnref.schemes import get_scheme, is_scheme, scheme_names, stream_names
+from lnref.qk_norms import QK_NORMS
+from lnref.schemes import get_scheme, is_scheme, options_of, refusals_of, scheme_names, stream_names
 from lnref.views import Freeze, Layer, Run, Stack, State
 
 ACTIVATIONS = tuple(nn.ACTIVATIONS)
@@ -60,10 +61,13 @@ class Config:
     dtype: str = "float64"
     seed: int = 0
     post_fraction: float = 0.25  # Mix-LN: share of the layers (from the bottom) that are Post-LN
+    qk_norm: str = "none"  # a variant of lnref.qk_norms, in every attention
+    options: Any = ()  # the scheme's own options (its OPTIONS), as {name: value}
 
     def __post_init__(self) -> None:
         if not is_scheme(self.scheme):
             raise ConfigError(f"unknown scheme {self.scheme!r}; valid schemes: {', '.join(scheme_names())}")
+        object.__setattr__(self, "options", tuple(sorted(_scheme_options(self.scheme, self.options).items())))
         for name in ("n_layers", "d_model", "n_heads", "d_ff"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -74,6 +78,7 @@ class Config:
             ("norm", self.norm, tuple(NORM_KINDS)),
             ("activation", self.activation, ACTIVATIONS),
             ("dtype", self.dtype, DTYPES),
+            ("qk_norm", self.qk_norm, tuple(QK_NORMS)),
         ):
             if value not in valid:
                 raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
@@ -83,9 +88,57 @@ class Config:
             raise ConfigError(f"post_fraction must be in [0, 1], got {self.post_fraction!r}")
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+        refusals = refusals_of(get_scheme(self.scheme))
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, why in refusals.items():
+            if getattr(self, name) != defaults[name]:
+                raise ConfigError(f"scheme {self.scheme} takes no {name} option: {why}")
+
+    def option(self, name: str) -> Any:
+        """The value of the scheme's own option ``name`` (its default unless set)."""
+        return dict(self.options).get(name, options_of(get_scheme(self.scheme))[name].default)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "options": dict(self.options)}
+
+
+def _scheme_options(scheme: str, given: Any) -> dict[str, Any]:
+    """``given`` ({name: value} or pairs) checked against the scheme's OPTIONS."""
+    declared = options_of(get_scheme(scheme))
+    try:
+        given = dict(given or {})
+    except (TypeError, ValueError):
+        raise ConfigError(f"options must be a mapping of names to values, got {given!r}") from None
+    checked = {}
+    for name, value in given.items():
+        if name not in declared:
+            valid = ", ".join(declared) or "none"
+            raise ConfigError(f"scheme {scheme} has no option {name!r}; its options: {valid}")
+        option = declared[name]
+        value = _coerced(scheme, name, value, option.default)
+        if option.choices is not None and value not in option.choices:
+            choices = ", ".join(map(str, option.choices))
+            raise ConfigError(f"option {name} of {scheme} must be one of {choices}, got {value!r}")
+        checked[name] = value
+    return checked
+
+
+def _coerced(scheme: str, name: str, value: Any, default: Any) -> Any:
+    """``value`` (as given, or as typed on a command line) in the type of the option's default."""
+    kind = type(default)
+    if kind is bool:
+        words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        if isinstance(value, bool) or str(value).lower() in words:
+            return value if isinstance(value, bool) else words[str(value).lower()]
+    elif not isinstance(value, bool):
+        try:
+            value = kind(value)
+        except (TypeError, ValueError):
+            pass
+        else:
+            if not (isinstance(value, float) and not math.isfinite(value)):
+                return value
+    raise ConfigError(f"option {name} of {scheme} must be a finite {kind.__name__}, got {value!r}")
 
 
 def fast_paths_enabled(environ: Any = os.environ) -> bool:
@@ -131,9 +184,12 @@ class Model:
             add_norm("embed_ln", cfg.d_model)
         for i in range(cfg.n_layers):
             prefix = f"layers.{i}."
+            qk_params = QK_NORMS[cfg.qk_norm].init(cfg, dtype)
             params.update(_prefixed(prefix + "attn", nn.init_attention(rng, cfg.d_model, dtype)))
+            params.update(_prefixed(prefix + "attn", qk_params))
             if cfg.cross_attention:
                 params.update(_prefixed(prefix + "cross", nn.init_attention(rng, cfg.d_model, dtype)))
+                params.update(_prefixed(prefix + "cross", {name: v.copy() for name, v in qk_params.items()}))
             params.update(_prefixed(prefix + "ffn", nn.init_ffn(rng, cfg.d_model, cfg.d_ff, dtype)))
             for name in [p.format(b) for b in branch_names for p in getattr(scheme, "NORMS", ())]:
                 add_norm(prefix + name, cfg.d_model)
@@ -368,7 +424,7 @@ def build(scheme: str, n_layers: int, d_model: int = 16, n_heads: int = 2, d_ff:
 
     Options: norm (a kind of ``lnref.norms``: "layernorm", "rmsnorm"), activation ("relu" |
     "gelu"), causal, cross_attention, eps, dtype ("float64" | "float32"), seed, post_fraction
-    (Mix-LN).
+    (Mix-LN), qk_norm (a variant of ``lnref.qk_norms``), options (the scheme's own, a dict).
     """
     unknown = set(options) - {f.name for f in dataclasses.fields(Config)}
     if unknown:

@@ -85,6 +85,8 @@ class TrainConfig:
     eps: float = 1e-5
     dtype: str = "float64"
     post_fraction: float = 0.25
+    qk_norm: str = "none"
+    options: dict = field(default_factory=dict)  # the scheme's own
     batch: int = 16
     seq: int | None = None  # the task's default when None
     schedule: str = "constant"
@@ -217,6 +219,8 @@ def make_lm(config, task):
         eps=config.eps,
         dtype=config.dtype,
         post_fraction=config.post_fraction,
+        qk_norm=config.qk_norm,
+        options=config.options,
     )
     return LanguageModel(model, task.vocab_size, task.seq_len)
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from lnref import nn
 from lnref.autograd import Tensor, fused, ops
+from lnref.qk_norms import QK_NORMS
 
 # freeze(key, compute) -> the value held for ``key`` (``compute()`` the first time)
 Freeze = Callable[[Hashable, Callable[[], np.ndarray]], np.ndarray]
@@ -99,6 +100,10 @@ class _View:
     def param(self, name: str) -> Any:
         return self.run.params[self.prefix + name]
 
+    def option(self, name: str) -> Any:
+        """The value of the scheme's own option ``name``."""
+        return self.config.option(name)
+
     def norm(self, name: str, x: Any) -> Tensor:
         """The norm ``name`` of the configured kind; one of ``HEAD_NORMS`` acts on each head."""
         params, kind, eps = self.run.group(self.prefix + name), self.config.norm, self.config.eps
@@ -152,10 +157,11 @@ class Layer(_View):
 
     def _attention(self, group: str, x: Any, memory: Any, causal: bool, pieces: dict[str, Any]) -> Tensor:
         p, n_heads = self.run.group(self.prefix + group), self.config.n_heads
-        if self.run.fused and not pieces:
+        qk_pieces = QK_NORMS[self.config.qk_norm].pieces(self, self.prefix + group)
+        if self.run.fused and not pieces and not qk_pieces:
             weights = [p[name] for name in nn.ATTENTION_PARAMS]
             return fused.attention_sublayer(x, memory, *weights, n_heads=n_heads, causal=causal)
-        resolved = {key: self._piece(key, name) for key, name in pieces.items()}
+        resolved = {**qk_pieces, **{key: self._piece(key, name) for key, name in pieces.items()}}
         return nn.attention(x, p, n_heads, causal=causal, memory=memory, linear=self.run.linear, **resolved)
 
     def ffn(self, x: Any, **pieces: Any) -> Tensor:

@@ -59,3 +59,69 @@ def test_a_broken_per_head_norm_backward_is_caught(monkeypatch):
         r.tensor for r in checker.gradcheck(model, mode="blockwise", batch=2, seq=4).results if r.status == "failed"
     }
     assert "layers.0.q_norm.gamma" in failed or "layers.0.input" in failed
+
+
+# ----- a scheme's own options, and the model options it refuses -----
+
+
+@pytest.fixture(scope="module")
+def gated():
+    from tests.schemes import gated
+
+    register_scheme("test_gated", gated)
+
+
+@pytest.mark.usefixtures("gated")
+def test_a_scheme_option_changes_the_model_and_is_kept_in_its_config():
+    x, _, _ = lnref.build("test_gated", n_layers=2, **SMALL).sample_inputs()
+    plain = lnref.build("test_gated", n_layers=2, **SMALL)
+    doubled = lnref.build("test_gated", n_layers=2, options={"gate": 2.0}, **SMALL)
+    assert doubled.config.option("gate") == 2.0 and plain.config.option("gate") == 1.0
+    assert doubled.config.to_dict()["options"] == {"gate": 2.0}
+    assert not np.allclose(plain(x), doubled(x))
+
+
+@pytest.mark.usefixtures("gated")
+def test_an_option_given_as_text_takes_the_type_of_its_default():
+    model = lnref.build("test_gated", n_layers=1, options={"gate": "0.5", "final": "true"}, **SMALL)
+    assert model.config.option("gate") == 0.5 and model.config.option("final") is True
+
+
+@pytest.mark.usefixtures("gated")
+@pytest.mark.parametrize("options,words", [
+    ({"gait": 1.0}, ["no option 'gait'", "gate, final"]),
+    ({"gate": "wide"}, ["gate", "float"]),
+    ({"gate": "nan"}, ["gate", "finite"]),
+    ({"final": "maybe"}, ["final"]),
+])
+def test_a_bad_option_is_one_config_error_naming_it(options, words):
+    with pytest.raises(lnref.ConfigError) as err:
+        lnref.build("test_gated", n_layers=1, options=options)
+    assert all(word in str(err.value) for word in words), err.value
+
+
+@pytest.mark.usefixtures("gated")
+def test_a_model_option_the_scheme_refuses_is_a_config_error_with_its_reason():
+    with pytest.raises(lnref.ConfigError, match="takes no qk_norm option: this test scheme has no room"):
+        lnref.build("test_gated", n_layers=1, qk_norm="head")
+
+
+@pytest.mark.parametrize("variant", ["head", "full"])
+def test_the_qk_norm_switch_adds_norms_to_every_attention_and_passes_the_check(variant):
+    model = lnref.build("post", n_layers=2, qk_norm=variant, cross_attention=True, **SMALL)
+    width = 4 if variant == "head" else 8
+    assert model.params["layers.1.attn.q_norm.gamma"].shape == (width,)
+    assert model.params["layers.1.cross.k_norm.beta"].shape == (width,)
+    report = checker.gradcheck(model, mode="blockwise", batch=2, seq=4)
+    assert report.ok and {r.tensor: r.status for r in report.results}["layers.1.attn.q_norm.gamma"] == "passed"
+
+
+def test_per_head_qk_norm_makes_attention_invariant_to_the_scale_of_wq():
+    model = lnref.build("pre", n_layers=2, qk_norm="head", eps=1e-12, **SMALL)
+    x, dy, _ = model.sample_inputs()
+    y = model(x)
+    _, grads = model.value_and_grad(x, dy)
+    assert abs(np.sum(grads["layers.0.attn.wq"] * model.params["layers.0.attn.wq"])) < 1e-9  # <dL/dW_q, W_q> = 0
+    model.params["layers.0.attn.wq"] *= 3.0
+    model.params["layers.0.attn.bq"] *= 3.0
+    np.testing.assert_allclose(model(x), y, rtol=1e-9, atol=1e-9)

@@ -7,6 +7,7 @@ inside the function that uses it, so that ``lnref --help`` stays instant.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -64,6 +65,34 @@ def input_errors() -> Iterator[None]:
         fail(str(err) if not isinstance(err, KeyError) else f"missing {err}")
 
 
+class LazyChoice(click.Choice):
+    """A choice among the keys of a registry ("module:NAME"), imported only when a value is
+    checked or the command's help is shown: ``lnref --help`` stays free of the engine."""
+
+    def __init__(self, registry: str) -> None:
+        super().__init__(())
+        self.registry = registry
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        module, _, name = self.registry.partition(":")
+        return tuple(getattr(importlib.import_module(module), name))
+
+    @choices.setter
+    def choices(self, _: Any) -> None:
+        pass
+
+
+def _scheme_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    options = {}
+    for value in values:
+        name, equals, setting = value.partition("=")
+        if not equals or not name:
+            raise click.BadParameter(f"{value!r} is not NAME=VALUE", ctx, param)
+        options[name.strip()] = setting.strip()
+    return options
+
+
 def model_options(function: Command) -> Command:
     """The options that describe a model, shared by every command that builds one."""
     options = [
@@ -74,8 +103,29 @@ def model_options(function: Command) -> Command:
         click.option("--d-ff", type=COUNT, default=64, show_default=True),
         click.option("--seq", type=COUNT, default=8, show_default=True, help="Sequence length."),
         click.option("--batch", type=COUNT, default=2, show_default=True),
-        click.option("--norm", type=click.Choice(["layernorm", "rmsnorm"]), default="layernorm", show_default=True),
-        click.option("--activation", type=click.Choice(["relu", "gelu"]), default="relu", show_default=True),
+        click.option(
+            "--norm",
+            type=LazyChoice("lnref.norms:NORM_KINDS"),
+            default="layernorm",
+            show_default=True,
+            help="The kind of every norm the scheme places.",
+        ),
+        click.option("--activation", type=LazyChoice("lnref.nn:ACTIVATIONS"), default="relu", show_default=True),
+        click.option(
+            "--qk-norm",
+            type=LazyChoice("lnref.qk_norms:QK_NORMS"),
+            default="none",
+            show_default=True,
+            help="Normalize the queries and keys of every attention.",
+        ),
+        click.option(
+            "--option",
+            "options",
+            multiple=True,
+            callback=_scheme_options,
+            metavar="NAME=VALUE",
+            help="One of the scheme's own options (lnref schemes --json lists them); repeatable.",
+        ),
         click.option("--causal", is_flag=True, help="Causal mask in self-attention."),
         click.option("--cross-attention", is_flag=True, help="Decoder stack: cross-attention to a fixed memory."),
         click.option("--eps", type=POSITIVE, default=1e-5, show_default=True, help="Norm epsilon."),
@@ -104,6 +154,8 @@ def model_from_options(
     dtype: str,
     seed: int,
     post_fraction: float,
+    qk_norm: str = "none",
+    options: Mapping[str, Any] | None = None,
     **_: Any,
 ) -> Model:
     """The model that :func:`model_options` describe (the other options are ignored)."""
@@ -123,6 +175,8 @@ def model_from_options(
         dtype=dtype,
         seed=seed,
         post_fraction=post_fraction,
+        qk_norm=qk_norm,
+        options=dict(options or {}),
     )
 
 

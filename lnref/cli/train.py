@@ -158,6 +158,8 @@ def train(
             eps=options["eps"],
             dtype=options["dtype"],
             post_fraction=options["post_fraction"],
+            qk_norm=options["qk_norm"],
+            options=options["options"],
             batch=options["batch"],
             seq=options["seq"],
             schedule=schedule,

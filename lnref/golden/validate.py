@@ -65,6 +65,8 @@ def model_config(path: str, fields: object) -> Config:
     names = [f.name for f in dataclasses.fields(Config)]
     if not isinstance(fields, dict):
         raise GoldenError(f"{path}: config has no 'model' object")
+    later = {"qk_norm": "none", "options": {}}  # fields added after the first files were written
+    fields = {**{name: value for name, value in later.items() if name not in fields}, **fields}
     missing = [name for name in names if name not in fields]
     unknown = [name for name in fields if name not in names]
     if missing or unknown:
@@ -76,7 +78,9 @@ def model_config(path: str, fields: object) -> Config:
     for number in ("eps", "post_fraction"):
         if isinstance(fields[number], bool) or not isinstance(fields[number], (int, float)):
             raise GoldenError(f"{path}: config {number} must be a number, got {fields[number]!r}")
-    for text in ("scheme", "norm", "activation", "dtype"):
+    if not isinstance(fields["options"], dict):
+        raise GoldenError(f"{path}: config options must be an object, got {fields['options']!r}")
+    for text in ("scheme", "norm", "activation", "dtype", "qk_norm"):
         if not isinstance(fields[text], str):
             raise GoldenError(f"{path}: config {text} must be a string, got {fields[text]!r}")
     try:

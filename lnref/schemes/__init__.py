@@ -16,6 +16,10 @@ and may define:
     embed(x, stack), readout(x, stack)   the stack-level stages (default: the identity)
     layer_params(index, branches, config)   extra per-layer parameters, name -> initial array
     initialize(model, rng)  a change to the initialization, after every parameter exists
+    OPTIONS      the scheme's own options: name -> Option(default, choices, help); a layer reads
+                 one as ``layer.option(name)``, ``initialize`` as ``model.config.option(name)``
+    REFUSES      the model options the scheme cannot take, name -> why ("norm": a scheme with
+                 no norm anywhere; "qk_norm"): a configuration that sets one is refused
 
 ``layer``, ``embed`` and ``readout`` compute on Tensors through primitives only (operators,
 the view's norms and branches, ``lnref.autograd.ops``), and everything else they compute is a
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 from importlib import import_module
 from types import ModuleType
+from typing import Any, NamedTuple
 
 SCHEMES = (
     "post",
@@ -43,6 +48,23 @@ SCHEMES = (
 )
 
 _REGISTERED: dict[str, ModuleType] = {}
+
+
+class Option(NamedTuple):
+    """One of a scheme's own options: its default, the values it takes (None: any number of
+    the default's type) and what it means."""
+
+    default: Any
+    choices: tuple[Any, ...] | None
+    help: str
+
+
+def options_of(scheme: ModuleType) -> dict[str, Option]:
+    return dict(getattr(scheme, "OPTIONS", {}))
+
+
+def refusals_of(scheme: ModuleType) -> dict[str, str]:
+    return dict(getattr(scheme, "REFUSES", {}))
 
 
 def register_scheme(name: str, module: ModuleType) -> None:

@@ -26,6 +26,8 @@ MODEL_KEYS = (
     "dtype",
     "seed",
     "post_fraction",
+    "qk_norm",
+    "options",
 )
 CHECK_KEYS = ("mode", "point", "batch", "seq", "entries", "rtol", "atol", "with_head", "vocab")
 
