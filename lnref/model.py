@@ -198,6 +198,8 @@ class Model:
             for name in getattr(scheme, "HEAD_NORMS", ()):
                 add_norm(prefix + name, cfg.d_model // cfg.n_heads)
                 self.head_norms.add(prefix + name)
+            for name in getattr(scheme, "FFN_NORMS", ()):
+                add_norm(prefix + name, cfg.d_ff)
             layer_params = getattr(scheme, "layer_params", None)
             if layer_params is not None:
                 for name, value in layer_params(i, branch_names, cfg).items():

@@ -88,12 +88,15 @@ def test_an_option_given_as_text_takes_the_type_of_its_default():
 
 
 @pytest.mark.usefixtures("gated")
-@pytest.mark.parametrize("options,words", [
-    ({"gait": 1.0}, ["no option 'gait'", "gate, final"]),
-    ({"gate": "wide"}, ["gate", "float"]),
-    ({"gate": "nan"}, ["gate", "finite"]),
-    ({"final": "maybe"}, ["final"]),
-])
+@pytest.mark.parametrize(
+    "options,words",
+    [
+        ({"gait": 1.0}, ["no option 'gait'", "gate, final"]),
+        ({"gate": "wide"}, ["gate", "float"]),
+        ({"gate": "nan"}, ["gate", "finite"]),
+        ({"final": "maybe"}, ["final"]),
+    ],
+)
 def test_a_bad_option_is_one_config_error_naming_it(options, words):
     with pytest.raises(lnref.ConfigError) as err:
         lnref.build("test_gated", n_layers=1, options=options)
@@ -125,3 +128,21 @@ def test_per_head_qk_norm_makes_attention_invariant_to_the_scale_of_wq():
     model.params["layers.0.attn.wq"] *= 3.0
     model.params["layers.0.attn.bq"] *= 3.0
     np.testing.assert_allclose(model(x), y, rtol=1e-9, atol=1e-9)
+
+
+def test_a_norm_after_the_ffn_activation_has_the_width_of_the_hidden_layer_and_passes_the_check():
+    import types
+
+    scheme = types.ModuleType("test_hidden_norm")
+    exec(
+        "NORMS = ('ln_{}',)\nFFN_NORMS = ('ln_hidden',)\nSUMMARY = PAPER = ''\n"
+        "def layer(x, layer):\n"
+        "    x = x + layer.self_attention(layer.norm('ln_attn', x))\n"
+        "    return x + layer.ffn(layer.norm('ln_ffn', x), hidden_norm='ln_hidden')\n",
+        scheme.__dict__,
+    )
+    register_scheme("test_hidden_norm", scheme)
+    model = lnref.build("test_hidden_norm", n_layers=2, **SMALL)
+    assert model.params["layers.0.ln_hidden.gamma"].shape == (16,)
+    report = checker.gradcheck(model, mode="blockwise", batch=2, seq=4)
+    assert report.ok and {r.tensor: r.status for r in report.results}["layers.1.ln_hidden.gamma"] == "passed"

@@ -10,6 +10,7 @@ and may define:
     NORMS        per-branch norm names, "{}" standing for the branch (attn, cross, ffn)
     LAYER_NORMS  further per-layer norms over d_model features
     HEAD_NORMS   per-layer norms over each head's d_model / n_heads features (q, k, v norms)
+    FFN_NORMS    per-layer norms over the FFN's d_ff hidden features (``layer.ffn(x, hidden_norm=...)``)
     STACK_NORMS  stack-level norms (final_ln, embed_ln: the latter comes first)
     STREAMS      names of the arrays a multi-stream state carries (or ``streams(index)``);
                  one stream "x" when absent
