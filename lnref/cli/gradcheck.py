@@ -23,6 +23,7 @@ from lnref.cli.options import (
     EXIT_FAILED,
     EXIT_OK,
     FiniteFloat,
+    SchemeName,
     compile_if_cold,
     fail,
     input_errors,
@@ -62,7 +63,7 @@ class OneOrList(click.ParamType):
 @click.command()
 @click.option(
     "--scheme",
-    type=OneOrList(click.Choice(SCHEMES), every=SCHEMES),
+    type=OneOrList(SchemeName(), every=SCHEMES),
     default=None,
     help="LN placement; a comma list or 'all' makes a sweep. Required unless --from.",
 )
