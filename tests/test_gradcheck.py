@@ -121,7 +121,7 @@ def test_a_layer_norm_backward_that_ignores_gamma_passes_at_init_but_fails_at_a_
 
 def test_a_forward_backward_mismatch_fails(monkeypatch):
     # The forward uses exact GELU, the backward still differentiates the tanh approximation.
-    def forward_with_exact_gelu(x, w1, b1, w2, b2, activation, mask):
+    def forward_with_exact_gelu(x, w1, b1, w2, b2, activation):
         hidden = kernels.linear_forward(x, w1, b1)
         acted = kernels.gelu_forward(hidden, "none")
         return kernels.linear_forward(acted, w2, b2), hidden, acted

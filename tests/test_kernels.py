@@ -434,12 +434,11 @@ def test_linear_twin_check_detects_a_backward_that_drops_the_weight_gradient_of_
         assert_twins_agree((dw, db), K.linear_backward_reference(dy, x, w)[1:])
 
 
-def ffn_inputs(rng, n, d, d_ff, activation, dtype=np.float64):
-    """(x, (w1, b1, w2, b2), dout, mask): the mask only for the "mask" activation."""
+def ffn_inputs(rng, n, d, d_ff, dtype=np.float64):
+    """(x, (w1, b1, w2, b2), dout)."""
     shapes = ((n, d), (d, d_ff), (d_ff,), (d_ff, d), (d,), (n, d))
     x, w1, b1, w2, b2, dout = (rng.standard_normal(shape).astype(dtype) for shape in shapes)
-    mask = (rng.random((n, d_ff)) > 0.5).astype(dtype) if activation == "mask" else None
-    return x, (w1, b1, w2, b2), dout, mask
+    return x, (w1, b1, w2, b2), dout
 
 
 def assert_same_bits(loop_out, ref_out, rtol=None):
@@ -458,30 +457,31 @@ def test_feed_forward_loops_match_the_composition(n, d, d_ff, activation, dtype,
     def compare(loop_out, ref_out):
         (assert_same_bits if K.USE_NUMBA else assert_twins_agree)(loop_out, ref_out, rtol)
 
-    x, weights, dout, mask = ffn_inputs(rng_for("ffn", n, d, d_ff, activation), n, d, d_ff, activation, dtype)
-    out, hidden, acted = loop("feed_forward_forward")(x, *weights, activation, mask)
-    ref_out, ref_hidden, ref_acted = K.feed_forward_forward_reference(x, *weights, activation, mask)
+    x, weights, dout = ffn_inputs(rng_for("ffn", n, d, d_ff, activation), n, d, d_ff, dtype)
+    out, hidden, acted = loop("feed_forward_forward")(x, *weights, activation)
+    ref_out, ref_hidden, ref_acted = K.feed_forward_forward_reference(x, *weights, activation)
     compare((out, acted), (ref_out, ref_acted))  # hidden: kept for GELU only (see kernels)
-    grads = loop("feed_forward_backward")(dout, x, weights[0], weights[2], hidden, acted, activation, mask)
+    grads = loop("feed_forward_backward")(dout, x, weights[0], weights[2], hidden, acted, activation)
     compare(
         grads,
-        K.feed_forward_backward_reference(dout, x, weights[0], weights[2], ref_hidden, ref_acted, activation, mask),
+        K.feed_forward_backward_reference(dout, x, weights[0], weights[2], ref_hidden, ref_acted, activation),
     )
 
 
 @pytest.mark.parametrize("path", ["loop", "reference"])
 def test_feed_forward_keeps_a_nan_for_the_next_norm_to_reject(path):
     forward = seam.twin("feed_forward_forward").paths[path]
-    x, weights, _, _ = ffn_inputs(rng_for("ffn-nan"), 4, 3, 5, "relu")
+    x, weights, _ = ffn_inputs(rng_for("ffn-nan"), 4, 3, 5)
     x[1, 2] = np.nan
-    out = forward(x, *weights, "relu", None)[0]
+    out = forward(x, *weights, "relu")[0]
     assert np.isnan(out[1]).all() and np.isfinite(np.delete(out, 1, axis=0)).all()
 
 
-def test_feed_forward_rejects_a_mask_without_the_mask_activation():
-    x, weights, _, mask = ffn_inputs(rng_for("ffn-mask"), 4, 3, 5, "mask")
-    with pytest.raises(ValueError, match="mask"):
-        K.feed_forward_forward(x, *weights, "relu", mask)
+@pytest.mark.parametrize("activation", ["mask", "tanh"])
+def test_feed_forward_rejects_an_activation_it_does_not_compute(activation):
+    x, weights, _ = ffn_inputs(rng_for("ffn-activation"), 4, 3, 5)
+    with pytest.raises(ValueError, match="activation must be one of relu, gelu"):
+        K.feed_forward_forward(x, *weights, activation)
 
 
 @pytest.mark.skipif(not K.USE_NUMBA, reason="the size rule chooses between compiled paths only")
@@ -545,7 +545,7 @@ def _all_kernel_calls(dtype):
     _, mprobs = K.multi_head_attention_forward(mq, mk, mv, 2, True)
     sx, memory, weights, sdout = sublayer_inputs(rng, 1, 4, 3, 6, cross=True, dtype=dtype)
     sublayer = K.attention_sublayer_forward(sx, memory, *weights, 2, False)
-    fx, ffn_weights, fdout, _ = ffn_inputs(rng, 5, 6, 8, "gelu", dtype)
+    fx, ffn_weights, fdout = ffn_inputs(rng, 5, 6, 8, dtype)
     ffn = K.feed_forward_forward(fx, *ffn_weights, "gelu")
     return [
         ("layer_norm_forward", lambda: K.layer_norm_forward(x, gamma, beta, EPS)),
@@ -967,9 +967,6 @@ MISFITTING_CALLS = {
     "linear_forward b": lambda: K.linear_forward(_r(4, 8), _r(8, 3), _r(5)),
     "linear_backward dy": lambda: K.linear_backward(_r(2, 3), _r(4, 8), _r(8, 3)),
     "feed_forward_forward w1": lambda: K.feed_forward_forward(_r(4, 8), _r(6, 16), _r(16), _r(16, 8), _r(8), "relu"),
-    "feed_forward_forward mask": lambda: K.feed_forward_forward(
-        _r(4, 8), _r(8, 16), _r(16), _r(16, 8), _r(8), "mask", _r(2, 16)
-    ),
     "feed_forward_backward dout": lambda: K.feed_forward_backward(
         _r(2, 8), _r(4, 8), _r(8, 16), _r(16, 8), _r(4, 16), _r(4, 16), "relu"
     ),
@@ -1007,7 +1004,7 @@ def _backward_case(name):
         "feed_forward": (
             K.feed_forward_backward,
             rng.standard_normal((6, 8)),
-            (x, w1, w2, hidden, acted, "relu", None),
+            (x, w1, w2, hidden, acted, "relu"),
         ),
         "attention_sublayer": (
             K.attention_sublayer_backward,
@@ -1374,9 +1371,9 @@ def test_the_cache_is_warm_once_the_first_run_kernels_have_run():
     loop("attention_sublayer_backward")(sdout, sx, None, *weights[::2], *outputs[1:])
     loop("linear_forward")(x, gamma[:, None] * np.ones(3), np.ones(3))
     loop("linear_backward")(dy[:, :3], x, gamma[:, None] * np.ones(3))
-    fx, ffn_weights, fdout, _ = ffn_inputs(np.random.default_rng(57), 3, 4, 5, "relu")
-    _, hidden, acted = loop("feed_forward_forward")(fx, *ffn_weights, "relu", None)
-    loop("feed_forward_backward")(fdout, fx, ffn_weights[0], ffn_weights[2], hidden, acted, "relu", None)
+    fx, ffn_weights, fdout = ffn_inputs(np.random.default_rng(57), 3, 4, 5)
+    _, hidden, acted = loop("feed_forward_forward")(fx, *ffn_weights, "relu")
+    loop("feed_forward_backward")(fdout, fx, ffn_weights[0], ffn_weights[2], hidden, acted, "relu")
     assert warmup.compile_cache_is_cold() is False
 
 

@@ -79,7 +79,7 @@ def _feed_forward_fwd(
         raise ValueError(f"feed_forward: x, W1, W2 of shapes {np.shape(x)}, {np.shape(w1)}, {np.shape(w2)} do not fit")
     rows = np.reshape(x, (-1, np.shape(x)[-1]))
     try:
-        out, hidden, acted = kernels.feed_forward_forward(rows, w1, b1, w2, b2, activation, None)
+        out, hidden, acted = kernels.feed_forward_forward(rows, w1, b1, w2, b2, activation)
     except (TypeError, ValueError) as error:
         raise kernel_error("feed_forward", error, x, w1, b1, w2, b2) from None
     return out.reshape(*np.shape(x)[:-1], w2.shape[1]), (np.shape(x), rows, w1, w2, hidden, acted, activation)
@@ -88,7 +88,7 @@ def _feed_forward_fwd(
 def _feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
     x_shape, rows, w1, w2, hidden, acted, activation = residuals
     dx, dw1, db1, dw2, db2 = kernels.feed_forward_backward(
-        dout.reshape(-1, dout.shape[-1]), rows, w1, w2, hidden, acted, activation, None, residuals_checked=True
+        dout.reshape(-1, dout.shape[-1]), rows, w1, w2, hidden, acted, activation, residuals_checked=True
     )
     return dx.reshape(x_shape), dw1, db1, dw2, db2
 
