@@ -477,11 +477,40 @@ def test_feed_forward_keeps_a_nan_for_the_next_norm_to_reject(path):
     assert np.isnan(out[1]).all() and np.isfinite(np.delete(out, 1, axis=0)).all()
 
 
-@pytest.mark.parametrize("activation", ["mask", "tanh"])
+@pytest.mark.parametrize("activation", ["mask", "gelu_erf", "tanh"])
 def test_feed_forward_rejects_an_activation_it_does_not_compute(activation):
     x, weights, _ = ffn_inputs(rng_for("ffn-activation"), 4, 3, 5)
-    with pytest.raises(ValueError, match="activation must be one of relu, gelu"):
+    with pytest.raises(ValueError, match="activation must be one of relu, gelu, gelu_tanh"):
         K.feed_forward_forward(x, *weights, activation)
+
+
+# A hidden layer of 2-D rows spread over the GELUs' curved range, each flavour's own formula
+# written out here, apart from the kernels (math.erf and math.tanh per element).
+def _gelu_by_formula(h, activation):
+    def one(v):
+        if activation == "gelu":
+            return v * 0.5 * (1.0 + math.erf(v / math.sqrt(2.0)))
+        return 0.5 * v * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v**3)))
+
+    return np.vectorize(one, otypes=[np.float64])(h)
+
+
+@pytest.mark.parametrize("path", ["loop", "reference"])
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
+def test_feed_forward_gelu_is_its_flavours_formula(path, activation):
+    forward = seam.twin("feed_forward_forward").paths[path]
+    x, (w1, b1, w2, b2), _ = ffn_inputs(rng_for("ffn-flavour", activation), 6, 4, 5)
+    out, hidden, acted = forward(x, w1, b1, w2, b2, activation)
+    np.testing.assert_allclose(acted, _gelu_by_formula(hidden, activation), rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("path", ["loop", "reference"])
+def test_the_two_gelu_flavours_of_the_feed_forward_differ(path):
+    # What tells a port's GELU from lnref's: about 1e-4 of the activation's scale apart.
+    forward = seam.twin("feed_forward_forward").paths[path]
+    x, weights, _ = ffn_inputs(rng_for("ffn-flavours"), 6, 4, 5)
+    exact, tanh = forward(x, *weights, "gelu")[2], forward(x, *weights, "gelu_tanh")[2]
+    assert 1e-5 < np.abs(exact - tanh).max() / np.abs(exact).max() < 1e-3
 
 
 @pytest.mark.skipif(not K.USE_NUMBA, reason="the size rule chooses between compiled paths only")

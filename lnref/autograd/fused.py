@@ -18,7 +18,9 @@ from lnref.autograd import kernels
 from lnref.autograd.checks import kernel_error
 from lnref.autograd.primitive import defprimitive
 
-FFN_ACTIVATIONS = ("relu", "gelu")
+# The activations the fused FFN computes (the model's names: "gelu" the exact erf form,
+# "gelu_tanh" the tanh approximation); any other takes the composition.
+FFN_ACTIVATIONS = kernels.FFN_ACTIVATIONS
 
 
 def _attention_sublayer_fwd(
@@ -66,11 +68,12 @@ attention_sublayer = defprimitive("attention_sublayer", _attention_sublayer_fwd,
 def _feed_forward_fwd(
     x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, *, activation: str = "relu"
 ) -> tuple[np.ndarray, Any]:
-    """F(x) = act(x W1 + b1) W2 + b2, act ReLU or the tanh-approximated GELU.
+    """F(x) = act(x W1 + b1) W2 + b2, act ReLU, the exact GELU x Phi(x) (``"gelu"``) or its
+    tanh approximation (``"gelu_tanh"``).
 
     VJP, with h = x W1 + b1 and a = act(h):
         dW2 = a^T dF,   db2 = sum over rows of dF,   da = dF W2^T
-        dh  = act'(h) * da        (ReLU: da where a > 0)
+        dh  = act'(h) * da        (ReLU: da where a > 0; exact GELU: Phi(h) + h phi(h))
         dW1 = x^T dh,   db1 = sum over rows of dh,   dx = dh W1^T
     """
     if activation not in FFN_ACTIVATIONS:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from lnref.model import Model
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+ACTIVATION_NAMES = ("relu", "gelu", "gelu_tanh")  # lnref.nn.ACTIVATIONS, named here to keep --help light
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
@@ -75,7 +76,13 @@ def model_options(function: Command) -> Command:
         click.option("--seq", type=COUNT, default=8, show_default=True, help="Sequence length."),
         click.option("--batch", type=COUNT, default=2, show_default=True),
         click.option("--norm", type=click.Choice(["layernorm", "rmsnorm"]), default="layernorm", show_default=True),
-        click.option("--activation", type=click.Choice(["relu", "gelu"]), default="relu", show_default=True),
+        click.option(
+            "--activation",
+            type=click.Choice(ACTIVATION_NAMES),
+            default="relu",
+            show_default=True,
+            help="FFN activation: gelu is the exact x Phi(x) (PyTorch's default), gelu_tanh its tanh approximation.",
+        ),
         click.option("--causal", is_flag=True, help="Causal mask in self-attention."),
         click.option("--cross-attention", is_flag=True, help="Decoder stack: cross-attention to a fixed memory."),
         click.option("--eps", type=POSITIVE, default=1e-5, show_default=True, help="Norm epsilon."),

@@ -102,9 +102,10 @@ def test_port_agrees_on_a_causal_decoder_with_cross_attention(tmp_path, scheme):
     assert_agrees(export(tmp_path, scheme, 6, cross_attention=True, causal=True))
 
 
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
 @pytest.mark.parametrize("scheme", LISTED + FURTHER)
-def test_port_agrees_with_rmsnorm_and_gelu(tmp_path, scheme):
-    assert_agrees(export(tmp_path, scheme, 6, norm="rmsnorm", activation="gelu"))
+def test_port_agrees_with_rmsnorm_and_either_gelu(tmp_path, scheme, activation):
+    assert_agrees(export(tmp_path, scheme, 6, norm="rmsnorm", activation=activation))
 
 
 def test_key_bias_gradient_is_round_off_in_both_implementations(tmp_path):

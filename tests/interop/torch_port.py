@@ -6,9 +6,11 @@ sublayer S is one of
 
     A(x)  = softmax(Q K^T / sqrt(d_h) [+ causal mask]) V W_o + b_o,  Q = x W_q + b_q, ...
     C(x)  = the same with K, V computed from the memory (decoders; never masked)
-    F(x)  = act(x W_1 + b_1) W_2 + b_2,  act = ReLU or tanh-approximated GELU
+    F(x)  = act(x W_1 + b_1) W_2 + b_2,  act = ReLU, GELU or tanh-approximated GELU
 
 and a layer applies them in the order A, (C,) F. Weights are (d_in, d_out): y = x @ W + b.
+The config's "gelu" is the exact x Phi(x), torch's default, and "gelu_tanh" the tanh
+approximation.
 """
 
 from __future__ import annotations
@@ -69,10 +71,15 @@ class Transformer:
 
     def feed_forward(self, prefix, x):
         hidden = x @ self.p[prefix + "w1"] + self.p[prefix + "b1"]
-        if self.c["activation"] == "relu":
+        activation = self.c["activation"]
+        if activation == "relu":
             hidden = torch.relu(hidden)
-        else:
+        elif activation == "gelu":
+            hidden = F.gelu(hidden)  # torch's default: the exact erf form
+        elif activation == "gelu_tanh":
             hidden = F.gelu(hidden, approximate="tanh")
+        else:
+            raise ValueError(f"unknown activation {activation!r}")
         return hidden @ self.p[prefix + "w2"] + self.p[prefix + "b2"]
 
     def norm(self, name, x):

@@ -2,12 +2,13 @@
 
 The model's FFN (``ops.feed_forward``; its docstring states the forward and the VJP):
 F(x) = act(x W1 + b1) W2 + b2 on rows ``x`` (n, d), W1 (d, d_ff), W2 (d_ff, d), with act
-ReLU or the tanh GELU. Up to the linear loop kernels' size, one compiled call runs the whole
-forward and one the whole backward, with the same loops in the same order as the composition
-(:func:`feed_forward_forward_reference`), so the two agree to the bit; bigger FFNs take the
-composition. The residuals are ``hidden`` = x W1 + b1 and ``acted`` = act(hidden). Only GELU's
-backward reads ``hidden``: for ReLU the loops write ``acted`` over it and return that one
-array for both.
+one of :data:`FFN_ACTIVATIONS`, named as the model names them: ``relu``, ``gelu`` (the exact
+erf form, PyTorch's default) and ``gelu_tanh`` (the tanh approximation). Up to the linear
+loop kernels' size, one compiled call runs the whole forward and one the whole backward, with
+the same loops in the same order as the composition (:func:`feed_forward_forward_reference`),
+so the two agree to the bit; bigger FFNs take the composition. The residuals are ``hidden`` =
+x W1 + b1 and ``acted`` = act(hidden). Only the GELUs' backward reads ``hidden``: for ReLU the
+loops write ``acted`` over it and return that one array for both.
 
 The two products of each direction go through one call site, in a loop of two steps: LLVM
 inlines a callee once per call site, and a second copy of the product loops would lengthen
@@ -22,27 +23,29 @@ import numpy as np
 # part put in a public name's place (a test's broken kernel) is the part they run.
 import lnref.autograd.kernels as kernels
 from lnref.autograd.kernels import linear
-from lnref.autograd.kernels.activations import gelu_tanh, gelu_tanh_slope
+from lnref.autograd.kernels.activations import gelu_erf, gelu_erf_slope, gelu_tanh, gelu_tanh_slope
 from lnref.autograd.kernels.checks import check_fit, cotangent, float_arrays, plain_arrays
 from lnref.autograd.kernels.linear import linear_grads_kernel, matmul_kernel
 from lnref.autograd.kernels.seam import Twin, njit
 
-FFN_ACTIVATIONS = ("relu", "gelu")
-_FFN_RELU, _FFN_GELU = 0, 1  # their codes in the compiled kernels
-_FFN_CODES = {"relu": _FFN_RELU, "gelu": _FFN_GELU}
+FFN_ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+_FFN_RELU, _FFN_GELU, _FFN_GELU_TANH = 0, 1, 2  # their codes in the compiled kernels
+_FFN_CODES = {"relu": _FFN_RELU, "gelu": _FFN_GELU, "gelu_tanh": _FFN_GELU_TANH}
+# The elementwise GELU kernels' name for each flavour.
+_APPROXIMATE = {"gelu": "none", "gelu_tanh": "tanh"}
 
 
 def _activate(hidden: np.ndarray, activation: str) -> np.ndarray:
     """act(hidden) as the composition computes it (a new array)."""
     if activation == "relu":
         return np.maximum(hidden, 0)  # NaN stays NaN, for the next norm to reject
-    return kernels.gelu_forward(hidden, "tanh")
+    return kernels.gelu_forward(hidden, _APPROXIMATE[activation])
 
 
 def _activation_backward(dacted: np.ndarray, hidden: np.ndarray, acted: np.ndarray, activation: str) -> np.ndarray:
     if activation == "relu":
         return kernels.relu_backward(dacted, acted)
-    return kernels.gelu_backward(dacted, hidden, "tanh")
+    return kernels.gelu_backward(dacted, hidden, _APPROXIMATE[activation])
 
 
 def feed_forward_forward_reference(
@@ -76,7 +79,8 @@ def feed_forward_backward_reference(
     ``(dx, dw1, db1, dw2, db2)``::
 
         dacted, dW2, db2 = linear VJP at dout     (dacted = dout W2^T, dW2 = acted^T dout)
-        dhidden = act'(hidden) * dacted           (ReLU: where acted > 0)
+        dhidden = act'(hidden) * dacted           (ReLU: where acted > 0; GELU: its slope
+                                                   at hidden, see kernels.gelu_backward)
         dx, dW1, db1 = linear VJP at dhidden
     """
     dacted, dw2, db2 = kernels.linear_backward(dout, acted, w2)
@@ -107,8 +111,10 @@ def _feed_forward_forward_kernel(
             for i in range(h.size):
                 if activation == _FFN_RELU:
                     a[i] = 0.0 if h[i] < 0 else h[i]  # np.maximum(h, 0): NaN and -0.0 kept
-                else:
+                elif activation == _FFN_GELU_TANH:
                     a[i] = gelu_tanh(float(h[i]))
+                else:
+                    a[i] = gelu_erf(float(h[i]))
             rows, weight, bias, dest = acted, w2, b2, out
         matmul_kernel(rows, weight, bias, dest)
 
@@ -139,8 +145,10 @@ def _feed_forward_backward_kernel(
             for i in range(d.size):
                 if activation == _FFN_RELU:
                     d[i] = d[i] if a[i] > 0 else 0.0
-                else:
+                elif activation == _FFN_GELU_TANH:
                     d[i] = d[i] * gelu_tanh_slope(float(h[i]))
+                else:
+                    d[i] = d[i] * gelu_erf_slope(float(h[i]))
             drows, rows, weight, drows_in, dweight, dbias = dacted, x, w1, dx, dw1, db1
         linear_grads_kernel(drows, rows, weight, drows_in, dweight, dbias)
 
