@@ -1,20 +1,34 @@
 """The two GELU flavours: ``gelu``, the exact x Phi(x) (PyTorch's default), and ``gelu_tanh``,
-the tanh approximation."""
+the tanh approximation; and golden files of format version 1, whose "gelu" was the tanh one.
+
+``tests/data/golden-format1-pre-gelu.npz`` was written by ``lnref export --activation gelu``
+before the change (see ``tests/data/README.md``).
+"""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 import lnref
 from lnref import model as model_module
 from lnref import nn
-from lnref.autograd import Tensor, ops
+from lnref.autograd import Tensor, kernels, ops
+from lnref.cli import main
 from lnref.cli.options import ACTIVATION_NAMES
+from lnref.golden import export_golden, from_golden, golden_arrays, load_golden
+from lnref.golden.compat import upgrade
 
+FORMAT_1_GELU = Path(__file__).parent / "data" / "golden-format1-pre-gelu.npz"
 SMALL = dict(d_model=8, n_heads=2, d_ff=16)
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def exact_gelu(h):
@@ -64,3 +78,45 @@ def test_an_activation_the_fused_ffn_lacks_takes_the_composition(monkeypatch):
     fused_off = lnref.build("pre", 1, activation="softplus_like", **SMALL)
     fused_off.fast = False
     np.testing.assert_array_equal(model(x), fused_off(x))
+
+
+# ----- golden files of format version 1 -----------------------------------------------------
+
+
+def test_a_format_1_file_reads_its_gelu_as_the_tanh_approximation():
+    golden = load_golden(FORMAT_1_GELU)
+    assert (golden.format_version, golden.config.activation) == (1, "gelu_tanh")
+
+
+@pytest.mark.skipif(
+    not kernels.USE_NUMBA, reason="the file was written by the compiled kernels; the NumPy twins round otherwise"
+)
+def test_a_format_1_gelu_file_is_reproduced_bit_for_bit():
+    model = from_golden(FORMAT_1_GELU)  # raises unless every stored array comes out bit for bit
+    assert model.config.activation == "gelu_tanh"
+
+
+def test_a_format_1_gelu_file_compares_as_passed_with_what_from_golden_computes(tmp_path):
+    golden, model = load_golden(FORMAT_1_GELU), from_golden(FORMAT_1_GELU, verify=False)
+    np.savez(tmp_path / "actual.npz", **golden_arrays(model, golden.x, golden.dy))
+    result = run("compare", FORMAT_1_GELU, tmp_path / "actual.npz")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == f"{len(golden.arrays)} passed, 0 failed"
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
+def test_a_file_of_the_current_format_keeps_its_activation_name(tmp_path, activation):
+    export_golden(lnref.build("pre", 1, activation=activation, **SMALL), tmp_path / "g.npz")
+    golden = load_golden(tmp_path / "g.npz")
+    assert (golden.format_version, golden.config.activation) == (2, activation)
+    assert from_golden(tmp_path / "g.npz").config.activation == activation
+
+
+def test_upgrading_a_format_1_document_leaves_the_document_read_untouched():
+    written = {"format_version": 1, "model": {"activation": "gelu"}}
+    assert upgrade(written) == {"format_version": 2, "model": {"activation": "gelu_tanh"}}
+    assert written == {"format_version": 1, "model": {"activation": "gelu"}}
+
+
+def test_a_format_1_relu_file_stays_relu():
+    assert upgrade({"format_version": 1, "model": {"activation": "relu"}})["model"]["activation"] == "relu"

@@ -10,6 +10,7 @@ largest |e| among the tensor and its siblings (names equal up to the last '.').
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from lnref.golden import compare_files, export_golden  # noqa: E402
 pytestmark = pytest.mark.torch
 
 RTOL = 1e-10
+FORMAT_1_GELU = Path(__file__).parents[1] / "data" / "golden-format1-pre-gelu.npz"
 LISTED = ("post", "pre", "residual", "b2t", "deepnorm", "admin")
 FURTHER = ("sandwich", "peri", "mixln", "dlcl", "rezero")
 DEPTHS = (1, 6, 48)
@@ -106,6 +108,10 @@ def test_port_agrees_on_a_causal_decoder_with_cross_attention(tmp_path, scheme):
 @pytest.mark.parametrize("scheme", LISTED + FURTHER)
 def test_port_agrees_with_rmsnorm_and_either_gelu(tmp_path, scheme, activation):
     assert_agrees(export(tmp_path, scheme, 6, norm="rmsnorm", activation=activation))
+
+
+def test_port_agrees_with_a_format_1_gelu_file_read_as_the_tanh_approximation():
+    assert_agrees(FORMAT_1_GELU)
 
 
 def test_key_bias_gradient_is_round_off_in_both_implementations(tmp_path):

@@ -10,7 +10,7 @@ sublayer S is one of
 
 and a layer applies them in the order A, (C,) F. Weights are (d_in, d_out): y = x @ W + b.
 The config's "gelu" is the exact x Phi(x), torch's default, and "gelu_tanh" the tanh
-approximation.
+approximation; files of format version 1 called the tanh approximation "gelu".
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ def read_golden(path):
     with np.load(path, allow_pickle=False) as data:
         arrays = {name: data[name] for name in data.files}
     config = json.loads(arrays.pop("config").tobytes().decode("utf-8"))
+    if config["format_version"] == 1 and config["model"]["activation"] == "gelu":
+        config["model"]["activation"] = "gelu_tanh"
     return config, arrays
 
 
