@@ -1,5 +1,6 @@
 """The two GELU flavours: ``gelu``, the exact x Phi(x) (PyTorch's default), and ``gelu_tanh``,
-the tanh approximation; and golden files of format version 1, whose "gelu" was the tanh one.
+the tanh approximation; golden files of format version 1, whose "gelu" was the tanh one; and
+the hint of ``lnref compare`` that names a flavour mismatch.
 
 ``tests/data/golden-format1-pre-gelu.npz`` was written by ``lnref export --activation gelu``
 before the change (see ``tests/data/README.md``).
@@ -7,6 +8,8 @@ before the change (see ``tests/data/README.md``).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -20,8 +23,9 @@ from lnref import nn
 from lnref.autograd import Tensor, kernels, ops
 from lnref.cli import main
 from lnref.cli.options import ACTIVATION_NAMES
-from lnref.golden import export_golden, from_golden, golden_arrays, load_golden
+from lnref.golden import compare_files, export_golden, from_golden, golden_arrays, load_golden
 from lnref.golden.compat import upgrade
+from lnref.model import Model
 
 FORMAT_1_GELU = Path(__file__).parent / "data" / "golden-format1-pre-gelu.npz"
 SMALL = dict(d_model=8, n_heads=2, d_ff=16)
@@ -120,3 +124,74 @@ def test_upgrading_a_format_1_document_leaves_the_document_read_untouched():
 
 def test_a_format_1_relu_file_stays_relu():
     assert upgrade({"format_version": 1, "model": {"activation": "relu"}})["model"]["activation"] == "relu"
+
+
+# ----- the hint of lnref compare -------------------------------------------------------------
+
+
+def golden_file(tmp_path, activation, scheme="residual", layers=3):
+    path = tmp_path / f"{scheme}-{activation}.npz"
+    export_golden(lnref.build(scheme, layers, activation=activation, **SMALL), path, batch=2, seq=4)
+    return path
+
+
+def recomputed(path, tmp_path, **changes):
+    """ACTUAL as a port would write it: the file's model and inputs, with ``changes`` to its config."""
+    golden = load_golden(path)
+    model = Model(dataclasses.replace(golden.config, **changes))
+    model.load(golden.params)
+    arrays = golden_arrays(model, golden.x, golden.dy, golden.memory)
+    actual = tmp_path / "actual.npz"
+    np.savez(actual, **{name: value for name, value in arrays.items() if not name.startswith("params/")})
+    return actual
+
+
+@pytest.mark.parametrize("file_flavour, port_flavour", [("gelu_tanh", "gelu"), ("gelu", "gelu_tanh")])
+def test_a_port_with_the_other_gelu_is_told_which_flavour_the_file_uses(tmp_path, file_flavour, port_flavour):
+    path = golden_file(tmp_path, file_flavour)
+    report = compare_files(path, recomputed(path, tmp_path, activation=port_flavour))
+    assert not report.ok and len(report.hints) == 1
+    assert report.hints[0].startswith(
+        f"ACTUAL matches this model with the {'exact' if port_flavour == 'gelu' else 'tanh'}"
+    )
+    assert f"not with the file's {'exact' if file_flavour == 'gelu' else 'tanh'}" in report.hints[0]
+
+
+def test_the_hint_on_a_format_1_file_says_the_file_calls_the_tanh_approximation_gelu(tmp_path):
+    report = compare_files(FORMAT_1_GELU, recomputed(FORMAT_1_GELU, tmp_path, activation="gelu"))
+    assert "which this format-1 file calls 'gelu'" in report.hints[0]
+    assert "F.gelu(x, approximate='tanh')" in report.hints[0]
+
+
+def test_a_port_with_the_other_gelu_and_a_second_difference_is_told_the_error_drops(tmp_path):
+    path = golden_file(tmp_path, "gelu_tanh")
+    report = compare_files(path, recomputed(path, tmp_path, activation="gelu", eps=1.001e-5))
+    assert len(report.hints) == 1 and "the worst failing error drops from" in report.hints[0]
+    assert "differs in something else as well" in report.hints[0]
+
+
+def test_a_failure_unrelated_to_the_gelu_gets_no_hint(tmp_path):
+    path = golden_file(tmp_path, "gelu_tanh")
+    actual = recomputed(path, tmp_path)
+    arrays = dict(np.load(actual))
+    arrays["grads/layers.1.ffn.w2"] = arrays["grads/layers.1.ffn.w2"] * (1 + 1e-6)
+    np.savez(actual, **arrays)
+    report = compare_files(path, actual)
+    assert report.failed == 1 and report.hints == []
+
+
+def test_a_relu_file_never_gets_a_gelu_hint(tmp_path):
+    path = golden_file(tmp_path, "relu")
+    report = compare_files(path, recomputed(path, tmp_path, activation="gelu"))
+    assert not report.ok and report.hints == []
+
+
+def test_the_hint_is_in_the_text_before_the_last_line_and_in_the_json(tmp_path):
+    path = golden_file(tmp_path, "gelu_tanh", layers=1)
+    actual = recomputed(path, tmp_path, activation="gelu")
+    text = run("compare", path, actual)
+    lines = text.stdout.strip().splitlines()
+    assert text.exit_code == 1 and lines[-2].startswith("hint: ACTUAL matches this model with the exact GELU")
+    assert lines[-1].endswith(" failed") and " 0 failed" not in lines[-1]
+    document = json.loads(run("compare", path, actual, "--json").stdout)
+    assert document["hints"] == [lines[-2][len("hint: ") :]]

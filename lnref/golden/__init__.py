@@ -26,6 +26,7 @@ bit; ``compare_files`` measures another implementation's arrays against a file. 
     validate      the checks of a file read from disk, before anything trusts it
     load          load_golden, from_golden and the Golden they read
     compare       compare_files and its report, Comparison
+    hints         what a failed comparison's pattern suggests (the other GELU flavour)
 
 Comparison rule, per tensor, with e the expected and a the actual array:
 

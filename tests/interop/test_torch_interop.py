@@ -199,3 +199,18 @@ def test_lnref_compare_reads_transposed_port_weights_with_transpose_weights(tmp_
     with_flag = CliRunner().invoke(main, ["compare", str(golden), str(actual), "--transpose-weights"])
     assert without.exit_code == 1
     assert with_flag.exit_code == 0, with_flag.output
+
+
+# ----- a port with the other GELU flavour -------------------------------------------------
+
+
+@pytest.mark.parametrize("golden_of", ["gelu_tanh export", "format-1 gelu file"])
+def test_a_port_using_torchs_default_gelu_on_a_tanh_gelu_file_is_told_the_flavour(tmp_path, golden_of):
+    golden = export(tmp_path, "pre", 6, activation="gelu_tanh") if golden_of == "gelu_tanh export" else FORMAT_1_GELU
+    actual = tmp_path / "torch.npz"
+    write_port_output(actual, torch_port.evaluate(golden, activation="gelu"))  # F.gelu(x): torch's default
+    result = CliRunner().invoke(main, ["compare", str(golden), str(actual)])
+    hints = [line for line in result.stdout.splitlines() if line.startswith("hint: ")]
+    assert result.exit_code == 1
+    assert len(hints) == 1 and "not with the file's tanh-approximated GELU" in hints[0]
+    assert "F.gelu(x, approximate='tanh')" in hints[0]
