@@ -65,3 +65,15 @@ def test_the_text_listing_is_two_lines_a_scheme():
     lines = result.stdout.splitlines()
     assert result.exit_code == 0 and len(lines) == 2 * len(SCHEMES)
     assert lines[0].split()[0] == SCHEMES[0] and get_scheme(SCHEMES[0]).PAPER in lines[1]
+
+
+def test_the_json_lists_a_schemes_own_options_and_what_it_refuses():
+    from lnref.cli.schemes import scheme_document
+    from lnref.schemes import register_scheme
+    from tests.schemes import gated
+
+    register_scheme("test_gated_json", gated)
+    document = scheme_document("test_gated_json")
+    assert document["options"]["scheme_options"]["gate"]["default"] == 1.0
+    assert document["options"]["scheme_options"]["final"]["choices"] == [False, True]
+    assert document["options"]["qk_norm"] == ["none"] and "qk_norm" in document["refuses"]

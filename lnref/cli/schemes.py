@@ -15,29 +15,37 @@ import click
 
 from lnref import SCHEMES
 
-# The scheme protocol's declarations of norms (lnref/schemes/__init__.py): a scheme that
-# declares none, like ReZero, places no norm, and --norm changes nothing in it.
-NORM_DECLARATIONS = ("NORMS", "LAYER_NORMS", "HEAD_NORMS", "STACK_NORMS")
-
 
 def scheme_document(name: str) -> dict[str, Any]:
     """What ``lnref schemes --json`` says of the scheme ``name``."""
     from lnref.nn import ACTIVATIONS
     from lnref.norms import NORM_KINDS
-    from lnref.schemes import get_scheme
+    from lnref.qk_norms import QK_NORMS
+    from lnref.schemes import get_scheme, options_of, places_norms, refusals_of
 
     module = get_scheme(name)
-    places_norms = any(getattr(module, declaration, ()) for declaration in NORM_DECLARATIONS)
+    refused = refusals_of(module)
+    own = {
+        option: {
+            "default": spec.default,
+            "choices": None if spec.choices is None else list(spec.choices),
+            "help": spec.help,
+        }
+        for option, spec in options_of(module).items()
+    }
     return {
         "name": name,
         "equation": module.SUMMARY,
         "paper": module.PAPER,
         "options": {
-            "norm": list(NORM_KINDS) if places_norms else [],
+            "norm": list(NORM_KINDS) if places_norms(module) and "norm" not in refused else [],
             "activation": list(ACTIVATIONS),
+            "qk_norm": ["none"] if "qk_norm" in refused else list(QK_NORMS),
             "causal": True,
             "cross_attention": True,
+            "scheme_options": own,
         },
+        "refuses": refused,
     }
 
 
@@ -46,7 +54,7 @@ def scheme_document(name: str) -> dict[str, Any]:
 def schemes(as_json):
     """List the schemes with their one-line equations and papers."""
     if as_json:
-        click.echo(json.dumps({"schemes": [scheme_document(name) for name in SCHEMES]}, indent=1))
+        click.echo(json.dumps({"schemes": [scheme_document(name) for name in SCHEMES]}, indent=1, default=str))
         return
     from lnref.schemes import get_scheme
 
