@@ -126,8 +126,8 @@ def _recheck_unresolved(
 
 
 def _zero_by_structure(result: TensorResult) -> TensorResult:
-    short = result.tensor.rpartition(".")[2]
-    if result.status == "unresolved" and short in ZERO_BY_STRUCTURE and result.tensor.startswith("layers."):
+    structural = any(result.tensor.endswith("." + suffix) for suffix in ZERO_BY_STRUCTURE)
+    if result.status == "unresolved" and structural and result.tensor.startswith("layers."):
         result.status = "zero"
     return result
 
