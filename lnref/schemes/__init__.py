@@ -50,6 +50,15 @@ SCHEMES = (
     "mixln",
     "dlcl",
     "rezero",
+    "reordered",
+    "subln",
+    "hybridnorm",
+    "normformer",
+    "lns",
+    "layerscale",
+    "parallel",
+    "tfixup",
+    "dslm",
 )
 
 _REGISTERED: dict[str, ModuleType] = {}
