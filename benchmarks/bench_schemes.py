@@ -122,7 +122,8 @@ def report(config_name, results, others):
             over.append(f"{name} {ratio:.2f}x")
     if others is not None and others > OTHER_CPUS_LIMIT:
         print(f"note: other work used {others:.2f} CPUs meanwhile: these figures competed with it")
-    print(f"goal (<= {GOAL}x Pre-LN per layer): " + ("met by every scheme" if not over else "NOT met by " + ", ".join(over)))
+    verdict = "met by every scheme" if not over else "NOT met by " + ", ".join(over)
+    print(f"goal (<= {GOAL}x Pre-LN per layer): {verdict}")
 
 
 def main(argv=None):

@@ -7,6 +7,7 @@ decoder forms under the gradient check, the identities their papers state that h
 CLI on each, and the bad input each refuses.
 """
 
+import json
 import math
 
 import numpy as np
@@ -421,3 +422,10 @@ def test_a_sweep_leaves_out_the_norms_a_scheme_refuses_and_says_so():
     assert result.exit_code == 0, result.output
     assert "note: tfixup with rmsnorm left out: scheme tfixup takes no norm option" in result.stderr
     assert "3 models: 3 passed, 0 failed" in result.stdout
+
+
+def test_profile_leaves_out_a_scheme_that_refuses_the_norm_and_says_so():
+    result = run("profile", "--scheme", "tfixup,lns", "--norm", "rmsnorm", "--layers", 2, "--seeds", 1, "--json")
+    assert result.exit_code == 0, result.output
+    assert "note: tfixup left out: scheme tfixup takes no norm option" in result.stderr
+    assert [entry["scheme"] for entry in json.loads(result.stdout)["results"]] == ["lns"]
