@@ -549,3 +549,14 @@ def test_a_failing_layer_breaks_the_run_of_passing_layers(monkeypatch):
     _scale_one_weight_gradient(monkeypatch, checker.jitter_params(model.params, 0)["layers.2.ffn.w1"], factor=1.01)
     text = checker.gradcheck(model, **SHAPE).to_text()
     assert "layer 2 " in text and "failed (1)" in text
+
+
+def test_a_failure_of_the_noise_estimate_is_measured_again_at_a_quarter_step_and_a_real_one_stays(monkeypatch):
+    from lnref.gradcheck.report import Check, confirmed
+
+    failing = Check("w", "layer 0", "direction", 1.0, 1.0 + 1e-6, 1e-12, 1e-10, "failed")
+    slope_one = lambda step: [t * step for t in (-2.0, -1.0, 0.0, 1.0, 2.0)]  # noqa: E731  (f(t) = t)
+    smooth = confirmed(failing, slope_one, 0.0, 1e-3, 1e-7, 0.0)
+    assert smooth.status == "passed" and "again at step 0.00025" in smooth.probe
+    wrong = Check("w", "layer 0", "direction", 2.0, 1.0, 1e-12, 1e-10, "failed")
+    assert confirmed(wrong, slope_one, 0.0, 1e-3, 1e-7, 0.0) is wrong
