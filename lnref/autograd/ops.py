@@ -138,6 +138,18 @@ def _gelu_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
 gelu = defprimitive("gelu", _gelu_fwd, _gelu_vjp)
 
 
+def _stop_gradient_fwd(x: Any) -> tuple[Any, Residuals]:
+    """sg(x) = x going forward; no gradient flows back through it (VJP: none)."""
+    return x, None
+
+
+def _stop_gradient_vjp(dout: np.ndarray, _: Residuals) -> Cotangents:
+    return (None,)
+
+
+stop_gradient = defprimitive("stop_gradient", _stop_gradient_fwd, _stop_gradient_vjp)
+
+
 # ----- reductions and shape -----------------------------------------------------------
 
 
