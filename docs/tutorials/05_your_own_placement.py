@@ -4,8 +4,8 @@
 # A scheme of lnref is one short module: the paper's equation in code, and nothing else. The
 # model, the gradient checker, the profiles and the golden files read it through the *scheme
 # protocol* (`lnref/schemes/__init__.py`), so a placement written in a file of your own gets all
-# of them without a change to lnref. This tutorial writes one, registers it, checks its
-# gradients and compares its profile with Pre-LN's.
+# of them without a change to lnref. This tutorial writes one, checks its gradients from the
+# command line and from Python, and compares its profile with Pre-LN's.
 #
 # The placement: Pre-LN whose branches are scaled by $s/\sqrt{L}$, $L$ the number of layers,
 #
@@ -15,7 +15,8 @@
 # 2023) and of MiniCPM (Hu et al. 2024). lnref has no module for it: a good first scheme.
 
 # %%
-import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,6 @@ import numpy as np
 import lnref
 from lnref import profile
 from lnref.gradcheck import gradcheck
-from lnref.schemes import register_scheme
 
 # %% [markdown]
 # ## The file
@@ -71,45 +71,48 @@ Path("depth_scaled.py").write_text(SOURCE)
 # a tensor's values: that is what lets lnref replay a repeated gradient pass without running
 # the Python of the layers again.
 #
-# ## Registering it
+# ## Every command takes the file
 #
-# `register_scheme(name, module)` makes the module a scheme of this process. From then on every
-# function that takes a scheme name takes it: `lnref.build`, the checker, the probes, the golden
-# files.
+# `--scheme` takes a path to a scheme file as it takes a built-in name, and so does every
+# function of lnref that takes a scheme. The gradient check from the command line first: every
+# tensor of a 12-layer stack against finite differences.
 
 # %%
-spec = importlib.util.spec_from_file_location("depth_scaled", "depth_scaled.py")
-depth_scaled = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(depth_scaled)
-register_scheme("depth_scaled", depth_scaled)
-
-model = lnref.build("depth_scaled", n_layers=12, d_model=16, n_heads=2, d_ff=64, seed=0)
-print(model.config)
-print(f"{len(model.params)} parameters; layer 0's: {', '.join(n for n in model.params if n.startswith('layers.0.'))}")
+command = ["lnref", "gradcheck", "--scheme", "depth_scaled.py", "--layers", "12", "--option", "s=2"]
+done = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True)
+print("$", " ".join(command), "\n")
+print(done.stdout)
+assert done.returncode == 0, done.stderr
 
 # %% [markdown]
-# Options are checked against the declaration, with one line for what is wrong:
+# Nothing in the scheme has a backward of its own: the branches, the norms and the scaling are
+# primitives with hand-written VJPs. The check still belongs to the scheme, since it is the
+# composition that could be wrong. In Python, the file's path is the scheme's name:
+
+# %%
+model = lnref.build("depth_scaled.py", n_layers=12, d_model=16, n_heads=2, d_ff=64, seed=0)
+print(model.config)
+print(f"{len(model.params)} parameters; layer 0's: {', '.join(n for n in model.params if n.startswith('layers.0.'))}")
+report = gradcheck(model, mode="blockwise", workers=1)  # layer by layer
+print("blockwise:", report.summary())
+assert report.ok
+
+# %% [markdown]
+# Options are checked against the scheme's declaration, and a file that does not follow the
+# protocol is refused, each with one line that says what is wrong:
 
 # %%
 for bad in ({"t": 1.0}, {"s": "large"}):
     try:
-        lnref.build("depth_scaled", n_layers=2, options=bad)
+        lnref.build("depth_scaled.py", n_layers=2, options=bad)
     except lnref.ConfigError as error:
-        print(f"{bad}: {error}")
+        print(f"options={bad}: {error}")
 
-# %% [markdown]
-# ## Its gradients, checked
-#
-# Nothing in the scheme has a backward of its own: the branches, the norms and the scaling are
-# primitives with hand-written VJPs. The check still belongs to the scheme, since it is the
-# composition that could be wrong. `gradcheck` compares every tensor's gradient with finite
-# differences, one direction each (`blockwise` does it layer by layer).
-
-# %%
-for mode in ("directional", "blockwise"):
-    report = gradcheck(model, mode=mode, workers=1)
-    print(f"{mode:12s} {report.summary()}")
-    assert report.ok
+Path("no_layer.py").write_text('SUMMARY = "x <- x"\nPAPER = "none"\n')
+try:
+    lnref.build("no_layer.py", n_layers=2)
+except lnref.ConfigError as error:
+    print(f"no_layer.py: {error}")
 
 # %% [markdown]
 # ## What the scaling does, measured
@@ -122,7 +125,7 @@ for mode in ("directional", "blockwise"):
 
 # %%
 settings = {"d_model": 32, "n_heads": 2, "d_ff": 128, "norm": "layernorm", "activation": "relu"}
-sweep = profile.run_sweep(("pre", "depth_scaled"), (12, 48), settings, seeds=range(2), seq=8)
+sweep = profile.run_sweep(("pre", "depth_scaled.py"), (12, 48), settings, seeds=range(2), seq=8)
 profile.save_figure(sweep, "hidden_norm", "hidden_norm.png")
 print("||x_L|| / ||x_0||, mean over seeds")
 for depth in sweep.depths:
@@ -132,13 +135,13 @@ for depth in sweep.depths:
         ratios.append(f"{scheme} {norms[-1] / norms[0]:5.2f}")
     print(f"{depth:3d} layers: " + "   ".join(ratios))
 
-growth = {depth: sweep.results[("depth_scaled", depth)].mean["hidden_norm"] for depth in sweep.depths}
+growth = {depth: sweep.results[("depth_scaled.py", depth)].mean["hidden_norm"] for depth in sweep.depths}
 assert abs(growth[48][-1] / growth[48][0] - growth[12][-1] / growth[12][0]) < 0.2
 
 # %% [markdown]
 # The scaled stack ends at about the same multiple of its input at 12 and at 48 layers; Pre-LN's
 # keeps growing. That is all the scaling claims at initialization; whether it trains better is a
-# question for `lnref train`.
+# question for `lnref train --scheme depth_scaled.py`.
 #
 # ## A golden file for a port
 #
