@@ -23,6 +23,7 @@ import numpy as np
 
 import lnref
 from lnref import profile
+from lnref.golden import export_golden, from_golden
 from lnref.gradcheck import gradcheck
 
 # %% [markdown]
@@ -149,8 +150,6 @@ assert abs(growth[48][-1] / growth[48][0] - growth[12][-1] / growth[12][0]) < 0.
 # be tested against lnref at once ([the porting tutorial](porting-to-pytorch.md) shows how).
 
 # %%
-from lnref.golden import export_golden, from_golden  # noqa: E402
-
 export_golden(model, "depth_scaled.npz", batch=2, seq=4)
 rebuilt = from_golden("depth_scaled.npz")  # rebuilds the model and checks every stored array, bit for bit
 print(rebuilt.config.scheme, rebuilt.config.n_layers, "layers: the file reproduces, bit for bit")
