@@ -39,6 +39,13 @@ DECLARATIONS = (
     ("STACK_NORMS", "once per stack"),
 )
 
+HOOKS = {  # the protocol's optional functions, as lnref/schemes/__init__.py describes them
+    "embed": "the stack's first stage (default: the identity)",
+    "readout": "the stack's last stage (default: the last state)",
+    "layer_params": "extra parameters of each layer",
+    "initialize": "a change to the initialization, once every parameter exists",
+}
+
 Write = Callable[[str, str | bytes], None]
 
 
@@ -155,7 +162,7 @@ def _prose(paragraph: str) -> str:
 
 
 def _declarations(name: str, module: ModuleType) -> list[str]:
-    rows = ["| declared | names | where |", "| --- | --- | --- |"]
+    rows = ["| declared | names | what |", "| --- | --- | --- |"]
     for attribute, where in DECLARATIONS:
         values = getattr(module, attribute, ())
         if values:
@@ -166,10 +173,10 @@ def _declarations(name: str, module: ModuleType) -> list[str]:
         f"; entering layer 1: {', '.join(later)}" if later != streams else ""
     )
     rows.append(f"| streams | {shown} | the state carried from layer to layer |")
-    for hook in ("embed", "readout", "layer_params", "initialize"):
+    for hook, meaning in HOOKS.items():
         if hasattr(module, hook):
             doc = (inspect.getdoc(getattr(module, hook)) or "").split("\n\n")[0].replace("\n", " ")
-            rows.append(f"| `{hook}` | defined | {_prose(doc) or 'see the module'} |")
+            rows.append(f"| `{hook}` | defined | {meaning}{': ' + _prose(doc) if doc else ''} |")
     options = options_of(module)
     if options:
         rows += ["", "Options (`--option NAME=VALUE`, or `build(..., options={...})`):", ""]
