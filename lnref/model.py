@@ -462,8 +462,8 @@ def _prefixed(prefix: str, params: dict[str, np.ndarray]) -> dict[str, np.ndarra
 def build(scheme: str, n_layers: int, d_model: int = 16, n_heads: int = 2, d_ff: int = 64, **options: Any) -> Model:
     """A model of ``scheme`` with freshly initialized (seeded) parameters.
 
-    Options: norm (a kind of ``lnref.norms``: "layernorm", "rmsnorm"), activation ("relu" |
-    "gelu"), causal, cross_attention, eps, dtype ("float64" | "float32"), seed, post_fraction
+    Options: norm (a kind of ``lnref.norms``: "layernorm", "rmsnorm"), activation (``lnref.nn.ACTIVATIONS``:
+    "relu", "gelu", "gelu_tanh"), causal, cross_attention, eps, dtype ("float64" | "float32"), seed, post_fraction
     (Mix-LN), qk_norm (a variant of ``lnref.qk_norms``), options (the scheme's own, a dict).
     """
     unknown = set(options) - {f.name for f in dataclasses.fields(Config)}

@@ -176,7 +176,7 @@ class Layer(_View):
         after the activation."""
         p, activation = self.run.group(self.prefix + "ffn"), self.config.activation
         frozen_relu = activation == "relu" and self.run.freeze is not None
-        if self.run.fused and not pieces and not frozen_relu:
+        if self.run.fused and not pieces and not frozen_relu and activation in fused.FFN_ACTIVATIONS:
             return fused.feed_forward(x, p["w1"], p["b1"], p["w2"], p["b2"], activation=activation)
         resolved = {key: self._piece(key, name) for key, name in pieces.items()}
         activate = self._frozen_relu if frozen_relu else None

@@ -134,7 +134,13 @@ def model_options(function: Command) -> Command:
             show_default=True,
             help="The kind of every norm the scheme places.",
         ),
-        click.option("--activation", type=LazyChoice("lnref.nn:ACTIVATIONS"), default="relu", show_default=True),
+        click.option(
+            "--activation",
+            type=LazyChoice("lnref.nn:ACTIVATIONS"),
+            default="relu",
+            show_default=True,
+            help="FFN activation: gelu is the exact x Phi(x) (PyTorch's default), gelu_tanh its tanh approximation.",
+        ),
         click.option(
             "--qk-norm",
             type=LazyChoice("lnref.qk_norms:QK_NORMS"),

@@ -67,6 +67,11 @@ class Option(NamedTuple):
     help: str
 
 
+def places_norms(scheme: ModuleType) -> bool:
+    """Whether the scheme places any norm (a scheme with none, like ReZero, takes no --norm)."""
+    return any(getattr(scheme, name, ()) for name in ("NORMS", "LAYER_NORMS", "HEAD_NORMS", "FFN_NORMS", "STACK_NORMS"))
+
+
 def options_of(scheme: ModuleType) -> dict[str, Option]:
     return dict(getattr(scheme, "OPTIONS", {}))
 

@@ -6,9 +6,11 @@ sublayer S is one of
 
     A(x)  = softmax(Q K^T / sqrt(d_h) [+ causal mask]) V W_o + b_o,  Q = x W_q + b_q, ...
     C(x)  = the same with K, V computed from the memory (decoders; never masked)
-    F(x)  = act(x W_1 + b_1) W_2 + b_2,  act = ReLU or tanh-approximated GELU
+    F(x)  = act(x W_1 + b_1) W_2 + b_2,  act = ReLU, GELU or tanh-approximated GELU
 
 and a layer applies them in the order A, (C,) F. Weights are (d_in, d_out): y = x @ W + b.
+The config's "gelu" is the exact x Phi(x), torch's default, and "gelu_tanh" the tanh
+approximation; files of format version 1 called the tanh approximation "gelu".
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def read_golden(path):
     with np.load(path, allow_pickle=False) as data:
         arrays = {name: data[name] for name in data.files}
     config = json.loads(arrays.pop("config").tobytes().decode("utf-8"))
+    if config["format_version"] == 1 and config["model"]["activation"] == "gelu":
+        config["model"]["activation"] = "gelu_tanh"
     return config, arrays
 
 
@@ -69,10 +73,15 @@ class Transformer:
 
     def feed_forward(self, prefix, x):
         hidden = x @ self.p[prefix + "w1"] + self.p[prefix + "b1"]
-        if self.c["activation"] == "relu":
+        activation = self.c["activation"]
+        if activation == "relu":
             hidden = torch.relu(hidden)
-        else:
+        elif activation == "gelu":
+            hidden = F.gelu(hidden)  # torch's default: the exact erf form
+        elif activation == "gelu_tanh":
             hidden = F.gelu(hidden, approximate="tanh")
+        else:
+            raise ValueError(f"unknown activation {activation!r}")
         return hidden @ self.p[prefix + "w2"] + self.p[prefix + "b2"]
 
     def norm(self, name, x):
