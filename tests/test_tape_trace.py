@@ -51,6 +51,13 @@ def test_unnamed_leaves_are_numbered_in_order_of_first_use(recorded):
     assert "leaf0 f64[2,3], leaf1 f64[3,4], leaf2 f64[4]" in linear
 
 
+def test_a_tensor_that_needs_no_gradient_is_shown_as_a_constant():
+    x, c = Tensor(np.ones(3), requires_grad=True), Tensor(np.ones(3))
+    with Tape() as tape:
+        x * c
+    assert "leaf0 f64[3], const f64[3]" in str(tape)
+
+
 def test_format_shows_the_output_shape_and_the_residuals_kept(recorded):
     tape, leaves = recorded
     layer_norm = rows(tape.format(leaves))[2]

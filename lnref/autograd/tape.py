@@ -195,9 +195,10 @@ class _Labels:
                     leaves += 1
 
     def of(self, value: Any) -> str:
+        """The label of a Tensor ("" for anything else); every Tensor that requires a gradient has one."""
         if type(value) is not Tensor:
             return ""
-        return self.known.get(id(value), "const" if not value.requires_grad else "?")
+        return self.known.get(id(value), "const")
 
 
 _DTYPE_SHORT = {"float64": "f64", "float32": "f32", "int64": "i64", "int32": "i32", "bool": "bool"}
