@@ -1,0 +1,4 @@
+"""Placements added after the first eleven (placeholder)."""
+
+SCHEMES = {}
+STREAMS = {}
