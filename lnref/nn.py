@@ -21,6 +21,11 @@ from lnref.autograd import Tensor, ops
 from lnref.norms import NORM_KINDS
 
 ATTENTION_PARAMS = ("wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo")
+# Parameters whose gradient is zero by the structure of plain attention: adding q . bk to
+# every score of a query shifts its softmax's inputs alike, which leaves the softmax unchanged.
+# (A norm on k after its bias breaks the structure; the checker labels a parameter so only
+# when finite differences, too, find nothing above their noise.)
+ZERO_BY_STRUCTURE = {"bk": "adding q.bk to every score of a query leaves its softmax unchanged"}
 FFN_PARAMS = ("w1", "b1", "w2", "b2")
 ACTIVATIONS: dict[str, Callable[[Any], Tensor]] = {
     "relu": ops.relu,

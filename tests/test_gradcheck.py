@@ -84,12 +84,47 @@ def test_deep_post_ln_lower_layers_are_resolved_in_blockwise_mode():
     assert report.ok and unresolved_other_than_key_biases(report) == []
 
 
-def test_key_biases_are_unresolved_never_passed():
+def test_key_biases_are_zero_by_structure_never_passed():
     # Softmax ignores a shift shared by all keys of a query: dL/dbk is exactly zero.
     report = check("pre")
     statuses = {r.tensor: r.status for r in report.results}
-    assert statuses["layers.0.attn.bk"] == "unresolved"
-    assert "exactly zero" in report.to_text()
+    assert statuses["layers.0.attn.bk"] == "zero"
+    assert report.counts["zero"] == 3 and "zero by structure (*.bk)" in report.to_text()
+
+
+def test_a_key_bias_with_a_norm_on_k_is_no_structural_zero_and_passes():
+    report = check("pre", qk_norm="head")
+    assert {r.tensor: r.status for r in report.results}["layers.0.attn.bk"] == "passed"
+
+
+def test_a_broken_key_bias_gradient_is_caught_not_labelled_zero(monkeypatch):
+    # With a norm on k, dL/dbk is not zero; a backward that drops it must fail.
+    from lnref.autograd import PRIMITIVES
+
+    vjp = PRIMITIVES["linear"].vjp
+
+    def without_the_bias_gradient(dout, residuals):
+        dx, dweight, dbias = vjp(dout, residuals)
+        return dx, dweight, dbias * 0.0
+
+    monkeypatch.setitem(PRIMITIVES, "linear", PRIMITIVES["linear"]._replace(vjp=without_the_bias_gradient))
+    report = check("pre", qk_norm="head")
+    statuses = {r.tensor: r.status for r in report.results}
+    assert statuses["layers.0.attn.bk"] == "failed" and "zero" not in statuses.values()
+
+
+def test_the_main_job_leaves_nothing_unresolved_but_the_zeros_by_structure():
+    model = lnref.build("residual", n_layers=48, d_model=16, n_heads=2, d_ff=64)
+    report = checker.gradcheck(model)
+    assert report.ok and report.counts["unresolved"] == 0
+    assert report.counts["zero"] == 48 and "0 unresolved apart from the zeros by structure" in report.to_text()
+
+
+def test_unresolved_layer_parameters_are_checked_again_with_their_layer_alone(monkeypatch):
+    # Negative control: without the second check the deep model leaves tensors unresolved.
+    monkeypatch.setattr(checker, "_recheck_unresolved", lambda at, results, *args: results)
+    model = lnref.build("residual", n_layers=48, d_model=16, n_heads=2, d_ff=64)
+    assert checker.gradcheck(model).counts["unresolved"] > 0
 
 
 # ----- broken models fail, and the checker names the tensor -----

@@ -220,20 +220,26 @@ def _block_value(outputs: tuple[Any, ...], cotangent: list[np.ndarray]) -> Tenso
     return total
 
 
-def check_blockwise(point: Point, h: float, rtol: float, atol: float, seed: int, generic: bool) -> list[TensorResult]:
-    """One seeded direction per target of every block."""
+def check_blockwise(
+    point: Point, h: float, rtol: float, atol: float, seed: int, generic: bool, only: set[str] | None = None
+) -> list[TensorResult]:
+    """One seeded direction per target of every block (``only``: just the parameters named,
+    in the blocks that hold them)."""
     eps = np.finfo(point.model.dtype).eps
     results = []
     for number, spec in enumerate(block_specs(point)):
+        if only is not None and not only.intersection(spec[2]):
+            continue
         block = Block(point, number, *spec, seed=seed, generic=generic)
         for name, kind, key, analytic_grad in block.targets:
             direction = block.rng.standard_normal(analytic_grad.shape)
             direction = (direction / np.linalg.norm(direction)).astype(point.model.dtype)
+            if only is not None and name not in only:
+                continue  # (its direction drawn all the same: the others' stay those of blockwise mode)
             numeric, sigma = difference_from_values(block.values_along(kind, key, direction, h), h)
             analytic = float(np.sum(analytic_grad * direction))
-            check = compare(
-                name, block.where, "direction", analytic, numeric, max(sigma, eps * block.scale), h, rtol, atol
-            )
+            probe = "direction" if only is None else "direction, its block alone"
+            check = compare(name, block.where, probe, analytic, numeric, max(sigma, eps * block.scale), h, rtol, atol)
             results.append(summarize(name, block.where, [check]))
     return results
 

@@ -10,8 +10,11 @@ from typing import Any
 import numpy as np
 
 from lnref.finite_diff import STATUSES, judge
+from lnref.nn import ZERO_BY_STRUCTURE
 
-KEY_BIAS = ".bk"  # attention key biases: gradient exactly zero (softmax shift invariance)
+# Report-level statuses: a tensor is "zero" when its gradient is zero by the model's structure
+# (``nn.ZERO_BY_STRUCTURE``) and the check, analytic and numeric, found nothing above the noise.
+REPORT_STATUSES = (*STATUSES, "zero")
 
 
 @dataclass
@@ -119,7 +122,7 @@ class Report:
 
     @property
     def counts(self) -> dict[str, int]:
-        return {status: sum(r.status == status for r in self.results) for status in STATUSES}
+        return {status: sum(r.status == status for r in self.results) for status in REPORT_STATUSES}
 
     @property
     def check_counts(self) -> dict[str, int]:
@@ -133,7 +136,8 @@ class Report:
     def summary(self) -> str:
         counts = self.counts
         line = f"{counts['passed']} passed, {counts['failed']} failed"
-        return line + (f", {counts['unresolved']} unresolved" if counts["unresolved"] else "")
+        line += f", {counts['unresolved']} unresolved" if counts["unresolved"] else ""
+        return line + (f", {counts['zero']} zero by structure" if counts["zero"] else "")
 
     def by_place(self) -> dict[str, list[TensorResult]]:
         places: dict[str, list[TensorResult]] = {}
@@ -167,19 +171,23 @@ class Report:
                 f"  {r.tensor} [{c.probe}] {r.status}: analytic {c.analytic:.12g} numeric {c.numeric:.12g} "
                 f"error {c.error:.3g} tolerance {c.tolerance:.3g} noise {c.noise:.3g}"
             )
+        zeros = [r.tensor for r in self.results if r.status == "zero"]
+        for short, why in ZERO_BY_STRUCTURE.items():
+            named = [name for name in zeros if name.rpartition(".")[2] == short]
+            if named:
+                lines.append(
+                    f"  {len(named)} zero by structure (*.{short}): {why}; finite differences agree "
+                    "to their noise floor"
+                )
         unresolved = [r.tensor for r in self.results if r.status == "unresolved"]
-        key_biases = [name for name in unresolved if name.endswith(KEY_BIAS)]
-        if key_biases:
+        if unresolved:
+            hint = "" if self.mode in ("blockwise", "full") else " (a layer on its own could not resolve them either)"
             lines.append(
-                f"  {len(key_biases)} unresolved key biases (*{KEY_BIAS}): their gradient is exactly "
-                "zero, since adding q.bk to every score of a query leaves the softmax unchanged"
+                f"  {len(unresolved)} unresolved: analytic and numeric both under the finite-difference "
+                f"noise floor{hint}"
             )
-        if len(unresolved) > len(key_biases):
-            hint = "" if self.mode in ("blockwise", "full") else "; --mode blockwise checks each layer on its own"
-            lines.append(
-                f"  {len(unresolved) - len(key_biases)} other unresolved: analytic and numeric both "
-                f"under the finite-difference noise floor{hint}"
-            )
+        elif self.results:
+            lines.append("  0 unresolved" + (" apart from the zeros by structure" if zeros else ""))
         lines += ["", f"{self.seconds:.1f} s"]
         if self.mode in ("entries", "full"):
             checks = self.check_counts
@@ -227,7 +235,7 @@ Row = tuple[str, str, float, str, int]  # where, tensors, worst error/tolerance,
 
 def _place_row(where: str, results: list[TensorResult]) -> Row:
     statuses = [r.status for r in results]
-    status = next((s for s in ("failed", "unresolved") if s in statuses), "passed")
+    status = next((s for s in ("failed", "unresolved", "zero") if s in statuses), "passed")
     return where, str(len(results)), max(r.worst.ratio for r in results), status, statuses.count(status)
 
 

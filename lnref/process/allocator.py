@@ -4,9 +4,8 @@ Every pass allocates its activations and gradients afresh and frees them at the 
 glibc's default settings an array of more than 128 KiB (later: more than the largest one
 freed so far, up to 32 MiB) is mapped from the kernel on allocation and unmapped when freed,
 and free memory at the top of the heap is returned once it exceeds twice that threshold. The
-next pass then touches fresh pages, one page fault per 4 KiB: measured on the 12-layer
-d_model-256 model, 72,000 faults and about a quarter of a forward+backward's time; on the
-48-layer d_model-64 model, 1,800 faults per pass.
+next pass then touches fresh pages, one page fault per 4 KiB, which costs a big model a
+large share of its pass (docs/performance.md has the figures).
 
 :func:`keep_freed_memory` fixes both thresholds, so that freed memory stays in the process
 and is handed out again: resident memory stays at the peak of a pass instead of rising and
@@ -45,8 +44,7 @@ def return_freed_memory() -> bool:
     False where the C library is not glibc.
 
     For a process about to fork workers: a worker that allocates from memory its parent kept
-    free writes into it and so copies it, page by page (measured, after a garbage collection:
-    a first 48-layer gradcheck with two workers took 274 MB in all without this, 266 MB with).
+    free writes into it and so copies it, page by page.
     """
     malloc_trim = _c_function("malloc_trim", (ctypes.c_size_t,))
     if malloc_trim is None:

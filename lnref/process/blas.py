@@ -31,12 +31,8 @@ from typing import Any
 TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
 # 2^16 cycles, tens of microseconds. Short enough that the workers sleep early in an
 # attention core (milliseconds at the sizes that take threads); long enough that the
-# products of a medium model, which follow each other more closely, find them awake. Measured
-# on 2 cores, 2 BLAS threads: the shortest setting (2^4 cycles, sleep at once) made the
-# 48-layer d_model-64 pass about 20% slower (medians of 4 processes, 120 against 98 ms);
-# 2^16 left it as fast as the default (70-74 ms either way, 5 processes each), and gave the
-# 12-layer d_model-256 model's threaded attention 0.93-0.97x the time of one thread, against
-# 0.96-1.06x with the default.
+# products of a medium model, which follow each other more closely, find them awake
+# (docs/performance.md: what each setting measured).
 IDLE_TIMEOUT = 16
 
 _GETTERS = (

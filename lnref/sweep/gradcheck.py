@@ -87,8 +87,9 @@ def format_table(records: list[dict[str, Any]]) -> str:
     lines = [
         f"gradcheck sweep: mode {records[0]['result']['mode']}, at {records[0]['result']['point']}",
         "",
-        "| scheme | norm | layers | tensors | passed | failed | unresolved | worst err/tol | seconds |",
-        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|",
+        "| scheme | norm | layers | tensors | passed | failed | unresolved | zero by structure | worst err/tol "
+        "| seconds |",
+        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     failing = []
     for record in records:
@@ -97,8 +98,8 @@ def format_table(records: list[dict[str, Any]]) -> str:
         worst = max((_ratio(tensor["worst"]["ratio"]) for tensor in report["tensors"]), default=0.0)
         lines.append(
             f"| {model['scheme']} | {model['norm']} | {model['n_layers']} | {len(report['tensors'])} | "
-            f"{counts['passed']} | {counts['failed']} | {counts['unresolved']} | {worst:.3g} | "
-            f"{report['seconds']:.1f} |"
+            f"{counts['passed']} | {counts['failed']} | {counts['unresolved']} | {counts.get('zero', 0)} | "
+            f"{worst:.3g} | {report['seconds']:.1f} |"
         )
         if not report["ok"]:
             failing.append(record)
