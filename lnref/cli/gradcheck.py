@@ -23,6 +23,7 @@ from lnref.cli.options import (
     EXIT_FAILED,
     EXIT_OK,
     FiniteFloat,
+    LazyChoice,
     compile_if_cold,
     fail,
     input_errors,
@@ -32,14 +33,15 @@ from lnref.cli.options import (
 from lnref.cli.profile import model_options_except
 from lnref.cli.sweep import SweepRequest, execute, load, sweep_options
 
-NORMS = ("layernorm", "rmsnorm")
+NORMS = LazyChoice("lnref.norms:NORM_KINDS")
 
 
 class OneOrList(click.ParamType):
     """One value, checked as ``single`` checks it (so the one-model form reads and rejects it
-    exactly as before), or a comma list of them (a tuple), or ``all`` when ``every`` is given."""
+    exactly as before), or a comma list of them (a tuple), or ``all`` when ``every`` is given
+    (the values, or a choice whose values are read when ``all`` is)."""
 
-    def __init__(self, single: click.ParamType, every: tuple[Any, ...] | None = None) -> None:
+    def __init__(self, single: click.ParamType, every: tuple[Any, ...] | click.Choice | None = None) -> None:
         self.single, self.every = single, every
         self.name = single.name
 
@@ -52,7 +54,7 @@ class OneOrList(click.ParamType):
         if not isinstance(value, str) or ("," not in value and value != "all"):
             return self.single.convert(value, param, ctx)
         if value == "all" and self.every:
-            return tuple(self.every)
+            return tuple(self.every.choices if isinstance(self.every, click.Choice) else self.every)
         parts = [part.strip() for part in value.split(",")]
         if not all(parts):
             self.fail(f"{value!r} has an empty entry", param, ctx)
@@ -76,7 +78,7 @@ class OneOrList(click.ParamType):
 @model_options_except("scheme", "layers", "norm")
 @click.option(
     "--norm",
-    type=OneOrList(click.Choice(NORMS), every=NORMS),
+    type=OneOrList(NORMS, every=NORMS),
     default="layernorm",
     show_default=True,
     help="A comma list or 'all' makes a sweep.",
