@@ -14,7 +14,7 @@ The kinds beyond LayerNorm and RMSNorm, and the code they were read against:
                smaller for wider models (7B: 0.8 and 0.2), and drop beta
                (other_tasks/LLaMA). A norm kind cannot tell where it sits: lnref takes 0.5 at
                every norm (set ``<norm>.alpha`` after ``build`` for the LLaMA values).
-    scalenorm  Nguyen, Salazar 2019, "Transformers without Tears" (IWSLT), Sec. 2.2;
+    scalenorm  Nguyen, Salazar 2019, "Transformers without Tears" (IWSLT);
                tnq177/transformers_without_tears @c2dfaaa, layers.py (ScaleNorm, g_0 =
                sqrt(d), the clamp at eps = 1e-5: lnref's --eps, 1e-5 by default).
     derf       Chen, Lu, Zhu, Sun, Liu 2025, "Stronger Normalization-Free Transformers"

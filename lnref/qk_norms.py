@@ -11,19 +11,21 @@ s * sqrt(Dh): the core is left as it is (its kernels, its hand-written backward)
 scale is a product the tape differentiates like any other.
 
     l2      Henry, Dachapally, Pawar, Chen 2020, "Query-Key Normalization for Transformers"
-            (Findings of EMNLP), Sec. 3; CyndxAI/QKNorm @c628cb5, QKNorm/layers.py: each
+            (Findings of EMNLP); CyndxAI/QKNorm @c628cb5, QKNorm/layers.py: each
             head's q and k divided by their L2 norms, the cosine logits times one learned
             scalar g per attention sublayer, g_0 = log2(L^2 - L) with L the 97.5th
             percentile of the training sequence lengths. lnref's configuration has no
             training length: L is :data:`L2_GAIN_LENGTH`, the length of ``lnref train``'s
             tasks by default. The official code normalizes with PyTorch's
             ``F.normalize`` (a norm clamped at 1e-12); lnref refuses a zero q or k instead.
-    cosine  Liu et al. 2022, "Swin Transformer V2" (CVPR), Sec. 3.2, scaled cosine attention;
+    cosine  Liu et al. 2022, "Swin Transformer V2" (CVPR), scaled cosine attention;
             microsoft/Swin-Transformer @f82860b, models/swin_transformer_v2.py
             (WindowAttention): a learned log logit scale per head, initialized at log(10),
             the logit scale exp(min(log scale, log 100)), i.e. the paper's temperature tau
             held above 0.01. The paper adds a relative position bias (its continuous
-            position MLP); lnref has no positions and leaves it out.
+            position MLP); lnref has no positions and leaves it out. Swin's key projection
+            has no bias; lnref keeps bk, which the normalization makes matter (without a
+            QK-norm its gradient is exactly 0).
     head+v  HybridNorm (Zhuo et al. 2025): the norm of --norm on each head's q, k and v.
 """
 

@@ -148,6 +148,14 @@ def test_a_gain_of_another_dtype_is_refused_rather_than_cast():
         K.dyt_forward(values["x"].astype(np.float32), values["alpha"], values["gamma"], values["beta"])
 
 
+@pytest.mark.skipif(not K.USE_NUMBA, reason="the size rule chooses between compiled and NumPy twins only then")
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_small_dyt_takes_the_loop_and_bigger_dyt_numpy_s_vectorized_tanh(direction):
+    twin = seam.twin(f"dyt_{direction}")
+    assert twin.pick(2 * 8 * 16) is twin.loop  # the small model's norms
+    assert twin.pick(8 * 64 * 256) is twin.reference  # the large model's
+
+
 # ----- ScaleNorm's clamp ----------------------------------------------------------------
 
 

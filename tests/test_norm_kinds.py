@@ -155,13 +155,16 @@ def test_a_model_whose_dyt_forgets_the_alpha_gradient_fails_on_alpha(monkeypatch
 
 
 def test_dyt_at_small_alpha_is_linear_up_to_a_cubic_term():
-    # tanh(u) = u - u^3/3 + O(u^5): DyT(x) - (gamma alpha x + beta) = -gamma (alpha x)^3 / 3 + O(alpha^5)
+    # tanh(u) = u - u^3/3 + r(u), |r(u)| <= 2|u|^5/15 for |u| < 1: so
+    # DyT(x) = gamma alpha x + beta - gamma (alpha x)^3 / 3 + O(alpha^5), the cubic term exactly
     rng = np.random.default_rng(12)
     x, gamma, beta = rng.standard_normal((3, 5)), 1 + rng.standard_normal(5), rng.standard_normal(5)
+    eps = np.finfo(np.float64).eps
     for alpha in (1e-1, 1e-2, 1e-3):
         y = ops.dyt(x, np.asarray(alpha), gamma, beta).value
-        cubic = (y - (gamma * alpha * x + beta)) / alpha**3
-        np.testing.assert_allclose(cubic, -gamma * x**3 / 3, rtol=2 * alpha**2, atol=1e-7 / alpha)
+        rest = (y - (gamma * alpha * x + beta)) / alpha**3 + gamma * x**3 / 3
+        rounding = 4 * eps * (np.abs(beta) + np.abs(gamma * alpha * x)) / alpha**3
+        assert np.all(np.abs(rest) <= np.abs(gamma) * 2 * np.abs(x) ** 5 / 15 * alpha**2 + rounding)
 
 
 def test_derf_at_small_alpha_and_zero_shift_is_linear_with_the_slope_of_erf_at_zero():

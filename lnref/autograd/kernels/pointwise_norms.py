@@ -214,8 +214,17 @@ def _derf_backward_kernel(
     scalars[1] += total_shift
 
 
-DYT_FORWARD = Twin("dyt_forward", reference=dyt_forward_reference, loop=_dyt_forward_loop)
-DYT_BACKWARD = Twin("dyt_backward", reference=dyt_backward_reference, loop=_dyt_backward_loop)
+# The work is the number of elements. NumPy's tanh runs on SIMD lanes, the loops call libm's
+# scalar tanh: the loops pay while a call's set-up costs more than its tanh, up to about the
+# small model's norms (docs/performance.md has both twins timed on either side). Derf has no
+# such limit: NumPy has no erf to vectorize.
+DYT_LOOP_PAYS_UP_TO = 512
+DYT_FORWARD = Twin(
+    "dyt_forward", reference=dyt_forward_reference, loop=_dyt_forward_loop, loop_pays_up_to=DYT_LOOP_PAYS_UP_TO
+)
+DYT_BACKWARD = Twin(
+    "dyt_backward", reference=dyt_backward_reference, loop=_dyt_backward_loop, loop_pays_up_to=DYT_LOOP_PAYS_UP_TO
+)
 DERF_FORWARD = Twin("derf_forward", reference=derf_forward_reference, loop=_derf_forward_loop)
 DERF_BACKWARD = Twin("derf_backward", reference=derf_backward_reference, loop=_derf_backward_loop)
 
@@ -234,7 +243,7 @@ def dyt_forward(x: np.ndarray, alpha: np.ndarray, gamma: np.ndarray, beta: np.nd
     x, alpha, gamma, beta = float_arrays(x, alpha, gamma, beta)
     _check_scalars(alpha)
     check_rows(x, gamma, beta)
-    return DYT_FORWARD.pick()(x, alpha, gamma, beta)
+    return DYT_FORWARD.pick(x.size)(x, alpha, gamma, beta)
 
 
 def dyt_backward(
@@ -245,7 +254,7 @@ def dyt_backward(
     _check_scalars(alpha)
     check_rows(x, gamma)
     check_fit(dy.shape == x.shape, "dy", dy, "x", x)
-    return DYT_BACKWARD.pick()(dy, x, alpha, gamma)
+    return DYT_BACKWARD.pick(x.size)(dy, x, alpha, gamma)
 
 
 def derf_forward(
