@@ -13,6 +13,7 @@ from lnref.cli import main
 from lnref.finite_diff import central_difference
 from lnref.gradcheck.point import linear_per_row
 from lnref.gradcheck.report import compare
+from lnref.model import refusal
 from lnref.process import workers
 
 SMALL = dict(d_model=8, n_heads=2, d_ff=16)
@@ -35,8 +36,9 @@ def unresolved_other_than_key_biases(report):
 # ----- correct models pass -----
 
 
-@pytest.mark.parametrize("scheme", lnref.SCHEMES)
-@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize(
+    "scheme, norm", [(s, n) for s in lnref.SCHEMES for n in ("layernorm", "rmsnorm") if refusal(s, norm=n) is None]
+)
 @pytest.mark.parametrize("mode", ["directional", "blockwise"])
 def test_every_scheme_and_norm_passes(scheme, norm, mode):
     report = check(scheme, norm=norm, mode=mode)

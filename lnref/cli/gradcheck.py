@@ -147,7 +147,7 @@ def gradcheck(mode, point, entries_per_tensor, workers, rtol, atol, with_head, v
     warn_float32(options["dtype"])
     if rtol is not None and rtol < 0 or atol < 0:
         fail("--rtol and --atol must be >= 0")
-    from lnref.sweep.gradcheck import MODEL_KEYS, check_tasks
+    from lnref.sweep.gradcheck import MODEL_KEYS, check_tasks, left_out
 
     schemes, depths, norms = (_as_list(options[name]) for name in ("scheme", "layers", "norm"))
     model = {key: options["heads" if key == "n_heads" else key] for key in MODEL_KEYS}
@@ -163,11 +163,18 @@ def gradcheck(mode, point, entries_per_tensor, workers, rtol, atol, with_head, v
         "vocab": vocab,
     }
     with input_errors():
+        refused = left_out(list(schemes), list(norms), model)
+        if len(refused) == len(schemes) * len(norms):
+            raise ValueError(next(iter(refused.values())))
         for norm in norms:  # a bad configuration fails here, in one line, before any run
-            first = {**options, "scheme": schemes[0], "layers": depths[0], "norm": norm}
-            model_from_options(**first)
-            compile_if_cold(first)
+            taking = [scheme for scheme in schemes if (scheme, norm) not in refused]
+            if taking:
+                first = {**options, "scheme": taking[0], "layers": depths[0], "norm": norm}
+                model_from_options(**first)
+                compile_if_cold(first)
         tasks = check_tasks(list(schemes), list(norms), list(depths), model, check)
+    for (scheme, norm), why in refused.items():
+        click.echo(f"note: {scheme} with {norm} left out: {why}", err=True)
     _sweep_output(execute("gradcheck", tasks, request), as_json)
 
 

@@ -11,7 +11,11 @@ and may define:
     LAYER_NORMS  further per-layer norms over d_model features
     HEAD_NORMS   per-layer norms over each head's d_model / n_heads features (q, k, v norms)
     FFN_NORMS    per-layer norms over the FFN's d_ff hidden features (``layer.ffn(x, hidden_norm=...)``)
-    STACK_NORMS  stack-level norms (final_ln, embed_ln: the latter comes first)
+    layer_norms(index, branches, config), head_norms(...), ffn_norms(...)   the same names
+                 for layer ``index`` alone, where they depend on the layer or on an option
+                 (they replace LAYER_NORMS, HEAD_NORMS, FFN_NORMS)
+    STACK_NORMS  stack-level norms (final_ln, embed_ln: the latter comes first), or
+                 ``stack_norms(config)`` where they depend on an option
     STREAMS      names of the arrays a multi-stream state carries (or ``streams(index)``);
                  one stream "x" when absent
     embed(x, stack), readout(x, stack)   the stack-level stages (default: the identity)
@@ -46,6 +50,15 @@ SCHEMES = (
     "mixln",
     "dlcl",
     "rezero",
+    "reordered",
+    "subln",
+    "hybridnorm",
+    "normformer",
+    "lns",
+    "layerscale",
+    "parallel",
+    "tfixup",
+    "dslm",
 )
 
 _REGISTERED: dict[str, ModuleType] = {}
