@@ -61,10 +61,35 @@ def disagreements(expected, actual, rtol=RTOL, grouping=group):
     return failing
 
 
-def assert_agrees(path, grouping=group):
-    """Every array the file predicts (y, loss, each gradient, each hidden state) agrees."""
+def nudged(path, out):
+    """A copy of the golden file at ``path`` with every parameter one unit in the last place up."""
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    for name in arrays:
+        if name.startswith("params/"):
+            arrays[name] = np.nextafter(arrays[name], np.inf)
+    np.savez(out, **arrays)
+    return out
+
+
+def assert_agrees(path, undecided_by_float64=False):
+    """Every array the file predicts (y, loss, each gradient, each hidden state) agrees.
+
+    ``undecided_by_float64``: for deep stacks whose tokens grow alike (rank collapse), where
+    some gradients (the q and k norms' of the upper layers) are tiny differences of large
+    terms. A tensor may then disagree beyond 1e-10 of its own group only if the port's own
+    value moves by a tenth of that when every parameter moves by one unit in the last place
+    (float64 does not fix those digits: two implementations' round-off differs by a few
+    times one such move), and it must still agree to 1e-10 of its whole sublayer's scale.
+    """
     expected, actual = stored(path), torch_port.evaluate(path)
     predicted = {"y", "loss", "grads/input", *(n for n in expected if n.startswith(("grads/", "hidden/")))}
     assert set(actual) == predicted
-    failing = disagreements(expected, actual, grouping=grouping)
+    failing = disagreements(expected, actual)
+    if undecided_by_float64:
+        moved = disagreements(actual, torch_port.evaluate(nudged(path, path.with_suffix(".nudged.npz"))), RTOL / 10)
+        assert set(failing) <= set(moved), (
+            f"decided by float64, yet disagreeing: {sorted(set(failing) - set(moved))[:5]}"
+        )
+        failing = disagreements(expected, actual, grouping=sublayer)
     assert not failing, f"torch disagrees beyond {RTOL:g}: {dict(list(failing.items())[:5])}"

@@ -16,12 +16,53 @@ torch = pytest.importorskip(
 )
 
 import torch_port  # noqa: E402  (imports torch)
-from agreement import assert_agrees, disagreements, export, stored, sublayer  # noqa: E402
+from agreement import SMALL, assert_agrees, disagreements, export, nudged, stored, sublayer  # noqa: E402
+
+import lnref  # noqa: E402
+from lnref.golden import export_golden  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
 DEPTHS = (1, 6, 48)
-QK_NORMS = ("head", "full")
+QK_NORMS = ("head", "full", "head+v", "l2", "cosine")
+NORM_KINDS = ("dyt", "scalenorm", "derf")
+EARLIER = ("post", "pre", "residual", "b2t", "admin", "deepnorm", "sandwich", "peri", "mixln", "dlcl", "rezero")
+
+
+# ----- norm kinds ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layers", DEPTHS)
+@pytest.mark.parametrize("scheme", ("pre", "post"))
+@pytest.mark.parametrize("kind", NORM_KINDS)
+def test_port_agrees_with_each_norm_kind(tmp_path, kind, scheme, layers):
+    """At a generic point: at the initialization some gains have no gradient (next test)."""
+    assert_agrees(export(tmp_path, scheme, layers, generic=True, norm=kind))
+
+
+def test_scalenorm_gains_before_a_post_ln_ffn_have_no_gradient_at_the_initialization(tmp_path):
+    """With zero biases the FFN is positively homogeneous, F(g u) = g F(u), and the ScaleNorm
+    after it removes the scale: d loss / d g of each ln_attn is 0 in exact arithmetic, and
+    both implementations hold round-off there, O(1) apart relative to itself."""
+    path = export(tmp_path, "post", 6, norm="scalenorm")
+    expected, actual = stored(path), torch_port.evaluate(path)
+    for layer in range(6):
+        name = f"grads/layers.{layer}.ln_attn.g"
+        assert abs(expected[name]) < 1e-14 and abs(actual[name]) < 1e-14
+        assert abs(expected[f"grads/layers.{layer}.ln_ffn.g"]) > 1e-3
+
+
+@pytest.mark.parametrize("scheme", EARLIER)
+@pytest.mark.parametrize("kind", NORM_KINDS)
+def test_port_agrees_with_each_norm_kind_in_every_scheme_at_a_generic_point(tmp_path, kind, scheme):
+    assert_agrees(export(tmp_path, scheme, 6, generic=True, norm=kind))
+
+
+def test_agreement_check_flags_dyt_in_place_of_derf(tmp_path):
+    """The two share alpha, gamma and beta; tanh is not erf."""
+    path = export(tmp_path, "pre", 6, generic=True, norm="derf")
+    failing = disagreements(stored(path), torch_port.evaluate(path, norm="dyt"))
+    assert "y" in failing and "grads/final_ln.alpha" in failing
 
 
 # ----- QK-norm variants -------------------------------------------------------------------
@@ -40,29 +81,37 @@ def test_port_agrees_with_each_qk_norm_on_post_ln(tmp_path, variant, layers):
 
 
 @pytest.mark.parametrize("variant", QK_NORMS)
-def test_port_agrees_with_each_qk_norm_on_48_layer_post_ln_at_the_sublayers_scale(tmp_path, variant):
-    """48 Post-LN layers make the tokens alike (rank collapse), so the upper layers' queries
-    and keys barely move the loss: the gradients of their q and k norms are round-off of their
-    sublayer's (next test) and are judged at its scale; every other tensor as everywhere."""
-    assert_agrees(export(tmp_path, "post", 48, qk_norm=variant), grouping=sublayer)
+def test_port_agrees_with_each_qk_norm_on_48_layer_post_ln_where_float64_decides(tmp_path, variant):
+    """48 Post-LN layers make the tokens alike (rank collapse): see the next test."""
+    assert_agrees(export(tmp_path, "post", 48, qk_norm=variant), undecided_by_float64=True)
 
 
-def test_qk_norm_gradients_of_deep_post_ln_are_round_off_of_their_sublayers(tmp_path):
-    """Moving every parameter by one unit in the last place moves the upper layers' q and k
-    norm gradients by more than 1e-10 of their own size, and nothing by more than 1e-10 of
-    its sublayer's: no float64 implementation fixes those digits."""
+def test_only_the_q_and_k_norm_gradients_of_deep_post_ln_are_undecided_by_float64(tmp_path):
+    """The upper layers' queries and keys barely move the loss once the tokens are alike, so
+    the gradients of their q and k norms are differences of far larger terms: moving every
+    parameter by one unit in the last place moves them by more than 1e-10 of their own size.
+    Nothing else moves, and nothing by 1e-10 of its sublayer's scale."""
     path = export(tmp_path, "post", 48, qk_norm="head")
-    with np.load(path) as data:
-        arrays = {name: data[name] for name in data.files}
-    for name in arrays:
-        if name.startswith("params/"):
-            arrays[name] = np.nextafter(arrays[name], np.inf)
-    np.savez(tmp_path / "nudged.npz", **arrays)
-    here, nudged = torch_port.evaluate(path), torch_port.evaluate(tmp_path / "nudged.npz")
-    moved = disagreements(here, nudged)
-    assert moved and all(".attn.q_norm." in name or ".attn.k_norm." in name for name in moved)
-    assert "grads/layers.45.attn.q_norm.gamma" in moved
-    assert not disagreements(here, nudged, grouping=sublayer)
+    here, moved = torch_port.evaluate(path), torch_port.evaluate(nudged(path, tmp_path / "nudged.npz"))
+    undecided = disagreements(here, moved)
+    assert "grads/layers.45.attn.q_norm.gamma" in undecided
+    assert all(".attn.q_norm." in name or ".attn.k_norm." in name for name in undecided)
+    assert "grads/layers.5.attn.q_norm.gamma" not in undecided
+    assert not disagreements(here, moved, grouping=sublayer)
+
+
+def test_the_float64_allowance_still_flags_a_decided_gradient_off_by_1e_9(tmp_path, monkeypatch):
+    path = export(tmp_path, "post", 48, qk_norm="head")
+    evaluate = torch_port.evaluate
+
+    def off(path, **overrides):
+        arrays = evaluate(path, **overrides)
+        arrays["grads/layers.2.ffn.w1"] = arrays["grads/layers.2.ffn.w1"] * (1 + 1e-9)
+        return arrays
+
+    monkeypatch.setattr(torch_port, "evaluate", off)
+    with pytest.raises(AssertionError, match="decided by float64, yet disagreeing"):
+        assert_agrees(path, undecided_by_float64=True)
 
 
 @pytest.mark.parametrize("variant", QK_NORMS)
@@ -70,6 +119,20 @@ def test_port_agrees_with_each_qk_norm_on_a_decoder_at_a_generic_point(tmp_path,
     """Self- and cross-attention both carry the variant; no gain left at 1."""
     path = export(tmp_path, "pre", 6, generic=True, qk_norm=variant, cross_attention=True, causal=True, norm="rmsnorm")
     assert_agrees(path)
+
+
+def test_port_agrees_where_the_cosine_logit_scale_is_clamped(tmp_path):
+    """A head whose learned log scale is above log 100 attends with the scale 100 and gets
+    no gradient on it; the other head is free."""
+    model = lnref.build("pre", 6, **SMALL, qk_norm="cosine")
+    params = dict(model.params)
+    for layer in range(6):
+        params[f"layers.{layer}.attn.log_logit_scale"] = np.array([5.0, 1.0])
+    model.load(params)
+    path = tmp_path / "clamped.npz"
+    export_golden(model, path, batch=2, seq=8)
+    assert_agrees(path)
+    assert stored(path)["grads/layers.3.attn.log_logit_scale"][0] == 0
 
 
 def test_agreement_check_flags_a_qk_norm_the_port_leaves_out(tmp_path):

@@ -1,4 +1,4 @@
-"""Placements added after the first eleven (placeholder)."""
+"""The placements after the first eleven (the next commit)."""
 
 SCHEMES = {}
 STREAMS = {}

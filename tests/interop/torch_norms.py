@@ -26,18 +26,20 @@ def rms_norm(x, p, eps):
 
 
 def dyt(x, p, eps):
-    """Zhu et al. 2025 (Dynamic Tanh): gamma * tanh(alpha x) + beta, alpha a scalar; no
-    statistics, no eps."""
+    """Zhu et al. 2025, Transformers without Normalization (DyT; jiachenzhu/DyT
+    dynamic_tanh.py): gamma * tanh(alpha x) + beta, alpha a scalar; no statistics, no eps."""
     return p["gamma"] * torch.tanh(p["alpha"] * x) + p["beta"]
 
 
 def scale_norm(x, p, eps):
-    """Nguyen and Salazar 2019 (ScaleNorm): g x / max(||x||_2, eps), g a scalar."""
+    """Nguyen and Salazar 2019, Transformers without Tears, Sec. 2.2 (ScaleNorm;
+    tnq177/transformers_without_tears layers.py): g x / max(||x||_2, eps), g a scalar."""
     return p["g"] * x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=eps)
 
 
 def derf(x, p, eps):
-    """Chen et al. 2025 (Dynamic erf): gamma * erf(alpha x + s) + beta, alpha and s scalars."""
+    """Chen et al. 2025, Stronger Normalization-Free Transformers (Derf, arXiv 2512.10938):
+    gamma * erf(alpha x + s) + beta, alpha and s scalars."""
     return p["gamma"] * torch.erf(p["alpha"] * x + p["shift"]) + p["beta"]
 
 
@@ -52,37 +54,71 @@ def per_head(fn, x, heads):
 # ----- activations ------------------------------------------------------------------------
 
 
-def activation(name, format_version):
-    """The FFN's nonlinearity. Golden files before format version 2 call the tanh
-    approximation "gelu"; from version 2 on "gelu" is the exact h * Phi(h)."""
+def activation(name):
+    """The FFN's nonlinearity by its name in a golden file of format version 2."""
     if name == "relu":
         return torch.relu
-    if name == "gelu_tanh" or (name == "gelu" and format_version < 2):
-        return lambda h: F.gelu(h, approximate="tanh")  # 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3)))
     if name == "gelu":
-        return F.gelu  # h * Phi(h), Phi the standard normal CDF, through erf
+        return F.gelu  # h * Phi(h), Phi the standard normal CDF, through erf: torch's default
+    if name == "gelu_tanh":
+        return lambda h: F.gelu(h, approximate="tanh")  # 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3)))
     raise ValueError(f"the port has no activation {name!r}")
 
 
 # ----- QK-norm: between the projections and the softmax -----------------------------------
 
 
-def qk_norm(variant, q, k, v, heads, norm):
-    """(q, k, v, s) for one attention whose logits are s * q_h k_h^T in each head h.
+# Each variant maps the projected q, k, v (B, T, d) of one attention to (q, k, v, s), the
+# logits being s * q_h k_h^T in each head h. norm(name, x) applies the model's norm kind with
+# the attention's parameters of that name (layers.3.attn.q_norm); param(name) is the
+# attention's parameter of that name (layers.3.attn.logit_gain).
 
-    q, k, v: (B, T, d) as projected; ``norm(name, x)`` applies the model's norm kind with
-    the attention's parameters of that name (``layers.3.attn.q_norm``).
-    """
-    scale = 1 / math.sqrt(q.shape[-1] // heads)
-    if variant == "none":
-        return q, k, v, scale
-    if variant == "head":  # Gemma 3, HybridNorm: N_q, N_k over each head's d_h features
-        return (
-            per_head(lambda t: norm("q_norm", t), q, heads),
-            per_head(lambda t: norm("k_norm", t), k, heads),
-            v,
-            scale,
-        )
-    if variant == "full":  # OLMo 2: N_q, N_k over the whole d-wide projections, before the head split
-        return norm("q_norm", q), norm("k_norm", k), v, scale
-    raise ValueError(f"the port has no QK-norm variant {variant!r}")
+
+def no_qk_norm(q, k, v, heads, norm, param):
+    """Vaswani et al. 2017: q and k as projected, s = 1/sqrt(d_h)."""
+    return q, k, v, 1 / math.sqrt(q.shape[-1] // heads)
+
+
+def head_qk_norm(q, k, v, heads, norm, param):
+    """Gemma 3, HybridNorm: N_q and N_k over each head's d_h features."""
+    q, k = per_head(lambda t: norm("q_norm", t), q, heads), per_head(lambda t: norm("k_norm", t), k, heads)
+    return q, k, v, 1 / math.sqrt(q.shape[-1] // heads)
+
+
+def head_qkv_norm(q, k, v, heads, norm, param):
+    """HybridNorm's QKV-norm: N_q, N_k and N_v over each head's d_h features."""
+    q, k, _, scale = head_qk_norm(q, k, v, heads, norm, param)
+    return q, k, per_head(lambda t: norm("v_norm", t), v, heads), scale
+
+
+def full_qk_norm(q, k, v, heads, norm, param):
+    """OLMo 2: N_q and N_k over the whole d-wide projections, before the heads are split."""
+    return norm("q_norm", q), norm("k_norm", k), v, 1 / math.sqrt(q.shape[-1] // heads)
+
+
+def unit_heads(x, heads):
+    """Each head's vector of x divided by its L2 norm."""
+    return per_head(lambda h: h / torch.linalg.vector_norm(h, dim=-1, keepdim=True), x, heads)
+
+
+def l2_qk_norm(q, k, v, heads, norm, param):
+    """Henry et al. 2020, Query-Key Normalization (CyndxAI/QKNorm layers.py): logits
+    g <q_h/|q_h|, k_h/|k_h|>, one learned g per attention."""
+    return unit_heads(q, heads), unit_heads(k, heads), v, param("logit_gain")
+
+
+def cosine_qk_norm(q, k, v, heads, norm, param):
+    """Liu et al. 2022, Swin Transformer V2, Sec. 3.2 (swin_transformer_v2.py): logits
+    cos(q_h, k_h) exp(min(t_h, log 100)), one learned t_h per head."""
+    t = param("log_logit_scale").clamp(max=math.log(100.0))
+    return unit_heads(q, heads), unit_heads(k, heads), v, t.exp().reshape(heads, 1, 1)
+
+
+QK_NORMS = {
+    "none": no_qk_norm,
+    "head": head_qk_norm,
+    "head+v": head_qkv_norm,
+    "full": full_qk_norm,
+    "l2": l2_qk_norm,
+    "cosine": cosine_qk_norm,
+}

@@ -6,9 +6,12 @@ sublayer S is one of
 
     A(x)  = softmax(Q K^T / sqrt(d_h) [+ causal mask]) V W_o + b_o,  Q = x W_q + b_q, ...
     C(x)  = the same with K, V computed from the memory (decoders; never masked)
-    F(x)  = act(x W_1 + b_1) W_2 + b_2,  act = ReLU or GELU (torch_norms.activation)
+    F(x)  = act(x W_1 + b_1) W_2 + b_2,  act = ReLU, GELU or tanh-approximated GELU
 
 and a layer applies them in the order A, (C,) F. Weights are (d_in, d_out): y = x @ W + b.
+The config's "gelu" is the exact x Phi(x), torch's default, and "gelu_tanh" the tanh
+approximation; files of format version 1 called the tanh approximation "gelu".
+
 The schemes are functions ``scheme(m, x) -> (y, states)`` of a :class:`Transformer` m (its
 sublayers, norms and parameters), one per scheme: torch_schemes.py holds the first eleven,
 torch_family.py the rest. The norm kinds, QK-norm variants and activations are in
@@ -23,31 +26,35 @@ import numpy as np
 import torch
 import torch_family
 import torch_schemes
-from torch_norms import NORM_KINDS, activation, per_head, qk_norm
+from torch_norms import NORM_KINDS, QK_NORMS, activation, per_head
 
 SCHEMES = {**torch_schemes.SCHEMES, **torch_family.SCHEMES}
 STREAMS = {**torch_schemes.STREAMS, **torch_family.STREAMS}
 
 
 def read_golden(path):
-    """(config document, {name: numpy array}) of an .npz golden file."""
+    """(config document, {name: numpy array}) of an .npz golden file, its activation named
+    as format version 2 names it."""
     with np.load(path, allow_pickle=False) as data:
         arrays = {name: data[name] for name in data.files}
     config = json.loads(arrays.pop("config").tobytes().decode("utf-8"))
+    if config["format_version"] == 1 and config["model"]["activation"] == "gelu":
+        config["model"]["activation"] = "gelu_tanh"
     return config, arrays
 
 
 class Transformer:
     """One stack's pieces, parameters given as a dict of torch tensors keyed by lnref's names."""
 
-    def __init__(self, config, params, memory=None, format_version=1):
+    def __init__(self, config, params, memory=None):
         self.c = config
         self.p = params
         self.memory = memory
         self.d = config["d_model"]
         self.heads = config["n_heads"]
         self.n_layers = config["n_layers"]
-        self.act = activation(config["activation"], format_version)
+        self.act = activation(config["activation"])
+        self.qk_norm = QK_NORMS[config.get("qk_norm", "none")]  # absent from files older than the switch
         self.branches = ["attn"] + (["cross"] if config["cross_attention"] else []) + ["ffn"]
         self.groups = {}  # "layers.3.ln_attn" -> {"gamma": ..., "beta": ...}
         for name, value in params.items():
@@ -73,7 +80,7 @@ class Transformer:
         """Branch ``branch`` (attn, cross, ffn) of layer ``layer`` on x; ``pieces`` (as below)
         name norms and parameters of the layer: ``heads_norm="ln_inner"`` is layers.{layer}.ln_inner."""
         prefix = f"layers.{layer}.{branch}."
-        pieces = {key: f"layers.{layer}.{name}" for key, name in pieces.items() if name is not None}
+        pieces = {key: f"layers.{layer}.{name}" for key, name in pieces.items()}
         if branch == "ffn":
             return self.feed_forward(prefix, x, **pieces)
         source = self.memory if branch == "cross" else x
@@ -86,14 +93,18 @@ class Transformer:
 
         N_q, N_k, N_v: names of norms over each head's d_h features; head_scale: the name of a
         parameter of one gain per head; N_heads: a norm over the concatenated heads (d features).
-        The model's QK-norm switch (torch_norms.qk_norm) then acts on every attention.
+        The model's QK-norm switch (torch_norms.QK_NORMS) then acts on every attention.
         """
         p = {name: self.p[prefix + name] for name in ("wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo")}
         q, k, v = x @ p["wq"] + p["bq"], source @ p["wk"] + p["bk"], source @ p["wv"] + p["bv"]
         q = q if q_norm is None else self.norm(q_norm, q, heads=True)
         k = k if k_norm is None else self.norm(k_norm, k, heads=True)
         v = v if v_norm is None else self.norm(v_norm, v, heads=True)
-        q, k, v, scale = qk_norm(self.c["qk_norm"], q, k, v, self.heads, lambda name, t: self.norm(prefix + name, t))
+
+        def norm(name, t):  # the QK-norm switch's parameters sit under the sublayer: layers.3.attn.q_norm
+            return self.norm(prefix + name, t)
+
+        q, k, v, scale = self.qk_norm(q, k, v, self.heads, norm, lambda name: self.p[prefix + name])
 
         def split(t):  # (B, T, d) -> (B, H, T, d_h)
             return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
@@ -142,7 +153,7 @@ def evaluate(path, **overrides):
     memory = torch.tensor(arrays["memory"], requires_grad=True) if "memory" in arrays else None
     dy = torch.tensor(arrays["dy"])
 
-    model = Transformer(config, params, memory, document["format_version"])
+    model = Transformer(config, params, memory)
     y, states = SCHEMES[config["scheme"]](model, x)
     loss = (y * dy).sum()
     loss.backward()
