@@ -26,7 +26,89 @@ pytestmark = pytest.mark.torch
 DEPTHS = (1, 6, 48)
 QK_NORMS = ("head", "full", "head+v", "l2", "cosine")
 NORM_KINDS = ("dyt", "scalenorm", "derf")
+NEW_SCHEMES = ("reordered", "subln", "hybridnorm", "normformer", "lns", "layerscale", "parallel", "tfixup", "dslm")
+OPTIONS = (  # every option of the new schemes set away from its default
+    ("reordered", {"init": "swinv2"}),
+    ("hybridnorm", {"first_block": "pre"}),
+    ("normformer", {"head_scale": "fairseq"}),
+    ("normformer", {"resid_scale": True}),
+    ("layerscale", {"init_scale": 0.5}),
+    ("parallel", {"norms": "two"}),
+    ("dslm", {"placement": "post"}),
+    ("dslm", {"beta_sq": 0.1}),
+)
+VARIANTS = tuple((scheme, {}) for scheme in NEW_SCHEMES) + OPTIONS
+NORMED = tuple(scheme for scheme in NEW_SCHEMES if scheme != "tfixup")  # T-Fixup has no norm
+TAKING_QK_NORM = tuple(scheme for scheme in NORMED if scheme != "hybridnorm")  # HybridNorm has its own
+GELUS = tuple(name for name in lnref.nn.ACTIVATIONS if name.startswith("gelu"))  # gelu, gelu_tanh
 EARLIER = ("post", "pre", "residual", "b2t", "admin", "deepnorm", "sandwich", "peri", "mixln", "dlcl", "rezero")
+
+
+def label(variant):
+    scheme, options = variant
+    return "-".join([scheme, *(f"{name}={value}" for name, value in options.items())])
+
+
+# ----- the new schemes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layers", DEPTHS)
+@pytest.mark.parametrize("scheme", NEW_SCHEMES)
+def test_port_agrees_on_each_new_scheme(tmp_path, scheme, layers):
+    """HybridNorm's stream is normalized after each layer, and 48 of them make the tokens
+    alike as Post-LN does: there the q, k and v norms' gradients of the upper layers are
+    judged where float64 decides them (agreement.assert_agrees)."""
+    assert_agrees(export(tmp_path, scheme, layers), undecided_by_float64=(scheme, layers) == ("hybridnorm", 48))
+
+
+@pytest.mark.parametrize("layers", DEPTHS)
+@pytest.mark.parametrize("scheme, options", OPTIONS, ids=map(label, OPTIONS))
+def test_port_agrees_on_each_option_of_the_new_schemes(tmp_path, scheme, options, layers):
+    undecided = (scheme, layers) == ("hybridnorm", 48)  # as in the test above
+    assert_agrees(export(tmp_path, scheme, layers, options=options), undecided_by_float64=undecided)
+
+
+@pytest.mark.parametrize("scheme, options", VARIANTS, ids=map(label, VARIANTS))
+def test_port_agrees_on_each_new_scheme_at_a_generic_point(tmp_path, scheme, options):
+    """No gain at 1, no shift, bias or head scale at 0, no two head scales equal."""
+    assert_agrees(export(tmp_path, scheme, 6, generic=True, options=options))
+
+
+@pytest.mark.parametrize("scheme, options", VARIANTS, ids=map(label, VARIANTS))
+def test_port_agrees_on_each_new_scheme_as_a_causal_decoder_with_cross_attention(tmp_path, scheme, options):
+    assert_agrees(export(tmp_path, scheme, 6, generic=True, options=options, cross_attention=True, causal=True))
+
+
+@pytest.mark.parametrize("activation", GELUS)
+@pytest.mark.parametrize("scheme", NEW_SCHEMES)
+def test_port_agrees_on_each_new_scheme_with_each_gelu(tmp_path, scheme, activation):
+    assert_agrees(export(tmp_path, scheme, 6, generic=True, activation=activation))
+
+
+@pytest.mark.parametrize("scheme", NORMED)
+def test_port_agrees_on_each_new_scheme_with_rmsnorm(tmp_path, scheme):
+    assert_agrees(export(tmp_path, scheme, 6, generic=True, norm="rmsnorm"))
+
+
+@pytest.mark.parametrize(
+    "scheme, options, other",
+    [
+        ("hybridnorm", {"first_block": "pre"}, {"first_block": "qkv"}),
+        ("normformer", {"head_scale": "fairseq"}, {"head_scale": "paper"}),
+        ("normformer", {"resid_scale": True}, {"resid_scale": False}),
+        ("dslm", {}, {"placement": "post"}),
+        ("dslm", {"beta_sq": 0.1}, {}),
+    ],
+)
+def test_agreement_check_flags_the_port_reading_another_option(tmp_path, scheme, options, other):
+    path = export(tmp_path, scheme, 6, generic=True, options=options)
+    assert "y" in disagreements(stored(path), torch_port.evaluate(path, options=other))
+
+
+def test_agreement_check_flags_pre_ln_in_place_of_layernorm_scaling(tmp_path):
+    """The two share every parameter name; only the 1/sqrt(l) differs."""
+    path = export(tmp_path, "lns", 6)
+    assert "y" in disagreements(stored(path), torch_port.evaluate(path, scheme="pre"))
 
 
 # ----- norm kinds ------------------------------------------------------------------------
@@ -52,7 +134,7 @@ def test_scalenorm_gains_before_a_post_ln_ffn_have_no_gradient_at_the_initializa
         assert abs(expected[f"grads/layers.{layer}.ln_ffn.g"]) > 1e-3
 
 
-@pytest.mark.parametrize("scheme", EARLIER)
+@pytest.mark.parametrize("scheme", EARLIER + NORMED)
 @pytest.mark.parametrize("kind", NORM_KINDS)
 def test_port_agrees_with_each_norm_kind_in_every_scheme_at_a_generic_point(tmp_path, kind, scheme):
     assert_agrees(export(tmp_path, scheme, 6, generic=True, norm=kind))
@@ -119,6 +201,12 @@ def test_port_agrees_with_each_qk_norm_on_a_decoder_at_a_generic_point(tmp_path,
     """Self- and cross-attention both carry the variant; no gain left at 1."""
     path = export(tmp_path, "pre", 6, generic=True, qk_norm=variant, cross_attention=True, causal=True, norm="rmsnorm")
     assert_agrees(path)
+
+
+@pytest.mark.parametrize("scheme", TAKING_QK_NORM)
+@pytest.mark.parametrize("variant", QK_NORMS)
+def test_port_agrees_with_each_qk_norm_in_every_new_scheme_at_a_generic_point(tmp_path, variant, scheme):
+    assert_agrees(export(tmp_path, scheme, 6, generic=True, qk_norm=variant))
 
 
 def test_port_agrees_where_the_cosine_logit_scale_is_clamped(tmp_path):
