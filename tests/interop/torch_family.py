@@ -159,9 +159,10 @@ def parallel(m, x):
     shared = m.option("norms", "shared") == "shared"
 
     def layer(l, x):
-        return x + sum(
-            m.sublayer(l, b, m.norm(f"layers.{l}.ln" if shared else f"layers.{l}.ln_{b}", x)) for b in m.branches
-        )
+        out = x
+        for b in m.branches:  # every branch reads x, the layer's input
+            out = out + m.sublayer(l, b, m.norm(f"layers.{l}.ln" if shared else f"layers.{l}.ln_{b}", x))
+        return out
 
     x, states = m.stack(x, layer)
     return m.norm("final_ln", x), states
