@@ -35,7 +35,7 @@ from lnref.autograd import Tape, Tensor, ops
 from lnref.autograd.replay import Replayer
 from lnref.norms import NORM_KINDS
 from lnref.qk_norms import QK_NORMS
-from lnref.schemes import get_scheme, is_scheme, options_of, refusals_of, scheme_names, stream_names
+from lnref.schemes import get_scheme, one_line_error, options_of, refusals_of, stream_names
 from lnref.views import Freeze, Layer, Run, Stack, State
 
 ACTIVATIONS = tuple(nn.ACTIVATIONS)
@@ -65,8 +65,10 @@ class Config:
     options: Any = ()  # the scheme's own options (its OPTIONS), as {name: value}
 
     def __post_init__(self) -> None:
-        if not is_scheme(self.scheme):
-            raise ConfigError(f"unknown scheme {self.scheme!r}; valid schemes: {', '.join(scheme_names())}")
+        try:
+            get_scheme(self.scheme)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         object.__setattr__(self, "options", tuple(sorted(_scheme_options(self.scheme, self.options).items())))
         for name in ("n_layers", "d_model", "n_heads", "d_ff"):
             value = getattr(self, name)
@@ -314,15 +316,47 @@ class Model:
 
     def embed(self, run: Run, x: Any) -> State:
         embed = getattr(self.scheme, "embed", None)
-        return _as_state(x if embed is None else embed(x, Stack(run, "embed")))
+        if embed is None:
+            return _as_state(x)
+        return self._checked_state("embed", lambda: embed(x, Stack(run, "embed")), np.shape(_value(x)))
 
     def layer(self, run: Run, index: int, state: State) -> State:
-        return _as_state(self.scheme.layer(_from_state(state), run.layer_view(index)))
+        view = run.layer_view(index)
+        return self._checked_state(
+            f"layer {index}", lambda: self.scheme.layer(_from_state(state), view), state[0].shape
+        )
 
     def readout(self, run: Run, state: State) -> Tensor:
         readout = getattr(self.scheme, "readout", None)
-        y = _from_state(state) if readout is None else readout(_from_state(state), Stack(run, "readout"))
-        return y if isinstance(y, Tensor) else Tensor(y)
+        if readout is None:
+            y = _from_state(state)
+            return y if isinstance(y, Tensor) else Tensor(y)
+        (y,) = self._checked_state(
+            "readout", lambda: readout(_from_state(state), Stack(run, "readout")), state[0].shape
+        )
+        return y
+
+    def _checked_state(self, stage: str, compute: Any, shape: tuple[int, ...]) -> State:
+        """What a scheme's stage returns, as a state whose every stream has ``shape``. A scheme
+        of one's own that breaks this, or raises, gets one line naming the stage."""
+        origin = getattr(self.scheme, "__lnref_origin__", None)
+        try:
+            value = compute()
+        except ValueError:
+            raise
+        except Exception as err:
+            if origin is None:
+                raise  # a built-in scheme's error is lnref's bug: keep its traceback
+            raise ConfigError(f"{origin}: {stage} raised {one_line_error(err)}") from None
+        streams = value if isinstance(value, tuple) else (value,)
+        for stream in streams:
+            if not isinstance(stream, (Tensor, np.ndarray)) or stream.shape != shape:
+                got = f"shape {stream.shape}" if isinstance(stream, (Tensor, np.ndarray)) else type(stream).__name__
+                raise ConfigError(
+                    f"{origin or 'scheme ' + self.config.scheme}: {stage} returned a stream of {got}, "
+                    f"expected shape {shape}"
+                )
+        return _as_state(value)
 
     def forward(
         self, run: Run, x: Any = None, state: State | None = None, start: int = 0, keep_states: bool = False
@@ -415,6 +449,10 @@ def _as_state(value: Any) -> State:
     return tuple(s if isinstance(s, Tensor) else Tensor(s) for s in streams)
 
 
+def _value(x: Any) -> Any:
+    return x.value if isinstance(x, Tensor) else x
+
+
 def _from_state(state: State) -> Any:
     return state[0] if len(state) == 1 else state
 
@@ -444,8 +482,8 @@ def _prefixed(prefix: str, params: dict[str, np.ndarray]) -> dict[str, np.ndarra
 def build(scheme: str, n_layers: int, d_model: int = 16, n_heads: int = 2, d_ff: int = 64, **options: Any) -> Model:
     """A model of ``scheme`` with freshly initialized (seeded) parameters.
 
-    Options: norm (a kind of ``lnref.norms``: "layernorm", "rmsnorm"), activation ("relu" |
-    "gelu"), causal, cross_attention, eps, dtype ("float64" | "float32"), seed, post_fraction
+    Options: norm (a kind of ``lnref.norms``: "layernorm", "rmsnorm"), activation (``lnref.nn.ACTIVATIONS``:
+    "relu", "gelu", "gelu_tanh"), causal, cross_attention, eps, dtype ("float64" | "float32"), seed, post_fraction
     (Mix-LN), qk_norm (a variant of ``lnref.qk_norms``), options (the scheme's own, a dict).
     """
     unknown = set(options) - {f.name for f in dataclasses.fields(Config)}

@@ -27,9 +27,12 @@ ATTENTION_PARAMS = ("wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo")
 # when finite differences, too, find nothing above their noise.)
 ZERO_BY_STRUCTURE = {"bk": "adding q.bk to every score of a query leaves its softmax unchanged"}
 FFN_PARAMS = ("w1", "b1", "w2", "b2")
+# "gelu" is the exact x Phi(x), as PyTorch's nn.GELU() and F.gelu default to (BERT); "gelu_tanh"
+# the tanh approximation (GPT-2). Golden files of format version 1 call the latter "gelu".
 ACTIVATIONS: dict[str, Callable[[Any], Tensor]] = {
     "relu": ops.relu,
-    "gelu": lambda h: ops.gelu(h, approximate="tanh"),
+    "gelu": lambda h: ops.gelu(h, approximate="none"),
+    "gelu_tanh": lambda h: ops.gelu(h, approximate="tanh"),
 }
 
 Params = Mapping[str, Any]

@@ -26,6 +26,7 @@ import numpy as np
 from lnref import SCHEMES, probes
 from lnref.files import check_output_path as check_output_path  # kept importable from here: see below
 from lnref.files import require_pyplot, write_figure
+from lnref.schemes import get_scheme
 from lnref.sweep import driver
 from lnref.sweep.backends import SerialExecutor
 from lnref.sweep.kinds import Kind
@@ -106,7 +107,7 @@ def parse_schemes(text):
         expanded = SCHEMES if name == "all" else (name,)
         for scheme in expanded:
             if scheme not in SCHEMES:
-                raise ValueError(f"unknown scheme {scheme!r} in --scheme; valid schemes: {', '.join(SCHEMES)} (or all)")
+                get_scheme(scheme)  # a scheme of one's own: ValueError, naming what is wrong with it
             if scheme not in schemes:
                 schemes.append(scheme)
     return tuple(schemes)

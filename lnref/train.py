@@ -61,9 +61,17 @@ NO_PROGRESS_FRACTION = 0.9
 EVAL_SEED = 20240501  # the held-out batch depends on the task only, never on the run's seed
 TAIL = 20  # final_train_loss averages the last TAIL training losses
 
+DEFAULT_WARMUP = 100
+
 GRID_SCHEMES = ("post", "pre", "b2t", "residual", "admin", "deepnorm")
 GRID_DEPTHS = (6, 18)
 GRID_SEEDS = 3
+
+
+def default_warmup(steps: int) -> int:
+    """The warm-up of a run that names none: ``DEFAULT_WARMUP`` steps, or for a run shorter
+    than that a tenth of its steps (at least one), so that a default never refuses a run."""
+    return DEFAULT_WARMUP if steps >= DEFAULT_WARMUP else max(1, steps // 10)
 
 
 @dataclass(frozen=True)

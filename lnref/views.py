@@ -111,15 +111,22 @@ class _View:
             return nn.per_head(x, self.config.n_heads, lambda heads: nn.norm(heads, params, kind, eps))
         return nn.norm(x, params, kind, eps)
 
-    def frozen(self, compute: Callable[[], np.ndarray]) -> np.ndarray | None:
+    def frozen(self, kind: str, compute: Callable[[], np.ndarray]) -> np.ndarray | None:
         """The value the run holds fixed for this call site (None when the run freezes nothing).
 
-        Call sites are numbered in the order a block meets them, the same on every run."""
+        Call sites are numbered in the order a block meets them, the same on every run; ``kind``
+        ("relu", "stop_gradient") lets a run hold some kinds and not others."""
         if self.run.freeze is None:
             return None
-        key = (self._block, self._frozen)
+        key = (self._block, self._frozen, kind)
         self._frozen += 1
         return self.run.freeze(key, compute)
+
+    def stop_gradient(self, x: Any) -> Tensor:
+        """sg(x): x going forward, no gradient coming back. A run that holds values at a point
+        (the gradient checker's) holds it there: the function whose derivative the tape gives."""
+        held = self.frozen("stop_gradient", lambda: np.array(x.value if isinstance(x, Tensor) else x))
+        return ops.stop_gradient(x) if held is None else Tensor.wrap(held)
 
 
 class Stack(_View):
@@ -170,7 +177,7 @@ class Layer(_View):
         after the activation."""
         p, activation = self.run.group(self.prefix + "ffn"), self.config.activation
         frozen_relu = activation == "relu" and self.run.freeze is not None
-        if self.run.fused and not pieces and not frozen_relu:
+        if self.run.fused and not pieces and not frozen_relu and activation in fused.FFN_ACTIVATIONS:
             return fused.feed_forward(x, p["w1"], p["b1"], p["w2"], p["b2"], activation=activation)
         resolved = {key: self._piece(key, name) for key, name in pieces.items()}
         activate = self._frozen_relu if frozen_relu else None
@@ -179,7 +186,7 @@ class Layer(_View):
     def _frozen_relu(self, hidden: Tensor) -> Tensor:
         """ReLU with its on/off pattern held at the run's point: the smooth piece of the
         network that contains the point."""
-        pattern = self.frozen(lambda: (hidden.value > 0).astype(hidden.dtype))
+        pattern = self.frozen("relu", lambda: (hidden.value > 0).astype(hidden.dtype))
         return ops.mul(hidden, pattern)
 
     def _piece(self, key: str, name: Any) -> Any:
@@ -194,20 +201,28 @@ class Freezer:
     One run records them (``freeze=freezer.record``); later runs hold them
     (``freeze=freezer.hold(count)``), tiled ``count`` times along the batch axis for runs that
     stack several moved copies of the point. A function evaluated this way is the smooth piece
-    of the network that contains the point, where finite differences mean something.
+    of the network that contains the point, where finite differences mean something. Kinds
+    named in ``hold(release=...)`` are computed afresh by every run instead.
     """
 
     def __init__(self) -> None:
         self.values: dict[Hashable, np.ndarray] = {}
         self._tiled: dict[int, dict[Hashable, np.ndarray]] = {}
 
+    @property
+    def kinds(self) -> set[str]:
+        """The kinds of the values recorded ("relu", "stop_gradient")."""
+        return {key[-1] for key in self.values if isinstance(key, tuple)}
+
     def record(self, key: Hashable, compute: Callable[[], np.ndarray]) -> np.ndarray:
         value = self.values[key] = compute()
         self._tiled.clear()
         return value
 
-    def hold(self, count: int = 1) -> Freeze:
+    def hold(self, count: int = 1, release: tuple[str, ...] = ()) -> Freeze:
         def held(key: Hashable, compute: Callable[[], np.ndarray]) -> np.ndarray:
+            if isinstance(key, tuple) and key[-1] in release:
+                return compute()
             if count == 1:
                 return self.values[key]
             tiled = self._tiled.setdefault(count, {})

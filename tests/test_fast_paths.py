@@ -16,6 +16,7 @@ OPTIONS = {
     "plain": {},
     "decoder": {"cross_attention": True, "causal": True},
     "rmsnorm-gelu": {"norm": "rmsnorm", "activation": "gelu"},
+    "gelu-tanh": {"activation": "gelu_tanh"},
     "float32": {"dtype": "float32"},
 }
 TAKEN = [(scheme, name) for scheme in lnref.SCHEMES for name in OPTIONS if refusal(scheme, **OPTIONS[name]) is None]

@@ -47,7 +47,14 @@ def test_every_scheme_and_norm_passes(scheme, norm, mode):
 
 
 @pytest.mark.parametrize(
-    "options", [dict(cross_attention=True), dict(causal=True), dict(activation="gelu"), dict(dtype="float32")]
+    "options",
+    [
+        dict(cross_attention=True),
+        dict(causal=True),
+        dict(activation="gelu"),
+        dict(activation="gelu_tanh"),
+        dict(dtype="float32"),
+    ],
 )
 def test_decoder_causal_gelu_and_float32_models_pass(options):
     report = check("residual", **options)
@@ -158,13 +165,13 @@ def test_a_layer_norm_backward_that_ignores_gamma_passes_at_init_but_fails_at_a_
 
 def test_a_forward_backward_mismatch_fails(monkeypatch):
     # The forward uses exact GELU, the backward still differentiates the tanh approximation.
-    def forward_with_exact_gelu(x, w1, b1, w2, b2, activation, mask):
+    def forward_with_exact_gelu(x, w1, b1, w2, b2, activation):
         hidden = kernels.linear_forward(x, w1, b1)
         acted = kernels.gelu_forward(hidden, "none")
         return kernels.linear_forward(acted, w2, b2), hidden, acted
 
     monkeypatch.setattr(kernels.seam.twin("feed_forward_forward"), "override", forward_with_exact_gelu)
-    report = check("sandwich", activation="gelu")
+    report = check("sandwich", activation="gelu_tanh")
     assert any(name.startswith("layers.0.ffn") for name in failed(report))
 
 
@@ -225,7 +232,13 @@ def test_full_mode_checks_every_element_of_every_parameter_and_layer_input():
 
 
 @pytest.mark.parametrize(
-    "options", [dict(cross_attention=True, causal=True), dict(activation="gelu"), dict(norm="rmsnorm")]
+    "options",
+    [
+        dict(cross_attention=True, causal=True),
+        dict(activation="gelu"),
+        dict(activation="gelu_tanh"),
+        dict(norm="rmsnorm"),
+    ],
 )
 def test_full_mode_passes_decoder_gelu_and_rmsnorm_models(options):
     _, report = full("peri", **options)

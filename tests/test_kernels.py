@@ -434,12 +434,11 @@ def test_linear_twin_check_detects_a_backward_that_drops_the_weight_gradient_of_
         assert_twins_agree((dw, db), K.linear_backward_reference(dy, x, w)[1:])
 
 
-def ffn_inputs(rng, n, d, d_ff, activation, dtype=np.float64):
-    """(x, (w1, b1, w2, b2), dout, mask): the mask only for the "mask" activation."""
+def ffn_inputs(rng, n, d, d_ff, dtype=np.float64):
+    """(x, (w1, b1, w2, b2), dout)."""
     shapes = ((n, d), (d, d_ff), (d_ff,), (d_ff, d), (d,), (n, d))
     x, w1, b1, w2, b2, dout = (rng.standard_normal(shape).astype(dtype) for shape in shapes)
-    mask = (rng.random((n, d_ff)) > 0.5).astype(dtype) if activation == "mask" else None
-    return x, (w1, b1, w2, b2), dout, mask
+    return x, (w1, b1, w2, b2), dout
 
 
 def assert_same_bits(loop_out, ref_out, rtol=None):
@@ -458,30 +457,60 @@ def test_feed_forward_loops_match_the_composition(n, d, d_ff, activation, dtype,
     def compare(loop_out, ref_out):
         (assert_same_bits if K.USE_NUMBA else assert_twins_agree)(loop_out, ref_out, rtol)
 
-    x, weights, dout, mask = ffn_inputs(rng_for("ffn", n, d, d_ff, activation), n, d, d_ff, activation, dtype)
-    out, hidden, acted = loop("feed_forward_forward")(x, *weights, activation, mask)
-    ref_out, ref_hidden, ref_acted = K.feed_forward_forward_reference(x, *weights, activation, mask)
+    x, weights, dout = ffn_inputs(rng_for("ffn", n, d, d_ff, activation), n, d, d_ff, dtype)
+    out, hidden, acted = loop("feed_forward_forward")(x, *weights, activation)
+    ref_out, ref_hidden, ref_acted = K.feed_forward_forward_reference(x, *weights, activation)
     compare((out, acted), (ref_out, ref_acted))  # hidden: kept for GELU only (see kernels)
-    grads = loop("feed_forward_backward")(dout, x, weights[0], weights[2], hidden, acted, activation, mask)
+    grads = loop("feed_forward_backward")(dout, x, weights[0], weights[2], hidden, acted, activation)
     compare(
         grads,
-        K.feed_forward_backward_reference(dout, x, weights[0], weights[2], ref_hidden, ref_acted, activation, mask),
+        K.feed_forward_backward_reference(dout, x, weights[0], weights[2], ref_hidden, ref_acted, activation),
     )
 
 
 @pytest.mark.parametrize("path", ["loop", "reference"])
 def test_feed_forward_keeps_a_nan_for_the_next_norm_to_reject(path):
     forward = seam.twin("feed_forward_forward").paths[path]
-    x, weights, _, _ = ffn_inputs(rng_for("ffn-nan"), 4, 3, 5, "relu")
+    x, weights, _ = ffn_inputs(rng_for("ffn-nan"), 4, 3, 5)
     x[1, 2] = np.nan
-    out = forward(x, *weights, "relu", None)[0]
+    out = forward(x, *weights, "relu")[0]
     assert np.isnan(out[1]).all() and np.isfinite(np.delete(out, 1, axis=0)).all()
 
 
-def test_feed_forward_rejects_a_mask_without_the_mask_activation():
-    x, weights, _, mask = ffn_inputs(rng_for("ffn-mask"), 4, 3, 5, "mask")
-    with pytest.raises(ValueError, match="mask"):
-        K.feed_forward_forward(x, *weights, "relu", mask)
+@pytest.mark.parametrize("activation", ["mask", "gelu_erf", "tanh"])
+def test_feed_forward_rejects_an_activation_it_does_not_compute(activation):
+    x, weights, _ = ffn_inputs(rng_for("ffn-activation"), 4, 3, 5)
+    with pytest.raises(ValueError, match="activation must be one of relu, gelu, gelu_tanh"):
+        K.feed_forward_forward(x, *weights, activation)
+
+
+# A hidden layer of 2-D rows spread over the GELUs' curved range, each flavour's own formula
+# written out here, apart from the kernels (math.erf and math.tanh per element).
+def _gelu_by_formula(h, activation):
+    def one(v):
+        if activation == "gelu":
+            return v * 0.5 * (1.0 + math.erf(v / math.sqrt(2.0)))
+        return 0.5 * v * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v**3)))
+
+    return np.vectorize(one, otypes=[np.float64])(h)
+
+
+@pytest.mark.parametrize("path", ["loop", "reference"])
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
+def test_feed_forward_gelu_is_its_flavours_formula(path, activation):
+    forward = seam.twin("feed_forward_forward").paths[path]
+    x, (w1, b1, w2, b2), _ = ffn_inputs(rng_for("ffn-flavour", activation), 6, 4, 5)
+    out, hidden, acted = forward(x, w1, b1, w2, b2, activation)
+    np.testing.assert_allclose(acted, _gelu_by_formula(hidden, activation), rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("path", ["loop", "reference"])
+def test_the_two_gelu_flavours_of_the_feed_forward_differ(path):
+    # What tells a port's GELU from lnref's: about 1e-4 of the activation's scale apart.
+    forward = seam.twin("feed_forward_forward").paths[path]
+    x, weights, _ = ffn_inputs(rng_for("ffn-flavours"), 6, 4, 5)
+    exact, tanh = forward(x, *weights, "gelu")[2], forward(x, *weights, "gelu_tanh")[2]
+    assert 1e-5 < np.abs(exact - tanh).max() / np.abs(exact).max() < 1e-3
 
 
 @pytest.mark.skipif(not K.USE_NUMBA, reason="the size rule chooses between compiled paths only")
@@ -545,7 +574,7 @@ def _all_kernel_calls(dtype):
     _, mprobs = K.multi_head_attention_forward(mq, mk, mv, 2, True)
     sx, memory, weights, sdout = sublayer_inputs(rng, 1, 4, 3, 6, cross=True, dtype=dtype)
     sublayer = K.attention_sublayer_forward(sx, memory, *weights, 2, False)
-    fx, ffn_weights, fdout, _ = ffn_inputs(rng, 5, 6, 8, "gelu", dtype)
+    fx, ffn_weights, fdout = ffn_inputs(rng, 5, 6, 8, dtype)
     ffn = K.feed_forward_forward(fx, *ffn_weights, "gelu")
     return [
         ("layer_norm_forward", lambda: K.layer_norm_forward(x, gamma, beta, EPS)),
@@ -967,9 +996,6 @@ MISFITTING_CALLS = {
     "linear_forward b": lambda: K.linear_forward(_r(4, 8), _r(8, 3), _r(5)),
     "linear_backward dy": lambda: K.linear_backward(_r(2, 3), _r(4, 8), _r(8, 3)),
     "feed_forward_forward w1": lambda: K.feed_forward_forward(_r(4, 8), _r(6, 16), _r(16), _r(16, 8), _r(8), "relu"),
-    "feed_forward_forward mask": lambda: K.feed_forward_forward(
-        _r(4, 8), _r(8, 16), _r(16), _r(16, 8), _r(8), "mask", _r(2, 16)
-    ),
     "feed_forward_backward dout": lambda: K.feed_forward_backward(
         _r(2, 8), _r(4, 8), _r(8, 16), _r(16, 8), _r(4, 16), _r(4, 16), "relu"
     ),
@@ -1007,7 +1033,7 @@ def _backward_case(name):
         "feed_forward": (
             K.feed_forward_backward,
             rng.standard_normal((6, 8)),
-            (x, w1, w2, hidden, acted, "relu", None),
+            (x, w1, w2, hidden, acted, "relu"),
         ),
         "attention_sublayer": (
             K.attention_sublayer_backward,
@@ -1374,9 +1400,9 @@ def test_the_cache_is_warm_once_the_first_run_kernels_have_run():
     loop("attention_sublayer_backward")(sdout, sx, None, *weights[::2], *outputs[1:])
     loop("linear_forward")(x, gamma[:, None] * np.ones(3), np.ones(3))
     loop("linear_backward")(dy[:, :3], x, gamma[:, None] * np.ones(3))
-    fx, ffn_weights, fdout, _ = ffn_inputs(np.random.default_rng(57), 3, 4, 5, "relu")
-    _, hidden, acted = loop("feed_forward_forward")(fx, *ffn_weights, "relu", None)
-    loop("feed_forward_backward")(fdout, fx, ffn_weights[0], ffn_weights[2], hidden, acted, "relu", None)
+    fx, ffn_weights, fdout = ffn_inputs(np.random.default_rng(57), 3, 4, 5)
+    _, hidden, acted = loop("feed_forward_forward")(fx, *ffn_weights, "relu")
+    loop("feed_forward_backward")(fdout, fx, ffn_weights[0], ffn_weights[2], hidden, acted, "relu")
     assert warmup.compile_cache_is_cold() is False
 
 

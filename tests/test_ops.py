@@ -213,7 +213,7 @@ def use_ffn_path(monkeypatch, path):
 
 
 @ffn_paths
-@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
 def test_feed_forward_vjp(monkeypatch, ffn_path, activation):
     use_ffn_path(monkeypatch, ffn_path)
     rng = np.random.default_rng(24)
@@ -247,7 +247,7 @@ def test_the_fused_attention_sublayer_equals_nn_attention_in_value_and_gradients
 
 
 @ffn_paths
-@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
 def test_the_fused_feed_forward_equals_nn_ffn_in_value_and_gradients(monkeypatch, ffn_path, activation):
     use_ffn_path(monkeypatch, ffn_path)
     rng = np.random.default_rng(28)
@@ -403,6 +403,18 @@ def test_feed_forward_check_fails_when_the_backward_ignores_the_relu_pattern():
     rng = np.random.default_rng(33)
     x, weights = rand(rng, 2, 3, 4), ffn_weights(rng, 4, 8)
     assert_some_fail(check_vjp(lambda *t: fused.feed_forward(*t), x, *weights))
+
+
+def test_feed_forward_check_fails_when_the_exact_gelu_backward_takes_the_tanh_slope():
+    rng = np.random.default_rng(34)
+    x, weights = rand(rng, 2, 3, 4), ffn_weights(rng, 4, 8)
+    backward = kernels.feed_forward_backward_reference
+
+    def tanh_slope(dout, x, w1, w2, hidden, acted, activation):
+        return backward(dout, x, w1, w2, hidden, acted, "gelu_tanh")
+
+    with kernels.seam.replaced("feed_forward_backward", tanh_slope):
+        assert_some_fail(check_vjp(lambda *t: fused.feed_forward(*t, activation="gelu"), x, *weights))
 
 
 def test_a_registered_vjp_replaced_in_the_registry_is_what_the_tape_uses(monkeypatch):

@@ -146,3 +146,39 @@ def test_a_norm_after_the_ffn_activation_has_the_width_of_the_hidden_layer_and_p
     assert model.params["layers.0.ln_hidden.gamma"].shape == (16,)
     report = checker.gradcheck(model, mode="blockwise", batch=2, seq=4)
     assert report.ok and {r.tensor: r.status for r in report.results}["layers.1.ln_hidden.gamma"] == "passed"
+
+
+# ----- stop-gradients: the checker checks what the tape promises, and says so -----
+
+
+@pytest.fixture(scope="module")
+def stop_gradient_scheme():
+    from tests.schemes import stop_gradient
+
+    register_scheme("test_stop_gradient", stop_gradient)
+
+
+@pytest.mark.usefixtures("stop_gradient_scheme")
+@pytest.mark.parametrize("mode", ["directional", "blockwise"])
+def test_a_stop_gradient_is_held_at_the_point_and_the_surrogate_passes(mode):
+    model = lnref.build("test_stop_gradient", n_layers=3, **SMALL)
+    report = checker.gradcheck(model, mode=mode, batch=2, seq=4)
+    assert report.ok, report.to_text()
+    assert "stop_gradient" in report.held and "surrogate" in report.to_text()
+
+
+@pytest.mark.usefixtures("stop_gradient_scheme")
+def test_checking_the_plain_function_reports_the_tapes_disagreement_by_design():
+    model = lnref.build("test_stop_gradient", n_layers=3, **SMALL)
+    report = checker.gradcheck(model, batch=2, seq=4, hold_stop_gradients=False)
+    assert not report.ok
+    assert "layers.0.gain" in {r.tensor for r in report.results if r.status == "failed"}
+
+
+def test_a_stop_gradient_passes_its_value_forward_and_no_gradient_back():
+    from lnref.autograd import ops, value_and_grad
+
+    x = np.array([1.5, -2.0, 0.5])
+    value, (dx,) = value_and_grad(lambda t: ops.sum(ops.stop_gradient(t) * t))(x)
+    assert value == float(np.sum(x * x))
+    np.testing.assert_array_equal(dx, x)  # d/dx of sg(x) x is x, not 2x

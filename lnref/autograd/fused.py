@@ -18,7 +18,9 @@ from lnref.autograd import kernels
 from lnref.autograd.checks import kernel_error
 from lnref.autograd.primitive import defprimitive
 
-FFN_ACTIVATIONS = ("relu", "gelu")
+# The activations the fused FFN computes (the model's names: "gelu" the exact erf form,
+# "gelu_tanh" the tanh approximation); any other takes the composition.
+FFN_ACTIVATIONS = kernels.FFN_ACTIVATIONS
 
 
 def _attention_sublayer_fwd(
@@ -66,11 +68,12 @@ attention_sublayer = defprimitive("attention_sublayer", _attention_sublayer_fwd,
 def _feed_forward_fwd(
     x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, *, activation: str = "relu"
 ) -> tuple[np.ndarray, Any]:
-    """F(x) = act(x W1 + b1) W2 + b2, act ReLU or the tanh-approximated GELU.
+    """F(x) = act(x W1 + b1) W2 + b2, act ReLU, the exact GELU x Phi(x) (``"gelu"``) or its
+    tanh approximation (``"gelu_tanh"``).
 
     VJP, with h = x W1 + b1 and a = act(h):
         dW2 = a^T dF,   db2 = sum over rows of dF,   da = dF W2^T
-        dh  = act'(h) * da        (ReLU: da where a > 0)
+        dh  = act'(h) * da        (ReLU: da where a > 0; exact GELU: Phi(h) + h phi(h))
         dW1 = x^T dh,   db1 = sum over rows of dh,   dx = dh W1^T
     """
     if activation not in FFN_ACTIVATIONS:
@@ -79,7 +82,7 @@ def _feed_forward_fwd(
         raise ValueError(f"feed_forward: x, W1, W2 of shapes {np.shape(x)}, {np.shape(w1)}, {np.shape(w2)} do not fit")
     rows = np.reshape(x, (-1, np.shape(x)[-1]))
     try:
-        out, hidden, acted = kernels.feed_forward_forward(rows, w1, b1, w2, b2, activation, None)
+        out, hidden, acted = kernels.feed_forward_forward(rows, w1, b1, w2, b2, activation)
     except (TypeError, ValueError) as error:
         raise kernel_error("feed_forward", error, x, w1, b1, w2, b2) from None
     return out.reshape(*np.shape(x)[:-1], w2.shape[1]), (np.shape(x), rows, w1, w2, hidden, acted, activation)
@@ -88,7 +91,7 @@ def _feed_forward_fwd(
 def _feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
     x_shape, rows, w1, w2, hidden, acted, activation = residuals
     dx, dw1, db1, dw2, db2 = kernels.feed_forward_backward(
-        dout.reshape(-1, dout.shape[-1]), rows, w1, w2, hidden, acted, activation, None, residuals_checked=True
+        dout.reshape(-1, dout.shape[-1]), rows, w1, w2, hidden, acted, activation, residuals_checked=True
     )
     return dx.reshape(x_shape), dw1, db1, dw2, db2
 

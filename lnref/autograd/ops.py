@@ -118,11 +118,13 @@ def _relu_vjp(dout: np.ndarray, out: Residuals) -> Cotangents:
 relu = defprimitive("relu", _relu_fwd, _relu_vjp)
 
 
-def _gelu_fwd(x: np.ndarray, *, approximate: str = "tanh") -> tuple[np.ndarray, Residuals]:
-    """GELU, tanh approximation (default) or exact erf form (``approximate="none"``).
+def _gelu_fwd(x: np.ndarray, *, approximate: str = "none") -> tuple[np.ndarray, Residuals]:
+    """GELU, the exact erf form (default, as PyTorch's) or the tanh approximation
+    (``approximate="tanh"``).
 
-    tanh:  y = x/2 (1 + tanh(u)),  u = sqrt(2/pi)(x + 0.044715 x^3)
-    erf:   y = x Phi(x),           dy/dx = Phi(x) + x phi(x)
+    erf:   y = x Phi(x),           dy/dx = Phi(x) + x phi(x),  phi the standard normal density
+    tanh:  y = x/2 (1 + tanh(u)),  u = sqrt(2/pi)(x + 0.044715 x^3),
+           dy/dx = (1 + tanh(u))/2 + x/2 (1 - tanh(u)^2) sqrt(2/pi)(1 + 3 * 0.044715 x^2)
     """
     if approximate not in ("tanh", "none"):
         raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
@@ -180,6 +182,18 @@ def _clamp_vjp(dout: np.ndarray, inside: Residuals) -> Cotangents:
 
 
 clamp = defprimitive("clamp", _clamp_fwd, _clamp_vjp)
+
+
+def _stop_gradient_fwd(x: Any) -> tuple[Any, Residuals]:
+    """sg(x) = x going forward; no gradient flows back through it (VJP: none)."""
+    return x, None
+
+
+def _stop_gradient_vjp(dout: np.ndarray, _: Residuals) -> Cotangents:
+    return (None,)
+
+
+stop_gradient = defprimitive("stop_gradient", _stop_gradient_fwd, _stop_gradient_vjp)
 
 
 # ----- reductions and shape -----------------------------------------------------------

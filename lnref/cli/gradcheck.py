@@ -24,6 +24,7 @@ from lnref.cli.options import (
     EXIT_OK,
     FiniteFloat,
     LazyChoice,
+    SchemeName,
     compile_if_cold,
     fail,
     input_errors,
@@ -64,7 +65,7 @@ class OneOrList(click.ParamType):
 @click.command()
 @click.option(
     "--scheme",
-    type=OneOrList(click.Choice(SCHEMES), every=SCHEMES),
+    type=OneOrList(SchemeName(), every=SCHEMES),
     default=None,
     help="LN placement; a comma list or 'all' makes a sweep. Required unless --from.",
 )
@@ -124,9 +125,17 @@ class OneOrList(click.ParamType):
 )
 @click.option("--vocab", type=COUNT, default=16, show_default=True, help="Vocabulary size with --with-head.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option(
+    "--plain",
+    is_flag=True,
+    help="Check the function itself: stop-gradient values move with the "
+    "point (by default they are held there, the function whose derivative the tape computes).",
+)
 @click.option("--verbose", is_flag=True, help="A row for every layer (by default runs of alike layers share one).")
 @sweep_options(workers=False)
-def gradcheck(mode, point, entries_per_tensor, workers, rtol, atol, with_head, vocab, as_json, verbose, **options):
+def gradcheck(
+    mode, point, entries_per_tensor, workers, rtol, atol, with_head, vocab, as_json, verbose, plain, **options
+):
     """Check every gradient of a model against finite differences.
 
     Lists in --scheme, --layers or --norm make a sweep over every combination: each model
@@ -142,7 +151,7 @@ def gradcheck(mode, point, entries_per_tensor, workers, rtol, atol, with_head, v
         fail("Missing option '--scheme'.")
     if not sweep_form:
         _check_one_model(
-            mode, point, entries_per_tensor, workers, rtol, atol, with_head, vocab, as_json, verbose, options
+            mode, point, entries_per_tensor, workers, rtol, atol, with_head, vocab, as_json, verbose, plain, options
         )
     warn_float32(options["dtype"])
     if rtol is not None and rtol < 0 or atol < 0:
@@ -203,7 +212,9 @@ def _sweep_output(records: list[dict[str, Any]], as_json: bool) -> None:
     sys.exit(EXIT_OK if all(record["result"]["ok"] for record in records) else EXIT_FAILED)
 
 
-def _check_one_model(mode, point, entries_per_tensor, workers, rtol, atol, with_head, vocab, as_json, verbose, options):
+def _check_one_model(
+    mode, point, entries_per_tensor, workers, rtol, atol, with_head, vocab, as_json, verbose, plain, options
+):
     """The one-model form: the checker's report of one model."""
     warn_float32(options["dtype"])
     if rtol is not None and rtol < 0 or atol < 0:
@@ -241,6 +252,7 @@ def _check_one_model(mode, point, entries_per_tensor, workers, rtol, atol, with_
                 atol=atol,
                 progress=progress,
                 workers=workers,
+                hold_stop_gradients=not plain,
             )
     click.echo(report.to_json() if as_json else report.to_text(verbose=verbose))
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)

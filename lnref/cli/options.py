@@ -65,6 +65,25 @@ def input_errors() -> Iterator[None]:
         fail(str(err) if not isinstance(err, KeyError) else f"missing {err}")
 
 
+class SchemeName(click.ParamType):
+    """A built-in scheme's name, or one's own: a path to a scheme file or an importable module
+    (loaded when the command runs, never for ``--help``)."""
+
+    name = "scheme"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[" + "|".join(SCHEMES) + "|FILE.py|MODULE]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from lnref.schemes import get_scheme
+
+        try:
+            get_scheme(str(value))
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+        return str(value)
+
+
 class LazyChoice(click.Choice):
     """A choice among the keys of a registry ("module:NAME"), imported only when a value is
     checked or the command's help is shown: ``lnref --help`` stays free of the engine."""
@@ -96,7 +115,12 @@ def _scheme_options(ctx: click.Context, param: click.Parameter, values: tuple[st
 def model_options(function: Command) -> Command:
     """The options that describe a model, shared by every command that builds one."""
     options = [
-        click.option("--scheme", type=click.Choice(SCHEMES), required=True, help="LN placement."),
+        click.option(
+            "--scheme",
+            type=SchemeName(),
+            required=True,
+            help="LN placement: a built-in name, a scheme file of one's own, or a module.",
+        ),
         click.option("--layers", type=COUNT, default=6, show_default=True, help="Number of layers."),
         click.option("--d-model", type=COUNT, default=16, show_default=True),
         click.option("--heads", type=COUNT, default=2, show_default=True),
@@ -110,7 +134,13 @@ def model_options(function: Command) -> Command:
             show_default=True,
             help="The kind of every norm the scheme places.",
         ),
-        click.option("--activation", type=LazyChoice("lnref.nn:ACTIVATIONS"), default="relu", show_default=True),
+        click.option(
+            "--activation",
+            type=LazyChoice("lnref.nn:ACTIVATIONS"),
+            default="relu",
+            show_default=True,
+            help="FFN activation: gelu is the exact x Phi(x) (PyTorch's default), gelu_tanh its tanh approximation.",
+        ),
         click.option(
             "--qk-norm",
             type=LazyChoice("lnref.qk_norms:QK_NORMS"),

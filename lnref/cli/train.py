@@ -20,7 +20,8 @@ from lnref.cli.sweep import SweepRequest, echo, execute, load, sweep_options
 TASK_NAMES = ("reverse", "recall", "chars")  # lnref.tasks.TASKS, named here to keep --help light
 DEFAULT_LR = 1e-3
 DEFAULT_STEPS = 400
-DEFAULT_WARMUP = 100
+DEFAULT_WARMUP = 100  # lnref.train.DEFAULT_WARMUP, named here to keep --help light
+WARMUP_DEFAULT_HELP = f"{DEFAULT_WARMUP}, or a tenth of --steps for a shorter run"
 TRAIN_DEFAULTS = {"d_model": 32, "d_ff": None, "batch": 16, "seq": None}
 TRAIN_HELP = {
     "seq": "Sequence length (default: the task's, 16 or 32).",
@@ -110,7 +111,9 @@ def _progress(message):
 
 @click.command()
 @_train_model_options
-@click.option("--warmup", type=int, default=DEFAULT_WARMUP, show_default=True, help="Linear warm-up steps (0: none).")
+@click.option(
+    "--warmup", type=int, default=None, show_default=WARMUP_DEFAULT_HELP, help="Linear warm-up steps (0: none)."
+)
 @_training_options
 def train(
     task,
@@ -139,9 +142,12 @@ def train(
 
     one_blas_thread_unless_chosen()
     with input_errors():
-        from lnref.train import TrainConfig, plot_run
+        from lnref.train import TrainConfig, default_warmup, plot_run
         from lnref.train import train as run_training
 
+        chosen = warmup is None
+        if chosen:
+            warmup = default_warmup(steps)
         config = TrainConfig(
             scheme=options["scheme"],
             layers=options["layers"],
@@ -172,6 +178,8 @@ def train(
         from lnref.tasks import get_task
 
         get_task(task, options["seq"])  # a bad --seq for the task fails here, before any training
+    if chosen:
+        _note_shortened_warmup(warmup, steps)
     # Outside input_errors: past validation, an exception is a bug and keeps its traceback.
     result = run_training(config, progress=_progress).to_dict()
     if png:
@@ -179,6 +187,15 @@ def train(
         _progress(f"wrote {png}")
     click.echo(json.dumps(result) if as_json else _summary_text(result))
     sys.exit(EXIT_OK)
+
+
+def _note_shortened_warmup(warmup, steps):
+    """One line on stderr when the default warm-up was shortened to fit the run."""
+    if warmup != DEFAULT_WARMUP:
+        _progress(
+            f"note: warm-up {warmup} step{'s' if warmup != 1 else ''} for the {steps}-step run: the default "
+            f"{DEFAULT_WARMUP} is longer than the run, so a tenth of it (at least 1); --warmup sets it"
+        )
 
 
 def _summary_text(result):
@@ -226,8 +243,8 @@ def _int_list(text, name):
 @click.option(
     "--warmup",
     type=int,
-    default=DEFAULT_WARMUP,
-    show_default=True,
+    default=None,
+    show_default=WARMUP_DEFAULT_HELP,
     help="The 'some warm-up' arm; the other arm has none.",
 )
 @click.option("--seeds", type=COUNT, default=3, show_default=True, help="Seeds 0..N-1 per cell.")
@@ -285,7 +302,11 @@ def stability(
     one_blas_thread_unless_chosen()  # for runs in this process (--backend serial)
     with input_errors():
         from lnref.tasks import get_task
-        from lnref.train import grid_configs, grid_tasks
+        from lnref.train import default_warmup, grid_configs, grid_tasks
+
+        chosen = warmup is None
+        if chosen:
+            warmup = default_warmup(steps)
 
         configs = grid_configs(
             scheme_list,
@@ -308,6 +329,8 @@ def stability(
         )
         get_task(task, seq)
         tasks = grid_tasks(configs)
+    if chosen:
+        _note_shortened_warmup(warmup, steps)
     results = [record["result"] for record in execute("stability", tasks, request)]
     _stability_output(results, as_json, png)
 

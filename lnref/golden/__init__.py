@@ -20,11 +20,13 @@ Three uses: ``export_golden`` writes a file, ``load_golden`` reads and validates
 bit; ``compare_files`` measures another implementation's arrays against a file. The modules:
 
     format        the fixed names and GoldenError
+    compat        files of earlier format versions, read with the meaning they were written with
     containers    .npz and .safetensors: written atomically, read without trusting the file
     export        export_golden, and the arrays and config it writes
     validate      the checks of a file read from disk, before anything trusts it
     load          load_golden, from_golden and the Golden they read
     compare       compare_files and its report, Comparison
+    hints         what a failed comparison's pattern suggests (the other GELU flavour)
 
 Comparison rule, per tensor, with e the expected and a the actual array:
 
@@ -55,6 +57,7 @@ from lnref.golden.compare import (
     group_of,
     read_name_map,
 )
+from lnref.golden.compat import READABLE_VERSIONS
 from lnref.golden.containers import check_output_path, read_arrays
 from lnref.golden.export import export_golden, golden_arrays, golden_config
 from lnref.golden.format import (
@@ -80,6 +83,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "LOSS_DEFINITION",
+    "READABLE_VERSIONS",
     "RULE",
     "WEIGHT_LAYOUT",
     "WEIGHT_NAMES",

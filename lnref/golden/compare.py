@@ -6,12 +6,13 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from lnref.files import PathLike
+from lnref.golden import hints
 from lnref.golden.containers import read_arrays
 from lnref.golden.format import GoldenError, first_names, is_weight_matrix, one_line
 from lnref.golden.load import load_golden
@@ -45,7 +46,8 @@ class TensorResult:
 
 @dataclass
 class Comparison:
-    """Every expected tensor's result, and the report as text or JSON."""
+    """Every expected tensor's result, what the failures suggest (``hints``: sentences, from
+    ``lnref.golden.hints``), and the report as text or JSON."""
 
     expected_path: str
     actual_path: str
@@ -55,6 +57,7 @@ class Comparison:
     per_tensor: bool
     results: list[TensorResult]
     extra: list[str]
+    hints: list[str] = field(default_factory=list)
 
     @property
     def missing(self) -> list[str]:
@@ -89,6 +92,7 @@ class Comparison:
             "tensors": [_finite_or_none(dataclasses.asdict(r)) for r in self.results if r.compared],
             "missing": self.missing,
             "extra": self.extra,
+            "hints": self.hints,
             "passed": self.passed,
             "failed": self.failed,
             "ok": self.ok,
@@ -121,6 +125,7 @@ class Comparison:
             lines.append(f"missing in ACTUAL ({verdict}): {len(missing)}: {first_names(missing, 8)}")
         if self.extra:
             lines.append(f"extra in ACTUAL (not compared): {len(self.extra)}: {first_names(self.extra, 8)}")
+        lines.extend(f"hint: {hint}" for hint in self.hints)
         lines.append(f"{self.passed} passed, {self.failed} failed")
         return "\n".join(lines)
 
@@ -167,8 +172,10 @@ def compare_files(
     """
     expected_path, actual_path = os.fspath(expected_path), os.fspath(actual_path)
     expected, config_entry = read_arrays(expected_path)
+    golden = None
     if config_entry is not None:
-        expected = load_golden(expected_path).arrays
+        golden = load_golden(expected_path)
+        expected = golden.arrays
     else:
         _check_plain_expected(expected_path, expected)
     actual, _ = read_arrays(actual_path)
@@ -187,12 +194,19 @@ def compare_files(
         rtol = DEFAULT_RTOL[widest]
     if rtol < 0 or atol < 0:
         raise GoldenError("rtol and atol must be >= 0")
-    scales = _scales(expected, per_tensor)
-    results = [
-        _compare_tensor(name, value, actual.get(name), scales[name], rtol, atol) for name, value in expected.items()
-    ]
+
+    def compare_with(reference: dict[str, np.ndarray]) -> list[TensorResult]:
+        scales = _scales(reference, per_tensor)
+        return [
+            _compare_tensor(name, value, actual.get(name), scales[name], rtol, atol)
+            for name, value in reference.items()
+        ]
+
+    results = compare_with(expected)
     extra = [name for name in actual if name not in expected]
-    return Comparison(expected_path, actual_path, rtol, atol, require_all, per_tensor, results, extra)
+    found = [] if golden is None else [hints.gelu_flavour(golden, results, compare_with)]
+    said = [hint for hint in found if hint is not None]
+    return Comparison(expected_path, actual_path, rtol, atol, require_all, per_tensor, results, extra, said)
 
 
 def _scales(expected: dict[str, np.ndarray], per_tensor: bool) -> dict[str, float]:

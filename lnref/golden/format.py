@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from lnref.schemes import get_scheme, stream_names
 
 FORMAT_NAME = "lnref-golden"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3  # what changed at each version: compat.py
 CONFIG_ENTRY = "config"
 EXTENSIONS = (".npz", ".safetensors")
 LOSS_DEFINITION = "sum(y * dy)"

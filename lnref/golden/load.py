@@ -11,7 +11,7 @@ import numpy as np
 
 from lnref import __version__
 from lnref.files import PathLike
-from lnref.golden import validate
+from lnref.golden import compat, validate
 from lnref.golden.containers import read_arrays
 from lnref.golden.export import golden_arrays
 from lnref.golden.format import GoldenError, first_names, hidden_name, hidden_streams
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Golden:
-    """A validated golden file: its config, input sizes and arrays by name."""
+    """A validated golden file: its config (in the current format's terms, whatever version
+    the file was written in: ``format_version``), input sizes and arrays by name."""
 
     path: str
     config: Config
@@ -30,6 +31,7 @@ class Golden:
     seq: int
     memory_len: int | None
     lnref_version: str
+    format_version: int
     arrays: dict[str, np.ndarray] = field(repr=False)
 
     @property
@@ -74,7 +76,8 @@ def load_golden(path: PathLike) -> Golden:
     """Read and validate a golden file; raises GoldenError (a ValueError) with one line.
 
     Checks, in order: the file is a readable .npz/.safetensors without object arrays; it has
-    a config naming this format and a version this lnref reads; the config builds a valid
+    a config naming this format and a version this lnref reads (an earlier version's config is
+    read with the meaning it was written with: ``lnref.golden.compat``); the config builds a valid
     model; every array is finite and of the config's dtype; the entries are exactly those
     the format prescribes for this model, with the shapes it prescribes.
     """
@@ -110,7 +113,8 @@ def _load(path: PathLike) -> tuple[Golden, Model]:
 
     path = os.fspath(path)
     arrays, config_entry = read_arrays(path)
-    document = validate.parse_config(path, config_entry)
+    written = validate.parse_config(path, config_entry)
+    document = compat.upgrade(written)
     config = validate.model_config(path, document.get("model"))
     batch, seq, memory_len = validate.input_sizes(path, document.get("inputs"), config)
     validate.check_values(path, arrays, config.dtype)
@@ -119,7 +123,8 @@ def _load(path: PathLike) -> tuple[Golden, Model]:
     expected = validate.expected_shapes(model, batch, seq, memory_len)
     validate.check_entries(path, arrays, expected)
     version = str(document.get("lnref_version", "?"))
-    golden = Golden(path, config, batch, seq, memory_len, version, {name: arrays[name] for name in expected})
+    selected = {name: arrays[name] for name in expected}
+    golden = Golden(path, config, batch, seq, memory_len, version, written["format_version"], selected)
     return golden, model
 
 

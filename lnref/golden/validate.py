@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lnref import __version__
+from lnref.golden.compat import READABLE_VERSIONS
 from lnref.golden.containers import ConfigEntry
 from lnref.golden.format import (
     CONFIG_ENTRY,
     FORMAT_NAME,
-    FORMAT_VERSION,
     GoldenError,
     first_names,
     hidden_name,
@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 
 def parse_config(path: str, entry: ConfigEntry) -> dict[str, Any]:
-    """The config document: JSON naming this format, in a version this lnref reads."""
+    """The config document as written: JSON naming this format, in a version this lnref reads
+    (``compat.upgrade`` gives it the current format's meaning)."""
     if entry is None:
         raise GoldenError(f"{path}: not an lnref golden file (no {CONFIG_ENTRY!r} entry)")
     if isinstance(entry, np.ndarray):
@@ -50,9 +51,10 @@ def parse_config(path: str, entry: ConfigEntry) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
         raise GoldenError(f"{path}: not an lnref golden file (config format is not {FORMAT_NAME!r})")
     version = document.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
         raise GoldenError(
-            f"{path}: golden format version {version!r}; this lnref ({__version__}) reads version {FORMAT_VERSION}"
+            f"{path}: golden format version {version!r}; this lnref ({__version__}) reads versions {readable}"
         )
     return document
 
@@ -65,8 +67,6 @@ def model_config(path: str, fields: object) -> Config:
     names = [f.name for f in dataclasses.fields(Config)]
     if not isinstance(fields, dict):
         raise GoldenError(f"{path}: config has no 'model' object")
-    later = {"qk_norm": "none", "options": {}}  # fields added after the first files were written
-    fields = {**{name: value for name, value in later.items() if name not in fields}, **fields}
     missing = [name for name in names if name not in fields]
     unknown = [name for name in fields if name not in names]
     if missing or unknown:

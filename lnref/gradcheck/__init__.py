@@ -146,10 +146,14 @@ def gradcheck(
     seed: int | None = None,
     progress: Progress = None,
     workers: int | None = None,
+    hold_stop_gradients: bool = True,
 ) -> Report:
     """Check every gradient of ``model`` (all parameters, the input, the memory).
 
-    ``workers``: forked processes that share the checks out in directional, entries and full
+    ``hold_stop_gradients`` (default): a stop-gradient's value is held at the point, so the
+    finite differences are those of the function whose derivative the tape computes (the
+    surrogate); False checks the function itself, which the tape's gradient does not follow
+    where a stop-gradient acts. ``workers``: forked processes that share the checks out in directional, entries and full
     mode (the report is the same for any number); by default the CPUs available, except for
     directional and entries checks of small models (under ``PARALLEL_LAYER_RUNS`` tensors times
     layers), which run in this process. Returns a ``Report``; ``report.ok`` is False when any
@@ -169,7 +173,7 @@ def gradcheck(
         progress(
             f"gradcheck: {model.config.scheme}, {model.config.n_layers} layers, {len(params)} tensors, {mode} mode"
         )
-    at = Point(model, params, x, dy, memory)
+    at = Point(model, params, x, dy, memory, hold_stop_gradients)
     generic = point == "generic"
     if mode == "blockwise":
         results = check_blockwise(at, h, rtol, atol, seed, generic)
@@ -198,4 +202,5 @@ def gradcheck(
         results = list(map_in_order(check_tensor, range(len(names)), workers))
         results = _recheck_unresolved(at, results, h, rtol, atol, seed, generic)
     results = [_zero_by_structure(result) for result in results]
-    return Report(model.config.to_dict(), mode, point, h, rtol, atol, results, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return Report(model.config.to_dict(), mode, point, h, rtol, atol, results, seconds, held=at.held)

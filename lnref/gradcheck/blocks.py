@@ -118,7 +118,7 @@ class Block:
         ``per_row``: linear maps take weights given one per batch row."""
         memory = self.point.memory if memory is None else memory
         options = {"linear": linear_per_row} if per_row else {}
-        return self.point.model.run(params, memory, freeze=self.freezer.hold(count), **options)
+        return self.point.model.run(params, memory, freeze=self.freezer.hold(count, self.point.release), **options)
 
     def value(self, outputs: tuple[Any, ...]) -> float:
         """<u, outputs> as a float: the block's scalar, the same sum for every evaluation."""

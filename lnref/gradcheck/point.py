@@ -100,12 +100,24 @@ class _ReadRecorder(dict):
 class Point:
     """The loss of the model at its check point, re-running only what a change affects."""
 
-    def __init__(self, model: Any, params: dict[str, np.ndarray], x: np.ndarray, dy: np.ndarray, memory: Any) -> None:
+    def __init__(
+        self,
+        model: Any,
+        params: dict[str, np.ndarray],
+        x: np.ndarray,
+        dy: np.ndarray,
+        memory: Any,
+        hold_stop_gradients: bool = True,
+    ) -> None:
         self.model, self.params, self.x, self.dy, self.memory = model, params, x, dy, memory
+        # Released kinds are computed afresh by every run: the function itself, not the surrogate
+        # whose derivative the tape computes.
+        self.release = () if hold_stop_gradients else ("stop_gradient",)
         self.n_layers = model.config.n_layers
         self.grads, _, tensor_states = model.gradients(x, dy, memory, params=params, keep_states=True)
         self.states = [tuple(t.value for t in state) for state in tensor_states]
         self.freezer = record_frozen(model, lambda run: model.forward(run, x), params, memory)
+        self.held = tuple(sorted(self.freezer.kinds - set(self.release)))
         self.scale = float(np.abs(model.readout(self.frozen_run(params), self.states[-1]).value * dy).sum())
         self.embed_params, self.readout_params = self._stage_params()
         self.linear_params = model.linear_params
@@ -113,7 +125,7 @@ class Point:
     def frozen_run(self, params: dict[str, Any], memory: Any = None, count: int = 1) -> Run:
         """A run with the point's frozen values (held ``count`` times along the batch axis)."""
         memory = self.memory if memory is None else memory
-        return self.model.run(params, memory, freeze=self.freezer.hold(count))
+        return self.model.run(params, memory, freeze=self.freezer.hold(count, self.release))
 
     def _stage_params(self) -> tuple[set[str], set[str]]:
         recorder = _ReadRecorder(self.params)

@@ -119,6 +119,7 @@ class Report:
     atol: float
     results: list[TensorResult]
     seconds: float = 0.0
+    held: tuple[str, ...] = ()  # kinds of values held at the point ("relu", "stop_gradient")
 
     @property
     def counts(self) -> dict[str, int]:
@@ -188,6 +189,11 @@ class Report:
             )
         elif self.results:
             lines.append("  0 unresolved" + (" apart from the zeros by structure" if zeros else ""))
+        if "stop_gradient" in self.held:
+            lines.append(
+                "  stop-gradient values held at the point: the checked function is the surrogate whose "
+                "derivative the tape computes, not the function itself"
+            )
         lines += ["", f"{self.seconds:.1f} s"]
         if self.mode in ("entries", "full"):
             checks = self.check_counts
@@ -212,6 +218,7 @@ class Report:
             "rtol": self.rtol,
             "atol": self.atol,
             "seconds": self.seconds,
+            "held": list(self.held),
             "counts": self.counts,
             "check_counts": self.check_counts,
             "ok": self.ok,

@@ -34,7 +34,14 @@ constant of the configuration: a repeated gradient pass replays the primitives t
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import inspect
+import os
+import sys
+import traceback
 from importlib import import_module
+from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -73,6 +80,11 @@ class Option(NamedTuple):
     help: str
 
 
+def places_norms(scheme: ModuleType) -> bool:
+    """Whether the scheme places any norm (a scheme with none, like ReZero, takes no --norm)."""
+    return any(getattr(scheme, name, ()) for name in ("NORMS", "LAYER_NORMS", "HEAD_NORMS", "FFN_NORMS", "STACK_NORMS"))
+
+
 def options_of(scheme: ModuleType) -> dict[str, Option]:
     return dict(getattr(scheme, "OPTIONS", {}))
 
@@ -81,29 +93,123 @@ def refusals_of(scheme: ModuleType) -> dict[str, str]:
     return dict(getattr(scheme, "REFUSES", {}))
 
 
+ENTRY_POINT_GROUP = "lnref.schemes"  # installed packages register schemes under this group
+
+
+class SchemeError(ValueError):
+    """A scheme of one's own that cannot be used: the file, the module or what it defines."""
+
+
 def register_scheme(name: str, module: ModuleType) -> None:
     """Make ``module`` (following the protocol above) the scheme ``name`` for this process."""
     if name in SCHEMES:
         raise ValueError(f"scheme {name!r} is built in")
+    check_protocol(module, name)
     _REGISTERED[name] = module
 
 
 def scheme_names() -> tuple[str, ...]:
-    """The built-in schemes, then those registered in this process."""
-    return SCHEMES + tuple(_REGISTERED)
+    """The built-in schemes, those registered in this process, and those installed packages
+    declare under the entry-point group ``lnref.schemes`` (named, not imported)."""
+    installed = tuple(sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)))
+    return tuple(dict.fromkeys(SCHEMES + tuple(_REGISTERED) + installed))
 
 
 def is_scheme(name: str) -> bool:
-    return name in SCHEMES or name in _REGISTERED
+    try:
+        get_scheme(name)
+    except ValueError:
+        return False
+    return True
 
 
 def get_scheme(name: str) -> ModuleType:
-    """The module of scheme ``name`` (ValueError listing the valid names if unknown)."""
+    """The module of scheme ``name``: a built-in name, a registered or installed name, a path to
+    a Python file (``./my_scheme.py``) or an importable module (``mypkg.my_scheme``). A
+    ValueError names the valid schemes, or says in one line what is wrong with one's own."""
     if name in _REGISTERED:
         return _REGISTERED[name]
-    if name not in SCHEMES:
-        raise ValueError(f"unknown scheme {name!r}; valid schemes: {', '.join(scheme_names())}")
-    return import_module(f"lnref.schemes.{name}")
+    if name in SCHEMES:
+        return import_module(f"lnref.schemes.{name}")
+    installed = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if installed:
+        return _loaded(name, lambda: installed[0].load(), f"installed scheme {name}")
+    if name.endswith(".py") or os.sep in name or "/" in name:
+        return _loaded(name, lambda: _module_from_file(name), f"scheme file {name}")
+    if "." in name and all(part.isidentifier() for part in name.split(".")):
+        return _loaded(name, lambda: import_module(name), f"scheme module {name}")
+    raise ValueError(
+        f"unknown scheme {name!r}; valid schemes: {', '.join(scheme_names())} "
+        "(or a path to a scheme file, or an importable scheme module)"
+    )
+
+
+def _loaded(name: str, load: Any, origin: str) -> ModuleType:
+    try:
+        module = load()
+    except SchemeError:
+        raise
+    except SyntaxError as err:
+        raise SchemeError(f"{origin}: syntax error at line {err.lineno}: {err.msg}") from None
+    except Exception as err:  # the user's code: one line, whatever it raised
+        raise SchemeError(f"{origin} cannot be loaded: {one_line_error(err)}") from None
+    module.__lnref_origin__ = origin
+    check_protocol(module, origin)
+    _REGISTERED[name] = module
+    return module
+
+
+def _module_from_file(path: str) -> ModuleType:
+    if not os.path.isfile(path):
+        raise SchemeError(f"scheme file {path} does not exist")
+    absolute = os.path.abspath(path)
+    module_name = "lnref_scheme_" + hashlib.sha256(absolute.encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(module_name, absolute)
+    if spec is None or spec.loader is None:
+        raise SchemeError(f"scheme file {path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # (dataclasses and pickling look modules up by name)
+    spec.loader.exec_module(module)
+    return module
+
+
+def one_line_error(err: BaseException) -> str:
+    """``Type: message (file:line)`` of the innermost frame outside lnref, for errors raised by
+    code of one's own."""
+    place = ""
+    for frame in reversed(traceback.extract_tb(err.__traceback__)):
+        if f"{os.sep}lnref{os.sep}" not in frame.filename:
+            place = f" ({os.path.basename(frame.filename)}:{frame.lineno})"
+            break
+    return f"{type(err).__name__}: {err}{place}".replace("\n", " ")
+
+
+_TUPLES_OF_NAMES = ("NORMS", "LAYER_NORMS", "HEAD_NORMS", "FFN_NORMS", "STACK_NORMS", "STREAMS")
+_FUNCTIONS = ("embed", "readout", "layer_params", "initialize", "streams")
+
+
+def check_protocol(module: ModuleType, origin: str) -> None:
+    """Raise SchemeError naming the first thing ``module`` gets wrong of the scheme protocol."""
+    layer = getattr(module, "layer", None)
+    if layer is None:
+        raise SchemeError(f"{origin} defines no layer(x, layer) function")
+    if not callable(layer):
+        raise SchemeError(f"{origin}: layer is not a function")
+    try:
+        inspect.signature(layer).bind(None, None)
+    except TypeError:
+        raise SchemeError(f"{origin}: layer must take two arguments, (x, layer)") from None
+    for name in _FUNCTIONS:
+        if hasattr(module, name) and not callable(getattr(module, name)):
+            raise SchemeError(f"{origin}: {name} is not a function")
+    for name in _TUPLES_OF_NAMES:
+        value = getattr(module, name, ())
+        if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+            raise SchemeError(f"{origin}: {name} must be a tuple of names, got {value!r}")
+    for name, kind in (("OPTIONS", Option), ("REFUSES", str)):
+        value = getattr(module, name, {})
+        if not isinstance(value, dict) or not all(isinstance(v, kind) for v in value.values()):
+            raise SchemeError(f"{origin}: {name} must be a dict of {kind.__name__}")
 
 
 def stream_names(scheme: ModuleType, index: int) -> tuple[str, ...]:

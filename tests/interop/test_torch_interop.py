@@ -10,6 +10,7 @@ largest |e| among the tensor and its siblings (names equal up to the last '.').
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from lnref.golden import compare_files  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
+FORMAT_1_GELU = Path(__file__).parents[1] / "data" / "golden-format1-pre-gelu.npz"
 LISTED = ("post", "pre", "residual", "b2t", "deepnorm", "admin")
 FURTHER = ("sandwich", "peri", "mixln", "dlcl", "rezero")
 DEPTHS = (1, 6, 48)
@@ -52,9 +54,14 @@ def test_port_agrees_on_a_causal_decoder_with_cross_attention(tmp_path, scheme):
     assert_agrees(export(tmp_path, scheme, 6, cross_attention=True, causal=True))
 
 
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
 @pytest.mark.parametrize("scheme", LISTED + FURTHER)
-def test_port_agrees_with_rmsnorm_and_gelu(tmp_path, scheme):
-    assert_agrees(export(tmp_path, scheme, 6, norm="rmsnorm", activation="gelu"))
+def test_port_agrees_with_rmsnorm_and_either_gelu(tmp_path, scheme, activation):
+    assert_agrees(export(tmp_path, scheme, 6, norm="rmsnorm", activation=activation))
+
+
+def test_port_agrees_with_a_format_1_gelu_file_read_as_the_tanh_approximation():
+    assert_agrees(FORMAT_1_GELU)
 
 
 def test_key_bias_gradient_is_round_off_in_both_implementations(tmp_path):
@@ -142,3 +149,18 @@ def test_lnref_compare_reads_transposed_port_weights_with_transpose_weights(tmp_
     with_flag = CliRunner().invoke(main, ["compare", str(golden), str(actual), "--transpose-weights"])
     assert without.exit_code == 1
     assert with_flag.exit_code == 0, with_flag.output
+
+
+# ----- a port with the other GELU flavour -------------------------------------------------
+
+
+@pytest.mark.parametrize("golden_of", ["gelu_tanh export", "format-1 gelu file"])
+def test_a_port_using_torchs_default_gelu_on_a_tanh_gelu_file_is_told_the_flavour(tmp_path, golden_of):
+    golden = export(tmp_path, "pre", 6, activation="gelu_tanh") if golden_of == "gelu_tanh export" else FORMAT_1_GELU
+    actual = tmp_path / "torch.npz"
+    write_port_output(actual, torch_port.evaluate(golden, activation="gelu"))  # F.gelu(x): torch's default
+    result = CliRunner().invoke(main, ["compare", str(golden), str(actual)])
+    hints = [line for line in result.stdout.splitlines() if line.startswith("hint: ")]
+    assert result.exit_code == 1
+    assert len(hints) == 1 and "not with the file's tanh-approximated GELU" in hints[0]
+    assert "F.gelu(x, approximate='tanh')" in hints[0]

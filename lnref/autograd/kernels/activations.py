@@ -55,6 +55,9 @@ def gelu_backward_reference(dy: np.ndarray, x: np.ndarray, approximate: str) -> 
 
         gelu'(x) = Phi(x) + x phi(x),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
 
+    (phi is the derivative of Phi(x) = (1 + erf(x / sqrt 2)) / 2 in closed form, from
+    erf'(z) = 2/sqrt(pi) exp(-z^2): it never depends on how erf itself is evaluated)
+
     ``approximate="tanh"`` (``u`` as in the forward, ``th = tanh(u)``)::
 
         gelu'(x) = 0.5 (1 + th) + 0.5 x (1 - th^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
@@ -86,6 +89,21 @@ def gelu_tanh_slope(x: float) -> float:
     return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du_dx
 
 
+@njit(cache=True)
+def gelu_erf(x: float) -> float:
+    """The exact GELU of one float64, x Phi(x) (the loops' scalar: the FFN kernel's too)."""
+    return x * (0.5 * (1.0 + math.erf(x * _INV_SQRT_2)))
+
+
+@njit(cache=True)
+def gelu_erf_slope(x: float) -> float:
+    """Its derivative at one float64, Phi(x) + x phi(x): the Gaussian density itself, never
+    the slope of whatever approximates erf."""
+    cdf = 0.5 * (1.0 + math.erf(x * _INV_SQRT_2))
+    pdf = _INV_SQRT_2PI * math.exp(-0.5 * x * x)
+    return cdf + x * pdf
+
+
 def _gelu_forward_loop(x: np.ndarray, approximate: str) -> np.ndarray:
     """Loop twin of :func:`gelu_forward_reference` (allocates, then runs the kernel)."""
     y = np.empty(x.shape, x.dtype)
@@ -101,8 +119,7 @@ def _gelu_forward_kernel(x: np.ndarray, approximate: str, y: np.ndarray) -> None
             y[i] = gelu_tanh(float(x[i]))
     elif approximate == "none":
         for i in range(x.size):
-            xi = float(x[i])
-            y[i] = xi * (0.5 * (1.0 + math.erf(xi * _INV_SQRT_2)))
+            y[i] = gelu_erf(float(x[i]))
     else:
         raise ValueError("approximate must be 'tanh' or 'none'")
 
@@ -122,10 +139,7 @@ def _gelu_backward_kernel(dy: np.ndarray, x: np.ndarray, approximate: str, dx: n
             dx[i] = dy[i] * gelu_tanh_slope(float(x[i]))
     elif approximate == "none":
         for i in range(x.size):
-            xi = float(x[i])
-            cdf = 0.5 * (1.0 + math.erf(xi * _INV_SQRT_2))
-            pdf = _INV_SQRT_2PI * math.exp(-0.5 * xi * xi)
-            dx[i] = dy[i] * (cdf + xi * pdf)
+            dx[i] = dy[i] * gelu_erf_slope(float(x[i]))
     else:
         raise ValueError("approximate must be 'tanh' or 'none'")
 

@@ -2,13 +2,13 @@
 
 The model's FFN (``ops.feed_forward``; its docstring states the forward and the VJP):
 F(x) = act(x W1 + b1) W2 + b2 on rows ``x`` (n, d), W1 (d, d_ff), W2 (d_ff, d), with act
-ReLU, the tanh GELU, or multiplication by a fixed 0/1 ``mask`` (n, d_ff) (the gradient
-checker's frozen ReLU pattern). Up to the linear loop kernels' size, one compiled call runs
-the whole forward and one the whole backward, with the same loops in the same order as the
-composition (:func:`feed_forward_forward_reference`), so the two agree to the bit; bigger
-FFNs take the composition. The residuals are ``hidden`` = x W1 + b1 and ``acted`` =
-act(hidden). Only GELU's backward reads ``hidden``: for ReLU and the mask the loops write
-``acted`` over it and return that one array for both.
+one of :data:`FFN_ACTIVATIONS`, named as the model names them: ``relu``, ``gelu`` (the exact
+erf form, PyTorch's default) and ``gelu_tanh`` (the tanh approximation). Up to the linear
+loop kernels' size, one compiled call runs the whole forward and one the whole backward, with
+the same loops in the same order as the composition (:func:`feed_forward_forward_reference`),
+so the two agree to the bit; bigger FFNs take the composition. The residuals are ``hidden`` =
+x W1 + b1 and ``acted`` = act(hidden). Only the GELUs' backward reads ``hidden``: for ReLU the
+loops write ``acted`` over it and return that one array for both.
 
 The two products of each direction go through one call site, in a loop of two steps: LLVM
 inlines a callee once per call site, and a second copy of the product loops would lengthen
@@ -23,32 +23,29 @@ import numpy as np
 # part put in a public name's place (a test's broken kernel) is the part they run.
 import lnref.autograd.kernels as kernels
 from lnref.autograd.kernels import linear
-from lnref.autograd.kernels.activations import gelu_tanh, gelu_tanh_slope
+from lnref.autograd.kernels.activations import gelu_erf, gelu_erf_slope, gelu_tanh, gelu_tanh_slope
 from lnref.autograd.kernels.checks import check_fit, cotangent, float_arrays, plain_arrays
 from lnref.autograd.kernels.linear import linear_grads_kernel, matmul_kernel
 from lnref.autograd.kernels.seam import Twin, njit
 
-FFN_ACTIVATIONS = ("relu", "gelu", "mask")
-_FFN_RELU, _FFN_GELU, _FFN_MASK = 0, 1, 2  # their codes in the compiled kernels
+FFN_ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+_FFN_RELU, _FFN_GELU, _FFN_GELU_TANH = 0, 1, 2  # their codes in the compiled kernels
+_FFN_CODES = {"relu": _FFN_RELU, "gelu": _FFN_GELU, "gelu_tanh": _FFN_GELU_TANH}
+# The elementwise GELU kernels' name for each flavour.
+_APPROXIMATE = {"gelu": "none", "gelu_tanh": "tanh"}
 
 
-def _activate(hidden: np.ndarray, activation: str, mask: np.ndarray | None) -> np.ndarray:
+def _activate(hidden: np.ndarray, activation: str) -> np.ndarray:
     """act(hidden) as the composition computes it (a new array)."""
     if activation == "relu":
         return np.maximum(hidden, 0)  # NaN stays NaN, for the next norm to reject
-    if activation == "gelu":
-        return kernels.gelu_forward(hidden, "tanh")
-    return hidden * mask
+    return kernels.gelu_forward(hidden, _APPROXIMATE[activation])
 
 
-def _activation_backward(
-    dacted: np.ndarray, hidden: np.ndarray, acted: np.ndarray, activation: str, mask: np.ndarray | None
-) -> np.ndarray:
+def _activation_backward(dacted: np.ndarray, hidden: np.ndarray, acted: np.ndarray, activation: str) -> np.ndarray:
     if activation == "relu":
         return kernels.relu_backward(dacted, acted)
-    if activation == "gelu":
-        return kernels.gelu_backward(dacted, hidden, "tanh")
-    return dacted * mask
+    return kernels.gelu_backward(dacted, hidden, _APPROXIMATE[activation])
 
 
 def feed_forward_forward_reference(
@@ -58,7 +55,6 @@ def feed_forward_forward_reference(
     w2: np.ndarray,
     b2: np.ndarray,
     activation: str,
-    mask: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The FFN's forward as the linear maps around the activation; NumPy twin; returns
     ``(out, hidden, acted)``::
@@ -66,7 +62,7 @@ def feed_forward_forward_reference(
         hidden = x W1 + b1,   acted = act(hidden),   out = acted W2 + b2
     """
     hidden = kernels.linear_forward(x, w1, b1)
-    acted = _activate(hidden, activation, mask)
+    acted = _activate(hidden, activation)
     return kernels.linear_forward(acted, w2, b2), hidden, acted
 
 
@@ -78,17 +74,17 @@ def feed_forward_backward_reference(
     hidden: np.ndarray,
     acted: np.ndarray,
     activation: str,
-    mask: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The FFN's VJP as the linear maps' around the activation's; NumPy twin; returns
     ``(dx, dw1, db1, dw2, db2)``::
 
         dacted, dW2, db2 = linear VJP at dout     (dacted = dout W2^T, dW2 = acted^T dout)
-        dhidden = act'(hidden) * dacted           (ReLU: where acted > 0; mask: * mask)
+        dhidden = act'(hidden) * dacted           (ReLU: where acted > 0; GELU: its slope
+                                                   at hidden, see kernels.gelu_backward)
         dx, dW1, db1 = linear VJP at dhidden
     """
     dacted, dw2, db2 = kernels.linear_backward(dout, acted, w2)
-    dhidden = _activation_backward(dacted, hidden, acted, activation, mask)
+    dhidden = _activation_backward(dacted, hidden, acted, activation)
     dx, dw1, db1 = kernels.linear_backward(dhidden, x, w1)
     return dx, dw1, db1, dw2, db2
 
@@ -101,7 +97,6 @@ def _feed_forward_forward_kernel(
     w2: np.ndarray,
     b2: np.ndarray,
     activation: int,
-    mask: np.ndarray,
     hidden: np.ndarray,
     acted: np.ndarray,
     out: np.ndarray,
@@ -112,14 +107,14 @@ def _feed_forward_forward_kernel(
         if step == 0:
             rows, weight, bias, dest = x, w1, b1, hidden
         else:
-            h, a, m = hidden.ravel(), acted.ravel(), mask.ravel()
+            h, a = hidden.ravel(), acted.ravel()
             for i in range(h.size):
                 if activation == _FFN_RELU:
                     a[i] = 0.0 if h[i] < 0 else h[i]  # np.maximum(h, 0): NaN and -0.0 kept
-                elif activation == _FFN_MASK:
-                    a[i] = h[i] * m[i]
-                else:
+                elif activation == _FFN_GELU_TANH:
                     a[i] = gelu_tanh(float(h[i]))
+                else:
+                    a[i] = gelu_erf(float(h[i]))
             rows, weight, bias, dest = acted, w2, b2, out
         matmul_kernel(rows, weight, bias, dest)
 
@@ -133,7 +128,6 @@ def _feed_forward_backward_kernel(
     hidden: np.ndarray,
     acted: np.ndarray,
     activation: int,
-    mask: np.ndarray,
     dacted: np.ndarray,
     dx: np.ndarray,
     dw1: np.ndarray,
@@ -147,14 +141,14 @@ def _feed_forward_backward_kernel(
         if step == 0:
             drows, rows, weight, drows_in, dweight, dbias = dout, acted, w2, dacted, dw2, db2
         else:
-            d, h, a, m = dacted.ravel(), hidden.ravel(), acted.ravel(), mask.ravel()
+            d, h, a = dacted.ravel(), hidden.ravel(), acted.ravel()
             for i in range(d.size):
                 if activation == _FFN_RELU:
                     d[i] = d[i] if a[i] > 0 else 0.0
-                elif activation == _FFN_MASK:
-                    d[i] = d[i] * m[i]
-                else:
+                elif activation == _FFN_GELU_TANH:
                     d[i] = d[i] * gelu_tanh_slope(float(h[i]))
+                else:
+                    d[i] = d[i] * gelu_erf_slope(float(h[i]))
             drows, rows, weight, drows_in, dweight, dbias = dacted, x, w1, dx, dw1, db1
         linear_grads_kernel(drows, rows, weight, drows_in, dweight, dbias)
 
@@ -166,16 +160,13 @@ def _feed_forward_forward_loop(
     w2: np.ndarray,
     b2: np.ndarray,
     activation: str,
-    mask: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Loop twin of :func:`feed_forward_forward_reference` (allocates, then runs the kernel)."""
     dtype, rows = x.dtype, x.shape[0]
     hidden = np.empty((rows, w1.shape[1]), dtype)
-    acted = np.empty_like(hidden) if activation == "gelu" else hidden  # ReLU, mask: in place
+    acted = hidden if activation == "relu" else np.empty_like(hidden)  # ReLU in place
     out = np.empty((rows, w2.shape[1]), dtype)
-    _feed_forward_forward_kernel(
-        x, w1, b1, w2, b2, _ffn_code(activation), _mask_or_empty(mask, dtype), hidden, acted, out
-    )
+    _feed_forward_forward_kernel(x, w1, b1, w2, b2, _FFN_CODES[activation], hidden, acted, out)
     return out, hidden, acted
 
 
@@ -187,39 +178,15 @@ def _feed_forward_backward_loop(
     hidden: np.ndarray,
     acted: np.ndarray,
     activation: str,
-    mask: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Loop twin of :func:`feed_forward_backward_reference` (allocates, then runs the kernel)."""
     dtype = x.dtype
     dacted, dx = np.empty(acted.shape, dtype), np.empty(x.shape, dtype)
     dw1, db1 = np.empty(w1.shape, dtype), np.empty(w1.shape[1], dtype)
     dw2, db2 = np.empty(w2.shape, dtype), np.empty(w2.shape[1], dtype)
-    _feed_forward_backward_kernel(
-        dout,
-        x,
-        w1,
-        w2,
-        hidden,
-        acted,
-        _ffn_code(activation),
-        _mask_or_empty(mask, dtype),
-        dacted,
-        dx,
-        dw1,
-        db1,
-        dw2,
-        db2,
-    )
+    code = _FFN_CODES[activation]
+    _feed_forward_backward_kernel(dout, x, w1, w2, hidden, acted, code, dacted, dx, dw1, db1, dw2, db2)
     return dx, dw1, db1, dw2, db2
-
-
-def _ffn_code(activation: str) -> int:
-    return _FFN_RELU if activation == "relu" else _FFN_GELU if activation == "gelu" else _FFN_MASK
-
-
-def _mask_or_empty(mask: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
-    """The mask, or an empty 2-D array in its place: one compiled specialization per dtype."""
-    return np.empty((0, 0), dtype) if mask is None else mask
 
 
 # The FFN's loops are the linear map's, and pay as far: its limit, on the work of the first
@@ -239,12 +206,9 @@ FEED_FORWARD_BACKWARD = Twin(
 )
 
 
-def _check_activation(activation: str, mask: np.ndarray | None) -> None:
-    if activation not in FFN_ACTIVATIONS or (mask is None) != (activation != "mask"):
-        raise ValueError(
-            f"activation must be one of {', '.join(FFN_ACTIVATIONS)}, with a mask exactly for "
-            f"'mask'; got {activation!r} and {'a' if mask is not None else 'no'} mask"
-        )
+def _check_activation(activation: str) -> None:
+    if activation not in FFN_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(FFN_ACTIVATIONS)}, got {activation!r}")
 
 
 def feed_forward_forward(
@@ -254,15 +218,11 @@ def feed_forward_forward(
     w2: np.ndarray,
     b2: np.ndarray,
     activation: str,
-    mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The FFN's forward on rows ``x`` (n, d); returns ``(out, hidden, acted)``. See
     :func:`feed_forward_forward_reference`."""
-    _check_activation(activation, mask)
-    if mask is None:
-        x, w1, b1, w2, b2 = float_arrays(x, w1, b1, w2, b2)
-    else:
-        x, w1, b1, w2, b2, mask = float_arrays(x, w1, b1, w2, b2, mask)
+    _check_activation(activation)
+    x, w1, b1, w2, b2 = float_arrays(x, w1, b1, w2, b2)
     check_fit(
         x.ndim == 2
         and w1.ndim == 2
@@ -270,8 +230,7 @@ def feed_forward_forward(
         and x.shape[1] == w1.shape[0]
         and b1.shape == w1.shape[1:]
         and w2.shape[0] == w1.shape[1]
-        and b2.shape == w2.shape[1:]
-        and (mask is None or mask.shape == (x.shape[0], w1.shape[1])),
+        and b2.shape == w2.shape[1:],
         "x",
         x,
         "w1",
@@ -282,11 +241,9 @@ def feed_forward_forward(
         w2,
         "b2",
         b2,
-        "mask",
-        mask,
     )
     forward = FEED_FORWARD_FORWARD.pick(x.shape[0] * w1.size)
-    return forward(x, w1, b1, w2, b2, activation, mask)
+    return forward(x, w1, b1, w2, b2, activation)
 
 
 def feed_forward_backward(
@@ -297,21 +254,17 @@ def feed_forward_backward(
     hidden: np.ndarray,
     acted: np.ndarray,
     activation: str,
-    mask: np.ndarray | None = None,
     *,
     residuals_checked: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The FFN's VJP; returns ``(dx, dw1, db1, dw2, db2)``. The arguments after ``dout`` are
     the forward's inputs and residuals (``residuals_checked``: unchanged, see
     :func:`~lnref.autograd.kernels.checks.cotangent`). See :func:`feed_forward_backward_reference`."""
-    if residuals_checked and plain_arrays(x, w1, w2) and (mask is None or plain_arrays(mask)):
+    if residuals_checked and plain_arrays(x, w1, w2):
         dout = cotangent(dout, x.dtype, (x.shape[0], w2.shape[1]))
     else:
-        _check_activation(activation, mask)
-        if mask is None:
-            dout, x, w1, w2, hidden, acted = float_arrays(dout, x, w1, w2, hidden, acted)
-        else:
-            dout, x, w1, w2, hidden, acted, mask = float_arrays(dout, x, w1, w2, hidden, acted, mask)
+        _check_activation(activation)
+        dout, x, w1, w2, hidden, acted = float_arrays(dout, x, w1, w2, hidden, acted)
         hidden_shape = (x.shape[0], w1.shape[1]) if x.ndim == 2 and w1.ndim == 2 else None
         check_fit(
             hidden_shape is not None
@@ -319,8 +272,7 @@ def feed_forward_backward(
             and x.shape[1] == w1.shape[0]
             and w2.shape[0] == w1.shape[1]
             and dout.shape == (x.shape[0], w2.shape[1])
-            and hidden.shape == acted.shape == hidden_shape
-            and (mask is None or mask.shape == hidden_shape),
+            and hidden.shape == acted.shape == hidden_shape,
             "dout",
             dout,
             "x",
@@ -333,8 +285,6 @@ def feed_forward_backward(
             hidden,
             "acted",
             acted,
-            "mask",
-            mask,
         )
     backward = FEED_FORWARD_BACKWARD.pick(x.shape[0] * w1.size)
-    return backward(dout, x, w1, w2, hidden, acted, activation, mask)
+    return backward(dout, x, w1, w2, hidden, acted, activation)
