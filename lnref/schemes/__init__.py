@@ -82,7 +82,9 @@ class Option(NamedTuple):
 
 def places_norms(scheme: ModuleType) -> bool:
     """Whether the scheme places any norm (a scheme with none, like ReZero, takes no --norm)."""
-    return any(getattr(scheme, name, ()) for name in ("NORMS", "LAYER_NORMS", "HEAD_NORMS", "FFN_NORMS", "STACK_NORMS"))
+    names = ("NORMS", "LAYER_NORMS", "HEAD_NORMS", "FFN_NORMS", "STACK_NORMS")
+    functions = ("layer_norms", "head_norms", "ffn_norms", "stack_norms")
+    return any(getattr(scheme, name, ()) for name in names) or any(hasattr(scheme, name) for name in functions)
 
 
 def options_of(scheme: ModuleType) -> dict[str, Option]:
@@ -185,7 +187,17 @@ def one_line_error(err: BaseException) -> str:
 
 
 _TUPLES_OF_NAMES = ("NORMS", "LAYER_NORMS", "HEAD_NORMS", "FFN_NORMS", "STACK_NORMS", "STREAMS")
-_FUNCTIONS = ("embed", "readout", "layer_params", "initialize", "streams")
+_FUNCTIONS = (
+    "embed",
+    "readout",
+    "layer_params",
+    "initialize",
+    "streams",
+    "layer_norms",
+    "head_norms",
+    "ffn_norms",
+    "stack_norms",
+)
 
 
 def check_protocol(module: ModuleType, origin: str) -> None:
