@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -19,11 +19,19 @@ from lnref.golden.compat import written_name
 from lnref.golden.export import golden_arrays
 
 if TYPE_CHECKING:
-    from lnref.golden.compare import TensorResult
     from lnref.golden.load import Golden
 
+
+class TensorResult(Protocol):
+    """What a hint reads of one tensor's comparison (``lnref.golden.compare.TensorResult``)."""
+
+    name: str
+    status: str
+    max_rel_error: float | None
+
+
 # Compares ACTUAL with other expected arrays under the comparison's own rule.
-Recompare = Callable[[dict[str, np.ndarray]], "list[TensorResult]"]
+Recompare = Callable[[dict[str, np.ndarray]], "Sequence[TensorResult]"]
 
 OTHER_GELU = {"gelu": "gelu_tanh", "gelu_tanh": "gelu"}
 GELU_NAME = {"gelu": "exact GELU x Phi(x) (lnref 'gelu')", "gelu_tanh": "tanh-approximated GELU (lnref 'gelu_tanh')"}
