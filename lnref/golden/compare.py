@@ -111,8 +111,11 @@ class Comparison:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
 
-    def to_text(self) -> str:
-        compared = [r for r in self.results if r.compared]
+    def to_text(self, failing_only: bool = False) -> str:
+        """The report: a table of the compared tensors (``failing_only``: of those that did
+        not pass, with a count of the rest), the missing and extra names, where the failures
+        are, the hints, and the last line ``N passed, M failed``."""
+        compared = [r for r in self.results if r.compared and not (failing_only and r.status == "ok")]
         width = max([len("name")] + [len(r.name) for r in compared])
         lines = [
             f"expected {self.expected_path}   actual {self.actual_path}",
@@ -129,29 +132,31 @@ class Comparison:
                 f"{r.name:{width}s}  {shape:14s} {_number(r.max_abs_error):>11s} "
                 f"{_number(r.max_rel_error):>11s}  {status}"
             )
+        if failing_only and self.passed:
+            lines.append(f"({self.passed} tensors passed, not listed)")
         missing = self.missing
         if missing:
             verdict = "failures" if self.require_all else "not compared"
             lines.append(f"missing in ACTUAL ({verdict}): {len(missing)}: {first_names(missing, 8)}")
         if self.extra:
             lines.append(f"extra in ACTUAL (not compared): {len(self.extra)}: {first_names(self.extra, 8)}")
-        lines.extend(self.where_text())
-        lines.extend(f"hint: {hint}" for hint in self.hints)
+        lines.extend(self.where_text(first=not failing_only))
+        lines.extend(f"hint: {hint}" for hint in self.hints if not failing_only)
         lines.append(f"{self.passed} passed, {self.failed} failed")
         return "\n".join(lines)
 
-    def where_text(self, count: int = 8) -> list[str]:
+    def where_text(self, count: int = 8, first: bool = True) -> list[str]:
         """Lines saying where the first ``count`` failing tensors are worst, how much of each
         fails, and the first diverging tensor."""
         failing = [r for r in self.results if r.status == "FAIL"]
         lines = [
-            f"{r.name}: worst at {list(r.worst_index or ())}: actual {r.actual_at_worst:.6g}, "
-            f"expected {r.expected_at_worst:.6g}; {_percent(r.mismatched)} of its elements beyond the tolerance"
+            f"{r.name}: worst at {list(r.worst_index or ())}: actual {r.actual_at_worst:.10g}, "
+            f"expected {r.expected_at_worst:.10g}; {_percent(r.mismatched)} of its elements beyond the tolerance"
             for r in failing[:count]
         ]
         if len(failing) > count:
             lines.append(f"... and {len(failing) - count} more failing tensors")
-        if self.first_failing is not None:
+        if first and self.first_failing is not None:
             lines.append(
                 f"first failing: {self.first_failing}"
                 + (f" ({self.first_failing_note})" if self.first_failing_note else "")
