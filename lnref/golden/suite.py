@@ -251,6 +251,9 @@ class SuiteComparison:
         lines.append(f"{self.passed} passed, {self.failed} failed")
         return "\n".join(lines)
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "expected": self.expected,

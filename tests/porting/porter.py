@@ -51,7 +51,7 @@ class FeedForward(nn.Module):
 class Port(nn.Module):
     """The stack of ``config["scheme"]`` (post, pre, residual, deepnorm), float64."""
 
-    def __init__(self, config, eps=None, **mistakes):
+    def __init__(self, config, eps=None, dtype=torch.float64, **mistakes):
         super().__init__()
         self.c, self.mistakes = config, mistakes
         d, n = config["d_model"], config["n_layers"]
@@ -60,7 +60,7 @@ class Port(nn.Module):
         self.ffn = nn.ModuleList(FeedForward(d, config["d_ff"]) for _ in range(n))
         self.ln = nn.ModuleList(nn.ModuleDict({b: nn.LayerNorm(d, eps=eps) for b in ("attn", "ffn")}) for _ in range(n))
         self.final_ln = nn.LayerNorm(d, eps=eps)
-        self.double()
+        self.to(dtype)
 
     def branches(self, l):
         return (("attn", self.attn[l]), ("ffn", self.ffn[l]))
@@ -127,7 +127,7 @@ class Port(nn.Module):
     def load_lnref(self, params):
         with torch.no_grad():
             for name, (parameter, transposed) in self.named().items():
-                value = torch.as_tensor(params[name])
+                value = torch.as_tensor(params[name]).to(parameter.dtype)
                 parameter.copy_(value.T if transposed else value)
 
     def lnref_grads(self):
@@ -153,13 +153,14 @@ class Port(nn.Module):
         return params
 
 
-def run(config, params, x, dy, memory, **mistakes):
-    """What lnref.testing.check_port calls: the port's y, loss, gradients and hidden states."""
-    model = Port(config, **mistakes)
+def run(config, params, x, dy, memory, dtype=torch.float64, **mistakes):
+    """What lnref.testing.check_port calls: the port's y, loss, gradients and hidden states,
+    computed in ``dtype``."""
+    model = Port(config, dtype=dtype, **mistakes)
     model.load_lnref(params)
-    x = torch.tensor(x, requires_grad=True)
+    x = torch.tensor(x, dtype=dtype, requires_grad=True)
     y, states = model(x)
-    loss = (y * torch.tensor(dy)).sum()
+    loss = (y * torch.tensor(dy, dtype=dtype)).sum()
     loss.backward()
     hidden = {f"hidden/{l}/{s}": v for l, state in enumerate(states) for s, v in state.items()}
     return {"y": y, "loss": loss, "grads/input": x.grad, **model.lnref_grads(), **hidden}
