@@ -2,16 +2,16 @@
 
     python3 benchmarks/bench_ops.py [--reps N] [--min-time SECONDS]
 
-For LayerNorm, softmax, attention, the attention sublayer (projections, attention and
-output projection) and the linear map, times forward + backward of each twin (taken
-from the seam, ``seam.twin(name).loop`` and ``.reference``, and called directly, so the
-comparison holds whatever ``LNREF_KERNELS`` says). Attention is timed on the token-major
-layout the model uses, (B, T, H, Dh), for both compiled paths, the loop twins and the
-blocked path (BLAS products and in-place softmax kernels), against the NumPy twin on the
-same arrays. The shapes of attention, the sublayer and the linear map straddle the limits
-their twins declare (``loop_pays_up_to``, up to which the seam picks the loop): the
-"picked" column says which path the seam takes at each shape, so these rows are the
-evidence for the limits (``docs/performance.md``).
+For LayerNorm, softmax, attention, the attention sublayer (projections, attention and output
+projection), the linear map and the DyT, Derf and ScaleNorm norm kinds, times forward +
+backward of each twin (taken from the seam, ``seam.twin(name).loop`` and ``.reference``, and
+called directly, so the comparison holds whatever ``LNREF_KERNELS`` says). Attention is
+timed on the token-major layout the model uses, (B, T, H, Dh), for both compiled paths, the
+loop twins and the blocked path (BLAS products and in-place softmax kernels), against the
+NumPy twin on the same arrays. The shapes of attention, the sublayer and the linear map
+straddle the limits their twins declare (``loop_pays_up_to``, up to which the seam picks the
+loop): the "picked" column says which path the seam takes at each shape, so these rows are
+the evidence for the limits (``docs/performance.md``).
 
 Every kernel is called once first so Numba's compile time is excluded. Each figure is the
 median over ``--reps`` repetitions; one repetition runs the callable enough times to last
@@ -65,6 +65,9 @@ SUBLAYER_SHAPES = [(2, 8, 16, 2), (20, 8, 16, 2), (2, 16, 32, 4), (8, 16, 32, 4)
 # (n, d_in, d_out): the small model's two FFN maps, and larger ones, straddling the linear
 # twins' limit (the FFN's too).
 LINEAR_SHAPES = [(16, 16, 64), (16, 64, 16), (32, 16, 64), (64, 16, 64), (160, 16, 64), (128, 64, 256)]
+# (n, d): the small model's norms, and larger ones straddling DyT's limit (Derf and ScaleNorm
+# have none).
+NORM_KIND_SHAPES = [(16, 16), (32, 16), (64, 16), (128, 64), (1024, 128)]
 EPS = 1e-5
 TARGET = ("layer_norm fwd+bwd", (2048, 64), 3.0)
 
@@ -161,6 +164,26 @@ def linear_case(shape, rng):
     return make(*twins("linear", "loop")), make(*twins("linear", "reference"))
 
 
+def norm_kind_case(kernel, shape, rng):
+    """(loop twins, NumPy twins) of the DyT, Derf or ScaleNorm kernels on rows (n, d)."""
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
+    alpha, shift, g = np.asarray(0.5), np.asarray(0.1), np.asarray(math.sqrt(shape[1]))
+    gamma, beta = 1.0 + 0.1 * rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
+    arguments = {
+        "dyt": ((x, alpha, gamma, beta), lambda out: (dy, x, alpha, gamma)),
+        "derf": ((x, alpha, shift, gamma, beta), lambda out: (dy, x, alpha, shift, gamma)),
+        "scale_norm": ((x, g, EPS), lambda out: (dy, x, g, out[1], EPS)),
+    }[kernel]
+
+    def make(forward, backward):
+        def run():
+            return backward(*arguments[1](forward(*arguments[0])))
+
+        return run
+
+    return make(*twins(kernel, "loop")), make(*twins(kernel, "reference"))
+
+
 def pin_glibc_malloc():
     """Stop glibc from trimming the heap and from mmap-ing large blocks.
 
@@ -222,6 +245,9 @@ def cases():
     for shape in LINEAR_SHAPES:
         n, d_in, d_out = shape
         yield "linear fwd+bwd", shape, linear_case(shape, rng), picked("linear", n * d_in * d_out)
+    for kernel in ("dyt", "derf", "scale_norm"):
+        for shape in NORM_KIND_SHAPES:
+            yield f"{kernel} fwd+bwd", shape, norm_kind_case(kernel, shape, rng), picked(kernel, shape[0] * shape[1])
 
 
 def main(argv=None):

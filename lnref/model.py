@@ -90,11 +90,10 @@ class Config:
             raise ConfigError(f"post_fraction must be in [0, 1], got {self.post_fraction!r}")
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
-        refusals = refusals_of(get_scheme(self.scheme))
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for name, why in refusals.items():
-            if getattr(self, name) != defaults[name]:
-                raise ConfigError(f"scheme {self.scheme} takes no {name} option: {why}")
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "scheme"}
+        refused = refusal(self.scheme, **settings)
+        if refused is not None:
+            raise ConfigError(refused)
 
     def option(self, name: str) -> Any:
         """The value of the scheme's own option ``name`` (its default unless set)."""
@@ -102,6 +101,16 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "options": dict(self.options)}
+
+
+def refusal(scheme: str, **settings: Any) -> str | None:
+    """Why ``scheme`` refuses one of ``settings`` (``build``'s options, set away from their
+    defaults: its REFUSES), or None when it takes them all."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for name, why in refusals_of(get_scheme(scheme)).items():
+        if name in settings and settings[name] != defaults[name]:
+            return f"scheme {scheme} takes no {name} option: {why}"
+    return None
 
 
 def _scheme_options(scheme: str, given: Any) -> dict[str, Any]:
@@ -176,7 +185,8 @@ class Model:
     def _init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         cfg, dtype, scheme = self.config, self.dtype, self.scheme
         branch_names = ["attn"] + (["cross"] if cfg.cross_attention else []) + ["ffn"]
-        stack_norms = getattr(scheme, "STACK_NORMS", ())
+        declared_stack_norms = getattr(scheme, "stack_norms", None)
+        stack_norms = declared_stack_norms(cfg) if declared_stack_norms else getattr(scheme, "STACK_NORMS", ())
         params: dict[str, np.ndarray] = {}
 
         def add_norm(name: str, width: int) -> None:
@@ -195,12 +205,12 @@ class Model:
             params.update(_prefixed(prefix + "ffn", nn.init_ffn(rng, cfg.d_model, cfg.d_ff, dtype)))
             for name in [p.format(b) for b in branch_names for p in getattr(scheme, "NORMS", ())]:
                 add_norm(prefix + name, cfg.d_model)
-            for name in getattr(scheme, "LAYER_NORMS", ()):
+            for name in _layer_names(scheme, "layer_norms", i, branch_names, cfg):
                 add_norm(prefix + name, cfg.d_model)
-            for name in getattr(scheme, "HEAD_NORMS", ()):
+            for name in _layer_names(scheme, "head_norms", i, branch_names, cfg):
                 add_norm(prefix + name, cfg.d_model // cfg.n_heads)
                 self.head_norms.add(prefix + name)
-            for name in getattr(scheme, "FFN_NORMS", ()):
+            for name in _layer_names(scheme, "ffn_norms", i, branch_names, cfg):
                 add_norm(prefix + name, cfg.d_ff)
             layer_params = getattr(scheme, "layer_params", None)
             if layer_params is not None:
@@ -445,6 +455,16 @@ def _value(x: Any) -> Any:
 
 def _from_state(state: State) -> Any:
     return state[0] if len(state) == 1 else state
+
+
+def _layer_names(scheme: Any, kind: str, index: int, branches: list[str], config: Config) -> tuple[str, ...]:
+    """The norms of one kind in layer ``index``: the scheme's ``layer_norms(index, branches,
+    config)`` (likewise ``head_norms``, ``ffn_norms``) where it defines one, else its
+    ``LAYER_NORMS`` (``HEAD_NORMS``, ``FFN_NORMS``)."""
+    declared = getattr(scheme, kind, None)
+    if declared is not None:
+        return tuple(declared(index, branches, config))
+    return tuple(getattr(scheme, kind.upper(), ()))
 
 
 def _index_groups(params: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:

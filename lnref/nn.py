@@ -21,11 +21,15 @@ from lnref.autograd import Tensor, ops
 from lnref.norms import NORM_KINDS
 
 ATTENTION_PARAMS = ("wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo")
-# Parameters whose gradient is zero by the structure of plain attention: adding q . bk to
-# every score of a query shifts its softmax's inputs alike, which leaves the softmax unchanged.
-# (A norm on k after its bias breaks the structure; the checker labels a parameter so only
-# when finite differences, too, find nothing above their noise.)
-ZERO_BY_STRUCTURE = {"bk": "adding q.bk to every score of a query leaves its softmax unchanged"}
+# Parameters (by the end of their name) whose gradient is zero by the structure of attention:
+# a shift shared by every key of a query, q . b, shifts its softmax's inputs alike, which
+# leaves the softmax unchanged. The key bias is one, unless a norm on k follows it; that norm's
+# shift is one then. The checker labels a parameter so only when finite differences, too,
+# find nothing above their noise.
+ZERO_BY_STRUCTURE = {
+    "bk": "adding q.bk to every score of a query leaves its softmax unchanged",
+    "k_norm.beta": "the shift of a norm on the keys adds q.beta to every score of a query, as a key bias does",
+}
 FFN_PARAMS = ("w1", "b1", "w2", "b2")
 # "gelu" is the exact x Phi(x), as PyTorch's nn.GELU() and F.gelu default to (BERT); "gelu_tanh"
 # the tanh approximation (GPT-2). Golden files of format version 1 call the latter "gelu".

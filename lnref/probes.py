@@ -164,8 +164,9 @@ def weight_grad_norms(grads, n_layers):
     ``grads`` is any name -> gradient dict of the model's parameters, such as the one
     ``Model.value_and_grad`` or ``Model.gradients`` returns (extra entries such as "input"
     are ignored). The kinds are listed in the module docstring; the kinds of layer 0 are
-    those reported (every layer of a model has the same parameter names, except DLCL's
-    combination weights whose length grows, which only enter "layer").
+    those reported (every layer of a model has the same weights; "norm_gain" and "layer" take
+    each layer's own norms and parameters, which differ in HybridNorm*'s first layer and in
+    the length of DLCL's combination weights).
     """
     per_layer = []
     for index in range(n_layers):
@@ -180,6 +181,8 @@ def weight_grad_norms(grads, n_layers):
         for index, layer_grads in enumerate(per_layer):
             if kind == "layer":
                 members_here = list(layer_grads)
+            elif kind == "norm_gain":
+                members_here = [name for name in layer_grads if name.endswith(".gamma")]
             else:
                 missing = [m for m in members if m not in layer_grads]
                 if missing:

@@ -145,10 +145,11 @@ class Layer(_View):
         self.n_layers = run.config.n_layers
 
     @property
-    def branches(self) -> list[tuple[str, Callable[[Any], Tensor]]]:
+    def branches(self) -> list[tuple[str, Callable[..., Tensor]]]:
         """(name, function) for the sublayers in order: self-attention ``attn``, cross-attention
-        ``cross`` (decoder stacks only) and ``ffn``."""
-        branches: list[tuple[str, Callable[[Any], Tensor]]] = [("attn", self.self_attention)]
+        ``cross`` (decoder stacks only) and ``ffn``; a function takes its sublayer's optional
+        pieces as keywords (``branch(x, hidden_norm="ln_hidden")``)."""
+        branches: list[tuple[str, Callable[..., Tensor]]] = [("attn", self.self_attention)]
         if self.config.cross_attention:
             branches.append(("cross", self.cross_attention))
         branches.append(("ffn", self.ffn))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import lnref
-from lnref.model import fast_paths_enabled
+from lnref.model import fast_paths_enabled, refusal
 
 OPTIONS = {
     "plain": {},
@@ -19,6 +19,7 @@ OPTIONS = {
     "gelu-tanh": {"activation": "gelu_tanh"},
     "float32": {"dtype": "float32"},
 }
+TAKEN = [(scheme, name) for scheme in lnref.SCHEMES for name in OPTIONS if refusal(scheme, **OPTIONS[name]) is None]
 
 
 def _both_paths(scheme, options):
@@ -31,16 +32,14 @@ def _both_paths(scheme, options):
     return fast, reference
 
 
-@pytest.mark.parametrize("options", OPTIONS)
-@pytest.mark.parametrize("scheme", lnref.SCHEMES)
+@pytest.mark.parametrize("scheme, options", TAKEN)
 def test_fast_paths_give_the_compositions_forward_bit_for_bit(scheme, options):
     (y_fast, (loss_fast, _)), (y_reference, (loss_reference, _)) = _both_paths(scheme, OPTIONS[options])
     np.testing.assert_array_equal(y_fast, y_reference)
     assert loss_fast == loss_reference
 
 
-@pytest.mark.parametrize("options", OPTIONS)
-@pytest.mark.parametrize("scheme", lnref.SCHEMES)
+@pytest.mark.parametrize("scheme, options", TAKEN)
 def test_fast_paths_give_the_compositions_gradients_to_1e_12_of_their_group(scheme, options):
     (_, (_, fast)), (_, (_, reference)) = _both_paths(scheme, OPTIONS[options])
     rtol = 1e-12 if OPTIONS[options].get("dtype") != "float32" else 1e-5

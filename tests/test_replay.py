@@ -6,7 +6,7 @@ import pytest
 import lnref
 from lnref.autograd import Tensor, ops, value_and_grad
 from lnref.autograd.replay import Replayer
-from lnref.model import Model
+from lnref.model import Model, refusal
 from lnref.schemes import SCHEMES
 
 CONFIGS = {
@@ -34,8 +34,9 @@ def _assert_same_bits(first, second):
         np.testing.assert_array_equal(grads_a[name], grads_b[name], err_msg=name)
 
 
-@pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize(
+    "scheme, config", [(s, c) for s in SCHEMES for c in CONFIGS if refusal(s, **CONFIGS[c]) is None]
+)
 def test_a_replayed_pass_gives_the_bits_of_a_taped_pass_on_new_values(scheme, config):
     # The replay must read the new parameters and inputs, not those of the traced pass.
     options = dict(n_layers=3, **CONFIGS[config])

@@ -24,6 +24,7 @@ from sweep_helpers import (
 )
 
 from lnref.cli import main
+from lnref.norms import NORM_KINDS
 
 
 def invoke(*args):
@@ -192,15 +193,17 @@ def test_the_gradcheck_sweep_checks_every_scheme_norm_and_depth():
     assert result.exit_code == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| post") or line.startswith("| pre")]
     assert [tuple(cell.strip() for cell in row.split("|")[1:4]) for row in rows] == [
-        (s, n, d) for s in ("post", "pre") for n in ("layernorm", "rmsnorm") for d in ("1", "2")
+        (s, n, d) for s in ("post", "pre") for n in NORM_KINDS for d in ("1", "2")
     ]
-    assert result.stdout.splitlines()[-1] == "8 models: 8 passed, 0 failed"
+    count = 2 * len(NORM_KINDS) * 2
+    assert result.stdout.splitlines()[-1] == f"{count} models: {count} passed, 0 failed"
 
 
 def test_the_gradcheck_sweep_fails_when_a_backward_is_wrong(ffn_backward_without_the_relu_pattern):
     result = invoke(*GRADCHECK)
     assert result.exit_code == 1
-    assert result.stdout.splitlines()[-1] == "8 models: 0 passed, 8 failed"
+    count = 2 * len(NORM_KINDS) * 2
+    assert result.stdout.splitlines()[-1] == f"{count} models: 0 passed, {count} failed"
     assert "FAILED post, layernorm, 1 layer:" in result.stdout
 
 

@@ -152,6 +152,50 @@ def _stop_gradient_vjp(dout: np.ndarray, _: Residuals) -> Cotangents:
 stop_gradient = defprimitive("stop_gradient", _stop_gradient_fwd, _stop_gradient_vjp)
 
 
+def _exp_fwd(x: Any) -> tuple[np.ndarray, Residuals]:
+    """e^x. VJP: dx = dout * e^x (the output is the residual). An e^x that overflows is
+    refused rather than passed on as inf."""
+    check_float("exp", x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.asarray(np.exp(x))
+    if not np.isfinite(out).all():
+        raise ValueError(f"exp: e^x is not finite (x of shape {np.shape(x)} holds NaN or a value above log(max))")
+    return out, out
+
+
+def _exp_vjp(dout: np.ndarray, out: Residuals) -> Cotangents:
+    return (dout * out,)
+
+
+exp = defprimitive("exp", _exp_fwd, _exp_vjp)
+
+
+def _clamp_fwd(x: Any, *, low: float | None = None, high: float | None = None) -> tuple[np.ndarray, Residuals]:
+    """min(max(x, low), high) with constant bounds (either may be None).
+
+    VJP: dout where low <= x <= high, else 0. At a bound the derivative is taken from the
+    inside, as PyTorch's ``clamp`` takes it.
+    """
+    if low is None and high is None:
+        raise ValueError("clamp: give a low bound, a high bound or both")
+    if low is not None and high is not None and not low <= high:
+        raise ValueError(f"clamp: low {low} is above high {high}")
+    check_float("clamp", x)
+    inside = np.ones(np.shape(x), dtype=bool)
+    if low is not None:
+        inside &= np.asarray(x) >= low
+    if high is not None:
+        inside &= np.asarray(x) <= high
+    return np.asarray(np.clip(x, low, high)), inside
+
+
+def _clamp_vjp(dout: np.ndarray, inside: Residuals) -> Cotangents:
+    return (np.where(inside, dout, 0).astype(dout.dtype, copy=False),)
+
+
+clamp = defprimitive("clamp", _clamp_fwd, _clamp_vjp)
+
+
 # ----- reductions and shape -----------------------------------------------------------
 
 
@@ -339,6 +383,118 @@ def _rms_norm_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
 
 
 rms_norm = defprimitive("rms_norm", _rms_norm_fwd, _rms_norm_vjp)
+
+
+# ----- norms without statistics, and L2 normalization ---------------------------------
+
+
+def _dyt_fwd(x: np.ndarray, alpha: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> tuple[Any, Any]:
+    """DyT (Zhu et al. 2025) over the last axis: y = gamma * tanh(alpha x) + beta, alpha a scalar.
+
+    Backward, with t = tanh(alpha x) and g = dy * gamma:
+        dx = alpha g (1 - t^2),      dalpha = sum over every element of g (1 - t^2) x
+        dgamma = sum over rows of dy * t,   dbeta = sum over rows of dy
+    """
+    rows = _rows("dyt", x)
+    try:
+        y = kernels.dyt_forward(rows, alpha, gamma, beta)
+    except (TypeError, ValueError) as error:
+        raise kernel_error("dyt", error, x, alpha, gamma, beta) from None
+    return y.reshape(np.shape(x)), (rows, alpha, gamma)
+
+
+def _dyt_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
+    rows, alpha, gamma = residuals
+    dx, dalpha, dgamma, dbeta = kernels.dyt_backward(dout.reshape(rows.shape), rows, alpha, gamma)
+    return dx.reshape(dout.shape), dalpha, dgamma, dbeta
+
+
+dyt = defprimitive("dyt", _dyt_fwd, _dyt_vjp)
+
+
+def _derf_fwd(
+    x: np.ndarray, alpha: np.ndarray, shift: np.ndarray, gamma: np.ndarray, beta: np.ndarray
+) -> tuple[Any, Any]:
+    """Derf (Chen et al. 2025) over the last axis: y = gamma * erf(alpha x + s) + beta, alpha
+    and s scalars.
+
+    Backward, with z = alpha x + s, g = dy * gamma and erf'(z) = 2/sqrt(pi) exp(-z^2) (the
+    exact derivative, whatever evaluates erf):
+        dx = alpha g erf'(z),   dalpha = sum of g erf'(z) x,   ds = sum of g erf'(z)
+        dgamma = sum over rows of dy * erf(z),   dbeta = sum over rows of dy
+    """
+    rows = _rows("derf", x)
+    try:
+        y = kernels.derf_forward(rows, alpha, shift, gamma, beta)
+    except (TypeError, ValueError) as error:
+        raise kernel_error("derf", error, x, alpha, shift, gamma, beta) from None
+    return y.reshape(np.shape(x)), (rows, alpha, shift, gamma)
+
+
+def _derf_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
+    rows, alpha, shift, gamma = residuals
+    dx, dalpha, dshift, dgamma, dbeta = kernels.derf_backward(dout.reshape(rows.shape), rows, alpha, shift, gamma)
+    return dx.reshape(dout.shape), dalpha, dshift, dgamma, dbeta
+
+
+derf = defprimitive("derf", _derf_fwd, _derf_vjp)
+
+
+def _scale_norm_fwd(x: np.ndarray, g: np.ndarray, *, eps: float = 1e-5) -> tuple[Any, Any]:
+    """ScaleNorm (Nguyen and Salazar 2019) over the last axis: y = g x / max(||x||, eps), g a
+    scalar.
+
+    Backward, with r = max(||x||, eps), x_hat = x / r and p = <dy, x_hat>:
+        dx = (g/r) (dy - x_hat p) on the sphere (||x|| >= eps), (g/r) dy where the clamp
+        holds r at eps (there the map is linear);   dg = sum over rows of p
+    """
+    check_eps("scale_norm", eps, x)
+    rows = _rows("scale_norm", x)
+    try:
+        y, norm = kernels.scale_norm_forward(rows, g, eps)
+    except (TypeError, ValueError) as error:
+        raise kernel_error("scale_norm", error, x, g) from None
+    return y.reshape(np.shape(x)), (rows, g, norm, eps)
+
+
+def _scale_norm_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
+    rows, g, norm, eps = residuals
+    dx, dg = kernels.scale_norm_backward(dout.reshape(rows.shape), rows, g, norm, eps)
+    return dx.reshape(dout.shape), dg
+
+
+scale_norm = defprimitive("scale_norm", _scale_norm_fwd, _scale_norm_vjp)
+
+
+def _l2_normalize_fwd(x: np.ndarray) -> tuple[Any, Any]:
+    """x / ||x|| over the last axis. The zero vector has no direction: a row whose norm is 0
+    (or underflows to 0) is refused with a ValueError, never divided by an eps.
+
+    Backward, with y = x / ||x||: dx = (dy - y <y, dy>) / ||x||, dy with its radial part
+    removed (ScaleNorm's kernels at g = 1, whose clamp no accepted row reaches).
+    """
+    rows = _rows("l2_normalize", x)
+    check_float("l2_normalize", rows)
+    one, tiny = np.ones((), rows.dtype), float(np.finfo(rows.dtype).tiny)
+    try:
+        y, norm = kernels.scale_norm_forward(rows, one, tiny)
+    except (TypeError, ValueError) as error:
+        raise kernel_error("l2_normalize", error, x) from None
+    if not (norm >= tiny).all():
+        raise ValueError(
+            f"l2_normalize: a vector of norm 0 has no direction ({int((norm < tiny).sum())} of the "
+            f"{len(norm)} rows of x of shape {np.shape(x)})"
+        )
+    return y.reshape(np.shape(x)), (rows, one, norm, tiny)
+
+
+def _l2_normalize_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
+    rows, one, norm, tiny = residuals
+    dx, _ = kernels.scale_norm_backward(dout.reshape(rows.shape), rows, one, norm, tiny)
+    return (dx.reshape(dout.shape),)
+
+
+l2_normalize = defprimitive("l2_normalize", _l2_normalize_fwd, _l2_normalize_vjp)
 
 
 # ----- softmax and attention ----------------------------------------------------------

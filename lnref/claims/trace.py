@@ -50,8 +50,8 @@ class _RecordingLayer:
         return getattr(self._layer, attribute)
 
     def _recorded_branch(self, name, function):
-        def branch(x):
-            out = function(x)
+        def branch(x, **pieces):
+            out = function(x, **pieces)
             self._events.append(Event(self._layer.index, "branch", name, x, out))
             return out
 

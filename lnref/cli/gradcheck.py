@@ -23,6 +23,7 @@ from lnref.cli.options import (
     EXIT_FAILED,
     EXIT_OK,
     FiniteFloat,
+    LazyChoice,
     SchemeName,
     compile_if_cold,
     fail,
@@ -33,14 +34,15 @@ from lnref.cli.options import (
 from lnref.cli.profile import model_options_except
 from lnref.cli.sweep import SweepRequest, execute, load, sweep_options
 
-NORMS = ("layernorm", "rmsnorm")
+NORMS = LazyChoice("lnref.norms:NORM_KINDS")
 
 
 class OneOrList(click.ParamType):
     """One value, checked as ``single`` checks it (so the one-model form reads and rejects it
-    exactly as before), or a comma list of them (a tuple), or ``all`` when ``every`` is given."""
+    exactly as before), or a comma list of them (a tuple), or ``all`` when ``every`` is given
+    (the values, or a choice whose values are read when ``all`` is)."""
 
-    def __init__(self, single: click.ParamType, every: tuple[Any, ...] | None = None) -> None:
+    def __init__(self, single: click.ParamType, every: tuple[Any, ...] | click.Choice | None = None) -> None:
         self.single, self.every = single, every
         self.name = single.name
 
@@ -53,7 +55,7 @@ class OneOrList(click.ParamType):
         if not isinstance(value, str) or ("," not in value and value != "all"):
             return self.single.convert(value, param, ctx)
         if value == "all" and self.every:
-            return tuple(self.every)
+            return tuple(self.every.choices if isinstance(self.every, click.Choice) else self.every)
         parts = [part.strip() for part in value.split(",")]
         if not all(parts):
             self.fail(f"{value!r} has an empty entry", param, ctx)
@@ -77,7 +79,7 @@ class OneOrList(click.ParamType):
 @model_options_except("scheme", "layers", "norm")
 @click.option(
     "--norm",
-    type=OneOrList(click.Choice(NORMS), every=NORMS),
+    type=OneOrList(NORMS, every=NORMS),
     default="layernorm",
     show_default=True,
     help="A comma list or 'all' makes a sweep.",
@@ -154,7 +156,7 @@ def gradcheck(
     warn_float32(options["dtype"])
     if rtol is not None and rtol < 0 or atol < 0:
         fail("--rtol and --atol must be >= 0")
-    from lnref.sweep.gradcheck import MODEL_KEYS, check_tasks
+    from lnref.sweep.gradcheck import MODEL_KEYS, check_tasks, left_out
 
     schemes, depths, norms = (_as_list(options[name]) for name in ("scheme", "layers", "norm"))
     model = {key: options["heads" if key == "n_heads" else key] for key in MODEL_KEYS}
@@ -170,11 +172,18 @@ def gradcheck(
         "vocab": vocab,
     }
     with input_errors():
+        refused = left_out(list(schemes), list(norms), model)
+        if len(refused) == len(schemes) * len(norms):
+            raise ValueError(next(iter(refused.values())))
         for norm in norms:  # a bad configuration fails here, in one line, before any run
-            first = {**options, "scheme": schemes[0], "layers": depths[0], "norm": norm}
-            model_from_options(**first)
-            compile_if_cold(first)
+            taking = [scheme for scheme in schemes if (scheme, norm) not in refused]
+            if taking:
+                first = {**options, "scheme": taking[0], "layers": depths[0], "norm": norm}
+                model_from_options(**first)
+                compile_if_cold(first)
         tasks = check_tasks(list(schemes), list(norms), list(depths), model, check)
+    for (scheme, norm), why in refused.items():
+        click.echo(f"note: {scheme} with {norm} left out: {why}", err=True)
     _sweep_output(execute("gradcheck", tasks, request), as_json)
 
 

@@ -114,8 +114,19 @@ def profile(scheme_list, layer_list, seeds, stream, metric, as_json, png_path, s
         depths = sweeps.parse_depths(layer_list)
 
     # Build every scheme once before the sweep, so that a bad configuration fails in one
-    # line before any work; the sweep then uses exactly the validated configuration.
+    # line before any work; the sweep then uses exactly the validated configuration. A scheme
+    # of several that refuses a setting (T-Fixup, a --norm) is left out with a note.
     with input_errors():
+        from lnref.model import refusal
+
+        settings = {
+            name: options[name] for name in ("norm", "qk_norm", "eps", "activation", "causal", "cross_attention")
+        }
+        refused = {scheme: refusal(scheme, **settings) for scheme in schemes} if len(schemes) > 1 else {}
+        for scheme, why in refused.items():
+            if why is not None:
+                echo(f"note: {scheme} left out: {why}")
+        schemes = tuple(scheme for scheme in schemes if refused.get(scheme) is None) or schemes
         build_options = None
         schemes_with_metric = []
         for scheme in schemes:

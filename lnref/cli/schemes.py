@@ -58,7 +58,8 @@ def schemes(as_json):
         return
     from lnref.schemes import get_scheme
 
+    width = max(map(len, SCHEMES))
     for name in SCHEMES:
         module = get_scheme(name)
-        click.echo(f"{name:9s} {module.SUMMARY}")
-        click.echo(f"{'':9s} {module.PAPER}")
+        click.echo(f"{name:{width}s} {module.SUMMARY}")
+        click.echo(f"{'':{width}s} {module.PAPER}")

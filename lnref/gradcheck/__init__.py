@@ -39,7 +39,7 @@ from lnref.finite_diff import DEFAULTS, STATUSES, STENCIL, difference_from_value
 from lnref.gradcheck.blocks import block_specs, check_block_elements, check_blockwise
 from lnref.gradcheck.lm import gradcheck_lm
 from lnref.gradcheck.point import Point, jitter_params
-from lnref.gradcheck.report import Check, Report, TensorResult, compare, summarize
+from lnref.gradcheck.report import Check, Report, TensorResult, compare, confirmed, summarize
 from lnref.gradcheck.vjp import check_vjp
 from lnref.nn import ZERO_BY_STRUCTURE
 from lnref.process.workers import available_cpus, map_in_order
@@ -101,7 +101,13 @@ def _check_tensor(
         for (label, direction), row in zip(chunk, values):
             numeric, sigma = difference_from_values(row, h)
             analytic = float(np.sum(analytic_grad * direction))
-            checks.append(compare(name, where, label, analytic, numeric, max(sigma, eps * point.scale), h, rtol, atol))
+            floor = eps * point.scale
+            check = compare(name, where, label, analytic, numeric, max(sigma, floor), h, rtol, atol)
+
+            def values_at(step: float, direction: np.ndarray = direction) -> list[float]:
+                return list(point.losses(name, [t * step * direction for t in STENCIL]))
+
+            checks.append(confirmed(check, values_at, floor, h, rtol, atol))
     return summarize(name, where, checks)
 
 
@@ -126,8 +132,8 @@ def _recheck_unresolved(
 
 
 def _zero_by_structure(result: TensorResult) -> TensorResult:
-    short = result.tensor.rpartition(".")[2]
-    if result.status == "unresolved" and short in ZERO_BY_STRUCTURE and result.tensor.startswith("layers."):
+    structural = any(result.tensor.endswith("." + suffix) for suffix in ZERO_BY_STRUCTURE)
+    if result.status == "unresolved" and structural and result.tensor.startswith("layers."):
         result.status = "zero"
     return result
 

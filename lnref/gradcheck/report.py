@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from lnref.finite_diff import STATUSES, judge
+from lnref.finite_diff import STATUSES, difference_from_values, judge
 from lnref.nn import ZERO_BY_STRUCTURE
 
 # Report-level statuses: a tensor is "zero" when its gradient is zero by the model's structure
@@ -64,6 +65,33 @@ def compare(
     return Check(
         tensor, where, probe, float(analytic), float(numeric), float(noise), float(tolerance), STATUSES[int(status)]
     )
+
+
+CONFIRMING_STEP = 0.25  # a failure is measured again at this fraction of the step
+
+
+def confirmed(
+    check: Check, values_at: Callable[[float], list[float]], floor: float, h: float, rtol: float, atol: float
+) -> Check:
+    """``check`` if it did not fail; else the same comparison at a quarter of the step, which
+    decides. A wrong gradient fails at any step; a failure of the noise estimate (one sample of
+    the rounding noise) or of the truncation error (O(h^4)) does not repeat at another step."""
+    if check.status != "failed":
+        return check
+    small = h * CONFIRMING_STEP
+    numeric, sigma = difference_from_values(values_at(small), small)
+    second = compare(
+        check.tensor,
+        check.where,
+        f"{check.probe}, again at step {small:g}",
+        check.analytic,
+        numeric,
+        max(sigma, floor),
+        small,
+        rtol,
+        atol,
+    )
+    return check if second.status == "failed" else second
 
 
 def summarize(tensor: str, where: str, checks: list[Check]) -> TensorResult:

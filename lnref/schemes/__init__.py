@@ -11,7 +11,11 @@ and may define:
     LAYER_NORMS  further per-layer norms over d_model features
     HEAD_NORMS   per-layer norms over each head's d_model / n_heads features (q, k, v norms)
     FFN_NORMS    per-layer norms over the FFN's d_ff hidden features (``layer.ffn(x, hidden_norm=...)``)
-    STACK_NORMS  stack-level norms (final_ln, embed_ln: the latter comes first)
+    layer_norms(index, branches, config), head_norms(...), ffn_norms(...)   the same names
+                 for layer ``index`` alone, where they depend on the layer or on an option
+                 (they replace LAYER_NORMS, HEAD_NORMS, FFN_NORMS)
+    STACK_NORMS  stack-level norms (final_ln, embed_ln: the latter comes first), or
+                 ``stack_norms(config)`` where they depend on an option
     STREAMS      names of the arrays a multi-stream state carries (or ``streams(index)``);
                  one stream "x" when absent
     embed(x, stack), readout(x, stack)   the stack-level stages (default: the identity)
@@ -53,6 +57,15 @@ SCHEMES = (
     "mixln",
     "dlcl",
     "rezero",
+    "reordered",
+    "subln",
+    "hybridnorm",
+    "normformer",
+    "lns",
+    "layerscale",
+    "parallel",
+    "tfixup",
+    "dslm",
 )
 
 _REGISTERED: dict[str, ModuleType] = {}
@@ -69,7 +82,9 @@ class Option(NamedTuple):
 
 def places_norms(scheme: ModuleType) -> bool:
     """Whether the scheme places any norm (a scheme with none, like ReZero, takes no --norm)."""
-    return any(getattr(scheme, name, ()) for name in ("NORMS", "LAYER_NORMS", "HEAD_NORMS", "FFN_NORMS", "STACK_NORMS"))
+    names = ("NORMS", "LAYER_NORMS", "HEAD_NORMS", "FFN_NORMS", "STACK_NORMS")
+    functions = ("layer_norms", "head_norms", "ffn_norms", "stack_norms")
+    return any(getattr(scheme, name, ()) for name in names) or any(hasattr(scheme, name) for name in functions)
 
 
 def options_of(scheme: ModuleType) -> dict[str, Option]:
@@ -172,7 +187,17 @@ def one_line_error(err: BaseException) -> str:
 
 
 _TUPLES_OF_NAMES = ("NORMS", "LAYER_NORMS", "HEAD_NORMS", "FFN_NORMS", "STACK_NORMS", "STREAMS")
-_FUNCTIONS = ("embed", "readout", "layer_params", "initialize", "streams")
+_FUNCTIONS = (
+    "embed",
+    "readout",
+    "layer_params",
+    "initialize",
+    "streams",
+    "layer_norms",
+    "head_norms",
+    "ffn_norms",
+    "stack_norms",
+)
 
 
 def check_protocol(module: ModuleType, origin: str) -> None:

@@ -35,19 +35,32 @@ CHECK_KEYS = ("mode", "point", "batch", "seq", "entries", "rtol", "atol", "with_
 def check_tasks(
     schemes: list[str], norms: list[str], depths: list[int], model: dict[str, Any], check: dict[str, Any]
 ) -> list[Task]:
-    """One task per (scheme, norm, depth), in that nesting. ``model`` holds the other
-    ``lnref.build`` arguments (``MODEL_KEYS``), ``check`` the checker's (``CHECK_KEYS``)."""
+    """One task per (scheme, norm, depth), in that nesting, but for the (scheme, norm) pairs
+    that ``left_out`` names. ``model`` holds the other ``lnref.build`` arguments
+    (``MODEL_KEYS``), ``check`` the checker's (``CHECK_KEYS``)."""
     shared = {key: model[key] for key in MODEL_KEYS}
     settings = {key: check[key] for key in CHECK_KEYS}
+    refused = left_out(schemes, norms, model)
     return grid(
         "gradcheck",
         [
             {"model": dict(shared, scheme=scheme, n_layers=depth, norm=norm), **settings}
             for scheme in schemes
             for norm in norms
+            if (scheme, norm) not in refused
             for depth in depths
         ],
     )
+
+
+def left_out(schemes: list[str], norms: list[str], model: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """{(scheme, norm): why} for the pairs whose scheme refuses that norm or another of the
+    ``model`` settings (a scheme's REFUSES: T-Fixup has no norm to choose)."""
+    from lnref.model import refusal
+
+    shared = {key: model[key] for key in MODEL_KEYS}
+    reasons = {(scheme, norm): refusal(scheme, **shared, norm=norm) for scheme in schemes for norm in norms}
+    return {pair: why for pair, why in reasons.items() if why is not None}
 
 
 def run_check_task(config: dict[str, Any]) -> dict[str, Any]:

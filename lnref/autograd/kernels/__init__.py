@@ -32,6 +32,8 @@ The modules
 ``seam``               which twin runs: :class:`~lnref.autograd.kernels.seam.Twin`, overrides
 ``checks``             the input checks every public kernel runs
 ``norms``              LayerNorm, RMSNorm
+``scale_norm``         ScaleNorm (and the L2 normalization at gain 1)
+``pointwise_norms``    DyT and Derf, the element-wise replacements of a norm
 ``softmax``            row softmax (and the stable row loop attention shares)
 ``attention``          scaled dot-product attention, 4-D and multi-head on (B, T, d)
 ``attention_blocked``  attention's big-head path: BLAS products, the batch on threads
@@ -105,6 +107,22 @@ from lnref.autograd.kernels.norms import (
     rms_norm_forward,
     rms_norm_forward_reference,
 )
+from lnref.autograd.kernels.pointwise_norms import (
+    derf_backward,
+    derf_backward_reference,
+    derf_forward,
+    derf_forward_reference,
+    dyt_backward,
+    dyt_backward_reference,
+    dyt_forward,
+    dyt_forward_reference,
+)
+from lnref.autograd.kernels.scale_norm import (
+    scale_norm_backward,
+    scale_norm_backward_reference,
+    scale_norm_forward,
+    scale_norm_forward_reference,
+)
 from lnref.autograd.kernels.seam import USE_NUMBA, available_cpus, numba_requested
 from lnref.autograd.kernels.softmax import (
     softmax_backward,
@@ -126,6 +144,14 @@ __all__ = [
     "attention_sublayer_forward",
     "attention_sublayer_forward_reference",
     "available_cpus",
+    "derf_backward",
+    "derf_backward_reference",
+    "derf_forward",
+    "derf_forward_reference",
+    "dyt_backward",
+    "dyt_backward_reference",
+    "dyt_forward",
+    "dyt_forward_reference",
     "feed_forward_backward",
     "feed_forward_backward_reference",
     "feed_forward_forward",
@@ -151,6 +177,10 @@ __all__ = [
     "rms_norm_backward_reference",
     "rms_norm_forward",
     "rms_norm_forward_reference",
+    "scale_norm_backward",
+    "scale_norm_backward_reference",
+    "scale_norm_forward",
+    "scale_norm_forward_reference",
     "seam",
     "softmax_backward",
     "softmax_backward_reference",

@@ -1,0 +1,154 @@
+"""Forward+backward time per layer of each scheme, relative to Pre-LN's in the same run.
+
+    python3 benchmarks/bench_schemes.py [--configs small,medium] [--schemes new|all|pre,subln,...]
+                                        [--reps 7] [--min-time 0.3]
+
+What is timed: ``model.value_and_grad(x, dy)``, as ``benchmarks/bench_model.py`` times it (the
+first call traces, every timed call replays), on the two 48-layer configurations of that
+benchmark, float64, one BLAS thread:
+
+    small   48 layers, d_model 16, 2 heads, d_ff 64,  seq 8,  batch 2   (lnref gradcheck's default model)
+    medium  48 layers, d_model 64, 4 heads, d_ff 256, seq 32, batch 4
+
+Each scheme is timed twice: as users run it (fast paths on: fused attention and FFN where a
+sublayer has no optional piece, replayed passes), and with the fast paths off
+(``model.fast = False``: every pass is the readable composition on the tape). The second
+ratio is the scheme's own extra arithmetic; where the first is well above it, the scheme pays
+for leaving the fused sublayers (per-head norms, head scales, a norm between the heads and
+W_o or after the FFN's activation all run as the composition). Time per layer is the pass's
+time over the number of layers (the final norm is included; it is one norm in 97).
+
+In each configuration the schemes' repetitions alternate, so that a change of machine load
+hits every scheme alike; each figure is the median over ``--reps`` repetitions of a callable
+repeated for at least ``--min-time`` seconds. The CPU time other processes took meanwhile is
+reported: above a quarter of a CPU the figures competed with it. The goal: no scheme above
+1.5x Pre-LN per layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads: per-layer figures, not threading
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_model import CONFIGS, alternate, busy_cpu_seconds, own_cpu_seconds  # noqa: E402
+
+REFERENCE = ("pre", {})
+NEW = [
+    ("reordered", {}),
+    ("subln", {}),
+    ("hybridnorm", {}),
+    ("hybridnorm", {"first_block": "pre"}),
+    ("normformer", {}),
+    ("normformer", {"head_scale": "fairseq"}),
+    ("normformer", {"resid_scale": True}),
+    ("lns", {}),
+    ("layerscale", {}),
+    ("parallel", {}),
+    ("parallel", {"norms": "two"}),
+    ("tfixup", {}),
+    ("dslm", {}),
+    ("dslm", {"placement": "post"}),
+]
+GOAL = 1.5  # per-layer time / Pre-LN's, at most
+OTHER_CPUS_LIMIT = 0.25
+
+
+def label(scheme, options):
+    return scheme + "".join(f" {name}={value}" for name, value in options.items())
+
+
+def variants(text):
+    if text == "new":
+        return NEW
+    import lnref
+
+    names = lnref.SCHEMES if text == "all" else [name for name in text.split(",") if name]
+    return [(name, {}) for name in names if name != "pre"]
+
+
+def measure(config_name, schemes, reps, min_time):
+    """{label: {"fast": s, "composition": s}} per call, and the other CPUs' load meanwhile."""
+    import lnref
+
+    config = CONFIGS[config_name]
+    dims = {k: v for k, v in config.items() if k not in ("seq", "batch")}
+    callables = {}
+    for scheme, options in [REFERENCE, *schemes]:
+        for path, fast in (("fast", True), ("composition", False)):
+            model = lnref.build(scheme, **dims, options=options)
+            model.fast = fast
+            x, dy, _ = model.sample_inputs(batch=config["batch"], seq=config["seq"])
+            callables[(label(scheme, options), path)] = lambda model=model, x=x, dy=dy: model.value_and_grad(x, dy)
+    started, busy_before, own_before = time.perf_counter(), busy_cpu_seconds(), own_cpu_seconds()
+    seconds, _ = alternate(list(callables.values()), reps, min_time)
+    others = None
+    if busy_before is not None:
+        others = max(busy_cpu_seconds() - busy_before - (own_cpu_seconds() - own_before), 0.0)
+        others /= time.perf_counter() - started
+    results = {}
+    for (name, path), value in zip(callables, seconds):
+        results.setdefault(name, {})[path] = value
+    return results, others
+
+
+def report(config_name, results, others):
+    layers = CONFIGS[config_name]["n_layers"]
+    reference = results[label(*REFERENCE)]
+    print(f"\n{config_name}: {json.dumps(CONFIGS[config_name])}, float64, 1 BLAS thread")
+    header = f"{'scheme':34s} {'ms/layer':>9s} {'x Pre-LN':>9s} {'composition ms/layer':>21s} {'x Pre-LN':>9s}"
+    print(header)
+    print("-" * len(header))
+    over = []
+    for name, times in results.items():
+        ratio = times["fast"] / reference["fast"]
+        ratio_composed = times["composition"] / reference["composition"]
+        print(
+            f"{name:34s} {times['fast'] / layers * 1e3:9.3f} {ratio:9.2f} "
+            f"{times['composition'] / layers * 1e3:21.3f} {ratio_composed:9.2f}"
+        )
+        line = {"config": config_name, "scheme": name, "fast_s": times["fast"], "composition_s": times["composition"]}
+        print(json.dumps({**line, "ratio": ratio, "ratio_composition": ratio_composed}), file=sys.stderr)
+        if ratio > GOAL:
+            over.append(f"{name} {ratio:.2f}x")
+    if others is not None and others > OTHER_CPUS_LIMIT:
+        print(f"note: other work used {others:.2f} CPUs meanwhile: these figures competed with it")
+    verdict = "met by every scheme" if not over else "NOT met by " + ", ".join(over)
+    print(f"goal (<= {GOAL}x Pre-LN per layer): {verdict}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="small,medium", help="comma-separated: small, medium, large")
+    parser.add_argument("--schemes", default="new", help="new (the default), all, or a comma list")
+    parser.add_argument("--reps", type=int, default=7, help="repetitions per figure (median taken)")
+    parser.add_argument("--min-time", type=float, default=0.3, help="seconds per repetition, at least")
+    args = parser.parse_args(argv)
+    configs = [name for name in args.configs.split(",") if name]
+    unknown = [name for name in configs if name not in CONFIGS]
+    if unknown or args.reps < 1:
+        parser.error(f"unknown config(s) {', '.join(unknown)}" if unknown else "--reps must be at least 1")
+    from lnref.process import blas
+    from lnref.process.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the lnref command does: see benchmarks/bench_model.py
+    blas.let_idle_workers_sleep()
+    schemes = variants(args.schemes)
+    for config_name in configs:
+        print(f"measuring {config_name}...", file=sys.stderr, flush=True)
+        results, others = measure(config_name, schemes, args.reps, args.min_time)
+        report(config_name, results, others)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
