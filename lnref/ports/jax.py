@@ -48,7 +48,30 @@ def rms_norm(x, p, eps):
     return x / jnp.sqrt((x**2).mean(-1, keepdims=True) + eps) * p["gamma"]
 
 
-NORM_KINDS: dict[str, Callable[..., Any]] = {"layernorm": layer_norm, "rmsnorm": rms_norm}
+def dyt(x, p, eps):
+    """Zhu et al. 2025, Transformers without Normalization: gamma tanh(alpha x) + beta, alpha a
+    scalar; no statistics and no eps."""
+    return p["gamma"] * jnp.tanh(p["alpha"] * x) + p["beta"]
+
+
+def scale_norm(x, p, eps):
+    """Nguyen and Salazar 2019, Transformers without Tears: g x / max(||x||_2, eps), g a scalar."""
+    return p["g"] * x / jnp.maximum(jnp.sqrt((x**2).sum(-1, keepdims=True)), eps)
+
+
+def derf(x, p, eps):
+    """Chen et al. 2025, Stronger Normalization-Free Transformers: gamma erf(alpha x + s) + beta,
+    alpha and s scalars; no eps."""
+    return p["gamma"] * jax.scipy.special.erf(p["alpha"] * x + p["shift"]) + p["beta"]
+
+
+NORM_KINDS: dict[str, Callable[..., Any]] = {
+    "layernorm": layer_norm,
+    "rmsnorm": rms_norm,
+    "dyt": dyt,
+    "scalenorm": scale_norm,
+    "derf": derf,
+}
 
 ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
     "relu": jax.nn.relu,
@@ -63,17 +86,57 @@ def per_head(fn, x, heads):
     return fn(split).reshape(x.shape)
 
 
-# Each variant maps the projected q and k (B, T, d) of one attention: norm(name, x) applies
-# the model's norm kind with the attention's parameters of that name (layers.3.attn.q_norm).
+def unit_heads(x, heads):
+    """Each head's vector of x divided by its L2 norm."""
+    return per_head(lambda h: h / jnp.sqrt((h**2).sum(-1, keepdims=True)), x, heads)
+
+
+# The QK-norm switch: each variant maps the projected q, k, v (B, T, d) of one attention to
+# (q, k, v, s), the logits of head h being s q_h k_h^T. norm(name, t) applies the model's norm
+# kind with the attention's parameters of that name (layers.3.attn.q_norm); p holds the
+# attention's own parameters (layers.3.attn.logit_gain is p["logit_gain"]).
+
+
+def _plain(q, k, v, heads, norm, p):
+    """Vaswani et al. 2017: q and k as projected, s = 1/sqrt(d_h)."""
+    return q, k, v, 1 / math.sqrt(q.shape[-1] // heads)
+
+
+def _head(q, k, v, heads, norm, p):
+    """Gemma 3, HybridNorm: N_q and N_k over each head's d_h features."""
+    q, k = per_head(lambda t: norm("q_norm", t), q, heads), per_head(lambda t: norm("k_norm", t), k, heads)
+    return q, k, v, 1 / math.sqrt(q.shape[-1] // heads)
+
+
+def _head_and_v(q, k, v, heads, norm, p):
+    """HybridNorm's QKV-norm: N_q, N_k and N_v over each head's d_h features."""
+    q, k, v, s = _head(q, k, v, heads, norm, p)
+    return q, k, per_head(lambda t: norm("v_norm", t), v, heads), s
+
+
+def _full(q, k, v, heads, norm, p):
+    """OLMo 2: N_q and N_k over the whole d-wide projections, before the heads are split."""
+    return norm("q_norm", q), norm("k_norm", k), v, 1 / math.sqrt(q.shape[-1] // heads)
+
+
+def _l2(q, k, v, heads, norm, p):
+    """Henry et al. 2020, Query-Key Normalization: logits g <q_h/|q_h|, k_h/|k_h|>, one learned g."""
+    return unit_heads(q, heads), unit_heads(k, heads), v, p["logit_gain"]
+
+
+def _cosine(q, k, v, heads, norm, p):
+    """Liu et al. 2022, Swin Transformer V2, Sec. 3.2: logits cos(q_h, k_h) exp(min(t_h, log 100))."""
+    scale = jnp.exp(jnp.minimum(p["log_logit_scale"], math.log(100.0)))
+    return unit_heads(q, heads), unit_heads(k, heads), v, scale.reshape(heads, 1, 1)
+
+
 QK_NORMS: dict[str, Callable[..., Any]] = {
-    "none": lambda q, k, heads, norm: (q, k),
-    # Gemma 3, HybridNorm: over each head's d_h features
-    "head": lambda q, k, heads, norm: (
-        per_head(lambda t: norm("q_norm", t), q, heads),
-        per_head(lambda t: norm("k_norm", t), k, heads),
-    ),
-    # OLMo 2: over the whole d-wide projections, before the heads are split
-    "full": lambda q, k, heads, norm: (norm("q_norm", q), norm("k_norm", k)),
+    "none": _plain,
+    "head": _head,
+    "head+v": _head_and_v,
+    "full": _full,
+    "l2": _l2,
+    "cosine": _cosine,
 }
 
 
@@ -86,34 +149,51 @@ def norm(x, p, kind, eps):
     return NORM_KINDS[kind](x, p, eps)
 
 
-@functools.partial(jax.jit, static_argnames=("activation",))
-def feed_forward(x, p, activation):
-    """F(x) = act(x W_1 + b_1) W_2 + b_2."""
-    return ACTIVATIONS[activation](x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+@functools.partial(jax.jit, static_argnames=("activation", "kind", "eps"))
+def feed_forward(x, p, pieces, activation, kind, eps):
+    """F(x) = N_hidden(act(x W_1 + b_1)) W_2 + b_2; N_hidden (over the d_ff features) when
+    ``pieces`` holds its parameters as "hidden_norm"."""
+    hidden = ACTIVATIONS[activation](x @ p["w1"] + p["b1"])
+    if "hidden_norm" in pieces:
+        hidden = NORM_KINDS[kind](hidden, pieces["hidden_norm"], eps)
+    return hidden @ p["w2"] + p["b2"]
 
 
 @functools.partial(jax.jit, static_argnames=("heads", "causal", "qk_norm", "kind", "eps"))
-def attention(x, source, p, heads, causal, qk_norm, kind, eps):
-    """A(x) = softmax(N_q(Q) N_k(K)^T / sqrt(d_h) + M) V W_o + b_o; Q from x, K and V from source.
+def attention(x, source, p, pieces, heads, causal, qk_norm, kind, eps):
+    """A(x) = N_heads(c * softmax(s N_q(Q) N_k(K)^T + M) N_v(V)) W_o + b_o; Q from x, K and V
+    from ``source``; s and the QK-norm from the switch ``qk_norm``.
 
-    p holds W_q, b_q, ... and the QK-norm's parameters (``q_norm.gamma``, ...)."""
+    p holds W_q, b_q, ... and the switch's parameters (``q_norm.gamma``, ``logit_gain``, ...);
+    ``pieces`` a scheme's own optional pieces: "q_norm", "k_norm", "v_norm" (norms over each
+    head's features), "head_scale" (one gain c_h per head), "heads_norm" (a norm over the d
+    features of the concatenated heads)."""
 
-    def qk(name, t):
-        return NORM_KINDS[kind](t, {k.partition(".")[2]: v for k, v in p.items() if k.startswith(name + ".")}, eps)
+    def own(name):
+        return {k.partition(".")[2]: v for k, v in p.items() if k.startswith(name + ".")}
 
+    kind_of = NORM_KINDS[kind]
     q, k, v = x @ p["wq"] + p["bq"], source @ p["wk"] + p["bk"], source @ p["wv"] + p["bv"]
-    q, k = QK_NORMS[qk_norm](q, k, heads, qk)
+    q, k, v = (
+        per_head(lambda t, name=name: kind_of(t, pieces[name], eps), t, heads) if name in pieces else t
+        for name, t in (("q_norm", q), ("k_norm", k), ("v_norm", v))
+    )
+    q, k, v, scale = QK_NORMS[qk_norm](q, k, v, heads, lambda name, t: kind_of(t, own(name), eps), p)
     head_dim = q.shape[-1] // heads
 
     def split(t):  # (B, T, d) -> (B, H, T, d_h)
         return t.reshape(t.shape[0], t.shape[1], heads, head_dim).transpose(0, 2, 1, 3)
 
-    scores = split(q) @ split(k).transpose(0, 1, 3, 2) / math.sqrt(head_dim)
+    scores = scale * (split(q) @ split(k).transpose(0, 1, 3, 2))
     if causal:
         t, s = scores.shape[-2:]
         scores = jnp.where(jnp.tril(jnp.ones((t, s), dtype=bool)), scores, -jnp.inf)
-    heads_out = jax.nn.softmax(scores, axis=-1) @ split(v)
+    heads_out = jax.nn.softmax(scores, axis=-1) @ split(v)  # (B, H, T, d_h)
+    if "head_scale" in pieces:
+        heads_out = heads_out * pieces["head_scale"].reshape(heads, 1, 1)
     merged = heads_out.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[1], -1)
+    if "heads_norm" in pieces:
+        merged = kind_of(merged, pieces["heads_norm"], eps)
     return merged @ p["wo"] + p["bo"]
 
 
@@ -122,7 +202,8 @@ def attention(x, source, p, heads, causal, qk_norm, kind, eps):
 
 class Stack:
     """One stack's configuration, parameters and memory, and its pieces: the sublayers S_b of
-    layer l (``sublayer(l, b, x)``) and its norms (``norm(name, x)``)."""
+    layer l (``sublayer(l, b, x, **pieces)``), its norms (``norm(name, x)``), its parameters
+    (``p[name]``) and the scheme's own options (``option(name, default)``)."""
 
     def __init__(self, config: dict[str, Any], params: Params, memory: Any = None) -> None:
         self.c, self.p, self.memory = config, params, memory
@@ -132,6 +213,10 @@ class Stack:
             if config.get(name, "none") not in known:
                 raise ValueError(f"the JAX port has no {name} {config[name]!r}; it has {', '.join(known)}")
 
+    def option(self, name: str, default: Any) -> Any:
+        """A scheme's own option: a golden file's config holds only those set away from the default."""
+        return self.c.get("options", {}).get(name, default)
+
     def group(self, prefix: str) -> Params:
         """{short name: value} of the parameters named ``prefix.<short name>``."""
         return {name[len(prefix) + 1 :]: v for name, v in self.p.items() if name.startswith(prefix + ".")}
@@ -139,15 +224,20 @@ class Stack:
     def norm(self, name: str, x: Any) -> Any:
         return norm(x, self.group(name), self.c["norm"], self.c["eps"])
 
-    def sublayer(self, l: int, branch: str, x: Any) -> Any:
+    def sublayer(self, l: int, branch: str, x: Any, **pieces: str) -> Any:
+        """S_b(x) of layer l; ``pieces`` name the layer's norms and parameters a scheme adds inside
+        it (``heads_norm="ln_heads"``: layers.{l}.ln_heads; ``head_scale="head_scale"``)."""
         prefix, c = f"layers.{l}.{branch}", self.c
+        own = {
+            key: self.p[f"layers.{l}.{name}"] if key == "head_scale" else self.group(f"layers.{l}.{name}")
+            for key, name in pieces.items()
+        }
         if branch == "ffn":
-            return feed_forward(x, self.group(prefix), c["activation"])
+            return feed_forward(x, self.group(prefix), own, c["activation"], c["norm"], c["eps"])
         source = self.memory if branch == "cross" else x
         causal = c["causal"] and branch == "attn"
-        return attention(
-            x, source, self.group(prefix), self.heads, causal, c.get("qk_norm", "none"), c["norm"], c["eps"]
-        )
+        qk = c.get("qk_norm", "none")
+        return attention(x, source, self.group(prefix), own, self.heads, causal, qk, c["norm"], c["eps"])
 
     def stack(self, x: Any, layer: Callable[[int, Any], Any]) -> tuple[Any, list[tuple[Any, ...]]]:
         """(x_L, states) for x_{l+1} = layer(l, x_l); states[l] = (x_l,)."""
@@ -158,147 +248,7 @@ class Stack:
         return x, states
 
 
-# ----- the schemes: each returns (y, states), states[l] the streams entering layer l --------
-
-
-def post(m: Stack, x: Any) -> Any:
-    """Vaswani et al. 2017: x <- LN(x + S(x)); no final LN."""
-
-    def layer(l, x):
-        for b in m.branches:
-            x = m.norm(f"layers.{l}.ln_{b}", x + m.sublayer(l, b, x))
-        return x
-
-    return m.stack(x, layer)
-
-
-def pre(m: Stack, x: Any) -> Any:
-    """Xiong et al. 2020: x <- x + S(LN(x)); y = LN_final(x_L)."""
-
-    def layer(l, x):
-        for b in m.branches:
-            x = x + m.sublayer(l, b, m.norm(f"layers.{l}.ln_{b}", x))
-        return x
-
-    x, states = m.stack(x, layer)
-    return m.norm("final_ln", x), states
-
-
-def residual(m: Stack, x: Any) -> Any:
-    """Xie et al. 2023 (ResiDual): a = S(x_a); x_d <- x_d + a; x_a <- LN(x_a + a); y = x_a + LN_final(x_d)."""
-    x_a = x_d = x
-    states = [(x_a, x_d)]
-    for l in range(m.n_layers):
-        for b in m.branches:
-            a = m.sublayer(l, b, x_a)
-            x_d = x_d + a
-            x_a = m.norm(f"layers.{l}.ln_{b}", x_a + a)
-        states.append((x_a, x_d))
-    return x_a + m.norm("final_ln", x_d), states
-
-
-def b2t(m: Stack, x: Any) -> Any:
-    """Takase et al. 2023: h = LN(x + A(x)) (and C); x <- LN(h + F(h) + x), in every layer."""
-
-    def layer(l, x):
-        bottom = x
-        *inner, last = m.branches
-        for b in inner:
-            x = m.norm(f"layers.{l}.ln_{b}", x + m.sublayer(l, b, x))
-        return m.norm(f"layers.{l}.ln_{last}", x + m.sublayer(l, last, x) + bottom)
-
-    return m.stack(x, layer)
-
-
-def admin(m: Stack, x: Any) -> Any:
-    """Liu et al. 2020: x <- LN(omega * x + S(x)), omega a vector per sublayer (stored, not profiled here)."""
-
-    def layer(l, x):
-        for b in m.branches:
-            x = m.norm(f"layers.{l}.ln_{b}", m.p[f"layers.{l}.omega_{b}"] * x + m.sublayer(l, b, x))
-        return x
-
-    return m.stack(x, layer)
-
-
-def deepnorm(m: Stack, x: Any) -> Any:
-    """Wang et al. 2022 (DeepNet): x <- LN(alpha x + S(x)), alpha = (2N)^(1/4); decoders (3M)^(1/4)."""
-    alpha = (3 * m.n_layers if m.c["cross_attention"] else 2 * m.n_layers) ** 0.25
-
-    def layer(l, x):
-        for b in m.branches:
-            x = m.norm(f"layers.{l}.ln_{b}", alpha * x + m.sublayer(l, b, x))
-        return x
-
-    return m.stack(x, layer)
-
-
-def _sandwich_layer(m: Stack, l: int, x: Any) -> Any:
-    for b in m.branches:
-        x = x + m.norm(f"layers.{l}.ln_{b}_out", m.sublayer(l, b, m.norm(f"layers.{l}.ln_{b}", x)))
-    return x
-
-
-def sandwich(m: Stack, x: Any) -> Any:
-    """Ding et al. 2021 (CogView): x <- x + LN_out(S(LN(x))); y = LN_final(x_L)."""
-    x, states = m.stack(x, lambda l, x: _sandwich_layer(m, l, x))
-    return m.norm("final_ln", x), states
-
-
-def peri(m: Stack, x: Any) -> Any:
-    """Kim et al. 2025: x_0 = LN_embed(x); Sandwich layers; y = LN_final(x_L)."""
-    x, states = m.stack(m.norm("embed_ln", x), lambda l, x: _sandwich_layer(m, l, x))
-    return m.norm("final_ln", x), states
-
-
-def mixln(m: Stack, x: Any) -> Any:
-    """Li et al. 2024: the first floor(alpha L) layers Post-LN, the rest Pre-LN; y = LN_final(x_L)."""
-    post_layers = math.floor(m.c["post_fraction"] * m.n_layers)
-
-    def layer(l, x):
-        for b in m.branches:
-            name = f"layers.{l}.ln_{b}"
-            x = m.norm(name, x + m.sublayer(l, b, x)) if l < post_layers else x + m.sublayer(l, b, m.norm(name, x))
-        return x
-
-    x, states = m.stack(x, layer)
-    return m.norm("final_ln", x), states
-
-
-def dlcl(m: Stack, x: Any) -> Any:
-    """Wang et al. 2019: Pre-LN layers, x_{l+1} = sum_k W_{l+1,k} n_k, n_0 = x, n_k = LN_out(y_k)."""
-    outputs = [x]
-    states = [(x, *outputs)]
-    for l in range(m.n_layers):
-        y = x
-        for b in m.branches:
-            y = y + m.sublayer(l, b, m.norm(f"layers.{l}.ln_{b}", y))
-        outputs.append(m.norm(f"layers.{l}.ln_out", y))
-        weights = m.p[f"layers.{l}.dlcl_weights"]
-        x = sum(weights[k] * n for k, n in enumerate(outputs))
-        states.append((x, *outputs))
-    return m.norm("final_ln", x), states
-
-
-def rezero(m: Stack, x: Any) -> Any:
-    """Bachlechner et al. 2020: x <- x + alpha_l S(x); no norm."""
-
-    def layer(l, x):
-        for b in m.branches:
-            x = x + m.p[f"layers.{l}.alpha"] * m.sublayer(l, b, x)
-        return x
-
-    return m.stack(x, layer)
-
-
-SCHEMES: dict[str, Callable[[Stack, Any], Any]] = {
-    f.__name__: f for f in (post, pre, residual, b2t, admin, deepnorm, sandwich, peri, mixln, dlcl, rezero)
-}
-STREAMS: dict[str, Callable[[int], tuple[str, ...]]] = {
-    "residual": lambda layer: ("x_a", "x_d"),
-    "dlcl": lambda layer: ("x", *(f"n_{k}" for k in range(layer + 1))),
-}
-
+from lnref.ports.jax_schemes import SCHEMES, STREAMS  # noqa: E402  (the schemes use the pieces above)
 
 # ----- running a port --------------------------------------------------------------------------
 

@@ -91,7 +91,7 @@ def describe(key: str) -> str:
     return f"golden({', '.join([repr(model['scheme']), str(model['n_layers']), *changed])})"
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=2048)
 def _cached(key: str) -> Golden:
     arrays, document = compute_record(key)
     return from_arrays(describe(key), arrays, document)
