@@ -2,68 +2,56 @@
 records computed in memory, as lnref.testing computes them), one scheme's cases through
 ``lnref export-suite`` and ``lnref compare DIR ACTUAL_DIR`` as a port in another language is
 checked, a matrix through lnref.testing.check_port, and negative controls: the port told
-another eps or another scheme fails."""
+another eps, scheme or activation fails. JAX runs in a spawned process (jax_checks.py): it
+holds threads, and the rest of the test run forks."""
 
 from __future__ import annotations
 
-import os
+import importlib.util
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
-import numpy as np
+import jax_checks
 import pytest
-from click.testing import CliRunner
 
-pytest.importorskip("jax", reason="JAX is not installed (pip install 'lnref[jax]' runs the JAX port's tests)")
-
-from lnref.cli import main  # noqa: E402
-from lnref.golden import compare_arrays  # noqa: E402
-from lnref.golden.suite import export_suite, read_suite, suite_cases  # noqa: E402
-from lnref.ports import jax as port  # noqa: E402
-from lnref.testing import check_port, golden  # noqa: E402
-
-pytestmark = pytest.mark.jax
+pytestmark = [
+    pytest.mark.jax,
+    pytest.mark.skipif(
+        importlib.util.find_spec("jax") is None,
+        reason="JAX is not installed (pip install 'lnref[jax]' runs the JAX port's tests)",
+    ),
+]
 
 
-def write_port_outputs(suite, actual, **overrides):
-    """What a port does with a suite: each case's file read, its arrays written under the case's name."""
-    for case in read_suite(suite):
-        np.savez(os.path.join(actual, case.file), **port.evaluate(os.path.join(suite, case.file), **overrides))
+@pytest.fixture(scope="module")
+def in_jax_process():
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as executor:
+        yield lambda function, *args, **kwargs: executor.submit(function, *args, **kwargs).result()
 
 
-def test_the_jax_port_passes_every_case_of_the_conformance_suite():
-    failing = []
-    for case in suite_cases():
-        record = golden(case.scheme, case.n_layers, **case.config)
-        actual = port.run(record.config.to_dict(), dict(record.params), record.x, record.dy, record.memory)
-        comparison = compare_arrays(dict(record.arrays), actual, golden=record)
-        if not comparison.ok or comparison.passed != len(actual):
-            failing.append(f"{case.name}: {comparison.failed} failed, first {comparison.first_failing}")
-    assert failing == []
+def test_the_jax_port_passes_every_case_of_the_conformance_suite(in_jax_process):
+    cases, failing = in_jax_process(jax_checks.suite_failures)
+    assert failing == [] and cases > 700
 
 
-def test_the_jax_ports_files_pass_lnref_compare_dir_actual_dir(tmp_path):
-    suite, actual = tmp_path / "suite", tmp_path / "actual"
-    export_suite(suite, schemes=("residual",), layers=(1, 2))
-    actual.mkdir()
-    write_port_outputs(suite, actual)
-    result = CliRunner().invoke(main, ["compare", str(suite), str(actual)])
-    cases = len(read_suite(suite))
-    assert result.exit_code == 0, result.stdout
-    assert result.stdout.splitlines()[-1] == f"{cases} passed, 0 failed"
+def test_the_jax_ports_files_pass_lnref_compare_dir_actual_dir(in_jax_process, tmp_path):
+    exit_code, lines, cases = in_jax_process(jax_checks.compare_dir, str(tmp_path), "residual")
+    assert exit_code == 0, "\n".join(lines)
+    assert lines[-1] == f"{cases} passed, 0 failed"
 
 
-def test_the_jax_port_passes_check_port_over_norms_and_decoders():
-    cases = check_port(port.run, "residual", norm=["layernorm", "rmsnorm"], cross_attention=[False, True])
-    assert len(cases) == 12
+def test_the_jax_port_passes_check_port_over_norms_and_decoders(in_jax_process):
+    cases = in_jax_process(
+        jax_checks.check_port_cases, "residual", norm=["layernorm", "rmsnorm"], cross_attention=[False, True]
+    )
+    assert cases == 12
 
 
 @pytest.mark.parametrize(
-    "overrides, first",
-    [({"eps": 1e-6}, "hidden/1/x"), ({"scheme": "b2t"}, "hidden/1/x"), ({"activation": "gelu"}, "hidden/1/x")],
-    ids=["eps 1e-6", "post read as b2t", "relu read as gelu"],
+    "overrides",
+    [{"eps": 1e-6}, {"scheme": "b2t"}, {"activation": "gelu"}],
+    ids=["eps 1e-6", "post as b2t", "relu as gelu"],
 )
-def test_check_port_fails_the_jax_port_told_another_eps_scheme_or_activation(overrides, first):
-    def run(config, *arrays):
-        return port.run({**config, **overrides}, *arrays)
-
-    with pytest.raises(AssertionError, match=f"first failing: {first}"):
-        check_port(run, "post", layers=(2,))
+def test_check_port_fails_the_jax_port_told_another_eps_scheme_or_activation(in_jax_process, overrides):
+    message = in_jax_process(jax_checks.check_port_failure, "post", overrides)
+    assert message is not None and "first failing: hidden/1/x" in message
