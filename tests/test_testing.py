@@ -205,3 +205,52 @@ def test_importing_lnref_testing_loads_neither_the_engine_nor_a_framework():
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(CHECKOUT)}
     )
     assert done.stdout.strip() == "[]", done.stderr
+
+
+# ----- check_init ------------------------------------------------------------------------------
+
+
+def lnref_initialization(scheme_of=None, seed_offset=1000):
+    """A sampler drawing lnref's own initialization with seeds lnref's reference draws never use
+    (of another scheme with ``scheme_of``)."""
+
+    def sample(config, seed):
+        config = {**config, "seed": seed + seed_offset}
+        if scheme_of is not None:
+            config |= {"scheme": scheme_of, "options": {}}
+        return lnref.Model(lnref.Config(**config)).params
+
+    return sample
+
+
+@pytest.mark.parametrize("scheme", ["admin", "deepnorm", "tfixup", "dslm", "dlcl", "rezero", "subln"])
+def test_lnrefs_own_initialization_with_other_seeds_passes_check_init(scheme):
+    from lnref.testing import check_init
+
+    results = check_init(lnref_initialization(), scheme, 2)
+    assert results and all(r.status == "ok" for r in results)
+
+
+def test_check_init_flags_admins_profiled_omega_replaced_by_ones():
+    from lnref.testing import check_init
+
+    def ones_for_omega(config, seed):
+        params = lnref_initialization()(config, seed)
+        return {n: (np.ones_like(v) if ".omega_" in n else v) for n, v in params.items()}
+
+    with pytest.raises(AssertionError) as failed:
+        check_init(ones_for_omega, "admin", 2)
+    off = {line.split(":")[0] for line in str(failed.value).splitlines()[1:]}
+    assert off == {f"layers.{l}.omega_{b}" for l in range(2) for b in ("attn", "ffn")} - {"layers.0.omega_attn"}
+
+
+def test_check_init_names_missing_and_extra_tensors():
+    from lnref.testing import check_init
+
+    def renamed(config, seed):
+        params = dict(lnref_initialization()(config, seed))
+        params["final_norm.gamma"] = params.pop("final_ln.gamma")
+        return params
+
+    with pytest.raises(AssertionError, match=r"final_ln\.gamma: missing(.|\n)*final_norm\.gamma: extra"):
+        check_init(renamed, "pre", 1)
