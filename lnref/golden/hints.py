@@ -57,14 +57,22 @@ def diagnose(golden: Golden, results: Sequence[TensorResult], actual: Arrays, re
     """Every hint that the evidence supports, as sentences (none when nothing failed)."""
     if not any(r.status in ("FAIL", "shape") for r in results):
         return []
-    found = [
-        gelu_flavour(golden, results, recompare),
-        other_eps(golden, results, recompare),
-        untransposed_weights(golden, results, recompare),
-        transposed_gradients(golden, results, actual, recompare),
-        *final_norm(golden, results, actual, recompare),
-    ]
+    found: list[str | None] = []
+    for hint in (gelu_flavour, other_eps, untransposed_weights):
+        found.append(_unless_unbuildable(lambda hint=hint: hint(golden, results, recompare)))
+    found.append(transposed_gradients(golden, results, actual, recompare))
+    found.extend(_unless_unbuildable(lambda: final_norm(golden, results, actual, recompare)) or [])
     return [hint for hint in found if hint is not None]
+
+
+def _unless_unbuildable(hint: Callable[[], Any]) -> Any:
+    """The hint, or None where its mistaken model is one the scheme refuses (ConfigError)."""
+    from lnref.model import ConfigError
+
+    try:
+        return hint()
+    except ConfigError:
+        return None
 
 
 def gelu_flavour(golden: Golden, results: Sequence[TensorResult], recompare: Recompare) -> str | None:
