@@ -7,11 +7,14 @@ from collections.abc import Sequence
 from lnref.schemes import get_scheme, stream_names
 
 FORMAT_NAME = "lnref-golden"
-FORMAT_VERSION = 3  # what changed at each version: compat.py
+FORMAT_VERSION = 4  # what changed at each version: compat.py
 CONFIG_ENTRY = "config"
 EXTENSIONS = (".npz", ".safetensors")
 LOSS_DEFINITION = "sum(y * dy)"
 WEIGHT_LAYOUT = "y = x @ W + b, W of shape (d_in, d_out)"
+# Where the stored parameters are: the model's initialization, or a generic point (every tensor
+# moved by 0.1 rms N(0, 1), as the gradient checker moves them).
+POINTS = ("init", "generic")
 
 # Weight matrices (as opposed to biases, gains and scheme vectors): the names that
 # ``--transpose-weights`` transposes for frameworks storing (d_out, d_in).
