@@ -12,6 +12,7 @@ from lnref import gradcheck as checker
 from lnref import norms
 from lnref.autograd import PRIMITIVES, kernels, ops
 from lnref.gradcheck import check_vjp
+from lnref.model import refusal
 
 NEW_KINDS = ("dyt", "scalenorm", "derf")
 SMALL = dict(d_model=8, n_heads=2, d_ff=16)
@@ -209,8 +210,8 @@ def test_pre_and_post_ln_pass_the_gradient_check_with_the_kind(kind, mode, schem
 
 
 @pytest.mark.parametrize("kind", NEW_KINDS)
-@pytest.mark.parametrize("scheme", lnref.SCHEMES)
-def test_every_scheme_passes_the_blockwise_check_with_the_kind(kind, scheme):
+@pytest.mark.parametrize("scheme", [s for s in lnref.SCHEMES if refusal(s, norm="dyt") is None])
+def test_every_scheme_that_takes_a_norm_passes_the_blockwise_check_with_the_kind(kind, scheme):
     model = lnref.build(scheme, n_layers=3, norm=kind, cross_attention=True, **SMALL)
     report = checker.gradcheck(model, mode="blockwise", batch=2, seq=4, workers=1)
     assert report.ok, report.to_text()

@@ -20,68 +20,18 @@ torch = pytest.importorskip(
 )
 
 import torch_port  # noqa: E402  (imports torch)
+from agreement import assert_agrees, disagreements, export, group, stored  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-import lnref  # noqa: E402
 from lnref.cli import main  # noqa: E402
-from lnref.golden import compare_files, export_golden  # noqa: E402
+from lnref.golden import compare_files  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
-RTOL = 1e-10
 FORMAT_1_GELU = Path(__file__).parents[1] / "data" / "golden-format1-pre-gelu.npz"
 LISTED = ("post", "pre", "residual", "b2t", "deepnorm", "admin")
 FURTHER = ("sandwich", "peri", "mixln", "dlcl", "rezero")
 DEPTHS = (1, 6, 48)
-SMALL = dict(d_model=16, n_heads=2, d_ff=64)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tensors this small gain nothing from threads, and on a busy machine torch's
-    thread pool costs 30x; restore the setting for whatever runs next."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def export(tmp_path, scheme, layers, **options):
-    path = tmp_path / f"{scheme}-{layers}.npz"
-    export_golden(lnref.build(scheme, layers, **SMALL, **options), path, batch=2, seq=8)
-    return path
-
-
-def stored(path):
-    return torch_port.read_golden(path)[1]
-
-
-def group(name):
-    head, slash, tail = name.rpartition("/")
-    return head + slash + tail.rpartition(".")[0] if "." in tail else name
-
-
-def disagreements(expected, actual, rtol=RTOL):
-    """{name: max|a - e| / scale} for every tensor of ``actual`` beyond ``rtol``."""
-    scales = {}
-    for name, value in expected.items():
-        if name != "config":
-            scales[group(name)] = max(scales.get(group(name), 0.0), float(np.max(np.abs(value))))
-    failing = {}
-    for name, value in actual.items():
-        error = float(np.max(np.abs(value - expected[name])))
-        scale = scales[group(name)]
-        if not error <= rtol * scale:
-            failing[name] = error / scale if scale else float("inf")
-    return failing
-
-
-def assert_agrees(path):
-    expected, actual = stored(path), torch_port.evaluate(path)
-    predicted = {"y", "loss", "grads/input", *(n for n in expected if n.startswith(("grads/", "hidden/")))}
-    assert set(actual) == predicted
-    failing = disagreements(expected, actual)
-    assert not failing, f"torch disagrees beyond {RTOL:g}: {dict(list(failing.items())[:5])}"
 
 
 # ----- agreement -------------------------------------------------------------------------

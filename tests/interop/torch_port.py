@@ -11,20 +11,30 @@ sublayer S is one of
 and a layer applies them in the order A, (C,) F. Weights are (d_in, d_out): y = x @ W + b.
 The config's "gelu" is the exact x Phi(x), torch's default, and "gelu_tanh" the tanh
 approximation; files of format version 1 called the tanh approximation "gelu".
+
+The schemes are functions ``scheme(m, x) -> (y, states)`` of a :class:`Transformer` m (its
+sublayers, norms and parameters), one per scheme: torch_schemes.py holds the first eleven,
+torch_family.py the rest. The norm kinds, QK-norm variants and activations are in
+torch_norms.py.
 """
 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch_family
+import torch_schemes
+from torch_norms import NORM_KINDS, QK_NORMS, activation, per_head
+
+SCHEMES = {**torch_schemes.SCHEMES, **torch_family.SCHEMES}
+STREAMS = {**torch_schemes.STREAMS, **torch_family.STREAMS}
 
 
 def read_golden(path):
-    """(config document, {name: numpy array}) of an .npz golden file."""
+    """(config document, {name: numpy array}) of an .npz golden file, its activation named
+    as format version 2 names it."""
     with np.load(path, allow_pickle=False) as data:
         arrays = {name: data[name] for name in data.files}
     config = json.loads(arrays.pop("config").tobytes().decode("utf-8"))
@@ -34,200 +44,99 @@ def read_golden(path):
 
 
 class Transformer:
-    """One stack, parameters given as a dict of torch tensors keyed by lnref's names."""
+    """One stack's pieces, parameters given as a dict of torch tensors keyed by lnref's names."""
 
     def __init__(self, config, params, memory=None):
         self.c = config
         self.p = params
         self.memory = memory
         self.d = config["d_model"]
+        self.heads = config["n_heads"]
+        self.n_layers = config["n_layers"]
+        self.act = activation(config["activation"])
+        self.qk_norm = QK_NORMS[config.get("qk_norm", "none")]  # absent from files older than the switch
         self.branches = ["attn"] + (["cross"] if config["cross_attention"] else []) + ["ffn"]
+        self.groups = {}  # "layers.3.ln_attn" -> {"gamma": ..., "beta": ...}
+        for name, value in params.items():
+            group, _, short = name.rpartition(".")
+            self.groups.setdefault(group, {})[short] = value
+
+    def option(self, name, default):
+        """A scheme's own option: the file's config stores only those set away from the default."""
+        return self.c.get("options", {}).get(name, default)
+
+    def norm(self, name, x, heads=False):
+        """The norm ``name`` (``layers.3.ln_attn``) of the configured kind; ``heads``: over each
+        head's d_h features on its own."""
+        p = self.groups[name]
+        kind = NORM_KINDS[self.c["norm"]]
+        if heads:
+            return per_head(lambda t: kind(t, p, self.c["eps"]), x, self.heads)
+        return kind(x, p, self.c["eps"])
 
     # -- sublayers --
 
-    def sublayer(self, layer, branch, x):
+    def sublayer(self, layer, branch, x, **pieces):
+        """Branch ``branch`` (attn, cross, ffn) of layer ``layer`` on x; ``pieces`` (as below)
+        name norms and parameters of the layer: ``heads_norm="ln_inner"`` is layers.{layer}.ln_inner."""
         prefix = f"layers.{layer}.{branch}."
+        pieces = {key: f"layers.{layer}.{name}" for key, name in pieces.items()}
         if branch == "ffn":
-            return self.feed_forward(prefix, x)
+            return self.feed_forward(prefix, x, **pieces)
         source = self.memory if branch == "cross" else x
-        return self.attention(prefix, x, source, causal=self.c["causal"] and branch == "attn")
+        return self.attention(prefix, x, source, causal=self.c["causal"] and branch == "attn", **pieces)
 
-    def attention(self, prefix, x, source, causal):
+    def attention(
+        self, prefix, x, source, causal, q_norm=None, k_norm=None, v_norm=None, head_scale=None, heads_norm=None
+    ):
+        """A(x) = N_heads(MHA(N_q(Q), N_k(K), N_v(V)) * head_scale) W_o + b_o, each piece optional.
+
+        N_q, N_k, N_v: names of norms over each head's d_h features; head_scale: the name of a
+        parameter of one gain per head; N_heads: a norm over the concatenated heads (d features).
+        The model's QK-norm switch (torch_norms.QK_NORMS) then acts on every attention.
+        """
         p = {name: self.p[prefix + name] for name in ("wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo")}
-        heads = self.c["n_heads"]
-        head_dim = self.d // heads
+        q, k, v = x @ p["wq"] + p["bq"], source @ p["wk"] + p["bk"], source @ p["wv"] + p["bv"]
+        q = q if q_norm is None else self.norm(q_norm, q, heads=True)
+        k = k if k_norm is None else self.norm(k_norm, k, heads=True)
+        v = v if v_norm is None else self.norm(v_norm, v, heads=True)
+
+        def norm(name, t):  # the QK-norm switch's parameters sit under the sublayer: layers.3.attn.q_norm
+            return self.norm(prefix + name, t)
+
+        q, k, v, scale = self.qk_norm(q, k, v, self.heads, norm, lambda name: self.p[prefix + name])
 
         def split(t):  # (B, T, d) -> (B, H, T, d_h)
-            return t.reshape(t.shape[0], t.shape[1], heads, head_dim).transpose(1, 2)
+            return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
-        q = split(x @ p["wq"] + p["bq"])
-        k = split(source @ p["wk"] + p["bk"])
-        v = split(source @ p["wv"] + p["bv"])
-        scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim)
+        scores = scale * (split(q) @ split(k).transpose(-2, -1))
         if causal:
             future = torch.ones(scores.shape[-2:], dtype=torch.bool).triu(diagonal=1)
             scores = scores.masked_fill(future, float("-inf"))
-        context = torch.softmax(scores, dim=-1) @ v
-        merged = context.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.d)
+        heads = torch.softmax(scores, dim=-1) @ split(v)  # (B, H, T, d_h)
+        if head_scale is not None:
+            heads = heads * self.p[head_scale].reshape(-1, 1, 1)
+        merged = heads.transpose(1, 2).flatten(-2)  # (B, T, d)
+        if heads_norm is not None:
+            merged = self.norm(heads_norm, merged)
         return merged @ p["wo"] + p["bo"]
 
-    def feed_forward(self, prefix, x):
-        hidden = x @ self.p[prefix + "w1"] + self.p[prefix + "b1"]
-        activation = self.c["activation"]
-        if activation == "relu":
-            hidden = torch.relu(hidden)
-        elif activation == "gelu":
-            hidden = F.gelu(hidden)  # torch's default: the exact erf form
-        elif activation == "gelu_tanh":
-            hidden = F.gelu(hidden, approximate="tanh")
-        else:
-            raise ValueError(f"unknown activation {activation!r}")
+    def feed_forward(self, prefix, x, hidden_norm=None):
+        """F(x) = N_h(act(x W_1 + b_1)) W_2 + b_2, N_h (over d_ff features) optional."""
+        hidden = self.act(x @ self.p[prefix + "w1"] + self.p[prefix + "b1"])
+        if hidden_norm is not None:
+            hidden = self.norm(hidden_norm, hidden)
         return hidden @ self.p[prefix + "w2"] + self.p[prefix + "b2"]
 
-    def norm(self, name, x):
-        gamma = self.p[name + ".gamma"]
-        if self.c["norm"] == "rmsnorm":
-            return F.rms_norm(x, (self.d,), gamma, eps=self.c["eps"])
-        return F.layer_norm(x, (self.d,), gamma, self.p[name + ".beta"], eps=self.c["eps"])
+    # -- a stack of one-stream layers --
 
-    # -- the schemes: each returns (y, states), states[l] the tuple entering layer l --
-
-    def forward(self, x):
-        return getattr(self, "scheme_" + self.c["scheme"])(x)
-
-    def _stack(self, x, layer_fn):
+    def stack(self, x, layer_fn):
+        """(x_L, states) for x_{l+1} = layer_fn(l, x_l); states[l] = (x_l,)."""
         states = [(x,)]
-        for layer in range(self.c["n_layers"]):
+        for layer in range(self.n_layers):
             x = layer_fn(layer, x)
             states.append((x,))
         return x, states
-
-    def scheme_post(self, x):
-        """Vaswani et al. 2017: x <- LN(x + S(x)); no final LN."""
-
-        def layer_fn(l, x):
-            for b in self.branches:
-                x = self.norm(f"layers.{l}.ln_{b}", x + self.sublayer(l, b, x))
-            return x
-
-        return self._stack(x, layer_fn)
-
-    def scheme_pre(self, x):
-        """Xiong et al. 2020: x <- x + S(LN(x)); y = LN_final(x_L)."""
-
-        def layer_fn(l, x):
-            for b in self.branches:
-                x = x + self.sublayer(l, b, self.norm(f"layers.{l}.ln_{b}", x))
-            return x
-
-        x, states = self._stack(x, layer_fn)
-        return self.norm("final_ln", x), states
-
-    def scheme_residual(self, x):
-        """Xie et al. 2023: a = S(x_a); x_d += a; x_a = LN(x_a + a); y = x_a + LN(x_d)."""
-        x_a, x_d = x, x
-        states = [(x_a, x_d)]
-        for l in range(self.c["n_layers"]):
-            for b in self.branches:
-                out = self.sublayer(l, b, x_a)
-                x_d = x_d + out
-                x_a = self.norm(f"layers.{l}.ln_{b}", x_a + out)
-            states.append((x_a, x_d))
-        return x_a + self.norm("final_ln", x_d), states
-
-    def scheme_b2t(self, x):
-        """Takase et al. 2023: the layer input joins before the layer's last LN."""
-
-        def layer_fn(l, x):
-            bottom = x
-            for b in self.branches[:-1]:
-                x = self.norm(f"layers.{l}.ln_{b}", x + self.sublayer(l, b, x))
-            last = self.branches[-1]
-            return self.norm(f"layers.{l}.ln_{last}", x + self.sublayer(l, last, x) + bottom)
-
-        return self._stack(x, layer_fn)
-
-    def scheme_admin(self, x):
-        """Liu et al. 2020: x <- LN(omega * x + S(x)), omega a per-dimension vector."""
-
-        def layer_fn(l, x):
-            for b in self.branches:
-                omega = self.p[f"layers.{l}.omega_{b}"]
-                x = self.norm(f"layers.{l}.ln_{b}", omega * x + self.sublayer(l, b, x))
-            return x
-
-        return self._stack(x, layer_fn)
-
-    def scheme_deepnorm(self, x):
-        """Wang et al. 2022: x <- LN(alpha x + S(x)), alpha = (2N)^(1/4), decoders (3M)^(1/4)."""
-        n = self.c["n_layers"]
-        alpha = (3 * n) ** 0.25 if self.c["cross_attention"] else (2 * n) ** 0.25
-
-        def layer_fn(l, x):
-            for b in self.branches:
-                x = self.norm(f"layers.{l}.ln_{b}", alpha * x + self.sublayer(l, b, x))
-            return x
-
-        return self._stack(x, layer_fn)
-
-    def _sandwich_layer(self, l, x):
-        for b in self.branches:
-            inner = self.sublayer(l, b, self.norm(f"layers.{l}.ln_{b}", x))
-            x = x + self.norm(f"layers.{l}.ln_{b}_out", inner)
-        return x
-
-    def scheme_sandwich(self, x):
-        """Ding et al. 2021: x <- x + LN_out(S(LN(x))); y = LN_final(x_L)."""
-        x, states = self._stack(x, self._sandwich_layer)
-        return self.norm("final_ln", x), states
-
-    def scheme_peri(self, x):
-        """Kim et al. 2025: Sandwich layers between an embedding LN and a final LN."""
-        x, states = self._stack(self.norm("embed_ln", x), self._sandwich_layer)
-        return self.norm("final_ln", x), states
-
-    def scheme_mixln(self, x):
-        """Li et al. 2024: the first floor(alpha L) layers Post-LN, the rest Pre-LN; final LN."""
-        post_layers = math.floor(self.c["post_fraction"] * self.c["n_layers"])
-
-        def layer_fn(l, x):
-            for b in self.branches:
-                name = f"layers.{l}.ln_{b}"
-                if l < post_layers:
-                    x = self.norm(name, x + self.sublayer(l, b, x))
-                else:
-                    x = x + self.sublayer(l, b, self.norm(name, x))
-            return x
-
-        x, states = self._stack(x, layer_fn)
-        return self.norm("final_ln", x), states
-
-    def scheme_dlcl(self, x):
-        """Wang et al. 2019: x_{l+1} = sum_k W_{l+1,k} n_k, n_0 = x, n_k = LN(y_k), Pre-LN layers."""
-        outputs = [x]
-        states = [(x, *outputs)]
-        for l in range(self.c["n_layers"]):
-            y = x
-            for b in self.branches:
-                y = y + self.sublayer(l, b, self.norm(f"layers.{l}.ln_{b}", y))
-            outputs.append(self.norm(f"layers.{l}.ln_out", y))
-            weights = self.p[f"layers.{l}.dlcl_weights"]
-            x = sum(weights[k] * n for k, n in enumerate(outputs))
-            states.append((x, *outputs))
-        return self.norm("final_ln", x), states
-
-    def scheme_rezero(self, x):
-        """Bachlechner et al. 2020: x <- x + alpha_l S(x), no normalization."""
-
-        def layer_fn(l, x):
-            for b in self.branches:
-                x = x + self.p[f"layers.{l}.alpha"] * self.sublayer(l, b, x)
-            return x
-
-        return self._stack(x, layer_fn)
-
-
-STREAMS = {"residual": lambda layer: ("x_a", "x_d"), "dlcl": lambda layer: ("x", *(f"n_{k}" for k in range(layer + 1)))}
 
 
 def evaluate(path, **overrides):
@@ -244,7 +153,8 @@ def evaluate(path, **overrides):
     memory = torch.tensor(arrays["memory"], requires_grad=True) if "memory" in arrays else None
     dy = torch.tensor(arrays["dy"])
 
-    y, states = Transformer(config, params, memory).forward(x)
+    model = Transformer(config, params, memory)
+    y, states = SCHEMES[config["scheme"]](model, x)
     loss = (y * dy).sum()
     loss.backward()
 
