@@ -19,10 +19,12 @@ the stream, which a norm divides out up to its eps: LN(n x, eps) = LN(x, eps / n
     = 0.01 at init (the static connections alone, as above).
 
 Parameters: ``hc_{S}.{am,ar,b}``, and ``hc_{S}.{wm,wr,wb,s_alpha,s_beta}`` when dynamic. No
-official code is public: the equations are read from the paper (arXiv 2409.19606v3, Sec. 2.1-2.3,
-the matrix HC = [[0, B], [A_m, A_r]] and its Pre-Norm-equivalent init, Eq. 14), as summarized in
-lnref's notes and in lucidrains/hyper-connections; the paper's own runs take n = 4 (its x4
-models), lnref's default. tanh(z) is computed as 1 - 2 / (e^{2z} + 1) with z held to [-20, 20],
+official code is public. The equations follow the paper (arXiv 2409.19606, Sec. 2.1-2.3: the
+matrix HC = [[0, B], [A_m, A_r]], its dynamic form and the Pre-Norm-equivalent init of Eq. 14)
+as lnref's notes record them, checked there against lucidrains/hyper-connections @4775103 (not
+the authors'); the stored copy of the paper shows its opening only, and third-party summaries
+of it agree. The paper's runs take n = 4 (its x4 models), lnref's default.
+tanh(z) is computed as 1 - 2 / (e^{2z} + 1) with z held to [-20, 20],
 where tanh is +-1 in double precision.
 """
 

@@ -19,12 +19,13 @@ round the columns sum to 1 to rounding and the rows to within the iteration's co
 
 Parameters: ``mhc_{S}.{phi_pre, phi_post}`` (n d, n), ``mhc_{S}.phi_res`` (n d, n^2),
 ``mhc_{S}.{alpha_pre, alpha_post, alpha_res}`` (), ``mhc_{S}.{b_pre, b_post}`` (n,),
-``mhc_{S}.b_res`` (n, n). Init: the gating factors a = 0.01 (the paper's), phi = 0 (as HC's
-dynamic weights), b_pre = -log(n - 1) (H_pre = 1/n), b_post = 0 (H_post = 1), b_res = 0 (H_res =
-J/n): every copy starts as Pre-LN's stream, as with ``hyper``. The biases' init is lnref's
-choice: the text read gives none. No official code is public: the equations are read from the
-paper (arXiv 2512.24880, Sec. 4.1-4.2, Eq. 6-8, and its hyper-parameter table), as summarized in
-lnref's notes and the stored reviews of the paper; n >= 2. DeepSeek-V4's implementation differs
+``mhc_{S}.b_res`` (n, n). Init: the gating factors a = 0.01 (HC's s, and the value reviews
+of the paper give), phi = 0 (as HC's dynamic weights), b_pre = -log(n - 1) (H_pre = 1/n),
+b_post = 0 (H_post = 1), b_res = 0 (H_res = J/n): every copy starts as Pre-LN's stream, as with
+``hyper``. The biases' init is lnref's choice: the text read gives none. No official code is
+public: the equations (Eq. 6-8 of arXiv 2512.24880, Sec. 4.1-4.2; t_max = 20) are read from
+stored reviews and reimplementations that quote them, as lnref's notes summarize the paper; the
+stored copy of the paper itself was not found. n >= 2. DeepSeek-V4's implementation differs
 (Sinkhorn from a softmax plus an epsilon, an epsilon on H_pre); lnref follows the paper.
 """
 
