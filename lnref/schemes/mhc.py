@@ -16,6 +16,8 @@ SinkhornKnopp(M~): M = exp(M~), then ``sinkhorn_iterations`` (20, the paper's t_
 dividing each row by its sum and then each column by its sum, unrolled on the tape, so the
 gradient is the derivative of those iterations (not of the exact projection). After the last
 round the columns sum to 1 to rounding and the rows to within the iteration's convergence.
+The first sublayer sees n equal copies, which any mixing with unit row sums leaves as they are:
+its H_res parameters have no gradient (the gradient checker reports them unresolved).
 
 Parameters: ``mhc_{S}.{phi_pre, phi_post}`` (n d, n), ``mhc_{S}.phi_res`` (n d, n^2),
 ``mhc_{S}.{alpha_pre, alpha_post, alpha_res}`` (), ``mhc_{S}.{b_pre, b_post}`` (n,),
