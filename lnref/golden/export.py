@@ -53,7 +53,7 @@ def golden_arrays(
     if memory is not None:
         arrays["grads/memory"] = grads["memory"]
     for layer, state in enumerate(states):
-        names = hidden_streams(model.config.scheme, layer)
+        names = hidden_streams(model.config.scheme, layer, model.config)
         if len(names) != len(state):
             raise GoldenError(
                 f"layer {layer} of {model.config.scheme} carries {len(state)} streams; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from lnref.schemes import get_scheme, stream_names
 
@@ -25,10 +26,11 @@ class GoldenError(ValueError):
     """A golden file (or a file to compare) that cannot be used; one line, exit code 2."""
 
 
-def hidden_streams(scheme: str, layer: int) -> tuple[str, ...]:
+def hidden_streams(scheme: str, layer: int, config: Any = None) -> tuple[str, ...]:
     """Names of the arrays making up the state that enters ``layer``, as the scheme declares
-    them (its ``STREAMS`` or ``streams(layer)``; one stream "x" by default)."""
-    return stream_names(get_scheme(scheme), layer)
+    them (its ``STREAMS`` or ``streams(layer, config)``; one stream "x" by default); ``config``
+    the model's (its options can set the number of streams), None for the defaults."""
+    return stream_names(get_scheme(scheme), layer, config)
 
 
 def hidden_name(layer: int, stream: str) -> str:

@@ -69,7 +69,10 @@ class Golden:
     def hidden(self) -> list[dict[str, np.ndarray]]:
         """hidden[l][stream]: the state entering layer l (l = n_layers: the last output)."""
         return [
-            {stream: self.arrays[hidden_name(layer, stream)] for stream in hidden_streams(self.config.scheme, layer)}
+            {
+                stream: self.arrays[hidden_name(layer, stream)]
+                for stream in hidden_streams(self.config.scheme, layer, self.config)
+            }
             for layer in range(self.config.n_layers + 1)
         ]
 

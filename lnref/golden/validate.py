@@ -180,7 +180,7 @@ def expected_shapes(model: Model, batch: int, seq: int, memory_len: int | None) 
     if cfg.cross_attention:
         shapes["grads/memory"] = shapes["memory"]
     for layer in range(cfg.n_layers + 1):
-        shapes.update({hidden_name(layer, stream): activations for stream in hidden_streams(cfg.scheme, layer)})
+        shapes.update({hidden_name(layer, stream): activations for stream in hidden_streams(cfg.scheme, layer, cfg)})
     return shapes
 
 
