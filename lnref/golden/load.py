@@ -33,6 +33,8 @@ class Golden:
     lnref_version: str
     format_version: int
     arrays: dict[str, np.ndarray] = field(repr=False)
+    point: str = "init"  # the parameters: the model's initialization, or a generic point
+    rounded_to: str | None = None  # the low precision of the inputs and parameters, if any
 
     @property
     def x(self) -> np.ndarray:
@@ -67,7 +69,10 @@ class Golden:
     def hidden(self) -> list[dict[str, np.ndarray]]:
         """hidden[l][stream]: the state entering layer l (l = n_layers: the last output)."""
         return [
-            {stream: self.arrays[hidden_name(layer, stream)] for stream in hidden_streams(self.config.scheme, layer)}
+            {
+                stream: self.arrays[hidden_name(layer, stream)]
+                for stream in hidden_streams(self.config.scheme, layer, self.config)
+            }
             for layer in range(self.config.n_layers + 1)
         ]
 
@@ -117,14 +122,19 @@ def _load(path: PathLike) -> tuple[Golden, Model]:
     document = compat.upgrade(written)
     config = validate.model_config(path, document.get("model"))
     batch, seq, memory_len = validate.input_sizes(path, document.get("inputs"), config)
+    point, rounded_to = validate.point_and_precision(path, document, config)
     validate.check_values(path, arrays, config.dtype)
     validate.check_size_bounds(path, arrays, config)
     model = Model(config)
     expected = validate.expected_shapes(model, batch, seq, memory_len)
     validate.check_entries(path, arrays, expected)
+    if rounded_to is not None:
+        validate.check_rounded(path, arrays, rounded_to)
     version = str(document.get("lnref_version", "?"))
     selected = {name: arrays[name] for name in expected}
-    golden = Golden(path, config, batch, seq, memory_len, version, written["format_version"], selected)
+    golden = Golden(
+        path, config, batch, seq, memory_len, version, written["format_version"], selected, point, rounded_to
+    )
     return golden, model
 
 

@@ -18,12 +18,14 @@ from lnref.golden.containers import ConfigEntry
 from lnref.golden.format import (
     CONFIG_ENTRY,
     FORMAT_NAME,
+    POINTS,
     GoldenError,
     first_names,
     hidden_name,
     hidden_streams,
     one_line,
 )
+from lnref.golden.precision import ROUNDED_DTYPES, representable
 
 if TYPE_CHECKING:
     from lnref.model import Config, Model
@@ -110,6 +112,31 @@ def input_sizes(path: str, inputs: object, config: Config) -> tuple[int, int, in
     return sizes[0], sizes[1], memory_len
 
 
+def point_and_precision(path: str, document: dict[str, Any], config: Config) -> tuple[str, str | None]:
+    """(point, rounded_to) of a document in the current format: where the parameters are, and
+    the low precision the inputs and parameters were rounded to (None: not rounded)."""
+    point, rounded_to = document.get("point"), document.get("rounded_to")
+    if point not in POINTS:
+        raise GoldenError(f"{path}: config point must be one of {', '.join(POINTS)}, got {point!r}")
+    if rounded_to is not None and rounded_to not in ROUNDED_DTYPES:
+        raise GoldenError(
+            f"{path}: config rounded_to must be null or one of {', '.join(ROUNDED_DTYPES)}, got {rounded_to!r}"
+        )
+    if rounded_to is not None and config.dtype != "float64":
+        raise GoldenError(
+            f"{path}: inputs rounded to {rounded_to} need a float64 model, the config says {config.dtype}"
+        )
+    return point, rounded_to
+
+
+def check_rounded(path: str, arrays: dict[str, np.ndarray], rounded_to: str) -> None:
+    """The inputs and parameters of a file rounded to a low precision hold values of it."""
+    for name, value in arrays.items():
+        if name in ("x", "dy", "memory") or name.startswith("params/"):
+            if not representable(value, rounded_to):
+                raise GoldenError(f"{path}: {name} holds values that are not {rounded_to}, as the config says")
+
+
 def check_values(path: str, arrays: dict[str, np.ndarray], dtype: str) -> None:
     """Every array of the config's dtype and finite."""
     for name, value in arrays.items():
@@ -153,7 +180,7 @@ def expected_shapes(model: Model, batch: int, seq: int, memory_len: int | None) 
     if cfg.cross_attention:
         shapes["grads/memory"] = shapes["memory"]
     for layer in range(cfg.n_layers + 1):
-        shapes.update({hidden_name(layer, stream): activations for stream in hidden_streams(cfg.scheme, layer)})
+        shapes.update({hidden_name(layer, stream): activations for stream in hidden_streams(cfg.scheme, layer, cfg)})
     return shapes
 
 
