@@ -51,6 +51,7 @@ _REGISTRY = (
     ("reordered", "GROWTH"),
     ("reordered", "IDENTITY"),
     ("dyt", "CLAIM"),
+    ("ngpt", "CLAIM"),
 )
 
 

@@ -31,7 +31,7 @@ class Event:
     """
 
     layer: int
-    kind: str  # "branch" or "norm"
+    kind: str  # "branch", "norm" or "piece"
     name: str
     input: Tensor
     output: Tensor
@@ -39,11 +39,15 @@ class Event:
 
 class _RecordingLayer:
     """A layer view whose branches and norms log their inputs and outputs, otherwise the
-    model's own view (the scheme sees no difference)."""
+    model's own view (the scheme sees no difference). With ``pieces``, the functions a scheme
+    hands a branch itself (nGPT's normalized queries and keys) log theirs too, as kind "piece"
+    named "<branch>.<piece>"; they are off by default because the claims that walk the events in
+    order expect a norm after each branch."""
 
-    def __init__(self, layer, events):
+    def __init__(self, layer, events, pieces=False):
         self._layer = layer
         self._events = events
+        self._pieces = pieces
         self.branches = [(name, self._recorded_branch(name, fn)) for name, fn in layer.branches]
 
     def __getattr__(self, attribute):
@@ -51,11 +55,24 @@ class _RecordingLayer:
 
     def _recorded_branch(self, name, function):
         def branch(x, **pieces):
+            if self._pieces:
+                pieces = {
+                    key: self._recorded_piece(f"{name}.{key}", piece) if callable(piece) else piece
+                    for key, piece in pieces.items()
+                }
             out = function(x, **pieces)
             self._events.append(Event(self._layer.index, "branch", name, x, out))
             return out
 
         return branch
+
+    def _recorded_piece(self, name, function):
+        def piece(x):
+            out = function(x)
+            self._events.append(Event(self._layer.index, "piece", name, x, out))
+            return out
+
+        return piece
 
     def norm(self, name, x):
         out = self._layer.norm(name, x)
@@ -63,13 +80,14 @@ class _RecordingLayer:
         return out
 
 
-def recording_run(model, events, params=None, memory=None, frozen=None):
-    """A run of ``model`` whose layers append their branch and norm calls to ``events``."""
+def recording_run(model, events, params=None, memory=None, frozen=None, pieces=False):
+    """A run of ``model`` whose layers append their branch and norm calls (and, with
+    ``pieces``, the calls of the functions a scheme hands its branches) to ``events``."""
     return model.run(
         params,
         memory,
         freeze=None if frozen is None else frozen.hold(),
-        view=lambda run, index: _RecordingLayer(Layer(run, index), events),
+        view=lambda run, index: _RecordingLayer(Layer(run, index), events, pieces),
     )
 
 
@@ -94,7 +112,7 @@ class Trace:
         ]
 
 
-def trace(model, x, dy=None, memory=None, params=None, frozen=None, state=None, start=0, keep_tape=False):
+def trace(model, x, dy=None, memory=None, params=None, frozen=None, state=None, start=0, keep_tape=False, pieces=False):
     """Run ``model`` (from ``x``, or from ``state`` entering layer ``start``) recording every
     branch and norm call; with ``dy``, also backpropagate loss = sum(y * dy) and keep the
     gradient of every recorded tensor and every state. With ``keep_tape`` (and no ``dy``)
@@ -102,9 +120,10 @@ def trace(model, x, dy=None, memory=None, params=None, frozen=None, state=None, 
 
     ``frozen`` (a :class:`lnref.views.Freezer`, see :func:`record_frozen`) holds the ReLU
     patterns of its point, so finite differences stay on the smooth piece of the network.
+    ``pieces`` records the functions a scheme hands its branches (see :class:`_RecordingLayer`).
     """
     events = []
-    run = recording_run(model, events, params, memory, frozen)
+    run = recording_run(model, events, params, memory, frozen, pieces)
     differentiate = dy is not None or keep_tape  # otherwise nothing is recorded on the tape
     with Tape() as tape:
         if state is None:
