@@ -52,6 +52,7 @@ _REGISTRY = (
     ("reordered", "IDENTITY"),
     ("dyt", "CLAIM"),
     ("ngpt", "CLAIM"),
+    ("siamese", "CLAIM"),
 )
 
 
