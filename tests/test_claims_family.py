@@ -3,17 +3,17 @@ machinery (a model seen through a Network, Adam's first step, the exact first-or
 block Jacobian's probe estimate), and one negative control per proofs/ file: a prediction the
 derivation rejects, applied on purpose, fails and is reported as contradicting proofs/.
 
-The session's ``lnref prove --all --quick`` (tests/test_claims.py) checks every claim's own
-verdict against its proofs/ file."""
+The test suite's one run of ``lnref prove --all --quick`` (tests/test_claims.py) checks every
+claim's own verdict against its proofs/ file."""
 
 import numpy as np
 import pytest
 
 import lnref
 from lnref.autograd import Tape, Tensor
-from lnref.claims import adam, dslm, dyt, lns, normformer, qk_norm, reordered, subln, tfixup
+from lnref.claims import adam, dslm, dyt, lns, ngpt, normformer, qk_norm, reordered, siamese, subln, tfixup
 from lnref.claims.perturb import network, output_tangent, weight_names
-from lnref.claims.trace import block_jacobian_deviation
+from lnref.claims.trace import block_jacobian_deviation, trace
 from lnref.claims.updates import adam_direction, sweep
 from lnref.optim import Adam
 
@@ -86,6 +86,15 @@ def test_block_jacobian_probes_estimate_the_exact_deviation():
     target = np.linalg.norm(exact - np.eye(x.size)) / np.sqrt(x.size)
     estimate = block_jacobian_deviation(model, (x,), 0, 2000, np.random.default_rng(0))
     assert estimate == pytest.approx(target, rel=0.05)
+
+
+def test_trace_with_pieces_records_the_queries_and_keys_a_scheme_hands_its_attention():
+    model = lnref.build("ngpt", 2, d_model=8, n_heads=2, d_ff=16, seed=0)
+    x, _, _ = model.sample_inputs(batch=1, seq=4)
+    traced = trace(model, x, pieces=True)
+    names = [(e.layer, e.name) for e in traced.select("piece")]
+    assert names == [(0, "attn.q_norm"), (0, "attn.k_norm"), (1, "attn.q_norm"), (1, "attn.k_norm")]
+    assert not trace(model, x).select("piece")
 
 
 def test_block_jacobian_deviation_of_an_identity_block_is_zero():
@@ -169,3 +178,14 @@ def test_swinv2_identity_applied_to_the_olmo2_init_fails():
 def test_dyt_tracking_ln_in_the_tails_fails():
     result = dyt.run(quick=True, law="tails")
     assert result.verdict == "refuted" and failing(result, "DyT tracks LN in the tails too")
+
+
+def test_ngpt_unit_sphere_and_logit_bounds_applied_to_pre_ln_fail():
+    result = ngpt.run(quick=True, scheme="pre")
+    assert result.verdict == "refuted" and failing(result, "pre: every state and sublayer input on the unit sphere")
+    assert failing(result, "pre: |attention logit| <=") and failing(result, "pre: |output logit| <=")
+
+
+def test_siamese_power_law_bound_applied_to_post_ln_fails():
+    result = siamese.run(quick=True, scheme="post")
+    assert result.verdict == "refuted" and failing(result, "post: bounded below by a power of L")
