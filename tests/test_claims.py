@@ -258,6 +258,38 @@ def test_every_claim_has_its_proof_file():
         assert f"({claim.proof})" in (proofs / "README.md").read_text()
 
 
+def test_every_claim_has_one_row_in_the_proofs_index_in_the_registrys_order():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "proofs" / "README.md").read_text()
+    rows = [line.split("`")[1] for line in readme.splitlines() if line.startswith("| [`")]
+    assert rows == [claim.id for claim in registry.all_claims()]
+
+
+# The index's figures come from the full sweep, too long for the suite; the claims whose full run
+# takes a few seconds are run again here, so a row edited by hand, or left behind by a changed
+# experiment, fails.
+FAST_FULL_CLAIMS = (
+    "ln-jacobian",
+    "peri-ffn-gradient",
+    "qk-norm-bounded-logits",
+    "reordered-swinv2-identity",
+    "ngpt-sphere",
+)
+
+
+@pytest.mark.parametrize("claim_id", FAST_FULL_CLAIMS)
+def test_proofs_index_row_is_what_the_full_measurement_prints(claim_id):
+    from pathlib import Path
+
+    from lnref.cli.prove import index_row
+
+    readme = (Path(__file__).resolve().parent.parent / "proofs" / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith(f"| [`{claim_id}`]")]
+    (result,) = registry.run_claims([registry.get(claim_id)])
+    assert row == index_row(result)
+
+
 @pytest.mark.parametrize("args", [(), ("no-such-claim",), ("--all", "ln-jacobian"), ("--all", "--json", "--markdown")])
 def test_prove_bad_input_is_one_line_and_exit_2(args):
     result = invoke(*args)

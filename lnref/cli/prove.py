@@ -120,15 +120,19 @@ def _verdict_note(result):
 
 def _markdown(results, command):
     rows = ["| claim | statement | verdict | measured |", "| --- | --- | --- | --- |"]
-    for result in results:
-        verdict = result.verdict + (" (contradicts proof!)" if result.contradicts_proof else "")
-        rows.append(
-            f"| [`{result.claim.id}`]({result.claim.proof}) | {_cell(result.claim.title)} | {verdict} | "
-            f"{_cell(result.measurement)} |"
-        )
+    rows += [index_row(result) for result in results]
     rows.append("")
     rows.append(f"Produced by `{command}`.")
     return "\n".join(rows)
+
+
+def index_row(result):
+    """The row of proofs/README.md's index for one claim's result."""
+    verdict = result.verdict + (" (contradicts proof!)" if result.contradicts_proof else "")
+    return (
+        f"| [`{result.claim.id}`]({result.claim.proof}) | {_cell(result.claim.title)} | {verdict} | "
+        f"{_cell(result.measurement)} |"
+    )
 
 
 def _cell(text):
