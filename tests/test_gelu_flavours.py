@@ -112,15 +112,22 @@ def test_a_format_1_gelu_file_compares_as_passed_with_what_from_golden_computes(
 def test_a_file_of_the_current_format_keeps_its_activation_name(tmp_path, activation):
     export_golden(lnref.build("pre", 1, activation=activation, **SMALL), tmp_path / "g.npz")
     golden = load_golden(tmp_path / "g.npz")
-    assert (golden.format_version, golden.config.activation) == (3, activation)
+    assert (golden.format_version, golden.config.activation) == (4, activation)
     assert from_golden(tmp_path / "g.npz").config.activation == activation
 
 
 def test_upgrading_a_format_1_document_leaves_the_document_read_untouched():
     written = {"format_version": 1, "model": {"activation": "gelu"}}
     assert upgrade(written) == {
-        "format_version": 3,
-        "model": {"activation": "gelu_tanh", "qk_norm": "none", "options": {}},
+        "format_version": 4,
+        "model": {
+            "activation": "gelu_tanh",
+            "qk_norm": "none",
+            "options": {},
+            "role": "stack",
+            "encoder_layers": 0,
+            "decoder_layers": 0,
+        },
     }
     assert written == {"format_version": 1, "model": {"activation": "gelu"}}
 

@@ -36,7 +36,9 @@ def export(output, memory_len, **options):
     """Write a golden file: config, x, dy, parameters, y, loss, every gradient, hidden states.
 
     The inputs x and dy (and the memory) are seeded normal samples from --seed; the file is
-    written atomically (a temporary file in the same directory, then renamed).
+    written atomically (a temporary file in the same directory, then renamed). With
+    --encoder-layers and --decoder-layers: an encoder-decoder model's file (source, target, dy,
+    and the memory the encoder computes).
     """
     if memory_len is not None and not options["cross_attention"]:
         fail("--memory-len needs --cross-attention")
@@ -45,10 +47,19 @@ def export(output, memory_len, **options):
 
         check_output_path(output)  # before building: Admin profiles at build time
         model = model_from_options(**options)
-        arrays = export_golden(model, output, batch=options["batch"], seq=options["seq"], memory_len=memory_len)
+        arrays = export_golden(
+            model,
+            output,
+            batch=options["batch"],
+            seq=options["seq"],
+            memory_len=memory_len,
+            source_len=options["source_len"],
+        )
+    from lnref.gradcheck.report import layers_text
+
     grads = sum(name.startswith("grads/") for name in arrays)
     params = sum(name.startswith("params/") for name in arrays)
-    layers = f"{options['layers']} layer{'s' if options['layers'] != 1 else ''}"
+    layers = layers_text(model.config)
     click.echo(
         f"wrote {output}: {options['scheme']}, {layers}, {options['dtype']}; {len(arrays)} arrays "
         f"({params} parameters, {grads} gradients, loss {float(arrays['loss']):.17g})"

@@ -22,13 +22,16 @@ from lnref.golden.format import (
 )
 
 if TYPE_CHECKING:
+    from lnref.encdec import EncoderDecoder
     from lnref.model import Model
 
 
-def golden_arrays(
-    model: Model, x: np.ndarray, dy: np.ndarray, memory: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
-    """Every array of a golden file, computed by ``model`` at (x, dy, memory), in file order."""
+def golden_arrays(model: Model | EncoderDecoder, x: Any, dy: np.ndarray, memory: Any = None) -> dict[str, np.ndarray]:
+    """Every array of a golden file, computed by ``model`` at (x, dy, memory), in file order;
+    x is (source, target) for an encoder-decoder model."""
+    if model.config.role == "encoder-decoder":
+        source, target = x
+        return _encoder_decoder_arrays(model, source, target, dy)
     loss, grads = model.value_and_grad(x, dy, memory)
     y = model(x, memory)
     states = model.hidden_states(x, memory)
@@ -54,35 +57,70 @@ def golden_arrays(
     return {name: np.asarray(value, order="C") for name, value in arrays.items()}
 
 
-def golden_config(model: Model, batch: int, seq: int, memory_len: int | None) -> dict[str, Any]:
+def _encoder_decoder_arrays(
+    model: EncoderDecoder, source: np.ndarray, target: np.ndarray, dy: np.ndarray
+) -> dict[str, np.ndarray]:
+    loss, grads = model.value_and_grad(source, target, dy)
+    arrays = {"source": np.asarray(source), "target": np.asarray(target), "dy": np.asarray(dy)}
+    arrays["y"] = model(source, target)
+    arrays["memory"] = model.memory(source, target)
+    arrays["loss"] = np.asarray(loss, dtype=model.dtype)
+    arrays.update({f"params/{name}": value for name, value in model.params.items()})
+    arrays.update({f"grads/{name}": grads[name] for name in model.params})
+    arrays.update({f"grads/{name}": grads[name] for name in model.input_names})
+    for stack, states in model.hidden_states(source, target).items():
+        for layer, state in enumerate(states):
+            names = hidden_streams(model.config.scheme, layer)
+            arrays.update({hidden_name(layer, name, stack): value for name, value in zip(names, state)})
+    return {name: np.asarray(value, order="C") for name, value in arrays.items()}
+
+
+def golden_config(
+    model: Model | EncoderDecoder, batch: int, seq: int, memory_len: int | None, source_len: int | None = None
+) -> dict[str, Any]:
     """The JSON document stored beside the arrays."""
+    inputs = {"batch": batch, "seq": seq, "memory_len": memory_len, "seed": model.config.seed}
+    if source_len is not None:
+        inputs["source_len"] = source_len
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "lnref_version": __version__,
         "model": model.config.to_dict(),
-        "inputs": {"batch": batch, "seq": seq, "memory_len": memory_len, "seed": model.config.seed},
+        "inputs": inputs,
         "loss": LOSS_DEFINITION,
         "layout": WEIGHT_LAYOUT,
     }
 
 
 def export_golden(
-    model: Model, path: PathLike, batch: int = 2, seq: int = 8, memory_len: int | None = None
+    model: Model | EncoderDecoder,
+    path: PathLike,
+    batch: int = 2,
+    seq: int = 8,
+    memory_len: int | None = None,
+    source_len: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Write ``model``'s golden file to ``path`` (.npz or .safetensors, by extension).
 
     The inputs x, dy (and memory) are ``model.sample_inputs(batch, seq, memory_len)``, seeded
-    by the model's seed. The file is written to a temporary file in the same directory and
-    moved into place, so ``path`` holds either the old content or the complete new file.
-    Returns the arrays written.
+    by the model's seed; an encoder-decoder model's are a target of ``seq`` and a source of
+    ``source_len`` (default ``seq``) tokens. The file is written to a temporary file in the same
+    directory and moved into place, so ``path`` holds either the old content or the complete
+    new file. Returns the arrays written.
     """
     path = os.fspath(path)
     check_output_path(path)  # fail before computing
+    encoder_decoder = model.config.role == "encoder-decoder"
     if not model.config.cross_attention and memory_len is not None:
-        raise GoldenError("memory_len is only meaningful with cross-attention")
+        raise GoldenError("memory_len is only meaningful with cross-attention (a stack attending to a given memory)")
+    if not encoder_decoder and source_len is not None:
+        raise GoldenError("source_len is only meaningful for an encoder-decoder model")
+    if encoder_decoder:
+        source_len = seq if source_len is None else source_len
+        memory_len = source_len
     x, dy, memory = model.sample_inputs(batch, seq, memory_len)
     arrays = golden_arrays(model, x, dy, memory)
     memory_len = None if memory is None else memory.shape[1]
-    write_file(path, arrays, json.dumps(golden_config(model, batch, seq, memory_len), indent=1))
+    write_file(path, arrays, json.dumps(golden_config(model, batch, seq, memory_len, source_len), indent=1))
     return arrays

@@ -69,11 +69,12 @@ def gelu_flavour(golden: Golden, results: Sequence[TensorResult], recompare: Rec
 
 def _arrays_with(golden: Golden, activation: str) -> dict[str, np.ndarray]:
     """Every array of the file, as its model computes them with another activation."""
-    from lnref.model import Model
+    from lnref.model import from_config
 
-    model = Model(dataclasses.replace(golden.config, activation=activation))
+    model = from_config(dataclasses.replace(golden.config, activation=activation))
     model.load(golden.params)
-    return golden_arrays(model, golden.x, golden.dy, golden.memory)
+    x, memory = golden.model_inputs
+    return golden_arrays(model, x, golden.dy, memory)
 
 
 def _relative(result: TensorResult) -> float:
