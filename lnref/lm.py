@@ -281,6 +281,15 @@ def _logits(params, hidden, rows):
     return ops.linear(flat, params[HEAD_W], params[HEAD_B])
 
 
+def with_head(model, vocab_size, max_len):
+    """``model`` with embeddings and a head: a LanguageModel of a stack (causal, no
+    cross-attention), a TranslationModel of an encoder-decoder model (source and target
+    vocabularies of ``vocab_size`` tokens)."""
+    if model.config.role == "encoder-decoder":
+        return TranslationModel(model, vocab_size, vocab_size, max_len)
+    return LanguageModel(model, vocab_size, max_len)
+
+
 def build_lm(scheme, n_layers, vocab_size, max_len, d_model=32, n_heads=2, d_ff=None, seed=0, **options):
     """A causal stack of ``scheme`` wrapped as a language model (``d_ff`` defaults to 4 d)."""
     model = build(

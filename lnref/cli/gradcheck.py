@@ -122,7 +122,8 @@ class OneOrList(click.ParamType):
     "--with-head",
     is_flag=True,
     help="Wrap the stack as a causal language model (token and position embeddings, output "
-    "projection, cross-entropy) and check those gradients too.",
+    "projection, cross-entropy), or an encoder-decoder model as a translation model, and check "
+    "those gradients too.",
 )
 @click.option("--vocab", type=COUNT, default=16, show_default=True, help="Vocabulary size with --with-head.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
@@ -233,9 +234,11 @@ def _check_one_model(
         from lnref import gradcheck as checker  # the module
 
         if with_head:
-            from lnref.lm import LanguageModel
+            from lnref.lm import with_head as wrapped
 
-            lm = LanguageModel(model_from_options(**{**options, "causal": True}), vocab, options["seq"])
+            encoder_decoder = options["encoder_layers"] is not None or options["decoder_layers"] is not None
+            model = model_from_options(**{**options, "causal": not encoder_decoder})
+            lm = wrapped(model, vocab, options["seq"])
             report = checker.gradcheck_lm(
                 lm,
                 mode=mode,

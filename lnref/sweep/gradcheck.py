@@ -84,9 +84,11 @@ def run_check_task(config: dict[str, Any]) -> dict[str, Any]:
     settings = {key: config[key] for key in ("mode", "point", "batch", "seq", "entries", "rtol", "atol")}
     settings["memory_len"] = config.get("memory_len")
     if config["with_head"]:
-        from lnref.lm import LanguageModel
+        from lnref.lm import with_head
 
-        lm = LanguageModel(build(**{**model_options, "causal": True}), config["vocab"], config["seq"])
+        encoder_decoder = "encoder_layers" in model_options
+        model = build(**model_options) if encoder_decoder else build(**{**model_options, "causal": True})
+        lm = with_head(model, config["vocab"], config["seq"])
         report = checker.gradcheck_lm(lm, **settings)
     else:
         report = checker.gradcheck(build(**model_options), **settings)
