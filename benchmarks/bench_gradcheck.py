@@ -7,7 +7,7 @@ Every figure is measured in this run. lnref: the default directional check of ev
 blockwise mode, in one process), in a fresh process with an empty Numba cache (cold) and again with the
 cache filled (warm), plus the in-process time of a warm check; and the every-element check
 (``--mode full``, all CPUs). PyTorch, when installed: the same model (an independent port,
-tests/interop/torch_port.py) at the same parameters, checked by
+lnref.ports.torch) at the same parameters, checked by
 ``torch.autograd.gradcheck(fast_mode=True)`` over every parameter tensor and the input, and by
 the full (every-element) ``torch.autograd.gradcheck``. The full one would take the better part
 of an hour at 48 layers, so it is extrapolated: its cost is a per-element part (two forward
@@ -68,17 +68,15 @@ def lnref_in_process(scheme, layers, mode, repeats, warm_up=True):
 def torch_twin(scheme, layers):
     """(torch, forward(params, x) -> y, torch params at the check point, x), or None without torch.
 
-    The same model as lnref's, ported independently (tests/interop/torch_port.py), at the
+    The same model as lnref's, ported independently (lnref.ports.torch), at the
     jittered parameters lnref checks."""
     try:
         import torch
     except ImportError:
         return None
-    sys.path.insert(0, str(ROOT / "tests" / "interop"))
-    from torch_port import Transformer
-
     import lnref
     from lnref.gradcheck import jitter_params
+    from lnref.ports.torch import forward as torch_forward
 
     model = lnref.build(scheme, n_layers=layers)
     x, _, _ = model.sample_inputs()
@@ -86,7 +84,7 @@ def torch_twin(scheme, layers):
     config = model.config.to_dict()
 
     def forward(named_params, x_tensor):
-        y, _ = Transformer(config, named_params).forward(x_tensor)
+        y, _ = torch_forward(config, named_params, x_tensor)
         return y
 
     return torch, forward, params, torch.tensor(x)

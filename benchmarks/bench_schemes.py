@@ -58,6 +58,13 @@ NEW = [
     ("tfixup", {}),
     ("dslm", {}),
     ("dslm", {"placement": "post"}),
+    ("siamese", {}),
+    ("ngpt", {}),
+    ("gpas", {}),
+    ("hyper", {}),
+    ("hyper", {"dynamic": True}),
+    ("mhc", {}),
+    ("denseformer", {}),
 ]
 GOAL = 1.5  # per-layer time / Pre-LN's, at most
 OTHER_CPUS_LIMIT = 0.25

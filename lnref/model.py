@@ -38,7 +38,7 @@ from lnref.autograd import Tensor
 from lnref.autograd.replay import Replayer
 from lnref.norms import NORM_KINDS
 from lnref.qk_norms import QK_NORMS
-from lnref.schemes import get_scheme, one_line_error, options_of, refusals_of, stream_names
+from lnref.schemes import ALIASES, get_scheme, one_line_error, options_of, refusals_of, stream_names
 from lnref.staged import ConfigError, Staged, as_state, index_groups
 from lnref.views import Freeze, Layer, Run, Stack, State
 
@@ -81,6 +81,7 @@ class Config:
             get_scheme(self.scheme)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        _apply_alias(self)
         object.__setattr__(self, "options", tuple(sorted(_scheme_options(self.scheme, self.options).items())))
         for name in ("n_layers", "d_model", "n_heads", "d_ff"):
             value = getattr(self, name)
@@ -143,6 +144,21 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "options": dict(self.options)}
+
+
+def _apply_alias(config: Config) -> None:
+    """An alias's preset settings, where ``config`` leaves them at their defaults; a setting
+    given otherwise is refused (the alias would no longer be what its name says)."""
+    alias = ALIASES.get(config.scheme)
+    if alias is None:
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for name, preset in alias.settings.items():
+        value = getattr(config, name)
+        if value == defaults[name]:
+            object.__setattr__(config, name, preset)
+        elif value != preset:
+            raise ConfigError(f"{config.scheme} is {alias.base} with {name}={preset}, got {name}={value!r}")
 
 
 def refusal(scheme: str, **settings: Any) -> str | None:
@@ -324,7 +340,7 @@ class Model(Staged):
 
     def stream_names(self, index: int) -> tuple[str, ...]:
         """Names of the arrays of the state entering layer ``index`` (the scheme declares them)."""
-        return stream_names(self.scheme, index)
+        return stream_names(self.scheme, index, self.config)
 
     @property
     def n_blocks(self) -> int:

@@ -93,14 +93,18 @@ def ffn(
     *,
     activate: Callable[[Tensor], Tensor] | None = None,
     hidden_norm: Piece = None,
+    hidden_scale: Any = None,
     linear: Callable[..., Tensor] = ops.linear,
 ) -> Tensor:
-    """The feed-forward sublayer: F(x) = N_h(act(x W1 + b1)) W2 + b2 (N_h optional).
+    """The feed-forward sublayer: F(x) = N_h(act(s * (x W1 + b1))) W2 + b2 (N_h and the
+    per-unit scale s optional).
 
     ``activate`` replaces the named activation (the gradient checker freezes ReLU's on/off
     pattern this way).
     """
     hidden = linear(x, p["w1"], p["b1"])  # (B, T, d_ff)
+    if hidden_scale is not None:
+        hidden = hidden * hidden_scale
     acted = (activate or ACTIVATIONS[activation])(hidden)  # (B, T, d_ff)
     if hidden_norm is not None:
         acted = hidden_norm(acted)

@@ -21,6 +21,10 @@ The kinds beyond LayerNorm and RMSNorm, and the code they were read against:
                (arXiv 2512.10938); zlab-princeton/Derf @8dd9ea3, ViT/dynamic_erf.py:
                alpha and s learned scalars, alpha_0 = 0.5, s_0 = 0, gamma 1, beta 0 (their
                GPT-2 patch makes alpha_0 per place, as DyT's LLaMA runs do).
+    rmsnorm_plus_one   Gemma 1-3's RMSNorm, whose learned gain is stored as an offset from 1;
+               google-deepmind/gemma @7691fd4, gemma/gm/nn/_layers.py (RMSNorm: scale_plus_one,
+               gamma_0 = 0). The same function as rmsnorm at gamma + 1; weight decay and a port
+               reading the stored gamma see the difference.
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ def _rms_norm_init(width: int, dtype: np.dtype) -> dict[str, np.ndarray]:
     return {"gamma": np.ones(width, dtype)}
 
 
+def _rms_norm_plus_one_init(width: int, dtype: np.dtype) -> dict[str, np.ndarray]:
+    return {"gamma": np.zeros(width, dtype)}
+
+
 def _dyt_init(width: int, dtype: np.dtype) -> dict[str, np.ndarray]:
     return {"alpha": np.asarray(0.5, dtype), **_layer_norm_init(width, dtype)}
 
@@ -78,6 +86,12 @@ NORM_KINDS: dict[str, NormKind] = {
             "gamma * x / sqrt(mean(x^2) + eps)",
             _rms_norm_init,
             lambda x, p, eps: ops.rms_norm(x, p["gamma"], eps=eps),
+        ),
+        NormKind(
+            "rmsnorm_plus_one",
+            "(1 + gamma) * x / sqrt(mean(x^2) + eps), gamma_0 = 0 (Gemma)",
+            _rms_norm_plus_one_init,
+            lambda x, p, eps: ops.rms_norm(x, 1 + p["gamma"], eps=eps),
         ),
         NormKind(
             "dyt",

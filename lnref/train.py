@@ -284,6 +284,8 @@ def train(config: TrainConfig, progress=None, log_every=50):
     optimizer = OPTIMIZERS[config.optimizer](
         lm.params, betas=(config.beta1, config.beta2), eps=config.adam_eps, weight_decay=config.weight_decay
     )
+    project = getattr(lm.model.scheme, "project", None)  # nGPT's unit-norm weights, after every step
+    stacks = (lm.model.encoder, lm.model.decoder) if task.seq2seq else (lm.model,)
     data_rng = np.random.default_rng([config.seed, 10])
     eval_batch = task.eval_batch(np.random.default_rng(EVAL_SEED), config.eval_batch)
     result = TrainResult(config, task.describe(), lm.n_params())
@@ -320,6 +322,9 @@ def train(config: TrainConfig, progress=None, log_every=50):
         if config.clip is not None:
             grads, _ = clip_by_global_norm(grads, config.clip)
         optimizer.step(lm.params, grads, schedule(step))
+        if project is not None:
+            for stack in stacks:  # each stack's parameters under its own names and config
+                project(stack.params, stack.config)
         train_time += time.perf_counter() - tick
         if progress and (step % log_every == 0 or step == config.steps):
             progress(

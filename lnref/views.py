@@ -178,7 +178,9 @@ class Layer(_View):
 
     def self_attention(self, x: Any, **pieces: Any) -> Tensor:
         """Self-attention; ``pieces`` name the optional norms and scale of ``nn.attention``
-        (``q_norm="q_norm"``: the layer's norm of that name; ``head_scale``: a parameter)."""
+        (``q_norm="q_norm"``: the layer's norm of that name; ``head_scale``: a parameter; or,
+        instead of a name, what the scheme computes itself: a function of the projection, a
+        scale)."""
         return self._attention("attn", x, None, self.config.causal, pieces)
 
     def cross_attention(self, x: Any, **pieces: Any) -> Tensor:
@@ -195,7 +197,8 @@ class Layer(_View):
 
     def ffn(self, x: Any, **pieces: Any) -> Tensor:
         """The feed-forward sublayer; ``hidden_norm="name"`` puts that norm (of d_ff features)
-        after the activation."""
+        after the activation, ``hidden_scale="name"`` that parameter (d_ff,) on the hidden
+        units before it."""
         p, activation = self.run.group(self.prefix + "ffn"), self.config.activation
         frozen_relu = activation == "relu" and self.run.freeze is not None
         if self.run.fused and not pieces and not frozen_relu and activation in fused.FFN_ACTIVATIONS:
@@ -211,7 +214,9 @@ class Layer(_View):
         return ops.mul(hidden, pattern)
 
     def _piece(self, key: str, name: Any) -> Any:
-        if key == "head_scale":
+        if not isinstance(name, str):  # what the scheme computed itself: a function, a scale
+            return name
+        if key in ("head_scale", "hidden_scale"):
             return self.param(name)
         return lambda x: self.norm(name, x)
 

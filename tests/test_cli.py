@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from lnref.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = {"schemes", "gradcheck", "export", "compare", "profile", "prove", "train", "stability"}
+COMMANDS = {"schemes", "gradcheck", "export", "export-suite", "compare", "profile", "prove", "train", "stability"}
 HEAVY = ("numpy", "numba", "lnref.autograd", "lnref.model", "lnref.gradcheck", "lnref.train", "lnref.profile")
 
 

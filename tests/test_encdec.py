@@ -10,7 +10,7 @@ import pytest
 import lnref
 from lnref.encdec import EncoderDecoder
 from lnref.model import ConfigError, Model
-from lnref.schemes import deepnorm, subln, tfixup
+from lnref.schemes import deepnorm
 
 SMALL = dict(d_model=8, n_heads=2, d_ff=16)
 

@@ -147,7 +147,13 @@ def test_cli_with_head_checks_an_encoder_decoder_model_as_a_translation_model():
     result = run("--scheme", "pre", "--encoder-layers", "1", "--decoder-layers", "1", "--with-head", "--json")
     assert result.exit_code == 0, result.output
     tensors = {t["tensor"] for t in json.loads(result.stdout)["tensors"]}
-    assert {"embed.source", "embed.target", "head.w", "encoder.layers.0.attn.wq", "decoder.layers.0.cross.wk"} <= tensors
+    assert {
+        "embed.source",
+        "embed.target",
+        "head.w",
+        "encoder.layers.0.attn.wq",
+        "decoder.layers.0.cross.wk",
+    } <= tensors
 
 
 def test_cli_sweeps_schemes_of_encoder_decoder_models(tmp_path):

@@ -52,11 +52,12 @@ def generic(model, seed=0):
 # ----- the registry and the gradient check ------------------------------------------------
 
 
-def test_lnref_schemes_lists_the_twenty_schemes_with_their_papers():
+def test_lnref_schemes_lists_the_schemes_with_their_papers():
     result = run("schemes")
     assert result.exit_code == 0
-    names = [line.split()[0] for line in result.output.splitlines() if not line.startswith(" ")]
-    assert names == list(lnref.SCHEMES) and len(names) == 20
+    schemes_part = result.output.partition("\naliases")[0]  # the aliases follow: tests/test_family2.py
+    names = [line.split()[0] for line in schemes_part.splitlines() if not line.startswith(" ")]
+    assert names == list(lnref.SCHEMES) and set(NEW) <= set(names)
     for scheme in NEW:
         assert get_scheme(scheme).PAPER in result.output
 

@@ -23,7 +23,7 @@ from lnref import nn
 from lnref.autograd import Tensor, kernels, ops
 from lnref.cli import main
 from lnref.cli.options import LazyChoice
-from lnref.golden import compare_files, export_golden, from_golden, golden_arrays, load_golden
+from lnref.golden import FORMAT_VERSION, compare_files, export_golden, from_golden, golden_arrays, load_golden
 from lnref.golden.compat import upgrade
 from lnref.model import Model
 
@@ -112,14 +112,14 @@ def test_a_format_1_gelu_file_compares_as_passed_with_what_from_golden_computes(
 def test_a_file_of_the_current_format_keeps_its_activation_name(tmp_path, activation):
     export_golden(lnref.build("pre", 1, activation=activation, **SMALL), tmp_path / "g.npz")
     golden = load_golden(tmp_path / "g.npz")
-    assert (golden.format_version, golden.config.activation) == (4, activation)
+    assert (golden.format_version, golden.config.activation) == (FORMAT_VERSION, activation)
     assert from_golden(tmp_path / "g.npz").config.activation == activation
 
 
 def test_upgrading_a_format_1_document_leaves_the_document_read_untouched():
     written = {"format_version": 1, "model": {"activation": "gelu"}}
     assert upgrade(written) == {
-        "format_version": 4,
+        "format_version": FORMAT_VERSION,
         "model": {
             "activation": "gelu_tanh",
             "qk_norm": "none",
@@ -128,6 +128,8 @@ def test_upgrading_a_format_1_document_leaves_the_document_read_untouched():
             "encoder_layers": 0,
             "decoder_layers": 0,
         },
+        "point": "init",
+        "rounded_to": None,
     }
     assert written == {"format_version": 1, "model": {"activation": "gelu"}}
 

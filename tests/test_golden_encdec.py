@@ -1,4 +1,4 @@
-"""Golden files of encoder-decoder models (format 4): what they hold, that they rebuild bit for
+"""Golden files of encoder-decoder models (format 5): what they hold, that they rebuild bit for
 bit, and that a damaged one is refused in one line."""
 
 import json
@@ -46,7 +46,7 @@ def test_it_stores_what_the_model_computes_with_the_source_and_target_lengths_ap
     assert np.array_equal(stored["memory"], model.encoder(source))
     assert all(np.array_equal(stored[f"grads/{n}"], grads[n]) for n in [*model.params, "source", "target"])
     config = json.loads(stored["config"].tobytes())
-    assert config["format_version"] == 4 and config["model"] == model.config.to_dict()
+    assert config["format_version"] == 5 and config["model"] == model.config.to_dict()
     assert config["inputs"] == {"batch": 2, "seq": 4, "memory_len": None, "seed": 0, "source_len": 5}
 
 
@@ -76,9 +76,30 @@ def test_lnref_compare_passes_a_file_against_itself_and_names_a_wrong_memory(tmp
     assert [r.name for r in report.results if r.status == "FAIL"] == ["memory"]
 
 
-def test_a_format_3_document_is_a_model_of_one_stack():
-    upgraded = upgrade({"format_version": 3, "model": {"scheme": "pre"}})
+@pytest.mark.parametrize("version", [3, 4])
+def test_a_document_of_an_earlier_format_is_a_model_of_one_stack(version):
+    upgraded = upgrade({"format_version": version, "model": {"scheme": "pre"}})
     assert upgraded["model"] == {"scheme": "pre", "role": "stack", "encoder_layers": 0, "decoder_layers": 0}
+
+
+def test_an_encoder_decoder_file_at_a_generic_point_rebuilds_bit_for_bit(tmp_path):
+    model = lnref.build("pre", encoder_layers=2, decoder_layers=2, **SMALL)
+    initial = dict(model.params)
+    export_golden(model, tmp_path / "g.npz", seq=4, source_len=5, point="generic")
+    golden = load_golden(tmp_path / "g.npz")
+    assert golden.point == "generic" and not np.array_equal(
+        golden.params["encoder.layers.0.attn.wq"], initial["encoder.layers.0.attn.wq"]
+    )
+    assert from_golden(tmp_path / "g.npz").config.role == "encoder-decoder"
+
+
+def test_an_encoder_decoder_file_rounded_to_float16_holds_float16_inputs_and_a_computed_memory(tmp_path):
+    model = lnref.build("pre", encoder_layers=1, decoder_layers=1, **SMALL)
+    arrays = export_golden(model, tmp_path / "g.npz", seq=4, source_len=5, rounded_to="float16")
+    for name in ("source", "target", "dy", "params/decoder.layers.0.cross.wq"):
+        assert np.array_equal(arrays[name].astype(np.float16).astype(np.float64), arrays[name]), name
+    assert not np.array_equal(arrays["memory"].astype(np.float16).astype(np.float64), arrays["memory"])
+    assert load_golden(tmp_path / "g.npz").rounded_to == "float16"
 
 
 def _rewrite(path, out, change):

@@ -31,6 +31,12 @@ def test_schemes_are_the_documented_names():
         "parallel",
         "tfixup",
         "dslm",
+        "siamese",
+        "ngpt",
+        "gpas",
+        "hyper",
+        "mhc",
+        "denseformer",
     )
 
 

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 import lnref
 from lnref import probes
 from lnref import profile as sweeps
+from lnref import profile_charts as charts
 from lnref.cli import main
 from lnref.model import refusal
 
@@ -136,7 +137,7 @@ def test_chart_tells_when_every_value_is_off_the_log_scale():
 
 
 def test_text_chart_places_decades_evenly():
-    chart = sweeps.text_chart({"a": (np.arange(3), np.array([1.0, 10.0, 100.0]))}, "t", "x", width=11, height=5)
+    chart = charts.text_chart({"a": (np.arange(3), np.array([1.0, 10.0, 100.0]))}, "t", "x", width=11, height=5)
     rows = [line.split("|", 1)[1] for line in chart.splitlines() if "|" in line]
     marks = [(row.index("o"), r) for r, row in enumerate(rows) if "o" in row]
     # 100 at the top row, 10 exactly halfway down, 1 at the bottom: a log axis, not a linear one
@@ -146,7 +147,7 @@ def test_text_chart_places_decades_evenly():
 
 def test_text_chart_marks_coinciding_points():
     series = {"a": (np.arange(2), np.array([1.0, 2.0])), "b": (np.arange(2), np.array([1.0, 3.0]))}
-    chart = sweeps.text_chart(series, "t", "x", width=10, height=4)
+    chart = charts.text_chart(series, "t", "x", width=10, height=4)
     assert "*" in chart.splitlines()[-5]  # the bottom row: both start at 1
 
 
@@ -237,7 +238,7 @@ def test_failed_figure_write_leaves_no_file(tmp_path, monkeypatch):
             stream.write(b"\x89PNG half")
             raise OSError("disk full")
 
-    monkeypatch.setattr(sweeps, "draw_figure", lambda *args: BreaksMidWrite())
+    monkeypatch.setattr(charts, "draw_figure", lambda *args: BreaksMidWrite())
     monkeypatch.setattr("matplotlib.pyplot.close", lambda figure: None)
     result = run("--scheme", "post", *TINY_ARGS, "--seeds", "1", "--png", str(tmp_path / "f.png"))
     assert result.exit_code == 2 and "disk full" in result.stderr
@@ -283,7 +284,7 @@ def test_figure_axes_are_labelled_and_logarithmic():
     from matplotlib import ticker
 
     sweep = sweeps.run_sweep(("post", "pre"), (2,), dict(d_model=4, n_heads=1, d_ff=8), [0, 1], batch=1, seq=3)
-    figure = sweeps.draw_figure(plt, ticker, sweep, "hidden_grad_norm")
+    figure = charts.draw_figure(plt, ticker, sweep, "hidden_grad_norm")
     (axis,) = figure.axes
     assert axis.get_yscale() == "log"
     assert axis.get_xlabel().startswith("state l") and "dL/dx_l" in axis.get_ylabel()

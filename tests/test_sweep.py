@@ -12,8 +12,8 @@ from sweep_helpers import by_key, tiny_configs
 
 import lnref
 from lnref.process.workers import in_worker, map_in_order
-from lnref.sweep import driver
-from lnref.sweep.backends import BackendError, SerialExecutor, open_backend
+from lnref.sweep import BackendError, driver
+from lnref.sweep.backends import SerialExecutor, open_backend
 from lnref.sweep.kinds import run_task
 from lnref.sweep.progress import Progress
 from lnref.sweep.records import RecordsError, RecordWriter, latest, read_records

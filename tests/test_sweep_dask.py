@@ -26,7 +26,8 @@ from test_sweep import run_records
 
 distributed = pytest.importorskip("distributed", reason='Dask distributed (the "lnref[dask]" extra) is not installed')
 
-from lnref.sweep.backends import BackendError, open_backend  # noqa: E402
+from lnref.sweep import BackendError  # noqa: E402
+from lnref.sweep.backends import open_backend  # noqa: E402
 
 
 def test_serial_local_and_a_dask_local_cluster_give_the_same_records():

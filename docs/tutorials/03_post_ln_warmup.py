@@ -23,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from lnref import profile
+from lnref import profile, profile_charts
 from lnref.train import TrainConfig, smooth, train
 
 # %% [markdown]
@@ -57,7 +57,7 @@ assert done.returncode == 0, done.stderr
 # %%
 settings = {"d_model": 32, "n_heads": 2, "d_ff": 128, "norm": "layernorm", "activation": "relu"}
 sweep = profile.run_sweep(("post", "pre"), (6, 12, 24), settings, seeds=range(3), seq=8)
-profile.save_figure(sweep, "grad.ffn.w2", "post_vs_pre.png")
+profile_charts.save_figure(sweep, "grad.ffn.w2", "post_vs_pre.png")
 print("last layer's ||dL/dW2||_F, mean over seeds")
 print("layers   post     pre")
 for depth in sweep.depths:

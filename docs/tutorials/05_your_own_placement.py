@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import lnref
-from lnref import profile
+from lnref import profile, profile_charts
 from lnref.golden import export_golden, from_golden
 from lnref.gradcheck import gradcheck
 
@@ -127,7 +127,7 @@ except lnref.ConfigError as error:
 # %%
 settings = {"d_model": 32, "n_heads": 2, "d_ff": 128, "norm": "layernorm", "activation": "relu"}
 sweep = profile.run_sweep(("pre", "depth_scaled.py"), (12, 48), settings, seeds=range(2), seq=8)
-profile.save_figure(sweep, "hidden_norm", "hidden_norm.png")
+profile_charts.save_figure(sweep, "hidden_norm", "hidden_norm.png")
 print("||x_L|| / ||x_0||, mean over seeds")
 for depth in sweep.depths:
     ratios = []

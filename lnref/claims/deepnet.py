@@ -104,7 +104,7 @@ def run(quick=False, progress=None, scheme=None, law=None):
 
 CLAIM = Claim(
     id="deepnet",
-    title="DeepNorm: 2N 2 beta^2/alpha^2 = 1 and a depth-independent model update",
+    title="DeepNorm: 2N 2 beta^2/alpha^2 = 1 and a depth-independent model update (random update)",
     paper="Wang et al. 2022, Sec. 4.2-4.3",
     proof="deepnet.md",
     run=run,

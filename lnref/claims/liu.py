@@ -14,29 +14,19 @@ import numpy as np
 
 from lnref.claims import common
 from lnref.claims.core import Check, Claim, Result
-from lnref.claims.perturb import output_change, predicted_output_change, residual_dependency, update_direction
+from lnref.claims.perturb import residual_dependency
 from lnref.claims.stats import fit_line, mean_se, slope_over_seeds
 from lnref.claims.trace import trace
+from lnref.claims.updates import sweep
 
 PAPER_LAW = {"post": "linear", "pre": "log", "admin": "log"}
 
 
 def measure_output_change(scheme, depths, seeds, d, batch, seq, progress=None, tag="liu-output-change"):
-    """Delta(N) measured (central differences of the whole network) and predicted (the
-    first-order formula), per seed (rows) and depth (columns), lnref setting."""
-    measured, predicted = [], []
-    for seed in seeds:
-        row_m, row_p = [], []
-        for depth in depths:
-            model = common.build(scheme, depth, seed, d, setting="lnref")
-            x, _, _ = model.sample_inputs(batch=batch, seq=seq)
-            direction = update_direction(model, seed)
-            row_m.append(output_change(model, x, direction))
-            row_p.append(predicted_output_change(model, x, direction))
-        measured.append(row_m)
-        predicted.append(row_p)
-        common.progress_line(progress, f"{tag}: {scheme}, seed {seed}")
-    return np.array(measured), np.array(predicted)
+    """Delta(N) under the random update, measured (central differences of the whole network) and
+    predicted (the first-order formula), per seed (rows) and depth (columns), lnref setting."""
+    result = sweep(scheme, depths, seeds, d, "random", batch, seq, formula=True, progress=progress, tag=tag)
+    return result.change, result.formula
 
 
 def run_output_change(quick=False, progress=None, scheme=None, law=None):
@@ -223,7 +213,7 @@ def _predicted_beta_sq(model, traced):
 
 OUTPUT_CHANGE = Claim(
     id="liu-output-change",
-    title="Output change under a small update: O(N) for Post-LN, O(log N) for Pre-LN and Admin",
+    title="Output change under a small random update: O(N) for Post-LN, O(log N) for Pre-LN and Admin",
     paper="Liu et al. 2020, Sec. 4.2 (Theorem 2)",
     proof="liu-output-change.md",
     run=run_output_change,

@@ -1,72 +1,108 @@
-"""Output change under a small seeded parameter update, and Liu's residual dependency beta.
+"""Output change under a small parameter update, and Liu's residual dependency beta.
 
-Update model. Adam's first step moves every weight by about the same absolute amount,
-whatever its initial scale; a seeded random update of that kind is
-
-    delta W = eta * E_W,   E_W ~ N(0, 2/(d_in + d_out)) entrywise (Xavier's scale, never
-                           DeepNorm's beta-scaled one), for every weight matrix,
-
-biases, norm gains and scheme scalars untouched. The output change is measured to first
-order by a fourth-order central difference in eta with the ReLU patterns frozen,
+Update models (lnref/claims/updates.py makes them): a direction E in parameter space, one array
+per moved parameter. The output change is measured to first order by a fourth-order central
+difference in eta of F(params + eta E), with the ReLU patterns frozen at the point,
 
     Delta = ||dF/d eta||^2 / (batch * seq * d)     (the per-element variance of the change per eta^2)
 
-which is Liu et al.'s Var[F(x, W*) - F(x, W)] / eta^2 at eta -> 0. Per-sublayer changes are
-measured the same way with only that sublayer's weights moving.
+which is Liu et al.'s Var[F(x, W*) - F(x, W)] / eta^2 at eta -> 0. The step of the difference is
+taken along the unit direction (``lnref.finite_diff``'s convention), so directions of any size
+(a Xavier-scale draw, Adam's sign step of one per entry) are differenced alike.
+
+The machinery reads a model through a :class:`Network`: its parameters, its output at other
+parameter values (the nonlinearities' patterns held at the point), and the gradient of
+<output, dy>. :func:`network` makes one of lnref's staged model, encoder or decoder stack; a model
+with another stack (an encoder-decoder pair) supplies the same three things.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from lnref.claims.trace import central_difference, record_frozen_point, trace
 
 WEIGHTS = ("wq", "wk", "wv", "wo", "w1", "w2")
+STEP = 1e-4  # the finite-difference step along the unit direction
+
+
+@dataclass(frozen=True)
+class Network:
+    """What the update machinery needs of a model, whatever its stack.
+
+    ``params``: name -> array at the point. ``output(params)``: the model's output array on the
+    fixed batch at other parameter values, nonlinearities held at the point (so that finite
+    differences stay on one smooth piece). ``gradient(dy)``: name -> d<output, dy>/d param at
+    the point."""
+
+    params: Mapping[str, np.ndarray]
+    output: Callable[[Mapping[str, np.ndarray]], np.ndarray]
+    gradient: Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def network(model, x, memory=None):
+    """The :class:`Network` of lnref's staged model on the batch ``x`` (and ``memory``)."""
+    frozen = record_frozen_point(model, x, memory)
+
+    def output(params):
+        y, _ = model.forward(model.run(dict(params), memory, freeze=frozen.hold()), x)
+        return y.value
+
+    def gradient(dy):
+        return model.value_and_grad(x, dy, memory)[1]
+
+    return Network(model.params, output, gradient)
+
+
+def weight_names(params):
+    """The names of the weight matrices (every W_q, W_k, W_v, W_o, W_1, W_2) among ``params``."""
+    return [name for name in params if name.rsplit(".", 1)[-1] in WEIGHTS]
 
 
 def update_direction(model, seed, names=None):
-    """name -> E_W for every weight matrix (or the listed names), seeded."""
+    """name -> E_W for every weight matrix (or the listed names), seeded: the random update."""
     rng = np.random.default_rng([seed, 2024])
     direction = {}
-    for name, value in model.params.items():
-        if name.rsplit(".", 1)[-1] not in WEIGHTS:
-            continue
-        d_in, d_out = value.shape
-        e = rng.standard_normal(value.shape) * np.sqrt(2.0 / (d_in + d_out))
+    for name in weight_names(model.params):
+        d_in, d_out = model.params[name].shape
+        e = rng.standard_normal((d_in, d_out)) * np.sqrt(2.0 / (d_in + d_out))
         if names is None or name in names:
             direction[name] = e
     return direction
 
 
-def output_tangent(model, x, direction, memory=None, step=1e-3):
-    """dF/d eta at eta = 0 for params + eta * direction, by a fourth-order central difference
-    on the smooth piece of the network (ReLU patterns frozen)."""
-    frozen = record_frozen_point(model, x, memory)
-
-    def output(t):
-        params = dict(model.params)
-        for name, e in direction.items():
-            params[name] = model.params[name] + t * e
-        y, _ = model.forward(model.run(params, memory, freeze=frozen.hold()), x)
-        return y.value
-
-    return central_difference(output, step)
+def direction_norm(direction):
+    return float(np.sqrt(sum(float(np.sum(e * e)) for e in direction.values())))
 
 
-def output_change(model, x, direction, memory=None):
+def moved(params, direction, t):
+    """params + t * direction (the parameters the direction does not name unchanged)."""
+    out = dict(params)
+    for name, e in direction.items():
+        out[name] = params[name] + t * e
+    return out
+
+
+def output_tangent(net, direction, step=STEP):
+    """dF/d eta at eta = 0 for params + eta * direction (``net`` a :class:`Network`), by a
+    fourth-order central difference with a step ``step`` along the unit direction."""
+    h = step / direction_norm(direction)
+    return central_difference(lambda t: net.output(moved(net.params, direction, t)), h)
+
+
+def output_change(net, direction):
     """Delta: the per-element mean square of dF/d eta (see the module docstring)."""
-    tangent = output_tangent(model, x, direction, memory)
-    return float(np.mean(tangent**2))
+    return float(np.mean(output_tangent(net, direction) ** 2))
 
 
 def linearity_gap(model, x, direction, eta, memory=None):
     """How far a finite update of size eta is from first order: | ||F(eta) - F(0)|| / (eta ||dF/d eta||) - 1 |."""
-    params = dict(model.params)
-    for name, e in direction.items():
-        params[name] = model.params[name] + eta * e
-    y1, _ = model.forward(model.run(params=params, memory=memory), x)
+    y1, _ = model.forward(model.run(params=moved(model.params, direction, eta), memory=memory), x)
     y0, _ = model.forward(model.run(memory=memory), x)
-    tangent = output_tangent(model, x, direction, memory)
+    tangent = output_tangent(network(model, x, memory), direction)
     return abs(np.linalg.norm(y1.value - y0.value) / (eta * np.linalg.norm(tangent)) - 1.0)
 
 
@@ -128,18 +164,16 @@ def residual_dependency(model, traced):
 # ----- the first-order formula: each branch's own change, scaled to the output ------------------
 
 
-def branch_tangents(model, x, direction, memory=None, step=1e-3):
+def branch_tangents(model, x, direction, memory=None, step=STEP):
     """For every branch call i: t_i = d branch_i(x_in; theta + eta E)/d eta at its own fixed
-    input x_in (fourth-order central difference of the branch alone, ReLU patterns frozen),
-    with the traced forward it was taken on."""
+    input x_in (fourth-order central difference of the branch alone, ReLU patterns frozen, the
+    step along the unit direction), with the traced forward it was taken on."""
     frozen = record_frozen_point(model, x, memory)
     traced = trace(model, x, memory=memory, frozen=frozen)
+    h = step / direction_norm(direction)
 
     def runs(t):
-        params = dict(model.params)
-        for name, e in direction.items():
-            params[name] = model.params[name] + t * e
-        return model.run(params, memory, freeze=frozen.hold())
+        return model.run(moved(model.params, direction, t), memory, freeze=frozen.hold())
 
     shifted = {}
     tangents = []
@@ -151,7 +185,7 @@ def branch_tangents(model, x, direction, memory=None, step=1e-3):
             function = dict(model.layer_view(shifted[t], event.layer).branches)[event.name]
             return function(event.input.value).value
 
-        tangents.append(central_difference(branch_at, step))
+        tangents.append(central_difference(branch_at, h))
     return tangents, traced
 
 

@@ -161,6 +161,23 @@ def branch_vjp(model, run, layer, name, x_in, cotangent):
     return grad_of(leaf)
 
 
+def block_jacobian_deviation(model, state, layer, probes, rng, memory=None):
+    """||dx_{l+1}/dx_l - I||_F / sqrt(n d) for layer ``layer`` at ``state`` (the state entering
+    it; the first stream is the one differentiated), estimated by random probes u ~ N(0, I):
+    ||A||_F^2 = E||A^T u||^2, with A^T u = J^T u - u one backward pass of the layer alone."""
+    x = np.asarray(getattr(state[0], "value", state[0]), dtype=np.float64)
+    rest = tuple(state[1:])
+    total = 0.0
+    for _ in range(probes):
+        u = rng.standard_normal(x.shape)
+        leaf = Tensor(x, requires_grad=True)
+        with Tape() as tape:
+            out = model.layer(model.run(memory=memory), layer, (leaf, *rest))
+        tape.backward(out[0], u)
+        total += float(np.sum((grad_of(leaf) - u) ** 2))
+    return float(np.sqrt(total / probes / x.size))
+
+
 def grad_of(tensor):
     """The gradient kept on a traced tensor (zeros when the loss does not reach it)."""
     return tensor.grad if tensor.grad is not None else np.zeros_like(tensor.value)

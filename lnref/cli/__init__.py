@@ -61,6 +61,7 @@ def main() -> None:
 main.add_command(schemes.schemes)
 main.add_command(gradcheck.gradcheck)
 main.add_command(golden.export)
+main.add_command(golden.export_suite)
 main.add_command(golden.compare)
 main.add_command(profile.profile)
 main.add_command(prove.prove)

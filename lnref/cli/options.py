@@ -113,8 +113,15 @@ def _scheme_options(ctx: click.Context, param: click.Parameter, values: tuple[st
     return options
 
 
-def model_options(function: Command) -> Command:
-    """The options that describe a model, shared by every command that builds one."""
+def model_options(function: Command | None = None, *, dtypes: tuple[str, ...] = ("float64", "float32")) -> Any:
+    """The options that describe a model, shared by every command that builds one: as a
+    decorator, ``@model_options``; with more --dtype choices, ``@model_options(dtypes=...)``."""
+    if function is None:
+        return lambda command: _with_model_options(command, dtypes)
+    return _with_model_options(function, dtypes)
+
+
+def _with_model_options(function: Command, dtypes: tuple[str, ...]) -> Command:
     options = [
         click.option(
             "--scheme",
@@ -175,7 +182,7 @@ def model_options(function: Command) -> Command:
         click.option("--causal", is_flag=True, help="Causal mask in self-attention."),
         click.option("--cross-attention", is_flag=True, help="Decoder stack: cross-attention to a fixed memory."),
         click.option("--eps", type=POSITIVE, default=1e-5, show_default=True, help="Norm epsilon."),
-        click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True),
+        click.option("--dtype", type=click.Choice(list(dtypes)), default="float64", show_default=True),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
         click.option(
             "--post-fraction", type=FINITE, default=0.25, show_default=True, help="Mix-LN: share of Post-LN layers."

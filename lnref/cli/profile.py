@@ -160,28 +160,32 @@ def profile(scheme_list, layer_list, seeds, stream, metric, as_json, png_path, s
 
 def _figures(sweeps, png_path, svg_path):
     """[(path, format)] of the figures asked for, checked before anything runs."""
+    from lnref.files import check_output_path, require_pyplot
+
     figures = [(path, fmt) for path, fmt in ((png_path, "png"), (svg_path, "svg")) if path is not None]
     if figures:
         try:
-            sweeps.require_matplotlib()
+            require_pyplot()
         except ImportError as err:
             fail(str(err))
         if len(figures) == 2 and os.path.abspath(png_path) == os.path.abspath(svg_path):
             fail("--png and --svg name the same file")
         with input_errors():
             for path, fmt in figures:
-                sweeps.check_output_path(path, f"--{fmt}")
+                check_output_path(path, f"--{fmt}")
     return figures
 
 
 def _output(sweeps, sweep, metric, as_json, figures):
+    from lnref import profile_charts as charts
+
     with input_errors():
         for path, fmt in figures:
-            sweeps.save_figure(sweep, metric, path, fmt)
+            charts.save_figure(sweep, metric, path, fmt)
             echo(f"wrote {path}")
     if as_json:
         click.echo(sweeps.sweep_to_json(sweep))
     else:
         click.echo(sweeps.format_table(sweep, metric))
         click.echo()
-        click.echo(sweeps.text_charts(sweep, metric))
+        click.echo(charts.text_charts(sweep, metric))

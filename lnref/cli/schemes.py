@@ -3,7 +3,8 @@
 ``--json`` gives a script the same list without importing lnref: per scheme its name,
 equation, paper and the options it takes, keyed as ``lnref.build``'s arguments, so that a
 script can pass them on. :func:`scheme_document` builds one scheme's entry; an option a
-scheme takes is one more key of its ``options``.
+scheme takes is one more key of its ``options``. The aliases follow the schemes: names for a
+scheme with settings preset, each with its base scheme, those settings and what it is.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import click
 
 from lnref import SCHEMES
+from lnref.schemes import ALIASES
 
 
 def scheme_document(name: str) -> dict[str, Any]:
@@ -54,7 +56,8 @@ def scheme_document(name: str) -> dict[str, Any]:
 def schemes(as_json):
     """List the schemes with their one-line equations and papers."""
     if as_json:
-        click.echo(json.dumps({"schemes": [scheme_document(name) for name in SCHEMES]}, indent=1, default=str))
+        document = {"schemes": [scheme_document(name) for name in SCHEMES], "aliases": alias_documents()}
+        click.echo(json.dumps(document, indent=1, default=str))
         return
     from lnref.schemes import get_scheme
 
@@ -63,3 +66,16 @@ def schemes(as_json):
         module = get_scheme(name)
         click.echo(f"{name:{width}s} {module.SUMMARY}")
         click.echo(f"{'':{width}s} {module.PAPER}")
+    click.echo("\naliases (a scheme with settings preset; --scheme takes them):")
+    for entry in alias_documents():
+        settings = "".join(f" {key}={value}" for key, value in entry["settings"].items())
+        click.echo(f"{entry['name']:{width}s} = {entry['base']}{settings}: {entry['what']}")
+        click.echo(f"{'':{width}s} {entry['paper']}")
+
+
+def alias_documents() -> list[dict[str, Any]]:
+    """What ``lnref schemes --json`` says of each alias."""
+    return [
+        {"name": name, "base": alias.base, "settings": alias.settings, "what": alias.what, "paper": alias.paper}
+        for name, alias in ALIASES.items()
+    ]

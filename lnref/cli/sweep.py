@@ -27,7 +27,8 @@ import click
 
 from lnref.cli.options import COUNT, EXIT_FAILED, fail
 from lnref.files import OutputError
-from lnref.sweep.backends import BACKENDS, BackendError
+from lnref.sweep import BackendError
+from lnref.sweep.backends import BACKENDS
 from lnref.sweep.records import RecordsError
 from lnref.sweep.task import Task, grid_key
 

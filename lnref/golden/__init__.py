@@ -31,8 +31,11 @@ bit; ``compare_files`` measures another implementation's arrays against a file. 
     export        export_golden, and the arrays and config it writes
     validate      the checks of a file read from disk, before anything trusts it
     load          load_golden, from_golden and the Golden they read
-    compare       compare_files and its report, Comparison
-    hints         what a failed comparison's pattern suggests (the other GELU flavour)
+    compare       compare_files, compare_arrays and their report, Comparison
+    hints         what a failed comparison's pattern suggests (the other GELU flavour, another
+                  eps, untransposed weights, a final norm missing, doubled or inside the loop)
+    precision     inputs and parameters rounded to bfloat16 or float16
+    suite         the conformance suite: export_suite, compare_suite, the records' keys
 
 Comparison rule, per tensor, with e the expected and a the actual array:
 
@@ -59,6 +62,7 @@ from lnref.golden.compare import (
     RULE,
     Comparison,
     TensorResult,
+    compare_arrays,
     compare_files,
     group_of,
     read_name_map,
@@ -99,6 +103,7 @@ __all__ = [
     "GoldenError",
     "TensorResult",
     "check_output_path",
+    "compare_arrays",
     "compare_files",
     "export_golden",
     "from_golden",

@@ -7,7 +7,10 @@ rebuilds computes what the file's writer computed, bit for bit.
     version 1 -> 2   "gelu" was the tanh approximation; it is now "gelu_tanh", and "gelu"
                      names the exact x Phi(x) (PyTorch's nn.GELU() and F.gelu default)
     version 2 -> 3   the model config gained "qk_norm" (none) and "options" (the scheme's own, {})
-    version 3 -> 4   the model config gained "role" (stack), "encoder_layers" and "decoder_layers"
+    version 3 -> 4   the document gained "point" (init: the parameters are the model's
+                     initialization) and "rounded_to" (null: inputs and parameters not rounded
+                     to a low precision)
+    version 4 -> 5   the model config gained "role" (stack), "encoder_layers" and "decoder_layers"
                      (0): every earlier file is of a model of one stack
 """
 
@@ -35,6 +38,11 @@ def _no_qk_norm_nor_options(document: Document) -> None:
         model.setdefault("options", {})
 
 
+def _initialization_in_full_precision(document: Document) -> None:
+    document.setdefault("point", "init")
+    document.setdefault("rounded_to", None)
+
+
 def _one_stack(document: Document) -> None:
     model = document.get("model")
     if isinstance(model, dict):
@@ -44,7 +52,12 @@ def _one_stack(document: Document) -> None:
 
 
 # _STEPS[v] turns a document of version v into one of version v + 1, in place.
-_STEPS: dict[int, Callable[[Document], None]] = {1: _gelu_was_tanh, 2: _no_qk_norm_nor_options, 3: _one_stack}
+_STEPS: dict[int, Callable[[Document], None]] = {
+    1: _gelu_was_tanh,
+    2: _no_qk_norm_nor_options,
+    3: _initialization_in_full_precision,
+    4: _one_stack,
+}
 READABLE_VERSIONS = (*_STEPS, FORMAT_VERSION)
 
 # What a reader of a file of an earlier version must know: by version, the activation names

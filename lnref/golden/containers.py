@@ -114,9 +114,9 @@ def _read_npy_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo)
     with archive.open(info) as member:
         version = fmt.read_magic(member)
         if version == (1, 0):
-            shape, _, dtype = fmt.read_array_header_1_0(member)
+            shape, fortran_order, dtype = fmt.read_array_header_1_0(member)
         elif version == (2, 0):
-            shape, _, dtype = fmt.read_array_header_2_0(member)
+            shape, fortran_order, dtype = fmt.read_array_header_2_0(member)
         else:
             raise GoldenError(f"{path}: member {info.filename!r} has unsupported .npy version {version}")
         if dtype.hasobject:
@@ -128,10 +128,12 @@ def _read_npy_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo)
             raise GoldenError(
                 f"{path}: member {info.filename!r} is truncated or corrupt (its header promises {data_bytes} bytes)"
             )
-    with archive.open(info) as member:
-        array = fmt.read_array(member, allow_pickle=False)
+        data = member.read(data_bytes)
         member.read()  # reach the member's end, where zipfile checks the CRC
-    return array
+    if len(data) != data_bytes:
+        raise GoldenError(f"{path}: member {info.filename!r} is truncated")
+    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape))
+    return flat.reshape(shape, order="F" if fortran_order else "C").copy(order="K")
 
 
 def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], ConfigEntry]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lnref.schemes import get_scheme, stream_names
 
@@ -11,11 +11,14 @@ if TYPE_CHECKING:
     from lnref.model import Config
 
 FORMAT_NAME = "lnref-golden"
-FORMAT_VERSION = 4  # what changed at each version: compat.py
+FORMAT_VERSION = 5  # what changed at each version: compat.py
 CONFIG_ENTRY = "config"
 EXTENSIONS = (".npz", ".safetensors")
 LOSS_DEFINITION = "sum(y * dy)"
 WEIGHT_LAYOUT = "y = x @ W + b, W of shape (d_in, d_out)"
+# Where the stored parameters are: the model's initialization, or a generic point (every tensor
+# moved by 0.1 rms N(0, 1), as the gradient checker moves them).
+POINTS = ("init", "generic")
 
 # Weight matrices (as opposed to biases, gains and scheme vectors): the names that
 # ``--transpose-weights`` transposes for frameworks storing (d_out, d_in).
@@ -26,10 +29,11 @@ class GoldenError(ValueError):
     """A golden file (or a file to compare) that cannot be used; one line, exit code 2."""
 
 
-def hidden_streams(scheme: str, layer: int) -> tuple[str, ...]:
+def hidden_streams(scheme: str, layer: int, config: Any = None) -> tuple[str, ...]:
     """Names of the arrays making up the state that enters ``layer``, as the scheme declares
-    them (its ``STREAMS`` or ``streams(layer)``; one stream "x" by default)."""
-    return stream_names(get_scheme(scheme), layer)
+    them (its ``STREAMS`` or ``streams(layer, config)``; one stream "x" by default); ``config``
+    the model's (its options can set the number of streams), None for the defaults."""
+    return stream_names(get_scheme(scheme), layer, config)
 
 
 def hidden_name(layer: int, stream: str, stack: str | None = None) -> str:

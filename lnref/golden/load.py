@@ -36,6 +36,8 @@ class Golden:
     lnref_version: str
     format_version: int
     arrays: dict[str, np.ndarray] = field(repr=False)
+    point: str = "init"  # the parameters: the model's initialization, or a generic point
+    rounded_to: str | None = None  # the low precision of the inputs and parameters, if any
     source_len: int | None = None
 
     @property
@@ -97,8 +99,9 @@ class Golden:
 
     def _hidden(self, depth: int, stack: str | None) -> list[dict[str, np.ndarray]]:
         scheme = self.config.scheme
+        config = self.config if stack is None else self.config.stack(stack)
         return [
-            {stream: self.arrays[hidden_name(layer, stream, stack)] for stream in hidden_streams(scheme, layer)}
+            {stream: self.arrays[hidden_name(layer, stream, stack)] for stream in hidden_streams(scheme, layer, config)}
             for layer in range(depth + 1)
         ]
 
@@ -149,14 +152,29 @@ def _load(path: PathLike) -> tuple[Golden, Model | EncoderDecoder]:
     document = compat.upgrade(written)
     config = validate.model_config(path, document.get("model"))
     batch, seq, memory_len, source_len = validate.input_sizes(path, document.get("inputs"), config)
+    point, rounded_to = validate.point_and_precision(path, document, config)
     validate.check_values(path, arrays, config.dtype)
     validate.check_size_bounds(path, arrays, config)
     model = from_config(config)
     expected = validate.expected_shapes(model, batch, seq, memory_len, source_len)
     validate.check_entries(path, arrays, expected)
+    if rounded_to is not None:
+        validate.check_rounded(path, arrays, rounded_to, config)
     version = str(document.get("lnref_version", "?"))
     selected = {name: arrays[name] for name in expected}
-    golden = Golden(path, config, batch, seq, memory_len, version, written["format_version"], selected, source_len)
+    golden = Golden(
+        path,
+        config,
+        batch,
+        seq,
+        memory_len,
+        version,
+        written["format_version"],
+        selected,
+        point,
+        rounded_to,
+        source_len,
+    )
     return golden, model
 
 

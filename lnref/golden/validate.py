@@ -18,6 +18,7 @@ from lnref.golden.containers import ConfigEntry
 from lnref.golden.format import (
     CONFIG_ENTRY,
     FORMAT_NAME,
+    POINTS,
     GoldenError,
     first_names,
     hidden_name,
@@ -25,6 +26,7 @@ from lnref.golden.format import (
     one_line,
     stack_depths,
 )
+from lnref.golden.precision import ROUNDED_DTYPES, representable
 
 if TYPE_CHECKING:
     from lnref.encdec import EncoderDecoder
@@ -116,6 +118,33 @@ def input_sizes(path: str, inputs: object, config: Config) -> tuple[int, int, in
     return sizes[0], sizes[1], memory_len, sizes[2] if encoder_decoder else None
 
 
+def point_and_precision(path: str, document: dict[str, Any], config: Config) -> tuple[str, str | None]:
+    """(point, rounded_to) of a document in the current format: where the parameters are, and
+    the low precision the inputs and parameters were rounded to (None: not rounded)."""
+    point, rounded_to = document.get("point"), document.get("rounded_to")
+    if point not in POINTS:
+        raise GoldenError(f"{path}: config point must be one of {', '.join(POINTS)}, got {point!r}")
+    if rounded_to is not None and rounded_to not in ROUNDED_DTYPES:
+        raise GoldenError(
+            f"{path}: config rounded_to must be null or one of {', '.join(ROUNDED_DTYPES)}, got {rounded_to!r}"
+        )
+    if rounded_to is not None and config.dtype != "float64":
+        raise GoldenError(
+            f"{path}: inputs rounded to {rounded_to} need a float64 model, the config says {config.dtype}"
+        )
+    return point, rounded_to
+
+
+def check_rounded(path: str, arrays: dict[str, np.ndarray], rounded_to: str, config: Config) -> None:
+    """The inputs and parameters of a file rounded to a low precision hold values of it (an
+    encoder-decoder model's memory is an output: its encoder computes it)."""
+    inputs = ("source", "target", "dy") if config.role == "encoder-decoder" else ("x", "dy", "memory")
+    for name, value in arrays.items():
+        if name in inputs or name.startswith("params/"):
+            if not representable(value, rounded_to):
+                raise GoldenError(f"{path}: {name} holds values that are not {rounded_to}, as the config says")
+
+
 def check_values(path: str, arrays: dict[str, np.ndarray], dtype: str) -> None:
     """Every array of the config's dtype and finite."""
     for name, value in arrays.items():
@@ -171,7 +200,7 @@ def expected_shapes(
     if cfg.cross_attention:
         shapes["grads/memory"] = shapes["memory"]
     for layer in range(cfg.n_layers + 1):
-        shapes.update({hidden_name(layer, stream): activations for stream in hidden_streams(cfg.scheme, layer)})
+        shapes.update({hidden_name(layer, stream): activations for stream in hidden_streams(cfg.scheme, layer, cfg)})
     return shapes
 
 
@@ -200,7 +229,8 @@ def _encoder_decoder_shapes(
     shapes.update({"grads/source": source, "grads/target": target})
     for stack, depth in stack_depths(cfg).items():
         activations = source if stack == "encoder" else target
+        stack_config = cfg.stack(stack)
         for layer in range(depth + 1):
-            for stream in hidden_streams(cfg.scheme, layer):
+            for stream in hidden_streams(cfg.scheme, layer, stack_config):
                 shapes[hidden_name(layer, stream, stack)] = activations
     return shapes

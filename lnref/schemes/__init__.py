@@ -16,8 +16,8 @@ and may define:
                  (they replace LAYER_NORMS, HEAD_NORMS, FFN_NORMS)
     STACK_NORMS  stack-level norms (final_ln, embed_ln: the latter comes first), or
                  ``stack_norms(config)`` where they depend on an option
-    STREAMS      names of the arrays a multi-stream state carries (or ``streams(index)``);
-                 one stream "x" when absent
+    STREAMS      names of the arrays a multi-stream state carries (or ``streams(index, config)``,
+                 config None for the scheme's default options); one stream "x" when absent
     embed(x, stack), readout(x, stack)   the stack-level stages (default: the identity)
     layer_params(index, branches, config)   extra per-layer parameters, name -> initial array
     initialize(model, rng)  a change to the initialization, after every parameter exists
@@ -25,6 +25,12 @@ and may define:
                  one as ``layer.option(name)``, ``initialize`` as ``model.config.option(name)``
     REFUSES      the model options the scheme cannot take, name -> why ("norm": a scheme with
                  no norm anywhere; "qk_norm"): a configuration that sets one is refused
+    project(params, config)   puts the parameters back on the set the scheme keeps them in,
+                 in place (nGPT's unit-norm weight vectors): ``initialize`` calls it, and an
+                 optimizer after every step (``lnref train`` does)
+
+An alias (:data:`ALIASES`) is no scheme of its own: a name for a scheme with model settings
+preset (Gemma 2 is ``sandwich`` with ``norm="rmsnorm_plus_one"``); it builds like a scheme.
 
 ``layer``, ``embed`` and ``readout`` compute on Tensors through primitives only (operators,
 the view's norms and branches, ``lnref.autograd.ops``), and everything else they compute is a
@@ -66,6 +72,12 @@ SCHEMES = (
     "parallel",
     "tfixup",
     "dslm",
+    "siamese",
+    "ngpt",
+    "gpas",
+    "hyper",
+    "mhc",
+    "denseformer",
 )
 
 _REGISTERED: dict[str, ModuleType] = {}
@@ -95,6 +107,39 @@ def refusals_of(scheme: ModuleType) -> dict[str, str]:
     return dict(getattr(scheme, "REFUSES", {}))
 
 
+class Alias(NamedTuple):
+    """A name for a built-in scheme with model settings preset (``lnref.build``'s keywords)."""
+
+    base: str
+    settings: dict[str, Any]
+    what: str
+    paper: str
+
+
+ALIASES = {
+    "gemma2": Alias(
+        "sandwich",
+        {"norm": "rmsnorm_plus_one", "eps": 1e-6},
+        "Sandwich-LN with RMSNorm scaled by (1 + gamma), gamma_0 = 0, eps 1e-6; the embedding times "
+        "sqrt(d) (lnref's stack starts after it: scale the input); attention logit soft-capping "
+        "(tanh, 50) is left out",
+        "Gemma Team 2024, Gemma 2: Improving Open Language Models at a Practical Size",
+    ),
+    "gemma3": Alias(
+        "sandwich",
+        {"norm": "rmsnorm_plus_one", "eps": 1e-6, "qk_norm": "head"},
+        "Gemma 2's block with a norm on each head's q and k (the same (1 + gamma) RMSNorm); "
+        "the embedding times sqrt(d) (scale the input)",
+        "Gemma Team 2025, Gemma 3 Technical Report",
+    ),
+    "skipinit": Alias(
+        "rezero",
+        {},
+        "ReZero: x <- x + alpha S(x), one scalar alpha per layer, alpha_0 = 0, no norm",
+        "De and Smith 2020, Batch Normalization Biases Residual Blocks Towards the Identity Function",
+    ),
+}
+
 ENTRY_POINT_GROUP = "lnref.schemes"  # installed packages register schemes under this group
 
 
@@ -104,7 +149,7 @@ class SchemeError(ValueError):
 
 def register_scheme(name: str, module: ModuleType) -> None:
     """Make ``module`` (following the protocol above) the scheme ``name`` for this process."""
-    if name in SCHEMES:
+    if name in SCHEMES or name in ALIASES:
         raise ValueError(f"scheme {name!r} is built in")
     check_protocol(module, name)
     _REGISTERED[name] = module
@@ -133,6 +178,8 @@ def get_scheme(name: str) -> ModuleType:
         return _REGISTERED[name]
     if name in SCHEMES:
         return import_module(f"lnref.schemes.{name}")
+    if name in ALIASES:
+        return import_module(f"lnref.schemes.{ALIASES[name].base}")
     installed = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     if installed:
         return _loaded(name, lambda: installed[0].load(), f"installed scheme {name}")
@@ -141,8 +188,8 @@ def get_scheme(name: str) -> ModuleType:
     if "." in name and all(part.isidentifier() for part in name.split(".")):
         return _loaded(name, lambda: import_module(name), f"scheme module {name}")
     raise ValueError(
-        f"unknown scheme {name!r}; valid schemes: {', '.join(scheme_names())} "
-        "(or a path to a scheme file, or an importable scheme module)"
+        f"unknown scheme {name!r}; valid schemes: {', '.join(scheme_names())}; aliases: "
+        f"{', '.join(ALIASES)} (or a path to a scheme file, or an importable scheme module)"
     )
 
 
@@ -197,6 +244,7 @@ _FUNCTIONS = (
     "head_norms",
     "ffn_norms",
     "stack_norms",
+    "project",
 )
 
 
@@ -224,10 +272,11 @@ def check_protocol(module: ModuleType, origin: str) -> None:
             raise SchemeError(f"{origin}: {name} must be a dict of {kind.__name__}")
 
 
-def stream_names(scheme: ModuleType, index: int) -> tuple[str, ...]:
-    """Names of the arrays of the state entering layer ``index`` of ``scheme`` (a module):
-    its ``streams(index)``, else its ``STREAMS``, else the one residual stream ("x",)."""
+def stream_names(scheme: ModuleType, index: int, config: Any = None) -> tuple[str, ...]:
+    """Names of the arrays of the state entering layer ``index`` of ``scheme`` (a module) in a
+    model of ``config`` (None: the scheme's default options): its ``streams(index, config)``,
+    else its ``STREAMS``, else the one residual stream ("x",)."""
     streams = getattr(scheme, "streams", None)
     if streams is not None:
-        return tuple(streams(index))
+        return tuple(streams(index, config))
     return tuple(getattr(scheme, "STREAMS", ("x",)))

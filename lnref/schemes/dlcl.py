@@ -21,7 +21,7 @@ LAYER_NORMS = ("ln_out",)
 STACK_NORMS = ("final_ln",)
 
 
-def streams(index):
+def streams(index, config):
     """The state entering layer ``index``: the combined input and every normalized output so far."""
     return ("x", *(f"n_{k}" for k in range(index + 1)))
 

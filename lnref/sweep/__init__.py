@@ -12,3 +12,7 @@ and the sweep form of ``gradcheck``, run through one mechanism.
 The commands' options and the steps they share are in ``lnref.cli.sweep``. Nothing here
 imports NumPy at import time: the commands' ``--help`` stays instant.
 """
+
+
+class BackendError(ValueError):
+    """A backend that cannot be used as asked; the message is one line."""

@@ -22,13 +22,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from lnref.sweep import BackendError
+
 BACKENDS = ("local", "dask", "serial")
 DASK_EXTRA_HINT = 'the dask backend needs Dask distributed: pip install "lnref[dask]"'
 LOCAL_WINDOW_PER_WORKER = 2  # tasks in flight per worker: one running, one queued behind it
-
-
-class BackendError(ValueError):
-    """A backend that cannot be used as asked; the message is one line."""
 
 
 @dataclass

@@ -32,7 +32,7 @@ from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
 import lnref
-from lnref.sweep.backends import BackendError
+from lnref.sweep import BackendError
 
 CONNECT_TIMEOUT = "20s"
 WORKER_WAIT_SECONDS = 60  # an attached cluster with no worker yet: how long to wait for one

@@ -17,7 +17,7 @@ from types import ModuleType
 
 from equations import to_tex
 
-from lnref import profile
+from lnref import profile, profile_charts
 from lnref.schemes import get_scheme, options_of, refusals_of, scheme_names, stream_names
 
 # The profile drawn on every page: a depth where Post-LN and Pre-LN already part ways, small
@@ -225,7 +225,7 @@ def _figure(sweep: profile.Sweep, name: str, metric: str) -> bytes:
     part = profile.Sweep(
         shown, sweep.depths, sweep.build_options, sweep.seeds, sweep.batch, sweep.seq, sweep.stream, results
     )
-    figure = profile.draw_figure(plt, ticker, part, metric)
+    figure = profile_charts.draw_figure(plt, ticker, part, metric)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     plt.close(figure)

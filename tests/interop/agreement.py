@@ -8,11 +8,11 @@ siblings (names equal up to the last '.').
 from __future__ import annotations
 
 import numpy as np
-import torch_port
 
 import lnref
 from lnref.golden import export_golden
 from lnref.gradcheck.point import jitter_params
+from lnref.ports import torch as torch_port
 
 RTOL = 1e-10
 SMALL = dict(d_model=16, n_heads=2, d_ff=64)

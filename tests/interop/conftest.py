@@ -1,5 +1,5 @@
-"""Make the PyTorch port importable as ``torch_port`` (tests/interop is not a package), and
-run its tensors on one torch thread."""
+"""Make the interop tests' helpers importable (``agreement``; tests/interop is not a package),
+and run the PyTorch port's tensors on one torch thread."""
 
 import importlib.util
 import os

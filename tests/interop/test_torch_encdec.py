@@ -1,7 +1,7 @@
 """lnref's encoder-decoder golden files checked against the PyTorch port's encoder-decoder form.
 
-``torch_encdec`` builds the encoder and the decoder from the port's own stacks, written from the
-equations; y, the memory, the loss, every gradient (both stacks' parameters, the source, the
+``lnref.ports.torch_encdec`` builds the encoder and the decoder from the port's own stacks,
+written from the equations; y, the memory, the loss, every gradient (both stacks' parameters, the source, the
 target) and every hidden state of both stacks must agree to 1e-10 relative in float64, measured
 as ``lnref compare`` measures (agreement.py). The source and the target have different lengths,
 so a stack that read the other's input would not even run.
@@ -18,7 +18,6 @@ torch = pytest.importorskip(
     "torch", reason="PyTorch is not installed (pip install torch==2.13.0 runs the interop tests)"
 )
 
-import torch_encdec  # noqa: E402  (imports torch)
 from agreement import SMALL, disagreements, stored  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
@@ -26,6 +25,8 @@ import lnref  # noqa: E402
 from lnref.cli import main  # noqa: E402
 from lnref.golden import export_golden  # noqa: E402
 from lnref.gradcheck.point import jitter_params  # noqa: E402
+from lnref.ports import torch as torch_port  # noqa: E402
+from lnref.ports import torch_encdec  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -44,15 +45,22 @@ def export(tmp_path, scheme, encoder_layers, decoder_layers, generic=True, **opt
 
 
 def assert_agrees(path):
-    expected, actual = stored(path), torch_encdec.evaluate(path)
+    expected, actual = stored(path), torch_port.evaluate(path)
     predicted = {"y", "memory", "loss", *(n for n in expected if n.startswith(("grads/", "hidden/")))}
     assert set(actual) == predicted
     failing = disagreements(expected, actual)
     assert not failing, f"torch disagrees beyond 1e-10: {dict(list(failing.items())[:5])}"
 
 
-@pytest.mark.parametrize("scheme", lnref.SCHEMES)
-def test_port_agrees_on_a_6_6_encoder_decoder_model_of_every_scheme(tmp_path, scheme):
+PORTED = [scheme for scheme in lnref.SCHEMES if scheme in torch_port.SCHEMES]  # the schemes the port has
+
+
+def test_the_port_covers_every_scheme_of_the_first_family_and_the_papers_encoder_decoder_schemes():
+    assert {"post", "pre", "residual", "b2t", "admin", "deepnorm", "dlcl", "rezero", "subln", "tfixup"} <= set(PORTED)
+
+
+@pytest.mark.parametrize("scheme", PORTED)
+def test_port_agrees_on_a_6_6_encoder_decoder_model_of_every_ported_scheme(tmp_path, scheme):
     assert_agrees(export(tmp_path, scheme, 6, 6))
 
 
@@ -68,7 +76,7 @@ def test_port_agrees_with_rmsnorm_and_the_exact_gelu(tmp_path, scheme):
 
 def test_lnref_compare_passes_the_port_output(tmp_path):
     golden = export(tmp_path, "residual", 2, 2)
-    np.savez(tmp_path / "torch.npz", **torch_encdec.evaluate(golden))
+    np.savez(tmp_path / "torch.npz", **torch_port.evaluate(golden))
     result = CliRunner().invoke(main, ["compare", str(golden), str(tmp_path / "torch.npz"), "--json"])
     report = json.loads(result.stdout)
     assert result.exit_code == 0, result.output

@@ -1,7 +1,7 @@
 """The rest of the family against the PyTorch port: schemes, norm kinds, QK-norm variants.
 
 As in test_torch_interop.py: y, the loss, every gradient and every hidden state of lnref's
-golden file agree with torch_port to 1e-10 relative in float64 (agreement.py), at 1, 6 and
+golden file agree with lnref.ports.torch to 1e-10 relative in float64 (agreement.py), at 1, 6 and
 48 layers; the port is written from the papers and takes from lnref only parameter names
 and option names.
 """
@@ -15,11 +15,11 @@ torch = pytest.importorskip(
     "torch", reason="PyTorch is not installed (pip install torch==2.13.0 runs the interop tests)"
 )
 
-import torch_port  # noqa: E402  (imports torch)
 from agreement import SMALL, assert_agrees, disagreements, export, nudged, stored, sublayer  # noqa: E402
 
 import lnref  # noqa: E402
 from lnref.golden import export_golden  # noqa: E402
+from lnref.ports import torch as torch_port  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -1,6 +1,6 @@
 """lnref's golden files checked against an independent PyTorch implementation.
 
-``torch_port`` is written from the papers' equations with torch's own autograd and reads the
+``lnref.ports.torch`` is written from the papers' equations with torch's own autograd and reads the
 golden file with NumPy alone. For every scheme at 1, 6 and 48 layers, y, the loss, every
 gradient and every hidden state must agree to 1e-10 relative in float64, measured as
 ``lnref compare`` measures (docs/golden-format.md): max|a - e| <= 1e-10 * scale, scale the
@@ -19,12 +19,12 @@ torch = pytest.importorskip(
     "torch", reason="PyTorch is not installed (pip install torch==2.13.0 runs the interop tests)"
 )
 
-import torch_port  # noqa: E402  (imports torch)
 from agreement import assert_agrees, disagreements, export, group, stored  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from lnref.cli import main  # noqa: E402
 from lnref.golden import compare_files  # noqa: E402
+from lnref.ports import torch as torch_port  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

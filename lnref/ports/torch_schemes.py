@@ -1,5 +1,5 @@
 """The first eleven placements, each a function scheme(m, x) -> (y, states) of the port's
-Transformer m (torch_port.py): S_b(x) is ``m.sublayer(l, b, x)``, LN a norm ``m.norm(name, x)``,
+Transformer m (lnref/ports/torch.py): S_b(x) is ``m.sublayer(l, b, x)``, LN a norm ``m.norm(name, x)``,
 states[l] the tuple of streams entering layer l."""
 
 from __future__ import annotations

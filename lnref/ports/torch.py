@@ -1,8 +1,11 @@
-"""An independent PyTorch implementation of the LayerNorm placements, for checking lnref.
+"""A PyTorch port of lnref's LayerNorm placements, independent of lnref, for checking it and
+for copying from (the extra ``lnref[torch]``).
 
 Written from the papers' equations with torch's own operations and autograd; it imports
-nothing from lnref and reads a golden file (docs/golden-format.md) with NumPy alone. Every
-sublayer S is one of
+nothing from lnref and reads a golden file (docs/golden-format.md) with NumPy alone; lnref's
+parameters are loaded by their documented names. ``forward(config, params, x, memory)``
+computes a stack, ``run(config, params, x, dy, memory)`` is what lnref.testing.check_port
+calls, ``evaluate(path)`` recomputes a golden file. Every sublayer S is one of
 
     A(x)  = softmax(Q K^T / sqrt(d_h) [+ causal mask]) V W_o + b_o,  Q = x W_q + b_q, ...
     C(x)  = the same with K, V computed from the memory (decoders; never masked)
@@ -24,9 +27,9 @@ import json
 
 import numpy as np
 import torch
-import torch_family
-import torch_schemes
-from torch_norms import NORM_KINDS, QK_NORMS, activation, per_head
+
+from lnref.ports import torch_family, torch_schemes
+from lnref.ports.torch_norms import NORM_KINDS, QK_NORMS, activation, per_head
 
 SCHEMES = {**torch_schemes.SCHEMES, **torch_family.SCHEMES}
 STREAMS = {**torch_schemes.STREAMS, **torch_family.STREAMS}
@@ -139,23 +142,24 @@ class Transformer:
         return x, states
 
 
-def evaluate(path, **overrides):
-    """Everything a golden file predicts, recomputed by torch autograd: {name: numpy array}.
+def forward(config, params, x, memory=None):
+    """(y, states): the stack of ``config`` (a golden file's ``model`` object) on x, its
+    parameters ``params`` torch tensors by lnref's names; states[l] the streams entering layer l."""
+    scheme = SCHEMES.get(config["scheme"])
+    if scheme is None:
+        raise ValueError(f"the PyTorch port has no scheme {config['scheme']!r}; it has {', '.join(SCHEMES)}")
+    return scheme(Transformer(config, params, memory), x)
 
-    Returns y, loss, grads/<param>, grads/input (grads/memory) and hidden/<l>/<stream>.
-    ``overrides`` replace entries of the file's model config (for negative controls).
-    """
-    document, arrays = read_golden(path)
-    config = {**document["model"], **overrides}
-    names = [name[len("params/") :] for name in arrays if name.startswith("params/")]
-    params = {name: torch.tensor(arrays["params/" + name], requires_grad=True) for name in names}
-    x = torch.tensor(arrays["x"], requires_grad=True)
-    memory = torch.tensor(arrays["memory"], requires_grad=True) if "memory" in arrays else None
-    dy = torch.tensor(arrays["dy"])
 
-    model = Transformer(config, params, memory)
-    y, states = SCHEMES[config["scheme"]](model, x)
-    loss = (y * dy).sum()
+def run(config, params, x, dy, memory=None):
+    """Everything a golden record predicts, by torch autograd: {name: numpy array} with y, loss =
+    sum(y * dy), grads/<param>, grads/input (grads/memory) and hidden/<l>/<stream>. The
+    arguments are arrays (the signature lnref.testing.check_port calls)."""
+    params = {name: torch.tensor(np.asarray(value), requires_grad=True) for name, value in params.items()}
+    x = torch.tensor(np.asarray(x), requires_grad=True)
+    memory = None if memory is None else torch.tensor(np.asarray(memory), requires_grad=True)
+    y, states = forward(config, params, x, memory)
+    loss = (y * torch.tensor(np.asarray(dy))).sum()
     loss.backward()
 
     def grad_of(leaf):
@@ -171,3 +175,17 @@ def evaluate(path, **overrides):
         for stream, value in zip(stream_names(layer), state):
             results[f"hidden/{layer}/{stream}"] = value.detach()
     return {name: value.numpy() for name, value in results.items()}
+
+
+def evaluate(path, **overrides):
+    """Everything a golden file predicts, recomputed by torch autograd (as :func:`run`; an
+    encoder-decoder model's file as ``torch_encdec.run``); ``overrides`` replace entries of the
+    file's model config (for negative controls)."""
+    document, arrays = read_golden(path)
+    if document["model"].get("role") == "encoder-decoder":
+        from lnref.ports import torch_encdec
+
+        return torch_encdec.evaluate(path, **overrides)
+    config = {**document["model"], **overrides}
+    params = {name[len("params/") :]: value for name, value in arrays.items() if name.startswith("params/")}
+    return run(config, params, arrays["x"], arrays["dy"], arrays.get("memory"))

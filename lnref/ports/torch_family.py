@@ -1,5 +1,5 @@
 """The placements after the first eleven, each a function scheme(m, x) -> (y, states) of the
-port's Transformer m (torch_port.py), as torch_schemes.py writes the first eleven.
+port's Transformer m (lnref/ports/torch.py), as torch_schemes.py writes the first eleven.
 
 Written from the papers and their official code (named in each docstring); taken from lnref
 are only the parameter names and the options (``m.option(name, default)``: a golden file's
