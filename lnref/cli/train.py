@@ -260,6 +260,22 @@ def _depths(text, encoder_decoder):
     return [part if encoder_decoder else part[0] for part in parts]
 
 
+def _paired_depths(depths, encoder_layers, decoder_layers, task):
+    """--depths as given, or --encoder-layers and --decoder-layers paired into its N-M form."""
+    if encoder_layers is None and decoder_layers is None:
+        return depths
+    if encoder_layers is None or decoder_layers is None:
+        fail("--encoder-layers and --decoder-layers go together: an encoder-decoder model needs both")
+    if depths is not None:
+        fail("give --depths or --encoder-layers with --decoder-layers, not both")
+    if task not in SEQ2SEQ_TASK_NAMES:
+        fail(f"task {task} trains one stack; encoder-decoder models train on {', '.join(SEQ2SEQ_TASK_NAMES)}")
+    encoders, decoders = encoder_layers.split(","), decoder_layers.split(",")
+    if len(encoders) != len(decoders):
+        fail(f"--encoder-layers and --decoder-layers pair up in order: got {len(encoders)} and {len(decoders)} values")
+    return ",".join(f"{n.strip()}-{m.strip()}" for n, m in zip(encoders, decoders))
+
+
 @click.command()
 @click.option(
     "--schemes", default="post,pre,b2t,residual,admin,deepnorm", show_default=True, help="Comma-separated schemes."
@@ -277,6 +293,14 @@ def _depths(text, encoder_decoder):
     show_default=WARMUP_DEFAULT_HELP,
     help="The 'some warm-up' arm; the other arm has none.",
 )
+@click.option(
+    "--encoder-layers",
+    default=None,
+    metavar="N[,N...]",
+    help="With --decoder-layers, in place of --depths: the encoder-decoder models' encoder layers, "
+    "paired in order with --decoder-layers (a translation task).",
+)
+@click.option("--decoder-layers", default=None, metavar="M[,M...]", help="With --encoder-layers: the decoder layers.")
 @click.option("--seeds", type=COUNT, default=3, show_default=True, help="Seeds 0..N-1 per cell.")
 @click.option("--d-model", type=COUNT, default=32, show_default=True)
 @click.option("--heads", type=COUNT, default=2, show_default=True)
@@ -287,6 +311,8 @@ def _depths(text, encoder_decoder):
 def stability(
     schemes,
     depths,
+    encoder_layers,
+    decoder_layers,
     warmup,
     seeds,
     d_model,
@@ -321,7 +347,7 @@ def stability(
     unknown = [s for s in scheme_list if s not in SCHEMES]
     if unknown or not scheme_list:
         fail(f"unknown scheme(s) {', '.join(unknown) or '(none given)'}; valid schemes: {', '.join(SCHEMES)}")
-    depth_list = _depths(depths, task in SEQ2SEQ_TASK_NAMES)
+    depth_list = _depths(_paired_depths(depths, encoder_layers, decoder_layers, task), task in SEQ2SEQ_TASK_NAMES)
     if warmup == 0:
         fail("--warmup is the 'some warm-up' arm and must be > 0 (the other arm has none)")
     _check_png(png)
