@@ -136,3 +136,18 @@ def test_cli_exports_an_encoder_decoder_file(tmp_path):
     assert "deepnorm, 2 encoder and 1 decoder layers" in result.stdout
     assert read(out)["source"].shape == (2, 3, 16)
     assert from_golden(out).config.encoder_layers == 2
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--encoder-layers", "2"], "go together"),
+        (["--encoder-layers", "2", "--decoder-layers", "2", "--layers", "3"], "--layers counts the layers"),
+        (["--encoder-layers", "2", "--decoder-layers", "2", "--cross-attention"], "sets --causal"),
+        (["--source-len", "3"], "give --encoder-layers"),
+    ],
+)
+def test_cli_export_options_that_do_not_go_together_are_one_line_and_exit_2(tmp_path, args, words):
+    result = CliRunner().invoke(main, ["export", "--scheme", "pre", *args, "-o", str(tmp_path / "g.npz")])
+    assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "g.npz").exists()
