@@ -119,6 +119,12 @@ def test_a_run_on_mirror_is_deterministic():
     assert first["curve"] == second["curve"] and first["evals"] == second["evals"]
 
 
+def test_a_small_model_learns_to_mirror_its_source():
+    config = tiny(scheme="pre", lr=3e-3, warmup=10, steps=200, d_model=16, batch=16, eval_every=100)
+    summary = train(config).summary()
+    assert summary["outcome"] == "trained" and summary["final_accuracy"] > 0.95, summary
+
+
 def test_mirror_needs_an_encoder_decoder_model_and_the_other_tasks_refuse_one():
     with pytest.raises(ConfigError, match="trains an encoder-decoder model"):
         tiny(encoder_layers=0, decoder_layers=0)
