@@ -153,8 +153,9 @@ def train(
 
     one_blas_thread_unless_chosen()
     with input_errors():
-        from lnref.train import TrainConfig, default_warmup, plot_run
+        from lnref.train import TrainConfig, default_warmup
         from lnref.train import train as run_training
+        from lnref.train_charts import plot_run
 
         chosen = warmup is None
         if chosen:
@@ -391,7 +392,8 @@ def stability(
 
 def _stability_output(results, as_json, png):
     """The table (or JSON) and the figure of the grid's results, whether just run or read back."""
-    from lnref.train import format_grid, plot_grid, summarize_grid
+    from lnref.train import format_grid, summarize_grid
+    from lnref.train_charts import plot_grid
 
     rows = summarize_grid(results)
     if png:
