@@ -68,6 +68,24 @@ def test_output_tangent_is_linear_in_the_directions_size(small):
     np.testing.assert_allclose(output_tangent(net, doubled), 2 * output_tangent(net, direction), rtol=1e-7)
 
 
+def test_encoder_decoder_network_gradient_is_the_models_gradient():
+    model = lnref.build("pre", encoder_layers=1, decoder_layers=1, d_model=8, n_heads=2, d_ff=16, seed=3)
+    x, dy, _ = model.sample_inputs(batch=2, seq=4)
+    net = network(model, x)
+    assert np.array_equal(net.output(model.params), model(*x))
+    grads = net.gradient(dy)
+    for name, value in model.value_and_grad(*x, dy)[1].items():
+        np.testing.assert_array_equal(grads[name], value)
+
+
+def test_sweep_moves_only_the_named_stacks_weights():
+    from lnref.claims.updates import encoder_decoder_model
+
+    encoder = sweep("post", (1,), range(1), 8, "adam", make=encoder_decoder_model, stack="encoder")
+    both = sweep("post", (1,), range(1), 8, "adam", make=encoder_decoder_model)
+    assert 0 < encoder.descent[0, 0] < both.descent[0, 0]
+
+
 def test_sweep_refuses_an_unknown_update_model():
     with pytest.raises(ValueError, match="update must be one of"):
         sweep("pre", (2,), range(1), 8, "sgd")
@@ -113,6 +131,11 @@ def failing(result, prefix=""):
 def test_liu_adam_the_random_updates_log_law_applied_to_adams_step_fails():
     result = adam.run_liu(quick=True, scheme="pre", law="random")
     assert result.verdict == "refuted" and failing(result, "pre: output change O(log N)")
+
+
+def test_liu_adam_the_random_updates_log_law_applied_to_an_encoder_decoders_adam_step_fails():
+    checks, _, _ = adam.encoder_decoder_checks(("pre",), quick=True, progress=None, law="random", tag="control")
+    assert [c for c in checks if c.outcome == "fails" and c.contradicts_proof and "O(log N)" in c.statement]
 
 
 def test_deepnet_adam_a_flat_update_under_adams_step_fails():

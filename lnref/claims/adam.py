@@ -3,7 +3,8 @@ for Pre-LN and Admin) and DeepNet (a depth-independent model update), each measu
 update that lnref's Adam makes in its first step on a seeded batch (lnref/claims/updates.py).
 The random update of ``liu-output-change`` and ``deepnet`` moves the sublayers independently;
 this one moves every weight against its own gradient, so every sublayer's change lowers the
-same loss and the changes add coherently. Derivations: proofs/liu-output-change-adam.md,
+same loss and the changes add coherently. Both are measured in the encoder stack and in an
+encoder-decoder model of N layers per stack. Derivations: proofs/liu-output-change-adam.md,
 proofs/deepnet-adam.md.
 """
 
@@ -13,7 +14,7 @@ import math
 
 from lnref.claims.core import Check, Claim, Result
 from lnref.claims.stats import slope_over_seeds
-from lnref.claims.updates import sweep
+from lnref.claims.updates import encoder_decoder_model, sweep
 
 INF = math.inf
 LIU_SCHEMES = ("post", "pre", "admin")
@@ -36,6 +37,45 @@ def identity_check(name, result, figures):
         IDENTITY_TOLERANCE,
         result.identity_error,
     )
+
+
+def encoder_decoder_checks(schemes, quick, progress, law, tag):
+    """The same laws in an encoder-decoder model of N layers per stack (its scheme's own encoder
+    and decoder constants), under the first Adam step: the paper's law (expected to fail unless
+    ``law="random"``), our lower bound from the coherent sum, the first-order identity.
+    Returns (checks, figures, summary)."""
+    depths = (2, 4, 8) if quick else (2, 4, 8, 16)
+    seeds = range(2 if quick else 4)
+    upper = depths[-3:]
+    checks, figures = [], {}
+    for name in schemes:
+        result = sweep(
+            name, depths, seeds, 32 if quick else 64, "adam", make=encoder_decoder_model, progress=progress, tag=tag
+        )
+        k = exponent(depths, result.change)
+        k_upper = exponent(upper, result.change[:, -len(upper) :])
+        figures.update({f"encdec_{name}_exponent": k[0], f"encdec_{name}_upper_exponent": k_upper[0]})
+        span = f"local exponent over N = {upper[0]}..{upper[-1]} per stack"
+        laws = {
+            "post": [
+                ("output change O(N), exponent in N per stack in [0.85, 1.15]", "paper", 0.85, 1.15, k, False),
+                ("Delta grows at least like N^1.5", "proof", 1.5, INF, k, True),
+            ],
+            "pre": [
+                (f"output change O(log N): {span} <= 0.75", "paper", -INF, 0.75, k_upper, False),
+                (f"Delta grows at least like N ({span} >= 1)", "proof", 1.0, INF, k_upper, True),
+            ],
+            "deepnorm": [
+                ("output change flat in N per stack (exponent 0 +- 0.15)", "paper", -0.15, 0.15, k, False),
+                ("Delta grows (exponent in N per stack >= 0.5)", "proof", 0.5, INF, k, True),
+            ],
+        }
+        for statement, source, low, high, value, holds in laws["pre" if name == "admin" else name]:
+            expected = holds if source == "proof" else holds or law == "random"
+            checks.append(Check(f"encoder-decoder {name}: {statement}", source, low, high, *value, expected))
+        checks.append(identity_check(f"encoder-decoder {name}", result, figures))
+    summary = "encoder-decoder " + ", ".join(f"{n} N^{figures[f'encdec_{n}_exponent']:.2f}" for n in schemes)
+    return checks, figures, summary
 
 
 def run_liu(quick=False, progress=None, scheme=None, law=None):
@@ -106,9 +146,12 @@ def run_liu(quick=False, progress=None, scheme=None, law=None):
                 *k_rho,
             )
         )
+    summary = ", ".join(f"{n} N^{figures[n + '_exponent']:.2f}" for n in schemes)
     if scheme is None:
         figures["post_over_pre_exponent"] = exponent(depths, changes["post"] / changes["pre"])[0]
-    summary = ", ".join(f"{n} N^{figures[n + '_exponent']:.2f}" for n in schemes)
+        more, more_figures, encdec = encoder_decoder_checks(LIU_SCHEMES, quick, progress, law, "liu-output-change-adam")
+        checks, summary = checks + more, f"{summary}; {encdec}"
+        figures.update(more_figures)
     return Result(
         claim=LIU_ADAM,
         prediction="every sublayer's change has the component -eta ||g_i||_1 along dy (they lower one loss), so they "
@@ -170,12 +213,18 @@ def run_deepnet(quick=False, progress=None, scheme=None, law=None):
             ),
             identity_check(name, result, figures),
         ]
+    encdec = ""
+    if scheme is None:
+        more, more_figures, encdec = encoder_decoder_checks(("deepnorm",), quick, progress, law, "deepnet-adam")
+        checks, encdec = checks + more, f"; {encdec}"
+        figures.update(more_figures)
     return Result(
         claim=DEEPNET_ADAM,
         prediction="the sign step moves every sublayer by beta/alpha in the same direction: ||g||_1 ~ 2N beta/alpha ~ "
         "N^(1/2) and Delta ~ N, where the random update's quadrature sum 2N 2 beta^2/alpha^2 = 1 is flat",
         measurement=", ".join(f"{n} N^{figures[n + '_exponent']:.2f}" for n in schemes)
-        + (f"; ||g||_1 deepnorm N^{figures['deepnorm_descent_exponent']:.2f}" if "deepnorm" in schemes else ""),
+        + (f"; ||g||_1 deepnorm N^{figures['deepnorm_descent_exponent']:.2f}" if "deepnorm" in schemes else "")
+        + encdec,
         checks=checks,
         figures=figures,
         config=_config(d, depths, seeds),

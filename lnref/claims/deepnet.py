@@ -3,7 +3,9 @@ constants make the model update after one optimizer step independent of depth. T
 constants satisfy (sublayers) * 2 beta^2 / alpha^2 = 1 exactly; the update formula of
 proofs/deepnet.md (each sublayer's own change, divided by its LN's scale ~ alpha, reaches
 the output unchanged) is evaluated on the network and compared with central differences;
-DeepNorm's output change stays flat in N while Post-LN's grows. Derivation: proofs/deepnet.md.
+DeepNorm's output change stays flat in N while Post-LN's grows, in the encoder stack and, with
+the paper's encoder and decoder constants, in an encoder-decoder model of N layers per stack.
+Derivation: proofs/deepnet.md.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from lnref.claims.core import Check, Claim, Result
 from lnref.claims.liu import measure_output_change
 from lnref.claims.stats import mean_se, slope_over_seeds
+from lnref.claims.updates import encoder_decoder_model, sweep
 
 
 def constant_identity_error(max_layers=1000):
@@ -82,12 +85,37 @@ def run(quick=False, progress=None, scheme=None, law=None):
             checks.append(
                 Check(f"{name}: output change grows with N (exponent >= 0.5)", "paper", 0.5, math.inf, *exponent)
             )
+    encdec = ""
+    if scheme is None:
+        depths_ed, seeds_ed = ((2, 4, 8), range(2)) if quick else ((2, 4, 8, 16), range(4))
+        laws = {
+            "deepnorm": ("output change flat in N per stack (exponent 0 +- 0.15)", -0.15, 0.15),
+            "post": ("output change grows with N per stack (exponent >= 0.5)", 0.5, math.inf),
+        }
+        for name, (statement, low, high) in laws.items():
+            result = sweep(
+                name,
+                depths_ed,
+                seeds_ed,
+                d,
+                "random",
+                batch,
+                seq,
+                make=encoder_decoder_model,
+                progress=progress,
+                tag="deepnet",
+            )
+            exponent = slope_over_seeds(depths_ed, result.change, log_x=True, log_y=True)
+            figures[f"encdec_{name}_exponent"] = exponent[0]
+            checks.append(Check(f"encoder-decoder {name}: {statement}", "paper", low, high, *exponent))
+        encdec = "; encoder-decoder " + ", ".join(f"{n} N^{figures[f'encdec_{n}_exponent']:.2f}" for n in laws)
     return Result(
         claim=CLAIM,
         prediction="sum over the 2N sublayers of (v^2 + w^2)/alpha^2 = 2N 2 beta^2/alpha^2 = 1: the first-order "
         "output change is O(1) in N for DeepNorm, while Post-LN's grows",
         measurement=", ".join(f"{n} N^{figures[n + '_exponent']:.2f}" for n in schemes)
-        + f"; identity error {identity:.1e}",
+        + f"; identity error {identity:.1e}"
+        + encdec,
         checks=checks,
         figures=figures,
         config={

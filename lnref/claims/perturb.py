@@ -44,7 +44,8 @@ class Network:
 
 
 def network(model, x, memory=None):
-    """The :class:`Network` of lnref's staged model on the batch ``x`` (and ``memory``)."""
+    """The :class:`Network` of lnref's staged model on the batch ``x`` (and ``memory``); ``x`` is
+    the (source, target) pair of an encoder-decoder model."""
     frozen = record_frozen_point(model, x, memory)
 
     def output(params):
@@ -52,6 +53,8 @@ def network(model, x, memory=None):
         return y.value
 
     def gradient(dy):
+        if isinstance(x, tuple):
+            return model.value_and_grad(*x, dy)[1]
         return model.value_and_grad(x, dy, memory)[1]
 
     return Network(model.params, output, gradient)

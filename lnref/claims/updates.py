@@ -51,6 +51,19 @@ def default_model(scheme, depth, seed, d_model, batch, seq):
     return model, x, dy, memory
 
 
+def encoder_decoder_model(scheme, depth, seed, d_model, batch, seq):
+    """An encoder and a decoder of ``depth`` layers each (the lnref setting's sizes: 4 heads,
+    d_ff = 4d; the scheme's encoder and decoder constants) and its seeded batch: (model,
+    (source, target), dy, None)."""
+    from lnref.model import build
+
+    model = build(
+        scheme, encoder_layers=depth, decoder_layers=depth, d_model=d_model, n_heads=4, d_ff=4 * d_model, seed=seed
+    )
+    x, dy, _ = model.sample_inputs(batch=batch, seq=seq)
+    return model, x, dy, None
+
+
 @dataclass
 class Sweep:
     """One scheme's output change over depths (rows: seeds, columns: depths).
@@ -85,10 +98,12 @@ def sweep(
     prepare: Callable | None = None,
     progress=None,
     tag="",
+    stack=None,
 ):
     """Measure Delta(N) for ``scheme`` under the ``update`` model. ``make(scheme, depth, seed,
     d_model, batch, seq)`` gives (model, x, dy, memory), lnref's encoder stack by default;
-    ``prepare(model, x)`` may replace the input (T-Fixup's scaled embedding)."""
+    ``prepare(model, x)`` may replace the input (T-Fixup's scaled embedding); ``stack``
+    ("encoder", "decoder") moves only that stack's weights of an encoder-decoder model."""
     if update not in UPDATES:
         raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
     shape = (len(seeds), len(depths))
@@ -101,10 +116,11 @@ def sweep(
             if prepare is not None:
                 x = prepare(model, x)
             net = network(model, x, memory)
+            names = None if stack is None else [n for n in weight_names(model.params) if n.startswith(f"{stack}.")]
             if update == "random":
-                direction = update_direction(model, seed)
+                direction = update_direction(model, seed, names)
             else:
-                direction, grads = adam_direction(net, dy)
+                direction, grads = adam_direction(net, dy, names)
             tangent = output_tangent(net, direction)
             change[row, column] = np.mean(tangent**2)
             if update == "adam":
