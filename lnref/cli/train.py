@@ -14,7 +14,7 @@ import sys
 import click
 
 from lnref import SCHEMES
-from lnref.cli.options import COUNT, EXIT_OK, fail, input_errors, model_options
+from lnref.cli.options import COUNT, EXIT_OK, fail, input_errors, model_options, probe_forward
 from lnref.cli.sweep import SweepRequest, echo, execute, load, sweep_options
 
 TASK_NAMES = ("reverse", "recall", "chars")  # lnref.tasks.TASKS, named here to keep --help light
@@ -176,8 +176,10 @@ def train(
             divergence_factor=divergence_factor,
         )
         from lnref.tasks import get_task
+        from lnref.train import make_lm
 
-        get_task(task, options["seq"])  # a bad --seq for the task fails here, before any training
+        chosen_task = get_task(task, options["seq"])  # a bad --seq for the task fails here, before any training
+        probe_forward(make_lm(config, chosen_task).model)
     if chosen:
         _note_shortened_warmup(warmup, steps)
     # Outside input_errors: past validation, an exception is a bug and keeps its traceback.
