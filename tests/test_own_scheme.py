@@ -101,6 +101,30 @@ def test_a_broken_scheme_file_gets_one_line_and_exit_2(tmp_path, source, words):
     assert all(word in lines[-1] for word in words), lines[-1]
 
 
+BROKEN = {
+    "missing layer": ("SUMMARY = 'no layer here'\n", "defines no layer(x, layer) function"),
+    "syntax error": ("def layer(x, layer):\n    return (x\n", "syntax error at line 2"),
+    "wrong shape": ("def layer(x, layer):\n    return x[:, :1]\n", "layer 0 returned a stream of shape"),
+}
+COMMANDS = {
+    "profile": ("profile", "--layers", "2", "--seeds", "1"),
+    "export": ("export", "--layers", "2", "-o", "out.npz"),
+    "train": ("train", "--layers", "2", "--task", "reverse", "--steps", "2", "--warmup", "1"),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("broken", BROKEN)
+def test_a_broken_scheme_file_gets_one_line_and_exit_2_from_every_command(tmp_path, broken, command):
+    """Before any work: the profile's sweep and the training loop never start."""
+    source, words = BROKEN[broken]
+    (tmp_path / "broken.py").write_text(source)
+    done = lnref_cli(*COMMANDS[command], *SMALL, "--scheme", "broken.py", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error:") and words in done.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["broken.py"]  # no records, no file
+
+
 def test_a_scheme_file_that_does_not_exist_is_one_line():
     with pytest.raises(SchemeError, match="does not exist"):
         get_scheme("no/such/scheme.py")
