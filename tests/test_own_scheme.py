@@ -79,6 +79,33 @@ def test_the_example_scheme_trains():
     assert '"diverged": false' in done.stdout
 
 
+def test_the_example_scheme_runs_through_the_stability_grid(tmp_path):
+    done = lnref_cli(
+        "stability",
+        "--schemes",
+        f"{EXAMPLE},pre",
+        "--depths",
+        "2",
+        "--seeds",
+        "1",
+        "--steps",
+        "4",
+        "--warmup",
+        "1",
+        "--d-model",
+        "8",
+        "--batch",
+        "2",
+        "--workers",
+        "1",
+        "--out",
+        str(tmp_path / "runs.jsonl"),
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 2 |")]
+    assert len(rows) == 4 and sum(EXAMPLE in row for row in rows) == 2
+
+
 @pytest.mark.parametrize(
     "source,words",
     [
