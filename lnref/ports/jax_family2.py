@@ -120,8 +120,9 @@ def gpas(m: Stack, x: Any) -> Any:
 
 @jax.jit
 def _hyper_connections(stacked, normed, p):
-    """(h_in, mix(out)) of one sublayer: the width connection's input and a function placing
-    the sublayer's output; ``normed`` None for static connections."""
+    """(h_in, carried, B) of one sublayer: the width connection's input sum_i A_m[i] h_i, the
+    copies carried on sum_i A_r[i, j] h_i, and the weights B[j] of the sublayer's output in
+    each; ``normed`` (the copies normalized) None for static connections."""
     a_m, a_r, beta = p["am"], p["ar"], p["b"]
     if normed is not None:
         a_m = a_m + p["s_alpha"] * jnp.tanh(normed @ p["wm"])[..., 0]
