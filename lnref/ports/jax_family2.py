@@ -135,7 +135,8 @@ def _hyper_connections(stacked, normed, p):
 
 def hyper(m: Stack, x: Any) -> Any:
     """Hyper-connections (Zhu et al. 2025, Sec. 2, arXiv 2409.19606), static and dynamic, on
-    Pre-LN sublayers; no official code is public, the equations are the paper's. n copies
+    Pre-LN sublayers. No official code is public: the equations (Eq. 2, HC = [[0, B], [A_m, A_r]],
+    and the dynamic form) as the paper's opening and reviews quoting it give them. n copies
     of the stream, each the input at first; for each sublayer S, per token,
         h_in = sum_i A_m[i] h_i;   h_j <- sum_i A_r[i, j] h_i + B[j] S(N_S(h_in))
         dynamic: Hb = N_hc(H), A_m += s_a tanh(Hb W_m), A_r += s_a tanh(Hb W_r), B += s_b tanh(Hb W_b)^T
@@ -170,8 +171,9 @@ def _mhc_maps(u, p, iterations):
 
 
 def mhc(m: Stack, x: Any) -> Any:
-    """mHC (Xie et al. 2026, Sec. 4, arXiv 2512.24880, Eqs. 6-8), on Pre-LN sublayers; no
-    official code is public, the equations are the paper's. Per token, u = N_mix(vec(x)):
+    """mHC (Xie et al. 2026, Sec. 4, arXiv 2512.24880, Eqs. 6-8), on Pre-LN sublayers. No
+    official code is public: the equations as reviews quoting the paper give them. Per token,
+    from the n copies flattened and normalized, u = N_mix(vec(x)):
         H_pre = sigmoid(a_pre u phi_pre + b_pre);  H_post = 2 sigmoid(a_post u phi_post + b_post)
         H_res = SinkhornKnopp(a_res mat(u phi_res) + b_res)  (t_max rounds; mat row-major n x n)
         x_i <- sum_j H_res[i, j] x_j + H_post[i] S(N_S(sum_j H_pre[j] x_j));  y = N_final(sum_i x_i)"""

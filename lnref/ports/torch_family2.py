@@ -107,7 +107,8 @@ def gpas(m, x):
 
 def hyper(m, x):
     """Hyper-connections (Zhu et al. 2025, Sec. 2, arXiv 2409.19606), static and dynamic, on
-    Pre-LN sublayers; no official code is public, the equations are the paper's. The stream is
+    Pre-LN sublayers. No official code is public: the equations (Eq. 2, HC = [[0, B], [A_m, A_r]],
+    and the dynamic form) as the paper's opening and reviews quoting it give them. The stream is
     n copies H = (h_1..h_n), each the input at first; for each sublayer S, per token,
 
         h_in = sum_i A_m[i] h_i;   h_j <- sum_i A_r[i, j] h_i + B[j] S(LN_S(h_in))
@@ -146,9 +147,9 @@ def sinkhorn(logits, iterations):
 
 
 def mhc(m, x):
-    """mHC (Xie et al. 2026, Sec. 4, arXiv 2512.24880, Eqs. 6-8), on Pre-LN sublayers; no
-    official code is public, the equations are the paper's. Per token, from the n copies
-    flattened and normalized, u = N_mix(vec(x)) (n d features):
+    """mHC (Xie et al. 2026, Sec. 4, arXiv 2512.24880, Eqs. 6-8), on Pre-LN sublayers. No
+    official code is public: the equations as reviews quoting the paper give them. Per token,
+    from the n copies flattened and normalized, u = N_mix(vec(x)) (n d features):
 
         H_pre = sigmoid(a_pre u phi_pre + b_pre);  H_post = 2 sigmoid(a_post u phi_post + b_post)
         H_res = SinkhornKnopp(a_res mat(u phi_res) + b_res)   (t_max rounds, mat row-major n x n)
