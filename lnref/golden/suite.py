@@ -8,8 +8,8 @@ The cases of one scheme: its base model (LayerNorm, ReLU, encoder), then one cha
 each other norm kind, a causal stack, a decoder stack (causal, with cross-attention to a
 memory), each other activation, each QK-norm variant, each choice of each of the scheme's own
 options; a change the scheme refuses is left out, and so is a case no port can pass
-(:data:`UNJUDGED`). An alias (gemma2: sandwich with Gemma's norm) has its preset model alone. Every case at each depth, at a generic point (no gain 1, no shift 0), on a
-small model.
+(:data:`UNJUDGED`). An alias (gemma2: sandwich with Gemma's norm) has its preset model alone.
+Every case at each depth, at a generic point (no gain 1, no shift 0), on a small model.
 """
 
 from __future__ import annotations
