@@ -10,6 +10,8 @@ A *state* is what flows between layers: one array for most schemes, a tuple for 
 several streams (ResiDual's two, DLCL's history; the scheme names them). Keeping states
 explicit is what lets the gradient checker re-run only the layers after a perturbed
 parameter and check one layer at a time, and lets the probes read every layer's state.
+``build(scheme, encoder_layers=N, decoder_layers=M)`` builds an encoder-decoder model of two
+such stacks (``lnref/encdec.py``), staged the same way.
 
 Parameter names (stable, documented in the README):
     layers.{i}.attn.{wq,bq,wk,bk,wv,bv,wo,bo}     self-attention
@@ -18,6 +20,7 @@ Parameter names (stable, documented in the README):
     layers.{i}.<norm>.{gamma,beta}                the scheme's norms (RMSNorm: gamma only)
     layers.{i}.<extra>                            scheme scalars/vectors (omega_attn, alpha, ...)
     final_ln.*, embed_ln.*, ...                   stack-level norms
+An encoder-decoder model names each stack's parameters so, after "encoder." or "decoder.".
 """
 
 from __future__ import annotations
@@ -26,24 +29,30 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lnref import nn
-from lnref.autograd import Tape, Tensor, ops
+from lnref.autograd import Tensor
 from lnref.autograd.replay import Replayer
 from lnref.norms import NORM_KINDS
 from lnref.qk_norms import QK_NORMS
 from lnref.schemes import ALIASES, get_scheme, one_line_error, options_of, refusals_of, stream_names
+from lnref.staged import ConfigError, Staged, as_state, index_groups
 from lnref.views import Freeze, Layer, Run, Stack, State
+
+if TYPE_CHECKING:
+    from lnref.encdec import EncoderDecoder
 
 ACTIVATIONS = tuple(nn.ACTIVATIONS)
 DTYPES = ("float64", "float32")
-
-
-class ConfigError(ValueError):
-    """A configuration or input that cannot describe a model (exit code 2 in the CLI)."""
+# What a Config describes: a model of one stack; the encoder or the decoder of an
+# encoder-decoder model (what its schemes see); the whole encoder-decoder model.
+ROLES = ("stack", "encoder", "decoder", "encoder-decoder")
+# The random streams of the two stacks of an encoder-decoder model (a model of one stack
+# draws from its seed alone): the stacks' weights are independent draws.
+STACK_STREAMS = {"encoder": 11, "decoder": 12}
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,9 @@ class Config:
     post_fraction: float = 0.25  # Mix-LN: share of the layers (from the bottom) that are Post-LN
     qk_norm: str = "none"  # a variant of lnref.qk_norms, in every attention
     options: Any = ()  # the scheme's own options (its OPTIONS), as {name: value}
+    role: str = "stack"  # one of ROLES; a scheme reads it to tell an encoder's constants from a decoder's
+    encoder_layers: int = 0  # N and M, the depths of an encoder-decoder model's two stacks (0: one stack)
+    decoder_layers: int = 0
 
     def __post_init__(self) -> None:
         try:
@@ -91,10 +103,40 @@ class Config:
             raise ConfigError(f"post_fraction must be in [0, 1], got {self.post_fraction!r}")
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+        self._check_role()
         settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "scheme"}
         refused = refusal(self.scheme, **settings)
         if refused is not None:
             raise ConfigError(refused)
+
+    def _check_role(self) -> None:
+        if self.role not in ROLES:
+            raise ConfigError(f"unknown role {self.role!r}; valid: {', '.join(ROLES)}")
+        depths = (self.encoder_layers, self.decoder_layers)
+        for name, value in zip(("encoder_layers", "decoder_layers"), depths):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.role == "stack":
+            if any(depths):
+                raise ConfigError("encoder_layers and decoder_layers describe an encoder-decoder model, not one stack")
+            return
+        if min(depths) < 1:
+            raise ConfigError(f"an encoder-decoder model needs encoder_layers and decoder_layers >= 1, got {depths}")
+        layers = {"encoder": depths[0], "decoder": depths[1], "encoder-decoder": sum(depths)}[self.role]
+        if self.n_layers != layers:
+            raise ConfigError(f"n_layers of the {self.role} is {layers} (encoder_layers, decoder_layers {depths})")
+        decoder = self.role == "decoder"
+        if (self.causal, self.cross_attention) != (decoder, decoder):
+            raise ConfigError(
+                "an encoder-decoder model sets causal and cross_attention itself: "
+                "its encoder attends both ways, its decoder is causal and attends to the encoder's output"
+            )
+
+    def stack(self, role: str) -> Config:
+        """The config of the encoder's or the decoder's stack of this encoder-decoder model."""
+        decoder = role == "decoder"
+        layers = self.decoder_layers if decoder else self.encoder_layers
+        return dataclasses.replace(self, role=role, n_layers=layers, causal=decoder, cross_attention=decoder)
 
     def option(self, name: str) -> Any:
         """The value of the scheme's own option ``name`` (its default unless set)."""
@@ -174,24 +216,28 @@ def fast_paths_enabled(environ: Any = os.environ) -> bool:
     return environ.get("LNREF_FAST", "1").strip().lower() not in ("0", "off", "false", "no")
 
 
-class Model:
+class Model(Staged):
     """A stack of one scheme's layers with its parameters (see the module docstring).
 
     ``fast`` (default: :func:`fast_paths_enabled`) lets passes take the fused sublayers and
     replay a repeated ``value_and_grad``; with it off, every pass is the readable composition
     on the tape. The two give the same function and gradients (tests hold them together).
+    ``encoder``: for the decoder stack of an encoder-decoder model, its encoder stack, whose
+    output is the decoder's memory (Admin profiles the decoder with it).
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, encoder: Model | None = None) -> None:
         self.config = config
         self.scheme = get_scheme(config.scheme)
         self.dtype = np.dtype(config.dtype)
         self.fast = fast_paths_enabled()
         self.replayer = Replayer()
         self.head_norms: set[str] = set()
-        rng = np.random.default_rng(config.seed)
+        self.encoder = encoder
+        seed = config.seed if config.role == "stack" else [config.seed, STACK_STREAMS[config.role]]
+        rng = np.random.default_rng(seed)
         self.params = self._init_params(rng)
-        self.groups = _index_groups(self.params)
+        self.groups = index_groups(self.params)
         initialize = getattr(self.scheme, "initialize", None)
         if initialize is not None:
             initialize(self, rng)
@@ -251,26 +297,7 @@ class Model:
 
     def load(self, params: dict[str, Any]) -> None:
         """Replace every parameter; names, shapes and dtypes must match exactly."""
-        missing = [n for n in self.params if n not in params]
-        extra = [n for n in params if n not in self.params]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-            if extra:
-                parts.append(f"unexpected {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
-            raise ConfigError("load: parameter names differ: " + "; ".join(parts))
-        loaded = {}
-        for name, current in self.params.items():
-            value = np.asarray(params[name])
-            if value.shape != current.shape:
-                raise ConfigError(f"load: {name} has shape {value.shape}, expected {current.shape}")
-            if value.dtype != current.dtype:
-                raise ConfigError(f"load: {name} has dtype {value.dtype}, expected {current.dtype}")
-            if not np.isfinite(value).all():
-                raise ConfigError(f"load: {name} contains NaN or inf")
-            loaded[name] = value.copy()
-        self.params = loaded
+        self.params = self._checked_params(params)
 
     # -- inputs --
 
@@ -315,6 +342,19 @@ class Model:
         """Names of the arrays of the state entering layer ``index`` (the scheme declares them)."""
         return stream_names(self.scheme, index, self.config)
 
+    @property
+    def n_blocks(self) -> int:
+        """The blocks of the staged model: its layers."""
+        return int(self.config.n_layers)
+
+    def layer_of(self, name: str) -> int | None:
+        """The block (layer) whose parameter ``name`` is; None for a stack-level one."""
+        return int(name.split(".")[1]) if name.startswith("layers.") else None
+
+    def block_label(self, index: int) -> tuple[str, str]:
+        """(name, place) of block ``index``: ("layers.3", "layer 3")."""
+        return f"layers.{index}", f"layer {index}"
+
     # -- the stack, stage by stage --
 
     def run(
@@ -333,7 +373,7 @@ class Model:
     def embed(self, run: Run, x: Any) -> State:
         embed = getattr(self.scheme, "embed", None)
         if embed is None:
-            return _as_state(x)
+            return as_state(x)
         return self._checked_state("embed", lambda: embed(x, Stack(run, "embed")), np.shape(_value(x)))
 
     def layer(self, run: Run, index: int, state: State) -> State:
@@ -368,28 +408,12 @@ class Model:
         for stream in streams:
             if not isinstance(stream, (Tensor, np.ndarray)) or stream.shape != shape:
                 got = f"shape {stream.shape}" if isinstance(stream, (Tensor, np.ndarray)) else type(stream).__name__
+                where = stage if self.config.role == "stack" else f"{self.config.role} {stage}"
                 raise ConfigError(
-                    f"{origin or 'scheme ' + self.config.scheme}: {stage} returned a stream of {got}, "
+                    f"{origin or 'scheme ' + self.config.scheme}: {where} returned a stream of {got}, "
                     f"expected shape {shape}"
                 )
-        return _as_state(value)
-
-    def forward(
-        self, run: Run, x: Any = None, state: State | None = None, start: int = 0, keep_states: bool = False
-    ) -> tuple[Tensor, list[State] | None]:
-        """Run layers ``start..`` from ``state`` (or from ``x`` when start is 0).
-
-        Returns (y, states) with states[l] the state entering layer l (and states[L] the last
-        layer's output) when ``keep_states``, else (y, None).
-        """
-        if state is None:
-            state = self.embed(run, x)
-        states = [state] if keep_states else None
-        for index in range(start, self.config.n_layers):
-            state = self.layer(run, index, state)
-            if states is not None:
-                states.append(state)
-        return self.readout(run, state), states
+        return as_state(value)
 
     # -- the public face --
 
@@ -411,58 +435,7 @@ class Model:
         With ``fast`` on, a repeated pass with inputs of the same shapes replays the primitive
         calls of the first (``autograd/replay.py``), without the Python of the layers."""
         self.check_input(x, memory)
-        dy = np.asarray(dy)
-        if not self.fast:
-            grads, loss, _ = self.gradients(x, dy, memory)
-            return loss, grads
-        arrays = [*self.params.values(), x, memory, dy]
-        key = (np.shape(x), dy.shape, np.shape(memory))
-        output, gradients = self.replayer.value_and_grad(key, self._loss, arrays, [True] * (len(arrays) - 1) + [False])
-        names = [*self.params, "input", "memory"]
-        return float(output.value), {name: g for name, g in zip(names, gradients) if g is not None}
-
-    def gradients(
-        self,
-        x: Any,
-        dy: np.ndarray,
-        memory: Any = None,
-        params: dict[str, Any] | None = None,
-        keep_states: bool = False,
-    ) -> tuple[dict[str, np.ndarray], float, list[State] | None]:
-        """Forward and backward on the tape: (grads, loss, states entering each layer or None)."""
-        leaves = {name: Tensor(value, requires_grad=True) for name, value in (params or self.params).items()}
-        x_leaf = Tensor(x, requires_grad=True)
-        memory_leaf = None if memory is None else Tensor(memory, requires_grad=True)
-        with Tape() as tape:
-            y, states = self.forward(self.run(leaves, memory_leaf), x_leaf, keep_states=keep_states)
-            loss = self._sum_of_products(y, dy)
-        for state in states or ():
-            for tensor in state:
-                tensor.retain_grad = True
-        tape.backward(loss)
-        grads = {name: leaf.grad_or_zeros() for name, leaf in leaves.items()}
-        grads["input"] = x_leaf.grad_or_zeros()
-        if memory_leaf is not None:
-            grads["memory"] = memory_leaf.grad_or_zeros()
-        return grads, float(loss.value), states
-
-    def _loss(self, *inputs: Any) -> Tensor:
-        """The loss as a function of (the parameters in order, x, memory, dy)."""
-        *values, x, memory, dy = inputs
-        y, _ = self.forward(self.run(dict(zip(self.params, values)), memory), x)
-        return self._sum_of_products(y, dy)
-
-    @staticmethod
-    def _sum_of_products(y: Tensor, dy: Any) -> Tensor:
-        if y.shape != dy.shape:
-            raise ConfigError(f"dy must have the output's shape {y.shape}, got {dy.shape}")
-        return ops.sum(ops.mul(y, dy))
-
-
-def _as_state(value: Any) -> State:
-    """A tuple of Tensors (a stream passed through unchanged may still be a plain array)."""
-    streams = value if isinstance(value, tuple) else (value,)
-    return tuple(s if isinstance(s, Tensor) else Tensor(s) for s in streams)
+        return self._value_and_grad(x, dy, memory, self.fast)
 
 
 def _value(x: Any) -> Any:
@@ -483,20 +456,16 @@ def _layer_names(scheme: Any, kind: str, index: int, branches: list[str], config
     return tuple(getattr(scheme, kind.upper(), ()))
 
 
-def _index_groups(params: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
-    groups: dict[str, list[tuple[str, str]]] = {}
-    for full in params:
-        prefix, _, short = full.rpartition(".")
-        groups.setdefault(prefix, []).append((short, full))
-    return groups
-
-
 def _prefixed(prefix: str, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {f"{prefix}.{name}": value for name, value in params.items()}
 
 
-def build(scheme: str, n_layers: int, d_model: int = 16, n_heads: int = 2, d_ff: int = 64, **options: Any) -> Model:
-    """A model of ``scheme`` with freshly initialized (seeded) parameters.
+def build(
+    scheme: str, n_layers: int | None = None, d_model: int = 16, n_heads: int = 2, d_ff: int = 64, **options: Any
+) -> Model | EncoderDecoder:
+    """A model of ``scheme`` with freshly initialized (seeded) parameters: a stack of ``n_layers``
+    layers, or with ``encoder_layers=N, decoder_layers=M`` (and no ``n_layers``) an
+    encoder-decoder model (``lnref.encdec.EncoderDecoder``).
 
     Options: norm (a kind of ``lnref.norms``: "layernorm", "rmsnorm"), activation (``lnref.nn.ACTIVATIONS``:
     "relu", "gelu", "gelu_tanh"), causal, cross_attention, eps, dtype ("float64" | "float32"), seed, post_fraction
@@ -505,4 +474,32 @@ def build(scheme: str, n_layers: int, d_model: int = 16, n_heads: int = 2, d_ff:
     unknown = set(options) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise ConfigError(f"build: unknown option(s) {', '.join(sorted(unknown))}")
+    encoder_layers, decoder_layers = options.pop("encoder_layers", 0), options.pop("decoder_layers", 0)
+    if encoder_layers or decoder_layers or options.get("role") == "encoder-decoder":
+        from lnref.encdec import EncoderDecoder
+
+        if n_layers is not None and n_layers != encoder_layers + decoder_layers:
+            raise ConfigError("build: give n_layers for one stack, or encoder_layers and decoder_layers, not both")
+        for flag in ("causal", "cross_attention"):
+            if options.pop(flag, False):
+                raise ConfigError(
+                    f"build: an encoder-decoder model takes no {flag} option: its encoder attends both "
+                    "ways, its decoder is causal and attends to the encoder's output"
+                )
+        depths = {"encoder_layers": encoder_layers, "decoder_layers": decoder_layers}
+        options.setdefault("role", "encoder-decoder")
+        return EncoderDecoder(
+            Config(scheme, encoder_layers + decoder_layers, d_model, n_heads, d_ff, **depths, **options)
+        )
+    if n_layers is None:
+        raise ConfigError("build: give n_layers (a model of one stack), or encoder_layers and decoder_layers")
     return Model(Config(scheme, n_layers, d_model, n_heads, d_ff, **options))
+
+
+def from_config(config: Config) -> Model | EncoderDecoder:
+    """The model a Config describes: one stack, or an encoder-decoder model."""
+    if config.role == "encoder-decoder":
+        from lnref.encdec import EncoderDecoder
+
+        return EncoderDecoder(config)
+    return Model(config)

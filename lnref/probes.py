@@ -227,15 +227,22 @@ class LayerProfile:
         return values
 
 
-def layer_profile(model, x, dy, memory=None, stream=0):
+def layer_profile(model, x, dy, memory=None, stream=0, stack="decoder"):
     """Probe ``model`` on one batch: one forward and backward of loss = sum(y * dy).
 
     ``x``, ``dy`` (and ``memory`` for cross-attention stacks) as from
-    ``model.sample_inputs``; ``stream`` picks the measured entry of multi-stream states.
+    ``model.sample_inputs``; ``stream`` picks the measured entry of multi-stream states. Of an
+    encoder-decoder model the layers of ``stack`` ("encoder" or "decoder") are probed, with
+    the gradients of the whole model's loss (an encoder's reach it through the memory).
     """
     model.check_input(x, memory)
     grads, loss, states = model.gradients(x, np.asarray(dy), memory, keep_states=True)
     n_layers = model.config.n_layers
+    if model.config.role == "encoder-decoder":
+        states = model.stack_states(states)[stack]
+        prefix = f"{stack}."
+        grads = {name[len(prefix) :]: g for name, g in grads.items() if name.startswith(prefix)}
+        n_layers = getattr(model, stack).config.n_layers
     return LayerProfile(
         scheme=model.config.scheme,
         n_layers=n_layers,
@@ -291,13 +298,15 @@ def summarize(profiles, seeds):
     )
 
 
-def profile_over_seeds(build_kwargs, seeds, batch=2, seq=8, memory_len=None, stream=0, progress=None):
+def profile_over_seeds(build_kwargs, seeds, batch=2, seq=8, memory_len=None, stream=0, progress=None, stack="decoder"):
     """Build the model once per seed, probe it on that seed's inputs, summarize.
 
     ``build_kwargs`` are the keyword arguments of ``lnref.build`` (scheme, n_layers, d_model,
     ...; a "seed" entry is replaced by each seed in turn). Each seed gives a fresh
     initialization and ``model.sample_inputs(batch, seq, memory_len)``, whose inputs are
-    seeded by the model's seed. ``progress(message)``, if given, is called once per seed.
+    seeded by the model's seed (an encoder-decoder model's source is ``memory_len`` long).
+    ``stack``: which stack of an encoder-decoder model is probed. ``progress(message)``, if
+    given, is called once per seed.
     """
     from lnref.model import build
 
@@ -310,7 +319,7 @@ def profile_over_seeds(build_kwargs, seeds, batch=2, seq=8, memory_len=None, str
     for count, seed in enumerate(seeds, 1):
         model = build(**kwargs, seed=seed)
         x, dy, memory = model.sample_inputs(batch=batch, seq=seq, memory_len=memory_len)
-        profiles.append(layer_profile(model, x, dy, memory, stream=stream))
+        profiles.append(layer_profile(model, x, dy, memory, stream=stream, stack=stack))
         if progress is not None:
             progress(f"{kwargs.get('scheme')} {kwargs.get('n_layers')} layers: seed {seed} ({count}/{len(seeds)})")
     summary = summarize(profiles, seeds)

@@ -111,9 +111,10 @@ def metric_of_kinds(kinds):
     return set(probes.STATE_FIELDS + probes.TRANSITION_FIELDS) | {f"grad.{kind}" for kind in kinds}
 
 
-def model_metrics(model):
-    """The metric names the probes report for ``model``, from its layer-0 parameter names."""
-    prefix = "layers.0."
+def model_metrics(model, stack=None):
+    """The metric names the probes report for ``model`` (of an encoder-decoder model, for the
+    layers of its ``stack``), from its layer-0 parameter names."""
+    prefix = "layers.0." if stack is None else f"{stack}.layers.0."
     names = [name[len(prefix) :] for name in model.params if name.startswith(prefix)]
     return metric_of_kinds(probes.layer_weight_kinds(names))
 
@@ -142,17 +143,36 @@ class Sweep:
         return metric in self.results[(scheme, self.depths[0])].mean
 
 
-def profile_tasks(schemes, depths, build_options, seeds, batch=2, seq=8, stream=0):
-    """One sweep task per (depth, scheme, seed), in that nesting: each probes one model."""
-    options = {k: v for k, v in build_options.items() if k not in ("scheme", "n_layers", "seed")}
+ENCODER_DECODER_KEYS = ("role", "encoder_layers", "decoder_layers")
+
+
+def profile_tasks(schemes, depths, build_options, seeds, batch=2, seq=8, stream=0, encoder_decoder=None):
+    """One sweep task per (depth, scheme, seed), in that nesting: each probes one model.
+
+    ``encoder_decoder`` = (N, M, stack): every model is an encoder-decoder model of N encoder
+    and M decoder layers, and its ``stack`` ("encoder" or "decoder") is probed; ``depths`` is
+    then that stack's depth alone."""
+    left_out = ("scheme", "n_layers", "seed", *ENCODER_DECODER_KEYS)
+    options = {k: v for k, v in build_options.items() if k not in left_out}
+    extra = {}
+    if encoder_decoder is not None:
+        encoder_layers, decoder_layers, stack = encoder_decoder
+        extra = {"stack": stack}
+
+    def build(scheme, depth, seed):
+        if encoder_decoder is None:
+            return dict(options, scheme=scheme, n_layers=depth, seed=seed)
+        return dict(options, scheme=scheme, encoder_layers=encoder_layers, decoder_layers=decoder_layers, seed=seed)
+
     return grid(
         "profile",
         [
             {
-                "build": dict(options, scheme=scheme, n_layers=depth, seed=int(seed)),
+                "build": build(scheme, depth, int(seed)),
                 "batch": batch,
                 "seq": seq,
                 "stream": stream,
+                **extra,
             }
             for depth in depths
             for scheme in schemes
@@ -161,11 +181,22 @@ def profile_tasks(schemes, depths, build_options, seeds, batch=2, seq=8, stream=
     )
 
 
+def task_depth(config):
+    """The number of layers a profile task probes: its stack's, or its one stack's."""
+    stack = config.get("stack")
+    return config["build"][f"{stack}_layers"] if stack else config["build"]["n_layers"]
+
+
 def run_profile_task(config):
     """The probes of one model (``probes.profile_over_seeds`` with its one seed), as plain data."""
     build_options = config["build"]
     summary = probes.profile_over_seeds(
-        build_options, [build_options["seed"]], batch=config["batch"], seq=config["seq"], stream=config["stream"]
+        build_options,
+        [build_options["seed"]],
+        batch=config["batch"],
+        seq=config["seq"],
+        stream=config["stream"],
+        stack=config.get("stack", "decoder"),
     )
     (profile,) = summary.profiles
     fields = {name: getattr(profile, name).tolist() for name in probes.STATE_FIELDS + probes.TRANSITION_FIELDS}
@@ -180,7 +211,7 @@ def _profile_from_result(config, result):
     arrays = {name: np.array(result[name], dtype=np.float64) for name in probes.STATE_FIELDS + probes.TRANSITION_FIELDS}
     return probes.LayerProfile(
         config["build"]["scheme"],
-        config["build"]["n_layers"],
+        task_depth(config),
         config["stream"],
         result["loss"],
         **arrays,
@@ -190,6 +221,10 @@ def _profile_from_result(config, result):
 
 def _task_label(config):
     build_options = config["build"]
+    stack = config.get("stack")
+    if stack:
+        depths = f"{build_options['encoder_layers']}-{build_options['decoder_layers']}"
+        return f"{build_options['scheme']}, encoder-decoder {depths} ({stack}), seed {build_options['seed']}"
     return f"{build_options['scheme']}, {build_options['n_layers']} layers, seed {build_options['seed']}"
 
 
@@ -205,13 +240,15 @@ def sweep_from_records(records):
 
     def shared(config):  # what every model of one table has in common
         rest = {k: v for k, v in config["build"].items() if k not in ("scheme", "n_layers", "seed")}
-        return rest, config["batch"], config["seq"], config["stream"]
+        return rest, config["batch"], config["seq"], config["stream"], config.get("stack")
 
     configs = [record["config"] for record in records]
-    options, batch, seq, stream = shared(configs[0])
-    if any(shared(config) != (options, batch, seq, stream) for config in configs):
+    options, batch, seq, stream, stack = shared(configs[0])
+    if any(shared(config) != (options, batch, seq, stream, stack) for config in configs):
         raise ValueError("the profile records describe different model settings; one table needs one setting")
-    cells = [(c["build"]["scheme"], c["build"]["n_layers"], c["build"]["seed"]) for c in configs]
+    if stack:
+        options = dict(options, stack=stack)  # describe() names the encoder-decoder model and the stack
+    cells = [(c["build"]["scheme"], task_depth(c), c["build"]["seed"]) for c in configs]
     schemes, depths, seeds = (tuple(dict.fromkeys(cell[i] for cell in cells)) for i in range(3))
     profiles = {cell: _profile_from_result(c, r["result"]) for cell, c, r in zip(cells, configs, records)}
     grid_cells = ((scheme, depth, seed) for depth in depths for scheme in schemes for seed in seeds)
@@ -250,7 +287,10 @@ def describe(sweep, schemes=None):
         parts = [f"all {len(SCHEMES)} schemes"]
     else:
         parts = [" vs ".join(schemes) if len(schemes) <= 4 else ", ".join(schemes)]
-    parts.append("decoder with cross-attention" if o.get("cross_attention") else "encoder")
+    if o.get("stack"):
+        parts.append(f"the {o['stack']} of {o['encoder_layers']}-{o['decoder_layers']} encoder-decoder models")
+    else:
+        parts.append("decoder with cross-attention" if o.get("cross_attention") else "encoder")
     if o.get("causal"):
         parts.append("causal")
     parts.append(f"d_model={o.get('d_model')}, heads={o.get('n_heads')}, d_ff={o.get('d_ff')}")

@@ -1,7 +1,8 @@
-"""Training tasks that ship with the package: two synthetic ones and a character-level text.
+"""Training tasks that ship with the package: two synthetic ones and a character-level text for
+a language model, and a synthetic translation task for an encoder-decoder model.
 
-Every task is next-token prediction under a causal mask. A batch is a pair of integer arrays
-of shape (batch, seq):
+Every language-model task is next-token prediction under a causal mask. A batch is a pair of
+integer arrays of shape (batch, seq):
 
     tokens[b, t]    the input the model sees at position t
     targets[b, t]   the token position t must predict, or IGNORE (-1) where nothing is scored
@@ -20,6 +21,14 @@ scored positions where the arg-max of the logits is the target: exact-token accu
 ``chars``    windows of a public-domain English text (``lnref/data``, see its README),
              every position scored. The last 10% of the text is held out for evaluation.
 
+A translation task (a :class:`Seq2SeqTask`) has a batch of three arrays, source (batch,
+source_len), inputs and targets (batch, seq): the decoder reads the target shifted right behind a
+BOS token (teacher forcing) and predicts the target:
+
+``mirror``   source s_1 ... s_n, target s_n ... s_1: the inputs are BOS s_n ... s_2, and every
+             target position is scored. The source and the target are separate sequences, so
+             the decoder must find source position n + 1 - t through cross-attention.
+
 Each task has a ``baseline_loss``: the cross-entropy of the best prediction that ignores
 the context (the target tokens' own distribution). A run whose loss stays near it has
 learned nothing beyond token frequencies.
@@ -36,7 +45,9 @@ from importlib import resources
 import numpy as np
 
 IGNORE = -1
-TASKS = ("reverse", "recall", "chars")
+LM_TASKS = ("reverse", "recall", "chars")
+SEQ2SEQ_TASKS = ("mirror",)
+TASKS = LM_TASKS + SEQ2SEQ_TASKS
 TEXT_FILE = "devils_dictionary.txt"
 HELD_OUT = 0.1  # share of the text (from its end) kept for evaluation
 
@@ -49,6 +60,7 @@ class Task:
     seq_len: int
     baseline_loss: float
     description: str
+    seq2seq = False  # a translation task: batches of (source, inputs, targets)
 
     def batch(self, rng, batch_size):  # pragma: no cover - every task overrides it
         raise NotImplementedError
@@ -132,6 +144,44 @@ class RecallTask(Task):
         return tokens, targets
 
 
+class Seq2SeqTask(Task):
+    """A translation task: batches of (source, inputs, targets), a source vocabulary of its own."""
+
+    seq2seq = True
+    source_vocab: int
+    source_len: int
+
+    def describe(self):
+        return {**super().describe(), "source_vocab": self.source_vocab, "source_len": self.source_len}
+
+
+class MirrorTask(Seq2SeqTask):
+    """Translate a sequence of ``seq`` symbols into its reversal, source and target apart."""
+
+    name = "mirror"
+
+    def __init__(self, seq_len=8, symbols=10):
+        if seq_len < 1:
+            raise ValueError(f"task mirror needs --seq >= 1, got {seq_len}")
+        if symbols < 2:
+            raise ValueError(f"task mirror needs at least 2 symbols, got {symbols}")
+        self.seq_len = self.source_len = seq_len
+        self.symbols = self.source_vocab = symbols
+        self.bos = symbols
+        self.vocab_size = symbols + 1
+        self.baseline_loss = math.log(symbols)
+        self.description = (
+            f"translate {seq_len} symbols out of {symbols} into their reversal; source and target apart, "
+            f"{seq_len} scored positions"
+        )
+
+    def batch(self, rng, batch_size):
+        source = rng.integers(0, self.symbols, size=(batch_size, self.seq_len))
+        targets = source[:, ::-1]
+        inputs = np.concatenate([np.full((batch_size, 1), self.bos), targets[:, :-1]], axis=1)
+        return source.astype(np.int64), inputs.astype(np.int64), targets.astype(np.int64)
+
+
 class CharTask(Task):
     """Next-character prediction on windows of the shipped public-domain text."""
 
@@ -184,7 +234,7 @@ def load_text():
 
 def get_task(name, seq_len=None):
     """The task ``name`` at its default length, or at ``seq_len`` tokens per sequence."""
-    makers = {"reverse": ReverseTask, "recall": RecallTask, "chars": CharTask}
+    makers = {"reverse": ReverseTask, "recall": RecallTask, "chars": CharTask, "mirror": MirrorTask}
     if name not in makers:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
     return makers[name]() if seq_len is None else makers[name](seq_len)

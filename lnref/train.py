@@ -3,9 +3,10 @@
 One run (``train``):
 
     lm = LanguageModel(build(scheme, layers, causal=True), ...)     seeded by ``seed``
+         (a translation task: TranslationModel(build(scheme, encoder_layers=N, decoder_layers=M)))
     for t = 1 .. steps:
-        tokens, targets = task.batch(data_rng, batch)              data stream seeded by ``seed``
-        loss_t, g = lm.value_and_grad(tokens, targets)
+        batch = task.batch(data_rng, batch)                        data stream seeded by ``seed``
+        loss_t, g = lm.value_and_grad(*batch)                      (tokens, targets) or (source, inputs, targets)
         stop as *diverged* if loss_t or |g| is not finite, or loss_t > k * loss_1
         g = clip(g) when --clip is given
         optimizer.step(params, g, schedule(t))
@@ -45,8 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lnref.files import require_pyplot, write_figure
-from lnref.lm import LanguageModel
+from lnref.lm import LanguageModel, TranslationModel
 from lnref.model import ConfigError, build
 from lnref.optim import OPTIMIZERS, SCHEDULES, Schedule, clip_by_global_norm, global_norm
 from lnref.sweep import driver
@@ -54,7 +54,7 @@ from lnref.sweep.backends import open_backend
 from lnref.sweep.kinds import Kind
 from lnref.sweep.progress import Progress
 from lnref.sweep.task import Task, grid
-from lnref.tasks import TASKS, get_task
+from lnref.tasks import SEQ2SEQ_TASKS, TASKS, get_task
 
 DIVERGENCE_FACTOR = 3.0
 NO_PROGRESS_FRACTION = 0.9
@@ -65,6 +65,7 @@ DEFAULT_WARMUP = 100
 
 GRID_SCHEMES = ("post", "pre", "b2t", "residual", "admin", "deepnorm")
 GRID_DEPTHS = (6, 18)
+ENCODER_DECODER_DEPTHS = ((6, 6), (18, 18))  # the grid of a translation task: (N, M) pairs
 GRID_SEEDS = 3
 
 
@@ -107,10 +108,24 @@ class TrainConfig:
     eval_every: int = 50
     eval_batch: int = 64
     divergence_factor: float = DIVERGENCE_FACTOR
+    encoder_layers: int = 0  # a translation task's encoder-decoder model: N and M (layers = N + M)
+    decoder_layers: int = 0
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; valid tasks: {', '.join(TASKS)}")
+        depths = (self.encoder_layers, self.decoder_layers)
+        if self.task in SEQ2SEQ_TASKS:
+            if min(depths) < 1 or self.layers != sum(depths):
+                raise ConfigError(
+                    f"task {self.task} trains an encoder-decoder model: give encoder_layers and decoder_layers "
+                    f"(--encoder-layers, --decoder-layers), got {depths}"
+                )
+        elif any(depths):
+            raise ConfigError(
+                f"task {self.task} trains a language model of one stack; an encoder-decoder model "
+                f"trains on {', '.join(SEQ2SEQ_TASKS)}"
+            )
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr!r}")
         for name in ("steps", "batch", "eval_every", "eval_batch"):
@@ -140,6 +155,23 @@ class TrainConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    @property
+    def depth(self):
+        """The model's depth as the grids name it: 18, or "18-18" for an encoder-decoder model."""
+        return depth_label(self.to_dict())
+
+
+def depth_label(config):
+    """18 for a run's config (a dict) of one stack, "18-18" for an encoder-decoder model's."""
+    if config.get("encoder_layers"):
+        return f"{config['encoder_layers']}-{config['decoder_layers']}"
+    return config["layers"]
+
+
+def depth_order(label):
+    """A sort key of depth labels: 6 before 18, "6-6" before "18-18"."""
+    return tuple(int(part) for part in str(label).split("-"))
 
 
 @dataclass
@@ -212,16 +244,20 @@ def _finite_or_none(x):
 
 
 def make_lm(config, task):
-    """The language model a config describes (the stack seeded by ``config.seed``)."""
+    """The language model (or, for a translation task, the translation model) a config
+    describes (the stack seeded by ``config.seed``)."""
     d_ff = 4 * config.d_model if config.d_ff is None else config.d_ff
+    if task.seq2seq:
+        shape = {"encoder_layers": config.encoder_layers, "decoder_layers": config.decoder_layers}
+    else:
+        shape = {"n_layers": config.layers, "causal": True}
     model = build(
         config.scheme,
-        config.layers,
-        config.d_model,
-        config.heads,
-        d_ff,
+        d_model=config.d_model,
+        n_heads=config.heads,
+        d_ff=d_ff,
         seed=config.seed,
-        causal=True,
+        **shape,
         norm=config.norm,
         activation=config.activation,
         eps=config.eps,
@@ -230,6 +266,8 @@ def make_lm(config, task):
         qk_norm=config.qk_norm,
         options=config.options,
     )
+    if task.seq2seq:
+        return TranslationModel(model, task.source_vocab, task.vocab_size, max(task.seq_len, task.source_len))
     return LanguageModel(model, task.vocab_size, task.seq_len)
 
 
@@ -246,12 +284,13 @@ def train(config: TrainConfig, progress=None, log_every=50):
         lm.params, betas=(config.beta1, config.beta2), eps=config.adam_eps, weight_decay=config.weight_decay
     )
     project = getattr(lm.model.scheme, "project", None)  # nGPT's unit-norm weights, after every step
+    stacks = (lm.model.encoder, lm.model.decoder) if task.seq2seq else (lm.model,)
     data_rng = np.random.default_rng([config.seed, 10])
-    eval_tokens, eval_targets = task.eval_batch(np.random.default_rng(EVAL_SEED), config.eval_batch)
+    eval_batch = task.eval_batch(np.random.default_rng(EVAL_SEED), config.eval_batch)
     result = TrainResult(config, task.describe(), lm.n_params())
 
     def evaluate(step):
-        loss, acc = lm.evaluate(eval_tokens, eval_targets)
+        loss, acc = lm.evaluate(*eval_batch)
         result.evals.append({"step": step, "loss": loss, "accuracy": acc})
         if progress:
             progress(f"eval step {step}: held-out loss {loss:.4f}, accuracy {acc:.3f}")
@@ -260,9 +299,9 @@ def train(config: TrainConfig, progress=None, log_every=50):
     train_time = 0.0
     for step in range(1, config.steps + 1):
         tick = time.perf_counter()
-        tokens, targets = task.batch(data_rng, config.batch)
+        batch = task.batch(data_rng, config.batch)
         try:
-            loss, grads = lm.value_and_grad(tokens, targets)
+            loss, grads = lm.value_and_grad(*batch)
         except ValueError as err:
             # The primitives refuse NaN or inf inputs: an activation overflowed on the way.
             if "NaN or inf" not in str(err):
@@ -283,7 +322,8 @@ def train(config: TrainConfig, progress=None, log_every=50):
             grads, _ = clip_by_global_norm(grads, config.clip)
         optimizer.step(lm.params, grads, schedule(step))
         if project is not None:
-            project(lm.model.params, lm.config)
+            for stack in stacks:  # each stack's parameters under its own names and config
+                project(stack.params, stack.config)
         train_time += time.perf_counter() - tick
         if progress and (step % log_every == 0 or step == config.steps):
             progress(
@@ -312,9 +352,10 @@ def _divergence(loss, grad_norm, initial_loss, factor):
 
 
 def grid_configs(schemes=GRID_SCHEMES, depths=GRID_DEPTHS, warmups=(0, 100), seeds=range(GRID_SEEDS), **common):
-    """One TrainConfig per (scheme, depth, warm-up, seed), everything else from ``common``."""
+    """One TrainConfig per (scheme, depth, warm-up, seed), everything else from ``common``; a
+    depth is a number of layers, or an (N, M) pair of an encoder-decoder model's."""
     return [
-        TrainConfig(scheme=s, layers=d, warmup=w, seed=seed, **common)
+        TrainConfig(scheme=s, warmup=w, seed=seed, **_depth_settings(d), **common)
         for d in depths
         for w in warmups
         for s in schemes
@@ -322,14 +363,23 @@ def grid_configs(schemes=GRID_SCHEMES, depths=GRID_DEPTHS, warmups=(0, 100), see
     ]
 
 
+def _depth_settings(depth):
+    if isinstance(depth, tuple):
+        return {"layers": sum(depth), "encoder_layers": depth[0], "decoder_layers": depth[1]}
+    return {"layers": depth}
+
+
 def task_config(config):
     """A run's configuration as a sweep task holds it: ``config.to_dict()`` with every float
-    setting a float (lr=1 and lr=1.0 are one run, so they must be one key)."""
+    setting a float (lr=1 and lr=1.0 are one run, so they must be one key), and without the
+    encoder-decoder depths of a run of one stack (its key as it was before they existed)."""
     values = config.to_dict()
     for spec in dataclasses.fields(TrainConfig):
         value = values[spec.name]
         if "float" in str(spec.type) and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             values[spec.name] = float(value)
+    if not config.encoder_layers:
+        del values["encoder_layers"], values["decoder_layers"]
     return values
 
 
@@ -344,7 +394,7 @@ def run_grid_task(config):
 
 
 def _run_label(config):
-    return f"{config['scheme']} L={config['layers']} warmup={config['warmup']} seed={config['seed']}"
+    return f"{config['scheme']} L={depth_label(config)} warmup={config['warmup']} seed={config['seed']}"
 
 
 def _run_outcome(result):
@@ -391,7 +441,7 @@ def summarize_grid(results):
     cells = {}
     for result in results:
         config = result["config"]
-        key = (config["layers"], config["warmup"], config["scheme"])
+        key = (depth_label(config), config["warmup"], config["scheme"])
         cells.setdefault(key, []).append(result)
     rows = []
     for (layers, warmup, scheme), runs in cells.items():
@@ -446,110 +496,3 @@ def format_grid(rows):
 
 
 # ----- figures (matplotlib: the ``lnref[plot]`` extra) -------------------------------------
-
-
-def smooth(values, window=11):
-    """Centred moving average over ``window`` steps, narrower near the ends, so the
-    smoothed curve does not lag the raw one. A NaN stays NaN."""
-    values = np.asarray(values, dtype=float)
-    half = window // 2
-    out = np.empty_like(values)
-    for i in range(len(values)):
-        out[i] = values[max(0, i - half) : i + half + 1].mean()
-    return out
-
-
-def plot_run(result, path):
-    """One run: training loss (raw and smoothed) and held-out loss against the step."""
-    plt = require_pyplot()
-    config, summary = result["config"], result["summary"]
-    loss = np.array([np.nan if x is None else x for x in result["curve"]["loss"]])
-    steps = np.arange(1, len(loss) + 1)
-    figure, axis = plt.subplots(figsize=(7, 4.2))
-    axis.plot(steps, loss, color="0.75", linewidth=0.8, label="training loss")
-    axis.plot(steps, smooth(loss), color="C0", linewidth=1.6, label="training loss, 11-step mean")
-    evals = result["evals"]
-    axis.plot(
-        [e["step"] for e in evals], [e["loss"] for e in evals], "o-", color="C3", markersize=4, label="held-out loss"
-    )
-    axis.axhline(summary["baseline_loss"], color="0.4", linestyle="--", linewidth=1, label="context-free baseline")
-    if summary["diverged"]:
-        axis.axvline(
-            summary["diverged_at"], color="C3", linestyle=":", label=f"diverged (step {summary['diverged_at']})"
-        )
-    axis.set_xlabel("step")
-    axis.set_ylabel("cross-entropy (nats)")
-    axis.set_title(
-        f"{config['scheme']}, {config['layers']} layers, task {config['task']}, "
-        f"lr {config['lr']:g}, warm-up {config['warmup']}"
-    )
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    write_figure(figure, path, "png", dpi=110)
-
-
-def plot_grid(results, path):
-    """Panels depth x warm-up. In each, every scheme's smoothed training-loss curves, one
-    line per seed. A cross marks where a run diverged."""
-    plt = require_pyplot()
-    depths = sorted({r["config"]["layers"] for r in results})
-    warmups = sorted({r["config"]["warmup"] for r in results})
-    schemes = list(dict.fromkeys(r["config"]["scheme"] for r in results))
-    colors = {s: f"C{i}" for i, s in enumerate(schemes)}
-    figure, axes = plt.subplots(
-        len(depths),
-        len(warmups),
-        figsize=(5.2 * len(warmups), 3.6 * len(depths)),
-        sharex=True,
-        sharey=True,
-        squeeze=False,
-    )
-    baseline = results[0]["summary"]["baseline_loss"]
-    curves = [smooth([np.nan if x is None else x for x in r["curve"]["loss"]]) for r in results]
-    # Room for every smoothed curve, but a diverging one may not flatten the others.
-    top = min(1.05 * max(np.nanmax(curve) for curve in curves), 3 * baseline)
-    for row, depth in enumerate(depths):
-        for col, warmup in enumerate(warmups):
-            axis = axes[row][col]
-            for result in results:
-                config, summary = result["config"], result["summary"]
-                if config["layers"] != depth or config["warmup"] != warmup:
-                    continue
-                curve = smooth([np.nan if x is None else x for x in result["curve"]["loss"]])
-                steps = np.arange(1, len(curve) + 1)
-                label = (
-                    config["scheme"]
-                    if config["seed"]
-                    == min(r["config"]["seed"] for r in results if r["config"]["scheme"] == config["scheme"])
-                    else None
-                )
-                axis.plot(steps, curve, color=colors[config["scheme"]], linewidth=1.1, alpha=0.85, label=label)
-                if summary["diverged"]:
-                    axis.plot(
-                        [summary["diverged_at"]],
-                        [min(curve[-1], 0.97 * top)],
-                        "x",
-                        color=colors[config["scheme"]],
-                        markersize=9,
-                        markeredgewidth=2,
-                    )
-            axis.axhline(baseline, color="0.4", linestyle="--", linewidth=1)
-            axis.set_title(f"{depth} layers, warm-up: {f'{warmup} steps' if warmup else 'none'}", fontsize=10)
-            axis.set_ylim(0, top)
-            axis.grid(alpha=0.3)
-            if row == len(depths) - 1:
-                axis.set_xlabel("step")
-            if col == 0:
-                axis.set_ylabel("training loss, 11-step mean")
-    axes[0][-1].legend(fontsize=8, loc="upper right")
-    config = results[0]["config"]
-    seeds = len({r["config"]["seed"] for r in results})
-    figure.suptitle(
-        f"task {config['task']}, lr {config['lr']:g}, d_model {config['d_model']}, "
-        f"{seeds} seed{'s' if seeds > 1 else ''} (one line each); "
-        "dashed: context-free baseline; x: diverged",
-        fontsize=10,
-    )
-    figure.tight_layout()
-    write_figure(figure, path, "png", dpi=110)

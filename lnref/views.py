@@ -41,6 +41,13 @@ class StagedModel(Protocol):
     fast: bool
     dtype: np.dtype
 
+    input_names: tuple[str, ...]  # the model's inputs: ("input",), or ("source", "target")
+
+    @property
+    def n_blocks(
+        self,
+    ) -> int: ...  # the blocks ``layer`` runs: a stack's layers (an encoder-decoder model's, and its bridge)
+
     def run(
         self, params: dict[str, Any] | None = None, memory: Any = None, freeze: Freeze | None = None, **options: Any
     ) -> Run: ...
@@ -51,10 +58,16 @@ class StagedModel(Protocol):
         self, run: Run, x: Any = None, state: State | None = None, start: int = 0, keep_states: bool = False
     ) -> tuple[Tensor, list[State] | None]: ...
     def stream_names(self, index: int) -> tuple[str, ...]: ...
+    def layer_of(self, name: str) -> int | None: ...
+    def block_label(self, index: int) -> tuple[str, str]: ...
 
 
 class Run:
-    """One evaluation of the model: the parameter values in use, the memory, and how to compute."""
+    """One evaluation of the model: the parameter values in use, the memory, and how to compute.
+
+    ``prefix`` is the stack's name in ``params`` ("encoder.", "decoder." in an encoder-decoder
+    model; "" for a model of one stack): a parameter its views call ``layers.3.attn.wq`` is
+    ``params[prefix + "layers.3.attn.wq"]``."""
 
     def __init__(
         self,
@@ -65,6 +78,7 @@ class Run:
         freeze: Freeze | None = None,
         linear: Callable[..., Tensor] = ops.linear,
         view: Callable[[Run, int], Any] | None = None,
+        prefix: str = "",
     ) -> None:
         self.model = model
         self.config = model.config
@@ -73,14 +87,21 @@ class Run:
         self.freeze = freeze
         self.linear = linear
         self.view = view
+        self.prefix = prefix
         self.fused = model.fast and linear is ops.linear
         self._groups: dict[str, dict[str, Any]] = {}
+
+    def of_stack(self, stack: StagedModel, prefix: str, memory: Any = None) -> Run:
+        """A run of one stack of this run's model (an encoder-decoder model's encoder or decoder,
+        its parameters named ``prefix...``), computing as this run computes."""
+        return Run(stack, self.params, memory, freeze=self.freeze, linear=self.linear, view=self.view, prefix=prefix)
 
     def group(self, prefix: str) -> dict[str, Any]:
         """{short name: value} of the parameters named ``prefix.<short name>``."""
         group = self._groups.get(prefix)
         if group is None:
-            group = self._groups[prefix] = {short: self.params[full] for short, full in self.model.groups[prefix]}
+            members = self.model.groups[prefix]
+            group = self._groups[prefix] = {short: self.params[self.prefix + full] for short, full in members}
         return group
 
     def layer_view(self, index: int) -> Any:
@@ -94,11 +115,11 @@ class _View:
         self.run = run
         self.config = run.config
         self.prefix = prefix
-        self._block = block
+        self._block = block if not run.prefix else (run.prefix, block)  # the two stacks' call sites apart
         self._frozen = 0
 
     def param(self, name: str) -> Any:
-        return self.run.params[self.prefix + name]
+        return self.run.params[self.run.prefix + self.prefix + name]
 
     def option(self, name: str) -> Any:
         """The value of the scheme's own option ``name``."""

@@ -120,7 +120,14 @@ def test_upgrading_a_format_1_document_leaves_the_document_read_untouched():
     written = {"format_version": 1, "model": {"activation": "gelu"}}
     assert upgrade(written) == {
         "format_version": FORMAT_VERSION,
-        "model": {"activation": "gelu_tanh", "qk_norm": "none", "options": {}},
+        "model": {
+            "activation": "gelu_tanh",
+            "qk_norm": "none",
+            "options": {},
+            "role": "stack",
+            "encoder_layers": 0,
+            "decoder_layers": 0,
+        },
         "point": "init",
         "rounded_to": None,
     }

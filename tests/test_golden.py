@@ -94,7 +94,7 @@ def test_export_writes_every_entry_of_the_format(tmp_path):
 def test_export_config_records_format_model_inputs_and_version(tmp_path):
     model = export(tmp_path / "g.npz", "pre", layers=3, seed=7, norm="rmsnorm")
     config = config_of(read(tmp_path / "g.npz"))
-    assert (config["format"], config["format_version"]) == ("lnref-golden", 4)
+    assert (config["format"], config["format_version"]) == ("lnref-golden", 5)
     assert config["lnref_version"] == lnref.__version__
     assert config["model"] == model.config.to_dict()
     assert config["inputs"] == {"batch": 2, "seq": 4, "memory_len": None, "seed": 7}
@@ -475,11 +475,11 @@ def test_config_describing_another_or_impossible_model_is_an_input_error(tmp_pat
         lnref.load_golden(path)
 
 
-@pytest.mark.parametrize("version", [5, 0, "2", True])
+@pytest.mark.parametrize("version", [6, 0, "2", True])
 def test_a_format_version_this_lnref_does_not_read_is_an_input_error(tmp_path, golden, arrays, version):
     config = dict(config_of(arrays), format_version=version)
     path = write(tmp_path / "bad.npz", arrays, config)
-    assert_input_error(run("compare", path, golden), f"version {version!r}", "reads versions 1, 2, 3, 4")
+    assert_input_error(run("compare", path, golden), f"version {version!r}", "reads versions 1, 2, 3, 4, 5")
 
 
 def test_nan_in_a_golden_array_is_an_input_error(tmp_path, golden, arrays):

@@ -50,7 +50,9 @@ def export(output, memory_len, point, **options):
     The inputs x and dy (and the memory) are seeded normal samples from --seed; the file is
     written atomically (a temporary file in the same directory, then renamed). --dtype
     bfloat16 or float16 rounds the inputs and parameters to that precision and computes every
-    output in float64 from them (needs lnref[lowp] for bfloat16).
+    output in float64 from them (needs lnref[lowp] for bfloat16). With --encoder-layers and
+    --decoder-layers: an encoder-decoder model's file (source, target, dy, and the memory the
+    encoder computes).
     """
     if memory_len is not None and not options["cross_attention"]:
         fail("--memory-len needs --cross-attention")
@@ -72,10 +74,13 @@ def export(output, memory_len, point, **options):
             memory_len=memory_len,
             point=point,
             rounded_to=rounded_to,
+            source_len=options["source_len"],
         )
+    from lnref.gradcheck.report import layers_text
+
     grads = sum(name.startswith("grads/") for name in arrays)
     params = sum(name.startswith("params/") for name in arrays)
-    layers = f"{options['layers']} layer{'s' if options['layers'] != 1 else ''}"
+    layers = layers_text(model.config)
     precision = f"float64 from inputs rounded to {dtype}" if rounded_to else dtype
     click.echo(
         f"wrote {output}: {options['scheme']}, {layers}, {precision}; {len(arrays)} arrays "

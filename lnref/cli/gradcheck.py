@@ -26,6 +26,7 @@ from lnref.cli.options import (
     LazyChoice,
     SchemeName,
     compile_if_cold,
+    encoder_decoder_depths,
     fail,
     input_errors,
     model_from_options,
@@ -121,7 +122,8 @@ class OneOrList(click.ParamType):
     "--with-head",
     is_flag=True,
     help="Wrap the stack as a causal language model (token and position embeddings, output "
-    "projection, cross-entropy) and check those gradients too.",
+    "projection, cross-entropy), or an encoder-decoder model as a translation model, and check "
+    "those gradients too.",
 )
 @click.option("--vocab", type=COUNT, default=16, show_default=True, help="Vocabulary size with --with-head.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
@@ -159,7 +161,12 @@ def gradcheck(
     from lnref.sweep.gradcheck import MODEL_KEYS, check_tasks, left_out
 
     schemes, depths, norms = (_as_list(options[name]) for name in ("scheme", "layers", "norm"))
+    with input_errors():
+        pair = encoder_decoder_depths(options["encoder_layers"], options["decoder_layers"])
+    if pair:
+        depths = (pair,)
     model = {key: options["heads" if key == "n_heads" else key] for key in MODEL_KEYS}
+    model.update(pair)
     check = {
         "mode": mode,
         "point": point,
@@ -170,6 +177,7 @@ def gradcheck(
         "atol": atol,
         "with_head": with_head,
         "vocab": vocab,
+        "memory_len": options["source_len"],
     }
     with input_errors():
         refused = left_out(list(schemes), list(norms), model)
@@ -178,7 +186,8 @@ def gradcheck(
         for norm in norms:  # a bad configuration fails here, in one line, before any run
             taking = [scheme for scheme in schemes if (scheme, norm) not in refused]
             if taking:
-                first = {**options, "scheme": taking[0], "layers": depths[0], "norm": norm}
+                first = {**options, "scheme": taking[0], "norm": norm}
+                first["layers"] = options["layers"] if pair else depths[0]
                 model_from_options(**first)
                 compile_if_cold(first)
         tasks = check_tasks(list(schemes), list(norms), list(depths), model, check)
@@ -225,9 +234,11 @@ def _check_one_model(
         from lnref import gradcheck as checker  # the module
 
         if with_head:
-            from lnref.lm import LanguageModel
+            from lnref.lm import with_head as wrapped
 
-            lm = LanguageModel(model_from_options(**{**options, "causal": True}), vocab, options["seq"])
+            encoder_decoder = options["encoder_layers"] is not None or options["decoder_layers"] is not None
+            model = model_from_options(**{**options, "causal": not encoder_decoder})
+            lm = wrapped(model, vocab, options["seq"])
             report = checker.gradcheck_lm(
                 lm,
                 mode=mode,
@@ -247,6 +258,7 @@ def _check_one_model(
                 point=point,
                 batch=options["batch"],
                 seq=options["seq"],
+                memory_len=options["source_len"],
                 entries=entries_per_tensor,
                 rtol=rtol,
                 atol=atol,

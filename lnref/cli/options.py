@@ -18,6 +18,7 @@ import click
 from lnref import SCHEMES
 
 if TYPE_CHECKING:
+    from lnref.encdec import EncoderDecoder
     from lnref.model import Model
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -129,10 +130,25 @@ def _with_model_options(function: Command, dtypes: tuple[str, ...]) -> Command:
             help="LN placement: a built-in name, a scheme file of one's own, or a module.",
         ),
         click.option("--layers", type=COUNT, default=6, show_default=True, help="Number of layers."),
+        click.option(
+            "--encoder-layers",
+            type=COUNT,
+            default=None,
+            help="With --decoder-layers: an encoder-decoder model of this many encoder layers (in place of --layers).",
+        ),
+        click.option(
+            "--decoder-layers",
+            type=COUNT,
+            default=None,
+            help="With --encoder-layers: the decoder's layers (causal, attending to the encoder's output).",
+        ),
         click.option("--d-model", type=COUNT, default=16, show_default=True),
         click.option("--heads", type=COUNT, default=2, show_default=True),
         click.option("--d-ff", type=COUNT, default=64, show_default=True),
         click.option("--seq", type=COUNT, default=8, show_default=True, help="Sequence length."),
+        click.option(
+            "--source-len", type=COUNT, default=None, help="An encoder-decoder model's source length (default: --seq)."
+        ),
         click.option("--batch", type=COUNT, default=2, show_default=True),
         click.option(
             "--norm",
@@ -181,7 +197,7 @@ def probe_forward(model: Model) -> None:
     """One small forward pass, so that a scheme of one's own whose layer returns the wrong
     shape or raises fails here in one line (exit 2), before any work starts."""
     x, _, memory = model.sample_inputs(batch=1, seq=2)
-    model(x, memory)
+    model(*x) if isinstance(x, tuple) else model(x, memory)  # an encoder-decoder model: (source, target)
 
 
 def model_from_options(
@@ -200,14 +216,18 @@ def model_from_options(
     post_fraction: float,
     qk_norm: str = "none",
     options: Mapping[str, Any] | None = None,
+    encoder_layers: int | None = None,
+    decoder_layers: int | None = None,
     **_: Any,
-) -> Model:
-    """The model that :func:`model_options` describe (the other options are ignored)."""
+) -> Model | EncoderDecoder:
+    """The model that :func:`model_options` describe (the other options are ignored): one stack
+    of ``layers``, or an encoder-decoder model of ``encoder_layers`` and ``decoder_layers``."""
     from lnref.model import build
 
+    depths = encoder_decoder_depths(encoder_layers, decoder_layers, causal, cross_attention)
     return build(
         scheme,
-        layers,
+        None if depths else layers,
         d_model,
         heads,
         d_ff,
@@ -221,7 +241,37 @@ def model_from_options(
         post_fraction=post_fraction,
         qk_norm=qk_norm,
         options=dict(options or {}),
+        **depths,
     )
+
+
+def encoder_decoder_depths(
+    encoder_layers: int | None, decoder_layers: int | None, causal: bool = False, cross_attention: bool = False
+) -> dict[str, int]:
+    """{"encoder_layers": N, "decoder_layers": M} when the options ask for an encoder-decoder
+    model, {} when they ask for one stack; ValueError for options that cannot go together."""
+    if encoder_layers is None and decoder_layers is None:
+        if _given("source_len"):
+            raise ValueError("--source-len is the source length of an encoder-decoder model: give --encoder-layers")
+        return {}
+    if encoder_layers is None or decoder_layers is None:
+        raise ValueError("--encoder-layers and --decoder-layers go together: an encoder-decoder model needs both")
+    if _given("layers"):
+        raise ValueError("--layers counts the layers of one stack; an encoder-decoder model takes none")
+    if causal or cross_attention:
+        raise ValueError(
+            "an encoder-decoder model sets --causal and --cross-attention itself: its encoder attends both "
+            "ways, its decoder is causal and attends to the encoder's output"
+        )
+    return {"encoder_layers": encoder_layers, "decoder_layers": decoder_layers}
+
+
+def _given(name: str) -> bool:
+    """Whether the running command's option ``name`` was given on its command line."""
+    context = click.get_current_context(silent=True)
+    if context is None or name not in context.params:
+        return False
+    return context.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
 
 
 def compile_if_cold(options: Mapping[str, Any]) -> None:

@@ -75,6 +75,13 @@ def model_options_except(*replaced):
     "grad.layer, hidden_grad_norm, hidden_norm, hidden_sq_norm_per_token, relative_change, "
     "cosine, ... (all listed in lnref.profile.METRICS).",
 )
+@click.option(
+    "--stack",
+    type=click.Choice(["encoder", "decoder"]),
+    default="decoder",
+    show_default=True,
+    help="With --encoder-layers and --decoder-layers: which stack's layers are probed.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout instead of table and chart.")
 @click.option(
     "--png", "png_path", default=None, metavar="FILE", help="Also draw the chart to a PNG (needs lnref[plot])."
@@ -83,7 +90,7 @@ def model_options_except(*replaced):
     "--svg", "svg_path", default=None, metavar="FILE", help="Also draw the chart to an SVG (needs lnref[plot])."
 )
 @sweep_options
-def profile(scheme_list, layer_list, seeds, stream, metric, as_json, png_path, svg_path, **options):
+def profile(scheme_list, layer_list, seeds, stream, metric, stack, as_json, png_path, svg_path, **options):
     """Per-layer gradient and hidden-state norms of schemes at initialization.
 
     Per layer and scheme: weight-gradient norms (attention, FFN, norm gains), hidden-state
@@ -112,6 +119,9 @@ def profile(scheme_list, layer_list, seeds, stream, metric, as_json, png_path, s
     with input_errors():
         schemes = sweeps.parse_schemes(scheme_list)
         depths = sweeps.parse_depths(layer_list)
+        encoder_decoder = _encoder_decoder(options, stack)
+        if encoder_decoder is not None:
+            depths = (options[f"{stack}_layers"],)
 
     # Build every scheme once before the sweep, so that a bad configuration fails in one
     # line before any work; the sweep then uses exactly the validated configuration. A scheme
@@ -133,12 +143,12 @@ def profile(scheme_list, layer_list, seeds, stream, metric, as_json, png_path, s
             model = model_from_options(scheme=scheme, layers=depths[0], **options)
             probe_forward(model)
             x, _, _ = model.sample_inputs(batch=1, seq=1)
-            streams = len(model.embed(model.run(), x))
+            streams = len(model.embed(model.run(), x)) - (encoder_decoder is not None)  # less the carried target
             if stream >= streams:
                 raise ValueError(
                     f"--stream {stream}: scheme {scheme} has {streams} stream(s) (valid: 0..{streams - 1})"
                 )
-            if metric in sweeps.model_metrics(model):
+            if metric in sweeps.model_metrics(model, None if encoder_decoder is None else stack):
                 schemes_with_metric.append(scheme)
             build_options = model.config.to_dict()
     if not schemes_with_metric:
@@ -154,9 +164,30 @@ def profile(scheme_list, layer_list, seeds, stream, metric, as_json, png_path, s
         batch=options["batch"],
         seq=options["seq"],
         stream=stream,
+        encoder_decoder=encoder_decoder,
     )
     sweep = sweeps.sweep_from_records(execute("profile", tasks, request))
     _output(sweeps, sweep, metric, as_json, figures)
+
+
+def _encoder_decoder(options, stack):
+    """(N, M, stack) when the options ask for encoder-decoder models, else None (and --stack,
+    which only such a model has, must be left alone)."""
+    from lnref.cli.options import encoder_decoder_depths
+
+    depths = encoder_decoder_depths(
+        options["encoder_layers"], options["decoder_layers"], options["causal"], options["cross_attention"]
+    )
+    given = click.get_current_context().get_parameter_source
+    if not depths:
+        if given("stack") == click.core.ParameterSource.COMMANDLINE:
+            raise ValueError(
+                "--stack picks a stack of an encoder-decoder model: give --encoder-layers and --decoder-layers"
+            )
+        return None
+    if given("layer_list") == click.core.ParameterSource.COMMANDLINE:
+        raise ValueError("--layers counts the layers of one stack; an encoder-decoder model takes none")
+    return depths["encoder_layers"], depths["decoder_layers"], stack
 
 
 def _figures(sweeps, png_path, svg_path):

@@ -14,10 +14,19 @@ import sys
 import click
 
 from lnref import SCHEMES
-from lnref.cli.options import COUNT, EXIT_OK, fail, input_errors, model_options, probe_forward
+from lnref.cli.options import (
+    COUNT,
+    EXIT_OK,
+    encoder_decoder_depths,
+    fail,
+    input_errors,
+    model_options,
+    probe_forward,
+)
 from lnref.cli.sweep import SweepRequest, echo, execute, load, sweep_options
 
-TASK_NAMES = ("reverse", "recall", "chars")  # lnref.tasks.TASKS, named here to keep --help light
+TASK_NAMES = ("reverse", "recall", "chars", "mirror")  # lnref.tasks.TASKS, named here to keep --help light
+SEQ2SEQ_TASK_NAMES = ("mirror",)  # lnref.tasks.SEQ2SEQ_TASKS
 DEFAULT_LR = 1e-3
 DEFAULT_STEPS = 400
 DEFAULT_WARMUP = 100  # lnref.train.DEFAULT_WARMUP, named here to keep --help light
@@ -28,6 +37,9 @@ TRAIN_HELP = {
     "d_ff": "FFN width (default: 4 x d-model).",
     "causal": "Ignored: language-model training always uses a causal mask.",
     "cross_attention": "Not supported for training (decoder-only language model).",
+    "encoder_layers": "With --decoder-layers and a translation task (mirror): the encoder's layers.",
+    "decoder_layers": "With --encoder-layers: the decoder's layers.",
+    "source_len": "Not used: a translation task's source is as long as its target (--seq).",
 }
 
 
@@ -47,7 +59,12 @@ def _training_options(function):
     """Options shared by ``train`` and ``stability``. Numbers are checked by TrainConfig,
     so a bad value gets one line and exit code 2."""
     options = [
-        click.option("--task", default="reverse", show_default=True, help=f"One of {', '.join(TASK_NAMES)}."),
+        click.option(
+            "--task",
+            default="reverse",
+            show_default=True,
+            help=f"One of {', '.join(TASK_NAMES)} ({', '.join(SEQ2SEQ_TASK_NAMES)}: an encoder-decoder model's).",
+        ),
         click.option("--lr", type=float, default=DEFAULT_LR, show_default=True, help="Peak learning rate."),
         click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True, help="Optimizer steps."),
         click.option(
@@ -137,20 +154,25 @@ def train(
     """
     if options["cross_attention"]:
         fail("train: --cross-attention is not supported (the language model is decoder-only)")
+    if options["source_len"] is not None:
+        fail("train: --source-len is not used: a translation task's source is as long as its target (--seq)")
     _check_png(png)
     from lnref.process.workers import one_blas_thread_unless_chosen
 
     one_blas_thread_unless_chosen()
     with input_errors():
-        from lnref.train import TrainConfig, default_warmup, plot_run
+        from lnref.train import TrainConfig, default_warmup
         from lnref.train import train as run_training
+        from lnref.train_charts import plot_run
 
         chosen = warmup is None
         if chosen:
             warmup = default_warmup(steps)
+        depths = encoder_decoder_depths(options["encoder_layers"], options["decoder_layers"])
         config = TrainConfig(
             scheme=options["scheme"],
-            layers=options["layers"],
+            layers=sum(depths.values()) if depths else options["layers"],
+            **depths,
             task=task,
             lr=lr,
             warmup=warmup,
@@ -209,8 +231,11 @@ def _summary_text(result):
     diverged = "no"
     if summary["diverged"]:
         diverged = f"yes, at step {summary['diverged_at']} ({summary['divergence_reason']})"
+    layers = f"{config['layers']} layers"
+    if config.get("encoder_layers"):
+        layers = f"{config['encoder_layers']} encoder and {config['decoder_layers']} decoder layers"
     lines = [
-        f"scheme {config['scheme']}, {config['layers']} layers, d_model {config['d_model']}, "
+        f"scheme {config['scheme']}, {layers}, d_model {config['d_model']}, "
         f"{result['n_params']} parameters; task {config['task']} ({result['task']['description']})",
         f"lr {config['lr']:g}, warm-up {config['warmup']}, {config['schedule']}, {config['optimizer']}, "
         f"batch {config['batch']}, seed {config['seed']}",
@@ -227,21 +252,51 @@ def _summary_text(result):
     return "\n".join(lines)
 
 
-def _int_list(text, name):
+def _depths(text, encoder_decoder):
+    """--depths as a list of numbers of layers, or of (N, M) pairs for a translation task."""
+    if text is None:
+        text = "6-6,18-18" if encoder_decoder else "6,18"
+    shape = "N-M pairs of encoder and decoder layers (6-6,18-18)" if encoder_decoder else "integers"
     try:
-        values = [int(part) for part in text.split(",") if part.strip()]
+        parts = [tuple(int(n) for n in part.split("-")) for part in text.split(",") if part.strip()]
     except ValueError:
-        fail(f"{name} must be comma-separated integers, got {text!r}")
-    if not values:
-        fail(f"{name} is empty")
-    return values
+        fail(f"--depths must be comma-separated {shape}, got {text!r}")
+    if not parts:
+        fail("--depths is empty")
+    if any(len(part) != (2 if encoder_decoder else 1) for part in parts):
+        why = "a translation task trains encoder-decoder models" if encoder_decoder else "this task trains one stack"
+        fail(f"--depths must be comma-separated {shape} ({why}), got {text!r}")
+    if min(min(part) for part in parts) < 1:
+        fail(f"--depths must be >= 1, got {text}")
+    return [part if encoder_decoder else part[0] for part in parts]
+
+
+def _paired_depths(depths, encoder_layers, decoder_layers, task):
+    """--depths as given, or --encoder-layers and --decoder-layers paired into its N-M form."""
+    if encoder_layers is None and decoder_layers is None:
+        return depths
+    if encoder_layers is None or decoder_layers is None:
+        fail("--encoder-layers and --decoder-layers go together: an encoder-decoder model needs both")
+    if depths is not None:
+        fail("give --depths or --encoder-layers with --decoder-layers, not both")
+    if task not in SEQ2SEQ_TASK_NAMES:
+        fail(f"task {task} trains one stack; encoder-decoder models train on {', '.join(SEQ2SEQ_TASK_NAMES)}")
+    encoders, decoders = encoder_layers.split(","), decoder_layers.split(",")
+    if len(encoders) != len(decoders):
+        fail(f"--encoder-layers and --decoder-layers pair up in order: got {len(encoders)} and {len(decoders)} values")
+    return ",".join(f"{n.strip()}-{m.strip()}" for n, m in zip(encoders, decoders))
 
 
 @click.command()
 @click.option(
     "--schemes", default="post,pre,b2t,residual,admin,deepnorm", show_default=True, help="Comma-separated schemes."
 )
-@click.option("--depths", default="6,18", show_default=True, help="Comma-separated numbers of layers.")
+@click.option(
+    "--depths",
+    default=None,
+    help="Comma-separated numbers of layers [default: 6,18]; for a translation task (mirror) "
+    "encoder-decoder depths N-M [default: 6-6,18-18].",
+)
 @click.option(
     "--warmup",
     type=int,
@@ -249,6 +304,14 @@ def _int_list(text, name):
     show_default=WARMUP_DEFAULT_HELP,
     help="The 'some warm-up' arm; the other arm has none.",
 )
+@click.option(
+    "--encoder-layers",
+    default=None,
+    metavar="N[,N...]",
+    help="With --decoder-layers, in place of --depths: the encoder-decoder models' encoder layers, "
+    "paired in order with --decoder-layers (a translation task).",
+)
+@click.option("--decoder-layers", default=None, metavar="M[,M...]", help="With --encoder-layers: the decoder layers.")
 @click.option("--seeds", type=COUNT, default=3, show_default=True, help="Seeds 0..N-1 per cell.")
 @click.option("--d-model", type=COUNT, default=32, show_default=True)
 @click.option("--heads", type=COUNT, default=2, show_default=True)
@@ -259,6 +322,8 @@ def _int_list(text, name):
 def stability(
     schemes,
     depths,
+    encoder_layers,
+    decoder_layers,
     warmup,
     seeds,
     d_model,
@@ -297,9 +362,7 @@ def stability(
 
         for scheme in scheme_list:
             get_scheme(scheme)
-    depth_list = _int_list(depths, "--depths")
-    if min(depth_list) < 1:
-        fail(f"--depths must be >= 1, got {depths}")
+    depth_list = _depths(_paired_depths(depths, encoder_layers, decoder_layers, task), task in SEQ2SEQ_TASK_NAMES)
     if warmup == 0:
         fail("--warmup is the 'some warm-up' arm and must be > 0 (the other arm has none)")
     _check_png(png)
@@ -343,7 +406,8 @@ def stability(
 
 def _stability_output(results, as_json, png):
     """The table (or JSON) and the figure of the grid's results, whether just run or read back."""
-    from lnref.train import format_grid, plot_grid, summarize_grid
+    from lnref.train import format_grid, summarize_grid
+    from lnref.train_charts import plot_grid
 
     rows = summarize_grid(results)
     if png:

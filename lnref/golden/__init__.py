@@ -15,6 +15,12 @@ the optional extra ``lnref[safetensors]``) plus a JSON text describing the model
     grads/input, grads/memory   d loss / d x (and d loss / d memory)
     hidden/<l>/<stream>         the state entering layer l (l = n_layers: the last layer's output)
 
+An encoder-decoder model's file (``build(scheme, encoder_layers=N, decoder_layers=M)``) has
+source, target and dy for x and dy; y and loss; memory, the encoder's output that its decoder
+attends to (predicted, as y is); params/ and grads/ named after their stack
+(``encoder.layers.3.attn.wq``); grads/source, grads/target; and hidden/encoder/<l>/<stream>
+(l = 0..N), hidden/decoder/<l>/<stream> (l = 0..M) for each stack's states.
+
 Three uses: ``export_golden`` writes a file, ``load_golden`` reads and validates one,
 ``from_golden`` rebuilds the model and checks that it reproduces every stored array bit for
 bit; ``compare_files`` measures another implementation's arrays against a file. The modules:
@@ -76,6 +82,7 @@ from lnref.golden.format import (
     hidden_name,
     hidden_streams,
     is_weight_matrix,
+    stack_depths,
 )
 from lnref.golden.load import Golden, from_golden, load_golden
 
@@ -107,6 +114,7 @@ __all__ = [
     "hidden_streams",
     "is_weight_matrix",
     "load_golden",
+    "stack_depths",
     "read_arrays",
     "read_name_map",
 ]

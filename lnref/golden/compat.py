@@ -10,6 +10,8 @@ rebuilds computes what the file's writer computed, bit for bit.
     version 3 -> 4   the document gained "point" (init: the parameters are the model's
                      initialization) and "rounded_to" (null: inputs and parameters not rounded
                      to a low precision)
+    version 4 -> 5   the model config gained "role" (stack), "encoder_layers" and "decoder_layers"
+                     (0): every earlier file is of a model of one stack
 """
 
 from __future__ import annotations
@@ -41,11 +43,20 @@ def _initialization_in_full_precision(document: Document) -> None:
     document.setdefault("rounded_to", None)
 
 
+def _one_stack(document: Document) -> None:
+    model = document.get("model")
+    if isinstance(model, dict):
+        model.setdefault("role", "stack")
+        model.setdefault("encoder_layers", 0)
+        model.setdefault("decoder_layers", 0)
+
+
 # _STEPS[v] turns a document of version v into one of version v + 1, in place.
 _STEPS: dict[int, Callable[[Document], None]] = {
     1: _gelu_was_tanh,
     2: _no_qk_norm_nor_options,
     3: _initialization_in_full_precision,
+    4: _one_stack,
 }
 READABLE_VERSIONS = (*_STEPS, FORMAT_VERSION)
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lnref.schemes import get_scheme, stream_names
 
+if TYPE_CHECKING:
+    from lnref.model import Config
+
 FORMAT_NAME = "lnref-golden"
-FORMAT_VERSION = 4  # what changed at each version: compat.py
+FORMAT_VERSION = 5  # what changed at each version: compat.py
 CONFIG_ENTRY = "config"
 EXTENSIONS = (".npz", ".safetensors")
 LOSS_DEFINITION = "sum(y * dy)"
@@ -33,8 +36,14 @@ def hidden_streams(scheme: str, layer: int, config: Any = None) -> tuple[str, ..
     return stream_names(get_scheme(scheme), layer, config)
 
 
-def hidden_name(layer: int, stream: str) -> str:
-    return f"hidden/{layer}/{stream}"
+def hidden_name(layer: int, stream: str, stack: str | None = None) -> str:
+    """``hidden/3/x``; in an encoder-decoder file ``hidden/encoder/3/x`` (``stack``: its stack)."""
+    return f"hidden/{layer}/{stream}" if stack is None else f"hidden/{stack}/{layer}/{stream}"
+
+
+def stack_depths(config: Config) -> dict[str, int]:
+    """{stack: layers} of an encoder-decoder model's config ({"encoder": N, "decoder": M})."""
+    return {"encoder": config.encoder_layers, "decoder": config.decoder_layers}
 
 
 def is_weight_matrix(name: str) -> bool:

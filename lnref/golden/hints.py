@@ -194,13 +194,15 @@ def _recomputed(
 ) -> Arrays:
     """Every array of the record, as its model computes them with ``config_changes``, other
     ``params``, or its final norm applied ``final_norm_times`` times."""
-    from lnref.model import Model
+    from lnref.model import Model, from_config
 
-    model = Model(dataclasses.replace(golden.config, **config_changes))
+    model = from_config(dataclasses.replace(golden.config, **config_changes))
     model.load(golden.params if params is None else params)
     if final_norm_times is not None:
+        assert isinstance(model, Model)  # an encoder-decoder record has no stack-level final_ln
         _repeat_stack_norm(model, FINAL_NORM, final_norm_times)
-    return golden_arrays(model, golden.x, golden.dy, golden.memory)
+    x, memory = golden.model_inputs
+    return golden_arrays(model, x, golden.dy, memory)
 
 
 def _repeat_stack_norm(model: Model, name: str, times: int) -> None:

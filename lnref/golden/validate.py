@@ -24,10 +24,12 @@ from lnref.golden.format import (
     hidden_name,
     hidden_streams,
     one_line,
+    stack_depths,
 )
 from lnref.golden.precision import ROUNDED_DTYPES, representable
 
 if TYPE_CHECKING:
+    from lnref.encdec import EncoderDecoder
     from lnref.model import Config, Model
 
 
@@ -82,7 +84,7 @@ def model_config(path: str, fields: object) -> Config:
             raise GoldenError(f"{path}: config {number} must be a number, got {fields[number]!r}")
     if not isinstance(fields["options"], dict):
         raise GoldenError(f"{path}: config options must be an object, got {fields['options']!r}")
-    for text in ("scheme", "norm", "activation", "dtype", "qk_norm"):
+    for text in ("scheme", "norm", "activation", "dtype", "qk_norm", "role"):
         if not isinstance(fields[text], str):
             raise GoldenError(f"{path}: config {text} must be a string, got {fields[text]!r}")
     try:
@@ -91,16 +93,20 @@ def model_config(path: str, fields: object) -> Config:
         raise GoldenError(f"{path}: config: {one_line(err)}") from None
 
 
-def input_sizes(path: str, inputs: object, config: Config) -> tuple[int, int, int | None]:
-    """(batch, seq, memory_len) from the document's ``inputs`` object."""
+def input_sizes(path: str, inputs: object, config: Config) -> tuple[int, int, int | None, int | None]:
+    """(batch, seq, memory_len, source_len) from the document's ``inputs`` object (source_len:
+    an encoder-decoder model's source length; None otherwise)."""
     if not isinstance(inputs, dict):
         raise GoldenError(f"{path}: config has no 'inputs' object")
+    encoder_decoder = config.role == "encoder-decoder"
     sizes = []
-    for name in ("batch", "seq"):
+    for name in ("batch", "seq", "source_len") if encoder_decoder else ("batch", "seq"):
         value = inputs.get(name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise GoldenError(f"{path}: config inputs.{name} must be an integer >= 1, got {value!r}")
         sizes.append(value)
+    if not encoder_decoder and inputs.get("source_len") is not None:
+        raise GoldenError(f"{path}: config inputs.source_len is set but the model is not an encoder-decoder model")
     memory_len = inputs.get("memory_len")
     if config.cross_attention:
         if isinstance(memory_len, bool) or not isinstance(memory_len, int) or memory_len < 1:
@@ -109,7 +115,7 @@ def input_sizes(path: str, inputs: object, config: Config) -> tuple[int, int, in
             )
     elif memory_len is not None:
         raise GoldenError(f"{path}: config inputs.memory_len is {memory_len!r} but the model has no cross-attention")
-    return sizes[0], sizes[1], memory_len
+    return sizes[0], sizes[1], memory_len, sizes[2] if encoder_decoder else None
 
 
 def point_and_precision(path: str, document: dict[str, Any], config: Config) -> tuple[str, str | None]:
@@ -129,10 +135,12 @@ def point_and_precision(path: str, document: dict[str, Any], config: Config) -> 
     return point, rounded_to
 
 
-def check_rounded(path: str, arrays: dict[str, np.ndarray], rounded_to: str) -> None:
-    """The inputs and parameters of a file rounded to a low precision hold values of it."""
+def check_rounded(path: str, arrays: dict[str, np.ndarray], rounded_to: str, config: Config) -> None:
+    """The inputs and parameters of a file rounded to a low precision hold values of it (an
+    encoder-decoder model's memory is an output: its encoder computes it)."""
+    inputs = ("source", "target", "dy") if config.role == "encoder-decoder" else ("x", "dy", "memory")
     for name, value in arrays.items():
-        if name in ("x", "dy", "memory") or name.startswith("params/"):
+        if name in inputs or name.startswith("params/"):
             if not representable(value, rounded_to):
                 raise GoldenError(f"{path}: {name} holds values that are not {rounded_to}, as the config says")
 
@@ -149,26 +157,38 @@ def check_values(path: str, arrays: dict[str, np.ndarray], dtype: str) -> None:
 def check_size_bounds(path: str, arrays: dict[str, np.ndarray], config: Config) -> None:
     """Sizes the config claims must be backed by the arrays before a model is built from it
     (a damaged config could otherwise ask for a billion layers)."""
-    x = arrays.get("x")
-    if x is None or x.ndim != 3 or x.shape[2] != config.d_model:
-        raise GoldenError(f"{path}: x must be (batch, seq, {config.d_model}), got {None if x is None else x.shape}")
-    layers = {name.split("/")[1] for name in arrays if name.startswith("hidden/")}
-    if len(layers) != config.n_layers + 1:
-        raise GoldenError(
-            f"{path}: config says {config.n_layers} layers, the file holds hidden states "
-            f"for {len(layers)} (expected n_layers + 1)"
-        )
-    w1 = arrays.get("params/layers.0.ffn.w1")
-    if w1 is None or w1.shape != (config.d_model, config.d_ff):
-        raise GoldenError(
-            f"{path}: params/layers.0.ffn.w1 must be ({config.d_model}, {config.d_ff}), "
-            f"got {None if w1 is None else w1.shape}"
-        )
+    encoder_decoder = config.role == "encoder-decoder"
+    for name in ("source", "target") if encoder_decoder else ("x",):
+        x = arrays.get(name)
+        if x is None or x.ndim != 3 or x.shape[2] != config.d_model:
+            raise GoldenError(
+                f"{path}: {name} must be (batch, seq, {config.d_model}), got {None if x is None else x.shape}"
+            )
+    stacks = stack_depths(config) if encoder_decoder else {None: config.n_layers}
+    for stack, depth in stacks.items():
+        prefix = "hidden/" if stack is None else f"hidden/{stack}/"
+        layers = {name[len(prefix) :].split("/")[0] for name in arrays if name.startswith(prefix)}
+        if len(layers) != depth + 1:
+            raise GoldenError(
+                f"{path}: config says {depth} {stack + ' ' if stack else ''}layers, the file holds hidden states "
+                f"for {len(layers)} (expected layers + 1)"
+            )
+        name = f"params/{'' if stack is None else stack + '.'}layers.0.ffn.w1"
+        w1 = arrays.get(name)
+        if w1 is None or w1.shape != (config.d_model, config.d_ff):
+            raise GoldenError(
+                f"{path}: {name} must be ({config.d_model}, {config.d_ff}), got {None if w1 is None else w1.shape}"
+            )
 
 
-def expected_shapes(model: Model, batch: int, seq: int, memory_len: int | None) -> dict[str, tuple[int, ...]]:
+def expected_shapes(
+    model: Model | EncoderDecoder, batch: int, seq: int, memory_len: int | None, source_len: int | None = None
+) -> dict[str, tuple[int, ...]]:
     """Every name the format prescribes for ``model``, with its shape, in file order."""
     cfg = model.config
+    if cfg.role == "encoder-decoder":
+        assert source_len is not None
+        return _encoder_decoder_shapes(model, batch, seq, source_len)
     activations = (batch, seq, cfg.d_model)
     shapes = {"x": activations, "dy": activations}
     if cfg.cross_attention:
@@ -195,3 +215,22 @@ def check_entries(path: str, arrays: dict[str, np.ndarray], expected: dict[str, 
     for name, shape in expected.items():
         if arrays[name].shape != tuple(shape):
             raise GoldenError(f"{path}: {name} has shape {arrays[name].shape}, expected {tuple(shape)}")
+
+
+def _encoder_decoder_shapes(
+    model: Model | EncoderDecoder, batch: int, seq: int, source_len: int
+) -> dict[str, tuple[int, ...]]:
+    cfg = model.config
+    target, source = (batch, seq, cfg.d_model), (batch, source_len, cfg.d_model)
+    shapes: dict[str, tuple[int, ...]] = {"source": source, "target": target, "dy": target, "y": target}
+    shapes.update({"memory": source, "loss": ()})
+    shapes.update({f"params/{name}": value.shape for name, value in model.params.items()})
+    shapes.update({f"grads/{name}": value.shape for name, value in model.params.items()})
+    shapes.update({"grads/source": source, "grads/target": target})
+    for stack, depth in stack_depths(cfg).items():
+        activations = source if stack == "encoder" else target
+        stack_config = cfg.stack(stack)
+        for layer in range(depth + 1):
+            for stream in hidden_streams(cfg.scheme, layer, stack_config):
+                shapes[hidden_name(layer, stream, stack)] = activations
+    return shapes

@@ -39,7 +39,7 @@ from lnref.finite_diff import DEFAULTS, STATUSES, STENCIL, difference_from_value
 from lnref.gradcheck.blocks import block_specs, check_block_elements, check_blockwise
 from lnref.gradcheck.lm import gradcheck_lm
 from lnref.gradcheck.point import Point, jitter_params
-from lnref.gradcheck.report import Check, Report, TensorResult, compare, confirmed, summarize
+from lnref.gradcheck.report import Check, Report, TensorResult, compare, confirmed, layers_text, summarize
 from lnref.gradcheck.vjp import check_vjp
 from lnref.nn import ZERO_BY_STRUCTURE
 from lnref.process.workers import available_cpus, map_in_order
@@ -124,16 +124,16 @@ def _recheck_unresolved(
     """The layers' parameters that a check of the whole model left unresolved, checked again with
     their layer on its own (blockwise): below the top of a deep stack the gradient of the
     whole loss can lie under the noise of the whole loss, while the layer's own VJP does not."""
-    unresolved = {r.tensor for r in results if r.status == "unresolved" and r.tensor.startswith("layers.")}
+    unresolved = {r.tensor for r in results if r.status == "unresolved" and at.model.layer_of(r.tensor) is not None}
     if not unresolved:
         return results
     rechecked = {r.tensor: r for r in check_blockwise(at, h, rtol, atol, seed, generic, only=unresolved)}
     return [rechecked.get(r.tensor, r) for r in results]
 
 
-def _zero_by_structure(result: TensorResult) -> TensorResult:
+def _zero_by_structure(model: Any, result: TensorResult) -> TensorResult:
     structural = any(result.tensor.endswith("." + suffix) for suffix in ZERO_BY_STRUCTURE)
-    if result.status == "unresolved" and structural and result.tensor.startswith("layers."):
+    if result.status == "unresolved" and structural and model.layer_of(result.tensor) is not None:
         result.status = "zero"
     return result
 
@@ -176,9 +176,7 @@ def gradcheck(
     x, dy, memory = model.sample_inputs(batch=batch, seq=seq, memory_len=memory_len, seed=seed)
     params = model.params if point == "init" else jitter_params(model.params, seed)
     if progress:
-        progress(
-            f"gradcheck: {model.config.scheme}, {model.config.n_layers} layers, {len(params)} tensors, {mode} mode"
-        )
+        progress(f"gradcheck: {model.config.scheme}, {layers_text(model.config)}, {len(params)} tensors, {mode} mode")
     at = Point(model, params, x, dy, memory, hold_stop_gradients)
     generic = point == "generic"
     if mode == "blockwise":
@@ -196,10 +194,10 @@ def gradcheck(
             if progress and done % 8 == 0:
                 progress(f"  {done} of {len(specs)} blocks checked")
     else:
-        names = list(params) + ["input"] + (["memory"] if memory is not None else [])
+        names = list(params) + list(model.input_names) + (["memory"] if memory is not None else [])
         if workers is None:
             # Forking and feeding workers pays only when the checks re-run many layers.
-            many = len(names) * model.config.n_layers >= PARALLEL_LAYER_RUNS
+            many = len(names) * model.n_blocks >= PARALLEL_LAYER_RUNS
             workers = default_workers() if many else 1
 
         def check_tensor(index: int) -> TensorResult:
@@ -207,6 +205,6 @@ def gradcheck(
 
         results = list(map_in_order(check_tensor, range(len(names)), workers))
         results = _recheck_unresolved(at, results, h, rtol, atol, seed, generic)
-    results = [_zero_by_structure(result) for result in results]
+    results = [_zero_by_structure(model, result) for result in results]
     seconds = time.perf_counter() - started
     return Report(model.config.to_dict(), mode, point, h, rtol, atol, results, seconds, held=at.held)

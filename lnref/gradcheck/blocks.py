@@ -28,10 +28,11 @@ Spec = tuple[str, str, list[str], Stage, tuple[Any, ...], "int | None"]
 
 
 def block_specs(point: Point) -> list[Spec]:
-    """(label, where, parameter names, stage, input states, layer index) for every block of
-    the stack, in order: the embedding stage (if it has parameters), each layer, the readout.
+    """(label, where, parameter names, stage, input states, block index) for every block of
+    the model, in order: the embedding stage (if it has parameters), each block (a stack's
+    layers; an encoder-decoder model's encoder layers, bridge and decoder layers), the readout.
     ``stage(run, inputs)`` maps the block's input arrays/Tensors to its output tuple."""
-    model, n_layers = point.model, point.n_layers
+    model = point.model
     specs: list[Spec] = []
     if point.embed_params:
         specs.append(
@@ -39,17 +40,18 @@ def block_specs(point: Point) -> list[Spec]:
                 "embed",
                 "stack",
                 sorted(point.embed_params),
-                lambda run, inputs: model.embed(run, inputs[0]),
-                (point.x,),
+                lambda run, inputs: model.embed(run, point._model_input(inputs)),
+                tuple(point.inputs.values()),
                 None,
             )
         )
-    for index in range(n_layers):
-        names = [n for n in point.params if n.startswith(f"layers.{index}.")]
+    for index in range(point.n_blocks):
+        names = [n for n in point.params if point.start_of(n) == index]
+        label, where = model.block_label(index)
         specs.append(
             (
-                f"layers.{index}",
-                f"layer {index}",
+                label,
+                where,
                 names,
                 lambda run, inputs, index=index: model.layer(run, index, inputs),
                 point.states[index],

@@ -1,4 +1,5 @@
-"""The gradient check of a language model (``lnref.lm``): token and position embeddings, the stack, the head."""
+"""The gradient check of a language model (``lnref.lm``): token and position embeddings, the stack, the head;
+or of a translation model, its source and target embeddings, its encoder-decoder model and its head."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from lnref.finite_diff import STENCIL, difference_from_values, step_and_rtol
 from lnref.gradcheck.point import jitter_params, linear_per_row
-from lnref.gradcheck.report import Report, compare, summarize
+from lnref.gradcheck.report import Report, compare, layers_text, summarize
 from lnref.views import Freezer
 
 LM_MODES = ("directional", "entries", "full")
@@ -29,9 +30,9 @@ def gradcheck_lm(
     seed: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
-    """Check every gradient of a language model: embeddings, stack and head.
+    """Check every gradient of a language model (or a translation model): embeddings, stack and head.
 
-    The loss is the model's mean cross-entropy on seeded random tokens and targets; each tensor
+    The loss is the model's mean cross-entropy on a seeded random batch (``lm.sample_batch``); each tensor
     is moved along its probes and the whole model re-run (the wrapped stacks are small), with
     the ReLU patterns of the point held as for ``gradcheck``.
     """
@@ -45,38 +46,35 @@ def gradcheck_lm(
     h, rtol = step_and_rtol(dtype, step, rtol)
     seed = lm.config.seed if seed is None else seed
     started = time.perf_counter()
-    rng = np.random.default_rng([seed, 5])
-    tokens = rng.integers(0, lm.vocab_size, size=(batch, seq))
-    targets = rng.integers(0, lm.vocab_size, size=(batch, seq))
+    arrays = lm.sample_batch(np.random.default_rng([seed, 5]), batch, seq)
     params = lm.params if point == "init" else jitter_params(lm.params, seed)
+    kind = "translation" if lm.config.role == "encoder-decoder" else "language"
     if progress:
         progress(
-            f"gradcheck: {lm.config.scheme} language model, {lm.config.n_layers} layers, "
-            f"{len(params)} tensors, {mode} mode"
+            f"gradcheck: {lm.config.scheme} {kind} model, {layers_text(lm.config)}, {len(params)} tensors, {mode} mode"
         )
-    loss, grads = lm.value_and_grad(tokens, targets, params)
+    loss, grads = lm.value_and_grad(*arrays, params)
     freezer = Freezer()
-    lm.loss(tokens, targets, params, run_options={"freeze": freezer.record})
+    lm.loss(*arrays, params, run_options={"freeze": freezer.record})
     held = {"freeze": freezer.hold(), "linear": linear_per_row}
     floor = np.finfo(dtype).eps * max(abs(loss), 1.0)
     results = []
     for index, (name, value) in enumerate(params.items()):
-        where = _where_in_lm(name)
+        where = _where_in_lm(lm.model, name)
         checks = []
         for label, direction in probes(np.random.default_rng([seed, 3, index]), value.shape, mode, entries):
             direction = direction.astype(value.dtype)
-            values = [
-                lm.loss(tokens, targets, {**params, name: value + t * h * direction}, run_options=held) for t in STENCIL
-            ]
+            values = [lm.loss(*arrays, {**params, name: value + t * h * direction}, run_options=held) for t in STENCIL]
             numeric, sigma = difference_from_values(values, h)
             analytic = float(np.sum(grads[name] * direction))
             checks.append(compare(name, where, label, analytic, numeric, max(sigma, floor), h, rtol, atol))
         results.append(summarize(name, where, checks))
-    config = {**lm.config.to_dict(), "head": "language model", "vocab_size": lm.vocab_size}
+    config = {**lm.config.to_dict(), "head": f"{kind} model", "vocab_size": lm.vocab_size}
     return Report(config, mode, point, h, rtol, atol, results, time.perf_counter() - started)
 
 
-def _where_in_lm(name: str) -> str:
-    if name.startswith("layers."):
-        return f"layer {name.split('.')[1]}"
+def _where_in_lm(model: Any, name: str) -> str:
+    block = model.layer_of(name)
+    if block is not None:
+        return str(model.block_label(block)[1])
     return "head" if name.startswith("head.") else "embed" if name.startswith("embed.") else "stack"

@@ -98,13 +98,16 @@ class _ReadRecorder(dict):
 
 
 class Point:
-    """The loss of the model at its check point, re-running only what a change affects."""
+    """The loss of the model at its check point, re-running only what a change affects.
+
+    ``x`` is the model's input: one array, or a tuple of arrays for a model of several inputs
+    (an encoder-decoder model's (source, target), named by ``model.input_names``)."""
 
     def __init__(
         self,
         model: Any,
         params: dict[str, np.ndarray],
-        x: np.ndarray,
+        x: Any,
         dy: np.ndarray,
         memory: Any,
         hold_stop_gradients: bool = True,
@@ -113,13 +116,15 @@ class Point:
         # Released kinds are computed afresh by every run: the function itself, not the surrogate
         # whose derivative the tape computes.
         self.release = () if hold_stop_gradients else ("stop_gradient",)
-        self.n_layers = model.config.n_layers
+        self.n_blocks = model.n_blocks
+        self.inputs = dict(zip(model.input_names, x if isinstance(x, tuple) else (x,)))
         self.grads, _, tensor_states = model.gradients(x, dy, memory, params=params, keep_states=True)
         self.states = [tuple(t.value for t in state) for state in tensor_states]
         self.freezer = record_frozen(model, lambda run: model.forward(run, x), params, memory)
         self.held = tuple(sorted(self.freezer.kinds - set(self.release)))
         self.scale = float(np.abs(model.readout(self.frozen_run(params), self.states[-1]).value * dy).sum())
-        self.embed_params, self.readout_params = self._stage_params()
+        self.reads = self._stage_reads()
+        self.embed_params, self.readout_params = self.reads[-1], self.reads[self.n_blocks]
         self.linear_params = model.linear_params
 
     def frozen_run(self, params: dict[str, Any], memory: Any = None, count: int = 1) -> Run:
@@ -127,40 +132,49 @@ class Point:
         memory = self.memory if memory is None else memory
         return self.model.run(params, memory, freeze=self.freezer.hold(count, self.release))
 
-    def _stage_params(self) -> tuple[set[str], set[str]]:
-        recorder = _ReadRecorder(self.params)
-        self.model.embed(self.frozen_run(recorder), self.x)
-        embed = set(recorder.seen)
-        recorder.seen.clear()
-        self.model.readout(self.frozen_run(recorder), self.states[-1])
-        return embed, set(recorder.seen)
+    def _stage_reads(self) -> dict[int, set[str]]:
+        """{stage: the parameter names it reads}: -1 the embedding stage, 0..n_blocks-1 the
+        blocks, n_blocks the readout."""
+        model, reads = self.model, {}
+        stages = [(-1, lambda run: model.embed(run, self.x))]
+        stages += [(i, lambda run, i=i: model.layer(run, i, self.states[i])) for i in range(self.n_blocks)]
+        stages.append((self.n_blocks, lambda run: model.readout(run, self.states[-1])))
+        for stage, compute in stages:
+            recorder = _ReadRecorder(self.params)
+            compute(self.frozen_run(recorder))
+            reads[stage] = recorder.seen
+        return reads
 
     def start_of(self, name: str) -> int:
-        """The first layer a change of ``name`` affects (n_layers: only the readout)."""
-        if name.startswith("layers."):
-            return int(name.split(".")[1])
-        if name in self.readout_params and name not in self.embed_params:
-            return self.n_layers
-        return -1  # the input, the memory, embedding-stage parameters: everything
+        """The first block a change of ``name`` affects (-1: the embedding stage, so the whole
+        model; n_blocks: only the readout)."""
+        layer = self.model.layer_of(name)
+        if layer is not None:
+            return int(layer)
+        return min((stage for stage, names in self.reads.items() if name in names), default=-1)
 
     def where(self, name: str) -> str:
-        if name in ("input", "memory"):
+        if name in self.inputs or name == "memory":
             return "input"
         start = self.start_of(name)
-        return f"layer {start}" if 0 <= start < self.n_layers else "stack"
+        return str(self.model.block_label(start)[1]) if 0 <= start < self.n_blocks else "stack"
 
     def losses(self, name: str, moves: list[np.ndarray]) -> np.ndarray:
-        """The loss with ``name`` (a parameter, "input" or "memory") moved by each of ``moves``.
+        """The loss with ``name`` (a parameter, an input or "memory") moved by each of ``moves``.
 
-        Only layer ``start_of(name)`` needs its own run per move; from there on the moved
-        states are stacked along the batch axis and the rest of the stack runs once for all of
+        Only block ``start_of(name)`` needs its own run per move; from there on the moved
+        states are stacked along the batch axis and the rest of the model runs once for all of
         them (every op treats batch rows independently).
         """
         count, model, start, params = len(moves), self.model, self.start_of(name), self.params
         tiled_memory = _tiled(self.memory, count)
         run = self.frozen_run(params, tiled_memory, count)
-        if name == "input":
-            y, _ = model.forward(run, np.concatenate([self.x + move for move in moves]))
+        if name in self.inputs:
+            moved = {
+                key: np.concatenate([value + move for move in moves]) if key == name else _tiled(value, count)
+                for key, value in self.inputs.items()
+            }
+            y, _ = model.forward(run, self._model_input(tuple(moved.values())))
         elif name == "memory":
             memory = np.concatenate([self.memory + move for move in moves])
             y, _ = model.forward(self.frozen_run(params, memory, count), _tiled(self.x, count))
@@ -169,13 +183,16 @@ class Point:
             if start < 0:
                 states = [model.embed(moved, self.x) for moved in moved_runs]
                 y, _ = model.forward(run, state=stack_states(states), start=0)
-            elif start == self.n_layers:
+            elif start == self.n_blocks:
                 y = Tensor.wrap(np.concatenate([model.readout(moved, self.states[-1]).value for moved in moved_runs]))
             else:
                 states = [model.layer(moved, start, self.states[start]) for moved in moved_runs]
                 y, _ = model.forward(run, state=stack_states(states), start=start + 1)
         products = y.value * _tiled(self.dy, count)
         return products.reshape(count, -1).sum(axis=1)
+
+    def _model_input(self, arrays: tuple[np.ndarray, ...]) -> Any:
+        return arrays if isinstance(self.x, tuple) else arrays[0]
 
 
 def _tiled(array: Any, count: int) -> Any:

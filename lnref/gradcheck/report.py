@@ -181,17 +181,18 @@ class Report:
         cfg = self.config
         lines = [
             self.summary(),
-            f"gradcheck {cfg['scheme']}: {cfg['n_layers']} layers, d_model {cfg['d_model']}, "
+            f"gradcheck {cfg['scheme']}: {layers_text(cfg)}, d_model {cfg['d_model']}, "
             f"{cfg['n_heads']} heads, d_ff {cfg['d_ff']}, {cfg['norm']}, {cfg['activation']}, "
             f"{cfg['dtype']}; mode {self.mode}, at {self.point}, step {self.step:g}, "
             f"rtol {self.rtol:g}, atol {self.atol:g}",
-            "",
-            f"{'where':14s} {'tensors':>7s} {'worst err/tol':>14s}  status",
         ]
         rows = [_place_row(where, results) for where, results in self.by_place().items()]
-        for where, tensors, ratio, status, count in rows if verbose else _collapsed(rows):
+        shown_rows = rows if verbose else _collapsed(rows)
+        width = max([14, *(len(row[0]) for row in shown_rows)])
+        lines += ["", f"{'where':{width}s} {'tensors':>7s} {'worst err/tol':>14s}  status"]
+        for where, tensors, ratio, status, count in shown_rows:
             shown = status if status == "passed" else f"{status} ({count})"
-            lines.append(f"{where:14s} {tensors:>7s} {ratio:14.3g}  {shown}")
+            lines.append(f"{where:{width}s} {tensors:>7s} {ratio:14.3g}  {shown}")
         offenders = sorted(self.results, key=lambda r: -r.worst.ratio)[:worst]
         lines += ["", "worst offenders (error / tolerance):"]
         for r in offenders:
@@ -265,6 +266,15 @@ class Report:
         return json.dumps(document, indent=1, default=float)
 
 
+def layers_text(config: Any) -> str:
+    """ "6 layers", or "6 encoder and 6 decoder layers" (a Config or its dict)."""
+    get = config.get if isinstance(config, dict) else lambda name, default=None: getattr(config, name, default)
+    if get("role", "stack") == "encoder-decoder":
+        return f"{get('encoder_layers')} encoder and {get('decoder_layers')} decoder layers"
+    layers = get("n_layers")
+    return f"{layers} layer{'s' if layers != 1 else ''}"
+
+
 Row = tuple[str, str, float, str, int]  # where, tensors, worst error/tolerance, status, count of that status
 
 
@@ -274,35 +284,46 @@ def _place_row(where: str, results: list[TensorResult]) -> Row:
     return where, str(len(results)), max(r.worst.ratio for r in results), status, statuses.count(status)
 
 
+def _layer_place(where: str) -> tuple[str, str] | None:
+    """("encoder ", "3") for the place "encoder layer 3", ("", "3") for "layer 3"; None for
+    another place."""
+    stack, _, rest = where.rpartition("layer ")
+    return (stack, rest) if rest.isdigit() and stack in ("", "encoder ", "decoder ") else None
+
+
 def _collapsed(rows: list[Row]) -> list[Row]:
-    """Runs of consecutive layers with the same status and number of tensors as one row
-    ("layers 5-47", tensors "16 each", the worst ratio of the run, the status counts summed)."""
+    """Runs of consecutive layers of one stack with the same status and number of tensors as
+    one row ("layers 5-47", "decoder layers 0-5", tensors "16 each", the worst ratio of the
+    run, the status counts summed)."""
     out: list[Row] = []
-    run: list[Row] = []
+    run: list[tuple[Row, tuple[str, str]]] = []
 
     def flush() -> None:
         if len(run) == 1:
-            out.append(run[0])
+            out.append(run[0][0])
         elif run:
-            first, last = run[0][0].split()[1], run[-1][0].split()[1]
+            (first, (stack, low)), (_, (_, high)) = run[0], run[-1]
             out.append(
                 (
-                    f"layers {first}-{last}",
-                    f"{run[0][1]} each",
-                    max(r[2] for r in run),
-                    run[0][3],
-                    sum(r[4] for r in run),
+                    f"{stack}layers {low}-{high}",
+                    f"{first[1]} each",
+                    max(r[2] for r, _ in run),
+                    first[3],
+                    sum(r[4] for r, _ in run),
                 )
             )
         run.clear()
 
     for row in rows:
-        if row[0].startswith("layer ") and run and (row[1], row[3]) == (run[-1][1], run[-1][3]):
-            run.append(row)
-            continue
+        place = _layer_place(row[0])
+        if place is not None and run:
+            previous, (stack, _) = run[-1]
+            if place[0] == stack and (row[1], row[3]) == (previous[1], previous[3]):
+                run.append((row, place))
+                continue
         flush()
-        if row[0].startswith("layer "):
-            run.append(row)
+        if place is not None:
+            run.append((row, place))
         else:
             out.append(row)
     flush()

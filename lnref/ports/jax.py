@@ -285,7 +285,7 @@ def run(config: dict[str, Any], params: Params, x: Any, dy: Any, memory: Any = N
     results.update({f"grads/{name}": g for name, g in grads[0].items()})
     if memory is not None:
         results["grads/memory"] = grads[2]
-    streams = STREAMS.get(config["scheme"], lambda layer, config: ("x",))
+    streams = STREAMS.get(config["scheme"], lambda layer, config=None: ("x",))
     for l, state in enumerate(states):
         results.update({f"hidden/{l}/{name}": value for name, value in zip(streams(l, config), state)})
     return {name: np.asarray(value) for name, value in results.items()}

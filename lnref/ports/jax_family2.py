@@ -221,13 +221,18 @@ def denseformer(m: Stack, x: Any) -> Any:
 
 
 def _copy_names(prefix: str) -> Any:
-    return lambda layer, config: tuple(f"{prefix}_{i}" for i in range(config.get("options", {}).get("n", 4)))
+    """The names of a state of n copies (config: a golden file's model object; None: n = 4)."""
+
+    def names(layer, config=None):
+        return tuple(f"{prefix}_{i}" for i in range((config or {}).get("options", {}).get("n", 4)))
+
+    return names
 
 
 SCHEMES = {f.__name__: f for f in (siamese, ngpt, gpas, hyper, mhc, denseformer)}
 STREAMS = {
-    "siamese": lambda layer, config: ("x", "y"),
+    "siamese": lambda layer, config=None: ("x", "y"),
     "hyper": _copy_names("h"),
     "mhc": _copy_names("x"),
-    "denseformer": lambda layer, config: ("x", *(f"X_{j}" for j in range(layer + 1))),
+    "denseformer": lambda layer, config=None: ("x", *(f"X_{j}" for j in range(layer + 1))),
 }

@@ -341,7 +341,7 @@ SCHEMES.update(jax_family2.SCHEMES)
 ALIASES = {"gemma2": "sandwich", "gemma3": "sandwich", "skipinit": "rezero"}
 SCHEMES.update({alias: SCHEMES[base] for alias, base in ALIASES.items()})
 STREAMS = {  # the names of a state's arrays, by layer and config
-    "residual": lambda layer, config: ("x_a", "x_d"),
-    "dlcl": lambda layer, config: ("x", *(f"n_{k}" for k in range(layer + 1))),
+    "residual": lambda layer, config=None: ("x_a", "x_d"),
+    "dlcl": lambda layer, config=None: ("x", *(f"n_{k}" for k in range(layer + 1))),
     **jax_family2.STREAMS,
 }

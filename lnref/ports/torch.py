@@ -173,7 +173,7 @@ def run(config, params, x, dy, memory=None):
     results["grads/input"] = grad_of(x)
     if memory is not None:
         results["grads/memory"] = grad_of(memory)
-    stream_names = STREAMS.get(config["scheme"], lambda layer, config: ("x",))
+    stream_names = STREAMS.get(config["scheme"], lambda layer, config=None: ("x",))
     for layer, state in enumerate(states):
         for stream, value in zip(stream_names(layer, config), state):
             results[f"hidden/{layer}/{stream}"] = value.detach()
@@ -181,9 +181,14 @@ def run(config, params, x, dy, memory=None):
 
 
 def evaluate(path, **overrides):
-    """Everything a golden file predicts, recomputed by torch autograd (as :func:`run`);
-    ``overrides`` replace entries of the file's model config (for negative controls)."""
+    """Everything a golden file predicts, recomputed by torch autograd (as :func:`run`; an
+    encoder-decoder model's file as ``torch_encdec.run``); ``overrides`` replace entries of the
+    file's model config (for negative controls)."""
     document, arrays = read_golden(path)
+    if document["model"].get("role") == "encoder-decoder":
+        from lnref.ports import torch_encdec
+
+        return torch_encdec.evaluate(path, **overrides)
     config = {**document["model"], **overrides}
     params = {name[len("params/") :]: value for name, value in arrays.items() if name.startswith("params/")}
     return run(config, params, arrays["x"], arrays["dy"], arrays.get("memory"))

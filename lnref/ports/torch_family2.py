@@ -202,10 +202,19 @@ def denseformer(m, x):
     return m.norm("final_ln", x), states
 
 
+def copies_named(prefix):
+    """The names of a state of n copies (config: a golden file's model object; None: n = 4)."""
+
+    def names(layer, config=None):
+        return tuple(f"{prefix}_{i}" for i in range((config or {}).get("options", {}).get("n", 4)))
+
+    return names
+
+
 SCHEMES = {f.__name__: f for f in (siamese, ngpt, gpas, hyper, mhc, denseformer)}
 STREAMS = {
-    "siamese": lambda layer, config: ("x", "y"),
-    "hyper": lambda layer, config: tuple(f"h_{i}" for i in range(config.get("options", {}).get("n", 4))),
-    "mhc": lambda layer, config: tuple(f"x_{i}" for i in range(config.get("options", {}).get("n", 4))),
-    "denseformer": lambda layer, config: ("x", *(f"X_{j}" for j in range(layer + 1))),
+    "siamese": lambda layer, config=None: ("x", "y"),
+    "hyper": copies_named("h"),
+    "mhc": copies_named("x"),
+    "denseformer": lambda layer, config=None: ("x", *(f"X_{j}" for j in range(layer + 1))),
 }

@@ -68,8 +68,12 @@ def admin(m, x):
 
 
 def deepnorm(m, x):
-    """Wang et al. 2022: x <- LN(alpha x + S(x)), alpha = (2N)^(1/4), decoders (3M)^(1/4)."""
-    alpha = (3 * m.n_layers if m.c["cross_attention"] else 2 * m.n_layers) ** 0.25
+    """Wang et al. 2022: x <- LN(alpha x + S(x)), alpha = (2N)^(1/4), decoders (3M)^(1/4); the
+    encoder of an encoder-decoder model (N encoder, M decoder layers) 0.81 (N^4 M)^(1/16)."""
+    if m.c.get("role") == "encoder":
+        alpha = 0.81 * (m.c["encoder_layers"] ** 4 * m.c["decoder_layers"]) ** (1 / 16)
+    else:
+        alpha = (3 * m.n_layers if m.c["cross_attention"] else 2 * m.n_layers) ** 0.25
 
     def layer(l, x):
         for b in m.branches:
@@ -140,6 +144,6 @@ def rezero(m, x):
 
 SCHEMES = {f.__name__: f for f in (post, pre, residual, b2t, admin, deepnorm, sandwich, peri, mixln, dlcl, rezero)}
 STREAMS = {  # the names of a state's arrays, by layer and config
-    "residual": lambda layer, config: ("x_a", "x_d"),
-    "dlcl": lambda layer, config: ("x", *(f"n_{k}" for k in range(layer + 1))),
+    "residual": lambda layer, config=None: ("x_a", "x_d"),
+    "dlcl": lambda layer, config=None: ("x", *(f"n_{k}" for k in range(layer + 1))),
 }

@@ -12,7 +12,10 @@ running ratio that starts at 1 (as in the authors' code):
     ratio   = sqrt(Var[omega_i * x_{i-1}] + Var[S_i(x_{i-1})])    (over all elements)
     x_i     = LN_i(omega_i * x_{i-1} + S_i(x_{i-1}))
 
-so omega_i^2 ~ 1 + sum_{j<i} Var[S_j], the variance the skip must balance.
+so omega_i^2 ~ 1 + sum_{j<i} Var[S_j], the variance the skip must balance. In an encoder-decoder
+model each stack runs its own chain from 1, as in the authors' code; the decoder's cross-attention
+attends to the encoder's output for a random source (a memory of random numbers for a decoder
+stack of its own).
 """
 
 import numpy as np
@@ -33,6 +36,8 @@ def initialize(model, rng):
     memory = None
     if config.cross_attention:
         memory = rng.standard_normal((*PROFILE_SHAPE, config.d_model)).astype(model.dtype)
+        if model.encoder is not None:
+            memory = model.encoder(memory)
     run = model.run(memory=memory)
     ratio = 1.0
     for index in range(config.n_layers):

@@ -7,10 +7,10 @@ Pre-LN with one more norm inside each branch, just before its output projection:
     out = N_final(x_L)
 
 Init: W_v, W_o, W_1, W_2 and their biases multiplied by gamma = sqrt(ln 2L) for a stack of L
-layers (encoder-only or decoder-only). With cross-attention lnref is the decoder of an
-encoder-decoder model, as torchscale's: gamma = sqrt(ln 3L), the cross-attention is a Pre-LN
-branch with no inner norm and its weights are not scaled. The encoder of such a model (N layers,
-M decoder layers) takes gamma = sqrt(ln(3M) ln(2N) / 3); lnref has no encoder stack.
+layers (encoder-only or decoder-only). With cross-attention the stack is the decoder of an
+encoder-decoder model, as torchscale's: gamma = sqrt(ln 3M) for its M layers, the cross-attention
+is a Pre-LN branch with no inner norm and its weights are not scaled. The encoder of such a model
+(N layers, M decoder layers) takes gamma = sqrt(ln(3M) ln(2N) / 3).
 
 Read against microsoft/torchscale @0cb9695: component/multihead_attention.py (inner_attn_ln,
 self-attention only), component/feedforward_network.py (ffn_layernorm), architecture/encoder.py
@@ -35,7 +35,10 @@ INNER_NORMS = {"attn": {"heads_norm": "ln_heads"}, "ffn": {"hidden_norm": "ln_hi
 
 
 def gain(config):
-    """gamma: sqrt(ln 2L), or sqrt(ln 3L) for the decoder of an encoder-decoder model."""
+    """gamma: sqrt(ln 2L); for the decoder of an encoder-decoder model sqrt(ln 3M), for its encoder
+    sqrt(ln(3M) ln(2N) / 3)."""
+    if config.role == "encoder":
+        return math.sqrt(math.log(3 * config.decoder_layers) * math.log(2 * config.encoder_layers) / 3)
     return math.sqrt(math.log((3 if config.cross_attention else 2) * config.n_layers))
 
 

@@ -9,9 +9,10 @@ Init: Xavier for every weight, zero biases, then W_v, W_o, W_1 and W_2 multiplie
     encoder stack (no causal mask, no cross-attention)    0.67 L^(-1/4)
     decoder stack (causal or with cross-attention)        (9 L)^(-1/4)   (the cross-attention's W_v, W_o too)
 A decoder-only stack takes the decoder rule. In an encoder-decoder model the encoder (N layers)
-takes 0.67 N^(-1/4) and the decoder (M layers) (9 M)^(-1/4), each counting its own layers. The
-rules also set the input embeddings (Gaussian, then scaled with depth), which lnref's stack does
-not model: its input is given (and ``lnref.lm`` keeps its own embedding).
+takes 0.67 N^(-1/4) and the decoder (M layers) (9 M)^(-1/4), each counting its own layers: each
+stack's config tells it which it is. The rules also set the input embeddings (Gaussian, then
+scaled with depth), which lnref's stacks do not model: their inputs are given (and ``lnref.lm``'s
+wrappers keep their own embeddings).
 
 Read against layer6ai-labs/T-Fixup @b17e166, fairseq/modules/transformer_layer.py
 (fixup_initialization of the encoder and decoder layers) and fairseq/models/transformer.py (the

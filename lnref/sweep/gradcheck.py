@@ -33,18 +33,26 @@ CHECK_KEYS = ("mode", "point", "batch", "seq", "entries", "rtol", "atol", "with_
 
 
 def check_tasks(
-    schemes: list[str], norms: list[str], depths: list[int], model: dict[str, Any], check: dict[str, Any]
+    schemes: list[str],
+    norms: list[str],
+    depths: list[int | dict[str, int]],
+    model: dict[str, Any],
+    check: dict[str, Any],
 ) -> list[Task]:
     """One task per (scheme, norm, depth), in that nesting, but for the (scheme, norm) pairs
-    that ``left_out`` names. ``model`` holds the other ``lnref.build`` arguments
-    (``MODEL_KEYS``), ``check`` the checker's (``CHECK_KEYS``)."""
+    that ``left_out`` names. A depth is a number of layers, or {"encoder_layers": N,
+    "decoder_layers": M} for an encoder-decoder model. ``model`` holds the other ``lnref.build``
+    arguments (``MODEL_KEYS``), ``check`` the checker's (``CHECK_KEYS``, and "memory_len", an
+    encoder-decoder model's source length, when given)."""
     shared = {key: model[key] for key in MODEL_KEYS}
     settings = {key: check[key] for key in CHECK_KEYS}
+    if check.get("memory_len") is not None:
+        settings["memory_len"] = check["memory_len"]
     refused = left_out(schemes, norms, model)
     return grid(
         "gradcheck",
         [
-            {"model": dict(shared, scheme=scheme, n_layers=depth, norm=norm), **settings}
+            {"model": dict(shared, scheme=scheme, norm=norm, **_depth(depth)), **settings}
             for scheme in schemes
             for norm in norms
             if (scheme, norm) not in refused
@@ -53,12 +61,16 @@ def check_tasks(
     )
 
 
+def _depth(depth: int | dict[str, int]) -> dict[str, int]:
+    return dict(depth) if isinstance(depth, dict) else {"n_layers": depth}
+
+
 def left_out(schemes: list[str], norms: list[str], model: dict[str, Any]) -> dict[tuple[str, str], str]:
     """{(scheme, norm): why} for the pairs whose scheme refuses that norm or another of the
     ``model`` settings (a scheme's REFUSES: T-Fixup has no norm to choose)."""
     from lnref.model import refusal
 
-    shared = {key: model[key] for key in MODEL_KEYS}
+    shared = {key: model[key] for key in (*MODEL_KEYS, "encoder_layers", "decoder_layers") if key in model}
     reasons = {(scheme, norm): refusal(scheme, **shared, norm=norm) for scheme in schemes for norm in norms}
     return {pair: why for pair, why in reasons.items() if why is not None}
 
@@ -70,10 +82,13 @@ def run_check_task(config: dict[str, Any]) -> dict[str, Any]:
 
     model_options = dict(config["model"])
     settings = {key: config[key] for key in ("mode", "point", "batch", "seq", "entries", "rtol", "atol")}
+    settings["memory_len"] = config.get("memory_len")
     if config["with_head"]:
-        from lnref.lm import LanguageModel
+        from lnref.lm import with_head
 
-        lm = LanguageModel(build(**{**model_options, "causal": True}), config["vocab"], config["seq"])
+        encoder_decoder = "encoder_layers" in model_options
+        model = build(**model_options) if encoder_decoder else build(**{**model_options, "causal": True})
+        lm = with_head(model, config["vocab"], config["seq"])
         report = checker.gradcheck_lm(lm, **settings)
     else:
         report = checker.gradcheck(build(**model_options), **settings)
@@ -81,10 +96,20 @@ def run_check_task(config: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def _layers(model: dict[str, Any]) -> str:
+    """The layers column: "6", or "6+6" for an encoder-decoder model."""
+    if "encoder_layers" in model:
+        return f"{model['encoder_layers']}+{model['decoder_layers']}"
+    return str(model["n_layers"])
+
+
 def _label(config: dict[str, Any]) -> str:
+    from lnref.gradcheck.report import layers_text
+
     model = config["model"]
-    layers = f"{model['n_layers']} layer" + ("s" if model["n_layers"] != 1 else "")
-    return f"{model['scheme']}, {model['norm']}, {layers}"
+    if "encoder_layers" in model:
+        model = {**model, "role": "encoder-decoder"}
+    return f"{model['scheme']}, {model['norm']}, {layers_text(model)}"
 
 
 def _outcome(report: dict[str, Any]) -> str:
@@ -110,7 +135,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
         counts = report["counts"]
         worst = max((_ratio(tensor["worst"]["ratio"]) for tensor in report["tensors"]), default=0.0)
         lines.append(
-            f"| {model['scheme']} | {model['norm']} | {model['n_layers']} | {len(report['tensors'])} | "
+            f"| {model['scheme']} | {model['norm']} | {_layers(model)} | {len(report['tensors'])} | "
             f"{counts['passed']} | {counts['failed']} | {counts['unresolved']} | {counts.get('zero', 0)} | "
             f"{worst:.3g} | {report['seconds']:.1f} |"
         )
