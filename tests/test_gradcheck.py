@@ -560,3 +560,15 @@ def test_a_failure_of_the_noise_estimate_is_measured_again_at_a_quarter_step_and
     assert smooth.status == "passed" and "again at step 0.00025" in smooth.probe
     wrong = Check("w", "layer 0", "direction", 2.0, 1.0, 1e-12, 1e-10, "failed")
     assert confirmed(wrong, slope_one, 0.0, 1e-3, 1e-7, 0.0) is wrong
+
+
+def test_full_mode_measures_its_failed_elements_again_at_a_quarter_step_and_a_real_failure_stays():
+    from lnref.gradcheck.report import confirmed_elements, summarize_elements
+
+    slope_one = lambda step: np.array([[t * step] * 2 for t in (-2.0, -1.0, 0.0, 1.0, 2.0)])  # noqa: E731
+    analytic = np.array([1.0, 2.0])  # the first right, the second wrong
+    numeric = np.array([1.0 + 1e-6, 1.0])  # the first off at the step, as a truncation error would be
+    numeric, sigma, steps = confirmed_elements(analytic, numeric, np.full(2, 1e-12), slope_one, 1e-3, 1e-7, 0.0, 0.0)
+    assert list(steps) == [0.00025, 1e-3]
+    result = summarize_elements("w", "layer 0", analytic, numeric, sigma, steps, 1e-7, 0.0)
+    assert result.counts["passed"] == 1 and result.counts["failed"] == 1 and result.worst.probe == "(1,)"

@@ -77,6 +77,18 @@ def test_reshape_vjp():
     assert_all_pass(check_vjp(lambda t: ops.reshape(t, shape=(6, 4)), x))
 
 
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_concatenate_vjp_cuts_the_cotangent_back_into_each_input(axis):
+    rng = np.random.default_rng(6)
+    a, b, c = rand(rng, 2, 3, 4), rand(rng, 2, 3, 4), rand(rng, 2, 3, 4)
+    assert_all_pass(check_vjp(lambda *xs: ops.concatenate(*xs, axis=axis), a, b, c))
+
+
+def test_concatenate_refuses_inputs_that_do_not_line_up():
+    with pytest.raises(ValueError, match="concatenate: cannot join"):
+        ops.concatenate(np.zeros((2, 3)), np.zeros((3, 3)), axis=-1)
+
+
 def test_index_and_embedding_lookup_vjp_with_repeated_rows():
     rng = np.random.default_rng(7)
     table = rand(rng, 5, 3)

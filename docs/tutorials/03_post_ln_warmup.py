@@ -24,7 +24,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from lnref import profile, profile_charts
-from lnref.train import TrainConfig, smooth, train
+from lnref.train import TrainConfig, train
+from lnref.train_charts import smooth
 
 # %% [markdown]
 # ## The theorem, measured: `lnref prove`

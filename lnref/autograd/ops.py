@@ -259,6 +259,23 @@ def _index_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
 index = defprimitive("index", _index_fwd, _index_vjp)
 
 
+def _concatenate_fwd(*xs: np.ndarray, axis: int = -1) -> tuple[np.ndarray, Residuals]:
+    """The inputs joined along ``axis``; its cotangent is cut back into their widths."""
+    try:
+        out = np.concatenate(xs, axis=axis)
+    except ValueError:
+        raise ValueError(f"concatenate: cannot join {[np.shape(x) for x in xs]} along axis {axis}") from None
+    return out, (axis, np.cumsum([np.shape(x)[axis] for x in xs])[:-1])
+
+
+def _concatenate_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
+    axis, cuts = residuals
+    return tuple(np.split(dout, cuts, axis=axis))
+
+
+concatenate = defprimitive("concatenate", _concatenate_fwd, _concatenate_vjp)
+
+
 def embedding(table: Any, ids: Any) -> Tensor:
     """Rows of ``table`` (vocab, d) picked by integer ``ids``; gradient rows add up."""
     ids = np.asarray(ids)

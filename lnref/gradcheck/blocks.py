@@ -17,7 +17,15 @@ import numpy as np
 from lnref.autograd import Tape, Tensor, ops
 from lnref.finite_diff import STATUSES, STENCIL, difference_from_values
 from lnref.gradcheck.point import Point, jitter_params, linear_per_row
-from lnref.gradcheck.report import Check, TensorResult, compare, confirmed, summarize, summarize_elements
+from lnref.gradcheck.report import (
+    Check,
+    TensorResult,
+    compare,
+    confirmed,
+    confirmed_elements,
+    summarize,
+    summarize_elements,
+)
 from lnref.views import Run, record_frozen
 
 STACKED_MOVES = 200  # moves (element, stencil point) per batched run in full mode
@@ -276,10 +284,14 @@ def check_block_elements(
                 TensorResult(name, block.where, "failed", check, {**dict.fromkeys(STATUSES, 0), "failed": 1})
             )
             continue
+        floor = eps * block.scale
         numeric, sigma = difference_from_values(values.T, h)
-        results.append(
-            summarize_elements(
-                name, block.where, analytic_grad, numeric, np.maximum(sigma, eps * block.scale), h, rtol, atol
-            )
+
+        def values_at(step: float, kind: str = kind, key: Any = key) -> np.ndarray:
+            return block.element_values(kind, key, step).T
+
+        numeric, sigma, steps = confirmed_elements(
+            analytic_grad.reshape(-1), numeric, np.maximum(sigma, floor), values_at, h, rtol, atol, floor
         )
+        results.append(summarize_elements(name, block.where, analytic_grad, numeric, sigma, steps, rtol, atol))
     return results

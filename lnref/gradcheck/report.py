@@ -94,6 +94,33 @@ def confirmed(
     return check if second.status == "failed" else second
 
 
+def confirmed_elements(
+    analytic: np.ndarray,
+    numeric: np.ndarray,
+    sigma: np.ndarray,
+    values_at: Callable[[float], Any],
+    h: float,
+    rtol: float,
+    atol: float,
+    floor: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``confirmed`` for one check per element: the elements that fail are measured again, all
+    at once, at a quarter of the step, which decides for them. (numeric, sigma, step) per element."""
+    steps = np.full(np.shape(numeric), h)
+    failed = judge(analytic, numeric, sigma, h, rtol, atol)[2] == STATUSES.index("failed")
+    if not failed.any():
+        return numeric, sigma, steps
+    small = h * CONFIRMING_STEP
+    numeric_small, sigma_small = difference_from_values(values_at(small), small)
+    sigma_small = np.maximum(sigma_small, floor)
+    retaken = failed & (judge(analytic, numeric_small, sigma_small, small, rtol, atol)[2] != STATUSES.index("failed"))
+    return (
+        np.where(retaken, numeric_small, numeric),
+        np.where(retaken, sigma_small, sigma),
+        np.where(retaken, small, steps),
+    )
+
+
 def summarize(tensor: str, where: str, checks: list[Check]) -> TensorResult:
     statuses = [c.status for c in checks]
     status = "failed" if "failed" in statuses else "passed" if "passed" in statuses else "unresolved"
@@ -107,12 +134,13 @@ def summarize_elements(
     analytic: np.ndarray,
     numeric: np.ndarray,
     sigma: np.ndarray,
-    h: float,
+    h: float | np.ndarray,
     rtol: float,
     atol: float,
 ) -> TensorResult:
-    """``summarize`` for one check per element of a tensor, judged at once: the counts and the
-    worst element (only that one becomes a ``Check``)."""
+    """``summarize`` for one check per element of a tensor, judged at once (``h`` the step of
+    each element's difference, or of all): the counts and the worst element (only that one
+    becomes a ``Check``)."""
     shape = np.shape(analytic)
     analytic = np.asarray(analytic, dtype=float).reshape(-1)
     noise, tolerance, status = judge(analytic, numeric, sigma, h, rtol, atol)
@@ -123,10 +151,11 @@ def summarize_elements(
     failed = status == STATUSES.index("failed")
     worst = int(np.argmax(np.where(failed, ratio, -np.inf) if failed.any() else ratio))
     index = tuple(int(j) for j in np.unravel_index(worst, shape))
+    step = np.broadcast_to(h, analytic.shape)[worst]
     check = Check(
         tensor,
         where,
-        str(index),
+        str(index) if step == np.max(h) else f"{index}, again at step {step:g}",
         float(analytic[worst]),
         float(numeric[worst]),
         float(noise[worst]),

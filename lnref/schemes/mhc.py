@@ -105,9 +105,8 @@ def embed(x, stack):
 
 def layer(x, layer):
     n, d = len(x), layer.config.d_model
-    place = [np.eye(d, n * d, k=i * d, dtype=layer.config.dtype) for i in range(n)]  # x_i into block i of vec(x)
     for name, branch in layer.branches:
-        flat = sum_of([ops.matmul(x[i], place[i]) for i in range(n)])  # vec(x): (batch, seq, n d)
+        flat = ops.concatenate(*x, axis=-1)  # vec(x): (batch, seq, n d)
         h_pre, h_post, h_res = mappings(layer, name, flat, n)
         rows = (*flat.shape[:-1], n, d)  # x as the paper's n x d matrix, per token
         h_in = ops.matmul(ops.reshape(h_pre, shape=(*rows[:-2], 1, n)), ops.reshape(flat, shape=rows))
