@@ -274,6 +274,19 @@ def test_gpas_passes_the_check_of_its_surrogate_and_fails_the_plain_derivative()
     assert "layers.0.gate" in {r.tensor for r in plain.results if r.status == "failed"}
 
 
+def test_lnref_gradcheck_plain_reports_where_gpas_tape_is_not_the_derivative_of_its_function():
+    """The default checks the surrogate (stop-gradient values held) and says so, exit 0;
+    --plain checks the function itself and fails on the gates, exit 1."""
+    command = ("gradcheck", "--scheme", "gpas", "--layers", 3, "--d-model", 8, "--d-ff", 16, "--workers", 1)
+    surrogate, plain = run(*command), run(*command, "--plain")
+    assert surrogate.exit_code == 0 and "checked function is the surrogate" in surrogate.output
+    assert plain.exit_code == 1 and "surrogate" not in plain.output
+    held, released = json.loads(run(*command, "--json").output), json.loads(run(*command, "--plain", "--json").output)
+    assert "stop_gradient" in held["held"] and "stop_gradient" not in released["held"]
+    status = {entry["tensor"]: entry["status"] for entry in released["tensors"]}
+    assert status["layers.0.gate"] == status["layers.2.gate"] == "failed"
+
+
 def test_gpas_scales_the_stream_forward_and_leaves_its_gradient_alone():
     model = silenced(lnref.build("gpas", 1, **SMALL))  # the layer is its two GPAS scalings alone
     model.params["layers.0.gate"][...] = 0.7

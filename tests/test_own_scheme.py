@@ -79,6 +79,33 @@ def test_the_example_scheme_trains():
     assert '"diverged": false' in done.stdout
 
 
+def test_the_example_scheme_runs_through_the_stability_grid(tmp_path):
+    done = lnref_cli(
+        "stability",
+        "--schemes",
+        f"{EXAMPLE},pre",
+        "--depths",
+        "2",
+        "--seeds",
+        "1",
+        "--steps",
+        "4",
+        "--warmup",
+        "1",
+        "--d-model",
+        "8",
+        "--batch",
+        "2",
+        "--workers",
+        "1",
+        "--out",
+        str(tmp_path / "runs.jsonl"),
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 2 |")]
+    assert len(rows) == 4 and sum(EXAMPLE in row for row in rows) == 2
+
+
 @pytest.mark.parametrize(
     "source,words",
     [
@@ -99,6 +126,30 @@ def test_a_broken_scheme_file_gets_one_line_and_exit_2(tmp_path, source, words):
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("error:") and "Traceback" not in done.stderr, done.stderr
     assert all(word in lines[-1] for word in words), lines[-1]
+
+
+BROKEN = {
+    "missing layer": ("SUMMARY = 'no layer here'\n", "defines no layer(x, layer) function"),
+    "syntax error": ("def layer(x, layer):\n    return (x\n", "syntax error at line 2"),
+    "wrong shape": ("def layer(x, layer):\n    return x[:, :1]\n", "layer 0 returned a stream of shape"),
+}
+COMMANDS = {
+    "profile": ("profile", "--layers", "2", "--seeds", "1"),
+    "export": ("export", "--layers", "2", "-o", "out.npz"),
+    "train": ("train", "--layers", "2", "--task", "reverse", "--steps", "2", "--warmup", "1"),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("broken", BROKEN)
+def test_a_broken_scheme_file_gets_one_line_and_exit_2_from_every_command(tmp_path, broken, command):
+    """Before any work: the profile's sweep and the training loop never start."""
+    source, words = BROKEN[broken]
+    (tmp_path / "broken.py").write_text(source)
+    done = lnref_cli(*COMMANDS[command], *SMALL, "--scheme", "broken.py", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error:") and words in done.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["broken.py"]  # no records, no file
 
 
 def test_a_scheme_file_that_does_not_exist_is_one_line():

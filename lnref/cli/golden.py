@@ -153,7 +153,7 @@ def compare(expected, actual, rtol, atol, name_map, transpose_weights, require_a
 @click.option(
     "-o", "--output", type=click.Path(file_okay=False), required=True, help="Directory to write the suite to."
 )
-@click.option("--scheme", "schemes", default="all", show_default=True, help="Schemes, comma-separated, or all.")
+@click.option("--scheme", "schemes", default="all", show_default=True, help="Comma-separated schemes/aliases, or all.")
 @click.option("--layers", default="1,2,6", show_default=True, help="Depths, comma-separated.")
 def export_suite(output, schemes, layers):
     """Write the conformance suite: a golden file for every scheme x norm kind x option.
@@ -167,9 +167,10 @@ def export_suite(output, schemes, layers):
     with input_errors():
         from lnref.golden.suite import export_suite as write_suite
         from lnref.golden.suite import size_of
-        from lnref.schemes import SCHEMES, get_scheme
+        from lnref.schemes import ALIASES, SCHEMES, get_scheme
 
-        chosen = SCHEMES if schemes == "all" else tuple(name.strip() for name in schemes.split(","))
+        every = SCHEMES + tuple(ALIASES)  # an alias: its preset model alone
+        chosen = every if schemes == "all" else tuple(name.strip() for name in schemes.split(","))
         for name in chosen:
             get_scheme(name)
         try:

@@ -193,6 +193,13 @@ def _with_model_options(function: Command, dtypes: tuple[str, ...]) -> Command:
     return function
 
 
+def probe_forward(model: Model) -> None:
+    """One small forward pass, so that a scheme of one's own whose layer returns the wrong
+    shape or raises fails here in one line (exit 2), before any work starts."""
+    x, _, memory = model.sample_inputs(batch=1, seq=2)
+    model(*x) if isinstance(x, tuple) else model(x, memory)  # an encoder-decoder model: (source, target)
+
+
 def model_from_options(
     scheme: str,
     layers: int,

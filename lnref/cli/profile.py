@@ -10,7 +10,7 @@ import os
 
 import click
 
-from lnref.cli.options import COUNT, fail, input_errors, model_from_options, model_options
+from lnref.cli.options import COUNT, fail, input_errors, model_from_options, model_options, probe_forward
 from lnref.cli.sweep import SweepRequest, echo, execute, load, sweep_options
 
 
@@ -141,6 +141,7 @@ def profile(scheme_list, layer_list, seeds, stream, metric, stack, as_json, png_
         schemes_with_metric = []
         for scheme in schemes:
             model = model_from_options(scheme=scheme, layers=depths[0], **options)
+            probe_forward(model)
             x, _, _ = model.sample_inputs(batch=1, seq=1)
             streams = len(model.embed(model.run(), x)) - (encoder_decoder is not None)  # less the carried target
             if stream >= streams:

@@ -14,7 +14,15 @@ import sys
 import click
 
 from lnref import SCHEMES
-from lnref.cli.options import COUNT, EXIT_OK, encoder_decoder_depths, fail, input_errors, model_options
+from lnref.cli.options import (
+    COUNT,
+    EXIT_OK,
+    encoder_decoder_depths,
+    fail,
+    input_errors,
+    model_options,
+    probe_forward,
+)
 from lnref.cli.sweep import SweepRequest, echo, execute, load, sweep_options
 
 TASK_NAMES = ("reverse", "recall", "chars", "mirror")  # lnref.tasks.TASKS, named here to keep --help light
@@ -190,8 +198,10 @@ def train(
             divergence_factor=divergence_factor,
         )
         from lnref.tasks import get_task
+        from lnref.train import make_lm
 
-        get_task(task, options["seq"])  # a bad --seq for the task fails here, before any training
+        chosen_task = get_task(task, options["seq"])  # a bad --seq for the task fails here, before any training
+        probe_forward(make_lm(config, chosen_task).model)
     if chosen:
         _note_shortened_warmup(warmup, steps)
     # Outside input_errors: past validation, an exception is a bug and keeps its traceback.
@@ -345,9 +355,13 @@ def stability(
         _check_png(png)
         _stability_output([record["result"] for record in load("stability", request.from_path)], as_json, png)
     scheme_list = [s.strip() for s in schemes.split(",") if s.strip()]
-    unknown = [s for s in scheme_list if s not in SCHEMES]
-    if unknown or not scheme_list:
-        fail(f"unknown scheme(s) {', '.join(unknown) or '(none given)'}; valid schemes: {', '.join(SCHEMES)}")
+    if not scheme_list:
+        fail(f"no scheme given; valid schemes: {', '.join(SCHEMES)}")
+    with input_errors():  # a scheme of one's own (a file, a module) is loaded and checked here
+        from lnref.schemes import get_scheme
+
+        for scheme in scheme_list:
+            get_scheme(scheme)
     depth_list = _depths(_paired_depths(depths, encoder_layers, decoder_layers, task), task in SEQ2SEQ_TASK_NAMES)
     if warmup == 0:
         fail("--warmup is the 'some warm-up' arm and must be > 0 (the other arm has none)")

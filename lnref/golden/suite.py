@@ -7,8 +7,9 @@ under the same file name in ACTUAL_DIR, and ``lnref compare DIR ACTUAL_DIR`` com
 The cases of one scheme: its base model (LayerNorm, ReLU, encoder), then one change at a time:
 each other norm kind, a causal stack, a decoder stack (causal, with cross-attention to a
 memory), each other activation, each QK-norm variant, each choice of each of the scheme's own
-options; a change the scheme refuses is left out. Every case at each depth, at a generic point
-(no gain 1, no shift 0), on a small model.
+options; a change the scheme refuses is left out, and so is a change its ``UNJUDGED`` names
+(a case no port can pass). An alias (gemma2: sandwich with Gemma's norm) has its preset model alone.
+Every case at each depth, at a generic point (no gain 1, no shift 0), on a small model.
 """
 
 from __future__ import annotations
@@ -105,11 +106,13 @@ def variants(scheme: str) -> dict[str, dict[str, Any]]:
     from lnref.model import ACTIVATIONS
     from lnref.norms import NORM_KINDS
     from lnref.qk_norms import QK_NORMS
-    from lnref.schemes import get_scheme, options_of, places_norms, refusals_of
+    from lnref.schemes import ALIASES, get_scheme, options_of, places_norms, refusals_of
 
+    found: dict[str, dict[str, Any]] = {"": {}}
+    if scheme in ALIASES:  # its preset model: its base scheme's cases vary the rest
+        return found
     module = get_scheme(scheme)
     refused = refusals_of(module)
-    found: dict[str, dict[str, Any]] = {"": {}}
     if places_norms(module) and "norm" not in refused:
         found.update({f"-{kind}": {"norm": kind} for kind in NORM_KINDS if kind != "layernorm"})
     if "causal" not in refused:
@@ -124,15 +127,17 @@ def variants(scheme: str) -> dict[str, dict[str, Any]]:
         for choice in declared.choices or ():
             if choice != declared.default:
                 found[f"-{option}_{choice}"] = {"options": {option: choice}}
-    return found
+    unjudged = getattr(module, "UNJUDGED", {})  # (setting, value) -> why no port can pass it
+    return {suffix: c for suffix, c in found.items() if not any(c.get(k) == v for k, v in unjudged)}
 
 
 def suite_cases(schemes: tuple[str, ...] | None = None, layers: tuple[int, ...] = SUITE_LAYERS) -> list[Case]:
-    """Every case of the suite, scheme by scheme, depth by depth."""
-    from lnref.schemes import SCHEMES
+    """Every case of the suite, scheme by scheme, depth by depth; by default every scheme,
+    then every alias."""
+    from lnref.schemes import ALIASES, SCHEMES
 
     cases = []
-    for scheme in schemes or SCHEMES:
+    for scheme in schemes or SCHEMES + tuple(ALIASES):
         for n_layers in layers:
             for suffix, changes in variants(scheme).items():
                 name = f"{_file_stem(scheme)}-L{n_layers}{suffix}"

@@ -13,8 +13,8 @@ the float64 oracle, and the port is checked against it at 1e-10.
     F(x)  = act(x W_1 + b_1) W_2 + b_2,   act: relu, gelu = x Phi(x), gelu_tanh (tanh approximation)
 
 A layer applies its sublayers in the order A, (C,) F. Weights are (d_in, d_out): y = x @ W + b.
-N_q and N_k are the QK-norm switch (``qk_norm``: none, head, full); a norm is the config's kind
-(``norm``: layernorm, rmsnorm) with the config's one eps.
+N_q and N_k are the QK-norm switch (``qk_norm``); a norm is the config's kind (``norm``) with
+the config's one eps. The schemes are in jax_schemes.py and jax_family2.py.
 """
 
 from __future__ import annotations
@@ -65,12 +65,19 @@ def derf(x, p, eps):
     return p["gamma"] * jax.scipy.special.erf(p["alpha"] * x + p["shift"]) + p["beta"]
 
 
+def rms_norm_plus_one(x, p, eps):
+    """Gemma's RMSNorm (Gemma Team 2024; google-deepmind/gemma _layers.py, RMSNorm):
+    (1 + gamma) x / sqrt(mean(x^2) + eps), the gain stored minus one."""
+    return x / jnp.sqrt((x**2).mean(-1, keepdims=True) + eps) * (1 + p["gamma"])
+
+
 NORM_KINDS: dict[str, Callable[..., Any]] = {
     "layernorm": layer_norm,
     "rmsnorm": rms_norm,
     "dyt": dyt,
     "scalenorm": scale_norm,
     "derf": derf,
+    "rmsnorm_plus_one": rms_norm_plus_one,
 }
 
 ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
@@ -278,9 +285,9 @@ def run(config: dict[str, Any], params: Params, x: Any, dy: Any, memory: Any = N
     results.update({f"grads/{name}": g for name, g in grads[0].items()})
     if memory is not None:
         results["grads/memory"] = grads[2]
-    streams = STREAMS.get(config["scheme"], lambda layer: ("x",))
+    streams = STREAMS.get(config["scheme"], lambda layer, config=None: ("x",))
     for l, state in enumerate(states):
-        results.update({f"hidden/{l}/{name}": value for name, value in zip(streams(l), state)})
+        results.update({f"hidden/{l}/{name}": value for name, value in zip(streams(l, config), state)})
     return {name: np.asarray(value) for name, value in results.items()}
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from lnref.ports import jax_family2
+
 Stack = Any  # lnref.ports.jax.Stack
 
 # ----- the schemes: each returns (y, states), states[l] the streams entering layer l --------
@@ -334,7 +336,12 @@ SCHEMES = {
         dslm,
     )
 }
-STREAMS = {
-    "residual": lambda layer: ("x_a", "x_d"),
-    "dlcl": lambda layer: ("x", *(f"n_{k}" for k in range(layer + 1))),
+SCHEMES.update(jax_family2.SCHEMES)
+# Names for a scheme with settings preset; a golden file's config holds the settings themselves.
+ALIASES = {"gemma2": "sandwich", "gemma3": "sandwich", "skipinit": "rezero"}
+SCHEMES.update({alias: SCHEMES[base] for alias, base in ALIASES.items()})
+STREAMS = {  # the names of a state's arrays, by layer and config
+    "residual": lambda layer, config=None: ("x_a", "x_d"),
+    "dlcl": lambda layer, config=None: ("x", *(f"n_{k}" for k in range(layer + 1))),
+    **jax_family2.STREAMS,
 }

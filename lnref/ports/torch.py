@@ -17,7 +17,7 @@ approximation; files of format version 1 called the tanh approximation "gelu".
 
 The schemes are functions ``scheme(m, x) -> (y, states)`` of a :class:`Transformer` m (its
 sublayers, norms and parameters), one per scheme: torch_schemes.py holds the first eleven,
-torch_family.py the rest. The norm kinds, QK-norm variants and activations are in
+torch_family.py the next nine, torch_family2.py the rest. The norm kinds, QK-norm variants and activations are in
 torch_norms.py.
 """
 
@@ -28,11 +28,14 @@ import json
 import numpy as np
 import torch
 
-from lnref.ports import torch_family, torch_schemes
+from lnref.ports import torch_family, torch_family2, torch_schemes
 from lnref.ports.torch_norms import NORM_KINDS, QK_NORMS, activation, per_head
 
-SCHEMES = {**torch_schemes.SCHEMES, **torch_family.SCHEMES}
-STREAMS = {**torch_schemes.STREAMS, **torch_family.STREAMS}
+SCHEMES = {**torch_schemes.SCHEMES, **torch_family.SCHEMES, **torch_family2.SCHEMES}
+# Names for a scheme with settings preset; a golden file's config holds the settings themselves.
+ALIASES = {"gemma2": "sandwich", "gemma3": "sandwich", "skipinit": "rezero"}
+SCHEMES.update({alias: SCHEMES[base] for alias, base in ALIASES.items()})
+STREAMS = {**torch_schemes.STREAMS, **torch_family.STREAMS, **torch_family2.STREAMS}
 
 
 def read_golden(path):
@@ -170,9 +173,9 @@ def run(config, params, x, dy, memory=None):
     results["grads/input"] = grad_of(x)
     if memory is not None:
         results["grads/memory"] = grad_of(memory)
-    stream_names = STREAMS.get(config["scheme"], lambda layer: ("x",))
+    stream_names = STREAMS.get(config["scheme"], lambda layer, config=None: ("x",))
     for layer, state in enumerate(states):
-        for stream, value in zip(stream_names(layer), state):
+        for stream, value in zip(stream_names(layer, config), state):
             results[f"hidden/{layer}/{stream}"] = value.detach()
     return {name: value.numpy() for name, value in results.items()}
 

@@ -43,7 +43,20 @@ def derf(x, p, eps):
     return p["gamma"] * torch.erf(p["alpha"] * x + p["shift"]) + p["beta"]
 
 
-NORM_KINDS = {"layernorm": layer_norm, "rmsnorm": rms_norm, "dyt": dyt, "scalenorm": scale_norm, "derf": derf}
+def rms_norm_plus_one(x, p, eps):
+    """Gemma's RMSNorm (Gemma Team 2024; google-deepmind/gemma gemma/gm/nn/_layers.py, RMSNorm):
+    (1 + gamma) * x / sqrt(mean(x^2) + eps), the gain stored minus one (gamma 0 at init)."""
+    return (1 + p["gamma"]) * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+NORM_KINDS = {
+    "layernorm": layer_norm,
+    "rmsnorm": rms_norm,
+    "dyt": dyt,
+    "scalenorm": scale_norm,
+    "derf": derf,
+    "rmsnorm_plus_one": rms_norm_plus_one,
+}
 
 
 def per_head(fn, x, heads):

@@ -143,4 +143,7 @@ def rezero(m, x):
 
 
 SCHEMES = {f.__name__: f for f in (post, pre, residual, b2t, admin, deepnorm, sandwich, peri, mixln, dlcl, rezero)}
-STREAMS = {"residual": lambda layer: ("x_a", "x_d"), "dlcl": lambda layer: ("x", *(f"n_{k}" for k in range(layer + 1)))}
+STREAMS = {  # the names of a state's arrays, by layer and config
+    "residual": lambda layer, config=None: ("x_a", "x_d"),
+    "dlcl": lambda layer, config=None: ("x", *(f"n_{k}" for k in range(layer + 1))),
+}

@@ -28,6 +28,9 @@ and may define:
     project(params, config)   puts the parameters back on the set the scheme keeps them in,
                  in place (nGPT's unit-norm weight vectors): ``initialize`` calls it, and an
                  optimizer after every step (``lnref train`` does)
+    UNJUDGED     model settings whose golden files no port can match, (name, value) -> why (a
+                 gradient zero by structure, alone in its comparison group): the conformance
+                 suite leaves those cases out
 
 An alias (:data:`ALIASES`) is no scheme of its own: a name for a scheme with model settings
 preset (Gemma 2 is ``sandwich`` with ``norm="rmsnorm_plus_one"``); it builds like a scheme.

@@ -48,6 +48,16 @@ def test_the_jax_port_passes_check_port_over_norms_and_decoders(in_jax_process):
 
 
 @pytest.mark.parametrize(
+    "scheme, options",
+    [("hyper", [{"n": 1}, {"n": 3, "dynamic": True}]), ("mhc", [{"n": 2}, {"n": 3, "sinkhorn_iterations": 3}])],
+    ids=["hyper", "mhc"],
+)
+def test_the_jax_port_passes_check_port_over_the_number_of_copies(in_jax_process, scheme, options):
+    """The suite varies the options that have choices; the number of copies has none."""
+    assert in_jax_process(jax_checks.check_port_cases, scheme, options=options) == 6
+
+
+@pytest.mark.parametrize(
     "overrides",
     [{"eps": 1e-6}, {"scheme": "b2t"}, {"activation": "gelu"}],
     ids=["eps 1e-6", "post as b2t", "relu as gelu"],
@@ -55,3 +65,13 @@ def test_the_jax_port_passes_check_port_over_norms_and_decoders(in_jax_process):
 def test_check_port_fails_the_jax_port_told_another_eps_scheme_or_activation(in_jax_process, overrides):
     message = in_jax_process(jax_checks.check_port_failure, "post", overrides)
     assert message is not None and "first failing: hidden/1/x" in message
+
+
+@pytest.mark.parametrize(
+    "scheme, overrides",
+    [("gpas", {"scheme": "pre"}), ("gemma2", {"norm": "rmsnorm"}), ("mhc", {"options": {"sinkhorn_iterations": 1}})],
+    ids=["gpas as pre-ln", "gemma's norm as rmsnorm", "one sinkhorn round for twenty"],
+)
+def test_check_port_fails_the_jax_port_told_another_piece_of_the_second_part(in_jax_process, scheme, overrides):
+    message = in_jax_process(jax_checks.check_port_failure, scheme, overrides)
+    assert message is not None and "first failing: hidden/1/" in message
