@@ -152,6 +152,17 @@ def test_a_broken_scheme_file_gets_one_line_and_exit_2_from_every_command(tmp_pa
     assert sorted(path.name for path in tmp_path.iterdir()) == ["broken.py"]  # no records, no file
 
 
+@pytest.mark.parametrize("broken", BROKEN)
+def test_a_broken_scheme_file_gets_one_line_and_exit_2_from_the_stability_grid(tmp_path, broken):
+    source, words = BROKEN[broken]
+    (tmp_path / "broken.py").write_text(source)
+    grid = ("--depths", "2", "--seeds", "1", "--steps", "2", "--warmup", "1", "--d-model", "8", "--workers", "1")
+    done = lnref_cli("stability", "--schemes", "broken.py,pre", *grid, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error:") and words in done.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["broken.py"]  # no records
+
+
 def test_a_scheme_file_that_does_not_exist_is_one_line():
     with pytest.raises(SchemeError, match="does not exist"):
         get_scheme("no/such/scheme.py")

@@ -396,7 +396,11 @@ def stability(
             eval_every=eval_every,
             divergence_factor=divergence_factor,
         )
-        get_task(task, seq)
+        from lnref.train import make_lm
+
+        chosen_task = get_task(task, seq)
+        for scheme in scheme_list:  # a scheme of one's own whose layer is wrong fails here, not in every run
+            probe_forward(make_lm(next(c for c in configs if c.scheme == scheme), chosen_task).model)
         tasks = grid_tasks(configs)
     if chosen:
         _note_shortened_warmup(warmup, steps)
