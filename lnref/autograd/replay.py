@@ -48,6 +48,7 @@ class Program:
         self.inputs = inputs  # the recorded pass's input Tensors, given new values by each run
         self.constants = constants
         self.output_slot = output_slot
+        self._needs_of: dict[tuple[bool, ...], list[bool]] = {}
 
     @classmethod
     def from_records(cls, records: Sequence[Record], inputs: Sequence[Any], output: Tensor) -> Program | None:
@@ -95,16 +96,14 @@ class Program:
         What a tape gives for :meth:`run`'s records, computed without them (see the module)."""
         n_inputs = len(self.inputs)
         values: list[Any] = [None if a is None else _float_array(a) for a in arrays]
-        needs = [d and a is not None for a, d in zip(values, differentiate)]
+        needs = self._needs(tuple(d and a is not None for a, d in zip(values, differentiate)))
         values += [None] * len(self.steps) + self.constants
-        needs += [False] * (len(self.steps) + len(self.constants))
         primitives, kept = [], []
         slot = n_inputs
         with gc_paused():
             for name, arg_slots, params in self.steps:
                 primitive = PRIMITIVES[name]
                 values[slot], residuals = primitive.forward(*[values[s] for s in arg_slots], **params)
-                needs[slot] = any(needs[s] for s in arg_slots)
                 primitives.append(primitive)
                 kept.append(residuals)
                 slot += 1
@@ -127,6 +126,17 @@ class Program:
         return output, [
             (np.zeros_like(values[i]) if grads[i] is None else grads[i]) if needs[i] else None for i in range(n_inputs)
         ]
+
+    def _needs(self, inputs_need: tuple[bool, ...]) -> list[bool]:
+        """Whether each slot needs a gradient, given which inputs do: an input flagged, a
+        call's output when one of its arguments does, never a constant (as the tape decides)."""
+        needs = self._needs_of.get(inputs_need)
+        if needs is None:
+            needs = [*inputs_need, *([False] * (len(self.steps) + len(self.constants)))]
+            for index, (_, arg_slots, _) in enumerate(self.steps):
+                needs[len(inputs_need) + index] = any(needs[s] for s in arg_slots)
+            self._needs_of[inputs_need] = needs
+        return needs
 
     def run(self) -> Tensor:
         """The recorded calls on the inputs' current values, recorded on the active tape."""
