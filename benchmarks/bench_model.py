@@ -293,8 +293,14 @@ def print_splits(results):
     print("# one forward+backward by kind of work, ms (share of the pass), from the first process:")
     for threads, run in runs:
         print(f"{run['config']} {run['scheme']}, {threads} thread(s):")
+        ceiling = max(run["ceiling"].values())
         for side, split in run["split"].items():
-            print(format_split(side, split))
+            line = format_split(side, split)
+            if split["products"] > 0 and not split.get("compiled sublayers"):
+                # Every counted FLOP is a product's: the rate of the products alone, against the ceiling.
+                rate = run["flops"] / (split["products"] + split["attention"]) / 1e9
+                line += f"; products and attention at {rate:.1f} GFLOP/s, {rate / ceiling:.0%} of the ceiling"
+            print(line)
 
 
 def report(results, load_before, load_after):

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-OVERHEAD = "python, tape"
+OVERHEAD = "overhead"
 TORCH_KINDS = (
     (("scaled_dot_product", "softmax", "attention"), "attention"),
     (("layer_norm",), "norms"),

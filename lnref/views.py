@@ -180,8 +180,16 @@ class Layer(_View):
         units before it."""
         p, activation = self.run.group(self.prefix + "ffn"), self.config.activation
         frozen_relu = activation == "relu" and self.run.freeze is not None
-        if self.run.fused and not pieces and not frozen_relu and activation in fused.FFN_ACTIVATIONS:
-            return fused.feed_forward(x, p["w1"], p["b1"], p["w2"], p["b2"], activation=activation)
+        if self.run.fused and not frozen_relu and activation in fused.FFN_ACTIVATIONS:
+            if not pieces:
+                return fused.feed_forward(x, p["w1"], p["b1"], p["w2"], p["b2"], activation=activation)
+            # A LayerNorm over all d_ff hidden features has its fused kernel; other kinds do not.
+            norm = f"{self.prefix}{pieces.get('hidden_norm')}"
+            plain = isinstance(pieces.get("hidden_norm"), str) and norm not in self.run.model.head_norms
+            if set(pieces) == {"hidden_norm"} and plain and self.config.norm == "layernorm":
+                g = self.run.group(norm)
+                weights = (p["w1"], p["b1"], g["gamma"], g["beta"], p["w2"], p["b2"])
+                return fused.normed_feed_forward(x, *weights, activation=activation, eps=self.config.eps)
         resolved = {key: self._piece(key, name) for key, name in pieces.items()}
         activate = self._frozen_relu if frozen_relu else None
         return nn.ffn(x, p, activation, activate=activate, linear=self.run.linear, **resolved)

@@ -3,7 +3,9 @@
 Each is the same function as a composition of ``ops`` primitives (``nn.attention`` and
 ``nn.ffn`` spell the compositions out), run as one tape record with one hand-written VJP,
 which saves the tape's work between the pieces. The model takes them only where its sublayer
-is the plain composition (``lnref/views.py`` chooses); tests hold each to its composition.
+is the plain composition, or the FFN with a LayerNorm on its hidden units (Sub-LN's and
+NormFormer's ``hidden_norm``), ``normed_feed_forward`` (``lnref/views.py`` chooses); tests
+hold each to its composition.
 Both directions run in ``kernels``: one compiled call each way for small sublayers,
 NumPy/BLAS products around the attention kernels otherwise.
 """
@@ -97,3 +99,44 @@ def _feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
 
 
 feed_forward = defprimitive("feed_forward", _feed_forward_fwd, _feed_forward_vjp)
+
+
+def _normed_feed_forward_fwd(
+    x: np.ndarray,
+    w1: np.ndarray,
+    b1: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    w2: np.ndarray,
+    b2: np.ndarray,
+    *,
+    activation: str = "relu",
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, Any]:
+    """F(x) = LN(act(x W1 + b1)) W2 + b2, the LayerNorm (gain ``gamma``, shift ``beta``) over
+    the d_ff hidden features: ``nn.ffn`` with a ``hidden_norm`` of the layernorm kind.
+
+    VJP, with h = x W1 + b1, a = act(h), n = LN(a):
+        dW2 = n^T dF,   db2 = sum over rows of dF,   dn = dF W2^T
+        da, dgamma, dbeta = LayerNorm's VJP at dn     (``ops.layer_norm``)
+        dh  = act'(h) * da,   dW1 = x^T dh,   db1 = sum over rows of dh,   dx = dh W1^T
+    """
+    if activation not in FFN_ACTIVATIONS:
+        raise ValueError(f"normed_feed_forward: activation must be one of {', '.join(FFN_ACTIVATIONS)}")
+    if np.ndim(x) < 1 or np.ndim(w1) != 2 or np.ndim(w2) != 2:
+        raise ValueError(f"normed_feed_forward: x, W1, W2 of shapes {np.shape(x)}, {np.shape(w1)}, {np.shape(w2)}")
+    rows = np.reshape(x, (-1, np.shape(x)[-1]))
+    try:
+        out, *kept = kernels.normed_feed_forward_forward(rows, w1, b1, gamma, beta, w2, b2, activation, eps)
+    except (TypeError, ValueError) as error:
+        raise kernel_error("normed_feed_forward", error, x, w1, b1, gamma, beta, w2, b2) from None
+    return out.reshape(*np.shape(x)[:-1], w2.shape[1]), (np.shape(x), rows, w1, gamma, w2, *kept, activation)
+
+
+def _normed_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    x_shape, rows, *kept = residuals
+    dx, *grads = kernels.normed_feed_forward_backward(dout.reshape(-1, dout.shape[-1]), rows, *kept)
+    return (dx.reshape(x_shape), *grads)
+
+
+normed_feed_forward = defprimitive("normed_feed_forward", _normed_feed_forward_fwd, _normed_feed_forward_vjp)

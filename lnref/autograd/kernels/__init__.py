@@ -40,6 +40,7 @@ The modules
 ``linear``             the linear map (and the matrix product the sublayers are built of)
 ``attention_sublayer`` projections, attention and output projection in one call each way
 ``feed_forward``       linear, activation, linear in one call each way
+``feed_forward_normed`` the same with a LayerNorm on the hidden units (Sub-LN, NormFormer)
 ``activations``        GELU, the ReLU backward
 ``warmup``             a first run's compilation
 
@@ -89,6 +90,12 @@ from lnref.autograd.kernels.feed_forward import (
     feed_forward_backward_reference,
     feed_forward_forward,
     feed_forward_forward_reference,
+)
+from lnref.autograd.kernels.feed_forward_normed import (
+    normed_feed_forward_backward,
+    normed_feed_forward_backward_reference,
+    normed_feed_forward_forward,
+    normed_feed_forward_forward_reference,
 )
 from lnref.autograd.kernels.linear import (
     linear_backward,
@@ -170,6 +177,10 @@ __all__ = [
     "linear_forward_reference",
     "multi_head_attention_backward",
     "multi_head_attention_forward",
+    "normed_feed_forward_backward",
+    "normed_feed_forward_backward_reference",
+    "normed_feed_forward_forward",
+    "normed_feed_forward_forward_reference",
     "numba_requested",
     "relu_backward",
     "relu_backward_reference",
