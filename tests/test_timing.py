@@ -94,6 +94,12 @@ def test_the_time_of_a_kernel_is_taken_out_of_the_call_around_it():
     assert split.seconds[timing.PRODUCTS] < 1e-3
 
 
+def test_every_kernel_path_has_a_kind_of_work():
+    for twin in seam.twins():
+        for implementation in twin.paths.values():
+            assert timing.kernel_kind(twin, implementation) in timing.KINDS
+
+
 def test_wrapping_blocks_do_not_nest():
     with seam.wrapped(lambda twin, fn: fn), pytest.raises(RuntimeError, match="active already"):
         with seam.wrapped(lambda twin, fn: fn):
