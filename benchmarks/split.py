@@ -207,7 +207,7 @@ def torch_split(fn, torch, passes=10):
     return split
 
 
-def format_split(label, split):
+def format_split(label, split, width=6):
     """One line: each kind's milliseconds and share of the pass."""
     total = split["total"]
     parts = [
@@ -215,7 +215,7 @@ def format_split(label, split):
         for kind, seconds in split.items()
         if kind != "total" and (seconds > 0 or kind == OVERHEAD)
     ]
-    return f"  {label:6s} {total * 1e3:8.2f} ms = " + ", ".join(parts)
+    return f"  {label:{width}s} {total * 1e3:8.2f} ms = " + ", ".join(parts)
 
 
 if __name__ == "__main__":
