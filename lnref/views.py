@@ -171,8 +171,34 @@ class Layer(_View):
         if self.run.fused and not pieces and not qk_pieces:
             weights = [p[name] for name in nn.ATTENTION_PARAMS]
             return fused.attention_sublayer(x, memory, *weights, n_heads=n_heads, causal=causal)
+        if self.run.fused and not qk_pieces and memory is None and self._fused_heads_pieces(pieces):
+            weights = [p[name] for name in nn.ATTENTION_PARAMS]
+            scale = self.param(pieces["head_scale"]) if "head_scale" in pieces else None
+            norm = self.run.group(self.prefix + pieces["heads_norm"]) if "heads_norm" in pieces else {}
+            return fused.heads_pieces_attention(
+                x,
+                *weights,
+                scale,
+                norm.get("gamma"),
+                norm.get("beta"),
+                n_heads=n_heads,
+                causal=causal,
+                eps=self.config.eps,
+            )
         resolved = {**qk_pieces, **{key: self._piece(key, name) for key, name in pieces.items()}}
         return nn.attention(x, p, n_heads, causal=causal, memory=memory, linear=self.run.linear, **resolved)
+
+    def _fused_heads_pieces(self, pieces: dict[str, Any]) -> bool:
+        """Whether ``pieces`` are a head scale and a LayerNorm over all d features between the
+        heads and W_o, or one of them: what ``fused.heads_pieces_attention`` computes."""
+        norm = pieces.get("heads_norm", "")
+        return (
+            bool(pieces)
+            and set(pieces) <= {"head_scale", "heads_norm"}
+            and all(isinstance(name, str) for name in pieces.values())
+            and ("heads_norm" not in pieces or self.config.norm == "layernorm")
+            and self.prefix + norm not in self.run.model.head_norms
+        )
 
     def ffn(self, x: Any, **pieces: Any) -> Tensor:
         """The feed-forward sublayer; ``hidden_norm="name"`` puts that norm (of d_ff features)

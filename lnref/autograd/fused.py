@@ -140,3 +140,56 @@ def _normed_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...
 
 
 normed_feed_forward = defprimitive("normed_feed_forward", _normed_feed_forward_fwd, _normed_feed_forward_vjp)
+
+
+def _heads_pieces_attention_fwd(
+    x: np.ndarray,
+    wq: np.ndarray,
+    bq: np.ndarray,
+    wk: np.ndarray,
+    bk: np.ndarray,
+    wv: np.ndarray,
+    bv: np.ndarray,
+    wo: np.ndarray,
+    bo: np.ndarray,
+    scale: np.ndarray | None,
+    gamma: np.ndarray | None,
+    beta: np.ndarray | None,
+    *,
+    n_heads: int,
+    causal: bool = False,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, Any]:
+    """Self-attention with pieces between the heads and W_o: ``nn.attention`` with a
+    ``head_scale`` (``scale``, one per head) and a ``heads_norm`` of the layernorm kind
+    (``gamma``, ``beta``), either None where absent:
+
+        A(x) = LN(MHA(x Wq + bq, x Wk + bk, x Wv + bv) * c) Wo + bo
+
+    VJP, with H the merged heads, S = H * c and N = LN(S):
+        dWo = N^T dA,  dbo = sum over rows of dA,  dN = dA Wo^T
+        dS, dgamma, dbeta = LayerNorm's VJP at dN
+        dc_h = sum of dS * H over head h's features,  dH = dS * c
+        then as ``attention_sublayer`` from dH.
+    """
+    x = np.ascontiguousarray(x)
+    empty = np.empty(0, x.dtype)
+    weights, biases = np.stack((wq, wk, wv, wo)), np.stack((bq, bk, bv, bo))
+    c, g, b = (empty if a is None else a for a in (scale, gamma, beta))
+    try:
+        out, *kept = kernels.heads_pieces_attention_forward(x, weights, biases, c, g, b, n_heads, causal, eps)
+    except (TypeError, ValueError) as error:
+        raise kernel_error("heads_pieces_attention", error, x, weights, c, g, b) from None
+    return out, (x, weights, c, g, *kept, scale is not None, gamma is not None)
+
+
+def _heads_pieces_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    *kept, has_scale, has_norm = residuals
+    dx, dw, db, dscale, dgamma, dbeta = kernels.heads_pieces_attention_backward(dout, *kept)
+    pieces = (dscale if has_scale else None, dgamma if has_norm else None, dbeta if has_norm else None)
+    return (dx, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3], *pieces)
+
+
+heads_pieces_attention = defprimitive(
+    "heads_pieces_attention", _heads_pieces_attention_fwd, _heads_pieces_attention_vjp
+)

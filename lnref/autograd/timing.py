@@ -68,7 +68,12 @@ _KERNEL_FAMILIES = (
     (("layer_norm_", "rms_norm_", "dyt_", "derf_", "scale_norm_"), NORMS),
     (("gelu_", "relu_"), ELEMENTWISE),
 )
-_SUBLAYER_TWIN_KINDS = {"attention_sublayer": PRODUCTS, "feed_forward": ELEMENTWISE, "normed_feed_forward": ELEMENTWISE}
+_SUBLAYER_TWIN_KINDS = {
+    "attention_sublayer": PRODUCTS,
+    "heads_pieces_attention": ELEMENTWISE,
+    "feed_forward": ELEMENTWISE,
+    "normed_feed_forward": ELEMENTWISE,
+}
 
 # Compiled loops that a path calls by module-level name, timed on their own.
 _INNER_LOOPS: tuple[tuple[ModuleType, str, str], ...] = (

@@ -39,6 +39,7 @@ The modules
 ``attention_blocked``  attention's big-head path: BLAS products, the batch on threads
 ``linear``             the linear map (and the matrix product the sublayers are built of)
 ``attention_sublayer`` projections, attention and output projection in one call each way
+``attention_heads_pieces`` the same with a head scale and a LayerNorm before W_o (NormFormer, Sub-LN)
 ``feed_forward``       linear, activation, linear in one call each way
 ``feed_forward_normed`` the same with a LayerNorm on the hidden units (Sub-LN, NormFormer)
 ``activations``        GELU, the ReLU backward
@@ -77,6 +78,12 @@ from lnref.autograd.kernels.attention import (
     attention_forward_reference,
     multi_head_attention_backward,
     multi_head_attention_forward,
+)
+from lnref.autograd.kernels.attention_heads_pieces import (
+    heads_pieces_attention_backward,
+    heads_pieces_attention_backward_reference,
+    heads_pieces_attention_forward,
+    heads_pieces_attention_forward_reference,
 )
 from lnref.autograd.kernels.attention_sublayer import (
     attention_sublayer_backward,
@@ -167,6 +174,10 @@ __all__ = [
     "gelu_backward_reference",
     "gelu_forward",
     "gelu_forward_reference",
+    "heads_pieces_attention_backward",
+    "heads_pieces_attention_backward_reference",
+    "heads_pieces_attention_forward",
+    "heads_pieces_attention_forward_reference",
     "layer_norm_backward",
     "layer_norm_backward_reference",
     "layer_norm_forward",
