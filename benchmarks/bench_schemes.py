@@ -109,7 +109,7 @@ def measure(config_name, schemes, reps, min_time, split=False):
     if split:
         for (name, path), fn in callables.items():
             if path == "fast":
-                results[name]["split"] = lnref_split(fn, passes=5)
+                results[name]["split"] = lnref_split(fn, seconds=1.0)
     return results, others
 
 

@@ -152,11 +152,20 @@ def describe_machine(description):
 # ----- the splits -------------------------------------------------------------------------
 
 
-def lnref_split(fn, passes=20):
-    """{kind: seconds per pass} of ``fn()``, plus the overhead and the total (see the module)."""
+def _passes(fn, seconds, most=20):
+    """How many passes of ``fn`` fit in about ``seconds`` (3 at least, ``most`` at most); runs it once."""
+    started = time.perf_counter()
+    fn()
+    return max(3, min(most, int(seconds / max(time.perf_counter() - started, 1e-6))))
+
+
+def lnref_split(fn, passes=None, seconds=3.0):
+    """{kind: seconds per pass} of ``fn()``, plus the overhead and the total (see the module):
+    ``passes`` timed and untimed passes each, by default as many as fit in ``seconds``."""
     from lnref.autograd.timing import KINDS, TimeSplit
 
     fn()  # a first pass traces (and compiles)
+    passes = passes or _passes(fn, seconds / 2)
     plain, timed = [], {kind: [] for kind in KINDS}
     for _ in range(passes):
         started = time.perf_counter()
@@ -183,11 +192,12 @@ def torch_kind(name):
     return "element-wise"
 
 
-def torch_split(fn, torch, passes=10):
+def torch_split(fn, torch, passes=None, seconds=3.0):
     """{kind: seconds per pass} of ``fn()`` by PyTorch's profiler, the overhead and the total."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
+    passes = passes or _passes(fn, seconds / 2, most=10)
     plain = []
     for _ in range(passes):
         started = time.perf_counter()
