@@ -13,7 +13,9 @@ the full (every-element) ``torch.autograd.gradcheck``. The full one would take t
 of an hour at 48 layers, so it is extrapolated: its cost is a per-element part (two forward
 passes per element) plus a fixed part (one backward pass per output element), and both are
 fitted from two timed runs over samples of 16 and 272 elements of the last layer's parameters.
-Prints a table and one JSON line per figure.
+Prints a table, one JSON line per figure and the targets met or not: lnref's check (the command
+with a warm cache, and in process) at most 0.15x PyTorch's fast check; the every-element check
+under 30 s.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+TORCH_RATIO = 0.15  # lnref's check / torch.autograd.gradcheck(fast_mode=True), at most
+FULL_SECONDS = 30.0  # the every-element check, under
 sys.path.insert(0, str(ROOT))
 
 
@@ -218,6 +222,21 @@ def main():
                 }
             )
         )
+
+    verdicts = []
+    if torch_seconds:
+        for label, seconds, _ in figures[:3]:
+            verdicts.append(
+                (
+                    f"{label}: {seconds / torch_seconds:.3f}x torch <= {TORCH_RATIO}",
+                    seconds / torch_seconds <= TORCH_RATIO,
+                )
+            )
+    for label, seconds, _ in figures:
+        if label.startswith("lnref full check"):
+            verdicts.append((f"{label}: {seconds:.1f} s < {FULL_SECONDS:.0f} s", seconds < FULL_SECONDS))
+    for text, met in verdicts:
+        print(f"target: {text}: {'met' if met else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Forward+backward time per layer of each scheme, relative to Pre-LN's in the same run.
 
     python3 benchmarks/bench_schemes.py [--configs small,medium] [--schemes new|all|pre,subln,...]
-                                        [--reps 7] [--min-time 0.3]
+                                        [--reps 7] [--min-time 0.3] [--split]
 
 What is timed: ``model.value_and_grad(x, dy)``, as ``benchmarks/bench_model.py`` times it (the
 first call traces, every timed call replays), on the two 48-layer configurations of that
@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_model import CONFIGS, alternate, busy_cpu_seconds, own_cpu_seconds  # noqa: E402
+from split import format_split, lnref_split  # noqa: E402
 
 REFERENCE = ("pre", {})
 NEW = [
@@ -83,7 +84,7 @@ def variants(text):
     return [(name, {}) for name in names if name != "pre"]
 
 
-def measure(config_name, schemes, reps, min_time):
+def measure(config_name, schemes, reps, min_time, split=False):
     """{label: {"fast": s, "composition": s}} per call, and the other CPUs' load meanwhile."""
     import lnref
 
@@ -105,6 +106,10 @@ def measure(config_name, schemes, reps, min_time):
     results = {}
     for (name, path), value in zip(callables, seconds):
         results.setdefault(name, {})[path] = value
+    if split:
+        for (name, path), fn in callables.items():
+            if path == "fast":
+                results[name]["split"] = lnref_split(fn, seconds=1.0)
     return results, others
 
 
@@ -127,6 +132,10 @@ def report(config_name, results, others):
         print(json.dumps({**line, "ratio": ratio, "ratio_composition": ratio_composed}), file=sys.stderr)
         if ratio > GOAL:
             over.append(f"{name} {ratio:.2f}x")
+    if any("split" in times for times in results.values()):
+        print("one forward+backward by kind of work, fast paths (split.py), ms (share):")
+        for name, times in results.items():
+            print(format_split(name, times["split"], width=34))
     if others is not None and others > OTHER_CPUS_LIMIT:
         print(f"note: other work used {others:.2f} CPUs meanwhile: these figures competed with it")
     verdict = "met by every scheme" if not over else "NOT met by " + ", ".join(over)
@@ -139,6 +148,7 @@ def main(argv=None):
     parser.add_argument("--schemes", default="new", help="new (the default), all, or a comma list")
     parser.add_argument("--reps", type=int, default=7, help="repetitions per figure (median taken)")
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds per repetition, at least")
+    parser.add_argument("--split", action="store_true", help="also split each scheme's pass by kind of work")
     args = parser.parse_args(argv)
     configs = [name for name in args.configs.split(",") if name]
     unknown = [name for name in configs if name not in CONFIGS]
@@ -152,7 +162,7 @@ def main(argv=None):
     schemes = variants(args.schemes)
     for config_name in configs:
         print(f"measuring {config_name}...", file=sys.stderr, flush=True)
-        results, others = measure(config_name, schemes, args.reps, args.min_time)
+        results, others = measure(config_name, schemes, args.reps, args.min_time, args.split)
         report(config_name, results, others)
     return 0
 

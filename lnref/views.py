@@ -192,8 +192,34 @@ class Layer(_View):
         if self.run.fused and not pieces and not qk_pieces:
             weights = [p[name] for name in nn.ATTENTION_PARAMS]
             return fused.attention_sublayer(x, memory, *weights, n_heads=n_heads, causal=causal)
+        if self.run.fused and not qk_pieces and memory is None and self._fused_heads_pieces(pieces):
+            weights = [p[name] for name in nn.ATTENTION_PARAMS]
+            scale = self.param(pieces["head_scale"]) if "head_scale" in pieces else None
+            norm = self.run.group(self.prefix + pieces["heads_norm"]) if "heads_norm" in pieces else {}
+            return fused.heads_pieces_attention(
+                x,
+                *weights,
+                scale,
+                norm.get("gamma"),
+                norm.get("beta"),
+                n_heads=n_heads,
+                causal=causal,
+                eps=self.config.eps,
+            )
         resolved = {**qk_pieces, **{key: self._piece(key, name) for key, name in pieces.items()}}
         return nn.attention(x, p, n_heads, causal=causal, memory=memory, linear=self.run.linear, **resolved)
+
+    def _fused_heads_pieces(self, pieces: dict[str, Any]) -> bool:
+        """Whether ``pieces`` are a head scale and a LayerNorm over all d features between the
+        heads and W_o, or one of them: what ``fused.heads_pieces_attention`` computes."""
+        norm = pieces.get("heads_norm", "")
+        return (
+            bool(pieces)
+            and set(pieces) <= {"head_scale", "heads_norm"}
+            and all(isinstance(name, str) for name in pieces.values())
+            and ("heads_norm" not in pieces or self.config.norm == "layernorm")
+            and self.prefix + norm not in self.run.model.head_norms
+        )
 
     def ffn(self, x: Any, **pieces: Any) -> Tensor:
         """The feed-forward sublayer; ``hidden_norm="name"`` puts that norm (of d_ff features)
@@ -201,8 +227,16 @@ class Layer(_View):
         units before it."""
         p, activation = self.run.group(self.prefix + "ffn"), self.config.activation
         frozen_relu = activation == "relu" and self.run.freeze is not None
-        if self.run.fused and not pieces and not frozen_relu and activation in fused.FFN_ACTIVATIONS:
-            return fused.feed_forward(x, p["w1"], p["b1"], p["w2"], p["b2"], activation=activation)
+        if self.run.fused and not frozen_relu and activation in fused.FFN_ACTIVATIONS:
+            if not pieces:
+                return fused.feed_forward(x, p["w1"], p["b1"], p["w2"], p["b2"], activation=activation)
+            # A LayerNorm over all d_ff hidden features has its fused kernel; other kinds do not.
+            norm = f"{self.prefix}{pieces.get('hidden_norm')}"
+            plain = isinstance(pieces.get("hidden_norm"), str) and norm not in self.run.model.head_norms
+            if set(pieces) == {"hidden_norm"} and plain and self.config.norm == "layernorm":
+                g = self.run.group(norm)
+                weights = (p["w1"], p["b1"], g["gamma"], g["beta"], p["w2"], p["b2"])
+                return fused.normed_feed_forward(x, *weights, activation=activation, eps=self.config.eps)
         resolved = {key: self._piece(key, name) for key, name in pieces.items()}
         activate = self._frozen_relu if frozen_relu else None
         return nn.ffn(x, p, activation, activate=activate, linear=self.run.linear, **resolved)

@@ -131,6 +131,36 @@ def test_a_replay_accumulates_a_tensor_used_twice_as_the_tape_does():
         np.testing.assert_array_equal(replayed, taped)
 
 
+def test_a_replay_calls_the_vjp_registered_when_it_runs(monkeypatch):
+    """The negative control of the replay's backward: a VJP broken after tracing is the one a
+    replay calls, and its gradient is wrong."""
+    from lnref.autograd.primitive import PRIMITIVES, Primitive
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(5), rng.standard_normal(5)
+    fn = lambda x, y: ops.sum(x * y)  # noqa: E731
+    replayer, (_, good), _ = _first_and_replayed(fn, [a, b])
+    mul = PRIMITIVES["mul"]
+    monkeypatch.setitem(PRIMITIVES, "mul", Primitive("mul", mul.forward, lambda dout, res: (dout, dout)))
+    _, broken = replayer.value_and_grad("key", fn, [a, b], [True, True])
+    assert not np.allclose(broken[0], good[0])
+
+
+def test_a_replay_refuses_an_output_that_is_not_a_scalar_as_the_tape_does():
+    from lnref.autograd.replay import Program
+    from lnref.autograd.tape import Tape
+
+    x = Tensor(np.ones(3), requires_grad=True)
+    with Tape() as tape:
+        output = x * 2.0
+    program = Program.from_records(tape.records, [x], output)
+    assert program is not None
+    with pytest.raises(ValueError, match="needs a cotangent"):
+        tape.backward(output)
+    with pytest.raises(ValueError, match="needs a cotangent"):
+        program.value_and_grad([np.ones(3)], [True])
+
+
 def test_a_replay_gives_zeros_to_an_input_the_output_does_not_reach():
     rng = np.random.default_rng(0)
     _, _, (_, grads) = _first_and_replayed(lambda x, y: ops.sum(x * 2.0), [rng.standard_normal(3), np.ones(3)])

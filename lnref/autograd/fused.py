@@ -3,7 +3,9 @@
 Each is the same function as a composition of ``ops`` primitives (``nn.attention`` and
 ``nn.ffn`` spell the compositions out), run as one tape record with one hand-written VJP,
 which saves the tape's work between the pieces. The model takes them only where its sublayer
-is the plain composition (``lnref/views.py`` chooses); tests hold each to its composition.
+is the plain composition, or the FFN with a LayerNorm on its hidden units (Sub-LN's and
+NormFormer's ``hidden_norm``), ``normed_feed_forward`` (``lnref/views.py`` chooses); tests
+hold each to its composition.
 Both directions run in ``kernels``: one compiled call each way for small sublayers,
 NumPy/BLAS products around the attention kernels otherwise.
 """
@@ -97,3 +99,97 @@ def _feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
 
 
 feed_forward = defprimitive("feed_forward", _feed_forward_fwd, _feed_forward_vjp)
+
+
+def _normed_feed_forward_fwd(
+    x: np.ndarray,
+    w1: np.ndarray,
+    b1: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    w2: np.ndarray,
+    b2: np.ndarray,
+    *,
+    activation: str = "relu",
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, Any]:
+    """F(x) = LN(act(x W1 + b1)) W2 + b2, the LayerNorm (gain ``gamma``, shift ``beta``) over
+    the d_ff hidden features: ``nn.ffn`` with a ``hidden_norm`` of the layernorm kind.
+
+    VJP, with h = x W1 + b1, a = act(h), n = LN(a):
+        dW2 = n^T dF,   db2 = sum over rows of dF,   dn = dF W2^T
+        da, dgamma, dbeta = LayerNorm's VJP at dn     (``ops.layer_norm``)
+        dh  = act'(h) * da,   dW1 = x^T dh,   db1 = sum over rows of dh,   dx = dh W1^T
+    """
+    if activation not in FFN_ACTIVATIONS:
+        raise ValueError(f"normed_feed_forward: activation must be one of {', '.join(FFN_ACTIVATIONS)}")
+    if np.ndim(x) < 1 or np.ndim(w1) != 2 or np.ndim(w2) != 2:
+        raise ValueError(f"normed_feed_forward: x, W1, W2 of shapes {np.shape(x)}, {np.shape(w1)}, {np.shape(w2)}")
+    rows = np.reshape(x, (-1, np.shape(x)[-1]))
+    try:
+        out, *kept = kernels.normed_feed_forward_forward(rows, w1, b1, gamma, beta, w2, b2, activation, eps)
+    except (TypeError, ValueError) as error:
+        raise kernel_error("normed_feed_forward", error, x, w1, b1, gamma, beta, w2, b2) from None
+    return out.reshape(*np.shape(x)[:-1], w2.shape[1]), (np.shape(x), rows, w1, gamma, w2, *kept, activation)
+
+
+def _normed_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    x_shape, rows, *kept = residuals
+    dx, *grads = kernels.normed_feed_forward_backward(dout.reshape(-1, dout.shape[-1]), rows, *kept)
+    return (dx.reshape(x_shape), *grads)
+
+
+normed_feed_forward = defprimitive("normed_feed_forward", _normed_feed_forward_fwd, _normed_feed_forward_vjp)
+
+
+def _heads_pieces_attention_fwd(
+    x: np.ndarray,
+    wq: np.ndarray,
+    bq: np.ndarray,
+    wk: np.ndarray,
+    bk: np.ndarray,
+    wv: np.ndarray,
+    bv: np.ndarray,
+    wo: np.ndarray,
+    bo: np.ndarray,
+    scale: np.ndarray | None,
+    gamma: np.ndarray | None,
+    beta: np.ndarray | None,
+    *,
+    n_heads: int,
+    causal: bool = False,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, Any]:
+    """Self-attention with pieces between the heads and W_o: ``nn.attention`` with a
+    ``head_scale`` (``scale``, one per head) and a ``heads_norm`` of the layernorm kind
+    (``gamma``, ``beta``), either None where absent:
+
+        A(x) = LN(MHA(x Wq + bq, x Wk + bk, x Wv + bv) * c) Wo + bo
+
+    VJP, with H the merged heads, S = H * c and N = LN(S):
+        dWo = N^T dA,  dbo = sum over rows of dA,  dN = dA Wo^T
+        dS, dgamma, dbeta = LayerNorm's VJP at dN
+        dc_h = sum of dS * H over head h's features,  dH = dS * c
+        then as ``attention_sublayer`` from dH.
+    """
+    x = np.ascontiguousarray(x)
+    empty = np.empty(0, x.dtype)
+    weights, biases = np.stack((wq, wk, wv, wo)), np.stack((bq, bk, bv, bo))
+    c, g, b = (empty if a is None else a for a in (scale, gamma, beta))
+    try:
+        out, *kept = kernels.heads_pieces_attention_forward(x, weights, biases, c, g, b, n_heads, causal, eps)
+    except (TypeError, ValueError) as error:
+        raise kernel_error("heads_pieces_attention", error, x, weights, c, g, b) from None
+    return out, (x, weights, c, g, *kept, scale is not None, gamma is not None)
+
+
+def _heads_pieces_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    *kept, has_scale, has_norm = residuals
+    dx, dw, db, dscale, dgamma, dbeta = kernels.heads_pieces_attention_backward(dout, *kept)
+    pieces = (dscale if has_scale else None, dgamma if has_norm else None, dbeta if has_norm else None)
+    return (dx, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3], *pieces)
+
+
+heads_pieces_attention = defprimitive(
+    "heads_pieces_attention", _heads_pieces_attention_fwd, _heads_pieces_attention_vjp
+)

@@ -4,9 +4,15 @@ A model's pass runs Python at every step: the scheme's layer function, the layer
 sublayer helpers. When the sequence of primitive calls depends only on the configuration and
 the inputs' shapes, as it does for every scheme of lnref, that Python computes the same list
 of calls on every pass. A :class:`Program` is that list, read off a tape: each call's
-primitive, which earlier values it takes (numbered slots) and its static parameters. Running
-it calls the same primitives, in the same order, on the active tape, so the tape's own
-backward pass follows: the same bits as a pass that ran the Python.
+primitive, which earlier values it takes (numbered slots) and its static parameters.
+:meth:`Program.run` calls the same primitives, in the same order, on the active tape, so the
+tape's own backward pass follows. :meth:`Program.value_and_grad`, what a :class:`Replayer`
+runs, does what the tape would do with those records without making them: plain arrays in
+the slots, each call's residuals in a list, then the tape's backward loop over the steps
+(newest first, each cotangent handed to the same VJP, accumulated into the same slots in the
+same order), with no Tensor, record or tape made per call. Both give the same bits as a pass
+that ran the Python; each looks every primitive up by name when it runs (a test's broken VJP
+is the one it calls).
 
 The contract is that of a JAX ``jit``: the recorded code computes on Tensors only through
 primitives, and whatever else it passes them is a constant of the configuration (a number, a
@@ -27,7 +33,7 @@ import numpy as np
 
 from lnref.autograd.dtypes import FLOAT32, FLOAT64
 from lnref.autograd.primitive import PRIMITIVES, call
-from lnref.autograd.tape import Record, Tape
+from lnref.autograd.tape import Record, Tape, gc_paused
 from lnref.autograd.tensor import Tensor
 
 Step = tuple[str, tuple[int, ...], dict[str, Any]]
@@ -42,6 +48,7 @@ class Program:
         self.inputs = inputs  # the recorded pass's input Tensors, given new values by each run
         self.constants = constants
         self.output_slot = output_slot
+        self._needs_of: dict[tuple[bool, ...], list[bool]] = {}
 
     @classmethod
     def from_records(cls, records: Sequence[Record], inputs: Sequence[Any], output: Tensor) -> Program | None:
@@ -81,6 +88,56 @@ class Program:
             output_slot,
         )
 
+    def value_and_grad(
+        self, arrays: Sequence[Any], differentiate: Sequence[bool]
+    ) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """(the output's value, d output / d input for each input flagged in ``differentiate``,
+        None for the others) at ``arrays``, the inputs' new values; the output is a scalar.
+        What a tape gives for :meth:`run`'s records, computed without them (see the module)."""
+        n_inputs = len(self.inputs)
+        values: list[Any] = [None if a is None else _float_array(a) for a in arrays]
+        needs = self._needs(tuple(d and a is not None for a, d in zip(values, differentiate)))
+        values += [None] * len(self.steps) + self.constants
+        primitives, kept = [], []
+        slot = n_inputs
+        with gc_paused():
+            for name, arg_slots, params in self.steps:
+                primitive = PRIMITIVES[name]
+                values[slot], residuals = primitive.forward(*[values[s] for s in arg_slots], **params)
+                primitives.append(primitive)
+                kept.append(residuals)
+                slot += 1
+            output = values[self.output_slot]
+            if np.size(output) != 1:
+                raise ValueError(f"backward: output of shape {np.shape(output)} needs a cotangent")
+            grads: list[Any] = [None] * (n_inputs + len(self.steps))
+            if needs[self.output_slot]:
+                grads[self.output_slot] = np.ones_like(output)
+            for index in range(len(self.steps) - 1, -1, -1):
+                slot = n_inputs + index
+                dout, grads[slot] = grads[slot], None
+                residuals, kept[index] = kept[index], None  # freed once used
+                if dout is None:
+                    continue  # this output does not reach the loss
+                for arg, darg in zip(self.steps[index][1], primitives[index].vjp(dout, residuals)):
+                    if darg is None or not needs[arg]:
+                        continue
+                    grads[arg] = darg if grads[arg] is None else grads[arg] + darg
+        return output, [
+            (np.zeros_like(values[i]) if grads[i] is None else grads[i]) if needs[i] else None for i in range(n_inputs)
+        ]
+
+    def _needs(self, inputs_need: tuple[bool, ...]) -> list[bool]:
+        """Whether each slot needs a gradient, given which inputs do: an input flagged, a
+        call's output when one of its arguments does, never a constant (as the tape decides)."""
+        needs = self._needs_of.get(inputs_need)
+        if needs is None:
+            needs = [*inputs_need, *([False] * (len(self.steps) + len(self.constants)))]
+            for index, (_, arg_slots, _) in enumerate(self.steps):
+                needs[len(inputs_need) + index] = any(needs[s] for s in arg_slots)
+            self._needs_of[inputs_need] = needs
+        return needs
+
     def run(self) -> Tensor:
         """The recorded calls on the inputs' current values, recorded on the active tape."""
         values: list[Any] = [*self.inputs, *([None] * len(self.steps)), *self.constants]
@@ -108,14 +165,11 @@ class Replayer:
         None for the others). None entries of ``arrays`` are passed as None."""
         program = self.programs.get(key)
         if program is not None:
-            for tensor, value in zip(program.inputs, arrays):
-                if tensor is not None:
-                    tensor.value, tensor.grad = _float_array(value), None
-            inputs = program.inputs
-        else:
-            inputs = [None if a is None else Tensor(a, requires_grad=d) for a, d in zip(arrays, differentiate)]
+            value, gradients = program.value_and_grad(arrays, differentiate)
+            return Tensor.wrap(value), gradients
+        inputs = [None if a is None else Tensor(a, requires_grad=d) for a, d in zip(arrays, differentiate)]
         with Tape() as tape:
-            output = fn(*inputs) if program is None else program.run()
+            output = fn(*inputs)
         if key not in self.programs:
             if len(self.programs) >= self.limit:
                 del self.programs[next(iter(self.programs))]  # the oldest

@@ -41,6 +41,12 @@ _GETTERS = (
     "openblas_get_num_threads64_",
     "openblas_get_num_threads",
 )
+_CORE_NAMES = (
+    "scipy_openblas_get_corename64_",
+    "scipy_openblas_get_corename",
+    "openblas_get_corename64_",
+    "openblas_get_corename",
+)
 _SETTERS = (
     "scipy_openblas_set_num_threads64_",
     "scipy_openblas_set_num_threads",
@@ -71,6 +77,20 @@ def threads() -> int:
 
     getters = _openblas_functions(_GETTERS)
     return max(1, int(getters[0]())) if getters else 1
+
+
+def core_name() -> str | None:
+    """The kernel OpenBLAS picked for this CPU (``Haswell``, ``SkylakeX``, ``Zen``, ...), from its
+    own function; None where OpenBLAS is not found. A build for many CPUs picks at load time,
+    so the name says what the products run on, which the build's name does not."""
+    import numpy  # noqa: F401
+
+    getters = _openblas_functions(_CORE_NAMES)
+    if not getters:
+        return None
+    getters[0].restype = ctypes.c_char_p
+    name = getters[0]()
+    return name.decode() if name else None
 
 
 def set_threads(count: int) -> None:

@@ -39,7 +39,9 @@ The modules
 ``attention_blocked``  attention's big-head path: BLAS products, the batch on threads
 ``linear``             the linear map (and the matrix product the sublayers are built of)
 ``attention_sublayer`` projections, attention and output projection in one call each way
+``attention_heads_pieces`` the same with a head scale and a LayerNorm before W_o (NormFormer, Sub-LN)
 ``feed_forward``       linear, activation, linear in one call each way
+``feed_forward_normed`` the same with a LayerNorm on the hidden units (Sub-LN, NormFormer)
 ``activations``        GELU, the ReLU backward
 ``warmup``             a first run's compilation
 
@@ -77,6 +79,12 @@ from lnref.autograd.kernels.attention import (
     multi_head_attention_backward,
     multi_head_attention_forward,
 )
+from lnref.autograd.kernels.attention_heads_pieces import (
+    heads_pieces_attention_backward,
+    heads_pieces_attention_backward_reference,
+    heads_pieces_attention_forward,
+    heads_pieces_attention_forward_reference,
+)
 from lnref.autograd.kernels.attention_sublayer import (
     attention_sublayer_backward,
     attention_sublayer_backward_reference,
@@ -89,6 +97,12 @@ from lnref.autograd.kernels.feed_forward import (
     feed_forward_backward_reference,
     feed_forward_forward,
     feed_forward_forward_reference,
+)
+from lnref.autograd.kernels.feed_forward_normed import (
+    normed_feed_forward_backward,
+    normed_feed_forward_backward_reference,
+    normed_feed_forward_forward,
+    normed_feed_forward_forward_reference,
 )
 from lnref.autograd.kernels.linear import (
     linear_backward,
@@ -160,6 +174,10 @@ __all__ = [
     "gelu_backward_reference",
     "gelu_forward",
     "gelu_forward_reference",
+    "heads_pieces_attention_backward",
+    "heads_pieces_attention_backward_reference",
+    "heads_pieces_attention_forward",
+    "heads_pieces_attention_forward_reference",
     "layer_norm_backward",
     "layer_norm_backward_reference",
     "layer_norm_forward",
@@ -170,6 +188,10 @@ __all__ = [
     "linear_forward_reference",
     "multi_head_attention_backward",
     "multi_head_attention_forward",
+    "normed_feed_forward_backward",
+    "normed_feed_forward_backward_reference",
+    "normed_feed_forward_forward",
+    "normed_feed_forward_forward_reference",
     "numba_requested",
     "relu_backward",
     "relu_backward_reference",

@@ -30,19 +30,19 @@ from lnref.autograd.kernels.seam import Twin, njit
 
 FFN_ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 _FFN_RELU, _FFN_GELU, _FFN_GELU_TANH = 0, 1, 2  # their codes in the compiled kernels
-_FFN_CODES = {"relu": _FFN_RELU, "gelu": _FFN_GELU, "gelu_tanh": _FFN_GELU_TANH}
+FFN_CODES = {"relu": _FFN_RELU, "gelu": _FFN_GELU, "gelu_tanh": _FFN_GELU_TANH}
 # The elementwise GELU kernels' name for each flavour.
 _APPROXIMATE = {"gelu": "none", "gelu_tanh": "tanh"}
 
 
-def _activate(hidden: np.ndarray, activation: str) -> np.ndarray:
+def activate(hidden: np.ndarray, activation: str) -> np.ndarray:
     """act(hidden) as the composition computes it (a new array)."""
     if activation == "relu":
         return np.maximum(hidden, 0)  # NaN stays NaN, for the next norm to reject
     return kernels.gelu_forward(hidden, _APPROXIMATE[activation])
 
 
-def _activation_backward(dacted: np.ndarray, hidden: np.ndarray, acted: np.ndarray, activation: str) -> np.ndarray:
+def activation_backward(dacted: np.ndarray, hidden: np.ndarray, acted: np.ndarray, activation: str) -> np.ndarray:
     if activation == "relu":
         return kernels.relu_backward(dacted, acted)
     return kernels.gelu_backward(dacted, hidden, _APPROXIMATE[activation])
@@ -62,7 +62,7 @@ def feed_forward_forward_reference(
         hidden = x W1 + b1,   acted = act(hidden),   out = acted W2 + b2
     """
     hidden = kernels.linear_forward(x, w1, b1)
-    acted = _activate(hidden, activation)
+    acted = activate(hidden, activation)
     return kernels.linear_forward(acted, w2, b2), hidden, acted
 
 
@@ -84,9 +84,35 @@ def feed_forward_backward_reference(
         dx, dW1, db1 = linear VJP at dhidden
     """
     dacted, dw2, db2 = kernels.linear_backward(dout, acted, w2)
-    dhidden = _activation_backward(dacted, hidden, acted, activation)
+    dhidden = activation_backward(dacted, hidden, acted, activation)
     dx, dw1, db1 = kernels.linear_backward(dhidden, x, w1)
     return dx, dw1, db1, dw2, db2
+
+
+@njit(cache=True)
+def activate_rows(hidden: np.ndarray, acted: np.ndarray, activation: int) -> None:
+    """acted = act(hidden), element by element (``acted`` may be ``hidden``: ReLU in place)."""
+    h, a = hidden.ravel(), acted.ravel()
+    for i in range(h.size):
+        if activation == _FFN_RELU:
+            a[i] = 0.0 if h[i] < 0 else h[i]  # np.maximum(h, 0): NaN and -0.0 kept
+        elif activation == _FFN_GELU_TANH:
+            a[i] = gelu_tanh(float(h[i]))
+        else:
+            a[i] = gelu_erf(float(h[i]))
+
+
+@njit(cache=True)
+def activation_backward_rows(dacted: np.ndarray, hidden: np.ndarray, acted: np.ndarray, activation: int) -> None:
+    """In place: dacted -> dhidden = act'(hidden) * dacted (ReLU reads ``acted``)."""
+    d, h, a = dacted.ravel(), hidden.ravel(), acted.ravel()
+    for i in range(d.size):
+        if activation == _FFN_RELU:
+            d[i] = d[i] if a[i] > 0 else 0.0
+        elif activation == _FFN_GELU_TANH:
+            d[i] = d[i] * gelu_tanh_slope(float(h[i]))
+        else:
+            d[i] = d[i] * gelu_erf_slope(float(h[i]))
 
 
 @njit(cache=True)
@@ -107,14 +133,7 @@ def _feed_forward_forward_kernel(
         if step == 0:
             rows, weight, bias, dest = x, w1, b1, hidden
         else:
-            h, a = hidden.ravel(), acted.ravel()
-            for i in range(h.size):
-                if activation == _FFN_RELU:
-                    a[i] = 0.0 if h[i] < 0 else h[i]  # np.maximum(h, 0): NaN and -0.0 kept
-                elif activation == _FFN_GELU_TANH:
-                    a[i] = gelu_tanh(float(h[i]))
-                else:
-                    a[i] = gelu_erf(float(h[i]))
+            activate_rows(hidden, acted, activation)
             rows, weight, bias, dest = acted, w2, b2, out
         matmul_kernel(rows, weight, bias, dest)
 
@@ -141,14 +160,7 @@ def _feed_forward_backward_kernel(
         if step == 0:
             drows, rows, weight, drows_in, dweight, dbias = dout, acted, w2, dacted, dw2, db2
         else:
-            d, h, a = dacted.ravel(), hidden.ravel(), acted.ravel()
-            for i in range(d.size):
-                if activation == _FFN_RELU:
-                    d[i] = d[i] if a[i] > 0 else 0.0
-                elif activation == _FFN_GELU_TANH:
-                    d[i] = d[i] * gelu_tanh_slope(float(h[i]))
-                else:
-                    d[i] = d[i] * gelu_erf_slope(float(h[i]))
+            activation_backward_rows(dacted, hidden, acted, activation)
             drows, rows, weight, drows_in, dweight, dbias = dacted, x, w1, dx, dw1, db1
         linear_grads_kernel(drows, rows, weight, drows_in, dweight, dbias)
 
@@ -166,7 +178,7 @@ def _feed_forward_forward_loop(
     hidden = np.empty((rows, w1.shape[1]), dtype)
     acted = hidden if activation == "relu" else np.empty_like(hidden)  # ReLU in place
     out = np.empty((rows, w2.shape[1]), dtype)
-    _feed_forward_forward_kernel(x, w1, b1, w2, b2, _FFN_CODES[activation], hidden, acted, out)
+    _feed_forward_forward_kernel(x, w1, b1, w2, b2, FFN_CODES[activation], hidden, acted, out)
     return out, hidden, acted
 
 
@@ -184,7 +196,7 @@ def _feed_forward_backward_loop(
     dacted, dx = np.empty(acted.shape, dtype), np.empty(x.shape, dtype)
     dw1, db1 = np.empty(w1.shape, dtype), np.empty(w1.shape[1], dtype)
     dw2, db2 = np.empty(w2.shape, dtype), np.empty(w2.shape[1], dtype)
-    code = _FFN_CODES[activation]
+    code = FFN_CODES[activation]
     _feed_forward_backward_kernel(dout, x, w1, w2, hidden, acted, code, dacted, dx, dw1, db1, dw2, db2)
     return dx, dw1, db1, dw2, db2
 
@@ -206,7 +218,7 @@ FEED_FORWARD_BACKWARD = Twin(
 )
 
 
-def _check_activation(activation: str) -> None:
+def check_activation(activation: str) -> None:
     if activation not in FFN_ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(FFN_ACTIVATIONS)}, got {activation!r}")
 
@@ -221,7 +233,7 @@ def feed_forward_forward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The FFN's forward on rows ``x`` (n, d); returns ``(out, hidden, acted)``. See
     :func:`feed_forward_forward_reference`."""
-    _check_activation(activation)
+    check_activation(activation)
     x, w1, b1, w2, b2 = float_arrays(x, w1, b1, w2, b2)
     check_fit(
         x.ndim == 2
@@ -263,7 +275,7 @@ def feed_forward_backward(
     if residuals_checked and plain_arrays(x, w1, w2):
         dout = cotangent(dout, x.dtype, (x.shape[0], w2.shape[1]))
     else:
-        _check_activation(activation)
+        check_activation(activation)
         dout, x, w1, w2, hidden, acted = float_arrays(dout, x, w1, w2, hidden, acted)
         hidden_shape = (x.shape[0], w1.shape[1]) if x.ndim == 2 and w1.ndim == 2 else None
         check_fit(

@@ -61,12 +61,12 @@ def _layer_norm_forward_loop(
     """Loop twin of :func:`layer_norm_forward_reference` (allocates, then runs the kernel)."""
     n, dtype = x.shape[0], x.dtype
     y, mean, rstd = np.empty(x.shape, dtype), np.empty(n, dtype), np.empty(n, dtype)
-    _layer_norm_forward_kernel(x, gamma, beta, eps, y, mean, rstd)
+    layer_norm_forward_kernel(x, gamma, beta, eps, y, mean, rstd)
     return y, mean, rstd
 
 
 @njit(cache=True)
-def _layer_norm_forward_kernel(
+def layer_norm_forward_kernel(
     x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, y: np.ndarray, mean: np.ndarray, rstd: np.ndarray
 ) -> None:
     """The loop of :func:`_layer_norm_forward_loop`, writing into ``y``, ``mean``, ``rstd``."""
@@ -154,14 +154,14 @@ def _layer_norm_backward_loop(
     d = x.shape[1]
     # float64 column accumulators: a float32 sum over many rows would drift.
     dx, dgamma, dbeta = np.empty(x.shape, x.dtype), np.zeros(d), np.zeros(d)
-    _layer_norm_backward_kernel(dy, x, gamma, mean, rstd, dx, dgamma, dbeta)
+    layer_norm_backward_kernel(dy, x, gamma, mean, rstd, dx, dgamma, dbeta)
     if x.dtype != dgamma.dtype:
         return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
     return dx, dgamma, dbeta
 
 
 @njit(cache=True)
-def _layer_norm_backward_kernel(
+def layer_norm_backward_kernel(
     dy: np.ndarray,
     x: np.ndarray,
     gamma: np.ndarray,

@@ -34,6 +34,13 @@ Both set a twin's :attr:`Twin.override` and restore it on exit; pytest's ``monke
 seam.twin(name), "override", ...)`` does the same for the length of a test. A replacement takes
 the twins' own arguments (those after the public function's checks).
 
+Watching the kernels
+--------------------
+``with seam.wrapped(wrap):`` runs ``wrap(twin, implementation)`` in place of every
+implementation a twin picks, within the block (``lnref/autograd/timing.py`` times each kernel
+call this way). Outside such a block :meth:`Twin.pick` returns the implementations themselves:
+the hot path pays nothing for the possibility.
+
 One convention for the loop twins
 ---------------------------------
 A loop twin is two functions: a compiled kernel, which writes into arrays it is given (it may
@@ -76,6 +83,7 @@ __all__ = [
     "replaced",
     "twin",
     "twins",
+    "wrapped",
 ]
 
 Kernel = Callable[..., Any]
@@ -165,6 +173,8 @@ def _stamp_with_package_sources(dispatcher: Any) -> None:
 
 PATHS = ("reference", "loop", "blocked")
 _TWINS: dict[str, Twin] = {}
+# What ``wrapped`` puts around every picked implementation while its block runs, else None.
+_WRAP: Callable[[Twin, Kernel], Kernel] | None = None
 
 
 class Twin:
@@ -244,14 +254,16 @@ class Twin:
         if override is None and USE_NUMBA:
             self._limits = self.loop_pays_up_to
             self._within, self._past = self.loop, self.blocked or self.reference
-            return
-        if override is None:
-            chosen = self.reference
-        elif isinstance(override, str):
-            chosen = self.paths[override]
         else:
-            chosen = override
-        self._limits, self._within, self._past = (), chosen, chosen
+            if override is None:
+                chosen = self.reference
+            elif isinstance(override, str):
+                chosen = self.paths[override]
+            else:
+                chosen = override
+            self._limits, self._within, self._past = (), chosen, chosen
+        if _WRAP is not None:
+            self._within, self._past = _WRAP(self, self._within), _WRAP(self, self._past)
 
 
 def twin(name: str) -> Twin:
@@ -294,3 +306,22 @@ def replaced(name: str, implementation: Kernel) -> AbstractContextManager[None]:
     if not callable(implementation):
         raise TypeError(f"a replacement of {name} is a callable, got {implementation!r}")
     return _overriding([twin(name)], implementation)
+
+
+@contextmanager
+def wrapped(wrap: Callable[[Twin, Kernel], Kernel]) -> Iterator[None]:
+    """Within the block, every twin runs ``wrap(twin, implementation)`` in place of the
+    implementation its rule (or override) picks; after it, the implementations themselves.
+    Blocks do not nest."""
+    global _WRAP
+    if _WRAP is not None:
+        raise RuntimeError("seam.wrapped: a wrapping block is active already")
+    _WRAP = wrap
+    try:
+        for t in _TWINS.values():
+            t._settle()
+        yield
+    finally:
+        _WRAP = None
+        for t in _TWINS.values():
+            t._settle()

@@ -33,7 +33,7 @@ _SUBLAYER_KERNELS = (
     feed_forward._feed_forward_backward_kernel,
 )
 FIRST_RUN_KERNELS: dict[str, tuple[Any, ...]] = {
-    "layernorm": (norms._layer_norm_forward_kernel, norms._layer_norm_backward_kernel, *_SUBLAYER_KERNELS),
+    "layernorm": (norms.layer_norm_forward_kernel, norms.layer_norm_backward_kernel, *_SUBLAYER_KERNELS),
     "rmsnorm": (norms._rms_norm_forward_kernel, norms._rms_norm_backward_kernel, *_SUBLAYER_KERNELS),
 }
 
