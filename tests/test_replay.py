@@ -7,7 +7,7 @@ import lnref
 from lnref.autograd import Tensor, ops, value_and_grad
 from lnref.autograd.replay import Replayer
 from lnref.model import Model, refusal
-from lnref.schemes import SCHEMES
+from lnref.schemes import SCHEMES, get_scheme, options_of
 
 CONFIGS = {
     "layernorm-relu": {},
@@ -32,6 +32,23 @@ def _assert_same_bits(first, second):
     for name in grads_a:
         assert grads_a[name].dtype == grads_b[name].dtype, name
         np.testing.assert_array_equal(grads_a[name], grads_b[name], err_msg=name)
+
+
+OPTION_CHOICES = [
+    (scheme, name, choice)
+    for scheme in SCHEMES
+    for name, option in options_of(get_scheme(scheme)).items()
+    for choice in option.choices or ()
+    if choice != option.default
+]
+
+
+@pytest.mark.parametrize("scheme, name, choice", OPTION_CHOICES)
+def test_every_choice_of_a_schemes_options_replays(scheme, name, choice):
+    """A scheme computes only through primitives, whatever its options: its pass is a program."""
+    model = lnref.build(scheme, n_layers=2, options={name: choice})
+    model.value_and_grad(*model.sample_inputs(seed=1)[:2])
+    assert None not in model.replayer.programs.values()
 
 
 @pytest.mark.parametrize(

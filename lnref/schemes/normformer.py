@@ -26,6 +26,7 @@ only. The first commit of the code (c5ff181, issue #3973) multiplied with an ein
 
 import numpy as np
 
+from lnref.autograd import ops
 from lnref.schemes import Option
 
 SUMMARY = "x <- x + N(HeadScale MHA(N(x))); x <- lambda x + W_2 N(act(W_1 N(x))); y = N(x_L)"
@@ -50,9 +51,9 @@ def layer_params(index, branches, config):
 def head_scaled_attention(layer, attend, x):
     if layer.option("head_scale") == "paper":
         return attend(x, head_scale="head_scale")
-    heads = layer.config.n_heads
-    head_of_feature = np.repeat(np.arange(heads), layer.config.d_model // heads)
-    return attend(x) * layer.param("head_scale")[head_of_feature]
+    out, heads = attend(x), layer.config.n_heads
+    slices = ops.reshape(out, shape=(*out.shape[:-1], heads, out.shape[-1] // heads))  # W_o's output per head
+    return ops.reshape(slices * ops.reshape(layer.param("head_scale"), shape=(heads, 1)), shape=out.shape)
 
 
 def layer(x, layer):
