@@ -116,12 +116,16 @@ def test_a_broken_per_head_norm_backward_fails_hybridnorms_value_norms(monkeypat
     assert "layers.0.attn.v_norm.gamma" in {r.tensor for r in report.results if r.status == "failed"}
 
 
-def test_a_broken_index_backward_fails_the_fairseq_head_scale(monkeypatch):
+def test_a_broken_backward_of_the_head_scale_reshape_fails_the_fairseq_head_scale(monkeypatch):
     from lnref.autograd import PRIMITIVES
 
-    vjp = PRIMITIVES["index"].vjp
-    monkeypatch.setitem(PRIMITIVES, "index", PRIMITIVES["index"]._replace(vjp=lambda d, r: (0.5 * vjp(d, r)[0],)))
     model = lnref.build("normformer", 2, **SMALL, options={"head_scale": "fairseq"})
+    vjp, scales = PRIMITIVES["reshape"].vjp, (model.config.n_heads,)  # (H,) -> (H, 1): the scales' reshape
+
+    def broken(dout, shape):
+        return (0.5 * vjp(dout, shape)[0],) if shape == scales else vjp(dout, shape)
+
+    monkeypatch.setitem(PRIMITIVES, "reshape", PRIMITIVES["reshape"]._replace(vjp=broken))
     failed = {
         r.tensor for r in checker.gradcheck(model, mode="directional", batch=2, seq=4).results if r.status == "failed"
     }
