@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 from lnref.schemes import SCHEMES  # noqa: E402  (a tuple of names; imports nothing heavy)
 
 _LAZY = {
-    "build": "lnref.model",
+    "build": "lnref.building",
     "Model": "lnref.model",
     "Config": "lnref.model",
     "ConfigError": "lnref.model",

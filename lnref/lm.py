@@ -38,7 +38,8 @@ import numpy as np
 
 from lnref import nn
 from lnref.autograd import Tape, Tensor, ops
-from lnref.model import ConfigError, build
+from lnref.building import build
+from lnref.model import ConfigError
 from lnref.tasks import IGNORE
 
 EMBED_TOKENS, EMBED_POSITIONS, HEAD_W, HEAD_B = "embed.tokens", "embed.positions", "head.w", "head.b"

@@ -1,4 +1,5 @@
-"""``build(scheme, ...)``: the one place where a configuration becomes parameters.
+"""``Model``: the one place where a configuration becomes parameters (``lnref.build``, in
+``lnref/building.py``, makes one from a scheme's name).
 
 A model is a stack of ``n_layers`` layers between two stack-level stages:
 
@@ -29,7 +30,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -41,9 +42,6 @@ from lnref.qk_norms import QK_NORMS
 from lnref.schemes import ALIASES, get_scheme, one_line_error, options_of, refusals_of, stream_names
 from lnref.staged import ConfigError, Staged, as_state, index_groups
 from lnref.views import Freeze, Layer, Run, Stack, State
-
-if TYPE_CHECKING:
-    from lnref.encdec import EncoderDecoder
 
 ACTIVATIONS = tuple(nn.ACTIVATIONS)
 DTYPES = ("float64", "float32")
@@ -458,48 +456,3 @@ def _layer_names(scheme: Any, kind: str, index: int, branches: list[str], config
 
 def _prefixed(prefix: str, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {f"{prefix}.{name}": value for name, value in params.items()}
-
-
-def build(
-    scheme: str, n_layers: int | None = None, d_model: int = 16, n_heads: int = 2, d_ff: int = 64, **options: Any
-) -> Model | EncoderDecoder:
-    """A model of ``scheme`` with freshly initialized (seeded) parameters: a stack of ``n_layers``
-    layers, or with ``encoder_layers=N, decoder_layers=M`` (and no ``n_layers``) an
-    encoder-decoder model (``lnref.encdec.EncoderDecoder``).
-
-    Options: norm (a kind of ``lnref.norms``: "layernorm", "rmsnorm"), activation (``lnref.nn.ACTIVATIONS``:
-    "relu", "gelu", "gelu_tanh"), causal, cross_attention, eps, dtype ("float64" | "float32"), seed, post_fraction
-    (Mix-LN), qk_norm (a variant of ``lnref.qk_norms``), options (the scheme's own, a dict).
-    """
-    unknown = set(options) - {f.name for f in dataclasses.fields(Config)}
-    if unknown:
-        raise ConfigError(f"build: unknown option(s) {', '.join(sorted(unknown))}")
-    encoder_layers, decoder_layers = options.pop("encoder_layers", 0), options.pop("decoder_layers", 0)
-    if encoder_layers or decoder_layers or options.get("role") == "encoder-decoder":
-        from lnref.encdec import EncoderDecoder
-
-        if n_layers is not None and n_layers != encoder_layers + decoder_layers:
-            raise ConfigError("build: give n_layers for one stack, or encoder_layers and decoder_layers, not both")
-        for flag in ("causal", "cross_attention"):
-            if options.pop(flag, False):
-                raise ConfigError(
-                    f"build: an encoder-decoder model takes no {flag} option: its encoder attends both "
-                    "ways, its decoder is causal and attends to the encoder's output"
-                )
-        depths = {"encoder_layers": encoder_layers, "decoder_layers": decoder_layers}
-        options.setdefault("role", "encoder-decoder")
-        return EncoderDecoder(
-            Config(scheme, encoder_layers + decoder_layers, d_model, n_heads, d_ff, **depths, **options)
-        )
-    if n_layers is None:
-        raise ConfigError("build: give n_layers (a model of one stack), or encoder_layers and decoder_layers")
-    return Model(Config(scheme, n_layers, d_model, n_heads, d_ff, **options))
-
-
-def from_config(config: Config) -> Model | EncoderDecoder:
-    """The model a Config describes: one stack, or an encoder-decoder model."""
-    if config.role == "encoder-decoder":
-        from lnref.encdec import EncoderDecoder
-
-        return EncoderDecoder(config)
-    return Model(config)

@@ -308,7 +308,7 @@ def profile_over_seeds(build_kwargs, seeds, batch=2, seq=8, memory_len=None, str
     ``stack``: which stack of an encoder-decoder model is probed. ``progress(message)``, if
     given, is called once per seed.
     """
-    from lnref.model import build
+    from lnref.building import build
 
     seeds = [int(s) for s in seeds]
     if not seeds:

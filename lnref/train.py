@@ -46,8 +46,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lnref.building import build
 from lnref.lm import LanguageModel, TranslationModel
-from lnref.model import ConfigError, build
+from lnref.model import ConfigError
 from lnref.optim import OPTIMIZERS, SCHEDULES, Schedule, clip_by_global_norm, global_norm
 from lnref.sweep import driver
 from lnref.sweep.backends import open_backend

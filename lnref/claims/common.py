@@ -34,7 +34,7 @@ def ffn_gain(d_model, d_ff):
 
 def build(scheme, n_layers, seed, d_model, setting="xiong", **options):
     """A model of ``scheme`` in one of the two settings (see the module docstring)."""
-    from lnref.model import build as build_model
+    from lnref.building import build as build_model
 
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")

@@ -14,10 +14,10 @@ import math
 
 import numpy as np
 
+from lnref.building import build
 from lnref.claims.core import Check, Claim, Result
 from lnref.claims.stats import mean_se
 from lnref.claims.trace import trace
-from lnref.model import build
 from lnref.schemes import ngpt
 
 INF = math.inf

@@ -13,9 +13,9 @@ import math
 import numpy as np
 
 from lnref.autograd import Tensor
+from lnref.building import build
 from lnref.claims.core import Check, Claim, Result
 from lnref.claims.trace import trace
-from lnref.model import build
 from lnref.qk_norms import MAX_LOG_LOGIT_SCALE, QK_NORMS
 
 INF = math.inf

@@ -55,7 +55,7 @@ def encoder_decoder_model(scheme, depth, seed, d_model, batch, seq):
     """An encoder and a decoder of ``depth`` layers each (the lnref setting's sizes: 4 heads,
     d_ff = 4d; the scheme's encoder and decoder constants) and its seeded batch: (model,
     (source, target), dy, None)."""
-    from lnref.model import build
+    from lnref.building import build
 
     model = build(
         scheme, encoder_layers=depth, decoder_layers=depth, d_model=d_model, n_heads=4, d_ff=4 * d_model, seed=seed

@@ -222,7 +222,7 @@ def model_from_options(
 ) -> Model | EncoderDecoder:
     """The model that :func:`model_options` describe (the other options are ignored): one stack
     of ``layers``, or an encoder-decoder model of ``encoder_layers`` and ``decoder_layers``."""
-    from lnref.model import build
+    from lnref.building import build
 
     depths = encoder_decoder_depths(encoder_layers, decoder_layers, causal, cross_attention)
     return build(

@@ -194,7 +194,8 @@ def _recomputed(
 ) -> Arrays:
     """Every array of the record, as its model computes them with ``config_changes``, other
     ``params``, or its final norm applied ``final_norm_times`` times."""
-    from lnref.model import Model, from_config
+    from lnref.building import from_config
+    from lnref.model import Model
 
     model = from_config(dataclasses.replace(golden.config, **config_changes))
     model.load(golden.params if params is None else params)

@@ -144,7 +144,7 @@ def from_golden(path: PathLike, verify: bool = True) -> Model | EncoderDecoder:
 
 
 def _load(path: PathLike) -> tuple[Golden, Model | EncoderDecoder]:
-    from lnref.model import from_config
+    from lnref.building import from_config
 
     path = os.fspath(path)
     arrays, config_entry = read_arrays(path)

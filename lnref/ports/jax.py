@@ -219,6 +219,7 @@ class Stack:
         for name, known in (("norm", NORM_KINDS), ("activation", ACTIVATIONS), ("qk_norm", QK_NORMS)):
             if config.get(name, "none") not in known:
                 raise ValueError(f"the JAX port has no {name} {config[name]!r}; it has {', '.join(known)}")
+        self.activation = ACTIVATIONS[config["activation"]]  # the function, for schemes with their own FFN
 
     def option(self, name: str, default: Any) -> Any:
         """A scheme's own option: a golden file's config holds only those set away from the default."""

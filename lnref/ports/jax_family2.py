@@ -63,9 +63,7 @@ def _ngpt_attention(h, source, p, s_qk, heads, causal):
 
 @functools.partial(jax.jit, static_argnames=("activation",))
 def _ngpt_feed_forward(h, p, s_u, activation):
-    from lnref.ports.jax import ACTIVATIONS
-
-    return ACTIVATIONS[activation](s_u * (h @ p["w1"] + p["b1"])) @ p["w2"] + p["b2"]
+    return activation(s_u * (h @ p["w1"] + p["b1"])) @ p["w2"] + p["b2"]
 
 
 @jax.jit
@@ -90,7 +88,7 @@ def ngpt(m: Stack, x: Any) -> Any:
         for b in m.branches:
             if b == "ffn":
                 p = m.group(f"layers.{l}.ffn")
-                out = _ngpt_feed_forward(h, p, p["s_u"] * root_d, m.c["activation"])
+                out = _ngpt_feed_forward(h, p, p["s_u"] * root_d, m.activation)
             else:
                 p = m.group(f"layers.{l}.{b}")
                 source = m.memory if b == "cross" else h

@@ -181,14 +181,12 @@ def run(config, params, x, dy, memory=None):
 
 
 def evaluate(path, **overrides):
-    """Everything a golden file predicts, recomputed by torch autograd (as :func:`run`; an
-    encoder-decoder model's file as ``torch_encdec.run``); ``overrides`` replace entries of the
-    file's model config (for negative controls)."""
+    """Everything a golden file of one stack predicts, recomputed by torch autograd (as
+    :func:`run`); ``overrides`` replace entries of the file's model config (for negative
+    controls). An encoder-decoder model's file is ``torch_encdec.evaluate``'s."""
     document, arrays = read_golden(path)
     if document["model"].get("role") == "encoder-decoder":
-        from lnref.ports import torch_encdec
-
-        return torch_encdec.evaluate(path, **overrides)
+        raise ValueError(f"{path} holds an encoder-decoder model: lnref.ports.torch_encdec.evaluate reads it")
     config = {**document["model"], **overrides}
     params = {name[len("params/") :]: value for name, value in arrays.items() if name.startswith("params/")}
     return run(config, params, arrays["x"], arrays["dy"], arrays.get("memory"))

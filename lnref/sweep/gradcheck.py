@@ -78,7 +78,7 @@ def left_out(schemes: list[str], norms: list[str], model: dict[str, Any]) -> dic
 def run_check_task(config: dict[str, Any]) -> dict[str, Any]:
     """One model checked as ``lnref gradcheck`` checks it alone: the report's JSON document."""
     from lnref import gradcheck as checker
-    from lnref.model import build
+    from lnref.building import build
 
     model_options = dict(config["model"])
     settings = {key: config[key] for key in ("mode", "point", "batch", "seq", "entries", "rtol", "atol")}

@@ -45,7 +45,7 @@ def export(tmp_path, scheme, encoder_layers, decoder_layers, generic=True, **opt
 
 
 def assert_agrees(path):
-    expected, actual = stored(path), torch_port.evaluate(path)
+    expected, actual = stored(path), torch_encdec.evaluate(path)
     predicted = {"y", "memory", "loss", *(n for n in expected if n.startswith(("grads/", "hidden/")))}
     assert set(actual) == predicted
     failing = disagreements(expected, actual)
@@ -76,7 +76,7 @@ def test_port_agrees_with_rmsnorm_and_the_exact_gelu(tmp_path, scheme):
 
 def test_lnref_compare_passes_the_port_output(tmp_path):
     golden = export(tmp_path, "residual", 2, 2)
-    np.savez(tmp_path / "torch.npz", **torch_port.evaluate(golden))
+    np.savez(tmp_path / "torch.npz", **torch_encdec.evaluate(golden))
     result = CliRunner().invoke(main, ["compare", str(golden), str(tmp_path / "torch.npz"), "--json"])
     report = json.loads(result.stdout)
     assert result.exit_code == 0, result.output
@@ -104,3 +104,10 @@ def test_a_neighbouring_scheme_disagrees(tmp_path):
     path = export(tmp_path, "post", 2, 2)
     failing = disagreements(stored(path), torch_encdec.evaluate(path, scheme="b2t"))
     assert "y" in failing and "memory" in failing
+
+
+def test_the_one_stack_port_refuses_an_encoder_decoder_file_in_one_line(tmp_path):
+    path = tmp_path / "encdec.npz"
+    export_golden(lnref.build("pre", encoder_layers=1, decoder_layers=1, **SMALL), path)
+    with pytest.raises(ValueError, match="torch_encdec.evaluate reads it"):
+        torch_port.evaluate(path)
