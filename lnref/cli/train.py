@@ -371,7 +371,7 @@ def stability(
     one_blas_thread_unless_chosen()  # for runs in this process (--backend serial)
     with input_errors():
         from lnref.tasks import get_task
-        from lnref.train import default_warmup, grid_configs, grid_tasks
+        from lnref.train import default_warmup, grid_configs, grid_tasks, make_lm
 
         chosen = warmup is None
         if chosen:
@@ -396,8 +396,6 @@ def stability(
             eval_every=eval_every,
             divergence_factor=divergence_factor,
         )
-        from lnref.train import make_lm
-
         chosen_task = get_task(task, seq)
         for scheme in scheme_list:  # a scheme of one's own whose layer is wrong fails here, not in every run
             probe_forward(make_lm(next(c for c in configs if c.scheme == scheme), chosen_task).model)
