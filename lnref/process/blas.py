@@ -29,11 +29,11 @@ from collections.abc import Mapping
 from typing import Any
 
 TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
-# 2^16 cycles, tens of microseconds. Short enough that the workers sleep early in an
-# attention core (milliseconds at the sizes that take threads); long enough that the
-# products of a medium model, which follow each other more closely, find them awake
-# (docs/performance.md: what each setting measured).
-IDLE_TIMEOUT = 16
+# 2^20 cycles, a few tenths of a millisecond. Longer than the gaps between a medium model's
+# products (its compiled attention and norm calls), so the workers are awake for the next
+# product instead of being woken for each; shorter than a big model's attention core
+# (milliseconds), so they sleep through it (docs/performance.md: what each setting measured).
+IDLE_TIMEOUT = 20
 
 _GETTERS = (
     "scipy_openblas_get_num_threads64_",
