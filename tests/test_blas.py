@@ -30,10 +30,10 @@ def run_python(code, **env):
     "value, sleep",
     [
         (None, False),
-        ("16", True),
+        (str(blas.IDLE_TIMEOUT), True),
         ("4", True),
         (" 8 ", True),
-        ("17", False),
+        (str(blas.IDLE_TIMEOUT + 1), False),
         ("28", False),
         ("", False),
         ("soon", False),
