@@ -14,6 +14,10 @@ same order), with no Tensor, record or tape made per call. Both give the same bi
 that ran the Python; each looks every primitive up by name when it runs (a test's broken VJP
 is the one it calls).
 
+A replayed pass also fuses: each residual branch a + S(LN(a)) of its steps, S the attention
+sublayer or the FFN, runs as one step with one compiled kernel each way (``fusion.py``), with
+the bits of the three steps it stands for.
+
 The contract is that of a JAX ``jit``: the recorded code computes on Tensors only through
 primitives, and whatever else it passes them is a constant of the configuration (a number, a
 string, None). A Tensor or array argument that is neither an input nor the output of a
@@ -31,24 +35,37 @@ from typing import Any
 
 import numpy as np
 
+from lnref.autograd import fusion
 from lnref.autograd.dtypes import FLOAT32, FLOAT64
 from lnref.autograd.primitive import PRIMITIVES, call
 from lnref.autograd.tape import Record, Tape, gc_paused
 from lnref.autograd.tensor import Tensor
 
-Step = tuple[str, tuple[int, ...], dict[str, Any]]
+Step = fusion.Step  # (primitive name, argument slots, static parameters, output slot)
 
 
 class Program:
     """The calls of a recorded pass as steps over numbered slots: the inputs first, then one
-    slot per call's output, then the constants."""
+    slot per call's output, then the constants.
+
+    :meth:`value_and_grad` runs ``fused_steps``, the steps with each residual branch that has
+    a fused primitive as one step (``fusion.py``: the same bits, fewer calls), unless a
+    primitive they stand for is no longer the registered one (a test's broken VJP): then it
+    runs the recorded steps, which call it."""
 
     def __init__(self, steps: list[Step], inputs: list[Any], constants: list[Any], output_slot: int) -> None:
         self.steps = steps
         self.inputs = inputs  # the recorded pass's input Tensors, given new values by each run
         self.constants = constants
         self.output_slot = output_slot
-        self._needs_of: dict[tuple[bool, ...], list[bool]] = {}
+        first_constant = len(inputs) + len(steps)
+        # What the fusion may take as fixed: the constants, and the inputs that were None (a
+        # one-stack model's memory), which a run must leave None to run the fused steps.
+        self._none_inputs = [slot for slot, value in enumerate(inputs) if value is None]
+        fixed = {**dict.fromkeys(self._none_inputs), **dict(enumerate(constants, first_constant))}
+        self.fused_steps = fusion.fuse(steps, fixed, output_slot)
+        self._fused_for = fusion.registered()
+        self._needs_of: dict[tuple[bool, tuple[bool, ...]], list[bool]] = {}
 
     @classmethod
     def from_records(cls, records: Sequence[Record], inputs: Sequence[Any], output: Tensor) -> Program | None:
@@ -80,8 +97,8 @@ class Program:
         first_constant = len(inputs) + len(records)
         return cls(
             [
-                (name, tuple(first_constant - 1 - s if s < 0 else s for s in slots), params)
-                for name, slots, params in steps
+                (name, tuple(first_constant - 1 - s if s < 0 else s for s in slots), params, len(inputs) + index)
+                for index, (name, slots, params) in enumerate(steps)
             ],
             list(inputs),
             constants,
@@ -94,32 +111,41 @@ class Program:
         """(the output's value, d output / d input for each input flagged in ``differentiate``,
         None for the others) at ``arrays``, the inputs' new values; the output is a scalar.
         What a tape gives for :meth:`run`'s records, computed without them (see the module)."""
+        if fusion.still_registered(self._fused_for) and all(arrays[slot] is None for slot in self._none_inputs):
+            try:
+                return self._value_and_grad(True, arrays, differentiate)
+            except (TypeError, ValueError):
+                pass  # the recorded steps raise it again, named after the primitive a taped pass names
+        return self._value_and_grad(False, arrays, differentiate)
+
+    def _value_and_grad(
+        self, fused: bool, arrays: Sequence[Any], differentiate: Sequence[bool]
+    ) -> tuple[np.ndarray, list[np.ndarray | None]]:
         n_inputs = len(self.inputs)
+        steps = self.fused_steps if fused else self.steps
         values: list[Any] = [None if a is None else _float_array(a) for a in arrays]
-        needs = self._needs(tuple(d and a is not None for a, d in zip(values, differentiate)))
+        needs = self._needs(fused, tuple(d and a is not None for a, d in zip(values, differentiate)))
         values += [None] * len(self.steps) + self.constants
         primitives, kept = [], []
-        slot = n_inputs
         with gc_paused():
-            for name, arg_slots, params in self.steps:
+            for name, arg_slots, params, slot in steps:
                 primitive = PRIMITIVES[name]
                 values[slot], residuals = primitive.forward(*[values[s] for s in arg_slots], **params)
                 primitives.append(primitive)
                 kept.append(residuals)
-                slot += 1
             output = values[self.output_slot]
             if np.size(output) != 1:
                 raise ValueError(f"backward: output of shape {np.shape(output)} needs a cotangent")
             grads: list[Any] = [None] * (n_inputs + len(self.steps))
             if needs[self.output_slot]:
                 grads[self.output_slot] = np.ones_like(output)
-            for index in range(len(self.steps) - 1, -1, -1):
-                slot = n_inputs + index
+            for index in range(len(steps) - 1, -1, -1):
+                slot = steps[index][3]
                 dout, grads[slot] = grads[slot], None
                 residuals, kept[index] = kept[index], None  # freed once used
                 if dout is None:
                     continue  # this output does not reach the loss
-                for arg, darg in zip(self.steps[index][1], primitives[index].vjp(dout, residuals)):
+                for arg, darg in zip(steps[index][1], primitives[index].vjp(dout, residuals)):
                     if darg is None or not needs[arg]:
                         continue
                     grads[arg] = darg if grads[arg] is None else grads[arg] + darg
@@ -127,24 +153,22 @@ class Program:
             (np.zeros_like(values[i]) if grads[i] is None else grads[i]) if needs[i] else None for i in range(n_inputs)
         ]
 
-    def _needs(self, inputs_need: tuple[bool, ...]) -> list[bool]:
+    def _needs(self, fused: bool, inputs_need: tuple[bool, ...]) -> list[bool]:
         """Whether each slot needs a gradient, given which inputs do: an input flagged, a
         call's output when one of its arguments does, never a constant (as the tape decides)."""
-        needs = self._needs_of.get(inputs_need)
+        needs = self._needs_of.get((fused, inputs_need))
         if needs is None:
             needs = [*inputs_need, *([False] * (len(self.steps) + len(self.constants)))]
-            for index, (_, arg_slots, _) in enumerate(self.steps):
-                needs[len(inputs_need) + index] = any(needs[s] for s in arg_slots)
-            self._needs_of[inputs_need] = needs
+            for _, arg_slots, _, slot in self.fused_steps if fused else self.steps:
+                needs[slot] = any(needs[s] for s in arg_slots)
+            self._needs_of[(fused, inputs_need)] = needs
         return needs
 
     def run(self) -> Tensor:
         """The recorded calls on the inputs' current values, recorded on the active tape."""
         values: list[Any] = [*self.inputs, *([None] * len(self.steps)), *self.constants]
-        slot = len(self.inputs)
-        for name, arg_slots, params in self.steps:
+        for name, arg_slots, params, slot in self.steps:
             values[slot] = call(name, tuple([values[s] for s in arg_slots]), params)
-            slot += 1
         output: Tensor = values[self.output_slot]
         return output
 

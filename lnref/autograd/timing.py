@@ -33,6 +33,7 @@ around the work: the tape, the replay, the primitives' own code, gradient accumu
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -73,6 +74,8 @@ _SUBLAYER_TWIN_KINDS = {
     "heads_pieces_attention": ELEMENTWISE,
     "feed_forward": ELEMENTWISE,
     "normed_feed_forward": ELEMENTWISE,
+    "residual_normed_attention": ELEMENTWISE,
+    "residual_normed_feed_forward": ELEMENTWISE,
 }
 
 # Compiled loops that a path calls by module-level name, timed on their own.
@@ -109,6 +112,7 @@ class TimeSplit:
         """``fn``, its time (less that of timed calls inside it) added to ``kind``."""
         inner, seconds, calls, clock = self._inner, self.seconds, self.calls, time.perf_counter
 
+        @functools.wraps(fn)  # a replayed pass tells a timed primitive from a swapped one by it
         def run(*args: Any, **kwargs: Any) -> Any:
             inner.append(0.0)
             started = clock()

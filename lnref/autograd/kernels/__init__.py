@@ -42,6 +42,8 @@ The modules
 ``attention_heads_pieces`` the same with a head scale and a LayerNorm before W_o (NormFormer, Sub-LN)
 ``feed_forward``       linear, activation, linear in one call each way
 ``feed_forward_normed`` the same with a LayerNorm on the hidden units (Sub-LN, NormFormer)
+``residual_normed``    a residual branch with a LayerNorm on its input, a + S(LN(a)), the
+                       replayed pass's fusion of the three (Pre-LN's branches)
 ``activations``        GELU, the ReLU backward
 ``warmup``             a first run's compilation
 
@@ -131,6 +133,16 @@ from lnref.autograd.kernels.pointwise_norms import (
     dyt_forward,
     dyt_forward_reference,
 )
+from lnref.autograd.kernels.residual_normed import (
+    residual_normed_attention_backward,
+    residual_normed_attention_backward_reference,
+    residual_normed_attention_forward,
+    residual_normed_attention_forward_reference,
+    residual_normed_feed_forward_backward,
+    residual_normed_feed_forward_backward_reference,
+    residual_normed_feed_forward_forward,
+    residual_normed_feed_forward_forward_reference,
+)
 from lnref.autograd.kernels.scale_norm import (
     scale_norm_backward,
     scale_norm_backward_reference,
@@ -195,6 +207,14 @@ __all__ = [
     "numba_requested",
     "relu_backward",
     "relu_backward_reference",
+    "residual_normed_attention_backward",
+    "residual_normed_attention_backward_reference",
+    "residual_normed_attention_forward",
+    "residual_normed_attention_forward_reference",
+    "residual_normed_feed_forward_backward",
+    "residual_normed_feed_forward_backward_reference",
+    "residual_normed_feed_forward_forward",
+    "residual_normed_feed_forward_forward_reference",
     "rms_norm_backward",
     "rms_norm_backward_reference",
     "rms_norm_forward",

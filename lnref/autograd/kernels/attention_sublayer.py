@@ -301,7 +301,7 @@ def attention_sublayer_work(batch: int, t_len: int, s_len: int, d_model: int) ->
 # together) while the dozen NumPy calls it saves cost more than the products' arithmetic: for
 # the small model's sublayer and the gradient checker's batches of it, not for the medium
 # model's. ``benchmarks/bench_ops.py`` times both twins on either side of the limits.
-LOOP_PAYS_UP_TO = (64 * 32 * 32, 32 * 32 * 32)
+LOOP_PAYS_UP_TO: tuple[int, int] = (64 * 32 * 32, 32 * 32 * 32)
 ATTENTION_SUBLAYER_FORWARD = Twin(
     "attention_sublayer_forward",
     reference=attention_sublayer_forward_reference,
@@ -316,7 +316,7 @@ ATTENTION_SUBLAYER_BACKWARD = Twin(
 )
 
 
-def _check_attention_sublayer_shapes(
+def check_attention_sublayer_shapes(
     x: np.ndarray,
     memory: np.ndarray | None,
     wq: np.ndarray,
@@ -383,7 +383,7 @@ def attention_sublayer_forward(
         x, wq, bq, wk, bk, wv, bv, wo, bo, memory = float_arrays(x, wq, bq, wk, bk, wv, bv, wo, bo, memory)
         s_len = memory.shape[1] if memory.ndim == 3 else 0
     causal = bool(causal)
-    _check_attention_sublayer_shapes(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal)
+    check_attention_sublayer_shapes(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal)
     forward = ATTENTION_SUBLAYER_FORWARD.pick(*attention_sublayer_work(x.shape[0], x.shape[1], s_len, x.shape[2]))
     return forward(x, memory, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal)
 

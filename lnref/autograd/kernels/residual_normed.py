@@ -1,0 +1,475 @@
+"""A residual branch with a LayerNorm on its input, y = a + S(LN(a)), as one kernel each way.
+
+Pre-LN's two branches, and any scheme's branch of that shape, are three primitives: the norm,
+the sublayer S (the attention sublayer or the FFN) and the residual add, six kernel calls a
+pass. A replayed pass fuses them (``autograd/fusion.py``); here one compiled call runs the
+forward and one the backward, calling the composition's own loops in the composition's order
+(LayerNorm's row loops, the sublayer's whole-sublayer kernel, then the add), so the fused
+branch and the three primitives agree to the bit. Past the sublayer's loop limit, or while a
+test or a benchmark has put another implementation in the place of one of the three kernels,
+the NumPy twin runs the composition's public kernels in one call.
+
+Arguments: ``a`` (B, T, d), the norm's ``gamma`` and ``beta`` (d,) and ``eps``, then the
+sublayer's weights as ``attention_sublayer`` and ``feed_forward`` take them (self-attention
+only). The residuals are the norm's output ``normed`` and its ``mean`` and ``rstd``, then the
+sublayer's own.
+
+    forward:   normed = LN(a),   y = a + S(normed)
+    backward:  dnormed, dW = the sublayer's VJP at dy,   da_ln, dgamma, dbeta = LN's VJP at dnormed
+               da = dy + da_ln          (the add's cotangent first, as the tape accumulates it)
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import numpy as np
+
+import lnref.autograd.kernels as kernels
+from lnref.autograd.kernels import attention_sublayer, feed_forward, linear, norms
+from lnref.autograd.kernels.checks import check_fit, cotangent, float_arrays
+from lnref.autograd.kernels.norms import layer_norm_backward_kernel, layer_norm_forward_kernel
+from lnref.autograd.kernels.seam import Twin, njit
+
+Arrays = tuple[np.ndarray, ...]
+
+
+@njit(cache=True)
+def add_into(a: np.ndarray, y: np.ndarray) -> None:
+    """y <- a + y, element by element (the residual add, the stream's value first)."""
+    a_flat, y_flat = a.ravel(), y.ravel()
+    for i in range(y_flat.size):
+        y_flat[i] = a_flat[i] + y_flat[i]
+
+
+# ----- the attention branch ------------------------------------------------------------
+
+
+def residual_normed_attention_forward_reference(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, n_heads: int, causal: bool
+) -> Arrays:
+    """NumPy twin: the three kernels in turn; returns ``(y, normed, mean, rstd, q, k, v,
+    probs, heads)``."""
+    rows, mean, rstd = kernels.layer_norm_forward(a.reshape(-1, a.shape[-1]), gamma, beta, eps)
+    normed = rows.reshape(a.shape)
+    wq, bq, wk, bk, wv, bv, wo, bo = weights
+    out, *kept = kernels.attention_sublayer_forward(normed, None, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal)
+    return (a + out, normed, mean, rstd, *kept)
+
+
+def residual_normed_attention_backward_reference(
+    dy: np.ndarray,
+    a: np.ndarray,
+    gamma: np.ndarray,
+    normed: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    wq: np.ndarray,
+    wk: np.ndarray,
+    wv: np.ndarray,
+    wo: np.ndarray,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    probs: np.ndarray,
+    heads: np.ndarray,
+) -> Arrays:
+    """NumPy twin; returns ``(da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo)``."""
+    dnormed, _, *dweights = kernels.attention_sublayer_backward(
+        dy, normed, None, wq, wk, wv, wo, q, k, v, probs, heads, residuals_checked=True
+    )
+    d = a.shape[-1]
+    da, dgamma, dbeta = kernels.layer_norm_backward(
+        cast(np.ndarray, dnormed).reshape(-1, d), a.reshape(-1, d), gamma, mean, rstd, residuals_checked=True
+    )
+    return (dy + da.reshape(a.shape), dgamma, dbeta, *cast(Arrays, dweights))
+
+
+@njit(cache=True)
+def _residual_normed_attention_forward_kernel(
+    a: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    eps: float,
+    wq: np.ndarray,
+    bq: np.ndarray,
+    wk: np.ndarray,
+    bk: np.ndarray,
+    wv: np.ndarray,
+    bv: np.ndarray,
+    wo: np.ndarray,
+    bo: np.ndarray,
+    causal: bool,
+    normed: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    probs: np.ndarray,
+    heads: np.ndarray,
+    y: np.ndarray,
+) -> None:
+    n_batch, t_len, d = a.shape
+    n_rows = n_batch * t_len
+    layer_norm_forward_kernel(a.reshape((n_rows, d)), gamma, beta, eps, normed.reshape((n_rows, d)), mean, rstd)
+    attention_sublayer._attention_sublayer_forward_kernel(
+        normed, normed, wq, bq, wk, bk, wv, bv, wo, bo, causal, q, k, v, probs, heads, y
+    )
+    add_into(a, y)
+
+
+@njit(cache=True)
+def _residual_normed_attention_backward_kernel(
+    dy: np.ndarray,
+    a: np.ndarray,
+    gamma: np.ndarray,
+    normed: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    wq: np.ndarray,
+    wk: np.ndarray,
+    wv: np.ndarray,
+    wo: np.ndarray,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    probs: np.ndarray,
+    heads: np.ndarray,
+    dnormed: np.ndarray,
+    dw: np.ndarray,
+    db: np.ndarray,
+    da: np.ndarray,
+    dgamma: np.ndarray,
+    dbeta: np.ndarray,
+) -> None:
+    n_batch, t_len, d = a.shape
+    n_rows = n_batch * t_len
+    attention_sublayer._attention_sublayer_backward_kernel(
+        dy, normed, normed, wq, wk, wv, wo, q, k, v, probs, heads, False, dnormed, dnormed, dw, db
+    )
+    layer_norm_backward_kernel(
+        dnormed.reshape((n_rows, d)), a.reshape((n_rows, d)), gamma, mean, rstd, da.reshape((n_rows, d)), dgamma, dbeta
+    )
+    add_into(dy, da)
+
+
+def _residual_normed_attention_forward_loop(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, n_heads: int, causal: bool
+) -> Arrays:
+    """Loop twin (allocates, then runs :func:`_residual_normed_attention_forward_kernel`)."""
+    shape, dtype = a.shape, a.dtype
+    batch, t_len, rows = shape[0], shape[1], shape[0] * shape[1]
+    normed, q, k, v, heads, y = (
+        np.empty(shape, dtype),
+        np.empty(shape, dtype),
+        np.empty(shape, dtype),
+        np.empty(shape, dtype),
+        np.empty(shape, dtype),
+        np.empty(shape, dtype),
+    )
+    mean, rstd = np.empty(rows, dtype), np.empty(rows, dtype)
+    probs = np.zeros((batch, n_heads, t_len, t_len), dtype)
+    wq, bq, wk, bk, wv, bv, wo, bo = weights
+    _residual_normed_attention_forward_kernel(
+        a, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, normed, mean, rstd, q, k, v, probs, heads, y
+    )
+    return y, normed, mean, rstd, q, k, v, probs, heads
+
+
+def _residual_normed_attention_backward_loop(
+    dy: np.ndarray,
+    a: np.ndarray,
+    gamma: np.ndarray,
+    normed: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    wq: np.ndarray,
+    wk: np.ndarray,
+    wv: np.ndarray,
+    wo: np.ndarray,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    probs: np.ndarray,
+    heads: np.ndarray,
+) -> Arrays:
+    """Loop twin (allocates, then runs :func:`_residual_normed_attention_backward_kernel`)."""
+    dtype, d = a.dtype, a.shape[-1]
+    dnormed, da = np.empty(a.shape, dtype), np.empty(a.shape, dtype)
+    dw, db = np.empty((4, d, d), dtype), np.empty((4, d), dtype)
+    dgamma, dbeta = np.zeros(d), np.zeros(d)  # float64 accumulators, as LayerNorm's loop keeps them
+    _residual_normed_attention_backward_kernel(
+        dy, a, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads, dnormed, dw, db, da, dgamma, dbeta
+    )
+    return (
+        da,
+        dgamma.astype(dtype, copy=False),
+        dbeta.astype(dtype, copy=False),
+        dw[0],
+        db[0],
+        dw[1],
+        db[1],
+        dw[2],
+        db[2],
+        dw[3],
+        db[3],
+    )
+
+
+RESIDUAL_NORMED_ATTENTION_FORWARD = Twin(
+    "residual_normed_attention_forward",
+    reference=residual_normed_attention_forward_reference,
+    loop=_residual_normed_attention_forward_loop,
+    loop_pays_up_to=attention_sublayer.LOOP_PAYS_UP_TO,
+)
+RESIDUAL_NORMED_ATTENTION_BACKWARD = Twin(
+    "residual_normed_attention_backward",
+    reference=residual_normed_attention_backward_reference,
+    loop=_residual_normed_attention_backward_loop,
+    loop_pays_up_to=attention_sublayer.LOOP_PAYS_UP_TO,
+)
+
+
+# ----- the feed-forward branch ---------------------------------------------------------
+
+
+def residual_normed_feed_forward_forward_reference(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str
+) -> Arrays:
+    """NumPy twin; returns ``(y, normed, mean, rstd, hidden, acted)``, ``normed`` as rows."""
+    normed, mean, rstd = kernels.layer_norm_forward(a.reshape(-1, a.shape[-1]), gamma, beta, eps)
+    w1, b1, w2, b2 = weights
+    out, hidden, acted = kernels.feed_forward_forward(normed, w1, b1, w2, b2, activation)
+    return a + out.reshape(a.shape), normed, mean, rstd, hidden, acted
+
+
+def residual_normed_feed_forward_backward_reference(
+    dy: np.ndarray,
+    a: np.ndarray,
+    gamma: np.ndarray,
+    normed: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    w1: np.ndarray,
+    w2: np.ndarray,
+    hidden: np.ndarray,
+    acted: np.ndarray,
+    activation: str,
+) -> Arrays:
+    """NumPy twin; returns ``(da, dgamma, dbeta, dw1, db1, dw2, db2)``."""
+    d = a.shape[-1]
+    dnormed, *dweights = kernels.feed_forward_backward(
+        dy.reshape(-1, d), normed, w1, w2, hidden, acted, activation, residuals_checked=True
+    )
+    da, dgamma, dbeta = kernels.layer_norm_backward(
+        dnormed, a.reshape(-1, d), gamma, mean, rstd, residuals_checked=True
+    )
+    return (dy + da.reshape(a.shape), dgamma, dbeta, *dweights)
+
+
+@njit(cache=True)
+def _residual_normed_feed_forward_forward_kernel(
+    a: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    eps: float,
+    w1: np.ndarray,
+    b1: np.ndarray,
+    w2: np.ndarray,
+    b2: np.ndarray,
+    activation: int,
+    normed: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    hidden: np.ndarray,
+    acted: np.ndarray,
+    y: np.ndarray,
+) -> None:
+    rows = normed.shape
+    layer_norm_forward_kernel(a.reshape(rows), gamma, beta, eps, normed, mean, rstd)
+    feed_forward._feed_forward_forward_kernel(normed, w1, b1, w2, b2, activation, hidden, acted, y.reshape(rows))
+    add_into(a, y)
+
+
+@njit(cache=True)
+def _residual_normed_feed_forward_backward_kernel(
+    dy: np.ndarray,
+    a: np.ndarray,
+    gamma: np.ndarray,
+    normed: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    w1: np.ndarray,
+    w2: np.ndarray,
+    hidden: np.ndarray,
+    acted: np.ndarray,
+    activation: int,
+    dacted: np.ndarray,
+    dnormed: np.ndarray,
+    dw1: np.ndarray,
+    db1: np.ndarray,
+    dw2: np.ndarray,
+    db2: np.ndarray,
+    da: np.ndarray,
+    dgamma: np.ndarray,
+    dbeta: np.ndarray,
+) -> None:
+    rows = normed.shape
+    feed_forward._feed_forward_backward_kernel(
+        dy.reshape(rows), normed, w1, w2, hidden, acted, activation, dacted, dnormed, dw1, db1, dw2, db2
+    )
+    layer_norm_backward_kernel(dnormed, a.reshape(rows), gamma, mean, rstd, da.reshape(rows), dgamma, dbeta)
+    add_into(dy, da)
+
+
+def _residual_normed_feed_forward_forward_loop(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str
+) -> Arrays:
+    """Loop twin (allocates, then runs :func:`_residual_normed_feed_forward_forward_kernel`)."""
+    w1, b1, w2, b2 = weights
+    dtype, d = a.dtype, a.shape[-1]
+    rows = a.size // d
+    normed, mean, rstd = np.empty((rows, d), dtype), np.empty(rows, dtype), np.empty(rows, dtype)
+    hidden = np.empty((rows, w1.shape[1]), dtype)
+    acted = hidden if activation == "relu" else np.empty_like(hidden)  # ReLU in place, as the FFN's loop
+    y = np.empty(a.shape, dtype)
+    code = feed_forward.FFN_CODES[activation]
+    _residual_normed_feed_forward_forward_kernel(
+        a, gamma, beta, eps, w1, b1, w2, b2, code, normed, mean, rstd, hidden, acted, y
+    )
+    return y, normed, mean, rstd, hidden, acted
+
+
+def _residual_normed_feed_forward_backward_loop(
+    dy: np.ndarray,
+    a: np.ndarray,
+    gamma: np.ndarray,
+    normed: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    w1: np.ndarray,
+    w2: np.ndarray,
+    hidden: np.ndarray,
+    acted: np.ndarray,
+    activation: str,
+) -> Arrays:
+    """Loop twin (allocates, then runs :func:`_residual_normed_feed_forward_backward_kernel`)."""
+    dtype, d = a.dtype, a.shape[-1]
+    dacted, dnormed, da = np.empty(acted.shape, dtype), np.empty(normed.shape, dtype), np.empty(a.shape, dtype)
+    dw1, db1 = np.empty(w1.shape, dtype), np.empty(w1.shape[1], dtype)
+    dw2, db2 = np.empty(w2.shape, dtype), np.empty(w2.shape[1], dtype)
+    dgamma, dbeta = np.zeros(d), np.zeros(d)  # float64 accumulators, as LayerNorm's loop keeps them
+    code = feed_forward.FFN_CODES[activation]
+    _residual_normed_feed_forward_backward_kernel(
+        dy,
+        a,
+        gamma,
+        normed,
+        mean,
+        rstd,
+        w1,
+        w2,
+        hidden,
+        acted,
+        code,
+        dacted,
+        dnormed,
+        dw1,
+        db1,
+        dw2,
+        db2,
+        da,
+        dgamma,
+        dbeta,
+    )
+    return da, dgamma.astype(dtype, copy=False), dbeta.astype(dtype, copy=False), dw1, db1, dw2, db2
+
+
+RESIDUAL_NORMED_FEED_FORWARD_FORWARD = Twin(
+    "residual_normed_feed_forward_forward",
+    reference=residual_normed_feed_forward_forward_reference,
+    loop=_residual_normed_feed_forward_forward_loop,
+    loop_pays_up_to=linear.LOOP_PAYS_UP_TO,
+)
+RESIDUAL_NORMED_FEED_FORWARD_BACKWARD = Twin(
+    "residual_normed_feed_forward_backward",
+    reference=residual_normed_feed_forward_backward_reference,
+    loop=_residual_normed_feed_forward_backward_loop,
+    loop_pays_up_to=linear.LOOP_PAYS_UP_TO,
+)
+
+
+# ----- the public kernels --------------------------------------------------------------
+
+
+def _check_branch(a: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> None:
+    check_fit(a.ndim == 3 and gamma.shape == beta.shape == a.shape[2:], "a", a, "gamma", gamma, "beta", beta)
+
+
+# The fused loops run only while the norm's and the sublayer's kernels run as their rule picks:
+# where a test or a forced path has put another implementation in the place of one of them,
+# the NumPy twin calls it instead.
+
+
+def residual_normed_attention_forward(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, n_heads: int, causal: bool
+) -> Arrays:
+    """y = a + A(LN(a)), A the self-attention sublayer of ``weights`` (wq, bq, wk, bk, wv, bv,
+    wo, bo); returns ``(y, normed, mean, rstd, q, k, v, probs, heads)``."""
+    a, gamma, beta, wq, bq, wk, bk, wv, bv, wo, bo = float_arrays(a, gamma, beta, *weights)
+    _check_branch(a, gamma, beta)
+    attention_sublayer.check_attention_sublayer_shapes(a, None, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, bool(causal))
+    if norms.LAYER_NORM_FORWARD.override is None and attention_sublayer.ATTENTION_SUBLAYER_FORWARD.override is None:
+        shape = a.shape
+        work = attention_sublayer.attention_sublayer_work(shape[0], shape[1], shape[1], shape[2])
+        forward = RESIDUAL_NORMED_ATTENTION_FORWARD.pick(*work)
+    else:
+        forward = RESIDUAL_NORMED_ATTENTION_FORWARD.reference
+    return forward(a, gamma, beta, float(eps), (wq, bq, wk, bk, wv, bv, wo, bo), n_heads, bool(causal))
+
+
+def residual_normed_attention_backward(dy: np.ndarray, a: np.ndarray, *residuals: np.ndarray) -> Arrays:
+    """The VJP of :func:`residual_normed_attention_forward` at ``dy``, from its input ``a``,
+    its ``gamma`` and residuals (``gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs,
+    heads``: the forward's own, unchanged); returns ``(da, dgamma, dbeta, dwq, dbq, dwk, dbk,
+    dwv, dbv, dwo, dbo)``."""
+    dy = cotangent(dy, a.dtype, a.shape)
+    if norms.LAYER_NORM_BACKWARD.override is None and attention_sublayer.ATTENTION_SUBLAYER_BACKWARD.override is None:
+        shape = a.shape
+        work = attention_sublayer.attention_sublayer_work(shape[0], shape[1], shape[1], shape[2])
+        backward = RESIDUAL_NORMED_ATTENTION_BACKWARD.pick(*work)
+    else:
+        backward = RESIDUAL_NORMED_ATTENTION_BACKWARD.reference
+    return backward(dy, a, *residuals)
+
+
+def residual_normed_feed_forward_forward(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str
+) -> Arrays:
+    """y = a + F(LN(a)), F the FFN of ``weights`` (w1, b1, w2, b2); returns ``(y, normed,
+    mean, rstd, hidden, acted)``, ``normed`` as rows."""
+    feed_forward.check_activation(activation)
+    a, gamma, beta, w1, b1, w2, b2 = float_arrays(a, gamma, beta, *weights)
+    _check_branch(a, gamma, beta)
+    d = a.shape[2]
+    fits = w1.ndim == 2 and w1.shape[0] == d and b1.shape == w1.shape[1:] and w2.shape == (w1.shape[1], d)
+    check_fit(fits and b2.shape == (d,), "a", a, "w1", w1, "b1", b1, "w2", w2, "b2", b2)
+    if norms.LAYER_NORM_FORWARD.override is None and feed_forward.FEED_FORWARD_FORWARD.override is None:
+        forward = RESIDUAL_NORMED_FEED_FORWARD_FORWARD.pick((a.size // d) * w1.size)
+    else:
+        forward = RESIDUAL_NORMED_FEED_FORWARD_FORWARD.reference
+    return forward(a, gamma, beta, float(eps), (w1, b1, w2, b2), activation)
+
+
+def residual_normed_feed_forward_backward(dy: np.ndarray, a: np.ndarray, *residuals: Any) -> Arrays:
+    """The VJP of :func:`residual_normed_feed_forward_forward` at ``dy``, from its input ``a``
+    and residuals (``gamma, normed, mean, rstd, w1, w2, hidden, acted, activation``: the
+    forward's own, unchanged); returns ``(da, dgamma, dbeta, dw1, db1, dw2, db2)``."""
+    dy = cotangent(dy, a.dtype, a.shape)
+    if norms.LAYER_NORM_BACKWARD.override is None and feed_forward.FEED_FORWARD_BACKWARD.override is None:
+        normed, w1 = residuals[1], residuals[4]
+        backward = RESIDUAL_NORMED_FEED_FORWARD_BACKWARD.pick(normed.shape[0] * w1.size)
+    else:
+        backward = RESIDUAL_NORMED_FEED_FORWARD_BACKWARD.reference
+    return backward(dy, a, *residuals)

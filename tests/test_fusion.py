@@ -1,0 +1,180 @@
+"""A replayed pass runs each residual branch a + S(LN(a)) as one step (autograd.fusion), with
+the bits of the three steps it replaces."""
+
+import numpy as np
+import pytest
+
+import lnref
+from lnref.autograd import fused, fusion, kernels, ops
+from lnref.autograd.kernels import seam
+from lnref.autograd.primitive import PRIMITIVES
+from lnref.autograd.replay import Replayer
+from lnref.autograd.timing import TimeSplit
+
+FUSED = {"residual_normed_attention", "residual_normed_feed_forward"}
+SMALL = dict(n_layers=3, d_model=16, n_heads=2, d_ff=64)  # the sublayers' loop kernels
+MEDIUM = dict(n_layers=2, d_model=64, n_heads=4, d_ff=256)  # past their limits: BLAS
+
+
+def _program(model):
+    (program,) = model.replayer.programs.values()
+    return program
+
+
+def _taped_and_replayed(model, seed=1):
+    x, dy, memory = model.sample_inputs(seed=seed)
+    return model.value_and_grad(x, dy, memory), model.value_and_grad(x, dy, memory)
+
+
+def _assert_same_bits(first, second):
+    (loss_a, grads_a), (loss_b, grads_b) = first, second
+    assert loss_a == loss_b
+    for name in grads_a:
+        np.testing.assert_array_equal(grads_a[name], grads_b[name], err_msg=name)
+
+
+def test_a_pre_ln_pass_replays_each_layer_as_two_steps():
+    model = lnref.build("pre", **SMALL)
+    _taped_and_replayed(model)
+    program = _program(model)
+    names = [step[0] for step in program.fused_steps]
+    assert len(program.steps) - len(program.fused_steps) == 4 * SMALL["n_layers"]
+    assert names.count("residual_normed_attention") == names.count("residual_normed_feed_forward") == SMALL["n_layers"]
+    assert "layer_norm" in names  # the final norm has no branch around it
+
+
+@pytest.mark.parametrize("size", [SMALL, MEDIUM], ids=["loops", "blas"])
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"activation": "gelu"}, {"activation": "gelu_tanh", "causal": True}, {"dtype": "float32"}],
+    ids=["relu", "gelu", "gelu_tanh-causal", "float32"],
+)
+def test_a_fused_pass_gives_the_bits_of_the_taped_pass(size, config):
+    model = lnref.build("pre", **size, **config)
+    taped, replayed = _taped_and_replayed(model)
+    assert FUSED <= {step[0] for step in _program(model).fused_steps}
+    _assert_same_bits(taped, replayed)
+
+
+def test_a_cross_attention_branch_is_not_fused():
+    """Its keys and values read the memory: a second input the fused kernel does not take."""
+    model = lnref.build("pre", cross_attention=True, **SMALL)
+    taped, replayed = _taped_and_replayed(model)
+    names = [step[0] for step in _program(model).fused_steps]
+    assert names.count("attention_sublayer") == names.count("residual_normed_attention") == SMALL["n_layers"]
+    _assert_same_bits(taped, replayed)
+
+
+def test_schemes_without_the_shape_keep_their_steps():
+    model = lnref.build("post", **SMALL)
+    _taped_and_replayed(model)
+    assert _program(model).fused_steps == _program(model).steps
+
+
+def _ffn_branch(extra_reader):
+    """y = sum(a + F(LN(a))), or with ``extra_reader`` a third use of the stream a."""
+
+    def fn(a, gamma, beta, w1, b1, w2, b2):
+        y = a + fused.feed_forward(ops.layer_norm(a, gamma, beta), w1, b1, w2, b2)
+        return ops.sum(y * a) if extra_reader else ops.sum(y)
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((2, 4, 8)), np.ones(8), np.zeros(8)]
+    arrays += [rng.standard_normal((8, 16)), np.zeros(16), rng.standard_normal((16, 8)), np.zeros(8)]
+    replayer = Replayer()
+    replayer.value_and_grad("key", fn, arrays, [True] * 7)
+    return replayer.programs["key"]
+
+
+def test_a_branch_whose_stream_has_another_reader_is_not_fused():
+    """a's cotangent would then be a sum of three terms, which the fused VJP cannot order as
+    the tape does."""
+    assert [step[0] for step in _ffn_branch(extra_reader=False).fused_steps] == ["residual_normed_feed_forward", "sum"]
+    program = _ffn_branch(extra_reader=True)
+    assert program.fused_steps == program.steps
+
+
+def test_a_broken_fused_backward_changes_the_replayed_gradient():
+    """The negative control of the bit tests above: they catch a wrong fused VJP."""
+    model = lnref.build("pre", **SMALL)
+    taped, _ = _taped_and_replayed(model)
+    good = seam.twin("residual_normed_feed_forward_backward").loop
+
+    def off_by_a_little(*args):
+        da, *rest = good(*args)
+        return (da * (1 + 1e-9), *rest)
+
+    with seam.replaced("residual_normed_feed_forward_backward", off_by_a_little):
+        x, dy, memory = model.sample_inputs(seed=1)
+        broken = model.value_and_grad(x, dy, memory)
+    assert taped[0] == broken[0]
+    assert not np.array_equal(taped[1]["layers.0.attn.wq"], broken[1]["layers.0.attn.wq"])
+
+
+def test_a_replay_runs_a_swapped_constituent_primitive_unfused(monkeypatch):
+    model = lnref.build("pre", **SMALL)
+    taped, _ = _taped_and_replayed(model)
+    norm = PRIMITIVES["layer_norm"]
+    without_dbeta = norm._replace(vjp=lambda dout, residuals: (*norm.vjp(dout, residuals)[:2], None))
+    monkeypatch.setitem(PRIMITIVES, "layer_norm", without_dbeta)
+    x, dy, memory = model.sample_inputs(seed=1)
+    _, grads = model.value_and_grad(x, dy, memory)
+    assert not np.any(grads["layers.0.ln_attn.beta"])
+    assert np.any(taped[1]["layers.0.ln_attn.beta"])
+
+
+def test_a_fused_step_calls_a_replaced_norm_kernel():
+    model = lnref.build("pre", **SMALL)
+    _taped_and_replayed(model)
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return kernels.layer_norm_forward_reference(*args)
+
+    with seam.replaced("layer_norm_forward", counted):
+        model.value_and_grad(*model.sample_inputs(seed=1)[:2])
+    assert len(calls) == 2 * SMALL["n_layers"] + 1
+
+
+def test_timed_primitives_keep_a_pass_fused():
+    model = lnref.build("pre", **SMALL)
+    _taped_and_replayed(model)
+    with TimeSplit():
+        assert fusion.still_registered(_program(model)._fused_for)
+
+
+@pytest.mark.parametrize("branch", ["attention", "feed_forward"])
+@pytest.mark.parametrize("shape", [(2, 8, 16), (1, 5, 12)])
+def test_the_fused_loop_twins_agree_with_the_numpy_twins(branch, shape):
+    rng = np.random.default_rng(3)
+    batch, seq, d = shape
+    a, gamma, beta = rng.standard_normal(shape), 1 + 0.1 * rng.standard_normal(d), 0.1 * rng.standard_normal(d)
+    if branch == "attention":
+        weights = sum(((0.3 * rng.standard_normal((d, d)), 0.1 * rng.standard_normal(d)) for _ in range(4)), ())
+        statics = (2, True)
+    else:
+        weights = (0.3 * rng.standard_normal((d, 3 * d)), 0.1 * rng.standard_normal(3 * d))
+        weights += (0.3 * rng.standard_normal((3 * d, d)), 0.1 * rng.standard_normal(d))
+        statics = ("gelu",)
+    forward = seam.twin(f"residual_normed_{branch}_forward")
+    backward = seam.twin(f"residual_normed_{branch}_backward")
+    dy = rng.standard_normal(shape)
+    results = []
+    for path in ("loop", "reference"):
+        out, *kept = getattr(forward, path)(a, gamma, beta, 1e-5, weights, *statics)
+        if branch == "attention":
+            residuals = (gamma, kept[0], kept[1], kept[2], *weights[::2], *kept[3:])
+        else:
+            residuals = (gamma, *kept[:3], weights[0], weights[2], *kept[3:], *statics)
+        results.append((out, *getattr(backward, path)(dy, a, *residuals)))
+    for loop, reference in zip(*results):
+        np.testing.assert_allclose(loop, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_a_fused_branch_given_weights_that_do_not_fit_says_so_in_one_line():
+    rng = np.random.default_rng(0)
+    a, gamma, beta = rng.standard_normal((2, 4, 8)), np.ones(8), np.zeros(8)
+    with pytest.raises(ValueError, match=r"^residual_normed_feed_forward: shapes do not fit: .*\n?$"):
+        w1, b1, w2, b2 = np.ones((8, 16)), np.zeros(16), np.ones((16, 7)), np.zeros(8)
+        fused.residual_normed_feed_forward(a, gamma, beta, w1, b1, w2, b2)
