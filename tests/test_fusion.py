@@ -1,5 +1,5 @@
-"""A replayed pass runs each residual branch a + S(LN(a)) as one step (autograd.fusion), with
-the bits of the three steps it replaces."""
+"""A replayed pass runs each residual branch with its LayerNorm, a + S(LN(a)) or LN(a + S(a)),
+as one step (autograd.fusion), with the bits of the three steps it replaces."""
 
 import numpy as np
 import pytest
@@ -11,7 +11,10 @@ from lnref.autograd.primitive import PRIMITIVES
 from lnref.autograd.replay import Replayer
 from lnref.autograd.timing import TimeSplit
 
-FUSED = {"residual_normed_attention", "residual_normed_feed_forward"}
+FUSED = {
+    "pre": {"residual_normed_attention", "residual_normed_feed_forward"},
+    "post": {"normed_sum_attention", "normed_sum_feed_forward"},
+}
 SMALL = dict(n_layers=3, d_model=16, n_heads=2, d_ff=64)  # the sublayers' loop kernels
 MEDIUM = dict(n_layers=2, d_model=64, n_heads=4, d_ff=256)  # past their limits: BLAS
 
@@ -33,26 +36,27 @@ def _assert_same_bits(first, second):
         np.testing.assert_array_equal(grads_a[name], grads_b[name], err_msg=name)
 
 
-def test_a_pre_ln_pass_replays_each_layer_as_two_steps():
-    model = lnref.build("pre", **SMALL)
+@pytest.mark.parametrize("scheme", FUSED)
+def test_a_layer_replays_as_two_steps(scheme):
+    model = lnref.build(scheme, **SMALL)
     _taped_and_replayed(model)
     program = _program(model)
     names = [step[0] for step in program.fused_steps]
     assert len(program.steps) - len(program.fused_steps) == 4 * SMALL["n_layers"]
-    assert names.count("residual_normed_attention") == names.count("residual_normed_feed_forward") == SMALL["n_layers"]
-    assert "layer_norm" in names  # the final norm has no branch around it
+    assert [names.count(name) for name in sorted(FUSED[scheme])] == [SMALL["n_layers"]] * 2
 
 
+@pytest.mark.parametrize("scheme", FUSED)
 @pytest.mark.parametrize("size", [SMALL, MEDIUM], ids=["loops", "blas"])
 @pytest.mark.parametrize(
     "config",
     [{}, {"activation": "gelu"}, {"activation": "gelu_tanh", "causal": True}, {"dtype": "float32"}],
     ids=["relu", "gelu", "gelu_tanh-causal", "float32"],
 )
-def test_a_fused_pass_gives_the_bits_of_the_taped_pass(size, config):
-    model = lnref.build("pre", **size, **config)
+def test_a_fused_pass_gives_the_bits_of_the_taped_pass(scheme, size, config):
+    model = lnref.build(scheme, **size, **config)
     taped, replayed = _taped_and_replayed(model)
-    assert FUSED <= {step[0] for step in _program(model).fused_steps}
+    assert FUSED[scheme] <= {step[0] for step in _program(model).fused_steps}
     _assert_same_bits(taped, replayed)
 
 
@@ -65,8 +69,8 @@ def test_a_cross_attention_branch_is_not_fused():
     _assert_same_bits(taped, replayed)
 
 
-def test_schemes_without_the_shape_keep_their_steps():
-    model = lnref.build("post", **SMALL)
+def test_a_scheme_without_either_shape_keeps_its_steps():
+    model = lnref.build("peri", **SMALL)  # a + LN(S(LN(a))): a norm on both sides of the branch
     _taped_and_replayed(model)
     assert _program(model).fused_steps == _program(model).steps
 
@@ -94,17 +98,18 @@ def test_a_branch_whose_stream_has_another_reader_is_not_fused():
     assert program.fused_steps == program.steps
 
 
-def test_a_broken_fused_backward_changes_the_replayed_gradient():
+@pytest.mark.parametrize("scheme, kernel", [("pre", "residual_normed_feed_forward"), ("post", "normed_sum_attention")])
+def test_a_broken_fused_backward_changes_the_replayed_gradient(scheme, kernel):
     """The negative control of the bit tests above: they catch a wrong fused VJP."""
-    model = lnref.build("pre", **SMALL)
+    model = lnref.build(scheme, **SMALL)
     taped, _ = _taped_and_replayed(model)
-    good = seam.twin("residual_normed_feed_forward_backward").loop
+    good = seam.twin(f"{kernel}_backward").loop
 
     def off_by_a_little(*args):
         da, *rest = good(*args)
         return (da * (1 + 1e-9), *rest)
 
-    with seam.replaced("residual_normed_feed_forward_backward", off_by_a_little):
+    with seam.replaced(f"{kernel}_backward", off_by_a_little):
         x, dy, memory = model.sample_inputs(seed=1)
         broken = model.value_and_grad(x, dy, memory)
     assert taped[0] == broken[0]
@@ -144,11 +149,12 @@ def test_timed_primitives_keep_a_pass_fused():
         assert fusion.still_registered(_program(model)._fused_for)
 
 
+@pytest.mark.parametrize("fusion_name", ["residual_normed", "normed_sum"])
 @pytest.mark.parametrize("branch", ["attention", "feed_forward"])
 @pytest.mark.parametrize("shape", [(2, 8, 16), (1, 5, 12)])
-def test_the_fused_loop_twins_agree_with_the_numpy_twins(branch, shape):
+def test_the_fused_loop_twins_agree_with_the_numpy_twins(fusion_name, branch, shape):
     rng = np.random.default_rng(3)
-    batch, seq, d = shape
+    d = shape[-1]
     a, gamma, beta = rng.standard_normal(shape), 1 + 0.1 * rng.standard_normal(d), 0.1 * rng.standard_normal(d)
     if branch == "attention":
         weights = sum(((0.3 * rng.standard_normal((d, d)), 0.1 * rng.standard_normal(d)) for _ in range(4)), ())
@@ -157,8 +163,8 @@ def test_the_fused_loop_twins_agree_with_the_numpy_twins(branch, shape):
         weights = (0.3 * rng.standard_normal((d, 3 * d)), 0.1 * rng.standard_normal(3 * d))
         weights += (0.3 * rng.standard_normal((3 * d, d)), 0.1 * rng.standard_normal(d))
         statics = ("gelu",)
-    forward = seam.twin(f"residual_normed_{branch}_forward")
-    backward = seam.twin(f"residual_normed_{branch}_backward")
+    forward = seam.twin(f"{fusion_name}_{branch}_forward")
+    backward = seam.twin(f"{fusion_name}_{branch}_backward")
     dy = rng.standard_normal(shape)
     results = []
     for path in ("loop", "reference"):

@@ -277,3 +277,85 @@ def _residual_normed_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple
 residual_normed_feed_forward = defprimitive(
     "residual_normed_feed_forward", _residual_normed_feed_forward_fwd, _residual_normed_feed_forward_vjp
 )
+
+
+def _normed_sum_attention_fwd(
+    a: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    wq: np.ndarray,
+    bq: np.ndarray,
+    wk: np.ndarray,
+    bk: np.ndarray,
+    wv: np.ndarray,
+    bv: np.ndarray,
+    wo: np.ndarray,
+    bo: np.ndarray,
+    *,
+    eps: float = 1e-5,
+    n_heads: int,
+    causal: bool = False,
+) -> tuple[np.ndarray, Any]:
+    """y = LN(a + A(a)): the LayerNorm (``gamma``, ``beta``) of the stream ``a`` plus its
+    self-attention branch. A replayed pass puts it in the place of the three primitives
+    ``attention_sublayer``, ``add`` and ``layer_norm`` (``autograd/fusion.py``).
+
+    VJP, with t = a + A(a):
+        dt, dgamma, dbeta = ``layer_norm``'s VJP at dy
+        da_A, dW, db = ``attention_sublayer``'s VJP at dt
+        da = dt + da_A
+    """
+    weights = (wq, bq, wk, bk, wv, bv, wo, bo)
+    try:
+        y, total, mean, rstd, q, k, v, probs, heads = kernels.normed_sum_attention_forward(
+            a, gamma, beta, eps, weights, n_heads, causal
+        )
+    except (TypeError, ValueError) as error:
+        raise kernel_error("normed_sum_attention", error, a, gamma, beta, *weights) from None
+    return y, (a, gamma, total, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads)
+
+
+def _normed_sum_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    # (da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo): the op's inputs in order.
+    return tuple(kernels.normed_sum_attention_backward(dout, *residuals))
+
+
+normed_sum_attention = defprimitive("normed_sum_attention", _normed_sum_attention_fwd, _normed_sum_attention_vjp)
+
+
+def _normed_sum_feed_forward_fwd(
+    a: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    w1: np.ndarray,
+    b1: np.ndarray,
+    w2: np.ndarray,
+    b2: np.ndarray,
+    *,
+    eps: float = 1e-5,
+    activation: str = "relu",
+) -> tuple[np.ndarray, Any]:
+    """y = LN(a + F(a)): the LayerNorm (``gamma``, ``beta``) of the stream ``a`` plus its FFN
+    branch; the fusion of ``feed_forward``, ``add`` and ``layer_norm``.
+
+    VJP, with t = a + F(a):
+        dt, dgamma, dbeta = ``layer_norm``'s VJP at dy
+        da_F, dW1, db1, dW2, db2 = ``feed_forward``'s VJP at dt
+        da = dt + da_F
+    """
+    try:
+        y, total, mean, rstd, hidden, acted = kernels.normed_sum_feed_forward_forward(
+            a, gamma, beta, eps, (w1, b1, w2, b2), activation
+        )
+    except (TypeError, ValueError) as error:
+        raise kernel_error("normed_sum_feed_forward", error, a, gamma, beta, w1, b1, w2, b2) from None
+    return y, (a, gamma, total, mean, rstd, w1, w2, hidden, acted, activation)
+
+
+def _normed_sum_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    return tuple(kernels.normed_sum_feed_forward_backward(dout, *residuals))
+
+
+normed_sum_feed_forward = defprimitive(
+    "normed_sum_feed_forward", _normed_sum_feed_forward_fwd, _normed_sum_feed_forward_vjp
+)

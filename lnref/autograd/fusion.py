@@ -1,22 +1,26 @@
-"""Fusing a replayed pass: a residual branch with a LayerNorm on its input becomes one step.
+"""Fusing a replayed pass: a residual branch and its LayerNorm become one step.
 
-A recorded pass (``replay.Program``) is a list of steps over numbered slots. Wherever it reads
+A recorded pass (``replay.Program``) is a list of steps over numbered slots. With S the
+self-attention sublayer or the FFN, :func:`fuse` finds the two shapes a LayerNorm takes around
+a residual branch,
 
-    n = layer_norm(a, gamma, beta)     s = SUBLAYER(n, weights...)     y = add(a, s)  (or add(s, a))
+    norm first (Pre-LN):   n = layer_norm(a, gamma, beta)   s = S(n, W...)   y = add(a, s)
+    norm last (Post-LN):   s = S(a, W...)   t = add(a, s)   y = layer_norm(t, gamma, beta)
 
-with SUBLAYER the self-attention sublayer or the FFN, :func:`fuse` puts one step in the add's
-place, y = residual_normed_SUBLAYER(a, gamma, beta, weights...) (``fused.py``), and drops the
-other two. It does so only where the result has the same bits as the three steps:
+(the add's operands in either order), and puts one step in the place of the three:
+y = residual_normed_S(a, gamma, beta, W...) or y = normed_sum_S(a, gamma, beta, W...)
+(``fused.py``). It does so only where the result has the same bits as the three steps:
 
-* n is read by the sublayer alone, s by the add alone, and a by the norm and the add alone.
-  The three steps' outputs are then needed nowhere else, and a's cotangent is the sum of two
-  terms, dy + da_ln, which the fused VJP forms as the tape does;
-* no step between the norm and the add reads gamma, beta or a weight: the fused step adds
-  their cotangents at the add's place in the backward order instead of the norm's and the
-  sublayer's, and nothing comes between.
+* each of the two intermediate results is read by the next of the three alone, and a by the
+  two of them that read it alone. Nothing else needs the intermediates, and a's cotangent is
+  the sum of two terms, which the fused VJP forms in the order the tape does;
+* no other step between the first and the last of the three reads gamma, beta or a weight:
+  the fused step hands back their cotangents at the last one's place in the backward order,
+  and nothing comes between.
 
-The fused kernels compute with the three kernels' own loops in their order. Pre-LN's two
-branches take this shape, and so does any scheme's branch written as ``x + branch(norm(x))``.
+The fused kernels compute with the three kernels' own loops in their order. Pre-LN's and
+Post-LN's branches take these shapes, and so does any scheme's branch written as
+``x + branch(norm(x))`` or ``norm(x + branch(x))``.
 """
 
 from __future__ import annotations
@@ -30,71 +34,99 @@ from lnref.autograd.primitive import PRIMITIVES, Primitive
 # A step: (primitive name, argument slots, static parameters, output slot).
 Step = tuple[str, tuple[int, ...], dict[str, Any], int]
 
-# The sublayer's primitive -> (the fused primitive, how many of the sublayer's leading
-# arguments the fused one drops: its input, and attention's memory).
-FUSIONS = {
-    "attention_sublayer": ("residual_normed_attention", 2),
-    "feed_forward": ("residual_normed_feed_forward", 1),
+# Each sublayer's primitive -> how many of its leading arguments the fused step drops (its
+# input, and attention's memory), and the fused primitives of the two shapes.
+SUBLAYERS = {
+    "attention_sublayer": (2, "residual_normed_attention", "normed_sum_attention"),
+    "feed_forward": (1, "residual_normed_feed_forward", "normed_sum_feed_forward"),
 }
 # The primitives a fused step stands for (a fused primitive itself is looked up by name when
 # its step runs, as every primitive is).
-PRIMITIVE_NAMES = ("layer_norm", "add", *FUSIONS)
+PRIMITIVE_NAMES = ("layer_norm", "add", *SUBLAYERS)
 
 
 def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Step]:
-    """``steps`` with every residual branch of the shape above as one step; ``fixed`` maps the
-    slots whose values the pass takes as given (constants) to them: attention's memory must be
-    one of them, None."""
+    """``steps`` with every branch of the two shapes as one step; ``fixed`` maps the slots whose
+    values the pass takes as given (constants) to them: attention's memory must be one of them,
+    None."""
     uses = Counter(slot for _, args, _, _ in steps for slot in args)
     uses[output_slot] += 1
     maker = {out: index for index, (_, _, _, out) in enumerate(steps)}
     fused: dict[int, Step] = {}
-    dropped: set[int] = set()
+    taken: set[int] = set()
     for index, (name, args, _, out) in enumerate(steps):
-        if name != "add" or len(args) != 2:
+        match = None
+        if name == "add" and len(args) == 2:
+            match = _norm_first(steps, maker, uses, fixed, index)
+        elif name == "layer_norm" and len(args) == 3:
+            match = _norm_last(steps, maker, uses, fixed, index)
+        if match is None or taken.intersection(match) or _read_between(steps, match):
             continue
-        for stream, branch in (args, args[::-1]):
-            match = _branch(steps, maker, uses, fixed, stream, branch)
-            if match is not None and not _read_between(steps, match, index):
-                norm_index, sublayer_index = match
-                _, (_, gamma, beta), norm_params, _ = steps[norm_index]
-                sublayer, sublayer_args, sublayer_params, _ = steps[sublayer_index]
-                fused_name, dropped_args = FUSIONS[sublayer]
-                weights = sublayer_args[dropped_args:]
-                fused[index] = (fused_name, (stream, gamma, beta, *weights), {**norm_params, **sublayer_params}, out)
-                dropped |= {norm_index, sublayer_index}
-                break
-    return [fused.get(index, step) for index, step in enumerate(steps) if index not in dropped]
+        norm_index, sublayer_index, _ = match
+        stream = steps[min(norm_index, sublayer_index)][1][0]  # the first of the two reads it
+        _, (_, gamma, beta), norm_params, _ = steps[norm_index]
+        sublayer, sublayer_args, sublayer_params, _ = steps[sublayer_index]
+        dropped, norm_first, norm_last = SUBLAYERS[sublayer]
+        fused_name = norm_first if norm_index < sublayer_index else norm_last
+        weights = sublayer_args[dropped:]
+        fused[index] = (fused_name, (stream, gamma, beta, *weights), {**norm_params, **sublayer_params}, out)
+        taken.update(match)
+    return [fused.get(index, step) for index, step in enumerate(steps) if index in fused or index not in taken]
 
 
-def _branch(
-    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], stream: int, branch: int
-) -> tuple[int, int] | None:
-    """(the norm's index, the sublayer's) if ``branch`` is SUBLAYER(layer_norm(stream)) with the
-    uses the module requires; else None."""
-    sublayer_index = maker.get(branch)
-    if sublayer_index is None or uses[branch] != 1 or uses[stream] != 2:
+def _is_sublayer(steps: list[Step], index: int, fixed: dict[int, Any]) -> bool:
+    """Whether step ``index`` is a self-attention sublayer (its memory the fixed None) or an FFN."""
+    if steps[index][0] not in SUBLAYERS or not steps[index][1]:
+        return False
+    name, args = steps[index][0], steps[index][1]
+    return name != "attention_sublayer" or (args[1] in fixed and fixed[args[1]] is None)
+
+
+def _norm_first(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], add_index: int
+) -> tuple[int, int, int] | None:
+    """(norm, sublayer, add) indices if the add at ``add_index`` is a + S(layer_norm(a))."""
+    for stream, branch in (steps[add_index][1], steps[add_index][1][::-1]):
+        sublayer_index = maker.get(branch)
+        if sublayer_index is None or uses[branch] != 1 or uses[stream] != 2:
+            continue
+        if not _is_sublayer(steps, sublayer_index, fixed):
+            continue
+        normed = steps[sublayer_index][1][0]
+        norm_index = maker.get(normed)
+        if uses[normed] == 1 and norm_index is not None and steps[norm_index][0] == "layer_norm":
+            norm_args = steps[norm_index][1]
+            if len(norm_args) == 3 and norm_args[0] == stream:
+                return norm_index, sublayer_index, add_index
+    return None
+
+
+def _norm_last(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], norm_index: int
+) -> tuple[int, int, int] | None:
+    """(norm, sublayer, add) indices if the norm at ``norm_index`` is layer_norm(a + S(a))."""
+    total = steps[norm_index][1][0]
+    add_index = maker.get(total)
+    if uses[total] != 1 or add_index is None or steps[add_index][0] != "add" or len(steps[add_index][1]) != 2:
         return None
-    sublayer, sublayer_args, _, _ = steps[sublayer_index]
-    if sublayer not in FUSIONS or not sublayer_args or uses[sublayer_args[0]] != 1:
-        return None
-    if sublayer == "attention_sublayer" and (sublayer_args[1] not in fixed or fixed[sublayer_args[1]] is not None):
-        return None  # cross-attention: its memory is a second input
-    norm_index = maker.get(sublayer_args[0])
-    if norm_index is None or steps[norm_index][0] != "layer_norm" or len(steps[norm_index][1]) != 3:
-        return None
-    return (norm_index, sublayer_index) if steps[norm_index][1][0] == stream else None
+    for stream, branch in (steps[add_index][1], steps[add_index][1][::-1]):
+        sublayer_index = maker.get(branch)
+        if sublayer_index is None or uses[branch] != 1 or uses[stream] != 2:
+            continue
+        if _is_sublayer(steps, sublayer_index, fixed) and steps[sublayer_index][1][0] == stream:
+            return norm_index, sublayer_index, add_index
+    return None
 
 
-def _read_between(steps: list[Step], match: tuple[int, int], add_index: int) -> bool:
-    """Whether a step between the norm and the add, other than the sublayer, reads one of the
-    norm's or the sublayer's parameters."""
-    norm_index, sublayer_index = match
+def _read_between(steps: list[Step], match: tuple[int, int, int]) -> bool:
+    """Whether a step between the first and the last of ``match``, not one of them, reads one
+    of the norm's or the sublayer's parameters."""
+    norm_index, sublayer_index, _ = match
     parameters = {*steps[norm_index][1][1:], *steps[sublayer_index][1][1:]}
     return any(
         parameters.intersection(steps[between][1])
-        for between in range(norm_index + 1, add_index)
-        if between != sublayer_index
+        for between in range(min(match) + 1, max(match))
+        if between not in match
     )
 
 

@@ -44,6 +44,7 @@ The modules
 ``feed_forward_normed`` the same with a LayerNorm on the hidden units (Sub-LN, NormFormer)
 ``residual_normed``    a residual branch with a LayerNorm on its input, a + S(LN(a)), the
                        replayed pass's fusion of the three (Pre-LN's branches)
+``normed_sum``         a LayerNorm of a residual sum, LN(a + S(a)) (Post-LN's branches)
 ``activations``        GELU, the ReLU backward
 ``warmup``             a first run's compilation
 
@@ -111,6 +112,16 @@ from lnref.autograd.kernels.linear import (
     linear_backward_reference,
     linear_forward,
     linear_forward_reference,
+)
+from lnref.autograd.kernels.normed_sum import (
+    normed_sum_attention_backward,
+    normed_sum_attention_backward_reference,
+    normed_sum_attention_forward,
+    normed_sum_attention_forward_reference,
+    normed_sum_feed_forward_backward,
+    normed_sum_feed_forward_backward_reference,
+    normed_sum_feed_forward_forward,
+    normed_sum_feed_forward_forward_reference,
 )
 from lnref.autograd.kernels.norms import (
     NONFINITE_ROWS,
@@ -204,6 +215,14 @@ __all__ = [
     "normed_feed_forward_backward_reference",
     "normed_feed_forward_forward",
     "normed_feed_forward_forward_reference",
+    "normed_sum_attention_backward",
+    "normed_sum_attention_backward_reference",
+    "normed_sum_attention_forward",
+    "normed_sum_attention_forward_reference",
+    "normed_sum_feed_forward_backward",
+    "normed_sum_feed_forward_backward_reference",
+    "normed_sum_feed_forward_forward",
+    "normed_sum_feed_forward_forward_reference",
     "numba_requested",
     "relu_backward",
     "relu_backward_reference",

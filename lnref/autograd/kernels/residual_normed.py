@@ -403,7 +403,7 @@ RESIDUAL_NORMED_FEED_FORWARD_BACKWARD = Twin(
 # ----- the public kernels --------------------------------------------------------------
 
 
-def _check_branch(a: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> None:
+def check_branch(a: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> None:
     check_fit(a.ndim == 3 and gamma.shape == beta.shape == a.shape[2:], "a", a, "gamma", gamma, "beta", beta)
 
 
@@ -418,7 +418,7 @@ def residual_normed_attention_forward(
     """y = a + A(LN(a)), A the self-attention sublayer of ``weights`` (wq, bq, wk, bk, wv, bv,
     wo, bo); returns ``(y, normed, mean, rstd, q, k, v, probs, heads)``."""
     a, gamma, beta, wq, bq, wk, bk, wv, bv, wo, bo = float_arrays(a, gamma, beta, *weights)
-    _check_branch(a, gamma, beta)
+    check_branch(a, gamma, beta)
     attention_sublayer.check_attention_sublayer_shapes(a, None, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, bool(causal))
     if norms.LAYER_NORM_FORWARD.override is None and attention_sublayer.ATTENTION_SUBLAYER_FORWARD.override is None:
         shape = a.shape
@@ -451,7 +451,7 @@ def residual_normed_feed_forward_forward(
     mean, rstd, hidden, acted)``, ``normed`` as rows."""
     feed_forward.check_activation(activation)
     a, gamma, beta, w1, b1, w2, b2 = float_arrays(a, gamma, beta, *weights)
-    _check_branch(a, gamma, beta)
+    check_branch(a, gamma, beta)
     d = a.shape[2]
     fits = w1.ndim == 2 and w1.shape[0] == d and b1.shape == w1.shape[1:] and w2.shape == (w1.shape[1], d)
     check_fit(fits and b2.shape == (d,), "a", a, "w1", w1, "b1", b1, "w2", w2, "b2", b2)

@@ -1,0 +1,482 @@
+"""A LayerNorm of a residual sum, y = LN(a + S(a)), as one kernel each way.
+
+Post-LN's two branches, and any scheme's branch of that shape, are three primitives: the
+sublayer S (the attention sublayer or the FFN), the residual add and the norm. A replayed pass
+fuses them (``autograd/fusion.py``); here one compiled call runs the forward and one the
+backward, calling the composition's own loops in the composition's order (the sublayer's
+whole-sublayer kernel, the add, LayerNorm's row loops), so the fused branch and the three
+primitives agree to the bit. As in ``residual_normed.py``, past the sublayer's loop limit, or
+while another implementation stands in one of the three kernels' place, the NumPy twin runs
+the composition's public kernels in one call.
+
+Arguments: ``a`` (B, T, d), the norm's ``gamma`` and ``beta`` (d,) and ``eps``, then the
+sublayer's weights (self-attention only). The residuals are the sublayer's own, the sum
+``total`` and the norm's ``mean`` and ``rstd``.
+
+    forward:   total = a + S(a),   y = LN(total)
+    backward:  dtotal, dgamma, dbeta = LN's VJP at dy,   da_s, dW = the sublayer's VJP at dtotal
+               da = dtotal + da_s          (the add's cotangent first, as the tape accumulates it)
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import numpy as np
+
+import lnref.autograd.kernels as kernels
+from lnref.autograd.kernels import attention_sublayer, feed_forward, linear, norms
+from lnref.autograd.kernels.checks import check_fit, cotangent, float_arrays
+from lnref.autograd.kernels.norms import layer_norm_backward_kernel, layer_norm_forward_kernel
+from lnref.autograd.kernels.residual_normed import add_into, check_branch
+from lnref.autograd.kernels.seam import Twin, njit
+
+Arrays = tuple[np.ndarray, ...]
+
+
+def _normed(total: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> Arrays:
+    """(LN(total) of total's shape, mean, rstd) through the public kernel."""
+    rows, mean, rstd = kernels.layer_norm_forward(total.reshape(-1, total.shape[-1]), gamma, beta, eps)
+    return rows.reshape(total.shape), mean, rstd
+
+
+def _norm_backward(dy: np.ndarray, total: np.ndarray, gamma: np.ndarray, mean: np.ndarray, rstd: np.ndarray) -> Arrays:
+    d = total.shape[-1]
+    dtotal, dgamma, dbeta = kernels.layer_norm_backward(
+        dy.reshape(-1, d), total.reshape(-1, d), gamma, mean, rstd, residuals_checked=True
+    )
+    return dtotal.reshape(total.shape), dgamma, dbeta
+
+
+# ----- the attention branch ------------------------------------------------------------
+
+
+def normed_sum_attention_forward_reference(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, n_heads: int, causal: bool
+) -> Arrays:
+    """NumPy twin: the three kernels in turn; returns ``(y, total, mean, rstd, q, k, v, probs,
+    heads)``."""
+    wq, bq, wk, bk, wv, bv, wo, bo = weights
+    out, *kept = kernels.attention_sublayer_forward(a, None, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal)
+    total = a + out
+    y, mean, rstd = _normed(total, gamma, beta, eps)
+    return (y, total, mean, rstd, *kept)
+
+
+def normed_sum_attention_backward_reference(
+    dy: np.ndarray,
+    a: np.ndarray,
+    gamma: np.ndarray,
+    total: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    wq: np.ndarray,
+    wk: np.ndarray,
+    wv: np.ndarray,
+    wo: np.ndarray,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    probs: np.ndarray,
+    heads: np.ndarray,
+) -> Arrays:
+    """NumPy twin; returns ``(da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo)``."""
+    dtotal, dgamma, dbeta = _norm_backward(dy, total, gamma, mean, rstd)
+    da, _, *dweights = kernels.attention_sublayer_backward(
+        dtotal, a, None, wq, wk, wv, wo, q, k, v, probs, heads, residuals_checked=True
+    )
+    return (dtotal + cast(np.ndarray, da), dgamma, dbeta, *cast(Arrays, dweights))
+
+
+@njit(cache=True)
+def _normed_sum_attention_forward_kernel(
+    a: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    eps: float,
+    wq: np.ndarray,
+    bq: np.ndarray,
+    wk: np.ndarray,
+    bk: np.ndarray,
+    wv: np.ndarray,
+    bv: np.ndarray,
+    wo: np.ndarray,
+    bo: np.ndarray,
+    causal: bool,
+    total: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    probs: np.ndarray,
+    heads: np.ndarray,
+    y: np.ndarray,
+) -> None:
+    n_batch, t_len, d = a.shape
+    n_rows = n_batch * t_len
+    attention_sublayer._attention_sublayer_forward_kernel(
+        a, a, wq, bq, wk, bk, wv, bv, wo, bo, causal, q, k, v, probs, heads, total
+    )
+    add_into(a, total)
+    layer_norm_forward_kernel(total.reshape((n_rows, d)), gamma, beta, eps, y.reshape((n_rows, d)), mean, rstd)
+
+
+@njit(cache=True)
+def _normed_sum_attention_backward_kernel(
+    dy: np.ndarray,
+    a: np.ndarray,
+    gamma: np.ndarray,
+    total: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    wq: np.ndarray,
+    wk: np.ndarray,
+    wv: np.ndarray,
+    wo: np.ndarray,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    probs: np.ndarray,
+    heads: np.ndarray,
+    dtotal: np.ndarray,
+    dw: np.ndarray,
+    db: np.ndarray,
+    da: np.ndarray,
+    dgamma: np.ndarray,
+    dbeta: np.ndarray,
+) -> None:
+    n_batch, t_len, d = a.shape
+    n_rows = n_batch * t_len
+    layer_norm_backward_kernel(
+        dy.reshape((n_rows, d)),
+        total.reshape((n_rows, d)),
+        gamma,
+        mean,
+        rstd,
+        dtotal.reshape((n_rows, d)),
+        dgamma,
+        dbeta,
+    )
+    attention_sublayer._attention_sublayer_backward_kernel(
+        dtotal, a, a, wq, wk, wv, wo, q, k, v, probs, heads, False, da, da, dw, db
+    )
+    add_into(dtotal, da)
+
+
+def _normed_sum_attention_forward_loop(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, n_heads: int, causal: bool
+) -> Arrays:
+    """Loop twin (allocates, then runs :func:`_normed_sum_attention_forward_kernel`)."""
+    shape, dtype = a.shape, a.dtype
+    batch, t_len, rows = shape[0], shape[1], shape[0] * shape[1]
+    total, q, k, v, heads, y = (
+        np.empty(shape, dtype),
+        np.empty(shape, dtype),
+        np.empty(shape, dtype),
+        np.empty(shape, dtype),
+        np.empty(shape, dtype),
+        np.empty(shape, dtype),
+    )
+    mean, rstd = np.empty(rows, dtype), np.empty(rows, dtype)
+    probs = np.zeros((batch, n_heads, t_len, t_len), dtype)
+    wq, bq, wk, bk, wv, bv, wo, bo = weights
+    _normed_sum_attention_forward_kernel(
+        a, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, total, mean, rstd, q, k, v, probs, heads, y
+    )
+    return y, total, mean, rstd, q, k, v, probs, heads
+
+
+def _normed_sum_attention_backward_loop(
+    dy: np.ndarray,
+    a: np.ndarray,
+    gamma: np.ndarray,
+    total: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    wq: np.ndarray,
+    wk: np.ndarray,
+    wv: np.ndarray,
+    wo: np.ndarray,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    probs: np.ndarray,
+    heads: np.ndarray,
+) -> Arrays:
+    """Loop twin (allocates, then runs :func:`_normed_sum_attention_backward_kernel`)."""
+    dtype, d = a.dtype, a.shape[-1]
+    dtotal, da = np.empty(a.shape, dtype), np.empty(a.shape, dtype)
+    dw, db = np.empty((4, d, d), dtype), np.empty((4, d), dtype)
+    dgamma, dbeta = np.zeros(d), np.zeros(d)  # float64 accumulators, as LayerNorm's loop keeps them
+    _normed_sum_attention_backward_kernel(
+        dy, a, gamma, total, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads, dtotal, dw, db, da, dgamma, dbeta
+    )
+    dgamma, dbeta = dgamma.astype(dtype, copy=False), dbeta.astype(dtype, copy=False)
+    return (da, dgamma, dbeta, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3])
+
+
+NORMED_SUM_ATTENTION_FORWARD = Twin(
+    "normed_sum_attention_forward",
+    reference=normed_sum_attention_forward_reference,
+    loop=_normed_sum_attention_forward_loop,
+    loop_pays_up_to=attention_sublayer.LOOP_PAYS_UP_TO,
+)
+NORMED_SUM_ATTENTION_BACKWARD = Twin(
+    "normed_sum_attention_backward",
+    reference=normed_sum_attention_backward_reference,
+    loop=_normed_sum_attention_backward_loop,
+    loop_pays_up_to=attention_sublayer.LOOP_PAYS_UP_TO,
+)
+
+
+# ----- the feed-forward branch ---------------------------------------------------------
+
+
+def normed_sum_feed_forward_forward_reference(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str
+) -> Arrays:
+    """NumPy twin; returns ``(y, total, mean, rstd, hidden, acted)``."""
+    w1, b1, w2, b2 = weights
+    out, hidden, acted = kernels.feed_forward_forward(a.reshape(-1, a.shape[-1]), w1, b1, w2, b2, activation)
+    total = a + out.reshape(a.shape)
+    y, mean, rstd = _normed(total, gamma, beta, eps)
+    return y, total, mean, rstd, hidden, acted
+
+
+def normed_sum_feed_forward_backward_reference(
+    dy: np.ndarray,
+    a: np.ndarray,
+    gamma: np.ndarray,
+    total: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    w1: np.ndarray,
+    w2: np.ndarray,
+    hidden: np.ndarray,
+    acted: np.ndarray,
+    activation: str,
+) -> Arrays:
+    """NumPy twin; returns ``(da, dgamma, dbeta, dw1, db1, dw2, db2)``."""
+    d = a.shape[-1]
+    dtotal, dgamma, dbeta = _norm_backward(dy, total, gamma, mean, rstd)
+    da, *dweights = kernels.feed_forward_backward(
+        dtotal.reshape(-1, d), a.reshape(-1, d), w1, w2, hidden, acted, activation, residuals_checked=True
+    )
+    return (dtotal + da.reshape(a.shape), dgamma, dbeta, *dweights)
+
+
+@njit(cache=True)
+def _normed_sum_feed_forward_forward_kernel(
+    a: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    eps: float,
+    w1: np.ndarray,
+    b1: np.ndarray,
+    w2: np.ndarray,
+    b2: np.ndarray,
+    activation: int,
+    total: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    hidden: np.ndarray,
+    acted: np.ndarray,
+    y: np.ndarray,
+) -> None:
+    rows = (mean.size, a.shape[-1])
+    feed_forward._feed_forward_forward_kernel(
+        a.reshape(rows), w1, b1, w2, b2, activation, hidden, acted, total.reshape(rows)
+    )
+    add_into(a, total)
+    layer_norm_forward_kernel(total.reshape(rows), gamma, beta, eps, y.reshape(rows), mean, rstd)
+
+
+@njit(cache=True)
+def _normed_sum_feed_forward_backward_kernel(
+    dy: np.ndarray,
+    a: np.ndarray,
+    gamma: np.ndarray,
+    total: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    w1: np.ndarray,
+    w2: np.ndarray,
+    hidden: np.ndarray,
+    acted: np.ndarray,
+    activation: int,
+    dacted: np.ndarray,
+    dtotal: np.ndarray,
+    dw1: np.ndarray,
+    db1: np.ndarray,
+    dw2: np.ndarray,
+    db2: np.ndarray,
+    da: np.ndarray,
+    dgamma: np.ndarray,
+    dbeta: np.ndarray,
+) -> None:
+    rows = (mean.size, a.shape[-1])
+    layer_norm_backward_kernel(
+        dy.reshape(rows), total.reshape(rows), gamma, mean, rstd, dtotal.reshape(rows), dgamma, dbeta
+    )
+    feed_forward._feed_forward_backward_kernel(
+        dtotal.reshape(rows),
+        a.reshape(rows),
+        w1,
+        w2,
+        hidden,
+        acted,
+        activation,
+        dacted,
+        da.reshape(rows),
+        dw1,
+        db1,
+        dw2,
+        db2,
+    )
+    add_into(dtotal, da)
+
+
+def _normed_sum_feed_forward_forward_loop(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str
+) -> Arrays:
+    """Loop twin (allocates, then runs :func:`_normed_sum_feed_forward_forward_kernel`)."""
+    w1, b1, w2, b2 = weights
+    dtype, rows = a.dtype, a.size // a.shape[-1]
+    total, y, mean, rstd = (
+        np.empty(a.shape, dtype),
+        np.empty(a.shape, dtype),
+        np.empty(rows, dtype),
+        np.empty(rows, dtype),
+    )
+    hidden = np.empty((rows, w1.shape[1]), dtype)
+    acted = hidden if activation == "relu" else np.empty_like(hidden)  # ReLU in place, as the FFN's loop
+    code = feed_forward.FFN_CODES[activation]
+    _normed_sum_feed_forward_forward_kernel(
+        a, gamma, beta, eps, w1, b1, w2, b2, code, total, mean, rstd, hidden, acted, y
+    )
+    return y, total, mean, rstd, hidden, acted
+
+
+def _normed_sum_feed_forward_backward_loop(
+    dy: np.ndarray,
+    a: np.ndarray,
+    gamma: np.ndarray,
+    total: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    w1: np.ndarray,
+    w2: np.ndarray,
+    hidden: np.ndarray,
+    acted: np.ndarray,
+    activation: str,
+) -> Arrays:
+    """Loop twin (allocates, then runs :func:`_normed_sum_feed_forward_backward_kernel`)."""
+    dtype, d = a.dtype, a.shape[-1]
+    dacted, dtotal, da = np.empty(acted.shape, dtype), np.empty(a.shape, dtype), np.empty(a.shape, dtype)
+    dw1, db1 = np.empty(w1.shape, dtype), np.empty(w1.shape[1], dtype)
+    dw2, db2 = np.empty(w2.shape, dtype), np.empty(w2.shape[1], dtype)
+    dgamma, dbeta = np.zeros(d), np.zeros(d)  # float64 accumulators, as LayerNorm's loop keeps them
+    code = feed_forward.FFN_CODES[activation]
+    _normed_sum_feed_forward_backward_kernel(
+        dy,
+        a,
+        gamma,
+        total,
+        mean,
+        rstd,
+        w1,
+        w2,
+        hidden,
+        acted,
+        code,
+        dacted,
+        dtotal,
+        dw1,
+        db1,
+        dw2,
+        db2,
+        da,
+        dgamma,
+        dbeta,
+    )
+    return da, dgamma.astype(dtype, copy=False), dbeta.astype(dtype, copy=False), dw1, db1, dw2, db2
+
+
+NORMED_SUM_FEED_FORWARD_FORWARD = Twin(
+    "normed_sum_feed_forward_forward",
+    reference=normed_sum_feed_forward_forward_reference,
+    loop=_normed_sum_feed_forward_forward_loop,
+    loop_pays_up_to=linear.LOOP_PAYS_UP_TO,
+)
+NORMED_SUM_FEED_FORWARD_BACKWARD = Twin(
+    "normed_sum_feed_forward_backward",
+    reference=normed_sum_feed_forward_backward_reference,
+    loop=_normed_sum_feed_forward_backward_loop,
+    loop_pays_up_to=linear.LOOP_PAYS_UP_TO,
+)
+
+
+# ----- the public kernels (the fused loops only while the three kernels run as their rule picks)
+
+
+def normed_sum_attention_forward(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, n_heads: int, causal: bool
+) -> Arrays:
+    """y = LN(a + A(a)), A the self-attention sublayer of ``weights`` (wq, bq, wk, bk, wv, bv,
+    wo, bo); returns ``(y, total, mean, rstd, q, k, v, probs, heads)``."""
+    a, gamma, beta, wq, bq, wk, bk, wv, bv, wo, bo = float_arrays(a, gamma, beta, *weights)
+    check_branch(a, gamma, beta)
+    attention_sublayer.check_attention_sublayer_shapes(a, None, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, bool(causal))
+    if norms.LAYER_NORM_FORWARD.override is None and attention_sublayer.ATTENTION_SUBLAYER_FORWARD.override is None:
+        shape = a.shape
+        work = attention_sublayer.attention_sublayer_work(shape[0], shape[1], shape[1], shape[2])
+        forward = NORMED_SUM_ATTENTION_FORWARD.pick(*work)
+    else:
+        forward = NORMED_SUM_ATTENTION_FORWARD.reference
+    return forward(a, gamma, beta, float(eps), (wq, bq, wk, bk, wv, bv, wo, bo), n_heads, bool(causal))
+
+
+def normed_sum_attention_backward(dy: np.ndarray, a: np.ndarray, *residuals: np.ndarray) -> Arrays:
+    """The VJP of :func:`normed_sum_attention_forward` at ``dy``, from its input ``a`` and
+    residuals (``gamma, total, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads``: the
+    forward's own, unchanged); returns ``(da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv,
+    dwo, dbo)``."""
+    dy = cotangent(dy, a.dtype, a.shape)
+    if norms.LAYER_NORM_BACKWARD.override is None and attention_sublayer.ATTENTION_SUBLAYER_BACKWARD.override is None:
+        shape = a.shape
+        work = attention_sublayer.attention_sublayer_work(shape[0], shape[1], shape[1], shape[2])
+        backward = NORMED_SUM_ATTENTION_BACKWARD.pick(*work)
+    else:
+        backward = NORMED_SUM_ATTENTION_BACKWARD.reference
+    return backward(dy, a, *residuals)
+
+
+def normed_sum_feed_forward_forward(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str
+) -> Arrays:
+    """y = LN(a + F(a)), F the FFN of ``weights`` (w1, b1, w2, b2); returns ``(y, total, mean,
+    rstd, hidden, acted)``."""
+    feed_forward.check_activation(activation)
+    a, gamma, beta, w1, b1, w2, b2 = float_arrays(a, gamma, beta, *weights)
+    check_branch(a, gamma, beta)
+    d = a.shape[2]
+    fits = w1.ndim == 2 and w1.shape[0] == d and b1.shape == w1.shape[1:] and w2.shape == (w1.shape[1], d)
+    check_fit(fits and b2.shape == (d,), "a", a, "w1", w1, "b1", b1, "w2", w2, "b2", b2)
+    if norms.LAYER_NORM_FORWARD.override is None and feed_forward.FEED_FORWARD_FORWARD.override is None:
+        forward = NORMED_SUM_FEED_FORWARD_FORWARD.pick((a.size // d) * w1.size)
+    else:
+        forward = NORMED_SUM_FEED_FORWARD_FORWARD.reference
+    return forward(a, gamma, beta, float(eps), (w1, b1, w2, b2), activation)
+
+
+def normed_sum_feed_forward_backward(dy: np.ndarray, a: np.ndarray, *residuals: Any) -> Arrays:
+    """The VJP of :func:`normed_sum_feed_forward_forward` at ``dy``, from its input ``a`` and
+    residuals (``gamma, total, mean, rstd, w1, w2, hidden, acted, activation``: the forward's
+    own, unchanged); returns ``(da, dgamma, dbeta, dw1, db1, dw2, db2)``."""
+    dy = cotangent(dy, a.dtype, a.shape)
+    if norms.LAYER_NORM_BACKWARD.override is None and feed_forward.FEED_FORWARD_BACKWARD.override is None:
+        backward = NORMED_SUM_FEED_FORWARD_BACKWARD.pick(residuals[1].size // a.shape[-1] * residuals[4].size)
+    else:
+        backward = NORMED_SUM_FEED_FORWARD_BACKWARD.reference
+    return backward(dy, a, *residuals)
