@@ -302,13 +302,13 @@ def attention_sublayer_work(batch: int, t_len: int, s_len: int, d_model: int) ->
 # the small model's sublayer and the gradient checker's batches of it, not for the medium
 # model's. ``benchmarks/bench_ops.py`` times both twins on either side of the limits.
 LOOP_PAYS_UP_TO: tuple[int, int] = (64 * 32 * 32, 32 * 32 * 32)
-ATTENTION_SUBLAYER_FORWARD = Twin(
+ATTENTION_SUBLAYER_FORWARD: Twin = Twin(
     "attention_sublayer_forward",
     reference=attention_sublayer_forward_reference,
     loop=_attention_sublayer_forward_loop,
     loop_pays_up_to=LOOP_PAYS_UP_TO,
 )
-ATTENTION_SUBLAYER_BACKWARD = Twin(
+ATTENTION_SUBLAYER_BACKWARD: Twin = Twin(
     "attention_sublayer_backward",
     reference=attention_sublayer_backward_reference,
     loop=_attention_sublayer_backward_loop,

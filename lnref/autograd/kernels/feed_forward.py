@@ -204,13 +204,13 @@ def _feed_forward_backward_loop(
 # The FFN's loops are the linear map's, and pay as far: its limit, on the work of the first
 # product (rows * d * d_ff). The model reads a ReLU pattern off ``linear_forward``'s product,
 # which takes the same path as the FFN's first product at every size.
-FEED_FORWARD_FORWARD = Twin(
+FEED_FORWARD_FORWARD: Twin = Twin(
     "feed_forward_forward",
     reference=feed_forward_forward_reference,
     loop=_feed_forward_forward_loop,
     loop_pays_up_to=linear.LOOP_PAYS_UP_TO,
 )
-FEED_FORWARD_BACKWARD = Twin(
+FEED_FORWARD_BACKWARD: Twin = Twin(
     "feed_forward_backward",
     reference=feed_forward_backward_reference,
     loop=_feed_forward_backward_loop,

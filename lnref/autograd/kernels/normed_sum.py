@@ -25,10 +25,18 @@ from typing import Any, cast
 import numpy as np
 
 import lnref.autograd.kernels as kernels
-from lnref.autograd.kernels import attention_sublayer, feed_forward, linear, norms
-from lnref.autograd.kernels.checks import check_fit, cotangent, float_arrays
+from lnref.autograd.kernels import attention_sublayer, feed_forward, linear
+from lnref.autograd.kernels.checks import cotangent
 from lnref.autograd.kernels.norms import layer_norm_backward_kernel, layer_norm_forward_kernel
-from lnref.autograd.kernels.residual_normed import add_into, check_branch
+from lnref.autograd.kernels.residual_normed import (
+    ATTENTION_PARTS,
+    FEED_FORWARD_PARTS,
+    add_into,
+    attention_work,
+    checked_attention_branch,
+    checked_feed_forward_branch,
+    path,
+)
 from lnref.autograd.kernels.seam import Twin, njit
 
 Arrays = tuple[np.ndarray, ...]
@@ -417,7 +425,7 @@ NORMED_SUM_FEED_FORWARD_BACKWARD = Twin(
 )
 
 
-# ----- the public kernels (the fused loops only while the three kernels run as their rule picks)
+# ----- the public kernels (checked and picked as ``residual_normed.py``'s) --------------
 
 
 def normed_sum_attention_forward(
@@ -425,16 +433,9 @@ def normed_sum_attention_forward(
 ) -> Arrays:
     """y = LN(a + A(a)), A the self-attention sublayer of ``weights`` (wq, bq, wk, bk, wv, bv,
     wo, bo); returns ``(y, total, mean, rstd, q, k, v, probs, heads)``."""
-    a, gamma, beta, wq, bq, wk, bk, wv, bv, wo, bo = float_arrays(a, gamma, beta, *weights)
-    check_branch(a, gamma, beta)
-    attention_sublayer.check_attention_sublayer_shapes(a, None, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, bool(causal))
-    if norms.LAYER_NORM_FORWARD.override is None and attention_sublayer.ATTENTION_SUBLAYER_FORWARD.override is None:
-        shape = a.shape
-        work = attention_sublayer.attention_sublayer_work(shape[0], shape[1], shape[1], shape[2])
-        forward = NORMED_SUM_ATTENTION_FORWARD.pick(*work)
-    else:
-        forward = NORMED_SUM_ATTENTION_FORWARD.reference
-    return forward(a, gamma, beta, float(eps), (wq, bq, wk, bk, wv, bv, wo, bo), n_heads, bool(causal))
+    a, gamma, beta, *checked = checked_attention_branch(a, gamma, beta, weights, n_heads, causal)
+    forward = path(NORMED_SUM_ATTENTION_FORWARD, ATTENTION_PARTS[0], *attention_work(a))
+    return forward(a, gamma, beta, float(eps), tuple(checked), n_heads, bool(causal))
 
 
 def normed_sum_attention_backward(dy: np.ndarray, a: np.ndarray, *residuals: np.ndarray) -> Arrays:
@@ -443,13 +444,7 @@ def normed_sum_attention_backward(dy: np.ndarray, a: np.ndarray, *residuals: np.
     forward's own, unchanged); returns ``(da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv,
     dwo, dbo)``."""
     dy = cotangent(dy, a.dtype, a.shape)
-    if norms.LAYER_NORM_BACKWARD.override is None and attention_sublayer.ATTENTION_SUBLAYER_BACKWARD.override is None:
-        shape = a.shape
-        work = attention_sublayer.attention_sublayer_work(shape[0], shape[1], shape[1], shape[2])
-        backward = NORMED_SUM_ATTENTION_BACKWARD.pick(*work)
-    else:
-        backward = NORMED_SUM_ATTENTION_BACKWARD.reference
-    return backward(dy, a, *residuals)
+    return path(NORMED_SUM_ATTENTION_BACKWARD, ATTENTION_PARTS[1], *attention_work(a))(dy, a, *residuals)
 
 
 def normed_sum_feed_forward_forward(
@@ -457,17 +452,9 @@ def normed_sum_feed_forward_forward(
 ) -> Arrays:
     """y = LN(a + F(a)), F the FFN of ``weights`` (w1, b1, w2, b2); returns ``(y, total, mean,
     rstd, hidden, acted)``."""
-    feed_forward.check_activation(activation)
-    a, gamma, beta, w1, b1, w2, b2 = float_arrays(a, gamma, beta, *weights)
-    check_branch(a, gamma, beta)
-    d = a.shape[2]
-    fits = w1.ndim == 2 and w1.shape[0] == d and b1.shape == w1.shape[1:] and w2.shape == (w1.shape[1], d)
-    check_fit(fits and b2.shape == (d,), "a", a, "w1", w1, "b1", b1, "w2", w2, "b2", b2)
-    if norms.LAYER_NORM_FORWARD.override is None and feed_forward.FEED_FORWARD_FORWARD.override is None:
-        forward = NORMED_SUM_FEED_FORWARD_FORWARD.pick((a.size // d) * w1.size)
-    else:
-        forward = NORMED_SUM_FEED_FORWARD_FORWARD.reference
-    return forward(a, gamma, beta, float(eps), (w1, b1, w2, b2), activation)
+    a, gamma, beta, *checked = checked_feed_forward_branch(a, gamma, beta, weights, activation)
+    forward = path(NORMED_SUM_FEED_FORWARD_FORWARD, FEED_FORWARD_PARTS[0], a.size // a.shape[-1] * checked[0].size)
+    return forward(a, gamma, beta, float(eps), tuple(checked), activation)
 
 
 def normed_sum_feed_forward_backward(dy: np.ndarray, a: np.ndarray, *residuals: Any) -> Arrays:
@@ -475,8 +462,5 @@ def normed_sum_feed_forward_backward(dy: np.ndarray, a: np.ndarray, *residuals: 
     residuals (``gamma, total, mean, rstd, w1, w2, hidden, acted, activation``: the forward's
     own, unchanged); returns ``(da, dgamma, dbeta, dw1, db1, dw2, db2)``."""
     dy = cotangent(dy, a.dtype, a.shape)
-    if norms.LAYER_NORM_BACKWARD.override is None and feed_forward.FEED_FORWARD_BACKWARD.override is None:
-        backward = NORMED_SUM_FEED_FORWARD_BACKWARD.pick(residuals[1].size // a.shape[-1] * residuals[4].size)
-    else:
-        backward = NORMED_SUM_FEED_FORWARD_BACKWARD.reference
-    return backward(dy, a, *residuals)
+    work = a.size // a.shape[-1] * residuals[4].size
+    return path(NORMED_SUM_FEED_FORWARD_BACKWARD, FEED_FORWARD_PARTS[1], work)(dy, a, *residuals)

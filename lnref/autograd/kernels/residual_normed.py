@@ -401,15 +401,57 @@ RESIDUAL_NORMED_FEED_FORWARD_BACKWARD = Twin(
 
 
 # ----- the public kernels --------------------------------------------------------------
+# (``normed_sum.py``'s check their inputs and pick their path with the helpers here.)
 
 
-def check_branch(a: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> None:
+def checked_attention_branch(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, weights: Arrays, n_heads: int, causal: bool
+) -> Arrays:
+    """``(a, gamma, beta, wq, bq, wk, bk, wv, bv, wo, bo)`` as float arrays of one dtype that fit
+    a self-attention branch on ``a`` (B, T, d), or an error."""
+    a, gamma, beta, wq, bq, wk, bk, wv, bv, wo, bo = float_arrays(a, gamma, beta, *weights)
     check_fit(a.ndim == 3 and gamma.shape == beta.shape == a.shape[2:], "a", a, "gamma", gamma, "beta", beta)
+    attention_sublayer.check_attention_sublayer_shapes(a, None, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, bool(causal))
+    return a, gamma, beta, wq, bq, wk, bk, wv, bv, wo, bo
 
 
-# The fused loops run only while the norm's and the sublayer's kernels run as their rule picks:
-# where a test or a forced path has put another implementation in the place of one of them,
-# the NumPy twin calls it instead.
+def checked_feed_forward_branch(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, weights: Arrays, activation: str
+) -> Arrays:
+    """``(a, gamma, beta, w1, b1, w2, b2)`` as float arrays of one dtype that fit an FFN branch
+    on ``a`` (B, T, d), or an error."""
+    feed_forward.check_activation(activation)
+    a, gamma, beta, w1, b1, w2, b2 = float_arrays(a, gamma, beta, *weights)
+    d = a.shape[-1]
+    fits = a.ndim == 3 and gamma.shape == beta.shape == (d,) and w1.ndim == 2 and w1.shape[0] == d
+    fits = fits and b1.shape == w1.shape[1:] and w2.shape == (w1.shape[1], d) and b2.shape == (d,)
+    check_fit(fits, "a", a, "gamma", gamma, "w1", w1, "b1", b1, "w2", w2, "b2", b2)
+    return a, gamma, beta, w1, b1, w2, b2
+
+
+def attention_work(a: np.ndarray) -> tuple[int, int]:
+    """The attention sublayer's measures of work on ``a`` (B, T, d), self-attention."""
+    return attention_sublayer.attention_sublayer_work(a.shape[0], a.shape[1], a.shape[1], a.shape[2])
+
+
+def path(fused: Twin, parts: tuple[Twin, Twin], *work: int) -> Any:
+    """The implementation of ``fused`` for this much work; its NumPy twin, which calls the
+    parts' public kernels, while a test or a forced path has put another implementation in the
+    place of one of ``parts``: the fused loop must not run in theirs."""
+    if parts[0].override is None and parts[1].override is None:
+        return fused.pick(*work)
+    return fused.reference
+
+
+# The parts a fused kernel stands for: (forward twins, backward twins).
+ATTENTION_PARTS = (
+    (norms.LAYER_NORM_FORWARD, attention_sublayer.ATTENTION_SUBLAYER_FORWARD),
+    (norms.LAYER_NORM_BACKWARD, attention_sublayer.ATTENTION_SUBLAYER_BACKWARD),
+)
+FEED_FORWARD_PARTS = (
+    (norms.LAYER_NORM_FORWARD, feed_forward.FEED_FORWARD_FORWARD),
+    (norms.LAYER_NORM_BACKWARD, feed_forward.FEED_FORWARD_BACKWARD),
+)
 
 
 def residual_normed_attention_forward(
@@ -417,30 +459,18 @@ def residual_normed_attention_forward(
 ) -> Arrays:
     """y = a + A(LN(a)), A the self-attention sublayer of ``weights`` (wq, bq, wk, bk, wv, bv,
     wo, bo); returns ``(y, normed, mean, rstd, q, k, v, probs, heads)``."""
-    a, gamma, beta, wq, bq, wk, bk, wv, bv, wo, bo = float_arrays(a, gamma, beta, *weights)
-    check_branch(a, gamma, beta)
-    attention_sublayer.check_attention_sublayer_shapes(a, None, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, bool(causal))
-    if norms.LAYER_NORM_FORWARD.override is None and attention_sublayer.ATTENTION_SUBLAYER_FORWARD.override is None:
-        shape = a.shape
-        work = attention_sublayer.attention_sublayer_work(shape[0], shape[1], shape[1], shape[2])
-        forward = RESIDUAL_NORMED_ATTENTION_FORWARD.pick(*work)
-    else:
-        forward = RESIDUAL_NORMED_ATTENTION_FORWARD.reference
-    return forward(a, gamma, beta, float(eps), (wq, bq, wk, bk, wv, bv, wo, bo), n_heads, bool(causal))
+    a, gamma, beta, *checked = checked_attention_branch(a, gamma, beta, weights, n_heads, causal)
+    forward = path(RESIDUAL_NORMED_ATTENTION_FORWARD, ATTENTION_PARTS[0], *attention_work(a))
+    return forward(a, gamma, beta, float(eps), tuple(checked), n_heads, bool(causal))
 
 
 def residual_normed_attention_backward(dy: np.ndarray, a: np.ndarray, *residuals: np.ndarray) -> Arrays:
-    """The VJP of :func:`residual_normed_attention_forward` at ``dy``, from its input ``a``,
-    its ``gamma`` and residuals (``gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs,
-    heads``: the forward's own, unchanged); returns ``(da, dgamma, dbeta, dwq, dbq, dwk, dbk,
-    dwv, dbv, dwo, dbo)``."""
+    """The VJP of :func:`residual_normed_attention_forward` at ``dy``, from its input ``a`` and
+    residuals (``gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads``: the
+    forward's own, unchanged); returns ``(da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo,
+    dbo)``."""
     dy = cotangent(dy, a.dtype, a.shape)
-    if norms.LAYER_NORM_BACKWARD.override is None and attention_sublayer.ATTENTION_SUBLAYER_BACKWARD.override is None:
-        shape = a.shape
-        work = attention_sublayer.attention_sublayer_work(shape[0], shape[1], shape[1], shape[2])
-        backward = RESIDUAL_NORMED_ATTENTION_BACKWARD.pick(*work)
-    else:
-        backward = RESIDUAL_NORMED_ATTENTION_BACKWARD.reference
+    backward = path(RESIDUAL_NORMED_ATTENTION_BACKWARD, ATTENTION_PARTS[1], *attention_work(a))
     return backward(dy, a, *residuals)
 
 
@@ -449,17 +479,9 @@ def residual_normed_feed_forward_forward(
 ) -> Arrays:
     """y = a + F(LN(a)), F the FFN of ``weights`` (w1, b1, w2, b2); returns ``(y, normed,
     mean, rstd, hidden, acted)``, ``normed`` as rows."""
-    feed_forward.check_activation(activation)
-    a, gamma, beta, w1, b1, w2, b2 = float_arrays(a, gamma, beta, *weights)
-    check_branch(a, gamma, beta)
-    d = a.shape[2]
-    fits = w1.ndim == 2 and w1.shape[0] == d and b1.shape == w1.shape[1:] and w2.shape == (w1.shape[1], d)
-    check_fit(fits and b2.shape == (d,), "a", a, "w1", w1, "b1", b1, "w2", w2, "b2", b2)
-    if norms.LAYER_NORM_FORWARD.override is None and feed_forward.FEED_FORWARD_FORWARD.override is None:
-        forward = RESIDUAL_NORMED_FEED_FORWARD_FORWARD.pick((a.size // d) * w1.size)
-    else:
-        forward = RESIDUAL_NORMED_FEED_FORWARD_FORWARD.reference
-    return forward(a, gamma, beta, float(eps), (w1, b1, w2, b2), activation)
+    a, gamma, beta, *checked = checked_feed_forward_branch(a, gamma, beta, weights, activation)
+    forward = path(RESIDUAL_NORMED_FEED_FORWARD_FORWARD, FEED_FORWARD_PARTS[0], a.size // a.shape[-1] * checked[0].size)
+    return forward(a, gamma, beta, float(eps), tuple(checked), activation)
 
 
 def residual_normed_feed_forward_backward(dy: np.ndarray, a: np.ndarray, *residuals: Any) -> Arrays:
@@ -467,9 +489,5 @@ def residual_normed_feed_forward_backward(dy: np.ndarray, a: np.ndarray, *residu
     and residuals (``gamma, normed, mean, rstd, w1, w2, hidden, acted, activation``: the
     forward's own, unchanged); returns ``(da, dgamma, dbeta, dw1, db1, dw2, db2)``."""
     dy = cotangent(dy, a.dtype, a.shape)
-    if norms.LAYER_NORM_BACKWARD.override is None and feed_forward.FEED_FORWARD_BACKWARD.override is None:
-        normed, w1 = residuals[1], residuals[4]
-        backward = RESIDUAL_NORMED_FEED_FORWARD_BACKWARD.pick(normed.shape[0] * w1.size)
-    else:
-        backward = RESIDUAL_NORMED_FEED_FORWARD_BACKWARD.reference
-    return backward(dy, a, *residuals)
+    work = a.size // a.shape[-1] * residuals[4].size
+    return path(RESIDUAL_NORMED_FEED_FORWARD_BACKWARD, FEED_FORWARD_PARTS[1], work)(dy, a, *residuals)
