@@ -6,7 +6,7 @@ same pass run as its recorded steps, in one process.
 Each process builds the model, replays its pass until both variants are warm, then alternates
 them, one repetition each (a repetition: ``--min-time`` seconds of passes), so that both see
 the same machine load; it prints the median ms per forward+backward of each and their ratio.
-The recorded steps run when the fusion's registry check fails, which the script forces by
+The recorded steps run when the fusion's check of the registry fails, which the script forces by
 replacing that check, the one thing it changes. One BLAS thread, glibc's malloc thresholds
 fixed as the ``lnref`` command fixes them.
 """
@@ -39,10 +39,10 @@ def child(args):
     dims, batch, seq = CONFIGS[args.config]
     model = lnref.build(args.scheme, **dims)
     x, dy, _ = model.sample_inputs(batch=batch, seq=seq)
-    registered = fusion.still_registered
+    in_place = fusion.defined_primitives_in_place
 
     def passes(fused, number):
-        fusion.still_registered = registered if fused else (lambda primitives: False)
+        fusion.defined_primitives_in_place = in_place if fused else (lambda: False)
         started = time.perf_counter()
         for _ in range(number):
             model.value_and_grad(x, dy)

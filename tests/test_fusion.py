@@ -142,11 +142,18 @@ def test_a_fused_step_calls_a_replaced_norm_kernel():
     assert len(calls) == 2 * SMALL["n_layers"] + 1
 
 
-def test_timed_primitives_keep_a_pass_fused():
+def test_a_replay_calls_a_primitive_swapped_before_its_first_pass(monkeypatch):
+    norm = PRIMITIVES["layer_norm"]
+    without_dbeta = norm._replace(vjp=lambda dout, residuals: (*norm.vjp(dout, residuals)[:2], None))
+    monkeypatch.setitem(PRIMITIVES, "layer_norm", without_dbeta)
     model = lnref.build("pre", **SMALL)
-    _taped_and_replayed(model)
+    _, (_, grads) = _taped_and_replayed(model)
+    assert not np.any(grads["layers.0.ln_attn.beta"])
+
+
+def test_timed_primitives_keep_a_pass_fused():
     with TimeSplit():
-        assert fusion.still_registered(_program(model)._fused_for)
+        assert fusion.defined_primitives_in_place()
 
 
 @pytest.mark.parametrize("fusion_name", ["residual_normed", "normed_sum"])

@@ -29,7 +29,7 @@ import inspect
 from collections import Counter
 from typing import Any
 
-from lnref.autograd.primitive import PRIMITIVES, Primitive
+from lnref.autograd.primitive import DEFINED, PRIMITIVES
 
 # A step: (primitive name, argument slots, static parameters, output slot).
 Step = tuple[str, tuple[int, ...], dict[str, Any], int]
@@ -130,20 +130,16 @@ def _read_between(steps: list[Step], match: tuple[int, int, int]) -> bool:
     )
 
 
-def registered() -> dict[str, Primitive]:
-    """The primitives a fused pass stands for, as registered now."""
-    return {name: PRIMITIVES[name] for name in PRIMITIVE_NAMES if name in PRIMITIVES}
-
-
-def still_registered(primitives: dict[str, Primitive]) -> bool:
-    """Whether the registry still holds ``primitives`` (or timers around them): a fused pass
-    must not run in the place of a primitive a test has swapped for a broken one."""
-    for name, primitive in primitives.items():
-        now = PRIMITIVES.get(name)
-        if now is primitive:
+def defined_primitives_in_place() -> bool:
+    """Whether the registry holds the primitives a fused step stands for as lnref defines them
+    (or timers around them): a fused pass must not run in the place of one a test has swapped
+    for a broken one."""
+    for name in PRIMITIVE_NAMES:
+        now, defined = PRIMITIVES.get(name), DEFINED[name]
+        if now is defined:
             continue
-        if now is None or inspect.unwrap(now.forward) is not primitive.forward:
+        if now is None or inspect.unwrap(now.forward) is not defined.forward:
             return False
-        if inspect.unwrap(now.vjp) is not primitive.vjp:
+        if inspect.unwrap(now.vjp) is not defined.vjp:
             return False
     return True

@@ -64,7 +64,6 @@ class Program:
         self._none_inputs = [slot for slot, value in enumerate(inputs) if value is None]
         fixed = {**dict.fromkeys(self._none_inputs), **dict(enumerate(constants, first_constant))}
         self.fused_steps = fusion.fuse(steps, fixed, output_slot)
-        self._fused_for = fusion.registered()
         self._needs_of: dict[tuple[bool, tuple[bool, ...]], list[bool]] = {}
 
     @classmethod
@@ -111,7 +110,7 @@ class Program:
         """(the output's value, d output / d input for each input flagged in ``differentiate``,
         None for the others) at ``arrays``, the inputs' new values; the output is a scalar.
         What a tape gives for :meth:`run`'s records, computed without them (see the module)."""
-        if fusion.still_registered(self._fused_for) and all(arrays[slot] is None for slot in self._none_inputs):
+        if fusion.defined_primitives_in_place() and all(arrays[slot] is None for slot in self._none_inputs):
             try:
                 return self._value_and_grad(True, arrays, differentiate)
             except (TypeError, ValueError):
