@@ -45,6 +45,7 @@ The modules
 ``residual_normed``    a residual branch with a LayerNorm on its input, a + S(LN(a)), the
                        replayed pass's fusion of the three (Pre-LN's branches)
 ``normed_sum``         a LayerNorm of a residual sum, LN(a + S(a)) (Post-LN's branches)
+``branches``           what the two share: the add, their loop twins, checks, choice of path
 ``activations``        GELU, the ReLU backward
 ``warmup``             a first run's compilation
 

@@ -26,17 +26,19 @@ import numpy as np
 
 import lnref.autograd.kernels as kernels
 from lnref.autograd.kernels import attention_sublayer, feed_forward, linear
-from lnref.autograd.kernels.checks import cotangent
-from lnref.autograd.kernels.norms import layer_norm_backward_kernel, layer_norm_forward_kernel
-from lnref.autograd.kernels.residual_normed import (
+from lnref.autograd.kernels.branches import (
     ATTENTION_PARTS,
     FEED_FORWARD_PARTS,
     add_into,
+    attention_loops,
     attention_work,
     checked_attention_branch,
     checked_feed_forward_branch,
+    feed_forward_loops,
     path,
 )
+from lnref.autograd.kernels.checks import cotangent
+from lnref.autograd.kernels.norms import layer_norm_backward_kernel, layer_norm_forward_kernel
 from lnref.autograd.kernels.seam import Twin, njit
 
 Arrays = tuple[np.ndarray, ...]
@@ -172,68 +174,19 @@ def _normed_sum_attention_backward_kernel(
     add_into(dtotal, da)
 
 
-def _normed_sum_attention_forward_loop(
-    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, n_heads: int, causal: bool
-) -> Arrays:
-    """Loop twin (allocates, then runs :func:`_normed_sum_attention_forward_kernel`)."""
-    shape, dtype = a.shape, a.dtype
-    batch, t_len, rows = shape[0], shape[1], shape[0] * shape[1]
-    total, q, k, v, heads, y = (
-        np.empty(shape, dtype),
-        np.empty(shape, dtype),
-        np.empty(shape, dtype),
-        np.empty(shape, dtype),
-        np.empty(shape, dtype),
-        np.empty(shape, dtype),
-    )
-    mean, rstd = np.empty(rows, dtype), np.empty(rows, dtype)
-    probs = np.zeros((batch, n_heads, t_len, t_len), dtype)
-    wq, bq, wk, bk, wv, bv, wo, bo = weights
-    _normed_sum_attention_forward_kernel(
-        a, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, total, mean, rstd, q, k, v, probs, heads, y
-    )
-    return y, total, mean, rstd, q, k, v, probs, heads
-
-
-def _normed_sum_attention_backward_loop(
-    dy: np.ndarray,
-    a: np.ndarray,
-    gamma: np.ndarray,
-    total: np.ndarray,
-    mean: np.ndarray,
-    rstd: np.ndarray,
-    wq: np.ndarray,
-    wk: np.ndarray,
-    wv: np.ndarray,
-    wo: np.ndarray,
-    q: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    probs: np.ndarray,
-    heads: np.ndarray,
-) -> Arrays:
-    """Loop twin (allocates, then runs :func:`_normed_sum_attention_backward_kernel`)."""
-    dtype, d = a.dtype, a.shape[-1]
-    dtotal, da = np.empty(a.shape, dtype), np.empty(a.shape, dtype)
-    dw, db = np.empty((4, d, d), dtype), np.empty((4, d), dtype)
-    dgamma, dbeta = np.zeros(d), np.zeros(d)  # float64 accumulators, as LayerNorm's loop keeps them
-    _normed_sum_attention_backward_kernel(
-        dy, a, gamma, total, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads, dtotal, dw, db, da, dgamma, dbeta
-    )
-    dgamma, dbeta = dgamma.astype(dtype, copy=False), dbeta.astype(dtype, copy=False)
-    return (da, dgamma, dbeta, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3])
-
-
+_ATTENTION_LOOPS = attention_loops(
+    "normed_sum_attention", _normed_sum_attention_forward_kernel, _normed_sum_attention_backward_kernel
+)
 NORMED_SUM_ATTENTION_FORWARD = Twin(
     "normed_sum_attention_forward",
     reference=normed_sum_attention_forward_reference,
-    loop=_normed_sum_attention_forward_loop,
+    loop=_ATTENTION_LOOPS[0],
     loop_pays_up_to=attention_sublayer.LOOP_PAYS_UP_TO,
 )
 NORMED_SUM_ATTENTION_BACKWARD = Twin(
     "normed_sum_attention_backward",
     reference=normed_sum_attention_backward_reference,
-    loop=_normed_sum_attention_backward_loop,
+    loop=_ATTENTION_LOOPS[1],
     loop_pays_up_to=attention_sublayer.LOOP_PAYS_UP_TO,
 )
 
@@ -345,87 +298,24 @@ def _normed_sum_feed_forward_backward_kernel(
     add_into(dtotal, da)
 
 
-def _normed_sum_feed_forward_forward_loop(
-    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str
-) -> Arrays:
-    """Loop twin (allocates, then runs :func:`_normed_sum_feed_forward_forward_kernel`)."""
-    w1, b1, w2, b2 = weights
-    dtype, rows = a.dtype, a.size // a.shape[-1]
-    total, y, mean, rstd = (
-        np.empty(a.shape, dtype),
-        np.empty(a.shape, dtype),
-        np.empty(rows, dtype),
-        np.empty(rows, dtype),
-    )
-    hidden = np.empty((rows, w1.shape[1]), dtype)
-    acted = hidden if activation == "relu" else np.empty_like(hidden)  # ReLU in place, as the FFN's loop
-    code = feed_forward.FFN_CODES[activation]
-    _normed_sum_feed_forward_forward_kernel(
-        a, gamma, beta, eps, w1, b1, w2, b2, code, total, mean, rstd, hidden, acted, y
-    )
-    return y, total, mean, rstd, hidden, acted
-
-
-def _normed_sum_feed_forward_backward_loop(
-    dy: np.ndarray,
-    a: np.ndarray,
-    gamma: np.ndarray,
-    total: np.ndarray,
-    mean: np.ndarray,
-    rstd: np.ndarray,
-    w1: np.ndarray,
-    w2: np.ndarray,
-    hidden: np.ndarray,
-    acted: np.ndarray,
-    activation: str,
-) -> Arrays:
-    """Loop twin (allocates, then runs :func:`_normed_sum_feed_forward_backward_kernel`)."""
-    dtype, d = a.dtype, a.shape[-1]
-    dacted, dtotal, da = np.empty(acted.shape, dtype), np.empty(a.shape, dtype), np.empty(a.shape, dtype)
-    dw1, db1 = np.empty(w1.shape, dtype), np.empty(w1.shape[1], dtype)
-    dw2, db2 = np.empty(w2.shape, dtype), np.empty(w2.shape[1], dtype)
-    dgamma, dbeta = np.zeros(d), np.zeros(d)  # float64 accumulators, as LayerNorm's loop keeps them
-    code = feed_forward.FFN_CODES[activation]
-    _normed_sum_feed_forward_backward_kernel(
-        dy,
-        a,
-        gamma,
-        total,
-        mean,
-        rstd,
-        w1,
-        w2,
-        hidden,
-        acted,
-        code,
-        dacted,
-        dtotal,
-        dw1,
-        db1,
-        dw2,
-        db2,
-        da,
-        dgamma,
-        dbeta,
-    )
-    return da, dgamma.astype(dtype, copy=False), dbeta.astype(dtype, copy=False), dw1, db1, dw2, db2
-
-
+_FEED_FORWARD_LOOPS = feed_forward_loops(
+    "normed_sum_feed_forward", _normed_sum_feed_forward_forward_kernel, _normed_sum_feed_forward_backward_kernel
+)
 NORMED_SUM_FEED_FORWARD_FORWARD = Twin(
     "normed_sum_feed_forward_forward",
     reference=normed_sum_feed_forward_forward_reference,
-    loop=_normed_sum_feed_forward_forward_loop,
+    loop=_FEED_FORWARD_LOOPS[0],
     loop_pays_up_to=linear.LOOP_PAYS_UP_TO,
 )
 NORMED_SUM_FEED_FORWARD_BACKWARD = Twin(
     "normed_sum_feed_forward_backward",
     reference=normed_sum_feed_forward_backward_reference,
-    loop=_normed_sum_feed_forward_backward_loop,
+    loop=_FEED_FORWARD_LOOPS[1],
     loop_pays_up_to=linear.LOOP_PAYS_UP_TO,
 )
 
 
-# ----- the public kernels (checked and picked as ``residual_normed.py``'s) --------------
+# ----- the public kernels --------------------------------------------------------------
 
 
 def normed_sum_attention_forward(

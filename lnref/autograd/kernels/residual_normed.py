@@ -26,20 +26,23 @@ from typing import Any, cast
 import numpy as np
 
 import lnref.autograd.kernels as kernels
-from lnref.autograd.kernels import attention_sublayer, feed_forward, linear, norms
-from lnref.autograd.kernels.checks import check_fit, cotangent, float_arrays
+from lnref.autograd.kernels import attention_sublayer, feed_forward, linear
+from lnref.autograd.kernels.branches import (
+    ATTENTION_PARTS,
+    FEED_FORWARD_PARTS,
+    add_into,
+    attention_loops,
+    attention_work,
+    checked_attention_branch,
+    checked_feed_forward_branch,
+    feed_forward_loops,
+    path,
+)
+from lnref.autograd.kernels.checks import cotangent
 from lnref.autograd.kernels.norms import layer_norm_backward_kernel, layer_norm_forward_kernel
 from lnref.autograd.kernels.seam import Twin, njit
 
 Arrays = tuple[np.ndarray, ...]
-
-
-@njit(cache=True)
-def add_into(a: np.ndarray, y: np.ndarray) -> None:
-    """y <- a + y, element by element (the residual add, the stream's value first)."""
-    a_flat, y_flat = a.ravel(), y.ravel()
-    for i in range(y_flat.size):
-        y_flat[i] = a_flat[i] + y_flat[i]
 
 
 # ----- the attention branch ------------------------------------------------------------
@@ -154,79 +157,19 @@ def _residual_normed_attention_backward_kernel(
     add_into(dy, da)
 
 
-def _residual_normed_attention_forward_loop(
-    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, n_heads: int, causal: bool
-) -> Arrays:
-    """Loop twin (allocates, then runs :func:`_residual_normed_attention_forward_kernel`)."""
-    shape, dtype = a.shape, a.dtype
-    batch, t_len, rows = shape[0], shape[1], shape[0] * shape[1]
-    normed, q, k, v, heads, y = (
-        np.empty(shape, dtype),
-        np.empty(shape, dtype),
-        np.empty(shape, dtype),
-        np.empty(shape, dtype),
-        np.empty(shape, dtype),
-        np.empty(shape, dtype),
-    )
-    mean, rstd = np.empty(rows, dtype), np.empty(rows, dtype)
-    probs = np.zeros((batch, n_heads, t_len, t_len), dtype)
-    wq, bq, wk, bk, wv, bv, wo, bo = weights
-    _residual_normed_attention_forward_kernel(
-        a, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, normed, mean, rstd, q, k, v, probs, heads, y
-    )
-    return y, normed, mean, rstd, q, k, v, probs, heads
-
-
-def _residual_normed_attention_backward_loop(
-    dy: np.ndarray,
-    a: np.ndarray,
-    gamma: np.ndarray,
-    normed: np.ndarray,
-    mean: np.ndarray,
-    rstd: np.ndarray,
-    wq: np.ndarray,
-    wk: np.ndarray,
-    wv: np.ndarray,
-    wo: np.ndarray,
-    q: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    probs: np.ndarray,
-    heads: np.ndarray,
-) -> Arrays:
-    """Loop twin (allocates, then runs :func:`_residual_normed_attention_backward_kernel`)."""
-    dtype, d = a.dtype, a.shape[-1]
-    dnormed, da = np.empty(a.shape, dtype), np.empty(a.shape, dtype)
-    dw, db = np.empty((4, d, d), dtype), np.empty((4, d), dtype)
-    dgamma, dbeta = np.zeros(d), np.zeros(d)  # float64 accumulators, as LayerNorm's loop keeps them
-    _residual_normed_attention_backward_kernel(
-        dy, a, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads, dnormed, dw, db, da, dgamma, dbeta
-    )
-    return (
-        da,
-        dgamma.astype(dtype, copy=False),
-        dbeta.astype(dtype, copy=False),
-        dw[0],
-        db[0],
-        dw[1],
-        db[1],
-        dw[2],
-        db[2],
-        dw[3],
-        db[3],
-    )
-
-
+_ATTENTION_LOOPS = attention_loops(
+    "residual_normed_attention", _residual_normed_attention_forward_kernel, _residual_normed_attention_backward_kernel
+)
 RESIDUAL_NORMED_ATTENTION_FORWARD = Twin(
     "residual_normed_attention_forward",
     reference=residual_normed_attention_forward_reference,
-    loop=_residual_normed_attention_forward_loop,
+    loop=_ATTENTION_LOOPS[0],
     loop_pays_up_to=attention_sublayer.LOOP_PAYS_UP_TO,
 )
 RESIDUAL_NORMED_ATTENTION_BACKWARD = Twin(
     "residual_normed_attention_backward",
     reference=residual_normed_attention_backward_reference,
-    loop=_residual_normed_attention_backward_loop,
+    loop=_ATTENTION_LOOPS[1],
     loop_pays_up_to=attention_sublayer.LOOP_PAYS_UP_TO,
 )
 
@@ -237,11 +180,11 @@ RESIDUAL_NORMED_ATTENTION_BACKWARD = Twin(
 def residual_normed_feed_forward_forward_reference(
     a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str
 ) -> Arrays:
-    """NumPy twin; returns ``(y, normed, mean, rstd, hidden, acted)``, ``normed`` as rows."""
-    normed, mean, rstd = kernels.layer_norm_forward(a.reshape(-1, a.shape[-1]), gamma, beta, eps)
+    """NumPy twin; returns ``(y, normed, mean, rstd, hidden, acted)``."""
+    rows, mean, rstd = kernels.layer_norm_forward(a.reshape(-1, a.shape[-1]), gamma, beta, eps)
     w1, b1, w2, b2 = weights
-    out, hidden, acted = kernels.feed_forward_forward(normed, w1, b1, w2, b2, activation)
-    return a + out.reshape(a.shape), normed, mean, rstd, hidden, acted
+    out, hidden, acted = kernels.feed_forward_forward(rows, w1, b1, w2, b2, activation)
+    return a + out.reshape(a.shape), rows.reshape(a.shape), mean, rstd, hidden, acted
 
 
 def residual_normed_feed_forward_backward_reference(
@@ -260,7 +203,7 @@ def residual_normed_feed_forward_backward_reference(
     """NumPy twin; returns ``(da, dgamma, dbeta, dw1, db1, dw2, db2)``."""
     d = a.shape[-1]
     dnormed, *dweights = kernels.feed_forward_backward(
-        dy.reshape(-1, d), normed, w1, w2, hidden, acted, activation, residuals_checked=True
+        dy.reshape(-1, d), normed.reshape(-1, d), w1, w2, hidden, acted, activation, residuals_checked=True
     )
     da, dgamma, dbeta = kernels.layer_norm_backward(
         dnormed, a.reshape(-1, d), gamma, mean, rstd, residuals_checked=True
@@ -286,9 +229,10 @@ def _residual_normed_feed_forward_forward_kernel(
     acted: np.ndarray,
     y: np.ndarray,
 ) -> None:
-    rows = normed.shape
-    layer_norm_forward_kernel(a.reshape(rows), gamma, beta, eps, normed, mean, rstd)
-    feed_forward._feed_forward_forward_kernel(normed, w1, b1, w2, b2, activation, hidden, acted, y.reshape(rows))
+    rows = (mean.size, a.shape[-1])
+    normed_rows = normed.reshape(rows)
+    layer_norm_forward_kernel(a.reshape(rows), gamma, beta, eps, normed_rows, mean, rstd)
+    feed_forward._feed_forward_forward_kernel(normed_rows, w1, b1, w2, b2, activation, hidden, acted, y.reshape(rows))
     add_into(a, y)
 
 
@@ -315,143 +259,47 @@ def _residual_normed_feed_forward_backward_kernel(
     dgamma: np.ndarray,
     dbeta: np.ndarray,
 ) -> None:
-    rows = normed.shape
+    rows = (mean.size, a.shape[-1])
+    dnormed_rows = dnormed.reshape(rows)
     feed_forward._feed_forward_backward_kernel(
-        dy.reshape(rows), normed, w1, w2, hidden, acted, activation, dacted, dnormed, dw1, db1, dw2, db2
-    )
-    layer_norm_backward_kernel(dnormed, a.reshape(rows), gamma, mean, rstd, da.reshape(rows), dgamma, dbeta)
-    add_into(dy, da)
-
-
-def _residual_normed_feed_forward_forward_loop(
-    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str
-) -> Arrays:
-    """Loop twin (allocates, then runs :func:`_residual_normed_feed_forward_forward_kernel`)."""
-    w1, b1, w2, b2 = weights
-    dtype, d = a.dtype, a.shape[-1]
-    rows = a.size // d
-    normed, mean, rstd = np.empty((rows, d), dtype), np.empty(rows, dtype), np.empty(rows, dtype)
-    hidden = np.empty((rows, w1.shape[1]), dtype)
-    acted = hidden if activation == "relu" else np.empty_like(hidden)  # ReLU in place, as the FFN's loop
-    y = np.empty(a.shape, dtype)
-    code = feed_forward.FFN_CODES[activation]
-    _residual_normed_feed_forward_forward_kernel(
-        a, gamma, beta, eps, w1, b1, w2, b2, code, normed, mean, rstd, hidden, acted, y
-    )
-    return y, normed, mean, rstd, hidden, acted
-
-
-def _residual_normed_feed_forward_backward_loop(
-    dy: np.ndarray,
-    a: np.ndarray,
-    gamma: np.ndarray,
-    normed: np.ndarray,
-    mean: np.ndarray,
-    rstd: np.ndarray,
-    w1: np.ndarray,
-    w2: np.ndarray,
-    hidden: np.ndarray,
-    acted: np.ndarray,
-    activation: str,
-) -> Arrays:
-    """Loop twin (allocates, then runs :func:`_residual_normed_feed_forward_backward_kernel`)."""
-    dtype, d = a.dtype, a.shape[-1]
-    dacted, dnormed, da = np.empty(acted.shape, dtype), np.empty(normed.shape, dtype), np.empty(a.shape, dtype)
-    dw1, db1 = np.empty(w1.shape, dtype), np.empty(w1.shape[1], dtype)
-    dw2, db2 = np.empty(w2.shape, dtype), np.empty(w2.shape[1], dtype)
-    dgamma, dbeta = np.zeros(d), np.zeros(d)  # float64 accumulators, as LayerNorm's loop keeps them
-    code = feed_forward.FFN_CODES[activation]
-    _residual_normed_feed_forward_backward_kernel(
-        dy,
-        a,
-        gamma,
-        normed,
-        mean,
-        rstd,
+        dy.reshape(rows),
+        normed.reshape(rows),
         w1,
         w2,
         hidden,
         acted,
-        code,
+        activation,
         dacted,
-        dnormed,
+        dnormed_rows,
         dw1,
         db1,
         dw2,
         db2,
-        da,
-        dgamma,
-        dbeta,
     )
-    return da, dgamma.astype(dtype, copy=False), dbeta.astype(dtype, copy=False), dw1, db1, dw2, db2
+    layer_norm_backward_kernel(dnormed_rows, a.reshape(rows), gamma, mean, rstd, da.reshape(rows), dgamma, dbeta)
+    add_into(dy, da)
 
 
+_FEED_FORWARD_LOOPS = feed_forward_loops(
+    "residual_normed_feed_forward",
+    _residual_normed_feed_forward_forward_kernel,
+    _residual_normed_feed_forward_backward_kernel,
+)
 RESIDUAL_NORMED_FEED_FORWARD_FORWARD = Twin(
     "residual_normed_feed_forward_forward",
     reference=residual_normed_feed_forward_forward_reference,
-    loop=_residual_normed_feed_forward_forward_loop,
+    loop=_FEED_FORWARD_LOOPS[0],
     loop_pays_up_to=linear.LOOP_PAYS_UP_TO,
 )
 RESIDUAL_NORMED_FEED_FORWARD_BACKWARD = Twin(
     "residual_normed_feed_forward_backward",
     reference=residual_normed_feed_forward_backward_reference,
-    loop=_residual_normed_feed_forward_backward_loop,
+    loop=_FEED_FORWARD_LOOPS[1],
     loop_pays_up_to=linear.LOOP_PAYS_UP_TO,
 )
 
 
-# ----- the public kernels --------------------------------------------------------------
-# (``normed_sum.py``'s check their inputs and pick their path with the helpers here.)
-
-
-def checked_attention_branch(
-    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, weights: Arrays, n_heads: int, causal: bool
-) -> Arrays:
-    """``(a, gamma, beta, wq, bq, wk, bk, wv, bv, wo, bo)`` as float arrays of one dtype that fit
-    a self-attention branch on ``a`` (B, T, d), or an error."""
-    a, gamma, beta, wq, bq, wk, bk, wv, bv, wo, bo = float_arrays(a, gamma, beta, *weights)
-    check_fit(a.ndim == 3 and gamma.shape == beta.shape == a.shape[2:], "a", a, "gamma", gamma, "beta", beta)
-    attention_sublayer.check_attention_sublayer_shapes(a, None, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, bool(causal))
-    return a, gamma, beta, wq, bq, wk, bk, wv, bv, wo, bo
-
-
-def checked_feed_forward_branch(
-    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, weights: Arrays, activation: str
-) -> Arrays:
-    """``(a, gamma, beta, w1, b1, w2, b2)`` as float arrays of one dtype that fit an FFN branch
-    on ``a`` (B, T, d), or an error."""
-    feed_forward.check_activation(activation)
-    a, gamma, beta, w1, b1, w2, b2 = float_arrays(a, gamma, beta, *weights)
-    d = a.shape[-1]
-    fits = a.ndim == 3 and gamma.shape == beta.shape == (d,) and w1.ndim == 2 and w1.shape[0] == d
-    fits = fits and b1.shape == w1.shape[1:] and w2.shape == (w1.shape[1], d) and b2.shape == (d,)
-    check_fit(fits, "a", a, "gamma", gamma, "w1", w1, "b1", b1, "w2", w2, "b2", b2)
-    return a, gamma, beta, w1, b1, w2, b2
-
-
-def attention_work(a: np.ndarray) -> tuple[int, int]:
-    """The attention sublayer's measures of work on ``a`` (B, T, d), self-attention."""
-    return attention_sublayer.attention_sublayer_work(a.shape[0], a.shape[1], a.shape[1], a.shape[2])
-
-
-def path(fused: Twin, parts: tuple[Twin, Twin], *work: int) -> Any:
-    """The implementation of ``fused`` for this much work; its NumPy twin, which calls the
-    parts' public kernels, while a test or a forced path has put another implementation in the
-    place of one of ``parts``: the fused loop must not run in theirs."""
-    if parts[0].override is None and parts[1].override is None:
-        return fused.pick(*work)
-    return fused.reference
-
-
-# The parts a fused kernel stands for: (forward twins, backward twins).
-ATTENTION_PARTS = (
-    (norms.LAYER_NORM_FORWARD, attention_sublayer.ATTENTION_SUBLAYER_FORWARD),
-    (norms.LAYER_NORM_BACKWARD, attention_sublayer.ATTENTION_SUBLAYER_BACKWARD),
-)
-FEED_FORWARD_PARTS = (
-    (norms.LAYER_NORM_FORWARD, feed_forward.FEED_FORWARD_FORWARD),
-    (norms.LAYER_NORM_BACKWARD, feed_forward.FEED_FORWARD_BACKWARD),
-)
+# ----- the public kernels ------------------------------------------------------------
 
 
 def residual_normed_attention_forward(
@@ -478,7 +326,7 @@ def residual_normed_feed_forward_forward(
     a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str
 ) -> Arrays:
     """y = a + F(LN(a)), F the FFN of ``weights`` (w1, b1, w2, b2); returns ``(y, normed,
-    mean, rstd, hidden, acted)``, ``normed`` as rows."""
+    mean, rstd, hidden, acted)``."""
     a, gamma, beta, *checked = checked_feed_forward_branch(a, gamma, beta, weights, activation)
     forward = path(RESIDUAL_NORMED_FEED_FORWARD_FORWARD, FEED_FORWARD_PARTS[0], a.size // a.shape[-1] * checked[0].size)
     return forward(a, gamma, beta, float(eps), tuple(checked), activation)
