@@ -91,3 +91,8 @@ def test_the_lnref_command_lets_idle_workers_sleep_before_numpy_loads():
         "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
     )
     assert out[-1] == str(blas.IDLE_TIMEOUT)
+
+
+def test_the_readme_gives_lnrefs_idle_timeout_to_library_users():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"OPENBLAS_THREAD_TIMEOUT={blas.IDLE_TIMEOUT}" in readme

@@ -49,9 +49,9 @@ class Program:
     slot per call's output, then the constants.
 
     :meth:`value_and_grad` runs ``fused_steps``, the steps with each residual branch that has
-    a fused primitive as one step (``fusion.py``: the same bits, fewer calls), unless a
-    primitive they stand for is no longer the registered one (a test's broken VJP): then it
-    runs the recorded steps, which call it."""
+    a fused primitive as one step (``fusion.py``: the same bits, fewer calls), unless the
+    registry no longer holds a primitive they stand for as lnref defines it (a test's broken
+    VJP), or a fused step raises: then it runs the recorded steps, which call it."""
 
     def __init__(self, steps: list[Step], inputs: list[Any], constants: list[Any], output_slot: int) -> None:
         self.steps = steps
