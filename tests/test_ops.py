@@ -63,6 +63,56 @@ def test_gelu_vjp(approximate):
     assert_all_pass(check_vjp(lambda t: ops.gelu(t, approximate=approximate), x))
 
 
+def test_absolute_vjp_away_from_the_kink_and_zero_at_it():
+    x = rand(np.random.default_rng(10), 4, 5, low=0.1)
+    assert_all_pass(check_vjp(ops.absolute, x))
+    _, residuals = PRIMITIVES["absolute"].forward(np.zeros(3))
+    np.testing.assert_array_equal(PRIMITIVES["absolute"].vjp(np.ones(3), residuals)[0], np.zeros(3))
+
+
+@pytest.mark.parametrize("op", [ops.tanh, ops.sigmoid], ids=["tanh", "sigmoid"])
+def test_tanh_and_sigmoid_vjp(op):
+    x = rand(np.random.default_rng(11), 4, 7) * 3
+    assert_all_pass(check_vjp(op, x))
+
+
+def test_sigmoid_saturates_without_overflow_and_matches_its_definition():
+    x = np.array([-1000.0, -30.0, -1.5, 0.0, 2.0, 30.0, 1000.0])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        y = ops.sigmoid(x).value
+    np.testing.assert_allclose(y[1:-1], 1 / (1 + np.exp(-x[1:-1])), rtol=1e-15)
+    assert y[0] == 0.0 and y[-1] == 1.0
+
+
+def test_a_tanh_vjp_without_the_squared_output_fails_the_check(monkeypatch):
+    def broken_vjp(dout, out):
+        return (dout * (1 - out),)
+
+    monkeypatch.setitem(PRIMITIVES, "tanh", PRIMITIVES["tanh"]._replace(vjp=broken_vjp))
+    assert_some_fail(check_vjp(ops.tanh, rand(np.random.default_rng(12), 3, 4)))
+
+
+@pytest.mark.parametrize("name", ["mul", "div"])
+def test_a_python_number_operand_gets_no_cotangent_and_the_array_its_own(name):
+    primitive, x = PRIMITIVES[name], rand(np.random.default_rng(13), 2, 3, low=0.5)
+    dout = np.ones_like(x)
+    for args, number_at in (((2.0, x), 0), ((x, 2.0), 1)):
+        _, residuals = primitive.forward(*args)
+        cotangents = primitive.vjp(dout, residuals)
+        assert cotangents[number_at] is None
+        assert cotangents[1 - number_at].shape == x.shape
+
+
+@pytest.mark.parametrize("scalar", [np.asarray(2.0), np.float64(2.0)], ids=["0-d array", "NumPy scalar"])
+def test_a_scalar_operand_of_another_dtype_is_refused(scalar):
+    with pytest.raises(ValueError, match="mul: mixed dtypes"):
+        ops.mul(scalar, np.ones((2, 3), dtype=np.float32))
+
+
+def test_a_python_number_operand_takes_the_arrays_dtype():
+    assert ops.mul(2.0, np.ones((2, 3), dtype=np.float32)).value.dtype == np.float32
+
+
 # ----- reductions and shapes -----
 
 

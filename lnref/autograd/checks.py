@@ -20,10 +20,11 @@ def shapes(*arrays: Any) -> str:
 
 
 def check_float(op: str, *arrays: Any) -> None:
-    """All array inputs share one float dtype (float64 or float32); numbers are free."""
+    """All array inputs and NumPy scalars share one float dtype (float64 or float32); Python
+    numbers are free (they take the arrays' dtype, where a NumPy scalar would impose its own)."""
     dtype = None
     for a in arrays:
-        if not isinstance(a, np.ndarray):
+        if not isinstance(a, (np.ndarray, np.floating)):
             continue
         if dtype is None:
             dtype = a.dtype
@@ -71,8 +72,18 @@ def kernel_error(op: str, error: Exception, *arrays: Any) -> ValueError:
 
 def binary_shapes(op: str, a: Any, b: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(shape of a, shape of b) once both are checked: one float dtype, broadcastable shapes."""
-    if type(a) is np.ndarray and type(b) is np.ndarray and a.shape == b.shape and plain_float_arrays(a, b):
-        return a.shape, a.shape
+    # The common cases first: arrays of one shape, or an array and a scalar (a Python number,
+    # a 0-d array or a NumPy scalar of the array's dtype).
+    if type(a) is np.ndarray:
+        if type(b) is np.ndarray:
+            if (a.shape == b.shape or not a.ndim or not b.ndim) and plain_float_arrays(a, b):
+                return a.shape, b.shape
+        elif type(b) is float or type(b) is int or type(b) is a.dtype.type:
+            if plain_float_arrays(a):
+                return a.shape, ()
+    elif type(b) is np.ndarray and (type(a) is float or type(a) is int or type(a) is b.dtype.type):
+        if plain_float_arrays(b):
+            return (), b.shape
     check_float(op, a, b)
     try:
         np.broadcast_shapes(np.shape(a), np.shape(b))

@@ -12,8 +12,8 @@ formulas. NaN and inf: the norms reject them from inside their kernels at no cos
 and cross_entropy test their inputs; the products (linear, attention) let them through to the
 next norm, which rejects them. The fused sublayers (one record for a whole attention or FFN
 sublayer) are the fast path beside these, in ``fused.py``; the normalization primitives
-(layer_norm, rms_norm, dyt, derf, scale_norm, l2_normalize) live in ``norm_ops.py`` and are
-re-exported here.
+(layer_norm, rms_norm, dyt, derf, scale_norm, l2_normalize) live in ``norm_ops.py``, those
+that mix streams (weighted_sum, sinkhorn) in ``mixing_ops.py``; both are re-exported here.
 
 Importing this module binds Tensor's operators (``+``, ``-``, ``*``, ``/``, ``@``, unary ``-``,
 indexing) to the primitives below.
@@ -34,6 +34,8 @@ from lnref.autograd.checks import (
     shapes,
     unbroadcast,
 )
+from lnref.autograd.mixing_ops import sinkhorn as sinkhorn
+from lnref.autograd.mixing_ops import weighted_sum as weighted_sum
 from lnref.autograd.norm_ops import derf as derf
 from lnref.autograd.norm_ops import dyt as dyt
 from lnref.autograd.norm_ops import l2_normalize as l2_normalize
@@ -47,6 +49,12 @@ Residuals = Any
 Cotangents = tuple[Any, ...]
 
 # ----- elementwise --------------------------------------------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    """A Python number among a primitive's inputs: a constant of the pass, which has no
+    cotangent (every value a gradient can reach is an array), so its VJP computes none."""
+    return type(value) is float or type(value) is int
 
 
 def _add_fwd(a: Any, b: Any) -> tuple[Any, Residuals]:
@@ -80,7 +88,8 @@ def _mul_fwd(a: Any, b: Any) -> tuple[Any, Residuals]:
 
 def _mul_vjp(dout: np.ndarray, inputs: Residuals) -> Cotangents:
     a, b = inputs
-    return unbroadcast(dout * b, np.shape(a)), unbroadcast(dout * a, np.shape(b))
+    da = None if _is_number(a) else unbroadcast(dout * b, np.shape(a))
+    return da, None if _is_number(b) else unbroadcast(dout * a, np.shape(b))
 
 
 mul = defprimitive("mul", _mul_fwd, _mul_vjp)
@@ -93,7 +102,8 @@ def _div_fwd(a: Any, b: Any) -> tuple[Any, Residuals]:
 
 def _div_vjp(dout: np.ndarray, inputs: Residuals) -> Cotangents:
     a, b = inputs
-    return unbroadcast(dout / b, np.shape(a)), unbroadcast(-dout * a / (b * b), np.shape(b))
+    da = None if _is_number(a) else unbroadcast(dout / b, np.shape(a))
+    return da, None if _is_number(b) else unbroadcast(-dout * a / (b * b), np.shape(b))
 
 
 div = defprimitive("div", _div_fwd, _div_vjp)
@@ -122,6 +132,20 @@ def _relu_vjp(dout: np.ndarray, out: Residuals) -> Cotangents:
 
 
 relu = defprimitive("relu", _relu_fwd, _relu_vjp)
+
+
+def _absolute_fwd(x: Any) -> tuple[np.ndarray, Residuals]:
+    """|x|. VJP: dx = sign(x) dout, 0 at x = 0 (as PyTorch's ``abs`` takes it)."""
+    check_float("absolute", x)
+    x = np.asarray(x)
+    return np.abs(x), x
+
+
+def _absolute_vjp(dout: np.ndarray, x: Residuals) -> Cotangents:
+    return (dout * np.sign(x),)
+
+
+absolute = defprimitive("absolute", _absolute_fwd, _absolute_vjp)
 
 
 def _gelu_fwd(x: np.ndarray, *, approximate: str = "none") -> tuple[np.ndarray, Residuals]:
@@ -174,6 +198,37 @@ def _exp_vjp(dout: np.ndarray, out: Residuals) -> Cotangents:
 
 
 exp = defprimitive("exp", _exp_fwd, _exp_vjp)
+
+
+def _tanh_fwd(x: Any) -> tuple[np.ndarray, Residuals]:
+    """tanh(x). VJP: dx = dout (1 - tanh(x)^2) (the output is the residual)."""
+    check_float("tanh", x)
+    out = np.asarray(np.tanh(x))
+    return out, out
+
+
+def _tanh_vjp(dout: np.ndarray, out: Residuals) -> Cotangents:
+    return (dout * (1 - out * out),)
+
+
+tanh = defprimitive("tanh", _tanh_fwd, _tanh_vjp)
+
+
+def _sigmoid_fwd(x: Any) -> tuple[np.ndarray, Residuals]:
+    """sigma(x) = 1 / (1 + e^-x), computed from e^-|x| so that no exponential overflows.
+    VJP: dx = dout sigma(x) (1 - sigma(x)) (the output is the residual)."""
+    check_float("sigmoid", x)
+    x = np.asarray(x)
+    small = np.exp(-np.abs(x))
+    out = np.where(x >= 0, 1 / (1 + small), small / (1 + small)).astype(x.dtype, copy=False)
+    return out, out
+
+
+def _sigmoid_vjp(dout: np.ndarray, out: Residuals) -> Cotangents:
+    return (dout * (out * (1 - out)),)
+
+
+sigmoid = defprimitive("sigmoid", _sigmoid_fwd, _sigmoid_vjp)
 
 
 def _clamp_fwd(x: Any, *, low: float | None = None, high: float | None = None) -> tuple[np.ndarray, Residuals]:

@@ -22,7 +22,8 @@ The kinds (:data:`KINDS`):
 * ``attention``: softmax and the attention core's loops (the loop twins do Q K^T and P V
   inside them; the blocked path's products count as products);
 * ``norms``: the norm kinds' kernels;
-* ``element-wise``: adds, scales, activations, reshapes, sums, the primitives computing in NumPy;
+* ``element-wise``: adds, scales, activations, reshapes, sums, weighted sums of streams,
+  Sinkhorn's rounds, the primitives computing in NumPy;
 * ``compiled sublayers``: a whole attention or FFN sublayer in one compiled call each way (the
   small sizes' fast path), whose products and loops one timer cannot tell apart.
 
@@ -56,8 +57,8 @@ KINDS = (PRODUCTS, ATTENTION, NORMS, ELEMENTWISE, SUBLAYERS)
 # The primitives that compute in NumPy themselves, by the kind of their work; every other
 # primitive hands its work to the kernels, which are timed instead.
 PRIMITIVE_KINDS = {
-    **dict.fromkeys(("add", "sub", "mul", "div", "neg", "relu", "exp", "clamp", "sum"), ELEMENTWISE),
-    **dict.fromkeys(("reshape", "index", "stop_gradient", "cross_entropy"), ELEMENTWISE),
+    **dict.fromkeys(("add", "sub", "mul", "div", "neg", "relu", "absolute", "exp", "clamp"), ELEMENTWISE),
+    **dict.fromkeys(("tanh", "sigmoid", "sum", "reshape", "index", "stop_gradient", "cross_entropy"), ELEMENTWISE),
     **dict.fromkeys(("matmul", "linear_per_row"), PRODUCTS),
 }
 
@@ -67,7 +68,7 @@ _KERNEL_FAMILIES = (
     (("linear_",), PRODUCTS),
     (("attention_forward", "attention_backward", "softmax_"), ATTENTION),
     (("layer_norm_", "rms_norm_", "dyt_", "derf_", "scale_norm_"), NORMS),
-    (("gelu_", "relu_"), ELEMENTWISE),
+    (("gelu_", "relu_", "sinkhorn_", "weighted_sum_"), ELEMENTWISE),
 )
 _SUBLAYER_TWIN_KINDS = {
     "attention_sublayer": PRODUCTS,

@@ -22,6 +22,8 @@ reads the outputs.
 
 import numpy as np
 
+from lnref.autograd import ops
+
 SUMMARY = "x_{i+1} = sum_{j<=i+1} alpha_ij X_j over the embedding and every block output (Pre-LN blocks)"
 PAPER = "Pagliardini et al. 2024, DenseFormer: Enhancing Information Flow via Depth Weighted Averaging, Sec. 3"
 NORMS = ("ln_{}",)
@@ -51,10 +53,7 @@ def layer(state, layer):
     for name, branch in layer.branches:
         x = x + branch(layer.norm(f"ln_{name}", x))
     outputs.append(x)
-    weights = layer.param("dwa_weights")
-    averaged = outputs[0] * weights[0]
-    for j in range(1, len(outputs)):
-        averaged = averaged + outputs[j] * weights[j]
+    averaged = ops.weighted_sum(layer.param("dwa_weights"), *outputs)
     return averaged if layer.index == layer.n_layers - 1 else (averaged, *outputs)
 
 

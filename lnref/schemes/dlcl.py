@@ -14,6 +14,8 @@ The state carries (x_l, n_0, ..., n_l); ``layers.{l}.dlcl_weights`` holds row l+
 
 import numpy as np
 
+from lnref.autograd import ops
+
 SUMMARY = "x_{l+1} = sum_k W_{l+1,k} LN(y_k) over all earlier layers (Pre-LN); y = LN(x_L)"
 PAPER = "Wang et al. 2019, Learning Deep Transformer Models for Machine Translation, Sec. 3"
 NORMS = ("ln_{}",)
@@ -39,10 +41,7 @@ def layer(state, layer):
     for name, branch in layer.branches:
         x = x + branch(layer.norm(f"ln_{name}", x))
     history.append(layer.norm("ln_out", x))
-    weights = layer.param("dlcl_weights")
-    combined = history[0] * weights[0]
-    for k in range(1, len(history)):
-        combined = combined + history[k] * weights[k]
+    combined = ops.weighted_sum(layer.param("dlcl_weights"), *history)
     return (combined, *history)
 
 

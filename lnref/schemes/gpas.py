@@ -37,7 +37,7 @@ def layer_params(index, branches, config):
 
 
 def silu(a):
-    return a / (1 + ops.exp(-a))
+    return a * ops.sigmoid(a)
 
 
 def layer(x, layer):

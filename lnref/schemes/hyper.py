@@ -24,8 +24,6 @@ matrix HC = [[0, B], [A_m, A_r]], its dynamic form and the Pre-Norm-equivalent i
 as lnref's notes record them, checked there against lucidrains/hyper-connections @4775103 (not
 the authors'); the stored copy of the paper shows its opening only, and third-party summaries
 of it agree. The paper's runs take n = 4 (its x4 models), lnref's default.
-tanh(z) is computed as 1 - 2 / (e^{2z} + 1) with z held to [-20, 20],
-where tanh is +-1 in double precision.
 """
 
 import numpy as np
@@ -70,27 +68,20 @@ def layer_params(index, branches, config):
     return params
 
 
-def tanh(z):
-    return 1 - 2 / (ops.exp(2 * ops.clamp(z, low=-20.0, high=20.0)) + 1)
-
-
-def sigmoid(z):
-    return (tanh(z / 2) + 1) / 2
-
-
 def connections(layer, name, h):
-    """(A_m[i], A_r[i][j], B[j]): scalars, or per token (batch, seq, 1) when dynamic."""
+    """(A_m, [A_r; B]): the width connection (n,) and the depth connections with B as their
+    last row (n + 1, n), the weights of h_in = sum_i A_m[i] h_i and of h_j <- sum_i A_r[i, j]
+    h_i + B[j] S(...); per token, (batch, seq, n) and (batch, seq, n + 1, n), when dynamic."""
     n, p = len(h), lambda short: layer.param(f"hc_{name}.{short}")
-    a_m, a_r, b = p("am"), p("ar"), p("b")
     if not layer.option("dynamic"):
-        return [a_m[i] for i in range(n)], [[a_r[i, j] for j in range(n)] for i in range(n)], [b[j] for j in range(n)]
-    normed = [layer.norm(f"ln_{name}_hc", h_i) for h_i in h]
+        return p("am"), ops.concatenate(p("ar"), ops.reshape(p("b"), shape=(1, n)), axis=0)
+    rows = (*h[0].shape[:-1], n, h[0].shape[-1])  # H per token: the paper's n x d matrix
+    h_bar = layer.norm(f"ln_{name}_hc", ops.reshape(ops.concatenate(*h, axis=-1), shape=rows))
     s_a, s_b = p("s_alpha"), p("s_beta")
-    m = [s_a * tanh(ops.matmul(normed[i], p("wm"))) + a_m[i] for i in range(n)]
-    rows = [s_a * tanh(ops.matmul(normed[i], p("wr"))) for i in range(n)]  # (batch, seq, n) each
-    r = [[rows[i][..., j : j + 1] + a_r[i, j] for j in range(n)] for i in range(n)]
-    out = [s_b * tanh(ops.matmul(normed[j], p("wb"))) + b[j] for j in range(n)]
-    return m, r, out
+    a_m = s_a * ops.tanh(ops.reshape(ops.matmul(h_bar, p("wm")), shape=rows[:-1])) + p("am")
+    a_r = s_a * ops.tanh(ops.matmul(h_bar, p("wr"))) + p("ar")
+    b = s_b * ops.tanh(ops.reshape(ops.matmul(h_bar, p("wb")), shape=(*rows[:-2], 1, n))) + p("b")
+    return a_m, ops.concatenate(a_r, b, axis=-2)
 
 
 def embed(x, stack):
@@ -100,9 +91,9 @@ def embed(x, stack):
 def layer(h, layer):
     h = h if isinstance(h, tuple) else (h,)  # one copy: the model passes a lone stream as it is
     for name, branch in layer.branches:
-        a_m, a_r, b = connections(layer, name, h)
-        output = branch(layer.norm(f"ln_{name}", sum_of([a_m[i] * h_i for i, h_i in enumerate(h)])))
-        h = tuple(sum_of([a_r[i][j] * h_i for i, h_i in enumerate(h)]) + b[j] * output for j in range(len(h)))
+        width, depth = connections(layer, name, h)
+        output = branch(layer.norm(f"ln_{name}", ops.weighted_sum(width, *h)))
+        h = tuple(ops.weighted_sum(depth[..., j], *h, output) for j in range(len(h)))
     return h
 
 

@@ -13,9 +13,10 @@ kind here):
     y      = LN_final(sum_i x_i)
 
 SinkhornKnopp(M~): M = exp(M~), then ``sinkhorn_iterations`` (20, the paper's t_max) rounds of
-dividing each row by its sum and then each column by its sum, unrolled on the tape, so the
-gradient is the derivative of those iterations (not of the exact projection). After the last
-round the columns sum to 1 to rounding and the rows to within the iteration's convergence.
+dividing each row by its sum and then each column by its sum, all in one primitive
+(``ops.sinkhorn``) whose VJP is the derivative of those unrolled rounds (not of the exact
+projection). After the last round the columns sum to 1 to rounding and the rows to within the
+iteration's convergence.
 The first sublayer sees n equal copies, which any mixing with unit row sums leaves as they are:
 its H_res parameters have no gradient (the gradient checker reports them unresolved).
 
@@ -38,7 +39,7 @@ import numpy as np
 from lnref import nn
 from lnref.autograd import ops
 from lnref.schemes import Option
-from lnref.schemes.hyper import sigmoid, sum_of
+from lnref.schemes.hyper import sum_of
 
 SUMMARY = "x_i <- sum_j H_res[i,j] x_j + H_post[i] S(LN(sum_j H_pre[j] x_j)), H_res doubly stochastic (Sinkhorn)"
 PAPER = "Xie et al. 2026, mHC: Manifold-Constrained Hyper-Connections, Sec. 4"
@@ -79,23 +80,16 @@ def layer_params(index, branches, config):
     return params
 
 
-def sinkhorn(logits, iterations):
-    m = ops.exp(logits)
-    for _ in range(iterations):
-        m = m / ops.sum(m, axis=-1, keepdims=True)
-        m = m / ops.sum(m, axis=-2, keepdims=True)
-    return m
-
-
 def mappings(layer, name, flat, n):
     """(H_pre, H_post, H_res) per token, (batch, seq, n), (batch, seq, n), (batch, seq, n, n),
     from vec(x) (batch, seq, n d)."""
     p = lambda short: layer.param(f"mhc_{name}.{short}")  # noqa: E731
     u = layer.norm(f"ln_{name}_mix", flat)
-    h_pre = sigmoid(p("alpha_pre") * ops.matmul(u, p("phi_pre")) + p("b_pre"))
-    h_post = 2 * sigmoid(p("alpha_post") * ops.matmul(u, p("phi_post")) + p("b_post"))
+    h_pre = ops.sigmoid(p("alpha_pre") * ops.matmul(u, p("phi_pre")) + p("b_pre"))
+    h_post = 2 * ops.sigmoid(p("alpha_post") * ops.matmul(u, p("phi_post")) + p("b_post"))
     res = p("alpha_res") * ops.matmul(u, p("phi_res"))
-    h_res = sinkhorn(ops.reshape(res, shape=(*res.shape[:-1], n, n)) + p("b_res"), layer.option("sinkhorn_iterations"))
+    logits = ops.reshape(res, shape=(*res.shape[:-1], n, n)) + p("b_res")
+    h_res = ops.sinkhorn(logits, iterations=layer.option("sinkhorn_iterations"))
     return h_pre, h_post, h_res
 
 

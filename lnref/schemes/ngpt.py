@@ -80,7 +80,7 @@ def normalize(v):
 def step(h, output, alpha):
     """One move of h towards the sublayer's normalized output, back onto the sphere."""
     h = normalize(h)
-    return normalize(h + (ops.relu(alpha) + ops.relu(-alpha)) * (normalize(output) - h))
+    return normalize(h + ops.absolute(alpha) * (normalize(output) - h))
 
 
 def embed(x, stack):

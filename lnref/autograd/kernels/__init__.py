@@ -34,18 +34,21 @@ The modules
 ``norms``              LayerNorm, RMSNorm
 ``scale_norm``         ScaleNorm (and the L2 normalization at gain 1)
 ``pointwise_norms``    DyT and Derf, the element-wise replacements of a norm
+``sinkhorn``           Sinkhorn-Knopp rounds over square matrices (mHC's residual mixing)
 ``softmax``            row softmax (and the stable row loop attention shares)
 ``attention``          scaled dot-product attention, 4-D and multi-head on (B, T, d)
 ``attention_blocked``  attention's big-head path: BLAS products, the batch on threads
 ``linear``             the linear map (and the matrix product the sublayers are built of)
 ``attention_sublayer`` projections, attention and output projection in one call each way
-``attention_heads_pieces`` the same with a head scale and a LayerNorm before W_o (NormFormer, Sub-LN)
+``attention_heads_pieces`` the same with LayerNorms of each head's q, k, v (HybridNorm), a head
+                       scale and a LayerNorm before W_o (NormFormer, Sub-LN)
 ``feed_forward``       linear, activation, linear in one call each way
 ``feed_forward_normed`` the same with a LayerNorm on the hidden units (Sub-LN, NormFormer)
 ``residual_normed``    a residual branch with a LayerNorm on its input, a + S(LN(a)), the
                        replayed pass's fusion of the three (Pre-LN's branches)
 ``normed_sum``         a LayerNorm of a residual sum, LN(a + S(a)) (Post-LN's branches)
 ``branches``           what the two share: the add, their loop twins, checks, choice of path
+``weighted_sum``       sum_k w_k x_k, the learned mixtures of streams (DLCL, DenseFormer, HC)
 ``activations``        GELU, the ReLU backward
 ``warmup``             a first run's compilation
 
@@ -162,11 +165,23 @@ from lnref.autograd.kernels.scale_norm import (
     scale_norm_forward_reference,
 )
 from lnref.autograd.kernels.seam import USE_NUMBA, available_cpus, numba_requested
+from lnref.autograd.kernels.sinkhorn import (
+    sinkhorn_backward,
+    sinkhorn_backward_reference,
+    sinkhorn_forward,
+    sinkhorn_forward_reference,
+)
 from lnref.autograd.kernels.softmax import (
     softmax_backward,
     softmax_backward_reference,
     softmax_forward,
     softmax_forward_reference,
+)
+from lnref.autograd.kernels.weighted_sum import (
+    weighted_sum_backward,
+    weighted_sum_backward_reference,
+    weighted_sum_forward,
+    weighted_sum_forward_reference,
 )
 
 __all__ = [
@@ -244,8 +259,16 @@ __all__ = [
     "scale_norm_forward",
     "scale_norm_forward_reference",
     "seam",
+    "sinkhorn_backward",
+    "sinkhorn_backward_reference",
+    "sinkhorn_forward",
+    "sinkhorn_forward_reference",
     "softmax_backward",
     "softmax_backward_reference",
     "softmax_forward",
     "softmax_forward_reference",
+    "weighted_sum_backward",
+    "weighted_sum_backward_reference",
+    "weighted_sum_forward",
+    "weighted_sum_forward_reference",
 ]
