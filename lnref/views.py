@@ -195,13 +195,17 @@ class Layer(_View):
         if self.run.fused and not qk_pieces and memory is None and self._fused_heads_pieces(pieces):
             weights = [p[name] for name in nn.ATTENTION_PARAMS]
             scale = self.param(pieces["head_scale"]) if "head_scale" in pieces else None
-            norm = self.run.group(self.prefix + pieces["heads_norm"]) if "heads_norm" in pieces else {}
+            q_norm, k_norm, v_norm, heads_norm = (
+                self.run.group(self.prefix + pieces[key]) if key in pieces else {}
+                for key in ("q_norm", "k_norm", "v_norm", "heads_norm")
+            )
             return fused.heads_pieces_attention(
                 x,
                 *weights,
+                *(norm.get(name) for norm in (q_norm, k_norm, v_norm) for name in ("gamma", "beta")),
                 scale,
-                norm.get("gamma"),
-                norm.get("beta"),
+                heads_norm.get("gamma"),
+                heads_norm.get("beta"),
                 n_heads=n_heads,
                 causal=causal,
                 eps=self.config.eps,
@@ -210,15 +214,16 @@ class Layer(_View):
         return nn.attention(x, p, n_heads, causal=causal, memory=memory, linear=self.run.linear, **resolved)
 
     def _fused_heads_pieces(self, pieces: dict[str, Any]) -> bool:
-        """Whether ``pieces`` are a head scale and a LayerNorm over all d features between the
-        heads and W_o, or one of them: what ``fused.heads_pieces_attention`` computes."""
-        norm = pieces.get("heads_norm", "")
-        return (
-            bool(pieces)
-            and set(pieces) <= {"head_scale", "heads_norm"}
-            and all(isinstance(name, str) for name in pieces.values())
-            and ("heads_norm" not in pieces or self.config.norm == "layernorm")
-            and self.prefix + norm not in self.run.model.head_norms
+        """Whether ``pieces`` are what ``fused.heads_pieces_attention`` computes, all of them or
+        some: LayerNorms of each head's queries, keys, values (the layer's head norms), a head
+        scale and a LayerNorm over all d features between the heads and W_o."""
+        if not pieces or not set(pieces) <= {"q_norm", "k_norm", "v_norm", "head_scale", "heads_norm"}:
+            return False
+        if not all(isinstance(name, str) for name in pieces.values()):
+            return False
+        norms = {key: self.prefix + name for key, name in pieces.items() if key != "head_scale"}
+        return (not norms or self.config.norm == "layernorm") and all(
+            (norm in self.run.model.head_norms) == (key != "heads_norm") for key, norm in norms.items()
         )
 
     def ffn(self, x: Any, **pieces: Any) -> Tensor:

@@ -1,5 +1,6 @@
 """A replayed pass runs each residual branch with its LayerNorm, a + S(LN(a)) or LN(a + S(a)),
-as one step (autograd.fusion), with the bits of the three steps it replaces."""
+and each normed branch S(LN(a)) whose output goes elsewhere, as one step (autograd.fusion),
+with the bits of the steps it replaces."""
 
 import numpy as np
 import pytest
@@ -15,6 +16,9 @@ FUSED = {
     "pre": {"residual_normed_attention", "residual_normed_feed_forward"},
     "post": {"normed_sum_attention", "normed_sum_feed_forward"},
 }
+# Schemes whose branches are S(LN(a)) without the plain residual add: a weighted skip (dslm),
+# a norm after the branch (sandwich), a second stream (siamese), copies of the stream (hyper).
+NORMED_INPUT = ("dslm", "sandwich", "siamese", "hyper")
 SMALL = dict(n_layers=3, d_model=16, n_heads=2, d_ff=64)  # the sublayers' loop kernels
 MEDIUM = dict(n_layers=2, d_model=64, n_heads=4, d_ff=256)  # past their limits: BLAS
 
@@ -60,6 +64,59 @@ def test_a_fused_pass_gives_the_bits_of_the_taped_pass(scheme, size, config):
     _assert_same_bits(taped, replayed)
 
 
+@pytest.mark.parametrize("scheme", NORMED_INPUT)
+def test_a_normed_branch_without_the_add_replays_as_one_step(scheme):
+    model = lnref.build(scheme, **SMALL)
+    _taped_and_replayed(model)
+    fused_steps = _program(model).fused_steps
+    unfused = [step for step in fused_steps if step[0] in ("attention_sublayer", "feed_forward")]
+    normed_input = [step for step in fused_steps if step[2].get("residual") is False]
+    assert not unfused and len(normed_input) == 2 * SMALL["n_layers"]
+
+
+@pytest.mark.parametrize("scheme", NORMED_INPUT)
+@pytest.mark.parametrize("size", [SMALL, MEDIUM], ids=["loops", "blas"])
+@pytest.mark.parametrize("config", [{}, {"activation": "gelu", "causal": True}, {"dtype": "float32"}])
+def test_a_fused_normed_branch_gives_the_bits_of_the_taped_pass(scheme, size, config):
+    model = lnref.build(scheme, **size, **config)
+    taped, replayed = _taped_and_replayed(model)
+    _assert_same_bits(taped, replayed)
+
+
+def test_a_normed_branch_is_not_fused_when_a_step_between_reads_its_stream():
+    """a's cotangent from the norm would join its other terms at the sublayer's place, after
+    the term of the step between: another order of the sum than the tape's."""
+
+    def fn(a, gamma, beta, w1, b1, w2, b2):
+        normed = ops.layer_norm(a, gamma, beta)
+        squared = a * a
+        return ops.sum(fused.feed_forward(normed, w1, b1, w2, b2) * squared)
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((2, 4, 8)), np.ones(8), np.zeros(8)]
+    arrays += [rng.standard_normal((8, 16)), np.zeros(16), rng.standard_normal((16, 8)), np.zeros(8)]
+    replayer = Replayer()
+    replayer.value_and_grad("key", fn, arrays, [True] * 7)
+    program = replayer.programs["key"]
+    assert program.fused_steps == program.steps
+
+
+def test_a_broken_fused_backward_of_a_normed_branch_changes_the_replayed_gradient():
+    model = lnref.build("sandwich", **SMALL)
+    taped, _ = _taped_and_replayed(model)
+    good = seam.twin("residual_normed_attention_backward").loop
+
+    def off_by_a_little(*args):
+        da, *rest = good(*args)
+        return (da * (1 + 1e-9), *rest)
+
+    with seam.replaced("residual_normed_attention_backward", off_by_a_little):
+        x, dy, memory = model.sample_inputs(seed=1)
+        broken = model.value_and_grad(x, dy, memory)
+    assert taped[0] == broken[0]
+    assert not np.array_equal(taped[1]["layers.0.ln_attn.gamma"], broken[1]["layers.0.ln_attn.gamma"])
+
+
 def test_a_cross_attention_branch_is_not_fused():
     """Its keys and values read the memory: a second input the fused kernel does not take."""
     model = lnref.build("pre", cross_attention=True, **SMALL)
@@ -69,14 +126,15 @@ def test_a_cross_attention_branch_is_not_fused():
     _assert_same_bits(taped, replayed)
 
 
-def test_a_scheme_without_either_shape_keeps_its_steps():
-    model = lnref.build("peri", **SMALL)  # a + LN(S(LN(a))): a norm on both sides of the branch
+def test_a_scheme_without_any_of_the_shapes_keeps_its_steps():
+    model = lnref.build("rezero", **SMALL)  # a + alpha S(a): no norm around the branch
     _taped_and_replayed(model)
     assert _program(model).fused_steps == _program(model).steps
 
 
 def _ffn_branch(extra_reader):
-    """y = sum(a + F(LN(a))), or with ``extra_reader`` a third use of the stream a."""
+    """The program of y = sum(a + F(LN(a))), or with ``extra_reader`` a third use of the stream
+    a, and its taped and replayed (value, gradients)."""
 
     def fn(a, gamma, beta, w1, b1, w2, b2):
         y = a + fused.feed_forward(ops.layer_norm(a, gamma, beta), w1, b1, w2, b2)
@@ -86,16 +144,26 @@ def _ffn_branch(extra_reader):
     arrays = [rng.standard_normal((2, 4, 8)), np.ones(8), np.zeros(8)]
     arrays += [rng.standard_normal((8, 16)), np.zeros(16), rng.standard_normal((16, 8)), np.zeros(8)]
     replayer = Replayer()
-    replayer.value_and_grad("key", fn, arrays, [True] * 7)
-    return replayer.programs["key"]
+    taped = replayer.value_and_grad("key", fn, arrays, [True] * 7)
+    replayed = replayer.value_and_grad("key", fn, arrays, [True] * 7)
+    return replayer.programs["key"], taped, replayed
 
 
-def test_a_branch_whose_stream_has_another_reader_is_not_fused():
+def test_a_branch_whose_stream_has_another_reader_keeps_its_add_out_of_the_fused_step():
     """a's cotangent would then be a sum of three terms, which the fused VJP cannot order as
-    the tape does."""
-    assert [step[0] for step in _ffn_branch(extra_reader=False).fused_steps] == ["residual_normed_feed_forward", "sum"]
-    program = _ffn_branch(extra_reader=True)
-    assert program.fused_steps == program.steps
+    the tape does: the norm and the sublayer are fused without the add."""
+    (step, _) = _ffn_branch(extra_reader=False)[0].fused_steps
+    assert step[0] == "residual_normed_feed_forward" and "residual" not in step[2]
+    fused_steps = _ffn_branch(extra_reader=True)[0].fused_steps
+    assert [step[0] for step in fused_steps] == ["residual_normed_feed_forward", "add", "mul", "sum"]
+    assert fused_steps[0][2]["residual"] is False
+
+
+def test_a_branch_whose_stream_has_another_reader_gives_the_taped_bits():
+    _, (loss_taped, grads_taped), (loss_replayed, grads_replayed) = _ffn_branch(extra_reader=True)
+    assert loss_taped.value == loss_replayed.value
+    for taped, replayed in zip(grads_taped, grads_replayed):
+        np.testing.assert_array_equal(taped, replayed)
 
 
 @pytest.mark.parametrize("scheme, kernel", [("pre", "residual_normed_feed_forward"), ("post", "normed_sum_attention")])
@@ -156,10 +224,14 @@ def test_timed_primitives_keep_a_pass_fused():
         assert fusion.defined_primitives_in_place()
 
 
-@pytest.mark.parametrize("fusion_name", ["residual_normed", "normed_sum"])
+@pytest.mark.parametrize(
+    "fusion_name, flags",
+    [("residual_normed", (True,)), ("residual_normed", (False,)), ("normed_sum", ())],
+    ids=["residual_normed", "normed_input", "normed_sum"],
+)
 @pytest.mark.parametrize("branch", ["attention", "feed_forward"])
 @pytest.mark.parametrize("shape", [(2, 8, 16), (1, 5, 12)])
-def test_the_fused_loop_twins_agree_with_the_numpy_twins(fusion_name, branch, shape):
+def test_the_fused_loop_twins_agree_with_the_numpy_twins(fusion_name, flags, branch, shape):
     rng = np.random.default_rng(3)
     d = shape[-1]
     a, gamma, beta = rng.standard_normal(shape), 1 + 0.1 * rng.standard_normal(d), 0.1 * rng.standard_normal(d)
@@ -175,11 +247,11 @@ def test_the_fused_loop_twins_agree_with_the_numpy_twins(fusion_name, branch, sh
     dy = rng.standard_normal(shape)
     results = []
     for path in ("loop", "reference"):
-        out, *kept = getattr(forward, path)(a, gamma, beta, 1e-5, weights, *statics)
+        out, *kept = getattr(forward, path)(a, gamma, beta, 1e-5, weights, *statics, *flags)
         if branch == "attention":
-            residuals = (gamma, kept[0], kept[1], kept[2], *weights[::2], *kept[3:])
+            residuals = (gamma, kept[0], kept[1], kept[2], *weights[::2], *kept[3:], *flags)
         else:
-            residuals = (gamma, *kept[:3], weights[0], weights[2], *kept[3:], *statics)
+            residuals = (gamma, *kept[:3], weights[0], weights[2], *kept[3:], *statics, *flags)
         results.append((out, *getattr(backward, path)(dy, a, *residuals)))
     for loop, reference in zip(*results):
         np.testing.assert_allclose(loop, reference, rtol=1e-12, atol=1e-12)

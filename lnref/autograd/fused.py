@@ -152,6 +152,12 @@ def _heads_pieces_attention_fwd(
     bv: np.ndarray,
     wo: np.ndarray,
     bo: np.ndarray,
+    q_gamma: np.ndarray | None,
+    q_beta: np.ndarray | None,
+    k_gamma: np.ndarray | None,
+    k_beta: np.ndarray | None,
+    v_gamma: np.ndarray | None,
+    v_beta: np.ndarray | None,
     scale: np.ndarray | None,
     gamma: np.ndarray | None,
     beta: np.ndarray | None,
@@ -160,33 +166,38 @@ def _heads_pieces_attention_fwd(
     causal: bool = False,
     eps: float = 1e-5,
 ) -> tuple[np.ndarray, Any]:
-    """Self-attention with pieces between the heads and W_o: ``nn.attention`` with a
-    ``head_scale`` (``scale``, one per head) and a ``heads_norm`` of the layernorm kind
-    (``gamma``, ``beta``), either None where absent:
+    """Self-attention with pieces around its core: ``nn.attention`` with a ``q_norm``,
+    ``k_norm``, ``v_norm`` of the layernorm kind on each head's Dh features (``q_gamma``,
+    ``q_beta``, ...), a ``head_scale`` (``scale``, one per head) and a ``heads_norm`` of the
+    layernorm kind over all d features (``gamma``, ``beta``), each None where absent:
 
-        A(x) = LN(MHA(x Wq + bq, x Wk + bk, x Wv + bv) * c) Wo + bo
+        A(x) = LN(MHA(N_q(x Wq + bq), N_k(x Wk + bk), N_v(x Wv + bv)) * c) Wo + bo
 
-    VJP, with H the merged heads, S = H * c and N = LN(S):
+    VJP, with H the merged heads, S = H * c, N = LN(S) and P_q = x Wq + bq (P_k, P_v alike):
         dWo = N^T dA,  dbo = sum over rows of dA,  dN = dA Wo^T
         dS, dgamma, dbeta = LayerNorm's VJP at dN
         dc_h = sum of dS * H over head h's features,  dH = dS * c
-        then as ``attention_sublayer`` from dH.
+        dQ, dK, dV = the attention core's backward at dH (Q = N_q(P_q), K, V alike)
+        dP_q, dq_gamma, dq_beta = the head norm's VJP at dQ (LayerNorm's, per head; dK, dV alike)
+        dWq = x^T dP_q, dbq = row sums of dP_q, ...,  dx = dP_q Wq^T + dP_k Wk^T + dP_v Wv^T
     """
     x = np.ascontiguousarray(x)
     empty = np.empty(0, x.dtype)
     weights, biases = np.stack((wq, wk, wv, wo)), np.stack((bq, bk, bv, bo))
-    c, g, b = (empty if a is None else a for a in (scale, gamma, beta))
+    given = (q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta)
+    q_g, q_b, k_g, k_b, v_g, v_b, c, g, b = (empty if a is None else a for a in given)
+    pieces = (q_g, q_b, k_g, k_b, v_g, v_b, c, g, b)
     try:
-        out, *kept = kernels.heads_pieces_attention_forward(x, weights, biases, c, g, b, n_heads, causal, eps)
+        out, *kept = kernels.heads_pieces_attention_forward(x, weights, biases, *pieces, n_heads, causal, eps)
     except (TypeError, ValueError) as error:
-        raise kernel_error("heads_pieces_attention", error, x, weights, c, g, b) from None
-    return out, (x, weights, c, g, *kept, scale is not None, gamma is not None)
+        raise kernel_error("heads_pieces_attention", error, x, weights, *pieces) from None
+    return out, (x, weights, q_g, k_g, v_g, c, g, *kept, tuple(a is not None for a in given))
 
 
 def _heads_pieces_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    *kept, has_scale, has_norm = residuals
-    dx, dw, db, dscale, dgamma, dbeta = kernels.heads_pieces_attention_backward(dout, *kept)
-    pieces = (dscale if has_scale else None, dgamma if has_norm else None, dbeta if has_norm else None)
+    *kept, given = residuals
+    dx, dw, db, *dpieces = kernels.heads_pieces_attention_backward(dout, *kept)
+    pieces = (grad if present else None for grad, present in zip(dpieces, given))
     return (dx, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3], *pieces)
 
 
@@ -211,24 +222,26 @@ def _residual_normed_attention_fwd(
     eps: float = 1e-5,
     n_heads: int,
     causal: bool = False,
+    residual: bool = True,
 ) -> tuple[np.ndarray, Any]:
     """y = a + A(LN(a)): a self-attention branch with a LayerNorm (``gamma``, ``beta``) on its
-    input, added to the stream ``a``. A replayed pass puts it in the place of the three
-    primitives ``layer_norm``, ``attention_sublayer`` and ``add`` (``autograd/fusion.py``).
+    input, added to the stream ``a``; with ``residual`` False, the branch alone, y = A(LN(a)).
+    A replayed pass puts it in the place of the primitives ``layer_norm``,
+    ``attention_sublayer`` and ``add`` (or the first two; ``autograd/fusion.py``).
 
     VJP, with n = LN(a):
         dn, dW, db = ``attention_sublayer``'s VJP at dy
         da_ln, dgamma, dbeta = ``layer_norm``'s VJP at dn
-        da = dy + da_ln
+        da = dy + da_ln          (residual False: da = da_ln)
     """
     weights = (wq, bq, wk, bk, wv, bv, wo, bo)
     try:
         y, normed, mean, rstd, q, k, v, probs, heads = kernels.residual_normed_attention_forward(
-            a, gamma, beta, eps, weights, n_heads, causal
+            a, gamma, beta, eps, weights, n_heads, causal, residual
         )
     except (TypeError, ValueError) as error:
         raise kernel_error("residual_normed_attention", error, a, gamma, beta, *weights) from None
-    return y, (a, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads)
+    return y, (a, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads, residual)
 
 
 def _residual_normed_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
@@ -252,22 +265,24 @@ def _residual_normed_feed_forward_fwd(
     *,
     eps: float = 1e-5,
     activation: str = "relu",
+    residual: bool = True,
 ) -> tuple[np.ndarray, Any]:
     """y = a + F(LN(a)): an FFN branch with a LayerNorm (``gamma``, ``beta``) on its input,
     added to the stream ``a``; the fusion of ``layer_norm``, ``feed_forward`` and ``add``.
+    With ``residual`` False, the branch alone, y = F(LN(a)): the fusion of the first two.
 
     VJP, with n = LN(a):
         dn, dW1, db1, dW2, db2 = ``feed_forward``'s VJP at dy
         da_ln, dgamma, dbeta = ``layer_norm``'s VJP at dn
-        da = dy + da_ln
+        da = dy + da_ln          (residual False: da = da_ln)
     """
     try:
         y, normed, mean, rstd, hidden, acted = kernels.residual_normed_feed_forward_forward(
-            a, gamma, beta, eps, (w1, b1, w2, b2), activation
+            a, gamma, beta, eps, (w1, b1, w2, b2), activation, residual
         )
     except (TypeError, ValueError) as error:
         raise kernel_error("residual_normed_feed_forward", error, a, gamma, beta, w1, b1, w2, b2) from None
-    return y, (a, gamma, normed, mean, rstd, w1, w2, hidden, acted, activation)
+    return y, (a, gamma, normed, mean, rstd, w1, w2, hidden, acted, activation, residual)
 
 
 def _residual_normed_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:

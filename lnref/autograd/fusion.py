@@ -18,9 +18,18 @@ y = residual_normed_S(a, gamma, beta, W...) or y = normed_sum_S(a, gamma, beta, 
   the fused step hands back their cotangents at the last one's place in the backward order,
   and nothing comes between.
 
-The fused kernels compute with the three kernels' own loops in their order. Pre-LN's and
-Post-LN's branches take these shapes, and so does any scheme's branch written as
-``x + branch(norm(x))`` or ``norm(x + branch(x))``.
+Then, among the steps left, a normed branch whose output goes anywhere else,
+
+    normed input:   n = layer_norm(a, gamma, beta)   s = S(n, W...)
+
+becomes s = residual_normed_S(a, gamma, beta, W..., residual=False), where n has no other
+reader and no step between the two reads a, gamma, beta or a weight (a's cotangent from the
+norm then joins its other terms at the sublayer's place, with nothing between).
+
+The fused kernels compute with the kernels' own loops in their order. Pre-LN's and Post-LN's
+branches take the first two shapes, and so does any scheme's branch written as
+``x + branch(norm(x))`` or ``norm(x + branch(x))``; ``branch(norm(x))`` anywhere else (a
+weighted skip, a second stream, a norm after the branch) takes the third.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ PRIMITIVE_NAMES = ("layer_norm", "add", *SUBLAYERS)
 
 
 def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Step]:
-    """``steps`` with every branch of the two shapes as one step; ``fixed`` maps the slots whose
+    """``steps`` with every branch of the three shapes as one step; ``fixed`` maps the slots whose
     values the pass takes as given (constants) to them: attention's memory must be one of them,
     None."""
     uses = Counter(slot for _, args, _, _ in steps for slot in args)
@@ -71,6 +80,15 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
         weights = sublayer_args[dropped:]
         fused[index] = (fused_name, (stream, gamma, beta, *weights), {**norm_params, **sublayer_params}, out)
         taken.update(match)
+    for index, (name, args, params, out) in enumerate(steps):
+        input_norm = None if index in taken else _normed_input(steps, maker, uses, fixed, index)
+        if input_norm is None or input_norm in taken:
+            continue
+        _, (stream, gamma, beta), norm_params, _ = steps[input_norm]
+        weights = args[SUBLAYERS[name][0] :]
+        statics = {**norm_params, **params, "residual": False}
+        fused[index] = (SUBLAYERS[name][1], (stream, gamma, beta, *weights), statics, out)
+        taken.update((input_norm, index))
     return [fused.get(index, step) for index, step in enumerate(steps) if index in fused or index not in taken]
 
 
@@ -118,11 +136,28 @@ def _norm_last(
     return None
 
 
-def _read_between(steps: list[Step], match: tuple[int, int, int]) -> bool:
+def _normed_input(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], sublayer_index: int
+) -> int | None:
+    """The norm's index if the step at ``sublayer_index`` is S(layer_norm(a)), the norm's output
+    read by S alone and nothing between the two reading a or their parameters."""
+    if not _is_sublayer(steps, sublayer_index, fixed):
+        return None
+    normed = steps[sublayer_index][1][0]
+    norm_index = maker.get(normed)
+    if norm_index is None or uses[normed] != 1 or steps[norm_index][0] != "layer_norm":
+        return None
+    norm_args = steps[norm_index][1]
+    if len(norm_args) != 3 or _read_between(steps, (norm_index, sublayer_index, sublayer_index), norm_args[0]):
+        return None
+    return norm_index
+
+
+def _read_between(steps: list[Step], match: tuple[int, int, int], *also: int) -> bool:
     """Whether a step between the first and the last of ``match``, not one of them, reads one
-    of the norm's or the sublayer's parameters."""
+    of the norm's or the sublayer's parameters (or a slot of ``also``)."""
     norm_index, sublayer_index, _ = match
-    parameters = {*steps[norm_index][1][1:], *steps[sublayer_index][1][1:]}
+    parameters = {*steps[norm_index][1][1:], *steps[sublayer_index][1][1:], *also}
     return any(
         parameters.intersection(steps[between][1])
         for between in range(min(match) + 1, max(match))

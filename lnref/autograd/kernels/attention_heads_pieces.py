@@ -1,19 +1,25 @@
-"""Self-attention with pieces between the heads and W_o, as one kernel each way.
+"""Self-attention with pieces around its core, as one kernel each way.
 
-NormFormer scales each head before the output projection (``head_scale``, one number per
-head) and Sub-LN puts a LayerNorm over the merged heads there (``heads_norm``):
+HybridNorm normalizes each head's queries, keys and values (``q_norm``, ``k_norm``, ``v_norm``:
+a LayerNorm of Dh features whose gain and shift the heads share); NormFormer scales each head
+before the output projection (``head_scale``, one number per head) and Sub-LN puts a LayerNorm
+over the merged heads there (``heads_norm``):
 
-    heads = MHA(x Wq + bq, x Wk + bk, x Wv + bv)
+    q = N_q(x Wq + bq),  k = N_k(x Wk + bk),  v = N_v(x Wv + bv)   (absent: the projection)
+    heads = MHA(q, k, v)
     shaped = heads * c_h          (each head's Dh features times its scale; absent: heads)
     normed = LN(shaped)           (over all d features, gain gamma, shift beta; absent: shaped)
     out = normed Wo + bo
 
-As the composition that is up to nine primitives; here one compiled call runs the forward and
-one the backward, with the composition's kernels in its order (the projections'
-:func:`~lnref.autograd.kernels.linear.matmul_kernel`, the attention loops, LayerNorm's row
-loops), so the forward agrees with it to the bit. An absent piece is an empty array. Past the
-sublayer kernels' limits, the NumPy twin runs the composition's kernels in one call.
-Residuals: ``q``, ``k``, ``v``, ``probs``, ``heads``, ``shaped``, ``normed``, ``mean``, ``rstd``.
+As the composition that is up to nineteen primitives; here one compiled call runs the forward
+and one the backward, with the composition's kernels in its order (the projections'
+:func:`~lnref.autograd.kernels.linear.matmul_kernel`, LayerNorm's row loops on each head's
+features, the attention loops, LayerNorm's row loops again), so the forward agrees with it to
+the bit. An absent piece is an empty array. Past the sublayer kernels' limits, the NumPy twin
+runs the composition's kernels in one call. Residuals: the projections ``q``, ``k``, ``v``; the
+attention's inputs ``q_normed``, ``k_normed``, ``v_normed`` (the projections themselves where
+there is no head norm); each head norm's ``mean`` and ``rstd`` (per head of each token);
+``probs``, ``heads``, ``shaped``, ``normed``, ``mean``, ``rstd``.
 """
 
 from __future__ import annotations
@@ -35,76 +41,127 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1])
 
 
+def _head_rows(a: np.ndarray, n_heads: int) -> np.ndarray:
+    """(B, T, d) as rows of one head's Dh features each, the rows a head norm normalizes."""
+    return a.reshape(-1, a.shape[-1] // n_heads)
+
+
 def heads_pieces_attention_forward_reference(
-    x: np.ndarray, weights: np.ndarray, biases: np.ndarray, scale: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+    x: np.ndarray, weights: np.ndarray, biases: np.ndarray,
+    q_gamma: np.ndarray, q_beta: np.ndarray, k_gamma: np.ndarray, k_beta: np.ndarray,
+    v_gamma: np.ndarray, v_beta: np.ndarray, scale: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     n_heads: int, causal: bool, eps: float,
 ) -> Arrays:  # fmt: skip
     """NumPy twin; ``weights`` (4, d, d) and ``biases`` (4, d) hold Wq, Wk, Wv, Wo and their
-    biases; returns ``(out, q, k, v, probs, heads, shaped, normed, mean, rstd)``."""
-    rows = _rows(x)
-    q, k, v = (kernels.linear_forward(rows, weights[i], biases[i]).reshape(x.shape) for i in range(3))
-    heads, probs = kernels.multi_head_attention_forward(q, k, v, n_heads, causal)
+    biases; returns ``(out, q, k, v, q_normed, k_normed, v_normed, q_mean, q_rstd, k_mean,
+    k_rstd, v_mean, v_rstd, probs, heads, shaped, normed, mean, rstd)``."""
+    rows, empty = _rows(x), np.empty(0, x.dtype)
+    projections = [kernels.linear_forward(rows, weights[i], biases[i]).reshape(x.shape) for i in range(3)]
+    inputs, head_stats = [], []
+    for projection, head_gamma, head_beta in zip(projections, (q_gamma, k_gamma, v_gamma), (q_beta, k_beta, v_beta)):
+        normed_rows, *stats = projection, empty, empty
+        if head_gamma.size:
+            split = _head_rows(projection, n_heads)
+            normed_rows, *stats = kernels.layer_norm_forward(split, head_gamma, head_beta, eps)
+        inputs.append(normed_rows.reshape(x.shape))
+        head_stats += stats
+    q_normed, k_normed, v_normed = inputs
+    heads, probs = kernels.multi_head_attention_forward(q_normed, k_normed, v_normed, n_heads, causal)
     shaped = heads
     if scale.size:
         shaped = (heads.reshape(*x.shape[:2], n_heads, -1) * scale.reshape(n_heads, 1)).reshape(x.shape)
-    normed, mean, rstd = shaped, np.empty(0, x.dtype), np.empty(0, x.dtype)
+    normed, mean, rstd = shaped, empty, empty
     if gamma.size:
         normed_rows, mean, rstd = kernels.layer_norm_forward(_rows(shaped), gamma, beta, eps)
         normed = normed_rows.reshape(x.shape)
     out = kernels.linear_forward(_rows(normed), weights[3], biases[3]).reshape(x.shape)
-    return out, q, k, v, probs, heads, shaped, normed, mean, rstd
+    return out, *projections, *inputs, *head_stats, probs, heads, shaped, normed, mean, rstd
 
 
 def heads_pieces_attention_backward_reference(
-    dout: np.ndarray, x: np.ndarray, weights: np.ndarray, scale: np.ndarray, gamma: np.ndarray,
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray,
-    normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+    dout: np.ndarray, x: np.ndarray, weights: np.ndarray, q_gamma: np.ndarray, k_gamma: np.ndarray,
+    v_gamma: np.ndarray, scale: np.ndarray, gamma: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+    q_normed: np.ndarray, k_normed: np.ndarray, v_normed: np.ndarray, q_mean: np.ndarray, q_rstd: np.ndarray,
+    k_mean: np.ndarray, k_rstd: np.ndarray, v_mean: np.ndarray, v_rstd: np.ndarray,
+    probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
 ) -> Arrays:  # fmt: skip
-    """NumPy twin of the VJP; returns ``(dx, dweights, dbiases, dscale, dgamma, dbeta)``, the
-    stacked gradients in the order of the stacked weights; an absent piece's are empty."""
-    d, n_heads = x.shape[-1], probs.shape[1]
+    """NumPy twin of the VJP; returns ``(dx, dweights, dbiases, dq_gamma, dq_beta, dk_gamma,
+    dk_beta, dv_gamma, dv_beta, dscale, dgamma, dbeta)``, the stacked gradients in the order of
+    the stacked weights; an absent piece's are empty."""
+    d, n_heads, empty = x.shape[-1], probs.shape[1], np.empty(0, x.dtype)
     dweights, dbiases = np.empty((4, d, d), x.dtype), np.empty((4, d), x.dtype)
     dnormed, dweights[3], dbiases[3] = kernels.linear_backward(_rows(dout), _rows(normed), weights[3])
-    dshaped, dgamma, dbeta = dnormed, np.empty(0, x.dtype), np.empty(0, x.dtype)
+    dshaped, dgamma, dbeta = dnormed, empty, empty
     if gamma.size:
         dshaped, dgamma, dbeta = kernels.layer_norm_backward(dnormed, _rows(shaped), gamma, mean, rstd)
-    dheads, dscale = dshaped, np.empty(0, x.dtype)
+    dheads, dscale = dshaped, empty
     if scale.size:
         split = dshaped.reshape(-1, n_heads, d // n_heads)
         dscale = (split * heads.reshape(split.shape)).sum(axis=(0, 2))
         dheads = (split * scale.reshape(n_heads, 1)).reshape(dshaped.shape)
-    dq, dk, dv = kernels.multi_head_attention_backward(dheads.reshape(x.shape), q, k, v, probs)
+    dinputs = kernels.multi_head_attention_backward(dheads.reshape(x.shape), q_normed, k_normed, v_normed, probs)
     dx = np.zeros((x.size // d, d), x.dtype)
-    for i, g in enumerate((dq, dk, dv)):
-        dx_part, dweights[i], dbiases[i] = kernels.linear_backward(_rows(g), _rows(x), weights[i])
+    head_grads: list[np.ndarray] = []
+    head_norms = zip((q, k, v), (q_gamma, k_gamma, v_gamma), (q_mean, k_mean, v_mean), (q_rstd, k_rstd, v_rstd))
+    for i, (dinput, (projection, head_gamma, head_mean, head_rstd)) in enumerate(zip(dinputs, head_norms)):
+        dprojection, dhead_gamma, dhead_beta = dinput, empty, empty
+        if head_gamma.size:
+            dhead_rows, head_rows = _head_rows(dinput, n_heads), _head_rows(projection, n_heads)
+            dprojection, dhead_gamma, dhead_beta = kernels.layer_norm_backward(
+                dhead_rows, head_rows, head_gamma, head_mean, head_rstd
+            )
+        head_grads += (dhead_gamma, dhead_beta)
+        dx_part, dweights[i], dbiases[i] = kernels.linear_backward(dprojection.reshape(-1, d), _rows(x), weights[i])
         dx += dx_part
-    return dx.reshape(x.shape), dweights, dbiases, dscale, dgamma, dbeta
+    return dx.reshape(x.shape), dweights, dbiases, *head_grads, dscale, dgamma, dbeta
+
+
+@njit(cache=True)
+def _one_of(index: int, of_q: np.ndarray, of_k: np.ndarray, of_v: np.ndarray) -> np.ndarray:
+    """The queries' (``index`` 0), keys' (1) or values' (2) array of three."""
+    if index == 0:
+        return of_q
+    if index == 1:
+        return of_k
+    return of_v
 
 
 @njit(cache=True)
 def _heads_pieces_attention_forward_kernel(
-    x: np.ndarray, weights: np.ndarray, biases: np.ndarray, scale: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-    causal: bool, eps: float, q: np.ndarray, k: np.ndarray, v: np.ndarray, probs: np.ndarray, heads: np.ndarray,
-    shaped: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray, out: np.ndarray,
+    x: np.ndarray, weights: np.ndarray, biases: np.ndarray,
+    q_gamma: np.ndarray, q_beta: np.ndarray, k_gamma: np.ndarray, k_beta: np.ndarray,
+    v_gamma: np.ndarray, v_beta: np.ndarray, scale: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+    causal: bool, eps: float, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+    q_normed: np.ndarray, k_normed: np.ndarray, v_normed: np.ndarray, q_mean: np.ndarray, q_rstd: np.ndarray,
+    k_mean: np.ndarray, k_rstd: np.ndarray, v_mean: np.ndarray, v_rstd: np.ndarray,
+    probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+    out: np.ndarray,
 ) -> None:  # fmt: skip
-    """The whole forward (``shaped``/``normed`` written only where their piece is present)."""
+    """The whole forward (each ``*_normed``, ``shaped``, ``normed`` written only where its
+    piece is present)."""
     n_batch, t_len, d = x.shape
     n_head = probs.shape[1]
     dh = d // n_head
     n_x = n_batch * t_len
     per_head = (n_batch, t_len, n_head, dh)
+    head_rows = (n_x * n_head, dh)
     for step in range(4):  # one call site of the product, as in the sublayer kernels
         rows = x.reshape((n_x, d))
         dest = out.reshape((n_x, d))
-        if step == 0:
-            dest = q.reshape((n_x, d))
-        elif step == 1:
-            dest = k.reshape((n_x, d))
-        elif step == 2:
-            dest = v.reshape((n_x, d))
+        if step < 3:
+            dest = _one_of(step, q, k, v).reshape((n_x, d))
         else:
+            for i in range(3):  # after all three projections, as the composition runs the head norms
+                head_gamma = _one_of(i, q_gamma, k_gamma, v_gamma)
+                if head_gamma.size:
+                    layer_norm_forward_kernel(
+                        _one_of(i, q, k, v).reshape(head_rows), head_gamma, _one_of(i, q_beta, k_beta, v_beta), eps,
+                        _one_of(i, q_normed, k_normed, v_normed).reshape(head_rows),
+                        _one_of(i, q_mean, k_mean, v_mean), _one_of(i, q_rstd, k_rstd, v_rstd),
+                    )  # fmt: skip
             hd = heads.reshape(per_head)
-            attention_forward_kernel(q.reshape(per_head), k.reshape(per_head), v.reshape(per_head), causal, hd, probs)
+            qh, kh, vh = q_normed.reshape(per_head), k_normed.reshape(per_head), v_normed.reshape(per_head)
+            attention_forward_kernel(qh, kh, vh, causal, hd, probs)
             rows = heads.reshape((n_x, d))
             if scale.size:
                 shaped_rows = shaped.reshape((n_x, d))
@@ -121,28 +178,44 @@ def _heads_pieces_attention_forward_kernel(
 
 @njit(cache=True)
 def _heads_pieces_attention_backward_kernel(
-    dout: np.ndarray, x: np.ndarray, weights: np.ndarray, scale: np.ndarray, gamma: np.ndarray, q: np.ndarray,
-    k: np.ndarray, v: np.ndarray, probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray, normed: np.ndarray,
-    mean: np.ndarray, rstd: np.ndarray, dx: np.ndarray, dweights: np.ndarray, dbiases: np.ndarray,
+    dout: np.ndarray, x: np.ndarray, weights: np.ndarray, q_gamma: np.ndarray, k_gamma: np.ndarray,
+    v_gamma: np.ndarray, scale: np.ndarray, gamma: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+    q_normed: np.ndarray, k_normed: np.ndarray, v_normed: np.ndarray, q_mean: np.ndarray, q_rstd: np.ndarray,
+    k_mean: np.ndarray, k_rstd: np.ndarray, v_mean: np.ndarray, v_rstd: np.ndarray,
+    probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+    dx: np.ndarray, dweights: np.ndarray, dbiases: np.ndarray, dq_gamma: np.ndarray, dq_beta: np.ndarray,
+    dk_gamma: np.ndarray, dk_beta: np.ndarray, dv_gamma: np.ndarray, dv_beta: np.ndarray,
     dscale: np.ndarray, dgamma: np.ndarray, dbeta: np.ndarray,
 ) -> None:  # fmt: skip
-    """The whole backward (``dscale``, ``dgamma``, ``dbeta`` zeroed float64 accumulators)."""
+    """The whole backward (the gradients of the pieces zeroed float64 accumulators)."""
     n_batch, t_len, d = x.shape
     n_head = probs.shape[1]
     dh = d // n_head
     n_x = n_batch * t_len
     per_head = (n_batch, t_len, n_head, dh)
+    head_rows = (n_x * n_head, dh)
     last = normed if gamma.size else shaped if scale.size else heads
     dlast = np.empty_like(x).reshape((n_x, d))
-    dq, dk, dv, scratch = np.empty_like(q), np.empty_like(k), np.empty_like(v), np.empty_like(x).reshape((n_x, d))
+    dq_normed, dk_normed, dv_normed = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    dprojection, scratch = np.empty_like(x).reshape((n_x, d)), np.empty_like(x).reshape((n_x, d))
     dx_rows = dx.reshape((n_x, d))
     for step in range(4):  # one call site of the products' gradients
         if step == 0:
             drows, rows, into = dout.reshape((n_x, d)), last.reshape((n_x, d)), dlast
             index = 3
         else:
-            drows = (dq if step == 1 else dk if step == 2 else dv).reshape((n_x, d))
-            rows, into, index = x.reshape((n_x, d)), dx_rows if step == 1 else scratch, step - 1
+            index = step - 1
+            drows = _one_of(index, dq_normed, dk_normed, dv_normed).reshape((n_x, d))
+            head_gamma = _one_of(index, q_gamma, k_gamma, v_gamma)
+            if head_gamma.size:
+                layer_norm_backward_kernel(
+                    drows.reshape(head_rows), _one_of(index, q, k, v).reshape(head_rows), head_gamma,
+                    _one_of(index, q_mean, k_mean, v_mean), _one_of(index, q_rstd, k_rstd, v_rstd),
+                    dprojection.reshape(head_rows), _one_of(index, dq_gamma, dk_gamma, dv_gamma),
+                    _one_of(index, dq_beta, dk_beta, dv_beta),
+                )  # fmt: skip
+                drows = dprojection
+            rows, into = x.reshape((n_x, d)), dx_rows if step == 1 else scratch
         linear_grads_kernel(drows, rows, weights[index], into, dweights[index], dbiases[index])
         if step == 0:
             if gamma.size:
@@ -157,8 +230,9 @@ def _heads_pieces_attention_backward_kernel(
                         dscale[j // dh] += dlast[r, j] * heads_rows[r, j]
                         dlast[r, j] = dlast[r, j] * scale[j // dh]
             attention_backward_kernel(
-                dlast.reshape(per_head), q.reshape(per_head), k.reshape(per_head), v.reshape(per_head), probs,
-                dq.reshape(per_head), dk.reshape(per_head), dv.reshape(per_head),
+                dlast.reshape(per_head), q_normed.reshape(per_head), k_normed.reshape(per_head),
+                v_normed.reshape(per_head), probs, dq_normed.reshape(per_head), dk_normed.reshape(per_head),
+                dv_normed.reshape(per_head),
             )  # fmt: skip
         elif step > 1:
             for r in range(n_x):
@@ -167,36 +241,49 @@ def _heads_pieces_attention_backward_kernel(
 
 
 def _heads_pieces_attention_forward_loop(
-    x: np.ndarray, weights: np.ndarray, biases: np.ndarray, scale: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+    x: np.ndarray, weights: np.ndarray, biases: np.ndarray,
+    q_gamma: np.ndarray, q_beta: np.ndarray, k_gamma: np.ndarray, k_beta: np.ndarray,
+    v_gamma: np.ndarray, v_beta: np.ndarray, scale: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     n_heads: int, causal: bool, eps: float,
 ) -> Arrays:  # fmt: skip
     """Loop twin of :func:`heads_pieces_attention_forward_reference` (allocates, runs the kernel)."""
     dtype, n = x.dtype, x.shape[0] * x.shape[1]
     q, k, v, heads, out = (np.empty(x.shape, dtype) for _ in range(5))
+    head_gammas = (q_gamma, k_gamma, v_gamma)
+    q_normed, k_normed, v_normed = (np.empty(x.shape, dtype) if g.size else p for g, p in zip(head_gammas, (q, k, v)))
+    q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd = (
+        np.empty(n * n_heads if g.size else 0, dtype) for g in head_gammas for _ in range(2)
+    )
+    head_norms = (q_normed, k_normed, v_normed, q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd)
     shaped = np.empty(x.shape, dtype) if scale.size else heads
     normed = np.empty(x.shape, dtype) if gamma.size else shaped
     mean, rstd = (np.empty(n if gamma.size else 0, dtype) for _ in range(2))
     probs = np.zeros((x.shape[0], n_heads, x.shape[1], x.shape[1]), dtype)
     _heads_pieces_attention_forward_kernel(
-        x, weights, biases, scale, gamma, beta, causal, eps, q, k, v, probs, heads, shaped, normed, mean, rstd, out
-    )
-    return out, q, k, v, probs, heads, shaped, normed, mean, rstd
+        x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta, causal, eps,
+        q, k, v, *head_norms, probs, heads, shaped, normed, mean, rstd, out,
+    )  # fmt: skip
+    return out, q, k, v, *head_norms, probs, heads, shaped, normed, mean, rstd
 
 
 def _heads_pieces_attention_backward_loop(
-    dout: np.ndarray, x: np.ndarray, weights: np.ndarray, scale: np.ndarray, gamma: np.ndarray,
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray,
-    normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+    dout: np.ndarray, x: np.ndarray, weights: np.ndarray, q_gamma: np.ndarray, k_gamma: np.ndarray,
+    v_gamma: np.ndarray, scale: np.ndarray, gamma: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+    q_normed: np.ndarray, k_normed: np.ndarray, v_normed: np.ndarray, q_mean: np.ndarray, q_rstd: np.ndarray,
+    k_mean: np.ndarray, k_rstd: np.ndarray, v_mean: np.ndarray, v_rstd: np.ndarray,
+    probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
 ) -> Arrays:  # fmt: skip
     """Loop twin of :func:`heads_pieces_attention_backward_reference` (allocates, runs the kernel)."""
     dtype = x.dtype
     dx, dweights, dbiases = np.empty(x.shape, dtype), np.empty(weights.shape, dtype), np.empty((4, x.shape[2]), dtype)
-    dscale, dgamma, dbeta = np.zeros(scale.size), np.zeros(gamma.size), np.zeros(gamma.size)
+    pieces = (q_gamma, q_gamma, k_gamma, k_gamma, v_gamma, v_gamma, scale, gamma, gamma)
+    dpieces = [np.zeros(piece.size) for piece in pieces]  # float64 accumulators, as LayerNorm's loop keeps them
     _heads_pieces_attention_backward_kernel(
-        dout, x, weights, scale, gamma, q, k, v, probs, heads, shaped, normed, mean, rstd, dx, dweights, dbiases,
-        dscale, dgamma, dbeta,
+        dout, x, weights, q_gamma, k_gamma, v_gamma, scale, gamma, q, k, v, q_normed, k_normed, v_normed,
+        q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd, probs, heads, shaped, normed, mean, rstd,
+        dx, dweights, dbiases, *dpieces,
     )  # fmt: skip
-    return (dx, dweights, dbiases, *(g.astype(dtype, copy=False) for g in (dscale, dgamma, dbeta)))
+    return (dx, dweights, dbiases, *(g.astype(dtype, copy=False) for g in dpieces))
 
 
 # The sublayer kernels' limits: the same products and loops, and a norm's or a scale's pass.
@@ -215,12 +302,16 @@ HEADS_PIECES_ATTENTION_BACKWARD = Twin(
 
 
 def heads_pieces_attention_forward(
-    x: np.ndarray, weights: np.ndarray, biases: np.ndarray, scale: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+    x: np.ndarray, weights: np.ndarray, biases: np.ndarray,
+    q_gamma: np.ndarray, q_beta: np.ndarray, k_gamma: np.ndarray, k_beta: np.ndarray,
+    v_gamma: np.ndarray, v_beta: np.ndarray, scale: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     n_heads: int, causal: bool, eps: float,
 ) -> Arrays:  # fmt: skip
     """The forward of ``x`` (B, T, d); see :func:`heads_pieces_attention_forward_reference`."""
-    x, weights, biases, scale, gamma, beta = float_arrays(x, weights, biases, scale, gamma, beta)
+    arrays = float_arrays(x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta)
+    x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta = arrays
     d = x.shape[-1] if x.ndim == 3 else 0
+    head_norms = ((q_gamma, q_beta), (k_gamma, k_beta), (v_gamma, v_beta))
     if not (
         d
         and type(n_heads) is int
@@ -228,23 +319,26 @@ def heads_pieces_attention_forward(
         and d % n_heads == 0
         and weights.shape == (4, d, d)
         and biases.shape == (4, d)
+        and all(g.shape == b.shape and g.shape in ((0,), (d // n_heads,)) for g, b in head_norms)
         and scale.shape in ((0,), (n_heads,))
         and gamma.shape == beta.shape
         and gamma.shape in ((0,), (d,))
     ):
+        norms = ", ".join(f"{name} norm {g.shape} and {b.shape}" for name, (g, b) in zip("qkv", head_norms))
         raise ValueError(
-            f"x {x.shape}, weights {weights.shape}, biases {biases.shape}, scale {scale.shape}, gamma "
+            f"x {x.shape}, weights {weights.shape}, biases {biases.shape}, {norms}, scale {scale.shape}, gamma "
             f"{gamma.shape}, beta {beta.shape} and {n_heads} heads do not fit one attention sublayer"
         )
     work = attention_sublayer_work(x.shape[0], x.shape[1], x.shape[1], d)
     return HEADS_PIECES_ATTENTION_FORWARD.pick(*work)(
-        x, weights, biases, scale, gamma, beta, n_heads, bool(causal), float(eps)
-    )
+        x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta, n_heads,
+        bool(causal), float(eps),
+    )  # fmt: skip
 
 
 def heads_pieces_attention_backward(dout: np.ndarray, *residuals: np.ndarray) -> Arrays:
-    """The VJP at ``dout``; ``residuals`` are ``(x, weights, scale, gamma, q, k, v, probs,
-    heads, shaped, normed, mean, rstd)`` as the forward took and returned them, unchanged."""
+    """The VJP at ``dout``; ``residuals`` are ``(x, weights, q_gamma, k_gamma, v_gamma, scale,
+    gamma)`` as the forward took them, then all it returned after ``out``, unchanged."""
     x = residuals[0]
     dout = cotangent(dout, x.dtype, x.shape)
     work = attention_sublayer_work(x.shape[0], x.shape[1], x.shape[1], x.shape[2])

@@ -5,7 +5,8 @@ compiled kernels, the public kernels' input checks and their choice of path.
 Both shapes keep the same arrays, so one loop twin serves each: ``first``, the norm's output
 (a + S(LN(a))) or the residual sum (LN(a + S(a))), of the stream's shape, then the norm's
 ``mean`` and ``rstd``, then the sublayer's own residuals. Their kernels take them in the same
-order.
+order, and then the kernel's own flags (``residual_normed``'s: whether the skip is added),
+which a loop twin passes on as it is given them, last.
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ def attention_loops(name: str, forward_kernel: Any, backward_kernel: Any) -> Loo
     """The loop twins of the fused self-attention branch ``name`` around its two kernels."""
 
     def forward(
-        a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, n_heads: int, causal: bool
+        a: np.ndarray,
+        gamma: np.ndarray,
+        beta: np.ndarray,
+        eps: float,
+        weights: Arrays,
+        n_heads: int,
+        causal: bool,
+        *flags: bool,
     ) -> Arrays:
         shape, dtype = a.shape, a.dtype
         batch, t_len, rows = shape[0], shape[1], shape[0] * shape[1]
@@ -57,17 +65,19 @@ def attention_loops(name: str, forward_kernel: Any, backward_kernel: Any) -> Loo
         probs = np.zeros((batch, n_heads, t_len, t_len), dtype)
         wq, bq, wk, bk, wv, bv, wo, bo = weights
         forward_kernel(
-            a, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, first, mean, rstd, q, k, v, probs, heads, y
-        )
+            a, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, first, mean, rstd, q, k, v, probs, heads, y,
+            *flags,
+        )  # fmt: skip
         return y, first, mean, rstd, q, k, v, probs, heads
 
-    def backward(dy: np.ndarray, a: np.ndarray, gamma: np.ndarray, *kept: np.ndarray) -> Arrays:
-        # kept: first, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads
+    def backward(dy: np.ndarray, a: np.ndarray, gamma: np.ndarray, *kept: Any) -> Arrays:
+        # kept: first, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads, then the kernel's flags
+        arrays, flags = kept[:12], kept[12:]
         dtype, d = a.dtype, a.shape[-1]
         dfirst, da = np.empty(a.shape, dtype), np.empty(a.shape, dtype)
         dw, db = np.empty((4, d, d), dtype), np.empty((4, d), dtype)
         dgamma, dbeta = np.zeros(d), np.zeros(d)  # float64 accumulators, as LayerNorm's loop keeps them
-        backward_kernel(dy, a, gamma, *kept, dfirst, dw, db, da, dgamma, dbeta)
+        backward_kernel(dy, a, gamma, *arrays, dfirst, dw, db, da, dgamma, dbeta, *flags)
         dgamma, dbeta = dgamma.astype(dtype, copy=False), dbeta.astype(dtype, copy=False)
         return (da, dgamma, dbeta, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3])
 
@@ -81,7 +91,7 @@ def feed_forward_loops(name: str, forward_kernel: Any, backward_kernel: Any) -> 
     """The loop twins of the fused FFN branch ``name`` around its two kernels."""
 
     def forward(
-        a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str
+        a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str, *flags: bool
     ) -> Arrays:
         w1, b1, w2, b2 = weights
         dtype, rows = a.dtype, a.size // a.shape[-1]
@@ -94,7 +104,7 @@ def feed_forward_loops(name: str, forward_kernel: Any, backward_kernel: Any) -> 
         hidden = np.empty((rows, w1.shape[1]), dtype)
         acted = hidden if activation == "relu" else np.empty_like(hidden)  # ReLU in place, as the FFN's loop
         code = feed_forward.FFN_CODES[activation]
-        forward_kernel(a, gamma, beta, eps, w1, b1, w2, b2, code, first, mean, rstd, hidden, acted, y)
+        forward_kernel(a, gamma, beta, eps, w1, b1, w2, b2, code, first, mean, rstd, hidden, acted, y, *flags)
         return y, first, mean, rstd, hidden, acted
 
     def backward(
@@ -109,6 +119,7 @@ def feed_forward_loops(name: str, forward_kernel: Any, backward_kernel: Any) -> 
         hidden: np.ndarray,
         acted: np.ndarray,
         activation: str,
+        *flags: bool,
     ) -> Arrays:
         dtype, d = a.dtype, a.shape[-1]
         dacted, dfirst, da = np.empty(acted.shape, dtype), np.empty(a.shape, dtype), np.empty(a.shape, dtype)
@@ -137,6 +148,7 @@ def feed_forward_loops(name: str, forward_kernel: Any, backward_kernel: Any) -> 
             da,
             dgamma,
             dbeta,
+            *flags,
         )
         return da, dgamma.astype(dtype, copy=False), dbeta.astype(dtype, copy=False), dw1, db1, dw2, db2
 

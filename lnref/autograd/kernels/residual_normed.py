@@ -1,4 +1,5 @@
-"""A residual branch with a LayerNorm on its input, y = a + S(LN(a)), as one kernel each way.
+"""A residual branch with a LayerNorm on its input, y = a + S(LN(a)), as one kernel each way;
+with ``residual`` False, the branch alone, y = S(LN(a)).
 
 Pre-LN's two branches, and any scheme's branch of that shape, are three primitives: the norm,
 the sublayer S (the attention sublayer or the FFN) and the residual add, six kernel calls a
@@ -14,9 +15,13 @@ sublayer's weights as ``attention_sublayer`` and ``feed_forward`` take them (sel
 only). The residuals are the norm's output ``normed`` and its ``mean`` and ``rstd``, then the
 sublayer's own.
 
-    forward:   normed = LN(a),   y = a + S(normed)
+    forward:   normed = LN(a),   y = a + S(normed)     (residual False: y = S(normed))
     backward:  dnormed, dW = the sublayer's VJP at dy,   da_ln, dgamma, dbeta = LN's VJP at dnormed
-               da = dy + da_ln          (the add's cotangent first, as the tape accumulates it)
+               da = dy + da_ln          (the add's cotangent first, as the tape accumulates it;
+                                         residual False: da = da_ln)
+
+The flag ``residual`` comes last, after the forward's arguments and after the backward's
+residuals.
 """
 
 from __future__ import annotations
@@ -49,7 +54,14 @@ Arrays = tuple[np.ndarray, ...]
 
 
 def residual_normed_attention_forward_reference(
-    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, n_heads: int, causal: bool
+    a: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    eps: float,
+    weights: Arrays,
+    n_heads: int,
+    causal: bool,
+    residual: bool,
 ) -> Arrays:
     """NumPy twin: the three kernels in turn; returns ``(y, normed, mean, rstd, q, k, v,
     probs, heads)``."""
@@ -57,7 +69,7 @@ def residual_normed_attention_forward_reference(
     normed = rows.reshape(a.shape)
     wq, bq, wk, bk, wv, bv, wo, bo = weights
     out, *kept = kernels.attention_sublayer_forward(normed, None, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal)
-    return (a + out, normed, mean, rstd, *kept)
+    return (a + out if residual else out, normed, mean, rstd, *kept)
 
 
 def residual_normed_attention_backward_reference(
@@ -76,6 +88,7 @@ def residual_normed_attention_backward_reference(
     v: np.ndarray,
     probs: np.ndarray,
     heads: np.ndarray,
+    residual: bool,
 ) -> Arrays:
     """NumPy twin; returns ``(da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo)``."""
     dnormed, _, *dweights = kernels.attention_sublayer_backward(
@@ -85,7 +98,8 @@ def residual_normed_attention_backward_reference(
     da, dgamma, dbeta = kernels.layer_norm_backward(
         cast(np.ndarray, dnormed).reshape(-1, d), a.reshape(-1, d), gamma, mean, rstd, residuals_checked=True
     )
-    return (dy + da.reshape(a.shape), dgamma, dbeta, *cast(Arrays, dweights))
+    da = da.reshape(a.shape)
+    return (dy + da if residual else da, dgamma, dbeta, *cast(Arrays, dweights))
 
 
 @njit(cache=True)
@@ -112,6 +126,7 @@ def _residual_normed_attention_forward_kernel(
     probs: np.ndarray,
     heads: np.ndarray,
     y: np.ndarray,
+    residual: bool,
 ) -> None:
     n_batch, t_len, d = a.shape
     n_rows = n_batch * t_len
@@ -119,7 +134,8 @@ def _residual_normed_attention_forward_kernel(
     attention_sublayer._attention_sublayer_forward_kernel(
         normed, normed, wq, bq, wk, bk, wv, bv, wo, bo, causal, q, k, v, probs, heads, y
     )
-    add_into(a, y)
+    if residual:
+        add_into(a, y)
 
 
 @njit(cache=True)
@@ -145,6 +161,7 @@ def _residual_normed_attention_backward_kernel(
     da: np.ndarray,
     dgamma: np.ndarray,
     dbeta: np.ndarray,
+    residual: bool,
 ) -> None:
     n_batch, t_len, d = a.shape
     n_rows = n_batch * t_len
@@ -154,7 +171,8 @@ def _residual_normed_attention_backward_kernel(
     layer_norm_backward_kernel(
         dnormed.reshape((n_rows, d)), a.reshape((n_rows, d)), gamma, mean, rstd, da.reshape((n_rows, d)), dgamma, dbeta
     )
-    add_into(dy, da)
+    if residual:
+        add_into(dy, da)
 
 
 _ATTENTION_LOOPS = attention_loops(
@@ -178,13 +196,14 @@ RESIDUAL_NORMED_ATTENTION_BACKWARD = Twin(
 
 
 def residual_normed_feed_forward_forward_reference(
-    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str, residual: bool
 ) -> Arrays:
     """NumPy twin; returns ``(y, normed, mean, rstd, hidden, acted)``."""
     rows, mean, rstd = kernels.layer_norm_forward(a.reshape(-1, a.shape[-1]), gamma, beta, eps)
     w1, b1, w2, b2 = weights
     out, hidden, acted = kernels.feed_forward_forward(rows, w1, b1, w2, b2, activation)
-    return a + out.reshape(a.shape), rows.reshape(a.shape), mean, rstd, hidden, acted
+    out = out.reshape(a.shape)
+    return a + out if residual else out, rows.reshape(a.shape), mean, rstd, hidden, acted
 
 
 def residual_normed_feed_forward_backward_reference(
@@ -199,6 +218,7 @@ def residual_normed_feed_forward_backward_reference(
     hidden: np.ndarray,
     acted: np.ndarray,
     activation: str,
+    residual: bool,
 ) -> Arrays:
     """NumPy twin; returns ``(da, dgamma, dbeta, dw1, db1, dw2, db2)``."""
     d = a.shape[-1]
@@ -208,7 +228,8 @@ def residual_normed_feed_forward_backward_reference(
     da, dgamma, dbeta = kernels.layer_norm_backward(
         dnormed, a.reshape(-1, d), gamma, mean, rstd, residuals_checked=True
     )
-    return (dy + da.reshape(a.shape), dgamma, dbeta, *dweights)
+    da = da.reshape(a.shape)
+    return (dy + da if residual else da, dgamma, dbeta, *dweights)
 
 
 @njit(cache=True)
@@ -228,12 +249,14 @@ def _residual_normed_feed_forward_forward_kernel(
     hidden: np.ndarray,
     acted: np.ndarray,
     y: np.ndarray,
+    residual: bool,
 ) -> None:
     rows = (mean.size, a.shape[-1])
     normed_rows = normed.reshape(rows)
     layer_norm_forward_kernel(a.reshape(rows), gamma, beta, eps, normed_rows, mean, rstd)
     feed_forward._feed_forward_forward_kernel(normed_rows, w1, b1, w2, b2, activation, hidden, acted, y.reshape(rows))
-    add_into(a, y)
+    if residual:
+        add_into(a, y)
 
 
 @njit(cache=True)
@@ -258,6 +281,7 @@ def _residual_normed_feed_forward_backward_kernel(
     da: np.ndarray,
     dgamma: np.ndarray,
     dbeta: np.ndarray,
+    residual: bool,
 ) -> None:
     rows = (mean.size, a.shape[-1])
     dnormed_rows = dnormed.reshape(rows)
@@ -277,7 +301,8 @@ def _residual_normed_feed_forward_backward_kernel(
         db2,
     )
     layer_norm_backward_kernel(dnormed_rows, a.reshape(rows), gamma, mean, rstd, da.reshape(rows), dgamma, dbeta)
-    add_into(dy, da)
+    if residual:
+        add_into(dy, da)
 
 
 _FEED_FORWARD_LOOPS = feed_forward_loops(
@@ -303,39 +328,53 @@ RESIDUAL_NORMED_FEED_FORWARD_BACKWARD = Twin(
 
 
 def residual_normed_attention_forward(
-    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, n_heads: int, causal: bool
+    a: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    eps: float,
+    weights: Arrays,
+    n_heads: int,
+    causal: bool,
+    residual: bool = True,
 ) -> Arrays:
-    """y = a + A(LN(a)), A the self-attention sublayer of ``weights`` (wq, bq, wk, bk, wv, bv,
-    wo, bo); returns ``(y, normed, mean, rstd, q, k, v, probs, heads)``."""
+    """y = a + A(LN(a)) (``residual`` False: A(LN(a))), A the self-attention sublayer of
+    ``weights`` (wq, bq, wk, bk, wv, bv, wo, bo); returns ``(y, normed, mean, rstd, q, k, v,
+    probs, heads)``."""
     a, gamma, beta, *checked = checked_attention_branch(a, gamma, beta, weights, n_heads, causal)
     forward = path(RESIDUAL_NORMED_ATTENTION_FORWARD, ATTENTION_PARTS[0], *attention_work(a))
-    return forward(a, gamma, beta, float(eps), tuple(checked), n_heads, bool(causal))
+    return forward(a, gamma, beta, float(eps), tuple(checked), n_heads, bool(causal), bool(residual))
 
 
 def residual_normed_attention_backward(dy: np.ndarray, a: np.ndarray, *residuals: np.ndarray) -> Arrays:
     """The VJP of :func:`residual_normed_attention_forward` at ``dy``, from its input ``a`` and
     residuals (``gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads``: the
-    forward's own, unchanged); returns ``(da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo,
-    dbo)``."""
+    forward's own, unchanged, then its flag ``residual``); returns ``(da, dgamma, dbeta, dwq,
+    dbq, dwk, dbk, dwv, dbv, dwo, dbo)``."""
     dy = cotangent(dy, a.dtype, a.shape)
     backward = path(RESIDUAL_NORMED_ATTENTION_BACKWARD, ATTENTION_PARTS[1], *attention_work(a))
     return backward(dy, a, *residuals)
 
 
 def residual_normed_feed_forward_forward(
-    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str
+    a: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    eps: float,
+    weights: Arrays,
+    activation: str,
+    residual: bool = True,
 ) -> Arrays:
-    """y = a + F(LN(a)), F the FFN of ``weights`` (w1, b1, w2, b2); returns ``(y, normed,
-    mean, rstd, hidden, acted)``."""
+    """y = a + F(LN(a)) (``residual`` False: F(LN(a))), F the FFN of ``weights`` (w1, b1, w2,
+    b2); returns ``(y, normed, mean, rstd, hidden, acted)``."""
     a, gamma, beta, *checked = checked_feed_forward_branch(a, gamma, beta, weights, activation)
     forward = path(RESIDUAL_NORMED_FEED_FORWARD_FORWARD, FEED_FORWARD_PARTS[0], a.size // a.shape[-1] * checked[0].size)
-    return forward(a, gamma, beta, float(eps), tuple(checked), activation)
+    return forward(a, gamma, beta, float(eps), tuple(checked), activation, bool(residual))
 
 
 def residual_normed_feed_forward_backward(dy: np.ndarray, a: np.ndarray, *residuals: Any) -> Arrays:
     """The VJP of :func:`residual_normed_feed_forward_forward` at ``dy``, from its input ``a``
     and residuals (``gamma, normed, mean, rstd, w1, w2, hidden, acted, activation``: the
-    forward's own, unchanged); returns ``(da, dgamma, dbeta, dw1, db1, dw2, db2)``."""
+    forward's own, unchanged, then its flag ``residual``); returns ``(da, dgamma, dbeta, dw1, db1, dw2, db2)``."""
     dy = cotangent(dy, a.dtype, a.shape)
     work = a.size // a.shape[-1] * residuals[4].size
     return path(RESIDUAL_NORMED_FEED_FORWARD_BACKWARD, FEED_FORWARD_PARTS[1], work)(dy, a, *residuals)
