@@ -147,6 +147,20 @@ def test_index_and_embedding_lookup_vjp_with_repeated_rows():
     assert_all_pass(check_vjp(lambda t: t[1:, ::2], rand(rng, 4, 4)))
 
 
+@pytest.mark.parametrize(
+    "index",
+    [(Ellipsis, 1, slice(None)), (slice(None, None, -1), 0), 2, (None, 1)],
+    ids=["ellipsis", "reversed", "int", "none"],
+)
+def test_the_vjp_of_basic_indexing_equals_the_scatter_add_it_stands_for(index):
+    x = rand(np.random.default_rng(14), 3, 4, 5)
+    out, residuals = PRIMITIVES["index"].forward(x, index=index)
+    dout = rand(np.random.default_rng(15), *out.shape)
+    dx_expected = np.zeros_like(x)
+    np.add.at(dx_expected, index, dout)
+    np.testing.assert_array_equal(PRIMITIVES["index"].vjp(dout, residuals)[0], dx_expected)
+
+
 @given(
     batch=st.lists(st.integers(1, 3), max_size=2).map(tuple),
     n=st.integers(1, 4),

@@ -307,8 +307,20 @@ def _index_fwd(x: np.ndarray, *, index: Any) -> tuple[np.ndarray, Residuals]:
 def _index_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
     shape, dtype, index = residuals
     dx = np.zeros(shape, dtype=dtype)
-    np.add.at(dx, index, dout)  # repeated indices must add, not overwrite
+    if _picks_each_element_once(index):
+        dx[index] += dout  # a view: each element once, the sum np.add.at forms, without its cost
+    else:
+        np.add.at(dx, index, dout)  # repeated indices must add, not overwrite
     return (dx,)
+
+
+def _picks_each_element_once(index: Any) -> bool:
+    """Whether ``index`` is basic indexing (integers, slices, ``...``, ``None``), which takes a
+    view and so no element twice."""
+    for part in index if type(index) is tuple else (index,):
+        if not (part is Ellipsis or part is None or type(part) is slice or type(part) is int):
+            return False
+    return True
 
 
 index = defprimitive("index", _index_fwd, _index_vjp)
