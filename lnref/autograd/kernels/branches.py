@@ -42,15 +42,9 @@ def attention_loops(name: str, forward_kernel: Any, backward_kernel: Any) -> Loo
     """The loop twins of the fused self-attention branch ``name`` around its two kernels."""
 
     def forward(
-        a: np.ndarray,
-        gamma: np.ndarray,
-        beta: np.ndarray,
-        eps: float,
-        weights: Arrays,
-        n_heads: int,
-        causal: bool,
+        a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, n_heads: int, causal: bool,
         *flags: bool,
-    ) -> Arrays:
+    ) -> Arrays:  # fmt: skip
         shape, dtype = a.shape, a.dtype
         batch, t_len, rows = shape[0], shape[1], shape[0] * shape[1]
         first, q, k, v, heads, y = (

@@ -54,15 +54,9 @@ Arrays = tuple[np.ndarray, ...]
 
 
 def residual_normed_attention_forward_reference(
-    a: np.ndarray,
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    eps: float,
-    weights: Arrays,
-    n_heads: int,
-    causal: bool,
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, n_heads: int, causal: bool,
     residual: bool,
-) -> Arrays:
+) -> Arrays:  # fmt: skip
     """NumPy twin: the three kernels in turn; returns ``(y, normed, mean, rstd, q, k, v,
     probs, heads)``."""
     rows, mean, rstd = kernels.layer_norm_forward(a.reshape(-1, a.shape[-1]), gamma, beta, eps)
@@ -328,15 +322,9 @@ RESIDUAL_NORMED_FEED_FORWARD_BACKWARD = Twin(
 
 
 def residual_normed_attention_forward(
-    a: np.ndarray,
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    eps: float,
-    weights: Arrays,
-    n_heads: int,
-    causal: bool,
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, n_heads: int, causal: bool,
     residual: bool = True,
-) -> Arrays:
+) -> Arrays:  # fmt: skip
     """y = a + A(LN(a)) (``residual`` False: A(LN(a))), A the self-attention sublayer of
     ``weights`` (wq, bq, wk, bk, wv, bv, wo, bo); returns ``(y, normed, mean, rstd, q, k, v,
     probs, heads)``."""
