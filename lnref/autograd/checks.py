@@ -70,6 +70,12 @@ def kernel_error(op: str, error: Exception, *arrays: Any) -> ValueError:
     return ValueError(f"{op}: {error} (inputs of shapes {shapes(*arrays)})")
 
 
+def is_number(value: Any) -> bool:
+    """A Python number (not a NumPy scalar, not a bool): a constant of the pass, which takes
+    the arrays' dtype and has no cotangent (every value a gradient can reach is an array)."""
+    return type(value) is float or type(value) is int
+
+
 def binary_shapes(op: str, a: Any, b: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(shape of a, shape of b) once both are checked: one float dtype, broadcastable shapes."""
     # The common cases first: arrays of one shape, or an array and a scalar (a Python number,
@@ -78,10 +84,10 @@ def binary_shapes(op: str, a: Any, b: Any) -> tuple[tuple[int, ...], tuple[int, 
         if type(b) is np.ndarray:
             if (a.shape == b.shape or not a.ndim or not b.ndim) and plain_float_arrays(a, b):
                 return a.shape, b.shape
-        elif type(b) is float or type(b) is int or type(b) is a.dtype.type:
+        elif is_number(b) or type(b) is a.dtype.type:
             if plain_float_arrays(a):
                 return a.shape, ()
-    elif type(b) is np.ndarray and (type(a) is float or type(a) is int or type(a) is b.dtype.type):
+    elif type(b) is np.ndarray and (is_number(a) or type(a) is b.dtype.type):
         if plain_float_arrays(b):
             return (), b.shape
     check_float(op, a, b)

@@ -30,6 +30,7 @@ from lnref.autograd.checks import (
     binary_shapes,
     check_finite,
     check_float,
+    is_number,
     kernel_error,
     shapes,
     unbroadcast,
@@ -49,12 +50,6 @@ Residuals = Any
 Cotangents = tuple[Any, ...]
 
 # ----- elementwise --------------------------------------------------------------------
-
-
-def _is_number(value: Any) -> bool:
-    """A Python number among a primitive's inputs: a constant of the pass, which has no
-    cotangent (every value a gradient can reach is an array), so its VJP computes none."""
-    return type(value) is float or type(value) is int
 
 
 def _add_fwd(a: Any, b: Any) -> tuple[Any, Residuals]:
@@ -88,8 +83,8 @@ def _mul_fwd(a: Any, b: Any) -> tuple[Any, Residuals]:
 
 def _mul_vjp(dout: np.ndarray, inputs: Residuals) -> Cotangents:
     a, b = inputs
-    da = None if _is_number(a) else unbroadcast(dout * b, np.shape(a))
-    return da, None if _is_number(b) else unbroadcast(dout * a, np.shape(b))
+    da = None if is_number(a) else unbroadcast(dout * b, np.shape(a))
+    return da, None if is_number(b) else unbroadcast(dout * a, np.shape(b))
 
 
 mul = defprimitive("mul", _mul_fwd, _mul_vjp)
@@ -102,8 +97,8 @@ def _div_fwd(a: Any, b: Any) -> tuple[Any, Residuals]:
 
 def _div_vjp(dout: np.ndarray, inputs: Residuals) -> Cotangents:
     a, b = inputs
-    da = None if _is_number(a) else unbroadcast(dout / b, np.shape(a))
-    return da, None if _is_number(b) else unbroadcast(-dout * a / (b * b), np.shape(b))
+    da = None if is_number(a) else unbroadcast(dout / b, np.shape(a))
+    return da, None if is_number(b) else unbroadcast(-dout * a / (b * b), np.shape(b))
 
 
 div = defprimitive("div", _div_fwd, _div_vjp)

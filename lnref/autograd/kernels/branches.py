@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lnref.autograd.kernels import attention_sublayer, feed_forward, norms
+from lnref.autograd.kernels import attention_sublayer, feed_forward, linear, norms
 from lnref.autograd.kernels.checks import check_fit, float_arrays
 from lnref.autograd.kernels.seam import Twin, njit
 
@@ -38,8 +38,20 @@ def _named(loop: Callable[..., Arrays], name: str, kernel: Any) -> Callable[...,
     return loop
 
 
-def attention_loops(name: str, forward_kernel: Any, backward_kernel: Any) -> Loops:
-    """The loop twins of the fused self-attention branch ``name`` around its two kernels."""
+def _twins(name: str, references: Loops, loops: Loops, kernels: Any, loop_pays_up_to: Any) -> tuple[Twin, Twin]:
+    """Twins ``{name}_forward`` and ``{name}_backward``: a NumPy twin and a loop twin each."""
+    forward, backward = (
+        Twin(f"{name}_{way}", reference=reference, loop=_named(loop, f"_{name}_{way}_loop", kernel),
+             loop_pays_up_to=loop_pays_up_to)
+        for way, reference, loop, kernel in zip(("forward", "backward"), references, loops, kernels)
+    )  # fmt: skip
+    return forward, backward
+
+
+def attention_twins(name: str, references: Loops, forward_kernel: Any, backward_kernel: Any) -> tuple[Twin, Twin]:
+    """The forward and backward twins of the fused self-attention branch ``name``: its NumPy
+    twins ``references``, and loop twins around its two kernels, up to the attention sublayer
+    kernels' limits."""
 
     def forward(
         a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, n_heads: int, causal: bool,
@@ -75,14 +87,14 @@ def attention_loops(name: str, forward_kernel: Any, backward_kernel: Any) -> Loo
         dgamma, dbeta = dgamma.astype(dtype, copy=False), dbeta.astype(dtype, copy=False)
         return (da, dgamma, dbeta, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3])
 
-    return (
-        _named(forward, f"_{name}_forward_loop", forward_kernel),
-        _named(backward, f"_{name}_backward_loop", backward_kernel),
+    return _twins(
+        name, references, (forward, backward), (forward_kernel, backward_kernel), attention_sublayer.LOOP_PAYS_UP_TO
     )
 
 
-def feed_forward_loops(name: str, forward_kernel: Any, backward_kernel: Any) -> Loops:
-    """The loop twins of the fused FFN branch ``name`` around its two kernels."""
+def feed_forward_twins(name: str, references: Loops, forward_kernel: Any, backward_kernel: Any) -> tuple[Twin, Twin]:
+    """The forward and backward twins of the fused FFN branch ``name``: its NumPy twins
+    ``references``, and loop twins around its two kernels, up to the FFN kernels' limits."""
 
     def forward(
         a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str, *flags: bool
@@ -146,10 +158,7 @@ def feed_forward_loops(name: str, forward_kernel: Any, backward_kernel: Any) -> 
         )
         return da, dgamma.astype(dtype, copy=False), dbeta.astype(dtype, copy=False), dw1, db1, dw2, db2
 
-    return (
-        _named(forward, f"_{name}_forward_loop", forward_kernel),
-        _named(backward, f"_{name}_backward_loop", backward_kernel),
-    )
+    return _twins(name, references, (forward, backward), (forward_kernel, backward_kernel), linear.LOOP_PAYS_UP_TO)
 
 
 # ----- the public kernels' checks and choice of path -------------------------------------

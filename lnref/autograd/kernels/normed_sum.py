@@ -25,21 +25,21 @@ from typing import Any, cast
 import numpy as np
 
 import lnref.autograd.kernels as kernels
-from lnref.autograd.kernels import attention_sublayer, feed_forward, linear
+from lnref.autograd.kernels import attention_sublayer, feed_forward
 from lnref.autograd.kernels.branches import (
     ATTENTION_PARTS,
     FEED_FORWARD_PARTS,
     add_into,
-    attention_loops,
+    attention_twins,
     attention_work,
     checked_attention_branch,
     checked_feed_forward_branch,
-    feed_forward_loops,
+    feed_forward_twins,
     path,
 )
 from lnref.autograd.kernels.checks import cotangent
 from lnref.autograd.kernels.norms import layer_norm_backward_kernel, layer_norm_forward_kernel
-from lnref.autograd.kernels.seam import Twin, njit
+from lnref.autograd.kernels.seam import njit
 
 Arrays = tuple[np.ndarray, ...]
 
@@ -174,20 +174,11 @@ def _normed_sum_attention_backward_kernel(
     add_into(dtotal, da)
 
 
-_ATTENTION_LOOPS = attention_loops(
-    "normed_sum_attention", _normed_sum_attention_forward_kernel, _normed_sum_attention_backward_kernel
-)
-NORMED_SUM_ATTENTION_FORWARD = Twin(
-    "normed_sum_attention_forward",
-    reference=normed_sum_attention_forward_reference,
-    loop=_ATTENTION_LOOPS[0],
-    loop_pays_up_to=attention_sublayer.LOOP_PAYS_UP_TO,
-)
-NORMED_SUM_ATTENTION_BACKWARD = Twin(
-    "normed_sum_attention_backward",
-    reference=normed_sum_attention_backward_reference,
-    loop=_ATTENTION_LOOPS[1],
-    loop_pays_up_to=attention_sublayer.LOOP_PAYS_UP_TO,
+NORMED_SUM_ATTENTION_FORWARD, NORMED_SUM_ATTENTION_BACKWARD = attention_twins(
+    "normed_sum_attention",
+    (normed_sum_attention_forward_reference, normed_sum_attention_backward_reference),
+    _normed_sum_attention_forward_kernel,
+    _normed_sum_attention_backward_kernel,
 )
 
 
@@ -298,20 +289,11 @@ def _normed_sum_feed_forward_backward_kernel(
     add_into(dtotal, da)
 
 
-_FEED_FORWARD_LOOPS = feed_forward_loops(
-    "normed_sum_feed_forward", _normed_sum_feed_forward_forward_kernel, _normed_sum_feed_forward_backward_kernel
-)
-NORMED_SUM_FEED_FORWARD_FORWARD = Twin(
-    "normed_sum_feed_forward_forward",
-    reference=normed_sum_feed_forward_forward_reference,
-    loop=_FEED_FORWARD_LOOPS[0],
-    loop_pays_up_to=linear.LOOP_PAYS_UP_TO,
-)
-NORMED_SUM_FEED_FORWARD_BACKWARD = Twin(
-    "normed_sum_feed_forward_backward",
-    reference=normed_sum_feed_forward_backward_reference,
-    loop=_FEED_FORWARD_LOOPS[1],
-    loop_pays_up_to=linear.LOOP_PAYS_UP_TO,
+NORMED_SUM_FEED_FORWARD_FORWARD, NORMED_SUM_FEED_FORWARD_BACKWARD = feed_forward_twins(
+    "normed_sum_feed_forward",
+    (normed_sum_feed_forward_forward_reference, normed_sum_feed_forward_backward_reference),
+    _normed_sum_feed_forward_forward_kernel,
+    _normed_sum_feed_forward_backward_kernel,
 )
 
 

@@ -31,21 +31,21 @@ from typing import Any, cast
 import numpy as np
 
 import lnref.autograd.kernels as kernels
-from lnref.autograd.kernels import attention_sublayer, feed_forward, linear
+from lnref.autograd.kernels import attention_sublayer, feed_forward
 from lnref.autograd.kernels.branches import (
     ATTENTION_PARTS,
     FEED_FORWARD_PARTS,
     add_into,
-    attention_loops,
+    attention_twins,
     attention_work,
     checked_attention_branch,
     checked_feed_forward_branch,
-    feed_forward_loops,
+    feed_forward_twins,
     path,
 )
 from lnref.autograd.kernels.checks import cotangent
 from lnref.autograd.kernels.norms import layer_norm_backward_kernel, layer_norm_forward_kernel
-from lnref.autograd.kernels.seam import Twin, njit
+from lnref.autograd.kernels.seam import njit
 
 Arrays = tuple[np.ndarray, ...]
 
@@ -169,20 +169,11 @@ def _residual_normed_attention_backward_kernel(
         add_into(dy, da)
 
 
-_ATTENTION_LOOPS = attention_loops(
-    "residual_normed_attention", _residual_normed_attention_forward_kernel, _residual_normed_attention_backward_kernel
-)
-RESIDUAL_NORMED_ATTENTION_FORWARD = Twin(
-    "residual_normed_attention_forward",
-    reference=residual_normed_attention_forward_reference,
-    loop=_ATTENTION_LOOPS[0],
-    loop_pays_up_to=attention_sublayer.LOOP_PAYS_UP_TO,
-)
-RESIDUAL_NORMED_ATTENTION_BACKWARD = Twin(
-    "residual_normed_attention_backward",
-    reference=residual_normed_attention_backward_reference,
-    loop=_ATTENTION_LOOPS[1],
-    loop_pays_up_to=attention_sublayer.LOOP_PAYS_UP_TO,
+RESIDUAL_NORMED_ATTENTION_FORWARD, RESIDUAL_NORMED_ATTENTION_BACKWARD = attention_twins(
+    "residual_normed_attention",
+    (residual_normed_attention_forward_reference, residual_normed_attention_backward_reference),
+    _residual_normed_attention_forward_kernel,
+    _residual_normed_attention_backward_kernel,
 )
 
 
@@ -299,22 +290,11 @@ def _residual_normed_feed_forward_backward_kernel(
         add_into(dy, da)
 
 
-_FEED_FORWARD_LOOPS = feed_forward_loops(
+RESIDUAL_NORMED_FEED_FORWARD_FORWARD, RESIDUAL_NORMED_FEED_FORWARD_BACKWARD = feed_forward_twins(
     "residual_normed_feed_forward",
+    (residual_normed_feed_forward_forward_reference, residual_normed_feed_forward_backward_reference),
     _residual_normed_feed_forward_forward_kernel,
     _residual_normed_feed_forward_backward_kernel,
-)
-RESIDUAL_NORMED_FEED_FORWARD_FORWARD = Twin(
-    "residual_normed_feed_forward_forward",
-    reference=residual_normed_feed_forward_forward_reference,
-    loop=_FEED_FORWARD_LOOPS[0],
-    loop_pays_up_to=linear.LOOP_PAYS_UP_TO,
-)
-RESIDUAL_NORMED_FEED_FORWARD_BACKWARD = Twin(
-    "residual_normed_feed_forward_backward",
-    reference=residual_normed_feed_forward_backward_reference,
-    loop=_FEED_FORWARD_LOOPS[1],
-    loop_pays_up_to=linear.LOOP_PAYS_UP_TO,
 )
 
 
