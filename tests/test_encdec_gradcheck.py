@@ -86,7 +86,7 @@ def test_the_point_s_moved_losses_are_the_model_s_own():
     moved = {**model.params, "encoder.layers.1.ffn.w1": model.params["encoder.layers.1.ffn.w1"] + move}
     model.load(moved)
     expected = float(np.sum(model(source, target) * dy))
-    assert point.losses("encoder.layers.1.ffn.w1", [move])[0] == pytest.approx(expected, rel=1e-13)
+    assert point.losses([("encoder.layers.1.ffn.w1", move)])[0] == pytest.approx(expected, rel=1e-13)
 
 
 def _scale_the_memory_gradient(monkeypatch, factor):

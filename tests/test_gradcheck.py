@@ -11,7 +11,7 @@ from lnref import gradcheck as checker
 from lnref.autograd import PRIMITIVES, kernels, ops
 from lnref.cli import main
 from lnref.finite_diff import central_difference
-from lnref.gradcheck.point import linear_per_row
+from lnref.gradcheck.point import Point, linear_per_row
 from lnref.gradcheck.report import compare
 from lnref.model import refusal
 from lnref.process import workers
@@ -344,6 +344,54 @@ def test_a_linear_map_given_one_weight_per_batch_row_runs_each_row_with_its_own(
         for row, copy in enumerate(copies):
             expected, _ = model.forward(model.run({**model.params, name: copy}), x[row : row + 1])
             np.testing.assert_allclose(y.value[row], expected.value[0], rtol=1e-12, atol=1e-14)
+
+
+def _point(scheme="pre", layers=3):
+    model = lnref.build(scheme, n_layers=layers, **SMALL)
+    x, dy, memory = model.sample_inputs(**SHAPE)
+    return model, Point(model, checker.jitter_params(model.params, 0), x, dy, memory)
+
+
+def _own_loss(model, point, name, move):
+    moved = {**point.params, name: point.params[name] + move}
+    y, _ = model.forward(model.run(moved, freeze=point.freezer.hold()), point.x)
+    return float(np.sum(y.value * point.dy))
+
+
+def test_the_moves_of_a_layer_s_tensors_share_a_run_and_each_gets_its_own_loss():
+    model, point = _point()
+    rng = np.random.default_rng(1)
+    names = ["layers.1.attn.wq", "layers.1.ffn.b2", "layers.1.ln_attn.gamma", "layers.1.ln_ffn.beta"]
+    assert {point.run_group(name) for name in names} == {1}
+    moves = [(name, t * 1e-3 * rng.standard_normal(point.params[name].shape)) for name in names for t in (-1, 0, 2)]
+    losses = point.losses(moves)
+    for (name, move), loss in zip(moves, losses):
+        assert loss == pytest.approx(_own_loss(model, point, name, move), rel=1e-12)
+
+
+def test_zero_moves_on_one_path_are_run_once(monkeypatch):
+    model, point = _point()
+    layers = []
+    monkeypatch.setattr(
+        model, "layer", lambda run, index, state, layer=model.layer: layers.append(index) or layer(run, index, state)
+    )
+    zero = np.zeros_like(point.params["layers.1.attn.wq"])
+    point.losses(
+        [
+            ("layers.1.attn.wq", zero),
+            ("layers.1.attn.wk", zero),
+            ("layers.1.ln_attn.gamma", 0 * point.params["layers.1.ln_attn.gamma"]),
+        ]
+    )
+    # layer 1 once for the linear maps' run, once for the norm gain's; layer 2 once for both
+    assert layers == [1, 1, 2]
+
+
+def test_moves_of_two_run_groups_are_a_value_error():
+    _, point = _point()
+    moves = [(name, np.zeros_like(point.params[name])) for name in ("layers.0.attn.wq", "layers.1.attn.wq")]
+    with pytest.raises(ValueError, match="one run group"):
+        point.losses(moves)
 
 
 def test_a_norm_gain_given_one_per_batch_row_is_a_value_error():

@@ -22,8 +22,11 @@ Modes:
                  (its parameters and its input states) against a random cotangent on its
                  output, one seeded direction per tensor (``blocks.py``)
     full         every element of every tensor, block by block as in blockwise mode
-Tensors (and blocks) are independent, each with its own seeded probes, so forked workers share
-them out and the report is the same, bit for bit, for any number of workers.
+Every tensor has its own seeded probes. In directional and entries mode the tensors whose moves
+re-run the same stages (a layer's parameters, say) share batched runs: the moved states stacked
+along the batch axis go through the layers above once for all of them. These groups (and the
+blocks) are independent, so forked workers share them out and the report is the same, bit for
+bit, for any number of workers.
 """
 
 from __future__ import annotations
@@ -58,10 +61,11 @@ __all__ = [
 ]
 
 MODES = ("directional", "blockwise", "entries", "full")
-CHUNK = 8  # elements whose finite differences share one batched run in entries/full mode
+# Directional and entries modes: probes (of one run group's tensors) whose moves share a run.
+PROBES_PER_RUN = 16
 # Directional and entries modes: tensors x layers from which the checks run in forked workers
 # unless told otherwise (every tensor's checks re-run the layers above it).
-PARALLEL_LAYER_RUNS = 4_000
+PARALLEL_LAYER_RUNS = 16_000
 
 Progress = Callable[[str], None] | None
 
@@ -86,29 +90,33 @@ def probes(rng: np.random.Generator, shape: tuple[int, ...], mode: str, entries:
     return found
 
 
-def _check_tensor(
-    point: Point, index: int, name: str, mode: str, entries: int, h: float, rtol: float, atol: float, seed: int
-) -> TensorResult:
+def _check_group(
+    point: Point, group: list[tuple[int, str]], mode: str, entries: int, h: float, rtol: float, atol: float, seed: int
+) -> list[TensorResult]:
+    """The checks of the tensors ``group`` (index, name) whose moves re-run the same stages
+    (``Point.run_group``): their probes, PROBES_PER_RUN at a time, share one batched run."""
     eps = np.finfo(point.model.dtype).eps
-    analytic_grad = point.grads[name]
-    where = point.where(name)
-    moves_of = probes(np.random.default_rng([seed, 3, index]), analytic_grad.shape, mode, entries)
-    checks = []
-    for first in range(0, len(moves_of), CHUNK):
-        chunk = [(label, d.astype(analytic_grad.dtype)) for label, d in moves_of[first : first + CHUNK]]
-        moves = [t * h * direction for _, direction in chunk for t in STENCIL]
-        values = point.losses(name, moves).reshape(len(chunk), len(STENCIL))
-        for (label, direction), row in zip(chunk, values):
+    floor = eps * point.scale
+    probed = [
+        (index, name, label, direction.astype(point.grads[name].dtype))
+        for index, name in group
+        for label, direction in probes(np.random.default_rng([seed, 3, index]), point.grads[name].shape, mode, entries)
+    ]
+    checks: dict[str, list[Check]] = {name: [] for _, name in group}
+    for first in range(0, len(probed), PROBES_PER_RUN):
+        piece = probed[first : first + PROBES_PER_RUN]
+        moves = [(name, t * h * direction) for _, name, _, direction in piece for t in STENCIL]
+        values = point.losses(moves).reshape(len(piece), len(STENCIL))
+        for (_, name, label, direction), row in zip(piece, values):
             numeric, sigma = difference_from_values(row, h)
-            analytic = float(np.sum(analytic_grad * direction))
-            floor = eps * point.scale
-            check = compare(name, where, label, analytic, numeric, max(sigma, floor), h, rtol, atol)
+            analytic = float(np.sum(point.grads[name] * direction))
+            check = compare(name, point.where(name), label, analytic, numeric, max(sigma, floor), h, rtol, atol)
 
-            def values_at(step: float, direction: np.ndarray = direction) -> list[float]:
-                return list(point.losses(name, [t * step * direction for t in STENCIL]))
+            def values_at(step: float, name: str = name, direction: np.ndarray = direction) -> list[float]:
+                return list(point.losses([(name, t * step * direction) for t in STENCIL]))
 
-            checks.append(confirmed(check, values_at, floor, h, rtol, atol))
-    return summarize(name, where, checks)
+            checks[name].append(confirmed(check, values_at, floor, h, rtol, atol))
+    return [summarize(name, point.where(name), checks[name]) for _, name in group]
 
 
 def _check_tolerances(h: float, rtol: float, atol: float) -> None:
@@ -200,10 +208,15 @@ def gradcheck(
             many = len(names) * model.n_blocks >= PARALLEL_LAYER_RUNS
             workers = default_workers() if many else 1
 
-        def check_tensor(index: int) -> TensorResult:
-            return _check_tensor(at, index, names[index], mode, entries, h, rtol, atol, seed)
+        grouped: dict[str | int, list[tuple[int, str]]] = {}
+        for index, name in enumerate(names):
+            grouped.setdefault(at.run_group(name), []).append((index, name))
 
-        results = list(map_in_order(check_tensor, range(len(names)), workers))
+        def check_group(group: list[tuple[int, str]]) -> list[TensorResult]:
+            return _check_group(at, group, mode, entries, h, rtol, atol, seed)
+
+        found = {r.tensor: r for rs in map_in_order(check_group, grouped.values(), workers) for r in rs}
+        results = [found[name] for name in names]
         results = _recheck_unresolved(at, results, h, rtol, atol, seed, generic)
     results = [_zero_by_structure(model, result) for result in results]
     seconds = time.perf_counter() - started

@@ -5,7 +5,7 @@ users get). The finite differences evaluate the function that pass differentiate
 point's ReLU on/off patterns (recorded once by a :class:`lnref.views.Freezer` and held by every
 later run), so a move cannot push a unit across its kink. Runs re-start from the states the
 analytic pass kept: a move of layer l's parameters re-runs only layers l..L, and the moves of
-one tensor share a batched run (moved states stacked along the batch axis; weights of the
+all of layer l's tensors share one batched run (moved states stacked along the batch axis; weights of the
 linear maps as one moved copy per batch row, :func:`linear_per_row`).
 """
 
@@ -19,6 +19,7 @@ from lnref.autograd import Tensor, defprimitive, ops
 from lnref.autograd.checks import check_float, shapes
 from lnref.views import Run, record_frozen
 
+Move = tuple[str, np.ndarray]  # (a parameter's, an input's or "memory"'s name, what is added to it)
 JITTER = 0.1  # generic point: each tensor moves by JITTER * rms(tensor) * N(0, 1)
 
 
@@ -127,10 +128,12 @@ class Point:
         self.embed_params, self.readout_params = self.reads[-1], self.reads[self.n_blocks]
         self.linear_params = model.linear_params
 
-    def frozen_run(self, params: dict[str, Any], memory: Any = None, count: int = 1) -> Run:
-        """A run with the point's frozen values (held ``count`` times along the batch axis)."""
+    def frozen_run(self, params: dict[str, Any], memory: Any = None, count: int = 1, per_row: bool = False) -> Run:
+        """A run with the point's frozen values (held ``count`` times along the batch axis);
+        ``per_row``: linear maps take weights given one per batch row."""
         memory = self.memory if memory is None else memory
-        return self.model.run(params, memory, freeze=self.freezer.hold(count, self.release))
+        options = {"linear": linear_per_row} if per_row else {}
+        return self.model.run(params, memory, freeze=self.freezer.hold(count, self.release), **options)
 
     def _stage_reads(self) -> dict[int, set[str]]:
         """{stage: the parameter names it reads}: -1 the embedding stage, 0..n_blocks-1 the
@@ -159,40 +162,91 @@ class Point:
         start = self.start_of(name)
         return str(self.model.block_label(start)[1]) if 0 <= start < self.n_blocks else "stack"
 
-    def losses(self, name: str, moves: list[np.ndarray]) -> np.ndarray:
-        """The loss with ``name`` (a parameter, an input or "memory") moved by each of ``moves``.
+    def run_group(self, name: str) -> str | int:
+        """What a move of ``name`` re-runs: "input" or "memory" (the whole model), or the stage
+        ``start_of(name)``. Moves of one group share a batched run (:meth:`losses`)."""
+        return name if name == "memory" else "input" if name in self.inputs else self.start_of(name)
 
-        Only block ``start_of(name)`` needs its own run per move; from there on the moved
-        states are stacked along the batch axis and the rest of the model runs once for all of
-        them (every op treats batch rows independently).
+    def losses(self, moves: list[Move]) -> np.ndarray:
+        """The loss with each (name, move) applied on its own: ``name`` (a parameter, an input
+        or "memory") moved by ``move``. The names must share one :meth:`run_group`.
+
+        Only the first stage a move affects needs a run of its own per move; from there on the
+        moved states are stacked along the batch axis and the rest of the model runs once for
+        all of them (every op treats batch rows independently). A layer's linear-map parameters
+        need no run of their own either: their moves share one run, each with its own copy of
+        the weights per batch row. Zero moves that would take the same path are run once.
         """
-        count, model, start, params = len(moves), self.model, self.start_of(name), self.params
-        tiled_memory = _tiled(self.memory, count)
-        run = self.frozen_run(params, tiled_memory, count)
-        if name in self.inputs:
-            moved = {
-                key: np.concatenate([value + move for move in moves]) if key == name else _tiled(value, count)
+        groups = {self.run_group(name) for name, _ in moves}
+        if len(groups) != 1:
+            raise ValueError(f"Point.losses: moves of one run group only, got {sorted(map(str, groups))}")
+        group, model, params = groups.pop(), self.model, self.params
+        together = set(self.linear_params) if isinstance(group, int) and 0 <= group < self.n_blocks else set()
+        distinct, stands_for = _distinct(moves, together)
+        count = len(distinct)
+        run = self.frozen_run(params, _tiled(self.memory, count), count)
+        if group == "input":
+            moved = tuple(
+                np.concatenate([value + move if name == key else value for name, move in distinct])
                 for key, value in self.inputs.items()
-            }
-            y, _ = model.forward(run, self._model_input(tuple(moved.values())))
-        elif name == "memory":
-            memory = np.concatenate([self.memory + move for move in moves])
+            )
+            y, _ = model.forward(run, self._model_input(moved))
+        elif group == "memory":
+            memory = np.concatenate([self.memory + move for _, move in distinct])
             y, _ = model.forward(self.frozen_run(params, memory, count), _tiled(self.x, count))
+        elif group == self.n_blocks:
+            outputs = [model.readout(self._moved_run(name, move), self.states[-1]).value for name, move in distinct]
+            y = Tensor.wrap(np.concatenate(outputs))
+        elif group == -1:
+            states = [model.embed(self._moved_run(name, move), self.x) for name, move in distinct]
+            y, _ = model.forward(run, state=stack_states(states), start=0)
         else:
-            moved_runs = [self.frozen_run({**params, name: params[name] + move}) for move in moves]
-            if start < 0:
-                states = [model.embed(moved, self.x) for moved in moved_runs]
-                y, _ = model.forward(run, state=stack_states(states), start=0)
-            elif start == self.n_blocks:
-                y = Tensor.wrap(np.concatenate([model.readout(moved, self.states[-1]).value for moved in moved_runs]))
-            else:
-                states = [model.layer(moved, start, self.states[start]) for moved in moved_runs]
-                y, _ = model.forward(run, state=stack_states(states), start=start + 1)
+            start, shared = int(group), [m for m in distinct if m[0] in together]  # (first in distinct)
+            states = [self._per_row_layer(start, shared)] if shared else []
+            alone = distinct[len(shared) :]
+            states += [model.layer(self._moved_run(name, move), start, self.states[start]) for name, move in alone]
+            y, _ = model.forward(run, state=stack_states(states), start=start + 1)
         products = y.value * _tiled(self.dy, count)
-        return products.reshape(count, -1).sum(axis=1)
+        return products.reshape(count, -1).sum(axis=1)[stands_for]
+
+    def _moved_run(self, name: str, move: np.ndarray) -> Run:
+        return self.frozen_run({**self.params, name: self.params[name] + move})
+
+    def _per_row_layer(self, start: int, moves: list[Move]) -> tuple[Tensor, ...]:
+        """Layer ``start``'s output states under ``moves`` of its linear-map parameters, in one
+        run: the moves one after another along the batch axis, every moved tensor given one
+        copy per batch row (:func:`linear_per_row`)."""
+        count, batch = len(moves), self.states[start][0].shape[0]
+        params = dict(self.params)
+        for name in dict.fromkeys(name for name, _ in moves):
+            params[name] = np.repeat(self.params[name][None], count * batch, axis=0)
+        for k, (name, move) in enumerate(moves):
+            params[name][k * batch : (k + 1) * batch] += move
+        run = self.frozen_run(params, _tiled(self.memory, count), count, per_row=True)
+        return tuple(self.model.layer(run, start, tuple(_tiled(s, count) for s in self.states[start])))
 
     def _model_input(self, arrays: tuple[np.ndarray, ...]) -> Any:
         return arrays if isinstance(self.x, tuple) else arrays[0]
+
+
+def _distinct(moves: list[Move], together: set[str]) -> tuple[list[Move], np.ndarray]:
+    """The moves to run, those of ``together``'s tensors first (they share a run), and for each
+    of ``moves`` the index of the one whose value it takes: zero moves on one path (together,
+    or alone) give the same value, so one of them is run for all."""
+    distinct: list[Move] = []
+    stands_for = np.empty(len(moves), dtype=np.intp)
+    zero_at: dict[bool, int] = {}
+    for i in sorted(range(len(moves)), key=lambda i: moves[i][0] not in together):
+        name, move = moves[i]
+        path = name in together
+        if move.any() or path not in zero_at:
+            if not move.any():
+                zero_at[path] = len(distinct)
+            stands_for[i] = len(distinct)
+            distinct.append((name, move))
+        else:
+            stands_for[i] = zero_at[path]
+    return distinct, stands_for
 
 
 def _tiled(array: Any, count: int) -> Any:
