@@ -28,13 +28,13 @@ def _picked() -> list[tuple[object, object]]:
 def test_a_split_leaves_the_registry_the_twins_and_the_loops_as_they_were(small_model):
     model, x, dy = small_model
     registry, picked = dict(primitive.PRIMITIVES), _picked()
-    probs_loop = attention_blocked._attention_probs_kernel
+    probs_loop = attention_blocked._attention_probs
     with timing.TimeSplit():
         model.value_and_grad(x, dy)
     assert primitive.PRIMITIVES == registry
     assert all(primitive.PRIMITIVES[name] is value for name, value in registry.items())
     assert all(a is c and b is d for (a, b), (c, d) in zip(picked, _picked()))
-    assert attention_blocked._attention_probs_kernel is probs_loop
+    assert attention_blocked._attention_probs is probs_loop
 
 
 def test_a_pass_under_the_timers_gives_the_same_bits(small_model):

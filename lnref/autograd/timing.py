@@ -5,8 +5,8 @@ timed and sorted by the kind of work it does.
         model.value_and_grad(x, dy)
     split.seconds   # {"products": ..., "attention": ..., "norms": ..., "element-wise": ..., ...}
 
-Within the block, each kernel twin's picked implementation (``seam.wrapped``), the two loops
-of attention's blocked path and the forward and VJP of each primitive that computes in NumPy
+Within the block, each kernel twin's picked implementation (``seam.wrapped``), the softmax
+and its backward in attention's blocked path and the forward and VJP of each primitive that computes in NumPy
 itself (``add``, ``reshape``, ``matmul``, ...) run inside a timer; a primitive that hands its
 work to a kernel is not timed by itself (its Python, checks and reshapes are overhead, like
 the tape's). Times are exclusive: a kernel's time is taken out of the call around it, so that
@@ -83,7 +83,7 @@ _SUBLAYER_TWIN_KINDS = {
 
 # Compiled loops that a path calls by module-level name, timed on their own.
 _INNER_LOOPS: tuple[tuple[ModuleType, str, str], ...] = (
-    (attention_blocked, "_attention_probs_kernel", ATTENTION),
+    (attention_blocked, "_attention_probs", ATTENTION),
     (attention_blocked, "_attention_dscores_kernel", ATTENTION),
 )
 

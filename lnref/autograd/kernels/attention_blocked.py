@@ -1,14 +1,14 @@
-"""Attention's compiled path for big heads: BLAS products around two small in-place loops,
-the batch split over threads when that pays.
+"""Attention's compiled path for big heads: BLAS products around small in-place loops, the
+batch split over threads when that pays.
 
 Token-major layout throughout, as the loop twins of ``attention.py``: ``q`` (B, T, H, Dh),
 ``k`` and ``v`` (B, S, H, Dh), ``probs`` (B, H, T, S). The four products are batched matrix
 products over (B, H, T, Dh) views of those arrays (strided, never copied); the softmax and
-its backward run in place on the (B, H, T, S) scores by two loop kernels. The formulas are
-the twins' (``attention.py``); the seam takes this path past the loop's limit.
+its backward run in place on the (B, H, T, S) scores, by loop kernels (and NumPy's exp). The
+formulas are the twins' (``attention.py``); the seam takes this path past the loop's limit.
 
 Threads. The batched products are many small ones (one per batch row and head), too small
-for OpenBLAS to thread, and the two loops are serial: alone, the path runs on one core. With
+for OpenBLAS to thread, and the loops are serial: alone, the path runs on one core. With
 several BLAS threads (``lnref.process.blas.threads``) it takes one thread per part of the
 batch. The parts write disjoint slices and each (b, h) product is the same BLAS call as
 unsplit, so the bits do not depend on the number of parts. Threads pay only for enough work
@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from lnref.autograd.kernels.seam import njit
-from lnref.autograd.kernels.softmax import softmax_prefix_inplace
 from lnref.process import blas
 
 # B H T S Dh, the multiply-adds of one batched product, from which splitting the batch pays:
@@ -40,25 +39,56 @@ def heads_first(a: np.ndarray) -> np.ndarray:
     return a.transpose(0, 2, 1, 3)
 
 
-# The two loops release the GIL (``nogil``): the parts of a split batch run them on helper threads.
+# The loops release the GIL (``nogil``): the parts of a split batch run them on helper threads.
 @njit(cache=True, nogil=True)
-def _attention_probs_kernel(scores: np.ndarray, causal: bool, sqrt_dh: float) -> None:
-    """In place: raw scores q k^T (B, H, T, S) -> probabilities, as in the loop twin.
-
-    Per row ``t``: divide by sqrt(Dh), subtract the row maximum, exponentiate,
-    normalize; with ``causal`` the columns ``s > t`` are set to exactly 0.
-    """
+def _shifted_scores_kernel(scores: np.ndarray, causal: bool, sqrt_dh: float) -> None:
+    """In place, per row ``t`` of the raw scores q k^T (B, H, T, S): divide by sqrt(Dh) and
+    subtract the row maximum; with ``causal`` the columns ``s > t`` are set to 0 (masked
+    later: exp(0) takes exp's fast path, where exp(-inf) does not)."""
     n_batch, n_head, t_len, s_len = scores.shape
     for b in range(n_batch):
         for h in range(n_head):
             for t in range(t_len):
                 row = scores[b, h, t]
                 s_end = min(t + 1, s_len) if causal else s_len
+                row_max = -np.inf
                 for s in range(s_end):
                     row[s] = row[s] / sqrt_dh
-                softmax_prefix_inplace(row, s_end)
+                    if row[s] > row_max:
+                        row_max = row[s]
+                for s in range(s_end):
+                    row[s] = row[s] - row_max
                 for s in range(s_end, s_len):
                     row[s] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _normalized_rows_kernel(exps: np.ndarray, causal: bool) -> None:
+    """In place, per row ``t``: exp(shifted scores) -> probabilities, each divided by the
+    row's sum; with ``causal`` the columns ``s > t`` are set to exactly 0."""
+    n_batch, n_head, t_len, s_len = exps.shape
+    for b in range(n_batch):
+        for h in range(n_head):
+            for t in range(t_len):
+                row = exps[b, h, t]
+                s_end = min(t + 1, s_len) if causal else s_len
+                total = 0.0
+                for s in range(s_end):
+                    total += row[s]
+                for s in range(s_end):
+                    row[s] = row[s] / total
+                for s in range(s_end, s_len):
+                    row[s] = 0.0
+
+
+def _attention_probs(scores: np.ndarray, causal: bool, sqrt_dh: float) -> None:
+    """In place: raw scores q k^T (B, H, T, S) -> probabilities, the loop twin's softmax
+    (divide by sqrt(Dh), subtract the row maximum, exponentiate, normalize). The exponentials
+    are NumPy's: its exp runs on the CPU's vector units, where a compiled loop's exp takes
+    one element at a time and costs more than the rest of the softmax together."""
+    _shifted_scores_kernel(scores, causal, sqrt_dh)
+    np.exp(scores, out=scores)
+    _normalized_rows_kernel(scores, causal)
 
 
 @njit(cache=True, nogil=True)
@@ -82,7 +112,7 @@ def attention_forward_blocked(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Token-major attention with BLAS products, for big heads; returns ``(out, probs)``.
 
-    ``scores = q k^T`` and ``out = probs v`` are batched products; :func:`_attention_probs_kernel`
+    ``scores = q k^T`` and ``out = probs v`` are batched products; :func:`_attention_probs`
     turns the scores into probabilities in place. The batch runs in ``n_parts`` parts, by
     default as many as :func:`batch_parts` says.
     """
@@ -93,7 +123,7 @@ def attention_forward_blocked(
 
     def part(lo: int, hi: int) -> None:
         np.matmul(heads_first(q[lo:hi]), k[lo:hi].transpose(0, 2, 3, 1), out=scores[lo:hi])
-        _attention_probs_kernel(scores[lo:hi], causal, sqrt_dh)
+        _attention_probs(scores[lo:hi], causal, sqrt_dh)
         np.matmul(scores[lo:hi], heads_first(v[lo:hi]), out=heads_first(out[lo:hi]))
 
     over_batch_parts(part, n_batch, _parts(n_parts, n_batch, scores.size * head_dim))
