@@ -11,6 +11,7 @@ from lnref import gradcheck as checker
 from lnref.autograd import PRIMITIVES, kernels, ops
 from lnref.cli import main
 from lnref.finite_diff import central_difference
+from lnref.gradcheck import point as point_module
 from lnref.gradcheck.point import Point, linear_per_row
 from lnref.gradcheck.report import compare
 from lnref.model import refusal
@@ -385,6 +386,22 @@ def test_zero_moves_on_one_path_are_run_once(monkeypatch):
     )
     # layer 1 once for the linear maps' run, once for the norm gain's; layer 2 once for both
     assert layers == [1, 1, 2]
+
+
+def test_linear_maps_too_big_to_copy_per_row_take_a_run_each(monkeypatch):
+    model, point = _point()
+    monkeypatch.setattr(point_module, "PER_ROW_ELEMENTS", 0)
+    layers = []
+    layer = model.layer
+    monkeypatch.setattr(model, "layer", lambda run, index, state: layers.append(index) or layer(run, index, state))
+    rng = np.random.default_rng(2)
+    moves = [
+        (name, 1e-3 * rng.standard_normal(point.params[name].shape)) for name in ("layers.1.attn.wq", "layers.1.ffn.w1")
+    ]
+    losses = point.losses(moves)
+    assert layers == [1, 1, 2]
+    for (name, move), loss in zip(moves, losses):
+        assert loss == pytest.approx(_own_loss(model, point, name, move), rel=1e-12)
 
 
 def test_moves_of_two_run_groups_are_a_value_error():

@@ -20,6 +20,7 @@ from lnref.autograd.checks import check_float, shapes
 from lnref.views import Run, record_frozen
 
 Move = tuple[str, np.ndarray]  # (a parameter's, an input's or "memory"'s name, what is added to it)
+PER_ROW_ELEMENTS = 1 << 23  # weights copied for one batched run of a layer's linear-map moves, at most
 JITTER = 0.1  # generic point: each tensor moves by JITTER * rms(tensor) * N(0, 1)
 
 
@@ -181,8 +182,7 @@ class Point:
         if len(groups) != 1:
             raise ValueError(f"Point.losses: moves of one run group only, got {sorted(map(str, groups))}")
         group, model, params = groups.pop(), self.model, self.params
-        together = set(self.linear_params) if isinstance(group, int) and 0 <= group < self.n_blocks else set()
-        distinct, stands_for = _distinct(moves, together)
+        distinct, stands_for = _distinct(moves, together := self._per_row_names(group, moves))
         count = len(distinct)
         run = self.frozen_run(params, _tiled(self.memory, count), count)
         if group == "input":
@@ -208,6 +208,16 @@ class Point:
             y, _ = model.forward(run, state=stack_states(states), start=start + 1)
         products = y.value * _tiled(self.dy, count)
         return products.reshape(count, -1).sum(axis=1)[stands_for]
+
+    def _per_row_names(self, group: str | int, moves: list[Move]) -> set[str]:
+        """The tensors among ``moves`` whose moves share one run of their layer: its linear maps'
+        parameters, unless their copies (one per batch row of the run) would exceed
+        PER_ROW_ELEMENTS."""
+        if not (isinstance(group, int) and 0 <= group < self.n_blocks):
+            return set()
+        names = {name for name, _ in moves if name in self.linear_params}
+        rows = (sum(name in names for name, _ in moves) + 1) * self.states[group][0].shape[0]
+        return names if rows * sum(self.params[name].size for name in names) <= PER_ROW_ELEMENTS else set()
 
     def _moved_run(self, name: str, move: np.ndarray) -> Run:
         return self.frozen_run({**self.params, name: self.params[name] + move})
