@@ -17,20 +17,24 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from lnref.autograd import kernels
-from lnref.autograd.kernels import attention_sublayer, feed_forward, norms
+from lnref.autograd.kernels import attention_blocked, attention_sublayer, feed_forward, norms
 from lnref.autograd.kernels.seam import USE_NUMBA, available_cpus
 
 __all__ = ["FIRST_RUN_KERNELS", "cache_is_cold", "compile_cache_is_cold", "compile_first_run_kernels"]
 
 # The kernels a small model runs on its first gradient and gradient check, by norm: the
 # ones whose compilation a first command waits for. (The attention loop kernels are
-# compiled with the sublayer kernels that call them; the gradient checker's batched passes
-# take the same loops. One FFN kernel each way serves both activations.)
+# compiled with the sublayer kernels that call them. The gradient checker's batched runs,
+# many moves at once, go past the attention loops' limit to the blocked path's softmax: its
+# kernels compile here too, not once in each forked worker. One FFN kernel each way serves
+# both activations.)
 _SUBLAYER_KERNELS = (
     attention_sublayer._attention_sublayer_forward_kernel,
     attention_sublayer._attention_sublayer_backward_kernel,
     feed_forward._feed_forward_forward_kernel,
     feed_forward._feed_forward_backward_kernel,
+    attention_blocked._shifted_scores_kernel,
+    attention_blocked._normalized_rows_kernel,
 )
 FIRST_RUN_KERNELS: dict[str, tuple[Any, ...]] = {
     "layernorm": (norms.layer_norm_forward_kernel, norms.layer_norm_backward_kernel, *_SUBLAYER_KERNELS),
@@ -134,6 +138,8 @@ def _run_forward_kernels(dtype: np.dtype, norm: str) -> None:
     wq, bq, wk, bk, wv, bv, wo, bo = (array(d, d) if i % 2 == 0 else array(d) for i in range(8))
     x = array(_SMALL_BATCH, _SMALL_SEQ, d)
     kernels.attention_sublayer_forward(x, None, wq, bq, wk, bk, wv, bv, wo, bo, _SMALL_HEADS, False)
+    q = array(_SMALL_BATCH, _SMALL_SEQ, _SMALL_HEADS, d // _SMALL_HEADS)
+    attention_blocked.attention_forward_blocked(q, q, q, False)
 
 
 def _run_backward_kernels(dtype: np.dtype) -> None:
