@@ -31,6 +31,7 @@ from lnref.autograd import kernels as K
 from lnref.autograd.kernels import attention_blocked, seam, warmup
 from lnref.autograd.kernels.attention import attention_work
 from lnref.autograd.kernels.attention_sublayer import attention_sublayer_work
+from lnref.autograd.kernels.linear import weight_gradient
 from lnref.process import blas
 
 EPS = 1e-5
@@ -423,6 +424,13 @@ def test_linear_loop_matches_numpy_twin(n, d_in, d_out, dtype, rtol):
     dy = rng.standard_normal((n, d_out)).astype(dtype)
     assert_twins_agree(loop("linear_forward")(x, w, b), K.linear_forward_reference(x, w, b), rtol)
     assert_twins_agree(loop("linear_backward")(dy, x, w), K.linear_backward_reference(dy, x, w), rtol)
+
+
+@pytest.mark.parametrize("d_in, d_out", [(16, 64), (64, 16), (8, 8)], ids=["widening", "narrowing", "square"])
+def test_the_weight_gradient_is_x_transposed_times_dy_in_either_orientation(d_in, d_out):
+    rng = rng_for("weight-gradient", d_in, d_out)
+    x, dy = rng.standard_normal((32, d_in)), rng.standard_normal((32, d_out))
+    np.testing.assert_allclose(weight_gradient(x, dy), np.einsum("ni,nj->ij", x, dy), rtol=1e-12, atol=1e-12)
 
 
 def test_linear_twin_check_detects_a_backward_that_drops_the_weight_gradient_of_one_row():

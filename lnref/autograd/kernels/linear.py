@@ -85,7 +85,14 @@ def linear_backward_reference(
     dy: np.ndarray, x: np.ndarray, w: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradient of the linear map; NumPy twin: ``dx = dy w^T``, ``dw = x^T dy``, ``db`` = row sums of ``dy``."""
-    return dy @ w.T, x.T @ dy, dy.sum(axis=0)
+    return dy @ w.T, weight_gradient(x, dy), dy.sum(axis=0)
+
+
+def weight_gradient(x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``x^T dy`` for rows ``x`` (n, d_in) and ``dy`` (n, d_out). A map that widens (d_out >
+    d_in) gets it as the transpose of ``dy^T x`` (a view, in Fortran order): BLAS's product
+    runs faster with the longer side of its result as its rows."""
+    return (dy.T @ x).T if dy.shape[1] > x.shape[1] else x.T @ dy
 
 
 def _linear_forward_loop(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
