@@ -63,8 +63,8 @@ __all__ = [
 MODES = ("directional", "blockwise", "entries", "full")
 # Directional and entries modes: probes (of one run group's tensors) whose moves share a run.
 PROBES_PER_RUN = 16
-# Directional and entries modes: tensors x layers from which the checks run in forked workers
-# unless told otherwise (every tensor's checks re-run the layers above it).
+# Directional and entries modes: tensors x layers (a measure of the check's work, whose runs
+# grow with both) from which the checks run in forked workers unless told otherwise.
 PARALLEL_LAYER_RUNS = 16_000
 
 Progress = Callable[[str], None] | None

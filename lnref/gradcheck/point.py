@@ -5,8 +5,9 @@ users get). The finite differences evaluate the function that pass differentiate
 point's ReLU on/off patterns (recorded once by a :class:`lnref.views.Freezer` and held by every
 later run), so a move cannot push a unit across its kink. Runs re-start from the states the
 analytic pass kept: a move of layer l's parameters re-runs only layers l..L, and the moves of
-all of layer l's tensors share one batched run (moved states stacked along the batch axis; weights of the
-linear maps as one moved copy per batch row, :func:`linear_per_row`).
+all of layer l's tensors share one batched run of the layers above (moved states stacked along
+the batch axis; the moves of its linear maps share one run of layer l too, as one moved copy
+of the weights per batch row, :func:`linear_per_row`).
 """
 
 from __future__ import annotations
