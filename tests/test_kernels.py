@@ -960,7 +960,23 @@ def test_gelu_rejects_unknown_approximation():
         K.gelu_forward(np.zeros(3), "sigmoid")
 
 
-# ----- ReLU backward --------------------------------------------------------------------
+# ----- ReLU ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (2, 3, 5), (1,)])
+def test_relu_forward_loop_matches_numpy_twin_to_the_bit(shape):
+    x = rng_for("relu_fwd", shape).standard_normal(shape)
+    x.flat[0] = -0.0
+    looped, reference = loop("relu_forward")(x), K.relu_forward_reference(x)
+    assert looped.shape == reference.shape == shape
+    assert np.array_equal(looped.view(np.int64), reference.view(np.int64))  # -0.0 included
+
+
+@pytest.mark.parametrize("impl", ["loop", "reference"])
+def test_relu_forward_keeps_nan_and_float32(impl):
+    f = seam.twin("relu_forward").paths[impl]
+    y = f(np.array([np.nan, -1.0, 2.0], np.float32))
+    assert y.dtype == np.float32 and np.isnan(y[0]) and y[1] == 0.0 and y[2] == 2.0
 
 
 @pytest.mark.parametrize("shape", [(7, 3), (2, 3, 5), (1,)])

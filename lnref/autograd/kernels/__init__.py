@@ -49,7 +49,7 @@ The modules
 ``normed_sum``         a LayerNorm of a residual sum, LN(a + S(a)) (Post-LN's branches)
 ``branches``           what the two share: the add, their loop twins, checks, choice of path
 ``weighted_sum``       sum_k w_k x_k, the learned mixtures of streams (DLCL, DenseFormer, HC)
-``activations``        GELU, the ReLU backward
+``activations``        GELU, ReLU
 ``warmup``             a first run's compilation
 
 Conventions
@@ -64,8 +64,8 @@ Conventions
   caller reshapes leading dimensions away. The norms raise ``ValueError`` on a row holding
   NaN or inf. Attention takes 4-D ``(B, H, T, Dh)`` arrays (``attention_*``) or the model's
   3-D ``(B, T, d)`` projections split into heads in place (``multi_head_attention_*``). The
-  linear map takes rows ``(n, d_in)``, the attention sublayer ``(B, T, d)``. GELU and the
-  ReLU backward take any shape.
+  linear map takes rows ``(n, d_in)``, the attention sublayer ``(B, T, d)``. GELU and ReLU
+  take any shape.
 * Cotangents are named ``d<name>``: ``dy`` is the gradient of the loss with respect to ``y``.
 """
 
@@ -77,6 +77,8 @@ from lnref.autograd.kernels.activations import (
     gelu_forward_reference,
     relu_backward,
     relu_backward_reference,
+    relu_forward,
+    relu_forward_reference,
 )
 from lnref.autograd.kernels.attention import (
     attention_backward,
@@ -242,6 +244,8 @@ __all__ = [
     "numba_requested",
     "relu_backward",
     "relu_backward_reference",
+    "relu_forward",
+    "relu_forward_reference",
     "residual_normed_attention_backward",
     "residual_normed_attention_backward_reference",
     "residual_normed_attention_forward",

@@ -168,7 +168,38 @@ def gelu_backward(dy: np.ndarray, x: np.ndarray, approximate: str) -> np.ndarray
     return GELU_BACKWARD.pick()(dy.reshape(-1), x.reshape(-1), approximate).reshape(x.shape)
 
 
-# ----- ReLU backward --------------------------------------------------------------------
+# ----- ReLU --------------------------------------------------------------------------------
+
+
+def relu_forward_reference(x: np.ndarray) -> np.ndarray:
+    """``max(x, 0)``, element by element; NumPy twin. A NaN stays NaN (for the next norm to
+    reject); -0.0 gives 0.0."""
+    return np.maximum(x, 0)
+
+
+@njit(cache=True)
+def _relu_forward_kernel(x: np.ndarray, y: np.ndarray) -> None:
+    """The loop of :func:`_relu_forward_loop` over flat arrays, writing ``y``: NumPy's
+    maximum to the bit, as a select that LLVM vectorizes."""
+    for i in range(x.size):
+        v = x[i]
+        y[i] = v if v > 0 or v != v else 0.0
+
+
+def _relu_forward_loop(x: np.ndarray) -> np.ndarray:
+    """Loop twin of :func:`relu_forward_reference` (allocates, then runs the kernel)."""
+    y = np.empty_like(x)
+    _relu_forward_kernel(x.reshape(-1), y.reshape(-1))
+    return y
+
+
+RELU_FORWARD = Twin("relu_forward", reference=relu_forward_reference, loop=_relu_forward_loop)
+
+
+def relu_forward(x: np.ndarray) -> np.ndarray:
+    """``max(x, 0)``, any shape; see :func:`relu_forward_reference`."""
+    (x,) = float_arrays(x)
+    return RELU_FORWARD.pick()(x)
 
 
 def relu_backward_reference(dy: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ _APPROXIMATE = {"gelu": "none", "gelu_tanh": "tanh"}
 def activate(hidden: np.ndarray, activation: str) -> np.ndarray:
     """act(hidden) as the composition computes it (a new array)."""
     if activation == "relu":
-        return np.maximum(hidden, 0)  # NaN stays NaN, for the next norm to reject
+        return kernels.relu_forward(hidden)
     return kernels.gelu_forward(hidden, _APPROXIMATE[activation])
 
 
@@ -95,7 +95,8 @@ def activate_rows(hidden: np.ndarray, acted: np.ndarray, activation: int) -> Non
     h, a = hidden.ravel(), acted.ravel()
     for i in range(h.size):
         if activation == _FFN_RELU:
-            a[i] = 0.0 if h[i] < 0 else h[i]  # np.maximum(h, 0): NaN and -0.0 kept
+            v = h[i]
+            a[i] = v if v > 0 or v != v else 0.0  # np.maximum(h, 0): NaN kept, -0.0 to 0.0
         elif activation == _FFN_GELU_TANH:
             a[i] = gelu_tanh(float(h[i]))
         else:
