@@ -675,3 +675,8 @@ def test_bad_calls_raise_a_value_error_naming_the_op(call, words):
         call()
     for word in words:
         assert word in str(err.value)
+
+
+def test_relu_of_an_integer_array_is_the_op_s_value_error():
+    with pytest.raises(ValueError, match="relu: dtype int64"):
+        ops.relu(Tensor(np.array([1, -2])))

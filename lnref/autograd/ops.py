@@ -118,6 +118,7 @@ neg = defprimitive("neg", _neg_fwd, _neg_vjp)
 def _relu_fwd(x: np.ndarray) -> tuple[np.ndarray, Residuals]:
     """max(x, 0). VJP: dout where x > 0, else 0; the output is the residual (out > 0 exactly
     where x > 0), so neither direction makes a mask (``kernels.relu_backward``)."""
+    check_float("relu", x)
     out = kernels.relu_forward(x)
     return out, out
 
