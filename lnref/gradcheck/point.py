@@ -131,9 +131,10 @@ class Point:
         self.linear_params = model.linear_params
 
     def frozen_run(self, params: dict[str, Any], memory: Any = None, count: int = 1, per_row: bool = False) -> Run:
-        """A run with the point's frozen values (held ``count`` times along the batch axis);
-        ``per_row``: linear maps take weights given one per batch row."""
-        memory = self.memory if memory is None else memory
+        """A run with the point's frozen values and memory (both held ``count`` times along
+        the batch axis, unless a ``memory`` is given); ``per_row``: linear maps take weights
+        given one per batch row."""
+        memory = _tiled(self.memory, count) if memory is None else memory
         options = {"linear": linear_per_row} if per_row else {}
         return self.model.run(params, memory, freeze=self.freezer.hold(count, self.release), **options)
 
@@ -185,13 +186,12 @@ class Point:
         group, model, params = groups.pop(), self.model, self.params
         distinct, stands_for = _distinct(moves, together := self._per_row_names(group, moves))
         count = len(distinct)
-        run = self.frozen_run(params, _tiled(self.memory, count), count)
         if group == "input":
             moved = tuple(
                 np.concatenate([value + move if name == key else value for name, move in distinct])
                 for key, value in self.inputs.items()
             )
-            y, _ = model.forward(run, self._model_input(moved))
+            y, _ = model.forward(self.frozen_run(params, count=count), self._model_input(moved))
         elif group == "memory":
             memory = np.concatenate([self.memory + move for _, move in distinct])
             y, _ = model.forward(self.frozen_run(params, memory, count), _tiled(self.x, count))
@@ -200,13 +200,13 @@ class Point:
             y = Tensor.wrap(np.concatenate(outputs))
         elif group == -1:
             states = [model.embed(self._moved_run(name, move), self.x) for name, move in distinct]
-            y, _ = model.forward(run, state=stack_states(states), start=0)
+            y, _ = model.forward(self.frozen_run(params, count=count), state=stack_states(states), start=0)
         else:
             start, shared = int(group), [m for m in distinct if m[0] in together]  # (first in distinct)
             states = [self._per_row_layer(start, shared)] if shared else []
             alone = distinct[len(shared) :]
             states += [model.layer(self._moved_run(name, move), start, self.states[start]) for name, move in alone]
-            y, _ = model.forward(run, state=stack_states(states), start=start + 1)
+            y, _ = model.forward(self.frozen_run(params, count=count), state=stack_states(states), start=start + 1)
         products = y.value * _tiled(self.dy, count)
         return products.reshape(count, -1).sum(axis=1)[stands_for]
 
@@ -233,7 +233,7 @@ class Point:
             params[name] = np.repeat(self.params[name][None], count * batch, axis=0)
         for k, (name, move) in enumerate(moves):
             params[name][k * batch : (k + 1) * batch] += move
-        run = self.frozen_run(params, _tiled(self.memory, count), count, per_row=True)
+        run = self.frozen_run(params, count=count, per_row=True)
         return tuple(self.model.layer(run, start, tuple(_tiled(s, count) for s in self.states[start])))
 
     def _model_input(self, arrays: tuple[np.ndarray, ...]) -> Any:
