@@ -31,7 +31,7 @@ from lnref.autograd import kernels as K
 from lnref.autograd.kernels import attention_blocked, seam, warmup
 from lnref.autograd.kernels.attention import attention_work
 from lnref.autograd.kernels.attention_sublayer import attention_sublayer_work
-from lnref.autograd.kernels.linear import weight_gradient
+from lnref.autograd.kernels.linear import matmul_kernel, weight_gradient
 from lnref.process import blas
 
 EPS = 1e-5
@@ -431,6 +431,28 @@ def test_the_weight_gradient_is_x_transposed_times_dy_in_either_orientation(d_in
     rng = rng_for("weight-gradient", d_in, d_out)
     x, dy = rng.standard_normal((32, d_in)), rng.standard_normal((32, d_out))
     np.testing.assert_allclose(weight_gradient(x, dy), np.einsum("ni,nj->ij", x, dy), rtol=1e-12, atol=1e-12)
+
+
+def sum_in_order(a, b, bias):
+    """a @ b + bias with each element summed from its bias, one product at a time in order."""
+    out = np.empty((a.shape[0], b.shape[1]))
+    for i, j in np.ndindex(*out.shape):
+        total = float(bias[j])
+        for p in range(a.shape[1]):
+            total += float(a[i, p] * b[p, j])
+        out[i, j] = total
+    return out
+
+
+@pytest.mark.parametrize("m, k, n", [(16, 16, 16), (16, 64, 16), (13, 7, 9), (5, 3, 2), (4, 1, 3), (6, 0, 2)])
+def test_the_compiled_product_sums_each_element_in_order_from_its_bias(m, k, n):
+    # Its loop adds several products per pass; the bits must be those of one at a time, the
+    # order the fused branches' bit-equality with their compositions rests on.
+    rng = rng_for("matmul-order", m, k, n)
+    a, b, bias = rng.standard_normal((m, k)), rng.standard_normal((k, n)), rng.standard_normal(n)
+    out = np.empty((m, n))
+    matmul_kernel(a, b, bias, out)
+    assert np.array_equal(out, sum_in_order(a, b, bias))
 
 
 def test_linear_twin_check_detects_a_backward_that_drops_the_weight_gradient_of_one_row():
