@@ -64,7 +64,7 @@ ATTENTION_SHAPES = [(2, 2, 8, 8), (20, 2, 8, 8), (2, 4, 16, 16), (4, 4, 32, 16),
 SUBLAYER_SHAPES = [(2, 8, 16, 2), (20, 8, 16, 2), (2, 16, 32, 4), (8, 16, 32, 4), (4, 32, 64, 4)]
 # (n, d_in, d_out): the small model's two FFN maps, and larger ones, straddling the linear
 # twins' limit (the FFN's too).
-LINEAR_SHAPES = [(16, 16, 64), (16, 64, 16), (32, 16, 64), (64, 16, 64), (160, 16, 64), (128, 64, 256)]
+LINEAR_SHAPES = [(16, 16, 64), (16, 64, 16), (160, 16, 64), (512, 16, 64), (1024, 16, 64), (128, 64, 256)]
 # (n, d): the small model's norms, and larger ones straddling DyT's limit (Derf and ScaleNorm
 # have none).
 NORM_KIND_SHAPES = [(16, 16), (32, 16), (64, 16), (128, 64), (1024, 128)]

@@ -126,9 +126,10 @@ def _linear_backward_loop(dy: np.ndarray, x: np.ndarray, w: np.ndarray) -> tuple
 
 
 # The work is n * d_in * d_out, the multiply-adds of the product. The loops beat BLAS while
-# a call's set-up costs more than its arithmetic: up to a little past the small model's FFN
-# maps; ``benchmarks/bench_ops.py`` times both twins on either side of the limit.
-LOOP_PAYS_UP_TO = 32 * 16 * 64
+# a call's set-up costs more than its arithmetic, and while BLAS's second thread has too little
+# to share: up to the gradient checker's batches of the small model's FFN maps, at one BLAS
+# thread and at two; ``benchmarks/bench_ops.py`` times both twins on either side of the limit.
+LOOP_PAYS_UP_TO = 512 * 16 * 64
 LINEAR_FORWARD = Twin(
     "linear_forward", reference=linear_forward_reference, loop=_linear_forward_loop, loop_pays_up_to=LOOP_PAYS_UP_TO
 )

@@ -7,7 +7,7 @@ Every public kernel is declared once, beside its twins, as a :class:`Twin`::
     LAYER_NORM_FORWARD = Twin("layer_norm_forward", reference=layer_norm_forward_reference,
                               loop=_layer_norm_forward_loop)
     LINEAR_FORWARD = Twin("linear_forward", reference=linear_forward_reference,
-                          loop=_linear_forward_loop, loop_pays_up_to=32 * 16 * 64)
+                          loop=_linear_forward_loop, loop_pays_up_to=LOOP_PAYS_UP_TO)
 
 and its public function checks the inputs, then calls the implementation the twin picks:
 ``LAYER_NORM_FORWARD.pick()(x, gamma, beta, eps)``, or, for a kernel whose loop pays only up
