@@ -31,7 +31,7 @@ def matmul_kernel(a: np.ndarray, b: np.ndarray, bias: np.ndarray, out: np.ndarra
                 acc[i, j] = bias[j]
         if rows == 4:
             c0, c1, c2, c3 = acc[0], acc[1], acc[2], acc[3]
-            tail = kk - kk % 4  # the products past the last full four, one at a time
+            tail = kk - kk % 4  # where the full fours end; the products after it go one at a time
             for p in range(0, tail, 4):
                 a0, a1, a2, a3 = a[r0, p], a[r0 + 1, p], a[r0 + 2, p], a[r0 + 3, p]
                 e0, e1, e2, e3 = a[r0, p + 1], a[r0 + 1, p + 1], a[r0 + 2, p + 1], a[r0 + 3, p + 1]
