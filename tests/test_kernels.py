@@ -455,6 +455,16 @@ def test_the_compiled_product_sums_each_element_in_order_from_its_bias(m, k, n):
     assert np.array_equal(out, sum_in_order(a, b, bias))
 
 
+def test_the_in_order_sum_tells_other_orders_apart():
+    # Negative control for the test above: BLAS's order, and the products summed two at a time
+    # apart from the bias, give other bits at the FFN's second map's shape.
+    rng = rng_for("matmul-order-control")
+    a, b, bias = rng.standard_normal((16, 64)), rng.standard_normal((64, 16)), rng.standard_normal(16)
+    pairs_first = bias + sum(np.outer(a[:, p], b[p]) + np.outer(a[:, p + 1], b[p + 1]) for p in range(0, 64, 2))
+    assert not np.array_equal(a @ b + bias, sum_in_order(a, b, bias))
+    assert not np.array_equal(pairs_first, sum_in_order(a, b, bias))
+
+
 def test_linear_twin_check_detects_a_backward_that_drops_the_weight_gradient_of_one_row():
     # Negative control: dW summed over all rows but the last differs from the twin's.
     rng = rng_for("linear-broken")
