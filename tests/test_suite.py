@@ -35,6 +35,12 @@ def test_the_suite_holds_a_file_per_case_and_a_manifest_naming_them(suite):
     assert len(files) == len(suite_cases(("pre", "residual", "rezero"), (1, 2)))
 
 
+def test_export_suite_counts_aliases_apart_from_schemes(tmp_path):
+    result = run("export-suite", "-o", tmp_path / "s", "--scheme", "rezero,gemma2", "--layers", "1")
+    assert result.exit_code == 0, result.output
+    assert "of 1 scheme and 1 alias," in result.output
+
+
 def test_each_scheme_varies_one_thing_at_a_time_leaving_out_what_it_refuses():
     pre = variants("pre")
     assert pre[""] == {} and pre["-rmsnorm"] == {"norm": "rmsnorm"}

@@ -186,6 +186,9 @@ def export_suite(output, schemes, layers):
 
         cases = write_suite(output, chosen, depths, progress=progress)
     megabytes = size_of(output) / 2**20
-    click.echo(
-        f"wrote {output}: {len(cases)} cases of {len(chosen)} schemes, {megabytes:.1f} MB; manifest.json lists them"
+    aliases = sum(name in ALIASES for name in chosen)
+    schemes = len(chosen) - aliases
+    of = f"{schemes} scheme{'s' if schemes != 1 else ''}" + (
+        f" and {aliases} alias{'es' if aliases != 1 else ''}" if aliases else ""
     )
+    click.echo(f"wrote {output}: {len(cases)} cases of {of}, {megabytes:.1f} MB; manifest.json lists them")
