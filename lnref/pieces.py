@@ -1,0 +1,48 @@
+"""Pieces a scheme hands a sublayer that the model's view recognizes.
+
+Each stands for a small composition and is callable as it: where the view computes the
+sublayer as the readable composition (``nn.attention``, ``nn.ffn``), it calls the piece; where
+it takes a fused primitive (``lnref/views.py``), it hands the primitive the piece's parameter,
+with the constant as a static parameter, and no step of the pass is spent on either.
+
+    Scaled(value, factor)        value * factor: a parameter used times a constant (a
+                                 parameter stored rescaled, as nGPT stores its scales)
+    HeadL2Norm(gain, n_heads)    each head's Dh features of x divided by their L2 norm, times
+                                 the head's part of gain (d,):  x_h / ||x_h|| * gain_h
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lnref import nn
+from lnref.autograd import Tensor, ops
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """``value`` times the constant ``factor``."""
+
+    value: Any
+    factor: float
+
+    def __call__(self) -> Tensor:
+        return ops.mul(self.value, self.factor)
+
+
+@dataclass(frozen=True)
+class HeadL2Norm:
+    """x_h / ||x_h|| * gain_h for each head h of x (..., d): the L2 normalization of its Dh
+    features (``ops.l2_normalize``, which refuses the zero vector), times the gain (d,) cut
+    into heads as x is."""
+
+    gain: Scaled
+    n_heads: int
+
+    def __call__(self, x: Any) -> Tensor:
+        d = np.shape(self.gain.value.value if isinstance(self.gain.value, Tensor) else self.gain.value)[-1]
+        gain = ops.reshape(self.gain(), shape=(self.n_heads, d // self.n_heads))
+        return nn.per_head(x, self.n_heads, lambda heads: ops.l2_normalize(heads) * gain)
