@@ -1,9 +1,10 @@
 """Pieces a scheme hands a sublayer that the model's view recognizes.
 
-Each stands for a small composition and is callable as it: where the view computes the
-sublayer as the readable composition (``nn.attention``, ``nn.ffn``), it calls the piece; where
-it takes a fused primitive (``lnref/views.py``), it hands the primitive the piece's parameter,
-with the constant as a static parameter, and no step of the pass is spent on either.
+Each stands for a small composition and gives it (``Scaled.compose()``; a ``HeadL2Norm`` is a
+function of x, as a norm piece is): where the view computes the sublayer as the readable
+composition (``nn.attention``, ``nn.ffn``), it takes that; where it takes a fused primitive
+(``lnref/views.py``), it hands the primitive the piece's parameter, with the constant as a
+static parameter, and no step of the pass is spent on either.
 
     Scaled(value, factor)        value * factor: a parameter used times a constant (a
                                  parameter stored rescaled, as nGPT stores its scales)
@@ -29,7 +30,8 @@ class Scaled:
     value: Any
     factor: float
 
-    def __call__(self) -> Tensor:
+    def compose(self) -> Tensor:
+        """value * factor, one product on the tape."""
         return ops.mul(self.value, self.factor)
 
 
@@ -44,5 +46,5 @@ class HeadL2Norm:
 
     def __call__(self, x: Any) -> Tensor:
         d = np.shape(self.gain.value.value if isinstance(self.gain.value, Tensor) else self.gain.value)[-1]
-        gain = ops.reshape(self.gain(), shape=(self.n_heads, d // self.n_heads))
+        gain = ops.reshape(self.gain.compose(), shape=(self.n_heads, d // self.n_heads))
         return nn.per_head(x, self.n_heads, lambda heads: ops.l2_normalize(heads) * gain)

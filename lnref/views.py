@@ -266,7 +266,7 @@ class Layer(_View):
                 )
         resolved = {key: self._piece(key, name) for key, name in pieces.items()}
         if isinstance(resolved.get("hidden_scale"), Scaled):
-            resolved["hidden_scale"] = resolved["hidden_scale"]()
+            resolved["hidden_scale"] = resolved["hidden_scale"].compose()
         activate = self._frozen_relu if frozen_relu else None
         return nn.ffn(x, p, activation, activate=activate, linear=self.run.linear, **resolved)
 

@@ -56,8 +56,9 @@ def test_the_loop_twin_computes_what_the_numpy_twin_does(dtype, rtol, causal):
     for path in ("loop", "reference"):
         forward = seam.twin("l2_heads_attention_forward").paths[path]
         backward = seam.twin("l2_heads_attention_backward").paths[path]
-        out, *kept = forward(x, wq, bq, wk, bk, wv, bv, wo, bo, q_gain, k_gain, N_HEADS, causal, TINY[dtype])
-        grads = backward(dout, x, wq, wk, wv, wo, q_gain, k_gain, *kept, TINY[dtype])
+        factors = (dtype(Q_FACTOR), dtype(K_FACTOR))
+        out, *kept = forward(x, wq, bq, wk, bk, wv, bv, wo, bo, q_gain, k_gain, *factors, N_HEADS, causal, TINY[dtype])
+        grads = backward(dout, x, wq, wk, wv, wo, q_gain, k_gain, *factors, *kept, TINY[dtype])
         results[path] = (out, *kept, *grads)
     for loop, reference in zip(results["loop"], results["reference"], strict=True):
         assert loop.shape == reference.shape and loop.dtype == reference.dtype

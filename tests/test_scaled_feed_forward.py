@@ -40,7 +40,7 @@ def _fused(activation):
 
 def _composed(activation):
     def ffn(x, w1, b1, s, w2, b2):
-        return nn.ffn(x, {"w1": w1, "b1": b1, "w2": w2, "b2": b2}, activation, hidden_scale=Scaled(s, FACTOR)())
+        return nn.ffn(x, {"w1": w1, "b1": b1, "w2": w2, "b2": b2}, activation, hidden_scale=Scaled(s, FACTOR).compose())
 
     return ffn
 
@@ -54,8 +54,8 @@ def test_the_loop_twin_computes_what_the_numpy_twin_does(dtype, rtol, activation
     for path in ("loop", "reference"):
         forward = seam.twin("scaled_feed_forward_forward").paths[path]
         backward = seam.twin("scaled_feed_forward_backward").paths[path]
-        out, hidden, scaled, acted = forward(rows, w1, b1, s, w2, b2, activation)
-        grads = backward(drows, rows, w1, s, w2, hidden, scaled, acted, activation)
+        out, hidden, scaled, acted = forward(rows, w1, b1, s, dtype(FACTOR), w2, b2, activation)
+        grads = backward(drows, rows, w1, s, dtype(FACTOR), w2, hidden, scaled, acted, activation)
         # For ReLU the loop writes acted over scaled, which only the GELUs' backward reads.
         results[path] = (out, hidden, acted, *grads) + (() if activation == "relu" else (scaled,))
     for loop, reference in zip(results["loop"], results["reference"], strict=True):

@@ -167,17 +167,17 @@ def _scaled_feed_forward_fwd(
         raise ValueError(f"scaled_feed_forward: x, W1, W2 of shapes {np.shape(x)}, {np.shape(w1)}, {np.shape(w2)}")
     rows = np.reshape(x, (-1, np.shape(x)[-1]))
     try:
-        s = scale * scale_factor
-        out, *kept = kernels.scaled_feed_forward_forward(rows, w1, b1, s, w2, b2, activation)
+        out, *kept = kernels.scaled_feed_forward_forward(rows, w1, b1, scale, scale_factor, w2, b2, activation)
     except (TypeError, ValueError) as error:
         raise kernel_error("scaled_feed_forward", error, x, w1, b1, scale, w2, b2) from None
-    return out.reshape(*np.shape(x)[:-1], w2.shape[1]), (np.shape(x), scale_factor, rows, w1, s, w2, *kept, activation)
+    residuals = (np.shape(x), rows, w1, scale, rows.dtype.type(scale_factor), w2, *kept, activation)
+    return out.reshape(*np.shape(x)[:-1], w2.shape[1]), residuals
 
 
 def _scaled_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    x_shape, scale_factor, *kept = residuals
-    dx, dw1, db1, ds, dw2, db2 = kernels.scaled_feed_forward_backward(dout.reshape(-1, dout.shape[-1]), *kept)
-    return dx.reshape(x_shape), dw1, db1, ds * scale_factor, dw2, db2
+    x_shape, *kept = residuals
+    dx, dw1, db1, dscale, dw2, db2 = kernels.scaled_feed_forward_backward(dout.reshape(-1, dout.shape[-1]), *kept)
+    return dx.reshape(x_shape), dw1, db1, dscale, dw2, db2
 
 
 scaled_feed_forward = defprimitive("scaled_feed_forward", _scaled_feed_forward_fwd, _scaled_feed_forward_vjp)
@@ -279,18 +279,20 @@ def _l2_heads_attention_fwd(
         dP_h = (dU_h - u_h <u_h, dU_h>) / ||P_h||
         dWq = x^T dP, dbq = row sums of dP (k, v alike),  dx = dP Wq^T + dP_k Wk^T + dV Wv^T
     """
-    q_g, k_g = q_gain * q_factor, k_gain * k_factor
+    x = np.ascontiguousarray(x)
     try:
-        out, *kept = kernels.l2_heads_attention_forward(x, wq, bq, wk, bk, wv, bv, wo, bo, q_g, k_g, n_heads, causal)
+        out, *kept = kernels.l2_heads_attention_forward(
+            x, wq, bq, wk, bk, wv, bv, wo, bo, q_gain, k_gain, q_factor, k_factor, n_heads, causal
+        )
     except (TypeError, ValueError) as error:
         raise kernel_error("l2_heads_attention", error, x, wq, wk, wv, wo, q_gain, k_gain) from None
-    return out, (x, wq, wk, wv, wo, q_g, k_g, *kept, q_factor, k_factor)
+    factors = (x.dtype.type(q_factor), x.dtype.type(k_factor))
+    return out, (x, wq, wk, wv, wo, q_gain, k_gain, *factors, *kept)
 
 
 def _l2_heads_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    *kept, q_factor, k_factor = residuals
-    dx, dw, db, dgains = kernels.l2_heads_attention_backward(dout, *kept)
-    return (dx, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3], dgains[0] * q_factor, dgains[1] * k_factor)
+    dx, dw, db, dgains = kernels.l2_heads_attention_backward(dout, *residuals)
+    return (dx, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3], dgains[0], dgains[1])
 
 
 l2_heads_attention = defprimitive("l2_heads_attention", _l2_heads_attention_fwd, _l2_heads_attention_vjp)

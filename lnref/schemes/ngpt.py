@@ -14,7 +14,8 @@ step towards its own normalized output (||.|| below is v -> v / ||v|| over the f
 rescaled form, p = scaling at init, the value used p * (init / scaling): alpha_S (``alpha_{S}``,
 (d,)) init 0.05, scaling 1/sqrt(d); s_qk (``{attn,cross}.s_qk``, (d,), cut into heads) init 1,
 scaling 1/sqrt(d); s_u (``ffn.s_u``, (d_ff,)) init 1, scaling 1, used times sqrt(d). The
-rescaling changes how an optimizer moves them, not the function. Every weight vector along d_model
+rescaling changes how an optimizer moves them, not the function; each reaches its sublayer or
+update as a ``Scaled`` (the stored vector and its constant, ``lnref/pieces.py``). Every weight vector along d_model
 has unit norm: the columns of W_q, W_k, W_v, W_1 (their inputs) and the rows of W_o, W_2 (their
 outputs), in lnref's (d_in, d_out) layout. That is an optimizer-side projection, not part of the
 forward pass: ``project`` applies it at init and ``lnref train`` after every step.
@@ -78,9 +79,9 @@ def normalize(v):
 
 
 def step(h, output, alpha):
-    """One move of h towards the sublayer's normalized output, back onto the sphere:
-    ||  ||h|| + |alpha| (||output|| - ||h||)  ||, one primitive (``ops.normalized_lerp``)
-    with alpha's rescaling constant a static parameter."""
+    """h <- ||  ||h|| + |alpha| (||output|| - ||h||)  ||: one move of h towards the sublayer's
+    normalized output, back onto the sphere (alpha a ``Scaled``: the stored vector and its
+    constant)."""
     return ops.normalized_lerp(h, output, alpha.value, rate_scale=alpha.factor)
 
 

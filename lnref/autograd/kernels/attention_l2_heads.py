@@ -6,6 +6,7 @@ feature (d,), each head its own part (nGPT's s_qk): ``nn.attention`` with a ``q_
 
     q = x Wq + bq,   k = x Wk + bk,   v = x Wv + bv
     q_normed_h = q_h / ||q_h|| * g_q,h,   k_normed_h = k_h / ||k_h|| * g_k,h     (per head h)
+    g_q = c_q q_gain,   g_k = c_k k_gain       (a stored gain times its constant factor c)
     heads = MHA(q_normed, k_normed, v),   out = heads Wo + bo
 
 As the composition that is a dozen primitives; here one compiled call runs the forward and
@@ -21,6 +22,7 @@ refuse it (:data:`NO_DIRECTION`), as ``ops.l2_normalize`` does. Residuals: ``q``
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -65,13 +67,14 @@ def _l2_heads_backward(
 
 def l2_heads_attention_forward_reference(
     x: np.ndarray, wq: np.ndarray, bq: np.ndarray, wk: np.ndarray, bk: np.ndarray, wv: np.ndarray, bv: np.ndarray,
-    wo: np.ndarray, bo: np.ndarray, q_gain: np.ndarray, k_gain: np.ndarray, n_heads: int, causal: bool, tiny: float,
+    wo: np.ndarray, bo: np.ndarray, q_gain: np.ndarray, k_gain: np.ndarray, q_factor: float, k_factor: float,
+    n_heads: int, causal: bool, tiny: float,
 ) -> Arrays:  # fmt: skip
     """NumPy twin; returns ``(out, q, k, v, q_normed, k_normed, norms, probs, heads)``."""
     rows = _rows(x)
     q, k, v = (kernels.linear_forward(rows, w, b).reshape(x.shape) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
-    q_normed, q_norm = _l2_heads_forward(q, q_gain, n_heads, tiny)
-    k_normed, k_norm = _l2_heads_forward(k, k_gain, n_heads, tiny)
+    q_normed, q_norm = _l2_heads_forward(q, q_gain * q_factor, n_heads, tiny)
+    k_normed, k_norm = _l2_heads_forward(k, k_gain * k_factor, n_heads, tiny)
     heads, probs = kernels.multi_head_attention_forward(q_normed, k_normed, v, n_heads, causal)
     out = kernels.linear_forward(_rows(heads), wo, bo).reshape(x.shape)
     return out, q, k, v, q_normed, k_normed, np.stack((q_norm, k_norm)), probs, heads
@@ -79,8 +82,9 @@ def l2_heads_attention_forward_reference(
 
 def l2_heads_attention_backward_reference(
     dout: np.ndarray, x: np.ndarray, wq: np.ndarray, wk: np.ndarray, wv: np.ndarray, wo: np.ndarray,
-    q_gain: np.ndarray, k_gain: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-    q_normed: np.ndarray, k_normed: np.ndarray, norms: np.ndarray, probs: np.ndarray, heads: np.ndarray, tiny: float,
+    q_gain: np.ndarray, k_gain: np.ndarray, q_factor: float, k_factor: float, q: np.ndarray, k: np.ndarray,
+    v: np.ndarray, q_normed: np.ndarray, k_normed: np.ndarray, norms: np.ndarray, probs: np.ndarray,
+    heads: np.ndarray, tiny: float,
 ) -> Arrays:  # fmt: skip
     """NumPy twin of the VJP; returns ``(dx, dweights, dbiases, dgains)``: dweights (4, d, d)
     and dbiases (4, d) of the q, k, v and output projections in this order, dgains (2, d) of
@@ -88,7 +92,7 @@ def l2_heads_attention_backward_reference(
 
         dheads, dWo, dbo = the linear VJP at dout
         dQ, dK, dV = the attention core's backward at dheads (Q, K the normed q, k)
-        dg_q = sum over rows of dQ * u_q,  du_q = dQ * g_q   (u_q each head of q over its norm)
+        dq_gain = c_q (sum over rows of dQ * u_q),  du_q = dQ * g_q   (u_q: q's heads over their norms)
         dq_h = (du_q,h - u_q,h <u_q,h, du_q,h>) / ||q_h||    (keys alike)
         dx, dWq, dbq = the linear VJP at dq (and k, v alike; dx their sum)
     """
@@ -98,21 +102,22 @@ def l2_heads_attention_backward_reference(
     dq_normed, dk_normed, dv = kernels.multi_head_attention_backward(
         dheads.reshape(x.shape), q_normed, k_normed, v, probs
     )
-    dq, dq_gain = _l2_heads_backward(dq_normed, q, q_gain, norms[0], tiny)
-    dk, dk_gain = _l2_heads_backward(dk_normed, k, k_gain, norms[1], tiny)
+    dq, dq_gain = _l2_heads_backward(dq_normed, q, q_gain * q_factor, norms[0], tiny)
+    dk, dk_gain = _l2_heads_backward(dk_normed, k, k_gain * k_factor, norms[1], tiny)
     dx = np.zeros((x.size // d, d), dtype)
     for i, (dp, w) in enumerate(((dq, wq), (dk, wk), (dv, wv))):
         dx_part, dweights[i], dbiases[i] = kernels.linear_backward(_rows(dp), _rows(x), w)
         dx += dx_part
-    return dx.reshape(x.shape), dweights, dbiases, np.stack((dq_gain, dk_gain))
+    return dx.reshape(x.shape), dweights, dbiases, np.stack((dq_gain * q_factor, dk_gain * k_factor))
 
 
 @njit(cache=True)
 def _l2_heads_forward_kernel(
-    p: np.ndarray, gain: np.ndarray, tiny: float, normed: np.ndarray, norm: np.ndarray
+    p: np.ndarray, gain: np.ndarray, factor: float, tiny: float, normed: np.ndarray, norm: np.ndarray
 ) -> None:
     """Each row of ``p`` (n H, Dh), one head's features, to unit L2 norm (times 1 / ||p||, as
-    the L2 normalization's loop), times its head's part of ``gain`` (d,); writes ``norm``."""
+    the L2 normalization's loop), times its head's part of ``gain`` (d,) times ``factor``;
+    writes ``norm``."""
     n, dh = p.shape
     n_head = gain.size // dh
     for i in range(n):
@@ -127,38 +132,42 @@ def _l2_heads_forward_kernel(
             raise ValueError(NO_DIRECTION)
         scale = 1.0 / length
         for j in range(dh):
-            out[j] = row[j] * scale * gain[part + j]
+            out[j] = row[j] * scale  # stored, then scaled: the two primitives' roundings
+            out[j] = out[j] * (gain[part + j] * factor)
         norm[i] = length
 
 
 @njit(cache=True)
 def _l2_heads_backward_kernel(
-    dnormed: np.ndarray, p: np.ndarray, gain: np.ndarray, norm: np.ndarray, dp: np.ndarray, dgain: np.ndarray
-) -> None:
-    """The VJP of :func:`_l2_heads_forward_kernel`: writes ``dp``, adds into the zeroed
-    float64 ``dgain``."""
+    dnormed: np.ndarray, p: np.ndarray, gain: np.ndarray, factor: float, norm: np.ndarray, dp: np.ndarray,
+    dgain: np.ndarray,
+) -> None:  # fmt: skip
+    """The VJP of :func:`_l2_heads_forward_kernel`: writes ``dp`` and ``dgain`` (the gradient
+    of ``gain``, summed over the rows in float64 before it is multiplied by ``factor``)."""
     n, dh = p.shape
     n_head = gain.size // dh
-    dunit = np.empty(dh)
+    dunit, total = np.empty(dh), np.zeros(gain.size)
     for i in range(n):
         row, drow, part, length = p[i], dnormed[i], (i % n_head) * dh, norm[i]
         scale = 1.0 / length
         radial = 0.0
         for j in range(dh):
-            dgain[part + j] += drow[j] * (row[j] * scale)
-            dunit[j] = drow[j] * gain[part + j]
+            total[part + j] += drow[j] * (row[j] * scale)
+            dunit[j] = drow[j] * (gain[part + j] * factor)
             radial += dunit[j] * (row[j] / length)
         out = dp[i]
         for j in range(dh):
             out[j] = scale * (dunit[j] - (row[j] / length) * radial)
+    for j in range(gain.size):
+        dgain[j] = total[j] * factor
 
 
 @njit(cache=True)
 def _l2_heads_attention_forward_kernel(
     x: np.ndarray, wq: np.ndarray, bq: np.ndarray, wk: np.ndarray, bk: np.ndarray, wv: np.ndarray, bv: np.ndarray,
-    wo: np.ndarray, bo: np.ndarray, q_gain: np.ndarray, k_gain: np.ndarray, causal: bool, tiny: float,
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, q_normed: np.ndarray, k_normed: np.ndarray, norms: np.ndarray,
-    probs: np.ndarray, heads: np.ndarray, out: np.ndarray,
+    wo: np.ndarray, bo: np.ndarray, q_gain: np.ndarray, k_gain: np.ndarray, q_factor: float, k_factor: float,
+    causal: bool, tiny: float, q: np.ndarray, k: np.ndarray, v: np.ndarray, q_normed: np.ndarray,
+    k_normed: np.ndarray, norms: np.ndarray, probs: np.ndarray, heads: np.ndarray, out: np.ndarray,
 ) -> None:  # fmt: skip
     """The whole forward, writing every output (``probs`` zeroed beforehand)."""
     n_batch, t_len, d = x.shape
@@ -176,8 +185,12 @@ def _l2_heads_attention_forward_kernel(
         elif step == 2:
             rows, weight, bias, dest = x_rows, wv, bv, v.reshape((n_x, d))
         else:
-            _l2_heads_forward_kernel(q.reshape(head_rows), q_gain, tiny, q_normed.reshape(head_rows), norms[0])
-            _l2_heads_forward_kernel(k.reshape(head_rows), k_gain, tiny, k_normed.reshape(head_rows), norms[1])
+            _l2_heads_forward_kernel(
+                q.reshape(head_rows), q_gain, q_factor, tiny, q_normed.reshape(head_rows), norms[0]
+            )
+            _l2_heads_forward_kernel(
+                k.reshape(head_rows), k_gain, k_factor, tiny, k_normed.reshape(head_rows), norms[1]
+            )
             attention_forward_kernel(
                 q_normed.reshape(per_head), k_normed.reshape(per_head), v.reshape(per_head), causal,
                 heads.reshape(per_head), probs,
@@ -189,11 +202,11 @@ def _l2_heads_attention_forward_kernel(
 @njit(cache=True)
 def _l2_heads_attention_backward_kernel(
     dout: np.ndarray, x: np.ndarray, wq: np.ndarray, wk: np.ndarray, wv: np.ndarray, wo: np.ndarray,
-    q_gain: np.ndarray, k_gain: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-    q_normed: np.ndarray, k_normed: np.ndarray, norms: np.ndarray, probs: np.ndarray, heads: np.ndarray,
-    dx: np.ndarray, dweights: np.ndarray, dbiases: np.ndarray, dgains: np.ndarray,
+    q_gain: np.ndarray, k_gain: np.ndarray, q_factor: float, k_factor: float, q: np.ndarray, k: np.ndarray,
+    v: np.ndarray, q_normed: np.ndarray, k_normed: np.ndarray, norms: np.ndarray, probs: np.ndarray,
+    heads: np.ndarray, dx: np.ndarray, dweights: np.ndarray, dbiases: np.ndarray, dgains: np.ndarray,
 ) -> None:  # fmt: skip
-    """The whole backward (``dgains`` a zeroed float64 accumulator)."""
+    """The whole backward, writing every gradient."""
     n_batch, t_len, d = x.shape
     n_head = probs.shape[1]
     dh = d // n_head
@@ -211,10 +224,10 @@ def _l2_heads_attention_backward_kernel(
     )  # fmt: skip
     dq, dk = np.empty_like(q), np.empty_like(k)
     _l2_heads_backward_kernel(
-        dq_normed.reshape(head_rows), q.reshape(head_rows), q_gain, norms[0], dq.reshape(head_rows), dgains[0]
+        dq_normed.reshape(head_rows), q.reshape(head_rows), q_gain, q_factor, norms[0], dq.reshape(head_rows), dgains[0]
     )
     _l2_heads_backward_kernel(
-        dk_normed.reshape(head_rows), k.reshape(head_rows), k_gain, norms[1], dk.reshape(head_rows), dgains[1]
+        dk_normed.reshape(head_rows), k.reshape(head_rows), k_gain, k_factor, norms[1], dk.reshape(head_rows), dgains[1]
     )
     x_rows, dx_rows = x.reshape((n_x, d)), dx.reshape((n_x, d))
     by_k, by_v = np.empty_like(dx_rows), np.empty_like(dx_rows)
@@ -233,7 +246,8 @@ def _l2_heads_attention_backward_kernel(
 
 def _l2_heads_attention_forward_loop(
     x: np.ndarray, wq: np.ndarray, bq: np.ndarray, wk: np.ndarray, bk: np.ndarray, wv: np.ndarray, bv: np.ndarray,
-    wo: np.ndarray, bo: np.ndarray, q_gain: np.ndarray, k_gain: np.ndarray, n_heads: int, causal: bool, tiny: float,
+    wo: np.ndarray, bo: np.ndarray, q_gain: np.ndarray, k_gain: np.ndarray, q_factor: float, k_factor: float,
+    n_heads: int, causal: bool, tiny: float,
 ) -> Arrays:  # fmt: skip
     """Loop twin of :func:`l2_heads_attention_forward_reference` (allocates, runs the kernel)."""
     dtype, (n_batch, t_len, _) = x.dtype, x.shape
@@ -241,26 +255,27 @@ def _l2_heads_attention_forward_loop(
     norms = np.empty((2, n_batch * t_len * n_heads), dtype)
     probs = np.zeros((n_batch, n_heads, t_len, t_len), dtype)
     _l2_heads_attention_forward_kernel(
-        x, wq, bq, wk, bk, wv, bv, wo, bo, q_gain, k_gain, causal, tiny, q, k, v, q_normed, k_normed, norms,
-        probs, heads, out,
+        x, wq, bq, wk, bk, wv, bv, wo, bo, q_gain, k_gain, q_factor, k_factor, causal, tiny, q, k, v, q_normed,
+        k_normed, norms, probs, heads, out,
     )  # fmt: skip
     return out, q, k, v, q_normed, k_normed, norms, probs, heads
 
 
 def _l2_heads_attention_backward_loop(
     dout: np.ndarray, x: np.ndarray, wq: np.ndarray, wk: np.ndarray, wv: np.ndarray, wo: np.ndarray,
-    q_gain: np.ndarray, k_gain: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-    q_normed: np.ndarray, k_normed: np.ndarray, norms: np.ndarray, probs: np.ndarray, heads: np.ndarray, tiny: float,
+    q_gain: np.ndarray, k_gain: np.ndarray, q_factor: float, k_factor: float, q: np.ndarray, k: np.ndarray,
+    v: np.ndarray, q_normed: np.ndarray, k_normed: np.ndarray, norms: np.ndarray, probs: np.ndarray,
+    heads: np.ndarray, tiny: float,
 ) -> Arrays:  # fmt: skip
     """Loop twin of :func:`l2_heads_attention_backward_reference` (allocates, runs the kernel)."""
     dtype, d = x.dtype, x.shape[2]
     dx, dweights, dbiases = np.empty(x.shape, dtype), np.empty((4, d, d), dtype), np.empty((4, d), dtype)
-    dgains = np.zeros((2, d))  # float64 accumulators
+    dgains = np.empty((2, d), dtype)
     _l2_heads_attention_backward_kernel(
-        dout, x, wq, wk, wv, wo, q_gain, k_gain, q, k, v, q_normed, k_normed, norms, probs, heads,
-        dx, dweights, dbiases, dgains,
+        dout, x, wq, wk, wv, wo, q_gain, k_gain, q_factor, k_factor, q, k, v, q_normed, k_normed, norms, probs,
+        heads, dx, dweights, dbiases, dgains,
     )  # fmt: skip
-    return dx, dweights, dbiases, dgains.astype(dtype, copy=False)
+    return dx, dweights, dbiases, dgains
 
 
 # The attention sublayer kernels' limits: the same products and loops, and the head norms' pass.
@@ -276,37 +291,41 @@ L2_HEADS_ATTENTION_BACKWARD = Twin(
     loop=_l2_heads_attention_backward_loop,
     loop_pays_up_to=LOOP_PAYS_UP_TO,
 )
+TINY = {np.dtype(dtype): float(np.finfo(dtype).tiny) for dtype in (np.float32, np.float64)}
 
 
 def l2_heads_attention_forward(
     x: np.ndarray, wq: np.ndarray, bq: np.ndarray, wk: np.ndarray, bk: np.ndarray, wv: np.ndarray, bv: np.ndarray,
-    wo: np.ndarray, bo: np.ndarray, q_gain: np.ndarray, k_gain: np.ndarray, n_heads: int, causal: bool,
+    wo: np.ndarray, bo: np.ndarray, q_gain: np.ndarray, k_gain: np.ndarray, q_factor: float, k_factor: float,
+    n_heads: int, causal: bool,
 ) -> Arrays:  # fmt: skip
-    """The forward of ``x`` (B, T, d); returns ``(out, q, k, v, q_normed, k_normed, norms,
-    probs, heads)``. See :func:`l2_heads_attention_forward_reference`."""
+    """The forward of ``x`` (B, T, d), the gains ``q_gain`` and ``k_gain`` (d,) used times the
+    constants ``q_factor`` and ``k_factor``; returns ``(out, q, k, v, q_normed, k_normed,
+    norms, probs, heads)``. See :func:`l2_heads_attention_forward_reference`."""
     arrays = float_arrays(x, wq, bq, wk, bk, wv, bv, wo, bo, q_gain, k_gain)
     x, wq, bq, wk, bk, wv, bv, wo, bo, q_gain, k_gain = arrays
     d = x.shape[-1] if x.ndim == 3 else 0
+    square, line = (d, d), (d,)
     check_fit(
         d > 0
         and type(n_heads) is int
         and n_heads >= 1
         and d % n_heads == 0
-        and all(w.shape == (d, d) for w in (wq, wk, wv, wo))
-        and all(b.shape == (d,) for b in (bq, bk, bv, bo, q_gain, k_gain)),
+        and wq.shape == wk.shape == wv.shape == wo.shape == square
+        and bq.shape == bk.shape == bv.shape == bo.shape == q_gain.shape == k_gain.shape == line,
         *("x", x, "wq", wq, "bq", bq, "wk", wk, "bk", bk, "wv", wv, "bv", bv, "wo", wo, "bo", bo),
         *("q_gain", q_gain, "k_gain", k_gain),
     )
     work = attention_sublayer_work(x.shape[0], x.shape[1], x.shape[1], d)
-    tiny = float(np.finfo(x.dtype).tiny)
-    return L2_HEADS_ATTENTION_FORWARD.pick(*work)(*arrays, n_heads, bool(causal), tiny)
+    factors = (x.dtype.type(q_factor), x.dtype.type(k_factor))  # as a Python number in a product
+    return L2_HEADS_ATTENTION_FORWARD.pick(*work)(*arrays, *factors, n_heads, bool(causal), TINY[x.dtype])
 
 
-def l2_heads_attention_backward(dout: np.ndarray, *residuals: np.ndarray) -> Arrays:
-    """The VJP at ``dout``; ``residuals`` are ``(x, wq, wk, wv, wo, q_gain, k_gain)`` as the
-    forward took them, then all it returned after ``out``, unchanged. Returns ``(dx,
-    dweights, dbiases, dgains)`` (see :func:`l2_heads_attention_backward_reference`)."""
+def l2_heads_attention_backward(dout: np.ndarray, *residuals: Any) -> Arrays:
+    """The VJP at ``dout``; ``residuals`` are ``(x, wq, wk, wv, wo, q_gain, k_gain, q_factor,
+    k_factor)`` as the forward took them, then all it returned after ``out``, unchanged.
+    Returns ``(dx, dweights, dbiases, dgains)`` (see :func:`l2_heads_attention_backward_reference`)."""
     x = residuals[0]
     dout = cotangent(dout, x.dtype, x.shape)
     work = attention_sublayer_work(x.shape[0], x.shape[1], x.shape[1], x.shape[2])
-    return L2_HEADS_ATTENTION_BACKWARD.pick(*work)(dout, *residuals, float(np.finfo(x.dtype).tiny))
+    return L2_HEADS_ATTENTION_BACKWARD.pick(*work)(dout, *residuals, TINY[x.dtype])

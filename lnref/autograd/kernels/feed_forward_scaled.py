@@ -1,7 +1,7 @@
 """The feed-forward sublayer with a scale on its hidden units, as one kernel each way.
 
-``nn.ffn`` with a ``hidden_scale`` s (d_ff,), one factor per hidden unit before the
-activation (nGPT's s_u), on rows ``x`` (n, d):
+``nn.ffn`` with a ``hidden_scale`` s = c t, one factor per hidden unit before the
+activation, a stored scale t (d_ff,) times a constant c (nGPT's s_u), on rows ``x`` (n, d):
 
     hidden = x W1 + b1,   scaled = hidden * s,   acted = act(scaled),   out = acted W2 + b2
 
@@ -14,6 +14,8 @@ the GELUs' backward reads ``scaled``) and return that one array for both.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -35,36 +37,37 @@ Arrays = tuple[np.ndarray, ...]
 
 
 def scaled_feed_forward_forward_reference(
-    x: np.ndarray, w1: np.ndarray, b1: np.ndarray, s: np.ndarray, w2: np.ndarray, b2: np.ndarray, activation: str
-) -> Arrays:
+    x: np.ndarray, w1: np.ndarray, b1: np.ndarray, t: np.ndarray, c: float, w2: np.ndarray, b2: np.ndarray,
+    activation: str,
+) -> Arrays:  # fmt: skip
     """NumPy twin; returns ``(out, hidden, scaled, acted)``."""
     hidden = kernels.linear_forward(x, w1, b1)
-    scaled = hidden * s
+    scaled = hidden * (t * c)
     acted = activate(scaled, activation)
     return kernels.linear_forward(acted, w2, b2), hidden, scaled, acted
 
 
 def scaled_feed_forward_backward_reference(
-    dout: np.ndarray, x: np.ndarray, w1: np.ndarray, s: np.ndarray, w2: np.ndarray,
+    dout: np.ndarray, x: np.ndarray, w1: np.ndarray, t: np.ndarray, c: float, w2: np.ndarray,
     hidden: np.ndarray, scaled: np.ndarray, acted: np.ndarray, activation: str,
 ) -> Arrays:  # fmt: skip
-    """NumPy twin of the VJP; returns ``(dx, dw1, db1, ds, dw2, db2)``::
+    """NumPy twin of the VJP; returns ``(dx, dw1, db1, dt, dw2, db2)``::
 
     dacted, dW2, db2 = linear VJP at dout
     dscaled = act'(scaled) * dacted
-    ds = sum over rows of dscaled * hidden,   dhidden = dscaled * s
+    dt = c (sum over rows of dscaled * hidden),   dhidden = dscaled * s
     dx, dW1, db1 = linear VJP at dhidden
     """
     dacted, dw2, db2 = kernels.linear_backward(dout, acted, w2)
     dscaled = activation_backward(dacted, scaled, acted, activation)
-    ds = (dscaled * hidden).sum(axis=0)
-    dx, dw1, db1 = kernels.linear_backward(dscaled * s, x, w1)
-    return dx, dw1, db1, ds, dw2, db2
+    dt = (dscaled * hidden).sum(axis=0) * c
+    dx, dw1, db1 = kernels.linear_backward(dscaled * (t * c), x, w1)
+    return dx, dw1, db1, dt, dw2, db2
 
 
 @njit(cache=True)
 def _scaled_feed_forward_forward_kernel(
-    x: np.ndarray, w1: np.ndarray, b1: np.ndarray, s: np.ndarray, w2: np.ndarray, b2: np.ndarray,
+    x: np.ndarray, w1: np.ndarray, b1: np.ndarray, t: np.ndarray, c: float, w2: np.ndarray, b2: np.ndarray,
     activation: int, hidden: np.ndarray, scaled: np.ndarray, acted: np.ndarray, out: np.ndarray,
 ) -> None:  # fmt: skip
     """The whole forward: writes ``hidden``, ``scaled``, ``acted`` (which may be ``scaled``)
@@ -75,7 +78,7 @@ def _scaled_feed_forward_forward_kernel(
         else:
             for r in range(hidden.shape[0]):
                 for j in range(hidden.shape[1]):
-                    scaled[r, j] = hidden[r, j] * s[j]
+                    scaled[r, j] = hidden[r, j] * (t[j] * c)
             activate_rows(scaled, acted, activation)
             rows, weight, bias, dest = acted, w2, b2, out
         matmul_kernel(rows, weight, bias, dest)
@@ -83,13 +86,14 @@ def _scaled_feed_forward_forward_kernel(
 
 @njit(cache=True)
 def _scaled_feed_forward_backward_kernel(
-    dout: np.ndarray, x: np.ndarray, w1: np.ndarray, s: np.ndarray, w2: np.ndarray,
+    dout: np.ndarray, x: np.ndarray, w1: np.ndarray, t: np.ndarray, c: float, w2: np.ndarray,
     hidden: np.ndarray, scaled: np.ndarray, acted: np.ndarray, activation: int,
-    dacted: np.ndarray, dx: np.ndarray, dw1: np.ndarray, db1: np.ndarray, ds: np.ndarray,
+    dacted: np.ndarray, dx: np.ndarray, dw1: np.ndarray, db1: np.ndarray, dt: np.ndarray,
     dw2: np.ndarray, db2: np.ndarray,
 ) -> None:  # fmt: skip
-    """The whole backward (``dacted`` scratch: dacted, dscaled, then dhidden in place; ``ds``
-    a zeroed float64 accumulator)."""
+    """The whole backward (``dacted`` scratch: dacted, dscaled, then dhidden in place; the
+    gradient of the scale summed in float64, then multiplied by ``c`` into ``dt``)."""
+    total = np.zeros(t.size)
     for step in range(2):  # one call site of the product's gradients
         if step == 0:
             drows, rows, weight, drows_in, dweight, dbias = dout, acted, w2, dacted, dw2, db2
@@ -97,38 +101,41 @@ def _scaled_feed_forward_backward_kernel(
             activation_backward_rows(dacted, scaled, acted, activation)
             for r in range(dacted.shape[0]):
                 for j in range(dacted.shape[1]):
-                    ds[j] += dacted[r, j] * hidden[r, j]
-                    dacted[r, j] = dacted[r, j] * s[j]
+                    total[j] += dacted[r, j] * hidden[r, j]
+                    dacted[r, j] = dacted[r, j] * (t[j] * c)
+            for j in range(t.size):
+                dt[j] = total[j] * c
             drows, rows, weight, drows_in, dweight, dbias = dacted, x, w1, dx, dw1, db1
         linear_grads_kernel(drows, rows, weight, drows_in, dweight, dbias)
 
 
 def _scaled_feed_forward_forward_loop(
-    x: np.ndarray, w1: np.ndarray, b1: np.ndarray, s: np.ndarray, w2: np.ndarray, b2: np.ndarray, activation: str
-) -> Arrays:
+    x: np.ndarray, w1: np.ndarray, b1: np.ndarray, t: np.ndarray, c: float, w2: np.ndarray, b2: np.ndarray,
+    activation: str,
+) -> Arrays:  # fmt: skip
     """Loop twin of :func:`scaled_feed_forward_forward_reference` (allocates, runs the kernel)."""
     dtype, rows = x.dtype, x.shape[0]
     hidden, scaled = np.empty((rows, w1.shape[1]), dtype), np.empty((rows, w1.shape[1]), dtype)
     acted = scaled if activation == "relu" else np.empty_like(scaled)  # ReLU in place
     out = np.empty((rows, w2.shape[1]), dtype)
-    _scaled_feed_forward_forward_kernel(x, w1, b1, s, w2, b2, FFN_CODES[activation], hidden, scaled, acted, out)
+    _scaled_feed_forward_forward_kernel(x, w1, b1, t, c, w2, b2, FFN_CODES[activation], hidden, scaled, acted, out)
     return out, hidden, scaled, acted
 
 
 def _scaled_feed_forward_backward_loop(
-    dout: np.ndarray, x: np.ndarray, w1: np.ndarray, s: np.ndarray, w2: np.ndarray,
+    dout: np.ndarray, x: np.ndarray, w1: np.ndarray, t: np.ndarray, c: float, w2: np.ndarray,
     hidden: np.ndarray, scaled: np.ndarray, acted: np.ndarray, activation: str,
 ) -> Arrays:  # fmt: skip
     """Loop twin of :func:`scaled_feed_forward_backward_reference` (allocates, runs the kernel)."""
     dtype = x.dtype
     dacted, dx = np.empty(acted.shape, dtype), np.empty(x.shape, dtype)
-    dw1, db1, ds = np.empty(w1.shape, dtype), np.empty(w1.shape[1], dtype), np.zeros(s.shape)
+    dw1, db1, dt = np.empty(w1.shape, dtype), np.empty(w1.shape[1], dtype), np.empty(t.shape, dtype)
     dw2, db2 = np.empty(w2.shape, dtype), np.empty(w2.shape[1], dtype)
     code = FFN_CODES[activation]
     _scaled_feed_forward_backward_kernel(
-        dout, x, w1, s, w2, hidden, scaled, acted, code, dacted, dx, dw1, db1, ds, dw2, db2
+        dout, x, w1, t, c, w2, hidden, scaled, acted, code, dacted, dx, dw1, db1, dt, dw2, db2
     )
-    return dx, dw1, db1, ds.astype(dtype, copy=False), dw2, db2
+    return dx, dw1, db1, dt, dw2, db2
 
 
 # The FFN's loops, and the same limit (on the work of the first product, rows * d * d_ff).
@@ -147,29 +154,31 @@ SCALED_FEED_FORWARD_BACKWARD = Twin(
 
 
 def scaled_feed_forward_forward(
-    x: np.ndarray, w1: np.ndarray, b1: np.ndarray, s: np.ndarray, w2: np.ndarray, b2: np.ndarray, activation: str
-) -> Arrays:
-    """The forward on rows ``x`` (n, d); returns ``(out, hidden, scaled, acted)``. See
-    :func:`scaled_feed_forward_forward_reference`."""
+    x: np.ndarray, w1: np.ndarray, b1: np.ndarray, t: np.ndarray, c: float, w2: np.ndarray, b2: np.ndarray,
+    activation: str,
+) -> Arrays:  # fmt: skip
+    """The forward on rows ``x`` (n, d), the scale ``t`` (d_ff,) used times the constant ``c``;
+    returns ``(out, hidden, scaled, acted)``. See :func:`scaled_feed_forward_forward_reference`.
+    ``c`` takes the arrays' dtype, as a Python number in a product with them does."""
     check_activation(activation)
-    x, w1, b1, s, w2, b2 = float_arrays(x, w1, b1, s, w2, b2)
+    x, w1, b1, t, w2, b2 = float_arrays(x, w1, b1, t, w2, b2)
     check_fit(
         x.ndim == 2
         and w1.ndim == 2
         and w2.ndim == 2
         and x.shape[1] == w1.shape[0]
-        and b1.shape == s.shape == w1.shape[1:]
+        and b1.shape == t.shape == w1.shape[1:]
         and w2.shape[0] == w1.shape[1]
         and b2.shape == w2.shape[1:],
-        *("x", x, "w1", w1, "b1", b1, "s", s, "w2", w2, "b2", b2),
+        *("x", x, "w1", w1, "b1", b1, "t", t, "w2", w2, "b2", b2),
     )
-    return SCALED_FEED_FORWARD_FORWARD.pick(x.shape[0] * w1.size)(x, w1, b1, s, w2, b2, activation)
+    return SCALED_FEED_FORWARD_FORWARD.pick(x.shape[0] * w1.size)(x, w1, b1, t, t.dtype.type(c), w2, b2, activation)
 
 
-def scaled_feed_forward_backward(dout: np.ndarray, *residuals: np.ndarray) -> Arrays:
-    """The VJP at ``dout``; ``residuals`` are ``(x, w1, s, w2)`` as the forward took them, then
-    ``hidden, scaled, acted`` as it returned them, unchanged, then the activation. Returns
-    ``(dx, dw1, db1, ds, dw2, db2)``."""
-    x, w1, _, w2 = residuals[:4]
+def scaled_feed_forward_backward(dout: np.ndarray, *residuals: Any) -> Arrays:
+    """The VJP at ``dout``; ``residuals`` are ``(x, w1, t, c, w2)`` as the forward took them,
+    then ``hidden, scaled, acted`` as it returned them, unchanged, then the activation. Returns
+    ``(dx, dw1, db1, dt, dw2, db2)``."""
+    x, w1, _, _, w2 = residuals[:5]
     dout = cotangent(dout, x.dtype, (x.shape[0], w2.shape[1]))
     return SCALED_FEED_FORWARD_BACKWARD.pick(x.shape[0] * w1.size)(dout, *residuals)
