@@ -97,11 +97,12 @@ def test_a_row_of_norm_0_is_refused_in_one_line_on_every_path(which):
     "a,b,t",
     [
         (np.ones((2, 3)), np.ones((2, 4)), np.ones(3)),  # a and b of two shapes
+        (np.ones((2, 3)), np.ones((1, 6)), np.ones(3)),  # ... of one size
         (np.ones((2, 3)), np.ones((2, 3)), np.ones(2)),  # a rate per feature of another width
         (np.ones((2, 3)), np.ones((2, 3), np.float32), np.ones(3)),  # two dtypes
         (np.array([[1.0, np.nan]]), np.ones((1, 2)), np.ones(2)),  # a NaN
     ],
-    ids=["shapes", "rate", "dtypes", "nan"],
+    ids=["shapes", "sizes", "rate", "dtypes", "nan"],
 )
 def test_inputs_that_do_not_fit_are_refused_in_one_line_naming_the_op(a, b, t):
     with pytest.raises(ValueError, match=r"^normalized_lerp: [^\n]*$"):

@@ -30,15 +30,15 @@ def _normalized_lerp_fwd(a: Any, b: Any, rate: Any, *, rate_scale: float = 1.0) 
         du = dm - w dm,   dv = w dm
         da = (du - u <u, du>) / |a|,   db = (dv - v <v, dv>) / |b|
     """
-    shape = np.shape(a)
-    if len(shape) < 1:
-        raise ValueError(f"normalized_lerp: a must have at least one axis, got shape {shape}")
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim < 1 or b.shape != a.shape:
+        raise ValueError(f"normalized_lerp: a and b must be of one shape (..., d), got {a.shape} and {b.shape}")
     try:
-        rows_a, rows_b = np.reshape(a, (-1, shape[-1])), np.reshape(b, (-1, shape[-1]))
-        y, *kept = kernels.normalized_lerp_forward(rows_a, rows_b, rate, rate_scale)
+        rows_a, rows_b = a.reshape(-1, a.shape[-1]), b.reshape(-1, a.shape[-1])
+        y, norms = kernels.normalized_lerp_forward(rows_a, rows_b, rate, rate_scale)
     except (TypeError, ValueError) as error:
         raise kernel_error("normalized_lerp", error, a, b, rate) from None
-    return y.reshape(shape), (rows_a, rows_b, rate, rate_scale, *kept)
+    return y.reshape(a.shape), (rows_a, rows_b, rate, rate_scale, norms)
 
 
 def _normalized_lerp_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
