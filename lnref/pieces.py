@@ -17,8 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from lnref import nn
 from lnref.autograd import Tensor, ops
 
@@ -45,6 +43,5 @@ class HeadL2Norm:
     n_heads: int
 
     def __call__(self, x: Any) -> Tensor:
-        d = np.shape(self.gain.value.value if isinstance(self.gain.value, Tensor) else self.gain.value)[-1]
-        gain = ops.reshape(self.gain.compose(), shape=(self.n_heads, d // self.n_heads))
+        gain = ops.reshape(self.gain.compose(), shape=(self.n_heads, -1))  # (H, Dh)
         return nn.per_head(x, self.n_heads, lambda heads: ops.l2_normalize(heads) * gain)

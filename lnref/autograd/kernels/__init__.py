@@ -42,7 +42,7 @@ The modules
 ``attention_sublayer`` projections, attention and output projection in one call each way
 ``attention_heads_pieces`` the same with LayerNorms of each head's q, k, v (HybridNorm), a head
                        scale and a LayerNorm before W_o (NormFormer, Sub-LN)
-``attention_l2_heads`` the same with each head of q and k L2-normalized times a gain (nGPT)
+``attention_l2_heads`` the sublayer with each head of q and k L2-normalized times a gain (nGPT)
 ``feed_forward``       linear, activation, linear in one call each way
 ``feed_forward_normed`` the same with a LayerNorm on the hidden units (Sub-LN, NormFormer)
 ``feed_forward_scaled`` the same with a scale on the hidden units (nGPT's s_u)
