@@ -22,6 +22,7 @@ import numpy as np
 
 from lnref import nn
 from lnref.autograd import Tensor, fused, ops
+from lnref.pieces import HeadL2Norm, Scaled
 from lnref.qk_norms import QK_NORMS
 
 # freeze(key, compute) -> the value held for ``key`` (``compute()`` the first time)
@@ -210,6 +211,21 @@ class Layer(_View):
                 causal=causal,
                 eps=self.config.eps,
             )
+        # q and k each L2-normalized per head times a gain (pieces.HeadL2Norm), nothing else: one step.
+        l2_heads = {key: piece for key, piece in pieces.items() if isinstance(piece, HeadL2Norm)}
+        if self.run.fused and not qk_pieces and memory is None and set(l2_heads) == set(pieces) == {"q_norm", "k_norm"}:
+            weights = [p[name] for name in nn.ATTENTION_PARAMS]
+            q_gain, k_gain = l2_heads["q_norm"].gain, l2_heads["k_norm"].gain
+            return fused.l2_heads_attention(
+                x,
+                *weights,
+                q_gain.value,
+                k_gain.value,
+                q_factor=q_gain.factor,
+                k_factor=k_gain.factor,
+                n_heads=n_heads,
+                causal=causal,
+            )
         resolved = {**qk_pieces, **{key: self._piece(key, name) for key, name in pieces.items()}}
         return nn.attention(x, p, n_heads, causal=causal, memory=memory, linear=self.run.linear, **resolved)
 
@@ -229,7 +245,8 @@ class Layer(_View):
     def ffn(self, x: Any, **pieces: Any) -> Tensor:
         """The feed-forward sublayer; ``hidden_norm="name"`` puts that norm (of d_ff features)
         after the activation, ``hidden_scale="name"`` that parameter (d_ff,) on the hidden
-        units before it."""
+        units before it (or a scale the scheme computes; a ``pieces.Scaled``, a parameter
+        times a constant, is one fused step)."""
         p, activation = self.run.group(self.prefix + "ffn"), self.config.activation
         frozen_relu = activation == "relu" and self.run.freeze is not None
         if self.run.fused and not frozen_relu and activation in fused.FFN_ACTIVATIONS:
@@ -242,7 +259,14 @@ class Layer(_View):
                 g = self.run.group(norm)
                 weights = (p["w1"], p["b1"], g["gamma"], g["beta"], p["w2"], p["b2"])
                 return fused.normed_feed_forward(x, *weights, activation=activation, eps=self.config.eps)
+            scale = pieces.get("hidden_scale")
+            if set(pieces) == {"hidden_scale"} and isinstance(scale, Scaled):
+                return fused.scaled_feed_forward(
+                    x, p["w1"], p["b1"], scale.value, p["w2"], p["b2"], scale_factor=scale.factor, activation=activation
+                )
         resolved = {key: self._piece(key, name) for key, name in pieces.items()}
+        if isinstance(resolved.get("hidden_scale"), Scaled):
+            resolved["hidden_scale"] = resolved["hidden_scale"].compose()
         activate = self._frozen_relu if frozen_relu else None
         return nn.ffn(x, p, activation, activate=activate, linear=self.run.linear, **resolved)
 

@@ -142,6 +142,47 @@ def _normed_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...
 normed_feed_forward = defprimitive("normed_feed_forward", _normed_feed_forward_fwd, _normed_feed_forward_vjp)
 
 
+def _scaled_feed_forward_fwd(
+    x: np.ndarray,
+    w1: np.ndarray,
+    b1: np.ndarray,
+    scale: np.ndarray,
+    w2: np.ndarray,
+    b2: np.ndarray,
+    *,
+    scale_factor: float = 1.0,
+    activation: str = "relu",
+) -> tuple[np.ndarray, Any]:
+    """F(x) = act((x W1 + b1) * s) W2 + b2 with s = c * ``scale`` (d_ff,), c =
+    ``scale_factor`` a constant: ``nn.ffn`` with a ``hidden_scale``.
+
+    VJP, with h = x W1 + b1, z = h * s, a = act(z):
+        dW2 = a^T dF,   db2 = sum over rows of dF,   da = dF W2^T,   dz = act'(z) * da
+        dscale = c * (sum over rows of dz * h),   dh = dz * s
+        dW1 = x^T dh,   db1 = sum over rows of dh,   dx = dh W1^T
+    """
+    if activation not in FFN_ACTIVATIONS:
+        raise ValueError(f"scaled_feed_forward: activation must be one of {', '.join(FFN_ACTIVATIONS)}")
+    if np.ndim(x) < 1 or np.ndim(w1) != 2 or np.ndim(w2) != 2:
+        raise ValueError(f"scaled_feed_forward: x, W1, W2 of shapes {np.shape(x)}, {np.shape(w1)}, {np.shape(w2)}")
+    rows = np.reshape(x, (-1, np.shape(x)[-1]))
+    try:
+        out, *kept = kernels.scaled_feed_forward_forward(rows, w1, b1, scale, scale_factor, w2, b2, activation)
+    except (TypeError, ValueError) as error:
+        raise kernel_error("scaled_feed_forward", error, x, w1, b1, scale, w2, b2) from None
+    residuals = (np.shape(x), rows, w1, scale, rows.dtype.type(scale_factor), w2, *kept, activation)
+    return out.reshape(*np.shape(x)[:-1], w2.shape[1]), residuals
+
+
+def _scaled_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    x_shape, *kept = residuals
+    dx, dw1, db1, dscale, dw2, db2 = kernels.scaled_feed_forward_backward(dout.reshape(-1, dout.shape[-1]), *kept)
+    return dx.reshape(x_shape), dw1, db1, dscale, dw2, db2
+
+
+scaled_feed_forward = defprimitive("scaled_feed_forward", _scaled_feed_forward_fwd, _scaled_feed_forward_vjp)
+
+
 def _heads_pieces_attention_fwd(
     x: np.ndarray,
     wq: np.ndarray,
@@ -204,6 +245,57 @@ def _heads_pieces_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, 
 heads_pieces_attention = defprimitive(
     "heads_pieces_attention", _heads_pieces_attention_fwd, _heads_pieces_attention_vjp
 )
+
+
+def _l2_heads_attention_fwd(
+    x: np.ndarray,
+    wq: np.ndarray,
+    bq: np.ndarray,
+    wk: np.ndarray,
+    bk: np.ndarray,
+    wv: np.ndarray,
+    bv: np.ndarray,
+    wo: np.ndarray,
+    bo: np.ndarray,
+    q_gain: np.ndarray,
+    k_gain: np.ndarray,
+    *,
+    q_factor: float = 1.0,
+    k_factor: float = 1.0,
+    n_heads: int,
+    causal: bool = False,
+) -> tuple[np.ndarray, Any]:
+    """Self-attention whose queries and keys are L2-normalized per head and scaled:
+    ``nn.attention`` with a ``q_norm`` and a ``k_norm`` that are ``pieces.HeadL2Norm``s, of
+    gains g_q = c_q ``q_gain`` and g_k = c_k ``k_gain`` (d,), each cut into heads, the
+    constants c static:
+
+        A(x) = MHA(N_q(x Wq + bq), N_k(x Wk + bk), x Wv + bv) Wo + bo,   N(p)_h = p_h / ||p_h|| * g_h
+
+    VJP, with H the merged heads, P = x Wq + bq, u_h = P_h / ||P_h|| (the keys' alike):
+        dWo = H^T dA,  dbo = sum over rows of dA,  dH = dA Wo^T
+        dQ, dK, dV = the attention core's backward at dH
+        dq_gain = c_q * (sum over rows of dQ * u),   dU = dQ * g_q
+        dP_h = (dU_h - u_h <u_h, dU_h>) / ||P_h||
+        dWq = x^T dP, dbq = row sums of dP (k, v alike),  dx = dP Wq^T + dP_k Wk^T + dV Wv^T
+    """
+    x = np.ascontiguousarray(x)
+    try:
+        out, *kept = kernels.l2_heads_attention_forward(
+            x, wq, bq, wk, bk, wv, bv, wo, bo, q_gain, k_gain, q_factor, k_factor, n_heads, causal
+        )
+    except (TypeError, ValueError) as error:
+        raise kernel_error("l2_heads_attention", error, x, wq, wk, wv, wo, q_gain, k_gain) from None
+    factors = (x.dtype.type(q_factor), x.dtype.type(k_factor))
+    return out, (x, wq, wk, wv, wo, q_gain, k_gain, *factors, *kept)
+
+
+def _l2_heads_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    dx, dw, db, dgains = kernels.l2_heads_attention_backward(dout, *residuals)
+    return (dx, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3], dgains[0], dgains[1])
+
+
+l2_heads_attention = defprimitive("l2_heads_attention", _l2_heads_attention_fwd, _l2_heads_attention_vjp)
 
 
 def _residual_normed_attention_fwd(

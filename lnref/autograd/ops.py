@@ -44,6 +44,7 @@ from lnref.autograd.norm_ops import layer_norm as layer_norm
 from lnref.autograd.norm_ops import rms_norm as rms_norm
 from lnref.autograd.norm_ops import scale_norm as scale_norm
 from lnref.autograd.primitive import defprimitive
+from lnref.autograd.sphere_ops import normalized_lerp as normalized_lerp
 from lnref.autograd.tensor import Tensor, value_of
 
 Residuals = Any

@@ -67,14 +67,16 @@ PRIMITIVE_KINDS = {
 _KERNEL_FAMILIES = (
     (("linear_",), PRODUCTS),
     (("attention_forward", "attention_backward", "softmax_"), ATTENTION),
-    (("layer_norm_", "rms_norm_", "dyt_", "derf_", "scale_norm_"), NORMS),
+    (("layer_norm_", "rms_norm_", "dyt_", "derf_", "scale_norm_", "normalized_lerp_"), NORMS),
     (("gelu_", "relu_", "sinkhorn_", "weighted_sum_"), ELEMENTWISE),
 )
 _SUBLAYER_TWIN_KINDS = {
     "attention_sublayer": PRODUCTS,
     "heads_pieces_attention": ELEMENTWISE,
+    "l2_heads_attention": ELEMENTWISE,
     "feed_forward": ELEMENTWISE,
     "normed_feed_forward": ELEMENTWISE,
+    "scaled_feed_forward": ELEMENTWISE,
     "residual_normed_attention": ELEMENTWISE,
     "residual_normed_feed_forward": ELEMENTWISE,
     "normed_sum_attention": ELEMENTWISE,

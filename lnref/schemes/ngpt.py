@@ -14,7 +14,8 @@ step towards its own normalized output (||.|| below is v -> v / ||v|| over the f
 rescaled form, p = scaling at init, the value used p * (init / scaling): alpha_S (``alpha_{S}``,
 (d,)) init 0.05, scaling 1/sqrt(d); s_qk (``{attn,cross}.s_qk``, (d,), cut into heads) init 1,
 scaling 1/sqrt(d); s_u (``ffn.s_u``, (d_ff,)) init 1, scaling 1, used times sqrt(d). The
-rescaling changes how an optimizer moves them, not the function. Every weight vector along d_model
+rescaling changes how an optimizer moves them, not the function; each reaches its sublayer or
+update as a ``Scaled`` (the stored vector and its constant, ``lnref/pieces.py``). Every weight vector along d_model
 has unit norm: the columns of W_q, W_k, W_v, W_1 (their inputs) and the rows of W_o, W_2 (their
 outputs), in lnref's (d_in, d_out) layout. That is an optimizer-side projection, not part of the
 forward pass: ``project`` applies it at init and ``lnref train`` after every step.
@@ -34,8 +35,8 @@ import math
 
 import numpy as np
 
-from lnref import nn
 from lnref.autograd import ops
+from lnref.pieces import HeadL2Norm, Scaled
 
 SUMMARY = "h <- norm(norm(h) + |alpha| (norm(S(h)) - norm(h))); q, k normalized per head, softmax(sqrt(d_h) q k^T)"
 PAPER = "Loshchilov et al. 2025, nGPT: Normalized Transformer with Representation Learning on the Hypersphere"
@@ -78,9 +79,10 @@ def normalize(v):
 
 
 def step(h, output, alpha):
-    """One move of h towards the sublayer's normalized output, back onto the sphere."""
-    h = normalize(h)
-    return normalize(h + ops.absolute(alpha) * (normalize(output) - h))
+    """h <- ||  ||h|| + |alpha| (||output|| - ||h||)  ||: one move of h towards the sublayer's
+    normalized output, back onto the sphere (alpha a ``Scaled``: the stored vector and its
+    constant)."""
+    return ops.normalized_lerp(h, output, alpha.value, rate_scale=alpha.factor)
 
 
 def embed(x, stack):
@@ -89,21 +91,16 @@ def embed(x, stack):
 
 def layer(h, layer):
     cfg = layer.config
-    heads, d_head = cfg.n_heads, cfg.d_model // cfg.n_heads
+    d_head = cfg.d_model // cfg.n_heads
     for name, branch in layer.branches:
         if name == "ffn":
-            output = branch(h, hidden_scale=layer.param("ffn.s_u") * (S_U_INIT * math.sqrt(cfg.d_model)))
+            s_u = Scaled(layer.param("ffn.s_u"), S_U_INIT * math.sqrt(cfg.d_model))
+            output = branch(h, hidden_scale=s_u)
         else:
-            s_qk = layer.param(f"{name}.s_qk") * (S_QK_INIT / alpha_scaling(cfg))
-            s_qk = ops.reshape(s_qk, shape=(heads, d_head))
-
-            def queries(q, s_qk=s_qk):  # times d_h: the core's 1/sqrt(d_h) becomes nGPT's sqrt(d_h)
-                return nn.per_head(q, heads, lambda q_h: normalize(q_h) * (s_qk * d_head))
-
-            def keys(k, s_qk=s_qk):
-                return nn.per_head(k, heads, lambda k_h: normalize(k_h) * s_qk)
-
+            s_qk = layer.param(f"{name}.s_qk")
+            # q times d_h: the core's 1/sqrt(d_h) becomes nGPT's sqrt(d_h)
+            queries = HeadL2Norm(Scaled(s_qk, S_QK_INIT / alpha_scaling(cfg) * d_head), cfg.n_heads)
+            keys = HeadL2Norm(Scaled(s_qk, S_QK_INIT / alpha_scaling(cfg)), cfg.n_heads)
             output = branch(h, q_norm=queries, k_norm=keys)
-        alpha = layer.param(f"alpha_{name}") * (ALPHA_INIT / alpha_scaling(cfg))
-        h = step(h, output, alpha)
+        h = step(h, output, Scaled(layer.param(f"alpha_{name}"), ALPHA_INIT / alpha_scaling(cfg)))
     return h

@@ -42,12 +42,16 @@ The modules
 ``attention_sublayer`` projections, attention and output projection in one call each way
 ``attention_heads_pieces`` the same with LayerNorms of each head's q, k, v (HybridNorm), a head
                        scale and a LayerNorm before W_o (NormFormer, Sub-LN)
+``attention_l2_heads`` the sublayer with each head of q and k L2-normalized times a gain (nGPT)
 ``feed_forward``       linear, activation, linear in one call each way
 ``feed_forward_normed`` the same with a LayerNorm on the hidden units (Sub-LN, NormFormer)
+``feed_forward_scaled`` the same with a scale on the hidden units (nGPT's s_u)
 ``residual_normed``    a residual branch with a LayerNorm on its input, a + S(LN(a)), the
                        replayed pass's fusion of the three (Pre-LN's branches)
 ``normed_sum``         a LayerNorm of a residual sum, LN(a + S(a)) (Post-LN's branches)
 ``branches``           what the two share: the add, their loop twins, checks, choice of path
+``sphere``             a step between two directions on the unit sphere, normalized
+                       interpolation (nGPT's update)
 ``weighted_sum``       sum_k w_k x_k, the learned mixtures of streams (DLCL, DenseFormer, HC)
 ``activations``        GELU, ReLU
 ``warmup``             a first run's compilation
@@ -94,6 +98,12 @@ from lnref.autograd.kernels.attention_heads_pieces import (
     heads_pieces_attention_forward,
     heads_pieces_attention_forward_reference,
 )
+from lnref.autograd.kernels.attention_l2_heads import (
+    l2_heads_attention_backward,
+    l2_heads_attention_backward_reference,
+    l2_heads_attention_forward,
+    l2_heads_attention_forward_reference,
+)
 from lnref.autograd.kernels.attention_sublayer import (
     attention_sublayer_backward,
     attention_sublayer_backward_reference,
@@ -112,6 +122,12 @@ from lnref.autograd.kernels.feed_forward_normed import (
     normed_feed_forward_backward_reference,
     normed_feed_forward_forward,
     normed_feed_forward_forward_reference,
+)
+from lnref.autograd.kernels.feed_forward_scaled import (
+    scaled_feed_forward_backward,
+    scaled_feed_forward_backward_reference,
+    scaled_feed_forward_forward,
+    scaled_feed_forward_forward_reference,
 )
 from lnref.autograd.kernels.linear import (
     linear_backward,
@@ -179,6 +195,12 @@ from lnref.autograd.kernels.softmax import (
     softmax_forward,
     softmax_forward_reference,
 )
+from lnref.autograd.kernels.sphere import (
+    normalized_lerp_backward,
+    normalized_lerp_backward_reference,
+    normalized_lerp_forward,
+    normalized_lerp_forward_reference,
+)
 from lnref.autograd.kernels.weighted_sum import (
     weighted_sum_backward,
     weighted_sum_backward_reference,
@@ -219,6 +241,10 @@ __all__ = [
     "heads_pieces_attention_backward_reference",
     "heads_pieces_attention_forward",
     "heads_pieces_attention_forward_reference",
+    "l2_heads_attention_backward",
+    "l2_heads_attention_backward_reference",
+    "l2_heads_attention_forward",
+    "l2_heads_attention_forward_reference",
     "layer_norm_backward",
     "layer_norm_backward_reference",
     "layer_norm_forward",
@@ -233,6 +259,10 @@ __all__ = [
     "normed_feed_forward_backward_reference",
     "normed_feed_forward_forward",
     "normed_feed_forward_forward_reference",
+    "normalized_lerp_backward",
+    "normalized_lerp_backward_reference",
+    "normalized_lerp_forward",
+    "normalized_lerp_forward_reference",
     "normed_sum_attention_backward",
     "normed_sum_attention_backward_reference",
     "normed_sum_attention_forward",
@@ -262,6 +292,10 @@ __all__ = [
     "scale_norm_backward_reference",
     "scale_norm_forward",
     "scale_norm_forward_reference",
+    "scaled_feed_forward_backward",
+    "scaled_feed_forward_backward_reference",
+    "scaled_feed_forward_forward",
+    "scaled_feed_forward_forward_reference",
     "seam",
     "sinkhorn_backward",
     "sinkhorn_backward_reference",
