@@ -15,10 +15,11 @@ rescaled form, p = scaling at init, the value used p * (init / scaling): alpha_S
 (d,)) init 0.05, scaling 1/sqrt(d); s_qk (``{attn,cross}.s_qk``, (d,), cut into heads) init 1,
 scaling 1/sqrt(d); s_u (``ffn.s_u``, (d_ff,)) init 1, scaling 1, used times sqrt(d). The
 rescaling changes how an optimizer moves them, not the function; each reaches its sublayer or
-update as a ``Scaled`` (the stored vector and its constant, ``lnref/pieces.py``). Every weight vector along d_model
-has unit norm: the columns of W_q, W_k, W_v, W_1 (their inputs) and the rows of W_o, W_2 (their
-outputs), in lnref's (d_in, d_out) layout. That is an optimizer-side projection, not part of the
-forward pass: ``project`` applies it at init and ``lnref train`` after every step.
+update as a ``Scaled`` (the stored vector and its constant, ``lnref/pieces.py``). Every weight
+vector along d_model has unit norm: the columns of W_q, W_k, W_v, W_1 (their inputs) and the
+rows of W_o, W_2 (their outputs), in lnref's (d_in, d_out) layout. That is an optimizer-side
+projection, not part of the forward pass: ``project`` applies it at init and ``lnref train``
+after every step.
 
 Read against NVIDIA/ngpt @ed19eb2, model.py (Block.forward, justnorm, the *_init_value and
 *_init_scaling pairs) and train.py (normalize_matrices). Code and paper: the code normalizes h
