@@ -1,10 +1,11 @@
 """The primitives that mix streams: a weighted sum of same-shaped arrays (the learned
-averages over layers of DLCL and DenseFormer, the connections of hyper-connections) and the
+averages over layers of DLCL and DenseFormer, the width connections of hyper-connections),
+m such sums of n streams and one more term at once (their depth connections), and the
 Sinkhorn-Knopp rounds over square matrices that keep mHC's mixing doubly stochastic, each
 forward beside its VJP over a kernel twin.
 
 They are primitives like those of ``ops.py``, which re-exports them (``ops.weighted_sum``,
-``ops.sinkhorn``); they live here to keep each file short.
+``ops.mix_streams``, ``ops.sinkhorn``); they live here to keep each file short.
 """
 
 from __future__ import annotations
@@ -52,23 +53,72 @@ def _sinkhorn_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
 sinkhorn = defprimitive("sinkhorn", _sinkhorn_fwd, _sinkhorn_vjp)
 
 
-def _weighted_sum_fwd(weights: np.ndarray, *xs: np.ndarray) -> tuple[np.ndarray, Residuals]:
+def _streams(xs: tuple[Any, ...], stacked: bool) -> Any:
+    """The streams given as separate arrays, or as the rows of the one array ``xs[0]``."""
+    if not stacked:
+        return xs
+    if len(xs) != 1 or np.ndim(xs[0]) < 2:
+        raise ValueError(
+            f"stacked streams are one array (n, ..., d), got {len(xs)} of shapes {[np.shape(x) for x in xs]}"
+        )
+    return np.asarray(xs[0])
+
+
+def _per_stream(dxs: np.ndarray, stacked: bool) -> tuple[np.ndarray, ...]:
+    return (dxs,) if stacked else tuple(dxs)
+
+
+def _weighted_sum_fwd(weights: np.ndarray, *xs: np.ndarray, stacked: bool = False) -> tuple[np.ndarray, Residuals]:
     """sum_k w_k x_k, the terms added in order: ``weights`` (k,), one per term, or (..., k),
-    one mixture per row of the terms ``xs`` (..., d). One primitive where a loop of products
-    and sums would be 2k (a stream mixture's cost is its number of terms, not of primitives).
+    one mixture per row of the terms ``xs`` (..., d); with ``stacked=True`` the terms are the
+    rows of one array (k, ..., d). One primitive where a loop of products and sums would be 2k
+    (a stream mixture's cost is its number of terms, not of primitives).
 
     VJP: dx_k = w_k dy,   dw_k = sum of dy * x_k over the features (and the rows, for (k,))
     """
     try:
-        y, stacked = kernels.weighted_sum_forward(weights, xs)
+        y, kept = kernels.weighted_sum_forward(weights, _streams(xs, stacked))
     except (TypeError, ValueError) as error:
         raise kernel_error("weighted_sum", error, weights, *xs) from None
-    return y, (weights, stacked)
+    return y, (kept, stacked)
 
 
 def _weighted_sum_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
-    dweights, dxs = kernels.weighted_sum_backward(dout, *residuals)
-    return (dweights, *dxs)
+    kept, stacked = residuals
+    dweights, dxs = kernels.weighted_sum_backward(dout, *kept)
+    return (dweights, *_per_stream(dxs, stacked))
 
 
 weighted_sum = defprimitive("weighted_sum", _weighted_sum_fwd, _weighted_sum_vjp)
+
+
+def _mix_streams_fwd(
+    a: np.ndarray, b: np.ndarray, s: np.ndarray, *xs: np.ndarray, column: int | None = None, stacked: bool = False
+) -> tuple[np.ndarray, Residuals]:
+    """m mixtures of the streams ``xs`` and of one more term ``s`` (all (..., d)), the weights
+    the columns of ``a`` (n, m) and ``b`` (m,), or of one of each per row, (..., n, m) and
+    (..., m):
+
+        y_c = sum_i a[i, c] x_i + b[c] s        (added in this order), c = 0..m-1
+
+    all m stacked, (m, ..., d), or, with ``column=c``, y_c alone (..., d). With
+    ``stacked=True`` the streams are the rows of one array (n, ..., d). One primitive where m
+    weighted sums would each take and give back every stream.
+
+    VJP: dx_i = sum_c a[i, c] dy_c,  ds = sum_c b[c] dy_c,  da[i, c] = sum of dy_c * x_i,
+    db[c] = sum of dy_c * s (over the features, and over the rows for a shared a and b)
+    """
+    try:
+        y, kept = kernels.mix_streams_forward(a, b, s, _streams(xs, stacked), column)
+    except (TypeError, ValueError) as error:
+        raise kernel_error("mix_streams", error, a, b, s, *xs) from None
+    return y, (kept, stacked)
+
+
+def _mix_streams_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
+    kept, stacked = residuals
+    da, db, ds, dxs = kernels.mix_streams_backward(dout, kept)
+    return (da, db, ds, *_per_stream(dxs, stacked))
+
+
+mix_streams = defprimitive("mix_streams", _mix_streams_fwd, _mix_streams_vjp)

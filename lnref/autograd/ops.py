@@ -35,6 +35,7 @@ from lnref.autograd.checks import (
     shapes,
     unbroadcast,
 )
+from lnref.autograd.mixing_ops import mix_streams as mix_streams
 from lnref.autograd.mixing_ops import sinkhorn as sinkhorn
 from lnref.autograd.mixing_ops import weighted_sum as weighted_sum
 from lnref.autograd.norm_ops import derf as derf

@@ -18,6 +18,10 @@ the stream, which a norm divides out up to its eps: LN(n x, eps) = LN(x, eps / n
     B(H)   = s_b tanh(H_bar W_b)^T + B,  W_m (d, 1), W_r (d, n), W_b (d, 1) zero and s_a = s_b
     = 0.01 at init (the static connections alone, as above).
 
+In code, the n depth connections of a sublayer are one step (``ops.mix_streams``, the matrix
+form H <- A_r^T H + B^T S of the paper's HC matrix); between a layer's two sublayers the copies
+stay one array (n, batch, seq, d), and the layer hands them on one by one.
+
 Parameters: ``hc_{S}.{am,ar,b}``, and ``hc_{S}.{wm,wr,wb,s_alpha,s_beta}`` when dynamic. No
 official code is public. The equations follow the paper (arXiv 2409.19606, Sec. 2.1-2.3: the
 matrix HC = [[0, B], [A_m, A_r]], its dynamic form and the Pre-Norm-equivalent init of Eq. 14)
@@ -69,19 +73,38 @@ def layer_params(index, branches, config):
 
 
 def connections(layer, name, h):
-    """(A_m, [A_r; B]): the width connection (n,) and the depth connections with B as their
-    last row (n + 1, n), the weights of h_in = sum_i A_m[i] h_i and of h_j <- sum_i A_r[i, j]
-    h_i + B[j] S(...); per token, (batch, seq, n) and (batch, seq, n + 1, n), when dynamic."""
-    n, p = len(h), lambda short: layer.param(f"hc_{name}.{short}")
+    """(A_m, A_r, B): the weights of the width connection h_in = sum_i A_m[i] h_i, (n,), and
+    of the depth connections h_j <- sum_i A_r[i, j] h_i + B[j] S(...), (n, n) and (n,); per
+    token, (batch, seq, n), (batch, seq, n, n) and (batch, seq, n), when dynamic."""
+    p = lambda short: layer.param(f"hc_{name}.{short}")  # noqa: E731
     if not layer.option("dynamic"):
-        return p("am"), ops.concatenate(p("ar"), ops.reshape(p("b"), shape=(1, n)), axis=0)
+        return p("am"), p("ar"), p("b")
+    n = len(h)
     rows = (*h[0].shape[:-1], n, h[0].shape[-1])  # H per token: the paper's n x d matrix
     h_bar = layer.norm(f"ln_{name}_hc", ops.reshape(ops.concatenate(*h, axis=-1), shape=rows))
     s_a, s_b = p("s_alpha"), p("s_beta")
     a_m = s_a * ops.tanh(ops.reshape(ops.matmul(h_bar, p("wm")), shape=rows[:-1])) + p("am")
     a_r = s_a * ops.tanh(ops.matmul(h_bar, p("wr"))) + p("ar")
-    b = s_b * ops.tanh(ops.reshape(ops.matmul(h_bar, p("wb")), shape=(*rows[:-2], 1, n))) + p("b")
-    return a_m, ops.concatenate(a_r, b, axis=-2)
+    b = s_b * ops.tanh(ops.reshape(ops.matmul(h_bar, p("wb")), shape=rows[:-1])) + p("b")
+    return a_m, a_r, b
+
+
+def width(a_m, h):
+    """h_in = sum_i A_m[i] h_i, of the copies h, a tuple or stacked as one array (n, ..., d)."""
+    if isinstance(h, tuple):
+        return ops.weighted_sum(a_m, *h)
+    return ops.weighted_sum(a_m, h, stacked=True)
+
+
+def depth(a_r, b, h, output, separate):
+    """h_j <- sum_i A_r[i, j] h_i + B[j] output for every j: the n new copies as a tuple if
+    ``separate``, else stacked as one array (n, ..., d), one step for all n."""
+    stacked = not isinstance(h, tuple)
+    streams = (h,) if stacked else h
+    if separate:
+        n = a_r.shape[-1]
+        return tuple(ops.mix_streams(a_r, b, output, *streams, column=j, stacked=stacked) for j in range(n))
+    return ops.mix_streams(a_r, b, output, *streams, stacked=stacked)
 
 
 def embed(x, stack):
@@ -90,10 +113,13 @@ def embed(x, stack):
 
 def layer(h, layer):
     h = h if isinstance(h, tuple) else (h,)  # one copy: the model passes a lone stream as it is
-    for name, branch in layer.branches:
-        width, depth = connections(layer, name, h)
-        output = branch(layer.norm(f"ln_{name}", ops.weighted_sum(width, *h)))
-        h = tuple(ops.weighted_sum(depth[..., j], *h, output) for j in range(len(h)))
+    last = len(layer.branches) - 1
+    for position, (name, branch) in enumerate(layer.branches):
+        a_m, a_r, b = connections(layer, name, h)
+        output = branch(layer.norm(f"ln_{name}", width(a_m, h)))
+        # Between two sublayers the copies stay one array; the layer hands them on one by one,
+        # as do the dynamic connections, which read them so.
+        h = depth(a_r, b, h, output, separate=position == last or layer.option("dynamic"))
     return h
 
 

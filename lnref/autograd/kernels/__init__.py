@@ -49,6 +49,7 @@ The modules
 ``normed_sum``         a LayerNorm of a residual sum, LN(a + S(a)) (Post-LN's branches)
 ``branches``           what the two share: the add, their loop twins, checks, choice of path
 ``weighted_sum``       sum_k w_k x_k, the learned mixtures of streams (DLCL, DenseFormer, HC)
+``stream_mixing``      y_c = sum_i a[i, c] x_i + b[c] s, m such mixtures at once (HC's depth)
 ``activations``        GELU, ReLU
 ``warmup``             a first run's compilation
 
@@ -179,6 +180,12 @@ from lnref.autograd.kernels.softmax import (
     softmax_forward,
     softmax_forward_reference,
 )
+from lnref.autograd.kernels.stream_mixing import (
+    mix_streams_backward,
+    mix_streams_backward_reference,
+    mix_streams_forward,
+    mix_streams_forward_reference,
+)
 from lnref.autograd.kernels.weighted_sum import (
     weighted_sum_backward,
     weighted_sum_backward_reference,
@@ -263,6 +270,10 @@ __all__ = [
     "scale_norm_forward",
     "scale_norm_forward_reference",
     "seam",
+    "mix_streams_backward",
+    "mix_streams_backward_reference",
+    "mix_streams_forward",
+    "mix_streams_forward_reference",
     "sinkhorn_backward",
     "sinkhorn_backward_reference",
     "sinkhorn_forward",
