@@ -96,15 +96,12 @@ def width(a_m, h):
     return ops.weighted_sum(a_m, h, stacked=True)
 
 
-def depth(a_r, b, h, output, separate):
-    """h_j <- sum_i A_r[i, j] h_i + B[j] output for every j: the n new copies as a tuple if
-    ``separate``, else stacked as one array (n, ..., d), one step for all n."""
-    stacked = not isinstance(h, tuple)
-    streams = (h,) if stacked else h
-    if separate:
-        n = a_r.shape[-1]
-        return tuple(ops.mix_streams(a_r, b, output, *streams, column=j, stacked=stacked) for j in range(n))
-    return ops.mix_streams(a_r, b, output, *streams, stacked=stacked)
+def depth(a_r, b, h, output):
+    """h_j <- sum_i A_r[i, j] h_i + B[j] output for every j: the n new copies stacked as one
+    array (n, ..., d), from the copies h, a tuple or stacked."""
+    if isinstance(h, tuple):
+        return ops.mix_streams(a_r, b, output, *h)
+    return ops.mix_streams(a_r, b, output, h, stacked=True)
 
 
 def embed(x, stack):
@@ -113,14 +110,14 @@ def embed(x, stack):
 
 def layer(h, layer):
     h = h if isinstance(h, tuple) else (h,)  # one copy: the model passes a lone stream as it is
-    last = len(layer.branches) - 1
-    for position, (name, branch) in enumerate(layer.branches):
+    n = len(h)
+    for name, branch in layer.branches:
         a_m, a_r, b = connections(layer, name, h)
         output = branch(layer.norm(f"ln_{name}", width(a_m, h)))
-        # Between two sublayers the copies stay one array; the layer hands them on one by one,
-        # as do the dynamic connections, which read them so.
-        h = depth(a_r, b, h, output, separate=position == last or layer.option("dynamic"))
-    return h
+        h = depth(a_r, b, h, output)
+        if layer.option("dynamic"):
+            h = tuple(h[j] for j in range(n))  # the dynamic connections read the copies one by one
+    return h if isinstance(h, tuple) else tuple(h[j] for j in range(n))
 
 
 def sum_of(terms):
