@@ -144,3 +144,17 @@ def test_a_broken_backward_kernel_fails_the_check():
     with seam.replaced("mix_streams_backward", broken):
         checks = check_vjp(ops.mix_streams, *mixing(2, 2, seed=18), streams(1, seed=19)[0], *streams(2, seed=20))
     assert [c.status for c in checks] == ["passed", "failed", "passed", "passed", "passed"]
+
+
+def test_transposed_weights_give_the_bits_of_the_weights_transposed_first():
+    xs, s = streams(3), streams(1, seed=21)[0]
+    a, b = mixing(3, 3, (2, 3), seed=22)
+    transposed = ops.mix_streams(np.swapaxes(a, -1, -2).copy(), b, s, *xs, transpose=True).value
+    np.testing.assert_array_equal(transposed, ops.mix_streams(a, b, s, *xs).value)
+
+
+def test_transposed_weights_vjp_against_finite_differences():
+    xs, s = streams(3, seed=23), streams(1, seed=24)[0]
+    a, b = mixing(3, 3, (2, 3), seed=25)
+    checks = check_vjp(lambda *args: ops.mix_streams(*args, transpose=True), a, b, s, *xs)
+    assert len(checks) == 6 and all(c.status == "passed" for c in checks), checks

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from lnref.autograd import kernels
-from lnref.autograd.checks import kernel_error
+from lnref.autograd.checks import check_float, kernel_error, shapes
 from lnref.autograd.primitive import defprimitive
 
 Residuals = Any
@@ -93,7 +93,13 @@ weighted_sum = defprimitive("weighted_sum", _weighted_sum_fwd, _weighted_sum_vjp
 
 
 def _mix_streams_fwd(
-    a: np.ndarray, b: np.ndarray, s: np.ndarray, *xs: np.ndarray, column: int | None = None, stacked: bool = False
+    a: np.ndarray,
+    b: np.ndarray,
+    s: np.ndarray,
+    *xs: np.ndarray,
+    column: int | None = None,
+    stacked: bool = False,
+    transpose: bool = False,
 ) -> tuple[np.ndarray, Residuals]:
     """m mixtures of the streams ``xs`` and of one more term ``s`` (all (..., d)), the weights
     the columns of ``a`` (n, m) and ``b`` (m,), or of one of each per row, (..., n, m) and
@@ -102,23 +108,58 @@ def _mix_streams_fwd(
         y_c = sum_i a[i, c] x_i + b[c] s        (added in this order), c = 0..m-1
 
     all m stacked, (m, ..., d), or, with ``column=c``, y_c alone (..., d). With
-    ``stacked=True`` the streams are the rows of one array (n, ..., d). One primitive where m
-    weighted sums would each take and give back every stream.
+    ``stacked=True`` the streams are the rows of one array (n, ..., d); with
+    ``transpose=True`` the weights are a's rows, ``a`` (m, n): y_c = sum_i a[c, i] x_i + b[c] s
+    (y = a x + b s over the stream axis). One primitive where m weighted sums would each take
+    and give back every stream.
 
     VJP: dx_i = sum_c a[i, c] dy_c,  ds = sum_c b[c] dy_c,  da[i, c] = sum of dy_c * x_i,
     db[c] = sum of dy_c * s (over the features, and over the rows for a shared a and b)
     """
     try:
-        y, kept = kernels.mix_streams_forward(a, b, s, _streams(xs, stacked), column)
+        weights = np.swapaxes(a, -1, -2) if transpose else a
+        y, kept = kernels.mix_streams_forward(weights, b, s, _streams(xs, stacked), column)
     except (TypeError, ValueError) as error:
         raise kernel_error("mix_streams", error, a, b, s, *xs) from None
-    return y, (kept, stacked)
+    return y, (kept, stacked, transpose)
 
 
 def _mix_streams_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
-    kept, stacked = residuals
+    kept, stacked, transpose = residuals
     da, db, ds, dxs = kernels.mix_streams_backward(dout, kept)
+    if transpose:
+        da = np.ascontiguousarray(np.swapaxes(da, -1, -2))
     return (da, db, ds, *_per_stream(dxs, stacked))
 
 
 mix_streams = defprimitive("mix_streams", _mix_streams_fwd, _mix_streams_vjp)
+
+
+def _scaled_linear_fwd(x: np.ndarray, w: np.ndarray, alpha: Any, b: np.ndarray) -> tuple[np.ndarray, Residuals]:
+    """alpha (x w) + b: ``x`` (..., p), ``w`` (p, q), ``alpha`` a scalar, ``b`` q entries (a
+    vector, or a matrix whose entries in row order are the q outputs): the gated maps that
+    give a stream mixture's weights from the streams. One primitive where a product, a scaling
+    and a sum would be three, with their bits.
+
+    VJP: with z = x w and dz = alpha dy:  dx = dz w^T,  dw = x^T dz (over all rows),
+    dalpha = sum(dy * z),  db = dy summed over the rows
+    """
+    check_float("scaled_linear", x, w, alpha, b)
+    q = np.shape(w)[-1] if np.ndim(w) == 2 else -1
+    if np.ndim(x) < 1 or np.ndim(w) != 2 or np.shape(x)[-1] != np.shape(w)[0] or np.ndim(alpha) != 0 or np.size(b) != q:
+        raise ValueError(f"scaled_linear: shapes {shapes(x, w, alpha, b)} do not fit alpha (x w) + b")
+    z = x @ w
+    return alpha * z + np.reshape(b, q), (x, w, alpha, np.shape(b), z)
+
+
+def _scaled_linear_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
+    x, w, alpha, b_shape, z = residuals
+    p, q = w.shape
+    dz = alpha * dout
+    rows, drows = x.reshape(-1, p), dz.reshape(-1, q)
+    dalpha = np.asarray(np.sum(dout * z), dtype=dout.dtype)
+    db = dout.reshape(-1, q).sum(axis=0).reshape(b_shape)
+    return dz @ w.T, rows.T @ drows, dalpha, db
+
+
+scaled_linear = defprimitive("scaled_linear", _scaled_linear_fwd, _scaled_linear_vjp)

@@ -36,6 +36,7 @@ from lnref.autograd.checks import (
     unbroadcast,
 )
 from lnref.autograd.mixing_ops import mix_streams as mix_streams
+from lnref.autograd.mixing_ops import scaled_linear as scaled_linear
 from lnref.autograd.mixing_ops import sinkhorn as sinkhorn
 from lnref.autograd.mixing_ops import weighted_sum as weighted_sum
 from lnref.autograd.norm_ops import derf as derf
