@@ -7,6 +7,7 @@ import pytest
 
 from lnref.autograd import PRIMITIVES, Tape, Tensor, ops
 from lnref.autograd.kernels import seam
+from lnref.autograd.kernels import weighted_sum as weighted_sum_kernels
 from lnref.autograd.primitive import Primitive
 from lnref.gradcheck import check_vjp
 
@@ -30,6 +31,18 @@ def loop_of_products(weights, xs):
 def test_one_weight_per_term_gives_the_bits_of_the_loop_of_products_and_sums(k):
     xs, weights = terms(k), np.random.default_rng(1).standard_normal(k)
     np.testing.assert_array_equal(ops.weighted_sum(weights, *xs).value, loop_of_products(weights, xs))
+
+
+def test_many_large_terms_taken_a_group_at_a_time_give_the_bits_of_the_loop_of_products_and_sums():
+    xs, weights = terms(19, shape=(4, 500)), np.random.default_rng(1).standard_normal(19)
+    assert 19 * xs[0].size > weighted_sum_kernels.STACK_UP_TO and 19 > weighted_sum_kernels.TERMS_PER_CALL
+    np.testing.assert_array_equal(ops.weighted_sum(weights, *xs).value, loop_of_products(weights, xs))
+
+
+def test_many_large_terms_vjp_against_finite_differences():
+    xs, weights = terms(10, shape=(4, 500), seed=12), np.random.default_rng(13).standard_normal(10)
+    checks = check_vjp(ops.weighted_sum, weights, *xs)
+    assert len(checks) == 11 and all(c.status == "passed" for c in checks), checks
 
 
 def test_one_mixture_per_row_gives_the_bits_of_the_loop_of_products_and_sums():
@@ -77,12 +90,12 @@ def test_the_gradient_equals_the_tapes_gradient_of_the_loop_of_products():
 
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, TWIN_RTOL), (np.float32, 1e-5)])
 @pytest.mark.parametrize("rows_of_weights", [1, 6])
-@pytest.mark.parametrize("as_tuple", [False, True], ids=["stacked", "tuple"])
-def test_the_loop_twins_match_the_numpy_twins(dtype, rtol, rows_of_weights, as_tuple):
+@pytest.mark.parametrize("as_tuple,count", [(False, 4), (True, 4), (True, 19)], ids=["stacked", "tuple", "groups"])
+def test_the_loop_twins_match_the_numpy_twins(dtype, rtol, rows_of_weights, as_tuple, count):
     rng = np.random.default_rng(8)
-    xs = rng.standard_normal((4, 6, 7)).astype(dtype)
+    xs = rng.standard_normal((count, 6, 7)).astype(dtype)
     xs = tuple(xs) if as_tuple else xs
-    w = rng.standard_normal((rows_of_weights, 4)).astype(dtype)
+    w = rng.standard_normal((rows_of_weights, count)).astype(dtype)
     dy = rng.standard_normal((6, 7)).astype(dtype)
     forward, backward = seam.twin("weighted_sum_forward"), seam.twin("weighted_sum_backward")
     np.testing.assert_allclose(forward.loop(w, xs), forward.reference(w, xs), rtol=rtol, atol=rtol)

@@ -80,12 +80,12 @@ def _weighted_sum_fwd(weights: np.ndarray, *xs: np.ndarray, stacked: bool = Fals
         y, kept = kernels.weighted_sum_forward(weights, _streams(xs, stacked))
     except (TypeError, ValueError) as error:
         raise kernel_error("weighted_sum", error, weights, *xs) from None
-    return y, (kept, stacked)
+    return y, (kept, np.shape(weights), stacked)
 
 
 def _weighted_sum_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
-    kept, stacked = residuals
-    dweights, dxs = kernels.weighted_sum_backward(dout, *kept)
+    kept, weights_shape, stacked = residuals
+    dweights, dxs = kernels.weighted_sum_backward(dout, kept, weights_shape)
     return (dweights, *_per_stream(dxs, stacked))
 
 

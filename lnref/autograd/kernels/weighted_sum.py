@@ -11,9 +11,11 @@ hyper-connections). The weights are one per term, ``w`` (k,), or one per term an
 
 The kernels take the terms as they are, a tuple of arrays of one shape (..., d), or as the
 rows of one array (k, ..., d), and the weights as ``(1, k)`` (one mixture for every row) or
-``(rows, k)``. A compiled kernel is specialized for the length of a tuple, so the public
-forward hands over up to :data:`TERMS_PER_CALL` terms as they are (no copy) and more, a sum
-over every earlier layer, copied into one array (one kernel for any number of them).
+``(rows, k)``. A compiled kernel is specialized for the length of a tuple: the loop twins
+hand a tuple over :data:`TERMS_PER_CALL` terms at a time, each group adding into the sum in
+order (a sum over every earlier layer compiles a few kernels, not one per length). Where many
+terms hold few elements in all (:data:`STACK_UP_TO`), the public forward copies them into one
+array instead, which costs less than a kernel call per group.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lnref.autograd.kernels.checks import FLOAT_DTYPES, check_fit, cotangent, fl
 from lnref.autograd.kernels.seam import Twin, njit
 
 TERMS_PER_CALL = 8
+STACK_UP_TO = 1 << 14  # elements in all the terms
 
 
 def weighted_sum_forward_reference(w: np.ndarray, xs: Sequence[np.ndarray]) -> np.ndarray:
@@ -41,7 +44,9 @@ def weighted_sum_forward_reference(w: np.ndarray, xs: Sequence[np.ndarray]) -> n
 def _weighted_sum_forward_loop(w: np.ndarray, xs: Sequence[np.ndarray]) -> np.ndarray:
     """Loop twin of :func:`weighted_sum_forward_reference` (allocates, then runs the kernel)."""
     y = np.empty(xs[0].shape, xs[0].dtype)
-    _weighted_sum_forward_kernel(w, _as_kernel_terms(xs), y.reshape(-1, y.shape[-1]))
+    rows = y.reshape(-1, y.shape[-1])
+    for first, group in _groups(xs):
+        _weighted_sum_forward_kernel(w, group, first, rows)
     return y
 
 
@@ -50,13 +55,30 @@ def _as_kernel_terms(xs: Sequence[np.ndarray]) -> tuple[np.ndarray, ...] | np.nd
     return xs if isinstance(xs, np.ndarray) else tuple(xs)
 
 
+def _groups(xs: Sequence[np.ndarray]) -> list[tuple[int, Any]]:
+    """``(first, terms)`` for each group a kernel takes: one array whole, a tuple
+    :data:`TERMS_PER_CALL` terms at a time."""
+    if isinstance(xs, np.ndarray):
+        return [(0, xs.reshape(len(xs), -1, xs.shape[-1]))]  # each term a (rows, d) view
+    if len(xs) <= TERMS_PER_CALL:
+        return [(0, tuple(xs))]
+    return [(first, tuple(xs[first : first + TERMS_PER_CALL])) for first in range(0, len(xs), TERMS_PER_CALL)]
+
+
 @njit(cache=True)
-def _weighted_sum_forward_kernel(w: np.ndarray, xs: Any, y: np.ndarray) -> None:
-    """The loop of :func:`_weighted_sum_forward_loop`, writing ``y`` (rows, d) term after term."""
+def _rows(x: np.ndarray, n_rows: int, d: int) -> np.ndarray:
+    """``x`` as (rows, d): as it is if 2-D already (a reshape costs a call per term)."""
+    return x if x.ndim == 2 else x.reshape((n_rows, d))
+
+
+@njit(cache=True)
+def _weighted_sum_forward_kernel(w: np.ndarray, xs: Any, first: int, y: np.ndarray) -> None:
+    """Adds w_k x_k into ``y`` (rows, d) for the terms ``xs``, k = first, first + 1, ...; the
+    first term of all (k = 0) writes ``y`` afresh."""
     n_rows, d = y.shape
     per_row = w.shape[0] > 1
-    for k in range(len(xs)):
-        x = xs[k].reshape((n_rows, d))
+    for t in range(len(xs)):
+        x, k = _rows(xs[t], n_rows, d), first + t
         for r in range(n_rows):
             weight, out = w[r if per_row else 0, k], y[r]
             if k == 0:
@@ -88,18 +110,22 @@ def _weighted_sum_backward_loop(
     """Loop twin of :func:`weighted_sum_backward_reference` (allocates, then runs the kernel)."""
     dxs, dw = np.empty((len(xs), *dy.shape), dy.dtype), np.zeros(w.shape)  # dw accumulates in float64
     d = dy.shape[-1]
-    _weighted_sum_backward_kernel(dy.reshape(-1, d), w, _as_kernel_terms(xs), dxs.reshape(len(xs), -1, d), dw)
+    rows, drows = dy.reshape(-1, d), dxs.reshape(len(xs), -1, d)
+    for first, group in _groups(xs):
+        _weighted_sum_backward_kernel(rows, w, group, first, drows, dw)
     return dw.astype(dy.dtype, copy=False), dxs
 
 
 @njit(cache=True)
-def _weighted_sum_backward_kernel(dy: np.ndarray, w: np.ndarray, xs: Any, dxs: np.ndarray, dw: np.ndarray) -> None:
-    """The loop of :func:`_weighted_sum_backward_loop`, writing ``dxs`` and adding into the
-    zeroed ``dw``."""
+def _weighted_sum_backward_kernel(
+    dy: np.ndarray, w: np.ndarray, xs: Any, first: int, dxs: np.ndarray, dw: np.ndarray
+) -> None:
+    """The loop of :func:`_weighted_sum_backward_loop` for the terms ``xs``, k = first,
+    first + 1, ...: writes their rows of ``dxs`` and adds into the zeroed ``dw``."""
     n_rows, d = dy.shape
     per_row = w.shape[0] > 1
-    for k in range(len(xs)):
-        x = xs[k].reshape((n_rows, d))
+    for t in range(len(xs)):
+        x, k = _rows(xs[t], n_rows, d), first + t
         for r in range(n_rows):
             row = r if per_row else 0
             weight, dy_row, dx_row = w[row, k], dy[r], dxs[k, r]
@@ -142,28 +168,30 @@ def _checked_terms(w: np.ndarray, xs: Sequence[np.ndarray]) -> tuple[np.ndarray,
     return w, terms
 
 
-Kept = tuple[np.ndarray, Sequence[np.ndarray]]
+Kept = tuple[np.ndarray, Any, tuple[int, ...]]
 
 
 def weighted_sum_forward(w: np.ndarray, xs: Sequence[np.ndarray]) -> tuple[np.ndarray, Kept]:
     """sum_k w_k x_k for the terms ``xs`` (each (..., d), one shape; or one array (k, ..., d),
-    its rows the terms) and ``w`` (k,) or (..., k); returns ``(y, (w, terms))``, ``w`` and the
-    terms as the backward takes them."""
+    its rows the terms) and ``w`` (k,) or (..., k); returns ``(y, kept)``, ``kept`` what the
+    backward takes: ``w``, the terms as the kernels take them, and their shape."""
     w, terms = _checked_terms(w, xs)
     shape, count = terms[0].shape, len(terms)
     if len(shape) < 1 or w.shape not in ((count,), (*shape[:-1], count)):
         check_fit(False, "w", w, *(part for k, x in enumerate(terms) for part in (f"x_{k}", x)))
     kernel_terms: Any = terms
-    if count > TERMS_PER_CALL and not isinstance(terms, np.ndarray):
+    if count > TERMS_PER_CALL and not isinstance(terms, np.ndarray) and count * terms[0].size <= STACK_UP_TO:
         kernel_terms = np.concatenate(terms).reshape((count, *shape))
-    else:
-        kernel_terms = _as_kernel_terms(terms)
-    return WEIGHTED_SUM_FORWARD.pick()(w.reshape(-1, count), kernel_terms), (w, kernel_terms)
+    elif not isinstance(terms, np.ndarray):
+        kernel_terms = tuple(terms)
+    w = w.reshape(-1, count)
+    return WEIGHTED_SUM_FORWARD.pick()(w, kernel_terms), (w, kernel_terms, shape)
 
 
-def weighted_sum_backward(dy: np.ndarray, w: np.ndarray, terms: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The VJP of :func:`weighted_sum_forward` at ``dy``, from its ``(w, terms)`` (the
-    forward's own, unchanged); returns ``(dw, dxs)``, ``dxs`` (k, ..., d) one row per term."""
-    dy = cotangent(dy, terms[0].dtype, terms[0].shape)
-    dw, dxs = WEIGHTED_SUM_BACKWARD.pick()(dy, w.reshape(-1, len(terms)), terms)
-    return dw.reshape(w.shape), dxs
+def weighted_sum_backward(dy: np.ndarray, kept: Kept, w_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The VJP of :func:`weighted_sum_forward` at ``dy``, from its ``kept`` (unchanged), for
+    weights of shape ``w_shape``; returns ``(dw, dxs)``, ``dxs`` (k, ..., d) one row per term."""
+    w, terms, shape = kept
+    dy = cotangent(dy, w.dtype, shape)
+    dw, dxs = WEIGHTED_SUM_BACKWARD.pick()(dy, w, terms)
+    return dw.reshape(w_shape), dxs
