@@ -143,7 +143,8 @@ def _sinkhorn_backward_loop(dm: np.ndarray, exp_logits: np.ndarray, iterations: 
 def _sinkhorn_backward_kernel(dm: np.ndarray, exp_logits: np.ndarray, iterations: int, dlogits: np.ndarray) -> None:
     """The loop of :func:`_sinkhorn_backward_loop`, writing ``dlogits``. Per matrix, the rounds
     are recomputed into scratch of the input's dtype (so, in float32 too, the very values the
-    forward stored), then walked back in float64: through y = x / s by row sums s,
+    forward stored; their sums are the forward's, which it checked), then walked back in
+    float64: through y = x / s by row sums s,
     d[i, j] <- (d[i, j] - sum_j' d[i, j'] y[i, j']) / s[i], and alike by column sums."""
     count, n = exp_logits.shape[0], exp_logits.shape[1]
     row_outputs = np.empty((iterations, n, n), exp_logits.dtype)
