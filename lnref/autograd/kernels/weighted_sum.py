@@ -44,9 +44,8 @@ def weighted_sum_forward_reference(w: np.ndarray, xs: Sequence[np.ndarray]) -> n
 def _weighted_sum_forward_loop(w: np.ndarray, xs: Sequence[np.ndarray]) -> np.ndarray:
     """Loop twin of :func:`weighted_sum_forward_reference` (allocates, then runs the kernel)."""
     y = np.empty(xs[0].shape, xs[0].dtype)
-    rows = y.reshape(-1, y.shape[-1])
     for first, group in _groups(xs):
-        _weighted_sum_forward_kernel(w, group, first, rows)
+        _weighted_sum_forward_kernel(w, group, first, y)
     return y
 
 
@@ -72,10 +71,12 @@ def _rows(x: np.ndarray, n_rows: int, d: int) -> np.ndarray:
 
 
 @njit(cache=True)
-def _weighted_sum_forward_kernel(w: np.ndarray, xs: Any, first: int, y: np.ndarray) -> None:
-    """Adds w_k x_k into ``y`` (rows, d) for the terms ``xs``, k = first, first + 1, ...; the
-    first term of all (k = 0) writes ``y`` afresh."""
-    n_rows, d = y.shape
+def _weighted_sum_forward_kernel(w: np.ndarray, xs: Any, first: int, y_out: Any) -> None:
+    """Adds w_k x_k into ``y_out`` (..., d) for the terms ``xs``, k = first, first + 1, ...;
+    the first term of all (k = 0) writes it afresh."""
+    d = y_out.shape[-1]
+    n_rows = y_out.size // d
+    y = y_out.reshape((n_rows, d))
     per_row = w.shape[0] > 1
     for t in range(len(xs)):
         x, k = _rows(xs[t], n_rows, d), first + t
@@ -109,20 +110,19 @@ def _weighted_sum_backward_loop(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Loop twin of :func:`weighted_sum_backward_reference` (allocates, then runs the kernel)."""
     dxs, dw = np.empty((len(xs), *dy.shape), dy.dtype), np.zeros(w.shape)  # dw accumulates in float64
-    d = dy.shape[-1]
-    rows, drows = dy.reshape(-1, d), dxs.reshape(len(xs), -1, d)
     for first, group in _groups(xs):
-        _weighted_sum_backward_kernel(rows, w, group, first, drows, dw)
+        _weighted_sum_backward_kernel(dy, w, group, first, dxs, dw)
     return dw.astype(dy.dtype, copy=False), dxs
 
 
 @njit(cache=True)
-def _weighted_sum_backward_kernel(
-    dy: np.ndarray, w: np.ndarray, xs: Any, first: int, dxs: np.ndarray, dw: np.ndarray
-) -> None:
+def _weighted_sum_backward_kernel(dy_in: Any, w: np.ndarray, xs: Any, first: int, dxs_out: Any, dw: np.ndarray) -> None:
     """The loop of :func:`_weighted_sum_backward_loop` for the terms ``xs``, k = first,
-    first + 1, ...: writes their rows of ``dxs`` and adds into the zeroed ``dw``."""
-    n_rows, d = dy.shape
+    first + 1, ...: writes their rows of ``dxs_out`` (k, ..., d) and adds into the zeroed
+    ``dw``."""
+    d = dy_in.shape[-1]
+    n_rows = dy_in.size // d
+    dy, dxs = dy_in.reshape((n_rows, d)), dxs_out.reshape((dxs_out.shape[0], n_rows, d))
     per_row = w.shape[0] > 1
     for t in range(len(xs)):
         x, k = _rows(xs[t], n_rows, d), first + t
