@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from lnref.autograd import kernels
-from lnref.autograd.checks import check_float, kernel_error, shapes
+from lnref.autograd.checks import check_float, kernel_error, shapes, unbroadcast
 from lnref.autograd.primitive import defprimitive
 
 Residuals = Any
@@ -163,3 +163,38 @@ def _scaled_linear_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
 
 
 scaled_linear = defprimitive("scaled_linear", _scaled_linear_fwd, _scaled_linear_vjp)
+
+
+def _scaled_tanh_fwd(x: np.ndarray, scale: Any, shift: Any) -> tuple[np.ndarray, Residuals]:
+    """scale tanh(x) + shift, ``scale`` and ``shift`` broadcast against ``x`` (a scalar gain and
+    a static weight, say): the gated form of the dynamic connections of hyper-connections,
+    s tanh(H_bar W) + A. One primitive where tanh, a product and a sum would be three, with
+    their bits.
+
+    VJP: with t = tanh(x):  dx = scale (1 - t^2) dy,  dscale = dy t and dshift = dy, each
+    summed over the axes its broadcast added or stretched
+    """
+    check_float("scaled_tanh", x, scale, shift)
+    try:
+        t = np.tanh(x)
+        out = np.asarray(scale * t + shift)
+    except ValueError:
+        raise ValueError(f"scaled_tanh: shapes {shapes(x, scale, shift)} do not broadcast") from None
+    if out.shape != np.shape(x):
+        raise ValueError(
+            f"scaled_tanh: scale and shift of shapes {shapes(scale, shift)} widen x of shape {np.shape(x)}"
+        )
+    return out, (t, scale, np.shape(scale), np.shape(shift))
+
+
+def _scaled_tanh_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
+    t, scale, scale_shape, shift_shape = residuals
+    dscaled = dout * t
+    return (
+        scale * (dout * (1 - t * t)),
+        unbroadcast(dscaled, scale_shape).reshape(scale_shape),
+        unbroadcast(dout, shift_shape).reshape(shift_shape),
+    )
+
+
+scaled_tanh = defprimitive("scaled_tanh", _scaled_tanh_fwd, _scaled_tanh_vjp)

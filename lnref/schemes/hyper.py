@@ -83,9 +83,9 @@ def connections(layer, name, h):
     rows = (*h[0].shape[:-1], n, h[0].shape[-1])  # H per token: the paper's n x d matrix
     h_bar = layer.norm(f"ln_{name}_hc", ops.reshape(ops.concatenate(*h, axis=-1), shape=rows))
     s_a, s_b = p("s_alpha"), p("s_beta")
-    a_m = s_a * ops.tanh(ops.reshape(ops.matmul(h_bar, p("wm")), shape=rows[:-1])) + p("am")
-    a_r = s_a * ops.tanh(ops.matmul(h_bar, p("wr"))) + p("ar")
-    b = s_b * ops.tanh(ops.reshape(ops.matmul(h_bar, p("wb")), shape=rows[:-1])) + p("b")
+    a_m = ops.scaled_tanh(ops.reshape(ops.matmul(h_bar, p("wm")), shape=rows[:-1]), s_a, p("am"))  # s_a tanh(.) + A_m
+    a_r = ops.scaled_tanh(ops.matmul(h_bar, p("wr")), s_a, p("ar"))
+    b = ops.scaled_tanh(ops.reshape(ops.matmul(h_bar, p("wb")), shape=rows[:-1]), s_b, p("b"))
     return a_m, a_r, b
 
 
