@@ -74,3 +74,22 @@ def test_a_vjp_that_drops_the_gain_s_gradient_fails_the_check(monkeypatch):
     monkeypatch.setitem(PRIMITIVES, "scaled_linear", Primitive("scaled_linear", defined.forward, broken_vjp))
     checks = check_vjp(ops.scaled_linear, *inputs(seed=4))
     assert [c.status for c in checks] == ["passed", "passed", "failed", "passed"]
+
+
+@pytest.mark.parametrize("gain", [1.0, 2.0])
+def test_with_a_sigmoid_the_value_has_the_bits_of_the_gain_times_the_sigmoid(gain):
+    args = inputs(seed=5)
+    composed_gate = ops.sigmoid(composed(*args))
+    expected = composed_gate if gain == 1.0 else gain * composed_gate
+    np.testing.assert_array_equal(ops.scaled_linear(*args, activation="sigmoid", gain=gain).value, expected.value)
+
+
+def test_with_a_sigmoid_and_a_gain_the_vjp_passes_finite_differences():
+    checks = check_vjp(lambda *a: ops.scaled_linear(*a, activation="sigmoid", gain=2.0), *inputs(seed=6))
+    assert len(checks) == 4 and all(c.status == "passed" for c in checks), checks
+
+
+@pytest.mark.parametrize("params", [{"activation": "tanh"}, {"gain": 2.0}], ids=["activation", "gain alone"])
+def test_an_unknown_activation_or_a_gain_without_one_is_refused(params):
+    with pytest.raises(ValueError, match=r"^scaled_linear: [^\n]*$"):
+        ops.scaled_linear(*inputs(), **params)

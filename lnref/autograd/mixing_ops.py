@@ -135,26 +135,47 @@ def _mix_streams_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
 mix_streams = defprimitive("mix_streams", _mix_streams_fwd, _mix_streams_vjp)
 
 
-def _scaled_linear_fwd(x: np.ndarray, w: np.ndarray, alpha: Any, b: np.ndarray) -> tuple[np.ndarray, Residuals]:
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x) as ``ops.sigmoid`` computes it (from e^-|x|, no exponential overflows)."""
+    small = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + small), small / (1 + small)).astype(x.dtype, copy=False)
+
+
+def _scaled_linear_fwd(
+    x: np.ndarray, w: np.ndarray, alpha: Any, b: np.ndarray, *, activation: str | None = None, gain: float = 1.0
+) -> tuple[np.ndarray, Residuals]:
     """alpha (x w) + b: ``x`` (..., p), ``w`` (p, q), ``alpha`` a scalar, ``b`` q entries (a
     vector, or a matrix whose entries in row order are the q outputs): the gated maps that
-    give a stream mixture's weights from the streams. One primitive where a product, a scaling
-    and a sum would be three, with their bits.
+    give a stream mixture's weights from the streams. With ``activation="sigmoid"``, gain
+    sigmoid(alpha (x w) + b). One primitive where a product, a scaling, a sum (and a sigmoid
+    and a product) would be three (or five), with their bits.
 
-    VJP: with z = x w and dz = alpha dy:  dx = dz w^T,  dw = x^T dz (over all rows),
-    dalpha = sum(dy * z),  db = dy summed over the rows
+    VJP: with z = x w, a = alpha z + b and da = dy (or gain sigma'(a) dy, sigma' = sigma (1 -
+    sigma)):  dx = alpha da w^T,  dw = x^T (alpha da) over all rows,  dalpha = sum(da * z),
+    db = da summed over the rows
     """
     check_float("scaled_linear", x, w, alpha, b)
     q = np.shape(w)[-1] if np.ndim(w) == 2 else -1
     if np.ndim(x) < 1 or np.ndim(w) != 2 or np.shape(x)[-1] != np.shape(w)[0] or np.ndim(alpha) != 0 or np.size(b) != q:
         raise ValueError(f"scaled_linear: shapes {shapes(x, w, alpha, b)} do not fit alpha (x w) + b")
+    if activation not in (None, "sigmoid") or (activation is None and gain != 1.0):
+        raise ValueError(
+            f"scaled_linear: activation must be None or 'sigmoid' (a gain goes with it), got {activation!r}"
+        )
     z = x @ w
-    return alpha * z + np.reshape(b, q), (x, w, alpha, np.shape(b), z)
+    y = alpha * z + np.reshape(b, q)
+    gate = None
+    if activation == "sigmoid":
+        gate = _sigmoid(y)
+        y = gain * gate if gain != 1.0 else gate
+    return y, (x, w, alpha, np.shape(b), z, gate, gain)
 
 
 def _scaled_linear_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
-    x, w, alpha, b_shape, z = residuals
+    x, w, alpha, b_shape, z, gate, gain = residuals
     p, q = w.shape
+    if gate is not None:
+        dout = (gain * dout if gain != 1.0 else dout) * (gate * (1 - gate))
     dz = alpha * dout
     rows, drows = x.reshape(-1, p), dz.reshape(-1, q)
     dalpha = np.asarray(np.sum(dout * z), dtype=dout.dtype)

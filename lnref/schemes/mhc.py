@@ -17,10 +17,10 @@ dividing each row by its sum and then each column by its sum, all in one primiti
 (``ops.sinkhorn``) whose VJP is the derivative of those unrolled rounds (not of the exact
 projection). After the last round the columns sum to 1 to rounding and the rows to within the
 iteration's convergence.
-In code, each map a (u phi) + b is one step (``ops.scaled_linear``), sum_j H_pre[j] x_j a
-weighted sum with per-token weights, and the mixing H_res x + H_post S one step for all n new
-copies (``ops.mix_streams`` with H_res's rows as the weights), stacked as one array (n, batch,
-seq, d) and handed on one by one.
+In code, each map a (u phi) + b is one step with its sigmoid (``ops.scaled_linear``),
+sum_j H_pre[j] x_j a weighted sum with per-token weights, and the mixing H_res x + H_post S one
+step for all n new copies (``ops.mix_streams`` with H_res's rows as the weights), stacked as one
+array (n, batch, seq, d) and handed on one by one.
 The first sublayer sees n equal copies, which any mixing with unit row sums leaves as they are:
 its H_res parameters have no gradient (the gradient checker reports them unresolved).
 
@@ -89,8 +89,8 @@ def mappings(layer, name, flat, n):
     from vec(x) (batch, seq, n d)."""
     p = lambda short: layer.param(f"mhc_{name}.{short}")  # noqa: E731
     u = layer.norm(f"ln_{name}_mix", flat)
-    h_pre = ops.sigmoid(ops.scaled_linear(u, p("phi_pre"), p("alpha_pre"), p("b_pre")))
-    h_post = 2 * ops.sigmoid(ops.scaled_linear(u, p("phi_post"), p("alpha_post"), p("b_post")))
+    h_pre = ops.scaled_linear(u, p("phi_pre"), p("alpha_pre"), p("b_pre"), activation="sigmoid")
+    h_post = ops.scaled_linear(u, p("phi_post"), p("alpha_post"), p("b_post"), activation="sigmoid", gain=2.0)
     res = ops.scaled_linear(u, p("phi_res"), p("alpha_res"), p("b_res"))  # a_res (u phi_res) + vec(b_res)
     h_res = ops.sinkhorn(
         ops.reshape(res, shape=(*res.shape[:-1], n, n)), iterations=layer.option("sinkhorn_iterations")
