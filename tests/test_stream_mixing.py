@@ -39,24 +39,18 @@ def test_all_columns_stacked_give_the_bits_of_one_weighted_sum_per_column(rows):
     np.testing.assert_array_equal(ops.mix_streams(a, b, s, *xs).value, np.stack(weighted_sums(a, b, s, xs)))
 
 
-def test_one_column_gives_that_columns_mixture():
-    xs, s = streams(4), streams(1, seed=2)[0]
-    a, b = mixing(4, 4)
-    np.testing.assert_array_equal(ops.mix_streams(a, b, s, *xs, column=2).value, weighted_sums(a, b, s, xs)[2])
-
-
 def test_streams_given_stacked_give_the_bits_of_streams_given_separately():
     xs, s = streams(3), streams(1, seed=2)[0]
     a, b = mixing(3, 3)
-    separate = ops.mix_streams(a, b, s, *xs, column=1).value
-    np.testing.assert_array_equal(ops.mix_streams(a, b, s, np.stack(xs), column=1, stacked=True).value, separate)
+    separate = ops.mix_streams(a, b, s, *xs).value
+    np.testing.assert_array_equal(ops.mix_streams(a, b, s, np.stack(xs), stacked=True).value, separate)
 
 
-@pytest.mark.parametrize("rows,column", [((), None), ((), 1), ((2, 4), None), ((2, 4), 2)])
-def test_mix_streams_vjp_against_finite_differences(rows, column):
+@pytest.mark.parametrize("rows", [(), (2, 4)], ids=["shared", "per row"])
+def test_mix_streams_vjp_against_finite_differences(rows):
     xs, s = streams(3, shape=(2, 4, 5), seed=3), streams(1, shape=(2, 4, 5), seed=4)[0]
     a, b = mixing(3, 3, rows, seed=5)
-    checks = check_vjp(lambda *args: ops.mix_streams(*args, column=column), a, b, s, *xs)
+    checks = check_vjp(ops.mix_streams, a, b, s, *xs)
     assert len(checks) == 6 and all(c.status == "passed" for c in checks), checks
 
 
@@ -90,18 +84,16 @@ def test_the_gradient_equals_the_tapes_gradient_of_the_weighted_sums():
 
 
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, TWIN_RTOL), (np.float32, 1e-5)])
-@pytest.mark.parametrize("rows,first,stop", [((), 0, 3), ((6,), 1, 2)])
-def test_the_loop_twins_match_the_numpy_twins(dtype, rtol, rows, first, stop):
+@pytest.mark.parametrize("rows", [(), (6,)], ids=["shared", "per row"])
+def test_the_loop_twins_match_the_numpy_twins(dtype, rtol, rows):
     rng = np.random.default_rng(13)
     xs = tuple(rng.standard_normal((6, 7)).astype(dtype) for _ in range(4))
     s = rng.standard_normal((6, 7)).astype(dtype)
     a, b = (v.astype(dtype) for v in mixing(4, 3, rows, seed=14))
-    dy = rng.standard_normal((stop - first, 6, 7)).astype(dtype)
+    dy = rng.standard_normal((3, 6, 7)).astype(dtype)
     forward, backward = seam.twin("mix_streams_forward"), seam.twin("mix_streams_backward")
-    np.testing.assert_allclose(
-        forward.loop(a, b, s, xs, first, stop), forward.reference(a, b, s, xs, first, stop), rtol=rtol
-    )
-    for got, want in zip(backward.loop(dy, a, b, s, xs, first), backward.reference(dy, a, b, s, xs, first)):
+    np.testing.assert_allclose(forward.loop(a, b, s, xs), forward.reference(a, b, s, xs), rtol=rtol)
+    for got, want in zip(backward.loop(dy, a, b, s, xs), backward.reference(dy, a, b, s, xs)):
         assert got.shape == want.shape and got.dtype == want.dtype == dtype
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * float(np.abs(want).max()))
 
@@ -114,10 +106,9 @@ def test_the_loop_twins_match_the_numpy_twins(dtype, rtol, rows, first, stop):
         ((*mixing(2, 2), np.ones((2, 3, 4)), *streams(2)), {}),  # s of another shape
         ((*mixing(2, 2), np.ones((2, 3, 5), np.float32), *streams(2)), {}),  # two dtypes
         ((*mixing(2, 2), np.ones((2, 3, 5))), {}),  # no stream
-        ((*mixing(2, 2), np.ones((2, 3, 5)), *streams(2)), {"column": 2}),  # no such column
         ((*mixing(2, 2), np.ones((2, 3, 5)), *streams(2)), {"stacked": True}),  # two arrays given as one stack
     ],
-    ids=["count", "rows", "shapes", "dtypes", "empty", "column", "stacked"],
+    ids=["count", "rows", "shapes", "dtypes", "empty", "stacked"],
 )
 def test_inputs_that_do_not_fit_are_refused_in_one_line_naming_the_op(args, params):
     with pytest.raises(ValueError, match=r"^mix_streams: [^\n]*$"):
@@ -137,8 +128,8 @@ def test_a_vjp_that_drops_the_last_streams_gradient_fails_the_check(monkeypatch)
 
 
 def test_a_broken_backward_kernel_fails_the_check():
-    def broken(dy, a, b, s, xs, first):
-        da, db, ds, dxs = seam.twin("mix_streams_backward").reference(dy, a, b, s, xs, first)
+    def broken(dy, a, b, s, xs):
+        da, db, ds, dxs = seam.twin("mix_streams_backward").reference(dy, a, b, s, xs)
         return da, db * 2, ds, dxs
 
     with seam.replaced("mix_streams_backward", broken):

@@ -93,22 +93,15 @@ weighted_sum = defprimitive("weighted_sum", _weighted_sum_fwd, _weighted_sum_vjp
 
 
 def _mix_streams_fwd(
-    a: np.ndarray,
-    b: np.ndarray,
-    s: np.ndarray,
-    *xs: np.ndarray,
-    column: int | None = None,
-    stacked: bool = False,
-    transpose: bool = False,
+    a: np.ndarray, b: np.ndarray, s: np.ndarray, *xs: np.ndarray, stacked: bool = False, transpose: bool = False
 ) -> tuple[np.ndarray, Residuals]:
     """m mixtures of the streams ``xs`` and of one more term ``s`` (all (..., d)), the weights
     the columns of ``a`` (n, m) and ``b`` (m,), or of one of each per row, (..., n, m) and
-    (..., m):
+    (..., m), all m stacked, (m, ..., d):
 
         y_c = sum_i a[i, c] x_i + b[c] s        (added in this order), c = 0..m-1
 
-    all m stacked, (m, ..., d), or, with ``column=c``, y_c alone (..., d). With
-    ``stacked=True`` the streams are the rows of one array (n, ..., d); with
+    With ``stacked=True`` the streams are the rows of one array (n, ..., d); with
     ``transpose=True`` the weights are a's rows, ``a`` (m, n): y_c = sum_i a[c, i] x_i + b[c] s
     (y = a x + b s over the stream axis). One primitive where m weighted sums would each take
     and give back every stream.
@@ -118,7 +111,7 @@ def _mix_streams_fwd(
     """
     try:
         weights = np.swapaxes(a, -1, -2) if transpose else a
-        y, kept = kernels.mix_streams_forward(weights, b, s, _streams(xs, stacked), column)
+        y, kept = kernels.mix_streams_forward(weights, b, s, _streams(xs, stacked))
     except (TypeError, ValueError) as error:
         raise kernel_error("mix_streams", error, a, b, s, *xs) from None
     return y, (kept, stacked, transpose)

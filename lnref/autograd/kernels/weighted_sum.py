@@ -49,7 +49,7 @@ def _weighted_sum_forward_loop(w: np.ndarray, xs: Sequence[np.ndarray]) -> np.nd
     return y
 
 
-def _as_kernel_terms(xs: Sequence[np.ndarray]) -> tuple[np.ndarray, ...] | np.ndarray:
+def as_kernel_terms(xs: Sequence[np.ndarray]) -> tuple[np.ndarray, ...] | np.ndarray:
     """The terms as a compiled kernel takes them: one array as it is, else a tuple."""
     return xs if isinstance(xs, np.ndarray) else tuple(xs)
 
