@@ -19,8 +19,9 @@ the stream, which a norm divides out up to its eps: LN(n x, eps) = LN(x, eps / n
     = 0.01 at init (the static connections alone, as above).
 
 In code, the n depth connections of a sublayer are one step (``ops.mix_streams``, the matrix
-form H <- A_r^T H + B^T S of the paper's HC matrix); between a layer's two sublayers the copies
-stay one array (n, batch, seq, d), and the layer hands them on one by one.
+form H <- A_r^T H + B^T S of the paper's HC matrix), and so is each dynamic connection s
+tanh(H_bar W) + A (``ops.scaled_tanh``); between a layer's two sublayers the copies stay one
+array (n, batch, seq, d), and the layer hands them on one by one.
 
 Parameters: ``hc_{S}.{am,ar,b}``, and ``hc_{S}.{wm,wr,wb,s_alpha,s_beta}`` when dynamic. No
 official code is public. The equations follow the paper (arXiv 2409.19606, Sec. 2.1-2.3: the
