@@ -13,7 +13,8 @@ and cross_entropy test their inputs; the products (linear, attention) let them t
 next norm, which rejects them. The fused sublayers (one record for a whole attention or FFN
 sublayer) are the fast path beside these, in ``fused.py``; the normalization primitives
 (layer_norm, rms_norm, dyt, derf, scale_norm, l2_normalize) live in ``norm_ops.py``, those
-that mix streams (weighted_sum, sinkhorn) in ``mixing_ops.py``; both are re-exported here.
+that mix streams and give their weights (weighted_sum, mix_streams, scaled_linear, scaled_tanh,
+sinkhorn) in ``mixing_ops.py``; both are re-exported here.
 
 Importing this module binds Tensor's operators (``+``, ``-``, ``*``, ``/``, ``@``, unary ``-``,
 indexing) to the primitives below.
@@ -35,6 +36,9 @@ from lnref.autograd.checks import (
     shapes,
     unbroadcast,
 )
+from lnref.autograd.mixing_ops import mix_streams as mix_streams
+from lnref.autograd.mixing_ops import scaled_linear as scaled_linear
+from lnref.autograd.mixing_ops import scaled_tanh as scaled_tanh
 from lnref.autograd.mixing_ops import sinkhorn as sinkhorn
 from lnref.autograd.mixing_ops import weighted_sum as weighted_sum
 from lnref.autograd.norm_ops import derf as derf

@@ -68,7 +68,7 @@ _KERNEL_FAMILIES = (
     (("linear_",), PRODUCTS),
     (("attention_forward", "attention_backward", "softmax_"), ATTENTION),
     (("layer_norm_", "rms_norm_", "dyt_", "derf_", "scale_norm_", "normalized_lerp_"), NORMS),
-    (("gelu_", "relu_", "sinkhorn_", "weighted_sum_"), ELEMENTWISE),
+    (("gelu_", "relu_", "sinkhorn_", "weighted_sum_", "mix_streams_"), ELEMENTWISE),
 )
 _SUBLAYER_TWIN_KINDS = {
     "attention_sublayer": PRODUCTS,

@@ -18,6 +18,11 @@ the stream, which a norm divides out up to its eps: LN(n x, eps) = LN(x, eps / n
     B(H)   = s_b tanh(H_bar W_b)^T + B,  W_m (d, 1), W_r (d, n), W_b (d, 1) zero and s_a = s_b
     = 0.01 at init (the static connections alone, as above).
 
+In code, the n depth connections of a sublayer are one step (``ops.mix_streams``, the matrix
+form H <- A_r^T H + B^T S of the paper's HC matrix), and so is each dynamic connection s
+tanh(H_bar W) + A (``ops.scaled_tanh``); between a layer's two sublayers the copies stay one
+array (n, batch, seq, d), and the layer hands them on one by one.
+
 Parameters: ``hc_{S}.{am,ar,b}``, and ``hc_{S}.{wm,wr,wb,s_alpha,s_beta}`` when dynamic. No
 official code is public. The equations follow the paper (arXiv 2409.19606, Sec. 2.1-2.3: the
 matrix HC = [[0, B], [A_m, A_r]], its dynamic form and the Pre-Norm-equivalent init of Eq. 14)
@@ -69,19 +74,35 @@ def layer_params(index, branches, config):
 
 
 def connections(layer, name, h):
-    """(A_m, [A_r; B]): the width connection (n,) and the depth connections with B as their
-    last row (n + 1, n), the weights of h_in = sum_i A_m[i] h_i and of h_j <- sum_i A_r[i, j]
-    h_i + B[j] S(...); per token, (batch, seq, n) and (batch, seq, n + 1, n), when dynamic."""
-    n, p = len(h), lambda short: layer.param(f"hc_{name}.{short}")
+    """(A_m, A_r, B): the weights of the width connection h_in = sum_i A_m[i] h_i, (n,), and
+    of the depth connections h_j <- sum_i A_r[i, j] h_i + B[j] S(...), (n, n) and (n,); per
+    token, (batch, seq, n), (batch, seq, n, n) and (batch, seq, n), when dynamic."""
+    p = lambda short: layer.param(f"hc_{name}.{short}")  # noqa: E731
     if not layer.option("dynamic"):
-        return p("am"), ops.concatenate(p("ar"), ops.reshape(p("b"), shape=(1, n)), axis=0)
+        return p("am"), p("ar"), p("b")
+    n = len(h)
     rows = (*h[0].shape[:-1], n, h[0].shape[-1])  # H per token: the paper's n x d matrix
     h_bar = layer.norm(f"ln_{name}_hc", ops.reshape(ops.concatenate(*h, axis=-1), shape=rows))
     s_a, s_b = p("s_alpha"), p("s_beta")
-    a_m = s_a * ops.tanh(ops.reshape(ops.matmul(h_bar, p("wm")), shape=rows[:-1])) + p("am")
-    a_r = s_a * ops.tanh(ops.matmul(h_bar, p("wr"))) + p("ar")
-    b = s_b * ops.tanh(ops.reshape(ops.matmul(h_bar, p("wb")), shape=(*rows[:-2], 1, n))) + p("b")
-    return a_m, ops.concatenate(a_r, b, axis=-2)
+    a_m = ops.scaled_tanh(ops.reshape(ops.matmul(h_bar, p("wm")), shape=rows[:-1]), s_a, p("am"))  # s_a tanh(.) + A_m
+    a_r = ops.scaled_tanh(ops.matmul(h_bar, p("wr")), s_a, p("ar"))
+    b = ops.scaled_tanh(ops.reshape(ops.matmul(h_bar, p("wb")), shape=rows[:-1]), s_b, p("b"))
+    return a_m, a_r, b
+
+
+def width(a_m, h):
+    """h_in = sum_i A_m[i] h_i, of the copies h, a tuple or stacked as one array (n, ..., d)."""
+    if isinstance(h, tuple):
+        return ops.weighted_sum(a_m, *h)
+    return ops.weighted_sum(a_m, h, stacked=True)
+
+
+def depth(a_r, b, h, output):
+    """h_j <- sum_i A_r[i, j] h_i + B[j] output for every j: the n new copies stacked as one
+    array (n, ..., d), from the copies h, a tuple or stacked."""
+    if isinstance(h, tuple):
+        return ops.mix_streams(a_r, b, output, *h)
+    return ops.mix_streams(a_r, b, output, h, stacked=True)
 
 
 def embed(x, stack):
@@ -90,11 +111,14 @@ def embed(x, stack):
 
 def layer(h, layer):
     h = h if isinstance(h, tuple) else (h,)  # one copy: the model passes a lone stream as it is
+    n = len(h)
     for name, branch in layer.branches:
-        width, depth = connections(layer, name, h)
-        output = branch(layer.norm(f"ln_{name}", ops.weighted_sum(width, *h)))
-        h = tuple(ops.weighted_sum(depth[..., j], *h, output) for j in range(len(h)))
-    return h
+        a_m, a_r, b = connections(layer, name, h)
+        output = branch(layer.norm(f"ln_{name}", width(a_m, h)))
+        h = depth(a_r, b, h, output)
+        if layer.option("dynamic"):
+            h = tuple(h[j] for j in range(n))  # the dynamic connections read the copies one by one
+    return h if isinstance(h, tuple) else tuple(h[j] for j in range(n))
 
 
 def sum_of(terms):

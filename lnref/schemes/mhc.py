@@ -17,6 +17,10 @@ dividing each row by its sum and then each column by its sum, all in one primiti
 (``ops.sinkhorn``) whose VJP is the derivative of those unrolled rounds (not of the exact
 projection). After the last round the columns sum to 1 to rounding and the rows to within the
 iteration's convergence.
+In code, each map a (u phi) + b is one step with its sigmoid (``ops.scaled_linear``),
+sum_j H_pre[j] x_j a weighted sum with per-token weights, and the mixing H_res x + H_post S one
+step for all n new copies (``ops.mix_streams`` with H_res's rows as the weights), stacked as one
+array (n, batch, seq, d) and handed on one by one.
 The first sublayer sees n equal copies, which any mixing with unit row sums leaves as they are:
 its H_res parameters have no gradient (the gradient checker reports them unresolved).
 
@@ -85,11 +89,12 @@ def mappings(layer, name, flat, n):
     from vec(x) (batch, seq, n d)."""
     p = lambda short: layer.param(f"mhc_{name}.{short}")  # noqa: E731
     u = layer.norm(f"ln_{name}_mix", flat)
-    h_pre = ops.sigmoid(p("alpha_pre") * ops.matmul(u, p("phi_pre")) + p("b_pre"))
-    h_post = 2 * ops.sigmoid(p("alpha_post") * ops.matmul(u, p("phi_post")) + p("b_post"))
-    res = p("alpha_res") * ops.matmul(u, p("phi_res"))
-    logits = ops.reshape(res, shape=(*res.shape[:-1], n, n)) + p("b_res")
-    h_res = ops.sinkhorn(logits, iterations=layer.option("sinkhorn_iterations"))
+    h_pre = ops.scaled_linear(u, p("phi_pre"), p("alpha_pre"), p("b_pre"), activation="sigmoid")
+    h_post = ops.scaled_linear(u, p("phi_post"), p("alpha_post"), p("b_post"), activation="sigmoid", gain=2.0)
+    res = ops.scaled_linear(u, p("phi_res"), p("alpha_res"), p("b_res"))  # a_res (u phi_res) + vec(b_res)
+    h_res = ops.sinkhorn(
+        ops.reshape(res, shape=(*res.shape[:-1], n, n)), iterations=layer.option("sinkhorn_iterations")
+    )
     return h_pre, h_post, h_res
 
 
@@ -98,17 +103,13 @@ def embed(x, stack):
 
 
 def layer(x, layer):
-    n, d = len(x), layer.config.d_model
+    n = len(x)
     for name, branch in layer.branches:
-        flat = ops.concatenate(*x, axis=-1)  # vec(x): (batch, seq, n d)
-        h_pre, h_post, h_res = mappings(layer, name, flat, n)
-        rows = (*flat.shape[:-1], n, d)  # x as the paper's n x d matrix, per token
-        h_in = ops.matmul(ops.reshape(h_pre, shape=(*rows[:-2], 1, n)), ops.reshape(flat, shape=rows))
-        output = branch(layer.norm(f"ln_{name}", ops.reshape(h_in, shape=(*rows[:-2], d))))
-        post = ops.reshape(h_post, shape=(*rows[:-2], n, 1)) * ops.reshape(output, shape=(*rows[:-2], 1, d))
-        mixed = ops.matmul(h_res, ops.reshape(flat, shape=rows)) + post  # H_res x + H_post^T S(H_pre x)
-        x = tuple(mixed[..., i, :] for i in range(n))
-    return x
+        x = x if isinstance(x, tuple) else tuple(x[i] for i in range(n))  # the copies one by one
+        h_pre, h_post, h_res = mappings(layer, name, ops.concatenate(*x, axis=-1), n)  # from vec(x)
+        output = branch(layer.norm(f"ln_{name}", ops.weighted_sum(h_pre, *x)))  # S(LN(sum_j H_pre[j] x_j))
+        x = ops.mix_streams(h_res, h_post, output, *x, transpose=True)  # H_res x + H_post S, (n, ..., d)
+    return tuple(x[i] for i in range(n))
 
 
 def readout(x, stack):

@@ -53,6 +53,7 @@ The modules
 ``sphere``             a step between two directions on the unit sphere, normalized
                        interpolation (nGPT's update)
 ``weighted_sum``       sum_k w_k x_k, the learned mixtures of streams (DLCL, DenseFormer, HC)
+``stream_mixing``      y_c = sum_i a[i, c] x_i + b[c] s, m such mixtures at once (HC's depth)
 ``activations``        GELU, ReLU
 ``warmup``             a first run's compilation
 
@@ -201,6 +202,12 @@ from lnref.autograd.kernels.sphere import (
     normalized_lerp_forward,
     normalized_lerp_forward_reference,
 )
+from lnref.autograd.kernels.stream_mixing import (
+    mix_streams_backward,
+    mix_streams_backward_reference,
+    mix_streams_forward,
+    mix_streams_forward_reference,
+)
 from lnref.autograd.kernels.weighted_sum import (
     weighted_sum_backward,
     weighted_sum_backward_reference,
@@ -253,16 +260,20 @@ __all__ = [
     "linear_backward_reference",
     "linear_forward",
     "linear_forward_reference",
+    "mix_streams_backward",
+    "mix_streams_backward_reference",
+    "mix_streams_forward",
+    "mix_streams_forward_reference",
     "multi_head_attention_backward",
     "multi_head_attention_forward",
-    "normed_feed_forward_backward",
-    "normed_feed_forward_backward_reference",
-    "normed_feed_forward_forward",
-    "normed_feed_forward_forward_reference",
     "normalized_lerp_backward",
     "normalized_lerp_backward_reference",
     "normalized_lerp_forward",
     "normalized_lerp_forward_reference",
+    "normed_feed_forward_backward",
+    "normed_feed_forward_backward_reference",
+    "normed_feed_forward_forward",
+    "normed_feed_forward_forward_reference",
     "normed_sum_attention_backward",
     "normed_sum_attention_backward_reference",
     "normed_sum_attention_forward",

@@ -83,37 +83,36 @@ def _sinkhorn_forward_loop(logits: np.ndarray, iterations: int) -> tuple[np.ndar
 
 
 @njit(cache=True)
-def _divide_rows(source: np.ndarray, target: np.ndarray, sums: np.ndarray) -> None:
-    """target = source with each row divided by its sum, kept in ``sums``; in place if the two
-    are one array."""
-    n = source.shape[0]
-    for i in range(n):
-        total = 0.0
-        for j in range(n):
-            total += source[i, j]
-        if not 0.0 < total < math.inf:
-            raise ValueError(DEGENERATE_SUM)
-        sums[i] = total
-        for j in range(n):
-            target[i, j] = source[i, j] / total
-
-
-@njit(cache=True)
 def _sinkhorn_forward_kernel(logits: np.ndarray, exp_logits: np.ndarray, iterations: int, m: np.ndarray) -> None:
-    """The loop of :func:`_sinkhorn_forward_loop`, writing ``m`` round after round in place."""
+    """The loop of :func:`_sinkhorn_forward_loop`, writing ``m`` round after round in place:
+    each row divided by its sum, then each column by its sum (the sums in index order)."""
     count, n = logits.shape[0], logits.shape[1]
-    sums = np.empty(n)
+    finite = True
     for t in range(count):
+        out = m[t]
         for i in range(n):
             for j in range(n):
-                if not math.isfinite(logits[t, i, j]):
-                    raise ValueError(NONFINITE_LOGITS)
-        out = m[t]
-        _divide_rows(exp_logits[t], out, sums)
-        _divide_rows(out.T, out.T, sums)  # a column is a row of the transpose
-        for _ in range(iterations - 1):
-            _divide_rows(out, out, sums)
-            _divide_rows(out.T, out.T, sums)  # a column is a row of the transpose
+                finite &= math.isfinite(logits[t, i, j])
+                out[i, j] = exp_logits[t, i, j]
+        if not finite:
+            raise ValueError(NONFINITE_LOGITS)
+        for _ in range(iterations):
+            for i in range(n):
+                total = 0.0
+                for j in range(n):
+                    total += out[i, j]
+                if not 0.0 < total < math.inf:
+                    raise ValueError(DEGENERATE_SUM)
+                for j in range(n):
+                    out[i, j] = out[i, j] / total
+            for j in range(n):
+                total = 0.0
+                for i in range(n):
+                    total += out[i, j]
+                if not 0.0 < total < math.inf:
+                    raise ValueError(DEGENERATE_SUM)
+                for i in range(n):
+                    out[i, j] = out[i, j] / total
 
 
 def sinkhorn_backward_reference(dm: np.ndarray, exp_logits: np.ndarray, iterations: int) -> np.ndarray:
@@ -141,40 +140,55 @@ def _sinkhorn_backward_loop(dm: np.ndarray, exp_logits: np.ndarray, iterations: 
 
 
 @njit(cache=True)
-def _back_through_rows(d: np.ndarray, y: np.ndarray, sums: np.ndarray) -> None:
-    """d <- (d - sum_j d[i, j] y[i, j]) / sums[i] per row i: back through y = x / row sums."""
-    n = d.shape[0]
-    for i in range(n):
-        p = 0.0
-        for j in range(n):
-            p += d[i, j] * y[i, j]
-        scale = 1.0 / sums[i]
-        for j in range(n):
-            d[i, j] = (d[i, j] - p) * scale
-
-
-@njit(cache=True)
 def _sinkhorn_backward_kernel(dm: np.ndarray, exp_logits: np.ndarray, iterations: int, dlogits: np.ndarray) -> None:
     """The loop of :func:`_sinkhorn_backward_loop`, writing ``dlogits``. Per matrix, the rounds
     are recomputed into scratch of the input's dtype (so, in float32 too, the very values the
-    forward stored), then walked back in float64."""
+    forward stored; their sums are the forward's, which it checked), then walked back in
+    float64: through y = x / s by row sums s,
+    d[i, j] <- (d[i, j] - sum_j' d[i, j'] y[i, j']) / s[i], and alike by column sums."""
     count, n = exp_logits.shape[0], exp_logits.shape[1]
     row_outputs = np.empty((iterations, n, n), exp_logits.dtype)
     column_outputs = np.empty((iterations, n, n), exp_logits.dtype)
     row_sums, column_sums = np.empty((iterations, n)), np.empty((iterations, n))
     d = np.empty((n, n))
     for t in range(count):
-        _divide_rows(exp_logits[t], row_outputs[0], row_sums[0])
-        _divide_rows(row_outputs[0].T, column_outputs[0].T, column_sums[0])
-        for k in range(1, iterations):
-            _divide_rows(column_outputs[k - 1], row_outputs[k], row_sums[k])
-            _divide_rows(row_outputs[k].T, column_outputs[k].T, column_sums[k])
+        m = exp_logits[t]
+        for k in range(iterations):
+            r, c, rs, cs = row_outputs[k], column_outputs[k], row_sums[k], column_sums[k]
+            for i in range(n):
+                total = 0.0
+                for j in range(n):
+                    total += m[i, j]
+                rs[i] = total
+                for j in range(n):
+                    r[i, j] = m[i, j] / total
+            for j in range(n):
+                total = 0.0
+                for i in range(n):
+                    total += r[i, j]
+                cs[j] = total
+                for i in range(n):
+                    c[i, j] = r[i, j] / total
+            m = c
         for i in range(n):
             for j in range(n):
                 d[i, j] = dm[t, i, j]
         for k in range(iterations - 1, -1, -1):
-            _back_through_rows(d.T, column_outputs[k].T, column_sums[k])  # a column is a row of the transpose
-            _back_through_rows(d, row_outputs[k], row_sums[k])
+            r, c, rs, cs = row_outputs[k], column_outputs[k], row_sums[k], column_sums[k]
+            for j in range(n):
+                p = 0.0
+                for i in range(n):
+                    p += d[i, j] * c[i, j]
+                scale = 1.0 / cs[j]
+                for i in range(n):
+                    d[i, j] = (d[i, j] - p) * scale
+            for i in range(n):
+                p = 0.0
+                for j in range(n):
+                    p += d[i, j] * r[i, j]
+                scale = 1.0 / rs[i]
+                for j in range(n):
+                    d[i, j] = (d[i, j] - p) * scale
         for i in range(n):
             for j in range(n):
                 dlogits[t, i, j] = d[i, j] * exp_logits[t, i, j]
