@@ -12,12 +12,13 @@ NumPy/BLAS products around the attention kernels otherwise.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from lnref.autograd import kernels
-from lnref.autograd.checks import kernel_error
+from lnref.autograd.checks import check_eps, kernel_error
 from lnref.autograd.primitive import defprimitive
 
 # The activations the fused FFN computes (the model's names: "gelu" the exact erf form,
@@ -183,15 +184,18 @@ def _heads_pieces_attention_fwd(
     """
     x = np.ascontiguousarray(x)
     empty = np.empty(0, x.dtype)
-    weights, biases = np.stack((wq, wk, wv, wo)), np.stack((bq, bk, bv, bo))
+    try:  # np.array copies the four into one (4, d, d) block as np.stack does, in one call
+        weights, biases = np.array((wq, wk, wv, wo)), np.array((bq, bk, bv, bo))
+    except ValueError:  # ragged: the kernel's check names the shapes
+        weights, biases = np.asarray(wq), np.asarray(bq)
     given = (q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta)
-    q_g, q_b, k_g, k_b, v_g, v_b, c, g, b = (empty if a is None else a for a in given)
+    q_g, q_b, k_g, k_b, v_g, v_b, c, g, b = [empty if a is None else a for a in given]
     pieces = (q_g, q_b, k_g, k_b, v_g, v_b, c, g, b)
     try:
         out, *kept = kernels.heads_pieces_attention_forward(x, weights, biases, *pieces, n_heads, causal, eps)
     except (TypeError, ValueError) as error:
         raise kernel_error("heads_pieces_attention", error, x, weights, *pieces) from None
-    return out, (x, weights, q_g, k_g, v_g, c, g, *kept, tuple(a is not None for a in given))
+    return out, (x, weights, q_g, k_g, v_g, c, g, *kept, [a is not None for a in given])
 
 
 def _heads_pieces_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
@@ -203,6 +207,122 @@ def _heads_pieces_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, 
 
 heads_pieces_attention = defprimitive(
     "heads_pieces_attention", _heads_pieces_attention_fwd, _heads_pieces_attention_vjp
+)
+
+
+def _input_norm(a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, op: str) -> tuple[np.ndarray, Any]:
+    """(LN(a), the norm's residuals): ``layer_norm``'s own kernel call."""
+    if not 0 < eps < math.inf:  # (False for NaN too)
+        check_eps(op, eps, a)
+    if type(a) is not np.ndarray or not a.ndim:
+        raise ValueError(f"{op}: the stream must be an array of at least one axis, got shape {np.shape(a)}")
+    rows = a.reshape(-1, a.shape[-1])
+    try:
+        normed, mean, rstd = kernels.layer_norm_forward(rows, gamma, beta, eps)
+    except (TypeError, ValueError) as error:
+        raise kernel_error(op, error, a, gamma, beta) from None
+    return normed.reshape(a.shape), (rows, gamma, mean, rstd)
+
+
+def _input_norm_vjp(dy: np.ndarray, dnormed: np.ndarray, norm: Any, residual: bool) -> tuple[Any, ...]:
+    """(da, dgamma, dbeta) from the sublayer's cotangent ``dnormed``: LayerNorm's VJP, plus the
+    skip's cotangent ``dy`` where the branch is added to the stream."""
+    rows, gamma, mean, rstd = norm
+    da, dgamma, dbeta = kernels.layer_norm_backward(
+        dnormed.reshape(rows.shape), rows, gamma, mean, rstd, residuals_checked=True
+    )
+    da = da.reshape(dy.shape)
+    return (dy + da if residual else da), dgamma, dbeta
+
+
+def _residual_normed_heads_pieces_attention_fwd(
+    a: np.ndarray,
+    norm_gamma: np.ndarray,
+    norm_beta: np.ndarray,
+    *attention: Any,
+    norm_eps: float = 1e-5,
+    n_heads: int,
+    causal: bool = False,
+    eps: float = 1e-5,
+    residual: bool = True,
+) -> tuple[np.ndarray, Any]:
+    """y = a + A(LN(a)), A ``heads_pieces_attention`` of the arguments after ``norm_beta`` (its
+    weights and pieces, in its order) and LN a LayerNorm (``norm_gamma``, ``norm_beta``,
+    ``norm_eps``) on the branch's input; with ``residual`` False, y = A(LN(a)). A replayed pass
+    puts it in the place of ``layer_norm``, ``heads_pieces_attention`` and ``add`` (or the
+    first two; ``autograd/fusion.py``), with their kernels called in their order.
+
+    VJP, with n = LN(a):
+        dn, dW, dpieces = ``heads_pieces_attention``'s VJP at dy
+        da_ln, dnorm_gamma, dnorm_beta = ``layer_norm``'s VJP at dn
+        da = dy + da_ln          (residual False: da = da_ln)
+    """
+    op = "residual_normed_heads_pieces_attention"
+    if len(attention) != 17:
+        raise ValueError(f"{op}: takes the attention's 8 weights and 9 pieces after the norm, got {len(attention)}")
+    if np.ndim(a) != 3:
+        raise ValueError(f"{op}: the stream must be (B, T, d), got shape {np.shape(a)}")
+    normed, norm = _input_norm(a, norm_gamma, norm_beta, norm_eps, op)
+    out, kept = _heads_pieces_attention_fwd(normed, *attention, n_heads=n_heads, causal=causal, eps=eps)
+    return (a + out if residual else out), (norm, kept, residual)
+
+
+def _residual_normed_heads_pieces_attention_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    norm, kept, residual = residuals
+    dnormed, *dattention = _heads_pieces_attention_vjp(dy, kept)
+    return (*_input_norm_vjp(dy, dnormed, norm, residual), *dattention)
+
+
+residual_normed_heads_pieces_attention = defprimitive(
+    "residual_normed_heads_pieces_attention",
+    _residual_normed_heads_pieces_attention_fwd,
+    _residual_normed_heads_pieces_attention_vjp,
+)
+
+
+def _residual_normed_normed_feed_forward_fwd(
+    a: np.ndarray,
+    norm_gamma: np.ndarray,
+    norm_beta: np.ndarray,
+    w1: np.ndarray,
+    b1: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    w2: np.ndarray,
+    b2: np.ndarray,
+    *,
+    norm_eps: float = 1e-5,
+    activation: str = "relu",
+    eps: float = 1e-5,
+    residual: bool = True,
+) -> tuple[np.ndarray, Any]:
+    """y = a + F(LN(a)), F ``normed_feed_forward`` (the FFN with a LayerNorm, ``gamma``,
+    ``beta``, ``eps``, on its hidden units) and LN a LayerNorm (``norm_gamma``, ``norm_beta``,
+    ``norm_eps``) on the branch's input; with ``residual`` False, y = F(LN(a)). The fusion of
+    ``layer_norm``, ``normed_feed_forward`` and ``add`` (or the first two), with their kernels
+    called in their order.
+
+    VJP, with n = LN(a):
+        dn, dW1, db1, dgamma, dbeta, dW2, db2 = ``normed_feed_forward``'s VJP at dy
+        da_ln, dnorm_gamma, dnorm_beta = ``layer_norm``'s VJP at dn
+        da = dy + da_ln          (residual False: da = da_ln)
+    """
+    normed, norm = _input_norm(a, norm_gamma, norm_beta, norm_eps, "residual_normed_normed_feed_forward")
+    weights = (w1, b1, gamma, beta, w2, b2)
+    out, kept = _normed_feed_forward_fwd(normed, *weights, activation=activation, eps=eps)
+    return (a + out if residual else out), (norm, kept, residual)
+
+
+def _residual_normed_normed_feed_forward_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    norm, kept, residual = residuals
+    dnormed, *dweights = _normed_feed_forward_vjp(dy, kept)
+    return (*_input_norm_vjp(dy, dnormed, norm, residual), *dweights)
+
+
+residual_normed_normed_feed_forward = defprimitive(
+    "residual_normed_normed_feed_forward",
+    _residual_normed_normed_feed_forward_fwd,
+    _residual_normed_normed_feed_forward_vjp,
 )
 
 

@@ -30,6 +30,11 @@ The fused kernels compute with the kernels' own loops in their order. Pre-LN's a
 branches take the first two shapes, and so does any scheme's branch written as
 ``x + branch(norm(x))`` or ``norm(x + branch(x))``; ``branch(norm(x))`` anywhere else (a
 weighted skip, a second stream, a norm after the branch) takes the third.
+
+The sublayers with pieces inside, S = ``heads_pieces_attention`` (norms and scales around the
+attention's core) or ``normed_feed_forward`` (a norm on the FFN's hidden units), take the norm
+first and normed input shapes: their fused steps call the three primitives' kernels in the
+primitives' order, one step where the replay would run three.
 """
 
 from __future__ import annotations
@@ -44,10 +49,14 @@ from lnref.autograd.primitive import DEFINED, PRIMITIVES
 Step = tuple[str, tuple[int, ...], dict[str, Any], int]
 
 # Each sublayer's primitive -> how many of its leading arguments the fused step drops (its
-# input, and attention's memory), and the fused primitives of the two shapes.
+# input, and attention's memory), the fused primitives of the two shapes (None: no fused form
+# of that shape), and the name the fused step gives the norm's eps (the sublayers with pieces
+# have an eps of their own).
 SUBLAYERS = {
-    "attention_sublayer": (2, "residual_normed_attention", "normed_sum_attention"),
-    "feed_forward": (1, "residual_normed_feed_forward", "normed_sum_feed_forward"),
+    "attention_sublayer": (2, "residual_normed_attention", "normed_sum_attention", "eps"),
+    "feed_forward": (1, "residual_normed_feed_forward", "normed_sum_feed_forward", "eps"),
+    "heads_pieces_attention": (1, "residual_normed_heads_pieces_attention", None, "norm_eps"),
+    "normed_feed_forward": (1, "residual_normed_normed_feed_forward", None, "norm_eps"),
 }
 # The primitives a fused step stands for (a fused primitive itself is looked up by name when
 # its step runs, as every primitive is).
@@ -75,10 +84,13 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
         stream = steps[min(norm_index, sublayer_index)][1][0]  # the first of the two reads it
         _, (_, gamma, beta), norm_params, _ = steps[norm_index]
         sublayer, sublayer_args, sublayer_params, _ = steps[sublayer_index]
-        dropped, norm_first, norm_last = SUBLAYERS[sublayer]
+        dropped, norm_first, norm_last, _ = SUBLAYERS[sublayer]
         fused_name = norm_first if norm_index < sublayer_index else norm_last
+        if fused_name is None:
+            continue
         weights = sublayer_args[dropped:]
-        fused[index] = (fused_name, (stream, gamma, beta, *weights), {**norm_params, **sublayer_params}, out)
+        statics = {**_norm_statics(sublayer, norm_params), **sublayer_params}
+        fused[index] = (fused_name, (stream, gamma, beta, *weights), statics, out)
         taken.update(match)
     for index, (name, args, params, out) in enumerate(steps):
         input_norm = None if index in taken else _normed_input(steps, maker, uses, fixed, index)
@@ -86,10 +98,16 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
             continue
         _, (stream, gamma, beta), norm_params, _ = steps[input_norm]
         weights = args[SUBLAYERS[name][0] :]
-        statics = {**norm_params, **params, "residual": False}
+        statics = {**_norm_statics(name, norm_params), **params, "residual": False}
         fused[index] = (SUBLAYERS[name][1], (stream, gamma, beta, *weights), statics, out)
         taken.update((input_norm, index))
     return [fused.get(index, step) for index, step in enumerate(steps) if index in fused or index not in taken]
+
+
+def _norm_statics(sublayer: str, norm_params: dict[str, Any]) -> dict[str, Any]:
+    """The norm's static parameters as the fused step of ``sublayer`` names them."""
+    eps_name = SUBLAYERS[sublayer][3]
+    return {eps_name if key == "eps" else key: value for key, value in norm_params.items()}
 
 
 def _is_sublayer(steps: list[Step], index: int, fixed: dict[int, Any]) -> bool:

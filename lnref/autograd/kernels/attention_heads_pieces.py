@@ -248,16 +248,19 @@ def _heads_pieces_attention_forward_loop(
 ) -> Arrays:  # fmt: skip
     """Loop twin of :func:`heads_pieces_attention_forward_reference` (allocates, runs the kernel)."""
     dtype, n = x.dtype, x.shape[0] * x.shape[1]
-    q, k, v, heads, out = (np.empty(x.shape, dtype) for _ in range(5))
-    head_gammas = (q_gamma, k_gamma, v_gamma)
-    q_normed, k_normed, v_normed = (np.empty(x.shape, dtype) if g.size else p for g, p in zip(head_gammas, (q, k, v)))
-    q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd = (
-        np.empty(n * n_heads if g.size else 0, dtype) for g in head_gammas for _ in range(2)
-    )
+    q, k, v, heads, out = np.empty((5, *x.shape), dtype)  # one allocation, five disjoint views
+    empty = np.empty(0, dtype)
+    inputs, stats = [q, k, v], [empty] * 6  # the attention's inputs, each head norm's mean and rstd
+    for i, head_gamma in enumerate((q_gamma, k_gamma, v_gamma)):
+        if head_gamma.size:
+            inputs[i] = np.empty(x.shape, dtype)
+            stats[2 * i : 2 * i + 2] = np.empty((2, n * n_heads), dtype)
+    q_normed, k_normed, v_normed = inputs
+    q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd = stats
     head_norms = (q_normed, k_normed, v_normed, q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd)
     shaped = np.empty(x.shape, dtype) if scale.size else heads
     normed = np.empty(x.shape, dtype) if gamma.size else shaped
-    mean, rstd = (np.empty(n if gamma.size else 0, dtype) for _ in range(2))
+    mean, rstd = np.empty((2, n), dtype) if gamma.size else (empty, empty)
     probs = np.zeros((x.shape[0], n_heads, x.shape[1], x.shape[1]), dtype)
     _heads_pieces_attention_forward_kernel(
         x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta, causal, eps,

@@ -1,0 +1,195 @@
+"""A replayed pass fuses the input LayerNorm (and the residual add) of a sublayer with pieces
+inside, ``heads_pieces_attention`` or ``normed_feed_forward``, as it does the plain ones:
+a + S(LN(a)) and S(LN(a)) become one step each (autograd.fusion), with the bits of the steps
+they replace."""
+
+import re
+
+import numpy as np
+import pytest
+
+import lnref
+from lnref.autograd import fused, ops
+from lnref.autograd.primitive import PRIMITIVES
+from lnref.gradcheck import check_vjp
+
+SMALL = dict(n_layers=3, d_model=16, n_heads=2, d_ff=64)  # the sublayers' loop kernels
+MEDIUM = dict(n_layers=2, d_model=64, n_heads=4, d_ff=256)  # past their limits: BLAS
+ATTENTION = "residual_normed_heads_pieces_attention"
+FFN = "residual_normed_normed_feed_forward"
+
+
+def _fused_steps(model):
+    (program,) = model.replayer.programs.values()
+    return program.fused_steps
+
+
+def _taped_and_replayed(model, seed=1):
+    x, dy, memory = model.sample_inputs(seed=seed)
+    return model.value_and_grad(x, dy, memory), model.value_and_grad(x, dy, memory)
+
+
+def _assert_same_bits(first, second):
+    (loss_a, grads_a), (loss_b, grads_b) = first, second
+    assert loss_a == loss_b
+    for name in grads_a:
+        np.testing.assert_array_equal(grads_a[name], grads_b[name], err_msg=name)
+
+
+def test_sublns_layer_replays_as_two_steps():
+    model = lnref.build("subln", **SMALL)
+    _taped_and_replayed(model)
+    names = [step[0] for step in _fused_steps(model)]
+    assert names.count(ATTENTION) == names.count(FFN) == SMALL["n_layers"]
+    assert "layer_norm" not in names[: -1 - 2]  # the final norm and the loss's steps remain
+
+
+def test_normformers_attention_norm_after_the_branch_keeps_its_add_out_of_the_fused_step():
+    """x + LN_out(A(LN(x))): the attention is fused with its input norm only (``residual``
+    False); the FFN's branch x + F(LN(x)) with its add."""
+    model = lnref.build("normformer", **SMALL)
+    _taped_and_replayed(model)
+    steps = [step for step in _fused_steps(model) if step[0] in (ATTENTION, FFN)]
+    assert [(name, params.get("residual", True)) for name, _, params, _ in steps[:2]] == [
+        (ATTENTION, False),
+        (FFN, True),
+    ]
+    assert len(steps) == 2 * SMALL["n_layers"]
+
+
+@pytest.mark.parametrize("scheme", ["subln", "normformer"])
+@pytest.mark.parametrize("size", [SMALL, MEDIUM], ids=["loops", "blas"])
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"activation": "gelu", "causal": True}, {"dtype": "float32"}],
+    ids=["relu", "gelu-causal", "float32"],
+)
+def test_a_fused_pass_with_pieces_gives_the_bits_of_the_taped_pass(scheme, size, config):
+    model = lnref.build(scheme, **size, **config)
+    taped, replayed = _taped_and_replayed(model)
+    assert {ATTENTION, FFN} <= {step[0] for step in _fused_steps(model)}
+    _assert_same_bits(taped, replayed)
+
+
+def test_a_norm_of_another_eps_than_the_sublayers_keeps_its_own():
+    """The fused step takes the input norm's eps as ``norm_eps`` and the sublayer's as ``eps``."""
+    a, gamma, beta, w1, b1, g, b, w2, b2 = _ffn_arrays()
+    y = fused.residual_normed_normed_feed_forward(a, gamma, beta, w1, b1, g, b, w2, b2, norm_eps=0.5, eps=1e-3)
+    normed = ops.layer_norm(a, gamma, beta, eps=0.5)
+    composed = a + fused.normed_feed_forward(normed, w1, b1, g, b, w2, b2, eps=1e-3)
+    np.testing.assert_array_equal(y.value, composed.value)
+
+
+def _attention_arrays(d=8, seed=0):
+    """a (2, 3, d), the input norm's gamma and beta, the attention's 8 weights and its 9 pieces
+    (two heads), every one present and none at its init value."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((2, 3, d))
+    norm = [1 + 0.1 * rng.standard_normal(d), 0.1 * rng.standard_normal(d)]
+    weights = [rng.standard_normal(shape) * 0.5 for _ in range(4) for shape in ((d, d), (d,))]
+    head = [f(d // 2) for _ in range(3) for f in (lambda n: 1 + 0.1 * rng.standard_normal(n), rng.standard_normal)]
+    pieces = [*head, 1 + 0.1 * rng.standard_normal(2), 1 + 0.1 * rng.standard_normal(d), rng.standard_normal(d)]
+    return [a, *norm, *weights, *pieces]
+
+
+def _ffn_arrays(d=8, d_ff=12, seed=1):
+    rng = np.random.default_rng(seed)
+    return [
+        rng.standard_normal((2, 3, d)),
+        1 + 0.1 * rng.standard_normal(d),
+        0.1 * rng.standard_normal(d),
+        rng.standard_normal((d, d_ff)),
+        rng.standard_normal(d_ff),
+        1 + 0.1 * rng.standard_normal(d_ff),
+        0.1 * rng.standard_normal(d_ff),
+        rng.standard_normal((d_ff, d)),
+        rng.standard_normal(d),
+    ]
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_the_fused_attention_is_its_norm_attention_and_add(residual):
+    a, gamma, beta, *attention = _attention_arrays()
+    y = fused.residual_normed_heads_pieces_attention(a, gamma, beta, *attention, n_heads=2, residual=residual)
+    branch = fused.heads_pieces_attention(ops.layer_norm(a, gamma, beta), *attention, n_heads=2)
+    np.testing.assert_array_equal(y.value, (a + branch if residual else branch).value)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_the_fused_ffn_is_its_norm_ffn_and_add(residual):
+    a, gamma, beta, *weights = _ffn_arrays()
+    y = fused.residual_normed_normed_feed_forward(a, gamma, beta, *weights, activation="gelu", residual=residual)
+    branch = fused.normed_feed_forward(ops.layer_norm(a, gamma, beta), *weights, activation="gelu")
+    np.testing.assert_array_equal(y.value, (a + branch if residual else branch).value)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_the_fused_attentions_vjp_matches_finite_differences(residual):
+    def fn(*args):
+        return fused.residual_normed_heads_pieces_attention(*args, n_heads=2, causal=True, residual=residual)
+
+    checks = check_vjp(fn, *_attention_arrays())
+    k_beta = checks.pop(14)  # a shift of the keys: zero by structure (nn.ZERO_BY_STRUCTURE)
+    assert abs(k_beta.analytic) < 1e-12 and abs(k_beta.numeric) < k_beta.noise
+    assert len(checks) == 19 and all(c.status == "passed" for c in checks), checks
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_the_fused_ffns_vjp_matches_finite_differences(residual):
+    def fn(*args):
+        return fused.residual_normed_normed_feed_forward(*args, activation="gelu_tanh", residual=residual)
+
+    checks = check_vjp(fn, *_ffn_arrays())
+    assert len(checks) == 9 and all(c.status == "passed" for c in checks), checks
+
+
+def test_an_attention_vjp_that_drops_the_skip_fails_the_finite_difference_check(monkeypatch):
+    """The negative control of the VJP check: a's cotangent without the add's term."""
+    defined = PRIMITIVES[ATTENTION]
+
+    def broken_vjp(dout, residuals):
+        da, *rest = defined.vjp(dout, residuals)
+        return (da - dout, *rest)
+
+    monkeypatch.setitem(PRIMITIVES, ATTENTION, defined._replace(vjp=broken_vjp))
+    checks = check_vjp(
+        lambda *args: fused.residual_normed_heads_pieces_attention(*args, n_heads=2), *_attention_arrays()
+    )
+    assert [c.status for c in checks[:3]] == ["failed", "passed", "passed"]
+
+
+def test_a_broken_fused_ffn_backward_changes_the_replayed_gradient(monkeypatch):
+    """The negative control of the bit tests: they catch a fused VJP off by a part in a billion."""
+    model = lnref.build("subln", **SMALL)
+    taped, _ = _taped_and_replayed(model)
+    defined = PRIMITIVES[FFN]
+
+    def off_by_a_little(dout, residuals):
+        da, *rest = defined.vjp(dout, residuals)
+        return (da * (1 + 1e-9), *rest)
+
+    monkeypatch.setitem(PRIMITIVES, FFN, defined._replace(vjp=off_by_a_little))
+    x, dy, memory = model.sample_inputs(seed=1)
+    broken = model.value_and_grad(x, dy, memory)
+    assert taped[0] == broken[0]
+    assert not np.array_equal(taped[1]["layers.0.attn.wq"], broken[1]["layers.0.attn.wq"])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda args: args[:-1], "takes the attention's 8 weights and 9 pieces"),
+        (lambda args: [args[0], args[1][:4], *args[2:]], "does not match"),
+        (lambda args: [args[0][0], *args[1:]], "(B, T, d)"),
+    ],
+    ids=["a piece short", "a norm gain of the wrong width", "a stream of two axes"],
+)
+def test_attention_inputs_that_do_not_fit_are_refused_in_one_line_naming_the_op(change, message):
+    with pytest.raises(ValueError, match=rf"^residual_normed_heads_pieces_attention: [^\n]*{re.escape(message)}"):
+        fused.residual_normed_heads_pieces_attention(*change(_attention_arrays()), n_heads=2)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan")])
+def test_an_input_norm_eps_that_is_not_positive_is_refused_in_one_line(eps):
+    with pytest.raises(ValueError, match=r"^residual_normed_normed_feed_forward: [^\n]*$"):
+        fused.residual_normed_normed_feed_forward(*_ffn_arrays(), norm_eps=eps)
