@@ -183,56 +183,49 @@ def _heads_pieces_attention_fwd(
         dWq = x^T dP_q, dbq = row sums of dP_q, ...,  dx = dP_q Wq^T + dP_k Wk^T + dP_v Wv^T
     """
     x = np.ascontiguousarray(x)
-    empty = np.empty(0, x.dtype)
-    try:  # np.array copies the four into one (4, d, d) block as np.stack does, in one call
-        weights, biases = np.array((wq, wk, wv, wo)), np.array((bq, bk, bv, bo))
-    except ValueError:  # ragged: the kernel's check names the shapes
-        weights, biases = np.asarray(wq), np.asarray(bq)
-    given = (q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta)
-    q_g, q_b, k_g, k_b, v_g, v_b, c, g, b = [empty if a is None else a for a in given]
-    pieces = (q_g, q_b, k_g, k_b, v_g, v_b, c, g, b)
+    weights, biases, pieces = _stacked_weights_and_pieces(
+        x,
+        (wq, bq, wk, bk, wv, bv, wo, bo),
+        given := (q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta),
+    )
+    q_g, q_b, k_g, k_b, v_g, v_b, c, g, b = pieces
     try:
-        out, *kept = kernels.heads_pieces_attention_forward(x, weights, biases, *pieces, n_heads, causal, eps)
+        out, *kept = kernels.heads_pieces_attention_forward(
+            x, weights, biases, q_g, q_b, k_g, k_b, v_g, v_b, c, g, b, n_heads, causal, eps
+        )
     except (TypeError, ValueError) as error:
         raise kernel_error("heads_pieces_attention", error, x, weights, *pieces) from None
     return out, (x, weights, q_g, k_g, v_g, c, g, *kept, [a is not None for a in given])
 
 
+def _stacked_weights_and_pieces(x: np.ndarray, weights: tuple[Any, ...], pieces: tuple[Any, ...]) -> tuple[Any, ...]:
+    """(Wq, Wk, Wv, Wo as one (4, d, d) block, the biases as one (4, d), the pieces with an
+    empty array for each absent one): the arguments of the kernels of the attention with pieces."""
+    wq, bq, wk, bk, wv, bv, wo, bo = weights
+    try:  # np.array copies the four into one block as np.stack does, in one call
+        stacked, biases = np.array((wq, wk, wv, wo)), np.array((bq, bk, bv, bo))
+    except ValueError:  # ragged: the kernel's check names the shapes
+        stacked, biases = np.asarray(wq), np.asarray(bq)
+    empty = np.empty(0, x.dtype)
+    return stacked, biases, tuple(empty if a is None else a for a in pieces)
+
+
+def _heads_pieces_vjp(dw: np.ndarray, db: np.ndarray, dpieces: Any, given: Any) -> tuple[Any, ...]:
+    """The stacked weights' gradients as the attention's arguments take them, then the pieces'
+    (None for an absent piece)."""
+    pieces = (grad if present else None for grad, present in zip(dpieces, given))
+    return (dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3], *pieces)
+
+
 def _heads_pieces_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
     *kept, given = residuals
     dx, dw, db, *dpieces = kernels.heads_pieces_attention_backward(dout, *kept)
-    pieces = (grad if present else None for grad, present in zip(dpieces, given))
-    return (dx, dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3], *pieces)
+    return (dx, *_heads_pieces_vjp(dw, db, dpieces, given))
 
 
 heads_pieces_attention = defprimitive(
     "heads_pieces_attention", _heads_pieces_attention_fwd, _heads_pieces_attention_vjp
 )
-
-
-def _input_norm(a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, op: str) -> tuple[np.ndarray, Any]:
-    """(LN(a), the norm's residuals): ``layer_norm``'s own kernel call."""
-    if not 0 < eps < math.inf:  # (False for NaN too)
-        check_eps(op, eps, a)
-    if type(a) is not np.ndarray or not a.ndim:
-        raise ValueError(f"{op}: the stream must be an array of at least one axis, got shape {np.shape(a)}")
-    rows = a.reshape(-1, a.shape[-1])
-    try:
-        normed, mean, rstd = kernels.layer_norm_forward(rows, gamma, beta, eps)
-    except (TypeError, ValueError) as error:
-        raise kernel_error(op, error, a, gamma, beta) from None
-    return normed.reshape(a.shape), (rows, gamma, mean, rstd)
-
-
-def _input_norm_vjp(dy: np.ndarray, dnormed: np.ndarray, norm: Any, residual: bool) -> tuple[Any, ...]:
-    """(da, dgamma, dbeta) from the sublayer's cotangent ``dnormed``: LayerNorm's VJP, plus the
-    skip's cotangent ``dy`` where the branch is added to the stream."""
-    rows, gamma, mean, rstd = norm
-    da, dgamma, dbeta = kernels.layer_norm_backward(
-        dnormed.reshape(rows.shape), rows, gamma, mean, rstd, residuals_checked=True
-    )
-    da = da.reshape(dy.shape)
-    return (dy + da if residual else da), dgamma, dbeta
 
 
 def _residual_normed_heads_pieces_attention_fwd(
@@ -260,17 +253,24 @@ def _residual_normed_heads_pieces_attention_fwd(
     op = "residual_normed_heads_pieces_attention"
     if len(attention) != 17:
         raise ValueError(f"{op}: takes the attention's 8 weights and 9 pieces after the norm, got {len(attention)}")
-    if np.ndim(a) != 3:
-        raise ValueError(f"{op}: the stream must be (B, T, d), got shape {np.shape(a)}")
-    normed, norm = _input_norm(a, norm_gamma, norm_beta, norm_eps, op)
-    out, kept = _heads_pieces_attention_fwd(normed, *attention, n_heads=n_heads, causal=causal, eps=eps)
-    return (a + out if residual else out), (norm, kept, residual)
+    if not 0 < norm_eps < math.inf:  # (False for NaN too)
+        check_eps(op, norm_eps, a)
+    weights, biases, pieces = _stacked_weights_and_pieces(a, attention[:8], attention[8:])
+    try:
+        y, *kept = kernels.residual_normed_heads_pieces_attention_forward(
+            a, norm_gamma, norm_beta, norm_eps, weights, biases, pieces, n_heads, causal, eps, residual
+        )
+    except (TypeError, ValueError) as error:
+        raise kernel_error(op, error, a, norm_gamma, norm_beta, weights, *pieces) from None
+    q_g, _, k_g, _, v_g, _, c, g, _ = pieces
+    given = [piece is not None for piece in attention[8:]]
+    return y, (a, norm_gamma, *kept[:3], weights, q_g, k_g, v_g, c, g, *kept[3:], residual, given)
 
 
 def _residual_normed_heads_pieces_attention_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    norm, kept, residual = residuals
-    dnormed, *dattention = _heads_pieces_attention_vjp(dy, kept)
-    return (*_input_norm_vjp(dy, dnormed, norm, residual), *dattention)
+    *kept, given = residuals
+    da, dgamma, dbeta, dw, db, *dpieces = kernels.residual_normed_heads_pieces_attention_backward(dy, *kept)
+    return (da, dgamma, dbeta, *_heads_pieces_vjp(dw, db, dpieces, given))
 
 
 residual_normed_heads_pieces_attention = defprimitive(
@@ -307,16 +307,21 @@ def _residual_normed_normed_feed_forward_fwd(
         da_ln, dnorm_gamma, dnorm_beta = ``layer_norm``'s VJP at dn
         da = dy + da_ln          (residual False: da = da_ln)
     """
-    normed, norm = _input_norm(a, norm_gamma, norm_beta, norm_eps, "residual_normed_normed_feed_forward")
+    if not 0 < norm_eps < math.inf:  # (False for NaN too)
+        check_eps("residual_normed_normed_feed_forward", norm_eps, a)
     weights = (w1, b1, gamma, beta, w2, b2)
-    out, kept = _normed_feed_forward_fwd(normed, *weights, activation=activation, eps=eps)
-    return (a + out if residual else out), (norm, kept, residual)
+    try:
+        y, *kept = kernels.residual_normed_normed_feed_forward_forward(
+            a, norm_gamma, norm_beta, norm_eps, weights, activation, eps, residual
+        )
+    except (TypeError, ValueError) as error:
+        raise kernel_error("residual_normed_normed_feed_forward", error, a, norm_gamma, norm_beta, *weights) from None
+    normed, mean, rstd, hidden, acted, *hidden_norm = kept
+    return y, (a, norm_gamma, normed, mean, rstd, w1, gamma, w2, hidden, acted, *hidden_norm, activation, residual)
 
 
 def _residual_normed_normed_feed_forward_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    norm, kept, residual = residuals
-    dnormed, *dweights = _normed_feed_forward_vjp(dy, kept)
-    return (*_input_norm_vjp(dy, dnormed, norm, residual), *dweights)
+    return tuple(kernels.residual_normed_normed_feed_forward_backward(dy, *residuals))
 
 
 residual_normed_normed_feed_forward = defprimitive(

@@ -1,0 +1,400 @@
+"""A residual branch with a LayerNorm on its input, y = a + S(LN(a)), for the sublayers with
+pieces inside, as one kernel each way; with ``residual`` False, the branch alone, y = S(LN(a)).
+
+``residual_normed.py`` fuses the plain sublayers; here S is the FFN with a LayerNorm on its
+hidden units (``feed_forward_normed.py``) or the self-attention with norms and a scale around
+its core (``attention_heads_pieces.py``). A replayed pass fuses the norm, S and the add
+(``autograd/fusion.py``); one compiled call runs the forward and one the backward, calling
+the composition's own loops in the composition's order (LayerNorm's row loops, S's
+whole-sublayer kernel, then the add), so the fused branch and the three primitives agree to
+the bit. Past S's loop limit, or while another implementation stands in one of the kernels'
+place, the NumPy twin runs the composition's public kernels in one call.
+
+Arguments: ``a`` (B, T, d), the input norm's ``gamma`` and ``beta`` (d,) and ``eps``, then S's
+arguments as its own public kernel takes them. The residuals are the norm's output ``normed``
+and its ``mean`` and ``rstd``, then S's own; the flag ``residual`` comes last.
+
+    forward:   normed = LN(a),   y = a + S(normed)     (residual False: y = S(normed))
+    backward:  dnormed, dW = S's VJP at dy,   da_ln, dgamma, dbeta = LN's VJP at dnormed
+               da = dy + da_ln          (the add's cotangent first, as the tape accumulates it;
+                                         residual False: da = da_ln)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import lnref.autograd.kernels as kernels
+from lnref.autograd.kernels import attention_heads_pieces, attention_sublayer, feed_forward_normed, linear, norms, seam
+from lnref.autograd.kernels.branches import add_into, path
+from lnref.autograd.kernels.checks import check_fit, cotangent, float_arrays
+from lnref.autograd.kernels.feed_forward import FFN_CODES, check_activation
+from lnref.autograd.kernels.norms import layer_norm_backward_kernel, layer_norm_forward_kernel
+from lnref.autograd.kernels.seam import Twin, njit
+
+Arrays = tuple[np.ndarray, ...]
+
+
+def _input_norm(a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> Arrays:
+    """(LN(a) as rows, mean, rstd) through the public kernel."""
+    return kernels.layer_norm_forward(a.reshape(-1, a.shape[-1]), gamma, beta, eps)
+
+
+def _input_norm_backward(
+    dy: np.ndarray, dnormed: np.ndarray, a: np.ndarray, gamma: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+    residual: bool,
+) -> Arrays:  # fmt: skip
+    d = a.shape[-1]
+    da, dgamma, dbeta = kernels.layer_norm_backward(
+        dnormed.reshape(-1, d), a.reshape(-1, d), gamma, mean, rstd, residuals_checked=True
+    )
+    da = da.reshape(a.shape)
+    return (dy + da if residual else da), dgamma, dbeta
+
+
+# ----- the FFN with a norm on its hidden units -----------------------------------------
+
+
+def residual_normed_normed_feed_forward_forward_reference(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str,
+    hidden_eps: float, residual: bool,
+) -> Arrays:  # fmt: skip
+    """NumPy twin: the three kernels in turn; ``weights`` are (w1, b1, hidden_gamma,
+    hidden_beta, w2, b2); returns ``(y, normed, mean, rstd, hidden, acted, hidden_normed,
+    hidden_mean, hidden_rstd)``."""
+    rows, mean, rstd = _input_norm(a, gamma, beta, eps)
+    w1, b1, hidden_gamma, hidden_beta, w2, b2 = weights
+    out, *kept = kernels.normed_feed_forward_forward(
+        rows, w1, b1, hidden_gamma, hidden_beta, w2, b2, activation, hidden_eps
+    )
+    out = out.reshape(a.shape)
+    return (a + out if residual else out), rows.reshape(a.shape), mean, rstd, *kept
+
+
+def residual_normed_normed_feed_forward_backward_reference(
+    dy: np.ndarray, a: np.ndarray, gamma: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+    w1: np.ndarray, hidden_gamma: np.ndarray, w2: np.ndarray, hidden: np.ndarray, acted: np.ndarray,
+    hidden_normed: np.ndarray, hidden_mean: np.ndarray, hidden_rstd: np.ndarray, activation: str, residual: bool,
+) -> Arrays:  # fmt: skip
+    """NumPy twin; returns ``(da, dgamma, dbeta, dw1, db1, dhidden_gamma, dhidden_beta, dw2,
+    db2)``."""
+    d = a.shape[-1]
+    dnormed, *dweights = kernels.normed_feed_forward_backward(
+        dy.reshape(-1, d), normed.reshape(-1, d), w1, hidden_gamma, w2, hidden, acted, hidden_normed,
+        hidden_mean, hidden_rstd, activation,
+    )  # fmt: skip
+    return (*_input_norm_backward(dy, dnormed, a, gamma, mean, rstd, residual), *dweights)
+
+
+@njit(cache=True)
+def _residual_normed_normed_feed_forward_forward_kernel(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, w1: np.ndarray, b1: np.ndarray,
+    hidden_gamma: np.ndarray, hidden_beta: np.ndarray, w2: np.ndarray, b2: np.ndarray, activation: int,
+    hidden_eps: float, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray, hidden: np.ndarray,
+    acted: np.ndarray, hidden_normed: np.ndarray, hidden_mean: np.ndarray, hidden_rstd: np.ndarray,
+    y: np.ndarray, residual: bool,
+) -> None:  # fmt: skip
+    rows = (mean.size, a.shape[-1])
+    normed_rows = normed.reshape(rows)
+    layer_norm_forward_kernel(a.reshape(rows), gamma, beta, eps, normed_rows, mean, rstd)
+    feed_forward_normed._normed_feed_forward_forward_kernel(
+        normed_rows, w1, b1, hidden_gamma, hidden_beta, w2, b2, activation, hidden_eps, hidden, acted,
+        hidden_normed, hidden_mean, hidden_rstd, y.reshape(rows),
+    )  # fmt: skip
+    if residual:
+        add_into(a, y)
+
+
+@njit(cache=True)
+def _residual_normed_normed_feed_forward_backward_kernel(
+    dy: np.ndarray, a: np.ndarray, gamma: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+    w1: np.ndarray, hidden_gamma: np.ndarray, w2: np.ndarray, hidden: np.ndarray, acted: np.ndarray,
+    hidden_normed: np.ndarray, hidden_mean: np.ndarray, hidden_rstd: np.ndarray, activation: int,
+    dhidden_normed: np.ndarray, dacted: np.ndarray, dnormed: np.ndarray, dw1: np.ndarray, db1: np.ndarray,
+    dhidden_gamma: np.ndarray, dhidden_beta: np.ndarray, dw2: np.ndarray, db2: np.ndarray, da: np.ndarray,
+    dgamma: np.ndarray, dbeta: np.ndarray, residual: bool,
+) -> None:  # fmt: skip
+    rows = (mean.size, a.shape[-1])
+    dnormed_rows = dnormed.reshape(rows)
+    feed_forward_normed._normed_feed_forward_backward_kernel(
+        dy.reshape(rows), normed.reshape(rows), w1, hidden_gamma, w2, hidden, acted, hidden_normed, hidden_mean,
+        hidden_rstd, activation, dhidden_normed, dacted, dnormed_rows, dw1, db1, dhidden_gamma, dhidden_beta, dw2,
+        db2,
+    )  # fmt: skip
+    layer_norm_backward_kernel(dnormed_rows, a.reshape(rows), gamma, mean, rstd, da.reshape(rows), dgamma, dbeta)
+    if residual:
+        add_into(dy, da)
+
+
+def _residual_normed_normed_feed_forward_forward_loop(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str,
+    hidden_eps: float, residual: bool,
+) -> Arrays:  # fmt: skip
+    """Loop twin (allocates, then runs ``_residual_normed_normed_feed_forward_forward_kernel``)."""
+    w1, b1, hidden_gamma, hidden_beta, w2, b2 = weights
+    dtype, n_rows, d_ff = a.dtype, a.size // a.shape[-1], w1.shape[1]
+    normed, y = np.empty((2, *a.shape), dtype)
+    mean, rstd, hidden_mean, hidden_rstd = np.empty((4, n_rows), dtype)
+    hidden, hidden_normed = np.empty((2, n_rows, d_ff), dtype)
+    acted = hidden if activation == "relu" else np.empty_like(hidden)  # ReLU in place, as the FFN's loop
+    _residual_normed_normed_feed_forward_forward_kernel(
+        a, gamma, beta, eps, w1, b1, hidden_gamma, hidden_beta, w2, b2, FFN_CODES[activation], hidden_eps,
+        normed, mean, rstd, hidden, acted, hidden_normed, hidden_mean, hidden_rstd, y, residual,
+    )  # fmt: skip
+    return y, normed, mean, rstd, hidden, acted, hidden_normed, hidden_mean, hidden_rstd
+
+
+def _residual_normed_normed_feed_forward_backward_loop(
+    dy: np.ndarray, a: np.ndarray, gamma: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+    w1: np.ndarray, hidden_gamma: np.ndarray, w2: np.ndarray, hidden: np.ndarray, acted: np.ndarray,
+    hidden_normed: np.ndarray, hidden_mean: np.ndarray, hidden_rstd: np.ndarray, activation: str, residual: bool,
+) -> Arrays:  # fmt: skip
+    """Loop twin (allocates, then runs ``_residual_normed_normed_feed_forward_backward_kernel``)."""
+    dtype, d = a.dtype, a.shape[-1]
+    dhidden_normed, dacted = np.empty((2, *hidden.shape), dtype)
+    dnormed, da = np.empty((2, *a.shape), dtype)
+    dw1, dw2 = np.empty(w1.shape, dtype), np.empty(w2.shape, dtype)
+    db1, db2 = np.empty(w1.shape[1], dtype), np.empty(d, dtype)
+    dhidden_gamma, dhidden_beta = np.zeros((2, hidden_gamma.size))  # float64 accumulators, as
+    dgamma, dbeta = np.zeros((2, d))  # LayerNorm's loop keeps them
+    _residual_normed_normed_feed_forward_backward_kernel(
+        dy, a, gamma, normed, mean, rstd, w1, hidden_gamma, w2, hidden, acted, hidden_normed, hidden_mean,
+        hidden_rstd, FFN_CODES[activation], dhidden_normed, dacted, dnormed, dw1, db1, dhidden_gamma, dhidden_beta,
+        dw2, db2, da, dgamma, dbeta, residual,
+    )  # fmt: skip
+    grads = (dgamma, dbeta, dhidden_gamma, dhidden_beta)
+    dgamma, dbeta, dhidden_gamma, dhidden_beta = (g.astype(dtype, copy=False) for g in grads)
+    return da, dgamma, dbeta, dw1, db1, dhidden_gamma, dhidden_beta, dw2, db2
+
+
+# The loops are the normed FFN's and LayerNorm's: the FFN's limit, on the first product's work.
+RESIDUAL_NORMED_NORMED_FEED_FORWARD_FORWARD = Twin(
+    "residual_normed_normed_feed_forward_forward",
+    reference=residual_normed_normed_feed_forward_forward_reference,
+    loop=_residual_normed_normed_feed_forward_forward_loop,
+    loop_pays_up_to=linear.LOOP_PAYS_UP_TO,
+)
+RESIDUAL_NORMED_NORMED_FEED_FORWARD_BACKWARD = Twin(
+    "residual_normed_normed_feed_forward_backward",
+    reference=residual_normed_normed_feed_forward_backward_reference,
+    loop=_residual_normed_normed_feed_forward_backward_loop,
+    loop_pays_up_to=linear.LOOP_PAYS_UP_TO,
+)
+NORMED_FEED_FORWARD_PARTS = (
+    (norms.LAYER_NORM_FORWARD, seam.twin("normed_feed_forward_forward")),
+    (norms.LAYER_NORM_BACKWARD, seam.twin("normed_feed_forward_backward")),
+)
+
+
+def residual_normed_normed_feed_forward_forward(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str,
+    hidden_eps: float, residual: bool = True,
+) -> Arrays:  # fmt: skip
+    """y = a + F(LN(a)) (``residual`` False: F(LN(a))), F the FFN of ``weights`` (w1, b1,
+    hidden_gamma, hidden_beta, w2, b2) with a LayerNorm of eps ``hidden_eps`` on its hidden
+    units; returns ``(y, normed, mean, rstd, hidden, acted, hidden_normed, hidden_mean,
+    hidden_rstd)``."""
+    check_activation(activation)
+    a, gamma, beta, w1, b1, hidden_gamma, hidden_beta, w2, b2 = float_arrays(a, gamma, beta, *weights)
+    d = a.shape[-1] if a.ndim == 3 else -1
+    fits = gamma.shape == beta.shape == (d,) and w1.ndim == 2 and w1.shape[0] == d and b2.shape == (d,)
+    fits = fits and b1.shape == hidden_gamma.shape == hidden_beta.shape == w1.shape[1:]
+    fits = fits and w2.shape == (w1.shape[1], d)
+    check_fit(
+        fits, *("a", a, "gamma", gamma, "beta", beta, "w1", w1, "b1", b1, "hidden_gamma", hidden_gamma),
+        *("hidden_beta", hidden_beta, "w2", w2, "b2", b2),
+    )  # fmt: skip
+    forward = path(RESIDUAL_NORMED_NORMED_FEED_FORWARD_FORWARD, NORMED_FEED_FORWARD_PARTS[0], a.size // d * w1.size)
+    weights = (w1, b1, hidden_gamma, hidden_beta, w2, b2)
+    return forward(a, gamma, beta, float(eps), weights, activation, float(hidden_eps), bool(residual))
+
+
+def residual_normed_normed_feed_forward_backward(dy: np.ndarray, a: np.ndarray, *residuals: Any) -> Arrays:
+    """The VJP of :func:`residual_normed_normed_feed_forward_forward` at ``dy``, from its input
+    ``a`` and residuals (``gamma, normed, mean, rstd, w1, hidden_gamma, w2, hidden, acted,
+    hidden_normed, hidden_mean, hidden_rstd, activation, residual``: the forward's own,
+    unchanged); returns ``(da, dgamma, dbeta, dw1, db1, dhidden_gamma, dhidden_beta, dw2, db2)``."""
+    dy = cotangent(dy, a.dtype, a.shape)
+    work = a.size // a.shape[-1] * residuals[4].size
+    return path(RESIDUAL_NORMED_NORMED_FEED_FORWARD_BACKWARD, NORMED_FEED_FORWARD_PARTS[1], work)(dy, a, *residuals)
+
+
+# ----- the self-attention with pieces around its core ----------------------------------
+
+
+def residual_normed_heads_pieces_attention_forward_reference(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: np.ndarray, biases: np.ndarray,
+    pieces: Arrays, n_heads: int, causal: bool, heads_eps: float, residual: bool,
+) -> Arrays:  # fmt: skip
+    """NumPy twin: the three kernels in turn; ``weights``, ``biases`` and ``pieces`` (q_gamma,
+    q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, heads_gamma, heads_beta; empty where
+    absent) as ``heads_pieces_attention_forward`` takes them, its norms' eps ``heads_eps``;
+    returns ``(y, normed, mean, rstd)`` and then all that kernel returns after its output."""
+    rows, mean, rstd = _input_norm(a, gamma, beta, eps)
+    normed = rows.reshape(a.shape)
+    q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, heads_gamma, heads_beta = pieces
+    out, *kept = kernels.heads_pieces_attention_forward(
+        normed, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, heads_gamma, heads_beta,
+        n_heads, causal, heads_eps,
+    )  # fmt: skip
+    return (a + out if residual else out), normed, mean, rstd, *kept
+
+
+def residual_normed_heads_pieces_attention_backward_reference(
+    dy: np.ndarray, a: np.ndarray, gamma: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+    *attention: Any,
+) -> Arrays:  # fmt: skip
+    """NumPy twin; ``attention`` are ``heads_pieces_attention_backward``'s residuals after its
+    input, then the flag ``residual``; returns ``(da, dgamma, dbeta, dweights, dbiases)`` and
+    the pieces' gradients, in the pieces' order (empty where absent)."""
+    *kept, residual = attention
+    dnormed, *dattention = kernels.heads_pieces_attention_backward(dy, normed, *kept)
+    return (*_input_norm_backward(dy, dnormed, a, gamma, mean, rstd, residual), *dattention)
+
+
+@njit(cache=True)
+def _residual_normed_heads_pieces_attention_forward_kernel(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: np.ndarray, biases: np.ndarray,
+    q_gamma: np.ndarray, q_beta: np.ndarray, k_gamma: np.ndarray, k_beta: np.ndarray,
+    v_gamma: np.ndarray, v_beta: np.ndarray, scale: np.ndarray, heads_gamma: np.ndarray, heads_beta: np.ndarray,
+    causal: bool, heads_eps: float, residual: bool, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+    y: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, q_normed: np.ndarray, k_normed: np.ndarray,
+    v_normed: np.ndarray, q_mean: np.ndarray, q_rstd: np.ndarray, k_mean: np.ndarray, k_rstd: np.ndarray,
+    v_mean: np.ndarray, v_rstd: np.ndarray, probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray,
+    heads_normed: np.ndarray, heads_mean: np.ndarray, heads_rstd: np.ndarray,
+) -> None:  # fmt: skip
+    """The flag ``residual`` before the outputs, the attention's own (its residuals) last."""
+    rows = (mean.size, a.shape[-1])
+    layer_norm_forward_kernel(a.reshape(rows), gamma, beta, eps, normed.reshape(rows), mean, rstd)
+    attention_heads_pieces._heads_pieces_attention_forward_kernel(
+        normed, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, heads_gamma, heads_beta,
+        causal, heads_eps, q, k, v, q_normed, k_normed, v_normed, q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd,
+        probs, heads, shaped, heads_normed, heads_mean, heads_rstd, y,
+    )  # fmt: skip
+    if residual:
+        add_into(a, y)
+
+
+@njit(cache=True)
+def _residual_normed_heads_pieces_attention_backward_kernel(
+    dy: np.ndarray, a: np.ndarray, gamma: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+    residual: bool, da: np.ndarray, dgamma: np.ndarray, dbeta: np.ndarray, dnormed: np.ndarray,
+    dweights: np.ndarray, dbiases: np.ndarray, dq_gamma: np.ndarray, dq_beta: np.ndarray, dk_gamma: np.ndarray,
+    dk_beta: np.ndarray, dv_gamma: np.ndarray, dv_beta: np.ndarray, dscale: np.ndarray, dheads_gamma: np.ndarray,
+    dheads_beta: np.ndarray, weights: np.ndarray, q_gamma: np.ndarray, k_gamma: np.ndarray, v_gamma: np.ndarray,
+    scale: np.ndarray,
+    heads_gamma: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, q_normed: np.ndarray,
+    k_normed: np.ndarray, v_normed: np.ndarray, q_mean: np.ndarray, q_rstd: np.ndarray, k_mean: np.ndarray,
+    k_rstd: np.ndarray, v_mean: np.ndarray, v_rstd: np.ndarray, probs: np.ndarray, heads: np.ndarray,
+    shaped: np.ndarray, heads_normed: np.ndarray, heads_mean: np.ndarray, heads_rstd: np.ndarray,
+) -> None:  # fmt: skip
+    """The flag and the gradients first, the forward's residuals (the attention's own) last."""
+    attention_heads_pieces._heads_pieces_attention_backward_kernel(
+        dy, normed, weights, q_gamma, k_gamma, v_gamma, scale, heads_gamma, q, k, v, q_normed, k_normed, v_normed,
+        q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd, probs, heads, shaped, heads_normed, heads_mean, heads_rstd,
+        dnormed, dweights, dbiases, dq_gamma, dq_beta, dk_gamma, dk_beta, dv_gamma, dv_beta, dscale, dheads_gamma,
+        dheads_beta,
+    )  # fmt: skip
+    rows = (mean.size, a.shape[-1])
+    layer_norm_backward_kernel(
+        dnormed.reshape(rows), a.reshape(rows), gamma, mean, rstd, da.reshape(rows), dgamma, dbeta
+    )
+    if residual:
+        add_into(dy, da)
+
+
+def _residual_normed_heads_pieces_attention_forward_loop(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: np.ndarray, biases: np.ndarray,
+    pieces: Arrays, n_heads: int, causal: bool, heads_eps: float, residual: bool,
+) -> Arrays:  # fmt: skip
+    """Loop twin (allocates, then runs ``_residual_normed_heads_pieces_attention_forward_kernel``)."""
+    q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, heads_gamma, heads_beta = pieces
+    normed = np.empty(a.shape, a.dtype)
+    mean, rstd = np.empty((2, a.shape[0] * a.shape[1]), a.dtype)
+    *kept, y = attention_heads_pieces.heads_pieces_forward_arrays(
+        a, n_heads, q_gamma, k_gamma, v_gamma, scale, heads_gamma
+    )
+    _residual_normed_heads_pieces_attention_forward_kernel(
+        a, gamma, beta, eps, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, heads_gamma,
+        heads_beta, causal, heads_eps, residual, normed, mean, rstd, y, *kept,
+    )  # fmt: skip
+    return y, normed, mean, rstd, *kept
+
+
+def _residual_normed_heads_pieces_attention_backward_loop(
+    dy: np.ndarray, a: np.ndarray, gamma: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+    *attention: Any,
+) -> Arrays:  # fmt: skip
+    """Loop twin (allocates, then runs ``_residual_normed_heads_pieces_attention_backward_kernel``)."""
+    *kept, residual = attention
+    weights, q_gamma, k_gamma, v_gamma, scale, heads_gamma = kept[:6]
+    dtype, d = a.dtype, a.shape[-1]
+    dnormed, da = np.empty((2, *a.shape), dtype)
+    dweights, dbiases = np.empty(weights.shape, dtype), np.empty((4, d), dtype)
+    # float64 accumulators, as LayerNorm's loop keeps them (an absent piece's empty)
+    absent = np.zeros(0)
+    dpieces = [np.zeros(piece.size) if piece.size else absent for piece in (q_gamma, k_gamma, v_gamma)]
+    dq_gamma, dk_gamma, dv_gamma = dpieces
+    dq_beta, dk_beta, dv_beta = (np.zeros(piece.size) if piece.size else absent for piece in dpieces)
+    dscale = np.zeros(scale.size)
+    dgamma, dbeta, dheads_gamma, dheads_beta = (
+        np.zeros((4, d)) if heads_gamma.size else (*np.zeros((2, d)), absent, absent)
+    )
+    _residual_normed_heads_pieces_attention_backward_kernel(
+        dy, a, gamma, normed, mean, rstd, residual, da, dgamma, dbeta, dnormed, dweights, dbiases, dq_gamma, dq_beta,
+        dk_gamma, dk_beta, dv_gamma, dv_beta, dscale, dheads_gamma, dheads_beta, *kept,
+    )  # fmt: skip
+    grads = [dgamma, dbeta, dq_gamma, dq_beta, dk_gamma, dk_beta, dv_gamma, dv_beta, dscale, dheads_gamma, dheads_beta]
+    if dtype != grads[0].dtype:
+        grads = [g.astype(dtype) for g in grads]
+    return (da, *grads[:2], dweights, dbiases, *grads[2:])
+
+
+# The loops are the attention sublayer kernels' and LayerNorm's: the sublayer kernels' limits.
+RESIDUAL_NORMED_HEADS_PIECES_ATTENTION_FORWARD = Twin(
+    "residual_normed_heads_pieces_attention_forward",
+    reference=residual_normed_heads_pieces_attention_forward_reference,
+    loop=_residual_normed_heads_pieces_attention_forward_loop,
+    loop_pays_up_to=attention_sublayer.LOOP_PAYS_UP_TO,
+)
+RESIDUAL_NORMED_HEADS_PIECES_ATTENTION_BACKWARD = Twin(
+    "residual_normed_heads_pieces_attention_backward",
+    reference=residual_normed_heads_pieces_attention_backward_reference,
+    loop=_residual_normed_heads_pieces_attention_backward_loop,
+    loop_pays_up_to=attention_sublayer.LOOP_PAYS_UP_TO,
+)
+HEADS_PIECES_ATTENTION_PARTS = (
+    (norms.LAYER_NORM_FORWARD, seam.twin("heads_pieces_attention_forward")),
+    (norms.LAYER_NORM_BACKWARD, seam.twin("heads_pieces_attention_backward")),
+)
+
+
+def residual_normed_heads_pieces_attention_forward(
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: np.ndarray, biases: np.ndarray,
+    pieces: Arrays, n_heads: int, causal: bool, heads_eps: float, residual: bool = True,
+) -> Arrays:  # fmt: skip
+    """y = a + A(LN(a)) (``residual`` False: A(LN(a))), A the self-attention with ``pieces``
+    of :func:`residual_normed_heads_pieces_attention_forward_reference`; returns ``(y, normed,
+    mean, rstd)`` and then all ``heads_pieces_attention_forward`` returns after its output."""
+    a, gamma, beta = float_arrays(a, gamma, beta)
+    a, weights, biases, *checked = attention_heads_pieces.checked_heads_pieces(n_heads, a, weights, biases, *pieces)
+    check_fit(gamma.shape == beta.shape == a.shape[2:], "a", a, "gamma", gamma, "beta", beta)
+    work = attention_sublayer.attention_sublayer_work(a.shape[0], a.shape[1], a.shape[1], a.shape[2])
+    forward = path(RESIDUAL_NORMED_HEADS_PIECES_ATTENTION_FORWARD, HEADS_PIECES_ATTENTION_PARTS[0], *work)
+    return forward(
+        a, gamma, beta, float(eps), weights, biases, tuple(checked), n_heads, bool(causal), float(heads_eps),
+        bool(residual),
+    )  # fmt: skip
+
+
+def residual_normed_heads_pieces_attention_backward(dy: np.ndarray, a: np.ndarray, *residuals: Any) -> Arrays:
+    """The VJP of :func:`residual_normed_heads_pieces_attention_forward` at ``dy``, from its
+    input ``a`` and residuals (``gamma, normed, mean, rstd, weights, q_gamma, k_gamma, v_gamma,
+    scale, heads_gamma``, then all the forward returned after ``rstd``, then the flag
+    ``residual``); returns ``(da, dgamma, dbeta, dweights, dbiases)`` and the pieces' gradients."""
+    dy = cotangent(dy, a.dtype, a.shape)
+    work = attention_sublayer.attention_sublayer_work(a.shape[0], a.shape[1], a.shape[1], a.shape[2])
+    backward = path(RESIDUAL_NORMED_HEADS_PIECES_ATTENTION_BACKWARD, HEADS_PIECES_ATTENTION_PARTS[1], *work)
+    return backward(dy, a, *residuals)
