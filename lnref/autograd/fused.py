@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lnref.autograd import kernels
-from lnref.autograd.checks import check_eps, kernel_error
+from lnref.autograd.checks import binary_shapes, check_eps, kernel_error, unbroadcast
 from lnref.autograd.primitive import defprimitive
 
 # The activations the fused FFN computes (the model's names: "gelu" the exact erf form,
@@ -329,6 +329,42 @@ residual_normed_normed_feed_forward = defprimitive(
     _residual_normed_normed_feed_forward_fwd,
     _residual_normed_normed_feed_forward_vjp,
 )
+
+
+def _add_layer_norm_fwd(
+    a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float = 1e-5
+) -> tuple[np.ndarray, Any]:
+    """y = a + LN(b), LN a LayerNorm (``gamma``, ``beta``) of ``b``: a normed value added to
+    another (a norm after a branch, a second stream's norm). A replayed pass puts it in the
+    place of the two primitives ``layer_norm`` and ``add`` (``autograd/fusion.py``), with
+    their kernels and their sum.
+
+    VJP:  da = dy,   db, dgamma, dbeta = ``layer_norm``'s VJP at dy
+    """
+    if not 0 < eps < math.inf:  # (False for NaN too)
+        check_eps("add_layer_norm", eps, b)
+    if type(b) is not np.ndarray or not b.ndim:
+        raise ValueError(f"add_layer_norm: b must be an array of at least one axis, got shape {np.shape(b)}")
+    rows = b.reshape(-1, b.shape[-1])
+    try:
+        normed, mean, rstd = kernels.layer_norm_forward(rows, gamma, beta, eps)
+    except (TypeError, ValueError) as error:
+        raise kernel_error("add_layer_norm", error, b, gamma, beta) from None
+    normed = normed.reshape(b.shape)
+    shapes = binary_shapes("add_layer_norm", a, normed)
+    return a + normed, (rows, gamma, mean, rstd, shapes)
+
+
+def _add_layer_norm_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    rows, gamma, mean, rstd, (a_shape, normed_shape) = residuals
+    dnormed = unbroadcast(dy, normed_shape)
+    db, dgamma, dbeta = kernels.layer_norm_backward(
+        dnormed.reshape(rows.shape), rows, gamma, mean, rstd, residuals_checked=True
+    )
+    return unbroadcast(dy, a_shape), db.reshape(normed_shape), dgamma, dbeta
+
+
+add_layer_norm = defprimitive("add_layer_norm", _add_layer_norm_fwd, _add_layer_norm_vjp)
 
 
 def _residual_normed_attention_fwd(

@@ -31,6 +31,14 @@ branches take the first two shapes, and so does any scheme's branch written as
 ``x + branch(norm(x))`` or ``norm(x + branch(x))``; ``branch(norm(x))`` anywhere else (a
 weighted skip, a second stream, a norm after the branch) takes the third.
 
+Last, among the steps left, a norm whose output is added to another value and read by
+nothing else,
+
+    added norm:     t = layer_norm(b, gamma, beta)   y = add(a, t)
+
+becomes y = add_layer_norm(a, b, gamma, beta), where no step between the two reads b, gamma
+or beta (their cotangents then come at the add's place, with nothing between).
+
 The sublayers with pieces inside, S = ``heads_pieces_attention`` (norms and scales around the
 attention's core) or ``normed_feed_forward`` (a norm on the FFN's hidden units), take the norm
 first and normed input shapes: their fused steps call the three primitives' kernels in the
@@ -101,6 +109,14 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
         statics = {**_norm_statics(name, norm_params), **params, "residual": False}
         fused[index] = (SUBLAYERS[name][1], (stream, gamma, beta, *weights), statics, out)
         taken.update((input_norm, index))
+    for index, (name, _, _, out) in enumerate(steps):
+        normed_sum = None if index in taken or name != "add" else _added_norm(steps, maker, uses, index)
+        if normed_sum is None or normed_sum[0] in taken:
+            continue
+        norm_index, other = normed_sum
+        _, norm_args, norm_params, _ = steps[norm_index]
+        fused[index] = ("add_layer_norm", (other, *norm_args), norm_params, out)
+        taken.update((norm_index, index))
     return [fused.get(index, step) for index, step in enumerate(steps) if index in fused or index not in taken]
 
 
@@ -169,6 +185,25 @@ def _normed_input(
     if len(norm_args) != 3 or _read_between(steps, (norm_index, sublayer_index, sublayer_index), norm_args[0]):
         return None
     return norm_index
+
+
+def _added_norm(steps: list[Step], maker: dict[int, int], uses: Counter[int], add_index: int) -> tuple[int, int] | None:
+    """(the norm's index, the other operand's slot) if the add at ``add_index`` is
+    a + layer_norm(b), the norm's output read by the add alone and no step between the two
+    reading b or the norm's parameters."""
+    args = steps[add_index][1]
+    if len(args) != 2:
+        return None
+    for other, normed in (args, args[::-1]):
+        norm_index = maker.get(normed)
+        if norm_index is None or uses[normed] != 1 or steps[norm_index][0] != "layer_norm":
+            continue
+        norm_args = set(steps[norm_index][1])
+        if len(steps[norm_index][1]) == 3 and not any(
+            norm_args.intersection(steps[between][1]) for between in range(norm_index + 1, add_index)
+        ):
+            return norm_index, other
+    return None
 
 
 def _read_between(steps: list[Step], match: tuple[int, int, int], *also: int) -> bool:
