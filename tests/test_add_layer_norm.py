@@ -72,7 +72,7 @@ def _taped_and_replayed(model, seed=1):
     return model.value_and_grad(x, dy, memory), model.value_and_grad(x, dy, memory)
 
 
-@pytest.mark.parametrize("scheme, per_layer", [("siamese", 2), ("normformer", 1), ("sandwich", 2)])
+@pytest.mark.parametrize("scheme, per_layer", [("siamese", 2), ("sandwich", 2)])
 def test_a_norm_added_to_another_value_replays_as_one_step(scheme, per_layer):
     model = lnref.build(scheme, **SMALL)
     _taped_and_replayed(model)
@@ -80,7 +80,7 @@ def test_a_norm_added_to_another_value_replays_as_one_step(scheme, per_layer):
     assert names.count("add_layer_norm") >= per_layer * SMALL["n_layers"]
 
 
-@pytest.mark.parametrize("scheme", ["siamese", "normformer", "sandwich"])
+@pytest.mark.parametrize("scheme", ["siamese", "sandwich"])
 @pytest.mark.parametrize("config", [{}, {"dtype": "float32"}], ids=["float64", "float32"])
 def test_a_fused_added_norm_gives_the_bits_of_the_taped_pass(scheme, config):
     model = lnref.build(scheme, **SMALL, **config)

@@ -45,17 +45,14 @@ def test_sublns_layer_replays_as_two_steps():
     assert "layer_norm" not in names[: -1 - 2]  # the final norm and the loss's steps remain
 
 
-def test_normformers_attention_norm_after_the_branch_keeps_its_add_out_of_the_fused_step():
-    """x + LN_out(A(LN(x))): the attention is fused with its input norm only (``residual``
-    False); the FFN's branch x + F(LN(x)) with its add."""
+def test_normformers_layer_with_a_norm_after_the_attention_replays_as_two_steps():
+    """x + LN_out(A(LN(x))): the attention's fused step takes the norm after it as well."""
     model = lnref.build("normformer", **SMALL)
     _taped_and_replayed(model)
-    steps = [step for step in _fused_steps(model) if step[0] in (ATTENTION, FFN)]
-    assert [(name, params.get("residual", True)) for name, _, params, _ in steps[:2]] == [
-        (ATTENTION, False),
-        (FFN, True),
-    ]
-    assert len(steps) == 2 * SMALL["n_layers"]
+    names = [step[0] for step in _fused_steps(model)]
+    assert names.count(ATTENTION) == names.count(FFN) == SMALL["n_layers"]
+    attention_steps = [step for step in _fused_steps(model) if step[0] == ATTENTION]
+    assert all(len(args) == 3 + 17 + 2 and "out_eps" in params for _, args, params, _ in attention_steps)
 
 
 @pytest.mark.parametrize("scheme", ["subln", "normformer"])
@@ -125,14 +122,27 @@ def test_the_fused_ffn_is_its_norm_ffn_and_add(residual):
 
 
 @pytest.mark.parametrize("residual", [True, False])
-def test_the_fused_attentions_vjp_matches_finite_differences(residual):
+@pytest.mark.parametrize("out_norm", [False, True], ids=["", "out norm"])
+def test_the_fused_attentions_vjp_matches_finite_differences(residual, out_norm):
     def fn(*args):
         return fused.residual_normed_heads_pieces_attention(*args, n_heads=2, causal=True, residual=residual)
 
-    checks = check_vjp(fn, *_attention_arrays())
+    rng = np.random.default_rng(9)
+    out_norms = [1 + 0.1 * rng.standard_normal(8), 0.1 * rng.standard_normal(8)] if out_norm else []
+    checks = check_vjp(fn, *_attention_arrays(), *out_norms)
     k_beta = checks.pop(14)  # a shift of the keys: zero by structure (nn.ZERO_BY_STRUCTURE)
     assert abs(k_beta.analytic) < 1e-12 and abs(k_beta.numeric) < k_beta.noise
-    assert len(checks) == 19 and all(c.status == "passed" for c in checks), checks
+    assert len(checks) == 19 + len(out_norms) and all(c.status == "passed" for c in checks), checks
+
+
+def test_the_fused_attention_with_a_norm_after_it_is_its_norms_attention_and_add():
+    a, gamma, beta, *attention = _attention_arrays()
+    out_gamma, out_beta = 1 + 0.1 * np.arange(8), 0.01 * np.arange(8)
+    y = fused.residual_normed_heads_pieces_attention(
+        a, gamma, beta, *attention, out_gamma, out_beta, n_heads=2, out_eps=1e-3
+    )
+    branch = fused.heads_pieces_attention(ops.layer_norm(a, gamma, beta), *attention, n_heads=2)
+    np.testing.assert_array_equal(y.value, (a + ops.layer_norm(branch, out_gamma, out_beta, eps=1e-3)).value)
 
 
 @pytest.mark.parametrize("residual", [True, False])
@@ -180,10 +190,16 @@ def test_a_broken_fused_ffn_backward_changes_the_replayed_gradient(monkeypatch):
     "change, message",
     [
         (lambda args: args[:-1], "takes the attention's 8 weights and 9 pieces"),
+        (lambda args: [*args, args[1], args[2][:4]], "out_beta (4,)"),
         (lambda args: [args[0], args[1][:4], *args[2:]], "gamma (4,)"),
         (lambda args: [args[0][0], *args[1:]], "do not fit one attention sublayer"),
     ],
-    ids=["a piece short", "a norm gain of the wrong width", "a stream of two axes"],
+    ids=[
+        "a piece short",
+        "an output norm's shift of the wrong width",
+        "a norm gain of the wrong width",
+        "a stream of two axes",
+    ],
 )
 def test_attention_inputs_that_do_not_fit_are_refused_in_one_line_naming_the_op(change, message):
     with pytest.raises(ValueError, match=rf"^residual_normed_heads_pieces_attention: [^\n]*{re.escape(message)}"):
@@ -217,8 +233,9 @@ def _twin_pieces(present, d, n_heads, rng, dtype):
 
 @pytest.mark.parametrize("pieces", PIECES)
 @pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("out_norm", [False, True], ids=["", "out norm"])
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 2e-4)], ids=["float64", "float32"])
-def test_the_fused_attentions_loop_twins_agree_with_the_numpy_twins(pieces, residual, dtype, rtol):
+def test_the_fused_attentions_loop_twins_agree_with_the_numpy_twins(pieces, residual, out_norm, dtype, rtol):
     rng = np.random.default_rng(5)
     shape, n_heads = (2, 5, 12), 3
     d = shape[-1]
@@ -229,16 +246,18 @@ def test_the_fused_attentions_loop_twins_agree_with_the_numpy_twins(pieces, resi
         (0.1 * rng.standard_normal((4, d))).astype(dtype),
     )
     given = _twin_pieces(PIECES[pieces], d, n_heads, rng, dtype)
+    out_gamma, out_beta = (1 + 0.1 * rng.standard_normal((2, d)) if out_norm else np.empty((2, 0))).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     forward, backward = seam.twin(f"{ATTENTION}_forward"), seam.twin(f"{ATTENTION}_backward")
     results = []
     for path in ("loop", "reference"):
         with seam.forced(path):  # the NumPy twin's parts their NumPy twins too
-            y, normed, mean, rstd, *kept = getattr(forward, path)(
-                a, gamma, beta, 1e-5, weights, biases, given, n_heads, True, 1e-5, residual
+            outputs = getattr(forward, path)(
+                a, gamma, beta, 1e-5, weights, biases, given, (out_gamma, out_beta), n_heads, True, 1e-5, 1e-3, residual
             )
-            residuals = (gamma, normed, mean, rstd, weights, given[0], given[2], given[4], given[6], given[7], *kept)
-            results.append((y, normed, mean, rstd, *kept, *getattr(backward, path)(dy, a, *residuals, residual)))
+            y, normed, mean, rstd, branch, out_mean, out_rstd, *kept = outputs
+            residuals = (gamma, normed, mean, rstd, out_gamma, branch, out_mean, out_rstd, weights, *given[0:8:2])
+            results.append((*outputs, *getattr(backward, path)(dy, a, *residuals, given[7], *kept, residual)))
     for loop, reference in zip(*results):
         np.testing.assert_allclose(loop, reference, rtol=rtol, atol=rtol)
 

@@ -237,40 +237,54 @@ def _residual_normed_heads_pieces_attention_fwd(
     n_heads: int,
     causal: bool = False,
     eps: float = 1e-5,
+    out_eps: float = 1e-5,
     residual: bool = True,
 ) -> tuple[np.ndarray, Any]:
-    """y = a + A(LN(a)), A ``heads_pieces_attention`` of the arguments after ``norm_beta`` (its
-    weights and pieces, in its order) and LN a LayerNorm (``norm_gamma``, ``norm_beta``,
-    ``norm_eps``) on the branch's input; with ``residual`` False, y = A(LN(a)). A replayed pass
-    puts it in the place of ``layer_norm``, ``heads_pieces_attention`` and ``add`` (or the
-    first two; ``autograd/fusion.py``), with their kernels called in their order.
+    """y = a + A(LN(a)), A ``heads_pieces_attention`` of the 17 arguments after ``norm_beta``
+    (its weights and pieces, in its order) and LN a LayerNorm (``norm_gamma``, ``norm_beta``,
+    ``norm_eps``) on the branch's input. Two more arguments, ``out_gamma`` and ``out_beta``,
+    normalize the branch's output as well: y = a + LN_out(A(LN(a))) (``out_eps``). With
+    ``residual`` False, the branch alone. A replayed pass puts it in the place of
+    ``layer_norm``, ``heads_pieces_attention``, the second ``layer_norm`` and ``add`` (or of
+    some of them; ``autograd/fusion.py``), with their kernels called in their order.
 
-    VJP, with n = LN(a):
-        dn, dW, dpieces = ``heads_pieces_attention``'s VJP at dy
+    VJP, with n = LN(a) and s = A(n):
+        ds, dout_gamma, dout_beta = ``layer_norm``'s VJP at dy      (no output norm: ds = dy)
+        dn, dW, dpieces = ``heads_pieces_attention``'s VJP at ds
         da_ln, dnorm_gamma, dnorm_beta = ``layer_norm``'s VJP at dn
         da = dy + da_ln          (residual False: da = da_ln)
     """
     op = "residual_normed_heads_pieces_attention"
-    if len(attention) != 17:
-        raise ValueError(f"{op}: takes the attention's 8 weights and 9 pieces after the norm, got {len(attention)}")
-    if not 0 < norm_eps < math.inf:  # (False for NaN too)
+    if len(attention) not in (17, 19):
+        raise ValueError(
+            f"{op}: takes the attention's 8 weights and 9 pieces after the norm, and an output norm's gain and "
+            f"shift, or not; got {len(attention)} arguments"
+        )
+    if not (0 < norm_eps < math.inf and 0 < out_eps < math.inf):  # (False for NaN too)
         check_eps(op, norm_eps, a)
-    weights, biases, pieces = _stacked_weights_and_pieces(a, attention[:8], attention[8:])
+        check_eps(op, out_eps, a)
+    weights, biases, pieces = _stacked_weights_and_pieces(a, attention[:8], attention[8:17])
+    out_gamma, out_beta = attention[17:] if len(attention) == 19 else (np.empty(0, a.dtype),) * 2
     try:
         y, *kept = kernels.residual_normed_heads_pieces_attention_forward(
-            a, norm_gamma, norm_beta, norm_eps, weights, biases, pieces, n_heads, causal, eps, residual
-        )
+            a, norm_gamma, norm_beta, norm_eps, weights, biases, pieces, (out_gamma, out_beta), n_heads, causal,
+            eps, out_eps, residual,
+        )  # fmt: skip
     except (TypeError, ValueError) as error:
-        raise kernel_error(op, error, a, norm_gamma, norm_beta, weights, *pieces) from None
+        raise kernel_error(op, error, a, norm_gamma, norm_beta, weights, *pieces, out_gamma, out_beta) from None
     q_g, _, k_g, _, v_g, _, c, g, _ = pieces
-    given = [piece is not None for piece in attention[8:]]
-    return y, (a, norm_gamma, *kept[:3], weights, q_g, k_g, v_g, c, g, *kept[3:], residual, given)
+    given = [piece is not None for piece in attention[8:17]], len(attention) == 19
+    normed, mean, rstd, branch, out_mean, out_rstd, *attended = kept
+    residuals = (a, norm_gamma, normed, mean, rstd, out_gamma, branch, out_mean, out_rstd)
+    return y, (*residuals, weights, q_g, k_g, v_g, c, g, *attended, residual, given)
 
 
 def _residual_normed_heads_pieces_attention_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    *kept, given = residuals
-    da, dgamma, dbeta, dw, db, *dpieces = kernels.residual_normed_heads_pieces_attention_backward(dy, *kept)
-    return (da, dgamma, dbeta, *_heads_pieces_vjp(dw, db, dpieces, given))
+    *kept, (given, out_norm) = residuals
+    grads = kernels.residual_normed_heads_pieces_attention_backward(dy, *kept)
+    da, dgamma, dbeta, dout_gamma, dout_beta, dw, db, *dpieces = grads
+    out_grads = (dout_gamma, dout_beta) if out_norm else ()
+    return (da, dgamma, dbeta, *_heads_pieces_vjp(dw, db, dpieces, given), *out_grads)
 
 
 residual_normed_heads_pieces_attention = defprimitive(

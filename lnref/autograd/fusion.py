@@ -31,6 +31,15 @@ branches take the first two shapes, and so does any scheme's branch written as
 ``x + branch(norm(x))`` or ``norm(x + branch(x))``; ``branch(norm(x))`` anywhere else (a
 weighted skip, a second stream, a norm after the branch) takes the third.
 
+The sublayers with pieces inside, S = ``heads_pieces_attention`` (norms and scales around the
+attention's core) or ``normed_feed_forward`` (a norm on the FFN's hidden units), take the norm
+first and normed input shapes (they have no norm-last form). The attention with pieces has
+one more, matched before all others: a norm on the branch's output too (NormFormer's),
+
+    both norms:     n = layer_norm(a, g, b)   s = S(n, W...)   t = layer_norm(s, g2, b2)   y = add(a, t)
+
+which becomes y = residual_normed_S(a, g, b, W..., g2, b2) on the same conditions.
+
 Last, among the steps left, a norm whose output is added to another value and read by
 nothing else,
 
@@ -38,11 +47,6 @@ nothing else,
 
 becomes y = add_layer_norm(a, b, gamma, beta), where no step between the two reads b, gamma
 or beta (their cotangents then come at the add's place, with nothing between).
-
-The sublayers with pieces inside, S = ``heads_pieces_attention`` (norms and scales around the
-attention's core) or ``normed_feed_forward`` (a norm on the FFN's hidden units), take the norm
-first and normed input shapes: their fused steps call the three primitives' kernels in the
-primitives' order, one step where the replay would run three.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ SUBLAYERS = {
     "heads_pieces_attention": (1, "residual_normed_heads_pieces_attention", None, "norm_eps"),
     "normed_feed_forward": (1, "residual_normed_normed_feed_forward", None, "norm_eps"),
 }
+# The sublayers whose norm-first fused step also takes a norm of the branch's output.
+OUTPUT_NORMED = ("heads_pieces_attention",)
 # The primitives a fused step stands for (a fused primitive itself is looked up by name when
 # its step runs, as every primitive is).
 PRIMITIVE_NAMES = ("layer_norm", "add", *SUBLAYERS)
@@ -80,6 +86,21 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
     maker = {out: index for index, (_, _, _, out) in enumerate(steps)}
     fused: dict[int, Step] = {}
     taken: set[int] = set()
+    for index, (name, args, _, out) in enumerate(steps):
+        both = _output_normed(steps, maker, uses, fixed, index) if name == "add" and len(args) == 2 else None
+        if both is None:
+            continue
+        norm_index, sublayer_index, out_norm_index, _ = both
+        (_, (stream, gamma, beta), norm_params, _), (_, (_, out_gamma, out_beta), out_params, _) = (
+            steps[norm_index],
+            steps[out_norm_index],
+        )
+        sublayer, sublayer_args, sublayer_params, _ = steps[sublayer_index]
+        out_statics = {f"out_{key}": value for key, value in out_params.items()}
+        statics = {**_norm_statics(sublayer, norm_params), **sublayer_params, **out_statics}
+        arguments = (stream, gamma, beta, *sublayer_args[SUBLAYERS[sublayer][0] :], out_gamma, out_beta)
+        fused[index] = (SUBLAYERS[sublayer][1], arguments, statics, out)
+        taken.update(both)
     for index, (name, args, _, out) in enumerate(steps):
         match = None
         if name == "add" and len(args) == 2:
@@ -150,6 +171,37 @@ def _norm_first(
             norm_args = steps[norm_index][1]
             if len(norm_args) == 3 and norm_args[0] == stream:
                 return norm_index, sublayer_index, add_index
+    return None
+
+
+def _output_normed(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], add_index: int
+) -> tuple[int, int, int, int] | None:
+    """(norm, sublayer, output norm, add) indices if the add at ``add_index`` is
+    a + layer_norm(S(layer_norm(a))) for S one of ``OUTPUT_NORMED``, each intermediate read by
+    the next step alone, a by the first norm and the add alone, and no step between reading
+    a parameter of the three."""
+    for stream, branch in (steps[add_index][1], steps[add_index][1][::-1]):
+        out_norm_index = maker.get(branch)
+        if out_norm_index is None or uses[branch] != 1 or uses[stream] != 2:
+            continue
+        if steps[out_norm_index][0] != "layer_norm" or len(steps[out_norm_index][1]) != 3:
+            continue
+        attended = steps[out_norm_index][1][0]
+        sublayer_index = maker.get(attended)
+        if sublayer_index is None or uses[attended] != 1 or steps[sublayer_index][0] not in OUTPUT_NORMED:
+            continue
+        norm_index = _normed_input(steps, maker, uses, fixed, sublayer_index)
+        if norm_index is None or steps[norm_index][1][0] != stream:
+            continue
+        match = (norm_index, sublayer_index, out_norm_index, add_index)
+        parameters = {*steps[norm_index][1][1:], *steps[sublayer_index][1][1:], *steps[out_norm_index][1][1:]}
+        if not any(
+            parameters.intersection(steps[between][1])
+            for between in range(norm_index + 1, add_index)
+            if between not in match
+        ):
+            return match
     return None
 
 

@@ -222,16 +222,22 @@ def residual_normed_normed_feed_forward_backward(dy: np.ndarray, a: np.ndarray, 
 
 
 # ----- the self-attention with pieces around its core ----------------------------------
+#
+# Its fused branch may also normalize the attention's output before the add (``out_gamma``,
+# ``out_beta``, empty where absent): y = a + LN_out(A(LN(a))), a norm after the branch
+# (NormFormer's). The residuals then hold the branch's output ``branch`` and that norm's
+# ``out_mean`` and ``out_rstd`` (empty where absent).
 
 
 def residual_normed_heads_pieces_attention_forward_reference(
     a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: np.ndarray, biases: np.ndarray,
-    pieces: Arrays, n_heads: int, causal: bool, heads_eps: float, residual: bool,
+    pieces: Arrays, out_norm: Arrays, n_heads: int, causal: bool, heads_eps: float, out_eps: float, residual: bool,
 ) -> Arrays:  # fmt: skip
-    """NumPy twin: the three kernels in turn; ``weights``, ``biases`` and ``pieces`` (q_gamma,
+    """NumPy twin: the kernels in turn; ``weights``, ``biases`` and ``pieces`` (q_gamma,
     q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, heads_gamma, heads_beta; empty where
     absent) as ``heads_pieces_attention_forward`` takes them, its norms' eps ``heads_eps``;
-    returns ``(y, normed, mean, rstd)`` and then all that kernel returns after its output."""
+    ``out_norm`` (out_gamma, out_beta) with ``out_eps``; returns ``(y, normed, mean, rstd,
+    branch, out_mean, out_rstd)`` and then all the attention's kernel returns after its output."""
     rows, mean, rstd = _input_norm(a, gamma, beta, eps)
     normed = rows.reshape(a.shape)
     q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, heads_gamma, heads_beta = pieces
@@ -239,19 +245,29 @@ def residual_normed_heads_pieces_attention_forward_reference(
         normed, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, heads_gamma, heads_beta,
         n_heads, causal, heads_eps,
     )  # fmt: skip
-    return (a + out if residual else out), normed, mean, rstd, *kept
+    out_gamma, out_beta = out_norm
+    branch = out_mean = out_rstd = np.empty(0, a.dtype)
+    if out_gamma.size:
+        branch = out
+        out_rows, out_mean, out_rstd = _input_norm(branch, out_gamma, out_beta, out_eps)
+        out = out_rows.reshape(a.shape)
+    return (a + out if residual else out), normed, mean, rstd, branch, out_mean, out_rstd, *kept
 
 
 def residual_normed_heads_pieces_attention_backward_reference(
     dy: np.ndarray, a: np.ndarray, gamma: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
-    *attention: Any,
+    out_gamma: np.ndarray, branch: np.ndarray, out_mean: np.ndarray, out_rstd: np.ndarray, *attention: Any,
 ) -> Arrays:  # fmt: skip
     """NumPy twin; ``attention`` are ``heads_pieces_attention_backward``'s residuals after its
-    input, then the flag ``residual``; returns ``(da, dgamma, dbeta, dweights, dbiases)`` and
-    the pieces' gradients, in the pieces' order (empty where absent)."""
+    input, then the flag ``residual``; returns ``(da, dgamma, dbeta, dout_gamma, dout_beta,
+    dweights, dbiases)`` and the pieces' gradients, in the pieces' order (empty where absent)."""
     *kept, residual = attention
-    dnormed, *dattention = kernels.heads_pieces_attention_backward(dy, normed, *kept)
-    return (*_input_norm_backward(dy, dnormed, a, gamma, mean, rstd, residual), *dattention)
+    dbranch, dout_gamma, dout_beta = dy, np.empty(0, a.dtype), np.empty(0, a.dtype)
+    if out_gamma.size:
+        dbranch, dout_gamma, dout_beta = _input_norm_backward(dy, dy, branch, out_gamma, out_mean, out_rstd, False)
+    dnormed, *dattention = kernels.heads_pieces_attention_backward(dbranch, normed, *kept)
+    da, dgamma, dbeta = _input_norm_backward(dy, dnormed, a, gamma, mean, rstd, residual)
+    return (da, dgamma, dbeta, dout_gamma, dout_beta, *dattention)
 
 
 @njit(cache=True)
@@ -259,20 +275,26 @@ def _residual_normed_heads_pieces_attention_forward_kernel(
     a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: np.ndarray, biases: np.ndarray,
     q_gamma: np.ndarray, q_beta: np.ndarray, k_gamma: np.ndarray, k_beta: np.ndarray,
     v_gamma: np.ndarray, v_beta: np.ndarray, scale: np.ndarray, heads_gamma: np.ndarray, heads_beta: np.ndarray,
-    causal: bool, heads_eps: float, residual: bool, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
-    y: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, q_normed: np.ndarray, k_normed: np.ndarray,
-    v_normed: np.ndarray, q_mean: np.ndarray, q_rstd: np.ndarray, k_mean: np.ndarray, k_rstd: np.ndarray,
-    v_mean: np.ndarray, v_rstd: np.ndarray, probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray,
-    heads_normed: np.ndarray, heads_mean: np.ndarray, heads_rstd: np.ndarray,
+    out_gamma: np.ndarray, out_beta: np.ndarray, causal: bool, heads_eps: float, out_eps: float, residual: bool,
+    normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray, branch: np.ndarray, out_mean: np.ndarray,
+    out_rstd: np.ndarray, y: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, q_normed: np.ndarray,
+    k_normed: np.ndarray, v_normed: np.ndarray, q_mean: np.ndarray, q_rstd: np.ndarray, k_mean: np.ndarray,
+    k_rstd: np.ndarray, v_mean: np.ndarray, v_rstd: np.ndarray, probs: np.ndarray, heads: np.ndarray,
+    shaped: np.ndarray, heads_normed: np.ndarray, heads_mean: np.ndarray, heads_rstd: np.ndarray,
 ) -> None:  # fmt: skip
-    """The flag ``residual`` before the outputs, the attention's own (its residuals) last."""
+    """The flags before the outputs, the attention's own (its residuals) last; the attention
+    writes ``branch``, which is ``y`` itself where its output is not normed."""
     rows = (mean.size, a.shape[-1])
     layer_norm_forward_kernel(a.reshape(rows), gamma, beta, eps, normed.reshape(rows), mean, rstd)
     attention_heads_pieces._heads_pieces_attention_forward_kernel(
         normed, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, heads_gamma, heads_beta,
         causal, heads_eps, q, k, v, q_normed, k_normed, v_normed, q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd,
-        probs, heads, shaped, heads_normed, heads_mean, heads_rstd, y,
+        probs, heads, shaped, heads_normed, heads_mean, heads_rstd, branch,
     )  # fmt: skip
+    if out_gamma.size:
+        layer_norm_forward_kernel(
+            branch.reshape(rows), out_gamma, out_beta, out_eps, y.reshape(rows), out_mean, out_rstd
+        )
     if residual:
         add_into(a, y)
 
@@ -280,24 +302,33 @@ def _residual_normed_heads_pieces_attention_forward_kernel(
 @njit(cache=True)
 def _residual_normed_heads_pieces_attention_backward_kernel(
     dy: np.ndarray, a: np.ndarray, gamma: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
-    residual: bool, da: np.ndarray, dgamma: np.ndarray, dbeta: np.ndarray, dnormed: np.ndarray,
-    dweights: np.ndarray, dbiases: np.ndarray, dq_gamma: np.ndarray, dq_beta: np.ndarray, dk_gamma: np.ndarray,
-    dk_beta: np.ndarray, dv_gamma: np.ndarray, dv_beta: np.ndarray, dscale: np.ndarray, dheads_gamma: np.ndarray,
-    dheads_beta: np.ndarray, weights: np.ndarray, q_gamma: np.ndarray, k_gamma: np.ndarray, v_gamma: np.ndarray,
-    scale: np.ndarray,
-    heads_gamma: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, q_normed: np.ndarray,
-    k_normed: np.ndarray, v_normed: np.ndarray, q_mean: np.ndarray, q_rstd: np.ndarray, k_mean: np.ndarray,
-    k_rstd: np.ndarray, v_mean: np.ndarray, v_rstd: np.ndarray, probs: np.ndarray, heads: np.ndarray,
-    shaped: np.ndarray, heads_normed: np.ndarray, heads_mean: np.ndarray, heads_rstd: np.ndarray,
+    out_gamma: np.ndarray, branch: np.ndarray, out_mean: np.ndarray, out_rstd: np.ndarray, residual: bool,
+    da: np.ndarray, dgamma: np.ndarray, dbeta: np.ndarray, dbranch: np.ndarray, dout_gamma: np.ndarray,
+    dout_beta: np.ndarray, dnormed: np.ndarray, dweights: np.ndarray, dbiases: np.ndarray, dq_gamma: np.ndarray,
+    dq_beta: np.ndarray, dk_gamma: np.ndarray, dk_beta: np.ndarray, dv_gamma: np.ndarray, dv_beta: np.ndarray,
+    dscale: np.ndarray, dheads_gamma: np.ndarray, dheads_beta: np.ndarray, weights: np.ndarray,
+    q_gamma: np.ndarray, k_gamma: np.ndarray, v_gamma: np.ndarray, scale: np.ndarray, heads_gamma: np.ndarray,
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, q_normed: np.ndarray, k_normed: np.ndarray, v_normed: np.ndarray,
+    q_mean: np.ndarray, q_rstd: np.ndarray, k_mean: np.ndarray, k_rstd: np.ndarray, v_mean: np.ndarray,
+    v_rstd: np.ndarray, probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray, heads_normed: np.ndarray,
+    heads_mean: np.ndarray, heads_rstd: np.ndarray,
 ) -> None:  # fmt: skip
-    """The flag and the gradients first, the forward's residuals (the attention's own) last."""
-    attention_heads_pieces._heads_pieces_attention_backward_kernel(
-        dy, normed, weights, q_gamma, k_gamma, v_gamma, scale, heads_gamma, q, k, v, q_normed, k_normed, v_normed,
-        q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd, probs, heads, shaped, heads_normed, heads_mean, heads_rstd,
-        dnormed, dweights, dbiases, dq_gamma, dq_beta, dk_gamma, dk_beta, dv_gamma, dv_beta, dscale, dheads_gamma,
-        dheads_beta,
-    )  # fmt: skip
+    """The inputs and the flag, then the gradients (``dbranch`` scratch where the output is
+    normed, else ``dy`` itself), then the forward's residuals (the attention's own) last."""
     rows = (mean.size, a.shape[-1])
+    dattended = dy
+    if out_gamma.size:
+        layer_norm_backward_kernel(
+            dy.reshape(rows), branch.reshape(rows), out_gamma, out_mean, out_rstd, dbranch.reshape(rows), dout_gamma,
+            dout_beta,
+        )  # fmt: skip
+        dattended = dbranch
+    attention_heads_pieces._heads_pieces_attention_backward_kernel(
+        dattended, normed, weights, q_gamma, k_gamma, v_gamma, scale, heads_gamma, q, k, v, q_normed, k_normed,
+        v_normed, q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd, probs, heads, shaped, heads_normed, heads_mean,
+        heads_rstd, dnormed, dweights, dbiases, dq_gamma, dq_beta, dk_gamma, dk_beta, dv_gamma, dv_beta, dscale,
+        dheads_gamma, dheads_beta,
+    )  # fmt: skip
     layer_norm_backward_kernel(
         dnormed.reshape(rows), a.reshape(rows), gamma, mean, rstd, da.reshape(rows), dgamma, dbeta
     )
@@ -307,49 +338,61 @@ def _residual_normed_heads_pieces_attention_backward_kernel(
 
 def _residual_normed_heads_pieces_attention_forward_loop(
     a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: np.ndarray, biases: np.ndarray,
-    pieces: Arrays, n_heads: int, causal: bool, heads_eps: float, residual: bool,
+    pieces: Arrays, out_norm: Arrays, n_heads: int, causal: bool, heads_eps: float, out_eps: float, residual: bool,
 ) -> Arrays:  # fmt: skip
     """Loop twin (allocates, then runs ``_residual_normed_heads_pieces_attention_forward_kernel``)."""
     q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, heads_gamma, heads_beta = pieces
-    normed = np.empty(a.shape, a.dtype)
-    mean, rstd = np.empty((2, a.shape[0] * a.shape[1]), a.dtype)
+    out_gamma, out_beta = out_norm
+    dtype, n_rows = a.dtype, a.shape[0] * a.shape[1]
+    normed, (mean, rstd) = np.empty(a.shape, dtype), np.empty((2, n_rows), dtype)
     *kept, y = attention_heads_pieces.heads_pieces_forward_arrays(
         a, n_heads, q_gamma, k_gamma, v_gamma, scale, heads_gamma
     )
+    branch, out_mean, out_rstd = y, np.empty(0, dtype), np.empty(0, dtype)
+    if out_gamma.size:
+        branch, (out_mean, out_rstd) = np.empty(a.shape, dtype), np.empty((2, n_rows), dtype)
     _residual_normed_heads_pieces_attention_forward_kernel(
         a, gamma, beta, eps, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, heads_gamma,
-        heads_beta, causal, heads_eps, residual, normed, mean, rstd, y, *kept,
+        heads_beta, out_gamma, out_beta, causal, heads_eps, out_eps, residual, normed, mean, rstd, branch, out_mean,
+        out_rstd, y, *kept,
     )  # fmt: skip
-    return y, normed, mean, rstd, *kept
+    return y, normed, mean, rstd, branch if out_gamma.size else np.empty(0, dtype), out_mean, out_rstd, *kept
 
 
 def _residual_normed_heads_pieces_attention_backward_loop(
     dy: np.ndarray, a: np.ndarray, gamma: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
-    *attention: Any,
+    out_gamma: np.ndarray, branch: np.ndarray, out_mean: np.ndarray, out_rstd: np.ndarray, *attention: Any,
 ) -> Arrays:  # fmt: skip
     """Loop twin (allocates, then runs ``_residual_normed_heads_pieces_attention_backward_kernel``)."""
     *kept, residual = attention
     weights, q_gamma, k_gamma, v_gamma, scale, heads_gamma = kept[:6]
     dtype, d = a.dtype, a.shape[-1]
     dnormed, da = np.empty((2, *a.shape), dtype)
+    dbranch = np.empty(a.shape, dtype) if out_gamma.size else dy
     dweights, dbiases = np.empty(weights.shape, dtype), np.empty((4, d), dtype)
     # float64 accumulators, as LayerNorm's loop keeps them (an absent piece's empty)
     absent = np.zeros(0)
-    dpieces = [np.zeros(piece.size) if piece.size else absent for piece in (q_gamma, k_gamma, v_gamma)]
-    dq_gamma, dk_gamma, dv_gamma = dpieces
-    dq_beta, dk_beta, dv_beta = (np.zeros(piece.size) if piece.size else absent for piece in dpieces)
+    dq_gamma, dk_gamma, dv_gamma = (
+        np.zeros(piece.size) if piece.size else absent for piece in (q_gamma, k_gamma, v_gamma)
+    )
+    dq_beta, dk_beta, dv_beta = (
+        np.zeros(piece.size) if piece.size else absent for piece in (q_gamma, k_gamma, v_gamma)
+    )
     dscale = np.zeros(scale.size)
     dgamma, dbeta, dheads_gamma, dheads_beta = (
         np.zeros((4, d)) if heads_gamma.size else (*np.zeros((2, d)), absent, absent)
     )
+    dout_gamma, dout_beta = np.zeros((2, out_gamma.size))
     _residual_normed_heads_pieces_attention_backward_kernel(
-        dy, a, gamma, normed, mean, rstd, residual, da, dgamma, dbeta, dnormed, dweights, dbiases, dq_gamma, dq_beta,
-        dk_gamma, dk_beta, dv_gamma, dv_beta, dscale, dheads_gamma, dheads_beta, *kept,
+        dy, a, gamma, normed, mean, rstd, out_gamma, branch, out_mean, out_rstd, residual, da, dgamma, dbeta,
+        dbranch, dout_gamma, dout_beta, dnormed, dweights, dbiases, dq_gamma, dq_beta, dk_gamma, dk_beta, dv_gamma,
+        dv_beta, dscale, dheads_gamma, dheads_beta, *kept,
     )  # fmt: skip
-    grads = [dgamma, dbeta, dq_gamma, dq_beta, dk_gamma, dk_beta, dv_gamma, dv_beta, dscale, dheads_gamma, dheads_beta]
+    grads = [dgamma, dbeta, dout_gamma, dout_beta, dq_gamma, dq_beta, dk_gamma, dk_beta, dv_gamma, dv_beta]
+    grads += [dscale, dheads_gamma, dheads_beta]
     if dtype != grads[0].dtype:
         grads = [g.astype(dtype) for g in grads]
-    return (da, *grads[:2], dweights, dbiases, *grads[2:])
+    return (da, *grads[:4], dweights, dbiases, *grads[4:])
 
 
 # The loops are the attention sublayer kernels' and LayerNorm's: the sublayer kernels' limits.
@@ -373,27 +416,33 @@ HEADS_PIECES_ATTENTION_PARTS = (
 
 def residual_normed_heads_pieces_attention_forward(
     a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: np.ndarray, biases: np.ndarray,
-    pieces: Arrays, n_heads: int, causal: bool, heads_eps: float, residual: bool = True,
+    pieces: Arrays, out_norm: Arrays, n_heads: int, causal: bool, heads_eps: float, out_eps: float,
+    residual: bool = True,
 ) -> Arrays:  # fmt: skip
-    """y = a + A(LN(a)) (``residual`` False: A(LN(a))), A the self-attention with ``pieces``
-    of :func:`residual_normed_heads_pieces_attention_forward_reference`; returns ``(y, normed,
-    mean, rstd)`` and then all ``heads_pieces_attention_forward`` returns after its output."""
-    a, gamma, beta = float_arrays(a, gamma, beta)
+    """y = a + A(LN(a)), or y = a + LN_out(A(LN(a))) with an ``out_norm`` (out_gamma,
+    out_beta; empty: absent) (``residual`` False: without the a +), A the self-attention with
+    ``pieces`` of :func:`residual_normed_heads_pieces_attention_forward_reference`; returns
+    ``(y, normed, mean, rstd, branch, out_mean, out_rstd)`` and then all
+    ``heads_pieces_attention_forward`` returns after its output."""
+    a, gamma, beta, out_gamma, out_beta = float_arrays(a, gamma, beta, *out_norm)
     a, weights, biases, *checked = attention_heads_pieces.checked_heads_pieces(n_heads, a, weights, biases, *pieces)
-    check_fit(gamma.shape == beta.shape == a.shape[2:], "a", a, "gamma", gamma, "beta", beta)
+    fits = gamma.shape == beta.shape == a.shape[2:] and out_gamma.shape == out_beta.shape
+    fits = fits and out_gamma.shape in ((0,), a.shape[2:])
+    check_fit(fits, "a", a, "gamma", gamma, "beta", beta, "out_gamma", out_gamma, "out_beta", out_beta)
     work = attention_sublayer.attention_sublayer_work(a.shape[0], a.shape[1], a.shape[1], a.shape[2])
     forward = path(RESIDUAL_NORMED_HEADS_PIECES_ATTENTION_FORWARD, HEADS_PIECES_ATTENTION_PARTS[0], *work)
     return forward(
-        a, gamma, beta, float(eps), weights, biases, tuple(checked), n_heads, bool(causal), float(heads_eps),
-        bool(residual),
+        a, gamma, beta, float(eps), weights, biases, tuple(checked), (out_gamma, out_beta), n_heads, bool(causal),
+        float(heads_eps), float(out_eps), bool(residual),
     )  # fmt: skip
 
 
 def residual_normed_heads_pieces_attention_backward(dy: np.ndarray, a: np.ndarray, *residuals: Any) -> Arrays:
     """The VJP of :func:`residual_normed_heads_pieces_attention_forward` at ``dy``, from its
-    input ``a`` and residuals (``gamma, normed, mean, rstd, weights, q_gamma, k_gamma, v_gamma,
-    scale, heads_gamma``, then all the forward returned after ``rstd``, then the flag
-    ``residual``); returns ``(da, dgamma, dbeta, dweights, dbiases)`` and the pieces' gradients."""
+    input ``a`` and residuals (``gamma, normed, mean, rstd, out_gamma, branch, out_mean,
+    out_rstd, weights, q_gamma, k_gamma, v_gamma, scale, heads_gamma``, then all the forward
+    returned after ``out_rstd``, then the flag ``residual``); returns ``(da, dgamma, dbeta,
+    dout_gamma, dout_beta, dweights, dbiases)`` and the pieces' gradients."""
     dy = cotangent(dy, a.dtype, a.shape)
     work = attention_sublayer.attention_sublayer_work(a.shape[0], a.shape[1], a.shape[1], a.shape[2])
     backward = path(RESIDUAL_NORMED_HEADS_PIECES_ATTENTION_BACKWARD, HEADS_PIECES_ATTENTION_PARTS[1], *work)
