@@ -381,6 +381,42 @@ def _add_layer_norm_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
 add_layer_norm = defprimitive("add_layer_norm", _add_layer_norm_fwd, _add_layer_norm_vjp)
 
 
+def _layer_norm_of_sum_fwd(
+    a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float = 1e-5
+) -> tuple[np.ndarray, Any]:
+    """y = LN(a + b), LN a LayerNorm (``gamma``, ``beta``) of a sum whose value nothing else
+    reads (a stream renormalized after its residual add). A replayed pass puts it in the place
+    of the two primitives ``add`` and ``layer_norm`` (``autograd/fusion.py``), with their sum
+    and the norm's kernels.
+
+    VJP:  dt, dgamma, dbeta = ``layer_norm``'s VJP at dy (t = a + b),   da = dt,   db = dt
+    """
+    if not 0 < eps < math.inf:  # (False for NaN too)
+        check_eps("layer_norm_of_sum", eps, a)
+    shapes = binary_shapes("layer_norm_of_sum", a, b)
+    total = a + b
+    if not total.ndim:
+        raise ValueError(f"layer_norm_of_sum: a + b must have at least one axis, got shapes {shapes}")
+    rows = total.reshape(-1, total.shape[-1])
+    try:
+        normed, mean, rstd = kernels.layer_norm_forward(rows, gamma, beta, eps)
+    except (TypeError, ValueError) as error:
+        raise kernel_error("layer_norm_of_sum", error, a, b, gamma, beta) from None
+    return normed.reshape(total.shape), (rows, gamma, mean, rstd, shapes)
+
+
+def _layer_norm_of_sum_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    rows, gamma, mean, rstd, (a_shape, b_shape) = residuals
+    dtotal, dgamma, dbeta = kernels.layer_norm_backward(
+        dy.reshape(rows.shape), rows, gamma, mean, rstd, residuals_checked=True
+    )
+    dtotal = dtotal.reshape(dy.shape)
+    return unbroadcast(dtotal, a_shape), unbroadcast(dtotal, b_shape), dgamma, dbeta
+
+
+layer_norm_of_sum = defprimitive("layer_norm_of_sum", _layer_norm_of_sum_fwd, _layer_norm_of_sum_vjp)
+
+
 def _residual_normed_attention_fwd(
     a: np.ndarray,
     gamma: np.ndarray,

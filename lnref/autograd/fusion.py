@@ -46,7 +46,13 @@ nothing else,
     added norm:     t = layer_norm(b, gamma, beta)   y = add(a, t)
 
 becomes y = add_layer_norm(a, b, gamma, beta), where no step between the two reads b, gamma
-or beta (their cotangents then come at the add's place, with nothing between).
+or beta (their cotangents then come at the add's place, with nothing between); and a norm of
+a sum that nothing else reads,
+
+    normed total:   t = add(a, b)   y = layer_norm(t, gamma, beta)
+
+becomes y = layer_norm_of_sum(a, b, gamma, beta), where no step between the two reads a, b,
+gamma or beta (the add's cotangents then come at the norm's place, with nothing between).
 """
 
 from __future__ import annotations
@@ -138,6 +144,12 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
         _, norm_args, norm_params, _ = steps[norm_index]
         fused[index] = ("add_layer_norm", (other, *norm_args), norm_params, out)
         taken.update((norm_index, index))
+    for index, (name, args, params, out) in enumerate(steps):
+        add_index = None if index in taken or name != "layer_norm" else _normed_total(steps, maker, uses, index)
+        if add_index is None or add_index in taken:
+            continue
+        fused[index] = ("layer_norm_of_sum", (*steps[add_index][1], *args[1:]), params, out)
+        taken.update((add_index, index))
     return [fused.get(index, step) for index, step in enumerate(steps) if index in fused or index not in taken]
 
 
@@ -256,6 +268,19 @@ def _added_norm(steps: list[Step], maker: dict[int, int], uses: Counter[int], ad
         ):
             return norm_index, other
     return None
+
+
+def _normed_total(steps: list[Step], maker: dict[int, int], uses: Counter[int], norm_index: int) -> int | None:
+    """The add's index if the norm at ``norm_index`` is layer_norm(add(a, b)), the sum read by
+    the norm alone and no step between the two reading a, b or the norm's parameters."""
+    norm_args = steps[norm_index][1]
+    add_index = maker.get(norm_args[0]) if len(norm_args) == 3 else None
+    if add_index is None or uses[norm_args[0]] != 1 or steps[add_index][0] != "add" or len(steps[add_index][1]) != 2:
+        return None
+    read = {*steps[add_index][1], *norm_args[1:]}
+    if any(read.intersection(steps[between][1]) for between in range(add_index + 1, norm_index)):
+        return None
+    return add_index
 
 
 def _read_between(steps: list[Step], match: tuple[int, int, int], *also: int) -> bool:
