@@ -207,13 +207,13 @@ def _stacked_weights_and_pieces(x: np.ndarray, weights: tuple[Any, ...], pieces:
     except ValueError:  # ragged: the kernel's check names the shapes
         stacked, biases = np.asarray(wq), np.asarray(bq)
     empty = np.empty(0, x.dtype)
-    return stacked, biases, tuple(empty if a is None else a for a in pieces)
+    return stacked, biases, tuple([empty if a is None else a for a in pieces])
 
 
 def _heads_pieces_vjp(dw: np.ndarray, db: np.ndarray, dpieces: Any, given: Any) -> tuple[Any, ...]:
     """The stacked weights' gradients as the attention's arguments take them, then the pieces'
     (None for an absent piece)."""
-    pieces = (grad if present else None for grad, present in zip(dpieces, given))
+    pieces = [grad if present else None for grad, present in zip(dpieces, given)]
     return (dw[0], db[0], dw[1], db[1], dw[2], db[2], dw[3], db[3], *pieces)
 
 
@@ -273,14 +273,14 @@ def _residual_normed_heads_pieces_attention_fwd(
     except (TypeError, ValueError) as error:
         raise kernel_error(op, error, a, norm_gamma, norm_beta, weights, *pieces, out_gamma, out_beta) from None
     q_g, _, k_g, _, v_g, _, c, g, _ = pieces
-    given = [piece is not None for piece in attention[8:17]], len(attention) == 19
+    given = [piece is not None for piece in attention[8:17]]
     normed, mean, rstd, branch, out_mean, out_rstd, *attended = kept
     residuals = (a, norm_gamma, normed, mean, rstd, out_gamma, branch, out_mean, out_rstd)
-    return y, (*residuals, weights, q_g, k_g, v_g, c, g, *attended, residual, given)
+    return y, ((*residuals, weights, q_g, k_g, v_g, c, g, *attended, residual), given, len(attention) == 19)
 
 
 def _residual_normed_heads_pieces_attention_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    *kept, (given, out_norm) = residuals
+    kept, given, out_norm = residuals
     grads = kernels.residual_normed_heads_pieces_attention_backward(dy, *kept)
     da, dgamma, dbeta, dout_gamma, dout_beta, dw, db, *dpieces = grads
     out_grads = (dout_gamma, dout_beta) if out_norm else ()
