@@ -303,8 +303,8 @@ def _residual_normed_heads_pieces_attention_forward_kernel(
 def _residual_normed_heads_pieces_attention_backward_kernel(
     dy: np.ndarray, a: np.ndarray, gamma: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
     out_gamma: np.ndarray, branch: np.ndarray, out_mean: np.ndarray, out_rstd: np.ndarray, residual: bool,
-    da: np.ndarray, dgamma: np.ndarray, dbeta: np.ndarray, dbranch: np.ndarray, dout_gamma: np.ndarray,
-    dout_beta: np.ndarray, dnormed: np.ndarray, dweights: np.ndarray, dbiases: np.ndarray, dq_gamma: np.ndarray,
+    da: np.ndarray, dbranch: np.ndarray, dnormed: np.ndarray, dweights: np.ndarray, dbiases: np.ndarray,
+    dgamma: np.ndarray, dbeta: np.ndarray, dout_gamma: np.ndarray, dout_beta: np.ndarray, dq_gamma: np.ndarray,
     dq_beta: np.ndarray, dk_gamma: np.ndarray, dk_beta: np.ndarray, dv_gamma: np.ndarray, dv_beta: np.ndarray,
     dscale: np.ndarray, dheads_gamma: np.ndarray, dheads_beta: np.ndarray, weights: np.ndarray,
     q_gamma: np.ndarray, k_gamma: np.ndarray, v_gamma: np.ndarray, scale: np.ndarray, heads_gamma: np.ndarray,
@@ -366,30 +366,20 @@ def _residual_normed_heads_pieces_attention_backward_loop(
     """Loop twin (allocates, then runs ``_residual_normed_heads_pieces_attention_backward_kernel``)."""
     *kept, residual = attention
     weights, q_gamma, k_gamma, v_gamma, scale, heads_gamma = kept[:6]
-    dtype, d = a.dtype, a.shape[-1]
-    dnormed, da = np.empty((2, *a.shape), dtype)
-    dbranch = np.empty(a.shape, dtype) if out_gamma.size else dy
-    dweights, dbiases = np.empty(weights.shape, dtype), np.empty((4, d), dtype)
-    # float64 accumulators, as LayerNorm's loop keeps them (an absent piece's empty)
+    dtype, shape = a.dtype, a.shape
+    dnormed, da = np.empty((2, *shape), dtype)
+    dbranch = np.empty(shape, dtype) if out_gamma.size else dy
+    dweights, dbiases = np.empty(weights.shape, dtype), np.empty(weights.shape[:2], dtype)
+    # float64 accumulators, as LayerNorm's loop keeps them: dgamma, dbeta, dout_gamma, dout_beta,
+    # then the pieces' in their order (an absent piece's one shared empty)
     absent = np.zeros(0)
-    dq_gamma, dk_gamma, dv_gamma = (
-        np.zeros(piece.size) if piece.size else absent for piece in (q_gamma, k_gamma, v_gamma)
-    )
-    dq_beta, dk_beta, dv_beta = (
-        np.zeros(piece.size) if piece.size else absent for piece in (q_gamma, k_gamma, v_gamma)
-    )
-    dscale = np.zeros(scale.size)
-    dgamma, dbeta, dheads_gamma, dheads_beta = (
-        np.zeros((4, d)) if heads_gamma.size else (*np.zeros((2, d)), absent, absent)
-    )
-    dout_gamma, dout_beta = np.zeros((2, out_gamma.size))
+    sizes = (gamma.size, out_gamma.size, q_gamma.size, k_gamma.size, v_gamma.size)
+    grads = [np.zeros(size) if size else absent for size in sizes for _ in range(2)]
+    grads += [np.zeros(size) if size else absent for size in (scale.size, heads_gamma.size, heads_gamma.size)]
     _residual_normed_heads_pieces_attention_backward_kernel(
-        dy, a, gamma, normed, mean, rstd, out_gamma, branch, out_mean, out_rstd, residual, da, dgamma, dbeta,
-        dbranch, dout_gamma, dout_beta, dnormed, dweights, dbiases, dq_gamma, dq_beta, dk_gamma, dk_beta, dv_gamma,
-        dv_beta, dscale, dheads_gamma, dheads_beta, *kept,
+        dy, a, gamma, normed, mean, rstd, out_gamma, branch, out_mean, out_rstd, residual, da, dbranch, dnormed,
+        dweights, dbiases, *grads, *kept,
     )  # fmt: skip
-    grads = [dgamma, dbeta, dout_gamma, dout_beta, dq_gamma, dq_beta, dk_gamma, dk_beta, dv_gamma, dv_beta]
-    grads += [dscale, dheads_gamma, dheads_beta]
     if dtype != grads[0].dtype:
         grads = [g.astype(dtype) for g in grads]
     return (da, *grads[:4], dweights, dbiases, *grads[4:])
