@@ -477,23 +477,25 @@ def _residual_normed_feed_forward_fwd(
     eps: float = 1e-5,
     activation: str = "relu",
     residual: bool = True,
+    normed_skip: bool = False,
 ) -> tuple[np.ndarray, Any]:
     """y = a + F(LN(a)): an FFN branch with a LayerNorm (``gamma``, ``beta``) on its input,
     added to the stream ``a``; the fusion of ``layer_norm``, ``feed_forward`` and ``add``.
-    With ``residual`` False, the branch alone, y = F(LN(a)): the fusion of the first two.
+    With ``residual`` False, the branch alone, y = F(LN(a)): the fusion of the first two. With
+    ``normed_skip``, the branch added to the normed value, y = LN(a) + F(LN(a)).
 
     VJP, with n = LN(a):
-        dn, dW1, db1, dW2, db2 = ``feed_forward``'s VJP at dy
+        dn, dW1, db1, dW2, db2 = ``feed_forward``'s VJP at dy     (normed_skip: dn = dy + dn)
         da_ln, dgamma, dbeta = ``layer_norm``'s VJP at dn
-        da = dy + da_ln          (residual False: da = da_ln)
+        da = dy + da_ln          (residual False or normed_skip: da = da_ln)
     """
     try:
         y, normed, mean, rstd, hidden, acted = kernels.residual_normed_feed_forward_forward(
-            a, gamma, beta, eps, (w1, b1, w2, b2), activation, residual
+            a, gamma, beta, eps, (w1, b1, w2, b2), activation, residual, normed_skip
         )
     except (TypeError, ValueError) as error:
         raise kernel_error("residual_normed_feed_forward", error, a, gamma, beta, w1, b1, w2, b2) from None
-    return y, (a, gamma, normed, mean, rstd, w1, w2, hidden, acted, activation, residual)
+    return y, (a, gamma, normed, mean, rstd, w1, w2, hidden, acted, activation, residual, normed_skip)
 
 
 def _residual_normed_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:

@@ -18,6 +18,15 @@ y = residual_normed_S(a, gamma, beta, W...) or y = normed_sum_S(a, gamma, beta, 
   the fused step hands back their cotangents at the last one's place in the backward order,
   and nothing comes between.
 
+Then, among the steps left, a branch whose skip is the norm's output (HybridNorm's Post-Norm
+FFN), for S one of ``NORMED_SKIP``,
+
+    normed skip:    n = layer_norm(a, gamma, beta)   s = S(n, W...)   y = add(n, s)
+
+becomes y = residual_normed_S(a, gamma, beta, W..., normed_skip=True), where n is read by the
+two alone, s by the add alone, and no step between the three reads a or a parameter (n's
+cotangent is the sum of the add's term and S's, which the fused VJP forms in the tape's order).
+
 Then, among the steps left, a normed branch whose output goes anywhere else,
 
     normed input:   n = layer_norm(a, gamma, beta)   s = S(n, W...)
@@ -76,8 +85,10 @@ SUBLAYERS = {
     "heads_pieces_attention": (1, "residual_normed_heads_pieces_attention", None, "norm_eps"),
     "normed_feed_forward": (1, "residual_normed_normed_feed_forward", None, "norm_eps"),
 }
-# The sublayers whose norm-first fused step also takes a norm of the branch's output.
+# The sublayers whose norm-first fused step also takes a norm of the branch's output, and those
+# whose fused step can take the skip from the norm's output.
 OUTPUT_NORMED = ("heads_pieces_attention",)
+NORMED_SKIP = ("feed_forward",)
 # The primitives a fused step stands for (a fused primitive itself is looked up by name when
 # its step runs, as every primitive is).
 PRIMITIVE_NAMES = ("layer_norm", "add", *SUBLAYERS)
@@ -126,6 +137,17 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
         weights = sublayer_args[dropped:]
         statics = {**_norm_statics(sublayer, norm_params), **sublayer_params}
         fused[index] = (fused_name, (stream, gamma, beta, *weights), statics, out)
+        taken.update(match)
+    for index, (name, _, _, out) in enumerate(steps):
+        match = _normed_skip(steps, maker, uses, fixed, index) if name == "add" and index not in taken else None
+        if match is None or taken.intersection(match):
+            continue
+        norm_index, sublayer_index, _ = match
+        _, (stream, gamma, beta), norm_params, _ = steps[norm_index]
+        sublayer, sublayer_args, sublayer_params, _ = steps[sublayer_index]
+        statics = {**_norm_statics(sublayer, norm_params), **sublayer_params, "normed_skip": True}
+        weights = sublayer_args[SUBLAYERS[sublayer][0] :]
+        fused[index] = (SUBLAYERS[sublayer][1], (stream, gamma, beta, *weights), statics, out)
         taken.update(match)
     for index, (name, args, params, out) in enumerate(steps):
         input_norm = None if index in taken else _normed_input(steps, maker, uses, fixed, index)
@@ -213,6 +235,29 @@ def _output_normed(
             for between in range(norm_index + 1, add_index)
             if between not in match
         ):
+            return match
+    return None
+
+
+def _normed_skip(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], add_index: int
+) -> tuple[int, int, int] | None:
+    """(norm, sublayer, add) indices if the add at ``add_index`` is n + S(n), n = layer_norm(a),
+    S one of ``NORMED_SKIP``, n read by the two alone, S's output by the add alone, and no step
+    between reading a or a parameter."""
+    if len(steps[add_index][1]) != 2:
+        return None
+    for skip, branch in (steps[add_index][1], steps[add_index][1][::-1]):
+        sublayer_index = maker.get(branch)
+        if sublayer_index is None or uses[branch] != 1 or steps[sublayer_index][0] not in NORMED_SKIP:
+            continue
+        norm_index = maker.get(skip)
+        if not _is_sublayer(steps, sublayer_index, fixed) or steps[sublayer_index][1][0] != skip or uses[skip] != 2:
+            continue
+        if norm_index is None or steps[norm_index][0] != "layer_norm" or len(steps[norm_index][1]) != 3:
+            continue
+        match = (norm_index, sublayer_index, add_index)
+        if not _read_between(steps, match, steps[norm_index][1][0]):
             return match
     return None
 
