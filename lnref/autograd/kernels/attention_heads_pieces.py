@@ -296,7 +296,9 @@ def _heads_pieces_attention_backward_loop(
         q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd, probs, heads, shaped, normed, mean, rstd,
         dx, dweights, dbiases, *dpieces,
     )  # fmt: skip
-    return (dx, dweights, dbiases, *(g.astype(dtype, copy=False) for g in dpieces))
+    if dtype != dpieces[0].dtype:  # float32: the accumulators rounded once
+        dpieces = [g.astype(dtype) for g in dpieces]
+    return (dx, dweights, dbiases, *dpieces)
 
 
 # The sublayer kernels' limits: the same products and loops, and a norm's or a scale's pass.

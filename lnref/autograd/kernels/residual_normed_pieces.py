@@ -164,8 +164,10 @@ def _residual_normed_normed_feed_forward_backward_loop(
         hidden_rstd, FFN_CODES[activation], dhidden_normed, dacted, dnormed, dw1, db1, dhidden_gamma, dhidden_beta,
         dw2, db2, da, dgamma, dbeta, residual,
     )  # fmt: skip
-    grads = (dgamma, dbeta, dhidden_gamma, dhidden_beta)
-    dgamma, dbeta, dhidden_gamma, dhidden_beta = (g.astype(dtype, copy=False) for g in grads)
+    if dtype != dgamma.dtype:
+        dgamma, dbeta, dhidden_gamma, dhidden_beta = (
+            g.astype(dtype) for g in (dgamma, dbeta, dhidden_gamma, dhidden_beta)
+        )
     return da, dgamma, dbeta, dw1, db1, dhidden_gamma, dhidden_beta, dw2, db2
 
 
