@@ -228,6 +228,96 @@ heads_pieces_attention = defprimitive(
 )
 
 
+def _residual_normed_attention_fwd(
+    a: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    wq: np.ndarray,
+    bq: np.ndarray,
+    wk: np.ndarray,
+    bk: np.ndarray,
+    wv: np.ndarray,
+    bv: np.ndarray,
+    wo: np.ndarray,
+    bo: np.ndarray,
+    *,
+    eps: float = 1e-5,
+    n_heads: int,
+    causal: bool = False,
+    residual: bool = True,
+) -> tuple[np.ndarray, Any]:
+    """y = a + A(LN(a)): a self-attention branch with a LayerNorm (``gamma``, ``beta``) on its
+    input, added to the stream ``a``; with ``residual`` False, the branch alone, y = A(LN(a)).
+    A replayed pass puts it in the place of the primitives ``layer_norm``,
+    ``attention_sublayer`` and ``add`` (or the first two; ``autograd/fusion.py``).
+
+    VJP, with n = LN(a):
+        dn, dW, db = ``attention_sublayer``'s VJP at dy
+        da_ln, dgamma, dbeta = ``layer_norm``'s VJP at dn
+        da = dy + da_ln          (residual False: da = da_ln)
+    """
+    weights = (wq, bq, wk, bk, wv, bv, wo, bo)
+    try:
+        y, normed, mean, rstd, q, k, v, probs, heads = kernels.residual_normed_attention_forward(
+            a, gamma, beta, eps, weights, n_heads, causal, residual
+        )
+    except (TypeError, ValueError) as error:
+        raise kernel_error("residual_normed_attention", error, a, gamma, beta, *weights) from None
+    return y, (a, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads, residual)
+
+
+def _residual_normed_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    # (da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo): the op's inputs in order.
+    return tuple(kernels.residual_normed_attention_backward(dout, *residuals))
+
+
+residual_normed_attention = defprimitive(
+    "residual_normed_attention", _residual_normed_attention_fwd, _residual_normed_attention_vjp
+)
+
+
+def _residual_normed_feed_forward_fwd(
+    a: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    w1: np.ndarray,
+    b1: np.ndarray,
+    w2: np.ndarray,
+    b2: np.ndarray,
+    *,
+    eps: float = 1e-5,
+    activation: str = "relu",
+    residual: bool = True,
+    normed_skip: bool = False,
+) -> tuple[np.ndarray, Any]:
+    """y = a + F(LN(a)): an FFN branch with a LayerNorm (``gamma``, ``beta``) on its input,
+    added to the stream ``a``; the fusion of ``layer_norm``, ``feed_forward`` and ``add``.
+    With ``residual`` False, the branch alone, y = F(LN(a)): the fusion of the first two. With
+    ``normed_skip``, the branch added to the normed value, y = LN(a) + F(LN(a)).
+
+    VJP, with n = LN(a):
+        dn, dW1, db1, dW2, db2 = ``feed_forward``'s VJP at dy     (normed_skip: dn = dy + dn)
+        da_ln, dgamma, dbeta = ``layer_norm``'s VJP at dn
+        da = dy + da_ln          (residual False or normed_skip: da = da_ln)
+    """
+    try:
+        y, normed, mean, rstd, hidden, acted = kernels.residual_normed_feed_forward_forward(
+            a, gamma, beta, eps, (w1, b1, w2, b2), activation, residual, normed_skip
+        )
+    except (TypeError, ValueError) as error:
+        raise kernel_error("residual_normed_feed_forward", error, a, gamma, beta, w1, b1, w2, b2) from None
+    return y, (a, gamma, normed, mean, rstd, w1, w2, hidden, acted, activation, residual, normed_skip)
+
+
+def _residual_normed_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
+    return tuple(kernels.residual_normed_feed_forward_backward(dout, *residuals))
+
+
+residual_normed_feed_forward = defprimitive(
+    "residual_normed_feed_forward", _residual_normed_feed_forward_fwd, _residual_normed_feed_forward_vjp
+)
+
+
 def _residual_normed_heads_pieces_attention_fwd(
     a: np.ndarray,
     norm_gamma: np.ndarray,
@@ -415,96 +505,6 @@ def _layer_norm_of_sum_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
 
 
 layer_norm_of_sum = defprimitive("layer_norm_of_sum", _layer_norm_of_sum_fwd, _layer_norm_of_sum_vjp)
-
-
-def _residual_normed_attention_fwd(
-    a: np.ndarray,
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    wq: np.ndarray,
-    bq: np.ndarray,
-    wk: np.ndarray,
-    bk: np.ndarray,
-    wv: np.ndarray,
-    bv: np.ndarray,
-    wo: np.ndarray,
-    bo: np.ndarray,
-    *,
-    eps: float = 1e-5,
-    n_heads: int,
-    causal: bool = False,
-    residual: bool = True,
-) -> tuple[np.ndarray, Any]:
-    """y = a + A(LN(a)): a self-attention branch with a LayerNorm (``gamma``, ``beta``) on its
-    input, added to the stream ``a``; with ``residual`` False, the branch alone, y = A(LN(a)).
-    A replayed pass puts it in the place of the primitives ``layer_norm``,
-    ``attention_sublayer`` and ``add`` (or the first two; ``autograd/fusion.py``).
-
-    VJP, with n = LN(a):
-        dn, dW, db = ``attention_sublayer``'s VJP at dy
-        da_ln, dgamma, dbeta = ``layer_norm``'s VJP at dn
-        da = dy + da_ln          (residual False: da = da_ln)
-    """
-    weights = (wq, bq, wk, bk, wv, bv, wo, bo)
-    try:
-        y, normed, mean, rstd, q, k, v, probs, heads = kernels.residual_normed_attention_forward(
-            a, gamma, beta, eps, weights, n_heads, causal, residual
-        )
-    except (TypeError, ValueError) as error:
-        raise kernel_error("residual_normed_attention", error, a, gamma, beta, *weights) from None
-    return y, (a, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads, residual)
-
-
-def _residual_normed_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    # (da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo): the op's inputs in order.
-    return tuple(kernels.residual_normed_attention_backward(dout, *residuals))
-
-
-residual_normed_attention = defprimitive(
-    "residual_normed_attention", _residual_normed_attention_fwd, _residual_normed_attention_vjp
-)
-
-
-def _residual_normed_feed_forward_fwd(
-    a: np.ndarray,
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    w1: np.ndarray,
-    b1: np.ndarray,
-    w2: np.ndarray,
-    b2: np.ndarray,
-    *,
-    eps: float = 1e-5,
-    activation: str = "relu",
-    residual: bool = True,
-    normed_skip: bool = False,
-) -> tuple[np.ndarray, Any]:
-    """y = a + F(LN(a)): an FFN branch with a LayerNorm (``gamma``, ``beta``) on its input,
-    added to the stream ``a``; the fusion of ``layer_norm``, ``feed_forward`` and ``add``.
-    With ``residual`` False, the branch alone, y = F(LN(a)): the fusion of the first two. With
-    ``normed_skip``, the branch added to the normed value, y = LN(a) + F(LN(a)).
-
-    VJP, with n = LN(a):
-        dn, dW1, db1, dW2, db2 = ``feed_forward``'s VJP at dy     (normed_skip: dn = dy + dn)
-        da_ln, dgamma, dbeta = ``layer_norm``'s VJP at dn
-        da = dy + da_ln          (residual False or normed_skip: da = da_ln)
-    """
-    try:
-        y, normed, mean, rstd, hidden, acted = kernels.residual_normed_feed_forward_forward(
-            a, gamma, beta, eps, (w1, b1, w2, b2), activation, residual, normed_skip
-        )
-    except (TypeError, ValueError) as error:
-        raise kernel_error("residual_normed_feed_forward", error, a, gamma, beta, w1, b1, w2, b2) from None
-    return y, (a, gamma, normed, mean, rstd, w1, w2, hidden, acted, activation, residual, normed_skip)
-
-
-def _residual_normed_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    return tuple(kernels.residual_normed_feed_forward_backward(dout, *residuals))
-
-
-residual_normed_feed_forward = defprimitive(
-    "residual_normed_feed_forward", _residual_normed_feed_forward_fwd, _residual_normed_feed_forward_vjp
-)
 
 
 def _normed_sum_attention_fwd(
