@@ -46,7 +46,8 @@ The modules
 ``feed_forward_normed`` the same with a LayerNorm on the hidden units (Sub-LN, NormFormer)
 ``residual_normed``    a residual branch with a LayerNorm on its input, a + S(LN(a)), the
                        replayed pass's fusion of the three (Pre-LN's branches)
-``residual_normed_pieces`` the same for the sublayers with pieces inside (Sub-LN's, NormFormer's)
+``residual_normed_heads_pieces``, ``residual_normed_feed_forward_normed`` the same for the
+                       sublayers with pieces inside (Sub-LN's, NormFormer's)
 ``normed_sum``         a LayerNorm of a residual sum, LN(a + S(a)) (Post-LN's branches)
 ``branches``           what the two share: the add, their loop twins, checks, choice of path
 ``weighted_sum``       sum_k w_k x_k, the learned mixtures of streams (DLCL, DenseFormer, HC)
@@ -161,15 +162,17 @@ from lnref.autograd.kernels.residual_normed import (
     residual_normed_feed_forward_forward,
     residual_normed_feed_forward_forward_reference,
 )
-from lnref.autograd.kernels.residual_normed_pieces import (
-    residual_normed_heads_pieces_attention_backward,
-    residual_normed_heads_pieces_attention_backward_reference,
-    residual_normed_heads_pieces_attention_forward,
-    residual_normed_heads_pieces_attention_forward_reference,
+from lnref.autograd.kernels.residual_normed_feed_forward_normed import (
     residual_normed_normed_feed_forward_backward,
     residual_normed_normed_feed_forward_backward_reference,
     residual_normed_normed_feed_forward_forward,
     residual_normed_normed_feed_forward_forward_reference,
+)
+from lnref.autograd.kernels.residual_normed_heads_pieces import (
+    residual_normed_heads_pieces_attention_backward,
+    residual_normed_heads_pieces_attention_backward_reference,
+    residual_normed_heads_pieces_attention_forward,
+    residual_normed_heads_pieces_attention_forward_reference,
 )
 from lnref.autograd.kernels.scale_norm import (
     scale_norm_backward,
