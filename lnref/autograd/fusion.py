@@ -18,6 +18,15 @@ y = residual_normed_S(a, gamma, beta, W...) or y = normed_sum_S(a, gamma, beta, 
   the fused step hands back their cotangents at the last one's place in the backward order,
   and nothing comes between.
 
+Then, among the steps left, a branch whose skip is the norm's output (HybridNorm's Post-Norm
+FFN), for S one of ``NORMED_SKIP``,
+
+    normed skip:    n = layer_norm(a, gamma, beta)   s = S(n, W...)   y = add(n, s)
+
+becomes y = residual_normed_S(a, gamma, beta, W..., normed_skip=True), where n is read by the
+two alone, s by the add alone, and no step between the three reads a or a parameter (n's
+cotangent is the sum of the add's term and S's, which the fused VJP forms in the tape's order).
+
 Then, among the steps left, a normed branch whose output goes anywhere else,
 
     normed input:   n = layer_norm(a, gamma, beta)   s = S(n, W...)
@@ -30,6 +39,29 @@ The fused kernels compute with the kernels' own loops in their order. Pre-LN's a
 branches take the first two shapes, and so does any scheme's branch written as
 ``x + branch(norm(x))`` or ``norm(x + branch(x))``; ``branch(norm(x))`` anywhere else (a
 weighted skip, a second stream, a norm after the branch) takes the third.
+
+The sublayers with pieces inside, S = ``heads_pieces_attention`` (norms and scales around the
+attention's core) or ``normed_feed_forward`` (a norm on the FFN's hidden units), take the norm
+first and normed input shapes (they have no norm-last form). The attention with pieces has
+one more, matched before all others: a norm on the branch's output too (NormFormer's),
+
+    both norms:     n = layer_norm(a, g, b)   s = S(n, W...)   t = layer_norm(s, g2, b2)   y = add(a, t)
+
+which becomes y = residual_normed_S(a, g, b, W..., g2, b2) on the same conditions.
+
+Last, among the steps left, a norm whose output is added to another value and read by
+nothing else,
+
+    added norm:     t = layer_norm(b, gamma, beta)   y = add(a, t)
+
+becomes y = add_layer_norm(a, b, gamma, beta), where no step between the two reads b, gamma
+or beta (their cotangents then come at the add's place, with nothing between); and a norm of
+a sum that nothing else reads,
+
+    normed total:   t = add(a, b)   y = layer_norm(t, gamma, beta)
+
+becomes y = layer_norm_of_sum(a, b, gamma, beta), where no step between the two reads a, b,
+gamma or beta (the add's cotangents then come at the norm's place, with nothing between).
 """
 
 from __future__ import annotations
@@ -44,11 +76,19 @@ from lnref.autograd.primitive import DEFINED, PRIMITIVES
 Step = tuple[str, tuple[int, ...], dict[str, Any], int]
 
 # Each sublayer's primitive -> how many of its leading arguments the fused step drops (its
-# input, and attention's memory), and the fused primitives of the two shapes.
+# input, and attention's memory), the fused primitives of the two shapes (None: no fused form
+# of that shape), and the name the fused step gives the norm's eps (the sublayers with pieces
+# have an eps of their own).
 SUBLAYERS = {
-    "attention_sublayer": (2, "residual_normed_attention", "normed_sum_attention"),
-    "feed_forward": (1, "residual_normed_feed_forward", "normed_sum_feed_forward"),
+    "attention_sublayer": (2, "residual_normed_attention", "normed_sum_attention", "eps"),
+    "feed_forward": (1, "residual_normed_feed_forward", "normed_sum_feed_forward", "eps"),
+    "heads_pieces_attention": (1, "residual_normed_heads_pieces_attention", None, "norm_eps"),
+    "normed_feed_forward": (1, "residual_normed_normed_feed_forward", None, "norm_eps"),
 }
+# The sublayers whose norm-first fused step also takes a norm of the branch's output, and those
+# whose fused step can take the skip from the norm's output.
+OUTPUT_NORMED = ("heads_pieces_attention",)
+NORMED_SKIP = ("feed_forward",)
 # The primitives a fused step stands for (a fused primitive itself is looked up by name when
 # its step runs, as every primitive is).
 PRIMITIVE_NAMES = ("layer_norm", "add", *SUBLAYERS)
@@ -64,6 +104,21 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
     fused: dict[int, Step] = {}
     taken: set[int] = set()
     for index, (name, args, _, out) in enumerate(steps):
+        both = _output_normed(steps, maker, uses, fixed, index) if name == "add" and len(args) == 2 else None
+        if both is None:
+            continue
+        norm_index, sublayer_index, out_norm_index, _ = both
+        (_, (stream, gamma, beta), norm_params, _), (_, (_, out_gamma, out_beta), out_params, _) = (
+            steps[norm_index],
+            steps[out_norm_index],
+        )
+        sublayer, sublayer_args, sublayer_params, _ = steps[sublayer_index]
+        out_statics = {f"out_{key}": value for key, value in out_params.items()}
+        statics = {**_norm_statics(sublayer, norm_params), **sublayer_params, **out_statics}
+        arguments = (stream, gamma, beta, *sublayer_args[SUBLAYERS[sublayer][0] :], out_gamma, out_beta)
+        fused[index] = (SUBLAYERS[sublayer][1], arguments, statics, out)
+        taken.update(both)
+    for index, (name, args, _, out) in enumerate(steps):
         match = None
         if name == "add" and len(args) == 2:
             match = _norm_first(steps, maker, uses, fixed, index)
@@ -75,10 +130,24 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
         stream = steps[min(norm_index, sublayer_index)][1][0]  # the first of the two reads it
         _, (_, gamma, beta), norm_params, _ = steps[norm_index]
         sublayer, sublayer_args, sublayer_params, _ = steps[sublayer_index]
-        dropped, norm_first, norm_last = SUBLAYERS[sublayer]
+        dropped, norm_first, norm_last, _ = SUBLAYERS[sublayer]
         fused_name = norm_first if norm_index < sublayer_index else norm_last
+        if fused_name is None:
+            continue
         weights = sublayer_args[dropped:]
-        fused[index] = (fused_name, (stream, gamma, beta, *weights), {**norm_params, **sublayer_params}, out)
+        statics = {**_norm_statics(sublayer, norm_params), **sublayer_params}
+        fused[index] = (fused_name, (stream, gamma, beta, *weights), statics, out)
+        taken.update(match)
+    for index, (name, _, _, out) in enumerate(steps):
+        match = _normed_skip(steps, maker, uses, fixed, index) if name == "add" and index not in taken else None
+        if match is None or taken.intersection(match):
+            continue
+        norm_index, sublayer_index, _ = match
+        _, (stream, gamma, beta), norm_params, _ = steps[norm_index]
+        sublayer, sublayer_args, sublayer_params, _ = steps[sublayer_index]
+        statics = {**_norm_statics(sublayer, norm_params), **sublayer_params, "normed_skip": True}
+        weights = sublayer_args[SUBLAYERS[sublayer][0] :]
+        fused[index] = (SUBLAYERS[sublayer][1], (stream, gamma, beta, *weights), statics, out)
         taken.update(match)
     for index, (name, args, params, out) in enumerate(steps):
         input_norm = None if index in taken else _normed_input(steps, maker, uses, fixed, index)
@@ -86,10 +155,30 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
             continue
         _, (stream, gamma, beta), norm_params, _ = steps[input_norm]
         weights = args[SUBLAYERS[name][0] :]
-        statics = {**norm_params, **params, "residual": False}
+        statics = {**_norm_statics(name, norm_params), **params, "residual": False}
         fused[index] = (SUBLAYERS[name][1], (stream, gamma, beta, *weights), statics, out)
         taken.update((input_norm, index))
+    for index, (name, _, _, out) in enumerate(steps):
+        normed_sum = None if index in taken or name != "add" else _added_norm(steps, maker, uses, index)
+        if normed_sum is None or normed_sum[0] in taken:
+            continue
+        norm_index, other = normed_sum
+        _, norm_args, norm_params, _ = steps[norm_index]
+        fused[index] = ("add_layer_norm", (other, *norm_args), norm_params, out)
+        taken.update((norm_index, index))
+    for index, (name, args, params, out) in enumerate(steps):
+        add_index = None if index in taken or name != "layer_norm" else _normed_total(steps, maker, uses, index)
+        if add_index is None or add_index in taken:
+            continue
+        fused[index] = ("layer_norm_of_sum", (*steps[add_index][1], *args[1:]), params, out)
+        taken.update((add_index, index))
     return [fused.get(index, step) for index, step in enumerate(steps) if index in fused or index not in taken]
+
+
+def _norm_statics(sublayer: str, norm_params: dict[str, Any]) -> dict[str, Any]:
+    """The norm's static parameters as the fused step of ``sublayer`` names them."""
+    eps_name = SUBLAYERS[sublayer][3]
+    return {eps_name if key == "eps" else key: value for key, value in norm_params.items()}
 
 
 def _is_sublayer(steps: list[Step], index: int, fixed: dict[int, Any]) -> bool:
@@ -116,6 +205,60 @@ def _norm_first(
             norm_args = steps[norm_index][1]
             if len(norm_args) == 3 and norm_args[0] == stream:
                 return norm_index, sublayer_index, add_index
+    return None
+
+
+def _output_normed(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], add_index: int
+) -> tuple[int, int, int, int] | None:
+    """(norm, sublayer, output norm, add) indices if the add at ``add_index`` is
+    a + layer_norm(S(layer_norm(a))) for S one of ``OUTPUT_NORMED``, each intermediate read by
+    the next step alone, a by the first norm and the add alone, and no step between reading
+    a parameter of the three."""
+    for stream, branch in (steps[add_index][1], steps[add_index][1][::-1]):
+        out_norm_index = maker.get(branch)
+        if out_norm_index is None or uses[branch] != 1 or uses[stream] != 2:
+            continue
+        if steps[out_norm_index][0] != "layer_norm" or len(steps[out_norm_index][1]) != 3:
+            continue
+        attended = steps[out_norm_index][1][0]
+        sublayer_index = maker.get(attended)
+        if sublayer_index is None or uses[attended] != 1 or steps[sublayer_index][0] not in OUTPUT_NORMED:
+            continue
+        norm_index = _normed_input(steps, maker, uses, fixed, sublayer_index)
+        if norm_index is None or steps[norm_index][1][0] != stream:
+            continue
+        match = (norm_index, sublayer_index, out_norm_index, add_index)
+        parameters = {*steps[norm_index][1][1:], *steps[sublayer_index][1][1:], *steps[out_norm_index][1][1:]}
+        if not any(
+            parameters.intersection(steps[between][1])
+            for between in range(norm_index + 1, add_index)
+            if between not in match
+        ):
+            return match
+    return None
+
+
+def _normed_skip(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], add_index: int
+) -> tuple[int, int, int] | None:
+    """(norm, sublayer, add) indices if the add at ``add_index`` is n + S(n), n = layer_norm(a),
+    S one of ``NORMED_SKIP``, n read by the two alone, S's output by the add alone, and no step
+    between reading a or a parameter."""
+    if len(steps[add_index][1]) != 2:
+        return None
+    for skip, branch in (steps[add_index][1], steps[add_index][1][::-1]):
+        sublayer_index = maker.get(branch)
+        if sublayer_index is None or uses[branch] != 1 or steps[sublayer_index][0] not in NORMED_SKIP:
+            continue
+        norm_index = maker.get(skip)
+        if not _is_sublayer(steps, sublayer_index, fixed) or steps[sublayer_index][1][0] != skip or uses[skip] != 2:
+            continue
+        if norm_index is None or steps[norm_index][0] != "layer_norm" or len(steps[norm_index][1]) != 3:
+            continue
+        match = (norm_index, sublayer_index, add_index)
+        if not _read_between(steps, match, steps[norm_index][1][0]):
+            return match
     return None
 
 
@@ -151,6 +294,38 @@ def _normed_input(
     if len(norm_args) != 3 or _read_between(steps, (norm_index, sublayer_index, sublayer_index), norm_args[0]):
         return None
     return norm_index
+
+
+def _added_norm(steps: list[Step], maker: dict[int, int], uses: Counter[int], add_index: int) -> tuple[int, int] | None:
+    """(the norm's index, the other operand's slot) if the add at ``add_index`` is
+    a + layer_norm(b), the norm's output read by the add alone and no step between the two
+    reading b or the norm's parameters."""
+    args = steps[add_index][1]
+    if len(args) != 2:
+        return None
+    for other, normed in (args, args[::-1]):
+        norm_index = maker.get(normed)
+        if norm_index is None or uses[normed] != 1 or steps[norm_index][0] != "layer_norm":
+            continue
+        norm_args = set(steps[norm_index][1])
+        if len(steps[norm_index][1]) == 3 and not any(
+            norm_args.intersection(steps[between][1]) for between in range(norm_index + 1, add_index)
+        ):
+            return norm_index, other
+    return None
+
+
+def _normed_total(steps: list[Step], maker: dict[int, int], uses: Counter[int], norm_index: int) -> int | None:
+    """The add's index if the norm at ``norm_index`` is layer_norm(add(a, b)), the sum read by
+    the norm alone and no step between the two reading a, b or the norm's parameters."""
+    norm_args = steps[norm_index][1]
+    add_index = maker.get(norm_args[0]) if len(norm_args) == 3 else None
+    if add_index is None or uses[norm_args[0]] != 1 or steps[add_index][0] != "add" or len(steps[add_index][1]) != 2:
+        return None
+    read = {*steps[add_index][1], *norm_args[1:]}
+    if any(read.intersection(steps[between][1]) for between in range(add_index + 1, norm_index)):
+        return None
+    return add_index
 
 
 def _read_between(steps: list[Step], match: tuple[int, int, int], *also: int) -> bool:

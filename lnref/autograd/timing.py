@@ -81,6 +81,8 @@ _SUBLAYER_TWIN_KINDS = {
     "residual_normed_feed_forward": ELEMENTWISE,
     "normed_sum_attention": ELEMENTWISE,
     "normed_sum_feed_forward": ELEMENTWISE,
+    "residual_normed_heads_pieces_attention": ELEMENTWISE,
+    "residual_normed_normed_feed_forward": ELEMENTWISE,
 }
 
 # Compiled loops that a path calls by module-level name, timed on their own.

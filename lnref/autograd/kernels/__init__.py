@@ -48,6 +48,8 @@ The modules
 ``feed_forward_scaled`` the same with a scale on the hidden units (nGPT's s_u)
 ``residual_normed``    a residual branch with a LayerNorm on its input, a + S(LN(a)), the
                        replayed pass's fusion of the three (Pre-LN's branches)
+``residual_normed_heads_pieces``, ``residual_normed_feed_forward_normed`` the same for the
+                       sublayers with pieces inside (Sub-LN's, NormFormer's)
 ``normed_sum``         a LayerNorm of a residual sum, LN(a + S(a)) (Post-LN's branches)
 ``branches``           what the two share: the add, their loop twins, checks, choice of path
 ``sphere``             a step between two directions on the unit sphere, normalized
@@ -177,6 +179,18 @@ from lnref.autograd.kernels.residual_normed import (
     residual_normed_feed_forward_forward,
     residual_normed_feed_forward_forward_reference,
 )
+from lnref.autograd.kernels.residual_normed_feed_forward_normed import (
+    residual_normed_normed_feed_forward_backward,
+    residual_normed_normed_feed_forward_backward_reference,
+    residual_normed_normed_feed_forward_forward,
+    residual_normed_normed_feed_forward_forward_reference,
+)
+from lnref.autograd.kernels.residual_normed_heads_pieces import (
+    residual_normed_heads_pieces_attention_backward,
+    residual_normed_heads_pieces_attention_backward_reference,
+    residual_normed_heads_pieces_attention_forward,
+    residual_normed_heads_pieces_attention_forward_reference,
+)
 from lnref.autograd.kernels.scale_norm import (
     scale_norm_backward,
     scale_norm_backward_reference,
@@ -295,6 +309,14 @@ __all__ = [
     "residual_normed_feed_forward_backward_reference",
     "residual_normed_feed_forward_forward",
     "residual_normed_feed_forward_forward_reference",
+    "residual_normed_heads_pieces_attention_backward",
+    "residual_normed_heads_pieces_attention_backward_reference",
+    "residual_normed_heads_pieces_attention_forward",
+    "residual_normed_heads_pieces_attention_forward_reference",
+    "residual_normed_normed_feed_forward_backward",
+    "residual_normed_normed_feed_forward_backward_reference",
+    "residual_normed_normed_feed_forward_forward",
+    "residual_normed_normed_feed_forward_forward_reference",
     "rms_norm_backward",
     "rms_norm_backward_reference",
     "rms_norm_forward",

@@ -240,6 +240,30 @@ def _heads_pieces_attention_backward_kernel(
                     dx_rows[r, j] += scratch[r, j]
 
 
+def heads_pieces_forward_arrays(
+    x: np.ndarray, n_heads: int, q_gamma: np.ndarray, k_gamma: np.ndarray, v_gamma: np.ndarray,
+    scale: np.ndarray, gamma: np.ndarray,
+) -> Arrays:  # fmt: skip
+    """The arrays the forward kernel writes, in its order (``out`` last); an absent piece's
+    output is its input, and its statistics empty."""
+    dtype, n = x.dtype, x.shape[0] * x.shape[1]
+    q, k, v, heads, out = np.empty((5, *x.shape), dtype)  # one allocation, five disjoint views
+    empty = np.empty(0, dtype)
+    inputs, stats = [q, k, v], [empty] * 6  # the attention's inputs, each head norm's mean and rstd
+    for i, head_gamma in enumerate((q_gamma, k_gamma, v_gamma)):
+        if head_gamma.size:
+            inputs[i] = np.empty(x.shape, dtype)
+            stats[2 * i : 2 * i + 2] = np.empty((2, n * n_heads), dtype)
+    q_normed, k_normed, v_normed = inputs
+    q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd = stats
+    head_norms = (q_normed, k_normed, v_normed, q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd)
+    shaped = np.empty(x.shape, dtype) if scale.size else heads
+    normed = np.empty(x.shape, dtype) if gamma.size else shaped
+    mean, rstd = np.empty((2, n), dtype) if gamma.size else (empty, empty)
+    probs = np.zeros((x.shape[0], n_heads, x.shape[1], x.shape[1]), dtype)
+    return q, k, v, *head_norms, probs, heads, shaped, normed, mean, rstd, out
+
+
 def _heads_pieces_attention_forward_loop(
     x: np.ndarray, weights: np.ndarray, biases: np.ndarray,
     q_gamma: np.ndarray, q_beta: np.ndarray, k_gamma: np.ndarray, k_beta: np.ndarray,
@@ -247,23 +271,12 @@ def _heads_pieces_attention_forward_loop(
     n_heads: int, causal: bool, eps: float,
 ) -> Arrays:  # fmt: skip
     """Loop twin of :func:`heads_pieces_attention_forward_reference` (allocates, runs the kernel)."""
-    dtype, n = x.dtype, x.shape[0] * x.shape[1]
-    q, k, v, heads, out = (np.empty(x.shape, dtype) for _ in range(5))
-    head_gammas = (q_gamma, k_gamma, v_gamma)
-    q_normed, k_normed, v_normed = (np.empty(x.shape, dtype) if g.size else p for g, p in zip(head_gammas, (q, k, v)))
-    q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd = (
-        np.empty(n * n_heads if g.size else 0, dtype) for g in head_gammas for _ in range(2)
-    )
-    head_norms = (q_normed, k_normed, v_normed, q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd)
-    shaped = np.empty(x.shape, dtype) if scale.size else heads
-    normed = np.empty(x.shape, dtype) if gamma.size else shaped
-    mean, rstd = (np.empty(n if gamma.size else 0, dtype) for _ in range(2))
-    probs = np.zeros((x.shape[0], n_heads, x.shape[1], x.shape[1]), dtype)
+    arrays = heads_pieces_forward_arrays(x, n_heads, q_gamma, k_gamma, v_gamma, scale, gamma)
     _heads_pieces_attention_forward_kernel(
         x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta, causal, eps,
-        q, k, v, *head_norms, probs, heads, shaped, normed, mean, rstd, out,
+        *arrays,
     )  # fmt: skip
-    return out, q, k, v, *head_norms, probs, heads, shaped, normed, mean, rstd
+    return arrays[-1], *arrays[:-1]
 
 
 def _heads_pieces_attention_backward_loop(
@@ -283,7 +296,9 @@ def _heads_pieces_attention_backward_loop(
         q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd, probs, heads, shaped, normed, mean, rstd,
         dx, dweights, dbiases, *dpieces,
     )  # fmt: skip
-    return (dx, dweights, dbiases, *(g.astype(dtype, copy=False) for g in dpieces))
+    if dtype != dpieces[0].dtype:  # float32: the accumulators rounded once
+        dpieces = [g.astype(dtype) for g in dpieces]
+    return (dx, dweights, dbiases, *dpieces)
 
 
 # The sublayer kernels' limits: the same products and loops, and a norm's or a scale's pass.
@@ -301,6 +316,41 @@ HEADS_PIECES_ATTENTION_BACKWARD = Twin(
 )
 
 
+def checked_heads_pieces(
+    n_heads: int, x: np.ndarray, weights: np.ndarray, biases: np.ndarray,
+    q_gamma: np.ndarray, q_beta: np.ndarray, k_gamma: np.ndarray, k_beta: np.ndarray,
+    v_gamma: np.ndarray, v_beta: np.ndarray, scale: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+) -> Arrays:  # fmt: skip
+    """The arrays as float arrays of one dtype that fit one attention sublayer of ``n_heads``
+    heads with pieces on ``x`` (B, T, d), or an error."""
+    arrays = float_arrays(x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta)
+    x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta = arrays
+    d = x.shape[-1] if x.ndim == 3 else 0
+    fits = d and type(n_heads) is int and n_heads >= 1 and d % n_heads == 0
+    head_norm_shapes = ((0,), (d // n_heads,)) if fits else ()  # spelled out: a check runs on every call
+    if not (
+        fits
+        and weights.shape == (4, d, d)
+        and biases.shape == (4, d)
+        and q_gamma.shape == q_beta.shape
+        and q_gamma.shape in head_norm_shapes
+        and k_gamma.shape == k_beta.shape
+        and k_gamma.shape in head_norm_shapes
+        and v_gamma.shape == v_beta.shape
+        and v_gamma.shape in head_norm_shapes
+        and scale.shape in ((0,), (n_heads,))
+        and gamma.shape == beta.shape
+        and gamma.shape in ((0,), (d,))
+    ):
+        head_norms = ((q_gamma, q_beta), (k_gamma, k_beta), (v_gamma, v_beta))
+        norms = ", ".join(f"{name} norm {g.shape} and {b.shape}" for name, (g, b) in zip("qkv", head_norms))
+        raise ValueError(
+            f"x {x.shape}, weights {weights.shape}, biases {biases.shape}, {norms}, scale {scale.shape}, gamma "
+            f"{gamma.shape}, beta {beta.shape} and {n_heads} heads do not fit one attention sublayer"
+        )
+    return tuple(arrays)
+
+
 def heads_pieces_attention_forward(
     x: np.ndarray, weights: np.ndarray, biases: np.ndarray,
     q_gamma: np.ndarray, q_beta: np.ndarray, k_gamma: np.ndarray, k_beta: np.ndarray,
@@ -308,27 +358,11 @@ def heads_pieces_attention_forward(
     n_heads: int, causal: bool, eps: float,
 ) -> Arrays:  # fmt: skip
     """The forward of ``x`` (B, T, d); see :func:`heads_pieces_attention_forward_reference`."""
-    arrays = float_arrays(x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta)
+    arrays = checked_heads_pieces(
+        n_heads, x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta
+    )
     x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta = arrays
-    d = x.shape[-1] if x.ndim == 3 else 0
-    head_norms = ((q_gamma, q_beta), (k_gamma, k_beta), (v_gamma, v_beta))
-    if not (
-        d
-        and type(n_heads) is int
-        and n_heads >= 1
-        and d % n_heads == 0
-        and weights.shape == (4, d, d)
-        and biases.shape == (4, d)
-        and all(g.shape == b.shape and g.shape in ((0,), (d // n_heads,)) for g, b in head_norms)
-        and scale.shape in ((0,), (n_heads,))
-        and gamma.shape == beta.shape
-        and gamma.shape in ((0,), (d,))
-    ):
-        norms = ", ".join(f"{name} norm {g.shape} and {b.shape}" for name, (g, b) in zip("qkv", head_norms))
-        raise ValueError(
-            f"x {x.shape}, weights {weights.shape}, biases {biases.shape}, {norms}, scale {scale.shape}, gamma "
-            f"{gamma.shape}, beta {beta.shape} and {n_heads} heads do not fit one attention sublayer"
-        )
+    d = x.shape[-1]
     work = attention_sublayer_work(x.shape[0], x.shape[1], x.shape[1], d)
     return HEADS_PIECES_ATTENTION_FORWARD.pick(*work)(
         x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta, n_heads,

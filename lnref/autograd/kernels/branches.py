@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+import lnref.autograd.kernels as kernels
 from lnref.autograd.kernels import attention_sublayer, feed_forward, linear, norms
 from lnref.autograd.kernels.checks import check_fit, float_arrays
 from lnref.autograd.kernels.seam import Twin, njit
@@ -159,6 +160,28 @@ def feed_forward_twins(name: str, references: Loops, forward_kernel: Any, backwa
         return da, dgamma.astype(dtype, copy=False), dbeta.astype(dtype, copy=False), dw1, db1, dw2, db2
 
     return _twins(name, references, (forward, backward), (forward_kernel, backward_kernel), linear.LOOP_PAYS_UP_TO)
+
+
+# ----- the NumPy twins' input norm ---------------------------------------------------
+
+
+def input_norm(a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> Arrays:
+    """(LN(a) as rows, mean, rstd) through the public kernel: the NumPy twins' input norm."""
+    return kernels.layer_norm_forward(a.reshape(-1, a.shape[-1]), gamma, beta, eps)
+
+
+def input_norm_backward(
+    dy: np.ndarray, dnormed: np.ndarray, a: np.ndarray, gamma: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+    residual: bool,
+) -> Arrays:  # fmt: skip
+    """(da, dgamma, dbeta) from the branch's cotangent ``dnormed`` through the public kernel, plus
+    the skip's ``dy`` where the branch is added to ``a`` (``residual``)."""
+    d = a.shape[-1]
+    da, dgamma, dbeta = kernels.layer_norm_backward(
+        dnormed.reshape(-1, d), a.reshape(-1, d), gamma, mean, rstd, residuals_checked=True
+    )
+    da = da.reshape(a.shape)
+    return (dy + da if residual else da), dgamma, dbeta
 
 
 # ----- the public kernels' checks and choice of path -------------------------------------

@@ -21,7 +21,10 @@ sublayer's own.
                                          residual False: da = da_ln)
 
 The flag ``residual`` comes last, after the forward's arguments and after the backward's
-residuals.
+residuals; the FFN's branch takes one more after it, ``normed_skip``: the skip carries the
+normed value, y = LN(a) + F(LN(a)) (HybridNorm's Post-Norm FFN), whose backward adds dy to
+dnormed before the norm's VJP (the skip's term first, as the tape accumulates it) instead of
+to da.
 """
 
 from __future__ import annotations
@@ -181,14 +184,15 @@ RESIDUAL_NORMED_ATTENTION_FORWARD, RESIDUAL_NORMED_ATTENTION_BACKWARD = attentio
 
 
 def residual_normed_feed_forward_forward_reference(
-    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str, residual: bool
-) -> Arrays:
+    a: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays, activation: str, residual: bool,
+    normed_skip: bool = False,
+) -> Arrays:  # fmt: skip
     """NumPy twin; returns ``(y, normed, mean, rstd, hidden, acted)``."""
     rows, mean, rstd = kernels.layer_norm_forward(a.reshape(-1, a.shape[-1]), gamma, beta, eps)
     w1, b1, w2, b2 = weights
     out, hidden, acted = kernels.feed_forward_forward(rows, w1, b1, w2, b2, activation)
-    out = out.reshape(a.shape)
-    return a + out if residual else out, rows.reshape(a.shape), mean, rstd, hidden, acted
+    out, normed = out.reshape(a.shape), rows.reshape(a.shape)
+    return (normed if normed_skip else a) + out if residual else out, normed, mean, rstd, hidden, acted
 
 
 def residual_normed_feed_forward_backward_reference(
@@ -204,17 +208,20 @@ def residual_normed_feed_forward_backward_reference(
     acted: np.ndarray,
     activation: str,
     residual: bool,
+    normed_skip: bool = False,
 ) -> Arrays:
     """NumPy twin; returns ``(da, dgamma, dbeta, dw1, db1, dw2, db2)``."""
     d = a.shape[-1]
     dnormed, *dweights = kernels.feed_forward_backward(
         dy.reshape(-1, d), normed.reshape(-1, d), w1, w2, hidden, acted, activation, residuals_checked=True
     )
+    if residual and normed_skip:
+        dnormed = dy.reshape(-1, d) + dnormed
     da, dgamma, dbeta = kernels.layer_norm_backward(
         dnormed, a.reshape(-1, d), gamma, mean, rstd, residuals_checked=True
     )
     da = da.reshape(a.shape)
-    return (dy + da if residual else da, dgamma, dbeta, *dweights)
+    return (dy + da if residual and not normed_skip else da, dgamma, dbeta, *dweights)
 
 
 @njit(cache=True)
@@ -235,13 +242,14 @@ def _residual_normed_feed_forward_forward_kernel(
     acted: np.ndarray,
     y: np.ndarray,
     residual: bool,
+    normed_skip: bool = False,
 ) -> None:
     rows = (mean.size, a.shape[-1])
     normed_rows = normed.reshape(rows)
     layer_norm_forward_kernel(a.reshape(rows), gamma, beta, eps, normed_rows, mean, rstd)
     feed_forward._feed_forward_forward_kernel(normed_rows, w1, b1, w2, b2, activation, hidden, acted, y.reshape(rows))
     if residual:
-        add_into(a, y)
+        add_into(normed if normed_skip else a, y)
 
 
 @njit(cache=True)
@@ -267,6 +275,7 @@ def _residual_normed_feed_forward_backward_kernel(
     dgamma: np.ndarray,
     dbeta: np.ndarray,
     residual: bool,
+    normed_skip: bool = False,
 ) -> None:
     rows = (mean.size, a.shape[-1])
     dnormed_rows = dnormed.reshape(rows)
@@ -285,8 +294,10 @@ def _residual_normed_feed_forward_backward_kernel(
         dw2,
         db2,
     )
+    if residual and normed_skip:  # the skip's cotangent first, as the tape accumulates it
+        add_into(dy, dnormed)
     layer_norm_backward_kernel(dnormed_rows, a.reshape(rows), gamma, mean, rstd, da.reshape(rows), dgamma, dbeta)
-    if residual:
+    if residual and not normed_skip:
         add_into(dy, da)
 
 
@@ -331,18 +342,20 @@ def residual_normed_feed_forward_forward(
     weights: Arrays,
     activation: str,
     residual: bool = True,
+    normed_skip: bool = False,
 ) -> Arrays:
-    """y = a + F(LN(a)) (``residual`` False: F(LN(a))), F the FFN of ``weights`` (w1, b1, w2,
-    b2); returns ``(y, normed, mean, rstd, hidden, acted)``."""
+    """y = a + F(LN(a)) (``residual`` False: F(LN(a)); ``normed_skip``: LN(a) + F(LN(a))), F
+    the FFN of ``weights`` (w1, b1, w2, b2); returns ``(y, normed, mean, rstd, hidden, acted)``."""
     a, gamma, beta, *checked = checked_feed_forward_branch(a, gamma, beta, weights, activation)
     forward = path(RESIDUAL_NORMED_FEED_FORWARD_FORWARD, FEED_FORWARD_PARTS[0], a.size // a.shape[-1] * checked[0].size)
-    return forward(a, gamma, beta, float(eps), tuple(checked), activation, bool(residual))
+    return forward(a, gamma, beta, float(eps), tuple(checked), activation, bool(residual), bool(normed_skip))
 
 
 def residual_normed_feed_forward_backward(dy: np.ndarray, a: np.ndarray, *residuals: Any) -> Arrays:
     """The VJP of :func:`residual_normed_feed_forward_forward` at ``dy``, from its input ``a``
     and residuals (``gamma, normed, mean, rstd, w1, w2, hidden, acted, activation``: the
-    forward's own, unchanged, then its flag ``residual``); returns ``(da, dgamma, dbeta, dw1, db1, dw2, db2)``."""
+    forward's own, unchanged, then its flags ``residual`` and ``normed_skip``); returns ``(da, dgamma,
+    dbeta, dw1, db1, dw2, db2)``."""
     dy = cotangent(dy, a.dtype, a.shape)
     work = a.size // a.shape[-1] * residuals[4].size
     return path(RESIDUAL_NORMED_FEED_FORWARD_BACKWARD, FEED_FORWARD_PARTS[1], work)(dy, a, *residuals)
