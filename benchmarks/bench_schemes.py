@@ -18,11 +18,13 @@ for leaving the fused sublayers (per-head norms, head scales, a norm between the
 W_o or after the FFN's activation all run as the composition). Time per layer is the pass's
 time over the number of layers (the final norm is included; it is one norm in 97).
 
-In each configuration the schemes' repetitions alternate, so that a change of machine load
-hits every scheme alike; each figure is the median over ``--reps`` repetitions of a callable
-repeated for at least ``--min-time`` seconds. The CPU time other processes took meanwhile is
-reported: above a quarter of a CPU the figures competed with it. The goal: no scheme above
-1.5x Pre-LN per layer.
+Each scheme is timed paired with Pre-LN: in each of ``--reps`` repetitions Pre-LN's pass and
+the scheme's run back to back, each repeated for at least ``--min-time`` seconds, and the
+scheme's ratio is the median over the repetitions of its time over Pre-LN's in the same
+repetition, so that a change of machine load between schemes (or over a repetition of all of
+them) does not move a ratio. The times shown are medians too (Pre-LN's over every pairing).
+The CPU time other processes took meanwhile is reported: above a quarter of a CPU the figures
+competed with it. The goal: no scheme above 1.5x Pre-LN per layer.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_model import CONFIGS, alternate, busy_cpu_seconds, own_cpu_seconds  # noqa: E402
+from bench_model import CONFIGS, busy_cpu_seconds, calls_per_rep, own_cpu_seconds  # noqa: E402
 from split import format_split, lnref_split  # noqa: E402
 
 REFERENCE = ("pre", {})
@@ -84,46 +87,67 @@ def variants(text):
     return [(name, {}) for name in names if name != "pre"]
 
 
+def paired(reference, fn, reps, min_time):
+    """(the median over the repetitions of fn's time over the reference's, fn's median seconds
+    per call, the reference's seconds per call in each repetition), the two alternating within
+    each repetition."""
+    numbers = calls_per_rep(reference, min_time), calls_per_rep(fn, min_time)
+    times = ([], [])
+    for _ in range(reps):
+        for f, number, bucket in zip((reference, fn), numbers, times):
+            started = time.perf_counter()
+            for _ in range(number):
+                f()
+            bucket.append((time.perf_counter() - started) / number)
+    ratios = [t / r for r, t in zip(*times)]
+    return statistics.median(ratios), statistics.median(times[1]), times[0]
+
+
 def measure(config_name, schemes, reps, min_time, split=False):
-    """{label: {"fast": s, "composition": s}} per call, and the other CPUs' load meanwhile."""
+    """{label: {path: s, path + "_ratio": x Pre-LN}} per call for each path ("fast",
+    "composition"), each timed paired with Pre-LN's on the same path; the other CPUs' load."""
     import lnref
 
     config = CONFIGS[config_name]
     dims = {k: v for k, v in config.items() if k not in ("seq", "batch")}
-    callables = {}
-    for scheme, options in [REFERENCE, *schemes]:
-        for path, fast in (("fast", True), ("composition", False)):
-            model = lnref.build(scheme, **dims, options=options)
-            model.fast = fast
-            x, dy, _ = model.sample_inputs(batch=config["batch"], seq=config["seq"])
-            callables[(label(scheme, options), path)] = lambda model=model, x=x, dy=dy: model.value_and_grad(x, dy)
+
+    def pass_of(scheme, options, fast):
+        model = lnref.build(scheme, **dims, options=options)
+        model.fast = fast
+        x, dy, _ = model.sample_inputs(batch=config["batch"], seq=config["seq"])
+        return lambda: model.value_and_grad(x, dy)
+
+    references = {path: pass_of(*REFERENCE, fast) for path, fast in (("fast", True), ("composition", False))}
     started, busy_before, own_before = time.perf_counter(), busy_cpu_seconds(), own_cpu_seconds()
-    seconds, _ = alternate(list(callables.values()), reps, min_time)
+    results, reference_times = {}, {"fast": [], "composition": []}
+    for scheme, options in [REFERENCE, *schemes]:
+        entry = results.setdefault(label(scheme, options), {})
+        for path, fast in (("fast", True), ("composition", False)):
+            fn = pass_of(scheme, options, fast)
+            ratio, seconds, reference_seconds = paired(references[path], fn, reps, min_time)
+            entry[path], entry[path + "_ratio"] = seconds, ratio
+            reference_times[path] += reference_seconds
+            if split and path == "fast":
+                entry["split"] = lnref_split(fn, seconds=1.0)
+    reference = results[label(*REFERENCE)]
+    for path in reference_times:
+        reference[path] = statistics.median(reference_times[path])
     others = None
     if busy_before is not None:
         others = max(busy_cpu_seconds() - busy_before - (own_cpu_seconds() - own_before), 0.0)
         others /= time.perf_counter() - started
-    results = {}
-    for (name, path), value in zip(callables, seconds):
-        results.setdefault(name, {})[path] = value
-    if split:
-        for (name, path), fn in callables.items():
-            if path == "fast":
-                results[name]["split"] = lnref_split(fn, seconds=1.0)
     return results, others
 
 
 def report(config_name, results, others):
     layers = CONFIGS[config_name]["n_layers"]
-    reference = results[label(*REFERENCE)]
     print(f"\n{config_name}: {json.dumps(CONFIGS[config_name])}, float64, 1 BLAS thread")
     header = f"{'scheme':34s} {'ms/layer':>9s} {'x Pre-LN':>9s} {'composition ms/layer':>21s} {'x Pre-LN':>9s}"
     print(header)
     print("-" * len(header))
     over = []
     for name, times in results.items():
-        ratio = times["fast"] / reference["fast"]
-        ratio_composed = times["composition"] / reference["composition"]
+        ratio, ratio_composed = times["fast_ratio"], times["composition_ratio"]
         print(
             f"{name:34s} {times['fast'] / layers * 1e3:9.3f} {ratio:9.2f} "
             f"{times['composition'] / layers * 1e3:21.3f} {ratio_composed:9.2f}"
