@@ -246,21 +246,25 @@ def heads_pieces_forward_arrays(
 ) -> Arrays:  # fmt: skip
     """The arrays the forward kernel writes, in its order (``out`` last); an absent piece's
     output is its input, and its statistics empty."""
-    dtype, n = x.dtype, x.shape[0] * x.shape[1]
-    q, k, v, heads, out = np.empty((5, *x.shape), dtype)  # one allocation, five disjoint views
+    # One np.empty each: a view taken out of a shared block costs more than an allocation.
+    shape, dtype, n = x.shape, x.dtype, x.shape[0] * x.shape[1]
+    q, k, v, heads, out = (np.empty(shape, dtype), np.empty(shape, dtype), np.empty(shape, dtype),
+                           np.empty(shape, dtype), np.empty(shape, dtype))  # fmt: skip
     empty = np.empty(0, dtype)
-    inputs, stats = [q, k, v], [empty] * 6  # the attention's inputs, each head norm's mean and rstd
-    for i, head_gamma in enumerate((q_gamma, k_gamma, v_gamma)):
-        if head_gamma.size:
-            inputs[i] = np.empty(x.shape, dtype)
-            stats[2 * i : 2 * i + 2] = np.empty((2, n * n_heads), dtype)
-    q_normed, k_normed, v_normed = inputs
-    q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd = stats
+    q_normed, k_normed, v_normed = q, k, v  # the attention's inputs
+    q_mean = q_rstd = k_mean = k_rstd = v_mean = v_rstd = empty  # each head norm's statistics
+    if q_gamma.size:
+        q_normed, q_mean, q_rstd = np.empty(shape, dtype), np.empty(n * n_heads, dtype), np.empty(n * n_heads, dtype)
+    if k_gamma.size:
+        k_normed, k_mean, k_rstd = np.empty(shape, dtype), np.empty(n * n_heads, dtype), np.empty(n * n_heads, dtype)
+    if v_gamma.size:
+        v_normed, v_mean, v_rstd = np.empty(shape, dtype), np.empty(n * n_heads, dtype), np.empty(n * n_heads, dtype)
     head_norms = (q_normed, k_normed, v_normed, q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd)
-    shaped = np.empty(x.shape, dtype) if scale.size else heads
-    normed = np.empty(x.shape, dtype) if gamma.size else shaped
-    mean, rstd = np.empty((2, n), dtype) if gamma.size else (empty, empty)
-    probs = np.zeros((x.shape[0], n_heads, x.shape[1], x.shape[1]), dtype)
+    shaped = np.empty(shape, dtype) if scale.size else heads
+    normed, mean, rstd = shaped, empty, empty
+    if gamma.size:
+        normed, mean, rstd = np.empty(shape, dtype), np.empty(n, dtype), np.empty(n, dtype)
+    probs = np.zeros((shape[0], n_heads, shape[1], shape[1]), dtype)
     return q, k, v, *head_norms, probs, heads, shaped, normed, mean, rstd, out
 
 
@@ -320,11 +324,15 @@ def checked_heads_pieces(
     n_heads: int, x: np.ndarray, weights: np.ndarray, biases: np.ndarray,
     q_gamma: np.ndarray, q_beta: np.ndarray, k_gamma: np.ndarray, k_beta: np.ndarray,
     v_gamma: np.ndarray, v_beta: np.ndarray, scale: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+    *more: np.ndarray,
 ) -> Arrays:  # fmt: skip
     """The arrays as float arrays of one dtype that fit one attention sublayer of ``n_heads``
-    heads with pieces on ``x`` (B, T, d), or an error."""
-    arrays = float_arrays(x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta)
-    x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta = arrays
+    heads with pieces on ``x`` (B, T, d), or an error; ``more`` arrays, whose shapes the
+    caller checks, made float arrays of that dtype with them."""
+    arrays = float_arrays(
+        x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta, *more
+    )
+    x, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta = arrays[:12]
     d = x.shape[-1] if x.ndim == 3 else 0
     fits = d and type(n_heads) is int and n_heads >= 1 and d % n_heads == 0
     head_norm_shapes = ((0,), (d // n_heads,)) if fits else ()  # spelled out: a check runs on every call

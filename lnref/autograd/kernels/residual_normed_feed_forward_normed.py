@@ -114,9 +114,15 @@ def _residual_normed_normed_feed_forward_forward_loop(
     """Loop twin (allocates, then runs ``_residual_normed_normed_feed_forward_forward_kernel``)."""
     w1, b1, hidden_gamma, hidden_beta, w2, b2 = weights
     dtype, n_rows, d_ff = a.dtype, a.size // a.shape[-1], w1.shape[1]
-    normed, y = np.empty((2, *a.shape), dtype)
-    mean, rstd, hidden_mean, hidden_rstd = np.empty((4, n_rows), dtype)
-    hidden, hidden_normed = np.empty((2, n_rows, d_ff), dtype)
+    # one np.empty each: a view taken out of a shared block costs more than an allocation
+    normed, y, mean, rstd = (
+        np.empty(a.shape, dtype),
+        np.empty(a.shape, dtype),
+        np.empty(n_rows, dtype),
+        np.empty(n_rows, dtype),
+    )
+    hidden, hidden_normed = np.empty((n_rows, d_ff), dtype), np.empty((n_rows, d_ff), dtype)
+    hidden_mean, hidden_rstd = np.empty(n_rows, dtype), np.empty(n_rows, dtype)
     acted = hidden if activation == "relu" else np.empty_like(hidden)  # ReLU in place, as the FFN's loop
     _residual_normed_normed_feed_forward_forward_kernel(
         a, gamma, beta, eps, w1, b1, hidden_gamma, hidden_beta, w2, b2, FFN_CODES[activation], hidden_eps,
@@ -132,12 +138,17 @@ def _residual_normed_normed_feed_forward_backward_loop(
 ) -> Arrays:  # fmt: skip
     """Loop twin (allocates, then runs ``_residual_normed_normed_feed_forward_backward_kernel``)."""
     dtype, d = a.dtype, a.shape[-1]
-    dhidden_normed, dacted = np.empty((2, *hidden.shape), dtype)
-    dnormed, da = np.empty((2, *a.shape), dtype)
+    dhidden_normed, dacted = np.empty(hidden.shape, dtype), np.empty(hidden.shape, dtype)
+    dnormed, da = np.empty(a.shape, dtype), np.empty(a.shape, dtype)
     dw1, dw2 = np.empty(w1.shape, dtype), np.empty(w2.shape, dtype)
     db1, db2 = np.empty(w1.shape[1], dtype), np.empty(d, dtype)
-    dhidden_gamma, dhidden_beta = np.zeros((2, hidden_gamma.size))  # float64 accumulators, as
-    dgamma, dbeta = np.zeros((2, d))  # LayerNorm's loop keeps them
+    # float64 accumulators, as LayerNorm's loop keeps them
+    dhidden_gamma, dhidden_beta, dgamma, dbeta = (
+        np.zeros(hidden_gamma.size),
+        np.zeros(hidden_gamma.size),
+        np.zeros(d),
+        np.zeros(d),
+    )
     _residual_normed_normed_feed_forward_backward_kernel(
         dy, a, gamma, normed, mean, rstd, w1, hidden_gamma, w2, hidden, acted, hidden_normed, hidden_mean,
         hidden_rstd, FFN_CODES[activation], dhidden_normed, dacted, dnormed, dw1, db1, dhidden_gamma, dhidden_beta,

@@ -29,7 +29,7 @@ import numpy as np
 import lnref.autograd.kernels as kernels
 from lnref.autograd.kernels import attention_heads_pieces, attention_sublayer, norms, seam
 from lnref.autograd.kernels.branches import add_into, input_norm, input_norm_backward, path
-from lnref.autograd.kernels.checks import check_fit, cotangent, float_arrays
+from lnref.autograd.kernels.checks import check_fit, cotangent
 from lnref.autograd.kernels.norms import layer_norm_backward_kernel, layer_norm_forward_kernel
 from lnref.autograd.kernels.seam import Twin, njit
 
@@ -158,20 +158,21 @@ def _residual_normed_heads_pieces_attention_forward_loop(
     """Loop twin (allocates, then runs ``_residual_normed_heads_pieces_attention_forward_kernel``)."""
     q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, heads_gamma, heads_beta = pieces
     out_gamma, out_beta = out_norm
-    dtype, n_rows = a.dtype, a.shape[0] * a.shape[1]
-    normed, (mean, rstd) = np.empty(a.shape, dtype), np.empty((2, n_rows), dtype)
+    dtype, n_rows, out_normed = a.dtype, a.shape[0] * a.shape[1], bool(out_gamma.size)
+    normed, mean, rstd = np.empty(a.shape, dtype), np.empty(n_rows, dtype), np.empty(n_rows, dtype)
     *kept, y = attention_heads_pieces.heads_pieces_forward_arrays(
         a, n_heads, q_gamma, k_gamma, v_gamma, scale, heads_gamma
     )
-    branch, out_mean, out_rstd = y, np.empty(0, dtype), np.empty(0, dtype)
-    if out_gamma.size:
-        branch, (out_mean, out_rstd) = np.empty(a.shape, dtype), np.empty((2, n_rows), dtype)
+    empty = np.empty(0, dtype)
+    branch, out_mean, out_rstd = y, empty, empty
+    if out_normed:
+        branch, out_mean, out_rstd = np.empty(a.shape, dtype), np.empty(n_rows, dtype), np.empty(n_rows, dtype)
     _residual_normed_heads_pieces_attention_forward_kernel(
         a, gamma, beta, eps, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, heads_gamma,
         heads_beta, out_gamma, out_beta, causal, heads_eps, out_eps, residual, normed, mean, rstd, branch, out_mean,
         out_rstd, y, *kept,
     )  # fmt: skip
-    return y, normed, mean, rstd, branch if out_gamma.size else np.empty(0, dtype), out_mean, out_rstd, *kept
+    return y, normed, mean, rstd, branch if out_normed else empty, out_mean, out_rstd, *kept
 
 
 def _residual_normed_heads_pieces_attention_backward_loop(
@@ -182,7 +183,7 @@ def _residual_normed_heads_pieces_attention_backward_loop(
     *kept, residual = attention
     weights, q_gamma, k_gamma, v_gamma, scale, heads_gamma = kept[:6]
     dtype, shape = a.dtype, a.shape
-    dnormed, da = np.empty((2, *shape), dtype)
+    dnormed, da = np.empty(shape, dtype), np.empty(shape, dtype)
     dbranch = np.empty(shape, dtype) if out_gamma.size else dy
     dweights, dbiases = np.empty(weights.shape, dtype), np.empty(weights.shape[:2], dtype)
     # float64 accumulators, as LayerNorm's loop keeps them: dgamma, dbeta, dout_gamma, dout_beta,
@@ -229,8 +230,9 @@ def residual_normed_heads_pieces_attention_forward(
     ``pieces`` of :func:`residual_normed_heads_pieces_attention_forward_reference`; returns
     ``(y, normed, mean, rstd, branch, out_mean, out_rstd)`` and then all
     ``heads_pieces_attention_forward`` returns after its output."""
-    a, gamma, beta, out_gamma, out_beta = float_arrays(a, gamma, beta, *out_norm)
-    a, weights, biases, *checked = attention_heads_pieces.checked_heads_pieces(n_heads, a, weights, biases, *pieces)
+    a, weights, biases, *checked, gamma, beta, out_gamma, out_beta = attention_heads_pieces.checked_heads_pieces(
+        n_heads, a, weights, biases, *pieces, gamma, beta, *out_norm
+    )
     fits = gamma.shape == beta.shape == a.shape[2:] and out_gamma.shape == out_beta.shape
     fits = fits and out_gamma.shape in ((0,), a.shape[2:])
     check_fit(fits, "a", a, "gamma", gamma, "beta", beta, "out_gamma", out_gamma, "out_beta", out_beta)
