@@ -446,19 +446,19 @@ def _residual_normed_heads_pieces_attention_fwd(
         check_eps(op, norm_eps, a)
         check_eps(op, out_eps, a)
     weights, biases, pieces = _stacked_weights_and_pieces(a, attention[:8], attention[8:17])
-    out_gamma, out_beta = attention[17:] if len(attention) == 19 else (np.empty(0, a.dtype),) * 2
+    out_norm = attention[17:] if len(attention) == 19 else (np.empty(0, a.dtype),) * 2
     try:
         y, *kept = kernels.residual_normed_heads_pieces_attention_forward(
-            a, norm_gamma, norm_beta, norm_eps, weights, biases, pieces, (out_gamma, out_beta), n_heads, causal,
-            eps, out_eps, residual,
+            a, norm_gamma, norm_beta, norm_eps, weights, biases, pieces, out_norm, n_heads, causal, eps, out_eps,
+            residual,
         )  # fmt: skip
     except (TypeError, ValueError) as error:
-        raise kernel_error(op, error, a, norm_gamma, norm_beta, weights, *pieces, out_gamma, out_beta) from None
+        raise kernel_error(op, error, a, norm_gamma, norm_beta, weights, *pieces, *out_norm) from None
     q_g, _, k_g, _, v_g, _, c, g, _ = pieces
     given = [piece is not None for piece in attention[8:17]]
-    normed, mean, rstd, branch, out_mean, out_rstd, *attended = kept
-    residuals = (a, norm_gamma, normed, mean, rstd, out_gamma, branch, out_mean, out_rstd)
-    return y, ((*residuals, weights, q_g, k_g, v_g, c, g, *attended, residual), given, len(attention) == 19)
+    normed, mean, rstd, branch, out_mean, out_rstd = kept[:6]
+    residuals = (a, norm_gamma, normed, mean, rstd, out_norm[0], branch, out_mean, out_rstd, weights, q_g, k_g, v_g)
+    return y, ((*residuals, c, g, *kept[6:], residual), given, len(attention) == 19)
 
 
 def _residual_normed_heads_pieces_attention_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:

@@ -189,9 +189,15 @@ def _residual_normed_heads_pieces_attention_backward_loop(
     # float64 accumulators, as LayerNorm's loop keeps them: dgamma, dbeta, dout_gamma, dout_beta,
     # then the pieces' in their order (an absent piece's one shared empty)
     absent = np.zeros(0)
-    sizes = (gamma.size, out_gamma.size, q_gamma.size, k_gamma.size, v_gamma.size)
-    grads = [np.zeros(size) if size else absent for size in sizes for _ in range(2)]
-    grads += [np.zeros(size) if size else absent for size in (scale.size, heads_gamma.size, heads_gamma.size)]
+    grads = [np.zeros(gamma.size), np.zeros(gamma.size), absent, absent, absent, absent, absent, absent, absent,
+             absent, absent, absent, absent]  # fmt: skip
+    for i, piece in enumerate((out_gamma, q_gamma, k_gamma, v_gamma)):
+        if piece.size:
+            grads[2 + 2 * i], grads[3 + 2 * i] = np.zeros(piece.size), np.zeros(piece.size)
+    if scale.size:
+        grads[10] = np.zeros(scale.size)
+    if heads_gamma.size:
+        grads[11], grads[12] = np.zeros(heads_gamma.size), np.zeros(heads_gamma.size)
     _residual_normed_heads_pieces_attention_backward_kernel(
         dy, a, gamma, normed, mean, rstd, out_gamma, branch, out_mean, out_rstd, residual, da, dbranch, dnormed,
         dweights, dbiases, *grads, *kept,
@@ -233,13 +239,13 @@ def residual_normed_heads_pieces_attention_forward(
     a, weights, biases, *checked, gamma, beta, out_gamma, out_beta = attention_heads_pieces.checked_heads_pieces(
         n_heads, a, weights, biases, *pieces, gamma, beta, *out_norm
     )
-    fits = gamma.shape == beta.shape == a.shape[2:] and out_gamma.shape == out_beta.shape
-    fits = fits and out_gamma.shape in ((0,), a.shape[2:])
-    check_fit(fits, "a", a, "gamma", gamma, "beta", beta, "out_gamma", out_gamma, "out_beta", out_beta)
+    d = a.shape[2:]
+    if not (gamma.shape == beta.shape == d and out_gamma.shape == out_beta.shape and out_gamma.shape in ((0,), d)):
+        check_fit(False, "a", a, "gamma", gamma, "beta", beta, "out_gamma", out_gamma, "out_beta", out_beta)
     work = attention_sublayer.attention_sublayer_work(a.shape[0], a.shape[1], a.shape[1], a.shape[2])
     forward = path(RESIDUAL_NORMED_HEADS_PIECES_ATTENTION_FORWARD, HEADS_PIECES_ATTENTION_PARTS[0], *work)
     return forward(
-        a, gamma, beta, float(eps), weights, biases, tuple(checked), (out_gamma, out_beta), n_heads, bool(causal),
+        a, gamma, beta, float(eps), weights, biases, checked, (out_gamma, out_beta), n_heads, bool(causal),
         float(heads_eps), float(out_eps), bool(residual),
     )  # fmt: skip
 
