@@ -193,11 +193,11 @@ def residual_normed_normed_feed_forward_forward(
     d = a.shape[-1] if a.ndim == 3 else -1
     fits = gamma.shape == beta.shape == (d,) and w1.ndim == 2 and w1.shape[0] == d and b2.shape == (d,)
     fits = fits and b1.shape == hidden_gamma.shape == hidden_beta.shape == w1.shape[1:]
-    fits = fits and w2.shape == (w1.shape[1], d)
-    check_fit(
-        fits, *("a", a, "gamma", gamma, "beta", beta, "w1", w1, "b1", b1, "hidden_gamma", hidden_gamma),
-        *("hidden_beta", hidden_beta, "w2", w2, "b2", b2),
-    )  # fmt: skip
+    if not (fits and w2.shape == (w1.shape[1], d)):
+        check_fit(
+            False, *("a", a, "gamma", gamma, "beta", beta, "w1", w1, "b1", b1, "hidden_gamma", hidden_gamma),
+            *("hidden_beta", hidden_beta, "w2", w2, "b2", b2),
+        )  # fmt: skip
     forward = path(RESIDUAL_NORMED_NORMED_FEED_FORWARD_FORWARD, NORMED_FEED_FORWARD_PARTS[0], a.size // d * w1.size)
     weights = (w1, b1, hidden_gamma, hidden_beta, w2, b2)
     return forward(a, gamma, beta, float(eps), weights, activation, float(hidden_eps), bool(residual))
