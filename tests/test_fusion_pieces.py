@@ -206,6 +206,18 @@ def test_attention_inputs_that_do_not_fit_are_refused_in_one_line_naming_the_op(
         fused.residual_normed_heads_pieces_attention(*change(_attention_arrays()), n_heads=2)
 
 
+def _one_weight_in_float32(args):
+    return [*args[:5], args[5].astype(np.float32), *args[6:]]  # W_k of the attention's 8 weights
+
+
+def test_attention_weights_of_two_dtypes_are_refused_not_cast_to_one():
+    with pytest.raises(ValueError, match=r"^residual_normed_heads_pieces_attention: [^\n]*one dtype"):
+        fused.residual_normed_heads_pieces_attention(*_one_weight_in_float32(_attention_arrays()), n_heads=2)
+    with pytest.raises(ValueError, match=r"^heads_pieces_attention: [^\n]*one dtype"):
+        args = _one_weight_in_float32(_attention_arrays())
+        fused.heads_pieces_attention(args[0], *args[3:], n_heads=2)  # the stream, the weights, the pieces
+
+
 @pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan")])
 def test_an_input_norm_eps_that_is_not_positive_is_refused_in_one_line(eps):
     with pytest.raises(ValueError, match=r"^residual_normed_normed_feed_forward: [^\n]*$"):

@@ -225,6 +225,7 @@ def _heads_pieces_attention_fwd(
     """
     x = np.ascontiguousarray(x)
     weights, biases, pieces = _stacked_weights_and_pieces(
+        "heads_pieces_attention",
         x,
         (wq, bq, wk, bk, wv, bv, wo, bo),
         given := (q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, gamma, beta),
@@ -239,10 +240,17 @@ def _heads_pieces_attention_fwd(
     return out, (x, weights, q_g, k_g, v_g, c, g, *kept, [a is not None for a in given])
 
 
-def _stacked_weights_and_pieces(x: np.ndarray, weights: tuple[Any, ...], pieces: tuple[Any, ...]) -> tuple[Any, ...]:
+def _stacked_weights_and_pieces(
+    op: str, x: np.ndarray, weights: tuple[Any, ...], pieces: tuple[Any, ...]
+) -> tuple[Any, ...]:
     """(Wq, Wk, Wv, Wo as one (4, d, d) block, the biases as one (4, d), the pieces with an
-    empty array for each absent one): the arguments of the kernels of the attention with pieces."""
+    empty array for each absent one): the arguments of the kernels of the attention with pieces.
+    Weights of two dtypes are refused here: stacking them would cast them to one."""
     wq, bq, wk, bk, wv, bv, wo, bo = weights
+    dtype = np.asarray(wq).dtype
+    for w in weights[1:]:
+        if np.asarray(w).dtype != dtype:
+            raise ValueError(f"{op}: all kernel inputs must share one dtype, got {dtype} and {np.asarray(w).dtype}")
     try:  # np.array copies the four into one block as np.stack does, in one call
         stacked, biases = np.array((wq, wk, wv, wo)), np.array((bq, bk, bv, bo))
     except ValueError:  # ragged: the kernel's check names the shapes
@@ -445,7 +453,7 @@ def _residual_normed_heads_pieces_attention_fwd(
     if not (0 < norm_eps < math.inf and 0 < out_eps < math.inf):  # (False for NaN too)
         check_eps(op, norm_eps, a)
         check_eps(op, out_eps, a)
-    weights, biases, pieces = _stacked_weights_and_pieces(a, attention[:8], attention[8:17])
+    weights, biases, pieces = _stacked_weights_and_pieces(op, a, attention[:8], attention[8:17])
     out_norm = attention[17:] if len(attention) == 19 else (np.empty(0, a.dtype),) * 2
     try:
         y, *kept = kernels.residual_normed_heads_pieces_attention_forward(
