@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import lnref
-from lnref.autograd import fused, ops
+from lnref.autograd import fused_branches, ops
 from lnref.autograd.primitive import PRIMITIVES
 from lnref.autograd.replay import Replayer
 from lnref.gradcheck import check_vjp
@@ -28,12 +28,12 @@ def _arrays(shape=(2, 3, 8), seed=0):
 
 def test_add_layer_norm_gives_the_bits_of_the_norm_and_the_add():
     a, b, gamma, beta = _arrays()
-    y = fused.add_layer_norm(a, b, gamma, beta, eps=1e-3)
+    y = fused_branches.add_layer_norm(a, b, gamma, beta, eps=1e-3)
     np.testing.assert_array_equal(y.value, (a + ops.layer_norm(b, gamma, beta, eps=1e-3)).value)
 
 
 def test_add_layer_norm_vjp_matches_finite_differences():
-    checks = check_vjp(fused.add_layer_norm, *_arrays())
+    checks = check_vjp(fused_branches.add_layer_norm, *_arrays())
     assert len(checks) == 4 and all(c.status == "passed" for c in checks), checks
 
 
@@ -46,7 +46,7 @@ def test_a_vjp_that_drops_the_norms_cotangent_fails_the_check(monkeypatch):
         return da, np.zeros_like(db), dgamma, dbeta
 
     monkeypatch.setitem(PRIMITIVES, "add_layer_norm", defined._replace(vjp=broken_vjp))
-    checks = check_vjp(fused.add_layer_norm, *_arrays())
+    checks = check_vjp(fused_branches.add_layer_norm, *_arrays())
     assert [c.status for c in checks] == ["passed", "failed", "passed", "passed"]
 
 
@@ -61,7 +61,7 @@ def test_a_vjp_that_drops_the_norms_cotangent_fails_the_check(monkeypatch):
 )
 def test_inputs_that_do_not_fit_are_refused_in_one_line_naming_the_op(arrays, eps):
     with pytest.raises(ValueError, match=r"^add_layer_norm: [^\n]*$"):
-        fused.add_layer_norm(*arrays(*_arrays()), eps=eps)
+        fused_branches.add_layer_norm(*arrays(*_arrays()), eps=eps)
 
 
 def _program(model):
@@ -146,12 +146,12 @@ def test_an_added_norm_is_not_fused_when_a_step_between_reads_its_input():
 
 def test_layer_norm_of_sum_gives_the_bits_of_the_add_and_the_norm():
     a, b, gamma, beta = _arrays()
-    y = fused.layer_norm_of_sum(a, b, gamma, beta, eps=1e-3)
+    y = fused_branches.layer_norm_of_sum(a, b, gamma, beta, eps=1e-3)
     np.testing.assert_array_equal(y.value, ops.layer_norm(a + b, gamma, beta, eps=1e-3).value)
 
 
 def test_layer_norm_of_sum_vjp_matches_finite_differences():
-    checks = check_vjp(fused.layer_norm_of_sum, *_arrays(seed=1))
+    checks = check_vjp(fused_branches.layer_norm_of_sum, *_arrays(seed=1))
     assert len(checks) == 4 and all(c.status == "passed" for c in checks), checks
 
 
@@ -164,7 +164,7 @@ def test_a_vjp_that_drops_the_second_terms_cotangent_fails_the_check(monkeypatch
         return da, np.zeros_like(db), dgamma, dbeta
 
     monkeypatch.setitem(PRIMITIVES, "layer_norm_of_sum", defined._replace(vjp=broken_vjp))
-    checks = check_vjp(fused.layer_norm_of_sum, *_arrays(seed=1))
+    checks = check_vjp(fused_branches.layer_norm_of_sum, *_arrays(seed=1))
     assert [c.status for c in checks] == ["passed", "failed", "passed", "passed"]
 
 
@@ -179,7 +179,7 @@ def test_a_vjp_that_drops_the_second_terms_cotangent_fails_the_check(monkeypatch
 )
 def test_layer_norm_of_sum_refuses_inputs_that_do_not_fit_in_one_line_naming_the_op(arrays, eps):
     with pytest.raises(ValueError, match=r"^layer_norm_of_sum: [^\n]*$"):
-        fused.layer_norm_of_sum(*arrays(*_arrays()), eps=eps)
+        fused_branches.layer_norm_of_sum(*arrays(*_arrays()), eps=eps)
 
 
 def test_siameses_post_norm_stream_is_renormalized_in_one_step_with_its_add():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import lnref
-from lnref.autograd import fused, fusion, kernels, ops
+from lnref.autograd import fused, fused_branches, fusion, kernels, ops
 from lnref.autograd.kernels import seam
 from lnref.autograd.primitive import PRIMITIVES
 from lnref.autograd.replay import Replayer
@@ -262,4 +262,4 @@ def test_a_fused_branch_given_weights_that_do_not_fit_says_so_in_one_line():
     a, gamma, beta = rng.standard_normal((2, 4, 8)), np.ones(8), np.zeros(8)
     with pytest.raises(ValueError, match=r"^residual_normed_feed_forward: shapes do not fit: .*\n?$"):
         w1, b1, w2, b2 = np.ones((8, 16)), np.zeros(16), np.ones((16, 7)), np.zeros(8)
-        fused.residual_normed_feed_forward(a, gamma, beta, w1, b1, w2, b2)
+        fused_branches.residual_normed_feed_forward(a, gamma, beta, w1, b1, w2, b2)

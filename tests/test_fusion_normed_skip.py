@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import lnref
-from lnref.autograd import fused, ops
+from lnref.autograd import fused, fused_branches, ops
 from lnref.autograd.kernels import seam
 from lnref.autograd.replay import Replayer
 from lnref.gradcheck import check_vjp
@@ -40,14 +40,14 @@ def _fused_steps(model):
 
 def test_the_fused_branch_with_a_normed_skip_is_its_norm_ffn_and_add():
     a, gamma, beta, *weights = _arrays()
-    y = fused.residual_normed_feed_forward(a, gamma, beta, *weights, activation="gelu", normed_skip=True)
+    y = fused_branches.residual_normed_feed_forward(a, gamma, beta, *weights, activation="gelu", normed_skip=True)
     normed = ops.layer_norm(a, gamma, beta)
     np.testing.assert_array_equal(y.value, (normed + fused.feed_forward(normed, *weights, activation="gelu")).value)
 
 
 def test_the_fused_branch_with_a_normed_skips_vjp_matches_finite_differences():
     def fn(*args):
-        return fused.residual_normed_feed_forward(*args, activation="gelu", normed_skip=True)
+        return fused_branches.residual_normed_feed_forward(*args, activation="gelu", normed_skip=True)
 
     checks = check_vjp(fn, *_arrays(seed=1))
     assert len(checks) == 7 and all(c.status == "passed" for c in checks), checks
@@ -63,7 +63,7 @@ def test_a_backward_that_forgets_the_skip_fails_the_finite_difference_check():
         return good(*residuals, residual, False)
 
     def fn(*args):
-        return fused.residual_normed_feed_forward(*args, activation="gelu", normed_skip=True)
+        return fused_branches.residual_normed_feed_forward(*args, activation="gelu", normed_skip=True)
 
     with seam.replaced("residual_normed_feed_forward_backward", plain_skip):
         checks = check_vjp(fn, *_arrays(seed=1))

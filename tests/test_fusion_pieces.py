@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lnref
-from lnref.autograd import fused, ops
+from lnref.autograd import fused, fused_branches, ops
 from lnref.autograd.kernels import seam
 from lnref.autograd.primitive import PRIMITIVES
 from lnref.gradcheck import check_vjp
@@ -72,7 +72,7 @@ def test_a_fused_pass_with_pieces_gives_the_bits_of_the_taped_pass(scheme, size,
 def test_a_norm_of_another_eps_than_the_sublayers_keeps_its_own():
     """The fused step takes the input norm's eps as ``norm_eps`` and the sublayer's as ``eps``."""
     a, gamma, beta, w1, b1, g, b, w2, b2 = _ffn_arrays()
-    y = fused.residual_normed_normed_feed_forward(a, gamma, beta, w1, b1, g, b, w2, b2, norm_eps=0.5, eps=1e-3)
+    y = fused_branches.residual_normed_normed_feed_forward(a, gamma, beta, w1, b1, g, b, w2, b2, norm_eps=0.5, eps=1e-3)
     normed = ops.layer_norm(a, gamma, beta, eps=0.5)
     composed = a + fused.normed_feed_forward(normed, w1, b1, g, b, w2, b2, eps=1e-3)
     np.testing.assert_array_equal(y.value, composed.value)
@@ -108,7 +108,7 @@ def _ffn_arrays(d=8, d_ff=12, seed=1):
 @pytest.mark.parametrize("residual", [True, False])
 def test_the_fused_attention_is_its_norm_attention_and_add(residual):
     a, gamma, beta, *attention = _attention_arrays()
-    y = fused.residual_normed_heads_pieces_attention(a, gamma, beta, *attention, n_heads=2, residual=residual)
+    y = fused_branches.residual_normed_heads_pieces_attention(a, gamma, beta, *attention, n_heads=2, residual=residual)
     branch = fused.heads_pieces_attention(ops.layer_norm(a, gamma, beta), *attention, n_heads=2)
     np.testing.assert_array_equal(y.value, (a + branch if residual else branch).value)
 
@@ -116,7 +116,8 @@ def test_the_fused_attention_is_its_norm_attention_and_add(residual):
 @pytest.mark.parametrize("residual", [True, False])
 def test_the_fused_ffn_is_its_norm_ffn_and_add(residual):
     a, gamma, beta, *weights = _ffn_arrays()
-    y = fused.residual_normed_normed_feed_forward(a, gamma, beta, *weights, activation="gelu", residual=residual)
+    ffn = fused_branches.residual_normed_normed_feed_forward
+    y = ffn(a, gamma, beta, *weights, activation="gelu", residual=residual)
     branch = fused.normed_feed_forward(ops.layer_norm(a, gamma, beta), *weights, activation="gelu")
     np.testing.assert_array_equal(y.value, (a + branch if residual else branch).value)
 
@@ -125,7 +126,7 @@ def test_the_fused_ffn_is_its_norm_ffn_and_add(residual):
 @pytest.mark.parametrize("out_norm", [False, True], ids=["", "out norm"])
 def test_the_fused_attentions_vjp_matches_finite_differences(residual, out_norm):
     def fn(*args):
-        return fused.residual_normed_heads_pieces_attention(*args, n_heads=2, causal=True, residual=residual)
+        return fused_branches.residual_normed_heads_pieces_attention(*args, n_heads=2, causal=True, residual=residual)
 
     rng = np.random.default_rng(9)
     out_norms = [1 + 0.1 * rng.standard_normal(8), 0.1 * rng.standard_normal(8)] if out_norm else []
@@ -138,7 +139,7 @@ def test_the_fused_attentions_vjp_matches_finite_differences(residual, out_norm)
 def test_the_fused_attention_with_a_norm_after_it_is_its_norms_attention_and_add():
     a, gamma, beta, *attention = _attention_arrays()
     out_gamma, out_beta = 1 + 0.1 * np.arange(8), 0.01 * np.arange(8)
-    y = fused.residual_normed_heads_pieces_attention(
+    y = fused_branches.residual_normed_heads_pieces_attention(
         a, gamma, beta, *attention, out_gamma, out_beta, n_heads=2, out_eps=1e-3
     )
     branch = fused.heads_pieces_attention(ops.layer_norm(a, gamma, beta), *attention, n_heads=2)
@@ -148,7 +149,7 @@ def test_the_fused_attention_with_a_norm_after_it_is_its_norms_attention_and_add
 @pytest.mark.parametrize("residual", [True, False])
 def test_the_fused_ffns_vjp_matches_finite_differences(residual):
     def fn(*args):
-        return fused.residual_normed_normed_feed_forward(*args, activation="gelu_tanh", residual=residual)
+        return fused_branches.residual_normed_normed_feed_forward(*args, activation="gelu_tanh", residual=residual)
 
     checks = check_vjp(fn, *_ffn_arrays())
     assert len(checks) == 9 and all(c.status == "passed" for c in checks), checks
@@ -164,7 +165,7 @@ def test_an_attention_vjp_that_drops_the_skip_fails_the_finite_difference_check(
 
     monkeypatch.setitem(PRIMITIVES, ATTENTION, defined._replace(vjp=broken_vjp))
     checks = check_vjp(
-        lambda *args: fused.residual_normed_heads_pieces_attention(*args, n_heads=2), *_attention_arrays()
+        lambda *args: fused_branches.residual_normed_heads_pieces_attention(*args, n_heads=2), *_attention_arrays()
     )
     assert [c.status for c in checks[:3]] == ["failed", "passed", "passed"]
 
@@ -203,7 +204,7 @@ def test_a_broken_fused_ffn_backward_changes_the_replayed_gradient(monkeypatch):
 )
 def test_attention_inputs_that_do_not_fit_are_refused_in_one_line_naming_the_op(change, message):
     with pytest.raises(ValueError, match=rf"^residual_normed_heads_pieces_attention: [^\n]*{re.escape(message)}"):
-        fused.residual_normed_heads_pieces_attention(*change(_attention_arrays()), n_heads=2)
+        fused_branches.residual_normed_heads_pieces_attention(*change(_attention_arrays()), n_heads=2)
 
 
 def _one_weight_in_float32(args):
@@ -212,7 +213,7 @@ def _one_weight_in_float32(args):
 
 def test_attention_weights_of_two_dtypes_are_refused_not_cast_to_one():
     with pytest.raises(ValueError, match=r"^residual_normed_heads_pieces_attention: [^\n]*one dtype"):
-        fused.residual_normed_heads_pieces_attention(*_one_weight_in_float32(_attention_arrays()), n_heads=2)
+        fused_branches.residual_normed_heads_pieces_attention(*_one_weight_in_float32(_attention_arrays()), n_heads=2)
     with pytest.raises(ValueError, match=r"^heads_pieces_attention: [^\n]*one dtype"):
         args = _one_weight_in_float32(_attention_arrays())
         fused.heads_pieces_attention(args[0], *args[3:], n_heads=2)  # the stream, the weights, the pieces
@@ -221,7 +222,7 @@ def test_attention_weights_of_two_dtypes_are_refused_not_cast_to_one():
 @pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan")])
 def test_an_input_norm_eps_that_is_not_positive_is_refused_in_one_line(eps):
     with pytest.raises(ValueError, match=r"^residual_normed_normed_feed_forward: [^\n]*$"):
-        fused.residual_normed_normed_feed_forward(*_ffn_arrays(), norm_eps=eps)
+        fused_branches.residual_normed_normed_feed_forward(*_ffn_arrays(), norm_eps=eps)
 
 
 PIECES = {
@@ -323,5 +324,5 @@ def test_a_fused_step_calls_a_replaced_heads_pieces_kernel():
 
     a, gamma, beta, *attention = _attention_arrays()
     with seam.replaced("heads_pieces_attention_forward", counted):
-        fused.residual_normed_heads_pieces_attention(a, gamma, beta, *attention, n_heads=2)
+        fused_branches.residual_normed_heads_pieces_attention(a, gamma, beta, *attention, n_heads=2)
     assert calls == [1]

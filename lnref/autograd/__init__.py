@@ -3,8 +3,9 @@
 Read in this order: ``tensor.py`` (the Tensor), ``tape.py`` (the records and the one backward
 loop), ``primitive.py`` (the registry and the call that records), ``ops.py`` (every primitive,
 forward beside its VJP), ``kernels/`` (the hand-written kernels: NumPy twin beside Numba loop).
-Beside them: ``fused.py`` (whole sublayers as one primitive, the fast path) and ``replay.py``
-(a recorded pass replayed on new inputs).
+Beside them: ``fused.py`` (whole sublayers as one primitive, the fast path), ``replay.py``
+(a recorded pass replayed on new inputs), ``fusion.py`` and ``fused_branches.py`` (a replayed
+residual branch and its norm as one step).
 """
 
 from __future__ import annotations

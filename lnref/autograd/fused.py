@@ -3,22 +3,24 @@
 Each is the same function as a composition of ``ops`` primitives (``nn.attention`` and
 ``nn.ffn`` spell the compositions out), run as one tape record with one hand-written VJP,
 which saves the tape's work between the pieces. The model takes them only where its sublayer
-is the plain composition, or the FFN with a LayerNorm on its hidden units (Sub-LN's and
-NormFormer's ``hidden_norm``), ``normed_feed_forward`` (``lnref/views.py`` chooses); tests
-hold each to its composition.
+is the plain composition or has the pieces one of them computes (``lnref/views.py``
+chooses): the FFN with a LayerNorm on its hidden units (``normed_feed_forward``) or a scaled
+hidden layer (``scaled_feed_forward``), self-attention with norms and scales around its core
+(``heads_pieces_attention``) or with L2-normalized, scaled queries and keys
+(``l2_heads_attention``); tests hold each to its composition. ``fused_branches.py`` holds
+the replay's fused steps, a branch with its norm, built on these.
 Both directions run in ``kernels``: one compiled call each way for small sublayers,
 NumPy/BLAS products around the attention kernels otherwise.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from lnref.autograd import kernels
-from lnref.autograd.checks import binary_shapes, check_eps, kernel_error, unbroadcast
+from lnref.autograd.checks import kernel_error
 from lnref.autograd.primitive import defprimitive
 
 # The activations the fused FFN computes (the model's names: "gelu" the exact erf form,
@@ -224,7 +226,7 @@ def _heads_pieces_attention_fwd(
         dWq = x^T dP_q, dbq = row sums of dP_q, ...,  dx = dP_q Wq^T + dP_k Wk^T + dP_v Wv^T
     """
     x = np.ascontiguousarray(x)
-    weights, biases, pieces = _stacked_weights_and_pieces(
+    weights, biases, pieces = stacked_weights_and_pieces(
         "heads_pieces_attention",
         x,
         (wq, bq, wk, bk, wv, bv, wo, bo),
@@ -240,7 +242,7 @@ def _heads_pieces_attention_fwd(
     return out, (x, weights, q_g, k_g, v_g, c, g, *kept, [a is not None for a in given])
 
 
-def _stacked_weights_and_pieces(
+def stacked_weights_and_pieces(
     op: str, x: np.ndarray, weights: tuple[Any, ...], pieces: tuple[Any, ...]
 ) -> tuple[Any, ...]:
     """(Wq, Wk, Wv, Wo as one (4, d, d) block, the biases as one (4, d), the pieces with an
@@ -259,7 +261,7 @@ def _stacked_weights_and_pieces(
     return stacked, biases, tuple([empty if a is None else a for a in pieces])
 
 
-def _heads_pieces_vjp(dw: np.ndarray, db: np.ndarray, dpieces: Any, given: Any) -> tuple[Any, ...]:
+def heads_pieces_cotangents(dw: np.ndarray, db: np.ndarray, dpieces: Any, given: Any) -> tuple[Any, ...]:
     """The stacked weights' gradients as the attention's arguments take them, then the pieces'
     (None for an absent piece)."""
     pieces = [grad if present else None for grad, present in zip(dpieces, given)]
@@ -269,7 +271,7 @@ def _heads_pieces_vjp(dw: np.ndarray, db: np.ndarray, dpieces: Any, given: Any) 
 def _heads_pieces_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
     *kept, given = residuals
     dx, dw, db, *dpieces = kernels.heads_pieces_attention_backward(dout, *kept)
-    return (dx, *_heads_pieces_vjp(dw, db, dpieces, given))
+    return (dx, *heads_pieces_cotangents(dw, db, dpieces, given))
 
 
 heads_pieces_attention = defprimitive(
@@ -326,364 +328,3 @@ def _l2_heads_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]
 
 
 l2_heads_attention = defprimitive("l2_heads_attention", _l2_heads_attention_fwd, _l2_heads_attention_vjp)
-
-
-def _residual_normed_attention_fwd(
-    a: np.ndarray,
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    wq: np.ndarray,
-    bq: np.ndarray,
-    wk: np.ndarray,
-    bk: np.ndarray,
-    wv: np.ndarray,
-    bv: np.ndarray,
-    wo: np.ndarray,
-    bo: np.ndarray,
-    *,
-    eps: float = 1e-5,
-    n_heads: int,
-    causal: bool = False,
-    residual: bool = True,
-) -> tuple[np.ndarray, Any]:
-    """y = a + A(LN(a)): a self-attention branch with a LayerNorm (``gamma``, ``beta``) on its
-    input, added to the stream ``a``; with ``residual`` False, the branch alone, y = A(LN(a)).
-    A replayed pass puts it in the place of the primitives ``layer_norm``,
-    ``attention_sublayer`` and ``add`` (or the first two; ``autograd/fusion.py``).
-
-    VJP, with n = LN(a):
-        dn, dW, db = ``attention_sublayer``'s VJP at dy
-        da_ln, dgamma, dbeta = ``layer_norm``'s VJP at dn
-        da = dy + da_ln          (residual False: da = da_ln)
-    """
-    weights = (wq, bq, wk, bk, wv, bv, wo, bo)
-    try:
-        y, normed, mean, rstd, q, k, v, probs, heads = kernels.residual_normed_attention_forward(
-            a, gamma, beta, eps, weights, n_heads, causal, residual
-        )
-    except (TypeError, ValueError) as error:
-        raise kernel_error("residual_normed_attention", error, a, gamma, beta, *weights) from None
-    return y, (a, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads, residual)
-
-
-def _residual_normed_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    # (da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo): the op's inputs in order.
-    return tuple(kernels.residual_normed_attention_backward(dout, *residuals))
-
-
-residual_normed_attention = defprimitive(
-    "residual_normed_attention", _residual_normed_attention_fwd, _residual_normed_attention_vjp
-)
-
-
-def _residual_normed_feed_forward_fwd(
-    a: np.ndarray,
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    w1: np.ndarray,
-    b1: np.ndarray,
-    w2: np.ndarray,
-    b2: np.ndarray,
-    *,
-    eps: float = 1e-5,
-    activation: str = "relu",
-    residual: bool = True,
-    normed_skip: bool = False,
-) -> tuple[np.ndarray, Any]:
-    """y = a + F(LN(a)): an FFN branch with a LayerNorm (``gamma``, ``beta``) on its input,
-    added to the stream ``a``; the fusion of ``layer_norm``, ``feed_forward`` and ``add``.
-    With ``residual`` False, the branch alone, y = F(LN(a)): the fusion of the first two. With
-    ``normed_skip``, the branch added to the normed value, y = LN(a) + F(LN(a)).
-
-    VJP, with n = LN(a):
-        dn, dW1, db1, dW2, db2 = ``feed_forward``'s VJP at dy     (normed_skip: dn = dy + dn)
-        da_ln, dgamma, dbeta = ``layer_norm``'s VJP at dn
-        da = dy + da_ln          (residual False or normed_skip: da = da_ln)
-    """
-    try:
-        y, normed, mean, rstd, hidden, acted = kernels.residual_normed_feed_forward_forward(
-            a, gamma, beta, eps, (w1, b1, w2, b2), activation, residual, normed_skip
-        )
-    except (TypeError, ValueError) as error:
-        raise kernel_error("residual_normed_feed_forward", error, a, gamma, beta, w1, b1, w2, b2) from None
-    return y, (a, gamma, normed, mean, rstd, w1, w2, hidden, acted, activation, residual, normed_skip)
-
-
-def _residual_normed_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    return tuple(kernels.residual_normed_feed_forward_backward(dout, *residuals))
-
-
-residual_normed_feed_forward = defprimitive(
-    "residual_normed_feed_forward", _residual_normed_feed_forward_fwd, _residual_normed_feed_forward_vjp
-)
-
-
-def _residual_normed_heads_pieces_attention_fwd(
-    a: np.ndarray,
-    norm_gamma: np.ndarray,
-    norm_beta: np.ndarray,
-    *attention: Any,
-    norm_eps: float = 1e-5,
-    n_heads: int,
-    causal: bool = False,
-    eps: float = 1e-5,
-    out_eps: float = 1e-5,
-    residual: bool = True,
-) -> tuple[np.ndarray, Any]:
-    """y = a + A(LN(a)), A ``heads_pieces_attention`` of the 17 arguments after ``norm_beta``
-    (its weights and pieces, in its order) and LN a LayerNorm (``norm_gamma``, ``norm_beta``,
-    ``norm_eps``) on the branch's input. Two more arguments, ``out_gamma`` and ``out_beta``,
-    normalize the branch's output as well: y = a + LN_out(A(LN(a))) (``out_eps``). With
-    ``residual`` False, the branch alone. A replayed pass puts it in the place of
-    ``layer_norm``, ``heads_pieces_attention``, the second ``layer_norm`` and ``add`` (or of
-    some of them; ``autograd/fusion.py``), with their kernels called in their order.
-
-    VJP, with n = LN(a) and s = A(n):
-        ds, dout_gamma, dout_beta = ``layer_norm``'s VJP at dy      (no output norm: ds = dy)
-        dn, dW, dpieces = ``heads_pieces_attention``'s VJP at ds
-        da_ln, dnorm_gamma, dnorm_beta = ``layer_norm``'s VJP at dn
-        da = dy + da_ln          (residual False: da = da_ln)
-    """
-    op = "residual_normed_heads_pieces_attention"
-    if len(attention) not in (17, 19):
-        raise ValueError(
-            f"{op}: takes the attention's 8 weights and 9 pieces after the norm, and an output norm's gain and "
-            f"shift, or not; got {len(attention)} arguments"
-        )
-    if not (0 < norm_eps < math.inf and 0 < out_eps < math.inf):  # (False for NaN too)
-        check_eps(op, norm_eps, a)
-        check_eps(op, out_eps, a)
-    weights, biases, pieces = _stacked_weights_and_pieces(op, a, attention[:8], attention[8:17])
-    out_norm = attention[17:] if len(attention) == 19 else (np.empty(0, a.dtype),) * 2
-    try:
-        y, *kept = kernels.residual_normed_heads_pieces_attention_forward(
-            a, norm_gamma, norm_beta, norm_eps, weights, biases, pieces, out_norm, n_heads, causal, eps, out_eps,
-            residual,
-        )  # fmt: skip
-    except (TypeError, ValueError) as error:
-        raise kernel_error(op, error, a, norm_gamma, norm_beta, weights, *pieces, *out_norm) from None
-    q_g, _, k_g, _, v_g, _, c, g, _ = pieces
-    given = [piece is not None for piece in attention[8:17]]
-    normed, mean, rstd, branch, out_mean, out_rstd = kept[:6]
-    residuals = (a, norm_gamma, normed, mean, rstd, out_norm[0], branch, out_mean, out_rstd, weights, q_g, k_g, v_g)
-    return y, ((*residuals, c, g, *kept[6:], residual), given, len(attention) == 19)
-
-
-def _residual_normed_heads_pieces_attention_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    kept, given, out_norm = residuals
-    grads = kernels.residual_normed_heads_pieces_attention_backward(dy, *kept)
-    da, dgamma, dbeta, dout_gamma, dout_beta, dw, db, *dpieces = grads
-    out_grads = (dout_gamma, dout_beta) if out_norm else ()
-    return (da, dgamma, dbeta, *_heads_pieces_vjp(dw, db, dpieces, given), *out_grads)
-
-
-residual_normed_heads_pieces_attention = defprimitive(
-    "residual_normed_heads_pieces_attention",
-    _residual_normed_heads_pieces_attention_fwd,
-    _residual_normed_heads_pieces_attention_vjp,
-)
-
-
-def _residual_normed_normed_feed_forward_fwd(
-    a: np.ndarray,
-    norm_gamma: np.ndarray,
-    norm_beta: np.ndarray,
-    w1: np.ndarray,
-    b1: np.ndarray,
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    w2: np.ndarray,
-    b2: np.ndarray,
-    *,
-    norm_eps: float = 1e-5,
-    activation: str = "relu",
-    eps: float = 1e-5,
-    residual: bool = True,
-) -> tuple[np.ndarray, Any]:
-    """y = a + F(LN(a)), F ``normed_feed_forward`` (the FFN with a LayerNorm, ``gamma``,
-    ``beta``, ``eps``, on its hidden units) and LN a LayerNorm (``norm_gamma``, ``norm_beta``,
-    ``norm_eps``) on the branch's input; with ``residual`` False, y = F(LN(a)). The fusion of
-    ``layer_norm``, ``normed_feed_forward`` and ``add`` (or the first two), with their kernels
-    called in their order.
-
-    VJP, with n = LN(a):
-        dn, dW1, db1, dgamma, dbeta, dW2, db2 = ``normed_feed_forward``'s VJP at dy
-        da_ln, dnorm_gamma, dnorm_beta = ``layer_norm``'s VJP at dn
-        da = dy + da_ln          (residual False: da = da_ln)
-    """
-    if not 0 < norm_eps < math.inf:  # (False for NaN too)
-        check_eps("residual_normed_normed_feed_forward", norm_eps, a)
-    weights = (w1, b1, gamma, beta, w2, b2)
-    try:
-        y, *kept = kernels.residual_normed_normed_feed_forward_forward(
-            a, norm_gamma, norm_beta, norm_eps, weights, activation, eps, residual
-        )
-    except (TypeError, ValueError) as error:
-        raise kernel_error("residual_normed_normed_feed_forward", error, a, norm_gamma, norm_beta, *weights) from None
-    normed, mean, rstd, hidden, acted, *hidden_norm = kept
-    return y, (a, norm_gamma, normed, mean, rstd, w1, gamma, w2, hidden, acted, *hidden_norm, activation, residual)
-
-
-def _residual_normed_normed_feed_forward_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    return tuple(kernels.residual_normed_normed_feed_forward_backward(dy, *residuals))
-
-
-residual_normed_normed_feed_forward = defprimitive(
-    "residual_normed_normed_feed_forward",
-    _residual_normed_normed_feed_forward_fwd,
-    _residual_normed_normed_feed_forward_vjp,
-)
-
-
-def _add_layer_norm_fwd(
-    a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float = 1e-5
-) -> tuple[np.ndarray, Any]:
-    """y = a + LN(b), LN a LayerNorm (``gamma``, ``beta``) of ``b``: a normed value added to
-    another (a norm after a branch, a second stream's norm). A replayed pass puts it in the
-    place of the two primitives ``layer_norm`` and ``add`` (``autograd/fusion.py``), with
-    their kernels and their sum.
-
-    VJP:  da = dy,   db, dgamma, dbeta = ``layer_norm``'s VJP at dy
-    """
-    if not 0 < eps < math.inf:  # (False for NaN too)
-        check_eps("add_layer_norm", eps, b)
-    if type(b) is not np.ndarray or not b.ndim:
-        raise ValueError(f"add_layer_norm: b must be an array of at least one axis, got shape {np.shape(b)}")
-    rows = b.reshape(-1, b.shape[-1])
-    try:
-        normed, mean, rstd = kernels.layer_norm_forward(rows, gamma, beta, eps)
-    except (TypeError, ValueError) as error:
-        raise kernel_error("add_layer_norm", error, b, gamma, beta) from None
-    normed = normed.reshape(b.shape)
-    shapes = binary_shapes("add_layer_norm", a, normed)
-    return a + normed, (rows, gamma, mean, rstd, shapes)
-
-
-def _add_layer_norm_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    rows, gamma, mean, rstd, (a_shape, normed_shape) = residuals
-    dnormed = unbroadcast(dy, normed_shape)
-    db, dgamma, dbeta = kernels.layer_norm_backward(
-        dnormed.reshape(rows.shape), rows, gamma, mean, rstd, residuals_checked=True
-    )
-    return unbroadcast(dy, a_shape), db.reshape(normed_shape), dgamma, dbeta
-
-
-add_layer_norm = defprimitive("add_layer_norm", _add_layer_norm_fwd, _add_layer_norm_vjp)
-
-
-def _layer_norm_of_sum_fwd(
-    a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float = 1e-5
-) -> tuple[np.ndarray, Any]:
-    """y = LN(a + b), LN a LayerNorm (``gamma``, ``beta``) of a sum whose value nothing else
-    reads (a stream renormalized after its residual add). A replayed pass puts it in the place
-    of the two primitives ``add`` and ``layer_norm`` (``autograd/fusion.py``), with their sum
-    and the norm's kernels.
-
-    VJP:  dt, dgamma, dbeta = ``layer_norm``'s VJP at dy (t = a + b),   da = dt,   db = dt
-    """
-    if not 0 < eps < math.inf:  # (False for NaN too)
-        check_eps("layer_norm_of_sum", eps, a)
-    shapes = binary_shapes("layer_norm_of_sum", a, b)
-    total = a + b
-    if not total.ndim:
-        raise ValueError(f"layer_norm_of_sum: a + b must have at least one axis, got shapes {shapes}")
-    rows = total.reshape(-1, total.shape[-1])
-    try:
-        normed, mean, rstd = kernels.layer_norm_forward(rows, gamma, beta, eps)
-    except (TypeError, ValueError) as error:
-        raise kernel_error("layer_norm_of_sum", error, a, b, gamma, beta) from None
-    return normed.reshape(total.shape), (rows, gamma, mean, rstd, shapes)
-
-
-def _layer_norm_of_sum_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    rows, gamma, mean, rstd, (a_shape, b_shape) = residuals
-    dtotal, dgamma, dbeta = kernels.layer_norm_backward(
-        dy.reshape(rows.shape), rows, gamma, mean, rstd, residuals_checked=True
-    )
-    dtotal = dtotal.reshape(dy.shape)
-    return unbroadcast(dtotal, a_shape), unbroadcast(dtotal, b_shape), dgamma, dbeta
-
-
-layer_norm_of_sum = defprimitive("layer_norm_of_sum", _layer_norm_of_sum_fwd, _layer_norm_of_sum_vjp)
-
-
-def _normed_sum_attention_fwd(
-    a: np.ndarray,
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    wq: np.ndarray,
-    bq: np.ndarray,
-    wk: np.ndarray,
-    bk: np.ndarray,
-    wv: np.ndarray,
-    bv: np.ndarray,
-    wo: np.ndarray,
-    bo: np.ndarray,
-    *,
-    eps: float = 1e-5,
-    n_heads: int,
-    causal: bool = False,
-) -> tuple[np.ndarray, Any]:
-    """y = LN(a + A(a)): the LayerNorm (``gamma``, ``beta``) of the stream ``a`` plus its
-    self-attention branch. A replayed pass puts it in the place of the three primitives
-    ``attention_sublayer``, ``add`` and ``layer_norm`` (``autograd/fusion.py``).
-
-    VJP, with t = a + A(a):
-        dt, dgamma, dbeta = ``layer_norm``'s VJP at dy
-        da_A, dW, db = ``attention_sublayer``'s VJP at dt
-        da = dt + da_A
-    """
-    weights = (wq, bq, wk, bk, wv, bv, wo, bo)
-    try:
-        y, total, mean, rstd, q, k, v, probs, heads = kernels.normed_sum_attention_forward(
-            a, gamma, beta, eps, weights, n_heads, causal
-        )
-    except (TypeError, ValueError) as error:
-        raise kernel_error("normed_sum_attention", error, a, gamma, beta, *weights) from None
-    return y, (a, gamma, total, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads)
-
-
-def _normed_sum_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    # (da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo): the op's inputs in order.
-    return tuple(kernels.normed_sum_attention_backward(dout, *residuals))
-
-
-normed_sum_attention = defprimitive("normed_sum_attention", _normed_sum_attention_fwd, _normed_sum_attention_vjp)
-
-
-def _normed_sum_feed_forward_fwd(
-    a: np.ndarray,
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    w1: np.ndarray,
-    b1: np.ndarray,
-    w2: np.ndarray,
-    b2: np.ndarray,
-    *,
-    eps: float = 1e-5,
-    activation: str = "relu",
-) -> tuple[np.ndarray, Any]:
-    """y = LN(a + F(a)): the LayerNorm (``gamma``, ``beta``) of the stream ``a`` plus its FFN
-    branch; the fusion of ``feed_forward``, ``add`` and ``layer_norm``.
-
-    VJP, with t = a + F(a):
-        dt, dgamma, dbeta = ``layer_norm``'s VJP at dy
-        da_F, dW1, db1, dW2, db2 = ``feed_forward``'s VJP at dt
-        da = dt + da_F
-    """
-    try:
-        y, total, mean, rstd, hidden, acted = kernels.normed_sum_feed_forward_forward(
-            a, gamma, beta, eps, (w1, b1, w2, b2), activation
-        )
-    except (TypeError, ValueError) as error:
-        raise kernel_error("normed_sum_feed_forward", error, a, gamma, beta, w1, b1, w2, b2) from None
-    return y, (a, gamma, total, mean, rstd, w1, w2, hidden, acted, activation)
-
-
-def _normed_sum_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    return tuple(kernels.normed_sum_feed_forward_backward(dout, *residuals))
-
-
-normed_sum_feed_forward = defprimitive(
-    "normed_sum_feed_forward", _normed_sum_feed_forward_fwd, _normed_sum_feed_forward_vjp
-)

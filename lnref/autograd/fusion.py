@@ -9,7 +9,7 @@ a residual branch,
 
 (the add's operands in either order), and puts one step in the place of the three:
 y = residual_normed_S(a, gamma, beta, W...) or y = normed_sum_S(a, gamma, beta, W...)
-(``fused.py``). It does so only where the result has the same bits as the three steps:
+(``fused_branches.py``). It does so only where the result has the same bits as the three steps:
 
 * each of the two intermediate results is read by the next of the three alone, and a by the
   two of them that read it alone. Nothing else needs the intermediates, and a's cotangent is

@@ -35,7 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from lnref.autograd import fusion
+from lnref.autograd import (
+    fused_branches,  # noqa: F401 (defines the fused steps that fusion.py names; a replay looks each up by name)
+    fusion,
+)
 from lnref.autograd.dtypes import FLOAT32, FLOAT64
 from lnref.autograd.primitive import PRIMITIVES, call
 from lnref.autograd.tape import Record, Tape, gc_paused
