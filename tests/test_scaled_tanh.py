@@ -5,8 +5,9 @@ refuses, and a negative control."""
 
 import numpy as np
 import pytest
+from tape_helpers import tape_gradients
 
-from lnref.autograd import PRIMITIVES, Tape, Tensor, ops
+from lnref.autograd import PRIMITIVES, ops
 from lnref.autograd.primitive import Primitive
 from lnref.gradcheck import check_vjp
 
@@ -36,14 +37,7 @@ def test_the_gradient_equals_the_tapes_gradient_of_the_composition():
     args = inputs(seed=2)
     dy = np.random.default_rng(3).standard_normal((2, 3, 4))
 
-    def gradients(fn):
-        leaves = [Tensor(a, requires_grad=True) for a in args]
-        with Tape() as tape:
-            out = fn(*leaves)
-        tape.backward(out, dy)
-        return [leaf.grad for leaf in leaves]
-
-    for got, want in zip(gradients(ops.scaled_tanh), gradients(composed)):
+    for got, want in zip(tape_gradients(ops.scaled_tanh, args, dy), tape_gradients(composed, args, dy)):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
 

@@ -5,8 +5,9 @@ NumPy twin, the inputs it refuses, and a negative control."""
 
 import numpy as np
 import pytest
+from tape_helpers import tape_gradients
 
-from lnref.autograd import PRIMITIVES, Tape, Tensor, ops
+from lnref.autograd import PRIMITIVES, ops
 from lnref.autograd.kernels import seam
 from lnref.autograd.primitive import Primitive
 from lnref.gradcheck import check_vjp
@@ -48,15 +49,8 @@ def test_the_gradient_equals_the_tapes_gradient_of_the_composition():
     a, b, t = inputs(seed=3)
     dy = np.random.default_rng(4).standard_normal(a.shape)
 
-    def gradients(fn):
-        leaves = [Tensor(v, requires_grad=True) for v in (a, b, t)]
-        with Tape() as tape:
-            out = fn(*leaves)
-        tape.backward(out, dy)
-        return [leaf.grad for leaf in leaves]
-
-    fused = gradients(lambda a, b, t: ops.normalized_lerp(a, b, t, rate_scale=-0.4))
-    composed = gradients(lambda a, b, t: composition(a, b, t, -0.4))
+    fused = tape_gradients(lambda a, b, t: ops.normalized_lerp(a, b, t, rate_scale=-0.4), (a, b, t), dy)
+    composed = tape_gradients(lambda a, b, t: composition(a, b, t, -0.4), (a, b, t), dy)
     for x, y in zip(fused, composed):
         np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-14)
 

@@ -5,8 +5,9 @@ negative control."""
 
 import numpy as np
 import pytest
+from tape_helpers import tape_gradients
 
-from lnref.autograd import PRIMITIVES, Tape, Tensor, ops
+from lnref.autograd import PRIMITIVES, ops
 from lnref.autograd.kernels import seam
 from lnref.autograd.primitive import Primitive
 from lnref.gradcheck import check_vjp
@@ -65,13 +66,7 @@ def test_the_gradient_equals_the_tapes_gradient_of_the_weighted_sums():
     xs, s = streams(4, seed=9), streams(1, seed=10)[0]
     a, b = mixing(4, 4, seed=11)
     dy = np.random.default_rng(12).standard_normal((4, *s.shape))
-
-    def gradients(fn):
-        leaves = [Tensor(v, requires_grad=True) for v in (a, b, s, *xs)]
-        with Tape() as tape:
-            out = fn(*leaves)
-        tape.backward(out, dy)
-        return [leaf.grad for leaf in leaves]
+    arrays = (a, b, s, *xs)
 
     def composed(a, b, s, *xs):
         columns = [
@@ -79,7 +74,7 @@ def test_the_gradient_equals_the_tapes_gradient_of_the_weighted_sums():
         ]
         return ops.concatenate(*(ops.reshape(y, shape=(1, *s.shape)) for y in columns), axis=0)
 
-    for got, want in zip(gradients(ops.mix_streams), gradients(composed)):
+    for got, want in zip(tape_gradients(ops.mix_streams, arrays, dy), tape_gradients(composed, arrays, dy)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
 
 

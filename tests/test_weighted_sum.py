@@ -4,8 +4,9 @@ against its NumPy twin, the inputs it refuses, and a negative control."""
 
 import numpy as np
 import pytest
+from tape_helpers import tape_gradients
 
-from lnref.autograd import PRIMITIVES, Tape, Tensor, ops
+from lnref.autograd import PRIMITIVES, ops
 from lnref.autograd.kernels import seam
 from lnref.autograd.kernels import weighted_sum as weighted_sum_kernels
 from lnref.autograd.primitive import Primitive
@@ -75,15 +76,8 @@ def test_the_gradient_equals_the_tapes_gradient_of_the_loop_of_products():
     xs, weights = terms(5, seed=5), np.random.default_rng(6).standard_normal(5)
     dy = np.random.default_rng(7).standard_normal(xs[0].shape)
 
-    def gradients(fn):
-        leaves = [Tensor(a, requires_grad=True) for a in (weights, *xs)]
-        with Tape() as tape:
-            out = fn(leaves[0], leaves[1:])
-        tape.backward(out, dy)
-        return [leaf.grad for leaf in leaves]
-
-    fused = gradients(lambda w, x: ops.weighted_sum(w, *x))
-    composed = gradients(lambda w, x: loop_of_products(w, x))
+    fused = tape_gradients(ops.weighted_sum, (weights, *xs), dy)
+    composed = tape_gradients(lambda w, *x: loop_of_products(w, x), (weights, *xs), dy)
     for a, b in zip(fused, composed):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
