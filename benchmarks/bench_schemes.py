@@ -19,7 +19,8 @@ W_o or after the FFN's activation all run as the composition). Time per layer is
 time over the number of layers (the final norm is included; it is one norm in 97).
 
 Each scheme is timed paired with Pre-LN: in each of ``--reps`` repetitions Pre-LN's pass and
-the scheme's run back to back, each repeated for at least ``--min-time`` seconds, and the
+the scheme's run back to back (each first in every other repetition: whichever runs first
+after the other ran slower), each repeated for at least ``--min-time`` seconds, and the
 scheme's ratio is the median over the repetitions of its time over Pre-LN's in the same
 repetition, so that a change of machine load between schemes (or over a repetition of all of
 them) does not move a ratio. The times shown are medians too (Pre-LN's over every pairing).
@@ -89,16 +90,18 @@ def variants(text):
 
 def paired(reference, fn, reps, min_time):
     """(the median over the repetitions of fn's time over the reference's, fn's median seconds
-    per call, the reference's seconds per call in each repetition), the two alternating within
-    each repetition."""
+    per call, the reference's seconds per call in each repetition), the two back to back in
+    each repetition, in turn the first."""
     numbers = calls_per_rep(reference, min_time), calls_per_rep(fn, min_time)
     times = ([], [])
-    for _ in range(reps):
-        for f, number, bucket in zip((reference, fn), numbers, times):
+    for rep in range(reps):
+        order = (0, 1) if rep % 2 == 0 else (1, 0)  # each goes first in every other repetition
+        for which in order:
+            f, number = (reference, fn)[which], numbers[which]
             started = time.perf_counter()
             for _ in range(number):
                 f()
-            bucket.append((time.perf_counter() - started) / number)
+            times[which].append((time.perf_counter() - started) / number)
     ratios = [t / r for r, t in zip(*times)]
     return statistics.median(ratios), statistics.median(times[1]), times[0]
 
