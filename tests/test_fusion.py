@@ -166,7 +166,14 @@ def test_a_branch_whose_stream_has_another_reader_gives_the_taped_bits():
         np.testing.assert_array_equal(taped, replayed)
 
 
-@pytest.mark.parametrize("scheme, kernel", [("pre", "residual_normed_feed_forward"), ("post", "normed_sum_attention")])
+@pytest.mark.parametrize(
+    "scheme, kernel",
+    [
+        ("pre", "residual_normed_feed_forward"),
+        ("post", "normed_sum_attention"),
+        ("subln", "residual_normed_heads_pieces_attention"),
+    ],
+)
 def test_a_broken_fused_backward_changes_the_replayed_gradient(scheme, kernel):
     """The negative control of the bit tests above: they catch a wrong fused VJP."""
     model = lnref.build(scheme, **SMALL)
