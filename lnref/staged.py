@@ -11,7 +11,7 @@ checked parameters.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -111,8 +111,10 @@ class Staged:
         shapes = tuple(np.shape(a) for a in inputs)
         key = (shapes[0] if len(shapes) == 1 else shapes, dy.shape, np.shape(memory))
         output, gradients = self.replayer.value_and_grad(key, self._loss, arrays, [True] * (len(arrays) - 1) + [False])
-        names = [*self.params, *self.input_names, "memory"]
-        return float(output.value), {name: g for name, g in zip(names, gradients) if g is not None}
+        by_name = dict(zip([*self.params, *self.input_names, "memory"], gradients))
+        if by_name["memory"] is None:  # no memory given; every other input has a gradient
+            del by_name["memory"]
+        return float(output.value), cast(dict[str, np.ndarray], by_name)
 
     def _loss(self, *arrays: Any) -> Tensor:
         """The loss as a function of (the parameters in order, the inputs, memory, dy)."""

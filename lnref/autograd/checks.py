@@ -78,12 +78,17 @@ def is_number(value: Any) -> bool:
 
 def binary_shapes(op: str, a: Any, b: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(shape of a, shape of b) once both are checked: one float dtype, broadcastable shapes."""
-    # The common cases first: arrays of one shape, or an array and a scalar (a Python number,
-    # a 0-d array or a NumPy scalar of the array's dtype).
+    # The common cases first: arrays of one shape, an array and one that matches its last axes
+    # (a stream and a per-feature parameter), or an array and a scalar (a Python number, a 0-d
+    # array or a NumPy scalar of the array's dtype).
     if type(a) is np.ndarray:
         if type(b) is np.ndarray:
-            if (a.shape == b.shape or not a.ndim or not b.ndim) and plain_float_arrays(a, b):
-                return a.shape, b.shape
+            a_shape, b_shape = a.shape, b.shape
+            trailing = (
+                a_shape[len(a_shape) - len(b_shape) :] == b_shape or b_shape[len(b_shape) - len(a_shape) :] == a_shape
+            )
+            if trailing and plain_float_arrays(a, b):
+                return a_shape, b_shape
         elif is_number(b) or type(b) is a.dtype.type:
             if plain_float_arrays(a):
                 return a.shape, ()

@@ -125,7 +125,10 @@ class Program:
     ) -> tuple[np.ndarray, list[np.ndarray | None]]:
         n_inputs = len(self.inputs)
         steps = self.fused_steps if fused else self.steps
-        values: list[Any] = [None if a is None else _float_array(a) for a in arrays]
+        values: list[Any] = [
+            a if type(a) is np.ndarray and (a.dtype is FLOAT64 or a.dtype is FLOAT32) else _float_array(a)
+            for a in arrays
+        ]
         needs = self._needs(fused, tuple(d and a is not None for a, d in zip(values, differentiate)))
         values += [None] * len(self.steps) + self.constants
         primitives, kept = [], []
@@ -204,8 +207,7 @@ class Replayer:
         return output, [None if t is None or not t.requires_grad else t.grad_or_zeros() for t in inputs]
 
 
-def _float_array(value: Any) -> np.ndarray:
-    """``value`` as a Tensor would hold it (the common case, a float array, as it is)."""
-    if type(value) is np.ndarray and (value.dtype is FLOAT64 or value.dtype is FLOAT32):
-        return value
-    return Tensor(value).value
+def _float_array(value: Any) -> np.ndarray | None:
+    """``value`` as a Tensor would hold it, None as it is (a float array, the common case, is
+    let through before this is called, once per input of every pass)."""
+    return None if value is None else Tensor(value).value
