@@ -12,6 +12,7 @@ import pytest
 import lnref
 from lnref.autograd import PRIMITIVES, Tape, Tensor, ops
 from lnref.autograd.kernels import seam
+from lnref.autograd.kernels import sinkhorn as sinkhorn_kernels
 from lnref.gradcheck import check_vjp
 
 SIZES = (2, 3, 4, 5)
@@ -90,6 +91,19 @@ def test_the_loop_twins_agree_with_the_numpy_twins(n, iterations):
     np.testing.assert_array_equal(exp_logits, expected_exp_logits)
     assert_close_relative(m, expected_m, rtol=1e-12)
     assert_close_relative(loop_backward(dm, exp_logits, iterations), numpy_backward(dm, exp_logits, iterations), 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_loop_backward_gives_each_matrix_of_a_batch_the_bits_it_has_alone(dtype):
+    """The loop takes the matrices a lane block at a time; more than two blocks, the last one
+    partial, must leave no trace of their neighbours in any matrix's gradient."""
+    count = 2 * sinkhorn_kernels.LANES + 3
+    logits, dm = logits_and_cotangent(4, shape=(count,), seed=4, dtype=dtype)
+    (loop_forward, _), (loop_backward, _) = map(twin_pair, KERNELS)
+    _, exp_logits = loop_forward(logits, 20)
+    batched = loop_backward(dm, exp_logits, 20)
+    alone = np.concatenate([loop_backward(dm[t : t + 1], exp_logits[t : t + 1], 20) for t in range(count)])
+    np.testing.assert_array_equal(batched, alone)
 
 
 @pytest.mark.parametrize("path", PATHS)
