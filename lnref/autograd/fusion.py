@@ -63,8 +63,9 @@ a sum that nothing else reads,
 becomes y = layer_norm_of_sum(a, b, gamma, beta), where no step between the two reads a, b,
 gamma or beta (the add's cotangents then come at the norm's place, with nothing between).
 
-Last, among the steps left, two element-wise shapes (``fused_pointwise.py``): a value scaled
-by s, its gradient stopped, taken from another (from itself, GPAS's x - SiLU(a) sg(x)),
+After all those, among the steps left, two element-wise shapes (``fused_pointwise.py``): a
+value scaled by s, its gradient stopped, taken from another (from itself, GPAS's
+x - SiLU(a) sg(x)),
 
     scaled down:    t = stop_gradient(b)   p = mul(s, t)   y = sub(a, p)
 
