@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from lnref.autograd import kernels
+from lnref.autograd import (
+    fused_pointwise,  # noqa: F401 (defines the element-wise fused steps that fusion.py names beside these)
+    kernels,
+)
 from lnref.autograd.checks import binary_shapes, check_eps, kernel_error, unbroadcast
 from lnref.autograd.fused import heads_pieces_cotangents, stacked_weights_and_pieces
 from lnref.autograd.primitive import defprimitive

@@ -62,6 +62,22 @@ a sum that nothing else reads,
 
 becomes y = layer_norm_of_sum(a, b, gamma, beta), where no step between the two reads a, b,
 gamma or beta (the add's cotangents then come at the norm's place, with nothing between).
+
+After all those, among the steps left, two element-wise shapes (``fused_pointwise.py``): a
+value scaled by s, its gradient stopped, taken from another (from itself, GPAS's
+x - SiLU(a) sg(x)),
+
+    scaled down:    t = stop_gradient(b)   p = mul(s, t)   y = sub(a, p)
+
+becomes y = sub_scaled_stop_gradient(a, s, b), and a value times the sigmoid of another,
+
+    gated:          t = sigmoid(g)   y = mul(x, t)
+
+becomes y = mul_sigmoid(x, g) (SiLU when g is x), the mul's operands in either order, each
+intermediate read by the next step alone and no step between the mul and the sub reading s,
+or between the sigmoid and the mul reading g (their cotangents then come at the last step's
+place, with nothing between; sg gives b none, and the mul's term of x and the sigmoid's of g
+reach a slot given twice in the order the tape adds them).
 """
 
 from __future__ import annotations
@@ -91,7 +107,7 @@ OUTPUT_NORMED = ("heads_pieces_attention",)
 NORMED_SKIP = ("feed_forward",)
 # The primitives a fused step stands for (a fused primitive itself is looked up by name when
 # its step runs, as every primitive is).
-PRIMITIVE_NAMES = ("layer_norm", "add", *SUBLAYERS)
+PRIMITIVE_NAMES = ("layer_norm", "add", *SUBLAYERS, "stop_gradient", "mul", "sub", "sigmoid")
 
 
 def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Step]:
@@ -172,6 +188,13 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
             continue
         fused[index] = ("layer_norm_of_sum", (*steps[add_index][1], *args[1:]), params, out)
         taken.update((add_index, index))
+    for index, (name, _, _, out) in enumerate(steps):
+        pointwise = None if index in taken or name not in ("sub", "mul") else _pointwise(steps, maker, uses, index)
+        if pointwise is None or taken.intersection(pointwise[0]):
+            continue
+        stood_for, fused_name, arguments = pointwise
+        fused[index] = (fused_name, arguments, {}, out)
+        taken.update((*stood_for, index))
     return [fused.get(index, step) for index, step in enumerate(steps) if index in fused or index not in taken]
 
 
@@ -326,6 +349,38 @@ def _normed_total(steps: list[Step], maker: dict[int, int], uses: Counter[int], 
     if any(read.intersection(steps[between][1]) for between in range(add_index + 1, norm_index)):
         return None
     return add_index
+
+
+def _pointwise(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], index: int
+) -> tuple[tuple[int, ...], str, tuple[int, ...]] | None:
+    """(the indices of the steps it stands for, the fused primitive, its argument slots) if the
+    step at ``index`` is a - s sg(b) (a ``sub`` of a ``mul`` of a ``stop_gradient``) or
+    x sigmoid(g) (a ``mul`` of a ``sigmoid``), each intermediate read by the next step alone and
+    no step between them reading s (or g): its cotangent then comes at the last one's place."""
+    name, args = steps[index][0], steps[index][1]
+    if len(args) != 2:
+        return None
+    if name == "sub":
+        stream, scaled = args
+        mul_index = maker.get(scaled)
+        if mul_index is None or uses[scaled] != 1 or steps[mul_index][0] != "mul":
+            return None
+        for scale, stopped in (steps[mul_index][1], steps[mul_index][1][::-1]):
+            stop_index = maker.get(stopped)
+            if stop_index is None or uses[stopped] != 1 or steps[stop_index][0] != "stop_gradient":
+                continue
+            if not any(scale in steps[between][1] for between in range(mul_index + 1, index)):
+                return (stop_index, mul_index), "sub_scaled_stop_gradient", (stream, scale, *steps[stop_index][1])
+        return None
+    for value, gate in (args, args[::-1]):
+        sigmoid_index = maker.get(gate)
+        if sigmoid_index is None or uses[gate] != 1 or steps[sigmoid_index][0] != "sigmoid":
+            continue
+        (gated,) = steps[sigmoid_index][1]
+        if not any(gated in steps[between][1] for between in range(sigmoid_index + 1, index)):
+            return (sigmoid_index,), "mul_sigmoid", (value, gated)
+    return None
 
 
 def _read_between(steps: list[Step], match: tuple[int, int, int], *also: int) -> bool:
