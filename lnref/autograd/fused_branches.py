@@ -270,19 +270,23 @@ add_layer_norm = defprimitive("add_layer_norm", _add_layer_norm_fwd, _add_layer_
 
 
 def _layer_norm_of_sum_fwd(
-    a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float = 1e-5
+    a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray, divisor: Any = None, *, eps: float = 1e-5
 ) -> tuple[np.ndarray, Any]:
     """y = LN(a + b), LN a LayerNorm (``gamma``, ``beta``) of a sum whose value nothing else
     reads (a stream renormalized after its residual add). A replayed pass puts it in the place
     of the two primitives ``add`` and ``layer_norm`` (``autograd/fusion.py``), with their sum
-    and the norm's kernels.
+    and the norm's kernels. With ``divisor`` c, a number, the second term is divided first,
+    y = LN(a + b / c): the fusion of ``div`` too.
 
     VJP:  dt, dgamma, dbeta = ``layer_norm``'s VJP at dy (t = a + b),   da = dt,   db = dt
+          (with c: db = dt / c, and none for c)
     """
     if not 0 < eps < math.inf:  # (False for NaN too)
         check_eps("layer_norm_of_sum", eps, a)
+    if divisor is not None and not is_number(divisor):
+        raise ValueError(f"layer_norm_of_sum: divisor must be a number, got {type(divisor).__name__}")
     shapes = binary_shapes("layer_norm_of_sum", a, b)
-    total = a + b
+    total = a + (b if divisor is None else b / divisor)
     if not total.ndim:
         raise ValueError(f"layer_norm_of_sum: a + b must have at least one axis, got shapes {shapes}")
     rows = total.reshape(-1, total.shape[-1])
@@ -290,16 +294,18 @@ def _layer_norm_of_sum_fwd(
         normed, mean, rstd = kernels.layer_norm_forward(rows, gamma, beta, eps)
     except (TypeError, ValueError) as error:
         raise kernel_error("layer_norm_of_sum", error, a, b, gamma, beta) from None
-    return normed.reshape(total.shape), (rows, gamma, mean, rstd, shapes)
+    return normed.reshape(total.shape), (rows, gamma, mean, rstd, shapes, divisor)
 
 
 def _layer_norm_of_sum_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    rows, gamma, mean, rstd, (a_shape, b_shape) = residuals
+    rows, gamma, mean, rstd, (a_shape, b_shape), divisor = residuals
     dtotal, dgamma, dbeta = kernels.layer_norm_backward(
         dy.reshape(rows.shape), rows, gamma, mean, rstd, residuals_checked=True
     )
     dtotal = dtotal.reshape(dy.shape)
-    return unbroadcast(dtotal, a_shape), unbroadcast(dtotal, b_shape), dgamma, dbeta
+    if divisor is None:
+        return unbroadcast(dtotal, a_shape), unbroadcast(dtotal, b_shape), dgamma, dbeta
+    return unbroadcast(dtotal, a_shape), unbroadcast(dtotal, b_shape) / divisor, dgamma, dbeta, None
 
 
 layer_norm_of_sum = defprimitive("layer_norm_of_sum", _layer_norm_of_sum_fwd, _layer_norm_of_sum_vjp)

@@ -71,7 +71,14 @@ a sum that nothing else reads,
     normed total:   t = add(a, b)   y = layer_norm(t, gamma, beta)
 
 becomes y = layer_norm_of_sum(a, b, gamma, beta), where no step between the two reads a, b,
-gamma or beta (the add's cotangents then come at the norm's place, with nothing between).
+gamma or beta (the add's cotangents then come at the norm's place, with nothing between); the
+same with a term divided by a number first (SiameseNorm's Post-Norm stream),
+
+    divided total:  q = div(b, c)   t = add(a, q)   y = layer_norm(t, gamma, beta)
+
+becomes y = layer_norm_of_sum(a, b, gamma, beta, c), where q is read by the add alone and no
+step between the div and the norm reads a, gamma or beta, nor b unless b has one reader
+besides the div (its cotangent is then a sum of two terms, the same in either order).
 
 After all those, among the steps left, two element-wise shapes (``fused_pointwise.py``): a
 value scaled by s, its gradient stopped, taken from another (from itself, GPAS's
@@ -118,7 +125,7 @@ OUTPUT_NORMED = ("heads_pieces_attention",)
 NORMED_SKIP = ("feed_forward",)
 # The primitives a fused step stands for (a fused primitive itself is looked up by name when
 # its step runs, as every primitive is).
-PRIMITIVE_NAMES = ("layer_norm", "add", *SUBLAYERS, "stop_gradient", "mul", "sub", "sigmoid")
+PRIMITIVE_NAMES = ("layer_norm", "add", *SUBLAYERS, "stop_gradient", "mul", "sub", "sigmoid", "div")
 
 
 def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Step]:
@@ -194,6 +201,7 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
         _, norm_args, norm_params, _ = steps[norm_index]
         fused[index] = ("add_layer_norm", (other, *norm_args), norm_params, out)
         taken.update((norm_index, index))
+    _fuse_divided_totals(steps, maker, uses, fixed, fused, taken)
     for index, (name, args, params, out) in enumerate(steps):
         add_index = None if index in taken or name != "layer_norm" else _normed_total(steps, maker, uses, index)
         if add_index is None or add_index in taken:
@@ -399,6 +407,48 @@ def _added_norm(steps: list[Step], maker: dict[int, int], uses: Counter[int], ad
             norm_args.intersection(steps[between][1]) for between in range(norm_index + 1, add_index)
         ):
             return norm_index, other
+    return None
+
+
+def _fuse_divided_totals(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], fused: dict[int, Step],
+    taken: set[int],
+) -> None:  # fmt: skip
+    """Put in ``fused`` each norm of a sum with a divided term, LN(a + b / c), of the steps not
+    ``taken`` as one step, at the norm's index, and add the three steps' indices to ``taken``."""
+    for index, (name, args, params, out) in enumerate(steps):
+        match = None if index in taken or name != "layer_norm" else _divided_total(steps, maker, uses, fixed, index)
+        if match is None or taken.intersection(match[:2]):
+            continue
+        div_index, add_index, other = match
+        dividend, divisor = steps[div_index][1]
+        fused[index] = ("layer_norm_of_sum", (other, dividend, *args[1:], divisor), params, out)
+        taken.update((div_index, add_index, index))
+
+
+def _divided_total(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], norm_index: int
+) -> tuple[int, int, int] | None:
+    """(div index, add index, the other term's slot) if the norm at ``norm_index`` is
+    layer_norm(add(a, div(b, c))) (the add's operands in either order), c a number, the sum and
+    the quotient read by the next step alone, and no step between the div and the norm reading
+    a or the norm's parameters, nor b unless the div and one other step are b's only readers
+    (its cotangent is then the sum of two terms, the same in either order)."""
+    norm_args = steps[norm_index][1]
+    add_index = maker.get(norm_args[0]) if len(norm_args) == 3 else None
+    if add_index is None or uses[norm_args[0]] != 1 or steps[add_index][0] != "add" or len(steps[add_index][1]) != 2:
+        return None
+    for other, quotient in (steps[add_index][1], steps[add_index][1][::-1]):
+        div_index = maker.get(quotient)
+        if div_index is None or uses[quotient] != 1 or steps[div_index][0] != "div" or len(steps[div_index][1]) != 2:
+            continue
+        dividend, divisor = steps[div_index][1]
+        if divisor not in fixed or not is_number(fixed[divisor]) or other == dividend:
+            continue
+        read = {other, *norm_args[1:], *([dividend] if uses[dividend] > 2 else [])}
+        between = (i for i in range(div_index + 1, norm_index) if i != add_index)
+        if not any(read.intersection(steps[i][1]) for i in between):
+            return div_index, add_index, other
     return None
 
 
