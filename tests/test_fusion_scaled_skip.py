@@ -178,12 +178,13 @@ def test_a_replay_runs_the_scaled_skip_unfused_while_mul_is_swapped(monkeypatch)
     assert not np.any(grads["layers.0.omega_attn"])
 
 
-def _scaled_program(between):
+def _scaled_program(between, computed_scale=False):
     """The program of sum(LN(w * a + F(a)) * c), with ``between`` ("w", "product" or None) a
-    step between the product and the norm that reads w or the product."""
+    step between the product and the norm that reads w or the product; with
+    ``computed_scale``, the scale a value of the pass, w * c."""
 
     def fn(a, gamma, beta, w1, b1, w2, b2, w, c):
-        product = a * w
+        product = a * (w * c) if computed_scale else a * w
         out = fused.feed_forward(a, w1, b1, w2, b2)
         extra = w * c if between == "w" else product * c if between == "product" else c * c
         return ops.sum(ops.layer_norm(product + out, gamma, beta) * extra)
@@ -204,4 +205,11 @@ def test_a_scaled_skip_is_not_fused_when_a_step_between_reads_its_scale_or_produ
     """w's cotangent would come at the norm's place, after the term of the step between (or the
     product's cotangent would be a sum the fused VJP does not form)."""
     names = [step[0] for step in _scaled_program(between).fused_steps]
+    assert "normed_sum_feed_forward" not in names
+
+
+def test_a_skip_scaled_by_a_value_computed_in_the_pass_is_not_fused():
+    """Its shape is not known before the pass runs (here that of a, not of a's last axis): the
+    fused step would refuse it and the whole pass run unfused."""
+    names = [step[0] for step in _scaled_program(between=None, computed_scale=True).fused_steps]
     assert "normed_sum_feed_forward" not in names

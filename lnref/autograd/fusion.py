@@ -18,8 +18,9 @@ y = residual_normed_S(a, gamma, beta, W...) or y = normed_sum_S(a, gamma, beta, 
   the fused step hands back their cotangents at the last one's place in the backward order,
   and nothing comes between.
 
-Then, among the steps left, a norm-last branch whose skip is scaled by w (a number, or a value
-that broadcasts against a over its last axis),
+Then, among the steps left, a norm-last branch whose skip is scaled by w (a number, or an input
+of the pass, a parameter, that broadcasts against a over its last axis: the fused step takes
+those; a value computed in the pass could have another shape),
 
     scaled skip:    m = mul(a, w)   s = S(a, W...)   t = add(m, s)   y = layer_norm(t, gamma, beta)
 
@@ -348,8 +349,9 @@ def _scaled_norm_last(
 ) -> tuple[int, int, int, int] | None:
     """(mul, sublayer, add indices, the scale's slot) if the norm at ``norm_index`` is
     layer_norm(mul(a, w) + S(a)) (either operand order of each), the product read by the add
-    alone, a by the mul and S alone, w a value or a number (not another fixed value), and no
-    step between the first and the last of the four reading w or a parameter of the norm or S."""
+    alone, a by the mul and S alone, w an input of the pass or a number (no step's output, no
+    other fixed value), and no step between the first and the last of the four reading w or a
+    parameter of the norm or S."""
     norm_args = steps[norm_index][1]
     add_index = maker.get(norm_args[0]) if len(norm_args) == 3 else None
     if add_index is None or uses[norm_args[0]] != 1 or steps[add_index][0] != "add" or len(steps[add_index][1]) != 2:
@@ -364,7 +366,7 @@ def _scaled_norm_last(
         if steps[mul_index][0] != "mul" or len(mul_args) != 2 or stream not in mul_args or uses[stream] != 2:
             continue
         scale = mul_args[1] if mul_args[0] == stream else mul_args[0]
-        if scale == stream or (scale in fixed and not is_number(fixed[scale])):
+        if scale == stream or scale in maker or (scale in fixed and not is_number(fixed[scale])):
             continue
         match = (mul_index, sublayer_index, add_index, norm_index)
         read = {scale, *norm_args[1:], *steps[sublayer_index][1][1:]}
