@@ -182,11 +182,43 @@ def test_layer_norm_of_sum_refuses_inputs_that_do_not_fit_in_one_line_naming_the
         fused_branches.layer_norm_of_sum(*arrays(*_arrays()), eps=eps)
 
 
-def test_siameses_post_norm_stream_is_renormalized_in_one_step_with_its_add():
+def test_layer_norm_of_sum_with_a_divisor_gives_the_bits_of_the_div_the_add_and_the_norm():
+    a, b, gamma, beta = _arrays()
+    y = fused_branches.layer_norm_of_sum(a, b, gamma, beta, 2.449, eps=1e-3)
+    np.testing.assert_array_equal(y.value, ops.layer_norm(a + ops.div(b, 2.449), gamma, beta, eps=1e-3).value)
+
+
+def test_layer_norm_of_sum_with_a_divisor_has_the_vjp_of_its_composition():
+    checks = check_vjp(lambda *args: fused_branches.layer_norm_of_sum(*args, 2.449), *_arrays(seed=1))
+    assert len(checks) == 4 and all(c.status == "passed" for c in checks), checks
+
+
+def test_a_vjp_that_forgets_the_divisor_fails_the_check(monkeypatch):
+    """The negative control of the VJP check with a divisor: b's cotangent taken undivided."""
+    defined = PRIMITIVES["layer_norm_of_sum"]
+
+    def undivided(dout, residuals):
+        da, _, dgamma, dbeta, _ = defined.vjp(dout, residuals)
+        return da, da, dgamma, dbeta, None
+
+    monkeypatch.setitem(PRIMITIVES, "layer_norm_of_sum", defined._replace(vjp=undivided))
+    checks = check_vjp(lambda *args: fused_branches.layer_norm_of_sum(*args, 2.449), *_arrays(seed=1))
+    assert [c.status for c in checks] == ["passed", "failed", "passed", "passed"]
+
+
+@pytest.mark.parametrize("divisor", [np.full(8, 2.0), np.float64(2.0)], ids=["an array", "a NumPy scalar"])
+def test_layer_norm_of_sum_refuses_a_divisor_that_is_not_a_number_in_one_line(divisor):
+    with pytest.raises(ValueError, match=r"^layer_norm_of_sum: divisor must be a number[^\n]*$"):
+        fused_branches.layer_norm_of_sum(*_arrays(), divisor)
+
+
+def test_siameses_post_norm_stream_is_renormalized_in_one_step_with_its_add_and_division():
     model = lnref.build("siamese", **SMALL)
     _taped_and_replayed(model)
-    names = [step[0] for step in _program(model).fused_steps]
+    fused_steps = _program(model).fused_steps
+    names = [step[0] for step in fused_steps]
     assert names.count("layer_norm_of_sum") == 2 * SMALL["n_layers"]  # the last: final_ln_x
+    assert "div" not in names and all(len(step[1]) == 5 for step in fused_steps if step[0] == "layer_norm_of_sum")
 
 
 def test_a_broken_layer_norm_of_sum_backward_changes_the_replayed_gradient(monkeypatch):
@@ -197,8 +229,8 @@ def test_a_broken_layer_norm_of_sum_backward_changes_the_replayed_gradient(monke
     defined = PRIMITIVES["layer_norm_of_sum"]
 
     def off_by_a_little(dout, residuals):
-        da, db, dgamma, dbeta = defined.vjp(dout, residuals)
-        return da * (1 + 1e-9), db, dgamma, dbeta
+        da, *rest = defined.vjp(dout, residuals)
+        return (da * (1 + 1e-9), *rest)
 
     monkeypatch.setitem(PRIMITIVES, "layer_norm_of_sum", defined._replace(vjp=off_by_a_little))
     x, dy, memory = model.sample_inputs(seed=1)
@@ -236,3 +268,40 @@ def test_a_normed_total_is_not_fused_when_a_step_between_reads_a_term():
     term of the step between: another order of the sum than the tape's."""
     program, _, _ = _normed_total_program(between=True)
     assert program.fused_steps == program.steps
+
+
+def _divided_total_program(between):
+    """The program of sum(LN(a + b / 3) * e * f), with ``between`` the reader of a or b between
+    the div and the norm ("a" or "b", with e = a * c or b * c, or None, e = c * c), and f = b *
+    c, b's third reader, after the norm when ``between`` is "b twice" (b's cotangent then a sum
+    of three terms)."""
+
+    def fn(a, b, gamma, beta, c):
+        quotient = b / 3.0
+        extra = a * c if between == "a" else b * c if between in ("b", "b twice") else c * c
+        total = a + quotient
+        normed = ops.layer_norm(total, gamma, beta) * extra
+        return ops.sum(normed * b if between == "b twice" else normed)
+
+    replayer = Replayer()
+    arrays = [*_arrays(), np.random.default_rng(2).standard_normal((2, 3, 8))]
+    taped = replayer.value_and_grad("key", fn, arrays, [True] * 5)
+    replayed = replayer.value_and_grad("key", fn, arrays, [True] * 5)
+    return replayer.programs["key"], taped, replayed
+
+
+@pytest.mark.parametrize("between", [None, "b"], ids=["none", "the divided term's one other reader"])
+def test_a_divided_total_is_fused_with_its_division_and_gives_the_taped_bits(between):
+    program, (loss_a, grads_a), (loss_b, grads_b) = _divided_total_program(between)
+    assert [step[0] for step in program.fused_steps] == ["mul", "layer_norm_of_sum", "mul", "sum"]
+    assert loss_a.value == loss_b.value
+    for taped, replayed in zip(grads_a, grads_b):
+        np.testing.assert_array_equal(taped, replayed)
+
+
+@pytest.mark.parametrize("between", ["a", "b twice"])
+def test_a_divided_total_keeps_its_division_when_a_step_between_reads_a_term(between):
+    """a's cotangent (or b's, a sum of three terms) would be summed in another order than the
+    tape's."""
+    program, _, _ = _divided_total_program(between)
+    assert "div" in [step[0] for step in program.fused_steps]

@@ -3,7 +3,8 @@ one primitive.
 
 ``fusion.py`` puts each in the place of the recorded steps it stands for (the norm, the
 sublayer of ``fused.py`` and the add): a + S(LN(a)) and S(LN(a)) (``residual_normed_*``, S the
-attention or the FFN, plain or with pieces), LN(a + S(a)) (``normed_sum_*``), a + LN(b)
+attention or the FFN, plain or with pieces), LN(a + S(a)) and LN(w * a + S(a)) (``normed_sum_*``,
+with the skip's product too), a + LN(b)
 (``add_layer_norm``) and LN(a + b) (``layer_norm_of_sum``). Each kernel calls the loops of the
 steps it stands for in their order, so a fused step gives their bits; its VJP is theirs, in
 the order the tape would run them.
@@ -20,7 +21,7 @@ from lnref.autograd import (
     fused_pointwise,  # noqa: F401 (defines the element-wise fused steps that fusion.py names beside these)
     kernels,
 )
-from lnref.autograd.checks import binary_shapes, check_eps, kernel_error, unbroadcast
+from lnref.autograd.checks import binary_shapes, check_eps, is_number, kernel_error, unbroadcast
 from lnref.autograd.fused import heads_pieces_cotangents, stacked_weights_and_pieces
 from lnref.autograd.primitive import defprimitive
 
@@ -269,19 +270,23 @@ add_layer_norm = defprimitive("add_layer_norm", _add_layer_norm_fwd, _add_layer_
 
 
 def _layer_norm_of_sum_fwd(
-    a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float = 1e-5
+    a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray, divisor: Any = None, *, eps: float = 1e-5
 ) -> tuple[np.ndarray, Any]:
     """y = LN(a + b), LN a LayerNorm (``gamma``, ``beta``) of a sum whose value nothing else
     reads (a stream renormalized after its residual add). A replayed pass puts it in the place
     of the two primitives ``add`` and ``layer_norm`` (``autograd/fusion.py``), with their sum
-    and the norm's kernels.
+    and the norm's kernels. With ``divisor`` c, a number, the second term is divided first,
+    y = LN(a + b / c): the fusion of ``div`` too.
 
     VJP:  dt, dgamma, dbeta = ``layer_norm``'s VJP at dy (t = a + b),   da = dt,   db = dt
+          (with c: db = dt / c, and none for c)
     """
     if not 0 < eps < math.inf:  # (False for NaN too)
         check_eps("layer_norm_of_sum", eps, a)
+    if divisor is not None and not is_number(divisor):
+        raise ValueError(f"layer_norm_of_sum: divisor must be a number, got {type(divisor).__name__}")
     shapes = binary_shapes("layer_norm_of_sum", a, b)
-    total = a + b
+    total = a + (b if divisor is None else b / divisor)
     if not total.ndim:
         raise ValueError(f"layer_norm_of_sum: a + b must have at least one axis, got shapes {shapes}")
     rows = total.reshape(-1, total.shape[-1])
@@ -289,16 +294,18 @@ def _layer_norm_of_sum_fwd(
         normed, mean, rstd = kernels.layer_norm_forward(rows, gamma, beta, eps)
     except (TypeError, ValueError) as error:
         raise kernel_error("layer_norm_of_sum", error, a, b, gamma, beta) from None
-    return normed.reshape(total.shape), (rows, gamma, mean, rstd, shapes)
+    return normed.reshape(total.shape), (rows, gamma, mean, rstd, shapes, divisor)
 
 
 def _layer_norm_of_sum_vjp(dy: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    rows, gamma, mean, rstd, (a_shape, b_shape) = residuals
+    rows, gamma, mean, rstd, (a_shape, b_shape), divisor = residuals
     dtotal, dgamma, dbeta = kernels.layer_norm_backward(
         dy.reshape(rows.shape), rows, gamma, mean, rstd, residuals_checked=True
     )
     dtotal = dtotal.reshape(dy.shape)
-    return unbroadcast(dtotal, a_shape), unbroadcast(dtotal, b_shape), dgamma, dbeta
+    if divisor is None:
+        return unbroadcast(dtotal, a_shape), unbroadcast(dtotal, b_shape), dgamma, dbeta
+    return unbroadcast(dtotal, a_shape), unbroadcast(dtotal, b_shape) / divisor, dgamma, dbeta, None
 
 
 layer_norm_of_sum = defprimitive("layer_norm_of_sum", _layer_norm_of_sum_fwd, _layer_norm_of_sum_vjp)
@@ -316,6 +323,7 @@ def _normed_sum_attention_fwd(
     bv: np.ndarray,
     wo: np.ndarray,
     bo: np.ndarray,
+    skip_scale: Any = None,
     *,
     eps: float = 1e-5,
     n_heads: int,
@@ -323,26 +331,40 @@ def _normed_sum_attention_fwd(
 ) -> tuple[np.ndarray, Any]:
     """y = LN(a + A(a)): the LayerNorm (``gamma``, ``beta``) of the stream ``a`` plus its
     self-attention branch. A replayed pass puts it in the place of the three primitives
-    ``attention_sublayer``, ``add`` and ``layer_norm`` (``autograd/fusion.py``).
+    ``attention_sublayer``, ``add`` and ``layer_norm`` (``autograd/fusion.py``). With
+    ``skip_scale`` w, a number or an array of a's last axis, the skip is scaled,
+    y = LN(w * a + A(a)): the fusion of ``mul`` too.
 
     VJP, with t = a + A(a):
         dt, dgamma, dbeta = ``layer_norm``'s VJP at dy
         da_A, dW, db = ``attention_sublayer``'s VJP at dt
         da = dt + da_A
+    and with t = w * a + A(a):
+        da = w * dt + da_A,   dw = sum of dt * a over a's leading axes (none for a number)
     """
     weights = (wq, bq, wk, bk, wv, bv, wo, bo)
+    scale = None if skip_scale is None else _skip_scale("normed_sum_attention", skip_scale, a)
     try:
-        y, total, mean, rstd, q, k, v, probs, heads = kernels.normed_sum_attention_forward(
-            a, gamma, beta, eps, weights, n_heads, causal
-        )
+        if scale is None:
+            y, total, mean, rstd, q, k, v, probs, heads = kernels.normed_sum_attention_forward(
+                a, gamma, beta, eps, weights, n_heads, causal
+            )
+        else:
+            y, total, mean, rstd, q, k, v, probs, heads = kernels.normed_scaled_sum_attention_forward(
+                a, scale, gamma, beta, eps, weights, n_heads, causal
+            )
     except (TypeError, ValueError) as error:
         raise kernel_error("normed_sum_attention", error, a, gamma, beta, *weights) from None
-    return y, (a, gamma, total, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads)
+    return y, ((a, gamma, total, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads), scale, skip_scale)
 
 
 def _normed_sum_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    # (da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo): the op's inputs in order.
-    return tuple(kernels.normed_sum_attention_backward(dout, *residuals))
+    # (da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo[, dskip_scale]): the op's inputs in order.
+    (a, *kept), scale, skip_scale = residuals
+    if scale is None:
+        return tuple(kernels.normed_sum_attention_backward(dout, a, *kept))
+    da, dtotal, *grads = kernels.normed_scaled_sum_attention_backward(dout, a, scale, *kept)
+    return (da, *grads, _skip_scale_cotangent(dtotal, a, skip_scale))
 
 
 normed_sum_attention = defprimitive("normed_sum_attention", _normed_sum_attention_fwd, _normed_sum_attention_vjp)
@@ -356,29 +378,62 @@ def _normed_sum_feed_forward_fwd(
     b1: np.ndarray,
     w2: np.ndarray,
     b2: np.ndarray,
+    skip_scale: Any = None,
     *,
     eps: float = 1e-5,
     activation: str = "relu",
 ) -> tuple[np.ndarray, Any]:
     """y = LN(a + F(a)): the LayerNorm (``gamma``, ``beta``) of the stream ``a`` plus its FFN
-    branch; the fusion of ``feed_forward``, ``add`` and ``layer_norm``.
+    branch; the fusion of ``feed_forward``, ``add`` and ``layer_norm``. With ``skip_scale`` w,
+    a number or an array of a's last axis, y = LN(w * a + F(a)): the fusion of ``mul`` too.
 
     VJP, with t = a + F(a):
         dt, dgamma, dbeta = ``layer_norm``'s VJP at dy
         da_F, dW1, db1, dW2, db2 = ``feed_forward``'s VJP at dt
         da = dt + da_F
+    and with t = w * a + F(a):
+        da = w * dt + da_F,   dw = sum of dt * a over a's leading axes (none for a number)
     """
+    weights = (w1, b1, w2, b2)
+    scale = None if skip_scale is None else _skip_scale("normed_sum_feed_forward", skip_scale, a)
     try:
-        y, total, mean, rstd, hidden, acted = kernels.normed_sum_feed_forward_forward(
-            a, gamma, beta, eps, (w1, b1, w2, b2), activation
-        )
+        if scale is None:
+            y, total, mean, rstd, hidden, acted = kernels.normed_sum_feed_forward_forward(
+                a, gamma, beta, eps, weights, activation
+            )
+        else:
+            y, total, mean, rstd, hidden, acted = kernels.normed_scaled_sum_feed_forward_forward(
+                a, scale, gamma, beta, eps, weights, activation
+            )
     except (TypeError, ValueError) as error:
-        raise kernel_error("normed_sum_feed_forward", error, a, gamma, beta, w1, b1, w2, b2) from None
-    return y, (a, gamma, total, mean, rstd, w1, w2, hidden, acted, activation)
+        raise kernel_error("normed_sum_feed_forward", error, a, gamma, beta, *weights) from None
+    return y, ((a, gamma, total, mean, rstd, w1, w2, hidden, acted, activation), scale, skip_scale)
 
 
 def _normed_sum_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    return tuple(kernels.normed_sum_feed_forward_backward(dout, *residuals))
+    (a, *kept), scale, skip_scale = residuals
+    if scale is None:
+        return tuple(kernels.normed_sum_feed_forward_backward(dout, a, *kept))
+    da, dtotal, *grads = kernels.normed_scaled_sum_feed_forward_backward(dout, a, scale, *kept)
+    return (da, *grads, _skip_scale_cotangent(dtotal, a, skip_scale))
+
+
+def _skip_scale(op: str, skip_scale: Any, a: Any) -> np.ndarray:
+    """The skip's scale as an array of a's last axis: a number's d copies (of a's dtype, as a
+    product with the number rounds it), an array of that shape itself; or an error."""
+    d = np.shape(a)[-1] if np.ndim(a) else 0
+    if is_number(skip_scale):
+        return np.full(d, skip_scale, dtype=getattr(a, "dtype", None))
+    if type(skip_scale) is not np.ndarray or skip_scale.shape != (d,):
+        raise ValueError(
+            f"{op}: skip_scale must be a number or an array of shape ({d},), got shape {np.shape(skip_scale)}"
+        )
+    return skip_scale
+
+
+def _skip_scale_cotangent(dtotal: np.ndarray, a: np.ndarray, skip_scale: Any) -> np.ndarray | None:
+    """The cotangent of the scale in w * a: ``mul``'s, summed as it sums it (none for a number)."""
+    return None if is_number(skip_scale) else unbroadcast(dtotal * a, skip_scale.shape)
 
 
 normed_sum_feed_forward = defprimitive(

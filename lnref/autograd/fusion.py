@@ -18,6 +18,17 @@ y = residual_normed_S(a, gamma, beta, W...) or y = normed_sum_S(a, gamma, beta, 
   the fused step hands back their cotangents at the last one's place in the backward order,
   and nothing comes between.
 
+Then, among the steps left, a norm-last branch whose skip is scaled by w (a number, or an input
+of the pass, a parameter, that broadcasts against a over its last axis: the fused step takes
+those; a value computed in the pass could have another shape),
+
+    scaled skip:    m = mul(a, w)   s = S(a, W...)   t = add(m, s)   y = layer_norm(t, gamma, beta)
+
+(the mul's and the add's operands in either order) becomes y = normed_sum_S(a, gamma, beta,
+W..., w), where m is read by the add alone, a by the mul and S alone, and no step between the
+first and the last of the four reads w, gamma, beta or a weight (w's cotangent then comes at the
+norm's place, with nothing between; a's is the sum of two terms, in either order the same).
+
 Then, among the steps left, a branch whose skip is the norm's output (HybridNorm's Post-Norm
 FFN), for S one of ``NORMED_SKIP``,
 
@@ -61,7 +72,14 @@ a sum that nothing else reads,
     normed total:   t = add(a, b)   y = layer_norm(t, gamma, beta)
 
 becomes y = layer_norm_of_sum(a, b, gamma, beta), where no step between the two reads a, b,
-gamma or beta (the add's cotangents then come at the norm's place, with nothing between).
+gamma or beta (the add's cotangents then come at the norm's place, with nothing between); the
+same with a term divided by a number first (SiameseNorm's Post-Norm stream),
+
+    divided total:  q = div(b, c)   t = add(a, q)   y = layer_norm(t, gamma, beta)
+
+becomes y = layer_norm_of_sum(a, b, gamma, beta, c), where q is read by the add alone and no
+step between the div and the norm reads a, gamma or beta, nor b unless b has one reader
+besides the div (its cotangent is then a sum of two terms, the same in either order).
 
 After all those, among the steps left, two element-wise shapes (``fused_pointwise.py``): a
 value scaled by s, its gradient stopped, taken from another (from itself, GPAS's
@@ -86,6 +104,7 @@ import inspect
 from collections import Counter
 from typing import Any
 
+from lnref.autograd.checks import is_number
 from lnref.autograd.primitive import DEFINED, PRIMITIVES
 
 # A step: (primitive name, argument slots, static parameters, output slot).
@@ -107,7 +126,7 @@ OUTPUT_NORMED = ("heads_pieces_attention",)
 NORMED_SKIP = ("feed_forward",)
 # The primitives a fused step stands for (a fused primitive itself is looked up by name when
 # its step runs, as every primitive is).
-PRIMITIVE_NAMES = ("layer_norm", "add", *SUBLAYERS, "stop_gradient", "mul", "sub", "sigmoid")
+PRIMITIVE_NAMES = ("layer_norm", "add", *SUBLAYERS, "stop_gradient", "mul", "sub", "sigmoid", "div")
 
 
 def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Step]:
@@ -154,6 +173,7 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
         statics = {**_norm_statics(sublayer, norm_params), **sublayer_params}
         fused[index] = (fused_name, (stream, gamma, beta, *weights), statics, out)
         taken.update(match)
+    _fuse_scaled_skips(steps, maker, uses, fixed, fused, taken)
     for index, (name, _, _, out) in enumerate(steps):
         match = _normed_skip(steps, maker, uses, fixed, index) if name == "add" and index not in taken else None
         if match is None or taken.intersection(match):
@@ -182,6 +202,7 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
         _, norm_args, norm_params, _ = steps[norm_index]
         fused[index] = ("add_layer_norm", (other, *norm_args), norm_params, out)
         taken.update((norm_index, index))
+    _fuse_divided_totals(steps, maker, uses, fixed, fused, taken)
     for index, (name, args, params, out) in enumerate(steps):
         add_index = None if index in taken or name != "layer_norm" else _normed_total(steps, maker, uses, index)
         if add_index is None or add_index in taken:
@@ -302,6 +323,59 @@ def _norm_last(
     return None
 
 
+def _fuse_scaled_skips(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], fused: dict[int, Step],
+    taken: set[int],
+) -> None:  # fmt: skip
+    """Put in ``fused`` each branch LN(w * a + S(a)) of the steps not ``taken`` as one step, at
+    the norm's index, and add the four steps' indices to ``taken``."""
+    for index, (name, args, params, out) in enumerate(steps):
+        match = None if index in taken or name != "layer_norm" else _scaled_norm_last(steps, maker, uses, fixed, index)
+        if match is None or taken.intersection(match[:3]):
+            continue
+        mul_index, sublayer_index, add_index, scale = match
+        sublayer, sublayer_args, sublayer_params, _ = steps[sublayer_index]
+        dropped, _, norm_last, _ = SUBLAYERS[sublayer]
+        if norm_last is None:
+            continue
+        weights = sublayer_args[dropped:]
+        statics = {**_norm_statics(sublayer, params), **sublayer_params}
+        fused[index] = (norm_last, (sublayer_args[0], *args[1:], *weights, scale), statics, out)
+        taken.update((mul_index, sublayer_index, add_index, index))
+
+
+def _scaled_norm_last(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], norm_index: int
+) -> tuple[int, int, int, int] | None:
+    """(mul, sublayer, add indices, the scale's slot) if the norm at ``norm_index`` is
+    layer_norm(mul(a, w) + S(a)) (either operand order of each), the product read by the add
+    alone, a by the mul and S alone, w an input of the pass or a number (no step's output, no
+    other fixed value), and no step between the first and the last of the four reading w or a
+    parameter of the norm or S."""
+    norm_args = steps[norm_index][1]
+    add_index = maker.get(norm_args[0]) if len(norm_args) == 3 else None
+    if add_index is None or uses[norm_args[0]] != 1 or steps[add_index][0] != "add" or len(steps[add_index][1]) != 2:
+        return None
+    for product, branch in (steps[add_index][1], steps[add_index][1][::-1]):
+        sublayer_index, mul_index = maker.get(branch), maker.get(product)
+        if sublayer_index is None or mul_index is None or uses[branch] != 1 or uses[product] != 1:
+            continue
+        if not _is_sublayer(steps, sublayer_index, fixed):
+            continue
+        stream, mul_args = steps[sublayer_index][1][0], steps[mul_index][1]
+        if steps[mul_index][0] != "mul" or len(mul_args) != 2 or stream not in mul_args or uses[stream] != 2:
+            continue
+        scale = mul_args[1] if mul_args[0] == stream else mul_args[0]
+        if scale == stream or scale in maker or (scale in fixed and not is_number(fixed[scale])):
+            continue
+        match = (mul_index, sublayer_index, add_index, norm_index)
+        read = {scale, *norm_args[1:], *steps[sublayer_index][1][1:]}
+        if not any(read.intersection(steps[between][1]) for between in range(min(match) + 1, norm_index)
+                   if between not in match):  # fmt: skip
+            return mul_index, sublayer_index, add_index, scale
+    return None
+
+
 def _normed_input(
     steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], sublayer_index: int
 ) -> int | None:
@@ -335,6 +409,48 @@ def _added_norm(steps: list[Step], maker: dict[int, int], uses: Counter[int], ad
             norm_args.intersection(steps[between][1]) for between in range(norm_index + 1, add_index)
         ):
             return norm_index, other
+    return None
+
+
+def _fuse_divided_totals(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], fused: dict[int, Step],
+    taken: set[int],
+) -> None:  # fmt: skip
+    """Put in ``fused`` each norm of a sum with a divided term, LN(a + b / c), of the steps not
+    ``taken`` as one step, at the norm's index, and add the three steps' indices to ``taken``."""
+    for index, (name, args, params, out) in enumerate(steps):
+        match = None if index in taken or name != "layer_norm" else _divided_total(steps, maker, uses, fixed, index)
+        if match is None or taken.intersection(match[:2]):
+            continue
+        div_index, add_index, other = match
+        dividend, divisor = steps[div_index][1]
+        fused[index] = ("layer_norm_of_sum", (other, dividend, *args[1:], divisor), params, out)
+        taken.update((div_index, add_index, index))
+
+
+def _divided_total(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], norm_index: int
+) -> tuple[int, int, int] | None:
+    """(div index, add index, the other term's slot) if the norm at ``norm_index`` is
+    layer_norm(add(a, div(b, c))) (the add's operands in either order), c a number, the sum and
+    the quotient read by the next step alone, and no step between the div and the norm reading
+    a or the norm's parameters, nor b unless the div and one other step are b's only readers
+    (its cotangent is then the sum of two terms, the same in either order)."""
+    norm_args = steps[norm_index][1]
+    add_index = maker.get(norm_args[0]) if len(norm_args) == 3 else None
+    if add_index is None or uses[norm_args[0]] != 1 or steps[add_index][0] != "add" or len(steps[add_index][1]) != 2:
+        return None
+    for other, quotient in (steps[add_index][1], steps[add_index][1][::-1]):
+        div_index = maker.get(quotient)
+        if div_index is None or uses[quotient] != 1 or steps[div_index][0] != "div" or len(steps[div_index][1]) != 2:
+            continue
+        dividend, divisor = steps[div_index][1]
+        if divisor not in fixed or not is_number(fixed[divisor]) or other == dividend:
+            continue
+        read = {other, *norm_args[1:], *([dividend] if uses[dividend] > 2 else [])}
+        between = (i for i in range(div_index + 1, norm_index) if i != add_index)
+        if not any(read.intersection(steps[i][1]) for i in between):
+            return div_index, add_index, other
     return None
 
 

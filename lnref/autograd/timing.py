@@ -82,6 +82,8 @@ _SUBLAYER_TWIN_KINDS = {
     "residual_normed_feed_forward": ELEMENTWISE,
     "normed_sum_attention": ELEMENTWISE,
     "normed_sum_feed_forward": ELEMENTWISE,
+    "normed_scaled_sum_attention": ELEMENTWISE,
+    "normed_scaled_sum_feed_forward": ELEMENTWISE,
     "residual_normed_heads_pieces_attention": ELEMENTWISE,
     "residual_normed_normed_feed_forward": ELEMENTWISE,
 }

@@ -51,6 +51,7 @@ The modules
 ``residual_normed_heads_pieces``, ``residual_normed_feed_forward_normed`` the same for the
                        sublayers with pieces inside (Sub-LN's, NormFormer's)
 ``normed_sum``         a LayerNorm of a residual sum, LN(a + S(a)) (Post-LN's branches)
+``normed_scaled_sum``  the same with the skip scaled, LN(w * a + S(a)) (Admin's, DeepNorm's)
 ``branches``           what the two share: the add, their loop twins, checks, choice of path
 ``sphere``             a step between two directions on the unit sphere, normalized
                        interpolation (nGPT's update)
@@ -137,6 +138,16 @@ from lnref.autograd.kernels.linear import (
     linear_backward_reference,
     linear_forward,
     linear_forward_reference,
+)
+from lnref.autograd.kernels.normed_scaled_sum import (
+    normed_scaled_sum_attention_backward,
+    normed_scaled_sum_attention_backward_reference,
+    normed_scaled_sum_attention_forward,
+    normed_scaled_sum_attention_forward_reference,
+    normed_scaled_sum_feed_forward_backward,
+    normed_scaled_sum_feed_forward_backward_reference,
+    normed_scaled_sum_feed_forward_forward,
+    normed_scaled_sum_feed_forward_forward_reference,
 )
 from lnref.autograd.kernels.normed_sum import (
     normed_sum_attention_backward,
@@ -288,6 +299,14 @@ __all__ = [
     "normed_feed_forward_backward_reference",
     "normed_feed_forward_forward",
     "normed_feed_forward_forward_reference",
+    "normed_scaled_sum_attention_backward",
+    "normed_scaled_sum_attention_backward_reference",
+    "normed_scaled_sum_attention_forward",
+    "normed_scaled_sum_attention_forward_reference",
+    "normed_scaled_sum_feed_forward_backward",
+    "normed_scaled_sum_feed_forward_backward_reference",
+    "normed_scaled_sum_feed_forward_forward",
+    "normed_scaled_sum_feed_forward_forward_reference",
     "normed_sum_attention_backward",
     "normed_sum_attention_backward_reference",
     "normed_sum_attention_forward",

@@ -44,13 +44,13 @@ from lnref.autograd.kernels.seam import njit
 Arrays = tuple[np.ndarray, ...]
 
 
-def _normed(total: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> Arrays:
+def normed(total: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> Arrays:
     """(LN(total) of total's shape, mean, rstd) through the public kernel."""
     rows, mean, rstd = kernels.layer_norm_forward(total.reshape(-1, total.shape[-1]), gamma, beta, eps)
     return rows.reshape(total.shape), mean, rstd
 
 
-def _norm_backward(dy: np.ndarray, total: np.ndarray, gamma: np.ndarray, mean: np.ndarray, rstd: np.ndarray) -> Arrays:
+def norm_backward(dy: np.ndarray, total: np.ndarray, gamma: np.ndarray, mean: np.ndarray, rstd: np.ndarray) -> Arrays:
     d = total.shape[-1]
     dtotal, dgamma, dbeta = kernels.layer_norm_backward(
         dy.reshape(-1, d), total.reshape(-1, d), gamma, mean, rstd, residuals_checked=True
@@ -69,7 +69,7 @@ def normed_sum_attention_forward_reference(
     wq, bq, wk, bk, wv, bv, wo, bo = weights
     out, *kept = kernels.attention_sublayer_forward(a, None, wq, bq, wk, bk, wv, bv, wo, bo, n_heads, causal)
     total = a + out
-    y, mean, rstd = _normed(total, gamma, beta, eps)
+    y, mean, rstd = normed(total, gamma, beta, eps)
     return (y, total, mean, rstd, *kept)
 
 
@@ -91,7 +91,7 @@ def normed_sum_attention_backward_reference(
     heads: np.ndarray,
 ) -> Arrays:
     """NumPy twin; returns ``(da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo)``."""
-    dtotal, dgamma, dbeta = _norm_backward(dy, total, gamma, mean, rstd)
+    dtotal, dgamma, dbeta = norm_backward(dy, total, gamma, mean, rstd)
     da, _, *dweights = kernels.attention_sublayer_backward(
         dtotal, a, None, wq, wk, wv, wo, q, k, v, probs, heads, residuals_checked=True
     )
@@ -192,7 +192,7 @@ def normed_sum_feed_forward_forward_reference(
     w1, b1, w2, b2 = weights
     out, hidden, acted = kernels.feed_forward_forward(a.reshape(-1, a.shape[-1]), w1, b1, w2, b2, activation)
     total = a + out.reshape(a.shape)
-    y, mean, rstd = _normed(total, gamma, beta, eps)
+    y, mean, rstd = normed(total, gamma, beta, eps)
     return y, total, mean, rstd, hidden, acted
 
 
@@ -211,7 +211,7 @@ def normed_sum_feed_forward_backward_reference(
 ) -> Arrays:
     """NumPy twin; returns ``(da, dgamma, dbeta, dw1, db1, dw2, db2)``."""
     d = a.shape[-1]
-    dtotal, dgamma, dbeta = _norm_backward(dy, total, gamma, mean, rstd)
+    dtotal, dgamma, dbeta = norm_backward(dy, total, gamma, mean, rstd)
     da, *dweights = kernels.feed_forward_backward(
         dtotal.reshape(-1, d), a.reshape(-1, d), w1, w2, hidden, acted, activation, residuals_checked=True
     )
