@@ -14,9 +14,10 @@ same order), with no Tensor, record or tape made per call. Both give the same bi
 that ran the Python; each looks every primitive up by name when it runs (a test's broken VJP
 is the one it calls).
 
-A replayed pass also fuses: each residual branch with its LayerNorm, a + S(LN(a)) or
-LN(a + S(a)), S the attention sublayer or the FFN, runs as one step with one compiled kernel
-each way (``fusion.py``), with the bits of the three steps it stands for.
+A replayed pass also fuses: each residual branch with its LayerNorm, a + S(LN(a)), LN(a + S(a))
+or LN(w * a + S(a)), S the attention sublayer or the FFN, runs as one step with one compiled
+kernel each way, and so do a few shapes of norms, sums and element-wise steps (``fusion.py``
+lists them), each with the bits of the steps it stands for.
 
 The contract is that of a JAX ``jit``: the recorded code computes on Tensors only through
 primitives, and whatever else it passes them is a constant of the configuration (a number, a
