@@ -10,7 +10,11 @@ tape's own backward pass follows. :meth:`Program.value_and_grad`, what a :class:
 runs, does what the tape would do with those records without making them: plain arrays in
 the slots, each call's residuals in a list, then the tape's backward loop over the steps
 (newest first, each cotangent handed to the same VJP, accumulated into the same slots in the
-same order), with no Tensor, record or tape made per call. Both give the same bits as a pass
+same order), with no Tensor, record or tape made per call. Where weighted sums each take a
+first part of one list of slots (an average over every earlier layer's output, one a layer),
+the cotangents those slots gather are the rows of one array, and each later weighted sum's VJP
+adds its rows into them with one addition (:func:`_mixture_rows`): the bits of one addition a
+slot, with one NumPy call where there would be one a slot. Both give the same bits as a pass
 that ran the Python; each looks every primitive up by name when it runs (a test's broken VJP
 is the one it calls).
 
@@ -38,9 +42,10 @@ import numpy as np
 from lnref.autograd import (
     fused_branches,  # noqa: F401 (defines the fused steps that fusion.py names; a replay looks each up by name)
     fusion,
+    mixing_ops,
 )
 from lnref.autograd.dtypes import FLOAT32, FLOAT64
-from lnref.autograd.primitive import PRIMITIVES, call
+from lnref.autograd.primitive import DEFINED, PRIMITIVES, call
 from lnref.autograd.tape import Record, Tape, gc_paused
 from lnref.autograd.tensor import Tensor
 
@@ -67,6 +72,7 @@ class Program:
         self._none_inputs = [slot for slot, value in enumerate(inputs) if value is None]
         fixed = {**dict.fromkeys(self._none_inputs), **dict(enumerate(constants, first_constant))}
         self.fused_steps = fusion.fuse(steps, fixed, output_slot)
+        self._mixtures_in_rows = _mixture_rows(self.fused_steps, output_slot)
         self._needs_of: dict[tuple[bool, tuple[bool, ...]], list[bool]] = {}
 
     @classmethod
@@ -132,6 +138,8 @@ class Program:
         needs = self._needs(fused, tuple(d and a is not None for a, d in zip(values, differentiate)))
         values += [None] * len(self.steps) + self.constants
         primitives, kept = [], []
+        in_rows = self._mixtures_in_rows if fused and PRIMITIVES["weighted_sum"] is DEFINED["weighted_sum"] else ()
+        rows = None  # the cotangents of the slots the mixtures in rows take, once one has run
         with gc_paused():
             for name, arg_slots, params, slot in steps:
                 primitive = PRIMITIVES[name]
@@ -150,6 +158,9 @@ class Program:
                 residuals, kept[index] = kept[index], None  # freed once used
                 if dout is None:
                     continue  # this output does not reach the loss
+                if index in in_rows:
+                    rows = _mixture_vjp_into_rows(rows, dout, residuals, steps[index][1], grads, needs)
+                    continue
                 for arg, darg in zip(steps[index][1], primitives[index].vjp(dout, residuals)):
                     if darg is None or not needs[arg]:
                         continue
@@ -205,6 +216,66 @@ class Replayer:
             self.programs[key] = Program.from_records(tape.records, inputs, output)
         tape.backward(output)
         return output, [None if t is None or not t.requires_grad else t.grad_or_zeros() for t in inputs]
+
+
+def _mixture_rows(steps: Sequence[Step], output_slot: int) -> frozenset[int]:
+    """The weighted sums whose VJPs can add into rows (:func:`_mixture_vjp_into_rows`): the
+    indices of the steps ``weighted_sum(w, *terms)`` when each one's terms are the first of
+    the newest one's, no fewer than the one before takes, and a slot among them is read by
+    no other step after the first weighted sum that takes it (so that its cotangents come
+    from the weighted sums alone, one after the other, until it is needed); else none."""
+    mixtures = [
+        i for i, (name, _, params, _) in enumerate(steps) if name == "weighted_sum" and not params.get("stacked")
+    ]
+    if len(mixtures) < 2:
+        return frozenset()
+    terms = steps[mixtures[-1]][1][1:]
+    first_reader = {}  # each term's slot: the first weighted sum that takes it
+    taken = 0
+    for i in mixtures:
+        weights, *these = steps[i][1]
+        if these != list(terms[: len(these)]) or len(these) < taken or weights in terms:
+            return frozenset()
+        for slot in terms[taken : len(these)]:
+            first_reader[slot] = i
+        taken = len(these)
+    if len(set(terms)) != len(terms) or output_slot in first_reader:
+        return frozenset()
+    mixture_set = set(mixtures)
+    for i, (_, arg_slots, _, _) in enumerate(steps):
+        if i not in mixture_set and any(first_reader.get(slot, i + 1) < i for slot in arg_slots):
+            return frozenset()
+    return frozenset(mixtures)
+
+
+def _mixture_vjp_into_rows(
+    rows: np.ndarray | None,
+    dout: np.ndarray,
+    residuals: Any,
+    arg_slots: tuple[int, ...],
+    grads: list[Any],
+    needs: list[bool],
+) -> np.ndarray:
+    """The VJP of a weighted sum of :func:`_mixture_rows`, accumulated as the tape would:
+    the first to run hands its terms' cotangents, the rows of one array ``rows``, to their
+    slots (each slot a row); each later one adds its own rows into the first of ``rows`` in
+    place, which adds each term's cotangent into its slot, in the order the tape adds them.
+    Returns ``rows``."""
+    dweights, dxs = mixing_ops.weighted_sum_vjp_rows(dout, residuals)
+    weights, terms = arg_slots[0], arg_slots[1:]
+    if needs[weights]:
+        grads[weights] = dweights if grads[weights] is None else grads[weights] + dweights
+    if rows is None:
+        rows = dxs if dxs.flags.writeable else dxs.copy()
+        for slot, row in zip(terms, rows):
+            if needs[slot]:
+                grads[slot] = row
+        return rows
+    if dxs.dtype != rows.dtype or dxs.shape[1:] != rows.shape[1:] or len(dxs) > len(rows):
+        raise ValueError(f"weighted_sum: cotangents {dxs.dtype} {dxs.shape} do not fit those of {rows.shape}")
+    head = rows[: len(dxs)]
+    head += dxs
+    return rows
 
 
 def _float_array(value: Any) -> np.ndarray | None:
