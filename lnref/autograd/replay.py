@@ -140,10 +140,14 @@ class Program:
         primitives, kept = [], []
         in_rows = self._mixtures_in_rows if fused and PRIMITIVES["weighted_sum"] is DEFINED["weighted_sum"] else ()
         rows = None  # the cotangents of the slots the mixtures in rows take, once one has run
+        terms = _TermsInRows(steps[max(in_rows)][1][1:]) if in_rows else None
         with gc_paused():
-            for name, arg_slots, params, slot in steps:
+            for index, (name, arg_slots, params, slot) in enumerate(steps):
                 primitive = PRIMITIVES[name]
-                values[slot], residuals = primitive.forward(*[values[s] for s in arg_slots], **params)
+                if index in in_rows:
+                    values[slot], residuals = terms.forward(primitive, values, arg_slots)  # type: ignore[union-attr]
+                else:
+                    values[slot], residuals = primitive.forward(*[values[s] for s in arg_slots], **params)
                 primitives.append(primitive)
                 kept.append(residuals)
             output = values[self.output_slot]
@@ -246,6 +250,47 @@ def _mixture_rows(steps: Sequence[Step], output_slot: int) -> frozenset[int]:
         if i not in mixture_set and any(first_reader.get(slot, i + 1) < i for slot in arg_slots):
             return frozenset()
     return frozenset(mixtures)
+
+
+class _TermsInRows:
+    """The values of the terms of the weighted sums in rows (:func:`_mixture_rows`), the newest
+    one's slots ``slots``, as the rows of one array, each copied in once the pass has computed
+    it: each weighted sum takes its terms as the first rows, with the bits of taking them apart
+    (and none of the work of gathering them)."""
+
+    def __init__(self, slots: tuple[int, ...]) -> None:
+        self.slots = slots
+        self.rows: np.ndarray | None = None
+        self.filled = 0  # rows copied in; -1 once a value does not fit them
+
+    def forward(self, primitive: Any, values: list[Any], arg_slots: tuple[int, ...]) -> tuple[Any, Any]:
+        """``primitive.forward`` of the weighted sum of the values at ``arg_slots``: the weights,
+        then the first of :attr:`slots`."""
+        count = len(arg_slots) - 1
+        if self._fill(values, count):
+            return primitive.forward(values[arg_slots[0]], self.rows[:count], stacked=True)  # type: ignore[index]
+        return primitive.forward(*[values[s] for s in arg_slots])
+
+    def _fill(self, values: list[Any], count: int) -> bool:
+        """Whether the first ``count`` rows hold the values of the first ``count`` slots: copies
+        in those not yet copied, if every value so far is an array of the first one's shape and
+        dtype."""
+        if self.filled < 0:
+            return False
+        if self.rows is None:
+            first = values[self.slots[0]]
+            if type(first) is not np.ndarray:
+                self.filled = -1
+                return False
+            self.rows = np.empty((len(self.slots), *first.shape), first.dtype)
+        for row in range(self.filled, count):
+            value = values[self.slots[row]]
+            if type(value) is not np.ndarray or value.shape != self.rows.shape[1:] or value.dtype != self.rows.dtype:
+                self.filled = -1
+                return False
+            self.rows[row] = value
+        self.filled = max(self.filled, count)
+        return True
 
 
 def _mixture_vjp_into_rows(
