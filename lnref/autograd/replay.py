@@ -11,12 +11,13 @@ runs, does what the tape would do with those records without making them: plain 
 the slots, each call's residuals in a list, then the tape's backward loop over the steps
 (newest first, each cotangent handed to the same VJP, accumulated into the same slots in the
 same order), with no Tensor, record or tape made per call. Where weighted sums each take a
-first part of one list of slots (an average over every earlier layer's output, one a layer),
-the cotangents those slots gather are the rows of one array, and each later weighted sum's VJP
-adds its rows into them with one addition (:func:`_mixture_rows`): the bits of one addition a
-slot, with one NumPy call where there would be one a slot. Both give the same bits as a pass
-that ran the Python; each looks every primitive up by name when it runs (a test's broken VJP
-is the one it calls).
+first part of one list of slots (an average over every earlier layer's output, one a layer;
+:func:`_mixture_rows`), those slots' values are copied, each once, into the rows of one array
+whose first rows each weighted sum takes, and the cotangents they gather are the rows of
+another, into which each later weighted sum's VJP adds its own with one addition: the bits of
+the terms taken apart and of one addition a slot, with no per-term work. Both give the same
+bits as a pass that ran the Python; each looks every primitive up by name when it runs (a
+test's broken VJP is the one it calls).
 
 A replayed pass also fuses: each residual branch with its LayerNorm, a + S(LN(a)) or
 LN(a + S(a)), S the attention sublayer or the FFN, runs as one step with one compiled kernel
