@@ -10,7 +10,9 @@ import pytest
 
 import lnref
 from lnref.autograd import mixing_ops, ops, replay, value_and_grad
+from lnref.autograd.primitive import PRIMITIVES, Primitive
 from lnref.autograd.replay import Replayer
+from lnref.autograd.timing import TimeSplit
 
 
 def mixture_chain(x, *weights):
@@ -102,6 +104,30 @@ def test_a_schemes_mixtures_over_every_layer_replay_in_rows_with_the_bits_of_the
     assert loss_a == loss_b
     for name in grads_a:
         np.testing.assert_array_equal(grads_a[name], grads_b[name], err_msg=name)
+
+
+def test_a_weighted_sum_vjp_swapped_after_tracing_is_the_one_a_replay_calls(monkeypatch):
+    """Rows are for weighted_sum as lnref defines it: a broken VJP put in its place runs."""
+    arrays = chain_inputs(5, np.float64)
+    replayer, differentiate = Replayer(), [True] * len(arrays)
+    _, good = replayer.value_and_grad("key", mixture_chain, arrays, differentiate)
+    defined = PRIMITIVES["weighted_sum"]
+    zeroed = Primitive("weighted_sum", defined.forward, lambda dout, res: tuple(0 * d for d in defined.vjp(dout, res)))
+    monkeypatch.setitem(PRIMITIVES, "weighted_sum", zeroed)
+    _, broken = replayer.value_and_grad("key", mixture_chain, arrays, differentiate)
+    assert np.any(good[0] != 0) and np.all(broken[0] == 0)
+
+
+def test_timed_weighted_sums_still_sum_in_rows_with_the_bits_of_the_tape(monkeypatch):
+    into_rows, calls = replay._mixture_vjp_into_rows, []
+    monkeypatch.setattr(replay, "_mixture_vjp_into_rows", lambda *args: calls.append(1) or into_rows(*args))
+    arrays = chain_inputs(9, np.float64)
+    replayer, differentiate = Replayer(), [True] * len(arrays)
+    replayer.value_and_grad("key", mixture_chain, arrays, differentiate)  # traced
+    with TimeSplit():
+        replayed = replayer.value_and_grad("key", mixture_chain, arrays, differentiate)
+    assert len(calls) == 9
+    assert_same_bits(replayed, value_and_grad(mixture_chain)(*arrays))
 
 
 def test_rows_that_drop_a_weighted_sums_cotangents_fail_the_bits_check(monkeypatch):
