@@ -40,6 +40,14 @@ def test_many_large_terms_taken_a_group_at_a_time_give_the_bits_of_the_loop_of_p
     np.testing.assert_array_equal(ops.weighted_sum(weights, *xs).value, loop_of_products(weights, xs))
 
 
+@pytest.mark.parametrize("k", [3, 12])
+def test_terms_that_are_not_contiguous_give_the_bits_of_their_contiguous_copies(k):
+    xs, weights = [x[:, ::2] for x in terms(k, shape=(2, 6, 5))], np.random.default_rng(1).standard_normal(k)
+    assert not xs[0].flags.c_contiguous
+    copies = [np.ascontiguousarray(x) for x in xs]
+    np.testing.assert_array_equal(ops.weighted_sum(weights, *xs).value, ops.weighted_sum(weights, *copies).value)
+
+
 def test_many_large_terms_vjp_against_finite_differences():
     xs, weights = terms(10, shape=(4, 500), seed=12), np.random.default_rng(13).standard_normal(10)
     checks = check_vjp(ops.weighted_sum, weights, *xs)

@@ -83,10 +83,16 @@ def _weighted_sum_fwd(weights: np.ndarray, *xs: np.ndarray, stacked: bool = Fals
     return y, (kept, np.shape(weights), stacked)
 
 
+def weighted_sum_vjp_rows(dout: np.ndarray, residuals: Residuals) -> tuple[np.ndarray, np.ndarray]:
+    """The VJP of :func:`weighted_sum`, ``(dweights, dxs)``, with the terms' cotangents the
+    rows of one new array ``dxs`` (k, ..., d), however the terms were given."""
+    kept, weights_shape, _ = residuals
+    return kernels.weighted_sum_backward(dout, kept, weights_shape)
+
+
 def _weighted_sum_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
-    kept, weights_shape, stacked = residuals
-    dweights, dxs = kernels.weighted_sum_backward(dout, kept, weights_shape)
-    return (dweights, *_per_stream(dxs, stacked))
+    dweights, dxs = weighted_sum_vjp_rows(dout, residuals)
+    return (dweights, *_per_stream(dxs, residuals[2]))
 
 
 weighted_sum = defprimitive("weighted_sum", _weighted_sum_fwd, _weighted_sum_vjp)

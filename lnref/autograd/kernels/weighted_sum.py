@@ -144,9 +144,12 @@ WEIGHTED_SUM_BACKWARD = Twin(
 )
 
 
-def _checked_terms(w: np.ndarray, xs: Sequence[np.ndarray]) -> tuple[np.ndarray, Sequence[np.ndarray]]:
+def _checked_terms(
+    w: np.ndarray, xs: Sequence[np.ndarray], copied: bool = False
+) -> tuple[np.ndarray, Sequence[np.ndarray]]:
     """``(w, xs)`` C-contiguous and of one float dtype, ``xs`` one array (k, ..., d) or a
-    sequence of arrays of one shape, or an error."""
+    sequence of arrays of one shape, or an error; with ``copied``, terms of one shape and
+    dtype are let through as they are (they are to be copied into one array)."""
     if isinstance(xs, np.ndarray):
         w, xs = float_arrays(w, xs)
         if xs.ndim < 2 or len(xs) < 1:
@@ -156,7 +159,9 @@ def _checked_terms(w: np.ndarray, xs: Sequence[np.ndarray]) -> tuple[np.ndarray,
         raise ValueError("a weighted sum needs at least one term")
     shape, dtype = getattr(xs[0], "shape", None), getattr(xs[0], "dtype", None)
     for x in xs:  # the common case, decided without building new arrays
-        if type(x) is not np.ndarray or x.shape != shape or x.dtype is not dtype or not x.flags.c_contiguous:
+        if type(x) is not np.ndarray or x.shape != shape or x.dtype is not dtype:
+            break
+        if not (copied or x.flags.c_contiguous):
             break
     else:
         if type(w) is np.ndarray and w.dtype is dtype and w.flags.c_contiguous and dtype in FLOAT_DTYPES:
@@ -175,12 +180,18 @@ def weighted_sum_forward(w: np.ndarray, xs: Sequence[np.ndarray]) -> tuple[np.nd
     """sum_k w_k x_k for the terms ``xs`` (each (..., d), one shape; or one array (k, ..., d),
     its rows the terms) and ``w`` (k,) or (..., k); returns ``(y, kept)``, ``kept`` what the
     backward takes: ``w``, the terms as the kernels take them, and their shape."""
-    w, terms = _checked_terms(w, xs)
-    shape, count = terms[0].shape, len(terms)
+    count = len(xs)
+    stacking = (
+        count > TERMS_PER_CALL
+        and not isinstance(xs, np.ndarray)
+        and count * getattr(xs[0], "size", STACK_UP_TO) <= STACK_UP_TO
+    )
+    w, terms = _checked_terms(w, xs, copied=stacking)
+    shape = terms[0].shape
     if len(shape) < 1 or w.shape not in ((count,), (*shape[:-1], count)):
         check_fit(False, "w", w, *(part for k, x in enumerate(terms) for part in (f"x_{k}", x)))
     kernel_terms: Any = terms
-    if count > TERMS_PER_CALL and not isinstance(terms, np.ndarray) and count * terms[0].size <= STACK_UP_TO:
+    if stacking:
         kernel_terms = np.concatenate(terms).reshape((count, *shape))
     elif not isinstance(terms, np.ndarray):
         kernel_terms = tuple(terms)
