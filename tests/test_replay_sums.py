@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lnref
-from lnref.autograd import mixing_ops, ops, replay, value_and_grad
+from lnref.autograd import mixing_ops, mixture_rows, ops, value_and_grad
 from lnref.autograd.primitive import PRIMITIVES, Primitive
 from lnref.autograd.replay import Replayer
 from lnref.autograd.timing import TimeSplit
@@ -78,7 +78,7 @@ def test_weighted_sums_not_all_first_parts_of_one_list_are_not_summed_in_rows(te
     steps = [("weighted_sum", (100 + i, *terms), {}, 200 + i) for i, terms in enumerate(terms_of_each)]
     for after, slot in other_reads:
         steps.insert(after + 1, ("tanh", (slot,), {}, 300 + after))
-    assert replay._mixture_rows(steps, output_slot=999) == frozenset()
+    assert mixture_rows.mixtures_in_rows(steps, output_slot=999) == frozenset()
 
 
 def test_weighted_sums_each_a_first_part_of_the_newest_are_summed_in_rows():
@@ -89,7 +89,7 @@ def test_weighted_sums_each_a_first_part_of_the_newest_are_summed_in_rows():
         ("weighted_sum", (12, 0, 2), {}, 4),
         ("weighted_sum", (13, 0, 2, 4), {}, 5),
     ]
-    assert replay._mixture_rows(steps, output_slot=5) == frozenset({1, 2, 3, 4})
+    assert mixture_rows.mixtures_in_rows(steps, output_slot=5) == frozenset({1, 2, 3, 4})
 
 
 @pytest.mark.parametrize("scheme", ["dlcl", "denseformer"])
@@ -119,8 +119,8 @@ def test_a_weighted_sum_vjp_swapped_after_tracing_is_the_one_a_replay_calls(monk
 
 
 def test_timed_weighted_sums_still_sum_in_rows_with_the_bits_of_the_tape(monkeypatch):
-    into_rows, calls = replay._mixture_vjp_into_rows, []
-    monkeypatch.setattr(replay, "_mixture_vjp_into_rows", lambda *args: calls.append(1) or into_rows(*args))
+    into_rows, calls = mixture_rows.vjp_into_rows, []
+    monkeypatch.setattr(mixture_rows, "vjp_into_rows", lambda *args: calls.append(1) or into_rows(*args))
     arrays = chain_inputs(9, np.float64)
     replayer, differentiate = Replayer(), [True] * len(arrays)
     replayer.value_and_grad("key", mixture_chain, arrays, differentiate)  # traced
@@ -132,7 +132,7 @@ def test_timed_weighted_sums_still_sum_in_rows_with_the_bits_of_the_tape(monkeyp
 
 def test_rows_that_drop_a_weighted_sums_cotangents_fail_the_bits_check(monkeypatch):
     """Negative control: a sum in rows that leaves out one weighted sum's addition."""
-    into_rows = replay._mixture_vjp_into_rows
+    into_rows = mixture_rows.vjp_into_rows
     calls = []
 
     def dropping_the_second(rows, dout, residuals, arg_slots, grads, needs):
@@ -141,7 +141,7 @@ def test_rows_that_drop_a_weighted_sums_cotangents_fail_the_bits_check(monkeypat
             return rows
         return into_rows(rows, dout, residuals, arg_slots, grads, needs)
 
-    monkeypatch.setattr(replay, "_mixture_vjp_into_rows", dropping_the_second)
+    monkeypatch.setattr(mixture_rows, "vjp_into_rows", dropping_the_second)
     replayed, _, taped = replayed_and_taped(mixture_chain, chain_inputs(9, np.float64))
     with pytest.raises(AssertionError):
         assert_same_bits(replayed, taped)
@@ -150,7 +150,7 @@ def test_rows_that_drop_a_weighted_sums_cotangents_fail_the_bits_check(monkeypat
 def test_rows_added_in_another_order_fail_the_bits_check(monkeypatch):
     """Negative control: the input's cotangents, one from each weighted sum, added oldest first
     ((c_1 + c_2) + ...), where the tape adds them newest first."""
-    into_rows = replay._mixture_vjp_into_rows
+    into_rows = mixture_rows.vjp_into_rows
     for_the_input = []
 
     def oldest_first_for_the_input(rows, dout, residuals, arg_slots, grads, needs):
@@ -160,7 +160,7 @@ def test_rows_added_in_another_order_fail_the_bits_check(monkeypatch):
             rows[0] = functools.reduce(operator.add, reversed(for_the_input))
         return rows
 
-    monkeypatch.setattr(replay, "_mixture_vjp_into_rows", oldest_first_for_the_input)
+    monkeypatch.setattr(mixture_rows, "vjp_into_rows", oldest_first_for_the_input)
     (out, grads), _, (taped_out, taped_grads) = replayed_and_taped(mixture_chain, chain_inputs(9, np.float64))
     for mine, theirs in zip(grads[1:], taped_grads[1:], strict=True):  # only the input's sum changed...
         np.testing.assert_array_equal(mine, theirs)

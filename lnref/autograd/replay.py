@@ -12,7 +12,7 @@ the slots, each call's residuals in a list, then the tape's backward loop over t
 (newest first, each cotangent handed to the same VJP, accumulated into the same slots in the
 same order), with no Tensor, record or tape made per call. Where weighted sums each take a
 first part of one list of slots (an average over every earlier layer's output, one a layer;
-:func:`_mixture_rows`), those slots' values are copied, each once, into the rows of one array
+:mod:`mixture_rows`), those slots' values are copied, each once, into the rows of one array
 whose first rows each weighted sum takes, and the cotangents they gather are the rows of
 another, into which each later weighted sum's VJP adds its own with one addition: the bits of
 the terms taken apart and of one addition a slot, with no per-term work. Both give the same
@@ -36,7 +36,6 @@ has a wrong gradient, which ``lnref gradcheck`` reports.)
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -45,10 +44,10 @@ import numpy as np
 from lnref.autograd import (
     fused_branches,  # noqa: F401 (defines the fused steps that fusion.py names; a replay looks each up by name)
     fusion,
-    mixing_ops,
+    mixture_rows,
 )
 from lnref.autograd.dtypes import FLOAT32, FLOAT64
-from lnref.autograd.primitive import DEFINED, PRIMITIVES, call
+from lnref.autograd.primitive import PRIMITIVES, call
 from lnref.autograd.tape import Record, Tape, gc_paused
 from lnref.autograd.tensor import Tensor
 
@@ -75,7 +74,7 @@ class Program:
         self._none_inputs = [slot for slot, value in enumerate(inputs) if value is None]
         fixed = {**dict.fromkeys(self._none_inputs), **dict(enumerate(constants, first_constant))}
         self.fused_steps = fusion.fuse(steps, fixed, output_slot)
-        self._mixtures_in_rows = _mixture_rows(self.fused_steps, output_slot)
+        self._mixtures_in_rows = mixture_rows.mixtures_in_rows(self.fused_steps, output_slot)
         self._needs_of: dict[tuple[bool, tuple[bool, ...]], list[bool]] = {}
 
     @classmethod
@@ -141,9 +140,9 @@ class Program:
         needs = self._needs(fused, tuple(d and a is not None for a, d in zip(values, differentiate)))
         values += [None] * len(self.steps) + self.constants
         primitives, kept = [], []
-        in_rows = self._mixtures_in_rows if fused and _defined_or_timed("weighted_sum") else ()
+        in_rows = self._mixtures_in_rows if fused and mixture_rows.weighted_sum_as_defined() else ()
         rows = None  # the cotangents of the slots the mixtures in rows take, once one has run
-        terms = _TermsInRows(steps[max(in_rows)][1][1:]) if in_rows else None
+        terms = mixture_rows.TermsInRows(steps[max(in_rows)][1][1:]) if in_rows else None
         with gc_paused():
             for index, (name, arg_slots, params, slot) in enumerate(steps):
                 primitive = PRIMITIVES[name]
@@ -166,7 +165,7 @@ class Program:
                 if dout is None:
                     continue  # this output does not reach the loss
                 if index in in_rows:
-                    rows = _mixture_vjp_into_rows(rows, dout, residuals, steps[index][1], grads, needs)
+                    rows = mixture_rows.vjp_into_rows(rows, dout, residuals, steps[index][1], grads, needs)
                     continue
                 for arg, darg in zip(steps[index][1], primitives[index].vjp(dout, residuals)):
                     if darg is None or not needs[arg]:
@@ -223,114 +222,6 @@ class Replayer:
             self.programs[key] = Program.from_records(tape.records, inputs, output)
         tape.backward(output)
         return output, [None if t is None or not t.requires_grad else t.grad_or_zeros() for t in inputs]
-
-
-def _defined_or_timed(name: str) -> bool:
-    """Whether the registry holds primitive ``name`` as lnref defines it, or timers around it
-    (``lnref.autograd.timing``), not one a test has swapped in."""
-    now, defined = PRIMITIVES[name], DEFINED[name]
-    return now is defined or (inspect.unwrap(now.forward) is defined.forward and inspect.unwrap(now.vjp) is defined.vjp)
-
-
-def _mixture_rows(steps: Sequence[Step], output_slot: int) -> frozenset[int]:
-    """The weighted sums whose VJPs can add into rows (:func:`_mixture_vjp_into_rows`): the
-    indices of the steps ``weighted_sum(w, *terms)`` when each one's terms are the first of
-    the newest one's, no fewer than the one before takes, and a slot among them is read by
-    no other step after the first weighted sum that takes it (so that its cotangents come
-    from the weighted sums alone, one after the other, until it is needed); else none."""
-    mixtures = [
-        i for i, (name, _, params, _) in enumerate(steps) if name == "weighted_sum" and not params.get("stacked")
-    ]
-    if len(mixtures) < 2:
-        return frozenset()
-    terms = steps[mixtures[-1]][1][1:]
-    first_reader = {}  # each term's slot: the first weighted sum that takes it
-    taken = 0
-    for i in mixtures:
-        weights, *these = steps[i][1]
-        if these != list(terms[: len(these)]) or len(these) < taken or weights in terms:
-            return frozenset()
-        for slot in terms[taken : len(these)]:
-            first_reader[slot] = i
-        taken = len(these)
-    if len(set(terms)) != len(terms) or output_slot in first_reader:
-        return frozenset()
-    mixture_set = set(mixtures)
-    for i, (_, arg_slots, _, _) in enumerate(steps):
-        if i not in mixture_set and any(first_reader.get(slot, i + 1) < i for slot in arg_slots):
-            return frozenset()
-    return frozenset(mixtures)
-
-
-class _TermsInRows:
-    """The values of the terms of the weighted sums in rows (:func:`_mixture_rows`), the newest
-    one's slots ``slots``, as the rows of one array, each copied in once the pass has computed
-    it: each weighted sum takes its terms as the first rows, with the bits of taking them apart
-    (and none of the work of gathering them)."""
-
-    def __init__(self, slots: tuple[int, ...]) -> None:
-        self.slots = slots
-        self.rows: np.ndarray | None = None
-        self.filled = 0  # rows copied in; -1 once a value does not fit them
-
-    def forward(self, primitive: Any, values: list[Any], arg_slots: tuple[int, ...]) -> tuple[Any, Any]:
-        """``primitive.forward`` of the weighted sum of the values at ``arg_slots``: the weights,
-        then the first of :attr:`slots`."""
-        count = len(arg_slots) - 1
-        if self._fill(values, count):
-            return primitive.forward(values[arg_slots[0]], self.rows[:count], stacked=True)  # type: ignore[index]
-        return primitive.forward(*[values[s] for s in arg_slots])
-
-    def _fill(self, values: list[Any], count: int) -> bool:
-        """Whether the first ``count`` rows hold the values of the first ``count`` slots: copies
-        in those not yet copied, if every value so far is an array of the first one's shape and
-        dtype."""
-        if self.filled < 0:
-            return False
-        if self.rows is None:
-            first = values[self.slots[0]]
-            if type(first) is not np.ndarray:
-                self.filled = -1
-                return False
-            self.rows = np.empty((len(self.slots), *first.shape), first.dtype)
-        for row in range(self.filled, count):
-            value = values[self.slots[row]]
-            if type(value) is not np.ndarray or value.shape != self.rows.shape[1:] or value.dtype != self.rows.dtype:
-                self.filled = -1
-                return False
-            self.rows[row] = value
-        self.filled = max(self.filled, count)
-        return True
-
-
-def _mixture_vjp_into_rows(
-    rows: np.ndarray | None,
-    dout: np.ndarray,
-    residuals: Any,
-    arg_slots: tuple[int, ...],
-    grads: list[Any],
-    needs: list[bool],
-) -> np.ndarray:
-    """The VJP of a weighted sum of :func:`_mixture_rows`, accumulated as the tape would:
-    the first to run hands its terms' cotangents, the rows of one array ``rows``, to their
-    slots (each slot a row); each later one adds its own rows into the first of ``rows`` in
-    place, which adds each term's cotangent into its slot, in the order the tape adds them.
-    Returns ``rows``."""
-    dweights, dxs = mixing_ops.weighted_sum_vjp_rows(dout, residuals)
-    weights, terms = arg_slots[0], arg_slots[1:]
-    if needs[weights]:
-        grads[weights] = dweights if grads[weights] is None else grads[weights] + dweights
-    if rows is None:
-        rows = dxs if dxs.flags.writeable else dxs.copy()
-        for slot, row in zip(terms, rows):
-            if needs[slot]:
-                grads[slot] = row
-        return rows
-    if dxs.dtype != rows.dtype or dxs.shape[1:] != rows.shape[1:] or len(dxs) > len(rows):
-        raise ValueError(f"weighted_sum: cotangents {dxs.dtype} {dxs.shape} do not fit those of {rows.shape}")
-    head = rows[: len(dxs)]
-    head += dxs
-    return rows
 
 
 def _float_array(value: Any) -> np.ndarray | None:
