@@ -153,20 +153,21 @@ def _heads_pieces_attention_forward_kernel(
         if step < 3:
             dest = qkv[step].reshape((n_x, d))
         else:
-            for i in range(3 if head_stats.shape[2] else 0):  # after all three projections, as the composition
+            # The head norms after all three projections, as the composition runs them (none of
+            # them where qkv_normed is qkv itself).
+            for i in range(3 if head_stats.shape[2] else 0):
                 head_gamma = _one_of(i, q_gamma, k_gamma, v_gamma)
                 if head_gamma.size:
                     layer_norm_forward_kernel(
                         qkv[i].reshape(head_rows), head_gamma, _one_of(i, q_beta, k_beta, v_beta), eps,
                         qkv_normed[i].reshape(head_rows), head_stats[i, 0], head_stats[i, 1],
                     )  # fmt: skip
-                else:  # the projection itself is the attention's input
+                else:  # this projection is the attention's input as it is
                     source, into = qkv[i].reshape(n_x * d), qkv_normed[i].reshape(n_x * d)
                     for j in range(n_x * d):
                         into[j] = source[j]
-            hd = heads.reshape(per_head)
             qh, kh, vh = qkv_normed[0].reshape(per_head), qkv_normed[1].reshape(per_head), qkv_normed[2]
-            attention_forward_kernel(qh, kh, vh.reshape(per_head), causal, hd, probs)
+            attention_forward_kernel(qh, kh, vh.reshape(per_head), causal, heads.reshape(per_head), probs)
             rows = heads.reshape((n_x, d))
             if scale.size:
                 shaped_rows = shaped.reshape((n_x, d))
