@@ -63,13 +63,15 @@ def heads_pieces_attention_forward_reference(
     qkv_normed, head_stats = qkv, np.empty((3, 2, 0), x.dtype)
     head_norms = ((q_gamma, q_beta), (k_gamma, k_beta), (v_gamma, v_beta))
     if q_gamma.size or k_gamma.size or v_gamma.size:
-        qkv_normed, head_stats = qkv.copy(), np.zeros((3, 2, rows.shape[0] * n_heads), x.dtype)
+        qkv_normed, head_stats = np.empty_like(qkv), np.zeros((3, 2, rows.shape[0] * n_heads), x.dtype)
         for i, (head_gamma, head_beta) in enumerate(head_norms):
             if head_gamma.size:
                 normed_rows, head_stats[i, 0], head_stats[i, 1] = kernels.layer_norm_forward(
                     _head_rows(qkv[i], n_heads), head_gamma, head_beta, eps
                 )
                 qkv_normed[i] = normed_rows.reshape(x.shape)
+            else:  # this projection is the attention's input as it is
+                qkv_normed[i] = qkv[i]
     heads, probs = kernels.multi_head_attention_forward(qkv_normed[0], qkv_normed[1], qkv_normed[2], n_heads, causal)
     shaped = heads
     if scale.size:
