@@ -16,10 +16,13 @@ and one the backward, with the composition's kernels in its order (the projectio
 :func:`~lnref.autograd.kernels.linear.matmul_kernel`, LayerNorm's row loops on each head's
 features, the attention loops, LayerNorm's row loops again), so the forward agrees with it to
 the bit. An absent piece is an empty array. Past the sublayer kernels' limits, the NumPy twin
-runs the composition's kernels in one call. Residuals: the projections ``q``, ``k``, ``v``; the
-attention's inputs ``q_normed``, ``k_normed``, ``v_normed`` (the projections themselves where
-there is no head norm); each head norm's ``mean`` and ``rstd`` (per head of each token);
-``probs``, ``heads``, ``shaped``, ``normed``, ``mean``, ``rstd``.
+runs the composition's kernels in one call. Residuals: the projections ``qkv`` (3, B, T, d);
+the attention's inputs ``qkv_normed`` (3, B, T, d: the projections themselves where there is no
+head norm, a copy of an absent norm's projection beside the present ones); ``head_stats``
+(3, 2, B T H): each head norm's mean and rstd per head of each token (zero where that norm is
+absent; (3, 2, 0) where none is present); ``probs``, ``heads``, ``shaped``, ``normed``,
+``mean``, ``rstd``. Arrays of three in one block: each residual is passed on through the
+fused step's layers and its kernels' calls one by one.
 """
 
 from __future__ import annotations
@@ -53,20 +56,23 @@ def heads_pieces_attention_forward_reference(
     n_heads: int, causal: bool, eps: float,
 ) -> Arrays:  # fmt: skip
     """NumPy twin; ``weights`` (4, d, d) and ``biases`` (4, d) hold Wq, Wk, Wv, Wo and their
-    biases; returns ``(out, q, k, v, q_normed, k_normed, v_normed, q_mean, q_rstd, k_mean,
-    k_rstd, v_mean, v_rstd, probs, heads, shaped, normed, mean, rstd)``."""
+    biases; returns ``(out, qkv, qkv_normed, head_stats, probs, heads, shaped, normed, mean,
+    rstd)``."""
     rows, empty = _rows(x), np.empty(0, x.dtype)
-    projections = [kernels.linear_forward(rows, weights[i], biases[i]).reshape(x.shape) for i in range(3)]
-    inputs, head_stats = [], []
-    for projection, head_gamma, head_beta in zip(projections, (q_gamma, k_gamma, v_gamma), (q_beta, k_beta, v_beta)):
-        normed_rows, *stats = projection, empty, empty
-        if head_gamma.size:
-            split = _head_rows(projection, n_heads)
-            normed_rows, *stats = kernels.layer_norm_forward(split, head_gamma, head_beta, eps)
-        inputs.append(normed_rows.reshape(x.shape))
-        head_stats += stats
-    q_normed, k_normed, v_normed = inputs
-    heads, probs = kernels.multi_head_attention_forward(q_normed, k_normed, v_normed, n_heads, causal)
+    qkv = np.stack([kernels.linear_forward(rows, weights[i], biases[i]).reshape(x.shape) for i in range(3)])
+    qkv_normed, head_stats = qkv, np.empty((3, 2, 0), x.dtype)
+    head_norms = ((q_gamma, q_beta), (k_gamma, k_beta), (v_gamma, v_beta))
+    if q_gamma.size or k_gamma.size or v_gamma.size:
+        qkv_normed, head_stats = np.empty_like(qkv), np.zeros((3, 2, rows.shape[0] * n_heads), x.dtype)
+        for i, (head_gamma, head_beta) in enumerate(head_norms):
+            if head_gamma.size:
+                normed_rows, head_stats[i, 0], head_stats[i, 1] = kernels.layer_norm_forward(
+                    _head_rows(qkv[i], n_heads), head_gamma, head_beta, eps
+                )
+                qkv_normed[i] = normed_rows.reshape(x.shape)
+            else:  # this projection is the attention's input as it is
+                qkv_normed[i] = qkv[i]
+    heads, probs = kernels.multi_head_attention_forward(qkv_normed[0], qkv_normed[1], qkv_normed[2], n_heads, causal)
     shaped = heads
     if scale.size:
         shaped = (heads.reshape(*x.shape[:2], n_heads, -1) * scale.reshape(n_heads, 1)).reshape(x.shape)
@@ -75,15 +81,14 @@ def heads_pieces_attention_forward_reference(
         normed_rows, mean, rstd = kernels.layer_norm_forward(_rows(shaped), gamma, beta, eps)
         normed = normed_rows.reshape(x.shape)
     out = kernels.linear_forward(_rows(normed), weights[3], biases[3]).reshape(x.shape)
-    return out, *projections, *inputs, *head_stats, probs, heads, shaped, normed, mean, rstd
+    return out, qkv, qkv_normed, head_stats, probs, heads, shaped, normed, mean, rstd
 
 
 def heads_pieces_attention_backward_reference(
     dout: np.ndarray, x: np.ndarray, weights: np.ndarray, q_gamma: np.ndarray, k_gamma: np.ndarray,
-    v_gamma: np.ndarray, scale: np.ndarray, gamma: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-    q_normed: np.ndarray, k_normed: np.ndarray, v_normed: np.ndarray, q_mean: np.ndarray, q_rstd: np.ndarray,
-    k_mean: np.ndarray, k_rstd: np.ndarray, v_mean: np.ndarray, v_rstd: np.ndarray,
-    probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+    v_gamma: np.ndarray, scale: np.ndarray, gamma: np.ndarray, qkv: np.ndarray, qkv_normed: np.ndarray,
+    head_stats: np.ndarray, probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray, normed: np.ndarray,
+    mean: np.ndarray, rstd: np.ndarray,
 ) -> Arrays:  # fmt: skip
     """NumPy twin of the VJP; returns ``(dx, dweights, dbiases, dq_gamma, dq_beta, dk_gamma,
     dk_beta, dv_gamma, dv_beta, dscale, dgamma, dbeta)``, the stacked gradients in the order of
@@ -99,16 +104,17 @@ def heads_pieces_attention_backward_reference(
         split = dshaped.reshape(-1, n_heads, d // n_heads)
         dscale = (split * heads.reshape(split.shape)).sum(axis=(0, 2))
         dheads = (split * scale.reshape(n_heads, 1)).reshape(dshaped.shape)
-    dinputs = kernels.multi_head_attention_backward(dheads.reshape(x.shape), q_normed, k_normed, v_normed, probs)
+    dinputs = kernels.multi_head_attention_backward(
+        dheads.reshape(x.shape), qkv_normed[0], qkv_normed[1], qkv_normed[2], probs
+    )
     dx = np.zeros((x.size // d, d), x.dtype)
     head_grads: list[np.ndarray] = []
-    head_norms = zip((q, k, v), (q_gamma, k_gamma, v_gamma), (q_mean, k_mean, v_mean), (q_rstd, k_rstd, v_rstd))
-    for i, (dinput, (projection, head_gamma, head_mean, head_rstd)) in enumerate(zip(dinputs, head_norms)):
+    for i, (dinput, head_gamma) in enumerate(zip(dinputs, (q_gamma, k_gamma, v_gamma))):
         dprojection, dhead_gamma, dhead_beta = dinput, empty, empty
         if head_gamma.size:
-            dhead_rows, head_rows = _head_rows(dinput, n_heads), _head_rows(projection, n_heads)
+            dhead_rows, head_rows = _head_rows(dinput, n_heads), _head_rows(qkv[i], n_heads)
             dprojection, dhead_gamma, dhead_beta = kernels.layer_norm_backward(
-                dhead_rows, head_rows, head_gamma, head_mean, head_rstd
+                dhead_rows, head_rows, head_gamma, head_stats[i, 0], head_stats[i, 1]
             )
         head_grads += (dhead_gamma, dhead_beta)
         dx_part, dweights[i], dbiases[i] = kernels.linear_backward(dprojection.reshape(-1, d), _rows(x), weights[i])
@@ -131,14 +137,12 @@ def _heads_pieces_attention_forward_kernel(
     x: np.ndarray, weights: np.ndarray, biases: np.ndarray,
     q_gamma: np.ndarray, q_beta: np.ndarray, k_gamma: np.ndarray, k_beta: np.ndarray,
     v_gamma: np.ndarray, v_beta: np.ndarray, scale: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-    causal: bool, eps: float, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-    q_normed: np.ndarray, k_normed: np.ndarray, v_normed: np.ndarray, q_mean: np.ndarray, q_rstd: np.ndarray,
-    k_mean: np.ndarray, k_rstd: np.ndarray, v_mean: np.ndarray, v_rstd: np.ndarray,
+    causal: bool, eps: float, qkv: np.ndarray, qkv_normed: np.ndarray, head_stats: np.ndarray,
     probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
     out: np.ndarray,
 ) -> None:  # fmt: skip
-    """The whole forward (each ``*_normed``, ``shaped``, ``normed`` written only where its
-    piece is present)."""
+    """The whole forward (``qkv_normed``, ``head_stats``, ``shaped``, ``normed`` written only
+    where a piece of theirs is present)."""
     n_batch, t_len, d = x.shape
     n_head = probs.shape[1]
     dh = d // n_head
@@ -149,19 +153,23 @@ def _heads_pieces_attention_forward_kernel(
         rows = x.reshape((n_x, d))
         dest = out.reshape((n_x, d))
         if step < 3:
-            dest = _one_of(step, q, k, v).reshape((n_x, d))
+            dest = qkv[step].reshape((n_x, d))
         else:
-            for i in range(3):  # after all three projections, as the composition runs the head norms
+            # The head norms after all three projections, as the composition runs them (none of
+            # them where qkv_normed is qkv itself).
+            for i in range(3 if head_stats.shape[2] else 0):
                 head_gamma = _one_of(i, q_gamma, k_gamma, v_gamma)
                 if head_gamma.size:
                     layer_norm_forward_kernel(
-                        _one_of(i, q, k, v).reshape(head_rows), head_gamma, _one_of(i, q_beta, k_beta, v_beta), eps,
-                        _one_of(i, q_normed, k_normed, v_normed).reshape(head_rows),
-                        _one_of(i, q_mean, k_mean, v_mean), _one_of(i, q_rstd, k_rstd, v_rstd),
+                        qkv[i].reshape(head_rows), head_gamma, _one_of(i, q_beta, k_beta, v_beta), eps,
+                        qkv_normed[i].reshape(head_rows), head_stats[i, 0], head_stats[i, 1],
                     )  # fmt: skip
-            hd = heads.reshape(per_head)
-            qh, kh, vh = q_normed.reshape(per_head), k_normed.reshape(per_head), v_normed.reshape(per_head)
-            attention_forward_kernel(qh, kh, vh, causal, hd, probs)
+                else:  # this projection is the attention's input as it is
+                    source, into = qkv[i].reshape(n_x * d), qkv_normed[i].reshape(n_x * d)
+                    for j in range(n_x * d):
+                        into[j] = source[j]
+            qh, kh, vh = qkv_normed[0].reshape(per_head), qkv_normed[1].reshape(per_head), qkv_normed[2]
+            attention_forward_kernel(qh, kh, vh.reshape(per_head), causal, heads.reshape(per_head), probs)
             rows = heads.reshape((n_x, d))
             if scale.size:
                 shaped_rows = shaped.reshape((n_x, d))
@@ -179,13 +187,11 @@ def _heads_pieces_attention_forward_kernel(
 @njit(cache=True)
 def _heads_pieces_attention_backward_kernel(
     dout: np.ndarray, x: np.ndarray, weights: np.ndarray, q_gamma: np.ndarray, k_gamma: np.ndarray,
-    v_gamma: np.ndarray, scale: np.ndarray, gamma: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-    q_normed: np.ndarray, k_normed: np.ndarray, v_normed: np.ndarray, q_mean: np.ndarray, q_rstd: np.ndarray,
-    k_mean: np.ndarray, k_rstd: np.ndarray, v_mean: np.ndarray, v_rstd: np.ndarray,
-    probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
-    dx: np.ndarray, dweights: np.ndarray, dbiases: np.ndarray, dq_gamma: np.ndarray, dq_beta: np.ndarray,
-    dk_gamma: np.ndarray, dk_beta: np.ndarray, dv_gamma: np.ndarray, dv_beta: np.ndarray,
-    dscale: np.ndarray, dgamma: np.ndarray, dbeta: np.ndarray,
+    v_gamma: np.ndarray, scale: np.ndarray, gamma: np.ndarray, qkv: np.ndarray, qkv_normed: np.ndarray,
+    head_stats: np.ndarray, probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray, normed: np.ndarray,
+    mean: np.ndarray, rstd: np.ndarray, dx: np.ndarray, dweights: np.ndarray, dbiases: np.ndarray,
+    dq_gamma: np.ndarray, dq_beta: np.ndarray, dk_gamma: np.ndarray, dk_beta: np.ndarray, dv_gamma: np.ndarray,
+    dv_beta: np.ndarray, dscale: np.ndarray, dgamma: np.ndarray, dbeta: np.ndarray,
 ) -> None:  # fmt: skip
     """The whole backward (the gradients of the pieces zeroed float64 accumulators)."""
     n_batch, t_len, d = x.shape
@@ -196,7 +202,7 @@ def _heads_pieces_attention_backward_kernel(
     head_rows = (n_x * n_head, dh)
     last = normed if gamma.size else shaped if scale.size else heads
     dlast = np.empty_like(x).reshape((n_x, d))
-    dq_normed, dk_normed, dv_normed = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    dqkv_normed = np.empty_like(qkv)
     dprojection, scratch = np.empty_like(x).reshape((n_x, d)), np.empty_like(x).reshape((n_x, d))
     dx_rows = dx.reshape((n_x, d))
     for step in range(4):  # one call site of the products' gradients
@@ -205,13 +211,12 @@ def _heads_pieces_attention_backward_kernel(
             index = 3
         else:
             index = step - 1
-            drows = _one_of(index, dq_normed, dk_normed, dv_normed).reshape((n_x, d))
+            drows = dqkv_normed[index].reshape((n_x, d))
             head_gamma = _one_of(index, q_gamma, k_gamma, v_gamma)
             if head_gamma.size:
                 layer_norm_backward_kernel(
-                    drows.reshape(head_rows), _one_of(index, q, k, v).reshape(head_rows), head_gamma,
-                    _one_of(index, q_mean, k_mean, v_mean), _one_of(index, q_rstd, k_rstd, v_rstd),
-                    dprojection.reshape(head_rows), _one_of(index, dq_gamma, dk_gamma, dv_gamma),
+                    drows.reshape(head_rows), qkv[index].reshape(head_rows), head_gamma, head_stats[index, 0],
+                    head_stats[index, 1], dprojection.reshape(head_rows), _one_of(index, dq_gamma, dk_gamma, dv_gamma),
                     _one_of(index, dq_beta, dk_beta, dv_beta),
                 )  # fmt: skip
                 drows = dprojection
@@ -230,9 +235,9 @@ def _heads_pieces_attention_backward_kernel(
                         dscale[j // dh] += dlast[r, j] * heads_rows[r, j]
                         dlast[r, j] = dlast[r, j] * scale[j // dh]
             attention_backward_kernel(
-                dlast.reshape(per_head), q_normed.reshape(per_head), k_normed.reshape(per_head),
-                v_normed.reshape(per_head), probs, dq_normed.reshape(per_head), dk_normed.reshape(per_head),
-                dv_normed.reshape(per_head),
+                dlast.reshape(per_head), qkv_normed[0].reshape(per_head), qkv_normed[1].reshape(per_head),
+                qkv_normed[2].reshape(per_head), probs, dqkv_normed[0].reshape(per_head),
+                dqkv_normed[1].reshape(per_head), dqkv_normed[2].reshape(per_head),
             )  # fmt: skip
         elif step > 1:
             for r in range(n_x):
@@ -246,26 +251,22 @@ def heads_pieces_forward_arrays(
 ) -> Arrays:  # fmt: skip
     """The arrays the forward kernel writes, in its order (``out`` last); an absent piece's
     output is its input, and its statistics empty."""
-    # One np.empty each: a view taken out of a shared block costs more than an allocation.
+    # The queries', keys' and values' arrays are one block each, which only the kernels index:
+    # in Python a view taken out of a shared block costs more than an allocation.
     shape, dtype, n = x.shape, x.dtype, x.shape[0] * x.shape[1]
-    q, k, v, heads, out = (np.empty(shape, dtype), np.empty(shape, dtype), np.empty(shape, dtype),
-                           np.empty(shape, dtype), np.empty(shape, dtype))  # fmt: skip
+    qkv, heads, out = np.empty((3, *shape), dtype), np.empty(shape, dtype), np.empty(shape, dtype)
     empty = np.empty(0, dtype)
-    q_normed, k_normed, v_normed = q, k, v  # the attention's inputs
-    q_mean = q_rstd = k_mean = k_rstd = v_mean = v_rstd = empty  # each head norm's statistics
-    if q_gamma.size:
-        q_normed, q_mean, q_rstd = np.empty(shape, dtype), np.empty(n * n_heads, dtype), np.empty(n * n_heads, dtype)
-    if k_gamma.size:
-        k_normed, k_mean, k_rstd = np.empty(shape, dtype), np.empty(n * n_heads, dtype), np.empty(n * n_heads, dtype)
-    if v_gamma.size:
-        v_normed, v_mean, v_rstd = np.empty(shape, dtype), np.empty(n * n_heads, dtype), np.empty(n * n_heads, dtype)
-    head_norms = (q_normed, k_normed, v_normed, q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd)
+    # The attention's inputs (the projections themselves where no head has a norm) and each head
+    # norm's mean and rstd per head of each token (zero where that norm is absent).
+    qkv_normed, head_stats = qkv, np.empty((3, 2, 0), dtype)
+    if q_gamma.size or k_gamma.size or v_gamma.size:
+        qkv_normed, head_stats = np.empty((3, *shape), dtype), np.zeros((3, 2, n * n_heads), dtype)
     shaped = np.empty(shape, dtype) if scale.size else heads
     normed, mean, rstd = shaped, empty, empty
     if gamma.size:
         normed, mean, rstd = np.empty(shape, dtype), np.empty(n, dtype), np.empty(n, dtype)
     probs = np.zeros((shape[0], n_heads, shape[1], shape[1]), dtype)
-    return q, k, v, *head_norms, probs, heads, shaped, normed, mean, rstd, out
+    return qkv, qkv_normed, head_stats, probs, heads, shaped, normed, mean, rstd, out
 
 
 def _heads_pieces_attention_forward_loop(
@@ -285,10 +286,9 @@ def _heads_pieces_attention_forward_loop(
 
 def _heads_pieces_attention_backward_loop(
     dout: np.ndarray, x: np.ndarray, weights: np.ndarray, q_gamma: np.ndarray, k_gamma: np.ndarray,
-    v_gamma: np.ndarray, scale: np.ndarray, gamma: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-    q_normed: np.ndarray, k_normed: np.ndarray, v_normed: np.ndarray, q_mean: np.ndarray, q_rstd: np.ndarray,
-    k_mean: np.ndarray, k_rstd: np.ndarray, v_mean: np.ndarray, v_rstd: np.ndarray,
-    probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray, normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray,
+    v_gamma: np.ndarray, scale: np.ndarray, gamma: np.ndarray, qkv: np.ndarray, qkv_normed: np.ndarray,
+    head_stats: np.ndarray, probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray, normed: np.ndarray,
+    mean: np.ndarray, rstd: np.ndarray,
 ) -> Arrays:  # fmt: skip
     """Loop twin of :func:`heads_pieces_attention_backward_reference` (allocates, runs the kernel)."""
     dtype = x.dtype
@@ -296,9 +296,8 @@ def _heads_pieces_attention_backward_loop(
     pieces = (q_gamma, q_gamma, k_gamma, k_gamma, v_gamma, v_gamma, scale, gamma, gamma)
     dpieces = [np.zeros(piece.size) for piece in pieces]  # float64 accumulators, as LayerNorm's loop keeps them
     _heads_pieces_attention_backward_kernel(
-        dout, x, weights, q_gamma, k_gamma, v_gamma, scale, gamma, q, k, v, q_normed, k_normed, v_normed,
-        q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd, probs, heads, shaped, normed, mean, rstd,
-        dx, dweights, dbiases, *dpieces,
+        dout, x, weights, q_gamma, k_gamma, v_gamma, scale, gamma, qkv, qkv_normed, head_stats, probs, heads, shaped,
+        normed, mean, rstd, dx, dweights, dbiases, *dpieces,
     )  # fmt: skip
     if dtype != dpieces[0].dtype:  # float32: the accumulators rounded once
         dpieces = [g.astype(dtype) for g in dpieces]

@@ -92,10 +92,9 @@ def _residual_normed_heads_pieces_attention_forward_kernel(
     v_gamma: np.ndarray, v_beta: np.ndarray, scale: np.ndarray, heads_gamma: np.ndarray, heads_beta: np.ndarray,
     out_gamma: np.ndarray, out_beta: np.ndarray, causal: bool, heads_eps: float, out_eps: float, residual: bool,
     normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray, branch: np.ndarray, out_mean: np.ndarray,
-    out_rstd: np.ndarray, y: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, q_normed: np.ndarray,
-    k_normed: np.ndarray, v_normed: np.ndarray, q_mean: np.ndarray, q_rstd: np.ndarray, k_mean: np.ndarray,
-    k_rstd: np.ndarray, v_mean: np.ndarray, v_rstd: np.ndarray, probs: np.ndarray, heads: np.ndarray,
-    shaped: np.ndarray, heads_normed: np.ndarray, heads_mean: np.ndarray, heads_rstd: np.ndarray,
+    out_rstd: np.ndarray, y: np.ndarray, qkv: np.ndarray, qkv_normed: np.ndarray, head_stats: np.ndarray,
+    probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray, heads_normed: np.ndarray, heads_mean: np.ndarray,
+    heads_rstd: np.ndarray,
 ) -> None:  # fmt: skip
     """The flags before the outputs, the attention's own (its residuals) last; the attention
     writes ``branch``, which is ``y`` itself where its output is not normed."""
@@ -103,8 +102,8 @@ def _residual_normed_heads_pieces_attention_forward_kernel(
     layer_norm_forward_kernel(a.reshape(rows), gamma, beta, eps, normed.reshape(rows), mean, rstd)
     attention_heads_pieces._heads_pieces_attention_forward_kernel(
         normed, weights, biases, q_gamma, q_beta, k_gamma, k_beta, v_gamma, v_beta, scale, heads_gamma, heads_beta,
-        causal, heads_eps, q, k, v, q_normed, k_normed, v_normed, q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd,
-        probs, heads, shaped, heads_normed, heads_mean, heads_rstd, branch,
+        causal, heads_eps, qkv, qkv_normed, head_stats, probs, heads, shaped, heads_normed, heads_mean, heads_rstd,
+        branch,
     )  # fmt: skip
     if out_gamma.size:
         layer_norm_forward_kernel(
@@ -123,10 +122,8 @@ def _residual_normed_heads_pieces_attention_backward_kernel(
     dq_beta: np.ndarray, dk_gamma: np.ndarray, dk_beta: np.ndarray, dv_gamma: np.ndarray, dv_beta: np.ndarray,
     dscale: np.ndarray, dheads_gamma: np.ndarray, dheads_beta: np.ndarray, weights: np.ndarray,
     q_gamma: np.ndarray, k_gamma: np.ndarray, v_gamma: np.ndarray, scale: np.ndarray, heads_gamma: np.ndarray,
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, q_normed: np.ndarray, k_normed: np.ndarray, v_normed: np.ndarray,
-    q_mean: np.ndarray, q_rstd: np.ndarray, k_mean: np.ndarray, k_rstd: np.ndarray, v_mean: np.ndarray,
-    v_rstd: np.ndarray, probs: np.ndarray, heads: np.ndarray, shaped: np.ndarray, heads_normed: np.ndarray,
-    heads_mean: np.ndarray, heads_rstd: np.ndarray,
+    qkv: np.ndarray, qkv_normed: np.ndarray, head_stats: np.ndarray, probs: np.ndarray, heads: np.ndarray,
+    shaped: np.ndarray, heads_normed: np.ndarray, heads_mean: np.ndarray, heads_rstd: np.ndarray,
 ) -> None:  # fmt: skip
     """The inputs and the flag, then the gradients (``dbranch`` scratch where the output is
     normed, else ``dy`` itself), then the forward's residuals (the attention's own) last."""
@@ -139,10 +136,9 @@ def _residual_normed_heads_pieces_attention_backward_kernel(
         )  # fmt: skip
         dattended = dbranch
     attention_heads_pieces._heads_pieces_attention_backward_kernel(
-        dattended, normed, weights, q_gamma, k_gamma, v_gamma, scale, heads_gamma, q, k, v, q_normed, k_normed,
-        v_normed, q_mean, q_rstd, k_mean, k_rstd, v_mean, v_rstd, probs, heads, shaped, heads_normed, heads_mean,
-        heads_rstd, dnormed, dweights, dbiases, dq_gamma, dq_beta, dk_gamma, dk_beta, dv_gamma, dv_beta, dscale,
-        dheads_gamma, dheads_beta,
+        dattended, normed, weights, q_gamma, k_gamma, v_gamma, scale, heads_gamma, qkv, qkv_normed, head_stats, probs,
+        heads, shaped, heads_normed, heads_mean, heads_rstd, dnormed, dweights, dbiases, dq_gamma, dq_beta, dk_gamma,
+        dk_beta, dv_gamma, dv_beta, dscale, dheads_gamma, dheads_beta,
     )  # fmt: skip
     layer_norm_backward_kernel(
         dnormed.reshape(rows), a.reshape(rows), gamma, mean, rstd, da.reshape(rows), dgamma, dbeta
