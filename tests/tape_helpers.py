@@ -11,3 +11,16 @@ def tape_gradients(fn, arrays, dy):
         out = fn(*leaves)
     tape.backward(out, dy)
     return [leaf.grad for leaf in leaves]
+
+
+def taped_and_replayed(model, seed=1):
+    """Two passes of ``model.value_and_grad`` on one sample: the first on the tape, the
+    second replaying the calls the first recorded."""
+    x, dy, memory = model.sample_inputs(seed=seed)
+    return model.value_and_grad(x, dy, memory), model.value_and_grad(x, dy, memory)
+
+
+def fused_steps(model):
+    """The steps a replay of ``model``'s one recorded pass runs, its fused steps in place."""
+    (program,) = model.replayer.programs.values()
+    return program.fused_steps

@@ -5,6 +5,7 @@ else reads (a stream renormalized after its add) into the second."""
 
 import numpy as np
 import pytest
+from tape_helpers import taped_and_replayed
 
 import lnref
 from lnref.autograd import fused_branches, ops
@@ -69,15 +70,10 @@ def _program(model):
     return program
 
 
-def _taped_and_replayed(model, seed=1):
-    x, dy, memory = model.sample_inputs(seed=seed)
-    return model.value_and_grad(x, dy, memory), model.value_and_grad(x, dy, memory)
-
-
 @pytest.mark.parametrize("scheme, per_layer", [("siamese", 2), ("sandwich", 2)])
 def test_a_norm_added_to_another_value_replays_as_one_step(scheme, per_layer):
     model = lnref.build(scheme, **SMALL)
-    _taped_and_replayed(model)
+    taped_and_replayed(model)
     names = [step[0] for step in _program(model).fused_steps]
     assert names.count("add_layer_norm") >= per_layer * SMALL["n_layers"]
 
@@ -86,7 +82,7 @@ def test_a_norm_added_to_another_value_replays_as_one_step(scheme, per_layer):
 @pytest.mark.parametrize("config", [{}, {"dtype": "float32"}], ids=["float64", "float32"])
 def test_a_fused_added_norm_gives_the_bits_of_the_taped_pass(scheme, config):
     model = lnref.build(scheme, **SMALL, **config)
-    taped, replayed = _taped_and_replayed(model)
+    taped, replayed = taped_and_replayed(model)
     (loss_a, grads_a), (loss_b, grads_b) = taped, replayed
     assert loss_a == loss_b
     for name in grads_a:
@@ -96,7 +92,7 @@ def test_a_fused_added_norm_gives_the_bits_of_the_taped_pass(scheme, config):
 def test_a_broken_add_layer_norm_backward_changes_the_replayed_gradient(monkeypatch):
     """The negative control of the bit test: it catches a fused VJP off by a part in a billion."""
     model = lnref.build("siamese", **SMALL)
-    taped, _ = _taped_and_replayed(model)
+    taped, _ = taped_and_replayed(model)
     defined = PRIMITIVES["add_layer_norm"]
 
     def off_by_a_little(dout, residuals):
@@ -214,7 +210,7 @@ def test_layer_norm_of_sum_refuses_a_divisor_that_is_not_a_number_in_one_line(di
 
 def test_siameses_post_norm_stream_is_renormalized_in_one_step_with_its_add_and_division():
     model = lnref.build("siamese", **SMALL)
-    _taped_and_replayed(model)
+    taped_and_replayed(model)
     fused_steps = _program(model).fused_steps
     names = [step[0] for step in fused_steps]
     assert names.count("layer_norm_of_sum") == 2 * SMALL["n_layers"]  # the last: final_ln_x
@@ -225,7 +221,7 @@ def test_a_broken_layer_norm_of_sum_backward_changes_the_replayed_gradient(monke
     """The negative control of the bit tests (siamese's above): a fused VJP off by a part in a
     billion."""
     model = lnref.build("siamese", **SMALL)
-    taped, _ = _taped_and_replayed(model)
+    taped, _ = taped_and_replayed(model)
     defined = PRIMITIVES["layer_norm_of_sum"]
 
     def off_by_a_little(dout, residuals):

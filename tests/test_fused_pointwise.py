@@ -4,7 +4,7 @@ into the first and of mul(x, sigmoid(g)) into the second (GPAS's x - SiLU(a) sg(
 
 import numpy as np
 import pytest
-from tape_helpers import tape_gradients
+from tape_helpers import tape_gradients, taped_and_replayed
 
 import lnref
 from lnref.autograd import fused_pointwise, ops
@@ -254,15 +254,10 @@ def _moved_gpas(seed=2, **config):
     return model
 
 
-def _taped_and_replayed(model, seed=1):
-    x, dy, memory = model.sample_inputs(seed=seed)
-    return model.value_and_grad(x, dy, memory), model.value_and_grad(x, dy, memory)
-
-
 def test_a_gpas_layer_replays_as_five_steps():
     """Its two fused branches, a sub_scaled_stop_gradient after each, SiLU of its gate once."""
     model = _moved_gpas()
-    _taped_and_replayed(model)
+    taped_and_replayed(model)
     (program,) = model.replayer.programs.values()
     names = [step[0] for step in program.fused_steps]
     assert names[-3:] == ["layer_norm", "mul", "sum"]  # the readout and the loss
@@ -273,7 +268,7 @@ def test_a_gpas_layer_replays_as_five_steps():
 
 @pytest.mark.parametrize("config", [{}, {"dtype": "float32"}], ids=["float64", "float32"])
 def test_a_fused_gpas_pass_gives_the_bits_of_the_taped_pass(config):
-    taped, replayed = _taped_and_replayed(_moved_gpas(**config))
+    taped, replayed = taped_and_replayed(_moved_gpas(**config))
     (loss_a, grads_a), (loss_b, grads_b) = taped, replayed
     assert loss_a == loss_b
     for name in grads_a:
@@ -285,7 +280,7 @@ def test_a_broken_fused_pointwise_backward_changes_the_replayed_gradient(monkeyp
     """The negative control of the bit test above: it catches a fused VJP off by a part in a
     billion in the gate's cotangent."""
     model = _moved_gpas()
-    taped, _ = _taped_and_replayed(model)
+    taped, _ = taped_and_replayed(model)
     defined = PRIMITIVES[primitive]
 
     def off_by_a_little(dout, residuals):
@@ -303,7 +298,7 @@ def test_a_replay_runs_a_swapped_stop_gradient_unfused(monkeypatch):
     """A stop_gradient that lets the gradient through is the one a replay calls: its fused
     step stands for the one lnref defines."""
     model = _moved_gpas()
-    taped_as_defined, _ = _taped_and_replayed(model)
+    taped_as_defined, _ = taped_and_replayed(model)
     defined = PRIMITIVES["stop_gradient"]
     monkeypatch.setitem(PRIMITIVES, "stop_gradient", defined._replace(vjp=lambda dout, _: (dout,)))
     x, dy, memory = model.sample_inputs(seed=1)

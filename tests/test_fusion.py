@@ -4,6 +4,7 @@ with the bits of the steps it replaces."""
 
 import numpy as np
 import pytest
+from tape_helpers import taped_and_replayed
 
 import lnref
 from lnref.autograd import fused, fused_branches, fusion, kernels, ops
@@ -28,11 +29,6 @@ def _program(model):
     return program
 
 
-def _taped_and_replayed(model, seed=1):
-    x, dy, memory = model.sample_inputs(seed=seed)
-    return model.value_and_grad(x, dy, memory), model.value_and_grad(x, dy, memory)
-
-
 def _assert_same_bits(first, second):
     (loss_a, grads_a), (loss_b, grads_b) = first, second
     assert loss_a == loss_b
@@ -43,7 +39,7 @@ def _assert_same_bits(first, second):
 @pytest.mark.parametrize("scheme", FUSED)
 def test_a_layer_replays_as_two_steps(scheme):
     model = lnref.build(scheme, **SMALL)
-    _taped_and_replayed(model)
+    taped_and_replayed(model)
     program = _program(model)
     names = [step[0] for step in program.fused_steps]
     assert len(program.steps) - len(program.fused_steps) == 4 * SMALL["n_layers"]
@@ -59,7 +55,7 @@ def test_a_layer_replays_as_two_steps(scheme):
 )
 def test_a_fused_pass_gives_the_bits_of_the_taped_pass(scheme, size, config):
     model = lnref.build(scheme, **size, **config)
-    taped, replayed = _taped_and_replayed(model)
+    taped, replayed = taped_and_replayed(model)
     assert FUSED[scheme] <= {step[0] for step in _program(model).fused_steps}
     _assert_same_bits(taped, replayed)
 
@@ -67,7 +63,7 @@ def test_a_fused_pass_gives_the_bits_of_the_taped_pass(scheme, size, config):
 @pytest.mark.parametrize("scheme", NORMED_INPUT)
 def test_a_normed_branch_without_the_add_replays_as_one_step(scheme):
     model = lnref.build(scheme, **SMALL)
-    _taped_and_replayed(model)
+    taped_and_replayed(model)
     fused_steps = _program(model).fused_steps
     unfused = [step for step in fused_steps if step[0] in ("attention_sublayer", "feed_forward")]
     normed_input = [step for step in fused_steps if step[2].get("residual") is False]
@@ -79,7 +75,7 @@ def test_a_normed_branch_without_the_add_replays_as_one_step(scheme):
 @pytest.mark.parametrize("config", [{}, {"activation": "gelu", "causal": True}, {"dtype": "float32"}])
 def test_a_fused_normed_branch_gives_the_bits_of_the_taped_pass(scheme, size, config):
     model = lnref.build(scheme, **size, **config)
-    taped, replayed = _taped_and_replayed(model)
+    taped, replayed = taped_and_replayed(model)
     _assert_same_bits(taped, replayed)
 
 
@@ -103,7 +99,7 @@ def test_a_normed_branch_is_not_fused_when_a_step_between_reads_its_stream():
 
 def test_a_broken_fused_backward_of_a_normed_branch_changes_the_replayed_gradient():
     model = lnref.build("sandwich", **SMALL)
-    taped, _ = _taped_and_replayed(model)
+    taped, _ = taped_and_replayed(model)
     good = seam.twin("residual_normed_attention_backward").loop
 
     def off_by_a_little(*args):
@@ -120,7 +116,7 @@ def test_a_broken_fused_backward_of_a_normed_branch_changes_the_replayed_gradien
 def test_a_cross_attention_branch_is_not_fused():
     """Its keys and values read the memory: a second input the fused kernel does not take."""
     model = lnref.build("pre", cross_attention=True, **SMALL)
-    taped, replayed = _taped_and_replayed(model)
+    taped, replayed = taped_and_replayed(model)
     names = [step[0] for step in _program(model).fused_steps]
     assert names.count("attention_sublayer") == names.count("residual_normed_attention") == SMALL["n_layers"]
     _assert_same_bits(taped, replayed)
@@ -128,7 +124,7 @@ def test_a_cross_attention_branch_is_not_fused():
 
 def test_a_scheme_without_any_of_the_shapes_keeps_its_steps():
     model = lnref.build("rezero", **SMALL)  # a + alpha S(a): no norm around the branch
-    _taped_and_replayed(model)
+    taped_and_replayed(model)
     assert _program(model).fused_steps == _program(model).steps
 
 
@@ -177,7 +173,7 @@ def test_a_branch_whose_stream_has_another_reader_gives_the_taped_bits():
 def test_a_broken_fused_backward_changes_the_replayed_gradient(scheme, kernel):
     """The negative control of the bit tests above: they catch a wrong fused VJP."""
     model = lnref.build(scheme, **SMALL)
-    taped, _ = _taped_and_replayed(model)
+    taped, _ = taped_and_replayed(model)
     good = seam.twin(f"{kernel}_backward").loop
 
     def off_by_a_little(*args):
@@ -193,7 +189,7 @@ def test_a_broken_fused_backward_changes_the_replayed_gradient(scheme, kernel):
 
 def test_a_replay_runs_a_swapped_constituent_primitive_unfused(monkeypatch):
     model = lnref.build("pre", **SMALL)
-    taped, _ = _taped_and_replayed(model)
+    taped, _ = taped_and_replayed(model)
     norm = PRIMITIVES["layer_norm"]
     without_dbeta = norm._replace(vjp=lambda dout, residuals: (*norm.vjp(dout, residuals)[:2], None))
     monkeypatch.setitem(PRIMITIVES, "layer_norm", without_dbeta)
@@ -205,7 +201,7 @@ def test_a_replay_runs_a_swapped_constituent_primitive_unfused(monkeypatch):
 
 def test_a_fused_step_calls_a_replaced_norm_kernel():
     model = lnref.build("pre", **SMALL)
-    _taped_and_replayed(model)
+    taped_and_replayed(model)
     calls = []
 
     def counted(*args):
@@ -222,7 +218,7 @@ def test_a_replay_calls_a_primitive_swapped_before_its_first_pass(monkeypatch):
     without_dbeta = norm._replace(vjp=lambda dout, residuals: (*norm.vjp(dout, residuals)[:2], None))
     monkeypatch.setitem(PRIMITIVES, "layer_norm", without_dbeta)
     model = lnref.build("pre", **SMALL)
-    _, (_, grads) = _taped_and_replayed(model)
+    _, (_, grads) = taped_and_replayed(model)
     assert not np.any(grads["layers.0.ln_attn.beta"])
 
 

@@ -4,6 +4,7 @@ norm, the FFN and the add."""
 
 import numpy as np
 import pytest
+from tape_helpers import fused_steps, taped_and_replayed
 
 import lnref
 from lnref.autograd import fused, fused_branches, ops
@@ -26,16 +27,6 @@ def _arrays(seed=0, d=8, d_ff=12):
         0.5 * rng.standard_normal((d_ff, d)),
         0.1 * rng.standard_normal(d),
     ]
-
-
-def _taped_and_replayed(model, seed=1):
-    x, dy, memory = model.sample_inputs(seed=seed)
-    return model.value_and_grad(x, dy, memory), model.value_and_grad(x, dy, memory)
-
-
-def _fused_steps(model):
-    (program,) = model.replayer.programs.values()
-    return program.fused_steps
 
 
 def test_the_fused_branch_with_a_normed_skip_is_its_norm_ffn_and_add():
@@ -96,9 +87,9 @@ def test_hybridnorms_layer_replays_as_three_steps():
     norm and its normed skip; in the last layer the final norm takes the FFN and its add as
     Post-LN's branch, LN(u + F(u))."""
     model = lnref.build("hybridnorm", **SMALL)
-    _taped_and_replayed(model)
-    names = [step[0] for step in _fused_steps(model)]
-    skips = [step for step in _fused_steps(model) if step[2].get("normed_skip")]
+    taped_and_replayed(model)
+    names = [step[0] for step in fused_steps(model)]
+    skips = [step for step in fused_steps(model) if step[2].get("normed_skip")]
     assert len(skips) == SMALL["n_layers"] - 1 and all(step[0] == "residual_normed_feed_forward" for step in skips)
     assert names.count("normed_sum_feed_forward") == 1
     assert names.count("heads_pieces_attention") == SMALL["n_layers"]
@@ -108,7 +99,7 @@ def test_hybridnorms_layer_replays_as_three_steps():
 @pytest.mark.parametrize("config", [{}, {"activation": "gelu", "causal": True}, {"dtype": "float32"}])
 def test_a_fused_normed_skip_gives_the_bits_of_the_taped_pass(size, config):
     model = lnref.build("hybridnorm", **size, **config)
-    (loss_a, grads_a), (loss_b, grads_b) = _taped_and_replayed(model)
+    (loss_a, grads_a), (loss_b, grads_b) = taped_and_replayed(model)
     assert loss_a == loss_b
     for name in grads_a:
         np.testing.assert_array_equal(grads_a[name], grads_b[name], err_msg=name)
@@ -117,7 +108,7 @@ def test_a_fused_normed_skip_gives_the_bits_of_the_taped_pass(size, config):
 def test_a_broken_fused_normed_skip_backward_changes_the_replayed_gradient():
     """The negative control of the bit tests: a fused VJP off by a part in a billion."""
     model = lnref.build("hybridnorm", **SMALL)
-    taped, _ = _taped_and_replayed(model)
+    taped, _ = taped_and_replayed(model)
     good = seam.twin("residual_normed_feed_forward_backward").loop
 
     def off_by_a_little(*args):

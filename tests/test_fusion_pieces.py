@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from tape_helpers import fused_steps, taped_and_replayed
 
 import lnref
 from lnref.autograd import fused, fused_branches, ops
@@ -20,16 +21,6 @@ ATTENTION = "residual_normed_heads_pieces_attention"
 FFN = "residual_normed_normed_feed_forward"
 
 
-def _fused_steps(model):
-    (program,) = model.replayer.programs.values()
-    return program.fused_steps
-
-
-def _taped_and_replayed(model, seed=1):
-    x, dy, memory = model.sample_inputs(seed=seed)
-    return model.value_and_grad(x, dy, memory), model.value_and_grad(x, dy, memory)
-
-
 def _assert_same_bits(first, second):
     (loss_a, grads_a), (loss_b, grads_b) = first, second
     assert loss_a == loss_b
@@ -39,8 +30,8 @@ def _assert_same_bits(first, second):
 
 def test_sublns_layer_replays_as_two_steps():
     model = lnref.build("subln", **SMALL)
-    _taped_and_replayed(model)
-    names = [step[0] for step in _fused_steps(model)]
+    taped_and_replayed(model)
+    names = [step[0] for step in fused_steps(model)]
     assert names.count(ATTENTION) == names.count(FFN) == SMALL["n_layers"]
     assert "layer_norm" not in names[: -1 - 2]  # the final norm and the loss's steps remain
 
@@ -48,10 +39,10 @@ def test_sublns_layer_replays_as_two_steps():
 def test_normformers_layer_with_a_norm_after_the_attention_replays_as_two_steps():
     """x + LN_out(A(LN(x))): the attention's fused step takes the norm after it as well."""
     model = lnref.build("normformer", **SMALL)
-    _taped_and_replayed(model)
-    names = [step[0] for step in _fused_steps(model)]
+    taped_and_replayed(model)
+    names = [step[0] for step in fused_steps(model)]
     assert names.count(ATTENTION) == names.count(FFN) == SMALL["n_layers"]
-    attention_steps = [step for step in _fused_steps(model) if step[0] == ATTENTION]
+    attention_steps = [step for step in fused_steps(model) if step[0] == ATTENTION]
     assert all(len(args) == 3 + 17 + 2 and "out_eps" in params for _, args, params, _ in attention_steps)
 
 
@@ -64,8 +55,8 @@ def test_normformers_layer_with_a_norm_after_the_attention_replays_as_two_steps(
 )
 def test_a_fused_pass_with_pieces_gives_the_bits_of_the_taped_pass(scheme, size, config):
     model = lnref.build(scheme, **size, **config)
-    taped, replayed = _taped_and_replayed(model)
-    assert {ATTENTION, FFN} <= {step[0] for step in _fused_steps(model)}
+    taped, replayed = taped_and_replayed(model)
+    assert {ATTENTION, FFN} <= {step[0] for step in fused_steps(model)}
     _assert_same_bits(taped, replayed)
 
 
@@ -173,7 +164,7 @@ def test_an_attention_vjp_that_drops_the_skip_fails_the_finite_difference_check(
 def test_a_broken_fused_ffn_backward_changes_the_replayed_gradient(monkeypatch):
     """The negative control of the bit tests: they catch a fused VJP off by a part in a billion."""
     model = lnref.build("subln", **SMALL)
-    taped, _ = _taped_and_replayed(model)
+    taped, _ = taped_and_replayed(model)
     defined = PRIMITIVES[FFN]
 
     def off_by_a_little(dout, residuals):

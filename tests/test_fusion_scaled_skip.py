@@ -4,6 +4,7 @@ alpha), replays as one step: ``normed_sum_attention`` or ``normed_sum_feed_forwa
 
 import numpy as np
 import pytest
+from tape_helpers import fused_steps, taped_and_replayed
 
 import lnref
 from lnref.autograd import fused, fused_branches, ops
@@ -43,16 +44,6 @@ def _composition(branch, a, gamma, beta, *weights_and_scale, scale_first=False, 
         out = fused.feed_forward(a, *weights, **statics)
     product = ops.mul(w, a) if scale_first else ops.mul(a, w)
     return ops.layer_norm(ops.add(product, out), gamma, beta)
-
-
-def _taped_and_replayed(model, seed=1):
-    x, dy, memory = model.sample_inputs(seed=seed)
-    return model.value_and_grad(x, dy, memory), model.value_and_grad(x, dy, memory)
-
-
-def _fused_steps(model):
-    (program,) = model.replayer.programs.values()
-    return program.fused_steps
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
@@ -134,8 +125,8 @@ def test_a_skip_scale_that_does_not_fit_is_refused_in_one_line_naming_the_op(sca
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_a_layer_with_scaled_skips_replays_as_two_steps(scheme):
     model = lnref.build(scheme, **SMALL)
-    _taped_and_replayed(model)
-    names = [step[0] for step in _fused_steps(model)]
+    taped_and_replayed(model)
+    names = [step[0] for step in fused_steps(model)]
     assert names.count("normed_sum_attention") == names.count("normed_sum_feed_forward") == SMALL["n_layers"]
     assert len(names) == 2 * SMALL["n_layers"] + 2  # and the loss's mul and sum
 
@@ -145,7 +136,7 @@ def test_a_layer_with_scaled_skips_replays_as_two_steps(scheme):
 @pytest.mark.parametrize("config", [{}, {"activation": "gelu", "causal": True}, {"dtype": "float32"}])
 def test_a_fused_scaled_skip_gives_the_bits_of_the_taped_pass(scheme, size, config):
     model = lnref.build(scheme, **size, **config)
-    (loss_a, grads_a), (loss_b, grads_b) = _taped_and_replayed(model)
+    (loss_a, grads_a), (loss_b, grads_b) = taped_and_replayed(model)
     assert loss_a == loss_b
     for name in grads_a:
         np.testing.assert_array_equal(grads_a[name], grads_b[name], err_msg=name)
@@ -155,7 +146,7 @@ def test_a_fused_scaled_skip_gives_the_bits_of_the_taped_pass(scheme, size, conf
 def test_a_broken_fused_scaled_skip_backward_changes_the_replayed_gradient(scheme, branch):
     """The negative control of the bit tests: a fused VJP off by a part in a billion."""
     model = lnref.build(scheme, **SMALL)
-    taped, _ = _taped_and_replayed(model)
+    taped, _ = taped_and_replayed(model)
     name = f"normed_scaled_sum_{branch}_backward"
     good = seam.twin(name).loop
 
@@ -171,7 +162,7 @@ def test_a_broken_fused_scaled_skip_backward_changes_the_replayed_gradient(schem
 
 def test_a_replay_runs_the_scaled_skip_unfused_while_mul_is_swapped(monkeypatch):
     model = lnref.build("admin", **SMALL)
-    _taped_and_replayed(model)
+    taped_and_replayed(model)
     mul = PRIMITIVES["mul"]
     monkeypatch.setitem(PRIMITIVES, "mul", mul._replace(vjp=lambda dout, residuals: (None, None)))
     _, grads = model.value_and_grad(*model.sample_inputs(seed=1))
