@@ -20,7 +20,12 @@ def taped_and_replayed(model, seed=1):
     return model.value_and_grad(x, dy, memory), model.value_and_grad(x, dy, memory)
 
 
+def recorded_program(model):
+    """The replay's program of ``model``'s one recorded pass."""
+    (program,) = model.replayer.programs.values()
+    return program
+
+
 def fused_steps(model):
     """The steps a replay of ``model``'s one recorded pass runs, its fused steps in place."""
-    (program,) = model.replayer.programs.values()
-    return program.fused_steps
+    return recorded_program(model).fused_steps

@@ -5,7 +5,7 @@ else reads (a stream renormalized after its add) into the second."""
 
 import numpy as np
 import pytest
-from tape_helpers import taped_and_replayed
+from tape_helpers import recorded_program, taped_and_replayed
 
 import lnref
 from lnref.autograd import fused_branches, ops
@@ -65,16 +65,11 @@ def test_inputs_that_do_not_fit_are_refused_in_one_line_naming_the_op(arrays, ep
         fused_branches.add_layer_norm(*arrays(*_arrays()), eps=eps)
 
 
-def _program(model):
-    (program,) = model.replayer.programs.values()
-    return program
-
-
 @pytest.mark.parametrize("scheme, per_layer", [("siamese", 2), ("sandwich", 2)])
 def test_a_norm_added_to_another_value_replays_as_one_step(scheme, per_layer):
     model = lnref.build(scheme, **SMALL)
     taped_and_replayed(model)
-    names = [step[0] for step in _program(model).fused_steps]
+    names = [step[0] for step in recorded_program(model).fused_steps]
     assert names.count("add_layer_norm") >= per_layer * SMALL["n_layers"]
 
 
@@ -106,7 +101,7 @@ def test_a_broken_add_layer_norm_backward_changes_the_replayed_gradient(monkeypa
     assert not np.array_equal(taped[1]["layers.0.attn.wq"], broken[1]["layers.0.attn.wq"])
 
 
-def _added_norm_program(between):
+def _added_normrecorded_program(between):
     """The program of sum(a + LN(b)), with ``between`` a step between the norm and the add
     that reads b (or not)."""
 
@@ -123,7 +118,7 @@ def _added_norm_program(between):
 
 
 def test_an_added_norm_is_fused_when_no_step_between_reads_its_input():
-    program, (loss_a, grads_a), (loss_b, grads_b) = _added_norm_program(between=False)
+    program, (loss_a, grads_a), (loss_b, grads_b) = _added_normrecorded_program(between=False)
     assert [step[0] for step in program.fused_steps] == ["mul", "add_layer_norm", "mul", "sum"]
     assert loss_a.value == loss_b.value
     for taped, replayed in zip(grads_a, grads_b):
@@ -133,7 +128,7 @@ def test_an_added_norm_is_fused_when_no_step_between_reads_its_input():
 def test_an_added_norm_is_not_fused_when_a_step_between_reads_its_input():
     """b's cotangent from the norm would join its other terms at the add's place, after the
     term of the step between: another order of the sum than the tape's."""
-    program, _, _ = _added_norm_program(between=True)
+    program, _, _ = _added_normrecorded_program(between=True)
     assert program.fused_steps == program.steps
 
 
@@ -211,7 +206,7 @@ def test_layer_norm_of_sum_refuses_a_divisor_that_is_not_a_number_in_one_line(di
 def test_siameses_post_norm_stream_is_renormalized_in_one_step_with_its_add_and_division():
     model = lnref.build("siamese", **SMALL)
     taped_and_replayed(model)
-    fused_steps = _program(model).fused_steps
+    fused_steps = recorded_program(model).fused_steps
     names = [step[0] for step in fused_steps]
     assert names.count("layer_norm_of_sum") == 2 * SMALL["n_layers"]  # the last: final_ln_x
     assert "div" not in names and all(len(step[1]) == 5 for step in fused_steps if step[0] == "layer_norm_of_sum")
@@ -235,7 +230,7 @@ def test_a_broken_layer_norm_of_sum_backward_changes_the_replayed_gradient(monke
     assert not np.array_equal(taped[1]["layers.0.attn.wq"], broken[1]["layers.0.attn.wq"])
 
 
-def _normed_total_program(between):
+def _normed_totalrecorded_program(between):
     """The program of sum(LN(a + b) * c), with ``between`` a step between the add and the norm
     that reads a (or c)."""
 
@@ -252,7 +247,7 @@ def _normed_total_program(between):
 
 
 def test_a_normed_total_is_fused_when_no_step_between_reads_its_terms():
-    program, (loss_a, grads_a), (loss_b, grads_b) = _normed_total_program(between=False)
+    program, (loss_a, grads_a), (loss_b, grads_b) = _normed_totalrecorded_program(between=False)
     assert [step[0] for step in program.fused_steps] == ["mul", "layer_norm_of_sum", "mul", "sum"]
     assert loss_a.value == loss_b.value
     for taped, replayed in zip(grads_a, grads_b):
@@ -262,11 +257,11 @@ def test_a_normed_total_is_fused_when_no_step_between_reads_its_terms():
 def test_a_normed_total_is_not_fused_when_a_step_between_reads_a_term():
     """a's cotangent from the add would join its other terms at the norm's place, before the
     term of the step between: another order of the sum than the tape's."""
-    program, _, _ = _normed_total_program(between=True)
+    program, _, _ = _normed_totalrecorded_program(between=True)
     assert program.fused_steps == program.steps
 
 
-def _divided_total_program(between):
+def _divided_totalrecorded_program(between):
     """The program of sum(LN(a + b / 3) * e * f), with ``between`` the reader of a or b between
     the div and the norm ("a" or "b", with e = a * c or b * c, or None, e = c * c), and f = b *
     c, b's third reader, after the norm when ``between`` is "b twice" (b's cotangent then a sum
@@ -288,7 +283,7 @@ def _divided_total_program(between):
 
 @pytest.mark.parametrize("between", [None, "b"], ids=["none", "the divided term's one other reader"])
 def test_a_divided_total_is_fused_with_its_division_and_gives_the_taped_bits(between):
-    program, (loss_a, grads_a), (loss_b, grads_b) = _divided_total_program(between)
+    program, (loss_a, grads_a), (loss_b, grads_b) = _divided_totalrecorded_program(between)
     assert [step[0] for step in program.fused_steps] == ["mul", "layer_norm_of_sum", "mul", "sum"]
     assert loss_a.value == loss_b.value
     for taped, replayed in zip(grads_a, grads_b):
@@ -299,5 +294,5 @@ def test_a_divided_total_is_fused_with_its_division_and_gives_the_taped_bits(bet
 def test_a_divided_total_keeps_its_division_when_a_step_between_reads_a_term(between):
     """a's cotangent (or b's, a sum of three terms) would be summed in another order than the
     tape's."""
-    program, _, _ = _divided_total_program(between)
+    program, _, _ = _divided_totalrecorded_program(between)
     assert "div" in [step[0] for step in program.fused_steps]

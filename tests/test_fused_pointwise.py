@@ -4,7 +4,7 @@ into the first and of mul(x, sigmoid(g)) into the second (GPAS's x - SiLU(a) sg(
 
 import numpy as np
 import pytest
-from tape_helpers import tape_gradients, taped_and_replayed
+from tape_helpers import fused_steps, tape_gradients, taped_and_replayed
 
 import lnref
 from lnref.autograd import fused_pointwise, ops
@@ -258,8 +258,7 @@ def test_a_gpas_layer_replays_as_five_steps():
     """Its two fused branches, a sub_scaled_stop_gradient after each, SiLU of its gate once."""
     model = _moved_gpas()
     taped_and_replayed(model)
-    (program,) = model.replayer.programs.values()
-    names = [step[0] for step in program.fused_steps]
+    names = [step[0] for step in fused_steps(model)]
     assert names[-3:] == ["layer_norm", "mul", "sum"]  # the readout and the loss
     assert len(names[:-3]) == 5 * SMALL["n_layers"]
     assert names.count("sub_scaled_stop_gradient") == 2 * SMALL["n_layers"]

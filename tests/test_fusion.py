@@ -4,7 +4,7 @@ with the bits of the steps it replaces."""
 
 import numpy as np
 import pytest
-from tape_helpers import taped_and_replayed
+from tape_helpers import recorded_program, taped_and_replayed
 
 import lnref
 from lnref.autograd import fused, fused_branches, fusion, kernels, ops
@@ -24,11 +24,6 @@ SMALL = dict(n_layers=3, d_model=16, n_heads=2, d_ff=64)  # the sublayers' loop 
 MEDIUM = dict(n_layers=2, d_model=64, n_heads=4, d_ff=256)  # past their limits: BLAS
 
 
-def _program(model):
-    (program,) = model.replayer.programs.values()
-    return program
-
-
 def _assert_same_bits(first, second):
     (loss_a, grads_a), (loss_b, grads_b) = first, second
     assert loss_a == loss_b
@@ -40,7 +35,7 @@ def _assert_same_bits(first, second):
 def test_a_layer_replays_as_two_steps(scheme):
     model = lnref.build(scheme, **SMALL)
     taped_and_replayed(model)
-    program = _program(model)
+    program = recorded_program(model)
     names = [step[0] for step in program.fused_steps]
     assert len(program.steps) - len(program.fused_steps) == 4 * SMALL["n_layers"]
     assert [names.count(name) for name in sorted(FUSED[scheme])] == [SMALL["n_layers"]] * 2
@@ -56,7 +51,7 @@ def test_a_layer_replays_as_two_steps(scheme):
 def test_a_fused_pass_gives_the_bits_of_the_taped_pass(scheme, size, config):
     model = lnref.build(scheme, **size, **config)
     taped, replayed = taped_and_replayed(model)
-    assert FUSED[scheme] <= {step[0] for step in _program(model).fused_steps}
+    assert FUSED[scheme] <= {step[0] for step in recorded_program(model).fused_steps}
     _assert_same_bits(taped, replayed)
 
 
@@ -64,7 +59,7 @@ def test_a_fused_pass_gives_the_bits_of_the_taped_pass(scheme, size, config):
 def test_a_normed_branch_without_the_add_replays_as_one_step(scheme):
     model = lnref.build(scheme, **SMALL)
     taped_and_replayed(model)
-    fused_steps = _program(model).fused_steps
+    fused_steps = recorded_program(model).fused_steps
     unfused = [step for step in fused_steps if step[0] in ("attention_sublayer", "feed_forward")]
     normed_input = [step for step in fused_steps if step[2].get("residual") is False]
     assert not unfused and len(normed_input) == 2 * SMALL["n_layers"]
@@ -117,7 +112,7 @@ def test_a_cross_attention_branch_is_not_fused():
     """Its keys and values read the memory: a second input the fused kernel does not take."""
     model = lnref.build("pre", cross_attention=True, **SMALL)
     taped, replayed = taped_and_replayed(model)
-    names = [step[0] for step in _program(model).fused_steps]
+    names = [step[0] for step in recorded_program(model).fused_steps]
     assert names.count("attention_sublayer") == names.count("residual_normed_attention") == SMALL["n_layers"]
     _assert_same_bits(taped, replayed)
 
@@ -125,7 +120,7 @@ def test_a_cross_attention_branch_is_not_fused():
 def test_a_scheme_without_any_of_the_shapes_keeps_its_steps():
     model = lnref.build("rezero", **SMALL)  # a + alpha S(a): no norm around the branch
     taped_and_replayed(model)
-    assert _program(model).fused_steps == _program(model).steps
+    assert recorded_program(model).fused_steps == recorded_program(model).steps
 
 
 def _ffn_branch(extra_reader):
