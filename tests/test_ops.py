@@ -134,6 +134,19 @@ def test_concatenate_vjp_cuts_the_cotangent_back_into_each_input(axis):
     assert_all_pass(check_vjp(lambda *xs: ops.concatenate(*xs, axis=axis), a, b, c))
 
 
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_concatenate_vjp_gives_each_input_its_slice_of_the_cotangent(axis):
+    rng = np.random.default_rng(7)
+    widths = (1, 3, 2)
+    xs = [rand(rng, *(w if i == axis % 3 else 2 for i in range(3))) for w in widths]
+    dout = rand(rng, *(sum(widths) if i == axis % 3 else 2 for i in range(3)))
+    out, residuals = PRIMITIVES["concatenate"].forward(*xs, axis=axis)
+    pieces = PRIMITIVES["concatenate"].vjp(dout, residuals)
+    assert [p.shape for p in pieces] == [x.shape for x in xs]
+    for piece, expected in zip(pieces, np.split(dout, np.cumsum(widths)[:-1], axis=axis)):
+        np.testing.assert_array_equal(piece, expected)
+
+
 def test_concatenate_refuses_inputs_that_do_not_line_up():
     with pytest.raises(ValueError, match="concatenate: cannot join"):
         ops.concatenate(np.zeros((2, 3)), np.zeros((3, 3)), axis=-1)

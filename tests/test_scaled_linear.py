@@ -1,15 +1,20 @@
 """The gated linear map alpha (x w) + b (``ops.scaled_linear``), what gives mHC's mixing
 weights from its streams: its value against the product, scaling and sum it stands for, its
 VJP against finite differences and the tape's gradient of that composition, the inputs it
-refuses, and a negative control."""
+refuses, and a negative control. The bits are the NumPy twin's; the loop twin, which gives its
+own, is held to them in ``test_scaled_linear_kernels.py``."""
 
 import numpy as np
 import pytest
 from tape_helpers import tape_gradients
 
 from lnref.autograd import PRIMITIVES, ops
+from lnref.autograd.kernels import seam
 from lnref.autograd.primitive import Primitive
 from lnref.gradcheck import check_vjp
+
+KERNELS = ("scaled_linear_forward", "scaled_linear_backward")
+PATHS = pytest.mark.parametrize("path", ["reference", "loop"])
 
 
 def inputs(q=4, b_shape=None, seed=0):
@@ -25,20 +30,26 @@ def composed(x, w, alpha, b):
 @pytest.mark.parametrize("b_shape", [(4,), (2, 2)], ids=["vector", "matrix"])
 def test_the_value_has_the_bits_of_the_product_scaling_and_sum(b_shape):
     args = inputs(b_shape=b_shape)
-    np.testing.assert_array_equal(ops.scaled_linear(*args).value, composed(*args).value)
+    with seam.forced("reference", *KERNELS):
+        np.testing.assert_array_equal(ops.scaled_linear(*args).value, composed(*args).value)
 
 
+@PATHS
 @pytest.mark.parametrize("b_shape", [(4,), (2, 2)], ids=["vector", "matrix"])
-def test_scaled_linear_vjp_against_finite_differences(b_shape):
-    checks = check_vjp(ops.scaled_linear, *inputs(b_shape=b_shape, seed=1))
+def test_scaled_linear_vjp_against_finite_differences(b_shape, path):
+    with seam.forced(path, *KERNELS):
+        checks = check_vjp(ops.scaled_linear, *inputs(b_shape=b_shape, seed=1))
     assert len(checks) == 4 and all(c.status == "passed" for c in checks), checks
 
 
-def test_the_gradient_equals_the_tapes_gradient_of_the_composition():
+@PATHS
+def test_the_gradient_equals_the_tapes_gradient_of_the_composition(path):
     args = inputs(seed=2)
     dy = np.random.default_rng(3).standard_normal((2, 3, 4))
+    with seam.forced(path, *KERNELS):
+        gradients = tape_gradients(ops.scaled_linear, args, dy)
 
-    for got, want in zip(tape_gradients(ops.scaled_linear, args, dy), tape_gradients(composed, args, dy)):
+    for got, want in zip(gradients, tape_gradients(composed, args, dy)):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
 
@@ -75,11 +86,15 @@ def test_with_a_sigmoid_the_value_has_the_bits_of_the_gain_times_the_sigmoid(gai
     args = inputs(seed=5)
     composed_gate = ops.sigmoid(composed(*args))
     expected = composed_gate if gain == 1.0 else gain * composed_gate
-    np.testing.assert_array_equal(ops.scaled_linear(*args, activation="sigmoid", gain=gain).value, expected.value)
+    with seam.forced("reference", *KERNELS):
+        value = ops.scaled_linear(*args, activation="sigmoid", gain=gain).value
+    np.testing.assert_array_equal(value, expected.value)
 
 
-def test_with_a_sigmoid_and_a_gain_the_vjp_passes_finite_differences():
-    checks = check_vjp(lambda *a: ops.scaled_linear(*a, activation="sigmoid", gain=2.0), *inputs(seed=6))
+@PATHS
+def test_with_a_sigmoid_and_a_gain_the_vjp_passes_finite_differences(path):
+    with seam.forced(path, *KERNELS):
+        checks = check_vjp(lambda *a: ops.scaled_linear(*a, activation="sigmoid", gain=2.0), *inputs(seed=6))
     assert len(checks) == 4 and all(c.status == "passed" for c in checks), checks
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from lnref.autograd import kernels
-from lnref.autograd.checks import check_float, kernel_error, shapes, unbroadcast
+from lnref.autograd.checks import check_float, kernel_error, plain_float_arrays, shapes, unbroadcast
 from lnref.autograd.primitive import defprimitive
 
 Residuals = Any
@@ -134,12 +134,6 @@ def _mix_streams_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
 mix_streams = defprimitive("mix_streams", _mix_streams_fwd, _mix_streams_vjp)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """1 / (1 + e^-x) as ``ops.sigmoid`` computes it (from e^-|x|, no exponential overflows)."""
-    small = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + small), small / (1 + small)).astype(x.dtype, copy=False)
-
-
 def _scaled_linear_fwd(
     x: np.ndarray, w: np.ndarray, alpha: Any, b: np.ndarray, *, activation: str | None = None, gain: float = 1.0
 ) -> tuple[np.ndarray, Residuals]:
@@ -153,33 +147,22 @@ def _scaled_linear_fwd(
     sigma)):  dx = alpha da w^T,  dw = x^T (alpha da) over all rows,  dalpha = sum(da * z),
     db = da summed over the rows
     """
-    check_float("scaled_linear", x, w, alpha, b)
-    q = np.shape(w)[-1] if np.ndim(w) == 2 else -1
-    if np.ndim(x) < 1 or np.ndim(w) != 2 or np.shape(x)[-1] != np.shape(w)[0] or np.ndim(alpha) != 0 or np.size(b) != q:
-        raise ValueError(f"scaled_linear: shapes {shapes(x, w, alpha, b)} do not fit alpha (x w) + b")
     if activation not in (None, "sigmoid") or (activation is None and gain != 1.0):
         raise ValueError(
             f"scaled_linear: activation must be None or 'sigmoid' (a gain goes with it), got {activation!r}"
         )
-    z = x @ w
-    y = alpha * z + np.reshape(b, q)
-    gate = None
-    if activation == "sigmoid":
-        gate = _sigmoid(y)
-        y = gain * gate if gain != 1.0 else gate
-    return y, (x, w, alpha, np.shape(b), z, gate, gain)
+    if not plain_float_arrays(x, w, alpha, b):
+        check_float("scaled_linear", x, w, alpha, b)  # a Python number takes the arrays' dtype
+        dtype = next((a.dtype for a in (x, w, alpha, b) if isinstance(a, (np.ndarray, np.floating))), np.float64)
+        x, w, alpha, b = (np.asarray(a, dtype) for a in (x, w, alpha, b))
+    try:
+        return kernels.scaled_linear_forward(x, w, alpha, b, activation == "sigmoid", float(gain))
+    except (TypeError, ValueError) as error:
+        raise kernel_error("scaled_linear", error, x, w, alpha, b) from None
 
 
 def _scaled_linear_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
-    x, w, alpha, b_shape, z, gate, gain = residuals
-    p, q = w.shape
-    if gate is not None:
-        dout = (gain * dout if gain != 1.0 else dout) * (gate * (1 - gate))
-    dz = alpha * dout
-    rows, drows = x.reshape(-1, p), dz.reshape(-1, q)
-    dalpha = np.asarray(np.sum(dout * z), dtype=dout.dtype)
-    db = dout.reshape(-1, q).sum(axis=0).reshape(b_shape)
-    return dz @ w.T, rows.T @ drows, dalpha, db
+    return kernels.scaled_linear_backward(dout, residuals)
 
 
 scaled_linear = defprimitive("scaled_linear", _scaled_linear_fwd, _scaled_linear_vjp)

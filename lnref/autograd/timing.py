@@ -18,7 +18,8 @@ The kinds (:data:`KINDS`):
 
 * ``products``: the linear maps and matrix products (BLAS, or the compiled product loops), and
   a sublayer's NumPy/BLAS twin outside the kernels it calls (its products, with their bias
-  adds and row sums);
+  adds and row sums); the gated maps of mHC's weights too, whose product's p q multiply-adds a
+  row dwarf the q scalings and sigmoids after it;
 * ``attention``: softmax and the attention core's loops (the loop twins do Q K^T and P V
   inside them; the blocked path's products count as products);
 * ``norms``: the norm kinds' kernels;
@@ -66,7 +67,7 @@ PRIMITIVE_KINDS = {
 # Each kernel by the kind of its work; a sublayer's NumPy twin is a composition of kernels and
 # products, its compiled loop one call (see the module docstring).
 _KERNEL_FAMILIES = (
-    (("linear_",), PRODUCTS),
+    (("linear_", "scaled_linear_"), PRODUCTS),
     (("attention_forward", "attention_backward", "softmax_"), ATTENTION),
     (("layer_norm_", "rms_norm_", "dyt_", "derf_", "scale_norm_", "normalized_lerp_"), NORMS),
     (("gelu_", "relu_", "sinkhorn_", "weighted_sum_", "mix_streams_"), ELEMENTWISE),

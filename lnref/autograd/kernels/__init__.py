@@ -35,6 +35,8 @@ The modules
 ``scale_norm``         ScaleNorm (and the L2 normalization at gain 1)
 ``pointwise_norms``    DyT and Derf, the element-wise replacements of a norm
 ``sinkhorn``           Sinkhorn-Knopp rounds over square matrices (mHC's residual mixing)
+``scaled_linear``      alpha (x w) + b, optionally gain sigmoid(.), the gated maps that give
+                       mHC's mixing weights from its streams
 ``softmax``            row softmax (and the stable row loop attention shares)
 ``attention``          scaled dot-product attention, 4-D and multi-head on (B, T, d)
 ``attention_blocked``  attention's big-head path: BLAS products, the batch on threads
@@ -208,6 +210,12 @@ from lnref.autograd.kernels.scale_norm import (
     scale_norm_forward,
     scale_norm_forward_reference,
 )
+from lnref.autograd.kernels.scaled_linear import (
+    scaled_linear_backward,
+    scaled_linear_backward_reference,
+    scaled_linear_forward,
+    scaled_linear_forward_reference,
+)
 from lnref.autograd.kernels.seam import USE_NUMBA, available_cpus, numba_requested
 from lnref.autograd.kernels.sinkhorn import (
     sinkhorn_backward,
@@ -348,6 +356,10 @@ __all__ = [
     "scaled_feed_forward_backward_reference",
     "scaled_feed_forward_forward",
     "scaled_feed_forward_forward_reference",
+    "scaled_linear_backward",
+    "scaled_linear_backward_reference",
+    "scaled_linear_forward",
+    "scaled_linear_forward_reference",
     "seam",
     "sinkhorn_backward",
     "sinkhorn_backward_reference",
