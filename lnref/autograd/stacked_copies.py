@@ -25,6 +25,18 @@ does so where the cotangents come out as the tape forms them:
 A reader of other terms (the readout's sum of the copies, the dynamic connections' concatenate)
 keeps the index steps. The program does not know X's number of rows: a stacked reader of an X
 of more rows than copies refuses it, and the replay then runs the recorded steps.
+
+Then :func:`fuse_mixed_sublayers` puts one step in the place of each sublayer between the
+stack's connections, with weights that are inputs of the pass (the static connections),
+
+    sublayer:  h = weighted_sum(a_m, X, stacked)   s = residual_normed_S(h, gamma, beta, W...,
+               residual=False)   Y = mix_streams(a_r, b, s, X, stacked)
+
+which becomes Y = mixed_normed_S(X, a_m, a_r, b, gamma, beta, W...) (``fused_copies.py``),
+where h and s are read by the next step alone, X by the two connections alone (its cotangent
+is the sum of their terms, the depth connections' first, which the fused VJP forms in that
+order), and no step between the first and the last of the three reads a_m, a_r, b, gamma,
+beta or a weight (their cotangents then come at the last one's place, with nothing between).
 """
 
 from __future__ import annotations
@@ -36,6 +48,11 @@ from lnref.autograd.fusion import Step
 
 # Each reader the copies may have -> how many of its leading arguments come before its terms.
 READERS = {"weighted_sum": 1, "mix_streams": 3}
+# Each normed sublayer's fused step -> the fused step of it between the stack's connections.
+MIXED_SUBLAYERS = {
+    "residual_normed_attention": "mixed_normed_attention",
+    "residual_normed_feed_forward": "mixed_normed_feed_forward",
+}
 
 
 def read_as_stacks(steps: Sequence[Step], output_slot: int) -> tuple[list[Step], frozenset[int]]:
@@ -80,3 +97,64 @@ def _takes_as_terms(step: Step, copies: tuple[int, ...]) -> bool:
     name, args, params, _ = step
     leading = READERS.get(name)
     return leading is not None and not params.get("stacked") and args[leading:] == copies
+
+
+def fuse_mixed_sublayers(steps: Sequence[Step], output_slot: int, n_inputs: int) -> list[Step]:
+    """``steps`` with each sublayer between a stack's connections (see the module) as one step,
+    at the depth connections' place; the weights ``a_m``, ``a_r`` and ``b`` must be inputs of
+    the pass, the first ``n_inputs`` slots."""
+    uses = Counter(slot for _, args, _, _ in steps for slot in args)
+    uses[output_slot] += 1
+    maker = {out: index for index, (_, _, _, out) in enumerate(steps)}
+    fused: dict[int, Step] = {}
+    taken: set[int] = set()
+    for index, (name, args, _, out) in enumerate(steps):
+        match = _mixed_sublayer(steps, maker, uses, index) if name == "mix_streams" else None
+        if match is None or taken.intersection(match):
+            continue
+        width_index, sublayer_index = match
+        (_, (a_m, stack), _, _), (sublayer, (_, *branch), branch_params, _) = steps[width_index], steps[sublayer_index]
+        a_r, b = args[:2]
+        read = {a_m, stack, a_r, b, *branch}
+        if (
+            len({a_m, a_r, b}.difference(branch)) != 3
+            or not all(slot < n_inputs for slot in (a_m, a_r, b))
+            or any(
+                read.intersection(steps[between][1])
+                for between in range(width_index + 1, index)
+                if between != sublayer_index
+            )
+        ):
+            continue
+        statics = {key: value for key, value in branch_params.items() if key != "residual"}
+        fused[index] = (MIXED_SUBLAYERS[sublayer], (stack, a_m, a_r, b, *branch), statics, out)
+        taken.update((width_index, sublayer_index, index))
+    return [fused.get(index, step) for index, step in enumerate(steps) if index in fused or index not in taken]
+
+
+def _mixed_sublayer(
+    steps: Sequence[Step], maker: dict[int, int], uses: Counter[int], mix_index: int
+) -> tuple[int, int] | None:
+    """(weighted sum, sublayer) indices if the step at ``mix_index`` is mix_streams(a_r, b, s,
+    X, stacked), s = residual_normed_S(h, ..., residual=False), h = weighted_sum(a_m, X,
+    stacked), h and s read by the next step alone and X by the two connections alone."""
+    args, params = steps[mix_index][1], steps[mix_index][2]
+    if len(args) != 4 or params != {"stacked": True}:
+        return None
+    _, _, branch, stack = args
+    sublayer_index = maker.get(branch)
+    if sublayer_index is None or uses[branch] != 1 or uses[stack] != 2:
+        return None
+    sublayer, sublayer_args, sublayer_params, _ = steps[sublayer_index]
+    if sublayer not in MIXED_SUBLAYERS or sublayer_params.get("residual") is not False:
+        return None
+    if sublayer_params.get("normed_skip") or not sublayer_args:
+        return None
+    width = sublayer_args[0]
+    width_index = maker.get(width)
+    if width_index is None or uses[width] != 1:
+        return None
+    name, width_args, width_params, _ = steps[width_index]
+    if name != "weighted_sum" or width_params != {"stacked": True} or len(width_args) != 2 or width_args[1] != stack:
+        return None
+    return width_index, sublayer_index
