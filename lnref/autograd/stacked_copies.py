@@ -126,7 +126,7 @@ def fuse_mixed_sublayers(steps: Sequence[Step], output_slot: int, n_inputs: int)
             )
         ):
             continue
-        statics = {key: value for key, value in branch_params.items() if key != "residual"}
+        statics = {key: value for key, value in branch_params.items() if key not in ("residual", "normed_skip")}
         fused[index] = (MIXED_SUBLAYERS[sublayer], (stack, a_m, a_r, b, *branch), statics, out)
         taken.update((width_index, sublayer_index, index))
     return [fused.get(index, step) for index, step in enumerate(steps) if index in fused or index not in taken]

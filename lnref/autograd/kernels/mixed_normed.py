@@ -297,9 +297,10 @@ PARTS = {
 def _path(fused: Twin, *work: int) -> Any:
     """The implementation of ``fused`` for this much work; its NumPy twin while one of its parts
     is overridden."""
-    if all(part.override is None for part in PARTS[fused]):
-        return fused.pick(*work)
-    return fused.reference
+    for part in PARTS[fused]:
+        if part.override is not None:
+            return fused.reference
+    return fused.pick(*work)
 
 
 # ----- the public kernels --------------------------------------------------------------
