@@ -185,6 +185,11 @@ def _mixing_grads(xs: np.ndarray, a_m: np.ndarray, a_r: np.ndarray, b: np.ndarra
     return da_r, db, ds, dxs, np.empty(shape, dtype), np.empty(xs.shape, dtype), np.zeros((1, len(a_m)))
 
 
+def _in_dtype(grads: Arrays, dtype: np.dtype) -> Arrays:
+    """The float64 accumulators rounded to ``dtype``, as the parts' loop twins round them."""
+    return grads if dtype == np.float64 else tuple(g.astype(dtype) for g in grads)
+
+
 def _mixed_normed_attention_forward_loop(xs: np.ndarray, a_m: np.ndarray, a_r: np.ndarray, b: np.ndarray,
                                          gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays,
                                          n_heads: int, causal: bool) -> Arrays:  # fmt: skip
@@ -217,7 +222,7 @@ def _mixed_normed_attention_backward_loop(dy: np.ndarray, xs: np.ndarray, a_m: n
     )  # fmt: skip
     grads = (da_m.reshape(a_m.shape), da_r, db, dgamma, dbeta)
     dweights = (dw[0], dbias[0], dw[1], dbias[1], dw[2], dbias[2], dw[3], dbias[3])
-    return (dxs_width, *(g.astype(dtype, copy=False) for g in grads), *dweights)
+    return (dxs_width, *_in_dtype(grads, dtype), *dweights)
 
 
 def _mixed_normed_feed_forward_forward_loop(xs: np.ndarray, a_m: np.ndarray, a_r: np.ndarray, b: np.ndarray,
@@ -255,7 +260,7 @@ def _mixed_normed_feed_forward_backward_loop(dy: np.ndarray, xs: np.ndarray, a_m
         dxs_width, da_m,
     )  # fmt: skip
     grads = (da_m.reshape(a_m.shape), da_r, db, dgamma, dbeta)
-    return (dxs_width, *(g.astype(dtype, copy=False) for g in grads), dw1, db1, dw2, db2)
+    return (dxs_width, *_in_dtype(grads, dtype), dw1, db1, dw2, db2)
 
 
 MIXED_NORMED_ATTENTION_FORWARD, MIXED_NORMED_ATTENTION_BACKWARD = (
