@@ -96,6 +96,10 @@ intermediate read by the next step alone and no step between the mul and the sub
 or between the sigmoid and the mul reading g (their cotangents then come at the last step's
 place, with nothing between; sg gives b none, and the mul's term of x and the sigmoid's of g
 reach a slot given twice in the order the tape adds them).
+
+A replay then reads the copies of a stack as the stack where mixtures of them all are their
+only readers, and fuses each sublayer between two such mixtures (hyper-connections' width and
+depth connections) into one step: ``stacked_copies.py`` lists those shapes and conditions.
 """
 
 from __future__ import annotations
@@ -126,7 +130,10 @@ OUTPUT_NORMED = ("heads_pieces_attention",)
 NORMED_SKIP = ("feed_forward",)
 # The primitives a fused step stands for (a fused primitive itself is looked up by name when
 # its step runs, as every primitive is).
-PRIMITIVE_NAMES = ("layer_norm", "add", *SUBLAYERS, "stop_gradient", "mul", "sub", "sigmoid", "div")
+PRIMITIVE_NAMES = (
+    *("layer_norm", "add", *SUBLAYERS, "stop_gradient", "mul", "sub", "sigmoid", "div"),
+    *("index", "weighted_sum", "mix_streams"),  # the copies read as their stack (``stacked_copies.py``)
+)
 
 
 def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Step]:

@@ -22,7 +22,9 @@ test's broken VJP is the one it calls).
 A replayed pass also fuses: each residual branch with its LayerNorm, a + S(LN(a)), LN(a + S(a))
 or LN(w * a + S(a)), S the attention sublayer or the FFN, runs as one step with one compiled
 kernel each way, and so do a few shapes of norms, sums and element-wise steps (``fusion.py``
-lists them), each with the bits of the steps it stands for.
+lists them), each with the bits of the steps it stands for; where the copies of a stack,
+handed on one by one, are read by mixtures of them all alone (hyper-connections' between
+layers), the mixtures take the stack and the steps that took it apart go (``stacked_copies.py``).
 
 The contract is that of a JAX ``jit``: the recorded code computes on Tensors only through
 primitives, and whatever else it passes them is a constant of the configuration (a number, a
@@ -43,8 +45,10 @@ import numpy as np
 
 from lnref.autograd import (
     fused_branches,  # noqa: F401 (defines the fused steps that fusion.py names; a replay looks each up by name)
+    fused_copies,  # noqa: F401 (defines those that stacked_copies.py names)
     fusion,
     mixture_rows,
+    stacked_copies,
 )
 from lnref.autograd.dtypes import FLOAT32, FLOAT64
 from lnref.autograd.primitive import PRIMITIVES, call
@@ -73,7 +77,9 @@ class Program:
         # one-stack model's memory), which a run must leave None to run the fused steps.
         self._none_inputs = [slot for slot, value in enumerate(inputs) if value is None]
         fixed = {**dict.fromkeys(self._none_inputs), **dict(enumerate(constants, first_constant))}
-        self.fused_steps = fusion.fuse(steps, fixed, output_slot)
+        fused_steps = fusion.fuse(steps, fixed, output_slot)
+        fused_steps, self._stacks = stacked_copies.read_as_stacks(fused_steps, output_slot)
+        self.fused_steps = stacked_copies.fuse_mixed_sublayers(fused_steps, output_slot, len(inputs))
         self._mixtures_in_rows = mixture_rows.mixtures_in_rows(self.fused_steps, output_slot)
         self._needs_of: dict[tuple[bool, tuple[bool, ...]], list[bool]] = {}
 
@@ -141,6 +147,7 @@ class Program:
         values += [None] * len(self.steps) + self.constants
         primitives, kept = [], []
         in_rows = self._mixtures_in_rows if fused and mixture_rows.weighted_sum_as_defined() else ()
+        stacks = self._stacks if fused else ()
         rows = None  # the cotangents of the slots the mixtures in rows take, once one has run
         terms = mixture_rows.TermsInRows(steps[max(in_rows)][1][1:]) if in_rows else None
         with gc_paused():
@@ -164,6 +171,8 @@ class Program:
                 residuals, kept[index] = kept[index], None  # freed once used
                 if dout is None:
                     continue  # this output does not reach the loss
+                if slot in stacks:
+                    dout = dout + 0.0  # as the index VJPs' sums into zeros give it: no -0.0
                 if index in in_rows:
                     rows = mixture_rows.vjp_into_rows(rows, dout, residuals, steps[index][1], grads, needs)
                     continue

@@ -87,6 +87,8 @@ _SUBLAYER_TWIN_KINDS = {
     "normed_scaled_sum_feed_forward": ELEMENTWISE,
     "residual_normed_heads_pieces_attention": ELEMENTWISE,
     "residual_normed_normed_feed_forward": ELEMENTWISE,
+    "mixed_normed_attention": ELEMENTWISE,
+    "mixed_normed_feed_forward": ELEMENTWISE,
 }
 
 # Compiled loops that a path calls by module-level name, timed on their own.

@@ -59,6 +59,8 @@ The modules
                        interpolation (nGPT's update)
 ``weighted_sum``       sum_k w_k x_k, the learned mixtures of streams (DLCL, DenseFormer, HC)
 ``stream_mixing``      y_c = sum_i a[i, c] x_i + b[c] s, m such mixtures at once (HC's depth)
+``mixed_normed``       a normed sublayer between the two, the replayed pass's fusion of the
+                       three (HC's sublayers on stacked copies)
 ``activations``        GELU, ReLU
 ``warmup``             a first run's compilation
 
@@ -140,6 +142,16 @@ from lnref.autograd.kernels.linear import (
     linear_backward_reference,
     linear_forward,
     linear_forward_reference,
+)
+from lnref.autograd.kernels.mixed_normed import (
+    mixed_normed_attention_backward,
+    mixed_normed_attention_backward_reference,
+    mixed_normed_attention_forward,
+    mixed_normed_attention_forward_reference,
+    mixed_normed_feed_forward_backward,
+    mixed_normed_feed_forward_backward_reference,
+    mixed_normed_feed_forward_forward,
+    mixed_normed_feed_forward_forward_reference,
 )
 from lnref.autograd.kernels.normed_scaled_sum import (
     normed_scaled_sum_attention_backward,
@@ -295,6 +307,14 @@ __all__ = [
     "linear_forward_reference",
     "mix_streams_backward",
     "mix_streams_backward_reference",
+    "mixed_normed_attention_backward",
+    "mixed_normed_attention_backward_reference",
+    "mixed_normed_attention_forward",
+    "mixed_normed_attention_forward_reference",
+    "mixed_normed_feed_forward_backward",
+    "mixed_normed_feed_forward_backward_reference",
+    "mixed_normed_feed_forward_forward",
+    "mixed_normed_feed_forward_forward_reference",
     "mix_streams_forward",
     "mix_streams_forward_reference",
     "multi_head_attention_backward",
