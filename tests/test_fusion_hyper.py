@@ -7,6 +7,7 @@ import contextlib
 
 import numpy as np
 import pytest
+from tape_helpers import fused_steps, recorded_program, taped_and_replayed
 
 import lnref
 from lnref.autograd import fused_branches, fused_copies, mixing_ops, ops, value_and_grad
@@ -24,14 +25,8 @@ BRANCHES = {
 }
 
 
-def _taped_and_replayed(model, seed=1):
-    x, dy, memory = model.sample_inputs(seed=seed)
-    return model.value_and_grad(x, dy, memory), model.value_and_grad(x, dy, memory)
-
-
 def _fused_names(model):
-    (program,) = model.replayer.programs.values()
-    return [step[0] for step in program.fused_steps]
+    return [step[0] for step in fused_steps(model)]
 
 
 def _bits(array):
@@ -50,7 +45,7 @@ def _assert_same_bits(first, second):
 @pytest.mark.parametrize("n", [1, 2, 4])
 def test_static_hyper_replays_without_index_steps_between_layers(n):
     model = lnref.build("hyper", **SMALL, options={"n": n})
-    _taped_and_replayed(model)
+    taped_and_replayed(model)
     assert _fused_names(model).count("index") == n  # the last layer's, which the readout's sum reads
 
 
@@ -58,7 +53,7 @@ def test_static_hyper_replays_without_index_steps_between_layers(n):
 def test_static_hyper_replays_one_step_per_sublayer_between_its_mixtures(n):
     """Each sublayer but the first, whose copies are the embedding n times, not a stack."""
     model = lnref.build("hyper", **SMALL, options={"n": n})
-    _taped_and_replayed(model)
+    taped_and_replayed(model)
     names = _fused_names(model)
     assert names.count("mixed_normed_attention") == SMALL["n_layers"] - 1
     assert names.count("mixed_normed_feed_forward") == SMALL["n_layers"]
@@ -70,21 +65,21 @@ def test_static_hyper_replays_one_step_per_sublayer_between_its_mixtures(n):
 @pytest.mark.parametrize("size", [SMALL, MEDIUM], ids=["loops", "blas"])
 def test_a_replayed_static_hyper_pass_gives_the_bits_of_the_taped_pass(n, dtype, size):
     model = lnref.build("hyper", **size, dtype=dtype, options={"n": n})
-    _assert_same_bits(*_taped_and_replayed(model))
+    _assert_same_bits(*taped_and_replayed(model))
 
 
 @pytest.mark.parametrize("size", [SMALL, MEDIUM], ids=["loops", "blas"])
 def test_a_replayed_hyper_pass_with_gelu_and_a_causal_mask_gives_the_bits_of_the_taped_pass(size):
     model = lnref.build("hyper", **size, activation="gelu", causal=True)
-    _assert_same_bits(*_taped_and_replayed(model))
+    _assert_same_bits(*taped_and_replayed(model))
 
 
 def test_dynamic_hyper_keeps_its_index_steps_and_the_bits_of_the_taped_pass():
     """Its connections read the copies through a concatenate, which takes them apart."""
     model = lnref.build("hyper", **SMALL, options={"dynamic": True})
-    taped, replayed = _taped_and_replayed(model)
-    (program,) = model.replayer.programs.values()
-    assert _fused_names(model).count("index") == [step[0] for step in program.steps].count("index")
+    taped, replayed = taped_and_replayed(model)
+    recorded = [step[0] for step in recorded_program(model).steps]
+    assert _fused_names(model).count("index") == recorded.count("index")
     _assert_same_bits(taped, replayed)
 
 
@@ -92,7 +87,7 @@ def test_a_broken_stacked_weighted_sum_backward_changes_the_replayed_gradient():
     """The negative control of the bit tests: a VJP off by a part in a billion where the terms
     come stacked, which only the replay's stacks take between layers."""
     model = lnref.build("hyper", **SMALL)
-    taped, _ = _taped_and_replayed(model)
+    taped, _ = taped_and_replayed(model)
     good = seam.twin("weighted_sum_backward").loop
 
     def off_when_stacked(dy, w, xs):
@@ -107,7 +102,7 @@ def test_a_broken_stacked_weighted_sum_backward_changes_the_replayed_gradient():
 
 def test_a_replay_runs_the_index_steps_while_index_is_swapped(monkeypatch):
     model = lnref.build("hyper", **SMALL)
-    _taped_and_replayed(model)
+    taped_and_replayed(model)
     index = PRIMITIVES["index"]
     monkeypatch.setitem(PRIMITIVES, "index", index._replace(vjp=lambda dout, residuals: (None,)))
     _, grads = model.value_and_grad(*model.sample_inputs(seed=1))
@@ -234,7 +229,7 @@ def test_the_fused_sublayers_loop_twins_agree_with_its_numpy_twins(branch, dtype
 def test_a_broken_fused_sublayer_backward_changes_the_replayed_gradient(branch):
     """The negative control of the bit tests: a fused VJP off by a part in a billion."""
     model = lnref.build("hyper", **SMALL)
-    taped, _ = _taped_and_replayed(model)
+    taped, _ = taped_and_replayed(model)
     name = f"mixed_normed_{branch}_backward"
     good = seam.twin(name).loop
 
@@ -250,7 +245,7 @@ def test_a_broken_fused_sublayer_backward_changes_the_replayed_gradient(branch):
 
 def test_a_replay_runs_the_sublayers_unfused_while_mix_streams_is_swapped(monkeypatch):
     model = lnref.build("hyper", **SMALL)
-    _taped_and_replayed(model)
+    taped_and_replayed(model)
     mix = PRIMITIVES["mix_streams"]
     monkeypatch.setitem(PRIMITIVES, "mix_streams", mix._replace(vjp=lambda dout, res: (None, *mix.vjp(dout, res)[1:])))
     _, grads = model.value_and_grad(*model.sample_inputs(seed=1))
