@@ -37,6 +37,7 @@ from lnref.autograd.kernels.branches import (
     attention_work,
     checked_attention_branch,
     checked_feed_forward_branch,
+    path,
 )
 from lnref.autograd.kernels.checks import check_fit, cotangent, float_arrays
 from lnref.autograd.kernels.seam import Twin, njit
@@ -299,15 +300,6 @@ PARTS = {
 }  # fmt: skip
 
 
-def _path(fused: Twin, *work: int) -> Any:
-    """The implementation of ``fused`` for this much work; its NumPy twin while one of its parts
-    is overridden."""
-    for part in PARTS[fused]:
-        if part.override is not None:
-            return fused.reference
-    return fused.pick(*work)
-
-
 # ----- the public kernels --------------------------------------------------------------
 
 
@@ -328,7 +320,8 @@ def mixed_normed_attention_forward(xs: Any, a_m: Any, a_r: Any, b: Any, gamma: A
     v, probs, heads)``."""
     xs, a_m, a_r, b = _checked_mixing(xs, a_m, a_r, b)
     _, gamma, beta, *checked = checked_attention_branch(xs[0], gamma, beta, weights, n_heads, causal)
-    forward = _path(MIXED_NORMED_ATTENTION_FORWARD, *attention_work(xs[0]))
+    fused = MIXED_NORMED_ATTENTION_FORWARD
+    forward = path(fused, PARTS[fused], *attention_work(xs[0]))
     return forward(xs, a_m, a_r, b, gamma, beta, float(eps), tuple(checked), n_heads, bool(causal))
 
 
@@ -337,7 +330,8 @@ def mixed_normed_attention_backward(dy: np.ndarray, xs: np.ndarray, *residuals: 
     (``a_m, a_r, b, h, s, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads``,
     unchanged); returns ``(dxs, da_m, da_r, db, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo)``."""
     dy = cotangent(dy, xs.dtype, (residuals[1].shape[-1], *xs.shape[1:]))
-    return _path(MIXED_NORMED_ATTENTION_BACKWARD, *attention_work(xs[0]))(dy, xs, *residuals)
+    fused = MIXED_NORMED_ATTENTION_BACKWARD
+    return path(fused, PARTS[fused], *attention_work(xs[0]))(dy, xs, *residuals)
 
 
 def mixed_normed_feed_forward_forward(xs: Any, a_m: Any, a_r: Any, b: Any, gamma: Any, beta: Any, eps: float,
@@ -346,7 +340,8 @@ def mixed_normed_feed_forward_forward(xs: Any, a_m: Any, a_r: Any, b: Any, gamma
     w2, b2); returns ``(y, h, s, normed, mean, rstd, hidden, acted)``."""
     xs, a_m, a_r, b = _checked_mixing(xs, a_m, a_r, b)
     _, gamma, beta, *checked = checked_feed_forward_branch(xs[0], gamma, beta, weights, activation)
-    forward = _path(MIXED_NORMED_FEED_FORWARD_FORWARD, xs[0].size // xs.shape[-1] * checked[0].size)
+    fused = MIXED_NORMED_FEED_FORWARD_FORWARD
+    forward = path(fused, PARTS[fused], xs[0].size // xs.shape[-1] * checked[0].size)
     return forward(xs, a_m, a_r, b, gamma, beta, float(eps), tuple(checked), activation)
 
 
@@ -356,4 +351,5 @@ def mixed_normed_feed_forward_backward(dy: np.ndarray, xs: np.ndarray, *residual
     unchanged); returns ``(dxs, da_m, da_r, db, dgamma, dbeta, dw1, db1, dw2, db2)``."""
     dy = cotangent(dy, xs.dtype, (residuals[1].shape[-1], *xs.shape[1:]))
     work = xs[0].size // xs.shape[-1] * residuals[9].size
-    return _path(MIXED_NORMED_FEED_FORWARD_BACKWARD, work)(dy, xs, *residuals)
+    fused = MIXED_NORMED_FEED_FORWARD_BACKWARD
+    return path(fused, PARTS[fused], work)(dy, xs, *residuals)
