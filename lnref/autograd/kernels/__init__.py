@@ -91,6 +91,7 @@ from lnref.autograd.kernels.activations import (
     relu_backward_reference,
     relu_forward,
     relu_forward_reference,
+    sigmoid_reference,
 )
 from lnref.autograd.kernels.attention import (
     attention_backward,
@@ -381,6 +382,7 @@ __all__ = [
     "scaled_linear_forward",
     "scaled_linear_forward_reference",
     "seam",
+    "sigmoid_reference",
     "sinkhorn_backward",
     "sinkhorn_backward_reference",
     "sinkhorn_forward",

@@ -1,5 +1,6 @@
 """GELU (exact and tanh-approximated) and the ReLU backward, on arrays of any shape: twins,
-public kernels, and the GELU scalars the FFN kernels share."""
+public kernels, and the GELU scalars the FFN kernels share; the logistic sigmoid, on arrays and
+as a scalar, for the primitives and kernels that gate with it."""
 
 from __future__ import annotations
 
@@ -234,3 +235,20 @@ def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     if dy.shape != y.shape:
         raise ValueError(f"dy shape {dy.shape} does not match y shape {y.shape}")
     return RELU_BACKWARD.pick()(dy, y)
+
+
+# ----- the logistic sigmoid ---------------------------------------------------------------
+
+
+def sigmoid_reference(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x), element by element, taken from e^-|x| so that no exponential overflows;
+    of ``x``'s dtype."""
+    small = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + small), small / (1 + small)).astype(x.dtype, copy=False)
+
+
+@njit(cache=True)
+def sigmoid(x: float) -> float:
+    """:func:`sigmoid_reference` of one number, in the same operations."""
+    small = math.exp(-abs(x))
+    return 1.0 / (1.0 + small) if x >= 0 else small / (1.0 + small)

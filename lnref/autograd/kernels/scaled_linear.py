@@ -3,7 +3,7 @@
 What gives mHC's mixing weights from its streams: rows ``x`` (..., p), a matrix ``w`` (p, q),
 a scalar ``alpha`` (0-d) and ``b`` (q,). With z = x w and a = alpha z + b,
 
-    forward:   y = a,  or with the sigmoid  y = gain s,  s = sigmoid(a)
+    forward:   y = a,  or with the sigmoid  y = gain s,  s = activations.sigmoid(a)
     backward:  g = dy,  or with the sigmoid  g = (gain dy) s (1 - s);
                dx = (alpha g) w^T,   dw = x^T (alpha g),   dalpha = sum of g z,
                db = g summed over the rows
@@ -16,23 +16,17 @@ matmul_kernel`) and each of the backward's sums row after row.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
+from lnref.autograd.kernels import activations
 from lnref.autograd.kernels.checks import check_fit, cotangent, float_arrays
 from lnref.autograd.kernels.linear import matmul_kernel
 from lnref.autograd.kernels.seam import Twin, njit
 
 Forward = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 Grads = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
-def sigmoid_reference(a: np.ndarray) -> np.ndarray:
-    """1 / (1 + e^-a) as ``ops.sigmoid`` computes it (from e^-|a|, no exponential overflows)."""
-    small = np.exp(-np.abs(a))
-    return np.where(a >= 0, 1 / (1 + small), small / (1 + small)).astype(a.dtype, copy=False)
 
 
 def scaled_linear_forward_reference(
@@ -44,7 +38,7 @@ def scaled_linear_forward_reference(
     y = alpha * z + b
     gate = None
     if sigmoid:
-        gate = sigmoid_reference(y)
+        gate = activations.sigmoid_reference(y)
         y = gain * gate if gain != 1.0 else gate
     return y, z, gate
 
@@ -70,13 +64,6 @@ def _rows(x: Any) -> int:
 
 
 @njit(cache=True)
-def _sigmoid(a: float) -> float:
-    """1 / (1 + e^-a) from e^-|a|, as the NumPy twin takes it."""
-    small = math.exp(-abs(a))
-    return 1.0 / (1.0 + small) if a >= 0 else small / (1.0 + small)
-
-
-@njit(cache=True)
 def _scaled_linear_forward_kernel(
     x: Any, w: Any, alpha: float, b: Any, gain: float, z: Any, y: Any, gate: Any, sigmoid: bool
 ) -> None:
@@ -90,7 +77,7 @@ def _scaled_linear_forward_kernel(
         for j in range(q):
             a = alpha * z2[r, j] + b[j]
             if sigmoid:
-                s = _sigmoid(a)
+                s = activations.sigmoid(a)
                 gate2[r, j] = s
                 y2[r, j] = gain * s
             else:
