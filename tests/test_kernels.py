@@ -1501,6 +1501,33 @@ def test_after_compile_first_run_kernels_a_first_pass_compiles_nothing(tmp_path,
     assert other_norm_cold == "True"  # its norm kernels were neither run nor cached
 
 
+# A fresh process with an empty cache: the compilations compile_first_run_kernels starts in
+# this process, and whether the cache is then cold.
+COMPILED_ELSEWHERE = """
+import sys
+sys.path.insert(0, {root!r})
+from numba.core import event
+from lnref.autograd.kernels import warmup
+with event.install_recorder("numba:compile") as recorder:
+    warmup.compile_first_run_kernels()
+print(sum(1 for e in recorder.buffer if e[1].is_start), warmup.compile_cache_is_cold())
+"""
+
+
+@pytest.mark.skipif(not K.USE_NUMBA or not hasattr(os, "fork"), reason="compiles Numba kernels in a forked process")
+def test_compile_first_run_kernels_compiles_in_a_forked_process_and_fills_the_cache(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILED_ELSEWHERE.format(root=str(ROOT))],
+        env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    compilations, cold = done.stdout.split()
+    assert compilations == "0", done.stderr[-2000:]
+    assert cold == "False"
+
+
 # A fresh process on a copy of the package: how many compilations a call of the attention
 # loop twin starts (the attention kernel calls the row softmax of softmax.py).
 ATTENTION_COMPILATIONS = """

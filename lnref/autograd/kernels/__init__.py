@@ -25,7 +25,8 @@ Tests choose a twin, or put a broken kernel in a twin's place, through the seam 
 
 A first run compiles the kernels it uses, then Numba's on-disk cache serves them;
 ``warmup.py``, which the ``lnref`` command alone imports, tells beforehand whether that
-first run is coming and shares its compilation between two processes.
+first run is coming and compiles its kernels in a forked process, whose compiler's memory
+ends with it.
 
 The modules
 -----------

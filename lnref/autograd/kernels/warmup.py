@@ -1,5 +1,5 @@
-"""A first run's compilation: telling beforehand whether it is coming, and sharing it between
-two processes.
+"""A first run's compilation: telling beforehand whether it is coming, and doing it in a
+process of its own.
 
 The ``lnref`` command imports this module, and nothing else does: the package and ``ops``
 never need it. :func:`compile_cache_is_cold` reads Numba's cache index through Numba's
@@ -18,7 +18,7 @@ from numpy.typing import DTypeLike
 
 from lnref.autograd import kernels
 from lnref.autograd.kernels import attention_blocked, attention_sublayer, feed_forward, norms
-from lnref.autograd.kernels.seam import USE_NUMBA, available_cpus
+from lnref.autograd.kernels.seam import USE_NUMBA
 
 __all__ = ["FIRST_RUN_KERNELS", "cache_is_cold", "compile_cache_is_cold", "compile_first_run_kernels"]
 
@@ -75,35 +75,33 @@ def cache_is_cold(compiled: Iterable[Any], dtype: DTypeLike) -> bool:
 
 
 def compile_first_run_kernels(dtype: DTypeLike = "float64", norm: str = "layernorm") -> None:
-    """Compile (or load from the cache) the loop kernels a small model's pass runs, the
-    backward ones in a forked process while this one compiles the forward ones.
+    """Compile the loop kernels a small model's pass runs, in a forked process, which leaves
+    them in Numba's on-disk cache; this process then loads them from there on first use.
 
-    Numba compiles in the calling thread, one kernel after the other. Two processes share
-    the wait between two cores; the forked one leaves its kernels in the on-disk cache, where
-    this process finds them on first use. Each kernel runs once on small arrays of ``dtype``
-    and of the shapes of a default model, ``norm`` saying which norm kernels it needs (one
-    FFN kernel each way serves both activations); kernels that are not run here (other
-    configurations, large sizes) compile on first use as usual. Without Numba nothing is
-    compiled; on one CPU, or without ``os.fork``, the kernels compile here, in order.
+    Numba keeps what it compiled with (LLVM's modules, its own compiler state) for as long as
+    the process lives. Compiled in a process of their own, which exits when done, the kernels
+    cost this process only their loading: a gradient check's forked workers then start from a
+    process no larger than on a later run. Two compiling processes would share the wait
+    between two cores, but each holds a compiler's memory, and the first check's peak is their
+    sum. Each kernel runs once on small arrays of ``dtype`` and of the shapes of a default
+    model, ``norm`` saying which norm kernels it needs (one FFN kernel each way serves both
+    activations); kernels that are not run here (other configurations, large sizes) compile
+    on first use as usual. Without Numba nothing is compiled; without ``os.fork`` the kernels
+    compile here.
     """
     if not USE_NUMBA:
         return
     dtype = np.dtype(dtype)
-    backward = None
-    if hasattr(os, "fork") and available_cpus() > 1:
-        backward = os.fork()
-        if backward == 0:
-            try:
-                _run_backward_kernels(dtype)
-            finally:
-                os._exit(0)  # never the parent's exit handlers
-    try:
-        _run_forward_kernels(dtype, norm)
-    finally:
-        if backward is not None:
-            os.waitpid(backward, 0)
-    if backward is None:
-        _run_backward_kernels(dtype)
+    if not hasattr(os, "fork"):
+        _run_first_run_kernels(dtype, norm)
+        return
+    compiler = os.fork()
+    if compiler == 0:
+        try:
+            _run_first_run_kernels(dtype, norm)
+        finally:
+            os._exit(0)  # never the parent's exit handlers
+    os.waitpid(compiler, 0)
 
 
 # A default model's shapes: batch 2, seq 8 (16 rows), d_model 16, 2 heads, d_ff 64.
@@ -116,43 +114,27 @@ def _small_arrays(dtype: np.dtype) -> Callable[..., np.ndarray]:
     return lambda *shape: rng.standard_normal(shape).astype(dtype)
 
 
-def _run_forward_kernels(dtype: np.dtype, norm: str) -> None:
-    """The forward kernels, the norm's backward one and the attention backward's inner kernel
-    (the other side's kernels take longer to compile: these even the two out)."""
+def _run_first_run_kernels(dtype: np.dtype, norm: str) -> None:
+    """The norm's kernels, the FFN's and the attention sublayer's each way (the attention
+    loops compile with the sublayer kernels that call them), and the blocked attention's
+    softmax loops."""
     array = _small_arrays(dtype)
-    rows, d, d_ff = _SMALL_BATCH * _SMALL_SEQ, _SMALL_D, _SMALL_D_FF
-    # First, the attention backward's inner kernel, of the types the sublayer's backward
-    # kernel calls it with: the other process finds it in the on-disk cache by the time it
-    # gets there (after the FFN's backward), which evens out the two sides' work.
-    heads = array(_SMALL_BATCH, _SMALL_SEQ, d)
-    probs = np.abs(array(_SMALL_BATCH, _SMALL_HEADS, _SMALL_SEQ, _SMALL_SEQ))
-    kernels.multi_head_attention_backward(heads, heads, heads, heads, probs)
-    x, gamma, beta = array(rows, d), array(d), array(d)
-    if norm == "rmsnorm":
-        _, rrms = kernels.rms_norm_forward(x, gamma, 1e-5)
-        kernels.rms_norm_backward(array(rows, d), x, gamma, rrms)
-    else:
-        _, mean, rstd = kernels.layer_norm_forward(x, gamma, beta, 1e-5)
-        kernels.layer_norm_backward(array(rows, d), x, gamma, mean, rstd)
-    kernels.feed_forward_forward(x, array(d, d_ff), array(d_ff), array(d_ff, d), array(d), "relu")
-    wq, bq, wk, bk, wv, bv, wo, bo = (array(d, d) if i % 2 == 0 else array(d) for i in range(8))
-    x = array(_SMALL_BATCH, _SMALL_SEQ, d)
-    kernels.attention_sublayer_forward(x, None, wq, bq, wk, bk, wv, bv, wo, bo, _SMALL_HEADS, False)
-    q = array(_SMALL_BATCH, _SMALL_SEQ, _SMALL_HEADS, d // _SMALL_HEADS)
-    attention_blocked.attention_forward_blocked(q, q, q, False)
-
-
-def _run_backward_kernels(dtype: np.dtype) -> None:
-    """The FFN's and the attention sublayer's backward kernels (the slow ones to compile)."""
-    array = _small_arrays(dtype)
-    batch, seq, d = _SMALL_BATCH, _SMALL_SEQ, _SMALL_D
+    batch, seq, d, d_ff = _SMALL_BATCH, _SMALL_SEQ, _SMALL_D, _SMALL_D_FF
     # Any values of the residuals' shapes do: only their types decide what compiles.
-    rows, hidden = array(batch * seq, d), array(batch * seq, _SMALL_D_FF)
-    kernels.feed_forward_backward(
-        array(batch * seq, d), rows, array(d, _SMALL_D_FF), array(_SMALL_D_FF, d), hidden, hidden, "relu"
-    )
+    rows, hidden = array(batch * seq, d), array(batch * seq, d_ff)
+    gamma, beta = array(d), array(d)
+    if norm == "rmsnorm":
+        _, rrms = kernels.rms_norm_forward(rows, gamma, 1e-5)
+        kernels.rms_norm_backward(rows, rows, gamma, rrms)
+    else:
+        _, mean, rstd = kernels.layer_norm_forward(rows, gamma, beta, 1e-5)
+        kernels.layer_norm_backward(rows, rows, gamma, mean, rstd)
+    kernels.feed_forward_forward(rows, array(d, d_ff), array(d_ff), array(d_ff, d), array(d), "relu")
+    kernels.feed_forward_backward(rows, rows, array(d, d_ff), array(d_ff, d), hidden, hidden, "relu")
+    wq, bq, wk, bk, wv, bv, wo, bo = (array(d, d) if i % 2 == 0 else array(d) for i in range(8))
     x, q, k, v, heads = (array(batch, seq, d) for _ in range(5))
+    kernels.attention_sublayer_forward(x, None, wq, bq, wk, bk, wv, bv, wo, bo, _SMALL_HEADS, False)
     probs = np.abs(array(batch, _SMALL_HEADS, seq, seq))
-    kernels.attention_sublayer_backward(
-        array(batch, seq, d), x, None, array(d, d), array(d, d), array(d, d), array(d, d), q, k, v, probs, heads
-    )
+    kernels.attention_sublayer_backward(x, x, None, wq, wk, wv, wo, q, k, v, probs, heads)
+    split_heads = array(batch, seq, _SMALL_HEADS, d // _SMALL_HEADS)
+    attention_blocked.attention_forward_blocked(split_heads, split_heads, split_heads, False)
