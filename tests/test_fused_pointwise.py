@@ -1,6 +1,8 @@
 """A few element-wise steps as one primitive: y = a - s sg(b), ``sub_scaled_stop_gradient``,
-and y = x sigmoid(g), ``mul_sigmoid``; the replay's fusion of sub(a, mul(s, stop_gradient(a)))
-into the first and of mul(x, sigmoid(g)) into the second (GPAS's x - SiLU(a) sg(x))."""
+y = x sigmoid(g), ``mul_sigmoid``, and y = a u + b w, ``sum_of_products``; the replay's fusion
+of sub(a, mul(s, stop_gradient(a))) into the first and of mul(x, sigmoid(g)) into the second
+(GPAS's x - SiLU(a) sg(x)), and of add(mul(a, u), mul(b, w)) into the third (DeepScaleLM's
+lambda x + beta S(N(x)))."""
 
 import numpy as np
 import pytest
@@ -157,6 +159,76 @@ def test_mul_sigmoid_refuses_inputs_that_do_not_fit_in_one_line_naming_the_op(ar
         fused_pointwise.mul_sigmoid(*arguments(*_value_and_gate()))
 
 
+# ----- sum_of_products ------------------------------------------------------------------
+
+
+def _two_products(seed=3, scale_shape=()):
+    """a, u, b, w: two streams and two scales of ``scale_shape``."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(SHAPE), rng.standard_normal(scale_shape)] * 2
+
+
+def _products_as_three_steps(a, u, b, w):
+    return ops.add(ops.mul(a, u), ops.mul(b, w))
+
+
+@pytest.mark.parametrize("scale_shape", [(), (8,), SHAPE], ids=["scalar", "per-feature", "same shape"])
+def test_sum_of_products_gives_the_bits_of_the_two_muls_and_the_add(scale_shape):
+    arrays = _two_products(scale_shape=scale_shape)
+    np.testing.assert_array_equal(
+        fused_pointwise.sum_of_products(*arrays).value, _products_as_three_steps(*arrays).value
+    )
+
+
+@pytest.mark.parametrize("scale_shape", [(), (8,), SHAPE], ids=["scalar", "per-feature", "same shape"])
+def test_sum_of_products_vjp_gives_the_bits_of_the_three_vjps(scale_shape):
+    arrays = _two_products(scale_shape=scale_shape)
+    fused = tape_gradients(fused_pointwise.sum_of_products, arrays, _cotangent())
+    _assert_same_bits(fused, tape_gradients(_products_as_three_steps, arrays, _cotangent()))
+
+
+def test_sum_of_products_gives_number_scales_no_cotangent():
+    a, _, b, _ = _two_products()
+    da, db = tape_gradients(lambda a, b: fused_pointwise.sum_of_products(a, 0.6, b, 0.8), [a, b], _cotangent())
+    np.testing.assert_array_equal(da, _cotangent() * 0.6)
+    np.testing.assert_array_equal(db, _cotangent() * 0.8)
+
+
+def test_sum_of_products_vjp_matches_finite_differences():
+    checks = check_vjp(fused_pointwise.sum_of_products, *_two_products(scale_shape=(8,)))
+    assert len(checks) == 4 and all(c.status == "passed" for c in checks), checks
+
+
+def test_a_vjp_that_drops_the_second_scales_cotangent_fails_the_check(monkeypatch):
+    """The negative control of the VJP check."""
+    defined = PRIMITIVES["sum_of_products"]
+
+    def broken_vjp(dout, residuals):
+        da, du, db, dw = defined.vjp(dout, residuals)
+        return da, du, db, np.zeros_like(dw)
+
+    monkeypatch.setitem(PRIMITIVES, "sum_of_products", defined._replace(vjp=broken_vjp))
+    checks = check_vjp(fused_pointwise.sum_of_products, *_two_products(scale_shape=(8,)))
+    assert [c.status for c in checks] == ["passed", "passed", "passed", "failed"]
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        lambda a, u, b, w: (a, np.ones(5), b, w),
+        lambda a, u, b, w: (a, u, b[:, :2], np.ones((2, 3, 1))),
+        lambda a, u, b, w: (a, u, b[:, :2], w),
+        lambda a, u, b, w: (a.astype(np.int64), u, b, w),
+        lambda a, u, b, w: (a, u, b.astype(np.float32), w),
+    ],
+    ids=["a scale that does not broadcast", "products that do not broadcast", "streams that do not broadcast",
+         "integers", "mixed dtypes"],
+)  # fmt: skip
+def test_sum_of_products_refuses_inputs_that_do_not_fit_in_one_line_naming_the_op(arguments):
+    with pytest.raises(ValueError, match=r"^sum_of_products: [^\n]*$"):
+        fused_pointwise.sum_of_products(*arguments(*_two_products(scale_shape=(8,))))
+
+
 # ----- the replay's fusion --------------------------------------------------------------
 
 
@@ -241,6 +313,80 @@ def test_a_gated_value_is_not_fused_when_a_step_between_reads_the_gate():
     program, taped, replayed = _gated_program(between=True)
     assert program.fused_steps == program.steps
     _assert_same_pass(taped, replayed)
+
+
+def _weighted_sum_program(third_reader):
+    """The program of sum((u a + w tanh(a)) * c), a read between its mul and the add (by the
+    tanh); with ``third_reader``, a also read once more, after the add."""
+
+    def fn(a, u, b, w):
+        total = ops.add(ops.mul(u, a), ops.mul(ops.tanh(a), w))
+        return ops.sum(total * (a if third_reader else b))
+
+    return _replayed_program(fn, _two_products(scale_shape=(8,)))
+
+
+def test_a_sum_of_products_is_fused_when_the_operand_read_between_has_no_third_reader():
+    program, taped, replayed = _weighted_sum_program(third_reader=False)
+    assert [step[0] for step in program.fused_steps] == ["tanh", "sum_of_products", "mul", "sum"]
+    _assert_same_pass(taped, replayed)
+
+
+def test_a_sum_of_products_is_not_fused_when_the_operand_read_between_has_a_third_reader():
+    """a's cotangent would be three terms, the mul's joining at the add's place, after the term
+    of the step between: another order of the sum than the tape's."""
+    program, taped, replayed = _weighted_sum_program(third_reader=True)
+    assert "sum_of_products" not in [step[0] for step in program.fused_steps]
+    _assert_same_pass(taped, replayed)
+
+
+def test_a_sum_of_products_of_one_slot_twice_is_not_fused():
+    def fn(a, u):
+        return ops.sum(ops.add(ops.mul(a, u), ops.mul(a, u)))
+
+    program, taped, replayed = _replayed_program(fn, _two_products()[:2])
+    assert program.fused_steps == program.steps
+    _assert_same_pass(taped, replayed)
+
+
+# ----- DeepScaleLM ----------------------------------------------------------------------
+
+
+def test_a_pre_dslm_layer_replays_as_four_steps():
+    """Each sublayer its fused normed branch and one sum_of_products, except the last, whose
+    sum the readout's norm takes (``layer_norm_of_sum``)."""
+    model = lnref.build("dslm", **SMALL)
+    taped_and_replayed(model)
+    names = [step[0] for step in fused_steps(model)]
+    assert names[-6:] == ["mul", "residual_normed_feed_forward", "mul", "layer_norm_of_sum", "mul", "sum"]
+    attention, feed_forward = ["residual_normed_attention", "sum_of_products"], ["residual_normed_feed_forward"]
+    assert names[:-6] == (attention + feed_forward + ["sum_of_products"]) * (SMALL["n_layers"] - 1) + attention
+
+
+@pytest.mark.parametrize("config", [{}, {"dtype": "float32"}], ids=["float64", "float32"])
+def test_a_fused_dslm_pass_gives_the_bits_of_the_taped_pass(config):
+    taped, replayed = taped_and_replayed(lnref.build("dslm", **SMALL, **config))
+    (loss_a, grads_a), (loss_b, grads_b) = taped, replayed
+    assert loss_a == loss_b
+    for name in grads_a:
+        np.testing.assert_array_equal(grads_a[name], grads_b[name], err_msg=name)
+
+
+def test_a_broken_sum_of_products_backward_changes_the_replayed_gradient(monkeypatch):
+    """The negative control of the bit test above: the streams' cotangents (the scales are
+    numbers, and take none) off by a part in a billion reach the first layer's weights."""
+    model = lnref.build("dslm", **SMALL)
+    taped, _ = taped_and_replayed(model)
+    defined = PRIMITIVES["sum_of_products"]
+
+    def off_by_a_little(dout, residuals):
+        return tuple(None if term is None else term * (1 + 1e-9) for term in defined.vjp(dout, residuals))
+
+    monkeypatch.setitem(PRIMITIVES, "sum_of_products", defined._replace(vjp=off_by_a_little))
+    x, dy, memory = model.sample_inputs(seed=1)
+    broken = model.value_and_grad(x, dy, memory)
+    assert taped[0] == broken[0]
+    assert not np.array_equal(taped[1]["layers.0.attn.wq"], broken[1]["layers.0.attn.wq"])
 
 
 # ----- GPAS -----------------------------------------------------------------------------

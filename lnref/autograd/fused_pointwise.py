@@ -4,9 +4,11 @@
 
     y = a - s sg(b)    ``sub_scaled_stop_gradient``, for sub(a, mul(s, stop_gradient(b)))
     y = x sigma(g)     ``mul_sigmoid``, for mul(x, sigmoid(g))
+    y = a u + b w      ``sum_of_products``, for add(mul(a, u), mul(b, w))
 
 (with b = a, the first scales a value down going forward and passes its gradient back as it
-is; with g = x, the second is SiLU). Each computes what the steps compute, with their
+is; with g = x, the second is SiLU; the third is a weighted skip and branch, DeepScaleLM's
+lambda x + beta S(N(x))). Each computes what the steps compute, with their
 expressions, so it gives their bits, and its VJP gives the cotangents their VJPs give, in the
 order the tape would run them: an argument slot given twice (a and b, x and g) receives its
 terms in the order the tape adds them. The arrays are small and the work is one or two NumPy
@@ -53,9 +55,9 @@ sub_scaled_stop_gradient = defprimitive(
 )
 
 
-# The sigmoid as ``ops`` defines it, whatever a test puts in the registry: the fused step
-# stands for the defined one (a replay with a swapped sigmoid runs the recorded steps).
-_SIGMOID = DEFINED["sigmoid"]
+# The primitives as ``ops`` defines them, whatever a test puts in the registry: a fused step
+# stands for the defined ones (a replay with a swapped one runs the recorded steps).
+_SIGMOID, _MUL, _ADD = DEFINED["sigmoid"], DEFINED["mul"], DEFINED["add"]
 
 
 def _mul_sigmoid_fwd(x: Any, g: Any) -> tuple[Any, Residuals]:
@@ -78,3 +80,28 @@ def _mul_sigmoid_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
 
 
 mul_sigmoid = defprimitive("mul_sigmoid", _mul_sigmoid_fwd, _mul_sigmoid_vjp)
+
+
+def _sum_of_products_fwd(a: Any, u: Any, b: Any, w: Any) -> tuple[Any, Residuals]:
+    """y = a u + b w: two products and their sum, each operand an array or a number. A replayed
+    pass puts it in the place of two ``mul`` steps and the ``add`` of their outputs.
+
+    VJP (the add's, then each mul's at its product's cotangent, as ``ops`` defines them):
+        dp, dq = dy unbroadcast to the shapes of p = a u and q = b w
+        da = dp u,   du = dp a,   db = dq w,   dw = dq b   (each summed over the axes it was
+                                                            broadcast along; none for a number)
+    """
+    binary_shapes("sum_of_products", a, u)
+    binary_shapes("sum_of_products", b, w)
+    first, second = a * u, b * w
+    shapes = binary_shapes("sum_of_products", first, second)
+    return first + second, (a, u, b, w, shapes)
+
+
+def _sum_of_products_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
+    a, u, b, w, shapes = residuals
+    dfirst, dsecond = _ADD.vjp(dout, shapes)
+    return (*_MUL.vjp(dfirst, (a, u)), *_MUL.vjp(dsecond, (b, w)))
+
+
+sum_of_products = defprimitive("sum_of_products", _sum_of_products_fwd, _sum_of_products_vjp)

@@ -97,6 +97,15 @@ or between the sigmoid and the mul reading g (their cotangents then come at the 
 place, with nothing between; sg gives b none, and the mul's term of x and the sigmoid's of g
 reach a slot given twice in the order the tape adds them).
 
+Last, among the steps left, a sum of two products (DeepScaleLM's weighted skip and branch),
+
+    products:       p = mul(a, u)   q = mul(b, w)   y = add(p, q)
+
+becomes y = sum_of_products(a, u, b, w), the add's operands in either order, where p and q are
+read by the add alone and a, u, b and w are four slots. Each operand's cotangent then comes at
+the add's place instead of its mul's: where a step between its mul and the add reads it too,
+the operand must have no reader but those two (a sum of two terms, the same in either order).
+
 A replay then reads the copies of a stack as the stack where mixtures of them all are their
 only readers, and fuses each sublayer between two such mixtures (hyper-connections' width and
 depth connections) into one step: ``stacked_copies.py`` lists those shapes and conditions.
@@ -223,6 +232,13 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
         stood_for, fused_name, arguments = pointwise
         fused[index] = (fused_name, arguments, {}, out)
         taken.update((*stood_for, index))
+    for index, (name, _, _, out) in enumerate(steps):
+        products = None if index in taken or name != "add" else _sum_of_products(steps, maker, uses, index)
+        if products is None or taken.intersection(products):
+            continue
+        first, second = products
+        fused[index] = ("sum_of_products", (*steps[first][1], *steps[second][1]), {}, out)
+        taken.update((first, second, index))
     return [fused.get(index, step) for index, step in enumerate(steps) if index in fused or index not in taken]
 
 
@@ -504,6 +520,29 @@ def _pointwise(
         if not any(gated in steps[between][1] for between in range(sigmoid_index + 1, index)):
             return (sigmoid_index,), "mul_sigmoid", (value, gated)
     return None
+
+
+def _sum_of_products(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], add_index: int
+) -> tuple[int, int] | None:
+    """(the first mul's index, the second's) if the step at ``add_index`` adds two products read
+    by it alone, of four operand slots, each operand read by a step between its mul and the add
+    only where it has no other reader (see the module)."""
+    args = steps[add_index][1]
+    if len(args) != 2 or any(uses[product] != 1 or product not in maker for product in args):
+        return None
+    first, second = sorted(maker[product] for product in args)
+    if steps[first][0] != "mul" or steps[second][0] != "mul":
+        return None
+    operands = (*steps[first][1], *steps[second][1])
+    if len(operands) != 4 or len(set(operands)) != 4:
+        return None
+    for mul_index in (first, second):
+        for operand in steps[mul_index][1]:
+            read_between = any(operand in steps[between][1] for between in range(mul_index + 1, add_index))
+            if read_between and uses[operand] != 2:
+                return None
+    return first, second
 
 
 def _read_between(steps: list[Step], match: tuple[int, int, int], *also: int) -> bool:

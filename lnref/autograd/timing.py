@@ -60,7 +60,7 @@ KINDS = (PRODUCTS, ATTENTION, NORMS, ELEMENTWISE, SUBLAYERS)
 PRIMITIVE_KINDS = {
     **dict.fromkeys(("add", "sub", "mul", "div", "neg", "relu", "absolute", "exp", "clamp"), ELEMENTWISE),
     **dict.fromkeys(("tanh", "sigmoid", "sum", "reshape", "index", "stop_gradient", "cross_entropy"), ELEMENTWISE),
-    **dict.fromkeys(("sub_scaled_stop_gradient", "mul_sigmoid"), ELEMENTWISE),
+    **dict.fromkeys(("sub_scaled_stop_gradient", "mul_sigmoid", "sum_of_products"), ELEMENTWISE),
     **dict.fromkeys(("matmul", "linear_per_row"), PRODUCTS),
 }
 
