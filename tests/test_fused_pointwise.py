@@ -315,7 +315,7 @@ def test_a_gated_value_is_not_fused_when_a_step_between_reads_the_gate():
     _assert_same_pass(taped, replayed)
 
 
-def _weighted_sum_program(third_reader):
+def _sum_of_products_program(third_reader):
     """The program of sum((u a + w tanh(a)) * c), a read between its mul and the add (by the
     tanh); with ``third_reader``, a also read once more, after the add."""
 
@@ -327,7 +327,7 @@ def _weighted_sum_program(third_reader):
 
 
 def test_a_sum_of_products_is_fused_when_the_operand_read_between_has_no_third_reader():
-    program, taped, replayed = _weighted_sum_program(third_reader=False)
+    program, taped, replayed = _sum_of_products_program(third_reader=False)
     assert [step[0] for step in program.fused_steps] == ["tanh", "sum_of_products", "mul", "sum"]
     _assert_same_pass(taped, replayed)
 
@@ -335,7 +335,7 @@ def test_a_sum_of_products_is_fused_when_the_operand_read_between_has_no_third_r
 def test_a_sum_of_products_is_not_fused_when_the_operand_read_between_has_a_third_reader():
     """a's cotangent would be three terms, the mul's joining at the add's place, after the term
     of the step between: another order of the sum than the tape's."""
-    program, taped, replayed = _weighted_sum_program(third_reader=True)
+    program, taped, replayed = _sum_of_products_program(third_reader=True)
     assert "sum_of_products" not in [step[0] for step in program.fused_steps]
     _assert_same_pass(taped, replayed)
 
