@@ -24,7 +24,9 @@ or LN(w * a + S(a)), S the attention sublayer or the FFN, runs as one step with 
 kernel each way, and so do a few shapes of norms, sums and element-wise steps (``fusion.py``
 lists them), each with the bits of the steps it stands for; where the copies of a stack,
 handed on one by one, are read by mixtures of them all alone (hyper-connections' between
-layers), the mixtures take the stack and the steps that took it apart go (``stacked_copies.py``).
+layers), the mixtures take the stack and the steps that took it apart go (``stacked_copies.py``);
+and where sublayers read two streams and add to both (SiameseNorm's), the streams go from one
+sublayer's step to the next stacked (``two_streams.py``).
 
 The contract is that of a JAX ``jit``: the recorded code computes on Tensors only through
 primitives, and whatever else it passes them is a constant of the configuration (a number, a
