@@ -48,6 +48,8 @@ def test_siamese_replays_one_step_per_sublayer_and_one_for_the_readouts_norms():
     assert names.count("two_stream_normed_attention") == names.count("two_stream_normed_feed_forward") == 3
     assert names.count("two_stream_merge") == 1
     assert len(names) == 2 * SMALL["n_layers"] + 4  # and the final norm, the loss's mul and sum
+    divisors = [step[2]["divisor"] for step in fused_steps(model) if step[0].startswith("two_stream_normed_")]
+    assert divisors == [(2 * (i // 2 + 1)) ** 0.5 for i in range(2 * SMALL["n_layers"])]  # c_l = sqrt(2 l)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
