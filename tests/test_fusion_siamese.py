@@ -14,6 +14,7 @@ from lnref.autograd.fused import feed_forward
 from lnref.autograd.kernels import seam
 from lnref.autograd.primitive import PRIMITIVES
 from lnref.autograd.replay import Replayer
+from lnref.gradcheck import check_vjp
 
 SMALL = dict(n_layers=3, d_model=16, n_heads=2, d_ff=64)  # the sublayers' loop kernels
 MEDIUM = dict(n_layers=2, d_model=64, n_heads=4, d_ff=256)  # past their limits: BLAS
@@ -22,6 +23,7 @@ BRANCHES = {
     "feed_forward": (fused_streams.two_stream_normed_feed_forward, {"activation": "gelu"}),
 }
 DIVISOR = 2.0**0.5
+KEY_BIAS = 10  # the attention's bk among the fused step's arguments: zero gradient by structure
 
 
 def _fused_names(model):
@@ -100,6 +102,16 @@ def test_the_fused_sublayer_gives_the_bits_of_its_steps_each_way(branch, stacked
     assert fused_y == y
     for mine, theirs in zip(fused_grads, grads, strict=True):
         np.testing.assert_array_equal(_bits(mine), _bits(theirs))
+
+
+@pytest.mark.parametrize("branch", BRANCHES)
+@pytest.mark.parametrize("stacked", [True, False], ids=["stacked", "one_stream"])
+def test_the_fused_sublayers_vjp_matches_finite_differences(branch, stacked):
+    primitive, statics = BRANCHES[branch]
+    arrays = _sublayer_arrays(branch, stacked, seed=2)
+    checks = check_vjp(lambda *args: primitive(*args, divisor=DIVISOR, **statics), *arrays)
+    resolved = [c for i, c in enumerate(checks) if branch != "attention" or i != KEY_BIAS]
+    assert all(c.status == "passed" for c in resolved), checks
 
 
 def test_the_merge_gives_the_bits_of_the_two_norms_and_their_sum():
