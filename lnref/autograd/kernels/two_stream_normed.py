@@ -150,11 +150,14 @@ def _streams_forward(
 
 
 @njit(cache=True)
-def _streams_out(xn: Any, y: Any, z: Any, divisor: Any, out: Any) -> None:
-    """out = [xn + z / divisor, y + z]."""
-    _divide_into(z, divisor, out[0])
-    add_into(xn, out[0])
-    _sum_into(y, z, out[1])
+def _streams_out(y: Any, divisor: Any, out: Any) -> None:
+    """out = [xn + z / divisor, y + z] in place of out = [xn, z], the quotient of the arrays'
+    dtype (``divisor``'s) before the sum, as NumPy rounds it."""
+    xn, z = out[0].ravel(), out[1].ravel()
+    for i in range(xn.size):
+        quotient = z[i] / divisor
+        xn[i] = xn[i] + quotient
+    add_into(y, out[1])
 
 
 @njit(cache=True)
@@ -189,15 +192,14 @@ def _streams_backward(
 def _two_stream_normed_attention_forward_kernel(
     x: Any, y: Any, divisor: Any, gamma_x: Any, beta_x: Any, gamma_y: Any, beta_y: Any, gamma: Any, beta: Any,
     eps: float, wq: Any, bq: Any, wk: Any, bk: Any, wv: Any, bv: Any, wo: Any, bo: Any, causal: bool, stats: Any,
-    xn: Any, u: Any, normed: Any, mean: Any, rstd: Any, q: Any, k: Any, v: Any, probs: Any, heads: Any, z: Any,
-    out: Any,
+    u: Any, normed: Any, mean: Any, rstd: Any, q: Any, k: Any, v: Any, probs: Any, heads: Any, out: Any,
 ) -> None:  # fmt: skip
-    _streams_forward(x, y, gamma_x, beta_x, gamma_y, beta_y, eps, stats, xn, u)
+    _streams_forward(x, y, gamma_x, beta_x, gamma_y, beta_y, eps, stats, out[0], u)
     residual_normed._residual_normed_attention_forward_kernel(
-        u, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, normed, mean, rstd, q, k, v, probs, heads, z,
+        u, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, normed, mean, rstd, q, k, v, probs, heads, out[1],
         False,
     )  # fmt: skip
-    _streams_out(xn, y, z, divisor, out)
+    _streams_out(y, divisor, out)
 
 
 @njit(cache=True)
@@ -218,14 +220,14 @@ def _two_stream_normed_attention_backward_kernel(
 @njit(cache=True)
 def _two_stream_normed_feed_forward_forward_kernel(
     x: Any, y: Any, divisor: Any, gamma_x: Any, beta_x: Any, gamma_y: Any, beta_y: Any, gamma: Any, beta: Any,
-    eps: float, w1: Any, b1: Any, w2: Any, b2: Any, activation: int, stats: Any, xn: Any, u: Any, normed: Any,
-    mean: Any, rstd: Any, hidden: Any, acted: Any, z: Any, out: Any,
+    eps: float, w1: Any, b1: Any, w2: Any, b2: Any, activation: int, stats: Any, u: Any, normed: Any, mean: Any,
+    rstd: Any, hidden: Any, acted: Any, out: Any,
 ) -> None:  # fmt: skip
-    _streams_forward(x, y, gamma_x, beta_x, gamma_y, beta_y, eps, stats, xn, u)
+    _streams_forward(x, y, gamma_x, beta_x, gamma_y, beta_y, eps, stats, out[0], u)
     residual_normed._residual_normed_feed_forward_forward_kernel(
-        u, gamma, beta, eps, w1, b1, w2, b2, activation, normed, mean, rstd, hidden, acted, z, False, False
+        u, gamma, beta, eps, w1, b1, w2, b2, activation, normed, mean, rstd, hidden, acted, out[1], False, False
     )
-    _streams_out(xn, y, z, divisor, out)
+    _streams_out(y, divisor, out)
 
 
 @njit(cache=True)
@@ -248,12 +250,11 @@ def _two_stream_normed_feed_forward_backward_kernel(
 
 def _stream_outputs(state: np.ndarray, divisor: float) -> tuple[tuple[np.ndarray, np.ndarray, Any], Arrays]:
     """The kernels' first arguments, ``(x, y, divisor)``, the divisor of the arrays' dtype (as
-    NumPy divides by a Python number), and the streams' outputs ``(stats, xn, u, z, out)``, xn
-    and z scratch."""
+    NumPy divides by a Python number), and the streams' outputs ``(stats, u, out)``, out
+    holding xn and z before the sums."""
     dtype, shape = state.dtype, state.shape[-3:]
     x, y = _streams(state)
-    outputs = (np.empty((4, shape[0] * shape[1]), dtype), np.empty(shape, dtype), np.empty(shape, dtype),
-               np.empty(shape, dtype), np.empty((2, *shape), dtype))  # fmt: skip
+    outputs = (np.empty((4, shape[0] * shape[1]), dtype), np.empty(shape, dtype), np.empty((2, *shape), dtype))
     return (x, y, dtype.type(divisor)), outputs
 
 
@@ -281,15 +282,15 @@ def _two_stream_normed_attention_forward_loop(state: np.ndarray, divisor: float,
                                               gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays,
                                               n_heads: int, causal: bool) -> Arrays:  # fmt: skip
     """Loop twin (allocates, then runs ``_two_stream_normed_attention_forward_kernel``)."""
-    streams, (stats, xn, u, z, out) = _stream_outputs(state, divisor)
+    streams, (stats, u, out) = _stream_outputs(state, divisor)
     (batch, t_len, _), dtype = u.shape, u.dtype
     normed, q, k, v, heads = (np.empty(u.shape, dtype) for _ in range(5))
     mean, rstd = np.empty(batch * t_len, dtype), np.empty(batch * t_len, dtype)
     probs = np.zeros((batch, n_heads, t_len, t_len), dtype)
     wq, bq, wk, bk, wv, bv, wo, bo = weights
     _two_stream_normed_attention_forward_kernel(
-        *streams, gamma_x, beta_x, gamma_y, beta_y, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, stats, xn,
-        u, normed, mean, rstd, q, k, v, probs, heads, z, out,
+        *streams, gamma_x, beta_x, gamma_y, beta_y, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, stats, u,
+        normed, mean, rstd, q, k, v, probs, heads, out,
     )  # fmt: skip
     return out, stats, u, normed, mean, rstd, q, k, v, probs, heads
 
@@ -317,7 +318,7 @@ def _two_stream_normed_feed_forward_forward_loop(state: np.ndarray, divisor: flo
                                                  gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays,
                                                  activation: str) -> Arrays:  # fmt: skip
     """Loop twin (allocates, then runs ``_two_stream_normed_feed_forward_forward_kernel``)."""
-    streams, (stats, xn, u, z, out) = _stream_outputs(state, divisor)
+    streams, (stats, u, out) = _stream_outputs(state, divisor)
     w1, b1, w2, b2 = weights
     dtype, rows = u.dtype, u.size // u.shape[-1]
     normed, mean, rstd = np.empty(u.shape, dtype), np.empty(rows, dtype), np.empty(rows, dtype)
@@ -325,7 +326,7 @@ def _two_stream_normed_feed_forward_forward_loop(state: np.ndarray, divisor: flo
     acted = hidden if activation == "relu" else np.empty_like(hidden)  # ReLU in place, as the FFN's loop
     _two_stream_normed_feed_forward_forward_kernel(
         *streams, gamma_x, beta_x, gamma_y, beta_y, gamma, beta, eps, w1, b1, w2, b2,
-        feed_forward.FFN_CODES[activation], stats, xn, u, normed, mean, rstd, hidden, acted, z, out,
+        feed_forward.FFN_CODES[activation], stats, u, normed, mean, rstd, hidden, acted, out,
     )  # fmt: skip
     return out, stats, u, normed, mean, rstd, hidden, acted
 
