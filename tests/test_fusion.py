@@ -62,7 +62,8 @@ def test_a_normed_branch_without_the_add_replays_as_one_step(scheme):
     fused_steps = recorded_program(model).fused_steps
     unfused = [step for step in fused_steps if step[0] in ("attention_sublayer", "feed_forward")]
     normed_input = [step for step in fused_steps if step[2].get("residual") is False]
-    mixed = [step for step in fused_steps if step[0].startswith("mixed_normed_")]  # hyper's, between its mixtures
+    # hyper's between its mixtures, siamese's between its two streams
+    mixed = [step for step in fused_steps if step[0].startswith(("mixed_normed_", "two_stream_normed_"))]
     assert not unfused and len(normed_input) + len(mixed) == 2 * SMALL["n_layers"]
 
 

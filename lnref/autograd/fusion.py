@@ -109,6 +109,8 @@ the operand must have no reader but those two (a sum of two terms, the same in e
 A replay then reads the copies of a stack as the stack where mixtures of them all are their
 only readers, and fuses each sublayer between two such mixtures (hyper-connections' width and
 depth connections) into one step: ``stacked_copies.py`` lists those shapes and conditions.
+Before that, a run of sublayers that each read two streams and add to both through the shapes
+above (SiameseNorm's) becomes one step a sublayer on the streams stacked: ``two_streams.py``.
 """
 
 from __future__ import annotations

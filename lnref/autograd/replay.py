@@ -24,7 +24,9 @@ or LN(w * a + S(a)), S the attention sublayer or the FFN, runs as one step with 
 kernel each way, and so do a few shapes of norms, sums and element-wise steps (``fusion.py``
 lists them), each with the bits of the steps it stands for; where the copies of a stack,
 handed on one by one, are read by mixtures of them all alone (hyper-connections' between
-layers), the mixtures take the stack and the steps that took it apart go (``stacked_copies.py``).
+layers), the mixtures take the stack and the steps that took it apart go (``stacked_copies.py``);
+and where sublayers read two streams and add to both (SiameseNorm's), the streams go from one
+sublayer's step to the next stacked (``two_streams.py``).
 
 The contract is that of a JAX ``jit``: the recorded code computes on Tensors only through
 primitives, and whatever else it passes them is a constant of the configuration (a number, a
@@ -46,9 +48,11 @@ import numpy as np
 from lnref.autograd import (
     fused_branches,  # noqa: F401 (defines the fused steps that fusion.py names; a replay looks each up by name)
     fused_copies,  # noqa: F401 (defines those that stacked_copies.py names)
+    fused_streams,  # noqa: F401 (defines those that two_streams.py names)
     fusion,
     mixture_rows,
     stacked_copies,
+    two_streams,
 )
 from lnref.autograd.dtypes import FLOAT32, FLOAT64
 from lnref.autograd.primitive import PRIMITIVES, call
@@ -77,7 +81,7 @@ class Program:
         # one-stack model's memory), which a run must leave None to run the fused steps.
         self._none_inputs = [slot for slot, value in enumerate(inputs) if value is None]
         fixed = {**dict.fromkeys(self._none_inputs), **dict(enumerate(constants, first_constant))}
-        fused_steps = fusion.fuse(steps, fixed, output_slot)
+        fused_steps = two_streams.fuse_two_streams(fusion.fuse(steps, fixed, output_slot), fixed, output_slot)
         fused_steps, self._stacks = stacked_copies.read_as_stacks(fused_steps, output_slot)
         self.fused_steps = stacked_copies.fuse_mixed_sublayers(fused_steps, output_slot, len(inputs))
         self._mixtures_in_rows = mixture_rows.mixtures_in_rows(self.fused_steps, output_slot)

@@ -89,6 +89,8 @@ _SUBLAYER_TWIN_KINDS = {
     "residual_normed_normed_feed_forward": ELEMENTWISE,
     "mixed_normed_attention": ELEMENTWISE,
     "mixed_normed_feed_forward": ELEMENTWISE,
+    "two_stream_normed_attention": ELEMENTWISE,
+    "two_stream_normed_feed_forward": ELEMENTWISE,
 }
 
 # Compiled loops that a path calls by module-level name, timed on their own.

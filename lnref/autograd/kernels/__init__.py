@@ -62,6 +62,8 @@ The modules
 ``stream_mixing``      y_c = sum_i a[i, c] x_i + b[c] s, m such mixtures at once (HC's depth)
 ``mixed_normed``       a normed sublayer between the two, the replayed pass's fusion of the
                        three (HC's sublayers on stacked copies)
+``two_stream_normed``  a normed sublayer between two streams with their norms and adds, the
+                       replayed pass's fusion of a SiameseNorm sublayer on the stacked streams
 ``activations``        GELU, ReLU
 ``warmup``             a first run's compilation
 
@@ -255,6 +257,16 @@ from lnref.autograd.kernels.stream_mixing import (
     mix_streams_forward,
     mix_streams_forward_reference,
 )
+from lnref.autograd.kernels.two_stream_normed import (
+    two_stream_normed_attention_backward,
+    two_stream_normed_attention_backward_reference,
+    two_stream_normed_attention_forward,
+    two_stream_normed_attention_forward_reference,
+    two_stream_normed_feed_forward_backward,
+    two_stream_normed_feed_forward_backward_reference,
+    two_stream_normed_feed_forward_forward,
+    two_stream_normed_feed_forward_forward_reference,
+)
 from lnref.autograd.kernels.weighted_sum import (
     weighted_sum_backward,
     weighted_sum_backward_reference,
@@ -392,6 +404,14 @@ __all__ = [
     "softmax_backward_reference",
     "softmax_forward",
     "softmax_forward_reference",
+    "two_stream_normed_attention_backward",
+    "two_stream_normed_attention_backward_reference",
+    "two_stream_normed_attention_forward",
+    "two_stream_normed_attention_forward_reference",
+    "two_stream_normed_feed_forward_backward",
+    "two_stream_normed_feed_forward_backward_reference",
+    "two_stream_normed_feed_forward_forward",
+    "two_stream_normed_feed_forward_forward_reference",
     "weighted_sum_backward",
     "weighted_sum_backward_reference",
     "weighted_sum_forward",
