@@ -1,6 +1,7 @@
 """What several tests compute on a tape."""
 
 from lnref.autograd import Tape, Tensor
+from lnref.autograd.kernels import seam
 
 
 def tape_gradients(fn, arrays, dy):
@@ -29,3 +30,17 @@ def recorded_program(model):
 def fused_steps(model):
     """The steps a replay of ``model``'s one recorded pass runs, its fused steps in place."""
     return recorded_program(model).fused_steps
+
+
+def replayed_with_backward_off(model, backward):
+    """A replayed pass of ``model`` on the sample of seed 1 while the loop twin ``backward``
+    hands its first cotangent back off by a part in a billion: the negative control of a bit
+    test of a fused step."""
+    good = seam.twin(backward).loop
+
+    def off_by_a_little(*args):
+        first, *rest = good(*args)
+        return (first * (1 + 1e-9), *rest)
+
+    with seam.replaced(backward, off_by_a_little):
+        return model.value_and_grad(*model.sample_inputs(seed=1))

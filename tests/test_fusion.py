@@ -4,7 +4,7 @@ with the bits of the steps it replaces."""
 
 import numpy as np
 import pytest
-from tape_helpers import recorded_program, taped_and_replayed
+from tape_helpers import recorded_program, replayed_with_backward_off, taped_and_replayed
 
 import lnref
 from lnref.autograd import fused, fused_branches, fusion, kernels, ops
@@ -97,15 +97,7 @@ def test_a_normed_branch_is_not_fused_when_a_step_between_reads_its_stream():
 def test_a_broken_fused_backward_of_a_normed_branch_changes_the_replayed_gradient():
     model = lnref.build("sandwich", **SMALL)
     taped, _ = taped_and_replayed(model)
-    good = seam.twin("residual_normed_attention_backward").loop
-
-    def off_by_a_little(*args):
-        da, *rest = good(*args)
-        return (da * (1 + 1e-9), *rest)
-
-    with seam.replaced("residual_normed_attention_backward", off_by_a_little):
-        x, dy, memory = model.sample_inputs(seed=1)
-        broken = model.value_and_grad(x, dy, memory)
+    broken = replayed_with_backward_off(model, "residual_normed_attention_backward")
     assert taped[0] == broken[0]
     assert not np.array_equal(taped[1]["layers.0.ln_attn.gamma"], broken[1]["layers.0.ln_attn.gamma"])
 
@@ -171,15 +163,7 @@ def test_a_broken_fused_backward_changes_the_replayed_gradient(scheme, kernel):
     """The negative control of the bit tests above: they catch a wrong fused VJP."""
     model = lnref.build(scheme, **SMALL)
     taped, _ = taped_and_replayed(model)
-    good = seam.twin(f"{kernel}_backward").loop
-
-    def off_by_a_little(*args):
-        da, *rest = good(*args)
-        return (da * (1 + 1e-9), *rest)
-
-    with seam.replaced(f"{kernel}_backward", off_by_a_little):
-        x, dy, memory = model.sample_inputs(seed=1)
-        broken = model.value_and_grad(x, dy, memory)
+    broken = replayed_with_backward_off(model, f"{kernel}_backward")
     assert taped[0] == broken[0]
     assert not np.array_equal(taped[1]["layers.0.attn.wq"], broken[1]["layers.0.attn.wq"])
 

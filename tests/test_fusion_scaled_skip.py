@@ -4,7 +4,7 @@ alpha), replays as one step: ``normed_sum_attention`` or ``normed_sum_feed_forwa
 
 import numpy as np
 import pytest
-from tape_helpers import fused_steps, taped_and_replayed
+from tape_helpers import fused_steps, replayed_with_backward_off, taped_and_replayed
 
 import lnref
 from lnref.autograd import fused, fused_branches, ops
@@ -147,15 +147,7 @@ def test_a_broken_fused_scaled_skip_backward_changes_the_replayed_gradient(schem
     """The negative control of the bit tests: a fused VJP off by a part in a billion."""
     model = lnref.build(scheme, **SMALL)
     taped, _ = taped_and_replayed(model)
-    name = f"normed_scaled_sum_{branch}_backward"
-    good = seam.twin(name).loop
-
-    def off_by_a_little(*args):
-        da, *rest = good(*args)
-        return (da * (1 + 1e-9), *rest)
-
-    with seam.replaced(name, off_by_a_little):
-        broken = model.value_and_grad(*model.sample_inputs(seed=1))
+    broken = replayed_with_backward_off(model, f"normed_scaled_sum_{branch}_backward")
     assert taped[0] == broken[0]
     assert not np.array_equal(taped[1]["layers.0.attn.wq"], broken[1]["layers.0.attn.wq"])
 

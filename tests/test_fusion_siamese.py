@@ -6,7 +6,7 @@ import contextlib
 
 import numpy as np
 import pytest
-from tape_helpers import fused_steps, taped_and_replayed
+from tape_helpers import fused_steps, replayed_with_backward_off, taped_and_replayed
 
 import lnref
 from lnref.autograd import fused_branches, fused_streams, norm_ops, ops, value_and_grad
@@ -199,15 +199,7 @@ def test_a_broken_fused_sublayer_backward_changes_the_replayed_gradient(branch):
     state's cotangent, which only the replay's fused steps hand on."""
     model = lnref.build("siamese", **SMALL)
     taped, _ = taped_and_replayed(model)
-    name = f"two_stream_normed_{branch}_backward"
-    good = seam.twin(name).loop
-
-    def off_by_a_little(*args):
-        dstate, *rest = good(*args)
-        return (dstate * (1 + 1e-9), *rest)
-
-    with seam.replaced(name, off_by_a_little):
-        broken = model.value_and_grad(*model.sample_inputs(seed=1))
+    broken = replayed_with_backward_off(model, f"two_stream_normed_{branch}_backward")
     assert taped[0] == broken[0]
     assert not np.array_equal(taped[1]["layers.0.attn.wq"], broken[1]["layers.0.attn.wq"])
 
