@@ -94,9 +94,21 @@ def test_the_loop_twins_agree_with_the_numpy_twins(n, iterations):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_the_loop_backward_gives_each_matrix_of_a_batch_the_bits_it_has_alone(dtype):
+def test_the_loop_forward_gives_each_matrix_of_a_batch_the_bits_it_has_alone(dtype):
     """The loop takes the matrices a lane block at a time; more than two blocks, the last one
-    partial, must leave no trace of their neighbours in any matrix's gradient."""
+    partial, must leave no trace of their neighbours in any matrix's rounds."""
+    count = 2 * sinkhorn_kernels.LANES + 3
+    logits, _ = logits_and_cotangent(4, shape=(count,), seed=4, dtype=dtype)
+    loop_forward, _ = twin_pair("sinkhorn_forward")
+    batched, _ = loop_forward(logits, 20)
+    alone = np.concatenate([loop_forward(logits[t : t + 1], 20)[0] for t in range(count)])
+    np.testing.assert_array_equal(batched, alone)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_loop_backward_gives_each_matrix_of_a_batch_the_bits_it_has_alone(dtype):
+    """As the forward: more than two blocks of lanes, the last one partial, and no trace of
+    their neighbours in any matrix's gradient."""
     count = 2 * sinkhorn_kernels.LANES + 3
     logits, dm = logits_and_cotangent(4, shape=(count,), seed=4, dtype=dtype)
     (loop_forward, _), (loop_backward, _) = map(twin_pair, KERNELS)
@@ -177,6 +189,24 @@ def test_a_row_or_column_whose_sum_overflows_or_underflows_is_refused(where, val
     logits[where] = value
     with seam.forced(path, *KERNELS):
         assert "sum is 0 or not finite" in refusal(logits)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_matrix_whose_column_underflows_past_the_first_block_of_lanes_is_refused(path):
+    logits, _ = logits_and_cotangent(4, shape=(sinkhorn_kernels.LANES + 3,))
+    logits[sinkhorn_kernels.LANES + 1, :, 2] = -800.0
+    with seam.forced(path, *KERNELS):
+        assert "sum is 0 or not finite" in refusal(logits)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_nonfinite_logit_is_named_though_an_earlier_matrix_overflows(path):
+    """Every logit is checked before the first round, by both twins."""
+    logits, _ = logits_and_cotangent(4, shape=(sinkhorn_kernels.LANES + 3,))
+    logits[0, 0, 1] = 800.0
+    logits[sinkhorn_kernels.LANES + 1, 2, 3] = np.nan
+    with seam.forced(path, *KERNELS):
+        assert "logits hold NaN or inf" in refusal(logits)
 
 
 @pytest.mark.parametrize("iterations", [0, -1, 2.5, True])

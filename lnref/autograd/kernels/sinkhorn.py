@@ -82,58 +82,104 @@ def _sinkhorn_forward_loop(logits: np.ndarray, iterations: int) -> tuple[np.ndar
     return m, exp_logits
 
 
-@njit(cache=True)
-def _sinkhorn_forward_kernel(logits: np.ndarray, exp_logits: np.ndarray, iterations: int, m: np.ndarray) -> None:
-    """The loop of :func:`_sinkhorn_forward_loop`, writing ``m`` round after round in place:
-    each row divided by its sum, then each column by its sum (the sums in index order)."""
-    count, n = logits.shape[0], logits.shape[1]
-    finite = True
-    for t in range(count):
-        out = m[t]
-        for i in range(n):
-            for j in range(n):
-                finite &= math.isfinite(logits[t, i, j])
-                out[i, j] = exp_logits[t, i, j]
-        if not finite:
-            raise ValueError(NONFINITE_LOGITS)
-        for _ in range(iterations):
-            for i in range(n):
-                total = 0.0
-                for j in range(n):
-                    total += out[i, j]
-                if not 0.0 < total < math.inf:
-                    raise ValueError(DEGENERATE_SUM)
-                for j in range(n):
-                    out[i, j] = out[i, j] / total
-            for j in range(n):
-                total = 0.0
-                for i in range(n):
-                    total += out[i, j]
-                if not 0.0 < total < math.inf:
-                    raise ValueError(DEGENERATE_SUM)
-                for i in range(n):
-                    out[i, j] = out[i, j] / total
-
-
-# Matrices the backward's kernel takes at a time, each in a lane of its innermost loops.
+# Matrices the kernels take at a time, each in a lane of their innermost loops.
 LANES = 64
 
 
 @njit(cache=True)
-def _sum_into(totals: np.ndarray, terms: np.ndarray, lanes: int) -> None:
-    """totals[u] <- sum over k of terms[k, u] in index order, for the first ``lanes`` lanes; a
-    sum that is 0 or not finite raises :data:`DEGENERATE_SUM`."""
-    for u in range(lanes):
-        totals[u] = 0.0
-    for k in range(terms.shape[0]):
-        term = terms[k]
-        for u in range(lanes):
-            totals[u] += term[u]
+def _check_sums(sums: np.ndarray, lanes: int) -> None:
+    """Raise :data:`DEGENERATE_SUM` where any of ``sums[:, :lanes]`` is 0 or not finite."""
     degenerate = False
-    for u in range(lanes):
-        degenerate |= not 0.0 < totals[u] < math.inf
+    for i in range(sums.shape[0]):
+        for u in range(lanes):
+            degenerate |= not 0.0 < sums[i, u] < math.inf
     if degenerate:
         raise ValueError(DEGENERATE_SUM)
+
+
+@njit(cache=True)
+def _divide_rows(x: np.ndarray, y: np.ndarray, sums: np.ndarray, lanes: int) -> None:
+    """Half a round over the first ``lanes`` lanes of (n, n, lanes) matrices ``x``::
+
+        sums[i, u] = sum_j x[i, j, u]        (in index order, in float64)
+        y[i, j, u] = x[i, j, u] / sums[i, u]  (rounded once, to the dtype of y)
+
+    ``y`` must not be ``x``: LLVM vectorizes the quotients only where it can tell the two
+    apart. They are ``np.divide`` of two numbers, IEEE division as ``/`` is, but without the
+    zero test by which Numba raises ZeroDivisionError, a branch per quotient that keeps the
+    loop from being vectorized (the sums are checked first, so none is 0)."""
+    n = x.shape[0]
+    for i in range(n):
+        for u in range(lanes):
+            sums[i, u] = 0.0
+        for j in range(n):
+            for u in range(lanes):
+                sums[i, u] += x[i, j, u]
+    _check_sums(sums, lanes)
+    for i in range(n):
+        for j in range(n):
+            for u in range(lanes):
+                y[i, j, u] = np.divide(x[i, j, u], sums[i, u])
+
+
+@njit(cache=True)
+def _divide_columns(x: np.ndarray, y: np.ndarray, sums: np.ndarray, lanes: int) -> None:
+    """The other half of a round::
+
+        sums[j, u] = sum_i x[i, j, u]        (in index order, in float64)
+        y[i, j, u] = x[i, j, u] / sums[j, u]  (rounded once, to the dtype of y)
+
+    with ``y`` apart from ``x`` and the quotients ``np.divide``, as in :func:`_divide_rows`."""
+    n = x.shape[0]
+    for j in range(n):
+        for u in range(lanes):
+            sums[j, u] = 0.0
+    for i in range(n):
+        for j in range(n):
+            for u in range(lanes):
+                sums[j, u] += x[i, j, u]
+    _check_sums(sums, lanes)
+    for i in range(n):
+        for j in range(n):
+            for u in range(lanes):
+                y[i, j, u] = np.divide(x[i, j, u], sums[j, u])
+
+
+@njit(cache=True)
+def _sinkhorn_forward_kernel(logits: np.ndarray, exp_logits: np.ndarray, iterations: int, m: np.ndarray) -> None:
+    """The loop of :func:`_sinkhorn_forward_loop`, writing ``m``. Up to :data:`LANES` matrices
+    at a time, entry (i, j) of each side by side (n, n, lanes), so that every innermost loop
+    runs across the matrices (contiguous, free of reductions, vectorized by LLVM) where one
+    4 x 4 matrix at a time leaves loops too short to. Each matrix still gets the same
+    operations in the same order (each row, then each column, summed in index order and
+    divided by its sum, round after round), so the bits are those of one matrix at a time.
+    A row's division leaves the other rows' sums as they were, so all n sums are taken
+    before the n divisions. Every logit is checked before the first round, as the NumPy twin
+    checks them."""
+    count, n = logits.shape[0], logits.shape[1]
+    finite = True
+    for t in range(count):
+        for i in range(n):
+            for j in range(n):
+                finite &= math.isfinite(logits[t, i, j])
+    if not finite:
+        raise ValueError(NONFINITE_LOGITS)
+    width = min(LANES, count)
+    x, r = np.empty((n, n, width), exp_logits.dtype), np.empty((n, n, width), exp_logits.dtype)
+    sums = np.empty((n, width))
+    for start in range(0, count, width):
+        lanes = min(width, count - start)
+        for i in range(n):
+            for j in range(n):
+                for u in range(lanes):
+                    x[i, j, u] = exp_logits[start + u, i, j]
+        for _ in range(iterations):
+            _divide_rows(x, r, sums, lanes)
+            _divide_columns(r, x, sums, lanes)
+        for u in range(lanes):
+            for i in range(n):
+                for j in range(n):
+                    m[start + u, i, j] = x[i, j, u]
 
 
 def sinkhorn_backward_reference(dm: np.ndarray, exp_logits: np.ndarray, iterations: int) -> np.ndarray:
@@ -161,24 +207,75 @@ def _sinkhorn_backward_loop(dm: np.ndarray, exp_logits: np.ndarray, iterations: 
 
 
 @njit(cache=True)
+def _walk_back_rows(
+    d: np.ndarray, y: np.ndarray, sums: np.ndarray, dots: np.ndarray, scales: np.ndarray, lanes: int
+) -> None:
+    """Back through y = x / s by row sums s (:func:`_divide_rows`), over the first ``lanes``
+    lanes, in float64::
+
+        dots[i, u] = sum_j d[i, j, u] y[i, j, u]     (in index order)
+        d[i, j, u] <- (d[i, j, u] - dots[i, u]) * scales[i, u],   scales = 1 / s
+
+    ``scales`` are ``np.divide`` too (see :func:`_divide_rows`)."""
+    n = d.shape[0]
+    for i in range(n):
+        for u in range(lanes):
+            dots[i, u] = 0.0
+            scales[i, u] = np.divide(1.0, sums[i, u])
+        for j in range(n):
+            for u in range(lanes):
+                dots[i, u] += d[i, j, u] * y[i, j, u]
+    for i in range(n):
+        for j in range(n):
+            for u in range(lanes):
+                d[i, j, u] = (d[i, j, u] - dots[i, u]) * scales[i, u]
+
+
+@njit(cache=True)
+def _walk_back_columns(
+    d: np.ndarray, y: np.ndarray, sums: np.ndarray, dots: np.ndarray, scales: np.ndarray, lanes: int
+) -> None:
+    """Back through y = x / s by column sums s (:func:`_divide_columns`), as
+    :func:`_walk_back_rows`::
+
+        dots[j, u] = sum_i d[i, j, u] y[i, j, u]     (in index order)
+        d[i, j, u] <- (d[i, j, u] - dots[j, u]) * scales[j, u],   scales = 1 / s
+    """
+    n = d.shape[0]
+    for j in range(n):
+        for u in range(lanes):
+            dots[j, u] = 0.0
+            scales[j, u] = np.divide(1.0, sums[j, u])
+    for i in range(n):
+        for j in range(n):
+            for u in range(lanes):
+                dots[j, u] += d[i, j, u] * y[i, j, u]
+    for i in range(n):
+        for j in range(n):
+            for u in range(lanes):
+                d[i, j, u] = (d[i, j, u] - dots[j, u]) * scales[j, u]
+
+
+@njit(cache=True)
 def _sinkhorn_backward_kernel(dm: np.ndarray, exp_logits: np.ndarray, iterations: int, dlogits: np.ndarray) -> None:
-    """The loop of :func:`_sinkhorn_backward_loop`, writing ``dlogits``. Up to :data:`LANES`
-    matrices at a time, entry (i, j) of each side by side, so that every innermost loop runs
-    across the matrices (contiguous, free of reductions, vectorized by LLVM) where one 4 x 4
-    matrix at a time leaves loops too short to; each matrix still gets the same operations in
-    the same order, so the bits are those of one at a time. The rounds are recomputed into scratch of the input's dtype
-    (so, in float32 too, the very values the forward stored; their sums are the forward's,
-    which it checked), then walked back in float64: through y = x / s by row sums s,
-    d[i, j] <- (d[i, j] - sum_j' d[i, j'] y[i, j']) * (1 / s[i]), and alike by column sums."""
+    """The loop of :func:`_sinkhorn_backward_loop`, writing ``dlogits``, in the lanes of
+    :func:`_sinkhorn_forward_kernel` and with the bits of one matrix at a time. The rounds are
+    recomputed by the forward's own half rounds into scratch of the input's dtype (so, in
+    float32 too, the very values the forward stored; their sums are the forward's, which it
+    checked), then walked back in float64 (:func:`_walk_back_columns`, :func:`_walk_back_rows`)
+    from round K to round 1. The scratch holds every round of one block of lanes (2 K n^2 of
+    the dtype and 2 K n float64 sums a lane), as many lanes as there are matrices up to
+    :data:`LANES`."""
     count, n = exp_logits.shape[0], exp_logits.shape[1]
-    row_outputs = np.empty((iterations, n, n, LANES), exp_logits.dtype)
-    column_outputs = np.empty((iterations, n, n, LANES), exp_logits.dtype)
-    row_sums, column_sums = np.empty((iterations, n, LANES)), np.empty((iterations, n, LANES))
-    m = np.empty((n, n, LANES), exp_logits.dtype)
-    d = np.empty((n, n, LANES))
-    dot, scale = np.empty(LANES), np.empty(LANES)
-    for start in range(0, count, LANES):
-        lanes = min(LANES, count - start)
+    width = min(LANES, count)
+    row_outputs = np.empty((iterations, n, n, width), exp_logits.dtype)
+    column_outputs = np.empty((iterations, n, n, width), exp_logits.dtype)
+    row_sums, column_sums = np.empty((iterations, n, width)), np.empty((iterations, n, width))
+    m = np.empty((n, n, width), exp_logits.dtype)
+    d = np.empty((n, n, width))
+    dots, scales = np.empty((n, width)), np.empty((n, width))
+    for start in range(0, count, width):
+        lanes = min(width, count - start)
         for i in range(n):
             for j in range(n):
                 for u in range(lanes):
@@ -186,43 +283,15 @@ def _sinkhorn_backward_kernel(dm: np.ndarray, exp_logits: np.ndarray, iterations
                     d[i, j, u] = dm[start + u, i, j]
         previous = m
         for k in range(iterations):
-            r, c, rs, cs = row_outputs[k], column_outputs[k], row_sums[k], column_sums[k]
-            for i in range(n):
-                _sum_into(rs[i], previous[i], lanes)
-                for j in range(n):
-                    for u in range(lanes):
-                        r[i, j, u] = previous[i, j, u] / rs[i, u]
-            for j in range(n):
-                _sum_into(cs[j], r[:, j], lanes)
-                for i in range(n):
-                    for u in range(lanes):
-                        c[i, j, u] = r[i, j, u] / cs[j, u]
-            previous = c
+            _divide_rows(previous, row_outputs[k], row_sums[k], lanes)
+            _divide_columns(row_outputs[k], column_outputs[k], column_sums[k], lanes)
+            previous = column_outputs[k]
         for k in range(iterations - 1, -1, -1):
-            r, c, rs, cs = row_outputs[k], column_outputs[k], row_sums[k], column_sums[k]
-            for j in range(n):
-                for u in range(lanes):
-                    dot[u] = 0.0
-                    scale[u] = 1.0 / cs[j, u]
-                for i in range(n):
-                    for u in range(lanes):
-                        dot[u] += d[i, j, u] * c[i, j, u]
-                for i in range(n):
-                    for u in range(lanes):
-                        d[i, j, u] = (d[i, j, u] - dot[u]) * scale[u]
+            _walk_back_columns(d, column_outputs[k], column_sums[k], dots, scales, lanes)
+            _walk_back_rows(d, row_outputs[k], row_sums[k], dots, scales, lanes)
+        for u in range(lanes):
             for i in range(n):
-                for u in range(lanes):
-                    dot[u] = 0.0
-                    scale[u] = 1.0 / rs[i, u]
                 for j in range(n):
-                    for u in range(lanes):
-                        dot[u] += d[i, j, u] * r[i, j, u]
-                for j in range(n):
-                    for u in range(lanes):
-                        d[i, j, u] = (d[i, j, u] - dot[u]) * scale[u]
-        for i in range(n):
-            for j in range(n):
-                for u in range(lanes):
                     dlogits[start + u, i, j] = d[i, j, u] * exp_logits[start + u, i, j]
 
 
