@@ -38,6 +38,7 @@ def _residual_normed_attention_fwd(
     bv: np.ndarray,
     wo: np.ndarray,
     bo: np.ndarray,
+    branch_scale: Any = None,
     *,
     eps: float = 1e-5,
     n_heads: int,
@@ -46,27 +47,39 @@ def _residual_normed_attention_fwd(
 ) -> tuple[np.ndarray, Any]:
     """y = a + A(LN(a)): a self-attention branch with a LayerNorm (``gamma``, ``beta``) on its
     input, added to the stream ``a``; with ``residual`` False, the branch alone, y = A(LN(a)).
-    A replayed pass puts it in the place of the primitives ``layer_norm``,
-    ``attention_sublayer`` and ``add`` (or the first two; ``autograd/fusion.py``).
+    With ``branch_scale`` w, a number or an array that broadcasts against the branch without
+    widening it, the branch is scaled, y = a + w * A(LN(a)) (LayerScale's). A replayed pass
+    puts it in the place of the primitives ``layer_norm``, ``attention_sublayer`` and ``add``
+    (or the first two; with w, ``mul`` too; ``autograd/fusion.py``).
 
     VJP, with n = LN(a):
-        dn, dW, db = ``attention_sublayer``'s VJP at dy
+        dn, dW, db = ``attention_sublayer``'s VJP at dy     (with w: at ds = w * dy)
         da_ln, dgamma, dbeta = ``layer_norm``'s VJP at dn
         da = dy + da_ln          (residual False: da = da_ln)
+        dw = sum of dy * A(LN(a)) over the axes w was broadcast along (none for a number)
     """
-    weights = (wq, bq, wk, bk, wv, bv, wo, bo)
+    op, weights = "residual_normed_attention", (wq, bq, wk, bk, wv, bv, wo, bo)
+    if branch_scale is not None:
+        _check_branch_scale(op, residual, branch_scale)
+    adds_stream = residual and branch_scale is None  # with a scale, the stream is added below
     try:
         y, normed, mean, rstd, q, k, v, probs, heads = kernels.residual_normed_attention_forward(
-            a, gamma, beta, eps, weights, n_heads, causal, residual
+            a, gamma, beta, eps, weights, n_heads, causal, adds_stream
         )
     except (TypeError, ValueError) as error:
-        raise kernel_error("residual_normed_attention", error, a, gamma, beta, *weights) from None
-    return y, (a, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads, residual)
+        raise kernel_error(op, error, a, gamma, beta, *weights) from None
+    kept = (a, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads, adds_stream)
+    if branch_scale is None:
+        return y, (kept, None)
+    return _scaled_branch_forward(op, a, y, branch_scale), (kept, (y, branch_scale))
 
 
 def _residual_normed_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    # (da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo): the op's inputs in order.
-    return tuple(kernels.residual_normed_attention_backward(dout, *residuals))
+    # (da, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo[, dbranch_scale]): the op's inputs in order.
+    kept, scaled = residuals
+    if scaled is None:
+        return tuple(kernels.residual_normed_attention_backward(dout, *kept))
+    return _scaled_branch_vjp(dout, scaled, lambda ds: kernels.residual_normed_attention_backward(ds, *kept))
 
 
 residual_normed_attention = defprimitive(
@@ -82,6 +95,7 @@ def _residual_normed_feed_forward_fwd(
     b1: np.ndarray,
     w2: np.ndarray,
     b2: np.ndarray,
+    branch_scale: Any = None,
     *,
     eps: float = 1e-5,
     activation: str = "relu",
@@ -91,24 +105,62 @@ def _residual_normed_feed_forward_fwd(
     """y = a + F(LN(a)): an FFN branch with a LayerNorm (``gamma``, ``beta``) on its input,
     added to the stream ``a``; the fusion of ``layer_norm``, ``feed_forward`` and ``add``.
     With ``residual`` False, the branch alone, y = F(LN(a)): the fusion of the first two. With
-    ``normed_skip``, the branch added to the normed value, y = LN(a) + F(LN(a)).
+    ``normed_skip``, the branch added to the normed value, y = LN(a) + F(LN(a)). With
+    ``branch_scale`` w, the branch scaled, y = a + w * F(LN(a)): the fusion of ``mul`` too.
 
     VJP, with n = LN(a):
-        dn, dW1, db1, dW2, db2 = ``feed_forward``'s VJP at dy     (normed_skip: dn = dy + dn)
+        dn, dW1, db1, dW2, db2 = ``feed_forward``'s VJP at dy     (normed_skip: dn = dy + dn;
+                                                                  with w: at ds = w * dy)
         da_ln, dgamma, dbeta = ``layer_norm``'s VJP at dn
         da = dy + da_ln          (residual False or normed_skip: da = da_ln)
+        dw = sum of dy * F(LN(a)) over the axes w was broadcast along (none for a number)
     """
+    op, weights = "residual_normed_feed_forward", (w1, b1, w2, b2)
+    if branch_scale is not None:
+        _check_branch_scale(op, residual and not normed_skip, branch_scale)
+    adds_stream = residual and branch_scale is None  # with a scale, the stream is added below
     try:
         y, normed, mean, rstd, hidden, acted = kernels.residual_normed_feed_forward_forward(
-            a, gamma, beta, eps, (w1, b1, w2, b2), activation, residual, normed_skip
+            a, gamma, beta, eps, weights, activation, adds_stream, normed_skip
         )
     except (TypeError, ValueError) as error:
-        raise kernel_error("residual_normed_feed_forward", error, a, gamma, beta, w1, b1, w2, b2) from None
-    return y, (a, gamma, normed, mean, rstd, w1, w2, hidden, acted, activation, residual, normed_skip)
+        raise kernel_error(op, error, a, gamma, beta, *weights) from None
+    kept = (a, gamma, normed, mean, rstd, w1, w2, hidden, acted, activation, adds_stream, normed_skip)
+    if branch_scale is None:
+        return y, (kept, None)
+    return _scaled_branch_forward(op, a, y, branch_scale), (kept, (y, branch_scale))
 
 
 def _residual_normed_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    return tuple(kernels.residual_normed_feed_forward_backward(dout, *residuals))
+    kept, scaled = residuals
+    if scaled is None:
+        return tuple(kernels.residual_normed_feed_forward_backward(dout, *kept))
+    return _scaled_branch_vjp(dout, scaled, lambda ds: kernels.residual_normed_feed_forward_backward(ds, *kept))
+
+
+def _check_branch_scale(op: str, plain_residual: bool, branch_scale: Any) -> None:
+    """A branch scale is a number or an array, on a branch added to the stream itself."""
+    if not plain_residual or not (is_number(branch_scale) or type(branch_scale) is np.ndarray):
+        raise ValueError(f"{op}: branch_scale takes a number or an array, and the residual add without normed_skip")
+
+
+def _scaled_branch_forward(op: str, a: np.ndarray, branch: np.ndarray, scale: Any) -> np.ndarray:
+    """a + w * branch, as ``mul`` and ``add`` compute it (each product and sum alike in either
+    operand order)."""
+    scale_shape, branch_shape = binary_shapes(op, scale, branch)
+    if np.broadcast_shapes(scale_shape, branch_shape) != branch_shape:
+        raise ValueError(f"{op}: branch_scale of shape {scale_shape} widens the branch of shape {branch_shape}")
+    return a + scale * branch
+
+
+def _scaled_branch_vjp(dy: np.ndarray, scaled: Any, branch_vjp: Any) -> tuple[Any, ...]:
+    """The cotangents of y = a + w * S(LN(a)): the add's, then the product's (``mul``'s, summed
+    as it sums them), then the normed branch's at ds = w dy, and a's two terms in the order the
+    tape adds them."""
+    branch, scale = scaled
+    dscale = None if is_number(scale) else unbroadcast(dy * branch, np.shape(scale))
+    da_ln, *grads = branch_vjp(unbroadcast(dy * scale, branch.shape))
+    return (dy + da_ln, *grads, dscale)
 
 
 residual_normed_feed_forward = defprimitive(

@@ -29,6 +29,17 @@ W..., w), where m is read by the add alone, a by the mul and S alone, and no ste
 first and the last of the four reads w, gamma, beta or a weight (w's cotangent then comes at the
 norm's place, with nothing between; a's is the sum of two terms, in either order the same).
 
+Then, among the steps left, a norm-first branch whose output is scaled by w (LayerScale's
+diag(lambda)),
+
+    scaled branch:  n = layer_norm(a, gamma, beta)   s = S(n, W...)   m = mul(s, w)   y = add(a, m)
+
+(the mul's and the add's operands in either order) becomes y = residual_normed_S(a, gamma,
+beta, W..., w), on the same conditions on w (a number, or an input of the pass that the norm
+and S do not read), where n, s and m are each read by the next step alone, a by the norm and
+the add alone (its cotangent is the sum of two terms), and no step between the first and the
+last of the four reads w, gamma, beta or a weight.
+
 Then, among the steps left, a branch whose skip is the norm's output (HybridNorm's Post-Norm
 FFN), for S one of ``NORMED_SKIP``,
 
@@ -139,6 +150,8 @@ SUBLAYERS = {
 # whose fused step can take the skip from the norm's output.
 OUTPUT_NORMED = ("heads_pieces_attention",)
 NORMED_SKIP = ("feed_forward",)
+# The sublayers whose norm-first fused step can take a scale of the branch (LayerScale's).
+SCALED_BRANCH = ("attention_sublayer", "feed_forward")
 # The primitives a fused step stands for (a fused primitive itself is looked up by name when
 # its step runs, as every primitive is).
 PRIMITIVE_NAMES = (
@@ -192,6 +205,7 @@ def fuse(steps: list[Step], fixed: dict[int, Any], output_slot: int) -> list[Ste
         fused[index] = (fused_name, (stream, gamma, beta, *weights), statics, out)
         taken.update(match)
     _fuse_scaled_skips(steps, maker, uses, fixed, fused, taken)
+    _fuse_scaled_branches(steps, maker, uses, fixed, fused, taken)
     for index, (name, _, _, out) in enumerate(steps):
         match = _normed_skip(steps, maker, uses, fixed, index) if name == "add" and index not in taken else None
         if match is None or taken.intersection(match):
@@ -398,6 +412,64 @@ def _scaled_norm_last(
         if not any(read.intersection(steps[between][1]) for between in range(min(match) + 1, norm_index)
                    if between not in match):  # fmt: skip
             return mul_index, sublayer_index, add_index, scale
+    return None
+
+
+def _fuse_scaled_branches(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], fused: dict[int, Step],
+    taken: set[int],
+) -> None:  # fmt: skip
+    """Put in ``fused`` each branch a + w * S(LN(a)) of the steps not ``taken`` as one step, at
+    the add's index, and add the four steps' indices to ``taken``."""
+    for index, (name, _, _, out) in enumerate(steps):
+        match = None if index in taken or name != "add" else _scaled_norm_first(steps, maker, uses, fixed, index)
+        if match is None or taken.intersection(match[:3]):
+            continue
+        norm_index, sublayer_index, mul_index, scale = match
+        _, (stream, gamma, beta), norm_params, _ = steps[norm_index]
+        sublayer, sublayer_args, sublayer_params, _ = steps[sublayer_index]
+        dropped, norm_first, _, _ = SUBLAYERS[sublayer]
+        statics = {**_norm_statics(sublayer, norm_params), **sublayer_params}
+        fused[index] = (norm_first, (stream, gamma, beta, *sublayer_args[dropped:], scale), statics, out)
+        taken.update((norm_index, sublayer_index, mul_index, index))
+
+
+def _scaled_norm_first(
+    steps: list[Step], maker: dict[int, int], uses: Counter[int], fixed: dict[int, Any], add_index: int
+) -> tuple[int, int, int, int] | None:
+    """(norm, sublayer, mul indices, the scale's slot) if the add at ``add_index`` is
+    a + mul(w, S(layer_norm(a))) (either operand order of each), S one of ``SCALED_BRANCH``,
+    the norm's output read by S alone, S's by the mul alone, the product by the add alone, a
+    by the norm and the add alone, w an input of the pass or a number that neither the norm
+    nor S reads, and no step between the first and the last of the four reading w or a
+    parameter of the norm or S."""
+    add_args = steps[add_index][1]
+    if len(add_args) != 2:
+        return None
+    for stream, product in (add_args, add_args[::-1]):
+        mul_index = maker.get(product)
+        if mul_index is None or uses[product] != 1 or uses[stream] != 2 or steps[mul_index][0] != "mul":
+            continue
+        mul_args = steps[mul_index][1]
+        for branch, scale in (mul_args, mul_args[::-1]) if len(mul_args) == 2 else ():
+            sublayer_index = maker.get(branch)
+            if sublayer_index is None or uses[branch] != 1 or steps[sublayer_index][0] not in SCALED_BRANCH:
+                continue
+            normed, *parameters = steps[sublayer_index][1]
+            norm_index = maker.get(normed)
+            if norm_index is None or uses[normed] != 1 or not _is_sublayer(steps, sublayer_index, fixed):
+                continue
+            norm_name, norm_args = steps[norm_index][0], steps[norm_index][1]
+            if norm_name != "layer_norm" or len(norm_args) != 3 or norm_args[0] != stream:
+                continue
+            read = {*norm_args[1:], *parameters}
+            if scale == stream or scale in read or scale in maker or (scale in fixed and not is_number(fixed[scale])):
+                continue
+            match = (norm_index, sublayer_index, mul_index, add_index)
+            read.add(scale)
+            if not any(read.intersection(steps[between][1]) for between in range(min(match) + 1, add_index)
+                       if between not in match):  # fmt: skip
+                return norm_index, sublayer_index, mul_index, scale
     return None
 
 
