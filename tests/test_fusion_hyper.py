@@ -74,12 +74,26 @@ def test_a_replayed_hyper_pass_with_gelu_and_a_causal_mask_gives_the_bits_of_the
     _assert_same_bits(*taped_and_replayed(model))
 
 
-def test_dynamic_hyper_keeps_its_index_steps_and_the_bits_of_the_taped_pass():
-    """Its connections read the copies through a concatenate, which takes them apart."""
+def test_dynamic_hyper_replays_its_copies_as_stacks_and_keeps_the_bits_of_the_taped_pass():
+    """Its connections read the copies through a concatenate too, which takes the stack."""
     model = lnref.build("hyper", **SMALL, options={"dynamic": True})
     taped, replayed = taped_and_replayed(model)
     recorded = [step[0] for step in recorded_program(model).steps]
-    assert _fused_names(model).count("index") == recorded.count("index")
+    assert recorded.count("index") == 4 * 2 * SMALL["n_layers"]
+    assert _fused_names(model).count("index") == 4  # the last layer's, which the readout's sum reads
+    _assert_same_bits(taped, replayed)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_dynamic_hyper_replays_one_step_per_sublayer_between_its_connections(dtype):
+    """Its connections' weights are computed in the pass, one set per token; each sublayer but
+    the first (its copies are the embedding n times) is one step, with the bits of the taped pass."""
+    model = lnref.build("hyper", **SMALL, dtype=dtype, options={"dynamic": True})
+    taped, replayed = taped_and_replayed(model)
+    names = _fused_names(model)
+    assert names.count("mixed_normed_attention") == SMALL["n_layers"] - 1
+    assert names.count("mixed_normed_feed_forward") == SMALL["n_layers"]
+    assert names.count("weighted_sum") == names.count("mix_streams") == 1
     _assert_same_bits(taped, replayed)
 
 

@@ -117,9 +117,10 @@ read by the add alone and a, u, b and w are four slots. Each operand's cotangent
 the add's place instead of its mul's: where a step between its mul and the add reads it too,
 the operand must have no reader but those two (a sum of two terms, the same in either order).
 
-A replay then reads the copies of a stack as the stack where mixtures of them all are their
-only readers, and fuses each sublayer between two such mixtures (hyper-connections' width and
-depth connections) into one step: ``stacked_copies.py`` lists those shapes and conditions.
+A replay then reads the copies of a stack as the stack where mixtures of them all (and a
+concatenate of them all) are their only readers, and fuses each sublayer between two such
+mixtures (the width and depth connections of hyper-connections and mHC, their weights shared or
+one set per token) into one step: ``stacked_copies.py`` lists those shapes and conditions.
 Before that, a run of sublayers that each read two streams and add to both through the shapes
 above (SiameseNorm's) becomes one step a sublayer on the streams stacked: ``two_streams.py``.
 """
@@ -156,7 +157,7 @@ SCALED_BRANCH = ("attention_sublayer", "feed_forward")
 # its step runs, as every primitive is).
 PRIMITIVE_NAMES = (
     *("layer_norm", "add", *SUBLAYERS, "stop_gradient", "mul", "sub", "sigmoid", "div"),
-    *("index", "weighted_sum", "mix_streams"),  # the copies read as their stack (``stacked_copies.py``)
+    *("index", "weighted_sum", "mix_streams", "concatenate"),  # the copies read as their stack (``stacked_copies.py``)
 )
 
 

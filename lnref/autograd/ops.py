@@ -325,8 +325,14 @@ def _picks_each_element_once(index: Any) -> bool:
 index = defprimitive("index", _index_fwd, _index_vjp)
 
 
-def _concatenate_fwd(*xs: np.ndarray, axis: int = -1) -> tuple[np.ndarray, Residuals]:
-    """The inputs joined along ``axis``; its cotangent is cut back into their widths."""
+def _concatenate_fwd(*xs: np.ndarray, axis: int = -1, stacked: bool = False) -> tuple[np.ndarray, Residuals]:
+    """The inputs joined along ``axis``; its cotangent is cut back into their widths. With
+    ``stacked=True`` the inputs are the rows of one array (k, ..., d), joined as the rows
+    given apart would be (``axis`` counts a row's axes), and the cotangent comes back stacked,
+    (k, ..., d), the parts' values as rows: what a replay gives copies it reads as their stack
+    (``stacked_copies.py``)."""
+    if stacked:
+        return _concatenate_rows(xs, axis)
     try:
         out = np.concatenate(xs, axis=axis)
     except ValueError:
@@ -335,11 +341,33 @@ def _concatenate_fwd(*xs: np.ndarray, axis: int = -1) -> tuple[np.ndarray, Resid
     for x in xs:
         end += x.shape[axis] if type(x) is np.ndarray else np.shape(x)[axis]
         ends.append(end)
-    return out, (axis % out.ndim, ends)
+    return out, (False, axis % out.ndim, ends)
+
+
+def _concatenate_rows(xs: tuple[Any, ...], axis: int) -> tuple[np.ndarray, Residuals]:
+    """The rows of ``xs[0]`` (k, ..., d) joined along ``axis`` of a row: the rows' axis moved
+    just before it and the two merged, one copy, the values np.concatenate gives."""
+    if len(xs) != 1 or np.ndim(xs[0]) < 2:
+        raise ValueError(f"concatenate: stacked inputs are one array (k, ..., d), got shapes {shapes(*xs)}")
+    stack = np.asarray(xs[0])
+    ndim = stack.ndim - 1  # a row's
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"concatenate: axis {axis} is out of bounds for rows of shape {stack.shape[1:]}")
+    axis %= ndim
+    order = (*range(1, axis + 1), 0, *range(axis + 1, ndim + 1))  # (..., k, width, ...)
+    moved = stack.transpose(order)
+    out = moved.reshape((*moved.shape[:axis], -1, *moved.shape[axis + 2 :]))
+    if axis == 0:  # the rows joined in place: a view of the stack, which np.concatenate would copy
+        out = out.copy()
+    back = tuple(order.index(i) for i in range(ndim + 1))
+    return out, (True, moved.shape, back)
 
 
 def _concatenate_vjp(dout: np.ndarray, residuals: Residuals) -> Cotangents:
-    axis, ends = residuals
+    if residuals[0]:  # stacked rows: the joined axis split in two, the rows' axis moved back first
+        _, moved_shape, back = residuals
+        return (dout.reshape(moved_shape).transpose(back),)  # a view: dout's parts, as rows
+    _, axis, ends = residuals
     before, start, parts = (slice(None),) * axis, 0, []
     for end in ends:  # views of dout, as np.split gives, without its cost
         parts.append(dout[before + (slice(start, end),)])

@@ -23,8 +23,10 @@ A replayed pass also fuses: each residual branch with its LayerNorm, a + S(LN(a)
 or LN(w * a + S(a)), S the attention sublayer or the FFN, runs as one step with one compiled
 kernel each way, and so do a few shapes of norms, sums and element-wise steps (``fusion.py``
 lists them), each with the bits of the steps it stands for; where the copies of a stack,
-handed on one by one, are read by mixtures of them all alone (hyper-connections' between
-layers), the mixtures take the stack and the steps that took it apart go (``stacked_copies.py``);
+handed on one by one, are read by mixtures of them all alone (hyper-connections' and mHC's
+between layers, with the concatenate their dynamic weights are computed from), the readers
+take the stack, the steps that took it apart go, and each sublayer between the mixtures is one
+step (``stacked_copies.py``);
 and where sublayers read two streams and add to both (SiameseNorm's), the streams go from one
 sublayer's step to the next stacked (``two_streams.py``).
 
@@ -83,7 +85,7 @@ class Program:
         fixed = {**dict.fromkeys(self._none_inputs), **dict(enumerate(constants, first_constant))}
         fused_steps = two_streams.fuse_two_streams(fusion.fuse(steps, fixed, output_slot), fixed, output_slot)
         fused_steps, self._stacks = stacked_copies.read_as_stacks(fused_steps, output_slot)
-        self.fused_steps = stacked_copies.fuse_mixed_sublayers(fused_steps, output_slot, len(inputs))
+        self.fused_steps = stacked_copies.fuse_mixed_sublayers(fused_steps, output_slot)
         self._mixtures_in_rows = mixture_rows.mixtures_in_rows(self.fused_steps, output_slot)
         self._needs_of: dict[tuple[bool, tuple[bool, ...]], list[bool]] = {}
 

@@ -61,7 +61,7 @@ The modules
 ``weighted_sum``       sum_k w_k x_k, the learned mixtures of streams (DLCL, DenseFormer, HC)
 ``stream_mixing``      y_c = sum_i a[i, c] x_i + b[c] s, m such mixtures at once (HC's depth)
 ``mixed_normed``       a normed sublayer between the two, the replayed pass's fusion of the
-                       three (HC's sublayers on stacked copies)
+                       three (HC's and mHC's sublayers on stacked copies)
 ``two_stream_normed``  a normed sublayer between two streams with their norms and adds, the
                        replayed pass's fusion of a SiameseNorm sublayer on the stacked streams
 ``activations``        GELU, ReLU

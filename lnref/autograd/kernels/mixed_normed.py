@@ -2,7 +2,9 @@
 hyper-connections with its width and depth connections.
 
 With the n copies of the stream stacked, ``xs`` (n, B, T, d), the width weights ``a_m`` (n,),
-the depth weights ``a_r`` (n, m) and ``b`` (m,), and S the attention sublayer or the FFN:
+the depth weights ``a_r`` (n, m) and ``b`` (m,), or one set of each per token (as the kernels of
+the parts take them: ``a_m`` (B, T, n); ``a_r`` (B, T, n, m) and ``b`` (B, T, m) together), and
+S the attention sublayer or the FFN:
 
     forward:   h = sum_i a_m[i] x_i   (``weighted_sum``),   s = S(LN(h))   (``residual_normed``,
                residual False),   y_c = sum_i a_r[i, c] x_i + b[c] s   (``mix_streams``)
@@ -73,7 +75,7 @@ def _backward_reference(branch: str, dy: np.ndarray, xs: Any, a_m: np.ndarray, a
                         b: np.ndarray, h: np.ndarray, s: np.ndarray, *kept: Any) -> Arrays:  # fmt: skip
     da_r, db, ds, dxs = kernels.mix_streams_backward(dy, (a_r, b, s, xs))
     dh, *grads = getattr(kernels, f"residual_normed_{branch}_backward")(ds, h, *kept, False)
-    da_m, dxs_width = kernels.weighted_sum_backward(dh, (a_m.reshape(1, -1), xs, xs.shape[1:]), a_m.shape)
+    da_m, dxs_width = kernels.weighted_sum_backward(dh, (a_m.reshape(-1, len(xs)), xs, xs.shape[1:]), a_m.shape)
     return (dxs + dxs_width, da_m, da_r, db, *grads)
 
 
@@ -179,11 +181,16 @@ def _mixing_outputs(xs: np.ndarray, a_r: np.ndarray) -> Arrays:
 
 
 def _mixing_grads(xs: np.ndarray, a_m: np.ndarray, a_r: np.ndarray, b: np.ndarray) -> Arrays:
-    """``da_r``, ``db``, ``ds``, ``dxs``, ``dh``, ``dxs_width``, ``da_m``: the weights' in float64, as the
-    parts' loops accumulate them."""
+    """``da_r``, ``db``, ``ds``, ``dxs``, ``dh``, ``dxs_width``, ``da_m`` (1 or rows, n): the weights' in
+    float64, as the parts' loops accumulate them."""
     shape, dtype = xs.shape[1:], xs.dtype
     da_r, db, ds, dxs = np.zeros(a_r.shape), np.zeros(b.shape), np.empty(shape, dtype), np.empty(xs.shape, dtype)
-    return da_r, db, ds, dxs, np.empty(shape, dtype), np.empty(xs.shape, dtype), np.zeros((1, len(a_m)))
+    return da_r, db, ds, dxs, np.empty(shape, dtype), np.empty(xs.shape, dtype), np.zeros(_width_weights(xs, a_m).shape)
+
+
+def _width_weights(xs: np.ndarray, a_m: np.ndarray) -> np.ndarray:
+    """``a_m`` as the width connection's kernel takes it: (1, n) shared, (rows, n) per token."""
+    return a_m.reshape(-1, len(xs))
 
 
 def _in_dtype(grads: Arrays, dtype: np.dtype) -> Arrays:
@@ -202,7 +209,7 @@ def _mixed_normed_attention_forward_loop(xs: np.ndarray, a_m: np.ndarray, a_r: n
     probs = np.zeros((batch, n_heads, t_len, t_len), dtype)
     wq, bq, wk, bk, wv, bv, wo, bo = weights
     _mixed_normed_attention_forward_kernel(
-        xs, a_m.reshape(1, -1), a_r, b, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, h, normed, mean,
+        xs, _width_weights(xs, a_m), a_r, b, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, h, normed, mean,
         rstd, q, k, v, probs, heads, s, y,
     )  # fmt: skip
     return y, h, s, normed, mean, rstd, q, k, v, probs, heads
@@ -218,7 +225,7 @@ def _mixed_normed_attention_backward_loop(dy: np.ndarray, xs: np.ndarray, a_m: n
     dgamma, dbeta = np.zeros(d), np.zeros(d)
     normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads = kept
     _mixed_normed_attention_backward_kernel(
-        dy, xs, a_m.reshape(1, -1), a_r, b, h, s, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads,
+        dy, xs, _width_weights(xs, a_m), a_r, b, h, s, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads,
         da_r, db, ds, dxs, dnormed, dw, dbias, dh, dgamma, dbeta, dxs_width, da_m,
     )  # fmt: skip
     grads = (da_m.reshape(a_m.shape), da_r, db, dgamma, dbeta)
@@ -237,7 +244,7 @@ def _mixed_normed_feed_forward_forward_loop(xs: np.ndarray, a_m: np.ndarray, a_r
     hidden = np.empty((rows, w1.shape[1]), dtype)
     acted = hidden if activation == "relu" else np.empty_like(hidden)  # ReLU in place, as the FFN's loop
     _mixed_normed_feed_forward_forward_kernel(
-        xs, a_m.reshape(1, -1), a_r, b, gamma, beta, eps, w1, b1, w2, b2, feed_forward.FFN_CODES[activation], h,
+        xs, _width_weights(xs, a_m), a_r, b, gamma, beta, eps, w1, b1, w2, b2, feed_forward.FFN_CODES[activation], h,
         normed, mean, rstd, hidden, acted, s, y,
     )  # fmt: skip
     return y, h, s, normed, mean, rstd, hidden, acted
@@ -256,7 +263,7 @@ def _mixed_normed_feed_forward_backward_loop(dy: np.ndarray, xs: np.ndarray, a_m
     dw2, db2 = np.empty(w2.shape, dtype), np.empty(w2.shape[1], dtype)
     dgamma, dbeta = np.zeros(d), np.zeros(d)
     _mixed_normed_feed_forward_backward_kernel(
-        dy, xs, a_m.reshape(1, -1), a_r, b, h, s, gamma, normed, mean, rstd, w1, w2, hidden, acted,
+        dy, xs, _width_weights(xs, a_m), a_r, b, h, s, gamma, normed, mean, rstd, w1, w2, hidden, acted,
         feed_forward.FFN_CODES[activation], da_r, db, ds, dxs, dacted, dnormed, dw1, db1, dw2, db2, dh, dgamma, dbeta,
         dxs_width, da_m,
     )  # fmt: skip
@@ -304,20 +311,23 @@ PARTS = {
 
 
 def _checked_mixing(xs: Any, a_m: Any, a_r: Any, b: Any) -> Any:
-    """``(xs, a_m, a_r, b)`` as float arrays of one dtype, xs (n, B, T, d), a_m (n,), a_r (n, m)
-    and b (m,), or an error."""
+    """``(xs, a_m, a_r, b)`` as float arrays of one dtype, xs (n, B, T, d), a_m (n,) or (B, T, n),
+    and a_r (n, m) and b (m,) or a_r (B, T, n, m) and b (B, T, m), or an error."""
     xs, a_m, a_r, b = float_arrays(xs, a_m, a_r, b)
     n = xs.shape[0] if xs.ndim == 4 else -1
-    fits = n >= 1 and a_m.shape == (n,) and a_r.ndim == 2 and a_r.shape[0] == n and b.shape == a_r.shape[1:]
-    check_fit(fits and b.size >= 1, "xs", xs, "a_m", a_m, "a_r", a_r, "b", b)
+    tokens = xs.shape[1:-1]
+    m = a_r.shape[-1] if a_r.ndim >= 2 else 0
+    width_fits = a_m.shape in ((n,), (*tokens, n))
+    depth_fits = (a_r.shape, b.shape) in (((n, m), (m,)), ((*tokens, n, m), (*tokens, m)))
+    check_fit(n >= 1 and m >= 1 and width_fits and depth_fits, "xs", xs, "a_m", a_m, "a_r", a_r, "b", b)
     return xs, a_m, a_r, b
 
 
 def mixed_normed_attention_forward(xs: Any, a_m: Any, a_r: Any, b: Any, gamma: Any, beta: Any, eps: float,
                                    weights: Arrays, n_heads: int, causal: bool) -> Arrays:  # fmt: skip
     """y = mix_streams(a_r, b, A(LN(sum_i a_m[i] x_i)), xs), A the self-attention sublayer of
-    ``weights`` (wq, bq, wk, bk, wv, bv, wo, bo); returns ``(y, h, s, normed, mean, rstd, q, k,
-    v, probs, heads)``."""
+    ``weights`` (wq, bq, wk, bk, wv, bv, wo, bo), the mixtures' weights shared or per token;
+    returns ``(y, h, s, normed, mean, rstd, q, k, v, probs, heads)``."""
     xs, a_m, a_r, b = _checked_mixing(xs, a_m, a_r, b)
     _, gamma, beta, *checked = checked_attention_branch(xs[0], gamma, beta, weights, n_heads, causal)
     fused = MIXED_NORMED_ATTENTION_FORWARD
@@ -337,7 +347,8 @@ def mixed_normed_attention_backward(dy: np.ndarray, xs: np.ndarray, *residuals: 
 def mixed_normed_feed_forward_forward(xs: Any, a_m: Any, a_r: Any, b: Any, gamma: Any, beta: Any, eps: float,
                                       weights: Arrays, activation: str) -> Arrays:  # fmt: skip
     """y = mix_streams(a_r, b, F(LN(sum_i a_m[i] x_i)), xs), F the FFN of ``weights`` (w1, b1,
-    w2, b2); returns ``(y, h, s, normed, mean, rstd, hidden, acted)``."""
+    w2, b2), the mixtures' weights shared or per token; returns ``(y, h, s, normed, mean, rstd,
+    hidden, acted)``."""
     xs, a_m, a_r, b = _checked_mixing(xs, a_m, a_r, b)
     _, gamma, beta, *checked = checked_feed_forward_branch(xs[0], gamma, beta, weights, activation)
     fused = MIXED_NORMED_FEED_FORWARD_FORWARD
