@@ -360,13 +360,15 @@ def mhc_mappings_forward(xs: Any, gamma: Any, beta: Any, eps: float, maps: Array
     flat, mean, rstd, u, z_pre, gate_pre, z_post, gate_post, z_res, gate_res, exp_logits, rounds)``."""
     xs, gamma, beta, *arrays = float_arrays(xs, gamma, beta, *maps)
     lead, width = xs.shape[1:-1], xs.shape[0] * xs.shape[-1] if xs.ndim >= 2 else -1
-    fits = xs.ndim >= 2 and gamma.shape == beta.shape == (width,)
-    for phi, alpha, b in zip(arrays[0::3], arrays[1::3], arrays[2::3]):
-        fits = fits and phi.ndim == 2 and phi.shape[0] == width and alpha.ndim == 0 and b.size == phi.shape[-1]
-    check_fit(fits and arrays[6].shape[1] == side * side and side >= 1, "xs", xs, "gamma", gamma, "beta", beta,
-              *(value for name, phi in zip(MAPS, arrays[0::3]) for value in (f"phi_{name}", phi)))  # fmt: skip
+    fits = xs.ndim >= 2 and gamma.shape == beta.shape == (width,) and side >= 1
     for k in range(3):
-        arrays[3 * k + 2] = arrays[3 * k + 2].reshape(-1)
+        phi, alpha, b = arrays[3 * k : 3 * k + 3]
+        fits = fits and phi.ndim == 2 and phi.shape[0] == width and alpha.ndim == 0 and b.size == phi.shape[-1]
+        if b.ndim != 1:
+            arrays[3 * k + 2] = b.reshape(-1)
+    if not (fits and arrays[6].shape[1] == side * side):
+        phis = (value for name, phi in zip(MAPS, arrays[0::3]) for value in (f"phi_{name}", phi))
+        check_fit(False, "xs", xs, "gamma", gamma, "beta", beta, *phis)
     sinkhorn._check_iterations(iterations)
     rows = math.prod(lead)
     fused = MHC_MAPPINGS_FORWARD
@@ -397,5 +399,6 @@ def mhc_mappings_backward(dh_pre: Any, dh_post: Any, dh_res: Any, xs: np.ndarray
         dh_pre, dh_post, dh_res, xs.shape, gamma, maps, tuple(gains), iterations, flat, mean, rstd, u, *maps_kept
     )
     for k in range(3):
-        grads[3 * k + 2] = grads[3 * k + 2].reshape(np.shape(maps[3 * k + 2]))
+        if np.ndim(maps[3 * k + 2]) != 1:
+            grads[3 * k + 2] = grads[3 * k + 2].reshape(np.shape(maps[3 * k + 2]))
     return (dxs, dgamma, dbeta, *grads)
