@@ -20,19 +20,15 @@ A replayed pass runs these as part of one step with the mixed sublayer that read
 (``autograd/mapped_copies.py``); here each way is one compiled call calling the parts' own loops
 in that order, so the step has the parts' bits. The forward alone is two: Sinkhorn's part takes
 NumPy's exponential of the logits (a compiled exp may differ from it in the last bit), so the
-rounds' kernel runs after it, apart from the norm's and the maps' kernel. That kernel keeps
-every round and its sums, which Sinkhorn's own backward recomputes from exp(logits) by the same
-half rounds: the backward walks back through the kept ones, with the same bits and without the
-divisions of the rounds a second time. Past the maps' loop
+rounds' kernel runs after it, apart from the norm's and the maps' kernel. Past the maps' loop
 limit (the smallest of the parts'; the norm's and Sinkhorn's loops have none), or while a test
 or a benchmark has put another implementation in the place of one of the parts, the NumPy twin
 runs the parts' public kernels in turn, which then pick their own paths as the taped pass's do.
 
 The forward returns ``(h_pre, h_post, h_res, flat, mean, rstd, u, z_pre, gate_pre, z_post,
-gate_post, z_res, gate_res, exp_logits, rounds)``: the three mappings, then what the backward
-takes (each map's z = u phi and, with the sigmoid, its gate, None without; Sinkhorn's kept
-rounds, None from the NumPy twin). ``flat`` and ``u`` are rows (rows, n d), the maps' outputs
-and residuals (rows, q) and ``exp_logits`` (rows, m, m);
+gate_post, z_res, gate_res, exp_logits)``: the three mappings, then what the backward takes
+(each map's z = u phi and, with the sigmoid, its gate; None without). ``flat`` and ``u`` are
+rows (rows, n d), the maps' outputs and residuals (rows, q) and ``exp_logits`` (rows, m, m);
 the public forward gives the mappings the copies' leading axes. The backward returns ``(dxs,
 dgamma, dbeta, dphi_pre, dalpha_pre, db_pre, dphi_post, dalpha_post, db_post, dphi_res,
 dalpha_res, db_res)``.
@@ -52,15 +48,7 @@ from lnref.autograd.kernels.checks import check_fit, cotangent, float_arrays
 from lnref.autograd.kernels.norms import layer_norm_backward_kernel, layer_norm_forward_kernel
 from lnref.autograd.kernels.scaled_linear import _scaled_linear_backward_kernel, _scaled_linear_forward_kernel
 from lnref.autograd.kernels.seam import Twin, njit
-from lnref.autograd.kernels.sinkhorn import (
-    LANES,
-    NONFINITE_LOGITS,
-    _divide_columns,
-    _divide_rows,
-    _sinkhorn_backward_kernel,
-    _walk_back_columns,
-    _walk_back_rows,
-)
+from lnref.autograd.kernels.sinkhorn import _sinkhorn_backward_kernel
 
 Arrays = tuple[Any, ...]
 # The three maps, in the order the pass computes them.
@@ -87,16 +75,15 @@ def mhc_mappings_forward_reference(xs: np.ndarray, gamma: np.ndarray, beta: np.n
         ys.append(y.reshape(-1, phi.shape[1]))
         kept += [z.reshape(-1, phi.shape[1]), None if gate is None else gate.reshape(-1, phi.shape[1])]
     h_res, exp_logits = kernels.sinkhorn_forward(ys[2].reshape(-1, side, side), iterations)
-    return (ys[0], ys[1], h_res, flat, mean, rstd, u, *kept, exp_logits, None)
+    return (ys[0], ys[1], h_res, flat, mean, rstd, u, *kept, exp_logits)
 
 
 def mhc_mappings_backward_reference(dh_pre: np.ndarray, dh_post: np.ndarray, dh_res: np.ndarray, xs_shape: Any,
                                     gamma: np.ndarray, maps: Arrays, gains: tuple[float, ...], iterations: int,
                                     flat: np.ndarray, mean: np.ndarray, rstd: np.ndarray, u: np.ndarray,
                                     *kept: Any) -> Arrays:  # fmt: skip
-    """NumPy twin; ``kept`` the forward's z and gate of each map, then ``exp_logits`` and the
-    rounds (which it recomputes, as Sinkhorn's public backward does)."""
-    *maps_kept, exp_logits, _ = kept
+    """NumPy twin; ``kept`` the forward's z and gate of each map, then ``exp_logits``."""
+    *maps_kept, exp_logits = kept
     lead = xs_shape[1:-1]
     rows_u = u.reshape(*lead, u.shape[-1])  # the maps took u with the copies' leading axes
     dres = kernels.sinkhorn_backward(dh_res, exp_logits, iterations)
@@ -148,84 +135,16 @@ def _mhc_maps_forward_kernel(
 
 
 @njit(cache=True)
-def _sinkhorn_kept_rounds_kernel(
-    logits: Any, exp_logits: Any, iterations: int, m: Any, row_outputs: Any, column_outputs: Any, row_sums: Any,
-    column_sums: Any,
-) -> None:  # fmt: skip
-    """Sinkhorn's forward loop (``sinkhorn._sinkhorn_forward_kernel``: its lanes, its half rounds,
-    its check of the logits), each block of lanes' rounds kept, (blocks, iterations, n, n, lanes)
-    and their sums (blocks, iterations, n, lanes): the rounds Sinkhorn's backward loop
-    recomputes, the same half rounds on the same values, which the backward here takes instead."""
-    count, n = logits.shape[0], logits.shape[1]
-    finite = True
-    for t in range(count):
-        for i in range(n):
-            for j in range(n):
-                finite &= math.isfinite(logits[t, i, j])
-    if not finite:
-        raise ValueError(NONFINITE_LOGITS)
-    width = row_outputs.shape[-1]
-    x = np.empty((n, n, width), exp_logits.dtype)
-    for block in range(row_outputs.shape[0]):
-        start = block * width
-        lanes = min(width, count - start)
-        for i in range(n):
-            for j in range(n):
-                for u in range(lanes):
-                    x[i, j, u] = exp_logits[start + u, i, j]
-        previous = x
-        for k in range(iterations):
-            _divide_rows(previous, row_outputs[block, k], row_sums[block, k], lanes)
-            _divide_columns(row_outputs[block, k], column_outputs[block, k], column_sums[block, k], lanes)
-            previous = column_outputs[block, k]
-        for u in range(lanes):
-            for i in range(n):
-                for j in range(n):
-                    m[start + u, i, j] = previous[i, j, u]
-
-
-@njit(cache=True)
-def _sinkhorn_from_kept_rounds(
-    dm: Any, exp_logits: Any, row_outputs: Any, column_outputs: Any, row_sums: Any, column_sums: Any, dlogits: Any
-) -> None:
-    """Sinkhorn's backward loop (``sinkhorn._sinkhorn_backward_kernel``: its walk back, in
-    float64, from round K to round 1) on the rounds :func:`_sinkhorn_kept_rounds_kernel` kept."""
-    count, n = exp_logits.shape[0], exp_logits.shape[1]
-    iterations, width = row_outputs.shape[1], row_outputs.shape[-1]
-    d = np.empty((n, n, width))
-    dots, scales = np.empty((n, width)), np.empty((n, width))
-    for block in range(row_outputs.shape[0]):
-        start = block * width
-        lanes = min(width, count - start)
-        for i in range(n):
-            for j in range(n):
-                for u in range(lanes):
-                    d[i, j, u] = dm[start + u, i, j]
-        for k in range(iterations - 1, -1, -1):
-            _walk_back_columns(d, column_outputs[block, k], column_sums[block, k], dots, scales, lanes)
-            _walk_back_rows(d, row_outputs[block, k], row_sums[block, k], dots, scales, lanes)
-        for u in range(lanes):
-            for i in range(n):
-                for j in range(n):
-                    dlogits[start + u, i, j] = d[i, j, u] * exp_logits[start + u, i, j]
-
-
-@njit(cache=True)
 def _mhc_mappings_backward_kernel(
-    dh_pre: Any, dh_post: Any, dh_res: Any, exp_logits: Any, iterations: int, kept_rounds: bool, row_outputs: Any,
-    column_outputs: Any, row_sums: Any, column_sums: Any, flat: Any, gamma: Any, mean: Any, rstd: Any, u: Any,
-    phi_pre: Any, alpha_pre: float, z_pre: Any, gate_pre: Any, gain_pre: float, sigmoid_pre: bool,
+    dh_pre: Any, dh_post: Any, dh_res: Any, exp_logits: Any, iterations: int, flat: Any, gamma: Any, mean: Any,
+    rstd: Any, u: Any, phi_pre: Any, alpha_pre: float, z_pre: Any, gate_pre: Any, gain_pre: float, sigmoid_pre: bool,
     phi_post: Any, alpha_post: float, z_post: Any, gate_post: Any, gain_post: float, sigmoid_post: bool,
     phi_res: Any, alpha_res: float, z_res: Any, gate_res: Any, gain_res: float, sigmoid_res: bool, dres: Any,
     du_res: Any, dphi_res: Any, totals_res: Any, du_post: Any, dphi_post: Any, totals_post: Any, du_pre: Any,
     dphi_pre: Any, totals_pre: Any, du: Any, dflat: Any, dgamma: Any, dbeta: Any,
 ) -> None:  # fmt: skip
-    """Sinkhorn's loop back (from the rounds the forward kept, where it kept them), the three
-    maps' (res, post, pre), u's sum and the norm's loop back."""
-    if kept_rounds:
-        _sinkhorn_from_kept_rounds(dh_res, exp_logits, row_outputs, column_outputs, row_sums, column_sums, dres)
-    else:
-        _sinkhorn_backward_kernel(dh_res, exp_logits, iterations, dres)
+    """Sinkhorn's loop back, the three maps' (res, post, pre), u's sum and the norm's loop back."""
+    _sinkhorn_backward_kernel(dh_res, exp_logits, iterations, dres)
     rows = u.shape[0]
     _scaled_linear_backward_kernel(
         dres.reshape((rows, z_res.shape[1])), u, phi_res, alpha_res, z_res, gate_res, gain_res, sigmoid_res, du_res,
@@ -249,8 +168,7 @@ def _mhc_mappings_backward_kernel(
 def _mhc_mappings_forward_loop(xs: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, maps: Arrays,
                                sigmoids: tuple[bool, ...], gains: tuple[float, ...], side: int,
                                iterations: int) -> Arrays:  # fmt: skip
-    """Loop twin (allocates, then runs ``_mhc_maps_forward_kernel``, NumPy's exp of the logits as
-    Sinkhorn's loop twin takes it, and ``_sinkhorn_kept_rounds_kernel``)."""
+    """Loop twin (allocates, then runs ``_mhc_maps_forward_kernel`` and Sinkhorn's loop twin)."""
     dtype, width = xs.dtype, xs.shape[0] * xs.shape[-1]
     rows = xs[0].size // xs.shape[-1]
     flat, u = np.empty((rows, width), dtype), np.empty((rows, width), dtype)
@@ -268,32 +186,16 @@ def _mhc_mappings_forward_loop(xs: np.ndarray, gamma: np.ndarray, beta: np.ndarr
         ys.append(y)
         kept += [z, gate]
     _mhc_maps_forward_kernel(*[xs, gamma, beta, eps, *arguments, flat, u, mean, rstd, *outputs])
-    logits = ys[2].reshape(rows, side, side)
-    exp_logits, h_res = sinkhorn._exp(logits), np.empty(logits.shape, dtype)
-    width = max(1, min(LANES, rows))
-    blocks = -(-rows // width)
-    rounds = (
-        np.empty((blocks, iterations, side, side, width), dtype),
-        np.empty((blocks, iterations, side, side, width), dtype),
-        np.empty((blocks, iterations, side, width)),
-        np.empty((blocks, iterations, side, width)),
-    )
-    _sinkhorn_kept_rounds_kernel(logits, exp_logits, iterations, h_res, *rounds)
-    return (ys[0], ys[1], h_res, flat, mean, rstd, u, *kept, exp_logits, rounds)
+    h_res, exp_logits = sinkhorn._sinkhorn_forward_loop(ys[2].reshape(rows, side, side), iterations)
+    return (ys[0], ys[1], h_res, flat, mean, rstd, u, *kept, exp_logits)
 
 
 def _mhc_mappings_backward_loop(dh_pre: np.ndarray, dh_post: np.ndarray, dh_res: np.ndarray, xs_shape: Any,
                                 gamma: np.ndarray, maps: Arrays, gains: tuple[float, ...], iterations: int,
                                 flat: np.ndarray, mean: np.ndarray, rstd: np.ndarray, u: np.ndarray,
                                 *kept: Any) -> Arrays:  # fmt: skip
-    """Loop twin (allocates, then runs ``_mhc_mappings_backward_kernel``; Sinkhorn's rounds are
-    recomputed where the forward that ran was the NumPy twin, which keeps none)."""
-    *maps_kept, exp_logits, rounds = kept
-    kept_rounds = rounds is not None
-    if rounds is None:
-        side = exp_logits.shape[-1]
-        rounds = (np.empty((0, 0, side, side, 1), u.dtype), np.empty((0, 0, side, side, 1), u.dtype))
-        rounds += (np.empty((0, 0, side, 1)), np.empty((0, 0, side, 1)))
+    """Loop twin (allocates, then runs ``_mhc_mappings_backward_kernel``)."""
+    *maps_kept, exp_logits = kept
     dtype, (rows, width) = u.dtype, u.shape
     arguments: list[Any] = []
     outputs: list[Any] = []
@@ -306,8 +208,8 @@ def _mhc_mappings_backward_loop(dh_pre: np.ndarray, dh_post: np.ndarray, dh_res:
     du, dflat = np.empty((rows, width), dtype), np.empty((rows, width), dtype)
     dgamma, dbeta = np.zeros(width), np.zeros(width)  # float64 accumulators, as LayerNorm's loop keeps them
     _mhc_mappings_backward_kernel(*[
-        dh_pre.reshape(rows, -1), dh_post.reshape(rows, -1), dh_res, exp_logits, iterations, kept_rounds, *rounds,
-        flat, gamma, mean, rstd, u, *arguments, dres, *outputs[2], *outputs[1], *outputs[0], du, dflat, dgamma, dbeta,
+        dh_pre.reshape(rows, -1), dh_post.reshape(rows, -1), dh_res, exp_logits, iterations, flat, gamma, mean, rstd,
+        u, *arguments, dres, *outputs[2], *outputs[1], *outputs[0], du, dflat, dgamma, dbeta,
     ])  # fmt: skip
     grads: list[Any] = []
     for k in range(3):
@@ -357,7 +259,7 @@ def mhc_mappings_forward(xs: Any, gamma: Any, beta: Any, eps: float, maps: Array
     norm's ``gamma`` and ``beta`` (n d,) and ``eps``, ``maps`` the pre, post and res maps'
     (phi, alpha, b), each map's sigmoid and gain, H_res's ``side`` m (the res map's q = m^2) and
     Sinkhorn's ``iterations``; returns ``(h_pre (..., q), h_post (..., q), h_res (..., m, m),
-    flat, mean, rstd, u, z_pre, gate_pre, z_post, gate_post, z_res, gate_res, exp_logits, rounds)``."""
+    flat, mean, rstd, u, z_pre, gate_pre, z_post, gate_post, z_res, gate_res, exp_logits)``."""
     xs, gamma, beta, *arrays = float_arrays(xs, gamma, beta, *maps)
     lead, width = xs.shape[1:-1], xs.shape[0] * xs.shape[-1] if xs.ndim >= 2 else -1
     fits = xs.ndim >= 2 and gamma.shape == beta.shape == (width,) and side >= 1
@@ -389,7 +291,7 @@ def mhc_mappings_backward(dh_pre: Any, dh_post: Any, dh_res: Any, xs: np.ndarray
     shaped as its b."""
     lead, dtype = xs.shape[1:-1], xs.dtype
     flat, mean, rstd, u, *maps_kept = kept
-    exp_logits = maps_kept[-2]
+    exp_logits = maps_kept[-1]
     dh_pre = cotangent(dh_pre, dtype, (*lead, maps[0].shape[1]))
     dh_post = cotangent(dh_post, dtype, (*lead, maps[3].shape[1]))
     dh_res = cotangent(dh_res, dtype, (*lead, *exp_logits.shape[1:])).reshape(exp_logits.shape)
