@@ -19,9 +19,9 @@ norm's eps as ``mix_eps``, each map's activation and gain as ``pre_activation``,
 ..., the reshape's ``shape``, Sinkhorn's ``iterations``, the mixed step's). It does so where the
 fused step gives the bits of the eight:
 
-* flat, m and h_res are each read by the next step alone, u by the three maps alone, h_pre,
-  h_post and h_res by the mixed step alone, as its width weights, depth weights and branch
-  weights; the maps come in the order pre, post, res. On the tape u's cotangent is then the
+* flat, m and res are each read by the next step alone, u by the three maps alone, h_pre,
+  h_res and h_post by the mixed step alone, as its width, depth and branch weights; the maps
+  come in the order pre, post, res. On the tape u's cotangent is then the
   res map's term plus the post map's, plus the pre map's, the sum the fused VJP forms;
 * X is read by the concatenate, the mixed step and otherwise by steps before the concatenate
   alone. On the tape its cotangent is the mixed step's term, then the concatenate's, then the
@@ -32,8 +32,8 @@ fused step gives the bits of the eight:
   pass (none a constant): each parameter's cotangent is then one term, which comes at the fused
   step's place, with nothing between.
 
-Only the mapping norm ``layer_norm`` (the configured norm's default) has a fused form; with
-another norm the eight steps run as recorded. The first sublayer's copies are the embedding n
+Only a LayerNorm as the mapping norm (``layer_norm``, the default kind of norm) has a fused
+form; with another the eight steps run as recorded. The first sublayer's copies are the embedding n
 times, not a stack: its steps stay as they are.
 """
 
