@@ -20,7 +20,10 @@ A replayed pass runs these as part of one step with the mixed sublayer that read
 (``autograd/mapped_copies.py``); here each way is one compiled call calling the parts' own loops
 in that order, so the step has the parts' bits. The forward alone is two: Sinkhorn's part takes
 NumPy's exponential of the logits (a compiled exp may differ from it in the last bit), so the
-rounds' kernel runs after it, apart from the norm's and the maps' kernel. Past the maps' loop
+rounds' kernel runs after it, apart from the norm's and the maps' kernel. The backward
+recomputes the rounds from exp(logits), as Sinkhorn's own backward loop does: kept from the
+forward, they would be 2 K m^2 values a token (K rounds) held across the whole pass, which
+costs more in cache than the divisions cost again. Past the maps' loop
 limit (the smallest of the parts'; the norm's and Sinkhorn's loops have none), or while a test
 or a benchmark has put another implementation in the place of one of the parts, the NumPy twin
 runs the parts' public kernels in turn, which then pick their own paths as the taped pass's do.
