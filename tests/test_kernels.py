@@ -1353,6 +1353,15 @@ def test_an_override_is_a_path_name_or_a_callable():
     assert seam.twin("linear_forward").override is None
 
 
+def test_the_overridden_twins_are_listed_while_and_only_while_overridden():
+    # What a fused kernel asks before it asks each of its parts whether it is overridden.
+    assert seam.OVERRIDDEN == {twin.name for twin in seam.twins() if twin.override is not None}
+    before = set(seam.OVERRIDDEN)
+    with seam.forced("reference", "linear_forward"), seam.replaced("mix_streams_backward", lambda *a: None):
+        assert seam.OVERRIDDEN == before | {"linear_forward", "mix_streams_backward"}
+    assert seam.OVERRIDDEN == before
+
+
 def test_kernels_are_named_once():
     with pytest.raises(KeyError, match="no kernel named 'linear'"):
         seam.twin("linear")

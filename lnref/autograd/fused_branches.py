@@ -148,7 +148,8 @@ def _scaled_branch_forward(op: str, a: np.ndarray, branch: np.ndarray, scale: An
     """a + w * branch, as ``mul`` and ``add`` compute it (each product and sum alike in either
     operand order)."""
     scale_shape, branch_shape = binary_shapes(op, scale, branch)
-    if np.broadcast_shapes(scale_shape, branch_shape) != branch_shape:
+    fits = branch_shape[len(branch_shape) - len(scale_shape) :] == scale_shape  # a per-feature scale, or a number
+    if not fits and np.broadcast_shapes(scale_shape, branch_shape) != branch_shape:
         raise ValueError(f"{op}: branch_scale of shape {scale_shape} widens the branch of shape {branch_shape}")
     return a + scale * branch
 

@@ -32,7 +32,10 @@ def _depth_weights(a_r: Any, transpose: bool) -> Any:
 
 
 def _depth_cotangent(grads: Any, transpose: bool) -> tuple[Any, ...]:
-    """The kernels' cotangents with a_r's (the third) swapped back where its axes were swapped."""
+    """The kernels' cotangents with a_r's (the third) swapped back where its axes were swapped
+    (the kernels' own tuple where they were not)."""
+    if not transpose:
+        return grads
     dxs, da_m, da_r, *rest = grads
     return (dxs, da_m, _depth_weights(da_r, transpose), *rest)
 
@@ -63,21 +66,21 @@ def _mixed_normed_attention_fwd(
         da_m, dxs_width = ``weighted_sum``'s VJP at dh
         dxs = dxs_depth + dxs_width
     """
-    a_r = _depth_weights(a_r, transpose)
+    if transpose:
+        a_r = _depth_weights(a_r, transpose)
     try:
-        y, h, s, *kept = kernels.mixed_normed_attention_forward(
+        y, h, s, normed, mean, rstd, q, k, v, probs, heads = kernels.mixed_normed_attention_forward(
             xs, a_m, a_r, b, gamma, beta, eps, weights, n_heads, causal
         )
     except (TypeError, ValueError) as error:
         raise kernel_error("mixed_normed_attention", error, xs, a_m, a_r, b, gamma, beta, *weights) from None
-    normed, mean, rstd, q, k, v, probs, heads = kept
     wq, _, wk, _, wv, _, wo, _ = weights
-    return y, (transpose, xs, a_m, a_r, b, h, s, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads)
+    return y, (transpose, (xs, a_m, a_r, b, h, s, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads))
 
 
 def _mixed_normed_attention_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
     # (dxs, da_m, da_r, db, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo): the op's inputs in order.
-    transpose, *kept = residuals
+    transpose, kept = residuals
     return _depth_cotangent(kernels.mixed_normed_attention_backward(dout, *kept), transpose)
 
 
@@ -108,18 +111,20 @@ def _mixed_normed_feed_forward_fwd(
     ``residual_normed_feed_forward`` (residual False) and ``mix_streams``, with their VJPs in
     the same order.
     """
-    weights, a_r = (w1, b1, w2, b2), _depth_weights(a_r, transpose)
+    weights = (w1, b1, w2, b2)
+    if transpose:
+        a_r = _depth_weights(a_r, transpose)
     try:
         y, h, s, normed, mean, rstd, hidden, acted = kernels.mixed_normed_feed_forward_forward(
             xs, a_m, a_r, b, gamma, beta, eps, weights, activation
         )
     except (TypeError, ValueError) as error:
         raise kernel_error("mixed_normed_feed_forward", error, xs, a_m, a_r, b, gamma, beta, *weights) from None
-    return y, (transpose, xs, a_m, a_r, b, h, s, gamma, normed, mean, rstd, w1, w2, hidden, acted, activation)
+    return y, (transpose, (xs, a_m, a_r, b, h, s, gamma, normed, mean, rstd, w1, w2, hidden, acted, activation))
 
 
 def _mixed_normed_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> tuple[Any, ...]:
-    transpose, *kept = residuals
+    transpose, kept = residuals
     return _depth_cotangent(kernels.mixed_normed_feed_forward_backward(dout, *kept), transpose)
 
 

@@ -153,7 +153,7 @@ class Program:
             a if type(a) is np.ndarray and (a.dtype is FLOAT64 or a.dtype is FLOAT32) else _float_array(a)
             for a in arrays
         ]
-        needs = self._needs(fused, tuple(d and a is not None for a, d in zip(values, differentiate)))
+        needs = self._needs(fused, tuple([d and a is not None for a, d in zip(values, differentiate)]))
         values += [None] * len(self.steps) + self.constants
         primitives, kept = [], []
         in_rows = self._mixtures_in_rows if fused and mixture_rows.weighted_sum_as_defined() else ()

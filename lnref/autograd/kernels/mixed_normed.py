@@ -36,12 +36,11 @@ from lnref.autograd.kernels.branches import (
     ATTENTION_PARTS,
     FEED_FORWARD_PARTS,
     add_into,
-    attention_work,
     checked_attention_branch,
     checked_feed_forward_branch,
     path,
 )
-from lnref.autograd.kernels.checks import check_fit, cotangent, float_arrays
+from lnref.autograd.kernels.checks import FLOAT_DTYPES, check_fit, cotangent, float_arrays
 from lnref.autograd.kernels.seam import Twin, njit
 from lnref.autograd.kernels.stream_mixing import (
     MIX_STREAMS_BACKWARD,
@@ -117,13 +116,15 @@ def _width_backward(dh: np.ndarray, xs: np.ndarray, a_m: np.ndarray, dxs_width: 
 @njit(cache=True)
 def _mixed_normed_attention_forward_kernel(
     xs: Any, a_m: Any, a_r: Any, b: Any, gamma: Any, beta: Any, eps: float, wq: Any, bq: Any, wk: Any, bk: Any,
-    wv: Any, bv: Any, wo: Any, bo: Any, causal: bool, h: Any, normed: Any, mean: Any, rstd: Any, q: Any, k: Any,
-    v: Any, probs: Any, heads: Any, s: Any, y: Any,
+    wv: Any, bv: Any, wo: Any, bo: Any, causal: bool, kept: Any, stats: Any, probs: Any, y: Any,
 ) -> None:  # fmt: skip
+    """Writes ``y``, ``probs``, ``kept`` (7, B, T, d): h, s, normed, q, k, v, heads, and
+    ``stats`` (2, rows): mean, rstd."""
+    h, s, normed, q, k, v, heads = kept[0], kept[1], kept[2], kept[3], kept[4], kept[5], kept[6]
     _width_forward(xs, a_m, h)
     residual_normed._residual_normed_attention_forward_kernel(
-        h, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, normed, mean, rstd, q, k, v, probs, heads, s,
-        False,
+        h, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, normed, stats[0], stats[1], q, k, v, probs, heads,
+        s, False,
     )  # fmt: skip
     _mix_streams_forward_kernel(a_r, b, s, xs, y)
 
@@ -131,26 +132,32 @@ def _mixed_normed_attention_forward_kernel(
 @njit(cache=True)
 def _mixed_normed_attention_backward_kernel(
     dy: Any, xs: Any, a_m: Any, a_r: Any, b: Any, h: Any, s: Any, gamma: Any, normed: Any, mean: Any, rstd: Any,
-    wq: Any, wk: Any, wv: Any, wo: Any, q: Any, k: Any, v: Any, probs: Any, heads: Any, da_r: Any, db: Any, ds: Any,
-    dxs: Any, dnormed: Any, dw: Any, dbias: Any, dh: Any, dgamma: Any, dbeta: Any, dxs_width: Any, da_m: Any,
+    wq: Any, wk: Any, wv: Any, wo: Any, q: Any, k: Any, v: Any, probs: Any, heads: Any, da_r: Any, db: Any, dw: Any,
+    dbias: Any, dgamma: Any, dbeta: Any, da_m: Any, dxs: Any,
 ) -> None:  # fmt: skip
-    _mix_streams_backward_kernel(dy, a_r, b, s, xs, da_r, db, ds, dxs)
+    """Writes ``dxs``, ``dw`` and ``dbias``, adds into the zeroed ``da_r``, ``db``, ``dgamma``,
+    ``dbeta`` and ``da_m``; the cotangents between the three parts are scratch of its own."""
+    ds, dxs_depth, dh, dnormed = np.empty_like(s), np.empty_like(xs), np.empty_like(h), np.empty_like(h)
+    _mix_streams_backward_kernel(dy, a_r, b, s, xs, da_r, db, ds, dxs_depth)
     residual_normed._residual_normed_attention_backward_kernel(
         ds, h, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads, dnormed, dw, dbias, dh, dgamma,
         dbeta, False,
     )  # fmt: skip
-    _width_backward(dh, xs, a_m, dxs_width, da_m)
-    add_into(dxs, dxs_width)
+    _width_backward(dh, xs, a_m, dxs, da_m)
+    add_into(dxs_depth, dxs)
 
 
 @njit(cache=True)
 def _mixed_normed_feed_forward_forward_kernel(
     xs: Any, a_m: Any, a_r: Any, b: Any, gamma: Any, beta: Any, eps: float, w1: Any, b1: Any, w2: Any, b2: Any,
-    activation: int, h: Any, normed: Any, mean: Any, rstd: Any, hidden: Any, acted: Any, s: Any, y: Any,
+    activation: int, kept: Any, stats: Any, hidden: Any, acted: Any, y: Any,
 ) -> None:  # fmt: skip
+    """Writes ``y``, ``hidden``, ``acted``, ``kept`` (3, B, T, d): h, s, normed, and ``stats``
+    (2, rows): mean, rstd."""
+    h, s, normed = kept[0], kept[1], kept[2]
     _width_forward(xs, a_m, h)
     residual_normed._residual_normed_feed_forward_forward_kernel(
-        h, gamma, beta, eps, w1, b1, w2, b2, activation, normed, mean, rstd, hidden, acted, s, False, False
+        h, gamma, beta, eps, w1, b1, w2, b2, activation, normed, stats[0], stats[1], hidden, acted, s, False, False
     )
     _mix_streams_forward_kernel(a_r, b, s, xs, y)
 
@@ -158,79 +165,77 @@ def _mixed_normed_feed_forward_forward_kernel(
 @njit(cache=True)
 def _mixed_normed_feed_forward_backward_kernel(
     dy: Any, xs: Any, a_m: Any, a_r: Any, b: Any, h: Any, s: Any, gamma: Any, normed: Any, mean: Any, rstd: Any,
-    w1: Any, w2: Any, hidden: Any, acted: Any, activation: int, da_r: Any, db: Any, ds: Any, dxs: Any, dacted: Any,
-    dnormed: Any, dw1: Any, db1: Any, dw2: Any, db2: Any, dh: Any, dgamma: Any, dbeta: Any, dxs_width: Any,
-    da_m: Any,
+    w1: Any, w2: Any, hidden: Any, acted: Any, activation: int, da_r: Any, db: Any, dw1: Any, db1: Any, dw2: Any,
+    db2: Any, dgamma: Any, dbeta: Any, da_m: Any, dxs: Any,
 ) -> None:  # fmt: skip
-    _mix_streams_backward_kernel(dy, a_r, b, s, xs, da_r, db, ds, dxs)
+    """As :func:`_mixed_normed_attention_backward_kernel`, for the FFN."""
+    ds, dxs_depth, dh, dnormed = np.empty_like(s), np.empty_like(xs), np.empty_like(h), np.empty_like(h)
+    dacted = np.empty_like(acted)
+    _mix_streams_backward_kernel(dy, a_r, b, s, xs, da_r, db, ds, dxs_depth)
     residual_normed._residual_normed_feed_forward_backward_kernel(
         ds, h, gamma, normed, mean, rstd, w1, w2, hidden, acted, activation, dacted, dnormed, dw1, db1, dw2, db2, dh,
         dgamma, dbeta, False, False,
     )  # fmt: skip
-    _width_backward(dh, xs, a_m, dxs_width, da_m)
-    add_into(dxs, dxs_width)
+    _width_backward(dh, xs, a_m, dxs, da_m)
+    add_into(dxs_depth, dxs)
 
 
-# ----- the loop twins: each part's outputs allocated as its own loop twin allocates them -----
+# ----- the loop twins ----------------------------------------------------------------------
+# The arrays of one shape that a forward keeps are the rows of one allocation (one allocation
+# and one argument of the compiled call, where each would be its own); the cotangents passed
+# between the three parts are the compiled kernel's own scratch, never seen by Python. The
+# weights' cotangents are float64 accumulators, zeroed, as the parts' loops keep them, then
+# rounded to the copies' dtype as the parts' loop twins round them.
 
 
-def _mixing_outputs(xs: np.ndarray, a_r: np.ndarray) -> Arrays:
-    """``h`` and ``s`` (B, T, d) and ``y`` (m, B, T, d)."""
-    shape, dtype = xs.shape[1:], xs.dtype
-    return np.empty(shape, dtype), np.empty(shape, dtype), np.empty((a_r.shape[-1], *shape), dtype)
+def _accumulators(width: np.ndarray, a_r: np.ndarray, b: np.ndarray, d: int) -> Arrays:
+    """``da_r``, ``db``, ``dgamma``, ``dbeta`` and ``da_m``, shaped as ``width``, zeroed float64."""
+    return np.zeros(a_r.shape), np.zeros(b.shape), np.zeros(d), np.zeros(d), np.zeros(width.shape)
 
 
-def _mixing_grads(xs: np.ndarray, a_m: np.ndarray, a_r: np.ndarray, b: np.ndarray) -> Arrays:
-    """``da_r``, ``db``, ``ds``, ``dxs``, ``dh``, ``dxs_width``, ``da_m`` (1 or rows, n): the weights' in
-    float64, as the parts' loops accumulate them."""
-    shape, dtype = xs.shape[1:], xs.dtype
-    da_r, db, ds, dxs = np.zeros(a_r.shape), np.zeros(b.shape), np.empty(shape, dtype), np.empty(xs.shape, dtype)
-    return da_r, db, ds, dxs, np.empty(shape, dtype), np.empty(xs.shape, dtype), np.zeros(_width_weights(xs, a_m).shape)
-
-
-def _width_weights(xs: np.ndarray, a_m: np.ndarray) -> np.ndarray:
-    """``a_m`` as the width connection's kernel takes it: (1, n) shared, (rows, n) per token."""
-    return a_m.reshape(-1, len(xs))
-
-
-def _in_dtype(grads: Arrays, dtype: np.dtype) -> Arrays:
-    """The float64 accumulators rounded to ``dtype``, as the parts' loop twins round them."""
-    return grads if dtype == np.float64 else tuple(g.astype(dtype) for g in grads)
+def _rounded(dtype: np.dtype, a_m: np.ndarray, da_m: np.ndarray, *grads: np.ndarray) -> Arrays:
+    """``(da_m, *grads)``, ``da_m`` shaped as ``a_m``, in ``dtype``."""
+    da_m = da_m.reshape(a_m.shape)
+    if dtype is FLOAT_DTYPES[1] or dtype == FLOAT_DTYPES[1]:
+        return (da_m, *grads)
+    return (da_m.astype(dtype), *(g.astype(dtype) for g in grads))
 
 
 def _mixed_normed_attention_forward_loop(xs: np.ndarray, a_m: np.ndarray, a_r: np.ndarray, b: np.ndarray,
                                          gamma: np.ndarray, beta: np.ndarray, eps: float, weights: Arrays,
                                          n_heads: int, causal: bool) -> Arrays:  # fmt: skip
     """Loop twin (allocates, then runs ``_mixed_normed_attention_forward_kernel``)."""
-    (batch, t_len, _), dtype = xs.shape[1:], xs.dtype
-    h, s, y = _mixing_outputs(xs, a_r)
-    normed, q, k, v, heads = (np.empty(h.shape, dtype) for _ in range(5))
-    mean, rstd = np.empty(batch * t_len, dtype), np.empty(batch * t_len, dtype)
+    n, batch, t_len, d = xs.shape
+    dtype = xs.dtype
+    kept, stats = np.empty((7, batch, t_len, d), dtype), np.empty((2, batch * t_len), dtype)
     probs = np.zeros((batch, n_heads, t_len, t_len), dtype)
+    y = np.empty((a_r.shape[-1], batch, t_len, d), dtype)
     wq, bq, wk, bk, wv, bv, wo, bo = weights
     _mixed_normed_attention_forward_kernel(
-        xs, _width_weights(xs, a_m), a_r, b, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, h, normed, mean,
-        rstd, q, k, v, probs, heads, s, y,
-    )  # fmt: skip
+        xs, a_m.reshape(-1, n), a_r, b, gamma, beta, eps, wq, bq, wk, bk, wv, bv, wo, bo, causal, kept, stats, probs, y
+    )
+    h, s, normed, q, k, v, heads = kept
+    mean, rstd = stats
     return y, h, s, normed, mean, rstd, q, k, v, probs, heads
 
 
 def _mixed_normed_attention_backward_loop(dy: np.ndarray, xs: np.ndarray, a_m: np.ndarray, a_r: np.ndarray,
                                           b: np.ndarray, h: np.ndarray, s: np.ndarray, gamma: np.ndarray,
-                                          *kept: np.ndarray) -> Arrays:  # fmt: skip
+                                          normed: np.ndarray, mean: np.ndarray, rstd: np.ndarray, wq: np.ndarray,
+                                          wk: np.ndarray, wv: np.ndarray, wo: np.ndarray, q: np.ndarray,
+                                          k: np.ndarray, v: np.ndarray, probs: np.ndarray,
+                                          heads: np.ndarray) -> Arrays:  # fmt: skip
     """Loop twin (allocates, then runs ``_mixed_normed_attention_backward_kernel``)."""
-    dtype, d = xs.dtype, xs.shape[-1]
-    da_r, db, ds, dxs, dh, dxs_width, da_m = _mixing_grads(xs, a_m, a_r, b)
-    dnormed, dw, dbias = np.empty(h.shape, dtype), np.empty((4, d, d), dtype), np.empty((4, d), dtype)
-    dgamma, dbeta = np.zeros(d), np.zeros(d)
-    normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads = kept
+    dtype, d, width = xs.dtype, xs.shape[-1], a_m.reshape(-1, len(xs))  # (1, n) shared, (rows, n) per token
+    da_r, db, dgamma, dbeta, da_m = _accumulators(width, a_r, b, d)
+    dxs, dw, dbias = np.empty(xs.shape, dtype), np.empty((4, d, d), dtype), np.empty((4, d), dtype)
     _mixed_normed_attention_backward_kernel(
-        dy, xs, _width_weights(xs, a_m), a_r, b, h, s, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs, heads,
-        da_r, db, ds, dxs, dnormed, dw, dbias, dh, dgamma, dbeta, dxs_width, da_m,
+        dy, xs, width, a_r, b, h, s, gamma, normed, mean, rstd, wq, wk, wv, wo, q, k, v, probs,
+        heads, da_r, db, dw, dbias, dgamma, dbeta, da_m, dxs,
     )  # fmt: skip
-    grads = (da_m.reshape(a_m.shape), da_r, db, dgamma, dbeta)
-    dweights = (dw[0], dbias[0], dw[1], dbias[1], dw[2], dbias[2], dw[3], dbias[3])
-    return (dxs_width, *_in_dtype(grads, dtype), *dweights)
+    dwq, dwk, dwv, dwo = dw
+    dbq, dbk, dbv, dbo = dbias
+    return (dxs, *_rounded(dtype, a_m, da_m, da_r, db, dgamma, dbeta), dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo)
 
 
 def _mixed_normed_feed_forward_forward_loop(xs: np.ndarray, a_m: np.ndarray, a_r: np.ndarray, b: np.ndarray,
@@ -238,15 +243,18 @@ def _mixed_normed_feed_forward_forward_loop(xs: np.ndarray, a_m: np.ndarray, a_r
                                             activation: str) -> Arrays:  # fmt: skip
     """Loop twin (allocates, then runs ``_mixed_normed_feed_forward_forward_kernel``)."""
     w1, b1, w2, b2 = weights
-    dtype, rows = xs.dtype, xs[0].size // xs.shape[-1]
-    h, s, y = _mixing_outputs(xs, a_r)
-    normed, mean, rstd = np.empty(h.shape, dtype), np.empty(rows, dtype), np.empty(rows, dtype)
+    n, batch, t_len, d = xs.shape
+    dtype, rows = xs.dtype, batch * t_len
+    kept, stats = np.empty((3, batch, t_len, d), dtype), np.empty((2, rows), dtype)
     hidden = np.empty((rows, w1.shape[1]), dtype)
     acted = hidden if activation == "relu" else np.empty_like(hidden)  # ReLU in place, as the FFN's loop
+    y = np.empty((a_r.shape[-1], batch, t_len, d), dtype)
     _mixed_normed_feed_forward_forward_kernel(
-        xs, _width_weights(xs, a_m), a_r, b, gamma, beta, eps, w1, b1, w2, b2, feed_forward.FFN_CODES[activation], h,
-        normed, mean, rstd, hidden, acted, s, y,
+        xs, a_m.reshape(-1, n), a_r, b, gamma, beta, eps, w1, b1, w2, b2, feed_forward.FFN_CODES[activation], kept,
+        stats, hidden, acted, y,
     )  # fmt: skip
+    h, s, normed = kept
+    mean, rstd = stats
     return y, h, s, normed, mean, rstd, hidden, acted
 
 
@@ -256,19 +264,16 @@ def _mixed_normed_feed_forward_backward_loop(dy: np.ndarray, xs: np.ndarray, a_m
                                              w2: np.ndarray, hidden: np.ndarray, acted: np.ndarray,
                                              activation: str) -> Arrays:  # fmt: skip
     """Loop twin (allocates, then runs ``_mixed_normed_feed_forward_backward_kernel``)."""
-    dtype, d = xs.dtype, xs.shape[-1]
-    da_r, db, ds, dxs, dh, dxs_width, da_m = _mixing_grads(xs, a_m, a_r, b)
-    dacted, dnormed = np.empty(acted.shape, dtype), np.empty(h.shape, dtype)
+    dtype, d, width = xs.dtype, xs.shape[-1], a_m.reshape(-1, len(xs))  # (1, n) shared, (rows, n) per token
+    da_r, db, dgamma, dbeta, da_m = _accumulators(width, a_r, b, d)
+    dxs = np.empty(xs.shape, dtype)
     dw1, db1 = np.empty(w1.shape, dtype), np.empty(w1.shape[1], dtype)
     dw2, db2 = np.empty(w2.shape, dtype), np.empty(w2.shape[1], dtype)
-    dgamma, dbeta = np.zeros(d), np.zeros(d)
     _mixed_normed_feed_forward_backward_kernel(
-        dy, xs, _width_weights(xs, a_m), a_r, b, h, s, gamma, normed, mean, rstd, w1, w2, hidden, acted,
-        feed_forward.FFN_CODES[activation], da_r, db, ds, dxs, dacted, dnormed, dw1, db1, dw2, db2, dh, dgamma, dbeta,
-        dxs_width, da_m,
+        dy, xs, width, a_r, b, h, s, gamma, normed, mean, rstd, w1, w2, hidden, acted,
+        feed_forward.FFN_CODES[activation], da_r, db, dw1, db1, dw2, db2, dgamma, dbeta, da_m, dxs,
     )  # fmt: skip
-    grads = (da_m.reshape(a_m.shape), da_r, db, dgamma, dbeta)
-    return (dxs_width, *_in_dtype(grads, dtype), dw1, db1, dw2, db2)
+    return (dxs, *_rounded(dtype, a_m, da_m, da_r, db, dgamma, dbeta), dw1, db1, dw2, db2)
 
 
 MIXED_NORMED_ATTENTION_FORWARD, MIXED_NORMED_ATTENTION_BACKWARD = (
@@ -323,16 +328,53 @@ def _checked_mixing(xs: Any, a_m: Any, a_r: Any, b: Any) -> Any:
     return xs, a_m, a_r, b
 
 
+def _plain_mixing(xs: Any, a_m: Any, a_r: Any, b: Any, gamma: Any, beta: Any, weights: Arrays) -> int:
+    """The copies' width d where every argument is a C-contiguous ndarray of the copies' float
+    dtype, xs (n, B, T, d), the mixtures' weights fit as :func:`_checked_mixing` asks, and gamma
+    and beta are (d,); else 0, and the full checks decide (they raise the errors)."""
+    if type(xs) is not np.ndarray or xs.dtype not in FLOAT_DTYPES or xs.ndim != 4:
+        return 0
+    dtype = xs.dtype
+    for array in (xs, a_m, a_r, b, gamma, beta, *weights):
+        if type(array) is not np.ndarray or array.dtype is not dtype and array.dtype != dtype:
+            return 0
+        if not array.flags.c_contiguous:
+            return 0
+    n, batch, t_len, d = xs.shape
+    m = a_r.shape[-1] if a_r.ndim >= 2 else 0
+    if a_m.ndim == 1:
+        fits = a_m.shape == (n,) and a_r.shape == (n, m) and b.shape == (m,)
+    else:
+        fits = a_m.shape == (batch, t_len, n) and a_r.shape == (batch, t_len, n, m) and b.shape == (batch, t_len, m)
+    return d if fits and n >= 1 and m >= 1 and gamma.shape == beta.shape == (d,) else 0
+
+
+def _attention_work(xs: np.ndarray) -> tuple[int, int]:
+    """The attention sublayer's measures of work on each copy of ``xs`` (n, B, T, d)."""
+    _, batch, t_len, d = xs.shape
+    return attention_sublayer.attention_sublayer_work(batch, t_len, t_len, d)
+
+
 def mixed_normed_attention_forward(xs: Any, a_m: Any, a_r: Any, b: Any, gamma: Any, beta: Any, eps: float,
                                    weights: Arrays, n_heads: int, causal: bool) -> Arrays:  # fmt: skip
     """y = mix_streams(a_r, b, A(LN(sum_i a_m[i] x_i)), xs), A the self-attention sublayer of
     ``weights`` (wq, bq, wk, bk, wv, bv, wo, bo), the mixtures' weights shared or per token;
     returns ``(y, h, s, normed, mean, rstd, q, k, v, probs, heads)``."""
-    xs, a_m, a_r, b = _checked_mixing(xs, a_m, a_r, b)
-    _, gamma, beta, *checked = checked_attention_branch(xs[0], gamma, beta, weights, n_heads, causal)
+    d = _plain_mixing(xs, a_m, a_r, b, gamma, beta, weights) if len(weights) == 8 else 0
+    if not (
+        d
+        and weights[0].shape == weights[2].shape == weights[4].shape == weights[6].shape == (d, d)
+        and weights[1].shape == weights[3].shape == weights[5].shape == weights[7].shape == (d,)
+        and type(n_heads) is int
+        and n_heads >= 1
+        and d % n_heads == 0
+    ):  # the common case decided in these comparisons; the full checks name what does not fit
+        xs, a_m, a_r, b = _checked_mixing(xs, a_m, a_r, b)
+        _, gamma, beta, *checked = checked_attention_branch(xs[0], gamma, beta, weights, n_heads, causal)
+        weights = tuple(checked)
     fused = MIXED_NORMED_ATTENTION_FORWARD
-    forward = path(fused, PARTS[fused], *attention_work(xs[0]))
-    return forward(xs, a_m, a_r, b, gamma, beta, float(eps), tuple(checked), n_heads, bool(causal))
+    forward = path(fused, PARTS[fused], *_attention_work(xs))
+    return forward(xs, a_m, a_r, b, gamma, beta, float(eps), tuple(weights), n_heads, bool(causal))
 
 
 def mixed_normed_attention_backward(dy: np.ndarray, xs: np.ndarray, *residuals: Any) -> Arrays:
@@ -341,7 +383,7 @@ def mixed_normed_attention_backward(dy: np.ndarray, xs: np.ndarray, *residuals: 
     unchanged); returns ``(dxs, da_m, da_r, db, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo)``."""
     dy = cotangent(dy, xs.dtype, (residuals[1].shape[-1], *xs.shape[1:]))
     fused = MIXED_NORMED_ATTENTION_BACKWARD
-    return path(fused, PARTS[fused], *attention_work(xs[0]))(dy, xs, *residuals)
+    return path(fused, PARTS[fused], *_attention_work(xs))(dy, xs, *residuals)
 
 
 def mixed_normed_feed_forward_forward(xs: Any, a_m: Any, a_r: Any, b: Any, gamma: Any, beta: Any, eps: float,
@@ -349,11 +391,19 @@ def mixed_normed_feed_forward_forward(xs: Any, a_m: Any, a_r: Any, b: Any, gamma
     """y = mix_streams(a_r, b, F(LN(sum_i a_m[i] x_i)), xs), F the FFN of ``weights`` (w1, b1,
     w2, b2), the mixtures' weights shared or per token; returns ``(y, h, s, normed, mean, rstd,
     hidden, acted)``."""
-    xs, a_m, a_r, b = _checked_mixing(xs, a_m, a_r, b)
-    _, gamma, beta, *checked = checked_feed_forward_branch(xs[0], gamma, beta, weights, activation)
+    d = _plain_mixing(xs, a_m, a_r, b, gamma, beta, weights) if len(weights) == 4 else 0
+    if d:
+        w1, b1, w2, b2 = weights
+        hidden = w1.shape[-1]
+        d = d if w1.shape == (d, hidden) and b1.shape == (hidden,) and w2.shape == (hidden, d) else 0
+        d = d if b2.shape == (d,) and activation in feed_forward.FFN_ACTIVATIONS else 0
+    if not d:  # the full checks name what does not fit
+        xs, a_m, a_r, b = _checked_mixing(xs, a_m, a_r, b)
+        _, gamma, beta, *checked = checked_feed_forward_branch(xs[0], gamma, beta, weights, activation)
+        weights = tuple(checked)
     fused = MIXED_NORMED_FEED_FORWARD_FORWARD
-    forward = path(fused, PARTS[fused], xs[0].size // xs.shape[-1] * checked[0].size)
-    return forward(xs, a_m, a_r, b, gamma, beta, float(eps), tuple(checked), activation)
+    forward = path(fused, PARTS[fused], xs.size // len(xs) // xs.shape[-1] * weights[0].size)
+    return forward(xs, a_m, a_r, b, gamma, beta, float(eps), tuple(weights), activation)
 
 
 def mixed_normed_feed_forward_backward(dy: np.ndarray, xs: np.ndarray, *residuals: Any) -> Arrays:
@@ -361,6 +411,6 @@ def mixed_normed_feed_forward_backward(dy: np.ndarray, xs: np.ndarray, *residual
     (``a_m, a_r, b, h, s, gamma, normed, mean, rstd, w1, w2, hidden, acted, activation``,
     unchanged); returns ``(dxs, da_m, da_r, db, dgamma, dbeta, dw1, db1, dw2, db2)``."""
     dy = cotangent(dy, xs.dtype, (residuals[1].shape[-1], *xs.shape[1:]))
-    work = xs[0].size // xs.shape[-1] * residuals[9].size
+    work = xs.size // len(xs) // xs.shape[-1] * residuals[9].size
     fused = MIXED_NORMED_FEED_FORWARD_BACKWARD
     return path(fused, PARTS[fused], work)(dy, xs, *residuals)

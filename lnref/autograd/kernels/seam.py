@@ -73,6 +73,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
+    "OVERRIDDEN",
     "USE_NUMBA",
     "Kernel",
     "Twin",
@@ -173,6 +174,9 @@ def _stamp_with_package_sources(dispatcher: Any) -> None:
 
 PATHS = ("reference", "loop", "blocked")
 _TWINS: dict[str, Twin] = {}
+# The names of the twins whose override is set. While it is empty, a fused kernel that must
+# not run in place of an overridden part (``branches.path``) need not ask each of its parts.
+OVERRIDDEN: set[str] = set()
 # What ``wrapped`` puts around every picked implementation while its block runs, else None.
 _WRAP: Callable[[Twin, Kernel], Kernel] | None = None
 
@@ -239,6 +243,10 @@ class Twin:
         if value is not None and not isinstance(value, str) and not callable(value):
             raise TypeError(f"an override of {self.name} is a path name or a callable, got {value!r}")
         self._override = value
+        if value is None:
+            OVERRIDDEN.discard(self.name)
+        else:
+            OVERRIDDEN.add(self.name)
         self._settle()
 
     def pick(self, *work: int) -> Kernel:

@@ -115,29 +115,51 @@ def _mix_streams_backward_kernel(dy: Any, a: Any, b: Any, s: Any, xs: Any, da: A
     n_rows, d = s.size // s.shape[-1], s.shape[-1]
     a3, b2 = a.reshape((-1, a.shape[-2], a.shape[-1])), b.reshape((-1, b.shape[-1]))
     da3, db2 = da.reshape(a3.shape), db.reshape(b2.shape)
-    s2, ds2 = s.reshape((n_rows, d)), ds.reshape((n_rows, d))
     dy3, dxs3 = dy.reshape((dy.shape[0], n_rows, d)), dxs.reshape((dxs.shape[0], n_rows, d))
     per_row = a3.shape[0] > 1
     for i in range(len(xs)):
-        x, dx = xs[i].reshape((n_rows, d)), dxs3[i]
-        for r in range(n_rows):
-            row = r if per_row else 0
-            for c in range(dy3.shape[0]):
-                weight, dy_row = a3[row, i, c], dy3[c, r]
-                total = 0.0
-                for j in range(d):
-                    dx[r, j] = weight * dy_row[j] if c == 0 else dx[r, j] + weight * dy_row[j]
-                    total += dy_row[j] * x[r, j]
-                da3[row, i, c] += total
+        _mixed_rows(dy3, a3[:, i], xs[i].reshape((n_rows, d)), dxs3[i], da3[:, i], per_row)
+    _mixed_rows(dy3, b2, s.reshape((n_rows, d)), ds.reshape((n_rows, d)), db2, per_row)
+
+
+@njit(cache=True)
+def _mixed_rows(dy3: Any, weights: Any, x: Any, dx: Any, dweights: Any, per_row: bool) -> None:
+    """One stream x (rows, d) and its weights (1 or rows, m): dx[r] = sum_c weights[r, c] dy_c[r],
+    and sum_j dy_c[r, j] x[r, j] added into dweights[r, c], row by row, each sum in the order of
+    its index.
+
+    The weights' sums go four columns at a time, apart from dx's loop: each adds its terms in
+    its own column's order, as a loop of one column would, but four chains of additions are in
+    flight at once instead of each waiting on the one before."""
+    m, n_rows, d = dy3.shape
     for r in range(n_rows):
         row = r if per_row else 0
-        for c in range(dy3.shape[0]):
-            weight, dy_row = b2[row, c], dy3[c, r]
+        for c in range(m):
+            weight = weights[row, c]
+            if c == 0:
+                for j in range(d):
+                    dx[r, j] = weight * dy3[c, r, j]
+            else:
+                for j in range(d):
+                    dx[r, j] = dx[r, j] + weight * dy3[c, r, j]
+        grouped = m - m % 4
+        for c in range(0, grouped, 4):
+            t0 = t1 = t2 = t3 = 0.0
+            for j in range(d):
+                xj = x[r, j]
+                t0 += dy3[c, r, j] * xj
+                t1 += dy3[c + 1, r, j] * xj
+                t2 += dy3[c + 2, r, j] * xj
+                t3 += dy3[c + 3, r, j] * xj
+            dweights[row, c] += t0
+            dweights[row, c + 1] += t1
+            dweights[row, c + 2] += t2
+            dweights[row, c + 3] += t3
+        for c in range(grouped, m):
             total = 0.0
             for j in range(d):
-                ds2[r, j] = weight * dy_row[j] if c == 0 else ds2[r, j] + weight * dy_row[j]
-                total += dy_row[j] * s2[r, j]
-            db2[row, c] += total
+                total += dy3[c, r, j] * x[r, j]
+            dweights[row, c] += total
 
 
 MIX_STREAMS_FORWARD = Twin(
