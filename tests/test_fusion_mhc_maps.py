@@ -126,7 +126,7 @@ def test_a_replayed_mhc_pass_of_other_widths_and_rounds_gives_the_bits_of_the_ta
 
 def test_a_replayed_mhc_pass_with_the_mappings_numpy_twins_gives_the_bits_of_the_taped_pass(monkeypatch):
     model = _mhc()
-    with seam.forced("reference", "mhc_mappings_forward", "mhc_mappings_backward"):
+    with seam.forced("reference", "mixing_mappings_forward", "mixing_mappings_backward"):
         _assert_same_bits(*_replayed_with_fused_steps(model, monkeypatch))
 
 
@@ -134,7 +134,7 @@ def test_a_broken_fused_mappings_backward_changes_the_replayed_gradient():
     """The negative control of the bit tests: the mappings' VJP off by a part in a billion."""
     model = _mhc()
     taped, _ = taped_and_replayed(model)
-    broken = replayed_with_backward_off(model, "mhc_mappings_backward")
+    broken = replayed_with_backward_off(model, "mixing_mappings_backward")
     assert taped[0] == broken[0]
     assert not np.array_equal(taped[1]["layers.0.attn.wq"], broken[1]["layers.0.attn.wq"])
 
@@ -229,7 +229,7 @@ def test_the_mappings_loop_twins_agree_with_their_numpy_twins(dtype, rtol):
     rng = np.random.default_rng(4)
     cotangents = [rng.standard_normal((*TOKENS, N)), rng.standard_normal((*TOKENS, N)), rng.standard_normal((6, N, N))]
     statics = ((True, True, False), (1.0, 2.0, 1.0))
-    forward, backward = seam.twin("mhc_mappings_forward"), seam.twin("mhc_mappings_backward")
+    forward, backward = seam.twin("mixing_mappings_forward"), seam.twin("mixing_mappings_backward")
     results = []
     for path in ("loop", "reference"):
         with seam.forced(path):  # the NumPy twin's parts their NumPy twins too

@@ -12,7 +12,7 @@ maps, Sinkhorn and the sublayer between the copies' width and depth connections 
 the last itself the fusion of the width connection, the normed sublayer S (the attention or
 the FFN) and the depth connections (``fused_copies.py``). The maps' activations and gains, the
 reshape's shape, Sinkhorn's iterations and the mapping norm's eps are static parameters, as
-they were the steps'. The forward runs the mappings' kernels (``kernels/mhc_mappings.py``),
+they were the steps'. The forward runs the mappings' kernels (``kernels/mixing_mappings.py``),
 then the mixed sublayer's (``kernels/mixed_normed.py``), each calling the parts' own loops in
 the parts' order; the VJP runs the mixed sublayer's backward, then the mappings' (Sinkhorn,
 the res map, the post map, the pre map, u's cotangent summed in that order, the norm, the
@@ -60,7 +60,7 @@ def _mappings(op: str, xs: Any, mix_gamma: Any, mix_beta: Any, maps: Arrays, sta
         raise ValueError(f"{op}: the mapping norm's eps must be finite and > 0, got {eps}")
     sigmoids, gains = _map_statics(statics)
     try:
-        h_pre, h_post, h_res, *kept = kernels.mhc_mappings_forward(
+        h_pre, h_post, h_res, *kept = kernels.mixing_mappings_forward(
             xs, mix_gamma, mix_beta, eps, maps, sigmoids, gains, shape[-1], statics["iterations"]
         )
     except (TypeError, ValueError) as error:
@@ -72,7 +72,7 @@ def _mappings_vjp(da_m: Any, db: Any, da_r: Any, xs: np.ndarray, residuals: Any)
     """(the concatenate's term of the copies' cotangent, then the mapping norm's and the maps'
     cotangents), from those of h_pre, h_post and h_res."""
     mix_gamma, maps, gains, iterations, kept = residuals
-    return kernels.mhc_mappings_backward(da_m, db, da_r, xs, mix_gamma, maps, gains, iterations, *kept)
+    return kernels.mixing_mappings_backward(da_m, db, da_r, xs, mix_gamma, maps, gains, iterations, *kept)
 
 
 def _depth_weights(a_r: Any, transpose: bool) -> Any:

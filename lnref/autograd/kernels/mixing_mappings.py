@@ -1,5 +1,6 @@
-"""mHC's mappings of a sublayer from its stacked copies, one kernel each way: vec(x), its norm,
-the three gated maps and the Sinkhorn rounds that give H_pre, H_post and H_res.
+"""The mixtures' weights per token from a sublayer's stacked copies, one kernel each way: vec(x),
+its norm, three gated maps and the Sinkhorn rounds that give H_pre, H_post and H_res (mHC's
+mappings).
 
 With the n copies of the stream stacked, ``xs`` (n, ..., d), the mapping norm's ``gamma`` and
 ``beta`` (n d,), and each map's phi (n d, q), alpha (0-d) and b (q,):
@@ -61,7 +62,7 @@ MAPS = ("pre", "post", "res")
 # ----- the NumPy twins: the parts' public kernels in turn ----------------------------------
 
 
-def mhc_mappings_forward_reference(xs: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, maps: Arrays,
+def mixing_mappings_forward_reference(xs: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, maps: Arrays,
                                    sigmoids: tuple[bool, ...], gains: tuple[float, ...], side: int,
                                    iterations: int) -> Arrays:  # fmt: skip
     """NumPy twin; ``maps`` the three maps' (phi, alpha, b), b of q entries (q,)."""
@@ -81,7 +82,7 @@ def mhc_mappings_forward_reference(xs: np.ndarray, gamma: np.ndarray, beta: np.n
     return (ys[0], ys[1], h_res, flat, mean, rstd, u, *kept, exp_logits)
 
 
-def mhc_mappings_backward_reference(dh_pre: np.ndarray, dh_post: np.ndarray, dh_res: np.ndarray, xs_shape: Any,
+def mixing_mappings_backward_reference(dh_pre: np.ndarray, dh_post: np.ndarray, dh_res: np.ndarray, xs_shape: Any,
                                     gamma: np.ndarray, maps: Arrays, gains: tuple[float, ...], iterations: int,
                                     flat: np.ndarray, mean: np.ndarray, rstd: np.ndarray, u: np.ndarray,
                                     *kept: Any) -> Arrays:  # fmt: skip
@@ -116,7 +117,7 @@ def _as_rows(dflat: np.ndarray, xs_shape: Any) -> np.ndarray:
 
 
 @njit(cache=True)
-def _mhc_maps_forward_kernel(
+def _maps_forward_kernel(
     xs: Any, gamma: Any, beta: Any, eps: float, phi_pre: Any, alpha_pre: float, b_pre: Any, gain_pre: float,
     sigmoid_pre: bool, phi_post: Any, alpha_post: float, b_post: Any, gain_post: float, sigmoid_post: bool,
     phi_res: Any, alpha_res: float, b_res: Any, gain_res: float, sigmoid_res: bool, flat: Any, u: Any, mean: Any,
@@ -138,7 +139,7 @@ def _mhc_maps_forward_kernel(
 
 
 @njit(cache=True)
-def _mhc_mappings_backward_kernel(
+def _mixing_mappings_backward_kernel(
     dh_pre: Any, dh_post: Any, dh_res: Any, exp_logits: Any, iterations: int, flat: Any, gamma: Any, mean: Any,
     rstd: Any, u: Any, phi_pre: Any, alpha_pre: float, z_pre: Any, gate_pre: Any, gain_pre: float, sigmoid_pre: bool,
     phi_post: Any, alpha_post: float, z_post: Any, gate_post: Any, gain_post: float, sigmoid_post: bool,
@@ -168,10 +169,10 @@ def _mhc_mappings_backward_kernel(
 # ----- the loop twins: each part's outputs allocated as its own loop twin allocates them ------
 
 
-def _mhc_mappings_forward_loop(xs: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, maps: Arrays,
+def _mixing_mappings_forward_loop(xs: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, maps: Arrays,
                                sigmoids: tuple[bool, ...], gains: tuple[float, ...], side: int,
                                iterations: int) -> Arrays:  # fmt: skip
-    """Loop twin (allocates, then runs ``_mhc_maps_forward_kernel`` and Sinkhorn's loop twin)."""
+    """Loop twin (allocates, then runs ``_maps_forward_kernel`` and Sinkhorn's loop twin)."""
     dtype, width = xs.dtype, xs.shape[0] * xs.shape[-1]
     rows = xs[0].size // xs.shape[-1]
     flat, u = np.empty((rows, width), dtype), np.empty((rows, width), dtype)
@@ -188,16 +189,16 @@ def _mhc_mappings_forward_loop(xs: np.ndarray, gamma: np.ndarray, beta: np.ndarr
         outputs += [z, y, y if gate is None else gate]  # the kernel writes the gate into y without the sigmoid
         ys.append(y)
         kept += [z, gate]
-    _mhc_maps_forward_kernel(*[xs, gamma, beta, eps, *arguments, flat, u, mean, rstd, *outputs])
+    _maps_forward_kernel(*[xs, gamma, beta, eps, *arguments, flat, u, mean, rstd, *outputs])
     h_res, exp_logits = sinkhorn._sinkhorn_forward_loop(ys[2].reshape(rows, side, side), iterations)
     return (ys[0], ys[1], h_res, flat, mean, rstd, u, *kept, exp_logits)
 
 
-def _mhc_mappings_backward_loop(dh_pre: np.ndarray, dh_post: np.ndarray, dh_res: np.ndarray, xs_shape: Any,
+def _mixing_mappings_backward_loop(dh_pre: np.ndarray, dh_post: np.ndarray, dh_res: np.ndarray, xs_shape: Any,
                                 gamma: np.ndarray, maps: Arrays, gains: tuple[float, ...], iterations: int,
                                 flat: np.ndarray, mean: np.ndarray, rstd: np.ndarray, u: np.ndarray,
                                 *kept: Any) -> Arrays:  # fmt: skip
-    """Loop twin (allocates, then runs ``_mhc_mappings_backward_kernel``)."""
+    """Loop twin (allocates, then runs ``_mixing_mappings_backward_kernel``)."""
     *maps_kept, exp_logits = kept
     dtype, (rows, width) = u.dtype, u.shape
     arguments: list[Any] = []
@@ -210,7 +211,7 @@ def _mhc_mappings_backward_loop(dh_pre: np.ndarray, dh_post: np.ndarray, dh_res:
     dres = np.empty(exp_logits.shape, dtype)
     du, dflat = np.empty((rows, width), dtype), np.empty((rows, width), dtype)
     dgamma, dbeta = np.zeros(width), np.zeros(width)  # float64 accumulators, as LayerNorm's loop keeps them
-    _mhc_mappings_backward_kernel(*[
+    _mixing_mappings_backward_kernel(*[
         dh_pre.reshape(rows, -1), dh_post.reshape(rows, -1), dh_res, exp_logits, iterations, flat, gamma, mean, rstd,
         u, *arguments, dres, *outputs[2], *outputs[1], *outputs[0], du, dflat, dgamma, dbeta,
     ])  # fmt: skip
@@ -225,24 +226,24 @@ def _mhc_mappings_backward_loop(dh_pre: np.ndarray, dh_post: np.ndarray, dh_res:
     return (_as_rows(dflat, xs_shape), dgamma, dbeta, *grads)
 
 
-MHC_MAPPINGS_FORWARD = Twin(
-    "mhc_mappings_forward",
-    reference=mhc_mappings_forward_reference,
-    loop=_mhc_mappings_forward_loop,
+MIXING_MAPPINGS_FORWARD = Twin(
+    "mixing_mappings_forward",
+    reference=mixing_mappings_forward_reference,
+    loop=_mixing_mappings_forward_loop,
     loop_pays_up_to=scaled_linear.LOOP_PAYS_UP_TO,
 )
-MHC_MAPPINGS_BACKWARD = Twin(
-    "mhc_mappings_backward",
-    reference=mhc_mappings_backward_reference,
-    loop=_mhc_mappings_backward_loop,
+MIXING_MAPPINGS_BACKWARD = Twin(
+    "mixing_mappings_backward",
+    reference=mixing_mappings_backward_reference,
+    loop=_mixing_mappings_backward_loop,
     loop_pays_up_to=scaled_linear.LOOP_PAYS_UP_TO,
 )
 # The parts each fused kernel stands for, each way: while one of them is overridden, its NumPy twin runs.
 PARTS = {
-    MHC_MAPPINGS_FORWARD: (
+    MIXING_MAPPINGS_FORWARD: (
         norms.LAYER_NORM_FORWARD, scaled_linear.SCALED_LINEAR_FORWARD, sinkhorn.SINKHORN_FORWARD,
     ),
-    MHC_MAPPINGS_BACKWARD: (
+    MIXING_MAPPINGS_BACKWARD: (
         sinkhorn.SINKHORN_BACKWARD, scaled_linear.SCALED_LINEAR_BACKWARD, norms.LAYER_NORM_BACKWARD,
     ),
 }  # fmt: skip
@@ -256,7 +257,7 @@ def _work(rows: int, width: int, maps: Any) -> int:
     return rows * width * max(maps[0].shape[1], maps[3].shape[1], maps[6].shape[1])
 
 
-def mhc_mappings_forward(xs: Any, gamma: Any, beta: Any, eps: float, maps: Arrays, sigmoids: tuple[bool, ...],
+def mixing_mappings_forward(xs: Any, gamma: Any, beta: Any, eps: float, maps: Arrays, sigmoids: tuple[bool, ...],
                          gains: tuple[float, ...], side: int, iterations: int) -> Arrays:  # fmt: skip
     """H_pre, H_post and H_res of the copies ``xs`` (n, ..., d) (see the module): the mapping
     norm's ``gamma`` and ``beta`` (n d,) and ``eps``, ``maps`` the pre, post and res maps'
@@ -276,7 +277,7 @@ def mhc_mappings_forward(xs: Any, gamma: Any, beta: Any, eps: float, maps: Array
         check_fit(False, "xs", xs, "gamma", gamma, "beta", beta, *phis)
     sinkhorn._check_iterations(iterations)
     rows = math.prod(lead)
-    fused = MHC_MAPPINGS_FORWARD
+    fused = MIXING_MAPPINGS_FORWARD
     forward = path(fused, PARTS[fused], _work(rows, width, arrays))
     h_pre, h_post, h_res, *kept = forward(
         xs, gamma, beta, float(eps), tuple(arrays), tuple(map(bool, sigmoids)), tuple(map(float, gains)), side,
@@ -285,9 +286,9 @@ def mhc_mappings_forward(xs: Any, gamma: Any, beta: Any, eps: float, maps: Array
     return (h_pre.reshape(*lead, -1), h_post.reshape(*lead, -1), h_res.reshape(*lead, side, side), *kept)
 
 
-def mhc_mappings_backward(dh_pre: Any, dh_post: Any, dh_res: Any, xs: np.ndarray, gamma: np.ndarray, maps: Arrays,
+def mixing_mappings_backward(dh_pre: Any, dh_post: Any, dh_res: Any, xs: np.ndarray, gamma: np.ndarray, maps: Arrays,
                           gains: tuple[float, ...], iterations: int, *kept: Any) -> Arrays:  # fmt: skip
-    """The VJP of :func:`mhc_mappings_forward` at ``dh_pre``, ``dh_post`` and ``dh_res`` from its
+    """The VJP of :func:`mixing_mappings_forward` at ``dh_pre``, ``dh_post`` and ``dh_res`` from its
     ``xs``, ``gamma``, ``maps``, gains, iterations and the arrays it returned after the
     mappings (unchanged); returns ``(dxs, dgamma, dbeta, dphi_pre, dalpha_pre, db_pre,
     dphi_post, dalpha_post, db_post, dphi_res, dalpha_res, db_res)``, dxs a view, each db
@@ -298,7 +299,7 @@ def mhc_mappings_backward(dh_pre: Any, dh_post: Any, dh_res: Any, xs: np.ndarray
     dh_pre = cotangent(dh_pre, dtype, (*lead, maps[0].shape[1]))
     dh_post = cotangent(dh_post, dtype, (*lead, maps[3].shape[1]))
     dh_res = cotangent(dh_res, dtype, (*lead, *exp_logits.shape[1:])).reshape(exp_logits.shape)
-    fused = MHC_MAPPINGS_BACKWARD
+    fused = MIXING_MAPPINGS_BACKWARD
     backward = path(fused, PARTS[fused], _work(flat.shape[0], flat.shape[1], maps))
     dxs, dgamma, dbeta, *grads = backward(
         dh_pre, dh_post, dh_res, xs.shape, gamma, maps, tuple(gains), iterations, flat, mean, rstd, u, *maps_kept
