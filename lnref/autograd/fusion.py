@@ -120,7 +120,9 @@ the operand must have no reader but those two (a sum of two terms, the same in e
 A replay then reads the copies of a stack as the stack where mixtures of them all (and a
 concatenate of them all) are their only readers, and fuses each sublayer between two such
 mixtures (the width and depth connections of hyper-connections and mHC, their weights shared or
-one set per token) into one step: ``stacked_copies.py`` lists those shapes and conditions.
+one set per token) into one step: ``stacked_copies.py`` lists those shapes and conditions; then
+each such mHC sublayer with the mappings that give its weights from the stack, one step again
+(``mapped_copies.py``).
 Before that, a run of sublayers that each read two streams and add to both through the shapes
 above (SiameseNorm's) becomes one step a sublayer on the streams stacked: ``two_streams.py``.
 """
@@ -158,6 +160,7 @@ SCALED_BRANCH = ("attention_sublayer", "feed_forward")
 PRIMITIVE_NAMES = (
     *("layer_norm", "add", *SUBLAYERS, "stop_gradient", "mul", "sub", "sigmoid", "div"),
     *("index", "weighted_sum", "mix_streams", "concatenate"),  # the copies read as their stack (``stacked_copies.py``)
+    *("scaled_linear", "reshape", "sinkhorn"),  # mHC's mappings (``mapped_copies.py``)
 )
 
 

@@ -26,7 +26,8 @@ lists them), each with the bits of the steps it stands for; where the copies of 
 handed on one by one, are read by mixtures of them all alone (hyper-connections' and mHC's
 between layers, with the concatenate their dynamic weights are computed from), the readers
 take the stack, the steps that took it apart go, and each sublayer between the mixtures is one
-step (``stacked_copies.py``);
+step (``stacked_copies.py``), with mHC's mappings that give its weights, where they are computed
+from the stack (``mapped_copies.py``);
 and where sublayers read two streams and add to both (SiameseNorm's), the streams go from one
 sublayer's step to the next stacked (``two_streams.py``).
 
@@ -50,8 +51,10 @@ import numpy as np
 from lnref.autograd import (
     fused_branches,  # noqa: F401 (defines the fused steps that fusion.py names; a replay looks each up by name)
     fused_copies,  # noqa: F401 (defines those that stacked_copies.py names)
+    fused_mapped,  # noqa: F401 (defines those that mapped_copies.py names)
     fused_streams,  # noqa: F401 (defines those that two_streams.py names)
     fusion,
+    mapped_copies,
     mixture_rows,
     stacked_copies,
     two_streams,
@@ -85,7 +88,8 @@ class Program:
         fixed = {**dict.fromkeys(self._none_inputs), **dict(enumerate(constants, first_constant))}
         fused_steps = two_streams.fuse_two_streams(fusion.fuse(steps, fixed, output_slot), fixed, output_slot)
         fused_steps, self._stacks = stacked_copies.read_as_stacks(fused_steps, output_slot)
-        self.fused_steps = stacked_copies.fuse_mixed_sublayers(fused_steps, output_slot)
+        fused_steps = stacked_copies.fuse_mixed_sublayers(fused_steps, output_slot)
+        self.fused_steps = mapped_copies.fuse_mapped_sublayers(fused_steps, fixed, output_slot)
         self._mixtures_in_rows = mixture_rows.mixtures_in_rows(self.fused_steps, output_slot)
         self._needs_of: dict[tuple[bool, tuple[bool, ...]], list[bool]] = {}
 

@@ -89,6 +89,7 @@ _SUBLAYER_TWIN_KINDS = {
     "residual_normed_normed_feed_forward": ELEMENTWISE,
     "mixed_normed_attention": ELEMENTWISE,
     "mixed_normed_feed_forward": ELEMENTWISE,
+    "mixing_mappings": ELEMENTWISE,
     "two_stream_normed_attention": ELEMENTWISE,
     "two_stream_normed_feed_forward": ELEMENTWISE,
 }

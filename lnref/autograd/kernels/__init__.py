@@ -62,6 +62,9 @@ The modules
 ``stream_mixing``      y_c = sum_i a[i, c] x_i + b[c] s, m such mixtures at once (HC's depth)
 ``mixed_normed``       a normed sublayer between the two, the replayed pass's fusion of the
                        three (HC's and mHC's sublayers on stacked copies)
+``mixing_mappings``    the mixtures' weights per token from the stacked copies (vec(x), its
+                       norm, three gated maps, Sinkhorn: mHC's mappings), the replayed pass's
+                       fusion of them with the mixed sublayer that reads them
 ``two_stream_normed``  a normed sublayer between two streams with their norms and adds, the
                        replayed pass's fusion of a SiameseNorm sublayer on the stacked streams
 ``activations``        GELU, ReLU
@@ -156,6 +159,12 @@ from lnref.autograd.kernels.mixed_normed import (
     mixed_normed_feed_forward_backward_reference,
     mixed_normed_feed_forward_forward,
     mixed_normed_feed_forward_forward_reference,
+)
+from lnref.autograd.kernels.mixing_mappings import (
+    mixing_mappings_backward,
+    mixing_mappings_backward_reference,
+    mixing_mappings_forward,
+    mixing_mappings_forward_reference,
 )
 from lnref.autograd.kernels.normed_scaled_sum import (
     normed_scaled_sum_attention_backward,
@@ -321,6 +330,10 @@ __all__ = [
     "linear_forward_reference",
     "mix_streams_backward",
     "mix_streams_backward_reference",
+    "mixing_mappings_backward",
+    "mixing_mappings_backward_reference",
+    "mixing_mappings_forward",
+    "mixing_mappings_forward_reference",
     "mixed_normed_attention_backward",
     "mixed_normed_attention_backward_reference",
     "mixed_normed_attention_forward",
