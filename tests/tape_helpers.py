@@ -1,5 +1,8 @@
-"""What several tests compute on a tape."""
+"""What several tests compute on a tape, and how they compare its results."""
 
+import numpy as np
+
+import lnref
 from lnref.autograd import Tape, Tensor
 from lnref.autograd.kernels import seam
 
@@ -44,3 +47,37 @@ def replayed_with_backward_off(model, backward):
 
     with seam.replaced(backward, off_by_a_little):
         return model.value_and_grad(*model.sample_inputs(seed=1))
+
+
+def same_bits(array):
+    """``array``'s bytes: what two arrays compare by when the signs of zeros must agree too."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+
+def assert_same_bits(first, second):
+    """The same value and gradients of two ``value_and_grad`` results, bit for bit: the signs of
+    zeros too."""
+    (loss_a, grads_a), (loss_b, grads_b) = first, second
+    assert loss_a == loss_b
+    for name in grads_a:
+        assert grads_a[name].dtype == grads_b[name].dtype, name
+        np.testing.assert_array_equal(same_bits(grads_a[name]), same_bits(grads_b[name]), err_msg=name)
+
+
+def assert_same_program_bits(replayed, taped):
+    """A replayed program's output and gradients against the tape's, bit for bit."""
+    (out, grads), (taped_out, taped_grads) = replayed, taped
+    assert out.value == taped_out
+    for mine, theirs in zip(grads, taped_grads, strict=True):
+        np.testing.assert_array_equal(same_bits(mine), same_bits(theirs))
+
+
+def mhc_with_varied_mappings(size, **options):
+    """An mHC model whose mappings differ from token to token and from copy to copy (at init
+    phi = 0 gives every token the same weights)."""
+    model = lnref.build("mhc", **size, **options)
+    rng = np.random.default_rng(5)
+    for name, value in model.params.items():
+        if ".mhc_" in name:
+            model.params[name] = np.asarray(value + 0.3 * rng.standard_normal(value.shape), value.dtype)
+    return model

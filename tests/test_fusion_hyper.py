@@ -7,7 +7,14 @@ import contextlib
 
 import numpy as np
 import pytest
-from tape_helpers import fused_steps, recorded_program, replayed_with_backward_off, taped_and_replayed
+from tape_helpers import (
+    assert_same_bits,
+    fused_steps,
+    recorded_program,
+    replayed_with_backward_off,
+    same_bits,
+    taped_and_replayed,
+)
 
 import lnref
 from lnref.autograd import fused_branches, fused_copies, mixing_ops, ops, value_and_grad
@@ -27,19 +34,6 @@ BRANCHES = {
 
 def _fused_names(model):
     return [step[0] for step in fused_steps(model)]
-
-
-def _bits(array):
-    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-
-
-def _assert_same_bits(first, second):
-    """The same value and gradients, bit for bit: the signs of zeros too."""
-    (loss_a, grads_a), (loss_b, grads_b) = first, second
-    assert loss_a == loss_b
-    for name in grads_a:
-        assert grads_a[name].dtype == grads_b[name].dtype, name
-        np.testing.assert_array_equal(_bits(grads_a[name]), _bits(grads_b[name]), err_msg=name)
 
 
 @pytest.mark.parametrize("n", [1, 2, 4])
@@ -65,13 +59,13 @@ def test_static_hyper_replays_one_step_per_sublayer_between_its_mixtures(n):
 @pytest.mark.parametrize("size", [SMALL, MEDIUM], ids=["loops", "blas"])
 def test_a_replayed_static_hyper_pass_gives_the_bits_of_the_taped_pass(n, dtype, size):
     model = lnref.build("hyper", **size, dtype=dtype, options={"n": n})
-    _assert_same_bits(*taped_and_replayed(model))
+    assert_same_bits(*taped_and_replayed(model))
 
 
 @pytest.mark.parametrize("size", [SMALL, MEDIUM], ids=["loops", "blas"])
 def test_a_replayed_hyper_pass_with_gelu_and_a_causal_mask_gives_the_bits_of_the_taped_pass(size):
     model = lnref.build("hyper", **size, activation="gelu", causal=True)
-    _assert_same_bits(*taped_and_replayed(model))
+    assert_same_bits(*taped_and_replayed(model))
 
 
 def test_dynamic_hyper_replays_its_copies_as_stacks_and_keeps_the_bits_of_the_taped_pass():
@@ -81,7 +75,7 @@ def test_dynamic_hyper_replays_its_copies_as_stacks_and_keeps_the_bits_of_the_ta
     recorded = [step[0] for step in recorded_program(model).steps]
     assert recorded.count("index") == 4 * 2 * SMALL["n_layers"]
     assert _fused_names(model).count("index") == 4  # the last layer's, which the readout's sum reads
-    _assert_same_bits(taped, replayed)
+    assert_same_bits(taped, replayed)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -94,7 +88,7 @@ def test_dynamic_hyper_replays_one_step_per_sublayer_between_its_connections(dty
     assert names.count("mixed_normed_attention") == SMALL["n_layers"] - 1
     assert names.count("mixed_normed_feed_forward") == SMALL["n_layers"]
     assert names.count("weighted_sum") == names.count("mix_streams") == 1
-    _assert_same_bits(taped, replayed)
+    assert_same_bits(taped, replayed)
 
 
 def test_a_broken_stacked_weighted_sum_backward_changes_the_replayed_gradient():
@@ -149,7 +143,7 @@ def test_copies_read_by_the_mixtures_alone_are_read_as_their_stack():
     assert "index" not in names and all(step[2].get("stacked") for step in program.fused_steps[1:3])
     assert out.value == taped_out
     for mine, theirs in zip(grads, taped_grads, strict=True):
-        np.testing.assert_array_equal(_bits(mine), _bits(theirs))
+        np.testing.assert_array_equal(same_bits(mine), same_bits(theirs))
 
 
 def test_copies_with_another_reader_keep_their_index_steps():
@@ -207,7 +201,7 @@ def test_the_fused_sublayer_gives_the_bits_of_its_three_steps_each_way(branch, p
         y, grads = value_and_grad(lambda *a: ops.sum(_three_steps(branch, *a, **statics) * dy))(*arrays)
     assert fused_y == y
     for mine, theirs in zip(fused_grads, grads, strict=True):
-        np.testing.assert_array_equal(_bits(mine), _bits(theirs))
+        np.testing.assert_array_equal(same_bits(mine), same_bits(theirs))
 
 
 @pytest.mark.parametrize("branch", BRANCHES)

@@ -9,9 +9,16 @@ import contextlib
 
 import numpy as np
 import pytest
-from tape_helpers import fused_steps, replayed_with_backward_off, taped_and_replayed
+from tape_helpers import (
+    assert_same_bits,
+    assert_same_program_bits,
+    fused_steps,
+    mhc_with_varied_mappings,
+    replayed_with_backward_off,
+    same_bits,
+    taped_and_replayed,
+)
 
-import lnref
 from lnref.autograd import fused, fused_branches, fused_copies, mapped_copies, mixing_ops, ops, value_and_grad
 from lnref.autograd.kernels import seam
 from lnref.autograd.primitive import PRIMITIVES
@@ -28,28 +35,8 @@ BRANCHES = {
 MAPPINGS = ["concatenate", "layer_norm", "scaled_linear", "scaled_linear", "scaled_linear", "reshape", "sinkhorn"]
 
 
-def _bits(array):
-    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-
-
-def _assert_same_bits(first, second):
-    """The same value and gradients, bit for bit: the signs of zeros too."""
-    (loss_a, grads_a), (loss_b, grads_b) = first, second
-    assert loss_a == loss_b
-    for name in grads_a:
-        assert grads_a[name].dtype == grads_b[name].dtype, name
-        np.testing.assert_array_equal(_bits(grads_a[name]), _bits(grads_b[name]), err_msg=name)
-
-
 def _mhc(size=SMALL, **options):
-    """An mHC model whose mappings differ from token to token and from copy to copy (at init
-    phi = 0 gives every token the same weights)."""
-    model = lnref.build("mhc", **size, **options)
-    rng = np.random.default_rng(5)
-    for name, value in model.params.items():
-        if ".mhc_" in name:
-            model.params[name] = np.asarray(value + 0.3 * rng.standard_normal(value.shape), value.dtype)
-    return model
+    return mhc_with_varied_mappings(size, **options)
 
 
 def _names(steps):
@@ -92,7 +79,7 @@ def test_mhc_fused_steps_take_h_res_transposed(mappings_apart):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("size", [SMALL, MEDIUM], ids=["loops", "blas"])
 def test_a_replayed_mhc_pass_gives_the_bits_of_the_taped_pass(dtype, size):
-    _assert_same_bits(*taped_and_replayed(_mhc(size, dtype=dtype)))
+    assert_same_bits(*taped_and_replayed(_mhc(size, dtype=dtype)))
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -100,11 +87,11 @@ def test_a_replayed_mhc_pass_of_other_widths_gives_the_bits_of_the_taped_pass(n)
     model = _mhc(options={"n": n})
     taped, replayed = taped_and_replayed(model)
     assert _names(fused_steps(model)).count("index") == n
-    _assert_same_bits(taped, replayed)
+    assert_same_bits(taped, replayed)
 
 
 def test_a_replayed_mhc_pass_with_gelu_and_a_causal_mask_gives_the_bits_of_the_taped_pass():
-    _assert_same_bits(*taped_and_replayed(_mhc(activation="gelu", causal=True)))
+    assert_same_bits(*taped_and_replayed(_mhc(activation="gelu", causal=True)))
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
@@ -140,11 +127,11 @@ def test_a_stacked_concatenate_gives_the_bits_of_its_rows_given_apart_each_way(a
     stack = rng.standard_normal((3, 2, 4, 5))
     apart, kept_apart = PRIMITIVES["concatenate"].forward(*stack, axis=axis)
     stacked, kept = PRIMITIVES["concatenate"].forward(stack, axis=axis, stacked=True)
-    np.testing.assert_array_equal(_bits(stacked), _bits(apart))
+    np.testing.assert_array_equal(same_bits(stacked), same_bits(apart))
     assert not np.shares_memory(stacked, stack)
     dy = -rng.standard_normal(apart.shape)
     (rows,) = PRIMITIVES["concatenate"].vjp(dy, kept)
-    np.testing.assert_array_equal(_bits(rows), _bits(np.stack(PRIMITIVES["concatenate"].vjp(dy, kept_apart))))
+    np.testing.assert_array_equal(same_bits(rows), same_bits(np.stack(PRIMITIVES["concatenate"].vjp(dy, kept_apart))))
 
 
 def test_a_stacked_concatenate_refuses_more_than_one_array():
@@ -192,7 +179,7 @@ def test_the_fused_sublayer_with_weights_per_token_gives_the_bits_of_its_three_s
     assert fused_y == y
     for mine, theirs in zip(fused_grads, grads, strict=True):
         assert mine.dtype == theirs.dtype
-        np.testing.assert_array_equal(_bits(mine), _bits(theirs))
+        np.testing.assert_array_equal(same_bits(mine), same_bits(theirs))
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
@@ -247,19 +234,12 @@ def _mapped_program(extra=None):
     return replayer.programs["key"], replayed, value_and_grad(fn)(*arrays)
 
 
-def _assert_same_program_bits(replayed, taped):
-    (out, grads), (taped_out, taped_grads) = replayed, taped
-    assert out.value == taped_out
-    for mine, theirs in zip(grads, taped_grads, strict=True):
-        np.testing.assert_array_equal(_bits(mine), _bits(theirs))
-
-
 def test_a_sublayer_between_mixtures_with_weights_computed_per_token_is_one_step():
     program, replayed, taped = _mapped_program()
     names = _names(program.fused_steps)
     assert "mixed_normed_feed_forward" in names and "index" not in names
     assert not {"weighted_sum", "mix_streams", "residual_normed_feed_forward"}.intersection(names)
-    _assert_same_program_bits(replayed, taped)
+    assert_same_program_bits(replayed, taped)
 
 
 def test_a_sublayer_whose_weight_is_read_between_its_mixtures_stays_three_steps():
@@ -267,7 +247,7 @@ def test_a_sublayer_whose_weight_is_read_between_its_mixtures_stays_three_steps(
     names = _names(program.fused_steps)
     assert "mixed_normed_feed_forward" not in names and "index" not in names
     assert {"weighted_sum", "mix_streams", "residual_normed_feed_forward"} <= set(names)
-    _assert_same_program_bits(replayed, taped)
+    assert_same_program_bits(replayed, taped)
 
 
 def test_a_sublayer_whose_copies_are_read_after_its_mixtures_stays_three_steps():
@@ -276,4 +256,4 @@ def test_a_sublayer_whose_copies_are_read_after_its_mixtures_stays_three_steps()
     program, replayed, taped = _mapped_program("copies after")
     names = _names(program.fused_steps)
     assert "mixed_normed_feed_forward" not in names and "index" not in names
-    _assert_same_program_bits(replayed, taped)
+    assert_same_program_bits(replayed, taped)

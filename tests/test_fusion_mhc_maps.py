@@ -6,9 +6,17 @@ import contextlib
 
 import numpy as np
 import pytest
-from tape_helpers import fused_steps, recorded_program, replayed_with_backward_off, taped_and_replayed
+from tape_helpers import (
+    assert_same_bits,
+    assert_same_program_bits,
+    fused_steps,
+    mhc_with_varied_mappings,
+    recorded_program,
+    replayed_with_backward_off,
+    same_bits,
+    taped_and_replayed,
+)
 
-import lnref
 from lnref.autograd import fused, fused_copies, fused_mapped, ops, value_and_grad
 from lnref.autograd.kernels import seam
 from lnref.autograd.primitive import PRIMITIVES
@@ -29,28 +37,8 @@ MAP_STATICS = {"pre_activation": "sigmoid", "post_activation": "sigmoid", "post_
 KEY_BIAS = 3 + 9 + 2 + 3  # the attention's bk among the fused step's arguments: zero gradient by structure
 
 
-def _bits(array):
-    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-
-
-def _assert_same_bits(first, second):
-    """The same value and gradients, bit for bit: the signs of zeros too."""
-    (loss_a, grads_a), (loss_b, grads_b) = first, second
-    assert loss_a == loss_b
-    for name in grads_a:
-        assert grads_a[name].dtype == grads_b[name].dtype, name
-        np.testing.assert_array_equal(_bits(grads_a[name]), _bits(grads_b[name]), err_msg=name)
-
-
 def _mhc(size=SMALL, **options):
-    """An mHC model whose mappings differ from token to token and from copy to copy (at init
-    phi = 0 gives every token the same weights)."""
-    model = lnref.build("mhc", **size, **options)
-    rng = np.random.default_rng(5)
-    for name, value in model.params.items():
-        if ".mhc_" in name:
-            model.params[name] = np.asarray(value + 0.3 * rng.standard_normal(value.shape), value.dtype)
-    return model
+    return mhc_with_varied_mappings(size, **options)
 
 
 def _names(steps):
@@ -111,23 +99,23 @@ def test_mhc_fused_steps_take_the_mappings_statics_and_h_res_transposed():
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("size", [SMALL, MEDIUM], ids=["loops", "blas"])
 def test_a_replayed_mhc_pass_gives_the_bits_of_the_taped_pass(dtype, size, monkeypatch):
-    _assert_same_bits(*_replayed_with_fused_steps(_mhc(size, dtype=dtype), monkeypatch))
+    assert_same_bits(*_replayed_with_fused_steps(_mhc(size, dtype=dtype), monkeypatch))
 
 
 @pytest.mark.parametrize("size", [SMALL, MEDIUM], ids=["loops", "blas"])
 def test_a_replayed_mhc_pass_with_gelu_and_a_causal_mask_gives_the_bits_of_the_taped_pass(size, monkeypatch):
-    _assert_same_bits(*_replayed_with_fused_steps(_mhc(size, activation="gelu", causal=True), monkeypatch))
+    assert_same_bits(*_replayed_with_fused_steps(_mhc(size, activation="gelu", causal=True), monkeypatch))
 
 
 def test_a_replayed_mhc_pass_of_other_widths_and_rounds_gives_the_bits_of_the_taped_pass(monkeypatch):
     model = _mhc(options={"n": 3, "sinkhorn_iterations": 5})
-    _assert_same_bits(*_replayed_with_fused_steps(model, monkeypatch))
+    assert_same_bits(*_replayed_with_fused_steps(model, monkeypatch))
 
 
 def test_a_replayed_mhc_pass_with_the_mappings_numpy_twins_gives_the_bits_of_the_taped_pass(monkeypatch):
     model = _mhc()
     with seam.forced("reference", "mixing_mappings_forward", "mixing_mappings_backward"):
-        _assert_same_bits(*_replayed_with_fused_steps(model, monkeypatch))
+        assert_same_bits(*_replayed_with_fused_steps(model, monkeypatch))
 
 
 def test_a_broken_fused_mappings_backward_changes_the_replayed_gradient():
@@ -205,7 +193,7 @@ def test_the_fused_step_gives_the_bits_of_its_eight_steps_each_way(branch, path,
     assert fused_y == y
     for mine, theirs in zip(fused_grads, grads, strict=True):
         assert mine.dtype == theirs.dtype and mine.shape == theirs.shape
-        np.testing.assert_array_equal(_bits(mine), _bits(theirs))
+        np.testing.assert_array_equal(same_bits(mine), same_bits(theirs))
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
@@ -279,18 +267,11 @@ def _mapped_program(extra=None, mapping_norm="layer_norm"):
     return replayer.programs["key"], replayed, value_and_grad(fn)(*arrays)
 
 
-def _assert_same_program_bits(replayed, taped):
-    (out, grads), (taped_out, taped_grads) = replayed, taped
-    assert out.value == taped_out
-    for mine, theirs in zip(grads, taped_grads, strict=True):
-        np.testing.assert_array_equal(_bits(mine), _bits(theirs))
-
-
 def test_a_sublayer_with_its_mappings_computed_from_its_copies_is_one_step():
     program, replayed, taped = _mapped_program()
     assert _names(program.fused_steps).count("mapped_normed_feed_forward") == 1
     assert not set(MAPPINGS).intersection(_names(program.fused_steps)[1:])  # after X = 2 a
-    _assert_same_program_bits(replayed, taped)
+    assert_same_program_bits(replayed, taped)
 
 
 @pytest.mark.parametrize("extra", ["parameter between", "copies between"])
@@ -298,11 +279,11 @@ def test_a_sublayer_whose_parameter_or_copies_are_read_between_its_steps_keeps_i
     program, replayed, taped = _mapped_program(extra)
     names = _names(program.fused_steps)
     assert "mapped_normed_feed_forward" not in names and set(MAPPINGS) <= set(names)
-    _assert_same_program_bits(replayed, taped)
+    assert_same_program_bits(replayed, taped)
 
 
 def test_a_sublayer_whose_mapping_norm_is_not_a_layer_norm_keeps_its_mappings():
     program, replayed, taped = _mapped_program(mapping_norm="rms_norm")
     names = _names(program.fused_steps)
     assert "mixed_normed_feed_forward" in names and "mapped_normed_feed_forward" not in names
-    _assert_same_program_bits(replayed, taped)
+    assert_same_program_bits(replayed, taped)

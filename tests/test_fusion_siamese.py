@@ -6,7 +6,7 @@ import contextlib
 
 import numpy as np
 import pytest
-from tape_helpers import fused_steps, replayed_with_backward_off, taped_and_replayed
+from tape_helpers import assert_same_bits, fused_steps, replayed_with_backward_off, same_bits, taped_and_replayed
 
 import lnref
 from lnref.autograd import fused_branches, fused_streams, norm_ops, ops, value_and_grad
@@ -30,19 +30,6 @@ def _fused_names(model):
     return [step[0] for step in fused_steps(model)]
 
 
-def _bits(array):
-    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-
-
-def _assert_same_bits(first, second):
-    """The same value and gradients, bit for bit: the signs of zeros too."""
-    (loss_a, grads_a), (loss_b, grads_b) = first, second
-    assert loss_a == loss_b
-    for name in grads_a:
-        assert grads_a[name].dtype == grads_b[name].dtype, name
-        np.testing.assert_array_equal(_bits(grads_a[name]), _bits(grads_b[name]), err_msg=name)
-
-
 def test_siamese_replays_one_step_per_sublayer_and_one_for_the_readouts_norms():
     model = lnref.build("siamese", **SMALL)
     taped_and_replayed(model)
@@ -58,13 +45,13 @@ def test_siamese_replays_one_step_per_sublayer_and_one_for_the_readouts_norms():
 @pytest.mark.parametrize("size", [SMALL, MEDIUM], ids=["loops", "blas"])
 def test_a_replayed_siamese_pass_gives_the_bits_of_the_taped_pass(dtype, size):
     model = lnref.build("siamese", **size, dtype=dtype)
-    _assert_same_bits(*taped_and_replayed(model))
+    assert_same_bits(*taped_and_replayed(model))
 
 
 @pytest.mark.parametrize("size", [SMALL, MEDIUM], ids=["loops", "blas"])
 def test_a_replayed_siamese_pass_with_gelu_and_a_causal_mask_gives_the_bits_of_the_taped_pass(size):
     model = lnref.build("siamese", **size, activation="gelu", causal=True)
-    _assert_same_bits(*taped_and_replayed(model))
+    assert_same_bits(*taped_and_replayed(model))
 
 
 def _sublayer_arrays(branch, stacked, seed=0, d=8):
@@ -101,7 +88,7 @@ def test_the_fused_sublayer_gives_the_bits_of_its_steps_each_way(branch, stacked
         (fused_y, fused_grads), (y, grads) = fused(*arrays), steps(*arrays)
     assert fused_y == y
     for mine, theirs in zip(fused_grads, grads, strict=True):
-        np.testing.assert_array_equal(_bits(mine), _bits(theirs))
+        np.testing.assert_array_equal(same_bits(mine), same_bits(theirs))
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
@@ -126,7 +113,7 @@ def test_the_merge_gives_the_bits_of_the_two_norms_and_their_sum():
     (fused_y, fused_grads), (y, grads) = (f(state, gamma_x, beta_x, gamma_y, beta_y) for f in (fused, taped))
     assert fused_y == y
     for mine, theirs in zip(fused_grads, grads, strict=True):
-        np.testing.assert_array_equal(_bits(mine), _bits(theirs))
+        np.testing.assert_array_equal(same_bits(mine), same_bits(theirs))
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
@@ -190,7 +177,7 @@ def test_two_stream_sublayers_are_fused_only_where_nothing_else_reads_their_inte
         assert names.count("two_stream_normed_feed_forward") == 2 and names.count("two_stream_merge") == 1
     assert out.value == taped_out
     for mine, theirs in zip(grads, taped_grads, strict=True):
-        np.testing.assert_array_equal(_bits(mine), _bits(theirs))
+        np.testing.assert_array_equal(same_bits(mine), same_bits(theirs))
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
