@@ -25,7 +25,7 @@ from lnref.autograd.checks import kernel_error
 from lnref.autograd.primitive import defprimitive
 
 
-def _depth_weights(a_r: Any, transpose: bool) -> Any:
+def depth_weights(a_r: Any, transpose: bool) -> Any:
     """The depth connections' weights as the kernels take them, (..., n, m): ``a_r``, or its last
     two axes swapped into a new array, as ``mix_streams`` swaps them."""
     return np.ascontiguousarray(np.swapaxes(a_r, -1, -2)) if transpose else a_r
@@ -37,7 +37,7 @@ def _depth_cotangent(grads: Any, transpose: bool) -> tuple[Any, ...]:
     if not transpose:
         return grads
     dxs, da_m, da_r, *rest = grads
-    return (dxs, da_m, _depth_weights(da_r, transpose), *rest)
+    return (dxs, da_m, depth_weights(da_r, transpose), *rest)
 
 
 def _mixed_normed_attention_fwd(
@@ -67,7 +67,7 @@ def _mixed_normed_attention_fwd(
         dxs = dxs_depth + dxs_width
     """
     if transpose:
-        a_r = _depth_weights(a_r, transpose)
+        a_r = depth_weights(a_r, transpose)
     try:
         y, h, s, normed, mean, rstd, q, k, v, probs, heads = kernels.mixed_normed_attention_forward(
             xs, a_m, a_r, b, gamma, beta, eps, weights, n_heads, causal
@@ -113,7 +113,7 @@ def _mixed_normed_feed_forward_fwd(
     """
     weights = (w1, b1, w2, b2)
     if transpose:
-        a_r = _depth_weights(a_r, transpose)
+        a_r = depth_weights(a_r, transpose)
     try:
         y, h, s, normed, mean, rstd, hidden, acted = kernels.mixed_normed_feed_forward_forward(
             xs, a_m, a_r, b, gamma, beta, eps, weights, activation

@@ -29,6 +29,7 @@ import numpy as np
 
 from lnref.autograd import kernels
 from lnref.autograd.checks import kernel_error, plain_float_arrays
+from lnref.autograd.fused_copies import depth_weights
 from lnref.autograd.primitive import defprimitive
 
 Arrays = tuple[Any, ...]
@@ -75,12 +76,6 @@ def _mappings_vjp(da_m: Any, db: Any, da_r: Any, xs: np.ndarray, residuals: Any)
     return kernels.mixing_mappings_backward(da_m, db, da_r, xs, mix_gamma, maps, gains, iterations, *kept)
 
 
-def _depth_weights(a_r: Any, transpose: bool) -> Any:
-    """The depth connections' weights as the mixed kernels take them: ``a_r``, or its last two
-    axes swapped into a new array, as ``mix_streams`` swaps them."""
-    return np.ascontiguousarray(np.swapaxes(a_r, -1, -2)) if transpose else a_r
-
-
 def _split(args: Arrays) -> tuple[Any, Any, Any, Arrays, Any, Any, Arrays]:
     """(xs, mix_gamma, mix_beta, the maps' parameters, gamma, beta, the sublayer's weights)."""
     xs, mix_gamma, mix_beta, *rest = args
@@ -124,7 +119,7 @@ def _mapped_normed_attention_fwd(
                    iterations=iterations)  # fmt: skip
     xs, mix_gamma, mix_beta, maps, gamma, beta, weights = _split(args)
     h_pre, h_post, h_res, mapped = _mappings("mapped_normed_attention", xs, mix_gamma, mix_beta, maps, statics)
-    a_r = _depth_weights(h_res, transpose)
+    a_r = depth_weights(h_res, transpose)
     try:
         y, h, s, *kept = kernels.mixed_normed_attention_forward(
             xs, h_pre, a_r, h_post, gamma, beta, eps, weights, n_heads, causal
@@ -141,7 +136,7 @@ def _mapped_normed_attention_vjp(dout: np.ndarray, residuals: Any) -> Arrays:
     # (dxs, dmix_gamma, dmix_beta, the maps' 9, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo)
     transpose, mapped, mixed = residuals
     dxs, da_m, da_r, db, *grads = kernels.mixed_normed_attention_backward(dout, *mixed)
-    dxs_maps, *dmaps = _mappings_vjp(da_m, db, _depth_weights(da_r, transpose), mixed[0], mapped)
+    dxs_maps, *dmaps = _mappings_vjp(da_m, db, depth_weights(da_r, transpose), mixed[0], mapped)
     return (dxs + dxs_maps, *dmaps, *grads)
 
 
@@ -175,7 +170,7 @@ def _mapped_normed_feed_forward_fwd(
                    iterations=iterations)  # fmt: skip
     xs, mix_gamma, mix_beta, maps, gamma, beta, weights = _split(args)
     h_pre, h_post, h_res, mapped = _mappings("mapped_normed_feed_forward", xs, mix_gamma, mix_beta, maps, statics)
-    a_r = _depth_weights(h_res, transpose)
+    a_r = depth_weights(h_res, transpose)
     try:
         y, h, s, normed, mean, rstd, hidden, acted = kernels.mixed_normed_feed_forward_forward(
             xs, h_pre, a_r, h_post, gamma, beta, eps, weights, activation
@@ -190,7 +185,7 @@ def _mapped_normed_feed_forward_fwd(
 def _mapped_normed_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> Arrays:
     transpose, mapped, mixed = residuals
     dxs, da_m, da_r, db, *grads = kernels.mixed_normed_feed_forward_backward(dout, *mixed)
-    dxs_maps, *dmaps = _mappings_vjp(da_m, db, _depth_weights(da_r, transpose), mixed[0], mapped)
+    dxs_maps, *dmaps = _mappings_vjp(da_m, db, depth_weights(da_r, transpose), mixed[0], mapped)
     return (dxs + dxs_maps, *dmaps, *grads)
 
 
