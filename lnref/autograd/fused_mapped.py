@@ -132,12 +132,18 @@ def _mapped_normed_attention_fwd(
     return y, (transpose, mapped, mixed)
 
 
-def _mapped_normed_attention_vjp(dout: np.ndarray, residuals: Any) -> Arrays:
-    # (dxs, dmix_gamma, dmix_beta, the maps' 9, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo)
+def _mapped_vjp(mixed_backward: Any, dout: np.ndarray, residuals: Any) -> Arrays:
+    """The mixed sublayer's VJP (``mixed_backward``), then the mappings', the copies' cotangent
+    the mixed term plus the concatenate's."""
     transpose, mapped, mixed = residuals
-    dxs, da_m, da_r, db, *grads = kernels.mixed_normed_attention_backward(dout, *mixed)
+    dxs, da_m, da_r, db, *grads = mixed_backward(dout, *mixed)
     dxs_maps, *dmaps = _mappings_vjp(da_m, db, depth_weights(da_r, transpose), mixed[0], mapped)
     return (dxs + dxs_maps, *dmaps, *grads)
+
+
+def _mapped_normed_attention_vjp(dout: np.ndarray, residuals: Any) -> Arrays:
+    # (dxs, dmix_gamma, dmix_beta, the maps' 9, dgamma, dbeta, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo)
+    return _mapped_vjp(kernels.mixed_normed_attention_backward, dout, residuals)
 
 
 mapped_normed_attention = defprimitive(
@@ -183,10 +189,7 @@ def _mapped_normed_feed_forward_fwd(
 
 
 def _mapped_normed_feed_forward_vjp(dout: np.ndarray, residuals: Any) -> Arrays:
-    transpose, mapped, mixed = residuals
-    dxs, da_m, da_r, db, *grads = kernels.mixed_normed_feed_forward_backward(dout, *mixed)
-    dxs_maps, *dmaps = _mappings_vjp(da_m, db, depth_weights(da_r, transpose), mixed[0], mapped)
-    return (dxs + dxs_maps, *dmaps, *grads)
+    return _mapped_vjp(kernels.mixed_normed_feed_forward_backward, dout, residuals)
 
 
 mapped_normed_feed_forward = defprimitive(

@@ -39,11 +39,12 @@ times, not a stack: its steps stay as they are.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from lnref.autograd.fusion import Step
+from lnref.autograd.stacked_copies import steps_reading
 
 # Each mixed sublayer's fused step -> the fused step of it with its mappings.
 MAPPED_SUBLAYERS = {
@@ -59,10 +60,7 @@ def fuse_mapped_sublayers(steps: Sequence[Step], fixed: dict[int, Any], output_s
     uses = Counter(slot for _, args, _, _ in steps for slot in args)
     uses[output_slot] += 1
     maker = {out: index for index, (_, _, _, out) in enumerate(steps)}
-    readers_of: dict[int, list[int]] = defaultdict(list)  # each slot -> the indices of the steps reading it
-    for index, (_, args, _, _) in enumerate(steps):
-        for slot in set(args):
-            readers_of[slot].append(index)
+    readers_of = steps_reading(steps)
     fused: dict[int, Step] = {}
     taken: set[int] = set()
     for index, (name, args, params, out) in enumerate(steps):

@@ -84,10 +84,7 @@ def read_as_stacks(steps: Sequence[Step], output_slot: int) -> tuple[list[Step],
     for index, (name, args, params, _) in enumerate(steps):
         if name == "index" and len(args) == 1 and type(params.get("index")) is int and len(params) == 1:
             copies_of[args[0]].append(index)
-    readers_of: dict[int, list[int]] = defaultdict(list)  # each slot -> the indices of the steps reading it
-    for index, (_, args, _, _) in enumerate(steps):
-        for slot in set(args):
-            readers_of[slot].append(index)
+    readers_of = steps_reading(steps)
     rewritten: dict[int, Step] = {}
     dropped: set[int] = set()
     stacks = []
@@ -113,6 +110,15 @@ def read_as_stacks(steps: Sequence[Step], output_slot: int) -> tuple[list[Step],
     return kept, frozenset(stacks)
 
 
+def steps_reading(steps: Sequence[Step]) -> dict[int, list[int]]:
+    """Each slot -> the indices of the steps reading it, in order (a step reading it twice once)."""
+    readers_of: dict[int, list[int]] = defaultdict(list)
+    for index, (_, args, _, _) in enumerate(steps):
+        for slot in set(args):
+            readers_of[slot].append(index)
+    return readers_of
+
+
 def _takes_as_terms(step: Step, copies: tuple[int, ...]) -> bool:
     """Whether ``step`` is a reader of terms given apart whose terms are ``copies``, in order."""
     name, args, params, _ = step
@@ -126,10 +132,7 @@ def fuse_mixed_sublayers(steps: Sequence[Step], output_slot: int) -> list[Step]:
     uses = Counter(slot for _, args, _, _ in steps for slot in args)
     uses[output_slot] += 1
     maker = {out: index for index, (_, _, _, out) in enumerate(steps)}
-    readers_of: dict[int, list[int]] = defaultdict(list)  # each slot -> the indices of the steps reading it
-    for index, (_, args, _, _) in enumerate(steps):
-        for slot in set(args):
-            readers_of[slot].append(index)
+    readers_of = steps_reading(steps)
     fused: dict[int, Step] = {}
     taken: set[int] = set()
     for index, (name, args, params, out) in enumerate(steps):
