@@ -78,6 +78,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from products_alone import products_callables  # noqa: E402
 from split import describe_machine, format_split, lnref_split, machine_description, torch_split  # noqa: E402
 from torch_twin import TorchTwin, check_agreement  # noqa: E402
 
@@ -209,12 +210,14 @@ def child(args):
                 fns["torch"] = lambda twin=twin, tx=tx, tdy=tdy: twin.value_and_grad(tx, tdy)
             # The ceiling's products alternate with the model runs: they see the same load.
             fns.update({f"matmul {name}": fn for name, fn in matmuls.items()})
+            fns.update(products_callables(config, torch))
             seconds, numbers = alternate(list(fns.values()), args.reps, args.min_time)
             timed = dict(zip(fns, seconds))
             run["lnref_s"], run["lnref_calls_per_rep"] = timed["lnref"], numbers[0]
             if torch is not None:
                 run["torch_s"], run["torch_calls_per_rep"] = timed["torch"], numbers[1]
             run["ceiling"] = {name: 2 * CEILING_SIZE**3 / timed[f"matmul {name}"] / 1e9 for name in matmuls}
+            run["products_alone"] = {name.split()[0]: seconds for name, seconds in timed.items() if "products" in name}
             if args.split:
                 run["split"] = {"lnref": lnref_split(fns["lnref"])}
                 if torch is not None:
@@ -274,6 +277,9 @@ def measure(threads, config, args):
         if "torch_s" in first:
             run["ratio"] = statistics.median(r["lnref_s"] / r["torch_s"] for r in runs)
         run["ceiling"] = {name: statistics.median(r["ceiling"][name] for r in runs) for name in first["ceiling"]}
+        run["products_alone"] = {
+            name: statistics.median(r["products_alone"][name] for r in runs) for name in first["products_alone"]
+        }
         run["agreement"] = max(r.get("agreement", 0.0) for r in runs) if "agreement" in first else None
         result["runs"].append(run)
     return result
@@ -300,6 +306,23 @@ def print_splits(results):
                 # Every counted FLOP is a product's: the rate of the products alone, against the ceiling.
                 rate = run["flops"] / (split["products"] + split["attention"]) / 1e9
                 line += f"; products and attention at {rate:.1f} GFLOP/s, {rate / ceiling:.0%} of the ceiling"
+            print(line)
+
+
+def print_products_alone(results):
+    """Per configuration and thread count, the model's linear products alone on each side's BLAS
+    (products_alone.py), and the ratio they leave: NumPy's products alone over PyTorch's pass."""
+    print()
+    print("# the linear maps' products alone, each side's BLAS (products_alone.py), ms a pass:")
+    for result in results:
+        for run in result["runs"]:
+            alone = run["products_alone"]
+            line = f"{run['config']:7s} {result['threads']} thread(s): NumPy {alone['numpy'] * 1e3:8.2f}"
+            if "torch" in alone:
+                line += (
+                    f", PyTorch {alone['torch'] * 1e3:8.2f} ({alone['numpy'] / alone['torch']:.2f}x); "
+                    f"NumPy's alone / PyTorch's pass {alone['numpy'] / run['torch_s']:.3f}"
+                )
             print(line)
 
 
@@ -361,6 +384,7 @@ def report(results, load_before, load_after):
                     "allocator": result["allocator"],
                     "blas_idle_workers": result["blas_idle_workers"],
                     "split_s": run.get("split"),
+                    "products_alone_s": run["products_alone"],
                 }
             )
             if ratio is not None:
@@ -382,6 +406,7 @@ def report(results, load_before, load_after):
                     )
                 )
     print_splits(results)
+    print_products_alone(results)
     print()
     for line in lines:
         print(json.dumps(line))

@@ -23,8 +23,10 @@ the scheme's run back to back (each first in every other repetition: whichever r
 after the other ran slower), each repeated for at least ``--min-time`` seconds, and the
 scheme's ratio is the median over the repetitions of its time over Pre-LN's in the same
 repetition, so that a change of machine load between schemes (or over a repetition of all of
-them) does not move a ratio. The times shown are medians too (Pre-LN's over every pairing).
-The CPU time other processes took meanwhile is reported: above a quarter of a CPU the figures
+them) does not move a ratio. Each scheme is measured in a fresh process of its own, with a
+Pre-LN of its own: in one long process, the schemes measured late in the list read slower
+than the same schemes measured alone. The times shown are medians too (Pre-LN's over every
+pairing). The CPU time other processes took meanwhile is reported: above a quarter of a CPU the figures
 competed with it. The goal: no scheme above 1.5x Pre-LN per layer.
 """
 
@@ -34,6 +36,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,9 +109,10 @@ def paired(reference, fn, reps, min_time):
     return statistics.median(ratios), statistics.median(times[1]), times[0]
 
 
-def measure(config_name, schemes, reps, min_time, split=False):
-    """{label: {path: s, path + "_ratio": x Pre-LN}} per call for each path ("fast",
-    "composition"), each timed paired with Pre-LN's on the same path; the other CPUs' load."""
+def measure_in_process(config_name, scheme, options, reps, min_time, split=False):
+    """{path: s, path + "_ratio": x Pre-LN, "reference_" + path: Pre-LN's seconds per call in
+    each repetition} for each path ("fast", "composition"), each timed paired with Pre-LN's on
+    the same path in this process, and the CPUs other processes took meanwhile."""
     import lnref
 
     config = CONFIGS[config_name]
@@ -120,26 +124,55 @@ def measure(config_name, schemes, reps, min_time, split=False):
         x, dy, _ = model.sample_inputs(batch=config["batch"], seq=config["seq"])
         return lambda: model.value_and_grad(x, dy)
 
-    references = {path: pass_of(*REFERENCE, fast) for path, fast in (("fast", True), ("composition", False))}
     started, busy_before, own_before = time.perf_counter(), busy_cpu_seconds(), own_cpu_seconds()
+    entry = {}
+    for path, fast in (("fast", True), ("composition", False)):
+        fn = pass_of(scheme, options, fast)
+        ratio, seconds, reference_seconds = paired(pass_of(*REFERENCE, fast), fn, reps, min_time)
+        entry[path], entry[path + "_ratio"], entry["reference_" + path] = seconds, ratio, reference_seconds
+        if split and path == "fast":
+            entry["split"] = lnref_split(fn, seconds=1.0)
+    if busy_before is not None:
+        others = max(busy_cpu_seconds() - busy_before - (own_cpu_seconds() - own_before), 0.0)
+        entry["other_cpus"] = others / (time.perf_counter() - started)
+    return entry
+
+
+def measure(config_name, schemes, reps, min_time, split=False):
+    """{label: entry of :func:`measure_in_process`} for Pre-LN and each scheme, each measured in
+    a fresh process of its own (what ran before in a process moves a pass's time), Pre-LN's
+    times the medians over every pairing; and the most CPUs other processes took meanwhile."""
     results, reference_times = {}, {"fast": [], "composition": []}
     for scheme, options in [REFERENCE, *schemes]:
-        entry = results.setdefault(label(scheme, options), {})
-        for path, fast in (("fast", True), ("composition", False)):
-            fn = pass_of(scheme, options, fast)
-            ratio, seconds, reference_seconds = paired(references[path], fn, reps, min_time)
-            entry[path], entry[path + "_ratio"] = seconds, ratio
-            reference_times[path] += reference_seconds
-            if split and path == "fast":
-                entry["split"] = lnref_split(fn, seconds=1.0)
+        request = json.dumps({"config": config_name, "scheme": scheme, "options": options, "reps": reps,
+                              "min_time": min_time, "split": split})  # fmt: skip
+        done = subprocess.run([sys.executable, __file__, "--child", request], stdout=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            name = label(scheme, options)
+            raise SystemExit(f"the measurement of {name} on {config_name} failed (exit {done.returncode})")
+        entry = results[label(scheme, options)] = json.loads(done.stdout.strip().splitlines()[-1])
+        for path in reference_times:
+            reference_times[path] += entry.pop("reference_" + path)
     reference = results[label(*REFERENCE)]
     for path in reference_times:
         reference[path] = statistics.median(reference_times[path])
-    others = None
-    if busy_before is not None:
-        others = max(busy_cpu_seconds() - busy_before - (own_cpu_seconds() - own_before), 0.0)
-        others /= time.perf_counter() - started
-    return results, others
+    loads = [entry.pop("other_cpus") for entry in results.values() if "other_cpus" in entry]
+    return results, max(loads) if loads else None
+
+
+def child(request):
+    """Measure one scheme in this process (see :func:`measure`); print its entry as JSON."""
+    from lnref.process import blas
+    from lnref.process.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the lnref command does: see benchmarks/bench_model.py
+    blas.let_idle_workers_sleep()
+    asked = json.loads(request)
+    entry = measure_in_process(
+        asked["config"], asked["scheme"], asked["options"], asked["reps"], asked["min_time"], asked["split"]
+    )
+    print(json.dumps(entry))
+    return 0
 
 
 def report(config_name, results, others):
@@ -176,16 +209,14 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=7, help="repetitions per figure (median taken)")
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds per repetition, at least")
     parser.add_argument("--split", action="store_true", help="also split each scheme's pass by kind of work")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        return child(args.child)
     configs = [name for name in args.configs.split(",") if name]
     unknown = [name for name in configs if name not in CONFIGS]
     if unknown or args.reps < 1:
         parser.error(f"unknown config(s) {', '.join(unknown)}" if unknown else "--reps must be at least 1")
-    from lnref.process import blas
-    from lnref.process.allocator import keep_freed_memory
-
-    keep_freed_memory()  # as the lnref command does: see benchmarks/bench_model.py
-    blas.let_idle_workers_sleep()
     schemes = variants(args.schemes)
     for config_name in configs:
         print(f"measuring {config_name}...", file=sys.stderr, flush=True)
