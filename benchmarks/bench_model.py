@@ -57,6 +57,12 @@ side by kind of work (products, attention, norms, element-wise, compiled sublaye
 Python and tape overhead that remains; ``split.py`` says how), and describes the machine: CPU,
 caches, BLAS and the kernel it picked, versions, and the OpenBLAS variables of the environment.
 
+The products alone. Each process also times, alternating with the passes, the model's linear
+maps' products with nothing around them, on each side's own BLAS (``products_alone.py``):
+NumPy's time over PyTorch's is how far apart the two libraries alone put the sides, and
+NumPy's time over PyTorch's whole pass is the lnref/torch that lnref would reach if nothing
+but these products took time (printed beside each ratio's verdict).
+
 Prints the machine, a table, the splits, one JSON line per figure, and the targets met or not. Without PyTorch it says
 so and still reports lnref's own times and GFLOP/s.
 """
@@ -388,10 +394,11 @@ def report(results, load_before, load_after):
                 }
             )
             if ratio is not None:
+                floor = run["products_alone"]["numpy"] / torch_s  # lnref/torch were nothing but the products timed
                 verdicts.append(
                     (
                         f"{run['config']} {run['scheme']} {result['threads']} thread(s): "
-                        f"lnref/torch {ratio:.3f} <= {target}",
+                        f"lnref/torch {ratio:.3f} <= {target} (NumPy's products alone: {floor:.3f})",
                         ratio <= target,
                     )
                 )
