@@ -81,3 +81,16 @@ def mhc_with_varied_mappings(size, **options):
         if ".mhc_" in name:
             model.params[name] = np.asarray(value + 0.3 * rng.standard_normal(value.shape), value.dtype)
     return model
+
+
+def branch_arrays_with_scale(branch, seed=0, d=8):
+    """(a, gamma, beta, the attention's or the FFN's weights..., a per-feature scale w) of one
+    branch on a (2, 3, d) stream: the scaled branch's and the scaled skip's fused steps take them."""
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal((2, 3, d)), 1 + 0.1 * rng.standard_normal(d), 0.1 * rng.standard_normal(d)]
+    if branch == "attention":
+        arrays += [a for _ in range(4) for a in (0.3 * rng.standard_normal((d, d)), 0.1 * rng.standard_normal(d))]
+    else:
+        arrays += [0.5 * rng.standard_normal((d, 12)), 0.1 * rng.standard_normal(12)]
+        arrays += [0.5 * rng.standard_normal((12, d)), 0.1 * rng.standard_normal(d)]
+    return [*arrays, 1 + 0.5 * rng.standard_normal(d)]

@@ -4,7 +4,7 @@ replays as one step: ``residual_normed_attention`` or ``residual_normed_feed_for
 
 import numpy as np
 import pytest
-from tape_helpers import fused_steps, replayed_with_backward_off, taped_and_replayed
+from tape_helpers import branch_arrays_with_scale, fused_steps, replayed_with_backward_off, taped_and_replayed
 
 import lnref
 from lnref.autograd import fused, fused_branches, ops
@@ -19,18 +19,6 @@ BRANCHES = {
     "attention": (fused_branches.residual_normed_attention, {"n_heads": 2, "causal": True}),
     "feed_forward": (fused_branches.residual_normed_feed_forward, {"activation": "gelu"}),
 }
-
-
-def _arrays(branch, seed=0, d=8):
-    """(a, gamma, beta, the sublayer's weights..., a per-feature scale w)."""
-    rng = np.random.default_rng(seed)
-    arrays = [rng.standard_normal((2, 3, d)), 1 + 0.1 * rng.standard_normal(d), 0.1 * rng.standard_normal(d)]
-    if branch == "attention":
-        arrays += [a for _ in range(4) for a in (0.3 * rng.standard_normal((d, d)), 0.1 * rng.standard_normal(d))]
-    else:
-        arrays += [0.5 * rng.standard_normal((d, 12)), 0.1 * rng.standard_normal(12)]
-        arrays += [0.5 * rng.standard_normal((12, d)), 0.1 * rng.standard_normal(d)]
-    return [*arrays, 1 + 0.5 * rng.standard_normal(d)]
 
 
 def _composition(branch, a, gamma, beta, *weights_and_scale, scale_first=False, **statics):
@@ -49,7 +37,7 @@ def _composition(branch, a, gamma, beta, *weights_and_scale, scale_first=False, 
 @pytest.mark.parametrize("scale", ["array", "number"])
 def test_the_fused_branch_with_a_scale_is_its_norm_sublayer_product_and_add(branch, scale):
     primitive, statics = BRANCHES[branch]
-    *arrays, w = _arrays(branch)
+    *arrays, w = branch_arrays_with_scale(branch)
     w = 1.7 if scale == "number" else w
     y = primitive(*arrays, w, **statics)
     composed = _composition(branch, *arrays, w, scale_first=scale == "number", **statics)
@@ -59,15 +47,15 @@ def test_the_fused_branch_with_a_scale_is_its_norm_sublayer_product_and_add(bran
 @pytest.mark.parametrize("branch", BRANCHES)
 def test_the_fused_branch_with_a_scales_vjp_matches_finite_differences(branch):
     primitive, statics = BRANCHES[branch]
-    checks = check_vjp(lambda *args: primitive(*args, **statics), *_arrays(branch, seed=1))
+    checks = check_vjp(lambda *args: primitive(*args, **statics), *branch_arrays_with_scale(branch, seed=1))
     resolved = [c for i, c in enumerate(checks) if branch != "attention" or i != KEY_BIAS]
-    assert len(checks) == len(_arrays(branch)) and all(c.status == "passed" for c in resolved), checks
+    assert len(checks) == len(branch_arrays_with_scale(branch)) and all(c.status == "passed" for c in resolved), checks
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
 def test_the_fused_branch_with_a_constant_scale_has_the_vjp_of_its_composition(branch):
     primitive, statics = BRANCHES[branch]
-    checks = check_vjp(lambda *args: primitive(*args, 0.6, **statics), *_arrays(branch, seed=2)[:-1])
+    checks = check_vjp(lambda *args: primitive(*args, 0.6, **statics), *branch_arrays_with_scale(branch, seed=2)[:-1])
     assert all(c.status == "passed" for i, c in enumerate(checks) if branch != "attention" or i != KEY_BIAS), checks
 
 
@@ -82,7 +70,7 @@ def test_a_backward_that_forgets_the_branchs_scale_fails_the_finite_difference_c
         return good(dy, (scaled[0], np.ones_like(scaled[1])), branch_vjp)
 
     monkeypatch.setattr(fused_branches, "_scaled_branch_vjp", unscaled)
-    checks = check_vjp(lambda *args: primitive(*args, **statics), *_arrays(branch, seed=1))
+    checks = check_vjp(lambda *args: primitive(*args, **statics), *branch_arrays_with_scale(branch, seed=1))
     assert checks[0].status == "failed" and checks[1].status == "failed"
 
 
@@ -93,7 +81,7 @@ def test_a_backward_that_forgets_the_branchs_scale_fails_the_finite_difference_c
 )
 def test_a_branch_scale_that_does_not_fit_is_refused_in_one_line_naming_the_op(scale):
     primitive, statics = BRANCHES["feed_forward"]
-    *arrays, _ = _arrays("feed_forward")
+    *arrays, _ = branch_arrays_with_scale("feed_forward")
     with pytest.raises(ValueError, match=r"^residual_normed_feed_forward: [^\n]*$"):
         primitive(*arrays, scale, **statics)
 
@@ -102,7 +90,7 @@ def test_a_branch_scale_that_does_not_fit_is_refused_in_one_line_naming_the_op(s
 def test_a_branch_scale_without_the_streams_own_add_is_refused_in_one_line(flags):
     primitive, statics = BRANCHES["feed_forward"]
     with pytest.raises(ValueError, match=r"^residual_normed_feed_forward: branch_scale [^\n]*$"):
-        primitive(*_arrays("feed_forward"), **statics, **flags)
+        primitive(*branch_arrays_with_scale("feed_forward"), **statics, **flags)
 
 
 def test_a_layer_with_scaled_branches_replays_as_two_steps():
@@ -179,7 +167,7 @@ def _scaled_program(between=None, computed_scale=False):
         extra = w * c if between == "w" else product * c if between == "product" else c * c
         return ops.sum((a + product) * extra)
 
-    arrays = [*_arrays("feed_forward", seed=5), np.random.default_rng(6).standard_normal((2, 3, 8))]
+    arrays = [*branch_arrays_with_scale("feed_forward", seed=5), np.random.default_rng(6).standard_normal((2, 3, 8))]
     replayer = Replayer()
     replayer.value_and_grad("key", fn, arrays, [True] * 9)
     return replayer.programs["key"]

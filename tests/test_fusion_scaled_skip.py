@@ -4,7 +4,7 @@ alpha), replays as one step: ``normed_sum_attention`` or ``normed_sum_feed_forwa
 
 import numpy as np
 import pytest
-from tape_helpers import fused_steps, replayed_with_backward_off, taped_and_replayed
+from tape_helpers import branch_arrays_with_scale, fused_steps, replayed_with_backward_off, taped_and_replayed
 
 import lnref
 from lnref.autograd import fused, fused_branches, ops
@@ -23,18 +23,6 @@ BRANCHES = {
 }
 
 
-def _arrays(branch, seed=0, d=8):
-    """(a, gamma, beta, the sublayer's weights..., a per-feature scale w)."""
-    rng = np.random.default_rng(seed)
-    arrays = [rng.standard_normal((2, 3, d)), 1 + 0.1 * rng.standard_normal(d), 0.1 * rng.standard_normal(d)]
-    if branch == "attention":
-        arrays += [a for _ in range(4) for a in (0.3 * rng.standard_normal((d, d)), 0.1 * rng.standard_normal(d))]
-    else:
-        arrays += [0.5 * rng.standard_normal((d, 12)), 0.1 * rng.standard_normal(12)]
-        arrays += [0.5 * rng.standard_normal((12, d)), 0.1 * rng.standard_normal(d)]
-    return [*arrays, 1 + 0.5 * rng.standard_normal(d)]
-
-
 def _composition(branch, a, gamma, beta, *weights_and_scale, scale_first=False, **statics):
     """LN(w * a + S(a)) as the four primitives a scheme records."""
     *weights, w = weights_and_scale
@@ -50,7 +38,7 @@ def _composition(branch, a, gamma, beta, *weights_and_scale, scale_first=False, 
 @pytest.mark.parametrize("scale", ["array", "number"])
 def test_the_fused_branch_with_a_scaled_skip_is_its_product_sublayer_add_and_norm(branch, scale):
     primitive, statics = BRANCHES[branch]
-    *arrays, w = _arrays(branch)
+    *arrays, w = branch_arrays_with_scale(branch)
     w = 1.7 if scale == "number" else w
     y = primitive(*arrays, w, **statics)
     composed = _composition(branch, *arrays, w, scale_first=scale == "number", **statics)
@@ -60,15 +48,15 @@ def test_the_fused_branch_with_a_scaled_skip_is_its_product_sublayer_add_and_nor
 @pytest.mark.parametrize("branch", BRANCHES)
 def test_the_fused_branch_with_a_scaled_skips_vjp_matches_finite_differences(branch):
     primitive, statics = BRANCHES[branch]
-    checks = check_vjp(lambda *args: primitive(*args, **statics), *_arrays(branch, seed=1))
+    checks = check_vjp(lambda *args: primitive(*args, **statics), *branch_arrays_with_scale(branch, seed=1))
     resolved = [c for i, c in enumerate(checks) if branch != "attention" or i != KEY_BIAS]
-    assert len(checks) == len(_arrays(branch)) and all(c.status == "passed" for c in resolved), checks
+    assert len(checks) == len(branch_arrays_with_scale(branch)) and all(c.status == "passed" for c in resolved), checks
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
 def test_the_fused_branch_with_a_constant_scale_has_the_vjp_of_its_composition(branch):
     primitive, statics = BRANCHES[branch]
-    checks = check_vjp(lambda *args: primitive(*args, 0.6, **statics), *_arrays(branch, seed=2)[:-1])
+    checks = check_vjp(lambda *args: primitive(*args, 0.6, **statics), *branch_arrays_with_scale(branch, seed=2)[:-1])
     assert all(c.status == "passed" for i, c in enumerate(checks) if branch != "attention" or i != KEY_BIAS), checks
 
 
@@ -84,7 +72,7 @@ def test_a_backward_that_forgets_the_skips_scale_fails_the_finite_difference_che
         return good(dy, a, np.ones_like(w), *residuals)
 
     with seam.replaced(name, unscaled):
-        checks = check_vjp(lambda *args: primitive(*args, **statics), *_arrays(branch, seed=1))
+        checks = check_vjp(lambda *args: primitive(*args, **statics), *branch_arrays_with_scale(branch, seed=1))
     assert checks[0].status == "failed"
 
 
@@ -92,7 +80,7 @@ def test_a_backward_that_forgets_the_skips_scale_fails_the_finite_difference_che
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 2e-4)], ids=["float64", "float32"])
 def test_the_loop_twins_with_a_scaled_skip_agree_with_the_numpy_twins(branch, dtype, rtol):
     _, statics = BRANCHES[branch]
-    a, gamma, beta, *weights, w = (array.astype(dtype) for array in _arrays(branch, seed=3))
+    a, gamma, beta, *weights, w = (array.astype(dtype) for array in branch_arrays_with_scale(branch, seed=3))
     dy = np.random.default_rng(4).standard_normal(a.shape).astype(dtype)
     forward = seam.twin(f"normed_scaled_sum_{branch}_forward")
     backward = seam.twin(f"normed_scaled_sum_{branch}_backward")
@@ -117,7 +105,7 @@ def test_the_loop_twins_with_a_scaled_skip_agree_with_the_numpy_twins(branch, dt
 )
 def test_a_skip_scale_that_does_not_fit_is_refused_in_one_line_naming_the_op(scale):
     primitive, statics = BRANCHES["feed_forward"]
-    *arrays, _ = _arrays("feed_forward")
+    *arrays, _ = branch_arrays_with_scale("feed_forward")
     with pytest.raises(ValueError, match=r"^normed_sum_feed_forward: [^\n]*$"):
         primitive(*arrays, scale, **statics)
 
@@ -172,7 +160,7 @@ def _scaled_program(between, computed_scale=False):
         extra = w * c if between == "w" else product * c if between == "product" else c * c
         return ops.sum(ops.layer_norm(product + out, gamma, beta) * extra)
 
-    arrays = [*_arrays("feed_forward", seed=5), np.random.default_rng(6).standard_normal((2, 3, 8))]
+    arrays = [*branch_arrays_with_scale("feed_forward", seed=5), np.random.default_rng(6).standard_normal((2, 3, 8))]
     replayer = Replayer()
     replayer.value_and_grad("key", fn, arrays, [True] * 9)
     return replayer.programs["key"]
