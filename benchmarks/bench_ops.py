@@ -3,7 +3,7 @@
     python3 benchmarks/bench_ops.py [--reps N] [--min-time SECONDS]
 
 For LayerNorm, softmax, attention, the attention sublayer (projections, attention and output
-projection), the linear map and the DyT, Derf and ScaleNorm norm kinds, times forward +
+projection), the linear map, the FFN and the DyT, Derf and ScaleNorm norm kinds, times forward +
 backward of each twin (taken from the seam, ``seam.twin(name).loop`` and ``.reference``, and
 called directly, so the comparison holds whatever ``LNREF_KERNELS`` says). Attention is
 timed on the token-major layout the model uses, (B, T, H, Dh), for both compiled paths, the
@@ -49,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lnref.autograd.kernels import seam  # noqa: E402
+from lnref.autograd.kernels import feed_forward, linear, seam  # noqa: E402
 from lnref.autograd.kernels.attention import attention_work  # noqa: E402
 from lnref.autograd.kernels.attention_sublayer import attention_sublayer_work  # noqa: E402
 
@@ -62,9 +62,13 @@ ATTENTION_SHAPES = [(2, 2, 8, 8), (20, 2, 8, 8), (2, 4, 16, 16), (4, 4, 32, 16),
 # the whole sublayer runs as one compiled call each way ("numba") instead of NumPy/BLAS
 # products around the attention kernels.
 SUBLAYER_SHAPES = [(2, 8, 16, 2), (20, 8, 16, 2), (2, 16, 32, 4), (8, 16, 32, 4), (4, 32, 64, 4)]
-# (n, d_in, d_out): the small model's two FFN maps, and larger ones, straddling the linear
-# twins' limit (the FFN's too).
-LINEAR_SHAPES = [(16, 16, 64), (16, 64, 16), (160, 16, 64), (512, 16, 64), (1024, 16, 64), (128, 64, 256)]
+# (n, d_in, d_out): the small model's two FFN maps, larger ones straddling the linear twins'
+# limit (the FFN's too; it depends on the kernels OpenBLAS runs), the medium model's attention
+# projections (which the family's NumPy twins take through the linear kernels) and its FFN map.
+LINEAR_SHAPES = [(16, 16, 64), (16, 64, 16), (32, 16, 64), (64, 16, 64), (160, 16, 64), (512, 16, 64)]
+LINEAR_SHAPES += [(1024, 16, 64), (128, 64, 64), (128, 64, 256)]
+# (n, d_model, d_ff): the FFN's rows around the same limit.
+FFN_SHAPES = [(16, 16, 64), (32, 16, 64), (64, 16, 64), (160, 16, 64), (512, 16, 64)]
 # (n, d): the small model's norms, and larger ones straddling DyT's limit (Derf and ScaleNorm
 # have none).
 NORM_KIND_SHAPES = [(16, 16), (32, 16), (64, 16), (128, 64), (1024, 128)]
@@ -164,6 +168,30 @@ def linear_case(shape, rng):
     return make(*twins("linear", "loop")), make(*twins("linear", "reference"))
 
 
+def ffn_case(shape, rng):
+    """(the FFN's loop kernels, its NumPy/BLAS composition: BLAS's products around the
+    activation, whatever path the linear twins would pick) for x of shape (n, d_model), ReLU."""
+    n, d_model, d_ff = shape
+    x, dy = rng.standard_normal((n, d_model)), rng.standard_normal((n, d_model))
+    w1, w2 = rng.standard_normal((d_model, d_ff)) / 4, rng.standard_normal((d_ff, d_model)) / 8
+    b1, b2 = rng.standard_normal(d_ff), rng.standard_normal(d_model)
+    loop_forward, loop_backward = twins("feed_forward", "loop")
+
+    def looped():
+        _, hidden, acted = loop_forward(x, w1, b1, w2, b2, "relu")
+        return loop_backward(dy, x, w1, w2, hidden, acted, "relu")
+
+    def composed():
+        hidden = linear.linear_forward_reference(x, w1, b1)
+        acted = feed_forward.activate(hidden, "relu")
+        linear.linear_forward_reference(acted, w2, b2)
+        dacted, _, _ = linear.linear_backward_reference(dy, acted, w2)
+        dhidden = feed_forward.activation_backward(dacted, hidden, acted, "relu")
+        return linear.linear_backward_reference(dhidden, x, w1)
+
+    return looped, composed
+
+
 def norm_kind_case(kernel, shape, rng):
     """(loop twins, NumPy twins) of the DyT, Derf or ScaleNorm kernels on rows (n, d)."""
     x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
@@ -245,6 +273,9 @@ def cases():
     for shape in LINEAR_SHAPES:
         n, d_in, d_out = shape
         yield "linear fwd+bwd", shape, linear_case(shape, rng), picked("linear", n * d_in * d_out)
+    for shape in FFN_SHAPES:
+        n, d_model, d_ff = shape
+        yield "ffn fwd+bwd", shape, ffn_case(shape, rng), picked("feed_forward", n * d_model * d_ff)
     for kernel in ("dyt", "derf", "scale_norm"):
         for shape in NORM_KIND_SHAPES:
             yield f"{kernel} fwd+bwd", shape, norm_kind_case(kernel, shape, rng), picked(kernel, shape[0] * shape[1])

@@ -96,3 +96,28 @@ def test_the_lnref_command_lets_idle_workers_sleep_before_numpy_loads():
 def test_the_readme_gives_lnrefs_idle_timeout_to_library_users():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert f"OPENBLAS_THREAD_TIMEOUT={blas.IDLE_TIMEOUT}" in readme
+
+
+@pytest.mark.parametrize(
+    "core, unpacked",
+    [("SkylakeX", True), ("Cooperlake", True), ("SapphireRapids", True), ("Haswell", False), ("Zen", False)]
+    + [(None, False)],
+)
+def test_small_products_unpacked_for_openblas_kernels_with_small_matrix_kernels(monkeypatch, core, unpacked):
+    monkeypatch.setattr(blas, "core_name", lambda: core)
+    assert blas.small_products_unpacked() is unpacked
+
+
+@pytest.mark.parametrize("core", ["Haswell", "SkylakeX"])
+def test_the_linear_maps_loop_limit_follows_the_kernels_openblas_runs(core):
+    import numpy  # noqa: F401  (maps OpenBLAS, if NumPy is linked to it)
+
+    if not blas._openblas_functions(blas._CORE_NAMES):
+        pytest.skip("NumPy here is not linked to OpenBLAS")
+    name, limit = run_python(
+        "from lnref.process import blas\nfrom lnref.autograd.kernels import linear\n"
+        "print(blas.core_name(), linear.LOOP_PAYS_UP_TO)",
+        OPENBLAS_CORETYPE=core,  # OpenBLAS falls back to another kernel where the CPU lacks this one's
+    )
+    expected = 32 * 16 * 64 if name.lower() in blas.SMALL_MATRIX_CORES else 512 * 16 * 64
+    assert int(limit) == expected, f"OpenBLAS runs its {name} kernels"

@@ -93,6 +93,20 @@ def core_name() -> str | None:
     return name.decode() if name else None
 
 
+# OpenBLAS's kernels that run a product of at most 10^6 multiply-adds (M N K) through its
+# small-matrix kernels, which pack neither operand (``gemm_small_kernel_permit`` in its x86_64
+# kernels): those for AVX-512 CPUs, which NumPy's wheels pick on such a CPU, Intel's or AMD's.
+SMALL_MATRIX_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+
+
+def small_products_unpacked() -> bool:
+    """Whether NumPy's OpenBLAS runs small products through its small-matrix kernels (its
+    kernel, :func:`core_name`, is one of :data:`SMALL_MATRIX_CORES`): a small product's set-up
+    then skips the packing of both operands. False where OpenBLAS is not found."""
+    name = core_name()
+    return name is not None and name.lower() in SMALL_MATRIX_CORES
+
+
 def set_threads(count: int) -> None:
     """Make every mapped OpenBLAS run its products on ``count`` threads (nothing where none is
     found). The thread count does not change OpenBLAS's results: the same bits on any."""

@@ -7,6 +7,7 @@ import numpy as np
 
 from lnref.autograd.kernels.checks import check_fit, float_arrays
 from lnref.autograd.kernels.seam import Twin, njit
+from lnref.process import blas
 
 
 @njit(cache=True)
@@ -125,11 +126,14 @@ def _linear_backward_loop(dy: np.ndarray, x: np.ndarray, w: np.ndarray) -> tuple
     return dx, dw, db
 
 
-# The work is n * d_in * d_out, the multiply-adds of the product. The loops beat BLAS while
-# a call's set-up costs more than its arithmetic, and while BLAS's second thread has too little
-# to share: up to the gradient checker's batches of the small model's FFN maps, at one BLAS
-# thread and at two; ``benchmarks/bench_ops.py`` times both twins on either side of the limit.
-LOOP_PAYS_UP_TO = 512 * 16 * 64
+# The work is n * d_in * d_out, the multiply-adds of the product. The loops beat BLAS while a
+# call's set-up costs more than its arithmetic, and while BLAS's second thread has too little to
+# share. Where OpenBLAS packs both operands of every product, that holds up to the gradient
+# checker's batches of the small model's FFN maps, at one BLAS thread and at two. Where it runs
+# small products through its small-matrix kernels, which pack nothing
+# (``blas.small_products_unpacked``), BLAS's set-up is far cheaper and the loops pay only up to
+# two of the small model's batches. ``benchmarks/bench_ops.py`` times both twins on either side.
+LOOP_PAYS_UP_TO = 32 * 16 * 64 if blas.small_products_unpacked() else 512 * 16 * 64
 LINEAR_FORWARD = Twin(
     "linear_forward", reference=linear_forward_reference, loop=_linear_forward_loop, loop_pays_up_to=LOOP_PAYS_UP_TO
 )
