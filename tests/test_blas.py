@@ -108,6 +108,14 @@ def test_small_products_unpacked_for_openblas_kernels_with_small_matrix_kernels(
     assert blas.small_products_unpacked() is unpacked
 
 
+def test_small_products_unpacked_is_false_where_openblas_cannot_be_asked(monkeypatch):
+    def unreadable():
+        raise OSError("cannot open the library")
+
+    monkeypatch.setattr(blas, "core_name", unreadable)
+    assert blas.small_products_unpacked() is False
+
+
 @pytest.mark.parametrize("core", ["Haswell", "SkylakeX"])
 def test_the_linear_maps_loop_limit_follows_the_kernels_openblas_runs(core):
     import numpy  # noqa: F401  (maps OpenBLAS, if NumPy is linked to it)

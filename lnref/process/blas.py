@@ -103,7 +103,10 @@ def small_products_unpacked() -> bool:
     """Whether NumPy's OpenBLAS runs small products through its small-matrix kernels (its
     kernel, :func:`core_name`, is one of :data:`SMALL_MATRIX_CORES`): a small product's set-up
     then skips the packing of both operands. False where OpenBLAS is not found."""
-    name = core_name()
+    try:
+        name = core_name()
+    except OSError:  # a mapped library that ctypes cannot open: no kernel name to go by
+        return False
     return name is not None and name.lower() in SMALL_MATRIX_CORES
 
 
