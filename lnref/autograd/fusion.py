@@ -114,9 +114,7 @@ from typing import Any
 from lnref.autograd import pointwise_shapes
 from lnref.autograd.checks import is_number
 from lnref.autograd.primitive import DEFINED, PRIMITIVES
-
-# A step: (primitive name, argument slots, static parameters, output slot).
-Step = tuple[str, tuple[int, ...], dict[str, Any], int]
+from lnref.autograd.steps import Step
 
 # Each sublayer's primitive -> how many of its leading arguments the fused step drops (its
 # input, and attention's memory), the fused primitives of the two shapes (None: no fused form

@@ -43,8 +43,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from lnref.autograd.fusion import Step
 from lnref.autograd.stacked_copies import steps_reading
+from lnref.autograd.steps import Step
 
 # Each mixed sublayer's fused step -> the fused step of it with its mappings.
 MAPPED_SUBLAYERS = {

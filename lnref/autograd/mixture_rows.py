@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from lnref.autograd import mixing_ops
-from lnref.autograd.fusion import Step
 from lnref.autograd.primitive import DEFINED, PRIMITIVES
+from lnref.autograd.steps import Step
 
 
 def weighted_sum_as_defined() -> bool:

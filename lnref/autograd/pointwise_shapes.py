@@ -28,10 +28,8 @@ the operand must have no reader but those two (a sum of two terms, the same in e
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from lnref.autograd.fusion import Step
+from lnref.autograd.steps import Step
 
 
 def fuse_pointwise(

@@ -61,10 +61,9 @@ from lnref.autograd import (
 )
 from lnref.autograd.dtypes import FLOAT32, FLOAT64
 from lnref.autograd.primitive import PRIMITIVES, call
+from lnref.autograd.steps import Step
 from lnref.autograd.tape import Record, Tape, gc_paused
 from lnref.autograd.tensor import Tensor
-
-Step = fusion.Step  # (primitive name, argument slots, static parameters, output slot)
 
 
 class Program:

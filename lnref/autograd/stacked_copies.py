@@ -61,7 +61,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-from lnref.autograd.fusion import Step
+from lnref.autograd.steps import Step
 
 # Each reader the copies may have -> how many of its leading arguments come before its terms.
 READERS = {"weighted_sum": 1, "mix_streams": 3, "concatenate": 0}

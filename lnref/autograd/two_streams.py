@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lnref.autograd.checks import is_number
-from lnref.autograd.fusion import Step
+from lnref.autograd.steps import Step
 
 # Each normed sublayer's fused step -> the fused step of it between the two streams.
 TWO_STREAM_SUBLAYERS = {
