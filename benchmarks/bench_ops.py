@@ -8,8 +8,8 @@ backward of each twin (taken from the seam, ``seam.twin(name).loop`` and ``.refe
 called directly, so the comparison holds whatever ``LNREF_KERNELS`` says). Attention is
 timed on the token-major layout the model uses, (B, T, H, Dh), for both compiled paths, the
 loop twins and the blocked path (BLAS products and in-place softmax kernels), against the
-NumPy twin on the same arrays. The shapes of attention, the sublayer and the linear map
-straddle the limits their twins declare (``loop_pays_up_to``, up to which the seam picks the
+NumPy twin on the same arrays. The shapes of attention, the sublayer, the linear map and the
+FFN straddle the limits their twins declare (``loop_pays_up_to``, up to which the seam picks the
 loop): the "picked" column says which path the seam takes at each shape, so these rows are
 the evidence for the limits (``docs/performance.md``).
 

@@ -212,3 +212,11 @@ def test_ngpt_unit_sphere_and_logit_bounds_applied_to_pre_ln_fail():
 def test_siamese_power_law_bound_applied_to_post_ln_fails():
     result = siamese.run(quick=True, scheme="post")
     assert result.verdict == "refuted" and failing(result, "post: bounded below by a power of L")
+
+
+def test_ngpt_sphere_prints_a_deviation_of_a_few_roundings_as_the_bound():
+    assert ngpt._deviation(5.6e-16) == "< 1e-15"
+
+
+def test_ngpt_sphere_prints_a_deviation_past_a_few_roundings_with_its_digits():
+    assert ngpt._deviation(2.3e-15) == "2.3e-15"

@@ -1,5 +1,5 @@
-"""NumPy's OpenBLAS as lnref sees it: how many threads its products run on, and whether its
-idle workers leave the cores free.
+"""NumPy's OpenBLAS as lnref sees it: how many threads its products run on, whether its idle
+workers leave the cores free, and whether its kernels take small products unpacked.
 
 OpenBLAS reads its settings from the environment once, when NumPy loads it. Two matter here.
 
@@ -17,6 +17,10 @@ OpenBLAS reads its settings from the environment once, when NumPy loads it. Two 
   loaded OpenBLAS yet. That changes the whole process's BLAS, so the library never calls it
   on its own. The ``lnref`` command, which owns its process, calls it at start-up; so does
   ``benchmarks/bench_model.py``, for lnref and PyTorch alike.
+* **Kernels.** :func:`core_name` is the kernel OpenBLAS picked for the CPU (``OPENBLAS_CORETYPE``
+  forces one); :func:`small_products_unpacked` tells whether it runs small products through
+  small-matrix kernels, which the linear kernels' loop limit follows (``kernels/linear.py``).
+  It only reads, so the library asks it when the kernels are imported.
 """
 
 from __future__ import annotations
